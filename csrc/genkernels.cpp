@@ -1,0 +1,23 @@
+// Every C++ op of genkernels, declared once. Device implementations register with
+// TORCH_LIBRARY_IMPL(genkernels, CPU|CUDA, m) in csrc/cpu/*.cpp and csrc/cuda/*_ops.cpp;
+// fake (meta) kernels and autograd are registered in Python (genkernels/<family>/ops.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(genkernels, m) {
+  // ---- self-organizing maps (genkernels/som) ----
+  // x (N, D), weights (K, D) -> indices (N, k) int64, distances (N, k) in x's dtype,
+  // ascending, ties to the lowest node index. metric: euclidean|cosine|manhattan|chebyshev.
+  // ignore_nan: NaN features are skipped and the distance rescaled to the present ones.
+  m.def("som_bmu(Tensor x, Tensor weights, int k, str metric, bool ignore_nan) -> (Tensor, Tensor)");
+  // Voronoi sums of the batch rule: sums (K, D) and counts ((K,) or (K, D) when ignore_nan)
+  // of the samples each node wins, accumulated in fp32 (fp64 for fp64 input), and the sum of
+  // the winners' distances (a 0-d fp64 tensor: N * quantization error before the update).
+  m.def("som_node_sums(Tensor x, Tensor weights, str metric, bool ignore_nan) -> (Tensor, Tensor, Tensor)");
+  // Kohonen's sequential rule over a whole epoch for M independent maps.
+  // weights (M, K, D); x (N, D); order (M, T) int64 sample index of each step;
+  // lr, sigma (M, T) per-step rates; coords (K, 2) lattice positions; period_0/1 the torus
+  // periods of each coordinate (0 = not periodic). neighborhood: gaussian|bubble|mexican_hat|
+  // triangle; rule: som|wta|wtm. Returns the trained weights (M, K, D) (input untouched).
+  m.def("som_online(Tensor weights, Tensor x, Tensor order, Tensor lr, Tensor sigma, Tensor coords, "
+        "float period_0, float period_1, str neighborhood, str rule, str metric) -> Tensor");
+}

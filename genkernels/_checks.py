@@ -1,0 +1,100 @@
+"""Argument validation shared by every public entry point.
+
+Messages name the argument, what was expected and what came. Data-dependent checks
+(finiteness, ranges of values) are skipped while torch.compile traces, so compiled
+graphs do not break; shape, dtype and device checks always run.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def check_choice(name: str, value, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+    return value
+
+
+def check_float_tensor(name: str, value, ndim: int | tuple[int, ...] | None = None) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
+                        f"float64); got dtype {value.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if value.dim() not in allowed:
+            shapes = " or ".join(f"{n}-D" for n in allowed)
+            raise ValueError(f"{name} must be {shapes}; got shape {tuple(value.shape)}")
+    return value
+
+
+def check_index_tensor(name: str, value, ndim: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+    if value.dtype != torch.int64:
+        raise TypeError(f"{name} must be an int64 tensor; got dtype {value.dtype}")
+    if value.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D; got shape {tuple(value.shape)}")
+    return value
+
+
+def check_same_device(**tensors: torch.Tensor) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items()}
+    first_name, first = next(iter(devices.items()))
+    for name, dev in devices.items():
+        if dev != first:
+            raise ValueError(f"{name} is on {dev} but {first_name} is on {first}; "
+                             "all tensors must be on one device")
+    return first
+
+
+def check_same_dtype(**tensors: torch.Tensor) -> torch.dtype:
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
+                            "they must match")
+    return first.dtype
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer; got {type(value).__name__} {value!r}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be in [{lo}, {hi}]; got {value}")
+    return value
+
+
+def check_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number; got {type(value).__name__} {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0; got {value!r}")
+    return float(value)
+
+
+def check_finite_rows(name: str, x: torch.Tensor) -> None:
+    """Raise naming the first row holding NaN or Inf (eager only)."""
+    if compiling() or x.numel() == 0:
+        return
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        row = int(bad.reshape(x.shape[0], -1).any(dim=1).nonzero()[0, 0])
+        raise ValueError(f"{name} contains NaN or Inf (first at row {row}); clean the data or "
+                         "pass missing='ignore' to skip missing features")

@@ -1,0 +1,180 @@
+"""Which backends exist here, how one is chosen, and how to override the choice.
+
+Every hot-path op has up to four implementations (DESIGN.md, "One op, four
+implementations"): ``reference`` (pure PyTorch), ``cpu`` (the C++ extension),
+``triton`` and ``cuda``. ``backend=None`` means auto:
+
+* CUDA tensors: the fastest GPU backend measured for that op (``GPU_PREFERENCE``);
+* CPU tensors: ``cpu`` when the extension is built, else ``reference``.
+
+Overrides, strongest first: the ``backend=`` argument of an op, ``use_backend(...)``
+and the ``GENKERNELS_BACKEND`` environment variable. Asking for a backend that cannot
+run raises :class:`BackendUnavailableError` naming what is missing; nothing falls
+back silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+import threading
+import warnings
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+
+# Backends implemented per op. An op missing a backend here raises when asked for it.
+OP_BACKENDS: dict[str, tuple[str, ...]] = {
+    "som_bmu": ("reference", "cpu", "triton"),
+    "som_node_sums": ("reference", "cpu", "triton"),
+    "som_online": ("reference", "cpu", "triton", "cuda"),
+}
+
+# Auto choice on CUDA tensors: each entry names the measurement behind it. Triton until
+# a GPU run says otherwise (DESIGN.md, "Backend choice").
+GPU_PREFERENCE: dict[str, tuple[str, str]] = {
+    "som_bmu": ("triton", "default until a GPU run of bench/bench_som.py"),
+    "som_node_sums": ("triton", "default until a GPU run of bench/bench_som.py"),
+    "som_online": ("cuda", "persistent kernel keeps the map on chip; default until a GPU run"),
+}
+
+# Ops whose reference is a Python loop over steps: usable as an oracle only.
+SEQUENTIAL_OPS = frozenset({"som_online"})
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for that cannot run here; the message says what is missing."""
+
+
+_local = threading.local()
+
+
+@functools.cache
+def extension_error() -> str | None:
+    """None when genkernels._C loaded, else why it did not."""
+    if os.environ.get("GENKERNELS_NO_EXT", "0") == "1":
+        return "the C++ extension is disabled by GENKERNELS_NO_EXT=1"
+    try:
+        importlib.import_module("genkernels._C")
+    except ImportError as exc:
+        return (f"the C++ extension genkernels._C is not built ({exc}); "
+                "reinstall with `pip install --no-build-isolation -e .`")
+    return None
+
+
+def extension_has_cuda() -> bool:
+    return extension_error() is None and hasattr(torch.ops.genkernels, "som_online") and \
+        torch._C._dispatch_has_kernel_for_dispatch_key("genkernels::som_online", "CUDA")
+
+
+@functools.cache
+def triton_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton is not installed ({exc})"
+    return None
+
+
+def _why_unavailable(name: str, device: torch.device) -> str | None:
+    if name == "reference":
+        return None
+    if name == "cpu":
+        if device.type != "cpu":
+            return f"the cpu backend runs on CPU tensors, got {device.type} tensors"
+        return extension_error()
+    if name == "triton":
+        if triton_error():
+            return triton_error()
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+            return None
+        return ("the triton backend runs on CUDA tensors (or on CPU tensors under "
+                f"TRITON_INTERPRET=1), got {device.type} tensors")
+    if name == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend runs on CUDA tensors, got {device.type} tensors"
+        if extension_error():
+            return extension_error()
+        if not extension_has_cuda():
+            return "genkernels._C was built without CUDA (set FORCE_CUDA=1 and rebuild where nvcc is found)"
+        return None
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on ``device`` here, in the order of BACKENDS."""
+    device = torch.device(device)
+    return [b for b in BACKENDS if _why_unavailable(b, device) is None]
+
+
+def _check_name(name: str, origin: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"{origin} must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return name
+
+
+class use_backend(contextlib.ContextDecorator):
+    """Force a backend for every op: ``genkernels.use_backend("triton")`` sets it for
+    the thread, and ``with genkernels.use_backend("reference"): ...`` only inside the
+    block. ``use_backend(None)`` returns to automatic choice."""
+
+    def __init__(self, name: str | None):
+        if name is not None:
+            _check_name(name, "use_backend(name)")
+        self._previous = getattr(_local, "backend", None)
+        _local.backend = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _local.backend = self._previous
+        return False
+
+
+def forced_backend() -> str | None:
+    name = getattr(_local, "backend", None)
+    if name is not None:
+        return name
+    env = os.environ.get("GENKERNELS_BACKEND")
+    if env:
+        return _check_name(env, "GENKERNELS_BACKEND")
+    return None
+
+
+_warned: set[str] = set()
+
+
+def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
+    """The backend that runs ``op`` on ``device``: explicit > use_backend > env > auto."""
+    requested = _check_name(backend, "backend") if backend is not None else forced_backend()
+    implemented = OP_BACKENDS[op]
+    if requested is not None:
+        if requested not in implemented:
+            raise BackendUnavailableError(
+                f"{op} has no {requested} backend; it is implemented for: {', '.join(implemented)}")
+        why = _why_unavailable(requested, device)
+        if why is not None:
+            raise BackendUnavailableError(f"backend {requested!r} for {op} is unavailable: {why}")
+        return requested
+    if device.type == "cuda":
+        preferred = GPU_PREFERENCE[op][0]
+        for name in (preferred, *[b for b in ("triton", "cuda") if b != preferred]):
+            if name in implemented and _why_unavailable(name, device) is None:
+                return name
+        if "reference" in implemented and op not in SEQUENTIAL_OPS:
+            return "reference"
+        raise BackendUnavailableError(f"no GPU backend for {op} on {device}: {triton_error()}")
+    if device.type == "cpu" and "cpu" in implemented and extension_error() is None:
+        return "cpu"
+    if op in SEQUENTIAL_OPS and op not in _warned:
+        _warned.add(op)
+        warnings.warn(f"{op}: running the pure-Python reference loop because "
+                      f"{extension_error() or 'no compiled backend serves ' + device.type}; "
+                      "it is slow beyond small sizes", RuntimeWarning, stacklevel=3)
+    return "reference"
