@@ -2,6 +2,7 @@
 models in PyTorch. Models and layers live here; functional ops in ``genkernels.ops``."""
 from . import backends, ops
 from .backends import available_backends, use_backend
+from .som.som import SOM
 
 __version__ = "0.1.0"
-__all__ = ["available_backends", "backends", "ops", "use_backend"]
+__all__ = ["SOM", "available_backends", "backends", "ops", "use_backend"]

@@ -178,15 +178,45 @@ def _axis_neighborhood(kind, n, period, sigma, dtype, device):
     return reference.neighborhood(kind, d, torch.zeros_like(d), sigma)
 
 
+def neighborhood_matmul(values: torch.Tensor, coords: torch.Tensor,
+                        periods: tuple[float, float] = (0.0, 0.0), neighborhood: str = "gaussian",
+                        sigma: float = 1.0, grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """H @ values for the lattice neighbourhood matrix H[k, j] = h(pos_k - pos_j), without
+    building H whole: with ``grid_shape=(rows, cols)`` (a rectangular lattice whose
+    coords are (r, c)) and a separable neighbourhood (gaussian, bubble, triangle) it is
+    one small product per grid axis, O(K (rows + cols) E); otherwise H is computed tile
+    by tile from the node positions, O(K^2 E) time and O(tile) memory.
+
+    values (K, E) float -> (K, E) in values' dtype.
+    """
+    if not callable(neighborhood):
+        check_choice("neighborhood", neighborhood, NEIGHBORHOODS)
+    check_positive("sigma", sigma)
+    dt = values.dtype
+    k_nodes = values.shape[0]
+    if grid_shape is not None and not callable(neighborhood) and neighborhood in SEPARABLE_NEIGHBORHOODS:
+        rows, cols = grid_shape
+        h0 = _axis_neighborhood(neighborhood, rows, periods[0], sigma, dt, values.device)
+        h1 = _axis_neighborhood(neighborhood, cols, periods[1], sigma, dt, values.device)
+        # (rows x rows) . (rows, cols*E), then (cols x cols) applied along the column axis
+        out = (h0 @ values.reshape(rows, -1)).reshape(rows, cols, -1)
+        return torch.einsum("cj,rje->rce", h1, out).reshape(k_nodes, -1)
+    c = coords.to(device=values.device, dtype=dt)
+    out = torch.empty_like(values)
+    tile = max(1, _SMOOTH_TILE_ELEMENTS // max(1, k_nodes))
+    for start in range(0, k_nodes, tile):
+        stop = min(k_nodes, start + tile)
+        d0, d1 = reference.lattice_deltas(c[start:stop, None, :], c[None, :, :], *periods)
+        out[start:stop] = reference.neighborhood(neighborhood, d0, d1, sigma) @ values
+    return out
+
+
 def som_smooth(sums: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor,
                coords: torch.Tensor, periods: tuple[float, float] = (0.0, 0.0),
                neighborhood: str = "gaussian", sigma: float = 1.0,
                grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
-    """Neighbourhood smoothing of the batch rule, W = (H S) / (H n), never building H
-    whole: with ``grid_shape=(rows, cols)`` (a rectangular lattice whose coords are
-    (r, c)) and a separable neighbourhood (gaussian, bubble, triangle) it is one small
-    product per grid axis, O(K (rows + cols) D); otherwise H is computed tile by tile
-    from the node positions, O(K^2 D) time and O(tile) memory.
+    """Neighbourhood smoothing of the batch rule, W = (H S) / (H n), via
+    :func:`neighborhood_matmul` (separable on rectangular grids, tiled otherwise).
 
     Args:
         sums (K, D), counts (K,) or (K, D): from :func:`som_node_sums`.
@@ -195,31 +225,12 @@ def som_smooth(sums: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor,
     Returns:
         new weights (K, D) in weights' dtype.
     """
-    check_choice("neighborhood", neighborhood, NEIGHBORHOODS)
-    check_positive("sigma", sigma)
     dt = sums.dtype
-    k_nodes, d = sums.shape
+    d = sums.shape[1]
     den_src = counts if counts.dim() == 2 else counts[:, None]
-    if grid_shape is not None and neighborhood in SEPARABLE_NEIGHBORHOODS:
-        rows, cols = grid_shape
-        h0 = _axis_neighborhood(neighborhood, rows, periods[0], sigma, dt, sums.device)
-        h1 = _axis_neighborhood(neighborhood, cols, periods[1], sigma, dt, sums.device)
-        both = torch.cat([sums, den_src], dim=1).reshape(rows, cols, -1)
-        # (rows x rows) . (rows, cols*E), then (cols x cols) . (cols, rows*E)
-        out = (h0 @ both.reshape(rows, -1)).reshape(rows, cols, -1)
-        out = torch.einsum("cj,rje->rce", h1, out).reshape(k_nodes, -1)
-        num, den = out[:, :d], out[:, d:]
-    else:
-        c = coords.to(device=sums.device, dtype=dt)
-        num = torch.empty_like(sums)
-        den = torch.empty((k_nodes, den_src.shape[1]), dtype=dt, device=sums.device)
-        tile = max(1, _SMOOTH_TILE_ELEMENTS // k_nodes)
-        for start in range(0, k_nodes, tile):
-            stop = min(k_nodes, start + tile)
-            d0, d1 = reference.lattice_deltas(c[start:stop, None, :], c[None, :, :], *periods)
-            h = reference.neighborhood(neighborhood, d0, d1, sigma)
-            num[start:stop] = h @ sums
-            den[start:stop] = h @ den_src
+    both = neighborhood_matmul(torch.cat([sums, den_src.to(dt)], dim=1), coords, periods,
+                               neighborhood, sigma, grid_shape)
+    num, den = both[:, :d], both[:, d:]
     positive = den > 0
     new = num / torch.where(positive, den, torch.ones((), dtype=dt, device=den.device))
     return torch.where(positive, new, weights.to(dt)).to(weights.dtype)

@@ -129,7 +129,11 @@ def neighborhood(kind: str, d0: torch.Tensor, d1: torch.Tensor, sigma) -> torch.
     bubble       1 where d0 < sigma and d1 < sigma, else 0
     mexican_hat  exp(-p / (2 sigma^2)) * (1 - p / sigma^2),  p = d0^2 + d1^2
     triangle     max(0, 1 - d0 / sigma) * max(0, 1 - d1 / sigma)
+
+    A callable kind is called as kind(d0, d1, sigma) (a user-defined neighbourhood).
     """
+    if callable(kind):
+        return kind(d0, d1, sigma)
     if kind == "gaussian":
         return torch.exp(-(d0 * d0 + d1 * d1) / (2 * sigma * sigma))
     if kind == "bubble":

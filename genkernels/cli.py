@@ -1,0 +1,236 @@
+"""The ``genkernels`` command line: ``demo``, ``train som`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def _add_som_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid", type=int, nargs="+", default=[20, 20], metavar="N",
+                   help="map size: ROWS COLS, or N for a 1-D map (default 20 20)")
+    p.add_argument("--topology", choices=["rectangular", "hexagonal"], default="rectangular")
+    p.add_argument("--periodic", action="store_true", help="wrap the map into a torus")
+    p.add_argument("--neighborhood", choices=["gaussian", "bubble", "mexican_hat", "triangle"],
+                   default="gaussian")
+    p.add_argument("--metric", choices=["euclidean", "cosine", "manhattan", "chebyshev"], default="euclidean")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--mode", choices=["batch", "online", "minibatch"], default="batch")
+    p.add_argument("--batch-size", type=int, default=256, help="mini-batch size (mode minibatch)")
+    p.add_argument("--sigma", type=float, nargs="+", default=None, metavar="S",
+                   help="radius START [END] (default max(grid)/2 down to 1)")
+    p.add_argument("--learning-rate", type=float, nargs="+", default=[0.5], metavar="LR",
+                   help="learning rate START [END] (default 0.5 down to 0.01)")
+    p.add_argument("--schedule", choices=["constant", "linear", "exponential", "inverse", "asymptotic"],
+                   default="exponential")
+    p.add_argument("--init", choices=["pca", "random", "uniform"], default="pca")
+    p.add_argument("--missing", choices=["raise", "ignore"], default="raise",
+                   help="NaN handling: raise, or ignore missing features")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"], default="float32")
+    p.add_argument("--backend", choices=["reference", "cpu", "triton", "cuda"], default=None)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genkernels", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train each model family on the embedded data set and write a report",
+                          description="Train a 20x20 hexagonal SOM on scikit-learn's digits; write the "
+                                      "U-matrix, hit map, labels map, component planes, the QE/TE "
+                                      "training curve (PNG) and report.md to --out.")
+    demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    demo.add_argument("--epochs", type=int, default=20)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    train = sub.add_parser("train", help="train a model on your data")
+    models = train.add_subparsers(dest="model", required=True)
+    som = models.add_parser("som", help="train a self-organizing map",
+                            description="Train a SOM on DATA (.npy, .csv or IDX, gzipped or not) and "
+                                        "write the model (som.pt), figures and metrics to --out. Under "
+                                        "torchrun, --distributed trains one map on the shards of all ranks.")
+    som.add_argument("data", help="data file: .npy, .csv, or IDX (e.g. t10k-images-idx3-ubyte.gz)")
+    som.add_argument("--labels", default=None, help="optional labels file (same formats) for the labels map")
+    som.add_argument("--out", default="som_out", help="output folder (default som_out)")
+    som.add_argument("--scale", choices=["none", "minmax", "standard"], default="none",
+                     help="feature scaling before training (statistics of the whole file)")
+    som.add_argument("--checkpoint", default=None, help="save after every epoch to this path")
+    som.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    som.add_argument("--distributed", action="store_true",
+                     help="data-parallel over torch.distributed (launch with torchrun); each rank "
+                          "trains on its contiguous shard of DATA")
+    som.add_argument("--quiet", action="store_true")
+    _add_som_args(som)
+
+    bench = sub.add_parser("bench", help="run the benchmarks (needs a checkout with bench/)",
+                           description="Run bench/run.py from the source checkout: every backend and "
+                                       "anchor on the same inputs, a table of medians and ratios, "
+                                       "results in bench/results/.")
+    bench.add_argument("args", nargs=argparse.REMAINDER,
+                       help="arguments for bench/run.py, e.g. som --device cuda --quick")
+    return parser
+
+
+def _rate(values):
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 else tuple(values[:2])
+
+
+def _scale(x: np.ndarray, how: str) -> np.ndarray:
+    if how == "minmax":
+        lo, hi = np.nanmin(x, 0), np.nanmax(x, 0)
+        return (x - lo) / np.where(hi > lo, hi - lo, 1)
+    if how == "standard":
+        mu, sd = np.nanmean(x, 0), np.nanstd(x, 0)
+        return (x - mu) / np.where(sd > 0, sd, 1)
+    return x
+
+
+def _write_figures(model, x, labels, out: str) -> list[str]:
+    files = [model.plot_umatrix(os.path.join(out, "umatrix.png")),
+             model.plot_hit_map(x, os.path.join(out, "hit_map.png")),
+             model.plot_component_planes(os.path.join(out, "component_planes.png"))]
+    if labels is not None:
+        files.append(model.plot_labels_map(x, labels, os.path.join(out, "labels_map.png")))
+    curves = {"quantization error": [h["quantization_error"] for h in model.history]}
+    if all("topographic_error" in h for h in model.history):
+        curves["topographic error"] = [h["topographic_error"] for h in model.history]
+    files.append(model.plot_training_curve(os.path.join(out, "training_curve.png"), curves))
+    return files
+
+
+def _track_te(x):
+    """Record QE and TE of the map after each epoch (the bar shows the QE of the map
+    the epoch started from)."""
+    def callback(model, epoch):
+        model.history[-1]["quantization_error"] = float(model.quantization_error(x).mean())
+        model.history[-1]["topographic_error"] = float(model.topographic_error(x).mean())
+    return callback
+
+
+def cmd_train_som(args) -> int:
+    import torch
+
+    from . import SOM
+    from . import distributed as gkdist
+    from .data import load_array
+
+    x = load_array(args.data)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    x = _scale(np.asarray(x), args.scale)
+    labels = load_array(args.labels).reshape(-1) if args.labels else None
+    if labels is not None and labels.shape[0] != x.shape[0]:
+        raise SystemExit(f"--labels has {labels.shape[0]} rows but DATA has {x.shape[0]}")
+    device = torch.device(args.device)
+    full_x, full_labels = x, labels
+    if args.distributed:
+        gkdist.ensure_process_group(device)
+        shards = np.array_split(np.arange(x.shape[0]), gkdist.world_size())
+        mine = shards[gkdist.rank()]
+        x = x[mine[0]:mine[-1] + 1] if mine.size else x[:0]
+    model = SOM(tuple(args.grid), x.shape[1], topology=args.topology, periodic=args.periodic,
+                neighborhood=args.neighborhood, sigma=_rate(args.sigma),
+                learning_rate=_rate(args.learning_rate), schedule=args.schedule, init=args.init,
+                metric=args.metric, missing=args.missing, seed=args.seed,
+                dtype=getattr(torch, args.dtype), device=device)
+    start = time.perf_counter()
+    model.fit(x, epochs=args.epochs, mode=args.mode, batch_size=args.batch_size,
+              verbose=not args.quiet, checkpoint=args.checkpoint, resume=args.resume,
+              distributed=args.distributed, backend=args.backend)
+    seconds = time.perf_counter() - start
+    if gkdist.rank() != 0:
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    model.save(os.path.join(args.out, "som.pt"))
+    qe = float(model.quantization_error(full_x).mean())
+    te = float(model.topographic_error(full_x).mean()) if model.n_nodes > 1 else float("nan")
+    _write_figures(model, full_x, full_labels, args.out)
+    metrics = {"quantization_error": qe, "topographic_error": te, "train_seconds": seconds,
+               "samples": int(full_x.shape[0]), "features": int(full_x.shape[1]), "grid": args.grid,
+               "epochs": args.epochs, "mode": args.mode}
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    print(f"QE {qe:.4f}  TE {te:.4f}  trained in {seconds:.2f} s  -> {args.out}/")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from . import SOM, available_backends
+    from .data import load_digits
+
+    os.makedirs(args.out, exist_ok=True)
+    x, y = load_digits()
+    model = SOM((20, 20), x.shape[1], topology="hexagonal", seed=0)
+    start = time.perf_counter()
+    model.fit(x, epochs=args.epochs, mode="batch", verbose=not args.quiet, callback=_track_te(x))
+    batch_s = time.perf_counter() - start
+    online = SOM((20, 20), x.shape[1], topology="hexagonal", seed=0)
+    start = time.perf_counter()
+    online.fit(x, epochs=2, mode="online", verbose=not args.quiet)
+    online_s = time.perf_counter() - start
+    files = _write_figures(model, x, y, args.out)
+    model.label_nodes(x[::2], y[::2])
+    accuracy = float((model.predict(x[1::2]) == y[1::2]).mean())
+    model.save(os.path.join(args.out, "som.pt"))
+    qe, te = float(model.quantization_error(x)), float(model.topographic_error(x))
+    report = [
+        "# genkernels demo",
+        "",
+        f"torch {torch.__version__}, backends on this machine: {', '.join(available_backends())}",
+        "",
+        "## Self-organizing map: scikit-learn digits (1,797 x 64) on a 20 x 20 hexagonal map",
+        "",
+        "| training | epochs | seconds | quantization error | topographic error |",
+        "|---|---|---|---|---|",
+        f"| batch rule | {args.epochs} | {batch_s:.2f} | {qe:.4f} | {te:.4f} |",
+        f"| online rule | 2 | {online_s:.2f} | {float(online.quantization_error(x)):.4f} | "
+        f"{float(online.topographic_error(x)):.4f} |",
+        "",
+        f"Classifying the odd-numbered digits by the majority label of their best-matching node "
+        f"(nodes labelled with the even-numbered ones): accuracy {accuracy:.3f}.",
+        "",
+        *[f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files],
+        "",
+    ]
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write("\n".join(report))
+    print(f"demo: QE {qe:.4f}, TE {te:.4f}, batch fit {batch_s:.2f} s; wrote {args.out}/report.md")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runner = os.path.join(here, "bench", "run.py")
+    if not os.path.isfile(runner):
+        print("genkernels bench: no bench/ folder beside this installation; the benchmarks run "
+              "from a source checkout (git clone, then `genkernels bench` inside it)", file=sys.stderr)
+        return 2
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("genkernels_bench_run", runner)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.dirname(runner))
+    spec.loader.exec_module(module)
+    return int(module.main(list(args.args)) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return cmd_demo(args)
+    if args.command == "train":
+        return cmd_train_som(args)
+    return cmd_bench(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""Figures (matplotlib, Agg, PNG): lattice heat maps drawn cell by cell so hexagonal
+maps look hexagonal, component planes, label maps and training curves."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _cells(ax, lattice, values, cmap, vmin=None, vmax=None):
+    """Draw one cell per node (squares, or flat-topped hexagons) coloured by values."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import RegularPolygon
+
+    pos = lattice.coords().numpy()
+    hexagonal = lattice.topology == "hexagonal"
+    radius = 1 / math.sqrt(3) if hexagonal else math.sqrt(0.5)
+    orientation = math.pi / 6 if hexagonal else math.pi / 4
+    patches = [RegularPolygon((p[1], -p[0]), numVertices=6 if hexagonal else 4, radius=radius,
+                              orientation=orientation) for p in pos]
+    coll = PatchCollection(patches, cmap=cmap, edgecolor="none")
+    coll.set_array(np.ma.masked_invalid(np.ma.asarray(values, dtype=float).reshape(-1)))
+    if vmin is not None or vmax is not None:
+        coll.set_clim(vmin, vmax)
+    ax.add_collection(coll)
+    ax.set_xlim(pos[:, 1].min() - 1, pos[:, 1].max() + 1)
+    ax.set_ylim(-pos[:, 0].max() - 1, -pos[:, 0].min() + 1)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return coll, pos
+
+
+def _save(fig, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def plot_lattice(lattice, values, path, title="", cmap="viridis"):
+    """One value per node, e.g. the U-matrix or the hit map."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 6 * lattice.rows / max(lattice.cols, 1) + 0.5))
+    coll, _ = _cells(ax, lattice, np.asarray(values.cpu() if hasattr(values, "cpu") else values), cmap)
+    fig.colorbar(coll, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_planes(lattice, planes, path, names=None, max_planes=16, cmap="coolwarm"):
+    """Component planes: the weight of each feature over the map, one panel each."""
+    plt = _plt()
+    planes = np.asarray(planes.detach().float().cpu())
+    count = min(planes.shape[0], max_planes)
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    step = max(1, planes.shape[0] // count)
+    for ax, f in zip(axes.flat, range(0, step * count, step)):
+        _cells(ax, lattice, planes[f], cmap)
+        ax.set_title(names[f] if names is not None else f"feature {f}", fontsize=8)
+    for ax in list(axes.flat)[count:]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_labels(lattice, labels_map, path):
+    """Each node coloured by its majority label, shaded by its purity."""
+    plt = _plt()
+    values = np.full(lattice.n_nodes, np.nan)
+    classes = sorted({lab for counter in labels_map.values() for lab in counter})
+    index = {c: i for i, c in enumerate(classes)}
+    fig, ax = plt.subplots(figsize=(6, 6 * lattice.rows / max(lattice.cols, 1) + 0.5))
+    for (r, c), counter in labels_map.items():
+        values[r * lattice.cols + c] = index[counter.most_common(1)[0][0]]
+    from matplotlib.colors import ListedColormap
+    base = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    colours = ListedColormap([base(i % base.N) for i in range(max(len(classes), 1))]).with_extremes(
+        bad="lightgrey")
+    coll, pos = _cells(ax, lattice, np.ma.masked_invalid(values), colours, vmin=-0.5,
+                       vmax=len(classes) - 0.5)
+    for (r, c), counter in labels_map.items():
+        p = pos[r * lattice.cols + c]
+        ax.text(p[1], -p[0], str(counter.most_common(1)[0][0]), ha="center", va="center", fontsize=6)
+    ax.set_title("labels map (majority label per node)")
+    return _save(fig, path)
+
+
+def plot_curves(curves: dict, path, xlabel="epoch"):
+    """Training curves: {name: values per epoch}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

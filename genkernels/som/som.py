@@ -1,0 +1,793 @@
+"""The self-organizing map model, ``genkernels.SOM``."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed as gkdist
+from .._checks import check_choice, check_int, check_positive
+from . import ops, reference, schedules
+from .lattice import TOPOLOGIES, Lattice
+from .reference import METRICS, NEIGHBORHOODS, RULES, acc_dtype
+
+MODES = ("batch", "online", "minibatch")
+INITS = ("pca", "random", "uniform")
+SAMPLINGS = ("permutation", "sequential", "replacement")
+MISSING = ("raise", "ignore")
+# Rows per chunk when streaming numpy arrays, memmaps and big tensors in batch mode.
+CHUNK_ROWS = 1 << 16
+_CHECKPOINT_FORMAT = 1
+
+
+def _rate(name: str, value, default_end: Callable[[float], float], n_maps: int):
+    """A rate argument -> callable, or (start (M,), end (M,)) float64 tensors."""
+    if callable(value):
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        check_positive(name, value)
+        v = float(value)
+        return torch.full((n_maps,), v, dtype=torch.float64), torch.full((n_maps,), default_end(v),
+                                                                          dtype=torch.float64)
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a number, a (start, end) pair, a per-map vector or a "
+                        f"callable of the step; got {type(value).__name__}") from None
+    if t.dim() == 1 and t.shape[0] == 2 and n_maps != 2:
+        start, end = t[:1].expand(n_maps), t[1:].expand(n_maps)
+    elif t.dim() == 1 and t.shape[0] == n_maps:
+        start, end = t, torch.tensor([default_end(float(v)) for v in t], dtype=torch.float64)
+    elif t.dim() == 2 and tuple(t.shape) == (n_maps, 2):
+        start, end = t[:, 0], t[:, 1]
+    else:
+        raise ValueError(f"{name} must be a number, a (start, end) pair, a ({n_maps},) per-map vector "
+                         f"or ({n_maps}, 2) per-map pairs; got shape {tuple(t.shape)}")
+    if not bool((start > 0).all() and (end > 0).all()):
+        raise ValueError(f"{name} must be > 0; got {t.tolist()}")
+    return start.clone(), end.clone()
+
+
+class SOM(nn.Module):
+    """A self-organizing map (or ``n_maps`` independent ones trained in one launch).
+
+    Args:
+        grid: ``(rows, cols)`` or ``(n,)`` for a 1-D map; nodes are numbered row-major.
+        n_features: D, the dimension of the data.
+        n_maps: M independent maps (a hyperparameter sweep or an ensemble): weights
+            are then (M, K, D) and sigma / learning_rate may be per-map vectors.
+        topology: "rectangular" or "hexagonal" (adjacent nodes exactly at distance 1).
+        periodic: wrap the lattice into a torus.
+        neighborhood: "gaussian", "bubble", "mexican_hat", "triangle" or a callable
+            ``h(d0, d1, sigma)`` of the per-axis lattice offsets (runs on the reference
+            backend; the built-ins run in the kernels).
+        sigma: neighbourhood radius: None (max(grid)/2 down to 1), a number (down to
+            1), a (start, end) pair, per-map values, or a callable of the step.
+        learning_rate: a number (down to 2% of it: 0.5 -> 0.01), a (start, end) pair,
+            per-map values, or a callable of the step. Used by the online and
+            mini-batch modes (the batch rule has no learning rate).
+        schedule: how sigma and learning_rate decay over the whole fit: "constant",
+            "linear", "exponential", "inverse" or "asymptotic".
+        init: "pca" (the plane of the first two principal components), "random"
+            (samples of the data) or "uniform" (U(-1/sqrt(D), 1/sqrt(D))).
+        metric: "euclidean", "cosine", "manhattan" or "chebyshev".
+        rule: "som" (lattice neighbourhood), "wta" (winner takes all: k-means) or
+            "wtm" (winner takes most: a kernel of the data-space distance).
+        missing: "raise" (NaN/Inf input is an error) or "ignore" (NaN features are
+            skipped by the NaN-aware kernels; batch mode and queries).
+        seed: seed of initialisation and sample order; None draws one from torch's RNG.
+    """
+
+    def __init__(self, grid, n_features: int, *, n_maps: int = 1, topology: str = "rectangular",
+                 periodic: bool = False, neighborhood: str | Callable = "gaussian", sigma=None,
+                 learning_rate=0.5, schedule: str | Callable = "exponential", init: str = "pca",
+                 metric: str = "euclidean", rule: str = "som", missing: str = "raise",
+                 seed: int | None = None, dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        if isinstance(grid, numbers.Integral):
+            grid = (grid,)
+        if not isinstance(grid, (tuple, list)) or len(grid) not in (1, 2):
+            raise ValueError(f"grid must be (rows, cols) or (n,); got {grid!r}")
+        for g in grid:
+            check_int("grid", g, 1)
+        rows, cols = (1, int(grid[0])) if len(grid) == 1 else (int(grid[0]), int(grid[1]))
+        self.grid = tuple(int(g) for g in grid)
+        self.n_features = check_int("n_features", n_features, 1)
+        self.n_maps = check_int("n_maps", n_maps, 1)
+        self.topology = check_choice("topology", topology, TOPOLOGIES)
+        if periodic and topology == "hexagonal" and cols % 2:
+            raise ValueError(f"grid: a periodic hexagonal lattice needs an even number of columns; got {cols}")
+        self.lattice = Lattice(rows, cols, topology, bool(periodic))
+        if not callable(neighborhood):
+            check_choice("neighborhood", neighborhood, NEIGHBORHOODS)
+        self.neighborhood = neighborhood
+        self.metric = check_choice("metric", metric, METRICS)
+        self.rule = check_choice("rule", rule, RULES)
+        if rule == "wtm" and neighborhood == "mexican_hat":
+            raise ValueError("rule='wtm' needs a non-increasing kernel; neighborhood='mexican_hat' is not")
+        self.init = check_choice("init", init, INITS)
+        self.missing = check_choice("missing", missing, MISSING)
+        if not callable(schedule):
+            check_choice("schedule", schedule, schedules.SCHEDULES)
+        self.schedule = schedule
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"dtype must be a floating-point torch dtype; got {dtype}")
+        self.sigma_spec = sigma
+        self.learning_rate_spec = learning_rate
+        self._sigma = _rate("sigma", max(max(rows, cols) / 2.0, 1.0) if sigma is None else sigma,
+                            lambda v: min(1.0, v), self.n_maps)
+        self._learning_rate = _rate("learning_rate", learning_rate, lambda v: 0.02 * v, self.n_maps)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.seed = check_int("seed", seed, 0)
+        self._generator = torch.Generator().manual_seed(self.seed)
+        k_nodes = rows * cols
+        self.register_buffer("codebook", torch.zeros((self.n_maps, k_nodes, self.n_features),
+                                                     dtype=dtype, device=device))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool, device=device))
+        self.register_buffer("epochs_done", torch.zeros((), dtype=torch.int64, device=device))
+        self.node_labels: list | None = None
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def weights(self) -> torch.Tensor:
+        """(K, D) codebook, or (M, K, D) with n_maps > 1."""
+        return self.codebook[0] if self.n_maps == 1 else self.codebook
+
+    @weights.setter
+    def weights(self, value) -> None:
+        value = torch.as_tensor(value, dtype=self.codebook.dtype, device=self.codebook.device)
+        self.codebook.copy_(value.reshape(self.codebook.shape))
+        self.initialized.fill_(True)
+
+    @property
+    def n_nodes(self) -> int:
+        return self.lattice.n_nodes
+
+    @property
+    def device(self) -> torch.device:
+        return self.codebook.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.codebook.dtype
+
+    def coords(self) -> torch.Tensor:
+        """(K, 2) node positions on the lattice (see genkernels.som.lattice)."""
+        return self.lattice.coords(acc_dtype(self.dtype), self.device)
+
+    # ------------------------------------------------------------------- input
+    def _as_tensor(self, x, name: str = "x", allow_nan: bool | None = None) -> torch.Tensor:
+        if isinstance(x, np.ndarray):
+            if not np.issubdtype(x.dtype, np.floating):
+                raise TypeError(f"{name} must hold floating-point values; got numpy dtype {x.dtype}")
+            x = torch.from_numpy(np.array(x, copy=not x.flags.writeable or not x.flags.c_contiguous))
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or a numpy array; got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+        if x.dim() == 1 and x.shape[0] == self.n_features:
+            x = x[None, :]
+        if x.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (n_samples, {self.n_features}); got shape {tuple(x.shape)}")
+        if x.shape[1] != self.n_features:
+            raise ValueError(f"{name} has {x.shape[1]} features but the map has {self.n_features}")
+        x = x.to(device=self.device, dtype=self.dtype)
+        allow_nan = self.missing == "ignore" if allow_nan is None else allow_nan
+        if not torch.compiler.is_compiling() and x.numel():
+            bad = torch.isinf(x) if allow_nan else ~torch.isfinite(x)
+            if bad.any():
+                row = int(bad.any(dim=1).nonzero()[0, 0])
+                what = "Inf" if allow_nan else "NaN or Inf"
+                raise ValueError(f"{name} contains {what} (first at row {row}); clean the data"
+                                 + ("" if allow_nan else " or pass missing='ignore' to skip NaN features"))
+        return x
+
+    def _chunks(self, x) -> Iterable[torch.Tensor]:
+        """Stream x as validated tensors of at most CHUNK_ROWS rows: a tensor, a numpy
+        array (np.memmap included: read chunk by chunk) or a re-iterable of batches."""
+        if isinstance(x, (torch.Tensor, np.ndarray)):
+            n = x.shape[0]
+            if n == 0:
+                return
+            for start in range(0, n, CHUNK_ROWS):
+                yield self._as_tensor(x[start:start + CHUNK_ROWS])
+        else:
+            for batch in x:
+                yield self._as_tensor(batch)
+
+    @staticmethod
+    def _is_stream(x) -> bool:
+        return not isinstance(x, (torch.Tensor, np.ndarray))
+
+    # ------------------------------------------------------------------ init
+    def _initialize(self, x, distributed: bool) -> None:
+        k_nodes, d = self.n_nodes, self.n_features
+        dt = torch.float64
+        gen = self._generator
+        if self.init == "uniform":
+            bound = 1.0 / math.sqrt(d)
+            w = (torch.rand((self.n_maps, k_nodes, d), generator=gen, dtype=dt) * 2 - 1) * bound
+        elif self.init == "random":
+            counts = []
+            for chunk in self._chunks(x):
+                counts.append(chunk.shape[0])
+            n_local = sum(counts)
+            shards = gkdist.all_gather_counts(n_local, self.device) if distributed else [n_local]
+            n_total = sum(shards)
+            if n_total == 0:
+                raise ValueError("x is empty; the SOM needs data to train")
+            offset = sum(shards[:gkdist.rank()]) if distributed else 0
+            picks = torch.randint(0, n_total, (self.n_maps, k_nodes), generator=gen)
+            w = torch.zeros((self.n_maps, k_nodes, d), dtype=dt, device=self.device)
+            start = offset
+            for chunk in self._chunks(x):
+                local = picks.to(self.device) - start
+                mine = (local >= 0) & (local < chunk.shape[0])
+                w[mine] = chunk.to(dt)[local[mine]]
+                start += chunk.shape[0]
+            if distributed:
+                gkdist.all_reduce_sum(w)
+            w = torch.nan_to_num(w)
+        else:
+            total = torch.zeros((), dtype=dt, device=self.device)
+            s1 = torch.zeros(d, dtype=dt, device=self.device)
+            s2 = torch.zeros((d, d), dtype=dt, device=self.device)
+            for chunk in self._chunks(x):
+                c = torch.nan_to_num(chunk.to(dt))
+                total += c.shape[0]
+                s1 += c.sum(0)
+                s2 += c.T @ c
+            if distributed:
+                gkdist.all_reduce_sum(total, s1, s2)
+            if float(total) == 0:
+                raise ValueError("x is empty; the SOM needs data to train")
+            mean = s1 / total
+            cov = s2 / total - torch.outer(mean, mean)
+            evals, evecs = torch.linalg.eigh(cov.cpu())
+            order = torch.argsort(evals, descending=True)
+            evals, evecs = evals[order].clamp(min=0), evecs[:, order]
+            # a deterministic sign per component, so every rank and run agrees
+            signs = torch.sign(evecs[evecs.abs().argmax(dim=0), torch.arange(evecs.shape[1])])
+            evecs = (evecs * torch.where(signs == 0, 1.0, signs)).to(self.device)
+            rows, cols = self.lattice.shape
+            a = torch.linspace(-1, 1, rows, dtype=dt) if rows > 1 else torch.zeros(1, dtype=dt)
+            b = torch.linspace(-1, 1, cols, dtype=dt) if cols > 1 else torch.zeros(1, dtype=dt)
+            # the longer grid axis follows the first principal component
+            first, second = (b, a) if cols >= rows else (a, b)
+            ga = a.repeat_interleave(cols) if first is a else b.repeat(rows)
+            gb = b.repeat(rows) if first is a else a.repeat_interleave(cols)
+            std = evals.sqrt().to(self.device)
+            w = mean[None, :] + ga.to(self.device)[:, None] * (std[0] * evecs[:, 0])[None, :]
+            if d > 1:
+                w = w + gb.to(self.device)[:, None] * (std[1] * evecs[:, 1])[None, :]
+            w = w[None].expand(self.n_maps, -1, -1)
+        self.codebook.copy_(w.to(self.codebook.device, self.dtype))
+        self.initialized.fill_(True)
+
+    # ----------------------------------------------------------------- schedule
+    def _rates(self, first: int, count: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, count) learning rates and sigmas for global steps first .. first+count-1."""
+        out = []
+        for spec in (self._learning_rate, self._sigma):
+            if callable(spec):
+                out.append(schedules.evaluate(spec, torch.ones(self.n_maps), torch.ones(self.n_maps),
+                                              first, count, total))
+            else:
+                out.append(schedules.evaluate(self.schedule, spec[0], spec[1], first, count, total))
+        return out[0], out[1]
+
+    # --------------------------------------------------------------------- fit
+    def fit(self, x, epochs: int = 10, mode: str = "batch", batch_size: int = 256, *,
+            sampling: str = "permutation", verbose: bool = True, checkpoint: str | None = None,
+            resume: bool = False, distributed: bool = False, backend: str | None = None,
+            callback: Callable[["SOM", int], None] | None = None) -> "SOM":
+        """Train the map(s) on x for ``epochs`` passes; sigma and the learning rate follow
+        the schedule over the whole fit.
+
+        Args:
+            x: (N, D) tensor or numpy array (float64 accepted, computed in the model's
+                dtype; np.memmap streamed in chunks in batch mode), or a re-iterable of
+                (n, D) batches (batch mode: data larger than memory).
+            mode: "batch" (Kohonen's batch rule, one update per epoch), "online" (the
+                sequential rule, one update per sample) or "minibatch" (updates
+                averaged over batches of ``batch_size``).
+            sampling: online / mini-batch sample order: "permutation" (a seeded
+                shuffle per epoch), "sequential" (as given) or "replacement" (seeded
+                draws with replacement).
+            checkpoint: save the model atomically to this path after every epoch;
+                with ``resume=True`` training continues from it when it exists.
+            distributed: x is this rank's shard of the data; statistics are
+                all-reduced over the default process group (see genkernels.distributed).
+            callback: called as callback(model, epoch) after every epoch (e.g. to log
+                more metrics into model.history[-1]).
+        """
+        check_choice("mode", mode, MODES)
+        check_choice("sampling", sampling, SAMPLINGS)
+        epochs = check_int("epochs", epochs, 1)
+        batch_size = check_int("batch_size", batch_size, 1)
+        if distributed:
+            if mode == "online":
+                raise ValueError("mode='online' is sequential and cannot be distributed; "
+                                 "use mode='batch' or 'minibatch'")
+            gkdist.ensure_process_group(self.device)
+        if mode != "batch" and self._is_stream(x):
+            raise TypeError(f"mode={mode!r} needs x as one tensor or array; iterables of batches "
+                            "train in mode='batch'")
+        if resume:
+            if checkpoint is None:
+                raise ValueError("resume=True needs checkpoint=PATH")
+            if os.path.exists(checkpoint):
+                self._load_into(checkpoint)
+        else:
+            self.epochs_done.zero_()
+            self.history = []
+        if mode != "batch":
+            x = self._as_tensor(x, allow_nan=False)
+            if x.shape[0] == 0 and not distributed:
+                raise ValueError("x is empty; the SOM needs data to train")
+        if not bool(self.initialized):
+            self._initialize(x, distributed)
+        bar = _progress(epochs, int(self.epochs_done), verbose and gkdist.rank() == 0, mode)
+        for epoch in range(int(self.epochs_done), epochs):
+            if mode == "batch":
+                qe = self._batch_epoch(x, epoch, epochs, distributed, backend)
+            elif mode == "online":
+                qe = self._online_epoch(x, epoch, epochs, sampling, backend)
+            else:
+                qe = self._minibatch_epoch(x, epoch, epochs, batch_size, sampling, distributed, backend)
+            self.epochs_done.fill_(epoch + 1)
+            self.history.append({"epoch": epoch + 1, "quantization_error": qe})
+            if callback is not None:
+                callback(self, epoch + 1)
+            if checkpoint is not None and gkdist.rank() == 0:
+                self.save(checkpoint)
+            bar.update(qe)
+        bar.close()
+        return self
+
+    def partial_fit(self, x, mode: str = "online", *, sampling: str = "sequential",
+                    backend: str | None = None) -> "SOM":
+        """One more pass over x at the current end-of-schedule rates (the rates of the
+        last step of a fit), without resetting the map."""
+        check_choice("mode", mode, MODES)
+        if mode != "batch":
+            x = self._as_tensor(x, allow_nan=False)
+        if not bool(self.initialized):
+            self._initialize(x, False)
+        if mode == "batch":
+            self._batch_epoch(x, 0, 1, False, backend, sigma_index=-1)
+        elif mode == "online":
+            self._online_epoch(x, 0, 1, sampling, backend, fixed_end=True)
+        else:
+            self._minibatch_epoch(x, 0, 1, 256, sampling, False, backend, fixed_end=True)
+        return self
+
+    def _end_rates(self, count: int):
+        lr, sig = self._rates(0, 2, 2)
+        return lr[:, -1:].expand(-1, count).contiguous(), sig[:, -1:].expand(-1, count).contiguous()
+
+    def _batch_epoch(self, x, epoch, epochs, distributed, backend, sigma_index=None) -> float:
+        _, sig = self._rates(epoch, 1, epochs) if sigma_index is None else self._end_rates(1)
+        ignore_nan = self.missing == "ignore"
+        coords = self.coords()
+        dt = acc_dtype(self.dtype)
+        qe_total = 0.0
+        n_total = 0
+        new = torch.empty_like(self.codebook)
+        for m in range(self.n_maps):
+            w = self.codebook[m]
+            sums = counts = None
+            dsum = torch.zeros((), dtype=torch.float64, device=self.device)
+            n = torch.zeros((), dtype=torch.float64, device=self.device)
+            for chunk in self._chunks(x):
+                if self.rule == "wtm":
+                    s, c, ds = self._wtm_sums(chunk, w, float(sig[m, 0]))
+                else:
+                    s, c, ds = ops.som_node_sums(chunk, w, self.metric, ignore_nan=ignore_nan, backend=backend)
+                sums = s if sums is None else sums + s
+                counts = c if counts is None else counts + c
+                dsum += ds
+                n += chunk.shape[0]
+            if sums is None:
+                sums = torch.zeros((self.n_nodes, self.n_features), dtype=dt, device=self.device)
+                counts = torch.zeros(sums.shape if ignore_nan else sums.shape[:1], dtype=dt, device=self.device)
+            if distributed:
+                gkdist.all_reduce_sum(sums, counts, dsum, n)
+            if float(n) == 0:
+                raise ValueError("x is empty; the SOM needs data to train")
+            if self.rule == "som":
+                new[m] = ops.som_smooth(sums, counts, w, coords, self.lattice.periods, self.neighborhood,
+                                        float(sig[m, 0]), self.lattice.shape if self.lattice.separable else None)
+            else:
+                den = counts if counts.dim() == 2 else counts[:, None]
+                new[m] = torch.where(den > 0, sums / den.clamp(min=torch.finfo(dt).tiny), w.to(dt)).to(self.dtype)
+            qe_total += float(dsum)
+            n_total = float(n)
+        self.codebook.copy_(new)
+        return qe_total / (n_total * self.n_maps)
+
+    def _wtm_sums(self, chunk, w, sigma):
+        """Winner-takes-most batch sums: every node gathers every sample with weight
+        K(rho) of the data-space distance; computed per chunk from the definition."""
+        dt = acc_dtype(self.dtype)
+        rho = reference.pairwise_distances(chunk, w, self.metric, self.missing == "ignore")
+        h = reference.neighborhood(self.neighborhood, rho, torch.zeros_like(rho), sigma)
+        xs = torch.nan_to_num(chunk.to(dt))
+        dmin = rho.min(dim=1).values
+        return h.T @ xs, h.sum(0), dmin[torch.isfinite(dmin)].to(torch.float64).sum()
+
+    def _order(self, n: int, epochs_index: int, sampling: str) -> torch.Tensor:
+        if sampling == "sequential":
+            order = torch.arange(n)
+        elif sampling == "permutation":
+            order = torch.randperm(n, generator=self._generator)
+        else:
+            order = torch.randint(0, n, (n,), generator=self._generator)
+        return order
+
+    def _online_epoch(self, x, epoch, epochs, sampling, backend, fixed_end=False) -> float:
+        n = x.shape[0]
+        order = self._order(n, epoch, sampling)
+        if fixed_end:
+            lr, sig = self._end_rates(n)
+        else:
+            lr, sig = self._rates(epoch * n, n, epochs * n)
+        dev = self.device
+        order_m = order[None, :].expand(self.n_maps, -1).contiguous().to(dev)
+        dt = acc_dtype(self.dtype)
+        lr, sig = lr.to(dev, dt), sig.to(dev, dt)
+        if callable(self.neighborhood):
+            new = reference.som_online(self.codebook, x, order_m, lr, sig, self.coords(), *self.lattice.periods,
+                                       self.neighborhood, self.rule, self.metric)
+        else:
+            new = ops.som_online(self.codebook, x, order_m, lr, sig, self.coords(), self.lattice.periods,
+                                 self.neighborhood, self.rule, self.metric, backend=backend)
+        self.codebook.copy_(new)
+        return float(self.quantization_error(x, backend=backend).mean())
+
+    def _minibatch_epoch(self, x, epoch, epochs, batch_size, sampling, distributed, backend,
+                         fixed_end=False) -> float:
+        n = x.shape[0]
+        steps = max(1, math.ceil(n / batch_size))
+        if distributed:
+            # every rank takes the same number of steps: the largest shard sets it
+            n_steps = torch.tensor([steps], dtype=torch.int64, device=self.device)
+            torch.distributed.all_reduce(n_steps, op=torch.distributed.ReduceOp.MAX)
+            steps = int(n_steps)
+        order = self._order(n, epoch, sampling)
+        lr, sig = self._end_rates(steps) if fixed_end else self._rates(epoch * steps, steps, epochs * steps)
+        dt = acc_dtype(self.dtype)
+        coords = self.coords()
+        periods = self.lattice.periods
+        for step in range(steps):
+            idx = order[step * batch_size:(step + 1) * batch_size].to(self.device) if n else order[:0]
+            xb = x[idx]
+            for m in range(self.n_maps):
+                w = self.codebook[m].to(dt)
+                num = torch.zeros_like(w)
+                den = torch.zeros(self.n_nodes, dtype=dt, device=self.device)
+                count = torch.tensor(float(xb.shape[0]), dtype=dt, device=self.device)
+                if xb.shape[0]:
+                    h = self._sample_neighborhood(xb, self.codebook[m], float(sig[m, step]), coords, periods, backend)
+                    num = h.T @ xb.to(dt)
+                    den = h.sum(0)
+                if distributed:
+                    gkdist.all_reduce_sum(num, den, count)
+                if float(count) > 0:
+                    w = w + float(lr[m, step]) / count * (num - den[:, None] * w)
+                self.codebook[m] = w.to(self.dtype)
+        return float(self.quantization_error(x, backend=backend).mean()) if n else 0.0
+
+    def _sample_neighborhood(self, xb, w, sigma, coords, periods, backend) -> torch.Tensor:
+        """(B, K) update weights of a batch under the model's rule."""
+        if self.rule == "wtm":
+            rho = reference.pairwise_distances(xb, w, self.metric)
+            return reference.neighborhood(self.neighborhood, rho, torch.zeros_like(rho), sigma)
+        bmu = ops.som_bmu(xb, w, 1, self.metric, backend=backend)[0][:, 0]
+        if self.rule == "wta":
+            return torch.nn.functional.one_hot(bmu, self.n_nodes).to(coords.dtype)
+        d0, d1 = reference.lattice_deltas(coords[bmu][:, None, :], coords[None, :, :], *periods)
+        return reference.neighborhood(self.neighborhood, d0, d1, sigma)
+
+    # ----------------------------------------------------------------- queries
+    def _per_map(self, fn, x):
+        out = [fn(self.codebook[m], x) for m in range(self.n_maps)]
+        return out[0] if self.n_maps == 1 else out
+
+    def bmu(self, x, k: int = 1, backend: str | None = None):
+        """Indices (N, k) int64 and distances (N, k) of the k best-matching nodes (per
+        map: lists with n_maps > 1)."""
+        x = self._as_tensor(x)
+        res = [ops.som_bmu(x, self.codebook[m], k, self.metric, ignore_nan=self.missing == "ignore",
+                           backend=backend) for m in range(self.n_maps)]
+        if self.n_maps == 1:
+            return res[0]
+        return torch.stack([r[0] for r in res]), torch.stack([r[1] for r in res])
+
+    def winner(self, x, backend: str | None = None) -> torch.Tensor:
+        """(N, 2) int64 grid position (row, col) of each sample's best-matching node."""
+        idx = self.bmu(x, backend=backend)[0][..., 0]
+        return torch.stack([idx // self.lattice.cols, idx % self.lattice.cols], dim=-1)
+
+    def transform(self, x, backend: str | None = None) -> torch.Tensor:
+        """(N, 2) lattice coordinates of each sample's best-matching node (hexagonal
+        positions on hexagonal maps): the SOM's 2-D projection of the data."""
+        idx = self.bmu(x, backend=backend)[0][..., 0]
+        return self.coords()[idx]
+
+    def quantization_error(self, x, backend: str | None = None) -> torch.Tensor:
+        """Mean distance of each sample to its best-matching node (0-d; (M,) per map)."""
+        d = self.bmu(x, backend=backend)[1][..., 0].to(torch.float64)
+        return d.mean(dim=-1)
+
+    def topographic_error(self, x, backend: str | None = None) -> torch.Tensor:
+        """Fraction of samples whose best and second-best nodes are not adjacent
+        (MiniSom's definition: the 8 surrounding nodes on rectangular grids, the 6 at
+        distance 1 on hexagonal grids; across the wrap on a torus)."""
+        if self.n_nodes == 1:
+            raise ValueError("the topographic error is not defined for a map with one node")
+        idx = self.bmu(x, 2, backend=backend)[0]
+        adj = self.lattice.adjacent(idx[..., 0], idx[..., 1])
+        return (~adj).to(torch.float64).mean(dim=-1)
+
+    def distortion(self, x, sigma: float | None = None, backend: str | None = None) -> torch.Tensor:
+        """The SOM energy (1/N) sum_i sum_j h(b_i, j) |x_i - w_j|^2 at radius sigma
+        (default: the end of the schedule), from per-node statistics: O(N D + K^2 D)."""
+        x = self._as_tensor(x, allow_nan=False)
+        sigma = float(self._end_rates(1)[1][0, 0]) if sigma is None else check_positive("sigma", sigma)
+        dt = torch.float64
+        out = []
+        for m in range(self.n_maps):
+            w = self.codebook[m]
+            sums, counts, _ = ops.som_node_sums(x, w, self.metric, backend=backend)
+            idx = ops.som_bmu(x, w, 1, self.metric, backend=backend)[0][:, 0]
+            sq = torch.zeros(self.n_nodes, dtype=dt, device=self.device).index_add_(
+                0, idx, (x.to(dt) ** 2).sum(1))
+            stats = torch.cat([sums.to(dt), counts.to(dt)[:, None], sq[:, None]], dim=1)
+            hs = ops.neighborhood_matmul(stats, self.coords().to(dt), self.lattice.periods,
+                                         self.neighborhood, sigma,
+                                         self.lattice.shape if self.lattice.separable else None)
+            wd = w.to(dt)
+            d = self.n_features
+            total = hs[:, d + 1].sum() - 2 * (hs[:, :d] * wd).sum() + (hs[:, d] * (wd * wd).sum(1)).sum()
+            out.append(total / max(x.shape[0], 1))
+        return out[0] if self.n_maps == 1 else torch.stack(out)
+
+    def umatrix(self) -> torch.Tensor:
+        """(rows, cols) mean distance of each node's weights to its adjacent nodes'
+        (4 on rectangles, 6 on hexagons, across the wrap on a torus); (M, rows, cols)."""
+        pairs = self.lattice.neighbor_pairs().to(self.device)
+        out = []
+        for m in range(self.n_maps):
+            w = self.codebook[m].to(torch.float64)
+            d = torch.linalg.vector_norm(w[pairs[:, 0]] - w[pairs[:, 1]], dim=1)
+            total = torch.zeros(self.n_nodes, dtype=torch.float64, device=self.device)
+            total.index_add_(0, pairs[:, 0], d).index_add_(0, pairs[:, 1], d)
+            deg = torch.zeros_like(total).index_add_(0, pairs[:, 0], torch.ones_like(d)).index_add_(
+                0, pairs[:, 1], torch.ones_like(d))
+            out.append((total / deg.clamp(min=1)).reshape(self.lattice.shape))
+        return out[0] if self.n_maps == 1 else torch.stack(out)
+
+    def hit_map(self, x, backend: str | None = None) -> torch.Tensor:
+        """(rows, cols) int64 number of samples each node wins."""
+        idx = self.bmu(x, backend=backend)[0][..., 0]
+
+        def hits(i):
+            return torch.bincount(i, minlength=self.n_nodes).reshape(self.lattice.shape)
+        return hits(idx) if self.n_maps == 1 else torch.stack([hits(i) for i in idx])
+
+    def component_planes(self) -> torch.Tensor:
+        """(D, rows, cols) weights of each feature over the grid ((M, D, rows, cols))."""
+        planes = self.codebook.permute(0, 2, 1).reshape(self.n_maps, self.n_features, *self.lattice.shape)
+        return planes[0] if self.n_maps == 1 else planes
+
+    def win_map(self, x, return_indices: bool = False) -> dict:
+        """{(row, col): samples (or their indices) won by that node} (first map)."""
+        xt = self._as_tensor(x)
+        cells = self.winner(xt)
+        cells = cells[0] if self.n_maps > 1 else cells
+        out = defaultdict(list)
+        for i, (r, c) in enumerate(cells.tolist()):
+            out[(r, c)].append(i if return_indices else xt[i])
+        return dict(out)
+
+    def labels_map(self, x, labels) -> dict:
+        """{(row, col): Counter of the labels of the samples that node wins} (first map)."""
+        labels = list(np.asarray(labels).tolist())
+        xt = self._as_tensor(x)
+        if len(labels) != xt.shape[0]:
+            raise ValueError(f"labels has {len(labels)} entries but x has {xt.shape[0]} rows")
+        cells = self.winner(xt)
+        cells = cells[0] if self.n_maps > 1 else cells
+        out = defaultdict(Counter)
+        for (r, c), lab in zip(cells.tolist(), labels):
+            out[(r, c)][lab] += 1
+        return dict(out)
+
+    def label_nodes(self, x, labels) -> "SOM":
+        """Give every node the majority label of the samples it wins (ties: the
+        smallest label); nodes that win nothing take the label of the nearest
+        labelled node in weight space. Used by :meth:`predict`."""
+        labels = np.asarray(labels)
+        xt = self._as_tensor(x)
+        if labels.shape[0] != xt.shape[0]:
+            raise ValueError(f"labels has {labels.shape[0]} entries but x has {xt.shape[0]} rows")
+        classes, y = np.unique(labels, return_inverse=True)
+        idx = self.bmu(xt)[0]
+        idx = (idx[0] if self.n_maps > 1 else idx)[:, 0].cpu().numpy()
+        votes = np.zeros((self.n_nodes, classes.shape[0]), dtype=np.int64)
+        np.add.at(votes, (idx, y), 1)
+        node_class = votes.argmax(1)
+        labelled = votes.sum(1) > 0
+        if not labelled.all():
+            w = self.codebook[0]
+            src = torch.from_numpy(np.nonzero(labelled)[0]).to(self.device)
+            dst = torch.from_numpy(np.nonzero(~labelled)[0]).to(self.device)
+            nearest = ops.som_bmu(w[dst], w[src], 1, self.metric)[0][:, 0].cpu().numpy()
+            node_class[~labelled] = node_class[np.nonzero(labelled)[0][nearest]]
+        self.node_labels = classes[node_class].tolist()
+        return self
+
+    def predict(self, x) -> np.ndarray:
+        """(N,) label of each sample's best-matching node (call label_nodes first)."""
+        if self.node_labels is None:
+            raise RuntimeError("predict needs node labels: call label_nodes(x, labels) first")
+        idx = self.bmu(x)[0]
+        idx = (idx[0] if self.n_maps > 1 else idx)[:, 0].cpu().numpy()
+        return np.asarray(self.node_labels, dtype=object)[idx].astype(np.asarray(self.node_labels).dtype)
+
+    def cluster(self, n_clusters: int, method: str = "agglomerative") -> torch.Tensor:
+        """(rows, cols) int64 cluster of each node: the codebook grouped into
+        n_clusters, "agglomerative" (Ward linkage restricted to lattice neighbours, so
+        clusters are contiguous on the map) or "kmeans"."""
+        from sklearn.cluster import AgglomerativeClustering, KMeans
+        check_int("n_clusters", n_clusters, 1, self.n_nodes)
+        check_choice("method", method, ("agglomerative", "kmeans"))
+        w = self.codebook[0].to(torch.float64).cpu().numpy()
+        if method == "kmeans":
+            lab = KMeans(n_clusters, n_init=10, random_state=self.seed % (2**32)).fit_predict(w)
+        else:
+            from scipy.sparse import coo_matrix
+            pairs = self.lattice.neighbor_pairs().numpy()
+            conn = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                              shape=(self.n_nodes, self.n_nodes))
+            lab = AgglomerativeClustering(n_clusters, connectivity=conn + conn.T).fit_predict(w)
+        return torch.from_numpy(lab.astype(np.int64)).reshape(self.lattice.shape)
+
+    # ------------------------------------------------------------ persistence
+    def _config(self) -> dict:
+        for name, value in (("neighborhood", self.neighborhood), ("schedule", self.schedule),
+                            ("sigma", self.sigma_spec), ("learning_rate", self.learning_rate_spec)):
+            if callable(value):
+                raise ValueError(f"{name} is a callable, which a checkpoint cannot store; "
+                                 "use a built-in name or numbers to save the model")
+        def plain(v):
+            return v.tolist() if isinstance(v, (torch.Tensor, np.ndarray)) else v
+        return {"grid": list(self.grid), "n_features": self.n_features, "n_maps": self.n_maps,
+                "topology": self.topology, "periodic": self.lattice.periodic,
+                "neighborhood": self.neighborhood, "sigma": plain(self.sigma_spec),
+                "learning_rate": plain(self.learning_rate_spec), "schedule": self.schedule,
+                "init": self.init, "metric": self.metric, "rule": self.rule, "missing": self.missing,
+                "seed": self.seed, "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def save(self, path: str) -> None:
+        """Write the model to ``path`` atomically (a temp file in the same folder, then
+        os.replace): an interrupted save never damages an existing file."""
+        payload = {"format": _CHECKPOINT_FORMAT, "config": self._config(),
+                   "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                   "generator": self._generator.get_state(), "history": self.history,
+                   "node_labels": self.node_labels}
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @staticmethod
+    def _read(path: str) -> dict:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"path: no checkpoint at {path!r}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"path: {path!r} is not a readable genkernels checkpoint ({exc})") from exc
+        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT or "config" not in payload:
+            raise ValueError(f"path: {path!r} is not a genkernels SOM checkpoint")
+        return payload
+
+    def _restore(self, payload: dict) -> None:
+        self.load_state_dict({k: v.to(self.device) for k, v in payload["state"].items()})
+        self._generator.set_state(payload["generator"])
+        self.history = list(payload.get("history", []))
+        self.node_labels = payload.get("node_labels")
+
+    def _load_into(self, path: str) -> None:
+        payload = self._read(path)
+        cfg = payload["config"]
+        mine = self._config()
+        for key in ("grid", "n_features", "n_maps", "topology", "periodic"):
+            if cfg[key] != mine[key]:
+                raise ValueError(f"checkpoint {path!r} has {key}={cfg[key]!r} but this model has {mine[key]!r}")
+        self._restore(payload)
+
+    @classmethod
+    def load(cls, path: str, device=None) -> "SOM":
+        """Read a model written by :meth:`save` (``weights_only=True``)."""
+        payload = cls._read(path)
+        cfg = dict(payload["config"])
+        cfg["dtype"] = getattr(torch, cfg["dtype"])
+        grid = tuple(cfg.pop("grid"))
+        n_features = cfg.pop("n_features")
+        model = cls(grid, n_features, device=device, **cfg)
+        model._restore(payload)
+        return model
+
+    def extra_repr(self) -> str:
+        return (f"grid={self.grid}, n_features={self.n_features}, n_maps={self.n_maps}, "
+                f"topology={self.topology!r}, periodic={self.lattice.periodic}, "
+                f"neighborhood={getattr(self.neighborhood, '__name__', self.neighborhood)!r}, "
+                f"metric={self.metric!r}, rule={self.rule!r}")
+
+    # -------------------------------------------------------------------- plots
+    def plot_umatrix(self, path: str, **kwargs) -> str:
+        from .. import plot
+        return plot.plot_lattice(self.lattice, self.umatrix() if self.n_maps == 1 else self.umatrix()[0],
+                                 path, title="U-matrix", cmap="bone_r", **kwargs)
+
+    def plot_hit_map(self, x, path: str, **kwargs) -> str:
+        from .. import plot
+        hits = self.hit_map(x)
+        return plot.plot_lattice(self.lattice, hits if self.n_maps == 1 else hits[0], path,
+                                 title="hit map", cmap="viridis", **kwargs)
+
+    def plot_component_planes(self, path: str, names=None, max_planes: int = 16, **kwargs) -> str:
+        from .. import plot
+        planes = self.component_planes()
+        planes = planes if self.n_maps == 1 else planes[0]
+        return plot.plot_planes(self.lattice, planes, path, names=names, max_planes=max_planes, **kwargs)
+
+    def plot_labels_map(self, x, labels, path: str, **kwargs) -> str:
+        from .. import plot
+        return plot.plot_labels(self.lattice, self.labels_map(x, labels), path, **kwargs)
+
+    def plot_training_curve(self, path: str, metrics: dict | None = None) -> str:
+        from .. import plot
+        return plot.plot_curves(metrics or {"quantization error": [h["quantization_error"] for h in self.history]},
+                                path)
+
+
+class _progress:
+    """tqdm bar over epochs showing the quantization error (silent when verbose=False)."""
+
+    def __init__(self, total, initial, verbose, mode):
+        self.bar = None
+        if verbose:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=f"SOM ({mode})", unit="epoch")
+
+    def update(self, qe):
+        if self.bar is not None:
+            self.bar.set_postfix(qe=f"{qe:.4f}")
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
