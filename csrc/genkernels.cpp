@@ -1,7 +1,17 @@
 // Every C++ op of genkernels, declared once. Device implementations register with
 // TORCH_LIBRARY_IMPL(genkernels, CPU|CUDA, m) in csrc/cpu/*.cpp and csrc/cuda/*_ops.cpp;
 // fake (meta) kernels and autograd are registered in Python (genkernels/<family>/ops.py).
+#include <Python.h>
 #include <torch/library.h>
+
+// `import genkernels._C` loads this library, which runs the registrations below; the
+// module itself is empty (no pybind11: every op is reached through torch.ops.genkernels).
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
 
 TORCH_LIBRARY(genkernels, m) {
   // ---- self-organizing maps (genkernels/som) ----

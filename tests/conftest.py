@@ -9,7 +9,6 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 
 
 def pytest_configure(config):

@@ -1,0 +1,70 @@
+"""Data-parallel SOM training over two gloo processes on CPU equals one process."""
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from genkernels import SOM
+
+
+def _data():
+    g = np.random.default_rng(0)
+    return (g.normal(size=(301, 5)) + 3 * g.integers(0, 3, (301, 1))).astype(np.float32)
+
+
+def _worker(rank, world, init_file, out_dir, init, mode):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x = _data()
+        shard = np.array_split(x, world)[rank]
+        som = SOM((4, 5), 5, seed=7, init=init)
+        ck = os.path.join(out_dir, f"ck-{init}-{mode}.pt")
+        som.fit(shard, epochs=3, mode=mode, batch_size=32, verbose=False, distributed=True, checkpoint=ck)
+        torch.save(som.weights, os.path.join(out_dir, f"w-{init}-{mode}-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("init,mode", [("pca", "batch"), ("random", "batch"), ("pca", "minibatch")])
+def test_two_processes_equal_one(tmp_path, init, mode):
+    mp.spawn(_worker, args=(2, str(tmp_path / "rdv"), str(tmp_path), init, mode), nprocs=2, join=True)
+    w0 = torch.load(tmp_path / f"w-{init}-{mode}-0.pt")
+    w1 = torch.load(tmp_path / f"w-{init}-{mode}-1.pt")
+    assert torch.equal(w0, w1)  # every rank holds the same map
+    assert (tmp_path / f"ck-{init}-{mode}.pt").exists()
+    back = SOM.load(str(tmp_path / f"ck-{init}-{mode}.pt"))
+    assert torch.equal(back.weights, w0)
+    if mode == "batch":
+        single = SOM((4, 5), 5, seed=7, init=init).fit(_data(), epochs=3, verbose=False)
+        assert torch.allclose(w0, single.weights, rtol=1e-5, atol=1e-5)
+    else:
+        single = SOM((4, 5), 5, seed=7, init=init).fit(_data(), epochs=3, mode=mode, batch_size=64,
+                                                        verbose=False)
+        x = torch.from_numpy(_data())
+        qe_dist = float(torch.cdist(x, w0).min(1).values.mean())
+        assert qe_dist < 1.05 * float(single.quantization_error(x))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_under_torchrun(tmp_path):
+    np.save(tmp_path / "x.npy", _data())
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "genkernels", "train", "som", str(tmp_path / "x.npy"),
+           "--grid", "4", "5", "--epochs", "2", "--distributed", "--quiet", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    single = SOM((4, 5), 5, seed=0).fit(_data(), epochs=2, verbose=False)
+    trained = SOM.load(str(out / "som.pt"))
+    assert torch.allclose(trained.weights, single.weights, rtol=1e-5, atol=1e-5)
