@@ -150,8 +150,12 @@ def forced_backend() -> str | None:
 _warned: set[str] = set()
 
 
+@torch.compiler.assume_constant_result
 def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
-    """The backend that runs ``op`` on ``device``: explicit > use_backend > env > auto."""
+    """The backend that runs ``op`` on ``device``: explicit > use_backend > env > auto.
+
+    Under torch.compile the choice is made once while tracing and baked into the graph
+    (a compiled function keeps the backend it was traced with)."""
     requested = _check_name(backend, "backend") if backend is not None else forced_backend()
     implemented = OP_BACKENDS[op]
     if requested is not None:

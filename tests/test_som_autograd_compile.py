@@ -1,0 +1,54 @@
+"""Autograd through the BMU distances, and torch.compile(fullgraph=True) of the SOM ops."""
+import pytest
+import torch
+
+import genkernels
+from genkernels import ops
+
+BACKENDS = [b for b in genkernels.available_backends("cpu") if b != "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "manhattan", "chebyshev"])
+def test_gradcheck_bmu_distances(backend, metric):
+    x = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w):
+        return ops.som_bmu(x, w, k=2, metric=metric, backend=backend)[1]
+
+    assert torch.autograd.gradcheck(f, (x, w))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bmu_gradient_trains_a_codebook(backend):
+    # a SOM inside a neural net: pulling each winner towards its samples lowers the QE
+    x = torch.randn(200, 3)
+    w = torch.randn(8, 3, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.5)
+    first = None
+    for _ in range(20):
+        loss = ops.som_bmu(x, w, backend=backend)[1].pow(2).mean()
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.7 * first
+
+
+def test_compile_fullgraph_bmu_and_node_sums():
+    x = torch.randn(64, 5)
+    w = torch.randn(12, 5)
+
+    @torch.compile(fullgraph=True)
+    def step(x, w):
+        idx, dist = ops.som_bmu(x, w, k=2)
+        sums, counts, _ = ops.som_node_sums(x, w)
+        return idx, dist, sums / counts.clamp(min=1)[:, None]
+
+    idx, dist, means = step(x, w)
+    want_idx, want_dist = ops.som_bmu(x, w, k=2)
+    assert torch.equal(idx, want_idx)
+    assert torch.allclose(dist, want_dist, atol=1e-6)
+    s, c, _ = ops.som_node_sums(x, w)
+    assert torch.allclose(means, s / c.clamp(min=1)[:, None], atol=1e-6)
