@@ -310,6 +310,10 @@ class SOM(nn.Module):
                 all-reduced over the default process group (see genkernels.distributed).
             callback: called as callback(model, epoch) after every epoch (e.g. to log
                 more metrics into model.history[-1]).
+
+        ``model.history`` gets one entry per epoch with the quantization error shown
+        on the progress bar: in batch mode that of the map the epoch started from (a
+        by-product of the fused pass), in the other modes that of the map after it.
         """
         check_choice("mode", mode, MODES)
         check_choice("sampling", sampling, SAMPLINGS)
@@ -644,7 +648,7 @@ class SOM(nn.Module):
             raise RuntimeError("predict needs node labels: call label_nodes(x, labels) first")
         idx = self.bmu(x)[0]
         idx = (idx[0] if self.n_maps > 1 else idx)[:, 0].cpu().numpy()
-        return np.asarray(self.node_labels, dtype=object)[idx].astype(np.asarray(self.node_labels).dtype)
+        return np.asarray(self.node_labels)[idx]
 
     def cluster(self, n_clusters: int, method: str = "agglomerative") -> torch.Tensor:
         """(rows, cols) int64 cluster of each node: the codebook grouped into
