@@ -1,0 +1,666 @@
+"""Triton kernels of the SOM ops, their launchers and the ``genkernels::*_triton`` ops.
+
+Three layers per op (STYLE.md): ``_som_<op>_kernel`` (the @triton.jit kernel) ->
+``som_<op>_fwd()`` (the launcher: output allocation, grid, fixed meta-parameters) ->
+``torch.ops.genkernels.som_<op>_triton`` (a ``torch.library.custom_op`` with a fake
+kernel), which ``genkernels.som.ops`` calls for ``backend="triton"``. The signatures are
+the C++ schemas of csrc/genkernels.cpp with a ``_triton`` suffix; the oracle is
+genkernels/som/reference.py.
+
+Kernels take string choices as int constexprs, numbered as the enums of
+csrc/common/som.h: metric euclidean 0, cosine 1, manhattan 2, chebyshev 3;
+neighborhood gaussian 0, bubble 1, mexican_hat 2, triangle 3; rule som 0, wta 1, wtm 2.
+
+Numerics
+--------
+* Accumulation in fp32 (fp64 for fp64 input); fp16/bf16 are upcast on load.
+* Euclidean BMU search (fp32/fp16/bf16) ranks nodes by the expansion |w|^2 - 2 x.w on
+  ``tl.dot`` tiles (``input_precision="ieee"``), keeps SLOTS = next power of two
+  >= k + 1 candidates (at most TOPK_SLOTS_MAX), then recomputes their exact
+  sum((x - w)^2) from the definition and re-sorts them: the expansion's cancellation
+  error cannot swap near-tied winners as long as no more than SLOTS nodes are within
+  that error of each other, and the returned distances are exact (tested on data with
+  |x|^2 ~ 1e7 where the expansion alone picks the wrong winner for half the rows). fp64 input and manhattan/chebyshev use broadcast tiles computed from the
+  definition (no expansion, no recheck).
+* Ties break to the lowest node index everywhere: candidates are ordered by the pair
+  (distance, index).
+* A NaN distance (a sample with NaN features and ``ignore_nan=False``) ranks as +inf
+  and comes back as +inf from the in-register top-k path (the reference gives NaN
+  there); the indices match the reference (lowest first).
+* ``som_node_sums_triton`` accumulates with ``tl.atomic_add``: on a GPU the float sums
+  depend on the order in which programs finish (non-deterministic in the last bits);
+  under the interpreter programs run in order.
+
+Top-k: up to ``TOPK_SLOTS_MAX`` candidates are kept in registers per row (a sorted
+(BLOCK_N, SLOTS) list merged with every distance tile by SLOTS selection passes, skipped
+when a tile cannot improve any row of the block). For ``k > TOPK_SLOTS_MAX`` the launcher
+computes exact distances for bounded row tiles (``_som_distances_kernel``, at most
+``_TILE_ELEMENTS`` distances at a time) and selects with a stable ``torch.sort``.
+
+Under ``TRITON_INTERPRET=1`` (CPU tensors, the CI tests) every kernel runs with the same
+fixed configurations; nothing here autotunes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import METRICS, NEIGHBORHOODS, RULES, acc_dtype
+
+METRIC_IDS = {name: i for i, name in enumerate(METRICS)}
+NEIGHBORHOOD_IDS = {name: i for i, name in enumerate(NEIGHBORHOODS)}
+RULE_IDS = {name: i for i, name in enumerate(RULES)}
+
+# Candidates one row keeps in registers; k beyond it takes the tiled sort path.
+TOPK_SLOTS_MAX = 16
+# Sentinel node index of an empty candidate slot (int32: node indices are < 2^31).
+_NO_NODE = 2**31 - 1
+# Distances materialised at once by the k > TOPK_SLOTS_MAX path.
+_TILE_ELEMENTS = 1 << 22
+
+# Fixed launch configurations (the GPU static report in genkernels/_static.py compiles
+# exactly these; bench/results/static/som.md has their registers and spills). The dot
+# path tiles (rows, nodes, features) for tl.dot (every block dimension >= 16) and needs
+# 8 warps: with 4, the 64 x 64 distance tile plus the top-k merge spill 150-1200 bytes
+# of stack per thread. The broadcast path holds a (rows, nodes, features) product in
+# registers, so it takes a thin feature chunk.
+BMU_DOT_CONFIG = dict(BLOCK_N=64, BLOCK_K=64, BLOCK_D=32, num_warps=8, num_stages=2)
+BMU_BROADCAST_CONFIG = dict(BLOCK_N=32, BLOCK_K=32, BLOCK_D=8, num_warps=4, num_stages=2)
+DISTANCES_CONFIG = dict(BLOCK_N=32, BLOCK_K=32, BLOCK_D=8, num_warps=4, num_stages=2)
+# One program per map: the update pass must see every store of the previous step, so no
+# software pipelining across the barrier (num_stages=1).
+ONLINE_CONFIG = dict(BLOCK_K=64, BLOCK_D=32, num_warps=4, num_stages=1)
+
+_TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def _device_of(t: torch.Tensor):
+    """Launch on t's GPU (Triton launches on the current device), no-op on CPU."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------- shared helpers
+@triton.jit
+def _distance_tile(
+    X,            # *x (N, D): samples, any float dtype, any strides
+    W,            # *weights (K, D): codebook, same dtype, any strides
+    rows,         # (BLOCK_N,) int64: row index of x of each tile row
+    nodes,        # (BLOCK_K,) int64: node index of each tile column
+    row_mask,     # (BLOCK_N,) bool: rows < N
+    node_mask,    # (BLOCK_K,) bool: nodes < K
+    D,            # features
+    stride_xn, stride_xd,  # strides of x (elements)
+    stride_wk, stride_wd,  # strides of weights (elements)
+    METRIC: tl.constexpr,      # 0 euclidean, 1 cosine, 2 manhattan, 3 chebyshev
+    IGNORE_NAN: tl.constexpr,  # skip NaN features of x and rescale (reference.paired_distances)
+    EXACT: tl.constexpr,       # True: from the definition on broadcast tiles; False: tl.dot
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,         # accumulation dtype: tl.float32 or tl.float64
+):
+    """(BLOCK_N, BLOCK_K) ranking keys of one tile, looping over features by BLOCK_D.
+
+    EXACT: the true distance, except euclidean gives its square (rescaled with
+    IGNORE_NAN). Not EXACT (euclidean, cosine only): euclidean gives
+    |w|^2 - 2 x.w (restricted to present features), which orders the nodes of a row as
+    the true distance does but is not a distance; cosine gives the cosine distance.
+    A row with no present feature (IGNORE_NAN) is +inf."""
+    dot = tl.zeros((BLOCK_N, BLOCK_K), ACC)    # x.w, or the metric's running sum / max
+    if IGNORE_NAN or EXACT:
+        w_sq = tl.zeros((BLOCK_N, BLOCK_K), ACC)   # |w|^2 over the row's present features
+    else:
+        w_sq = tl.zeros((1, BLOCK_K), ACC)         # |w|^2: one per node, no tile
+    x_sq = tl.zeros((BLOCK_N,), ACC)           # |x|^2 (cosine)
+    n_present = tl.zeros((BLOCK_N,), ACC)      # present features per row (IGNORE_NAN)
+    for d0 in range(0, D, BLOCK_D):
+        feats = d0 + tl.arange(0, BLOCK_D)
+        feat_mask = feats < D
+        xv = tl.load(X + rows[:, None] * stride_xn + feats[None, :] * stride_xd,
+                     mask=row_mask[:, None] & feat_mask[None, :], other=0.0).to(ACC)
+        wv = tl.load(W + nodes[:, None] * stride_wk + feats[None, :] * stride_wd,
+                     mask=node_mask[:, None] & feat_mask[None, :], other=0.0).to(ACC)
+        if IGNORE_NAN:
+            present = (xv == xv) & feat_mask[None, :]
+            xv = tl.where(present, xv, 0.0)
+            n_present += tl.sum(present.to(ACC), 1)
+        if EXACT:
+            xb = xv[:, None, :]
+            wb = wv[None, :, :]
+            if IGNORE_NAN:
+                wb = tl.where(present[:, None, :], wb, 0.0)
+            diff = xb - wb
+            if METRIC == 0:
+                dot += tl.sum(diff * diff, 2)
+            elif METRIC == 1:
+                dot += tl.sum(xb * wb, 2)
+                w_sq += tl.sum(wb * wb, 2)
+                x_sq += tl.sum(xv * xv, 1)
+            elif METRIC == 2:
+                dot += tl.sum(tl.abs(diff), 2)
+            else:
+                dot = tl.maximum(dot, tl.max(tl.abs(diff), 2))
+        else:
+            dot += tl.dot(xv, tl.trans(wv), input_precision="ieee")
+            if IGNORE_NAN:
+                # sum over the row's present features of w^2: one more product
+                w_sq += tl.dot(present.to(ACC), tl.trans(wv * wv), input_precision="ieee")
+            else:
+                w_sq += tl.sum(wv * wv, 1)[None, :]
+            if METRIC == 1:
+                x_sq += tl.sum(xv * xv, 1)
+    if METRIC == 0:
+        if EXACT:
+            key = dot
+        else:
+            key = w_sq - 2.0 * dot
+    elif METRIC == 1:
+        key = 1.0 - dot / (tl.sqrt(x_sq)[:, None] * tl.sqrt(w_sq) + 1e-8)  # reference.COSINE_EPS
+    else:
+        key = dot
+    if IGNORE_NAN:
+        if EXACT and (METRIC == 0 or METRIC == 2):
+            key = key * (D / tl.maximum(n_present, 1.0))[:, None]
+        key = tl.where(n_present[:, None] > 0, key, float("inf"))
+    return key
+
+
+@triton.jit
+def _merge_topk(best_v, best_i, tile_v, tile_i, SLOTS: tl.constexpr):
+    """The SLOTS smallest (value, index) pairs of a sorted candidate list
+    best_v/best_i (BLOCK_N, SLOTS) and a tile tile_v/tile_i (BLOCK_N, BLOCK_K), row by
+    row, ascending by value then index. Empty entries are (+inf, _NO_NODE)."""
+    slot = tl.arange(0, SLOTS)[None, :]
+    new_v = best_v
+    new_i = best_i
+    for j in tl.static_range(SLOTS):
+        tv = tl.min(tile_v, 1)
+        ti = tl.min(tl.where(tile_v == tv[:, None], tile_i, 2147483647), 1)
+        lv = tl.min(best_v, 1)
+        li = tl.min(tl.where(best_v == lv[:, None], best_i, 2147483647), 1)
+        take_tile = (tv < lv) | ((tv == lv) & (ti < li))
+        v = tl.where(take_tile, tv, lv)
+        i = tl.where(take_tile, ti, li)
+        new_v = tl.where(slot == j, v[:, None], new_v)
+        new_i = tl.where(slot == j, i[:, None], new_i)
+        # consume the chosen entry
+        hit = take_tile[:, None] & (tile_i == ti[:, None])
+        tile_v = tl.where(hit, float("inf"), tile_v)
+        tile_i = tl.where(hit, 2147483647, tile_i)
+        hit = (~take_tile)[:, None] & (best_i == li[:, None])
+        best_v = tl.where(hit, float("inf"), best_v)
+        best_i = tl.where(hit, 2147483647, best_i)
+    return new_v, new_i
+
+
+@triton.jit
+def _bmu_block(
+    X, W,         # *x (N, D), *weights (K, D)
+    N, K, D,      # samples, nodes, features
+    stride_xn, stride_xd, stride_wk, stride_wd,
+    METRIC: tl.constexpr, IGNORE_NAN: tl.constexpr,
+    EXACT: tl.constexpr,    # rank from the definition (True) or by tl.dot (False)
+    RECHECK: tl.constexpr,  # recompute exact euclidean distances of the candidates
+    SLOTS: tl.constexpr,    # candidates kept per row (power of two >= k)
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The program's BLOCK_N rows against every node: sorted candidates
+    (BLOCK_N, SLOTS) values (true distances) and int32 node indices, plus the rows."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    best_v = tl.full((BLOCK_N, SLOTS), float("inf"), ACC)
+    best_i = tl.full((BLOCK_N, SLOTS), 2147483647, tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        nodes = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        node_mask = nodes < K
+        key = _distance_tile(X, W, rows, nodes, row_mask, node_mask, D,
+                             stride_xn, stride_xd, stride_wk, stride_wd,
+                             METRIC, IGNORE_NAN, EXACT, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+        # padding nodes never win; NaN ranks as +inf
+        key = tl.where(node_mask[None, :] & (key == key), key, float("inf"))
+        tile_i = tl.broadcast_to(tl.where(node_mask, nodes, 2147483647).to(tl.int32)[None, :],
+                                 (BLOCK_N, BLOCK_K))
+        # merge only when some row of the block gains a candidate (rows whose list is
+        # full and whose worst candidate beats the whole tile are left alone)
+        worst_v = tl.max(best_v, 1)
+        worst_empty = tl.max(best_i, 1) == 2147483647
+        gains = (tl.min(key, 1) < worst_v) | worst_empty
+        if tl.sum(gains.to(tl.int32), 0) > 0:
+            best_v, best_i = _merge_topk(best_v, best_i, key, tile_i, SLOTS)
+    if RECHECK:
+        slot = tl.arange(0, SLOTS)[None, :]
+        exact = tl.full((BLOCK_N, SLOTS), float("inf"), ACC)
+        for j in tl.static_range(SLOTS):
+            node = tl.sum(tl.where(slot == j, best_i, 0), 1)   # (BLOCK_N,) int32
+            valid = row_mask & (node < K)
+            node_off = node.to(tl.int64) * stride_wk
+            sq = tl.zeros((BLOCK_N,), ACC)
+            n_present = tl.zeros((BLOCK_N,), ACC)
+            for d0 in range(0, D, BLOCK_D):
+                feats = d0 + tl.arange(0, BLOCK_D)
+                mask = valid[:, None] & (feats < D)[None, :]
+                xv = tl.load(X + rows[:, None] * stride_xn + feats[None, :] * stride_xd,
+                             mask=mask, other=0.0).to(ACC)
+                wv = tl.load(W + node_off[:, None] + feats[None, :] * stride_wd,
+                             mask=mask, other=0.0).to(ACC)
+                diff = xv - wv
+                if IGNORE_NAN:
+                    present = (xv == xv) & mask
+                    diff = tl.where(present, diff, 0.0)
+                    n_present += tl.sum(present.to(ACC), 1)
+                sq += tl.sum(diff * diff, 1)
+            if IGNORE_NAN:
+                sq = sq * (D / tl.maximum(n_present, 1.0))
+                sq = tl.where(n_present > 0, sq, float("inf"))
+            sq = tl.where(valid & (sq == sq), sq, float("inf"))
+            exact = tl.where(slot == j, sq[:, None], exact)
+        empty_v = tl.full((BLOCK_N, SLOTS), float("inf"), ACC)
+        empty_i = tl.full((BLOCK_N, SLOTS), 2147483647, tl.int32)
+        best_v, best_i = _merge_topk(empty_v, empty_i, exact, best_i, SLOTS)
+    if METRIC == 0:
+        best_v = tl.sqrt(best_v)
+    return best_v, best_i, rows, row_mask
+
+
+# ------------------------------------------------------------------------------ BMU
+@triton.jit
+def _som_bmu_kernel(
+    X,            # *x (N, D) samples, fp16/bf16/fp32/fp64, any strides
+    W,            # *weights (K, D) codebook, x's dtype, any strides
+    INDICES,      # *out (N, k) int64, contiguous: node indices, ascending distance
+    DISTANCES,    # *out (N, k) x's dtype, contiguous: the true distances
+    N, K, D,      # samples, nodes, features
+    k,            # neighbours wanted per row, 1 <= k <= SLOTS
+    stride_xn, stride_xd,   # strides of x (elements)
+    stride_wk, stride_wd,   # strides of weights (elements)
+    METRIC: tl.constexpr,      # 0 euclidean, 1 cosine, 2 manhattan, 3 chebyshev
+    IGNORE_NAN: tl.constexpr,  # skip NaN features of x, rescale as the reference
+    EXACT: tl.constexpr,       # broadcast tiles from the definition instead of tl.dot
+    RECHECK: tl.constexpr,     # exact euclidean recheck of the SLOTS candidates
+    SLOTS: tl.constexpr,       # candidates kept in registers per row, power of two
+    BLOCK_N: tl.constexpr,     # rows of x per program
+    BLOCK_K: tl.constexpr,     # nodes per tile of the node loop
+    BLOCK_D: tl.constexpr,     # features per chunk of the feature loop
+    ACC: tl.constexpr,         # accumulation dtype
+):
+    """One program owns BLOCK_N rows of x and streams the codebook through it in tiles
+    of BLOCK_K nodes; each distance tile is folded into a per-row top-SLOTS list in
+    registers as soon as it is computed, so no (N, K) matrix exists anywhere."""
+    best_v, best_i, rows, row_mask = _bmu_block(
+        X, W, N, K, D, stride_xn, stride_xd, stride_wk, stride_wd,
+        METRIC, IGNORE_NAN, EXACT, RECHECK, SLOTS, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+    slot = tl.arange(0, SLOTS)
+    out = rows[:, None] * k + slot[None, :]
+    mask = row_mask[:, None] & (slot < k)[None, :]
+    tl.store(INDICES + out, best_i.to(tl.int64), mask=mask)
+    tl.store(DISTANCES + out, best_v.to(DISTANCES.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _som_distances_kernel(
+    X, W,         # *x (N, D), *weights (K, D), any strides
+    OUT,          # *out (N, K) contiguous, accumulation dtype: true distances
+    N, K, D,
+    stride_xn, stride_xd, stride_wk, stride_wd,
+    METRIC: tl.constexpr, IGNORE_NAN: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """Exact distance matrix of a bounded row tile (the k > TOPK_SLOTS_MAX path): one
+    program per (BLOCK_N rows, BLOCK_K nodes) tile, from the definition."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nodes = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_mask = rows < N
+    node_mask = nodes < K
+    dist = _distance_tile(X, W, rows, nodes, row_mask, node_mask, D,
+                          stride_xn, stride_xd, stride_wk, stride_wd,
+                          METRIC, IGNORE_NAN, True, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+    if METRIC == 0:
+        dist = tl.sqrt(dist)
+    tl.store(OUT + rows[:, None] * K + nodes[None, :], dist,
+             mask=row_mask[:, None] & node_mask[None, :])
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _bmu_plan(x: torch.Tensor, metric: str, k: int):
+    """(EXACT, RECHECK, SLOTS, config) of the in-register BMU path for this call."""
+    exact = metric in ("manhattan", "chebyshev") or x.dtype == torch.float64
+    recheck = metric == "euclidean" and not exact
+    slots = _next_pow2(min(k + 1 if recheck else k, TOPK_SLOTS_MAX))
+    config = BMU_BROADCAST_CONFIG if exact else BMU_DOT_CONFIG
+    return exact, recheck, slots, config
+
+
+def som_bmu_fwd(x: torch.Tensor, weights: torch.Tensor, k: int, metric: str,
+                ignore_nan: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (N, D), weights (K, D) -> indices (N, k) int64, distances (N, k) x.dtype."""
+    n, d = x.shape
+    k_nodes = weights.shape[0]
+    indices = torch.empty((n, k), dtype=torch.int64, device=x.device)
+    distances = torch.empty((n, k), dtype=x.dtype, device=x.device)
+    if n == 0 or k == 0:
+        return indices, distances
+    acc = acc_dtype(x.dtype)
+    if k > TOPK_SLOTS_MAX:
+        rows = max(1, _TILE_ELEMENTS // k_nodes)
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            tile = som_distances_fwd(x[start:stop], weights, metric, ignore_nan)
+            values, order = torch.sort(tile, dim=1, stable=True)
+            indices[start:stop] = order[:, :k]
+            distances[start:stop] = values[:, :k].to(x.dtype)
+        return indices, distances
+    exact, recheck, slots, cfg = _bmu_plan(x, metric, k)
+    cfg = dict(cfg)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
+    with _device_of(x):
+        _som_bmu_kernel[grid](
+            x, weights, indices, distances, n, k_nodes, d, k,
+            x.stride(0), x.stride(1), weights.stride(0), weights.stride(1),
+            METRIC=METRIC_IDS[metric], IGNORE_NAN=bool(ignore_nan), EXACT=exact,
+            RECHECK=recheck, SLOTS=slots, ACC=_TL_ACC[acc], **cfg)
+    return indices, distances
+
+
+def som_distances_fwd(x: torch.Tensor, weights: torch.Tensor, metric: str,
+                      ignore_nan: bool) -> torch.Tensor:
+    """Exact (N, K) distances in the accumulation dtype (keep N * K bounded)."""
+    n, d = x.shape
+    k_nodes = weights.shape[0]
+    acc = acc_dtype(x.dtype)
+    out = torch.empty((n, k_nodes), dtype=acc, device=x.device)
+    cfg = dict(DISTANCES_CONFIG)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k_nodes, cfg["BLOCK_K"]))
+    with _device_of(x):
+        _som_distances_kernel[grid](
+            x, weights, out, n, k_nodes, d,
+            x.stride(0), x.stride(1), weights.stride(0), weights.stride(1),
+            METRIC=METRIC_IDS[metric], IGNORE_NAN=bool(ignore_nan), ACC=_TL_ACC[acc], **cfg)
+    return out
+
+
+# ------------------------------------------------------------------------ node sums
+@triton.jit
+def _som_node_sums_kernel(
+    X, W,         # *x (N, D), *weights (K, D), any strides
+    SUMS,         # *out (K, D) contiguous, accumulation dtype, zeroed: sums of won samples
+    COUNTS,       # *out (K,) or (K, D) with IGNORE_NAN, contiguous, zeroed: counts
+    DISTANCE_SUM, # *out () fp64, zeroed: sum of the finite winner distances
+    N, K, D,
+    stride_xn, stride_xd, stride_wk, stride_wd,
+    METRIC: tl.constexpr, IGNORE_NAN: tl.constexpr, EXACT: tl.constexpr,
+    RECHECK: tl.constexpr, SLOTS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The BMU search of _som_bmu_kernel (k = 1) fused with the Voronoi accumulation:
+    each program finds the winners of its BLOCK_N rows, then scatters the rows into
+    their winners' sums/counts with atomics (order-dependent on a GPU) and adds its
+    block's distance sum to DISTANCE_SUM."""
+    best_v, best_i, rows, row_mask = _bmu_block(
+        X, W, N, K, D, stride_xn, stride_xd, stride_wk, stride_wd,
+        METRIC, IGNORE_NAN, EXACT, RECHECK, SLOTS, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+    slot = tl.arange(0, SLOTS)[None, :]
+    winner = tl.sum(tl.where(slot == 0, best_i, 0), 1)          # (BLOCK_N,) int32
+    dist = tl.sum(tl.where(slot == 0, best_v, 0.0), 1)          # (BLOCK_N,) ACC
+    valid = row_mask & (winner < K)
+    winner = winner.to(tl.int64)
+    for d0 in range(0, D, BLOCK_D):
+        feats = d0 + tl.arange(0, BLOCK_D)
+        mask = valid[:, None] & (feats < D)[None, :]
+        xv = tl.load(X + rows[:, None] * stride_xn + feats[None, :] * stride_xd,
+                     mask=mask, other=0.0).to(ACC)
+        out = winner[:, None] * D + feats[None, :]
+        if IGNORE_NAN:
+            present = xv == xv
+            xv = tl.where(present, xv, 0.0)
+            tl.atomic_add(COUNTS + out, present.to(ACC), mask=mask)
+        tl.atomic_add(SUMS + out, xv, mask=mask)
+    if not IGNORE_NAN:
+        tl.atomic_add(COUNTS + winner, tl.full((BLOCK_N,), 1.0, ACC), mask=valid)
+    # the reference sums the distances as returned (x's dtype), in fp64
+    dist64 = dist.to(X.dtype.element_ty).to(tl.float64)
+    finite = valid & (dist64 < float("inf"))
+    tl.atomic_add(DISTANCE_SUM, tl.sum(tl.where(finite, dist64, 0.0), 0))
+
+
+def som_node_sums_fwd(x: torch.Tensor, weights: torch.Tensor, metric: str, ignore_nan: bool):
+    """x (N, D), weights (K, D) -> sums (K, D), counts (K,) or (K, D), distance_sum ()."""
+    n, d = x.shape
+    k_nodes = weights.shape[0]
+    acc = acc_dtype(x.dtype)
+    sums = torch.zeros((k_nodes, d), dtype=acc, device=x.device)
+    counts = torch.zeros((k_nodes, d) if ignore_nan else (k_nodes,), dtype=acc, device=x.device)
+    distance_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    if n == 0:
+        return sums, counts, distance_sum
+    exact, recheck, slots, cfg = _bmu_plan(x, metric, 1)
+    cfg = dict(cfg)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
+    with _device_of(x):
+        _som_node_sums_kernel[grid](
+            x, weights, sums, counts, distance_sum, n, k_nodes, d,
+            x.stride(0), x.stride(1), weights.stride(0), weights.stride(1),
+            METRIC=METRIC_IDS[metric], IGNORE_NAN=bool(ignore_nan), EXACT=exact,
+            RECHECK=recheck, SLOTS=slots, ACC=_TL_ACC[acc], **cfg)
+    return sums, counts, distance_sum
+
+
+# ----------------------------------------------------------------------- online rule
+@triton.jit
+def _neighborhood(NEIGHBORHOOD: tl.constexpr, d0, d1, sigma):
+    """csrc/common/som.h neighborhood(): 1 at the winner, for offsets d0, d1 >= 0."""
+    if NEIGHBORHOOD == 0:    # gaussian
+        h = tl.exp(-(d0 * d0 + d1 * d1) / (2.0 * sigma * sigma))
+    elif NEIGHBORHOOD == 1:  # bubble
+        h = ((d0 < sigma) & (d1 < sigma)).to(d0.dtype)
+    elif NEIGHBORHOOD == 2:  # mexican hat
+        two_s2 = 2.0 * sigma * sigma
+        p = d0 * d0 + d1 * d1
+        h = tl.exp(-p / two_s2) * (1.0 - 2.0 / two_s2 * p)
+    else:                    # triangle
+        h = tl.maximum(1.0 - d0 / sigma, 0.0) * tl.maximum(1.0 - d1 / sigma, 0.0)
+    return h
+
+
+@triton.jit
+def _lattice_delta(a, b, period):
+    """csrc/common/som.h lattice_delta(): |a - b| the short way round a torus of
+    `period` (0 = flat)."""
+    d = tl.abs(a - b)
+    return tl.where(period > 0, tl.minimum(d, period - d), d)
+
+
+@triton.jit
+def _node_distances(
+    W_MAP,        # *working map (K, D) contiguous, ACC
+    X_ROW,        # *the sample's row of x (D,), stride stride_xd
+    nodes, node_mask,  # (BLOCK_K,) int64 node indices and nodes < K
+    D, stride_xd,
+    METRIC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
+):
+    """(BLOCK_K,) true distances of one sample to BLOCK_K nodes, from the definition."""
+    acc = tl.zeros((BLOCK_K,), ACC)
+    w_sq = tl.zeros((BLOCK_K,), ACC)
+    s_sq = tl.zeros((BLOCK_K,), ACC)
+    for d0 in range(0, D, BLOCK_D):
+        feats = d0 + tl.arange(0, BLOCK_D)
+        feat_mask = feats < D
+        s = tl.load(X_ROW + feats * stride_xd, mask=feat_mask, other=0.0).to(ACC)
+        w = tl.load(W_MAP + nodes[:, None] * D + feats[None, :],
+                    mask=node_mask[:, None] & feat_mask[None, :], other=0.0)
+        diff = s[None, :] - w
+        if METRIC == 0:
+            acc += tl.sum(diff * diff, 1)
+        elif METRIC == 1:
+            acc += tl.sum(s[None, :] * w, 1)
+            w_sq += tl.sum(w * w, 1)
+            s_sq += tl.sum(s * s, 0)
+        elif METRIC == 2:
+            acc += tl.sum(tl.abs(diff), 1)
+        else:
+            acc = tl.maximum(acc, tl.max(tl.abs(diff), 1))
+    if METRIC == 0:
+        acc = tl.sqrt(acc)
+    elif METRIC == 1:
+        acc = 1.0 - acc / (tl.sqrt(s_sq) * tl.sqrt(w_sq) + 1e-8)
+    return acc
+
+
+@triton.jit
+def _som_online_kernel(
+    OUT,          # *working maps (M, K, D) contiguous, ACC: the input weights on entry,
+                  #  the trained weights on exit (updated in place, step by step)
+    X,            # *x (N, D) samples, any float dtype and strides
+    ORDER,        # *order (M, T) int64 contiguous: sample index of each step
+    LR,           # *lr (M, T) ACC contiguous: learning rate of each step
+    SIGMA,        # *sigma (M, T) ACC contiguous: neighbourhood radius of each step
+    COORDS,       # *coords (K, 2) ACC contiguous: lattice position of each node
+    PERIODS,      # *(2,) ACC: torus period of each lattice axis (0 = flat); a tensor, not
+                  #  scalar arguments, so fp64 maps keep fp64 periods (floats pass as fp32)
+    K, D, T,      # nodes, features, steps
+    stride_xn, stride_xd,   # strides of x (elements)
+    NEIGHBORHOOD: tl.constexpr,  # 0 gaussian, 1 bubble, 2 mexican_hat, 3 triangle
+    RULE: tl.constexpr,          # 0 som, 1 wta, 2 wtm
+    METRIC: tl.constexpr,        # 0 euclidean, 1 cosine, 2 manhattan, 3 chebyshev
+    BLOCK_K: tl.constexpr,       # nodes per tile
+    BLOCK_D: tl.constexpr,       # features per chunk
+    ACC: tl.constexpr,           # accumulation dtype
+):
+    """One program owns one map for the whole epoch and walks its T steps in order:
+    a distance pass over node tiles (argmin, lowest index on ties), a barrier, an
+    update pass w += lr * h * (s - w) over node tiles, a barrier. The map lives in
+    global memory (L2-resident for the map sizes this kernel is meant for; the CUDA
+    kernel in csrc/cuda/som.cu keeps it in shared memory)."""
+    m = tl.program_id(0).to(tl.int64)
+    w_map = OUT + m * K * D
+    lanes = tl.arange(0, BLOCK_K).to(tl.int64)
+    period_0 = tl.load(PERIODS)
+    period_1 = tl.load(PERIODS + 1)
+    for t in range(T):
+        step = m * T + t
+        sample = tl.load(ORDER + step)
+        eta = tl.load(LR + step)
+        sigma = tl.load(SIGMA + step)
+        x_row = X + sample * stride_xn
+        # ---- distance pass: lane j keeps the best of nodes j, j + BLOCK_K, ...
+        lane_v = tl.full((BLOCK_K,), float("inf"), ACC)
+        lane_i = tl.full((BLOCK_K,), 2147483647, tl.int64)
+        for k0 in range(0, K, BLOCK_K):
+            nodes = k0 + lanes
+            node_mask = nodes < K
+            rho = _node_distances(w_map, x_row, nodes, node_mask, D, stride_xd,
+                                  METRIC, BLOCK_K, BLOCK_D, ACC)
+            rho = tl.where(rho == rho, rho, float("inf"))  # NaN ranks last
+            better = node_mask & ((rho < lane_v) | (lane_i == 2147483647))
+            lane_v = tl.where(better, rho, lane_v)
+            lane_i = tl.where(better, nodes, lane_i)
+        best_v = tl.min(lane_v, 0)
+        winner = tl.min(tl.where(lane_v == best_v, lane_i, 2147483647), 0)
+        tl.debug_barrier()
+        # ---- update pass
+        if RULE == 1:
+            for d0 in range(0, D, BLOCK_D):
+                feats = d0 + tl.arange(0, BLOCK_D)
+                feat_mask = feats < D
+                s = tl.load(x_row + feats * stride_xd, mask=feat_mask, other=0.0).to(ACC)
+                w = tl.load(w_map + winner * D + feats, mask=feat_mask, other=0.0)
+                tl.store(w_map + winner * D + feats, w + eta * (s - w), mask=feat_mask)
+        else:
+            win_0 = tl.load(COORDS + winner * 2)
+            win_1 = tl.load(COORDS + winner * 2 + 1)
+            for k0 in range(0, K, BLOCK_K):
+                nodes = k0 + lanes
+                node_mask = nodes < K
+                if RULE == 0:
+                    pos_0 = tl.load(COORDS + nodes * 2, mask=node_mask, other=0.0)
+                    pos_1 = tl.load(COORDS + nodes * 2 + 1, mask=node_mask, other=0.0)
+                    h = _neighborhood(NEIGHBORHOOD, _lattice_delta(pos_0, win_0, period_0),
+                                      _lattice_delta(pos_1, win_1, period_1), sigma)
+                else:
+                    # winner takes most: h of the data-space distance, computed before
+                    # this tile's update (its own rows are untouched so far this step)
+                    rho = _node_distances(w_map, x_row, nodes, node_mask, D, stride_xd,
+                                          METRIC, BLOCK_K, BLOCK_D, ACC)
+                    h = _neighborhood(NEIGHBORHOOD, rho, tl.zeros_like(rho), sigma)
+                coef = eta * h
+                for d0 in range(0, D, BLOCK_D):
+                    feats = d0 + tl.arange(0, BLOCK_D)
+                    mask = node_mask[:, None] & (feats < D)[None, :]
+                    s = tl.load(x_row + feats * stride_xd, mask=feats < D, other=0.0).to(ACC)
+                    ptrs = w_map + nodes[:, None] * D + feats[None, :]
+                    w = tl.load(ptrs, mask=mask, other=0.0)
+                    tl.store(ptrs, w + coef[:, None] * (s[None, :] - w), mask=mask)
+        tl.debug_barrier()
+
+
+def som_online_fwd(weights, x, order, lr, sigma, coords, period_0: float, period_1: float,
+                   neighborhood: str, rule: str, metric: str) -> torch.Tensor:
+    """weights (M, K, D) -> trained weights (M, K, D) in weights' dtype (input untouched)."""
+    m, k_nodes, d = weights.shape
+    acc = acc_dtype(weights.dtype)
+    out = weights.to(dtype=acc, memory_format=torch.contiguous_format, copy=True)
+    t_steps = order.shape[1]
+    if m == 0 or t_steps == 0 or k_nodes == 0:
+        return out.to(weights.dtype)
+    order = order.contiguous()
+    lr = lr.to(acc).contiguous()
+    sigma = sigma.to(acc).contiguous()
+    coords = coords.to(acc).contiguous()
+    periods = torch.tensor([period_0, period_1], dtype=acc).to(x.device)
+    with _device_of(x):
+        _som_online_kernel[(m,)](
+            out, x, order, lr, sigma, coords, periods, k_nodes, d, t_steps,
+            x.stride(0), x.stride(1),
+            NEIGHBORHOOD=NEIGHBORHOOD_IDS[neighborhood], RULE=RULE_IDS[rule],
+            METRIC=METRIC_IDS[metric], ACC=_TL_ACC[acc], **ONLINE_CONFIG)
+    return out if out.dtype == weights.dtype else out.to(weights.dtype)
+
+
+# ----------------------------------------------------------------------- custom ops
+@torch.library.custom_op("genkernels::som_bmu_triton", mutates_args=())
+def som_bmu_triton(x: torch.Tensor, weights: torch.Tensor, k: int, metric: str,
+                   ignore_nan: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return som_bmu_fwd(x, weights, k, metric, ignore_nan)
+
+
+@som_bmu_triton.register_fake
+def _som_bmu_triton_fake(x, weights, k, metric, ignore_nan):
+    n = x.shape[0]
+    return x.new_empty((n, k), dtype=torch.int64), x.new_empty((n, k))
+
+
+@torch.library.custom_op("genkernels::som_node_sums_triton", mutates_args=())
+def som_node_sums_triton(x: torch.Tensor, weights: torch.Tensor, metric: str,
+                         ignore_nan: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return som_node_sums_fwd(x, weights, metric, ignore_nan)
+
+
+@som_node_sums_triton.register_fake
+def _som_node_sums_triton_fake(x, weights, metric, ignore_nan):
+    k_nodes, d = weights.shape
+    dt = acc_dtype(x.dtype)
+    counts = x.new_empty((k_nodes, d) if ignore_nan else (k_nodes,), dtype=dt)
+    return x.new_empty((k_nodes, d), dtype=dt), counts, x.new_empty((), dtype=torch.float64)
+
+
+@torch.library.custom_op("genkernels::som_online_triton", mutates_args=())
+def som_online_triton(weights: torch.Tensor, x: torch.Tensor, order: torch.Tensor,
+                      lr: torch.Tensor, sigma: torch.Tensor, coords: torch.Tensor,
+                      period_0: float, period_1: float, neighborhood: str, rule: str,
+                      metric: str) -> torch.Tensor:
+    return som_online_fwd(weights, x, order, lr, sigma, coords, period_0, period_1,
+                          neighborhood, rule, metric)
+
+
+@som_online_triton.register_fake
+def _som_online_triton_fake(weights, x, order, lr, sigma, coords, period_0, period_1,
+                            neighborhood, rule, metric):
+    return torch.empty_like(weights, memory_format=torch.contiguous_format)
