@@ -1,0 +1,80 @@
+"""GPU backends on a CUDA device (marked gpu: skipped where no GPU is present)."""
+import pytest
+import torch
+
+import genkernels
+from genkernels import ops
+from genkernels.som import Lattice, reference
+
+pytestmark = pytest.mark.gpu
+
+
+def _online_case(m, k_side, d, t, dtype, periodic=False, topology="rectangular"):
+    g = torch.Generator().manual_seed(0)
+    lat = Lattice(k_side, k_side + 2, topology, periodic)
+    w = torch.randn(m, lat.n_nodes, d, generator=g, dtype=dtype)
+    x = torch.randn(300, d, generator=g, dtype=dtype)
+    order = torch.randint(0, 300, (m, t), generator=g)
+    acc = reference.acc_dtype(dtype)
+    lr = torch.linspace(0.5, 0.01, t, dtype=acc).repeat(m, 1)
+    sigma = torch.linspace(3.0, 1.0, t, dtype=acc).repeat(m, 1) * torch.linspace(1, 2, m, dtype=acc)[:, None]
+    return w, x, order, lr, sigma, lat
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("neighborhood", ["gaussian", "bubble", "mexican_hat", "triangle"])
+@pytest.mark.parametrize("rule", ["som", "wta", "wtm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_online_matches_reference_step_for_step(backend, neighborhood, rule, dtype):
+    if rule == "wtm" and neighborhood == "mexican_hat":
+        pytest.skip("wtm needs a non-increasing kernel")
+    if backend not in genkernels.available_backends("cuda"):
+        pytest.skip(f"{backend} backend not available")
+    w, x, order, lr, sigma, lat = _online_case(3, 6, 17, 200, dtype, periodic=True)
+    coords = lat.coords(reference.acc_dtype(dtype))
+    want = reference.som_online(w, x, order, lr, sigma, coords, *lat.periods, neighborhood, rule)
+    got = ops.som_online(w.cuda(), x.cuda(), order.cuda(), lr.cuda(), sigma.cuda(), coords.cuda(),
+                         lat.periods, neighborhood, rule, backend=backend)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert torch.allclose(got.cpu(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_online_map_beyond_shared_memory(backend):
+    if backend not in genkernels.available_backends("cuda"):
+        pytest.skip(f"{backend} backend not available")
+    # 100 x 100 x 64 floats = 2.56 MB: the map lives in global memory
+    g = torch.Generator().manual_seed(1)
+    lat = Lattice(100, 100)
+    w = torch.randn(1, lat.n_nodes, 64, generator=g)
+    x = torch.randn(50, 64, generator=g)
+    order = torch.arange(50)[None]
+    lr = torch.full((1, 50), 0.3)
+    sigma = torch.full((1, 50), 4.0)
+    want = reference.som_online(w, x, order, lr, sigma, lat.coords(torch.float32), 0.0, 0.0, "gaussian")
+    got = ops.som_online(w.cuda(), x.cuda(), order.cuda(), lr.cuda(), sigma.cuda(),
+                         lat.coords(torch.float32).cuda(), backend=backend)
+    assert torch.allclose(got.cpu(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "manhattan", "chebyshev"])
+@pytest.mark.parametrize("n,k_nodes,d", [(1, 1, 1), (97, 1025, 65), (4099, 4096, 256)])
+def test_triton_bmu_on_gpu(metric, n, k_nodes, d):
+    x = torch.randn(n, d)
+    w = torch.randn(k_nodes, d)
+    want = reference.som_bmu(x, w, min(2, k_nodes), metric)
+    got = ops.som_bmu(x.cuda(), w.cuda(), min(2, k_nodes), metric, backend="triton")
+    assert torch.equal(got[0].cpu(), want[0])
+    assert torch.allclose(got[1].cpu(), want[1], rtol=1e-5, atol=1e-5)
+
+
+def test_node_sums_on_gpu_and_model_trains():
+    x = torch.randn(5000, 32)
+    w = torch.randn(256, 32)
+    s, c, ds = ops.som_node_sums(x.cuda(), w.cuda(), backend="triton")
+    rs, rc, rds = reference.som_node_sums(x, w)
+    assert torch.equal(c.cpu(), rc)
+    assert torch.allclose(s.cpu(), rs, rtol=1e-4, atol=1e-3)
+    som = genkernels.SOM((16, 16), 32, device="cuda", seed=0).fit(x, epochs=3, verbose=False)
+    cpu = genkernels.SOM((16, 16), 32, seed=0).fit(x, epochs=3, verbose=False)
+    assert torch.allclose(som.weights.cpu(), cpu.weights, rtol=1e-3, atol=1e-3)
