@@ -258,3 +258,17 @@ def test_public_bmu_gradient_through_triton_backend():
     ref_dist.sum().backward()
     torch.testing.assert_close(x.grad, xr.grad)
     torch.testing.assert_close(w.grad, wr.grad)
+
+
+def test_deterministic_node_sums_equal_the_reference():
+    x = torch.randn(150, 7)
+    x[3, 2] = float("nan")
+    w = torch.randn(20, 7)
+    for ignore_nan in (False, True):
+        xin = x if ignore_nan else torch.nan_to_num(x)
+        s, c, ds = gk_ops.som_node_sums(xin, w, ignore_nan=ignore_nan, deterministic=True,
+                                                backend="triton")
+        rs, rc, rds = reference.som_node_sums(xin, w, ignore_nan=ignore_nan)
+        assert torch.equal(c, rc)
+        assert torch.allclose(s, rs, rtol=1e-5, atol=1e-5)
+        assert float(ds) == pytest.approx(float(rds), rel=1e-6)

@@ -143,7 +143,7 @@ def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "e
 
 # ------------------------------------------------------------------------ batch rule
 def som_node_sums(x: torch.Tensor, weights: torch.Tensor, metric: str = "euclidean", *,
-                  ignore_nan: bool = False, backend: str | None = None):
+                  ignore_nan: bool = False, deterministic: bool = False, backend: str | None = None):
     """Per-node sums and counts of the samples each node wins (the Voronoi step of
     Kohonen's batch rule), fused with the BMU search: no (N, K) matrix is stored.
 
@@ -153,7 +153,9 @@ def som_node_sums(x: torch.Tensor, weights: torch.Tensor, metric: str = "euclide
         sums (K, D), counts (K,) -- (K, D) per-feature counts with ignore_nan -- in fp32
         (fp64 for fp64 input), and distance_sum, a 0-d fp64 tensor: the sum of the
         winners' distances (N x the quantization error of ``weights``). Deterministic
-        on CPU: a fixed reduction order, no float atomics.
+        on CPU: a fixed reduction order, no float atomics. The triton kernel
+        accumulates with atomics on the GPU; ``deterministic=True`` there runs the
+        BMU kernel, then sorted segment sums (bit-reproducible, one extra (N, D) copy).
     """
     _check_x_weights(x, weights, metric)
     name = backends.resolve("som_node_sums", x.device, backend)
@@ -166,8 +168,33 @@ def som_node_sums(x: torch.Tensor, weights: torch.Tensor, metric: str = "euclide
     if name == "reference":
         return reference.som_node_sums(x, weights, metric, bool(ignore_nan))
     if name == "triton":
+        if deterministic:
+            return _sorted_node_sums(x, weights, metric, bool(ignore_nan), name)
         return _triton_ops().som_node_sums_triton(x, weights, metric, bool(ignore_nan))
     return torch.ops.genkernels.som_node_sums(x, weights, metric, bool(ignore_nan))
+
+
+def _sorted_node_sums(x, weights, metric, ignore_nan, backend):
+    """Node sums without atomics: winners from the backend's BMU kernel, samples sorted
+    by winner (a stable sort), then one segment sum per node in a fixed order."""
+    dt = acc_dtype(x.dtype)
+    k_nodes, d = weights.shape
+    idx, dist = _bmu_forward(x, weights, 1, metric, ignore_nan, backend)
+    idx = idx[:, 0]
+    order = torch.sort(idx, stable=True).indices
+    xs = x[order].to(dt)
+    present = None
+    if ignore_nan:
+        present = ~torch.isnan(xs)
+        xs = torch.where(present, xs, torch.zeros((), dtype=dt, device=x.device))
+    lengths = torch.bincount(idx, minlength=k_nodes)
+    sums = torch.segment_reduce(xs, "sum", lengths=lengths, axis=0, unsafe=True)
+    if present is not None:
+        counts = torch.segment_reduce(present.to(dt), "sum", lengths=lengths, axis=0, unsafe=True)
+    else:
+        counts = lengths.to(dt)
+    dist = dist[:, 0].to(torch.float64)
+    return sums, counts, dist[torch.isfinite(dist)].sum()
 
 
 def _axis_neighborhood(kind, n, period, sigma, dtype, device):
