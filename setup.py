@@ -13,6 +13,10 @@ Build switches (environment variables), all optional:
   DEBUG=1                 -O0 -g, no -DNDEBUG, for gdb / sanitizers.
   MAX_JOBS                parallel compile jobs (read by torch's ninja builder).
 
+At run time (not a build switch): the CPU BMU micro-kernel is compiled for AVX2 and
+AVX-512 and picked by the CPU it runs on; GENKERNELS_CPU_ISA=avx2 forces the AVX2
+kernel (the tests use it to cover both on an AVX-512 machine).
+
 The extension is `genkernels._C`: C++20, OpenMP, -O3. It registers its ops in the
 `genkernels` torch library namespace (csrc/genkernels.cpp); importing
 `genkernels` loads it when present.

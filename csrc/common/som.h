@@ -6,8 +6,11 @@
 
 #if defined(__CUDACC__)
 #define GK_HD __host__ __device__ __forceinline__
+#define GK_HD_FORCEINLINE __host__ __device__ __forceinline__
 #else
 #define GK_HD inline
+// Always inlined on the host too: for loops over nodes that must vectorise.
+#define GK_HD_FORCEINLINE inline __attribute__((always_inline))
 #endif
 
 namespace genkernels::som {
@@ -49,6 +52,30 @@ GK_HD T neighborhood(Neighborhood kind, T dx, T dy, T sigma) {
       const T d = T(2) * sigma * sigma;
       const T p = dx * dx + dy * dy;
       return exp(-p / d) * (T(1) - T(2) / d * p);
+    }
+    case Neighborhood::Triangle:
+      return fmax(T(0), T(1) - dx / sigma) * fmax(T(0), T(1) - dy / sigma);
+  }
+  return T(0);
+}
+
+// neighborhood() with the exponential supplied by the caller: the CPU kernels pass a
+// branch-free exp (csrc/cpu/som_cpu.h) so a whole map's neighbourhood vectorises; the
+// formulas are neighborhood()'s.
+template <typename T, typename Exp>
+GK_HD_FORCEINLINE T neighborhood_with_exp(Neighborhood kind, T dx, T dy, T sigma, Exp exp_fn) {
+  using std::fmax;
+  switch (kind) {
+    case Neighborhood::Gaussian: {
+      const T d = T(2) * sigma * sigma;
+      return exp_fn(-(dx * dx + dy * dy) / d);
+    }
+    case Neighborhood::Bubble:
+      return (dx < sigma && dy < sigma) ? T(1) : T(0);
+    case Neighborhood::MexicanHat: {
+      const T d = T(2) * sigma * sigma;
+      const T p = dx * dx + dy * dy;
+      return exp_fn(-p / d) * (T(1) - T(2) / d * p);
     }
     case Neighborhood::Triangle:
       return fmax(T(0), T(1) - dx / sigma) * fmax(T(0), T(1) - dy / sigma);

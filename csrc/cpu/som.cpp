@@ -1,0 +1,621 @@
+// CPU kernels of the SOM ops (schemas in csrc/genkernels.cpp, spec in
+// genkernels/som/reference.py):
+//
+//   som_bmu        euclidean, k <= 32: the fused register-tiled micro-kernel with an exact
+//                  recheck of near-ties (som_bmu_kernel.h, AVX-512 or AVX2 picked at run
+//                  time); every other case: the direct path, exact distances from their
+//                  definition for blocks of rows against L1/L2-sized tiles of nodes.
+//   som_node_sums  BMU (k = 1) then a per-node sum in sample order, parallel over nodes.
+//   som_online     Kohonen's sequential rule, parallel over maps; each step is one pass over
+//                  the map that applies step t's update to a node and at once measures its
+//                  distance to step t+1's sample.
+//
+// Accumulation runs in fp32 (fp64 for fp64 input): fp16/bf16 inputs are converted once.
+#include <ATen/ATen.h>
+#include <omp.h>
+#include <torch/library.h>
+
+#include <string_view>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+#include "cpu/som_cpu.h"
+
+namespace genkernels::som::cpu {
+namespace {
+
+Metric parse_metric(std::string_view s) {
+  if (s == "euclidean") return Metric::Euclidean;
+  if (s == "cosine") return Metric::Cosine;
+  if (s == "manhattan") return Metric::Manhattan;
+  if (s == "chebyshev") return Metric::Chebyshev;
+  TORCH_CHECK(false, "genkernels som: metric must be euclidean|cosine|manhattan|chebyshev; got '", s, "'");
+}
+
+Neighborhood parse_neighborhood(std::string_view s) {
+  if (s == "gaussian") return Neighborhood::Gaussian;
+  if (s == "bubble") return Neighborhood::Bubble;
+  if (s == "mexican_hat") return Neighborhood::MexicanHat;
+  if (s == "triangle") return Neighborhood::Triangle;
+  TORCH_CHECK(false, "genkernels som: neighborhood must be gaussian|bubble|mexican_hat|triangle; got '", s, "'");
+}
+
+Rule parse_rule(std::string_view s) {
+  if (s == "som") return Rule::Som;
+  if (s == "wta") return Rule::Wta;
+  if (s == "wtm") return Rule::Wtm;
+  TORCH_CHECK(false, "genkernels som: rule must be som|wta|wtm; got '", s, "'");
+}
+
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// ---------------------------------------------------------------------------------- BMU
+// One sample as the direct path sees it: with ignore_nan, NaN features replaced by 0 and
+// `present` (1/0 per feature) set, exactly the reference's where(present, x, 0) and
+// w * present.
+template <typename T>
+struct Sample {
+  const T* x;          // D features (NaN-free copy when masked)
+  const T* present;    // nullptr: every feature present
+  int64_t n_present;
+  T norm;              // |x| over the present features (cosine)
+};
+
+template <typename T>
+T masked_squared_distance(const T* x, const T* w, const T* present, int64_t D) {
+  T acc[kLanes] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    const T t = x[d] - w[d] * present[d];
+    acc[d % kLanes] += t * t;
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+template <typename T>
+T masked_abs_sum(const T* x, const T* w, const T* present, int64_t D) {
+  T acc[kLanes] = {};
+  for (int64_t d = 0; d < D; ++d) acc[d % kLanes] += std::abs(x[d] - w[d] * present[d]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+template <typename T>
+T masked_abs_max(const T* x, const T* w, const T* present, int64_t D) {
+  T m = 0;
+  for (int64_t d = 0; d < D; ++d) m = std::max(m, std::abs(x[d] - w[d] * present[d]));
+  return m;
+}
+
+// Distance of one sample to node w (definitions in reference.paired_distances).
+template <typename T>
+T direct_distance(Metric metric, const Sample<T>& s, const T* w, T w_norm, int64_t D) {
+  if (s.present == nullptr) {
+    switch (metric) {
+      case Metric::Euclidean: return std::sqrt(squared_distance(s.x, w, D));
+      case Metric::Manhattan: return abs_distance_sum(s.x, w, D);
+      case Metric::Chebyshev: return abs_distance_max(s.x, w, D);
+      case Metric::Cosine: return T(1) - dot(s.x, w, D) / (s.norm * w_norm + T(kCosineEps));
+    }
+  }
+  if (s.n_present == 0) return std::numeric_limits<T>::infinity();
+  const T rescale = T(D) / T(s.n_present);
+  switch (metric) {
+    case Metric::Euclidean: return std::sqrt(masked_squared_distance(s.x, w, s.present, D) * rescale);
+    case Metric::Manhattan: return masked_abs_sum(s.x, w, s.present, D) * rescale;
+    case Metric::Chebyshev: return masked_abs_max(s.x, w, s.present, D);
+    case Metric::Cosine: {
+      T num[kLanes] = {}, ww[kLanes] = {};
+      for (int64_t d = 0; d < D; ++d) {
+        const T wm = w[d] * s.present[d];
+        num[d % kLanes] += s.x[d] * wm;
+        ww[d % kLanes] += wm * wm;
+      }
+      const T num_sum = ((num[0] + num[1]) + (num[2] + num[3])) + ((num[4] + num[5]) + (num[6] + num[7]));
+      const T ww_sum = ((ww[0] + ww[1]) + (ww[2] + ww[3])) + ((ww[4] + ww[5]) + (ww[6] + ww[7]));
+      return T(1) - num_sum / (s.norm * std::sqrt(ww_sum) + T(kCosineEps));
+    }
+  }
+  return T(0);
+}
+
+// Direct path: exact distances of blocks of kRowBlock samples against tiles of nodes sized
+// to stay in L1/L2 while every sample of the block reuses them, into a per-thread (block,
+// K) buffer, then a top-k selection per row. Rows: `rows[0..n_rows)` or, when rows is
+// nullptr, 0..n_rows.
+template <typename T>
+void direct_bmu(const T* x, const int64_t* rows, int64_t n_rows, const T* w, int64_t K, int64_t D, int64_t k,
+                Metric metric, bool ignore_nan, int64_t* out_idx, T* out_dist) {
+  constexpr int64_t kRowBlock = 8;
+  const int64_t tile = std::max<int64_t>(16, (int64_t(32) << 10) / int64_t(sizeof(T) * std::max<int64_t>(D, 1)));
+  std::vector<T> w_norm(metric == Metric::Cosine ? K : 0);
+  for (int64_t j = 0; j < int64_t(w_norm.size()); ++j) w_norm[j] = std::sqrt(dot(w + j * D, w + j * D, D));
+  const int64_t n_blocks = (n_rows + kRowBlock - 1) / kRowBlock;
+
+#pragma omp parallel
+  {
+    std::vector<T> values(kRowBlock * K), clean(kRowBlock * D), present(kRowBlock * D);
+    std::vector<int64_t> order;
+    Sample<T> samples[kRowBlock];
+    int64_t row_of[kRowBlock];
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      const int rb = int(std::min<int64_t>(kRowBlock, n_rows - blk * kRowBlock));
+      for (int i = 0; i < rb; ++i) {
+        const int64_t r = rows ? rows[blk * kRowBlock + i] : blk * kRowBlock + i;
+        row_of[i] = r;
+        const T* xr = x + r * D;
+        Sample<T>& s = samples[i];
+        s = {xr, nullptr, D, T(0)};
+        if (ignore_nan && std::any_of(xr, xr + D, [](T v) { return std::isnan(v); })) {
+          T* c = clean.data() + i * D;
+          T* p = present.data() + i * D;
+          int64_t n_present = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            const bool ok = !std::isnan(xr[d]);
+            c[d] = ok ? xr[d] : T(0);
+            p[d] = ok ? T(1) : T(0);
+            n_present += ok;
+          }
+          s = {c, p, n_present, T(0)};
+        }
+        if (metric == Metric::Cosine) s.norm = std::sqrt(dot(s.x, s.x, D));
+      }
+      for (int64_t j0 = 0; j0 < K; j0 += tile) {
+        const int64_t j1 = std::min(K, j0 + tile);
+        for (int i = 0; i < rb; ++i)
+          for (int64_t j = j0; j < j1; ++j)
+            values[i * K + j] = direct_distance(metric, samples[i], w + j * D,
+                                                w_norm.empty() ? T(0) : w_norm[j], D);
+      }
+      for (int i = 0; i < rb; ++i)
+        select_topk(values.data() + i * K, K, k, out_idx + row_of[i] * k, out_dist + row_of[i] * k, order);
+    }
+  }
+}
+
+// GENKERNELS_CPU_ISA=avx2 keeps the AVX2 micro-kernel on an AVX-512 machine (read per call,
+// so tests can cover both kernels in one process).
+template <typename T>
+void fast_euclidean(const T* x, int64_t n, const T* w, int64_t K, int64_t D, int64_t k, int64_t* idx, T* dist) {
+  const char* isa = std::getenv("GENKERNELS_CPU_ISA");
+  const bool avx2_only = isa != nullptr && std::string_view(isa) == "avx2";
+  if (have_avx512_kernel() && !avx2_only)
+    bmu_euclidean_avx512(x, n, w, K, D, k, idx, dist);
+  else
+    bmu_euclidean_avx2(x, n, w, K, D, k, idx, dist);
+}
+
+// BMU of every row of x (n, D) against w (K, D), both contiguous in the accumulation type.
+template <typename T>
+void bmu_rows(const T* x, int64_t n, const T* w, int64_t K, int64_t D, int64_t k, Metric metric, bool ignore_nan,
+              int64_t* idx, T* dist) {
+  const bool fast = metric == Metric::Euclidean && k <= kFastMaxK && D > 0 &&
+                    (have_avx512_kernel() || have_avx2_kernel());
+  if (!fast) {
+    direct_bmu(x, nullptr, n, w, K, D, k, metric, ignore_nan, idx, dist);
+    return;
+  }
+  fast_euclidean(x, n, w, K, D, k, idx, dist);
+  if (!ignore_nan) return;
+  // NaN-free rows are unchanged by ignore_nan (the rescale is D / D = 1); rows with a
+  // NaN are redone on the masked direct path.
+  std::vector<int64_t> nan_rows;
+  for (int64_t r = 0; r < n; ++r)
+    if (std::any_of(x + r * D, x + (r + 1) * D, [](T v) { return std::isnan(v); })) nan_rows.push_back(r);
+  if (!nan_rows.empty())
+    direct_bmu(x, nan_rows.data(), int64_t(nan_rows.size()), w, K, D, k, metric, true, idx, dist);
+}
+
+std::tuple<at::Tensor, at::Tensor> som_bmu_cpu(const at::Tensor& x, const at::Tensor& weights, int64_t k,
+                                                c10::string_view metric_name, bool ignore_nan) {
+  const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
+  TORCH_CHECK(x.dim() == 2 && weights.dim() == 2 && x.size(1) == weights.size(1),
+              "som_bmu: x (N, D) and weights (K, D) expected; got ", x.sizes(), " and ", weights.sizes());
+  const int64_t n = x.size(0), K = weights.size(0), D = x.size(1);
+  TORCH_CHECK(k >= 1 && k <= K, "som_bmu: k must be in [1, ", K, "]; got ", k);
+  const auto acc = acc_type(x.scalar_type());
+  const at::Tensor xa = x.to(acc).contiguous();
+  const at::Tensor wa = weights.to(acc).contiguous();
+  at::Tensor idx = at::empty({n, k}, x.options().dtype(at::kLong));
+  at::Tensor dist = at::empty({n, k}, x.options().dtype(acc));
+  if (n > 0) {
+    if (acc == at::kDouble)
+      bmu_rows(xa.data_ptr<double>(), n, wa.data_ptr<double>(), K, D, k, metric, ignore_nan,
+               idx.data_ptr<int64_t>(), dist.data_ptr<double>());
+    else
+      bmu_rows(xa.data_ptr<float>(), n, wa.data_ptr<float>(), K, D, k, metric, ignore_nan,
+               idx.data_ptr<int64_t>(), dist.data_ptr<float>());
+  }
+  return {idx, dist.to(x.scalar_type())};
+}
+
+// ---------------------------------------------------------------------------- node sums
+// After the BMU pass, samples are bucketed by winner (a stable counting sort), and every
+// node sums its own samples in increasing sample order: a fixed reduction order that does
+// not depend on the thread count, with no atomics and O(N + K D) extra memory.
+template <typename T>
+void node_sums(const T* x, int64_t n, int64_t K, int64_t D, const int64_t* winner, bool ignore_nan, T* sums,
+               T* counts) {
+  std::vector<int64_t> start(K + 1, 0), members(n);
+  for (int64_t i = 0; i < n; ++i) ++start[winner[i] + 1];
+  std::partial_sum(start.begin(), start.end(), start.begin());
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < n; ++i) members[fill[winner[i]]++] = i;
+  }
+#pragma omp parallel for schedule(dynamic, 8)
+  for (int64_t j = 0; j < K; ++j) {
+    T* s = sums + j * D;
+    std::fill(s, s + D, T(0));
+    if (ignore_nan) {
+      T* c = counts + j * D;
+      std::fill(c, c + D, T(0));
+      for (int64_t q = start[j]; q < start[j + 1]; ++q) {
+        const T* xr = x + members[q] * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const bool ok = !std::isnan(xr[d]);
+          s[d] += ok ? xr[d] : T(0);
+          c[d] += ok ? T(1) : T(0);
+        }
+      }
+    } else {
+      for (int64_t q = start[j]; q < start[j + 1]; ++q) {
+        const T* xr = x + members[q] * D;
+        for (int64_t d = 0; d < D; ++d) s[d] += xr[d];
+      }
+      counts[j] = T(start[j + 1] - start[j]);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> som_node_sums_cpu(const at::Tensor& x, const at::Tensor& weights,
+                                                                 c10::string_view metric_name, bool ignore_nan) {
+  const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
+  TORCH_CHECK(x.dim() == 2 && weights.dim() == 2 && x.size(1) == weights.size(1),
+              "som_node_sums: x (N, D) and weights (K, D) expected; got ", x.sizes(), " and ", weights.sizes());
+  const int64_t n = x.size(0), K = weights.size(0), D = x.size(1);
+  const auto acc = acc_type(x.scalar_type());
+  const at::Tensor xa = x.to(acc).contiguous();
+  const at::Tensor wa = weights.to(acc).contiguous();
+  at::Tensor sums = at::zeros({K, D}, x.options().dtype(acc));
+  at::Tensor counts = ignore_nan ? at::zeros({K, D}, x.options().dtype(acc)) : at::zeros({K}, x.options().dtype(acc));
+  at::Tensor idx = at::empty({n}, x.options().dtype(at::kLong));
+  at::Tensor dist = at::empty({n}, x.options().dtype(acc));
+  double distance_sum = 0.0;
+  if (n > 0 && K > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc, "som_node_sums_cpu", [&] {
+      bmu_rows(xa.data_ptr<scalar_t>(), n, wa.data_ptr<scalar_t>(), K, D, 1, metric, ignore_nan,
+               idx.data_ptr<int64_t>(), dist.data_ptr<scalar_t>());
+      node_sums(xa.data_ptr<scalar_t>(), n, K, D, idx.data_ptr<int64_t>(), ignore_nan, sums.data_ptr<scalar_t>(),
+                counts.data_ptr<scalar_t>());
+    });
+    // The reference sums the distances as som_bmu returns them (rounded to x's dtype).
+    const at::Tensor d64 = dist.to(x.scalar_type()).to(at::kDouble);
+    const double* dp = d64.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i)
+      if (std::isfinite(dp[i])) distance_sum += dp[i];
+  }
+  return {sums, counts, at::scalar_tensor(distance_sum, x.options().dtype(at::kDouble))};
+}
+
+// ------------------------------------------------------------------------------- online
+template <typename T>
+struct OnlineProblem {
+  const T* x;
+  int64_t D;
+  int64_t K;
+  int64_t steps;
+  const T* coords;
+  T period_0, period_1;
+  Neighborhood neighborhood;
+  Rule rule;
+  Metric metric;
+};
+
+// Ranking key of the BMU search: the squared sum for euclidean (sqrt is monotonic; the
+// reference's argmin of sqrt values differs only where sqrt rounds two sums together),
+// the distance itself otherwise.
+template <typename T, Metric M>
+inline T online_key(const T* s, const T* w, int64_t D, T s_norm) {
+  if constexpr (M == Metric::Euclidean) return squared_distance(s, w, D);
+  if constexpr (M == Metric::Manhattan) return abs_distance_sum(s, w, D);
+  if constexpr (M == Metric::Chebyshev) return abs_distance_max(s, w, D);
+  if constexpr (M == Metric::Cosine) return T(1) - dot(s, w, D) / (s_norm * std::sqrt(dot(w, w, D)) + T(kCosineEps));
+}
+
+// One pass over the map: node j first takes step t's update w_j += (lr h_j) (s - w_j)
+// (skipped where lr h_j == 0, e.g. outside a bubble), then, while its row is in L1,
+// its key for step t+1's sample `next` goes to key[j]: one sweep of the map per step
+// instead of two. Returns step t+1's winner (the first minimum). `s` or `next` may be
+// nullptr (first / last step).
+template <typename T>
+inline void update_node(T* wj, const T* s, T eh, int64_t D) {
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    const lanes_t<T> wv = load_lanes(wj + d);
+    store_lanes(wj + d, wv + eh * (load_lanes(s + d) - wv));
+  }
+  for (; d < D; ++d) wj[d] += eh * (s[d] - wj[d]);
+}
+
+// First index of the minimum of key[0..K) (NaN keys are outside the op's contract): a
+// lane-wise minimum with independent accumulators, then a scan for its first occurrence,
+// instead of a scalar compare chain whose latency bounds a K-long loop.
+template <typename T>
+int64_t first_argmin(const T* key, int64_t K) {
+  T best = key[0];
+  int64_t j = 0;
+  if (K >= 2 * kLanes) {
+    lanes_t<T> m0 = load_lanes(key), m1 = load_lanes(key + kLanes);
+    for (j = 2 * kLanes; j + 2 * kLanes <= K; j += 2 * kLanes) {
+      const lanes_t<T> a = load_lanes(key + j), b = load_lanes(key + j + kLanes);
+      m0 = a < m0 ? a : m0;
+      m1 = b < m1 ? b : m1;
+    }
+    m0 = m1 < m0 ? m1 : m0;
+    for (int l = 0; l < kLanes; ++l) best = std::min(best, m0[l]);
+  }
+  for (; j < K; ++j) best = std::min(best, key[j]);
+  for (j = 0; j < K; ++j)
+    if (key[j] == best) return j;
+  return 0;
+}
+
+template <typename T, Metric M>
+int64_t fused_pass(T* w, int64_t K, int64_t D, const T* s, const T* h, T lr, const T* next, T next_norm, T* key) {
+  int64_t j0 = 0;
+  if constexpr (M == Metric::Euclidean) {
+    // Groups of kLanes nodes swept together, feature chunk by feature chunk: each weight
+    // vector is loaded once, updated, stored and measured against the next sample; the
+    // kLanes nodes give kLanes independent FMA chains (hiding FMA latency) and their lane
+    // sums are combined together by one shuffle tree. Per node the arithmetic is
+    // update_node's and squared_distance's.
+    if (next != nullptr) {
+      for (; j0 + kLanes <= K; j0 += kLanes) {
+        T* wg = w + j0 * D;
+        T eh[kLanes] = {};
+        bool moves = false;
+        if (s != nullptr)
+          for (int q = 0; q < kLanes; ++q) {
+            eh[q] = lr * h[j0 + q];
+            moves |= eh[q] != T(0);
+          }
+        lanes_t<T> acc[kLanes] = {};
+        int64_t d = 0;
+        if (moves) {
+          // update and distance in one sweep of the group's rows; a node with eh = 0 is
+          // rewritten unchanged (w + 0 (s - w) = w for finite data)
+          // two halves of the group, so accumulators, rates and operands fit in 16 ymm
+          int64_t d_end = 0;
+#pragma GCC unroll 2
+          for (int half = 0; half < kLanes; half += kLanes / 2) {
+            for (d = 0; d + kLanes <= D; d += kLanes) {
+              const lanes_t<T> xv = load_lanes(next + d), sv = load_lanes(s + d);
+#pragma GCC unroll 8
+              for (int q = half; q < half + kLanes / 2; ++q) {
+                lanes_t<T> wv = load_lanes(wg + q * D + d);
+                wv += eh[q] * (sv - wv);
+                store_lanes(wg + q * D + d, wv);
+                const lanes_t<T> t = xv - wv;
+                acc[q] += t * t;
+              }
+            }
+            d_end = d;
+          }
+          d = d_end;
+          if (d < D) {
+            for (int q = 0; q < kLanes; ++q)
+              for (int64_t e = d; e < D; ++e) wg[q * D + e] += eh[q] * (s[e] - wg[q * D + e]);
+          }
+        } else {
+          for (; d + kLanes <= D; d += kLanes) {
+            const lanes_t<T> xv = load_lanes(next + d);
+#pragma GCC unroll 8
+            for (int q = 0; q < kLanes; ++q) {
+              const lanes_t<T> t = xv - load_lanes(wg + q * D + d);
+              acc[q] += t * t;
+            }
+          }
+        }
+        if (d < D) {
+          const lanes_t<T> xv = load_lanes_partial(next + d, D - d);
+          for (int q = 0; q < kLanes; ++q) {
+            const lanes_t<T> t = xv - load_lanes_partial(wg + q * D + d, D - d);
+            acc[q] += t * t;
+          }
+        }
+        store_lanes(key + j0, combine_lanes_x8<T>(acc));
+      }
+    }
+  }
+  for (int64_t j = j0; j < K; ++j) {
+    T* wj = w + j * D;
+    if (s != nullptr) {
+      const T eh = lr * h[j];
+      if (eh != T(0)) update_node(wj, s, eh, D);
+    }
+    if (next != nullptr) key[j] = online_key<T, M>(next, wj, D, next_norm);
+  }
+  return next != nullptr ? first_argmin(key, K) : 0;
+}
+
+// Flush-to-zero while a map trains: far from the winner the Gaussian neighbourhood decays
+// through the subnormal range, and every subnormal product lr * h * (s - w) costs a
+// microcode assist (~100 cycles) -- measured as half of all the time of a 32x32 map. The
+// flushed updates are below 1e-38, far under an ulp of any weight they would be added to.
+struct FlushToZero {
+#if defined(__SSE__)
+  unsigned saved = _mm_getcsr();
+  FlushToZero() { _mm_setcsr(saved | _MM_FLUSH_ZERO_ON); }
+  ~FlushToZero() { _mm_setcsr(saved); }
+#endif
+};
+
+// Calls f(std::integral_constant<Neighborhood, kind>{}).
+template <typename F>
+void with_neighborhood(Neighborhood kind, F&& f) {
+  switch (kind) {
+    case Neighborhood::Gaussian: f(std::integral_constant<Neighborhood, Neighborhood::Gaussian>{}); break;
+    case Neighborhood::Bubble: f(std::integral_constant<Neighborhood, Neighborhood::Bubble>{}); break;
+    case Neighborhood::MexicanHat: f(std::integral_constant<Neighborhood, Neighborhood::MexicanHat>{}); break;
+    case Neighborhood::Triangle: f(std::integral_constant<Neighborhood, Neighborhood::Triangle>{}); break;
+  }
+}
+
+// One map trained by a team of threads that split its nodes into contiguous ranges (whole
+// groups of kLanes). Each thread computes the neighbourhood, the update and the next
+// distances of its own nodes only; the one exchange per step is each range's minimum,
+// published in a slot of the step's parity (so a fast thread's next step cannot overwrite
+// a slot still being read) and combined in range order after one barrier -- the first
+// minimum overall, as with one thread.
+template <typename T, Metric M>
+void online_map(const OnlineProblem<T>& pb, T* w, const int64_t* order, const T* lr, const T* sigma, int team) {
+  const int64_t K = pb.K, D = pb.D;
+  std::vector<T> h(K, T(0)), key(K);
+  std::vector<T> part_key(2 * team);
+  std::vector<int64_t> part_idx(2 * team);
+  // lattice positions per axis, contiguous for the vectorised neighbourhood loop
+  std::vector<T> axis0(K), axis1(K);
+  for (int64_t j = 0; j < K; ++j) {
+    axis0[j] = pb.coords[2 * j];
+    axis1[j] = pb.coords[2 * j + 1];
+  }
+  auto sample = [&](int64_t t) { return pb.x + order[t] * D; };
+  auto norm = [&](const T* s) { return M == Metric::Cosine && s ? std::sqrt(dot(s, s, D)) : T(0); };
+#pragma omp parallel num_threads(team) if (team > 1)
+  {
+    const FlushToZero ftz;
+    const int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t groups = (K + kLanes - 1) / kLanes;
+    const int64_t j0 = std::min(K, groups * tid / nth * kLanes);
+    const int64_t j1 = std::min(K, groups * (tid + 1) / nth * kLanes);
+    const int64_t nk = j1 - j0;
+    // Update the own nodes with step sample s, measure them against `next` and return
+    // the map's winner for `next`.
+    auto pass = [&](const T* s, T lr_t, const T* next, int64_t parity) -> int64_t {
+      const int64_t local = nk > 0 ? fused_pass<T, M>(w + j0 * D, nk, D, s, h.data() + j0, lr_t, next, norm(next),
+                                                      key.data() + j0)
+                                   : 0;
+      if (next == nullptr) return 0;
+      if (nth == 1) return j0 + local;
+      part_key[parity * nth + tid] = nk > 0 ? key[j0 + local] : std::numeric_limits<T>::infinity();
+      part_idx[parity * nth + tid] = j0 + local;
+#pragma omp barrier
+      int64_t best = part_idx[parity * nth];
+      T best_key = part_key[parity * nth];
+      for (int q = 1; q < nth; ++q)
+        if (part_key[parity * nth + q] < best_key) {
+          best_key = part_key[parity * nth + q];
+          best = part_idx[parity * nth + q];
+        }
+      return best;
+    };
+    int64_t winner = pass(nullptr, T(0), sample(0), 1);
+    for (int64_t t = 0; t < pb.steps; ++t) {
+      const T sig = sigma[t];
+      switch (pb.rule) {
+        case Rule::Som: {
+          const T cb0 = axis0[winner], cb1 = axis1[winner];
+          const T p0 = pb.period_0, p1 = pb.period_1;
+          // the kind as a compile-time constant: the switch folds away and the loop vectorises
+          with_neighborhood(pb.neighborhood, [&](auto kind) {
+#pragma omp simd
+            for (int64_t j = j0; j < j1; ++j)
+              h[j] = neighborhood_with_exp(decltype(kind)::value, lattice_delta(axis0[j], cb0, p0),
+                                           lattice_delta(axis1[j], cb1, p1), sig, VectorExp{});
+          });
+          break;
+        }
+        case Rule::Wta:
+          std::fill(h.begin() + j0, h.begin() + j1, T(0));
+          if (winner >= j0 && winner < j1) h[winner] = T(1);
+          break;
+        case Rule::Wtm:
+          with_neighborhood(pb.neighborhood, [&](auto kind) {
+#pragma omp simd
+            for (int64_t j = j0; j < j1; ++j) {
+              const T rho = M == Metric::Euclidean ? std::sqrt(key[j]) : key[j];
+              h[j] = neighborhood_with_exp(decltype(kind)::value, rho, T(0), sig, VectorExp{});
+            }
+          });
+          break;
+      }
+      winner = pass(sample(t), lr[t], t + 1 < pb.steps ? sample(t + 1) : nullptr, t & 1);
+    }
+  }
+}
+
+// Maps train in parallel, one thread each. A single map is split over a team of threads
+// when a step's work outweighs the per-step barrier (about half a microsecond). Measured
+// on 2 cores, gaussian rule, us/step with 1 thread vs 2: K*D = 512 (8x8, D=8) 0.47 vs
+// 0.78; 1,600 (10x10, D=16) 0.75 vs 0.94; 8,192 (16x16, D=32) 2.12 vs 1.68; 65,536
+// (32x32, D=64) 10.3 vs 6.2.
+constexpr int64_t kTeamMinElements = 8192;
+
+template <typename T>
+void online_maps(const OnlineProblem<T>& pb, T* w, int64_t M, const int64_t* order, const T* lr, const T* sigma) {
+  const int threads = omp_get_max_threads();
+  const int team = (M == 1 && threads > 1 && pb.K * pb.D >= kTeamMinElements) ? int(std::min<int64_t>(threads, pb.K / kLanes)) : 1;
+  auto run = [&](int64_t m, int map_team) {
+    auto go = [&](auto metric_tag) {
+      constexpr Metric kMetric = decltype(metric_tag)::value;
+      online_map<T, kMetric>(pb, w + m * pb.K * pb.D, order + m * pb.steps, lr + m * pb.steps, sigma + m * pb.steps,
+                             map_team);
+    };
+    switch (pb.metric) {
+      case Metric::Euclidean: go(std::integral_constant<Metric, Metric::Euclidean>{}); break;
+      case Metric::Cosine: go(std::integral_constant<Metric, Metric::Cosine>{}); break;
+      case Metric::Manhattan: go(std::integral_constant<Metric, Metric::Manhattan>{}); break;
+      case Metric::Chebyshev: go(std::integral_constant<Metric, Metric::Chebyshev>{}); break;
+    }
+  };
+  if (team > 1) {
+    // not inside the maps' parallel region: a nested team would count as oversubscribed,
+    // and libgomp then sleeps in its barriers instead of spinning
+    run(0, team);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) if (M > 1)
+  for (int64_t m = 0; m < M; ++m) run(m, 1);
+}
+
+at::Tensor som_online_cpu(const at::Tensor& weights, const at::Tensor& x, const at::Tensor& order,
+                          const at::Tensor& lr, const at::Tensor& sigma, const at::Tensor& coords, double period_0,
+                          double period_1, c10::string_view neighborhood_name, c10::string_view rule_name,
+                          c10::string_view metric_name) {
+  const Neighborhood nb = parse_neighborhood(std::string_view(neighborhood_name.data(), neighborhood_name.size()));
+  const Rule rule = parse_rule(std::string_view(rule_name.data(), rule_name.size()));
+  const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
+  TORCH_CHECK(weights.dim() == 3 && x.dim() == 2 && x.size(1) == weights.size(2),
+              "som_online: weights (M, K, D) and x (N, D) expected; got ", weights.sizes(), " and ", x.sizes());
+  const int64_t M = weights.size(0), K = weights.size(1), D = weights.size(2);
+  TORCH_CHECK(order.dim() == 2 && order.size(0) == M && lr.sizes() == order.sizes() && sigma.sizes() == order.sizes(),
+              "som_online: order, lr and sigma must be (M, T) with M = ", M);
+  TORCH_CHECK(coords.dim() == 2 && coords.size(0) == K && coords.size(1) == 2, "som_online: coords must be (K, 2)");
+  const auto acc = acc_type(weights.scalar_type());
+  at::Tensor w = weights.to(acc).clone(at::MemoryFormat::Contiguous);
+  const int64_t steps = order.size(1);
+  if (M == 0 || K == 0 || steps == 0) return w.to(weights.scalar_type());
+  const at::Tensor xa = x.to(acc).contiguous();
+  const at::Tensor oa = order.to(at::kLong).contiguous();
+  const at::Tensor la = lr.to(acc).contiguous();
+  const at::Tensor sa = sigma.to(acc).contiguous();
+  const at::Tensor ca = coords.to(acc).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(acc, "som_online_cpu", [&] {
+    const OnlineProblem<scalar_t> pb{xa.data_ptr<scalar_t>(), D, K, steps, ca.data_ptr<scalar_t>(),
+                                     scalar_t(period_0), scalar_t(period_1), nb, rule, metric};
+    online_maps(pb, w.data_ptr<scalar_t>(), M, oa.data_ptr<int64_t>(), la.data_ptr<scalar_t>(),
+                sa.data_ptr<scalar_t>());
+  });
+  return w.to(weights.scalar_type());
+}
+
+}  // namespace
+}  // namespace genkernels::som::cpu
+
+TORCH_LIBRARY_IMPL(genkernels, CPU, m) {
+  m.impl("som_bmu", &genkernels::som::cpu::som_bmu_cpu);
+  m.impl("som_node_sums", &genkernels::som::cpu::som_node_sums_cpu);
+  m.impl("som_online", &genkernels::som::cpu::som_online_cpu);
+}

@@ -1,0 +1,194 @@
+// Fused euclidean BMU micro-kernel, written once over a SIMD traits type V and compiled
+// per ISA: som_bmu_avx2.cpp (AVX2+FMA) and som_bmu_avx512.cpp (under
+// `#pragma GCC target("avx512...")`, picked at run time). Each includes this header inside
+// its own namespace, so the two instantiations never share a symbol.
+//
+// V provides: T (float/double), R (register), W (lanes), zero, load, set1, fmadd(a, b, c)
+// = a*b+c, store, and le_mask(a, b) -> bitmask of lanes with a <= b.
+//
+// Algorithm, per block of MR samples (one OpenMP work item; the blocks own disjoint rows):
+//   1. Expanded distances e_j = |w_j|^2 - 2 x.w_j are computed MR rows x NR = NV*W nodes
+//      at a time in registers (an MR x NR outer-product GEMM over D against a packed weight
+//      panel: w transposed to (D, NR) so each step of the D loop is NV aligned vector loads
+//      and MR broadcasts feeding MR*NV FMAs). |x|^2 is a per-row constant and is left out.
+//   2. Each register tile is reduced at once: lanes with e_j <= threshold(row) (a vector
+//      compare and a bitmask, almost always empty) go into the row's candidate list. No
+//      (N, K) matrix and no per-tile distance buffer is stored.
+//   3. The expansion cancels: its absolute error is up to about (D + 4) u (|x|^2 + |w_j|^2)
+//      (u the unit roundoff), far above an ulp of small distances. The candidate list
+//      therefore keeps every node whose expanded value is within `margin` = 3 (D + 8) u
+//      (|x|^2 + max_j |w_j|^2) of the k-th best expanded value -- a superset of the true
+//      top k -- and the result is decided on exact sums of squares (x - w)^2 recomputed for
+//      those candidates only, ordered by (sqrt, node index) as the reference sorts. A row
+//      whose list overflows (many nodes within the margin, e.g. duplicated weights) or
+//      holds fewer than k finite values (NaN/inf data) is recomputed exactly over all nodes.
+
+template <typename T>
+struct Candidates {
+  static constexpr int kMax = int(kFastMaxK) + 16;
+  T val[kMax + 1];
+  int64_t idx[kMax + 1];
+  int n;
+  int k;
+  int cap;
+  T margin;
+  T thr;  // admit e <= thr; -inf once overflowed (nothing passes)
+  bool overflow;
+
+  void reset(int k_, T margin_) {
+    n = 0;
+    k = k_;
+    cap = k_ + 16;
+    margin = margin_;
+    thr = std::numeric_limits<T>::infinity();
+    overflow = false;
+  }
+
+  // Nodes arrive in increasing index order, so equal values keep index order.
+  void push(T v, int64_t j) {
+    if (!(v <= thr)) return;
+    int pos = n;
+    while (pos > 0 && val[pos - 1] > v) {
+      val[pos] = val[pos - 1];
+      idx[pos] = idx[pos - 1];
+      --pos;
+    }
+    val[pos] = v;
+    idx[pos] = j;
+    ++n;
+    if (n >= k) {
+      thr = val[k - 1] + margin;
+      while (n > k && val[n - 1] > thr) --n;
+    }
+    if (n > cap) {
+      overflow = true;
+      thr = -std::numeric_limits<T>::infinity();
+    }
+  }
+};
+
+template <typename V, int MR, int NV>
+void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename V::T* w, int64_t n_nodes,
+                         int64_t d_features, int64_t k, int64_t* out_idx, typename V::T* out_dist) {
+  using T = typename V::T;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  constexpr int NR = NV * W;
+  const int64_t D = d_features;
+  const int64_t n_panels = (n_nodes + NR - 1) / NR;
+
+  // Pack weights into panels of NR nodes, transposed to (D, NR); padding nodes are zero
+  // with |w|^2 = +inf so they never pass the threshold test before a real node.
+  AlignedBuffer<T> packed(n_panels * D * NR);
+  AlignedBuffer<T> norms(n_panels * NR);
+  T max_norm = 0;
+  for (int64_t p = 0; p < n_panels; ++p) {
+    for (int l = 0; l < NR; ++l) {
+      const int64_t j = p * NR + l;
+      T* dst = packed.get() + p * D * NR + l;
+      if (j < n_nodes) {
+        const T* src = w + j * D;
+        for (int64_t d = 0; d < D; ++d) dst[d * NR] = src[d];
+        const T nrm = dot(src, src, D);
+        norms.get()[j] = nrm;
+        max_norm = std::max(max_norm, nrm);
+      } else {
+        for (int64_t d = 0; d < D; ++d) dst[d * NR] = T(0);
+        norms.get()[j] = std::numeric_limits<T>::infinity();
+      }
+    }
+  }
+  const T unit_roundoff = std::numeric_limits<T>::epsilon() / 2;
+  const T margin_scale = T(3) * T(D + 8) * unit_roundoff;
+  const int64_t n_blocks = (n_rows + MR - 1) / MR;
+
+#pragma omp parallel
+  {
+    AlignedBuffer<T> xt(D * MR);  // the block's samples transposed to (D, MR)
+    Candidates<T> cand[MR];
+    alignas(64) T lanes[W];
+    std::vector<T> scratch;
+    std::vector<int64_t> order;
+    T exact[Candidates<T>::kMax + 1];
+
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      const int64_t r0 = blk * MR;
+      const int rows = int(std::min<int64_t>(MR, n_rows - r0));
+      for (int i = 0; i < MR; ++i) {
+        const T* xr = x + (r0 + std::min(i, rows - 1)) * D;
+        for (int64_t d = 0; d < D; ++d) xt.get()[d * MR + i] = xr[d];
+        cand[i].reset(int(k), margin_scale * (dot(xr, xr, D) + max_norm));
+      }
+
+      for (int64_t p = 0; p < n_panels; ++p) {
+        const T* panel = packed.get() + p * D * NR;
+        R acc[MR][NV];
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+        for (int64_t d = 0; d < D; ++d) {
+          R wv[NV];
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) wv[v] = V::load(panel + d * NR + v * W);
+          const T* xd = xt.get() + d * MR;
+#pragma GCC unroll 16
+          for (int i = 0; i < MR; ++i) {
+            const R xb = V::set1(xd[i]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(xb, wv[v], acc[i][v]);
+          }
+        }
+        const R minus_two = V::set1(T(-2));
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const R nrm = V::load(norms.get() + p * NR + v * W);
+#pragma GCC unroll 16
+          for (int i = 0; i < MR; ++i) {
+            const R e = V::fmadd(acc[i][v], minus_two, nrm);
+            unsigned mask = V::le_mask(e, V::set1(cand[i].thr));
+            if (mask == 0) continue;
+            V::store(lanes, e);
+            const int64_t j0 = p * NR + v * W;
+            while (mask) {
+              const int l = __builtin_ctz(mask);
+              mask &= mask - 1;
+              if (j0 + l < n_nodes) cand[i].push(lanes[l], j0 + l);
+            }
+          }
+        }
+      }
+
+      for (int i = 0; i < rows; ++i) {
+        const int64_t r = r0 + i;
+        const T* xr = x + r * D;
+        int64_t* ri = out_idx + r * k;
+        T* rd = out_dist + r * k;
+        Candidates<T>& c = cand[i];
+        if (c.overflow || c.n < k) {
+          exact_euclidean_row(xr, w, n_nodes, D, k, ri, rd, scratch, order);
+          continue;
+        }
+        for (int q = 0; q < c.n; ++q) exact[q] = std::sqrt(squared_distance(xr, w + c.idx[q] * D, D));
+        // Insertion sort of the few candidates by (exact distance, index).
+        for (int q = 1; q < c.n; ++q) {
+          const T v = exact[q];
+          const int64_t j = c.idx[q];
+          int pos = q;
+          while (pos > 0 && ranks_before(v, j, exact[pos - 1], c.idx[pos - 1])) {
+            exact[pos] = exact[pos - 1];
+            c.idx[pos] = c.idx[pos - 1];
+            --pos;
+          }
+          exact[pos] = v;
+          c.idx[pos] = j;
+        }
+        for (int64_t q = 0; q < k; ++q) {
+          ri[q] = c.idx[q];
+          rd[q] = exact[q];
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,265 @@
+// Shared pieces of the CPU SOM kernels (csrc/cpu/som*.cpp): exact per-pair distances in a
+// fixed summation order, top-k selection with the library's tie rule, and the entry points
+// of the ISA-specific euclidean BMU micro-kernels (som_bmu_avx2.cpp, som_bmu_avx512.cpp).
+//
+// Include this header before any `#pragma GCC target`: its inline functions must be
+// compiled for the baseline ISA in every translation unit (one definition per symbol).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <new>
+#include <numeric>
+#include <vector>
+
+#include "common/som.h"
+
+// lanes_t<double> is a 64-byte vector: GCC notes that passing it by value would follow a
+// different ABI under AVX-512. These helpers are inline and compiled for the baseline ISA
+// in every translation unit, so every caller sees the same convention.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace genkernels::som::cpu {
+
+// 64-byte aligned scratch array (packed weight panels are read with aligned vector loads).
+template <typename T>
+struct AlignedBuffer {
+  struct Free {
+    void operator()(T* p) const { ::operator delete[](p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<T[], Free> data;
+  explicit AlignedBuffer(int64_t n)
+      : data(static_cast<T*>(::operator new[](sizeof(T) * std::max<int64_t>(n, 1), std::align_val_t(64)))) {}
+  T* get() const { return data.get(); }
+};
+
+// Lanes of the fixed-order reductions below. Every sum over D runs as kLanes interleaved
+// partial sums (lane l takes features d = l mod kLanes) combined by one fixed tree, written
+// with GCC vector types so it compiles to SIMD in every translation unit while the
+// arithmetic per lane stays the same: a pair's distance is bit-identical in every kernel
+// that calls these (the recheck of the fast BMU path and the direct path must agree on
+// duplicated nodes to keep ties exact), and independent of the thread count.
+constexpr int kLanes = 8;
+
+template <typename T>
+struct Lanes {
+  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
+};
+template <typename T>
+using lanes_t = typename Lanes<T>::type;
+
+template <typename T>
+inline lanes_t<T> load_lanes(const T* p) {
+  lanes_t<T> v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void store_lanes(T* p, lanes_t<T> v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+
+// The first n (< kLanes) features, the rest zero.
+template <typename T>
+inline lanes_t<T> load_lanes_partial(const T* p, int64_t n) {
+  lanes_t<T> v = {};
+  for (int64_t l = 0; l < n; ++l) v[l] = p[l];
+  return v;
+}
+
+template <typename T>
+inline T combine_lanes(lanes_t<T> a) {
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+// combine_lanes of eight lane vectors at once: r[i] = combine_lanes(a[i]), the same
+// addition tree done with shuffles across vectors instead of per-vector extracts.
+template <typename T>
+inline lanes_t<T> combine_lanes_x8(const lanes_t<T>* a) {
+  auto pair_sum = [](lanes_t<T> u, lanes_t<T> v) {
+    return __builtin_shufflevector(u, v, 0, 2, 4, 6, 8, 10, 12, 14) +
+           __builtin_shufflevector(u, v, 1, 3, 5, 7, 9, 11, 13, 15);
+  };
+  return pair_sum(pair_sum(pair_sum(a[0], a[1]), pair_sum(a[2], a[3])),
+                  pair_sum(pair_sum(a[4], a[5]), pair_sum(a[6], a[7])));
+}
+
+template <typename T>
+inline lanes_t<T> abs_lanes(lanes_t<T> a) {
+  return a < T(0) ? -a : a;
+}
+
+// Lane partial sums of sum_d (x_d - w_d)^2 (combine_lanes gives the sum).
+template <typename T>
+inline lanes_t<T> squared_distance_lanes(const T* x, const T* w, int64_t d_features) {
+  lanes_t<T> acc = {};
+  int64_t d = 0;
+  for (; d + kLanes <= d_features; d += kLanes) {
+    const lanes_t<T> t = load_lanes(x + d) - load_lanes(w + d);
+    acc += t * t;
+  }
+  if (d < d_features) {
+    const lanes_t<T> t = load_lanes_partial(x + d, d_features - d) - load_lanes_partial(w + d, d_features - d);
+    acc += t * t;
+  }
+  return acc;
+}
+
+// sum_d (x_d - w_d)^2
+template <typename T>
+inline T squared_distance(const T* x, const T* w, int64_t d_features) {
+  lanes_t<T> acc = {};
+  int64_t d = 0;
+  for (; d + kLanes <= d_features; d += kLanes) {
+    const lanes_t<T> t = load_lanes(x + d) - load_lanes(w + d);
+    acc += t * t;
+  }
+  if (d < d_features) {
+    const lanes_t<T> t = load_lanes_partial(x + d, d_features - d) - load_lanes_partial(w + d, d_features - d);
+    acc += t * t;
+  }
+  return combine_lanes<T>(acc);
+}
+
+// sum_d x_d * w_d
+template <typename T>
+inline T dot(const T* x, const T* w, int64_t d_features) {
+  lanes_t<T> acc = {};
+  int64_t d = 0;
+  for (; d + kLanes <= d_features; d += kLanes) acc += load_lanes(x + d) * load_lanes(w + d);
+  if (d < d_features) acc += load_lanes_partial(x + d, d_features - d) * load_lanes_partial(w + d, d_features - d);
+  return combine_lanes<T>(acc);
+}
+
+// sum_d |x_d - w_d|
+template <typename T>
+inline T abs_distance_sum(const T* x, const T* w, int64_t d_features) {
+  lanes_t<T> acc = {};
+  int64_t d = 0;
+  for (; d + kLanes <= d_features; d += kLanes) acc += abs_lanes<T>(load_lanes(x + d) - load_lanes(w + d));
+  if (d < d_features)
+    acc += abs_lanes<T>(load_lanes_partial(x + d, d_features - d) - load_lanes_partial(w + d, d_features - d));
+  return combine_lanes<T>(acc);
+}
+
+// max_d |x_d - w_d| (0 for D = 0, as the reference)
+template <typename T>
+inline T abs_distance_max(const T* x, const T* w, int64_t d_features) {
+  lanes_t<T> acc = {};
+  int64_t d = 0;
+  for (; d + kLanes <= d_features; d += kLanes) {
+    const lanes_t<T> t = abs_lanes<T>(load_lanes(x + d) - load_lanes(w + d));
+    acc = t > acc ? t : acc;
+  }
+  if (d < d_features) {
+    const lanes_t<T> t =
+        abs_lanes<T>(load_lanes_partial(x + d, d_features - d) - load_lanes_partial(w + d, d_features - d));
+    acc = t > acc ? t : acc;
+  }
+  T m = acc[0];
+  for (int l = 1; l < kLanes; ++l) m = std::max(m, acc[l]);
+  return m;
+}
+
+// exp for the neighbourhood of a whole map, branch-free so loops over nodes vectorise
+// (a scalar libm call per node costs as much as a node's update). float: Cephes' expf
+// polynomial on [-ln2/2, ln2/2] with 2^n scaling, within 2 ulp of std::exp on
+// [-87.3, 88.3]; below, 0 (subnormal results: the online kernel flushes them anyway).
+// The neighbourhoods only take arguments <= 0. double: std::exp.
+struct VectorExp {
+  [[gnu::always_inline]] float operator()(float x) const {
+    const float xc = std::min(std::max(x, -87.33654f), 88.3762626647949f);
+    const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+    const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = p * (r * r) + r + 1.0f;
+    const int32_t bits = (int32_t(n) + 127) << 23;
+    float scale;
+    __builtin_memcpy(&scale, &bits, sizeof(scale));
+    return x < -87.33654f ? 0.0f : y * scale;
+  }
+  double operator()(double x) const { return std::exp(x); }
+};
+
+// Ascending order of (distance, node index) with NaN after every number: torch.sort's
+// stable ascending order, which the reference uses.
+template <typename T>
+inline bool ranks_before(T a, int64_t ia, T b, int64_t ib) {
+  const bool na = std::isnan(a), nb = std::isnan(b);
+  if (na != nb) return nb;
+  if (!na && a != b) return a < b;
+  return ia < ib;
+}
+
+// The k best of `values` (K of them, node index = position) into idx/out, ascending.
+// `order` is scratch of K entries. Small k: one pass with a sorted insertion list; large
+// k: a partial sort of the node indices.
+template <typename T>
+inline void select_topk(const T* values, int64_t n_nodes, int64_t k, int64_t* idx, T* out,
+                        std::vector<int64_t>& order) {
+  if (k <= 32) {
+    int64_t n = 0;
+    for (int64_t j = 0; j < n_nodes; ++j) {
+      const T v = values[j];
+      if (n == k && !ranks_before(v, j, out[k - 1], idx[k - 1])) continue;
+      int64_t pos = n < k ? n++ : k - 1;
+      while (pos > 0 && ranks_before(v, j, out[pos - 1], idx[pos - 1])) {
+        out[pos] = out[pos - 1];
+        idx[pos] = idx[pos - 1];
+        --pos;
+      }
+      out[pos] = v;
+      idx[pos] = j;
+    }
+    return;
+  }
+  order.resize(n_nodes);
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int64_t a, int64_t b) {
+    return ranks_before(values[a], a, values[b], b);
+  });
+  for (int64_t i = 0; i < k; ++i) {
+    idx[i] = order[i];
+    out[i] = values[order[i]];
+  }
+}
+
+// Exact euclidean top-k of one row against every node (sqrt of the direct sum of squares):
+// the fallback of the fast path and the direct path's kernel. `scratch` holds K values.
+template <typename T>
+inline void exact_euclidean_row(const T* x, const T* w, int64_t n_nodes, int64_t d_features,
+                                int64_t k, int64_t* idx, T* out, std::vector<T>& scratch,
+                                std::vector<int64_t>& order) {
+  scratch.resize(n_nodes);
+  for (int64_t j = 0; j < n_nodes; ++j) scratch[j] = std::sqrt(squared_distance(x, w + j * d_features, d_features));
+  select_topk(scratch.data(), n_nodes, k, idx, out, order);
+}
+
+// Largest k served by the fused euclidean micro-kernel; beyond it the direct path runs
+// (its output is a large part of an (N, K) matrix anyway).
+constexpr int64_t kFastMaxK = 32;
+
+// Fused euclidean BMU (see som_bmu_kernel.h): indices (N, k) and exact distances (N, k)
+// in the accumulation type.
+void bmu_euclidean_avx2(const float* x, int64_t n, const float* w, int64_t n_nodes, int64_t d, int64_t k,
+                        int64_t* idx, float* dist);
+void bmu_euclidean_avx2(const double* x, int64_t n, const double* w, int64_t n_nodes, int64_t d, int64_t k,
+                        int64_t* idx, double* dist);
+void bmu_euclidean_avx512(const float* x, int64_t n, const float* w, int64_t n_nodes, int64_t d, int64_t k,
+                          int64_t* idx, float* dist);
+void bmu_euclidean_avx512(const double* x, int64_t n, const double* w, int64_t n_nodes, int64_t d, int64_t k,
+                          int64_t* idx, double* dist);
+// Whether each kernel was compiled in and runs on this CPU.
+bool have_avx2_kernel();
+bool have_avx512_kernel();
+
+}  // namespace genkernels::som::cpu

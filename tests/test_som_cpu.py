@@ -1,0 +1,358 @@
+"""The CPU C++ SOM kernels (csrc/cpu/som*.cpp) against the reference (genkernels/som/reference.py).
+
+The euclidean BMU runs a fused GEMM-style micro-kernel whose expanded distances are
+rechecked exactly, so indices are compared exactly on data without near-ties and on
+constructed exact ties (duplicated nodes: the lowest index wins).
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("genkernels._C")
+
+import genkernels  # noqa: E402,F401  (registers the fake kernels opcheck needs)
+import genkernels.ops as gk_ops  # noqa: E402
+from genkernels.som import reference  # noqa: E402
+
+ops = torch.ops.genkernels
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+# (N, K, D): single everything, odd sizes around the register tiles (8 x 48 / 6 x 16 nodes,
+# 8-feature lanes), a D past 64, a full 32x32 map.
+SHAPES = [(1, 1, 1), (7, 5, 3), (97, 97, 64), (1025, 1024, 65), (97, 1024, 1), (1025, 5, 3), (7, 97, 65)]
+# k = K sorts the whole (N, K) matrix in the reference: skipped on the largest shape
+FULL_SORT_MAX = 200_000
+
+
+def _data(n, k_nodes, d, dtype=torch.float32, nan=False):
+    x = torch.randn(n, d, dtype=torch.float64)
+    w = torch.randn(k_nodes, d, dtype=torch.float64)
+    if nan:
+        x[torch.rand(n, d) < 0.25] = float("nan")
+        x[n // 2] = float("nan")  # no present feature: +inf from every node, indices 0..k-1
+    return x.to(dtype), w.to(dtype)
+
+
+def _assert_same_ranking(x, w, idx, dist, ref_idx, ref_dist, metric, ignore_nan=False):
+    """idx/dist equal to the reference's, except that where two nodes' distances agree
+    within rounding the order between them may differ: the reference's own distance of
+    every chosen node must then equal the reference's distance at that rank."""
+    tol = TOL[dist.dtype]
+    torch.testing.assert_close(dist, ref_dist, **tol)
+    differ = idx != ref_idx
+    if differ.any():
+        mine = reference.paired_distances(x[:, None, :], w[idx], metric, ignore_nan).to(dist.dtype)
+        torch.testing.assert_close(mine[differ], ref_dist[differ], **tol)
+
+
+# ------------------------------------------------------------------------------------ BMU
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", reference.METRICS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_bmu_matches_reference(shape, metric, dtype):
+    n, k_nodes, d = shape
+    x, w = _data(n, k_nodes, d, dtype)
+    ks = {1, 2, 5} | ({k_nodes} if n * k_nodes <= FULL_SORT_MAX else {k_nodes // 2 + 1})
+    for k in sorted(ks & set(range(1, k_nodes + 1))):
+        idx, dist = ops.som_bmu(x, w, k, metric, False)
+        ref_idx, ref_dist = reference.som_bmu(x, w, k, metric)
+        assert idx.dtype == torch.int64 and dist.dtype == dtype and idx.shape == (n, k)
+        if k <= 5 and not (metric == "cosine" and d == 1):
+            # a few nearest of random data are far apart: exact indices (cosine in 1-D is
+            # 0 or 2 up to rounding, all ties)
+            assert torch.equal(idx, ref_idx)
+            torch.testing.assert_close(dist, ref_dist, **TOL[dtype])
+        else:
+            _assert_same_ranking(x, w, idx, dist, ref_idx, ref_dist, metric)
+
+
+@pytest.mark.parametrize("k", [1, 2, 32, 33])
+def test_bmu_euclidean_fast_path_around_k_limit(k):
+    # k <= 32 runs the fused micro-kernel + exact recheck, k > 32 the direct path
+    x, w = _data(300, 200, 20)
+    idx, dist = ops.som_bmu(x, w, k, "euclidean", False)
+    ref_idx, ref_dist = reference.som_bmu(x, w, k, "euclidean")
+    _assert_same_ranking(x, w, idx, dist, ref_idx, ref_dist, "euclidean")
+    assert torch.equal(idx[:, :2], ref_idx[:, :2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", reference.METRICS)
+@pytest.mark.parametrize("k", [1, 2, 40])
+def test_bmu_exact_ties_lowest_index_wins(metric, dtype, k):
+    # every node has an exact duplicate at a higher index; samples sit exactly on nodes
+    base = torch.randn(30, 24, dtype=torch.float64)
+    perm = torch.randperm(30)
+    w = torch.cat([base, base[perm]]).to(dtype)
+    x = torch.cat([torch.randn(50, 24, dtype=torch.float64).to(dtype), w[30:40]])  # = base[perm[:10]]
+    idx, dist = ops.som_bmu(x, w, k, metric, False)
+    ref_idx, ref_dist = reference.som_bmu(x, w, k, metric)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist, **TOL[dtype])
+    if k >= 2:
+        assert torch.equal(dist[:, 0], dist[:, 1])  # the duplicate comes second, same distance
+        assert bool((idx[:, 0] < idx[:, 1]).all())
+    if metric == "euclidean":
+        # on-node samples: the exact recheck gives 0 (the GEMM expansion would not)
+        assert bool((dist[50:, 0] == 0).all())
+        assert torch.equal(idx[50:, 0], perm[:10])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bmu_avx2_kernel(monkeypatch, dtype):
+    # the AVX2 micro-kernel (6 x 16 / 6 x 8 tiles), also on machines that pick AVX-512
+    monkeypatch.setenv("GENKERNELS_CPU_ISA", "avx2")
+    for n, k_nodes, d in [(1, 1, 1), (97, 97, 64), (1025, 1024, 65), (7, 5, 3)]:
+        x, w = _data(n, k_nodes, d, dtype)
+        w = torch.cat([w, w])  # exact ties: the lower copy wins
+        for k in sorted({1, 2, 5} & set(range(1, 2 * k_nodes + 1))):
+            idx, dist = ops.som_bmu(x, w, k, "euclidean", False)
+            ref_idx, ref_dist = reference.som_bmu(x, w, k, "euclidean")
+            assert torch.equal(idx, ref_idx)
+            torch.testing.assert_close(dist, ref_dist, **TOL[dtype])
+
+
+def test_bmu_all_nodes_equal_overflows_to_exact_path():
+    # every node within the recheck margin of the best: the candidate list overflows
+    w = torch.randn(1, 16).repeat(300, 1)
+    x = torch.randn(20, 16)
+    for k in (1, 5, 32):
+        idx, dist = ops.som_bmu(x, w, k, "euclidean", False)
+        assert torch.equal(idx, torch.arange(k).expand(20, k))
+        torch.testing.assert_close(dist, reference.som_bmu(x, w, k)[1], **TOL[torch.float32])
+
+
+def test_bmu_near_tie_resolved_exactly():
+    # two nodes whose distances differ far below the GEMM expansion's error (|x|^2 ~ 1e6):
+    # the exact recheck must still pick the truly nearest
+    x = torch.full((1, 64), 100.0)
+    w = x.repeat(4, 1)
+    w[0, 0] += 2e-2
+    w[1, 0] += 1e-2
+    w[2:] += 50.0
+    idx, dist = ops.som_bmu(x, w, 2, "euclidean", False)
+    assert idx.tolist() == [[1, 0]]
+    torch.testing.assert_close(dist, torch.tensor([[1e-2, 2e-2]]), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("metric", reference.METRICS)
+def test_bmu_low_precision(metric, dtype):
+    x, w = _data(257, 97, 33, dtype)
+    idx, dist = ops.som_bmu(x, w, 3, metric, False)
+    ref_idx, ref_dist = reference.som_bmu(x, w, 3, metric)
+    assert dist.dtype == dtype
+    assert torch.equal(idx, ref_idx)
+    # error against the exact distances of the same low-precision inputs, bounded by
+    # twice PyTorch's own (the reference's rounding to the dtype) plus one ulp
+    exact = reference.paired_distances(x.double()[:, None, :], w.double()[idx], metric)
+    err = (dist.double() - exact).abs()
+    ref_err = (ref_dist.double() - exact).abs()
+    ulp = torch.finfo(dtype).eps * exact.abs().clamp(min=1e-3)
+    assert bool((err <= 2 * ref_err + ulp).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", reference.METRICS)
+def test_bmu_ignore_nan(metric, dtype):
+    x, w = _data(97, 61, 13, dtype, nan=True)
+    for k in (1, 3, 61):
+        idx, dist = ops.som_bmu(x, w, k, metric, True)
+        ref_idx, ref_dist = reference.som_bmu(x, w, k, metric, True)
+        assert bool(torch.isinf(dist[48]).all()) and torch.equal(idx[48], torch.arange(k))
+        if k <= 3:
+            assert torch.equal(idx, ref_idx)
+            torch.testing.assert_close(dist, ref_dist, **TOL[dtype])
+        else:
+            _assert_same_ranking(x, w, idx, dist, ref_idx, ref_dist, metric, ignore_nan=True)
+
+
+def test_bmu_nan_without_ignore_nan_matches_reference():
+    x, w = _data(9, 7, 5)
+    x[3, 2] = float("nan")
+    idx, dist = ops.som_bmu(x, w, 2, "euclidean", False)
+    ref_idx, ref_dist = reference.som_bmu(x, w, 2, "euclidean")
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist, equal_nan=True)
+
+
+@pytest.mark.parametrize("metric", reference.METRICS)
+def test_bmu_non_contiguous(metric):
+    xb, wb = _data(80, 40, 30)
+    x, w = xb[::2, ::3], wb.t().contiguous().t()[::2, ::3]
+    assert not x.is_contiguous() and not w.is_contiguous()
+    idx, dist = ops.som_bmu(x, w, 2, metric, False)
+    ref_idx, ref_dist = reference.som_bmu(x, w, 2, metric)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist, **TOL[torch.float32])
+
+
+def test_bmu_public_api_cpu_backend():
+    x, w = _data(50, 36, 8)
+    idx, dist = gk_ops.som_bmu(x, w, 2, "manhattan", backend="cpu")
+    ref_idx, ref_dist = reference.som_bmu(x, w, 2, "manhattan")
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref_dist)
+    empty_idx, empty_dist = gk_ops.som_bmu(x[:0], w, 3, backend="cpu")
+    assert empty_idx.shape == (0, 3) and empty_dist.shape == (0, 3)
+
+
+def test_unknown_strings_rejected_by_kernels():
+    x, w = _data(4, 3, 2)
+    with pytest.raises(RuntimeError, match="metric"):
+        ops.som_bmu(x, w, 1, "hamming", False)
+    with pytest.raises(RuntimeError, match="metric"):
+        ops.som_node_sums(x, w, "hamming", False)
+    order = torch.zeros(1, 2, dtype=torch.int64)
+    rates = torch.ones(1, 2)
+    coords = torch.zeros(3, 2)
+    with pytest.raises(RuntimeError, match="neighborhood"):
+        ops.som_online(w[None], x, order, rates, rates, coords, 0.0, 0.0, "square", "som", "euclidean")
+    with pytest.raises(RuntimeError, match="rule"):
+        ops.som_online(w[None], x, order, rates, rates, coords, 0.0, 0.0, "gaussian", "batch", "euclidean")
+
+
+# ------------------------------------------------------------------------------ node sums
+@pytest.mark.parametrize("ignore_nan", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("metric", reference.METRICS)
+def test_node_sums_match_reference(metric, dtype, ignore_nan):
+    x, w = _data(1025, 97, 17, dtype, nan=ignore_nan)
+    sums, counts, dsum = ops.som_node_sums(x, w, metric, ignore_nan)
+    ref_sums, ref_counts, ref_dsum = reference.som_node_sums(x, w, metric, ignore_nan)
+    acc = reference.acc_dtype(dtype)
+    assert sums.dtype == acc and counts.dtype == acc and dsum.dtype == torch.float64 and dsum.dim() == 0
+    assert torch.equal(counts, ref_counts)
+    torch.testing.assert_close(sums, ref_sums, **TOL[acc])
+    # per-sample distances agree to an ulp of the accumulation dtype (summation order)
+    torch.testing.assert_close(dsum, ref_dsum, rtol=16 * torch.finfo(acc).eps, atol=0)
+
+
+def test_node_sums_deterministic_and_thread_count_independent():
+    x, w = _data(5000, 100, 24)
+    first = ops.som_node_sums(x, w, "euclidean", False)
+    again = ops.som_node_sums(x, w, "euclidean", False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = ops.som_node_sums(x, w, "euclidean", False)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, again, single):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_node_sums_public_api_cpu_backend():
+    x, w = _data(64, 9, 4)
+    sums, counts, dsum = gk_ops.som_node_sums(x, w, backend="cpu")
+    ref = reference.som_node_sums(x, w)
+    torch.testing.assert_close(sums, ref[0])
+    assert torch.equal(counts, ref[1])
+    torch.testing.assert_close(dsum, ref[2])
+
+
+# ---------------------------------------------------------------------------------- online
+def _grid(rows, cols):
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    return torch.stack([r, c], -1).reshape(-1, 2).to(torch.float64)
+
+
+def _online_case(m, steps, rows=6, cols=5, d=5, n=40, dtype=torch.float32):
+    x = torch.randn(n, d, dtype=torch.float64).to(dtype)
+    w = torch.randn(m, rows * cols, d, dtype=torch.float64).to(dtype)
+    order = torch.randint(0, n, (m, steps))
+    acc = reference.acc_dtype(dtype)
+    # a different schedule per map
+    lr = (torch.linspace(0.5, 0.01, steps, dtype=acc)[None] * torch.linspace(1.0, 0.5, m, dtype=acc)[:, None])
+    sigma = torch.linspace(2.5, 0.7, steps, dtype=acc)[None] * torch.linspace(1.0, 1.4, m, dtype=acc)[:, None]
+    return w, x, order, lr.contiguous(), sigma.contiguous(), _grid(rows, cols).to(acc)
+
+
+def _assert_online(w, x, order, lr, sigma, coords, periods, nb, rule, metric, tol=None):
+    """Step for step with the reference. fp32: rounding differences (FMA, summation order)
+    compound over hundreds of steps (a Mexican hat's repulsion can grow weights by orders
+    of magnitude), so the relative error against the fp64 reference run on the same inputs
+    is bounded by twice the fp32 reference's own, plus 1e-6."""
+    out = ops.som_online(w, x, order, lr, sigma, coords, *periods, nb, rule, metric)
+    ref = reference.som_online(w, x, order, lr, sigma, coords, *periods, nb, rule, metric)
+    assert out.dtype == w.dtype and out.shape == w.shape
+    if tol is not None:
+        torch.testing.assert_close(out, ref, **tol)
+        return
+    ref64 = reference.som_online(w.double(), x.double(), order, lr.double(), sigma.double(), coords.double(),
+                                 *periods, nb, rule, metric)
+    scale = ref64.abs() + 1
+    err = ((out.double() - ref64).abs() / scale).max()
+    assert err <= 2 * ((ref.double() - ref64).abs() / scale).max() + 1e-6
+
+
+ONLINE_CASES = [(nb, rule) for rule in reference.RULES for nb in reference.NEIGHBORHOODS
+                if not (rule == "wtm" and nb == "mexican_hat")]
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+@pytest.mark.parametrize("nb,rule", ONLINE_CASES)
+def test_online_matches_reference(nb, rule, periodic):
+    case = _online_case(3, 300)
+    periods = (6.0, 5.0) if periodic else (0.0, 0.0)
+    w = case[0].clone()
+    _assert_online(*case, periods, nb, rule, "euclidean")
+    assert torch.equal(case[0], w)  # input untouched
+
+
+@pytest.mark.parametrize("nb,rule", [("gaussian", "som"), ("bubble", "wtm"), ("triangle", "wta")])
+def test_online_fp64(nb, rule):
+    _assert_online(*_online_case(2, 200, dtype=torch.float64), (6.0, 0.0), nb, rule, "euclidean",
+                   TOL[torch.float64])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "manhattan", "chebyshev"])
+@pytest.mark.parametrize("rule", ["som", "wtm"])
+def test_online_other_metrics(metric, rule):
+    _assert_online(*_online_case(1, 200), (0.0, 0.0), "gaussian", rule, metric)
+
+
+def test_online_low_precision_weights():
+    w, x, order, lr, sigma, coords = _online_case(2, 100, dtype=torch.bfloat16)
+    out = ops.som_online(w, x, order, lr, sigma, coords, 0.0, 0.0, "gaussian", "som", "euclidean")
+    ref = reference.som_online(w, x, order, lr, sigma, coords, 0.0, 0.0, "gaussian", "som", "euclidean")
+    assert out.dtype == torch.bfloat16
+    # both train in fp32 and round once at the end: at most one bf16 ulp apart
+    torch.testing.assert_close(out, ref, rtol=2 ** -7, atol=1e-2)
+
+
+def test_online_large_map_split_over_threads():
+    # K * D = 16x16 x 33 >= 8192: one map's nodes are split over two threads (a node
+    # range boundary falls mid-map; D = 33 exercises the feature tail)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        w, x, order, lr, sigma, coords = _online_case(1, 300, rows=16, cols=16, d=33, n=100)
+        _assert_online(w, x, order, lr, sigma, coords, (0.0, 0.0), "gaussian", "som", "euclidean")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_online_public_api_cpu_backend():
+    w, x, order, lr, sigma, coords = _online_case(2, 50)
+    out = gk_ops.som_online(w, x, order, lr, sigma, coords, (0.0, 0.0), "bubble", "som", backend="cpu")
+    ref = reference.som_online(w, x, order, lr, sigma, coords, 0.0, 0.0, "bubble", "som", "euclidean")
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------- opcheck
+def test_opcheck_bmu():
+    x, w = _data(33, 20, 7)
+    torch.library.opcheck(ops.som_bmu.default, (x, w, 3, "euclidean", False))
+    torch.library.opcheck(ops.som_bmu.default, (x, w, 2, "cosine", True))
+
+
+def test_opcheck_node_sums():
+    x, w = _data(33, 20, 7)
+    torch.library.opcheck(ops.som_node_sums.default, (x, w, "euclidean", False))
+    torch.library.opcheck(ops.som_node_sums.default, (x, w, "manhattan", True))
+
+
+def test_opcheck_online():
+    w, x, order, lr, sigma, coords = _online_case(2, 20)
+    torch.library.opcheck(ops.som_online.default,
+                          (w, x, order, lr, sigma, coords, 0.0, 0.0, "gaussian", "som", "euclidean"))
