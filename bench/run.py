@@ -1,0 +1,331 @@
+"""Benchmark runner: every backend and every anchor on the same inputs, in one run.
+
+    python bench/run.py [som] [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
+
+Times each case of bench/bench_som.py with ``time.perf_counter`` (one warm-up call,
+then rounds until the time budget is spent), prints a Markdown table of medians and
+ratios, and writes ``<out>/<machine>.json`` and ``<out>/<machine>.md`` (default
+``bench/results/``; ``--quick`` writes ``<machine>-quick.*``). ``<machine>`` names
+the CPU model and core count, or the GPU model. ``main(argv)`` is what
+``genkernels bench`` calls.
+
+Ratios: ``x ideal`` = median / (2 N K D / peak rate), the peak being the 2048^3
+``torch.mm`` of the same run; ``x ours`` = median / the fastest genkernels backend of
+the same workload and op (reference when no compiled backend is present). The scale
+case runs in a child process so its peak memory (``ru_maxrss`` minus the RSS before
+the op) is its own; on CUDA, peak memory is ``torch.cuda.max_memory_allocated`` minus
+the memory allocated before the op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+if BENCH_DIR not in sys.path:
+    sys.path.insert(0, BENCH_DIR)
+
+FAMILIES = ("som",)
+# Seconds of timed rounds per case; a case whose single round exceeds 3x this is
+# measured once.
+BUDGET_S = {False: 2.0, True: 0.2}
+# An extrapolated case also runs its whole epoch once, for QE/TE, when that is
+# expected to take at most this long.
+QUALITY_BUDGET_S = {False: 30.0, True: 3.0}
+MIN_ROUNDS, MAX_ROUNDS = 3, 50
+PACKAGES = ("torch", "triton", "numpy", "minisom", "torchsom", "xpysom", "pytest-benchmark")
+
+
+# ------------------------------------------------------------------------ metadata
+def machine_name(device: str) -> str:
+    """CPU model + core count ("intel-xeon-processor-2c") or the GPU model."""
+    if device == "cuda":
+        import torch
+        name = torch.cuda.get_device_name()
+    else:
+        name = "unknown-cpu"
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        name = line.split(":", 1)[1]
+                        break
+        except OSError:
+            pass
+        name = f"{name} {os.cpu_count()}c"
+    name = re.sub(r"\((r|tm)\)|\bcpu\b", " ", name, flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    import genkernels
+    import torch
+    out["genkernels"] = genkernels.__version__
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+# ------------------------------------------------------------------------- timing
+def measure(fn, device: str, warmup: bool, budget_s: float):
+    """Run ``fn`` (one warm-up call unless told otherwise), then rounds until
+    ``budget_s`` is spent and MIN_ROUNDS are done; a round longer than 3x the budget
+    ends the measurement. Returns the per-round seconds and the last result."""
+    from bench_som import sync
+    if warmup:
+        fn()
+        sync(device)
+    times, out = [], None
+    while len(times) < MAX_ROUNDS:
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+        spent = sum(times)
+        if (spent >= budget_s and len(times) >= MIN_ROUNDS) or spent >= 3 * budget_s:
+            break
+    return times, out
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_case(case, quick: bool, data: str | None, meta: dict) -> dict:
+    """Measure one case into its JSON record. QE/TE are computed on the run's device
+    (``meta["device"]``) whatever library trained the map: one metric code for all."""
+    import torch
+
+    import bench_som
+    w = case.workload
+    rec = {"suite": "som", "workload": w.name, "op": case.op, "impl": case.impl,
+           "kind": case.kind, "device": case.device, "shapes": w.shapes(), "dtype": case.dtype,
+           "params": case.params, "median_s": None, "iqr_s": None, "rounds": 0,
+           "qe": None, "te": None, "peak_mem": None, "gflops": None,
+           "extrapolated": case.extrapolate != 1.0, "note": case.note,
+           "versions": meta["versions"], "commit": meta["commit"]}
+    if case.make is None:
+        return rec
+    fn = case.make()
+    cuda = case.device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        mem_before = torch.cuda.memory_allocated()
+    else:
+        mem_before = _rss_bytes()
+    times, out = measure(fn, case.device, case.warmup, BUDGET_S[quick])
+    if cuda:
+        rec["peak_mem"] = torch.cuda.max_memory_allocated() - mem_before
+    elif w.scale:  # a child process of its own: ru_maxrss is this op's peak
+        rec["peak_mem"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - mem_before
+    q1, med, q3 = np.percentile(times, [25, 50, 75])
+    rec.update(median_s=float(med) * case.extrapolate, iqr_s=float(q3 - q1) * case.extrapolate,
+               rounds=len(times))
+    if case.extrapolate != 1.0:
+        rec["measured_median_s"] = float(med)
+        rec["extrapolate"] = case.extrapolate
+    if case.flops and case.extrapolate == 1.0:
+        rec["gflops"] = case.flops / float(med) / 1e9
+    if case.trains:
+        weights = out if case.extrapolate == 1.0 else None
+        if weights is None and case.make_full is not None and \
+                med * case.extrapolate <= QUALITY_BUDGET_S[quick]:
+            full = case.make_full()
+            start = time.perf_counter()
+            weights = full()
+            bench_som.sync(case.device)
+            rec["full_run_s"] = time.perf_counter() - start
+        if weights is not None:
+            x = bench_som.load_data(w, meta["device"], data)
+            rec["qe"], rec["te"] = bench_som.quality(x, weights, w.lattice)
+    return rec
+
+
+def _run_in_child(case, args) -> dict:
+    """Run one case in a fresh interpreter (for its own peak RSS)."""
+    cmd = [sys.executable, os.path.abspath(__file__), args.family, "--device", args.device,
+           "--child-case", case.id] + (["--quick"] if args.quick else []) + \
+        (["--data", args.data] if args.data else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{case.id} failed in its child process:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------- report
+def _fmt_s(v) -> str:
+    if v is None:
+        return "-"
+    if v >= 1:
+        return f"{v:.2f} s"
+    if v >= 1e-3:
+        return f"{v * 1e3:.1f} ms"
+    return f"{v * 1e6:.0f} us"
+
+
+def _fmt(v, spec="{:.3f}") -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else spec.format(v)
+
+
+def _label(rec) -> str:
+    params = " ".join(f"{k}={v}" for k, v in rec["params"].items())
+    return rec["impl"] + (f" ({params})" if params else "")
+
+
+def add_ratios(records: list[dict], peak_flops_per_s: float | None) -> None:
+    """x_ideal (median / ideal GEMM time) and x_ours (median / fastest genkernels backend)."""
+    for rec in records:
+        rec["ideal_s"] = rec["x_ideal"] = rec["x_ours"] = None
+        s = rec["shapes"]
+        if peak_flops_per_s and rec["op"] in ("bmu", "batch_epoch") and rec["median_s"]:
+            rec["ideal_s"] = 2.0 * s["n"] * s["k"] * s["d"] / peak_flops_per_s
+            rec["x_ideal"] = rec["median_s"] / rec["ideal_s"]
+    groups: dict[tuple, list[dict]] = {}
+    for rec in records:
+        groups.setdefault((rec["workload"], rec["op"], rec["shapes"]["maps"]), []).append(rec)
+    for group in groups.values():
+        ours = [r for r in group if r["kind"] == "backend" and r["median_s"]]
+        compiled = [r for r in ours if r["impl"] != "reference"] or ours
+        if not compiled:
+            continue
+        best = min(compiled, key=lambda r: r["median_s"])
+        for rec in group:
+            if rec["median_s"]:
+                rec["x_ours"] = rec["median_s"] / best["median_s"]
+                rec["ours"] = best["impl"]
+
+
+def markdown(records: list[dict], meta: dict) -> str:
+    v = meta["versions"]
+    lines = [f"# genkernels benchmarks: {meta['machine']} ({meta['device']})", "",
+             f"{meta['created']}, commit `{meta['commit']}`, "
+             + ", ".join(f"{k} {v[k]}" for k in v if v[k] is not None) + ".",
+             f"Peak fp32 GEMM ({meta['peak_size']}^3 torch.mm): "
+             f"{_fmt(meta['peak_gflops'], '{:.1f}')} GFLOP/s."
+             + (" Quick mode: shrunken workloads, smoke test only." if meta["quick"] else ""), "",
+             "x ideal = median / (2 N K D / peak); x ours = median / the fastest genkernels "
+             "backend of the same row group. (extrap.) = timed on a prefix and scaled to the "
+             "epoch; QE/TE of extrapolated rows come from one full run when it fits the budget.",
+             ""]
+    by_workload: dict[str, list[dict]] = {}
+    for rec in records:
+        by_workload.setdefault(rec["workload"], []).append(rec)
+    for name, recs in by_workload.items():
+        s = recs[0]["shapes"]
+        lines += [f"## {name}: N={s['n']:,} D={s['d']} map {s['rows']}x{s['cols']}"
+                  + (f", {s['steps']:,} online steps" if s["steps"] else "")
+                  + (f", {s['maps']} maps" if s["maps"] > 1 else ""), "",
+                  "| op | impl | kind | median | IQR | rounds | QE | TE | x ideal | x ours | note |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in recs:
+            median = _fmt_s(r["median_s"]) + (" (extrap.)" if r["extrapolated"] else "")
+            note = r["note"]
+            if r.get("peak_mem") is not None:
+                note = (note + "; " if note else "") + f"peak mem +{r['peak_mem'] / 2**20:,.0f} MiB"
+            if r.get("gflops") is not None:
+                note = (note + "; " if note else "") + f"{r['gflops']:.1f} GFLOP/s"
+            lines.append(f"| {r['op']} | {_label(r)} | {r['kind']} | {median} | {_fmt_s(r['iqr_s'])} "
+                         f"| {r['rounds']} | {_fmt(r['qe'], '{:.4f}')} | {_fmt(r['te'], '{:.4f}')} "
+                         f"| {_fmt(r['x_ideal'], '{:.3g}')} | {_fmt(r['x_ours'], '{:.3g}')} | {note} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="genkernels bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("family", nargs="?", default="som", choices=FAMILIES)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--quick", action="store_true", help="shrunken workloads, < 1 minute (smoke test)")
+    p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"),
+                   help="folder for <machine>.json and <machine>.md (default bench/results)")
+    p.add_argument("--data", default=None,
+                   help="MNIST folder (default $GENKERNELS_DATA or ../shared/data/mnist)")
+    p.add_argument("--child-case", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import torch
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("genkernels bench: --device cuda but no CUDA device is visible", file=sys.stderr)
+            return 2
+        # fp32 means fp32: the GEMM baselines and the peak rate without TF32.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    import bench_som
+
+    cases = bench_som.build_cases(args.device, args.quick, args.data)
+    meta = {"machine": machine_name(args.device), "device": args.device, "quick": args.quick,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "versions": versions(), "commit": git_commit(), "peak_size": bench_som.PEAK_GEMM_SIZE}
+    if args.child_case:
+        case = next(c for c in cases if c.id == args.child_case)
+        print(json.dumps(run_case(case, args.quick, args.data, meta)))
+        return 0
+
+    if not bench_som.mnist_available(args.data):
+        print(f"[bench] MNIST not found in {bench_som.data_dir(args.data)}: its workload is "
+              "skipped (set --data or GENKERNELS_DATA)", file=sys.stderr)
+    records = []
+    for case in cases:
+        start = time.perf_counter()
+        if case.make is not None and case.workload.scale and args.device == "cpu":
+            rec = _run_in_child(case, args)
+        else:
+            rec = run_case(case, args.quick, args.data, meta)
+        records.append(rec)
+        print(f"[bench] {case.id}: {_fmt_s(rec['median_s'])}"
+              + (" (extrap.)" if rec["extrapolated"] else "")
+              + f" [{time.perf_counter() - start:.1f} s]", file=sys.stderr, flush=True)
+    peak = next((r for r in records if r["op"] == "peak_gemm"), None)
+    meta["peak_gflops"] = peak["gflops"] if peak else None
+    add_ratios(records, meta["peak_gflops"] * 1e9 if meta["peak_gflops"] else None)
+
+    table = markdown(records, meta)
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, meta["machine"] + ("-quick" if args.quick else ""))
+    with open(stem + ".json", "w") as f:
+        json.dump({**meta, "cases": records}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(table + "\n")
+    print(f"[bench] wrote {stem}.json and {stem}.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
