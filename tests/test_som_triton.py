@@ -156,12 +156,15 @@ def _online_case(m, k_nodes, d, t, dtype, rows=5):
     return [v.to(DEVICE) for v in (w, x, order, lr, sigma, coords)], (float(rows), float(cols))
 
 
+# every rule with every neighbourhood, except wtm with the Mexican hat (wtm needs a
+# non-increasing kernel; ops.som_online rejects that pair)
+RULE_NEIGHBORHOODS = [(r, n) for r in reference.RULES for n in reference.NEIGHBORHOODS
+                      if not (r == "wtm" and n == "mexican_hat")]
+
+
 @pytest.mark.parametrize("periodic", [False, True], ids=["flat", "torus"])
-@pytest.mark.parametrize("rule", reference.RULES)
-@pytest.mark.parametrize("neighborhood", reference.NEIGHBORHOODS)
+@pytest.mark.parametrize("rule,neighborhood", RULE_NEIGHBORHOODS)
 def test_online_step_for_step(neighborhood, rule, periodic):
-    if rule == "wtm" and neighborhood == "mexican_hat":
-        pytest.skip("wtm needs a non-increasing kernel")
     (w, x, order, lr, sigma, coords), periods = _online_case(2, 35, 7, 40, torch.float32)
     p0, p1 = periods if periodic else (0.0, 0.0)
     out = torch.ops.genkernels.som_online_triton(w, x, order, lr, sigma, coords, p0, p1,
