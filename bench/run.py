@@ -12,8 +12,8 @@ the CPU model and core count, or the GPU model. ``main(argv)`` is what
 Ratios: ``x ideal`` = median / (2 N K D / peak rate), the peak being the 2048^3
 ``torch.mm`` of the same run; ``x ours`` = median / the fastest genkernels backend of
 the same workload and op (reference when no compiled backend is present). The scale
-case runs in a child process so its peak memory (``ru_maxrss`` minus the RSS before
-the op) is its own; on CUDA, peak memory is ``torch.cuda.max_memory_allocated`` minus
+case runs in a child process of its own; its peak memory is the highest resident size
+polled while the op runs minus the size before it; on CUDA, peak memory is ``torch.cuda.max_memory_allocated`` minus
 the memory allocated before the op.
 """
 
@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -121,6 +120,27 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class _RssSampler:
+    """Peak resident memory while the op runs, polled every millisecond from
+    /proc/self/statm (ru_maxrss would also count the input generation's transients)."""
+
+    def __init__(self):
+        import threading
+        self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, _rss_bytes())
+
+
 def run_case(case, quick: bool, data: str | None, meta: dict) -> dict:
     """Measure one case into its JSON record. QE/TE are computed on the run's device
     (``meta["device"]``) whatever library trained the map: one metric code for all."""
@@ -144,11 +164,12 @@ def run_case(case, quick: bool, data: str | None, meta: dict) -> dict:
         mem_before = torch.cuda.memory_allocated()
     else:
         mem_before = _rss_bytes()
+        sampler = _RssSampler() if w.scale else None
     times, out = measure(fn, case.device, case.warmup, BUDGET_S[quick])
     if cuda:
         rec["peak_mem"] = torch.cuda.max_memory_allocated() - mem_before
-    elif w.scale:  # a child process of its own: ru_maxrss is this op's peak
-        rec["peak_mem"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - mem_before
+    elif sampler is not None:
+        rec["peak_mem"] = sampler.stop() - mem_before
     q1, med, q3 = np.percentile(times, [25, 50, 75])
     rec.update(median_s=float(med) * case.extrapolate, iqr_s=float(q3 - q1) * case.extrapolate,
                rounds=len(times))
