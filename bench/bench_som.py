@@ -14,7 +14,10 @@ batch epoch, genkernels backends only). Per workload (``build_cases``):
 
 * ``bmu``           BMU search alone: our backends, MiniSom's and torchsom's BMU
                     code, a bare distance GEMM (``torch.mm``, N x D times D x K) and a
-                    naive tiled ``torch.addmm`` + ``argmin``;
+                    naive tiled ``torch.addmm`` + ``argmin``; on CUDA (the ``bmu_gpu``
+                    workload) the triton search also with ``precision="tf32"`` and
+                    ``"bf16"`` (tensor cores, exact re-rank), each reporting the fraction
+                    of its indices equal to the fp32 search's (``indices_equal_fp32``);
 * ``batch_epoch``   one epoch of Kohonen's batch rule at the start radius:
                     ``som_node_sums`` + ``som_smooth``; MiniSom ``train_batch_offline``,
                     XPySom ``train`` (numpy), torchsom's mini-batch fit loop;
@@ -62,6 +65,8 @@ DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "mnist")
 MNIST_IMAGES = "t10k-images-idx3-ubyte.gz"
 
 SEED = 0
+# Tensor-core precisions of the triton BMU search benchmarked beside fp32 on CUDA.
+LOW_PRECISIONS = ("tf32", "bf16")
 LR_START, LR_END = 0.5, 0.01
 SIGMA_END = 1.0
 PEAK_GEMM_SIZE = 2048
@@ -228,6 +233,9 @@ class Case:
     dtype: str = "float32"
     note: str = ""
     params: dict = field(default_factory=dict)
+    # extra record fields computed from the last timed result, outside the timing
+    # (e.g. how often a low-precision search agrees with the fp32 one)
+    check: Callable[[Any], dict] | None = None
 
     @property
     def id(self) -> str:
@@ -265,8 +273,11 @@ def _bmu_cases(w: Workload, device: str, x_of) -> list[Case]:
             x = x_of()
             weights = initial_weights(x, w.k)
             return lambda: ops.som_bmu(x, weights, backend=b)
+        params = {"precision": "fp32"} if b == "triton" and w.name == "bmu_gpu" else {}
         cases.append(Case(w, "bmu", b, "backend", device, make, flops=flops,
-                          warmup=b != "reference"))
+                          warmup=b != "reference", params=params))
+    if w.name == "bmu_gpu" and "triton" in bench_backends("som_bmu", device):
+        cases += _low_precision_bmu_cases(w, device, x_of, flops)
 
     def make_mm():
         x = x_of()
@@ -319,6 +330,29 @@ def _bmu_cases(w: Workload, device: str, x_of) -> list[Case]:
             return lambda: som.identify_bmus(x)
         cases.append(Case(w, "bmu", "torchsom", "anchor", device, make_torchsom, flops=flops,
                           note="torchsom SOM.identify_bmus (brute-force torch search)"))
+    return cases
+
+
+def _low_precision_bmu_cases(w: Workload, device: str, x_of, flops: float) -> list[Case]:
+    """The triton BMU search on tensor cores (tf32, bf16), each checked against the
+    fp32 search on the same inputs: the fraction of equal (row, index) entries."""
+    cases = []
+    inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    for precision in LOW_PRECISIONS:
+        def make(precision=precision):
+            x = x_of()
+            weights = initial_weights(x, w.k)
+            inputs[precision] = (x, weights)
+            return lambda: ops.som_bmu(x, weights, precision=precision, backend="triton")
+
+        def agreement(out, precision=precision):
+            x, weights = inputs.pop(precision)
+            want = ops.som_bmu(x, weights, precision="fp32", backend="triton")[0]
+            return {"indices_equal_fp32": float((out[0] == want).double().mean())}
+        cases.append(Case(w, "bmu", "triton", "backend", device, make, flops=flops,
+                          params={"precision": precision}, check=agreement,
+                          note=f"{precision} tensor-core search, exact fp32 re-rank"))
     return cases
 
 
@@ -554,6 +588,8 @@ def test_som(benchmark, case, request):
     benchmark.extra_info.update({"workload": case.workload.name, "op": case.op, "impl": case.impl,
                                  "kind": case.kind, **case.workload.shapes(),
                                  "extrapolate": case.extrapolate, "note": case.note})
+    if case.check is not None:
+        benchmark.extra_info.update(case.check(result))
     if case.trains and case.extrapolate == 1.0:
         x = load_data(case.workload, device, request.config.getoption("--data", default=None))
         qe, te = quality(x, result, case.workload.lattice)

@@ -178,6 +178,8 @@ def run_case(case, quick: bool, data: str | None, meta: dict) -> dict:
         rec["extrapolate"] = case.extrapolate
     if case.flops and case.extrapolate == 1.0:
         rec["gflops"] = case.flops / float(med) / 1e9
+    if case.check is not None:
+        rec.update(case.check(out))
     if case.trains:
         weights = out if case.extrapolate == 1.0 else None
         if weights is None and case.make_full is not None and \
@@ -276,6 +278,9 @@ def markdown(records: list[dict], meta: dict) -> str:
                 note = (note + "; " if note else "") + f"peak mem +{r['peak_mem'] / 2**20:,.0f} MiB"
             if r.get("gflops") is not None:
                 note = (note + "; " if note else "") + f"{r['gflops']:.1f} GFLOP/s"
+            if r.get("indices_equal_fp32") is not None:
+                note = (note + "; " if note else "") + \
+                    f"indices = fp32 search: {100 * r['indices_equal_fp32']:.4f}%"
             lines.append(f"| {r['op']} | {_label(r)} | {r['kind']} | {median} | {_fmt_s(r['iqr_s'])} "
                          f"| {r['rounds']} | {_fmt(r['qe'], '{:.4f}')} | {_fmt(r['te'], '{:.4f}')} "
                          f"| {_fmt(r['x_ideal'], '{:.3g}')} | {_fmt(r['x_ours'], '{:.3g}')} | {note} |")

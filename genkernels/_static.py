@@ -74,20 +74,24 @@ def _som_registry() -> list[TritonKernel]:
     unit = {"stride_xd": 1, "stride_wd": 1}
     entries = []
 
-    def bmu(metric, k, dtype="fp32", ignore_nan=False):
+    def bmu(metric, k, dtype="fp32", ignore_nan=False, precision="fp32"):
         import torch
 
         x_dtype = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
                    "fp16": torch.float16}[dtype]
-        exact, recheck, slots, cfg = som_triton._bmu_plan(torch.empty(0, dtype=x_dtype), metric, k)
+        precision_id = som_triton._bmu_precision(x_dtype, metric, ignore_nan, precision,
+                                                 interpreted=False)
+        exact, recheck, slots, cfg = som_triton._bmu_plan(torch.empty(0, dtype=x_dtype), metric, k,
+                                                          precision_id)
         cfg = dict(cfg)
         acc_name = "fp64" if dtype == "fp64" else "fp32"
         sig = {"X": _ptr(dtype), "W": _ptr(dtype), "INDICES": "*i64", "DISTANCES": _ptr(dtype),
                "N": "i32", "K": "i32", "D": "i32", "k": "i32", **strides}
         meta = dict(METRIC=som_triton.METRIC_IDS[metric], IGNORE_NAN=ignore_nan, EXACT=exact,
-                    RECHECK=recheck, SLOTS=slots, ACC=acc[acc_name],
+                    PRECISION=precision_id, RECHECK=recheck, SLOTS=slots, ACC=acc[acc_name],
                     BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"])
-        tag = f"{metric},{dtype},k={k}" + (",ignore_nan" if ignore_nan else "")
+        tag = (f"{metric},{dtype},k={k}" + (",ignore_nan" if ignore_nan else "")
+               + (f",precision={precision}" if precision != "fp32" else ""))
         entries.append(TritonKernel("som", f"_som_bmu_kernel[{tag}]",
                                     lambda: som_triton._som_bmu_kernel, sig, {**meta, **unit},
                                     cfg["num_warps"], cfg["num_stages"]))
@@ -141,7 +145,12 @@ def _som_registry() -> list[TritonKernel]:
     bmu("euclidean", 2, "fp16")
     bmu("euclidean", 1, ignore_nan=True)
     bmu("euclidean", 1, "fp64")
+    bmu("euclidean", 1, precision="tf32")
+    bmu("euclidean", 1, precision="bf16")
+    bmu("euclidean", 4, precision="bf16")
     bmu("cosine", 1)
+    bmu("cosine", 1, precision="tf32")
+    bmu("cosine", 1, precision="bf16")
     bmu("manhattan", 1)
     bmu("chebyshev", 1)
     distances("euclidean")

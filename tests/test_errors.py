@@ -24,6 +24,8 @@ W = torch.randn(6, 3)
     (lambda: ops.som_bmu(X, W, k=0), ValueError, r"k must be in \[1, 6\]"),
     (lambda: ops.som_bmu(X, W, k=7), ValueError, r"k must be in \[1, 6\]"),
     (lambda: ops.som_bmu(X, W, metric="cityblock"), ValueError, "metric must be one of 'euclidean'"),
+    (lambda: ops.som_bmu(X, W, precision="fp16"), ValueError,
+     "precision must be one of 'fp32', 'tf32', 'bf16'; got 'fp16'"),
     (lambda: ops.som_bmu(X, W, backend="gpu"), ValueError, "backend must be one of"),
     (lambda: ops.som_bmu(X, W.to("meta")), ValueError, "weights is on meta but x is on cpu"),
     (lambda: ops.som_bmu([[1.0]], W), TypeError, "x must be a torch.Tensor"),

@@ -66,6 +66,34 @@ def test_triton_bmu_on_gpu(metric, n, k_nodes, d):
     assert torch.allclose(got[1].cpu(), want[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_triton_tensor_core_bmu_equals_the_fp32_search(precision, metric):
+    # the benchmark's shape scaled down (1M x 256 vs 4096 nodes in bench/bench_som.py):
+    # the tensor-core search re-ranks its candidates exactly, so on random data (gaps far
+    # beyond the tf32/bf16 error) it returns the fp32 path's indices and distances
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(65536, 256, generator=g).cuda()
+    w = torch.randn(4096, 256, generator=g).cuda()
+    for k in (1, 2):
+        want_idx, want_dist = ops.som_bmu(x, w, k, metric, precision="fp32", backend="triton")
+        idx, dist = ops.som_bmu(x, w, k, metric, precision=precision, backend="triton")
+        assert torch.equal(idx, want_idx)
+        # both re-rank from the definition in fp32: the same distances up to summation order
+        torch.testing.assert_close(dist, want_dist, rtol=1e-6, atol=1e-6)
+
+
+def test_triton_bf16_bmu_reranks_near_ties_on_gpu():
+    # node 1 = node 0 + 2^-10: equal in bf16 (round to nearest), truly nearer every sample
+    x = (2.0 + 0.5 * torch.rand(1000, 64)).cuda()
+    w = torch.cat([torch.ones(1, 64), torch.ones(1, 64) + 2.0**-10, 5.0 + torch.rand(30, 64)]).cuda()
+    idx, dist = ops.som_bmu(x, w, 2, precision="bf16", backend="triton")
+    want_idx, want_dist = reference.som_bmu(x.cpu(), w.cpu(), 2)
+    assert (want_idx[:, 0] == 1).all()
+    assert torch.equal(idx.cpu(), want_idx)
+    assert torch.allclose(dist.cpu(), want_dist, rtol=1e-5, atol=1e-5)
+
+
 def test_node_sums_on_gpu_and_model_trains():
     x = torch.randn(5000, 32)
     w = torch.randn(256, 32)

@@ -9,6 +9,7 @@ import torch
 
 pytest.importorskip("triton")
 
+import genkernels  # noqa: E402
 import genkernels.ops as gk_ops  # noqa: E402
 from genkernels.som import reference  # noqa: E402
 from genkernels.som import triton as som_triton  # noqa: E402
@@ -102,6 +103,104 @@ def test_bmu_half_precision_inputs(dtype):
     # fp16; within one bf16 ulp, since the interpreter truncates fp32 -> bf16 stores
     ulp = {torch.float16: 0.0, torch.bfloat16: 2.0**-7}[dtype]
     torch.testing.assert_close(dist, ref_dist, rtol=ulp, atol=0)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_bmu_tensor_core_search_matches_the_exact_search(metric, precision):
+    # random data: the gaps between neighbours dwarf the tf32/bf16 ranking error, so the
+    # re-ranked candidates give the exact indices, and distances recomputed in fp32
+    for n, k_nodes, d in [(1, 1, 1), (100, 97, 37), (70, 130, 65)]:
+        x, w = _data(n, k_nodes, d, torch.float32)
+        for k in sorted({1, min(2, k_nodes), min(5, k_nodes)}):
+            idx, dist = torch.ops.genkernels.som_bmu_triton(x, w, k, metric, False, precision)
+            ref_idx, ref_dist = reference.som_bmu(x, w, k, metric)
+            assert torch.equal(idx, ref_idx)
+            torch.testing.assert_close(dist, ref_dist, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_bmu_bf16_search_is_reranked_exactly(metric):
+    # node 1 is node 0 nudged by 2^-10 towards every sample: truly nearer, but identical
+    # once rounded to bf16 (1 + 2^-10 -> 1 whether rounded to nearest or truncated), so a
+    # bf16 ranking alone ties them and picks node 0; the fp32 re-rank must return node 1
+    torch.manual_seed(3)
+    n, d = 40, 32
+    half = torch.arange(d) < d // 2
+    if metric == "euclidean":
+        x = 2.0 + 0.5 * torch.rand(n, d)          # every feature beyond 1 + 2^-10
+        nudge = torch.ones(d)
+    else:
+        x = 1.0 + half * torch.rand(n, d)         # samples lean towards the first half
+        nudge = half.float()
+    w0 = torch.ones(d)
+    w1 = w0 + 2.0**-10 * nudge
+    far = 5.0 + torch.rand(6, d) if metric == "euclidean" else -torch.rand(6, d)
+    w = torch.cat([w0[None], w1[None], far])
+    assert torch.equal(w[0].bfloat16(), w[1].bfloat16())
+    bf16_idx, _ = reference.som_bmu(x.bfloat16().float(), w.bfloat16().float(), 1, metric)
+    assert (bf16_idx[:, 0] == 0).all()             # bf16 arithmetic alone mis-ranks
+    x, w = x.to(DEVICE), w.to(DEVICE)
+    ref_idx, ref_dist = reference.som_bmu(x, w, 2, metric)
+    assert (ref_idx[:, 0] == 1).all()
+    for precision in ("bf16", "tf32"):
+        idx, dist = gk_ops.som_bmu(x, w, 2, metric, precision=precision, backend="triton")
+        assert torch.equal(idx, ref_idx)
+        torch.testing.assert_close(dist, ref_dist, **TOL[torch.float32])
+
+
+def test_bmu_precision_is_exact_where_no_tensor_core_search_exists():
+    # other metrics, fp64 and ignore_nan accept a precision and search exactly
+    x, w = _data(37, 45, 13, torch.float32)
+    xd, wd = _data(37, 45, 13, torch.float64)
+    xn, wn = _data(37, 45, 13, torch.float32, nan=True)
+    for precision in ("tf32", "bf16"):
+        for metric in ("manhattan", "chebyshev"):
+            idx, dist = gk_ops.som_bmu(x, w, 3, metric, precision=precision, backend="triton")
+            ref_idx, ref_dist = reference.som_bmu(x, w, 3, metric)
+            assert torch.equal(idx, ref_idx)
+            torch.testing.assert_close(dist, ref_dist, **TOL[torch.float32])
+        idx, dist = gk_ops.som_bmu(xd, wd, 3, precision=precision, backend="triton")
+        ref_idx, ref_dist = reference.som_bmu(xd, wd, 3)
+        assert torch.equal(idx, ref_idx)
+        torch.testing.assert_close(dist, ref_dist, **TOL[torch.float64])
+        idx, dist = gk_ops.som_bmu(xn, wn, 3, ignore_nan=True, precision=precision, backend="triton")
+        ref_idx, ref_dist = reference.som_bmu(xn, wn, 3, ignore_nan=True)
+        assert torch.equal(idx, ref_idx)
+        torch.testing.assert_close(dist, ref_dist, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_bmu_precision_on_exact_backends(backend):
+    if backend not in genkernels.available_backends("cpu"):
+        pytest.skip(f"{backend} backend not available")
+    x, w = _data(37, 45, 13, torch.float32)
+    x, w = x.cpu(), w.cpu()
+    ref_idx, ref_dist = reference.som_bmu(x, w, 2)
+    for precision in ("tf32", "bf16"):
+        idx, dist = gk_ops.som_bmu(x, w, 2, precision=precision, backend=backend)
+        assert torch.equal(idx, ref_idx)
+        torch.testing.assert_close(dist, ref_dist, **TOL[torch.float32])
+
+
+def test_bmu_invalid_precision_raises():
+    x, w = _data(5, 4, 3, torch.float32)
+    with pytest.raises(ValueError, match="precision must be one of 'fp32', 'tf32', 'bf16'; got 'fp16'"):
+        gk_ops.som_bmu(x, w, precision="fp16", backend="triton")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        torch.ops.genkernels.som_bmu_triton(x, w, 1, "euclidean", False, "tf16")
+
+
+def test_bmu_low_precision_gradient_is_exact():
+    # the distances are recomputed from the definition: so is their gradient
+    x, w = _data(11, 7, 4, torch.float32)
+    grads = []
+    for precision in ("fp32", "bf16"):
+        xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        _, dist = gk_ops.som_bmu(xg, wg, 2, precision=precision, backend="triton")
+        dist.sum().backward()
+        grads.append((xg.grad, wg.grad))
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_bmu_non_contiguous_inputs():
@@ -226,6 +325,8 @@ def test_online_does_not_modify_its_input():
 def test_opcheck():
     x, w = _data(9, 7, 5, torch.float32)
     torch.library.opcheck(torch.ops.genkernels.som_bmu_triton.default, (x, w, 2, "euclidean", False))
+    torch.library.opcheck(torch.ops.genkernels.som_bmu_triton.default,
+                          (x, w, 2, "cosine", False, "bf16"))
     torch.library.opcheck(torch.ops.genkernels.som_node_sums_triton.default, (x, w, "cosine", True))
     (wm, xo, order, lr, sigma, coords), _ = _online_case(2, 6, 5, 4, torch.float32, rows=2)
     torch.library.opcheck(torch.ops.genkernels.som_online_triton.default,

@@ -15,7 +15,7 @@ from .. import backends
 from .._checks import (check_choice, check_float_tensor, check_index_tensor, check_int,
                        check_positive, check_same_device, check_same_dtype, compiling)
 from . import reference
-from .reference import METRICS, NEIGHBORHOODS, RULES, acc_dtype
+from .reference import METRICS, NEIGHBORHOODS, PRECISIONS, RULES, acc_dtype
 
 # Neighbourhoods that factor into one function per lattice axis (csrc/common/som.h).
 SEPARABLE_NEIGHBORHOODS = ("gaussian", "bubble", "triangle")
@@ -69,11 +69,12 @@ def _check_x_weights(x, weights, metric, weights_ndim=2):
 
 
 # ------------------------------------------------------------------------------ BMU
-def _bmu_forward(x, weights, k, metric, ignore_nan, backend):
+def _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend):
+    # precision only changes the triton search; reference and cpu search exactly
     if backend == "reference":
         return reference.som_bmu(x, weights, k, metric, ignore_nan)
     if backend == "triton":
-        return _triton_ops().som_bmu_triton(x, weights, k, metric, ignore_nan)
+        return _triton_ops().som_bmu_triton(x, weights, k, metric, ignore_nan, precision)
     return torch.ops.genkernels.som_bmu(x, weights, k, metric, ignore_nan)
 
 
@@ -83,12 +84,12 @@ class _BMUFunction(torch.autograd.Function):
     rows, so every backend shares one exact gradient."""
 
     @staticmethod
-    def forward(x, weights, k, metric, ignore_nan, backend):
-        return _bmu_forward(x, weights, k, metric, ignore_nan, backend)
+    def forward(x, weights, k, metric, ignore_nan, precision, backend):
+        return _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weights, k, metric, ignore_nan, _ = inputs
+        x, weights, k, metric, ignore_nan, _, _ = inputs
         ctx.save_for_backward(x, weights, output[0])
         ctx.metric, ctx.ignore_nan = metric, ignore_nan
         ctx.mark_non_differentiable(output[0])
@@ -105,7 +106,7 @@ class _BMUFunction(torch.autograd.Function):
         grads = iter(grads)
         gx = next(grads) if ctx.needs_input_grad[0] else None
         gw = next(grads) if ctx.needs_input_grad[1] else None
-        return gx, gw, None, None, None, None
+        return gx, gw, None, None, None, None, None
 
 
 def _winner_distances(x, weights, indices, metric, ignore_nan):
@@ -114,7 +115,8 @@ def _winner_distances(x, weights, indices, metric, ignore_nan):
 
 
 def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "euclidean", *,
-            ignore_nan: bool = False, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            ignore_nan: bool = False, precision: str = "fp32",
+            backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best-matching units: the k nearest nodes of every sample.
 
     Args:
@@ -124,21 +126,42 @@ def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "e
         metric: "euclidean" | "cosine" | "manhattan" | "chebyshev" -- the true
             distance (Euclidean, not squared).
         ignore_nan: skip NaN features of x, rescaling the distance to the present ones.
+        precision: "fp32" | "tf32" | "bf16" -- the arithmetic of the candidate search.
+            "fp32" searches exactly. "tf32" / "bf16" (triton backend, fp32 input,
+            euclidean or cosine, ignore_nan=False) rank the nodes on tensor cores --
+            x.w from tf32 operands, or from x and w rounded to bf16, accumulated in
+            fp32 -- keep a few more candidates per row than k (k + 2, rounded up to a
+            power of two, at most 16), and re-rank those exactly in fp32 from the
+            definition. The distances returned are exact (as with "fp32"), and the
+            indices equal the exact search's wherever the true k-th and (k+1)-th
+            distances are separated by more than the low-precision error: with
+            u = 2^-10 (tf32) or 2^-8 (bf16), squared euclidean distances that differ
+            by more than 4.1 u (|x|^2 + max_j |w_j|^2), cosine distances by more than
+            4.1 u. Closer than that, the k returned are still the k nearest of the
+            candidates, so a miss needs more than (candidates - k) nodes inside the
+            error band. Everywhere else -- the reference and cpu backends, other
+            metrics, fp16/bf16/fp64 input, ignore_nan, k > 16 -- ``precision`` is
+            accepted and the search is exact (fp32, fp64 for fp64 input).
         backend: None (auto), "reference", "cpu" or "triton".
 
     Returns:
         indices (N, k) int64 and distances (N, k) in x's dtype, ascending; ties break
         to the lowest node index. Distances are differentiable in x and weights.
+
+    Raises:
+        ValueError: precision is not one of "fp32", "tf32", "bf16" (and the checks on
+            x, weights, k, metric).
     """
     _check_x_weights(x, weights, metric)
     k = check_int("k", k, 1, weights.shape[0])
+    check_choice("precision", precision, PRECISIONS)
     name = backends.resolve("som_bmu", x.device, backend)
     if x.shape[0] == 0:
         return (torch.empty((0, k), dtype=torch.int64, device=x.device),
                 torch.empty((0, k), dtype=x.dtype, device=x.device))
     if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad):
-        return _BMUFunction.apply(x, weights, k, metric, bool(ignore_nan), name)
-    return _bmu_forward(x, weights, k, metric, bool(ignore_nan), name)
+        return _BMUFunction.apply(x, weights, k, metric, bool(ignore_nan), precision, name)
+    return _bmu_forward(x, weights, k, metric, bool(ignore_nan), precision, name)
 
 
 # ------------------------------------------------------------------------ batch rule
@@ -179,7 +202,7 @@ def _sorted_node_sums(x, weights, metric, ignore_nan, backend):
     by winner (a stable sort), then one segment sum per node in a fixed order."""
     dt = acc_dtype(x.dtype)
     k_nodes, d = weights.shape
-    idx, dist = _bmu_forward(x, weights, 1, metric, ignore_nan, backend)
+    idx, dist = _bmu_forward(x, weights, 1, metric, ignore_nan, "fp32", backend)
     idx = idx[:, 0]
     order = torch.sort(idx, stable=True).indices
     xs = x[order].to(dt)

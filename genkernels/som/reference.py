@@ -11,6 +11,9 @@ import torch
 METRICS = ("euclidean", "cosine", "manhattan", "chebyshev")
 NEIGHBORHOODS = ("gaussian", "bubble", "mexican_hat", "triangle")
 RULES = ("som", "wta", "wtm")
+# Arithmetic of the BMU candidate search (genkernels.ops.som_bmu): the returned
+# distances are exact in every one; the reference always searches exactly.
+PRECISIONS = ("fp32", "tf32", "bf16")
 COSINE_EPS = 1e-8
 # Rows per tile of the reference's distance matrix: bounded memory on any N.
 _TILE_ELEMENTS = 1 << 22

@@ -22,6 +22,19 @@ Numerics
   that error of each other, and the returned distances are exact (tested on data with
   |x|^2 ~ 1e7 where the expansion alone picks the wrong winner for half the rows). fp64 input and manhattan/chebyshev use broadcast tiles computed from the
   definition (no expansion, no recheck).
+* Tensor-core search (``precision="tf32"`` or ``"bf16"``; euclidean and cosine, fp32
+  input, no ignore_nan): the ranking product runs as ``tl.dot(input_precision="tf32")``
+  or on x/w tiles cast to bf16 (fp32 accumulate). An input reduced to tf32 (10 stored
+  mantissa bits; u = 2^-10 covers truncation as well as rounding) or bf16 (7 stored
+  bits, round to nearest, u = 2^-8) perturbs each product by at most
+  (2u + u^2)|x_d w_d|, so the key of node j is off by at most ~2.01 u (|x|^2 + |w_j|^2)
+  (euclidean; ~2.01 u for cosine), plus the fp32 accumulation error.
+  The kernel keeps SLOTS = next power of two >= k + LOW_PRECISION_MARGIN candidates
+  (at most TOPK_SLOTS_MAX) and re-ranks them from the definition in fp32 (euclidean
+  and cosine alike): returned distances are exact, and the indices are those of the
+  exact search whenever the true k-th and (k+1)-th keys differ by more than twice that
+  bound -- and beyond it, as long as no more than SLOTS - k further nodes fall inside
+  it.
 * Ties break to the lowest node index everywhere: candidates are ordered by the pair
   (distance, index).
 * A NaN distance (a sample with NaN features and ``ignore_nan=False``) ranks as +inf
@@ -49,7 +62,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import METRICS, NEIGHBORHOODS, RULES, acc_dtype
+from .._checks import check_choice
+from .reference import METRICS, NEIGHBORHOODS, PRECISIONS, RULES, acc_dtype
 
 METRIC_IDS = {name: i for i, name in enumerate(METRICS)}
 NEIGHBORHOOD_IDS = {name: i for i, name in enumerate(NEIGHBORHOODS)}
@@ -61,6 +75,16 @@ TOPK_SLOTS_MAX = 16
 _NO_NODE = 2**31 - 1
 # Distances materialised at once by the k > TOPK_SLOTS_MAX path.
 _TILE_ELEMENTS = 1 << 22
+# Candidates beyond k that a tensor-core (tf32/bf16) search keeps for its exact re-rank:
+# each absorbs one more node whose low-precision key lands within the error bound of
+# the k-th. A power-of-two list of SLOTS costs SLOTS selection passes per tile, so the
+# margin is small: k = 1, 2 keep 4; k = 3..6 keep 8 (24 bytes of stack on sm_80, see
+# bench/results/static/som.md).
+LOW_PRECISION_MARGIN = 2
+# Kernel ids of the BMU search precisions (genkernels.som.reference.PRECISIONS), and
+# the id of bf16 under the interpreter (CPU tensors): rounding to bf16, products in fp32.
+PRECISION_IDS = {name: i for i, name in enumerate(PRECISIONS)}
+_BF16_INTERPRETED = len(PRECISIONS)
 
 # Fixed launch configurations (the GPU static report in genkernels/_static.py compiles
 # exactly these; bench/results/static/som.md has their registers and spills). The dot
@@ -98,6 +122,8 @@ def _distance_tile(
     METRIC: tl.constexpr,      # 0 euclidean, 1 cosine, 2 manhattan, 3 chebyshev
     IGNORE_NAN: tl.constexpr,  # skip NaN features of x and rescale (reference.paired_distances)
     EXACT: tl.constexpr,       # True: from the definition on broadcast tiles; False: tl.dot
+    PRECISION: tl.constexpr,   # x.w of the tl.dot path: 0 fp32 ("ieee"), 1 tf32, 2 bf16,
+                               #  3 bf16 emulated in fp32 (the interpreter, CPU tensors)
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     ACC: tl.constexpr,         # accumulation dtype: tl.float32 or tl.float64
 ):
@@ -107,6 +133,8 @@ def _distance_tile(
     IGNORE_NAN). Not EXACT (euclidean, cosine only): euclidean gives
     |w|^2 - 2 x.w (restricted to present features), which orders the nodes of a row as
     the true distance does but is not a distance; cosine gives the cosine distance.
+    PRECISION 1/2 (not EXACT, not IGNORE_NAN) computes x.w on tensor cores from tf32 /
+    bf16 operands (fp32 accumulate); |w|^2 and |x|^2 stay fp32.
     A row with no present feature (IGNORE_NAN) is +inf."""
     dot = tl.zeros((BLOCK_N, BLOCK_K), ACC)    # x.w, or the metric's running sum / max
     if IGNORE_NAN or EXACT:
@@ -143,7 +171,20 @@ def _distance_tile(
             else:
                 dot = tl.maximum(dot, tl.max(tl.abs(diff), 2))
         else:
-            dot += tl.dot(xv, tl.trans(wv), input_precision="ieee")
+            if PRECISION == 2:
+                # bf16 operands (k-dim BLOCK_D >= 16) -> HMMA/HGMMA.BF16, fp32 accumulate
+                dot += tl.dot(xv.to(tl.bfloat16), tl.trans(wv.to(tl.bfloat16)),
+                              out_dtype=tl.float32)
+            elif PRECISION == 3:
+                # bf16 under the interpreter, whose tl.dot multiplies the bit patterns of
+                # bf16 operands as integers (triton 3.9): the same bf16-rounded operands,
+                # their products exact in fp32, accumulated in fp32
+                dot += tl.dot(xv.to(tl.bfloat16).to(ACC), tl.trans(wv.to(tl.bfloat16).to(ACC)),
+                              input_precision="ieee")
+            elif PRECISION == 1:
+                dot += tl.dot(xv, tl.trans(wv), input_precision="tf32")
+            else:
+                dot += tl.dot(xv, tl.trans(wv), input_precision="ieee")
             if IGNORE_NAN:
                 # sum over the row's present features of w^2: one more product
                 w_sq += tl.dot(present.to(ACC), tl.trans(wv * wv), input_precision="ieee")
@@ -202,7 +243,8 @@ def _bmu_block(
     stride_xn, stride_xd, stride_wk, stride_wd,
     METRIC: tl.constexpr, IGNORE_NAN: tl.constexpr,
     EXACT: tl.constexpr,    # rank from the definition (True) or by tl.dot (False)
-    RECHECK: tl.constexpr,  # recompute exact euclidean distances of the candidates
+    PRECISION: tl.constexpr,  # x.w of the tl.dot ranking: 0 fp32, 1 tf32, 2 bf16, 3 bf16 emulated
+    RECHECK: tl.constexpr,  # recompute exact distances (euclidean, cosine) of the candidates
     SLOTS: tl.constexpr,    # candidates kept per row (power of two >= k)
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     ACC: tl.constexpr,
@@ -219,7 +261,8 @@ def _bmu_block(
         node_mask = nodes < K
         key = _distance_tile(X, W, rows, nodes, row_mask, node_mask, D,
                              stride_xn, stride_xd, stride_wk, stride_wd,
-                             METRIC, IGNORE_NAN, EXACT, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+                             METRIC, IGNORE_NAN, EXACT, PRECISION, BLOCK_N, BLOCK_K, BLOCK_D,
+                             ACC)
         # padding nodes never win; NaN ranks as +inf
         key = tl.where(node_mask[None, :] & (key == key), key, float("inf"))
         tile_i = tl.broadcast_to(tl.where(node_mask, nodes, 2147483647).to(tl.int32)[None, :],
@@ -238,7 +281,9 @@ def _bmu_block(
             node = tl.sum(tl.where(slot == j, best_i, 0), 1)   # (BLOCK_N,) int32
             valid = row_mask & (node < K)
             node_off = node.to(tl.int64) * stride_wk
-            sq = tl.zeros((BLOCK_N,), ACC)
+            sq = tl.zeros((BLOCK_N,), ACC)       # euclidean: sum (x - w)^2; cosine: x.w
+            x_sq = tl.zeros((BLOCK_N,), ACC)     # cosine: |x|^2
+            w_sq = tl.zeros((BLOCK_N,), ACC)     # cosine: |w|^2
             n_present = tl.zeros((BLOCK_N,), ACC)
             for d0 in range(0, D, BLOCK_D):
                 feats = d0 + tl.arange(0, BLOCK_D)
@@ -247,12 +292,19 @@ def _bmu_block(
                              mask=mask, other=0.0).to(ACC)
                 wv = tl.load(W + node_off[:, None] + feats[None, :] * stride_wd,
                              mask=mask, other=0.0).to(ACC)
-                diff = xv - wv
-                if IGNORE_NAN:
-                    present = (xv == xv) & mask
-                    diff = tl.where(present, diff, 0.0)
-                    n_present += tl.sum(present.to(ACC), 1)
-                sq += tl.sum(diff * diff, 1)
+                if METRIC == 1:
+                    sq += tl.sum(xv * wv, 1)
+                    x_sq += tl.sum(xv * xv, 1)
+                    w_sq += tl.sum(wv * wv, 1)
+                else:
+                    diff = xv - wv
+                    if IGNORE_NAN:
+                        present = (xv == xv) & mask
+                        diff = tl.where(present, diff, 0.0)
+                        n_present += tl.sum(present.to(ACC), 1)
+                    sq += tl.sum(diff * diff, 1)
+            if METRIC == 1:
+                sq = 1.0 - sq / (tl.sqrt(x_sq) * tl.sqrt(w_sq) + 1e-8)  # reference.COSINE_EPS
             if IGNORE_NAN:
                 sq = sq * (D / tl.maximum(n_present, 1.0))
                 sq = tl.where(n_present > 0, sq, float("inf"))
@@ -280,7 +332,9 @@ def _som_bmu_kernel(
     METRIC: tl.constexpr,      # 0 euclidean, 1 cosine, 2 manhattan, 3 chebyshev
     IGNORE_NAN: tl.constexpr,  # skip NaN features of x, rescale as the reference
     EXACT: tl.constexpr,       # broadcast tiles from the definition instead of tl.dot
-    RECHECK: tl.constexpr,     # exact euclidean recheck of the SLOTS candidates
+    PRECISION: tl.constexpr,   # x.w of the tl.dot ranking: 0 fp32 ("ieee"), 1 tf32, 2 bf16,
+                               #  3 bf16 emulated in fp32 (the interpreter)
+    RECHECK: tl.constexpr,     # exact recheck (euclidean, cosine) of the SLOTS candidates
     SLOTS: tl.constexpr,       # candidates kept in registers per row, power of two
     BLOCK_N: tl.constexpr,     # rows of x per program
     BLOCK_K: tl.constexpr,     # nodes per tile of the node loop
@@ -292,7 +346,7 @@ def _som_bmu_kernel(
     registers as soon as it is computed, so no (N, K) matrix exists anywhere."""
     best_v, best_i, rows, row_mask = _bmu_block(
         X, W, N, K, D, stride_xn, stride_xd, stride_wk, stride_wd,
-        METRIC, IGNORE_NAN, EXACT, RECHECK, SLOTS, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+        METRIC, IGNORE_NAN, EXACT, PRECISION, RECHECK, SLOTS, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
     slot = tl.arange(0, SLOTS)
     out = rows[:, None] * k + slot[None, :]
     mask = row_mask[:, None] & (slot < k)[None, :]
@@ -318,7 +372,7 @@ def _som_distances_kernel(
     node_mask = nodes < K
     dist = _distance_tile(X, W, rows, nodes, row_mask, node_mask, D,
                           stride_xn, stride_xd, stride_wk, stride_wd,
-                          METRIC, IGNORE_NAN, True, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+                          METRIC, IGNORE_NAN, True, 0, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
     if METRIC == 0:
         dist = tl.sqrt(dist)
     tl.store(OUT + rows[:, None] * K + nodes[None, :], dist,
@@ -329,20 +383,45 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _bmu_plan(x: torch.Tensor, metric: str, k: int):
-    """(EXACT, RECHECK, SLOTS, config) of the in-register BMU path for this call."""
+def _bmu_precision(dtype: torch.dtype, metric: str, ignore_nan: bool, precision: str,
+                   interpreted: bool) -> int:
+    """PRECISION id the kernel ranks with: tf32/bf16 only where the tensor-core search
+    is implemented (euclidean/cosine, fp32 input, no ignore_nan); fp32 elsewhere.
+    interpreted: the launch runs under TRITON_INTERPRET (CPU tensors)."""
+    check_choice("precision", precision, PRECISIONS)
+    if (precision != "fp32" and metric in ("euclidean", "cosine") and dtype == torch.float32
+            and not ignore_nan):
+        if precision == "bf16" and interpreted:
+            return _BF16_INTERPRETED
+        return PRECISION_IDS[precision]
+    return PRECISION_IDS["fp32"]
+
+
+def _bmu_plan(x: torch.Tensor, metric: str, k: int, precision_id: int = 0):
+    """(EXACT, RECHECK, SLOTS, config) of the in-register BMU path for this call;
+    precision_id from _bmu_precision."""
     exact = metric in ("manhattan", "chebyshev") or x.dtype == torch.float64
-    recheck = metric == "euclidean" and not exact
-    slots = _next_pow2(min(k + 1 if recheck else k, TOPK_SLOTS_MAX))
+    low_precision = precision_id != PRECISION_IDS["fp32"] and not exact
+    recheck = (metric == "euclidean" and not exact) or low_precision
+    if low_precision:
+        wanted = k + LOW_PRECISION_MARGIN
+    elif recheck:
+        wanted = k + 1
+    else:
+        wanted = k
+    slots = _next_pow2(min(wanted, TOPK_SLOTS_MAX))
     config = BMU_BROADCAST_CONFIG if exact else BMU_DOT_CONFIG
     return exact, recheck, slots, config
 
 
 def som_bmu_fwd(x: torch.Tensor, weights: torch.Tensor, k: int, metric: str,
-                ignore_nan: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (N, D), weights (K, D) -> indices (N, k) int64, distances (N, k) x.dtype."""
+                ignore_nan: bool, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """x (N, D), weights (K, D) -> indices (N, k) int64, distances (N, k) x.dtype.
+    precision "tf32" / "bf16" ranks on tensor cores and re-ranks exactly (module
+    docstring); the k > TOPK_SLOTS_MAX path is exact whatever the precision."""
     n, d = x.shape
     k_nodes = weights.shape[0]
+    precision_id = _bmu_precision(x.dtype, metric, ignore_nan, precision, not x.is_cuda)
     indices = torch.empty((n, k), dtype=torch.int64, device=x.device)
     distances = torch.empty((n, k), dtype=x.dtype, device=x.device)
     if n == 0 or k == 0:
@@ -357,7 +436,7 @@ def som_bmu_fwd(x: torch.Tensor, weights: torch.Tensor, k: int, metric: str,
             indices[start:stop] = order[:, :k]
             distances[start:stop] = values[:, :k].to(x.dtype)
         return indices, distances
-    exact, recheck, slots, cfg = _bmu_plan(x, metric, k)
+    exact, recheck, slots, cfg = _bmu_plan(x, metric, k, precision_id)
     cfg = dict(cfg)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
     with _device_of(x):
@@ -365,7 +444,7 @@ def som_bmu_fwd(x: torch.Tensor, weights: torch.Tensor, k: int, metric: str,
             x, weights, indices, distances, n, k_nodes, d, k,
             x.stride(0), x.stride(1), weights.stride(0), weights.stride(1),
             METRIC=METRIC_IDS[metric], IGNORE_NAN=bool(ignore_nan), EXACT=exact,
-            RECHECK=recheck, SLOTS=slots, ACC=_TL_ACC[acc], **cfg)
+            PRECISION=precision_id, RECHECK=recheck, SLOTS=slots, ACC=_TL_ACC[acc], **cfg)
     return indices, distances
 
 
@@ -406,7 +485,7 @@ def _som_node_sums_kernel(
     block's distance sum to DISTANCE_SUM."""
     best_v, best_i, rows, row_mask = _bmu_block(
         X, W, N, K, D, stride_xn, stride_xd, stride_wk, stride_wd,
-        METRIC, IGNORE_NAN, EXACT, RECHECK, SLOTS, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+        METRIC, IGNORE_NAN, EXACT, 0, RECHECK, SLOTS, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
     slot = tl.arange(0, SLOTS)[None, :]
     winner = tl.sum(tl.where(slot == 0, best_i, 0), 1)          # (BLOCK_N,) int32
     dist = tl.sum(tl.where(slot == 0, best_v, 0.0), 1)          # (BLOCK_N,) ACC
@@ -627,12 +706,12 @@ def som_online_fwd(weights, x, order, lr, sigma, coords, period_0: float, period
 # ----------------------------------------------------------------------- custom ops
 @torch.library.custom_op("genkernels::som_bmu_triton", mutates_args=())
 def som_bmu_triton(x: torch.Tensor, weights: torch.Tensor, k: int, metric: str,
-                   ignore_nan: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return som_bmu_fwd(x, weights, k, metric, ignore_nan)
+                   ignore_nan: bool, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    return som_bmu_fwd(x, weights, k, metric, ignore_nan, precision)
 
 
 @som_bmu_triton.register_fake
-def _som_bmu_triton_fake(x, weights, k, metric, ignore_nan):
+def _som_bmu_triton_fake(x, weights, k, metric, ignore_nan, precision="fp32"):
     n = x.shape[0]
     return x.new_empty((n, k), dtype=torch.int64), x.new_empty((n, k))
 
