@@ -332,6 +332,58 @@ def test_online_large_map_split_over_threads():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("nb,rule", [("gaussian", "som"), ("triangle", "som"), ("bubble", "wtm")])
+def test_online_avx2_pass(monkeypatch, nb, rule):
+    # the AVX2 fused pass, also on machines that pick the AVX-512 one
+    monkeypatch.setenv("GENKERNELS_CPU_ISA", "avx2")
+    _assert_online(*_online_case(2, 200, d=19), (6.0, 0.0), nb, rule, "euclidean")
+
+
+@pytest.mark.parametrize("d", [1, 16, 37])
+@pytest.mark.parametrize("nb", ["gaussian", "bubble", "triangle", "mexican_hat"])
+def test_online_hexagonal_and_scattered_coords(nb, d):
+    # hexagonal positions (2 x rows distinct values on one axis: the separable
+    # neighbourhood tables) and scattered ones (the per-node formula)
+    w, x, order, lr, sigma, coords = _online_case(2, 150, rows=5, cols=6, d=d)
+    r, c = coords[:, 0], coords[:, 1]
+    hexagonal = torch.stack([r + 0.5 * (c % 2), c * 3 ** 0.5 / 2], -1)
+    _assert_online(w, x, order, lr, sigma, hexagonal, (0.0, 0.0), nb, "som", "euclidean")
+    _assert_online(w, x, order, lr, sigma, hexagonal, (5.0, 6 * 3 ** 0.5 / 2), nb, "som", "euclidean")
+    scattered = torch.rand(coords.shape, dtype=coords.dtype) * 5
+    _assert_online(w, x, order, lr, sigma, scattered, (0.0, 0.0), nb, "som", "euclidean")
+
+
+@pytest.mark.parametrize("isa", ["avx2", None])
+@pytest.mark.parametrize("rows,cols,d,threads", [(6, 5, 7, 1), (3, 7, 64, 1), (16, 16, 33, 2)])
+def test_online_exact_ties_lowest_index_wins(monkeypatch, isa, rows, cols, d, threads):
+    # every node duplicated (first half == second half): within full groups, the tail
+    # group and across the two threads' node ranges. Step 0 moves every node by less than
+    # half an ulp (values in [1, 2), lr 1e-12), so its pass measures exact ties while
+    # updating; step 1 (bubble of radius 0.5) moves only the winner: the lower copy.
+    if isa:
+        monkeypatch.setenv("GENKERNELS_CPU_ISA", isa)
+    k = rows * cols
+    half = k // 2
+    base = torch.rand(half, d) + 1
+    w = torch.cat([base, base] + ([torch.full((1, d), 1e3)] if k % 2 else []))[None]
+    x = torch.rand(8, d) + 1
+    lr = torch.tensor([[1e-12, 0.5]])
+    sigma = torch.tensor([[100.0, 0.5]])
+    coords = _grid(rows, cols).float()
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for i in range(8):
+            order = torch.tensor([[i, i]])
+            out = ops.som_online(w, x, order, lr, sigma, coords, 0.0, 0.0, "bubble", "som", "euclidean")
+            ref = reference.som_online(w, x, order, lr, sigma, coords, 0.0, 0.0, "bubble", "som", "euclidean")
+            moved = (out[0] != w[0]).any(1).nonzero().flatten().tolist()
+            assert len(moved) == 1 and moved[0] < half
+            torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_online_public_api_cpu_backend():
     w, x, order, lr, sigma, coords = _online_case(2, 50)
     out = gk_ops.som_online(w, x, order, lr, sigma, coords, (0.0, 0.0), "bubble", "som", backend="cpu")

@@ -258,6 +258,11 @@ void bmu_euclidean_avx512(const float* x, int64_t n, const float* w, int64_t n_n
                           int64_t* idx, float* dist);
 void bmu_euclidean_avx512(const double* x, int64_t n, const double* w, int64_t n_nodes, int64_t d, int64_t k,
                           int64_t* idx, double* dist);
+// The fused update + next-distance pass of som_online for fp32 euclidean maps (see
+// som_online_avx512.cpp): rows w[0..K) take w += eh[j] (s - w) (no update where s is
+// nullptr), then key[j] = sum_d (next_d - w_d)^2. `next` must not be nullptr.
+void online_pass_euclidean_avx512(float* w, int64_t K, int64_t D, const float* s, const float* eh,
+                                  const float* next, float* key);
 // Whether each kernel was compiled in and runs on this CPU.
 bool have_avx2_kernel();
 bool have_avx512_kernel();
