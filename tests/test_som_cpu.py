@@ -15,7 +15,7 @@ import genkernels.ops as gk_ops  # noqa: E402
 from genkernels.som import reference  # noqa: E402
 
 ops = torch.ops.genkernels
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+from tolerances import TOL  # noqa: E402
 # (N, K, D): single everything, odd sizes around the register tiles (8 x 48 / 6 x 16 nodes,
 # 8-feature lanes), a D past 64, a full 32x32 map.
 SHAPES = [(1, 1, 1), (7, 5, 3), (97, 97, 64), (1025, 1024, 65), (97, 1024, 1), (1025, 5, 3), (7, 97, 65)]

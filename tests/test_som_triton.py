@@ -18,7 +18,7 @@ from genkernels.som.lattice import Lattice  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (N, K, D): one of everything, odd sizes that straddle the tiles, a D past two chunks
 SHAPES = [(1, 1, 1), (37, 45, 13), (100, 97, 65)]
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+from tolerances import TOL  # noqa: E402
 
 
 def _data(n, k_nodes, d, dtype, nan=False):

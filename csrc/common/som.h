@@ -37,31 +37,9 @@ GK_HD T lattice_delta(T a, T b, T period) {
 // makes the separable batch smoothing exact on rectangular grids); the Mexican hat
 // depends on the Euclidean lattice distance. The winner-takes-most rule calls this
 // with (rho, 0): a non-increasing kernel of the data-space distance rho.
-template <typename T>
-GK_HD T neighborhood(Neighborhood kind, T dx, T dy, T sigma) {
-  using std::exp;
-  using std::fmax;
-  switch (kind) {
-    case Neighborhood::Gaussian: {
-      const T d = T(2) * sigma * sigma;
-      return exp(-(dx * dx + dy * dy) / d);
-    }
-    case Neighborhood::Bubble:
-      return (dx < sigma && dy < sigma) ? T(1) : T(0);
-    case Neighborhood::MexicanHat: {
-      const T d = T(2) * sigma * sigma;
-      const T p = dx * dx + dy * dy;
-      return exp(-p / d) * (T(1) - T(2) / d * p);
-    }
-    case Neighborhood::Triangle:
-      return fmax(T(0), T(1) - dx / sigma) * fmax(T(0), T(1) - dy / sigma);
-  }
-  return T(0);
-}
-
-// neighborhood() with the exponential supplied by the caller: the CPU kernels pass a
-// branch-free exp (csrc/cpu/som_cpu.h) so a whole map's neighbourhood vectorises; the
-// formulas are neighborhood()'s.
+// The exponential is supplied by the caller: the CPU kernels pass a branch-free exp
+// (csrc/cpu/som_cpu.h) so a whole map's neighbourhood vectorises; neighborhood() below
+// passes the standard one.
 template <typename T, typename Exp>
 GK_HD_FORCEINLINE T neighborhood_with_exp(Neighborhood kind, T dx, T dy, T sigma, Exp exp_fn) {
   using std::fmax;
@@ -81,6 +59,19 @@ GK_HD_FORCEINLINE T neighborhood_with_exp(Neighborhood kind, T dx, T dy, T sigma
       return fmax(T(0), T(1) - dx / sigma) * fmax(T(0), T(1) - dy / sigma);
   }
   return T(0);
+}
+
+struct StdExp {
+  template <typename T>
+  GK_HD T operator()(T v) const {
+    using std::exp;
+    return exp(v);
+  }
+};
+
+template <typename T>
+GK_HD T neighborhood(Neighborhood kind, T dx, T dy, T sigma) {
+  return neighborhood_with_exp(kind, dx, dy, sigma, StdExp{});
 }
 
 }  // namespace genkernels::som
