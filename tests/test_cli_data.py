@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from genkernels import SOM, cli
 from genkernels.data import load_array, load_idx, load_mnist

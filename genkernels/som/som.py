@@ -430,7 +430,7 @@ class SOM(nn.Module):
         dmin = rho.min(dim=1).values
         return h.T @ xs, h.sum(0), dmin[torch.isfinite(dmin)].to(torch.float64).sum()
 
-    def _order(self, n: int, epochs_index: int, sampling: str) -> torch.Tensor:
+    def _order(self, n: int, sampling: str) -> torch.Tensor:
         if sampling == "sequential":
             order = torch.arange(n)
         elif sampling == "permutation":
@@ -441,7 +441,7 @@ class SOM(nn.Module):
 
     def _online_epoch(self, x, epoch, epochs, sampling, backend, fixed_end=False) -> float:
         n = x.shape[0]
-        order = self._order(n, epoch, sampling)
+        order = self._order(n, sampling)
         if fixed_end:
             lr, sig = self._end_rates(n)
         else:
@@ -468,7 +468,7 @@ class SOM(nn.Module):
             n_steps = torch.tensor([steps], dtype=torch.int64, device=self.device)
             torch.distributed.all_reduce(n_steps, op=torch.distributed.ReduceOp.MAX)
             steps = int(n_steps)
-        order = self._order(n, epoch, sampling)
+        order = self._order(n, sampling)
         lr, sig = self._end_rates(steps) if fixed_end else self._rates(epoch * steps, steps, epochs * steps)
         dt = acc_dtype(self.dtype)
         coords = self.coords()
