@@ -134,6 +134,108 @@ def test_bmu_near_tie_resolved_exactly():
     torch.testing.assert_close(dist, torch.tensor([[1e-2, 2e-2]]), rtol=1e-3, atol=0)
 
 
+# ------------------------------------------------------- BLAS-tiled euclidean path (large D)
+# Large D runs at::mm on tiles of rows, then the micro-kernel's candidate filter and exact
+# recheck (gemm_euclidean in som.cpp): D >= 256 in fp32, or K * D * itemsize >= 2 MiB from
+# D = 128 on. GENKERNELS_CPU_GEMM=1 forces it on smaller shapes, =0 forces it off.
+GEMM_SHAPES = [(1, 1, 300), (7, 5, 257), (97, 33, 300), (601, 129, 300), (257, 1031, 784)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_bmu_gemm_path_matches_reference(monkeypatch, shape, dtype):
+    monkeypatch.setenv("GENKERNELS_CPU_GEMM", "1")  # fp64 below 2 MiB of weights too
+    n, k_nodes, d = shape
+    x, w = _data(n, k_nodes, d, dtype)
+    w = torch.cat([w, w[: max(1, k_nodes // 3)]])  # exact ties with lower-index copies
+    for k in sorted({1, 2, 5} & set(range(1, w.shape[0] + 1))):
+        idx, dist = ops.som_bmu(x, w, k, "euclidean", False)
+        ref_idx, ref_dist = reference.som_bmu(x, w, k, "euclidean")
+        assert torch.equal(idx, ref_idx)
+        torch.testing.assert_close(dist, ref_dist, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bmu_gemm_path_equals_micro_kernel(monkeypatch, dtype):
+    # the same contract: identical indices, and distances from the same exact sums
+    x, w = _data(1000, 300, 400, dtype)
+    x[:10] = w[-10:]  # samples on nodes: distance exactly 0
+    w[5] = w[250]  # an exact tie: node 5 wins over 250
+    for k in (1, 2, 5, 32):
+        monkeypatch.setenv("GENKERNELS_CPU_GEMM", "1")
+        gi, gd = ops.som_bmu(x, w, k, "euclidean", False)
+        monkeypatch.setenv("GENKERNELS_CPU_GEMM", "0")
+        mi, md = ops.som_bmu(x, w, k, "euclidean", False)
+        assert torch.equal(gi, mi) and torch.equal(gd, md)
+        assert bool((gd[:10, 0] == 0).all()) and torch.equal(gi[:10, 0], torch.arange(290, 300))
+
+
+def test_bmu_gemm_path_chosen_for_large_d_and_near_ties():
+    # two nodes whose distances differ far below the expansion's error at D = 784, with the
+    # auto-selected path (the BLAS one at this D): the recheck picks the truly nearest
+    x = torch.full((3, 784), 100.0)
+    w = x[:1].repeat(300, 1) + 50.0
+    w[7] = x[0]
+    w[7, 0] += 2e-2
+    w[123] = x[0]
+    w[123, 0] += 1e-2
+    w[200] = w[123]  # exact duplicate of the best: second
+    idx, dist = ops.som_bmu(x, w, 3, "euclidean", False)
+    assert idx.tolist() == [[123, 200, 7]] * 3
+    torch.testing.assert_close(dist, torch.tensor([[1e-2, 1e-2, 2e-2]] * 3), rtol=1e-3, atol=0)
+
+
+def test_bmu_gemm_path_all_nodes_equal_and_nan():
+    # overflowing candidate lists and rows with NaN (fewer finite candidates than k) fall
+    # back to the exact path, as in the micro-kernel
+    w = torch.randn(1, 300).repeat(200, 1)
+    x = torch.randn(20, 300)
+    idx, dist = ops.som_bmu(x, w, 5, "euclidean", False)
+    assert torch.equal(idx, torch.arange(5).expand(20, 5))
+    x, w = _data(50, 40, 300, nan=True)
+    for ignore_nan in (False, True):
+        idx, dist = ops.som_bmu(x, w, 2, "euclidean", ignore_nan)
+        ref_idx, ref_dist = reference.som_bmu(x, w, 2, "euclidean", ignore_nan)
+        assert torch.equal(idx, ref_idx)
+        torch.testing.assert_close(dist, ref_dist, equal_nan=True, **TOL[torch.float32])
+
+
+def test_bmu_gemm_path_reduced_precision_matmul_ignored():
+    # bf16 matmul in oneDNN would break the margin: the micro-kernel serves fp32 then
+    x, w = _data(200, 150, 300)
+    ref = ops.som_bmu(x, w, 2, "euclidean", False)
+    mk = torch.backends.mkldnn.matmul
+    saved = mk.fp32_precision
+    try:
+        mk.fp32_precision = "bf16"
+        out = ops.som_bmu(x, w, 2, "euclidean", False)
+    finally:
+        mk.fp32_precision = saved
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bmu_and_node_sums_gemm_path_thread_count_independent(dtype):
+    x, w = _data(3001, 700, 784, dtype)
+    w[3] = w[600]
+    x[:5] = w[600]
+    bmu = ops.som_bmu(x, w, 5, "euclidean", False)
+    sums = ops.som_node_sums(x, w, "euclidean", False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        bmu1 = ops.som_bmu(x, w, 5, "euclidean", False)
+        sums1 = ops.som_node_sums(x, w, "euclidean", False)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(bmu + sums, bmu1 + sums1):
+        assert torch.equal(a, b)
+    assert bool((bmu[0][:5, 0] == 3).all()) and bool((bmu[1][:5, 0] == 0).all())
+    ref_sums, ref_counts, ref_dsum = reference.som_node_sums(x, w, "euclidean", False)
+    assert torch.equal(sums[1], ref_counts)
+    torch.testing.assert_close(sums[0], ref_sums, **TOL[dtype])
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("metric", reference.METRICS)
 def test_bmu_low_precision(metric, dtype):

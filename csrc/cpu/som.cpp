@@ -3,8 +3,10 @@
 //
 //   som_bmu        euclidean, k <= 32: the fused register-tiled micro-kernel with an exact
 //                  recheck of near-ties (som_bmu_kernel.h, AVX-512 or AVX2 picked at run
-//                  time); every other case: the direct path, exact distances from their
-//                  definition for blocks of rows against L1/L2-sized tiles of nodes.
+//                  time); at large D the same filter and recheck over dot products from
+//                  at::mm on tiles of rows (gemm_euclidean); every other case: the direct
+//                  path, exact distances from their definition for blocks of rows against
+//                  L1/L2-sized tiles of nodes.
 //   som_node_sums  BMU (k = 1) then a per-node sum in sample order, parallel over nodes.
 //   som_online     Kohonen's sequential rule, parallel over maps; each step is one pass over
 //                  the map that applies step t's update to a node and at once measures its
@@ -190,6 +192,105 @@ void fast_euclidean(const T* x, int64_t n, const T* w, int64_t K, int64_t D, int
     bmu_euclidean_avx2(x, n, w, K, D, k, idx, dist);
 }
 
+// Scan one row of BLAS dot products g_j = x.w_j: e_j = |w_j|^2 - 2 g_j into the candidate
+// list (the micro-kernel's filter), kLanes nodes per vector compare; then the exact finish.
+template <typename T>
+void scan_gemm_row(const T* g, const T* norms, int64_t K, Candidates<T>& c) {
+  int64_t j = 0;
+  for (; j + 2 * kLanes <= K; j += 2 * kLanes) {
+    const lanes_t<T> e0 = load_lanes(norms + j) - T(2) * load_lanes(g + j);
+    const lanes_t<T> e1 = load_lanes(norms + j + kLanes) - T(2) * load_lanes(g + j + kLanes);
+    const auto m = (e0 <= c.thr) | (e1 <= c.thr);
+    bool any = false;
+    for (int l = 0; l < kLanes; ++l) any |= m[l] != 0;
+    if (!any) continue;
+    for (int l = 0; l < kLanes; ++l) c.push(e0[l], j + l);
+    for (int l = 0; l < kLanes; ++l) c.push(e1[l], j + kLanes + l);
+  }
+  for (; j < K; ++j) c.push(norms[j] - T(2) * g[j], j);
+}
+
+// Euclidean BMU for large D: the dot products of a tile of rows against every node come
+// from at::mm (MKL) into a bounded (tile, K) buffer per thread, then each row is filtered
+// and rechecked exactly as in the micro-kernel (Candidates, finish_candidates): the same
+// contract (exact distances, (distance, index) order) whatever BLAS's summation order,
+// kernel choice or thread split -- the margin bounds the expansion's error for any order.
+// Each OpenMP thread runs its own single-threaded at::mm (BLAS runs serially inside a
+// parallel region) on whole tiles and scans them while they are in its cache. Measured on
+// 2 cores (10,000 x 784 against 1,600 nodes, fp32, k = 1): this 71 ms; one 2-thread
+// at::mm per tile then a parallel scan 73-82 ms; tiles of 64 / 128 / 256 / 512 / 1,024 rows
+// 85 / 79 / 72 / 71 / 70 ms; the whole torch.mm alone 82-88 ms.
+constexpr int64_t kGemmRows = 256;
+constexpr int64_t kGemmMaxBufferBytes = int64_t(16) << 20;
+
+template <typename T>
+void gemm_euclidean(const T* x, int64_t n, const T* w, int64_t K, int64_t D, int64_t k, int64_t* out_idx,
+                    T* out_dist) {
+  std::vector<T> norms(K);
+  T max_norm = 0;
+  for (int64_t j = 0; j < K; ++j) {
+    norms[j] = dot(w + j * D, w + j * D, D);
+    max_norm = std::max(max_norm, norms[j]);
+  }
+  const T margin_scale = euclidean_margin_scale<T>(D);
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor wt = at::from_blob(const_cast<T*>(w), {K, D}, opts).t();
+  // Rows per tile: kGemmRows, fewer where K is large (a bounded buffer) or n is small
+  // (every thread gets a tile).
+  const int64_t threads = omp_get_max_threads();
+  const int64_t tile = std::max<int64_t>(1, std::min({kGemmRows, std::max<int64_t>(16, kGemmMaxBufferBytes / int64_t(sizeof(T) * K)),
+                                                      (n + threads - 1) / threads}));
+  const int64_t n_tiles = (n + tile - 1) / tile;
+#pragma omp parallel
+  {
+    at::Tensor buf = at::empty({std::min(tile, n), K}, opts);
+    std::vector<T> scratch;
+    std::vector<int64_t> order;
+    Candidates<T> c;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      const int64_t r0 = t * tile, rows = std::min(tile, n - r0);
+      at::Tensor g = buf.narrow(0, 0, rows);
+      at::mm_out(g, at::from_blob(const_cast<T*>(x + r0 * D), {rows, D}, opts), wt);
+      const T* gp = g.data_ptr<T>();
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t r = r0 + i;
+        const T* xr = x + r * D;
+        c.reset(int(k), margin_scale * (dot(xr, xr, D) + max_norm));
+        scan_gemm_row(gp + i * K, norms.data(), K, c);
+        finish_candidates(xr, w, K, D, k, c, out_idx + r * k, out_dist + r * k, scratch, order);
+      }
+    }
+  }
+}
+
+// Whether at::mm computes fp32 products in fp32: a reduced-precision matmul (bf16/tf32 via
+// oneDNN, torch.backends.mkldnn.matmul.fp32_precision) has errors far beyond the margin.
+bool blas_fp32_exact() {
+  const auto p = at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL);
+  return p != at::Float32Precision::BF16 && p != at::Float32Precision::TF32;
+}
+
+// The BLAS-tiled path wins where the micro-kernel's weights no longer fit the L2 cache it
+// streams them from (K D sizeof(T) >= 2 MiB) or, in fp32, from D = 256 on; it loses at
+// small D at any K (a GEMM with a short inner dimension, and the scan costs as much as
+// the products). Measured on 2 cores, 10,000 (fp64: 4,000) rows, k = 1, time of the BLAS
+// path / the micro-kernel: fp32 K = 1,600: D = 64 1.27, 128 1.18, 192 1.09, 256 1.02,
+// 320 0.83, 384 0.70; K = 400: D = 128 1.14, 256 1.00, 384 0.99; K = 100: D = 192 0.96,
+// 1,024 0.75; K = 4,096: D = 64 1.50, 128 0.91; K = 8,192, D = 64 1.16. fp64 K = 1,600:
+// D = 128 1.29, 160 1.02, 192 0.86, 256 0.69; K = 2,500, D = 128 0.91; K = 4,096, D = 64
+// 1.36; K = 100, D = 1,024 1.22. GENKERNELS_CPU_GEMM=0 / 1 forces it off / on (tests).
+template <typename T>
+bool use_gemm_path(int64_t K, int64_t D) {
+  if (!std::is_same_v<T, double> && !blas_fp32_exact()) return false;
+  if (const char* force = std::getenv("GENKERNELS_CPU_GEMM")) {
+    if (std::string_view(force) == "0") return false;
+    if (std::string_view(force) == "1") return true;
+  }
+  if (D < 128) return false;
+  return K * D * int64_t(sizeof(T)) >= (int64_t(2) << 20) || (std::is_same_v<T, float> && D >= 256);
+}
+
 // BMU of every row of x (n, D) against w (K, D), both contiguous in the accumulation type.
 template <typename T>
 void bmu_rows(const T* x, int64_t n, const T* w, int64_t K, int64_t D, int64_t k, Metric metric, bool ignore_nan,
@@ -200,7 +301,10 @@ void bmu_rows(const T* x, int64_t n, const T* w, int64_t K, int64_t D, int64_t k
     direct_bmu(x, nullptr, n, w, K, D, k, metric, ignore_nan, idx, dist);
     return;
   }
-  fast_euclidean(x, n, w, K, D, k, idx, dist);
+  if (use_gemm_path<T>(K, D))
+    gemm_euclidean(x, n, w, K, D, k, idx, dist);
+  else
+    fast_euclidean(x, n, w, K, D, k, idx, dist);
   if (!ignore_nan) return;
   // NaN-free rows are unchanged by ignore_nan (the rescale is D / D = 1); rows with a
   // NaN are redone on the masked direct path.

@@ -22,50 +22,8 @@
 //      those candidates only, ordered by (sqrt, node index) as the reference sorts. A row
 //      whose list overflows (many nodes within the margin, e.g. duplicated weights) or
 //      holds fewer than k finite values (NaN/inf data) is recomputed exactly over all nodes.
-
-template <typename T>
-struct Candidates {
-  static constexpr int kMax = int(kFastMaxK) + 16;
-  T val[kMax + 1];
-  int64_t idx[kMax + 1];
-  int n;
-  int k;
-  int cap;
-  T margin;
-  T thr;  // admit e <= thr; -inf once overflowed (nothing passes)
-  bool overflow;
-
-  void reset(int k_, T margin_) {
-    n = 0;
-    k = k_;
-    cap = k_ + 16;
-    margin = margin_;
-    thr = std::numeric_limits<T>::infinity();
-    overflow = false;
-  }
-
-  // Nodes arrive in increasing index order, so equal values keep index order.
-  void push(T v, int64_t j) {
-    if (!(v <= thr)) return;
-    int pos = n;
-    while (pos > 0 && val[pos - 1] > v) {
-      val[pos] = val[pos - 1];
-      idx[pos] = idx[pos - 1];
-      --pos;
-    }
-    val[pos] = v;
-    idx[pos] = j;
-    ++n;
-    if (n >= k) {
-      thr = val[k - 1] + margin;
-      while (n > k && val[n - 1] > thr) --n;
-    }
-    if (n > cap) {
-      overflow = true;
-      thr = -std::numeric_limits<T>::infinity();
-    }
-  }
-};
+//      The candidate list and this last step (Candidates, finish_candidates in som_cpu.h) are
+//      shared with the BLAS-tiled path of large D (som.cpp).
 
 template <typename V, int MR, int NV>
 void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename V::T* w, int64_t n_nodes,
@@ -98,8 +56,7 @@ void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename 
       }
     }
   }
-  const T unit_roundoff = std::numeric_limits<T>::epsilon() / 2;
-  const T margin_scale = T(3) * T(D + 8) * unit_roundoff;
+  const T margin_scale = euclidean_margin_scale<T>(D);
   const int64_t n_blocks = (n_rows + MR - 1) / MR;
 
 #pragma omp parallel
@@ -109,7 +66,6 @@ void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename 
     alignas(64) T lanes[W];
     std::vector<T> scratch;
     std::vector<int64_t> order;
-    T exact[Candidates<T>::kMax + 1];
 
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < n_blocks; ++blk) {
@@ -165,29 +121,7 @@ void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename 
         const T* xr = x + r * D;
         int64_t* ri = out_idx + r * k;
         T* rd = out_dist + r * k;
-        Candidates<T>& c = cand[i];
-        if (c.overflow || c.n < k) {
-          exact_euclidean_row(xr, w, n_nodes, D, k, ri, rd, scratch, order);
-          continue;
-        }
-        for (int q = 0; q < c.n; ++q) exact[q] = std::sqrt(squared_distance(xr, w + c.idx[q] * D, D));
-        // Insertion sort of the few candidates by (exact distance, index).
-        for (int q = 1; q < c.n; ++q) {
-          const T v = exact[q];
-          const int64_t j = c.idx[q];
-          int pos = q;
-          while (pos > 0 && ranks_before(v, j, exact[pos - 1], c.idx[pos - 1])) {
-            exact[pos] = exact[pos - 1];
-            c.idx[pos] = c.idx[pos - 1];
-            --pos;
-          }
-          exact[pos] = v;
-          c.idx[pos] = j;
-        }
-        for (int64_t q = 0; q < k; ++q) {
-          ri[q] = c.idx[q];
-          rd[q] = exact[q];
-        }
+        finish_candidates(xr, w, n_nodes, D, k, cand[i], ri, rd, scratch, order);
       }
     }
   }

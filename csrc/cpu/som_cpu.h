@@ -248,6 +248,96 @@ inline void exact_euclidean_row(const T* x, const T* w, int64_t n_nodes, int64_t
 // (its output is a large part of an (N, K) matrix anyway).
 constexpr int64_t kFastMaxK = 32;
 
+// Candidate list of one row for the euclidean fast paths (the micro-kernel in
+// som_bmu_kernel.h and the BLAS-tiled path in som.cpp): expanded distances
+// e_j = |w_j|^2 - 2 x.w_j are pushed in increasing node order and every node whose e is
+// within `margin` of the k-th best e is kept -- a superset of the true top k, decided
+// afterwards by finish_candidates on exact sums of squares.
+template <typename T>
+struct Candidates {
+  static constexpr int kMax = int(kFastMaxK) + 16;
+  T val[kMax + 1];
+  int64_t idx[kMax + 1];
+  int n;
+  int k;
+  int cap;
+  T margin;
+  T thr;  // admit e <= thr; -inf once overflowed (nothing passes)
+  bool overflow;
+
+  void reset(int k_, T margin_) {
+    n = 0;
+    k = k_;
+    cap = k_ + 16;
+    margin = margin_;
+    thr = std::numeric_limits<T>::infinity();
+    overflow = false;
+  }
+
+  // Nodes arrive in increasing index order, so equal values keep index order.
+  void push(T v, int64_t j) {
+    if (!(v <= thr)) return;
+    int pos = n;
+    while (pos > 0 && val[pos - 1] > v) {
+      val[pos] = val[pos - 1];
+      idx[pos] = idx[pos - 1];
+      --pos;
+    }
+    val[pos] = v;
+    idx[pos] = j;
+    ++n;
+    if (n >= k) {
+      thr = val[k - 1] + margin;
+      while (n > k && val[n - 1] > thr) --n;
+    }
+    if (n > cap) {
+      overflow = true;
+      thr = -std::numeric_limits<T>::infinity();
+    }
+  }
+};
+
+// The candidate margin per unit of |x|^2 + max_j |w_j|^2: 3 (D + 8) u. The expansion's
+// absolute error is at most about (D + 4) u (|x|^2 + |w_j|^2) for ANY summation order of
+// the dot product (blocked, FMA, split over threads), so the same margin covers the
+// micro-kernel and a BLAS GEMM.
+template <typename T>
+inline T euclidean_margin_scale(int64_t d_features) {
+  return T(3) * T(d_features + 8) * (std::numeric_limits<T>::epsilon() / 2);
+}
+
+// The result of one row from its candidate list: exact distances (sqrt of the direct sum
+// of squares) of the candidates ordered by (distance, node index); a list that overflowed
+// or holds fewer than k finite values (NaN/inf data) is redone exactly over all nodes.
+template <typename T>
+inline void finish_candidates(const T* xr, const T* w, int64_t n_nodes, int64_t d_features, int64_t k,
+                              Candidates<T>& c, int64_t* ri, T* rd, std::vector<T>& scratch,
+                              std::vector<int64_t>& order) {
+  if (c.overflow || c.n < k) {
+    exact_euclidean_row(xr, w, n_nodes, d_features, k, ri, rd, scratch, order);
+    return;
+  }
+  T exact[Candidates<T>::kMax + 1];
+  for (int q = 0; q < c.n; ++q) exact[q] = std::sqrt(squared_distance(xr, w + c.idx[q] * d_features, d_features));
+  // Insertion sort of the few candidates by (exact distance, index).
+  for (int q = 1; q < c.n; ++q) {
+    const T v = exact[q];
+    const int64_t j = c.idx[q];
+    int pos = q;
+    while (pos > 0 && ranks_before(v, j, exact[pos - 1], c.idx[pos - 1])) {
+      exact[pos] = exact[pos - 1];
+      c.idx[pos] = c.idx[pos - 1];
+      --pos;
+    }
+    exact[pos] = v;
+    c.idx[pos] = j;
+  }
+  for (int64_t q = 0; q < k; ++q) {
+    ri[q] = c.idx[q];
+    rd[q] = exact[q];
+  }
+}
+
 // Fused euclidean BMU (see som_bmu_kernel.h): indices (N, k) and exact distances (N, k)
 // in the accumulation type.
 void bmu_euclidean_avx2(const float* x, int64_t n, const float* w, int64_t n_nodes, int64_t d, int64_t k,
