@@ -112,17 +112,7 @@ inline lanes_t<T> squared_distance_lanes(const T* x, const T* w, int64_t d_featu
 // sum_d (x_d - w_d)^2
 template <typename T>
 inline T squared_distance(const T* x, const T* w, int64_t d_features) {
-  lanes_t<T> acc = {};
-  int64_t d = 0;
-  for (; d + kLanes <= d_features; d += kLanes) {
-    const lanes_t<T> t = load_lanes(x + d) - load_lanes(w + d);
-    acc += t * t;
-  }
-  if (d < d_features) {
-    const lanes_t<T> t = load_lanes_partial(x + d, d_features - d) - load_lanes_partial(w + d, d_features - d);
-    acc += t * t;
-  }
-  return combine_lanes<T>(acc);
+  return combine_lanes<T>(squared_distance_lanes(x, w, d_features));
 }
 
 // sum_d x_d * w_d
