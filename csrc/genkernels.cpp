@@ -14,6 +14,13 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(genkernels, m) {
+  // ---- random numbers (genkernels/random.py, csrc/common/philox.h) ----
+  // Philox4x32-10 with Triton's layout: key = seed (the int64 pattern of a seed in
+  // [0, 2^64)), counter = the int64 offset. offsets (...) int64 -> (..., 4) uint32, the four
+  // words of tl.randint4x(seed, offsets).
+  m.def("philox_randint4x(int seed, Tensor offsets) -> Tensor");
+  // offsets (...) int64 -> (...) float32 in [0, 1): tl.rand(seed, offsets).
+  m.def("philox_rand(int seed, Tensor offsets) -> Tensor");
   // ---- self-organizing maps (genkernels/som) ----
   // x (N, D), weights (K, D) -> indices (N, k) int64, distances (N, k) in x's dtype,
   // ascending, ties to the lowest node index. metric: euclidean|cosine|manhattan|chebyshev.

@@ -166,8 +166,25 @@ def _som_registry() -> list[TritonKernel]:
     return entries
 
 
+def _random_registry() -> list[TritonKernel]:
+    from . import triton_random
+
+    # seeds >= 2^31 reach the kernels as i64 (>= 2^63 as u64): the i64 case is the common one
+    def sig(out):
+        return {"OFFSETS": "*i64", "OUT": out, "seed": "i64", "N": "i32"}
+
+    meta = {"BLOCK": triton_random.BLOCK}
+    return [
+        TritonKernel("random", "_philox_randint4x_kernel",
+                     lambda: triton_random._philox_randint4x_kernel, sig("*i32"), meta),
+        TritonKernel("random", "_philox_rand_kernel", lambda: triton_random._philox_rand_kernel,
+                     sig("*fp32"), meta),
+    ]
+
+
 # Every Triton kernel of the library, per family, with what its launcher runs on a GPU.
-REGISTRY_BUILDERS: dict[str, Callable[[], list[TritonKernel]]] = {"som": _som_registry}
+REGISTRY_BUILDERS: dict[str, Callable[[], list[TritonKernel]]] = {
+    "som": _som_registry, "random": _random_registry}
 
 
 def registry() -> list[TritonKernel]:

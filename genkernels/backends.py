@@ -31,6 +31,8 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "som_bmu": ("reference", "cpu", "triton"),
     "som_node_sums": ("reference", "cpu", "triton"),
     "som_online": ("reference", "cpu", "triton", "cuda"),
+    "philox_randint4x": ("reference", "cpu", "triton", "cuda"),
+    "philox_rand": ("reference", "cpu", "triton", "cuda"),
 }
 
 # Auto choice on CUDA tensors: each entry names the measurement behind it. Triton until
@@ -39,6 +41,8 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
     "som_bmu": ("triton", "default until a GPU run of bench/bench_som.py"),
     "som_node_sums": ("triton", "default until a GPU run of bench/bench_som.py"),
     "som_online": ("cuda", "persistent kernel keeps the map on chip; default until a GPU run"),
+    "philox_randint4x": ("triton", "default until a GPU run measures genkernels.random"),
+    "philox_rand": ("triton", "default until a GPU run measures genkernels.random"),
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.

@@ -71,3 +71,14 @@ def test_cuda_sources_are_in_the_report(static_report):
     # the persistent kernel: every metric, map in shared or global memory, fp32 and fp64
     assert len({r["kernel"] for r in cuda_rows if r["kernel"].startswith("som_online_kernel<")}) == 16
     assert all(r["stack"] == 0 and r["local"] == 0 for r in cuda_rows)
+
+
+def test_random_family_report(static_report):
+    proc, out = static_report
+    assert proc.returncode == 0
+    rows = json.loads((out / "random.json").read_text())["kernels"]
+    triton = {r["kernel"] for r in rows if r["source"] == "triton"}
+    assert any("randint4x" in n for n in triton) and any("rand" in n and "randint" not in n for n in triton)
+    if _nvcc_available():
+        assert {r["arch"] for r in rows if r["source"] == "cuda"} == {"sm_80", "sm_90a"}
+    assert all(r["stack"] == 0 and r["local"] == 0 and r["shared"] <= r["shared_limit"] for r in rows)

@@ -1,0 +1,193 @@
+"""Counter-based random numbers shared by every backend: Philox4x32-10 as Triton's
+``tl.randint4x`` / ``tl.rand`` (DESIGN.md, "Contracts: Randomness").
+
+The stream is a pure function of ``(seed, offset)``:
+
+* key = (seed low 32 bits, seed high 32 bits), seed an int in [0, 2^64);
+* counter = (offset low 32 bits, offset high 32 bits, 0, 0), offset an int64 taken as its
+  64-bit two's-complement pattern -- a negative offset o is the counter o + 2^64, exactly
+  what ``tl.randint4x`` does with an int64 offset tensor;
+* 10 rounds; one call yields four uint32 words (:func:`randint4x`), :func:`randint` is the
+  first of them and :func:`rand` converts that one to a float32 in [0, 1) as ``tl.rand``
+  does (:func:`uint_to_uniform_float`).
+
+The functions here are the PyTorch reference (int64 arithmetic masked to 32 bits, so
+any CPU or CUDA tensor works) and, through ``backend=``, the other implementations:
+``cpu`` / ``cuda`` (the C++ ops ``genkernels::philox_randint4x`` / ``philox_rand`` over
+csrc/common/philox.h) and ``triton`` (genkernels/triton_random.py, kernels that call
+``tl.randint4x`` / ``tl.rand`` themselves: the ground truth). All of them return the same
+bits for the same ``(seed, offsets)``. ``backend=None`` chooses as every op does
+(genkernels.backends).
+
+Raw words come back as ``torch.uint32`` tensors -- the dtype they are, half the memory
+of int64. PyTorch supports few ops on uint32 (copies, views, comparisons); call
+``.to(torch.int64)`` for arithmetic.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from . import backends
+
+__all__ = ["philox4x32_10", "rand", "randint", "randint4x", "uint_to_uniform_float"]
+
+PHILOX_KEY_A = 0x9E3779B9
+PHILOX_KEY_B = 0xBB67AE85
+PHILOX_ROUND_A = 0xD2511F53
+PHILOX_ROUND_B = 0xCD9E8D57
+PHILOX_ROUNDS = 10
+# tl.rand's scale 4.6566127342e-10 as the fp32 it becomes in the kernel: 0x1.fffffep-32,
+# the largest fp32 s with (2^31 - 1) * s < 1 after rounding.
+UINT32_TO_UNIFORM_SCALE = float.fromhex("0x1.fffffep-32")
+
+SEED_MAX = 2**64 - 1
+_MASK32 = 0xFFFFFFFF
+
+
+def _triton_ops():
+    """torch.ops.genkernels with the Triton custom ops registered (imported lazily)."""
+    from . import triton_random  # noqa: F401  (registers genkernels::philox_*_triton)
+    return torch.ops.genkernels
+
+
+if backends.extension_error() is None:
+    @torch.library.register_fake("genkernels::philox_randint4x")
+    def _randint4x_fake(seed, offsets):
+        return offsets.new_empty((*offsets.shape, 4), dtype=torch.uint32)
+
+    @torch.library.register_fake("genkernels::philox_rand")
+    def _rand_fake(seed, offsets):
+        return offsets.new_empty(offsets.shape, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------ validation
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool):
+        raise TypeError(f"seed must be an integer in [0, 2**64); got bool {seed!r}")
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"seed must be an integer in [0, 2**64); got {type(seed).__name__} "
+                        f"{seed!r}") from None
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"seed must be in [0, 2**64); got {seed}")
+    return seed
+
+
+def _check_offsets(offsets) -> torch.Tensor:
+    if not isinstance(offsets, torch.Tensor):
+        raise TypeError(f"offsets must be a torch.Tensor of int64 counters; got "
+                        f"{type(offsets).__name__}")
+    if offsets.dtype != torch.int64:
+        raise TypeError(f"offsets must be an int64 tensor (the Philox counters); got dtype "
+                        f"{offsets.dtype}")
+    return offsets
+
+
+def _schema_seed(seed: int) -> int:
+    """The int64 bit pattern of a seed in [0, 2^64): what the ops' `int seed` carries."""
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
+# ------------------------------------------------------------------------- reference
+def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of a * m for a (int64 holding uint32) and a uint32 constant m,
+    in int64 without overflow: m is split into 16-bit halves, each partial product < 2^48."""
+    p_hi = a * (m >> 16)
+    p_lo = a * (m & 0xFFFF)
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & _MASK32
+    return hi, lo
+
+
+def _as_uint32(words: torch.Tensor) -> torch.Tensor:
+    """int64 holding values in [0, 2^32) -> the same bits as torch.uint32."""
+    signed = torch.where(words >= 2**31, words - 2**32, words)
+    return signed.to(torch.int32).view(torch.uint32)
+
+
+def philox4x32_10(counter: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
+    """Ten Philox4x32 rounds on full counters, as csrc/common/philox.h ``philox4x32_10``.
+
+    counter: (..., 4) int64 holding uint32 words (c0, c1, c2, c3); key: (k0, k1) uint32
+    ints. Returns (..., 4) uint32. :func:`randint4x` is this on (offset low, offset high,
+    0, 0) with key (seed low, seed high)."""
+    if not isinstance(counter, torch.Tensor) or counter.dtype != torch.int64 or \
+            counter.dim() == 0 or counter.shape[-1] != 4:
+        raise TypeError("counter must be a (..., 4) int64 tensor of uint32 words; got "
+                        f"{getattr(counter, 'dtype', type(counter).__name__)} "
+                        f"{tuple(getattr(counter, 'shape', ()))}")
+    c0, c1, c2, c3 = (w & _MASK32 for w in counter.unbind(-1))
+    k0, k1 = (operator.index(k) & _MASK32 for k in key)
+    return _as_uint32(torch.stack(_philox_rounds(c0, c1, c2, c3, k0, k1), dim=-1))
+
+
+def _philox_rounds(c0, c1, c2, c3, k0: int, k1: int):
+    for _ in range(PHILOX_ROUNDS):
+        hi_b, lo_b = _mulhilo(c2, PHILOX_ROUND_B)
+        hi_a, lo_a = _mulhilo(c0, PHILOX_ROUND_A)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + PHILOX_KEY_A) & _MASK32
+        k1 = (k1 + PHILOX_KEY_B) & _MASK32
+    return c0, c1, c2, c3
+
+
+def _reference_randint4x(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    low = offsets & _MASK32
+    high = (offsets >> 32) & _MASK32  # arithmetic shift, then the high word's bit pattern
+    zero = torch.zeros_like(offsets)
+    words = _philox_rounds(low, high, zero, zero, seed & _MASK32, seed >> 32)
+    return _as_uint32(torch.stack(words, dim=-1))
+
+
+def uint_to_uniform_float(words: torch.Tensor) -> torch.Tensor:
+    """tl.rand's conversion of random words to uniforms in [0, 1).
+
+    words: (...) uint32 (or int32 holding the same bits) -> (...) float32. The word is
+    read as int32, negatives folded with ~x into [0, 2^31 - 1], converted to fp32 (round
+    to nearest) and scaled by :data:`UINT32_TO_UNIFORM_SCALE`."""
+    if not isinstance(words, torch.Tensor) or words.dtype not in (torch.uint32, torch.int32):
+        got = words.dtype if isinstance(words, torch.Tensor) else type(words).__name__
+        raise TypeError(f"words must be a uint32 or int32 tensor; got {got}")
+    v = words.view(torch.int32) if words.dtype == torch.uint32 else words
+    v = torch.where(v < 0, ~v, v)
+    scale = torch.tensor(UINT32_TO_UNIFORM_SCALE, dtype=torch.float32, device=v.device)
+    return v.to(torch.float32) * scale
+
+
+# ------------------------------------------------------------------------ public API
+def randint4x(seed: int, offsets: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """The four Philox words of every counter, as ``tl.randint4x(seed, offsets)``.
+
+    seed: int in [0, 2^64); offsets: (...) int64 counters (any value, negative ones as
+    their two's-complement pattern). Returns (..., 4) uint32."""
+    seed = _check_seed(seed)
+    offsets = _check_offsets(offsets)
+    name = backends.resolve("philox_randint4x", offsets.device, backend)
+    if name == "reference":
+        return _reference_randint4x(seed, offsets)
+    if name == "triton":
+        return _triton_ops().philox_randint4x_triton(_schema_seed(seed), offsets)
+    return torch.ops.genkernels.philox_randint4x(_schema_seed(seed), offsets)
+
+
+def randint(seed: int, offsets: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """``tl.randint(seed, offsets)``: the first word of :func:`randint4x`, (...) uint32."""
+    return randint4x(seed, offsets, backend=backend)[..., 0].contiguous()
+
+
+def rand(seed: int, offsets: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """``tl.rand(seed, offsets)``: (...) float32 uniforms in [0, 1), one per counter
+    (:func:`uint_to_uniform_float` of :func:`randint`). A Bernoulli(p) draw is
+    ``rand(seed, offsets) < p``, identical on every backend for the same p."""
+    seed = _check_seed(seed)
+    offsets = _check_offsets(offsets)
+    name = backends.resolve("philox_rand", offsets.device, backend)
+    if name == "reference":
+        return uint_to_uniform_float(_reference_randint4x(seed, offsets)[..., 0])
+    if name == "triton":
+        return _triton_ops().philox_rand_triton(_schema_seed(seed), offsets)
+    return torch.ops.genkernels.philox_rand(_schema_seed(seed), offsets)
