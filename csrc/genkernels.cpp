@@ -37,4 +37,11 @@ TORCH_LIBRARY(genkernels, m) {
   // triangle; rule: som|wta|wtm. Returns the trained weights (M, K, D) (input untouched).
   m.def("som_online(Tensor weights, Tensor x, Tensor order, Tensor lr, Tensor sigma, Tensor coords, "
         "float period_0, float period_1, str neighborhood, str rule, str metric) -> Tensor");
+  // ---- Hopfield networks (genkernels/hopfield) ----
+  // Asynchronous recall: weights (N, N) float32|float64, symmetric; states (B, N) +-1 in
+  // weights' dtype. Each probe runs sweeps (every unit once, in unit order or, with
+  // random_order, by the Philox keys of counters offset + (b * max_sweeps + t) * N + j) until
+  // a sweep flips nothing or max_sweeps. Returns states (B, N) and converged (B,) bool.
+  m.def("hopfield_recall_async(Tensor weights, Tensor states, int max_sweeps, bool random_order, "
+        "int seed, int offset) -> (Tensor, Tensor)");
 }

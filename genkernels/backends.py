@@ -33,10 +33,13 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "som_online": ("reference", "cpu", "triton", "cuda"),
     "philox_randint4x": ("reference", "cpu", "triton", "cuda"),
     "philox_rand": ("reference", "cpu", "triton", "cuda"),
+    "hopfield_recall_async": ("reference", "cpu"),
+    # a matrix product and a sign per sweep, in PyTorch: its reference runs on any device
 }
 
 # Auto choice on CUDA tensors: each entry names the measurement behind it. Triton until
-# a GPU run says otherwise (DESIGN.md, "Backend choice").
+# a GPU run says otherwise (DESIGN.md, "Backend choice"). An op without a GPU backend has
+# no entry: on CUDA tensors it runs its reference, unless that is a sequential loop.
 GPU_PREFERENCE: dict[str, tuple[str, str]] = {
     "som_bmu": ("triton", "default until a GPU run of bench/bench_som.py"),
     "som_node_sums": ("triton", "default until a GPU run of bench/bench_som.py"),
@@ -46,7 +49,7 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.
-SEQUENTIAL_OPS = frozenset({"som_online"})
+SEQUENTIAL_OPS = frozenset({"som_online", "hopfield_recall_async"})
 
 
 class BackendUnavailableError(RuntimeError):
@@ -171,13 +174,17 @@ def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
             raise BackendUnavailableError(f"backend {requested!r} for {op} is unavailable: {why}")
         return requested
     if device.type == "cuda":
-        preferred = GPU_PREFERENCE[op][0]
+        preferred = GPU_PREFERENCE.get(op, ("triton",))[0]
         for name in (preferred, *[b for b in ("triton", "cuda") if b != preferred]):
             if name in implemented and _why_unavailable(name, device) is None:
                 return name
         if "reference" in implemented and op not in SEQUENTIAL_OPS:
             return "reference"
-        raise BackendUnavailableError(f"no GPU backend for {op} on {device}: {triton_error()}")
+        gpu = [b for b in implemented if b in ("triton", "cuda")]
+        why = (triton_error() or extension_error() or "its GPU backends cannot run here") if gpu else \
+            (f"it is implemented for {', '.join(implemented)} only, and its reference is a "
+             "sequential Python loop; move the tensors to the CPU")
+        raise BackendUnavailableError(f"no GPU backend for {op} on {device}: {why}")
     if device.type == "cpu" and "cpu" in implemented and extension_error() is None:
         return "cpu"
     if op in SEQUENTIAL_OPS and op not in _warned:

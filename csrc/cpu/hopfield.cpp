@@ -1,0 +1,134 @@
+// CPU kernel of asynchronous Hopfield recall (schema in csrc/genkernels.cpp, spec in
+// genkernels/hopfield/reference.py, which this reproduces bit for bit):
+//
+//   hopfield_recall_async  the fields of every probe start as one at::mm (states @ W, the
+//                          product the reference takes); then each probe runs its sweeps
+//                          alone, in parallel over probes (OpenMP, dynamic: probes converge
+//                          after different numbers of sweeps). A sweep visits every unit
+//                          once; when unit i flips to s_i, h += (2 s_i) * W[i, :] -- row i
+//                          (= column i, W symmetric), contiguous, a vectorised loop. The
+//                          product by +-2 is exact, so with or without FMA the one rounding
+//                          is the addition's, as in the reference's h.add_(W[i], alpha).
+//
+// Random order: sweep t of probe b sorts the units by the Philox keys of counters
+// offset + (b * max_sweeps + t) * N + j (csrc/common/philox.h), ties in ascending unit order
+// -- the reference's stable argsort. Sorting (key << 32 | unit) as uint64 gives that order.
+//
+// States are kept as int8 per probe (N bytes); fields in W's dtype (fp32 or fp64).
+#include <ATen/ATen.h>
+#include <omp.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <tuple>
+#include <vector>
+
+#include "common/philox.h"
+
+namespace genkernels::hopfield::cpu {
+namespace {
+
+// The units 0..N-1 sorted by their Philox keys randint(seed, first_counter + j), ties in
+// ascending unit order, written to `units` (`keyed` is scratch of N words).
+void sort_by_philox_keys(int64_t n, uint64_t seed, uint64_t first_counter, std::vector<uint64_t>& keyed,
+                  std::vector<int64_t>& units) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t key = random::randint(seed, first_counter + static_cast<uint64_t>(j));
+    keyed[j] = (static_cast<uint64_t>(key) << 32) | static_cast<uint64_t>(j);
+  }
+  std::sort(keyed.begin(), keyed.end());
+  for (int64_t j = 0; j < n; ++j) units[j] = static_cast<int64_t>(keyed[j] & 0xFFFFFFFFu);
+}
+
+template <typename scalar_t>
+void recall_one(const scalar_t* __restrict__ w, int64_t n, scalar_t* __restrict__ fields,
+                int8_t* __restrict__ state, int64_t probe, int64_t max_sweeps, bool random_order,
+                uint64_t seed, uint64_t offset, bool* converged) {
+  std::vector<int64_t> units(n);
+  std::vector<uint64_t> keyed(random_order ? n : 0);
+  std::iota(units.begin(), units.end(), int64_t{0});
+  *converged = false;
+  for (int64_t t = 0; t < max_sweeps; ++t) {
+    if (random_order) {
+      const uint64_t first = offset + (static_cast<uint64_t>(probe) * static_cast<uint64_t>(max_sweeps) +
+                                       static_cast<uint64_t>(t)) * static_cast<uint64_t>(n);
+      sort_by_philox_keys(n, seed, first, keyed, units);
+    }
+    int64_t flips = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t i = units[k];
+      const scalar_t h = fields[i];
+      const int8_t s = state[i];
+      const int8_t next = h > scalar_t(0) ? int8_t{1} : (h < scalar_t(0) ? int8_t{-1} : s);
+      if (next == s) continue;
+      state[i] = next;
+      ++flips;
+      const scalar_t step = next > 0 ? scalar_t(2) : scalar_t(-2);
+      const scalar_t* __restrict__ row = w + i * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) fields[j] += step * row[j];
+    }
+    if (flips == 0) {
+      *converged = true;
+      return;
+    }
+  }
+}
+
+// Every probe b owns row b of fields and states; probes converge after different numbers
+// of sweeps, hence the dynamic schedule.
+template <typename scalar_t>
+void recall_batch(const scalar_t* w, scalar_t* fields, int8_t* states, int64_t b_count, int64_t n,
+                  int64_t max_sweeps, bool random_order, uint64_t seed, uint64_t offset,
+                  bool* converged) {
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t b = 0; b < b_count; ++b) {
+    recall_one<scalar_t>(w, n, fields + b * n, states + b * n, b, max_sweeps, random_order, seed,
+                         offset, converged + b);
+  }
+}
+
+// weights (N, N) fp32/fp64 symmetric; states (B, N) +-1 in weights' dtype.
+// Returns the final states (B, N) in that dtype and converged (B,) bool.
+std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cpu(const at::Tensor& weights,
+                                                             const at::Tensor& states,
+                                                             int64_t max_sweeps, bool random_order,
+                                                             int64_t seed, int64_t offset) {
+  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == weights.size(1),
+              "hopfield_recall_async: weights must be (N, N); got ", weights.sizes());
+  TORCH_CHECK(states.dim() == 2 && states.size(1) == weights.size(0),
+              "hopfield_recall_async: states must be (B, ", weights.size(0), "); got ", states.sizes());
+  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
+              "hopfield_recall_async: weights must be float32 or float64; got ", weights.scalar_type());
+  TORCH_CHECK(states.scalar_type() == weights.scalar_type(),
+              "hopfield_recall_async: states must have weights' dtype ", weights.scalar_type(), "; got ",
+              states.scalar_type());
+  TORCH_CHECK(max_sweeps >= 0, "hopfield_recall_async: max_sweeps must be >= 0; got ", max_sweeps);
+  const int64_t b_count = states.size(0), n = weights.size(0);
+  at::Tensor converged = at::zeros({b_count}, states.options().dtype(at::kBool));
+  if (b_count == 0 || max_sweeps == 0) return {states.clone(), converged};
+  if (n == 0) return {states.clone(), converged.fill_(true)};  // the first sweep flips nothing
+
+  const at::Tensor w = weights.contiguous();
+  const at::Tensor s_in = states.contiguous();
+  at::Tensor fields = at::mm(s_in, w).contiguous();  // the reference's `probes @ weights`
+  at::Tensor s8 = s_in.gt(0).to(at::kChar).mul_(2).sub_(1).contiguous();  // +-1 as int8
+  bool* conv = converged.mutable_data_ptr<bool>();
+  int8_t* s_ptr = s8.mutable_data_ptr<int8_t>();
+
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hopfield_recall_async", [&] {
+    recall_batch<scalar_t>(w.const_data_ptr<scalar_t>(), fields.mutable_data_ptr<scalar_t>(), s_ptr,
+                           b_count, n, max_sweeps, random_order, static_cast<uint64_t>(seed),
+                           static_cast<uint64_t>(offset), conv);
+  });
+  return {s8.to(states.scalar_type()), converged};
+}
+
+}  // namespace
+}  // namespace genkernels::hopfield::cpu
+
+TORCH_LIBRARY_IMPL(genkernels, CPU, m) {
+  m.impl("hopfield_recall_async", &genkernels::hopfield::cpu::hopfield_recall_async_cpu);
+}

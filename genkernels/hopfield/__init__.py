@@ -1,0 +1,4 @@
+"""Classical Hopfield networks: kernels (ops) and the Hopfield model."""
+from .ops import hopfield_energy, hopfield_recall, hopfield_store
+
+__all__ = ["hopfield_energy", "hopfield_recall", "hopfield_store"]

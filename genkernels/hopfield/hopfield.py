@@ -1,0 +1,156 @@
+"""``genkernels.Hopfield``: a classical (binary, ±1) Hopfield network as an nn.Module."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+from .._checks import check_choice, check_int
+from .ops import hopfield_energy, hopfield_recall, hopfield_store
+from .reference import MODES, ORDERS, RULES
+
+_CHECKPOINT_FORMAT = 1
+_KIND = "hopfield"
+
+
+class Hopfield(nn.Module):
+    """A Hopfield network of ``n_units`` ±1 units with symmetric weights.
+
+    Args:
+        n_units: N, the number of units (>= 1).
+        seed: seed of the random update order (an int in [0, 2^64)); None draws one
+            from torch's RNG. The model owns the stream: every random-order recall that
+            uses it advances :attr:`offset` by B * max_sweeps * N, so a sequence of
+            recalls reproduces from the seed.
+        dtype: float32 or float64 weights. device: where the weights live.
+
+    Example::
+
+        net = genkernels.Hopfield(100)
+        net.store(patterns)                   # (P, 100) of ±1
+        states, converged = net.recall(noisy)  # (B, 100), (B,)
+    """
+
+    weights: torch.Tensor
+
+    def __init__(self, n_units: int, *, seed: int | None = None,
+                 dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.n_units = check_int("n_units", n_units, 1)
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.seed = check_int("seed", seed, 0, 2**64 - 1)
+        self.offset = 0
+        self.rule: str | None = None
+        self.n_patterns = 0
+        self.register_buffer("weights", torch.zeros(self.n_units, self.n_units, dtype=dtype,
+                                                    device=device))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.device
+
+    def store(self, patterns: torch.Tensor, rule: str = "hebbian") -> Hopfield:
+        """Set the weights so that ``patterns`` (P, N) of ±1 are stored; the previous
+        weights are replaced, not added to (store every pattern in one call; the
+        Storkey rule is incremental within that call). rule: "hebbian", "storkey" or
+        "pseudoinverse" (genkernels.ops.hopfield_store). Returns self."""
+        check_choice("rule", rule, RULES)
+        if isinstance(patterns, torch.Tensor) and patterns.dim() == 2 and \
+                patterns.shape[1] != self.n_units:
+            raise ValueError(f"patterns has {patterns.shape[1]} units but the network has "
+                             f"{self.n_units}; they must match")
+        w = hopfield_store(patterns, rule)
+        self.weights.copy_(w.to(device=self.device, dtype=self.dtype))
+        self.rule, self.n_patterns = rule, int(patterns.shape[0])
+        return self
+
+    def recall(self, probes: torch.Tensor, mode: str = "async", order: str = "random",
+               max_sweeps: int = 100, seed: int | None = None, *,
+               backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the network from ``probes`` (B, N) or (N,) of ±1 until no unit changes
+        (or ``max_sweeps`` sweeps). mode: "async" (one unit at a time; order "random"
+        or "sequential") or "sync" (all units at once). seed: None draws the random
+        order from the model's stream and advances it; an int uses (seed, offset 0)
+        and leaves the model's stream alone. Returns (states, converged) as
+        genkernels.ops.hopfield_recall."""
+        check_choice("mode", mode, MODES)
+        check_choice("order", order, ORDERS)
+        use_stream = seed is None and mode == "async" and order == "random"
+        run_seed, run_offset = (self.seed, self.offset) if seed is None else (seed, 0)
+        states, converged = hopfield_recall(self.weights, probes, mode, order, max_sweeps,
+                                            run_seed, run_offset, backend=backend)
+        if use_stream:
+            n_probes = probes.shape[0] if probes.dim() == 2 else 1
+            self.offset = (self.offset + n_probes * max_sweeps * self.n_units + 2**63) % 2**64 - 2**63
+        return states, converged
+
+    def energy(self, states: torch.Tensor) -> torch.Tensor:
+        """E(s) = −½ sᵀ W s of states (B, N) or (N,) -> (B,) or 0-d."""
+        return hopfield_energy(self.weights, states)
+
+    def forward(self, probes: torch.Tensor) -> torch.Tensor:
+        """The recalled states (async, random order, the model's stream)."""
+        return self.recall(probes)[0]
+
+    # ------------------------------------------------------------ persistence
+    def _config(self) -> dict:
+        return {"n_units": self.n_units, "seed": self.seed,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def save(self, path: str) -> None:
+        """Write the model to ``path`` atomically (a temp file in the same folder, then
+        os.replace): an interrupted save never damages an existing file."""
+        payload = {"format": _CHECKPOINT_FORMAT, "kind": _KIND, "config": self._config(),
+                   "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                   "offset": self.offset, "rule": self.rule, "n_patterns": self.n_patterns}
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @staticmethod
+    def _read(path: str) -> dict:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"path: no checkpoint at {path!r}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"path: {path!r} is not a readable genkernels checkpoint ({exc})") from exc
+        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT or \
+                payload.get("kind") != _KIND or "config" not in payload:
+            raise ValueError(f"path: {path!r} is not a genkernels Hopfield checkpoint")
+        return payload
+
+    @classmethod
+    def load(cls, path: str, device=None) -> Hopfield:
+        """Read a model written by :meth:`save` (``weights_only=True``)."""
+        payload = cls._read(path)
+        cfg = dict(payload["config"])
+        model = cls(cfg["n_units"], seed=cfg["seed"], dtype=getattr(torch, cfg["dtype"]),
+                    device=device)
+        model.load_state_dict({k: v.to(model.device) for k, v in payload["state"].items()})
+        model.offset = int(payload["offset"])
+        model.rule, model.n_patterns = payload["rule"], int(payload["n_patterns"])
+        return model
+
+    def extra_repr(self) -> str:
+        return f"n_units={self.n_units}, rule={self.rule!r}, n_patterns={self.n_patterns}"
