@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 
 import torch
 from torch import nn
 
+from .. import checkpoint as ckpt
 from .._checks import check_choice, check_int
 from .ops import hopfield_energy, hopfield_recall, hopfield_store
 from .reference import MODES, ORDERS, RULES
 
-_CHECKPOINT_FORMAT = 1
-_KIND = "hopfield"
 
 
 class Hopfield(nn.Module):
@@ -110,35 +107,14 @@ class Hopfield(nn.Module):
     def save(self, path: str) -> None:
         """Write the model to ``path`` atomically (a temp file in the same folder, then
         os.replace): an interrupted save never damages an existing file."""
-        payload = {"format": _CHECKPOINT_FORMAT, "kind": _KIND, "config": self._config(),
-                   "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-                   "offset": self.offset, "rule": self.rule, "n_patterns": self.n_patterns}
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        ckpt.save_atomic({"config": self._config(),
+                                "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                                "offset": self.offset, "rule": self.rule, "n_patterns": self.n_patterns},
+                               path, "Hopfield")
 
     @staticmethod
     def _read(path: str) -> dict:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"path: no checkpoint at {path!r}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"path: {path!r} is not a readable genkernels checkpoint ({exc})") from exc
-        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT or \
-                payload.get("kind") != _KIND or "config" not in payload:
-            raise ValueError(f"path: {path!r} is not a genkernels Hopfield checkpoint")
-        return payload
+        return ckpt.read(path, "Hopfield")
 
     @classmethod
     def load(cls, path: str, device=None) -> Hopfield:

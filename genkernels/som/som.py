@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import checkpoint as ckpt
 from .. import distributed as gkdist
 from .._checks import check_choice, check_int, check_positive
 from . import ops, reference, schedules
@@ -25,7 +25,6 @@ SAMPLINGS = ("permutation", "sequential", "replacement")
 MISSING = ("raise", "ignore")
 # Rows per chunk when streaming numpy arrays, memmaps and big tensors in batch mode.
 CHUNK_ROWS = 1 << 16
-_CHECKPOINT_FORMAT = 1
 
 
 def _rate(name: str, value, default_end: Callable[[float], float], n_maps: int):
@@ -687,35 +686,14 @@ class SOM(nn.Module):
     def save(self, path: str) -> None:
         """Write the model to ``path`` atomically (a temp file in the same folder, then
         os.replace): an interrupted save never damages an existing file."""
-        payload = {"format": _CHECKPOINT_FORMAT, "config": self._config(),
-                   "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-                   "generator": self._generator.get_state(), "history": self.history,
-                   "node_labels": self.node_labels}
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        ckpt.save_atomic({"config": self._config(),
+                                "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                                "generator": self._generator.get_state(), "history": self.history,
+                                "node_labels": self.node_labels}, path, "SOM")
 
     @staticmethod
     def _read(path: str) -> dict:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"path: no checkpoint at {path!r}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"path: {path!r} is not a readable genkernels checkpoint ({exc})") from exc
-        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT or "config" not in payload:
-            raise ValueError(f"path: {path!r} is not a genkernels SOM checkpoint")
-        return payload
+        return ckpt.read(path, "SOM")
 
     def _restore(self, payload: dict) -> None:
         self.load_state_dict({k: v.to(self.device) for k, v in payload["state"].items()})
