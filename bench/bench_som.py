@@ -180,6 +180,14 @@ def initial_weights(x: torch.Tensor, k: int, maps: int = 1) -> torch.Tensor:
     return w if maps > 1 else w[0]
 
 
+def numpy_start(w, x_of, weights_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """The data and the shared starting map as numpy arrays for the numpy anchors:
+    x (N, D) and weights (rows, cols, D), in x's dtype unless weights_dtype is given."""
+    x = _np(x_of())
+    w0 = _np(initial_weights(torch.from_numpy(x), w.k)).reshape(w.rows, w.cols, w.d)
+    return x, w0 if weights_dtype is None else w0.astype(weights_dtype)
+
+
 def schedule(steps: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-step lr and sigma (float64, shape (steps,)): exponential decay from
     (0.5, max(grid)/2) at the first step to (0.01, 1) at the last."""
@@ -394,9 +402,7 @@ def _batch_cases(w: Workload, device: str, x_of) -> list[Case]:
         def make_minisom(samples):
             def make():
                 from minisom import MiniSom
-                x = _np(x_of())
-                w0 = _np(initial_weights(torch.from_numpy(x), w.k)).reshape(
-                    w.rows, w.cols, w.d).astype(np.float64)
+                x, w0 = numpy_start(w, x_of, np.float64)
                 # lr 1 makes train_batch_offline Kohonen's batch rule, as ours.
                 m = MiniSom(w.rows, w.cols, w.d, sigma=sigma, random_seed=SEED,
                             decay_function=lambda lr, t, max_iter: 1.0)
@@ -418,8 +424,7 @@ def _batch_cases(w: Workload, device: str, x_of) -> list[Case]:
     if _anchor_available("xpysom"):
         def make_xpysom():
             XPySom = _import_xpysom()
-            x = _np(x_of())
-            w0 = _np(initial_weights(torch.from_numpy(x), w.k)).reshape(w.rows, w.cols, w.d)
+            x, w0 = numpy_start(w, x_of)
             # std_coeff=1: exp(-d^2 / (2 sigma^2)), the Gaussian every other library uses.
             s = XPySom(w.rows, w.cols, w.d, sigma=sigma, sigmaN=SIGMA_END, learning_rate=LR_START,
                        learning_rateN=LR_END, decay_function="exponential", std_coeff=1.0,
@@ -504,9 +509,7 @@ def _online_cases(w: Workload, device: str, x_of) -> list[Case]:
         def make_minisom(steps):
             def make():
                 from minisom import MiniSom
-                x = _np(x_of())
-                w0 = _np(initial_weights(torch.from_numpy(x), w.k)).reshape(
-                    w.rows, w.cols, w.d).astype(np.float64)
+                x, w0 = numpy_start(w, x_of, np.float64)
                 m = MiniSom(w.rows, w.cols, w.d, sigma=float(sigma[0]), learning_rate=LR_START,
                             random_seed=SEED, decay_function=lambda lr0, t, max_iter: lr[t])
                 m._sigma_decay_function = lambda s0, t, max_iter: sigma[t]
