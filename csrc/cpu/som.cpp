@@ -28,32 +28,10 @@
 #endif
 
 #include "cpu/som_cpu.h"
+#include "som_names.h"
 
 namespace genkernels::som::cpu {
 namespace {
-
-Metric parse_metric(std::string_view s) {
-  if (s == "euclidean") return Metric::Euclidean;
-  if (s == "cosine") return Metric::Cosine;
-  if (s == "manhattan") return Metric::Manhattan;
-  if (s == "chebyshev") return Metric::Chebyshev;
-  TORCH_CHECK(false, "genkernels som: metric must be euclidean|cosine|manhattan|chebyshev; got '", s, "'");
-}
-
-Neighborhood parse_neighborhood(std::string_view s) {
-  if (s == "gaussian") return Neighborhood::Gaussian;
-  if (s == "bubble") return Neighborhood::Bubble;
-  if (s == "mexican_hat") return Neighborhood::MexicanHat;
-  if (s == "triangle") return Neighborhood::Triangle;
-  TORCH_CHECK(false, "genkernels som: neighborhood must be gaussian|bubble|mexican_hat|triangle; got '", s, "'");
-}
-
-Rule parse_rule(std::string_view s) {
-  if (s == "som") return Rule::Som;
-  if (s == "wta") return Rule::Wta;
-  if (s == "wtm") return Rule::Wtm;
-  TORCH_CHECK(false, "genkernels som: rule must be som|wta|wtm; got '", s, "'");
-}
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 

@@ -9,34 +9,10 @@
 
 #include "common/som.h"
 #include "cuda/som.cuh"
+#include "som_names.h"
 
 namespace genkernels::som {
 namespace {
-
-Metric parse_metric(std::string_view name) {
-  if (name == "euclidean") return Metric::Euclidean;
-  if (name == "cosine") return Metric::Cosine;
-  if (name == "manhattan") return Metric::Manhattan;
-  if (name == "chebyshev") return Metric::Chebyshev;
-  TORCH_CHECK(false, "metric must be one of 'euclidean', 'cosine', 'manhattan', 'chebyshev'; got '",
-              name, "'");
-}
-
-Neighborhood parse_neighborhood(std::string_view name) {
-  if (name == "gaussian") return Neighborhood::Gaussian;
-  if (name == "bubble") return Neighborhood::Bubble;
-  if (name == "mexican_hat") return Neighborhood::MexicanHat;
-  if (name == "triangle") return Neighborhood::Triangle;
-  TORCH_CHECK(false, "neighborhood must be one of 'gaussian', 'bubble', 'mexican_hat', "
-              "'triangle'; got '", name, "'");
-}
-
-Rule parse_rule(std::string_view name) {
-  if (name == "som") return Rule::Som;
-  if (name == "wta") return Rule::Wta;
-  if (name == "wtm") return Rule::Wtm;
-  TORCH_CHECK(false, "rule must be one of 'som', 'wta', 'wtm'; got '", name, "'");
-}
 
 // weights (M, K, D), x (N, D), order (M, T) int64, lr/sigma (M, T), coords (K, 2) ->
 // trained weights (M, K, D) in weights' dtype. fp16/bf16 run on fp32 working copies,
