@@ -1,6 +1,5 @@
 """Data-parallel SOM training over two gloo processes on CPU equals one process."""
 import os
-import socket
 import subprocess
 import sys
 
@@ -51,17 +50,12 @@ def test_two_processes_equal_one(tmp_path, init, mode):
         assert qe_dist < 1.05 * float(single.quantization_error(x))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_under_torchrun(tmp_path):
     np.save(tmp_path / "x.npy", _data())
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "genkernels", "train", "som", str(tmp_path / "x.npy"),
+    # --standalone: torchrun picks a free port itself (no window for another process to take it)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "genkernels", "train", "som", str(tmp_path / "x.npy"),
            "--grid", "4", "5", "--epochs", "2", "--distributed", "--quiet", "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]

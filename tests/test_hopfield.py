@@ -291,7 +291,7 @@ P4 = TEXTBOOK_PATTERNS
     (lambda: ops.hopfield_recall(W4, P4, max_sweeps=-1), ValueError, "max_sweeps must be in"),
     (lambda: ops.hopfield_recall(W4, P4, max_sweeps=2.5), TypeError, "max_sweeps must be an integer"),
     (lambda: ops.hopfield_recall(W4, P4, seed=-1), ValueError, "seed must be in"),
-    (lambda: ops.hopfield_recall(W4, P4, offset=2**63), ValueError, "offset must be an int64"),
+    (lambda: ops.hopfield_recall(W4, P4, offset=2**63), ValueError, r"offset must be in \[-9223372036854775808, 9223372036854775807\]"),
     (lambda: ops.hopfield_recall(W4, P4, backend="triton"), backends.BackendUnavailableError,
      "hopfield_recall_async has no triton backend"),
     (lambda: ops.hopfield_recall(W4, P4.to("meta")), ValueError, "probes is on meta"),

@@ -10,7 +10,6 @@ that run on any device and are not routed through the backends.
 
 from __future__ import annotations
 
-import operator
 
 import torch
 
@@ -72,18 +71,6 @@ def _check_states(name: str, states, weights: torch.Tensor) -> torch.Tensor:
     check_same_device(weights=weights, **{name: states})
     _check_plus_minus_one(name, states)
     return states
-
-
-def _check_offset(offset) -> int:
-    if isinstance(offset, bool):
-        raise TypeError(f"offset must be an integer; got bool {offset!r}")
-    try:
-        offset = operator.index(offset)
-    except TypeError:
-        raise TypeError(f"offset must be an integer; got {type(offset).__name__} {offset!r}") from None
-    if not INT64_MIN <= offset <= INT64_MAX:
-        raise ValueError(f"offset must be an int64, in [-2**63, 2**63); got {offset}")
-    return offset
 
 
 # --------------------------------------------------------------------------- storing
@@ -150,7 +137,7 @@ def hopfield_recall(weights: torch.Tensor, probes: torch.Tensor, mode: str = "as
     check_choice("order", order, ORDERS)
     max_sweeps = check_int("max_sweeps", max_sweeps, 0)
     seed = gk_random._check_seed(seed)
-    offset = _check_offset(offset)
+    offset = check_int("offset", offset, INT64_MIN, INT64_MAX)
 
     dt = acc_dtype(weights.dtype)
     w = weights.to(dt).contiguous()

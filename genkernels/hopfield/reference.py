@@ -37,16 +37,13 @@ from collections.abc import Iterator
 import torch
 
 from .. import random as gk_random
+from .._checks import acc_dtype
 
 RULES = ("hebbian", "storkey", "pseudoinverse")
 MODES = ("async", "sync")
 ORDERS = ("random", "sequential")
 
 _INT64_WRAP = 2**64
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _symmetric_zero_diagonal(w: torch.Tensor) -> torch.Tensor:

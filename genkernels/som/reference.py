@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import acc_dtype  # noqa: F401  (re-exported)
+
 METRICS = ("euclidean", "cosine", "manhattan", "chebyshev")
 NEIGHBORHOODS = ("gaussian", "bubble", "mexican_hat", "triangle")
 RULES = ("som", "wta", "wtm")
@@ -17,10 +19,6 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 COSINE_EPS = 1e-8
 # Rows per tile of the reference's distance matrix: bounded memory on any N.
 _TILE_ELEMENTS = 1 << 22
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def paired_distances(x: torch.Tensor, w: torch.Tensor, metric: str,
