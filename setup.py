@@ -55,12 +55,14 @@ def _extensions():
     include = [os.path.join(ROOT, "csrc")]
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*_ops.cpp"))
+        # no --use_fast_math: sqrt, division and exp must round as in the reference, so
+        # that exact ties (lowest index wins) and step-for-step SOM updates agree
         ext = cpp_extension.CUDAExtension(
             "genkernels._C",
             sources,
             include_dirs=include,
             extra_compile_args={"cxx": cxx + ["-DGENKERNELS_WITH_CUDA"],
-                                "nvcc": ["-std=c++20", *opt, "--use_fast_math", "-lineinfo"]},
+                                "nvcc": ["-std=c++20", *opt, "-lineinfo"]},
             extra_link_args=["-fopenmp"],
         )
     else:

@@ -310,7 +310,7 @@ def compile_cuda(path: str, cc: int, workdir: str) -> list[dict]:
     nvcc = find_nvcc()
     arch = "sm_90a" if cc == 90 else f"sm_{cc}"
     out = os.path.join(workdir, os.path.basename(path) + f".{arch}.cubin")
-    cmd = [nvcc, "-std=c++20", "-O3", "--use_fast_math", "-cubin", f"-arch={arch}", "-Xptxas",
+    cmd = [nvcc, "-std=c++20", "-O3", "-cubin", f"-arch={arch}", "-Xptxas",
            "-v", "-I" + os.path.join(ROOT, "csrc"), "-o", out, path]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

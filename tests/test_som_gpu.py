@@ -30,11 +30,27 @@ def test_online_matches_reference_step_for_step(backend, neighborhood, rule, dty
         pytest.skip(f"{backend} backend not available")
     w, x, order, lr, sigma, lat = _online_case(3, 6, 17, 200, dtype, periodic=True)
     coords = lat.coords(reference.acc_dtype(dtype))
-    want = reference.som_online(w, x, order, lr, sigma, coords, *lat.periods, neighborhood, rule)
-    got = ops.som_online(w.cuda(), x.cuda(), order.cuda(), lr.cuda(), sigma.cuda(), coords.cuda(),
-                         lat.periods, neighborhood, rule, backend=backend)
-    tol = 1e-4 if dtype == torch.float32 else 1e-10
-    assert torch.allclose(got.cpu(), want, rtol=tol, atol=tol)
+    args = (lat.periods, neighborhood, rule)
+    xc, cc = x.cuda(), coords.cuda()
+    if dtype == torch.float64:
+        # the whole persistent 200-step run against the reference
+        want = reference.som_online(w, x, order, lr, sigma, coords, *lat.periods, neighborhood, rule)
+        got = ops.som_online(w.cuda(), xc, order.cuda(), lr.cuda(), sigma.cuda(), cc, *args,
+                             backend=backend)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-10)
+        return
+    # fp32: every step from the reference's state of the step before. A whole fp32 run
+    # can part from the reference for good at a near-tie (a BMU decided by the last bit
+    # of a distance summed in another order); one step cannot.
+    state = w
+    for t in range(order.shape[1]):
+        step = slice(t, t + 1)
+        want = reference.som_online(state, x, order[:, step], lr[:, step], sigma[:, step], coords,
+                                    *lat.periods, neighborhood, rule)
+        got = ops.som_online(state.cuda(), xc, order[:, step].cuda(), lr[:, step].cuda(),
+                             sigma[:, step].cuda(), cc, *args, backend=backend)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5, msg=lambda m, t=t: f"step {t}: {m}")
+        state = want
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -60,10 +76,13 @@ def test_online_map_beyond_shared_memory(backend):
 def test_triton_bmu_on_gpu(metric, n, k_nodes, d):
     x = torch.randn(n, d)
     w = torch.randn(k_nodes, d)
-    want = reference.som_bmu(x, w, min(2, k_nodes), metric)
     got = ops.som_bmu(x.cuda(), w.cuda(), min(2, k_nodes), metric, backend="triton")
-    assert torch.equal(got[0].cpu(), want[0])
-    assert torch.allclose(got[1].cpu(), want[1], rtol=1e-5, atol=1e-5)
+    # the reference on 300 rows spread over every row block (the whole N x K x D
+    # broadcast of the large case takes minutes on the CPU)
+    rows = torch.unique(torch.cat([torch.randperm(n)[:298], torch.tensor([0, n - 1])]))
+    want = reference.som_bmu(x[rows], w, min(2, k_nodes), metric)
+    assert torch.equal(got[0].cpu()[rows], want[0])
+    assert torch.allclose(got[1].cpu()[rows], want[1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -101,6 +120,13 @@ def test_node_sums_on_gpu_and_model_trains():
     rs, rc, rds = reference.som_node_sums(x, w)
     assert torch.equal(c.cpu(), rc)
     assert torch.allclose(s.cpu(), rs, rtol=1e-4, atol=1e-3)
+    # one batch epoch from the same start: the same update up to summation order
+    som = genkernels.SOM((16, 16), 32, device="cuda", seed=0).fit(x, epochs=1, verbose=False)
+    cpu = genkernels.SOM((16, 16), 32, seed=0).fit(x, epochs=1, verbose=False)
+    torch.testing.assert_close(som.weights.cpu(), cpu.weights, rtol=1e-4, atol=1e-4)
+    # three epochs: a sample near a Voronoi border may move between nodes in one run and
+    # not the other, so the runs are compared by what training achieves
     som = genkernels.SOM((16, 16), 32, device="cuda", seed=0).fit(x, epochs=3, verbose=False)
     cpu = genkernels.SOM((16, 16), 32, seed=0).fit(x, epochs=3, verbose=False)
-    assert torch.allclose(som.weights.cpu(), cpu.weights, rtol=1e-3, atol=1e-3)
+    qe_gpu, qe_cpu = float(som.quantization_error(x.cuda())), float(cpu.quantization_error(x))
+    assert qe_gpu == pytest.approx(qe_cpu, rel=1e-3)

@@ -48,10 +48,10 @@ def test_bmu_matches_reference(shape, metric, dtype):
         _assert_bmu_equal(x, w, k, metric)
 
 
-@pytest.mark.parametrize("k", [15, 16, 17])
+@pytest.mark.parametrize("k", [7, 8, 9])
 def test_bmu_around_the_register_topk_limit(k):
     # k <= TOPK_SLOTS_MAX runs the in-register top-k, k beyond it the tiled sort path
-    assert som_triton.TOPK_SLOTS_MAX == 16
+    assert som_triton.TOPK_SLOTS_MAX == 8
     x, w = _data(41, 53, 9, torch.float32)
     for metric in ("euclidean", "manhattan"):
         _assert_bmu_equal(x, w, k, metric)
@@ -368,6 +368,7 @@ def test_deterministic_node_sums_equal_the_reference():
     x = torch.randn(150, 7)
     x[3, 2] = float("nan")
     w = torch.randn(20, 7)
+    x, w = x.to(DEVICE), w.to(DEVICE)
     for ignore_nan in (False, True):
         xin = x if ignore_nan else torch.nan_to_num(x)
         s, c, ds = gk_ops.som_node_sums(xin, w, ignore_nan=ignore_nan, deterministic=True,

@@ -69,8 +69,10 @@ METRIC_IDS = {name: i for i, name in enumerate(METRICS)}
 NEIGHBORHOOD_IDS = {name: i for i, name in enumerate(NEIGHBORHOODS)}
 RULE_IDS = {name: i for i, name in enumerate(RULES)}
 
-# Candidates one row keeps in registers; k beyond it takes the tiled sort path.
-TOPK_SLOTS_MAX = 16
+# Candidates one row keeps in registers; k beyond it takes the tiled sort path. 8, not
+# 16: a 16-slot list needs 255 registers and spills on sm_90 (ptxas, 64x64 tiles), and
+# its compile ran past 100 s on an H100 machine; k <= 8 covers BMU searches in practice.
+TOPK_SLOTS_MAX = 8
 # Sentinel node index of an empty candidate slot (int32: node indices are < 2^31).
 _NO_NODE = 2**31 - 1
 # Distances materialised at once by the k > TOPK_SLOTS_MAX path.
@@ -198,7 +200,7 @@ def _distance_tile(
         else:
             key = w_sq - 2.0 * dot
     elif METRIC == 1:
-        key = 1.0 - dot / (tl.sqrt(x_sq)[:, None] * tl.sqrt(w_sq) + 1e-8)  # reference.COSINE_EPS
+        key = 1.0 - _div_rn(dot, _sqrt_rn(x_sq)[:, None] * _sqrt_rn(w_sq) + 1e-8)  # reference.COSINE_EPS
     else:
         key = dot
     if IGNORE_NAN:
@@ -206,6 +208,25 @@ def _distance_tile(
             key = key * (D / tl.maximum(n_present, 1.0))[:, None]
         key = tl.where(n_present[:, None] > 0, key, float("inf"))
     return key
+
+
+@triton.jit
+def _sqrt_rn(x):
+    """Square root rounded to nearest, as the reference computes it (``tl.sqrt`` of fp32
+    is the approximate instruction on NVIDIA GPUs; fp64 ``tl.sqrt`` is already exact)."""
+    if x.dtype == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
+def _div_rn(a, b):
+    """a / b rounded to nearest (the reference's division), fp32 or fp64."""
+    if a.dtype == tl.float32:
+        return tl.div_rn(a, b.to(tl.float32))
+    else:
+        return a / b
 
 
 @triton.jit
@@ -304,7 +325,7 @@ def _bmu_block(
                         n_present += tl.sum(present.to(ACC), 1)
                     sq += tl.sum(diff * diff, 1)
             if METRIC == 1:
-                sq = 1.0 - sq / (tl.sqrt(x_sq) * tl.sqrt(w_sq) + 1e-8)  # reference.COSINE_EPS
+                sq = 1.0 - _div_rn(sq, _sqrt_rn(x_sq) * _sqrt_rn(w_sq) + 1e-8)  # reference.COSINE_EPS
             if IGNORE_NAN:
                 sq = sq * (D / tl.maximum(n_present, 1.0))
                 sq = tl.where(n_present > 0, sq, float("inf"))
@@ -314,7 +335,7 @@ def _bmu_block(
         empty_i = tl.full((BLOCK_N, SLOTS), 2147483647, tl.int32)
         best_v, best_i = _merge_topk(empty_v, empty_i, exact, best_i, SLOTS)
     if METRIC == 0:
-        best_v = tl.sqrt(best_v)
+        best_v = _sqrt_rn(best_v)
     return best_v, best_i, rows, row_mask
 
 
@@ -374,7 +395,7 @@ def _som_distances_kernel(
                           stride_xn, stride_xd, stride_wk, stride_wd,
                           METRIC, IGNORE_NAN, True, 0, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
     if METRIC == 0:
-        dist = tl.sqrt(dist)
+        dist = _sqrt_rn(dist)
     tl.store(OUT + rows[:, None] * K + nodes[None, :], dist,
              mask=row_mask[:, None] & node_mask[None, :])
 
@@ -587,9 +608,9 @@ def _node_distances(
         else:
             acc = tl.maximum(acc, tl.max(tl.abs(diff), 1))
     if METRIC == 0:
-        acc = tl.sqrt(acc)
+        acc = _sqrt_rn(acc)
     elif METRIC == 1:
-        acc = 1.0 - acc / (tl.sqrt(s_sq) * tl.sqrt(w_sq) + 1e-8)
+        acc = 1.0 - _div_rn(acc, _sqrt_rn(s_sq) * _sqrt_rn(w_sq) + 1e-8)
     return acc
 
 
