@@ -182,9 +182,26 @@ def _random_registry() -> list[TritonKernel]:
     ]
 
 
+def _hopfield_registry() -> list[TritonKernel]:
+    from .hopfield import triton as hopfield_triton
+
+    def recall(dtype, random, block_n):
+        ptr = _ptr(dtype)
+        sig = {"W": ptr, "STATES": ptr, "FIELDS": ptr, "CONVERGED": "*i8", "N": "i32",
+               "max_sweeps": "i32", "seed": "i64", "offset": "i64"}
+        order = "random" if random else "sequential"
+        return TritonKernel("hopfield", f"_hopfield_recall_async_kernel[{dtype},{order},N<={block_n}]",
+                            lambda: hopfield_triton._hopfield_recall_async_kernel, sig,
+                            {"RANDOM": random, "BLOCK_N": block_n},
+                            hopfield_triton._num_warps(block_n), 3)
+
+    return [recall("fp32", True, 1024), recall("fp32", False, 1024), recall("fp64", True, 1024),
+            recall("fp32", True, hopfield_triton.MAX_UNITS)]
+
+
 # Every Triton kernel of the library, per family, with what its launcher runs on a GPU.
 REGISTRY_BUILDERS: dict[str, Callable[[], list[TritonKernel]]] = {
-    "som": _som_registry, "random": _random_registry}
+    "som": _som_registry, "random": _random_registry, "hopfield": _hopfield_registry}
 
 
 def registry() -> list[TritonKernel]:

@@ -33,7 +33,7 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "som_online": ("reference", "cpu", "triton", "cuda"),
     "philox_randint4x": ("reference", "cpu", "triton", "cuda"),
     "philox_rand": ("reference", "cpu", "triton", "cuda"),
-    "hopfield_recall_async": ("reference", "cpu"),
+    "hopfield_recall_async": ("reference", "cpu", "triton"),
     # a matrix product and a sign per sweep, in PyTorch: its reference runs on any device
 }
 
@@ -48,6 +48,7 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
                    "0.37 s vs 1.49 s (64 maps)"),
     "philox_randint4x": ("triton", "default until a GPU run measures genkernels.random"),
     "philox_rand": ("triton", "default until a GPU run measures genkernels.random"),
+    "hopfield_recall_async": ("triton", "the only GPU backend (one program per probe)"),
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.

@@ -11,6 +11,7 @@ from genkernels import Hopfield, backends, ops
 from genkernels.hopfield import reference
 
 HAS_CPU = backends.extension_error() is None
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason=f"cpu backend: {backends.extension_error()}")
 
 
@@ -129,6 +130,51 @@ def test_cpu_equals_reference_exactly(n, b, dtype, order):
             got = ops.hopfield_recall(w, probes, backend="cpu", **kwargs)
             assert torch.equal(got[0], want[0]), (seed, max_sweeps)
             assert torch.equal(got[1], want[1]), (seed, max_sweeps)
+
+
+needs_triton = pytest.mark.skipif("triton" not in backends.available_backends(DEVICE),
+                                  reason="triton backend unavailable")
+
+
+@needs_triton
+@pytest.mark.parametrize("n,b", [(1, 1), (7, 3), (37, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("order", reference.ORDERS)
+def test_triton_equals_reference_exactly(n, b, dtype, order):
+    g = torch.Generator().manual_seed(n * 17 + b)
+    w = ops.hopfield_store(_pm1(max(1, n // 8), n, dtype=dtype, generator=g))
+    probes = _pm1(b, n, dtype=dtype, generator=g)
+    seeds = (0, 2**64 - 1) if order == "random" else (0,)
+    for seed in seeds:
+        for max_sweeps in (1, 20):
+            kwargs = {"order": order, "max_sweeps": max_sweeps, "seed": seed, "offset": 77}
+            want = ops.hopfield_recall(w, probes, backend="reference", **kwargs)
+            got = ops.hopfield_recall(w.to(DEVICE), probes.to(DEVICE), backend="triton", **kwargs)
+            assert torch.equal(got[0].cpu(), want[0]), (seed, max_sweeps)
+            assert torch.equal(got[1].cpu(), want[1]), (seed, max_sweeps)
+
+
+@needs_triton
+def test_triton_equals_reference_on_dense_random_weights_and_wrapping_counters():
+    # many flips per sweep; counters past 2^63 wrap; offsets that do not fit 32 bits
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(29, 29, generator=g)
+    w = ((a + a.T) / 2).fill_diagonal_(0)
+    probes = _pm1(3, 29, generator=g)
+    for offset in (2**63 - 100, -5, 2**33 + 7):
+        kwargs = {"order": "random", "max_sweeps": 12, "seed": 99, "offset": offset}
+        want = ops.hopfield_recall(w, probes, backend="reference", **kwargs)
+        got = ops.hopfield_recall(w.to(DEVICE), probes.to(DEVICE), backend="triton", **kwargs)
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1]), offset
+
+
+@needs_triton
+def test_triton_rejects_more_units_than_it_holds(monkeypatch):
+    from genkernels.hopfield import triton as hopfield_triton
+    monkeypatch.setattr(hopfield_triton, "MAX_UNITS", 4)
+    w = ops.hopfield_store(_pm1(1, 5))
+    with pytest.raises(ValueError, match="at most 4 units per probe"):
+        ops.hopfield_recall(w.to(DEVICE), _pm1(2, 5).to(DEVICE), backend="triton")
 
 
 @needs_cpu
@@ -292,8 +338,8 @@ P4 = TEXTBOOK_PATTERNS
     (lambda: ops.hopfield_recall(W4, P4, max_sweeps=2.5), TypeError, "max_sweeps must be an integer"),
     (lambda: ops.hopfield_recall(W4, P4, seed=-1), ValueError, "seed must be in"),
     (lambda: ops.hopfield_recall(W4, P4, offset=2**63), ValueError, r"offset must be in \[-9223372036854775808, 9223372036854775807\]"),
-    (lambda: ops.hopfield_recall(W4, P4, backend="triton"), backends.BackendUnavailableError,
-     "hopfield_recall_async has no triton backend"),
+    (lambda: ops.hopfield_recall(W4, P4, backend="cuda"), backends.BackendUnavailableError,
+     "hopfield_recall_async has no cuda backend"),
     (lambda: ops.hopfield_recall(W4, P4.to("meta")), ValueError, "probes is on meta"),
     (lambda: ops.hopfield_energy(W4, P4[:, :2]), ValueError, "states has 2 units but weights has 4"),
     (lambda: Hopfield(4).store(torch.ones(2, 5)), ValueError, "patterns has 5 units but the network has 4"),
@@ -305,9 +351,9 @@ def test_bad_input(call, exc, pattern):
         call()
 
 
-def test_async_recall_on_cuda_tensors_has_no_backend_yet():
-    with pytest.raises(backends.BackendUnavailableError, match="sequential Python loop"):
-        backends.resolve("hopfield_recall_async", torch.device("cuda"))
+@needs_triton
+def test_async_recall_on_cuda_tensors_runs_on_triton():
+    assert backends.resolve("hopfield_recall_async", torch.device("cuda")) == "triton"
 
 
 def test_sync_recall_is_plain_torch_whatever_backend_is_forced():
