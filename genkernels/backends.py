@@ -33,7 +33,7 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "som_online": ("reference", "cpu", "triton", "cuda"),
     "philox_randint4x": ("reference", "cpu", "triton", "cuda"),
     "philox_rand": ("reference", "cpu", "triton", "cuda"),
-    "hopfield_recall_async": ("reference", "cpu", "triton"),
+    "hopfield_recall_async": ("reference", "cpu", "triton", "cuda"),
     # a matrix product and a sign per sweep, in PyTorch: its reference runs on any device
 }
 
@@ -48,7 +48,8 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
                    "0.37 s vs 1.49 s (64 maps)"),
     "philox_randint4x": ("triton", "default until a GPU run measures genkernels.random"),
     "philox_rand": ("triton", "default until a GPU run measures genkernels.random"),
-    "hopfield_recall_async": ("triton", "the only GPU backend (one program per probe)"),
+    "hopfield_recall_async": ("cuda", "state and fields in shared memory, no per-unit register "
+                              "reductions (triton reads each lane by a masked sum); until a GPU run"),
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.

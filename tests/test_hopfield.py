@@ -148,10 +148,11 @@ def test_triton_equals_reference_exactly(n, b, dtype, order):
     for seed in seeds:
         for max_sweeps in (1, 20):
             kwargs = {"order": order, "max_sweeps": max_sweeps, "seed": seed, "offset": 77}
-            want = ops.hopfield_recall(w, probes, backend="reference", **kwargs)
+            # the reference on the same device: the fields start from the same product
+            want = ops.hopfield_recall(w.to(DEVICE), probes.to(DEVICE), backend="reference", **kwargs)
             got = ops.hopfield_recall(w.to(DEVICE), probes.to(DEVICE), backend="triton", **kwargs)
-            assert torch.equal(got[0].cpu(), want[0]), (seed, max_sweeps)
-            assert torch.equal(got[1].cpu(), want[1]), (seed, max_sweeps)
+            assert torch.equal(got[0], want[0]), (seed, max_sweeps)
+            assert torch.equal(got[1], want[1]), (seed, max_sweeps)
 
 
 @needs_triton
@@ -163,9 +164,55 @@ def test_triton_equals_reference_on_dense_random_weights_and_wrapping_counters()
     probes = _pm1(3, 29, generator=g)
     for offset in (2**63 - 100, -5, 2**33 + 7):
         kwargs = {"order": "random", "max_sweeps": 12, "seed": 99, "offset": offset}
-        want = ops.hopfield_recall(w, probes, backend="reference", **kwargs)
+        want = ops.hopfield_recall(w.to(DEVICE), probes.to(DEVICE), backend="reference", **kwargs)
         got = ops.hopfield_recall(w.to(DEVICE), probes.to(DEVICE), backend="triton", **kwargs)
-        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1]), offset
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), offset
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scratch", ["shared", "global"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("order", reference.ORDERS)
+def test_cuda_equals_reference_exactly(order, dtype, scratch, monkeypatch):
+    if "cuda" not in backends.available_backends("cuda"):
+        pytest.skip("cuda backend not built")
+    if scratch == "global":
+        monkeypatch.setenv("GENKERNELS_HOPFIELD_GLOBAL", "1")
+    g = torch.Generator().manual_seed(5)
+    cases = [(1, 1), (7, 3), (97, 17), (257, 5)]
+    for n, b in cases:
+        w = ops.hopfield_store(_pm1(max(1, n // 8), n, dtype=dtype, generator=g)).cuda()
+        probes = _corrupt(_pm1(b, n, dtype=dtype, generator=g), 0.3, g).cuda()
+        for seed, max_sweeps, offset in ((0, 1, 77), (2**64 - 1, 30, 2**63 - 100), (3, 30, -5)):
+            kwargs = {"order": order, "max_sweeps": max_sweeps, "seed": seed, "offset": offset}
+            want = ops.hopfield_recall(w, probes, backend="reference", **kwargs)
+            got = ops.hopfield_recall(w, probes, backend="cuda", **kwargs)
+            assert torch.equal(got[0], want[0]), (n, seed, max_sweeps)
+            assert torch.equal(got[1], want[1]), (n, seed, max_sweeps)
+    # dense random couplings: many flips per sweep
+    a = torch.randn(61, 61, generator=g, dtype=dtype)
+    w = ((a + a.T) / 2).fill_diagonal_(0).cuda()
+    probes = _pm1(9, 61, dtype=dtype, generator=g).cuda()
+    kwargs = {"order": order, "max_sweeps": 30, "seed": 99, "offset": 2**33}
+    want = ops.hopfield_recall(w, probes, backend="reference", **kwargs)
+    got = ops.hopfield_recall(w, probes, backend="cuda", **kwargs)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.gpu
+def test_cuda_and_triton_agree_at_n_1000_and_recall():
+    if "cuda" not in backends.available_backends("cuda"):
+        pytest.skip("cuda backend not built")
+    g = torch.Generator().manual_seed(0)
+    patterns = _pm1(100, 1000, generator=g)
+    w = ops.hopfield_store(patterns).cuda()
+    probes = _corrupt(patterns, 0.1, g).cuda()
+    # both start from the same cuBLAS product on this device, then follow the same rule
+    gpu = ops.hopfield_recall(w, probes, seed=4, backend="cuda")
+    tri = ops.hopfield_recall(w, probes, seed=4, backend="triton")
+    assert torch.equal(gpu[0], tri[0]) and torch.equal(gpu[1], tri[1])
+    assert bool(gpu[1].all())
+    assert float((gpu[0].cpu() * patterns).mean()) >= 0.99
 
 
 @needs_triton
@@ -339,7 +386,7 @@ P4 = TEXTBOOK_PATTERNS
     (lambda: ops.hopfield_recall(W4, P4, seed=-1), ValueError, "seed must be in"),
     (lambda: ops.hopfield_recall(W4, P4, offset=2**63), ValueError, r"offset must be in \[-9223372036854775808, 9223372036854775807\]"),
     (lambda: ops.hopfield_recall(W4, P4, backend="cuda"), backends.BackendUnavailableError,
-     "hopfield_recall_async has no cuda backend"),
+     "backend 'cuda' for hopfield_recall_async is unavailable"),
     (lambda: ops.hopfield_recall(W4, P4.to("meta")), ValueError, "probes is on meta"),
     (lambda: ops.hopfield_energy(W4, P4[:, :2]), ValueError, "states has 2 units but weights has 4"),
     (lambda: Hopfield(4).store(torch.ones(2, 5)), ValueError, "patterns has 5 units but the network has 4"),

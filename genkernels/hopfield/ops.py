@@ -3,14 +3,13 @@
 Every op here is re-exported flat in ``genkernels.ops``. Backends (see
 ``genkernels.backends``): asynchronous recall (``hopfield_recall_async``) runs on
 ``reference`` (genkernels/hopfield/reference.py, a Python loop: an oracle for small
-sizes), ``cpu`` (csrc/cpu/hopfield.cpp via ``torch.ops.genkernels``) or ``triton``
-(genkernels/hopfield/triton.py, one program per probe); synchronous
+sizes), ``cpu`` / ``cuda`` (csrc/cpu/hopfield.cpp, csrc/cuda/hopfield.cu via
+``torch.ops.genkernels``) or ``triton`` (genkernels/hopfield/triton.py); synchronous
 recall, storing and the energy are a few PyTorch ops (matrix products and signs)
 that run on any device and are not routed through the backends.
 """
 
 from __future__ import annotations
-
 
 import torch
 
@@ -126,8 +125,9 @@ def hopfield_recall(weights: torch.Tensor, probes: torch.Tensor, mode: str = "as
         max_sweeps: at most this many sweeps (a sweep updates every unit once), >= 0.
         seed: int in [0, 2^64); offset: int64 -- the random order's stream; a caller
             recalling again advances offset by B * max_sweeps * N.
-        backend: async only: "reference", "cpu" or "triton" (N <= 4096; one program per
-            probe) -- None: auto, see genkernels.backends.
+        backend: async only: "reference", "cpu", "triton" (N <= 4096; one program per
+            probe) or "cuda" (one thread block per probe, state in shared memory) -- None:
+            auto, see genkernels.backends.
     Returns:
         states: probes' shape and dtype, ±1; converged: (B,) (or 0-d) bool -- the last
         sweep changed nothing, i.e. a fixed point was reached.
@@ -153,7 +153,9 @@ def hopfield_recall(weights: torch.Tensor, probes: torch.Tensor, mode: str = "as
         if name == "reference":
             states, converged = reference.recall_async(w, s, order, max_sweeps, seed, offset)
         elif name == "triton":
-            from . import triton as hopfield_triton  # lazy: importing triton costs a second
+            from . import (
+                triton as hopfield_triton,  # lazy: importing triton costs a second
+            )
             states, converged = hopfield_triton.hopfield_recall_async_triton(
                 w, s, max_sweeps, order == "random", gk_random._schema_seed(seed), offset)
         else:

@@ -70,7 +70,7 @@ def _hopfield_recall_async_kernel(
     h = tl.load(FIELDS + row + lanes, mask=valid, other=0.0)
     lanes64 = lanes.to(tl.int64)
     done = 0
-    for t in range(0, max_sweeps):
+    for t in range(max_sweeps):
         if done == 0:
             if RANDOM:
                 # int64 counters wrap like the reference's
@@ -82,7 +82,7 @@ def _hopfield_recall_async_kernel(
             else:
                 order = lanes64
             flips = 0
-            for j in range(0, N):
+            for j in range(N):
                 i = _lane(order, lanes64, j)
                 hi = _lane(h, lanes64, i)
                 si = _lane(s, lanes64, i)

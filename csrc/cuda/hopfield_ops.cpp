@@ -1,0 +1,68 @@
+// CUDA binding of asynchronous Hopfield recall: tensors -> the plain launcher of
+// csrc/cuda/hopfield.cu. Built only where torch has CUDA (setup.py); the schema lives in
+// csrc/genkernels.cpp and the CPU kernel in csrc/cpu/hopfield.cpp.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "cuda/hopfield.cuh"
+
+namespace genkernels::hopfield {
+namespace {
+
+// weights (N, N) fp32/fp64 symmetric; states (B, N) +-1 in weights' dtype, CUDA tensors.
+// Returns the final states (B, N) in that dtype and converged (B,) bool.
+std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cuda(const at::Tensor& weights,
+                                                              const at::Tensor& states,
+                                                              int64_t max_sweeps, bool random_order,
+                                                              int64_t seed, int64_t offset) {
+  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == weights.size(1),
+              "hopfield_recall_async: weights must be (N, N); got ", weights.sizes());
+  TORCH_CHECK(states.dim() == 2 && states.size(1) == weights.size(0),
+              "hopfield_recall_async: states must be (B, ", weights.size(0), "); got ", states.sizes());
+  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
+              "hopfield_recall_async: weights must be float32 or float64; got ", weights.scalar_type());
+  TORCH_CHECK(states.scalar_type() == weights.scalar_type(),
+              "hopfield_recall_async: states must have weights' dtype ", weights.scalar_type(),
+              "; got ", states.scalar_type());
+  TORCH_CHECK(weights.is_cuda() && states.device() == weights.device(),
+              "hopfield_recall_async (cuda): weights and states must be on one CUDA device; got ",
+              weights.device(), " and ", states.device());
+  TORCH_CHECK(max_sweeps >= 0, "hopfield_recall_async: max_sweeps must be >= 0; got ", max_sweeps);
+  const c10::cuda::CUDAGuard device_guard(weights.device());
+  const int64_t b_count = states.size(0), n = weights.size(0);
+  at::Tensor converged = at::zeros({b_count}, states.options().dtype(at::kBool));
+  if (b_count == 0 || max_sweeps == 0) return {states.clone(), converged};
+  if (n == 0) return {states.clone(), converged.fill_(true)};  // the first sweep flips nothing
+
+  const at::Tensor w = weights.contiguous();
+  const at::Tensor s_in = states.contiguous();
+  at::Tensor fields = at::mm(s_in, w).contiguous();  // the reference's `probes @ weights`
+  at::Tensor s8 = s_in.gt(0).to(at::kChar).mul_(2).sub_(1).contiguous();  // +-1 as int8
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hopfield_recall_async_cuda", [&] {
+    int64_t bytes = 0;
+    cudaError_t err = cuda::hopfield_scratch_bytes<scalar_t>(b_count, n, &bytes);
+    TORCH_CHECK(err == cudaSuccess, "hopfield_recall_async (cuda): ", cudaGetErrorString(err));
+    at::Tensor scratch;
+    if (bytes > 0) scratch = at::empty({bytes}, states.options().dtype(at::kByte));
+    err = cuda::hopfield_recall_async_launch<scalar_t>(
+        w.const_data_ptr<scalar_t>(), fields.mutable_data_ptr<scalar_t>(),
+        s8.mutable_data_ptr<int8_t>(), converged.mutable_data_ptr<bool>(),
+        bytes > 0 ? scratch.mutable_data_ptr() : nullptr, b_count, n, max_sweeps, random_order,
+        static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), stream);
+    TORCH_CHECK(err == cudaSuccess, "hopfield_recall_async (cuda): launch failed: ",
+                cudaGetErrorString(err));
+  });
+  return {s8.to(states.scalar_type()), converged};
+}
+
+}  // namespace
+}  // namespace genkernels::hopfield
+
+TORCH_LIBRARY_IMPL(genkernels, CUDA, m) {
+  m.impl("hopfield_recall_async", &genkernels::hopfield::hopfield_recall_async_cuda);
+}
