@@ -44,4 +44,11 @@ TORCH_LIBRARY(genkernels, m) {
   // a sweep flips nothing or max_sweeps. Returns states (B, N) and converged (B,) bool.
   m.def("hopfield_recall_async(Tensor weights, Tensor states, int max_sweeps, bool random_order, "
         "int seed, int offset) -> (Tensor, Tensor)");
+  // ---- General Boltzmann machines (genkernels/boltzmann) ----
+  // Sequential Gibbs sweeps: weights (N, N) float32|float64 symmetric, zero diagonal; bias
+  // (N,); states (C, N) in {0, 1}; clamp (N,) bool (units that never change); temperatures
+  // (S,): sweep t at temperatures[t]. Counters offset + (c * S + t) * N + i: word 0 keys
+  // the random order, word 1 is the uniform. Returns states (C, N).
+  m.def("bm_gibbs(Tensor weights, Tensor bias, Tensor states, Tensor clamp, Tensor temperatures, "
+        "bool random_order, int seed, int offset) -> Tensor");
 }

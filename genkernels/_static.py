@@ -199,9 +199,27 @@ def _hopfield_registry() -> list[TritonKernel]:
             recall("fp32", True, hopfield_triton.MAX_UNITS)]
 
 
+def _boltzmann_registry() -> list[TritonKernel]:
+    from .boltzmann import triton as bm_triton
+    from .hopfield import triton as hopfield_triton
+
+    def gibbs(dtype, random, block_n):
+        ptr = _ptr(dtype)
+        sig = {"W": ptr, "STATES": ptr, "FIELDS": ptr, "CLAMP": "*i8", "TEMPS": ptr, "N": "i32",
+               "S": "i32", "seed": "i64", "offset": "i64"}
+        order = "random" if random else "sequential"
+        return TritonKernel("boltzmann", f"_bm_gibbs_kernel[{dtype},{order},N<={block_n}]",
+                            lambda: bm_triton._bm_gibbs_kernel, sig,
+                            {"RANDOM": random, "BLOCK_N": block_n},
+                            hopfield_triton._num_warps(block_n), 3)
+
+    return [gibbs("fp32", True, 1024), gibbs("fp32", False, 1024), gibbs("fp64", True, 1024)]
+
+
 # Every Triton kernel of the library, per family, with what its launcher runs on a GPU.
 REGISTRY_BUILDERS: dict[str, Callable[[], list[TritonKernel]]] = {
-    "som": _som_registry, "random": _random_registry, "hopfield": _hopfield_registry}
+    "som": _som_registry, "random": _random_registry, "hopfield": _hopfield_registry,
+    "boltzmann": _boltzmann_registry}
 
 
 def registry() -> list[TritonKernel]:

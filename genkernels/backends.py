@@ -34,6 +34,7 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "philox_randint4x": ("reference", "cpu", "triton", "cuda"),
     "philox_rand": ("reference", "cpu", "triton", "cuda"),
     "hopfield_recall_async": ("reference", "cpu", "triton", "cuda"),
+    "bm_gibbs": ("reference", "cpu", "triton"),
     # a matrix product and a sign per sweep, in PyTorch: its reference runs on any device
 }
 
@@ -50,10 +51,11 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
     "philox_rand": ("triton", "default until a GPU run measures genkernels.random"),
     "hopfield_recall_async": ("cuda", "state and fields in shared memory, no per-unit register "
                               "reductions (triton reads each lane by a masked sum); until a GPU run"),
+    "bm_gibbs": ("triton", "the only GPU backend (one program per chain)"),
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.
-SEQUENTIAL_OPS = frozenset({"som_online", "hopfield_recall_async"})
+SEQUENTIAL_OPS = frozenset({"som_online", "hopfield_recall_async", "bm_gibbs"})
 
 
 class BackendUnavailableError(RuntimeError):

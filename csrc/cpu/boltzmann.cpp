@@ -1,0 +1,129 @@
+// CPU kernel of sequential Gibbs sweeps in general Boltzmann machines (schema in
+// csrc/genkernels.cpp; spec genkernels/boltzmann/reference.py gibbs, which this follows
+// step for step):
+//
+//   bm_gibbs  the fields of every chain start as one at::addmm (states @ W + b, the
+//             reference's product); each chain then runs its S sweeps alone, in parallel
+//             over chains (OpenMP, one thread below kParallelMinWork). Sweep t of chain c
+//             draws the Philox words of counters offset + (c * S + t) * N + i
+//             (csrc/common/philox.h): word 0 keys the random order (a stable argsort:
+//             sorting (key << 32 | unit) as uint64), word 1 is unit i's uniform. A visited,
+//             unclamped unit turns on iff u < 1 / (1 + exp(-h / T)) (in the fields'
+//             dtype); a change by delta = +-1 updates h += delta * W[i, :] (row i = column
+//             i), one rounding per element as in the reference's h.add_(W[i], alpha).
+//
+// States are kept as int8 per chain; fields in W's dtype (fp32 or fp64).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <tuple>
+#include <vector>
+
+#include "common/philox.h"
+
+namespace genkernels::boltzmann::cpu {
+namespace {
+
+// Below this many weight reads per call (C * S * N^2) the thread team costs more than
+// it saves.
+constexpr int64_t kParallelMinWork = int64_t{1} << 22;
+
+template <typename scalar_t>
+void run_chain(const scalar_t* __restrict__ w, const scalar_t* __restrict__ temps,
+               const bool* __restrict__ clamp, int64_t n, int64_t n_sweeps,
+               scalar_t* __restrict__ fields, int8_t* __restrict__ state, int64_t chain,
+               bool random_order, uint64_t seed, uint64_t offset) {
+  std::vector<int64_t> units(n);
+  std::vector<uint64_t> keyed(random_order ? n : 0);
+  std::vector<float> uniform(n);
+  std::iota(units.begin(), units.end(), int64_t{0});
+  for (int64_t t = 0; t < n_sweeps; ++t) {
+    const uint64_t first = offset + (static_cast<uint64_t>(chain) * static_cast<uint64_t>(n_sweeps) +
+                                     static_cast<uint64_t>(t)) * static_cast<uint64_t>(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const random::Uint4 r = random::randint4x(seed, first + static_cast<uint64_t>(i));
+      uniform[i] = random::uint_to_uniform_float(r.y);
+      if (random_order) keyed[i] = (static_cast<uint64_t>(r.x) << 32) | static_cast<uint64_t>(i);
+    }
+    if (random_order) {
+      std::sort(keyed.begin(), keyed.end());
+      for (int64_t k = 0; k < n; ++k) units[k] = static_cast<int64_t>(keyed[k] & 0xFFFFFFFFu);
+    }
+    const scalar_t temp = temps[t];
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t i = units[k];
+      if (clamp[i]) continue;
+      const scalar_t p = scalar_t(1) / (scalar_t(1) + std::exp(-(fields[i] / temp)));
+      const int8_t next = static_cast<scalar_t>(uniform[i]) < p ? int8_t{1} : int8_t{0};
+      if (next == state[i]) continue;
+      const scalar_t delta = next ? scalar_t(1) : scalar_t(-1);
+      state[i] = next;
+      const scalar_t* __restrict__ row = w + i * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) fields[j] += delta * row[j];
+    }
+  }
+}
+
+// Chain c owns row c of fields and states.
+template <typename scalar_t>
+void run_chains(const scalar_t* w, const scalar_t* temps, const bool* clamp, int64_t n,
+                int64_t n_sweeps, int64_t c_count, scalar_t* fields, int8_t* states,
+                bool random_order, uint64_t seed, uint64_t offset, bool parallel) {
+#pragma omp parallel for schedule(static, 1) if (parallel)
+  for (int64_t c = 0; c < c_count; ++c) {
+    run_chain<scalar_t>(w, temps, clamp, n, n_sweeps, fields + c * n, states + c * n, c,
+                        random_order, seed, offset);
+  }
+}
+
+// weights (N, N) symmetric zero diagonal, bias (N,), states (C, N) in {0, 1}, clamp (N,)
+// bool, temperatures (S,) > 0; all floats in one dtype (fp32/fp64). Returns (C, N).
+at::Tensor bm_gibbs_cpu(const at::Tensor& weights, const at::Tensor& bias, const at::Tensor& states,
+                        const at::Tensor& clamp, const at::Tensor& temperatures, bool random_order,
+                        int64_t seed, int64_t offset) {
+  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == weights.size(1),
+              "bm_gibbs: weights must be (N, N); got ", weights.sizes());
+  const int64_t n = weights.size(0);
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == n, "bm_gibbs: bias must be (", n, "); got ", bias.sizes());
+  TORCH_CHECK(states.dim() == 2 && states.size(1) == n, "bm_gibbs: states must be (C, ", n, "); got ",
+              states.sizes());
+  TORCH_CHECK(clamp.dim() == 1 && clamp.size(0) == n && clamp.scalar_type() == at::kBool,
+              "bm_gibbs: clamp must be a (", n, ") bool tensor; got ", clamp.sizes(), " ", clamp.scalar_type());
+  TORCH_CHECK(temperatures.dim() == 1, "bm_gibbs: temperatures must be (S,); got ", temperatures.sizes());
+  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
+              "bm_gibbs: weights must be float32 or float64; got ", weights.scalar_type());
+  for (const at::Tensor* t : {&bias, &states, &temperatures}) {
+    TORCH_CHECK(t->scalar_type() == weights.scalar_type(), "bm_gibbs: bias, states and temperatures must have "
+                "weights' dtype ", weights.scalar_type(), "; got ", t->scalar_type());
+  }
+  const int64_t c_count = states.size(0), n_sweeps = temperatures.size(0);
+  if (c_count == 0 || n == 0 || n_sweeps == 0) return states.clone();
+
+  const at::Tensor w = weights.contiguous();
+  const at::Tensor s_in = states.contiguous();
+  at::Tensor fields = at::addmm(bias, s_in, w).contiguous();  // the reference's torch.addmm(bias, states, W)
+  at::Tensor s8 = s_in.gt(0.5).to(at::kChar).contiguous();
+  const at::Tensor clamp_c = clamp.contiguous();
+  const at::Tensor temps = temperatures.contiguous();
+  const bool parallel = c_count > 1 && c_count * n_sweeps * n * n >= kParallelMinWork;
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "bm_gibbs", [&] {
+    run_chains<scalar_t>(w.const_data_ptr<scalar_t>(), temps.const_data_ptr<scalar_t>(),
+                         clamp_c.const_data_ptr<bool>(), n, n_sweeps, c_count,
+                         fields.mutable_data_ptr<scalar_t>(), s8.mutable_data_ptr<int8_t>(),
+                         random_order, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                         parallel);
+  });
+  return s8.to(states.scalar_type());
+}
+
+}  // namespace
+}  // namespace genkernels::boltzmann::cpu
+
+TORCH_LIBRARY_IMPL(genkernels, CPU, m) {
+  m.impl("bm_gibbs", &genkernels::boltzmann::cpu::bm_gibbs_cpu);
+}

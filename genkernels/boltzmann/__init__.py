@@ -1,0 +1,1 @@
+"""General Boltzmann machines: sequential Gibbs sweeps, annealing, learning."""
