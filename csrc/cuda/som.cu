@@ -76,8 +76,32 @@ __device__ __forceinline__ Partial<Scalar> node_partial(const Scalar* __restrict
                                                         const Scalar* __restrict__ s,
                                                         int64_t D, int lane, int group) {
   Partial<Scalar> p{Scalar(0), Scalar(0), Scalar(0)};
+  // Unrolled: the loads of four features are in flight at once (the stride is a runtime
+  // value, so the compiler does not unroll on its own and a map in global memory waited
+  // for every load); the accumulation order, hence the result, is unchanged.
+#pragma unroll 4
   for (int64_t d = lane; d < D; d += group) accumulate<kMetric>(p, s[d], w[d]);
   return p;
+}
+
+// w[d] += coef * (s[d] - w[d]) over the features d = lane, lane + G, ... of one row, four
+// rows' worth of loads issued before the first store (the compiler cannot move a load of
+// w past a store to w on its own). Same expression per element as a plain loop.
+template <typename Scalar>
+__device__ __forceinline__ void update_row(Scalar* __restrict__ w, const Scalar* __restrict__ s,
+                                           Scalar coef, int64_t D, int lane, int group) {
+  int64_t d = lane;
+  for (; d + 3 * group < D; d += 4 * group) {
+    Scalar wv[4], sv[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      wv[u] = w[d + u * group];
+      sv[u] = s[d + u * group];
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) w[d + u * group] = wv[u] + coef * (sv[u] - wv[u]);
+  }
+  for (; d < D; d += group) w[d] = w[d] + coef * (s[d] - w[d]);
 }
 
 // Reduce a Partial over the G lanes of a group (every lane of the warp participates) and
@@ -214,7 +238,7 @@ som_online_kernel(const Scalar* __restrict__ x,       // (N, D)
         const Scalar coef = eta * h;
         if (active) {
           Scalar* w = map + j * D;
-          for (int64_t d = group_lane; d < D; d += group) w[d] = w[d] + coef * (sample[d] - w[d]);
+          update_row(w, sample, coef, D, group_lane, group);
         }
       }
     }
