@@ -269,7 +269,8 @@ def test_online_cooperative_and_one_block_agree_on_a_multi_map_batch(monkeypatch
         w, x, order, lr, sigma, coords, periods = case
         outs.append(ops.som_online(w.cuda(), x.cuda(), order.cuda(), lr.cuda(), sigma.cuda(),
                                    coords.cuda(), periods, backend="cuda").cpu())
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    # the same per-node arithmetic (lane order, shuffle tree, update formula) in both
+    torch.testing.assert_close(outs[0], outs[1], **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "two", "4x"])

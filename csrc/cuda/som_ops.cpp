@@ -64,6 +64,8 @@ at::Tensor som_online_cuda(const at::Tensor& weights, const at::Tensor& x, const
   const auto acc = weights.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = weights.to(acc, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
   const int64_t M = weights.size(0), K = weights.size(1), D = weights.size(2), T = order.size(1);
+  TORCH_CHECK(K < (int64_t{1} << 31), "som_online (cuda): node indices are 32-bit; got K = ", K,
+              " nodes");
   if (M == 0 || K == 0 || T == 0) {
     return out.scalar_type() == weights.scalar_type() ? out : out.to(weights.scalar_type());
   }
