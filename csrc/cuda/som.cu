@@ -407,8 +407,9 @@ __device__ __forceinline__ void slice_pass(Scalar* __restrict__ slice,
     if (update && active) {
       Scalar h;
       if (u.rule == Rule::Som) {
-        h = neighborhood(u.kind, lattice_delta(u.coords[2 * j], u.win_0, u.period_0),
-                         lattice_delta(u.coords[2 * j + 1], u.win_1, u.period_1), u.sigma);
+        const Scalar* pos = u.coords + 2 * static_cast<int64_t>(j);
+        h = neighborhood(u.kind, lattice_delta(pos[0], u.win_0, u.period_0),
+                         lattice_delta(pos[1], u.win_1, u.period_1), u.sigma);
       } else if (u.rule == Rule::Wta) {
         h = j == u.winner ? Scalar(1) : Scalar(0);
       } else {  // winner takes most: rho_j = this node's distance to s_upd, from last pass
