@@ -17,7 +17,10 @@ At run time (not a build switch): the CPU BMU micro-kernel is compiled for AVX2 
 AVX-512 and picked by the CPU it runs on; GENKERNELS_CPU_ISA=avx2 forces the AVX2
 kernel (the tests use it to cover both on an AVX-512 machine). For large D the search
 takes its dot products from at::mm on row tiles (chosen by measured crossover);
-GENKERNELS_CPU_GEMM=0|1 forces that path off or on.
+GENKERNELS_CPU_GEMM=0|1 forces that path off or on. On CUDA, som_online runs one
+thread block per map or, for few large maps, a cooperative kernel with several blocks
+per map (chosen per launch); GENKERNELS_SOM_ONLINE_BLOCKS=1 forces the former, =N > 1
+the latter with up to N blocks per map, =auto (the default) restores the choice.
 
 The extension is `genkernels._C`: C++20, OpenMP, -O3. It registers its ops in the
 `genkernels` torch library namespace (csrc/genkernels.cpp); importing

@@ -70,6 +70,10 @@ def test_cuda_sources_are_in_the_report(static_report):
     assert {r["arch"] for r in cuda_rows} == {"sm_80", "sm_90a"}
     # the persistent kernel: every metric, map in shared or global memory, fp32 and fp64
     assert len({r["kernel"] for r in cuda_rows if r["kernel"].startswith("som_online_kernel<")}) == 16
+    # the cooperative kernel (B blocks per map): the same 16 specialisations
+    coop = [r for r in cuda_rows if r["kernel"].startswith("som_online_coop_kernel<")]
+    assert len({r["kernel"] for r in coop}) == 16
+    assert all(r["registers"] <= 128 for r in coop)  # 256 threads: two blocks per SM at least
     assert all(r["stack"] == 0 and r["local"] == 0 for r in cuda_rows)
 
 

@@ -5,6 +5,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cerrno>
+#include <cstdlib>
 #include <string_view>
 
 #include "common/som.h"
@@ -13,6 +15,22 @@
 
 namespace genkernels::som {
 namespace {
+
+// GENKERNELS_SOM_ONLINE_BLOCKS: blocks per map of som_online -- unset, empty or "auto"
+// (0): chosen per launch (csrc/cuda/som.cu, plan_metric); "1": one block per map; N > 1:
+// the cooperative kernel with up to N blocks per map (fewer when M * N blocks cannot be
+// co-resident). Lets the tests run both kernels on any shape.
+int requested_online_blocks() {
+  const char* env = std::getenv("GENKERNELS_SOM_ONLINE_BLOCKS");
+  if (env == nullptr || *env == '\0' || std::string_view(env) == "auto") return 0;
+  char* end = nullptr;
+  errno = 0;
+  const long value = std::strtol(env, &end, 10);
+  TORCH_CHECK(*end == '\0' && errno == 0 && value >= 1 && value <= (1 << 20),
+              "GENKERNELS_SOM_ONLINE_BLOCKS must be 'auto' or a block count in [1, 1048576]; "
+              "got '", env, "'");
+  return static_cast<int>(value);
+}
 
 // weights (M, K, D), x (N, D), order (M, T) int64, lr/sigma (M, T), coords (K, 2) ->
 // trained weights (M, K, D) in weights' dtype. fp16/bf16 run on fp32 working copies,
@@ -46,6 +64,8 @@ at::Tensor som_online_cuda(const at::Tensor& weights, const at::Tensor& x, const
   const auto acc = weights.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = weights.to(acc, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
   const int64_t M = weights.size(0), K = weights.size(1), D = weights.size(2), T = order.size(1);
+  TORCH_CHECK(K < (int64_t{1} << 31), "som_online (cuda): node indices are 32-bit; got K = ", K,
+              " nodes");
   if (M == 0 || K == 0 || T == 0) {
     return out.scalar_type() == weights.scalar_type() ? out : out.to(weights.scalar_type());
   }
@@ -56,19 +76,33 @@ at::Tensor som_online_cuda(const at::Tensor& weights, const at::Tensor& x, const
   const at::Tensor coords_c = coords.to(acc).contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
-  cudaError_t err;
+  const int requested = requested_online_blocks();
+  cuda::OnlinePlan plan;
+  cudaError_t err = acc == at::kDouble
+      ? cuda::som_online_plan<double>(M, K, D, static_cast<int>(metric), requested, &plan)
+      : cuda::som_online_plan<float>(M, K, D, static_cast<int>(metric), requested, &plan);
+  TORCH_CHECK(err == cudaSuccess, "som_online (cuda): device query failed: ",
+              cudaGetErrorString(err));
+  // scratch of the cooperative kernel (per-block partial winners), from the caching
+  // allocator on the current stream
+  at::Tensor workspace;
+  if (plan.workspace_bytes > 0) {
+    workspace = at::empty({static_cast<int64_t>(plan.workspace_bytes)},
+                          weights.options().dtype(at::kByte));
+  }
+  void* workspace_ptr = workspace.defined() ? workspace.data_ptr() : nullptr;
   if (acc == at::kDouble) {
     err = cuda::som_online_launch<double>(
         xs.data_ptr<double>(), out.data_ptr<double>(), order_c.data_ptr<int64_t>(),
         lr_c.data_ptr<double>(), sigma_c.data_ptr<double>(), coords_c.data_ptr<double>(), M, K, D,
         T, period_0, period_1, static_cast<int>(kind), static_cast<int>(rule),
-        static_cast<int>(metric), stream);
+        static_cast<int>(metric), plan, workspace_ptr, stream);
   } else {
     err = cuda::som_online_launch<float>(
         xs.data_ptr<float>(), out.data_ptr<float>(), order_c.data_ptr<int64_t>(),
         lr_c.data_ptr<float>(), sigma_c.data_ptr<float>(), coords_c.data_ptr<float>(), M, K, D, T,
         static_cast<float>(period_0), static_cast<float>(period_1), static_cast<int>(kind),
-        static_cast<int>(rule), static_cast<int>(metric), stream);
+        static_cast<int>(rule), static_cast<int>(metric), plan, workspace_ptr, stream);
   }
   TORCH_CHECK(err == cudaSuccess, "som_online (cuda): launch failed: ", cudaGetErrorString(err));
   return out.scalar_type() == weights.scalar_type() ? out : out.to(weights.scalar_type());
