@@ -7,3 +7,6 @@ from .som.som import SOM
 
 __version__ = "0.1.0"
 __all__ = ["SOM", "Hopfield", "available_backends", "backends", "ops", "random", "use_backend"]
+from .hopfield.retrieval import HopfieldRetrieval
+
+__all__ += ["HopfieldRetrieval"]

@@ -182,9 +182,34 @@ def _random_registry() -> list[TritonKernel]:
     ]
 
 
+def _hopfield_registry() -> list[TritonKernel]:
+    import triton.language as tl
+
+    from .hopfield import triton as hopfield_triton
+
+    def retrieval(dtype: str, d: int) -> TritonKernel:
+        acc = "fp64" if dtype == "fp64" else "fp32"
+        cfg = hopfield_triton._config(d)
+        # contiguous inputs: unit feature strides are specialised to 1 by the launcher; a
+        # shared pattern set differs only by the value of stride_xb (0)
+        sig = {"OUT": _ptr(acc), "STEPS": "*i64", "Q": _ptr(dtype), "X": _ptr(dtype),
+               "PARAMS": _ptr(acc), "P": "i32", "D": "i32", "max_steps": "i32",
+               "stride_qb": "i32", "stride_xb": "i32", "stride_xp": "i32"}
+        meta = {"BLOCK_P": cfg["BLOCK_P"], "BLOCK_D": cfg["BLOCK_D"],
+                "ACC": {"fp32": tl.float32, "fp64": tl.float64}[acc], "stride_qd": 1, "stride_xd": 1}
+        return TritonKernel("hopfield", f"_hopfield_retrieval_kernel[{dtype},D={d}]",
+                            lambda: hopfield_triton._hopfield_retrieval_kernel, sig, meta,
+                            cfg["num_warps"], 2)
+
+    # the benchmark's feature counts (64, 256), a large D, half precision and fp64
+    return [retrieval("fp32", 64), retrieval("fp32", 256), retrieval("fp32", 1024),
+            retrieval("bf16", 64), retrieval("fp16", 256), retrieval("fp64", 64)]
+
+
 # Every Triton kernel of the library, per family, with what its launcher runs on a GPU.
 REGISTRY_BUILDERS: dict[str, Callable[[], list[TritonKernel]]] = {
     "som": _som_registry, "random": _random_registry}
+REGISTRY_BUILDERS["hopfield"] = _hopfield_registry
 
 
 def registry() -> list[TritonKernel]:
