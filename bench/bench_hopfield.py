@@ -47,9 +47,9 @@ for path in (BENCH_DIR, REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import run as runner  # noqa: E402  (bench/run.py: machine name, versions, timing)
+import run as runner  # bench/run.py: machine name, versions, timing
 
-from genkernels import backends, ops  # noqa: E402
+from genkernels import backends, ops
 
 SEED = 0
 BUDGET_S = {False: 2.0, True: 0.2}
@@ -122,7 +122,9 @@ def _case_fn(fn, queries, stored, grad, beta, max_steps, backward: bool):
     return forward_backward
 
 
-def run_cases(device: str, quick: bool, meta: dict, log=print) -> list[dict]:
+def run_cases(device: str, quick: bool, meta: dict, log=print, budget_s: float | None = None
+              ) -> list[dict]:
+    budget_s = BUDGET_S[quick] if budget_s is None else budget_s
     records = []
     for w in workloads(quick):
         queries, stored, grad = make_inputs(w, device)
@@ -135,7 +137,7 @@ def run_cases(device: str, quick: bool, meta: dict, log=print) -> list[dict]:
             for op, backward in (("forward", False), ("forward+backward", True)):
                 for name, kind, fn in _impls(device):
                     call = _case_fn(fn, queries, stored, grad, beta, max_steps, backward)
-                    times, result = runner.measure(call, device, True, BUDGET_S[quick])
+                    times, result = runner.measure(call, device, True, budget_s)
                     q1, med, q3 = np.percentile(times, [25, 50, 75])
                     rec = {"suite": "hopfield", "workload": w.name, "op": op, "impl": name,
                            "kind": kind, "device": device, "shapes": w.shapes(),
@@ -192,7 +194,8 @@ def markdown(records: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def run(device: str = "cpu", quick: bool = False, out_dir: str | None = None) -> int:
+def run(device: str = "cpu", quick: bool = False, out_dir: str | None = None,
+        budget_s: float | None = None) -> int:
     if device == "cuda":
         if not torch.cuda.is_available():
             print("bench_hopfield: --device cuda but no CUDA device is visible", file=sys.stderr)
@@ -201,7 +204,8 @@ def run(device: str = "cpu", quick: bool = False, out_dir: str | None = None) ->
     meta = {"machine": runner.machine_name(device), "device": device, "quick": quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": runner.versions(), "commit": runner.git_commit()}
-    records = run_cases(device, quick, meta, log=lambda m: print(m, file=sys.stderr, flush=True))
+    records = run_cases(device, quick, meta, log=lambda m: print(m, file=sys.stderr, flush=True),
+                        budget_s=budget_s)
     table = markdown(records, meta)
     print(table)
     out_dir = out_dir or os.path.join(BENCH_DIR, "results")
@@ -220,8 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--quick", action="store_true", help="shrunken workloads (smoke test)")
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of timed rounds per case (default 2, quick 0.2)")
     args = p.parse_args(argv)
-    return run(args.device, args.quick, args.out)
+    return run(args.device, args.quick, args.out, args.budget)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,23 @@ import genkernels
 from genkernels import HopfieldRetrieval, backends, ops
 from genkernels.hopfield import retrieval_reference as reference
 
-BACKENDS = [b for b in ("cpu", "triton") if b in backends.available_backends("cpu")]
-HAS_CPU = "cpu" in BACKENDS
+_AVAILABLE = backends.available_backends("cpu")
+HAS_CPU = "cpu" in _AVAILABLE
+# the cpu backend twice: a shared pattern set runs in tiles of rows through at::mm
+# (GENKERNELS_CPU_GEMM=1, the default from 8 rows on) or row by row (=0)
+BACKENDS = (["cpu-rows", "cpu-tiles"] if HAS_CPU else []) + (["triton"] if "triton" in _AVAILABLE else [])
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason=f"cpu backend: {backends.extension_error()}")
 ALL_BACKENDS = ["reference", *BACKENDS]
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    """The backend name an op takes, with the cpu path of the parameter forced."""
+    name = request.param
+    if name.startswith("cpu-"):
+        monkeypatch.setenv("GENKERNELS_CPU_GEMM", "1" if name == "cpu-tiles" else "0")
+        return "cpu"
+    return name
 
 
 def _inputs(b, p, d, shared, dtype=torch.float64, scale=0.5, seed=0):
@@ -39,7 +52,7 @@ def _run(queries, stored, beta, max_steps, tol, backend):
 SHAPES = [(1, 1, 1), (1, 5, 3), (7, 1, 4), (6, 37, 19), (3, 130, 33), (2, 17, 70)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("b,p,d", SHAPES)
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("max_steps", [1, 4])
@@ -52,7 +65,7 @@ def test_fp64_equals_reference(backend, b, p, d, shared, max_steps):
     assert torch.equal(steps, want_steps)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("b,p,d", SHAPES)
 @pytest.mark.parametrize("shared", [True, False])
 def test_fp32_error_is_bounded_by_pytorchs_own(backend, b, p, d, shared):
@@ -70,7 +83,7 @@ def test_fp32_error_is_bounded_by_pytorchs_own(backend, b, p, d, shared):
     torch.testing.assert_close(got, ref32, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_non_contiguous_inputs(backend):
     queries, stored = _inputs(5, 23, 9, shared=False)
     q_t = queries.T.contiguous().T                      # column-major
@@ -81,7 +94,7 @@ def test_non_contiguous_inputs(backend):
     torch.testing.assert_close(got, want, **TOL[torch.float64])
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_one_step_is_softmax_attention(backend):
     """max_steps=1 is one attention read: softmax(beta q X^T) X, here through PyTorch's
     scaled_dot_product_attention (an implementation independent of the reference)."""
@@ -91,7 +104,7 @@ def test_one_step_is_softmax_attention(backend):
     torch.testing.assert_close(got, want, **TOL[torch.float64])
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_shared_patterns_equal_repeated_patterns(backend):
     queries, stored = _inputs(4, 19, 7, shared=True)
     shared = ops.hopfield_retrieval(queries, stored, 2.0, 5, 0.0, backend)
@@ -126,7 +139,7 @@ def _iterate_each_row_alone(queries, stored, beta, max_steps, tol):
     return torch.stack(rows), torch.tensor(steps)
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rows_stop_independently(backend, dtype):
     queries, stored, beta = _stopping_case(dtype)
@@ -138,7 +151,7 @@ def test_rows_stop_independently(backend, dtype):
     torch.testing.assert_close(got.double(), want, **TOL[dtype])
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_max_steps_caps_every_row(backend):
     queries, stored, beta = _stopping_case()
     want, want_steps = _iterate_each_row_alone(queries, stored, beta, 3, 1e-4)
@@ -147,7 +160,7 @@ def test_max_steps_caps_every_row(backend):
     torch.testing.assert_close(got, want, **TOL[torch.float64])
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_tol_zero_runs_until_an_exact_fixed_point_or_max_steps(backend):
     queries, stored, beta = _stopping_case()
     _, steps = _run(queries, stored, beta, 7, 0.0, backend)
@@ -155,7 +168,7 @@ def test_tol_zero_runs_until_an_exact_fixed_point_or_max_steps(backend):
 
 
 # ---------------------------------------------------------------- numerics, retrieval
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_large_beta_does_not_overflow(backend, dtype):
     """beta = 1e3 with scores of order 10: exp(beta * score) would overflow fp64, let
@@ -169,7 +182,7 @@ def test_large_beta_does_not_overflow(backend, dtype):
     assert bool(torch.isfinite(got3).all())
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_one_step_retrieves_the_nearest_stored_pattern(backend):
     """The classic property: patterns far apart (random +-1 / sqrt(D)), queries = a stored
     pattern plus noise, large beta -> one step returns that stored pattern."""
@@ -184,7 +197,7 @@ def test_one_step_retrieves_the_nearest_stored_pattern(backend):
     torch.testing.assert_close(got, patterns[which], rtol=0, atol=1e-3)
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_empty_and_featureless(backend):
     queries, stored = _inputs(0, 4, 3, shared=True)
     got, steps = _run(queries, stored, 1.0, 3, 0.0, backend)
@@ -194,7 +207,7 @@ def test_empty_and_featureless(backend):
     assert got.shape == (3, 0) and steps.tolist() == [1, 1, 1]
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_half_precision_input_returns_its_dtype(backend):
     queries, stored = _inputs(3, 9, 8, shared=True)
     got = ops.hopfield_retrieval(queries.bfloat16(), stored.bfloat16(), 1.0, 2, 0.0, backend)
@@ -204,6 +217,16 @@ def test_half_precision_input_returns_its_dtype(backend):
     torch.testing.assert_close(got.float(), want, rtol=0, atol=2 ** -8)
 
 
+def test_finite_values_whose_sum_overflows_are_accepted():
+    """The finiteness check sums first; an overflowing sum of finite values must not be
+    mistaken for an Inf."""
+    queries = torch.zeros(2, 3)  # uniform weights: the mean of the patterns, 3e38
+    stored = torch.full((1, 4, 3), 3e38)
+    assert not bool(torch.isfinite(stored.sum()))
+    got = ops.hopfield_retrieval(queries, stored, 1.0, 1, 0.0, "reference")
+    torch.testing.assert_close(got, torch.full((2, 3), 3e38))
+
+
 # ------------------------------------------------------------------------ gradients
 def _grad_inputs(shared):
     queries, stored = _inputs(3, 5, 4, shared=shared, scale=0.7, seed=5)
@@ -211,7 +234,7 @@ def _grad_inputs(shared):
             torch.tensor(1.7, dtype=torch.float64, requires_grad=True))
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("shared", [True, False])
 def test_gradcheck(backend, shared):
     def fn(q, x, beta):
@@ -220,7 +243,7 @@ def test_gradcheck(backend, shared):
     assert torch.autograd.gradcheck(fn, _grad_inputs(shared))
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_gradcheck_through_rows_that_stop_at_different_steps(backend):
     """Row 0 stops after its first step (a fixed point: a perturbation of 1e-6 keeps its
     change far below tol), the others run all three steps."""
@@ -237,7 +260,7 @@ def test_gradcheck_through_rows_that_stop_at_different_steps(backend):
     assert torch.autograd.gradcheck(fn, (queries, stored, beta))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("shared", [True, False])
 def test_backward_equals_autograd_through_the_reference(backend, shared):
     queries, stored = _inputs(6, 29, 11, shared=shared, scale=0.8, seed=7)
@@ -294,7 +317,7 @@ def test_opcheck_cpu_ops(dtype):
                                beta.detach(), steps))
 
 
-@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+@pytest.mark.skipif("triton" not in _AVAILABLE, reason="triton backend unavailable")
 def test_opcheck_triton_op():
     ops.hopfield_retrieval(*_inputs(1, 2, 2, shared=True), 1.0, 1, 0.0, "triton")  # registers
     queries, stored = _inputs(3, 7, 5, shared=True)
@@ -347,7 +370,7 @@ class _Memory(nn.Module):
         return self.proj(x), self.patterns
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_layer_trains_in_sequential(backend):
     torch.manual_seed(0)
     x = torch.randn(64, 6)
@@ -364,7 +387,7 @@ def test_layer_trains_in_sequential(backend):
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0]
     beta_after = float(model[1].beta.detach())
     assert beta_after != beta_before and beta_after > 0
@@ -437,3 +460,48 @@ Q, X = _inputs(3, 4, 5, shared=False, dtype=torch.float32)
 def test_bad_input(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+# ------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("b,p,d,shared", [(1, 1, 1, True), (7, 37, 19, True), (6, 130, 70, False),
+                                          (300, 1000, 64, True), (64, 257, 256, False)])
+def test_gpu_triton_equals_reference(dtype, b, p, d, shared):
+    queries, stored = _inputs(b, p, d, shared, dtype=dtype)
+    want, want_steps = _run(queries, stored, 1.5, 4, 1e-3, "reference")
+    got, steps = _run(queries.cuda(), stored.cuda(), 1.5, 4, 1e-3, "triton")
+    torch.testing.assert_close(got.cpu(), want, **TOL[dtype])
+    assert torch.equal(steps.cpu(), want_steps)
+
+
+@pytest.mark.gpu
+def test_gpu_rows_stop_independently_and_gradients_match():
+    queries, stored, beta = _stopping_case()
+    want, want_steps = _iterate_each_row_alone(queries, stored, beta, 50, 1e-4)
+    got, steps = _run(queries.cuda(), stored.cuda(), beta, 50, 1e-4, "triton")
+    assert torch.equal(steps.cpu(), want_steps)
+    torch.testing.assert_close(got.cpu(), want, **TOL[torch.float64])
+    queries, stored = _inputs(6, 29, 11, shared=True, scale=0.8, seed=7)
+    grad = torch.randn(6, 11, dtype=torch.float64)
+    results = []
+    for device, name in (("cpu", "reference"), ("cuda", "triton")):
+        q = queries.to(device).requires_grad_()
+        x = stored.to(device).requires_grad_()
+        b = torch.tensor(2.5, dtype=torch.float64, device=device, requires_grad=True)
+        out = ops.hopfield_retrieval(q, x, b, 6, 1e-3, name)
+        results.append([t.cpu() for t in torch.autograd.grad(out, (q, x, b), grad.to(device))])
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+@pytest.mark.gpu
+def test_gpu_large_beta_and_half_precision():
+    queries, stored = _inputs(50, 300, 32, shared=True, dtype=torch.float32, scale=1.0, seed=3)
+    got = ops.hopfield_retrieval(queries.cuda(), stored.cuda(), 1e3, 1, 0.0, "triton").cpu()
+    best = (stored[0] @ queries.T).argmax(dim=0)
+    torch.testing.assert_close(got, stored[0, best])
+    half = ops.hopfield_retrieval(queries.cuda().half(), stored.cuda().half(), 0.5, 3, 0.0, "triton")
+    want = ops.hopfield_retrieval(queries.half().float(), stored.half().float(), 0.5, 3, 0.0, "reference")
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.cpu().float(), want, rtol=0, atol=2 ** -9)

@@ -240,6 +240,14 @@ def _check_tol(tol) -> float:
     return float(tol)
 
 
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    """Raise when t holds NaN or Inf (eager). A NaN or Inf makes the sum non-finite, so
+    one reduction clears the common case; a non-finite sum (possibly an overflow of
+    finite values) is confirmed element by element."""
+    if t.numel() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
 def _check_beta(beta, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """beta as a 0-d tensor in ``dtype`` on ``device`` (differentiable when it was one)."""
     if isinstance(beta, torch.Tensor):
@@ -308,8 +316,7 @@ def hopfield_retrieval(queries: torch.Tensor, stored: torch.Tensor, beta=1.0, ma
     beta_t = _check_beta(beta, queries.device, dt)
     if not compiling() and queries.device.type != "meta":
         for name, t in (("queries", queries), ("stored", stored)):
-            if t.numel() and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name} contains NaN or Inf")
+            _check_finite(name, t)
     name = backends.resolve("hopfield_retrieval", queries.device, backend)
     if b_count == 0:
         out = queries.clone()

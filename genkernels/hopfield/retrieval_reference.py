@@ -39,11 +39,26 @@ import torch
 from .._checks import compiling
 
 
+def _times_patterns_t(v: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """(B, D) x (B | 1, P, D) -> (B, P): row b times X_b^T (one matrix product for a
+    shared set, a batched one otherwise)."""
+    if stored.shape[0] == 1:
+        return v @ stored[0].T
+    return (stored @ v[:, :, None])[:, :, 0]
+
+
+def _times_patterns(w: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """(B, P) x (B | 1, P, D) -> (B, D): row b times X_b."""
+    if stored.shape[0] == 1:
+        return w @ stored[0]
+    return (w[:, None, :] @ stored)[:, 0, :]
+
+
 def retrieval_step(xi: torch.Tensor, stored: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """One update of every row: xi (B, D), stored (B | 1, P, D), beta 0-d -> (B, D)."""
-    raw = (stored @ xi[:, :, None])[:, :, 0]                  # (B, P)
+    raw = _times_patterns_t(xi, stored)                       # (B, P)
     weights = torch.softmax(beta * raw, dim=1)                 # stable: max subtracted
-    return (weights[:, None, :] @ stored)[:, 0, :]             # (B, D)
+    return _times_patterns(weights, stored)                    # (B, D)
 
 
 def _change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -110,9 +125,9 @@ def hopfield_retrieval_backward(grad: torch.Tensor, queries: torch.Tensor, store
     for t in reversed(range(max_steps)):
         live = (t < steps)[:, None]                              # (B, 1)
         xi = iterates[t]
-        raw = (stored @ xi[:, :, None])[:, :, 0]                 # (B, P)  X xi
+        raw = _times_patterns_t(xi, stored)                      # (B, P)  X xi
         a = torch.softmax(beta * raw, dim=1)
-        u = (stored @ g[:, :, None])[:, :, 0]                    # (B, P)  dL/da = X g
+        u = _times_patterns_t(g, stored)                         # (B, P)  dL/da = X g
         ds = a * (u - (a * u).sum(dim=1, keepdim=True))          # dL/ds
         ds = torch.where(live, ds, torch.zeros_like(ds))
         a = torch.where(live, a, torch.zeros_like(a))
@@ -122,5 +137,5 @@ def hopfield_retrieval_backward(grad: torch.Tensor, queries: torch.Tensor, store
         else:
             grad_stored = grad_stored + a[:, :, None] * g[:, None, :] \
                 + beta * ds[:, :, None] * xi[:, None, :]
-        g = torch.where(live, beta * (ds[:, None, :] @ stored)[:, 0, :], g)
+        g = torch.where(live, beta * _times_patterns(ds, stored), g)
     return g, grad_stored, grad_beta
