@@ -171,7 +171,7 @@ def hopfield_recall(weights: torch.Tensor, probes: torch.Tensor, mode: str = "as
 
 
 def _retrieval_triton_ops():
-    from . import triton  # noqa: F401  (registers genkernels::hopfield_retrieval_triton)
+    from . import triton  # noqa: F401  (registers genkernels::hopfield_retrieval_triton, autograd too)
     return torch.ops.genkernels
 
 
@@ -217,19 +217,10 @@ if backends.extension_error() is None:
     torch.library.register_autograd("genkernels::hopfield_retrieval", _retrieval_backward_cpu,
                                     setup_context=_retrieval_setup_context)
 
-_triton_autograd_registered = False
-
-
 def _retrieval_triton():
-    """The triton op, its autograd registered on first use (importing triton is slow)."""
-    global _triton_autograd_registered
-    ops_ns = _retrieval_triton_ops()
-    if not _triton_autograd_registered:
-        torch.library.register_autograd("genkernels::hopfield_retrieval_triton",
-                                        _retrieval_backward_reference,
-                                        setup_context=_retrieval_setup_context)
-        _triton_autograd_registered = True
-    return ops_ns.hopfield_retrieval_triton
+    """The triton op (importing genkernels/hopfield/triton.py registers it and its
+    autograd; importing triton is slow, so only when that backend runs)."""
+    return _retrieval_triton_ops().hopfield_retrieval_triton
 
 
 def _check_tol(tol) -> float:

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from .._checks import acc_dtype
+from .ops import _retrieval_backward_reference, _retrieval_setup_context
 
 _TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
 # Elements of one (BLOCK_P, BLOCK_D) tile of stored patterns held in registers: 4096
@@ -137,3 +138,7 @@ def hopfield_retrieval_triton(queries: torch.Tensor, stored: torch.Tensor, beta:
 def _hopfield_retrieval_triton_fake(queries, stored, beta, max_steps, tol):
     return (queries.new_empty(queries.shape, dtype=acc_dtype(queries.dtype)),
             queries.new_empty((queries.shape[0],), dtype=torch.int64))
+
+
+hopfield_retrieval_triton.register_autograd(_retrieval_backward_reference,
+                                            setup_context=_retrieval_setup_context)
