@@ -174,7 +174,9 @@ def markdown(records: list[dict], meta: dict) -> str:
              "fp32, beta = 1/sqrt(D), tol = 0 (every row runs max_steps steps). x ours = median / "
              "the fastest compiled genkernels backend of the same row group (> 1: slower than "
              "ours)." + (" Quick mode: shrunken workloads, smoke test only." if meta["quick"] else ""),
-             ""]
+             (f"1-minute load average {meta['loadavg_start']:.1f} at the start, "
+              f"{meta['loadavg_end']:.1f} at the end (other work on the machine inflates and "
+              "spreads the times)."), ""]
     by_group: dict[tuple, list[dict]] = {}
     for rec in records:
         by_group.setdefault((rec["workload"], rec["max_steps"]), []).append(rec)
@@ -203,9 +205,11 @@ def run(device: str = "cpu", quick: bool = False, out_dir: str | None = None,
         torch.backends.cuda.matmul.allow_tf32 = False
     meta = {"machine": runner.machine_name(device), "device": device, "quick": quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "versions": runner.versions(), "commit": runner.git_commit()}
+            "versions": runner.versions(), "commit": runner.git_commit(),
+            "loadavg_start": os.getloadavg()[0]}
     records = run_cases(device, quick, meta, log=lambda m: print(m, file=sys.stderr, flush=True),
                         budget_s=budget_s)
+    meta["loadavg_end"] = os.getloadavg()[0]
     table = markdown(records, meta)
     print(table)
     out_dir = out_dir or os.path.join(BENCH_DIR, "results")
