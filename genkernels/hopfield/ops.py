@@ -170,11 +170,6 @@ def hopfield_recall(weights: torch.Tensor, probes: torch.Tensor, mode: str = "as
 # saved inputs and the steps each row took, from which the backward recomputes the iterates.
 
 
-def _retrieval_triton_ops():
-    from . import triton  # noqa: F401  (registers genkernels::hopfield_retrieval_triton, autograd too)
-    return torch.ops.genkernels
-
-
 def _retrieval_setup_context(ctx, inputs, output):
     queries, stored, beta, max_steps, _tol = inputs
     ctx.save_for_backward(queries, stored, beta, output[1])
@@ -217,10 +212,12 @@ if backends.extension_error() is None:
     torch.library.register_autograd("genkernels::hopfield_retrieval", _retrieval_backward_cpu,
                                     setup_context=_retrieval_setup_context)
 
+
 def _retrieval_triton():
     """The triton op (importing genkernels/hopfield/triton.py registers it and its
     autograd; importing triton is slow, so only when that backend runs)."""
-    return _retrieval_triton_ops().hopfield_retrieval_triton
+    from . import triton  # noqa: F401
+    return torch.ops.genkernels.hopfield_retrieval_triton
 
 
 def _check_tol(tol) -> float:
