@@ -37,7 +37,7 @@ REPO = os.path.dirname(BENCH_DIR)
 if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
-FAMILIES = ("som",)
+FAMILIES = ("som", "hopfield")
 # Seconds of timed rounds per case; a case whose single round exceeds 3x this is
 # measured once.
 BUDGET_S = {False: 2.0, True: 0.2}
@@ -304,6 +304,9 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.family == "hopfield":  # its own cases and table: bench/bench_hopfield.py
+        import bench_hopfield
+        return bench_hopfield.run(args.device, args.quick, args.out)
     import torch
     if args.device == "cuda":
         if not torch.cuda.is_available():

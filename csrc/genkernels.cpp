@@ -51,4 +51,14 @@ TORCH_LIBRARY(genkernels, m) {
   // the random order, word 1 is the uniform. Returns states (C, N).
   m.def("bm_gibbs(Tensor weights, Tensor bias, Tensor states, Tensor clamp, Tensor temperatures, "
         "bool random_order, int seed, int offset) -> Tensor");
+  // Continuous modern Hopfield retrieval (genkernels/hopfield/retrieval_reference.py):
+  // queries (B, D), stored (B | 1, P, D) float32|float64, beta a 0-d tensor > 0. Each row
+  // iterates xi <- stored^T softmax(beta stored xi) until max_d |change| <= tol or max_steps.
+  // Returns retrieved (B, D) and steps (B,) int64, the steps each row took.
+  m.def("hopfield_retrieval(Tensor queries, Tensor stored, Tensor beta, int max_steps, float tol) "
+        "-> (Tensor, Tensor)");
+  // Its VJP through the steps each row took (iterates recomputed from queries):
+  // grad (B, D) -> (grad_queries (B, D), grad_stored (stored's shape), grad_beta 0-d).
+  m.def("hopfield_retrieval_backward(Tensor grad, Tensor queries, Tensor stored, Tensor beta, "
+        "Tensor steps) -> (Tensor, Tensor, Tensor)");
 }

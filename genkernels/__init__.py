@@ -4,7 +4,9 @@ from . import backends, ops, random
 from .backends import available_backends, use_backend
 from .boltzmann.machine import BoltzmannMachine
 from .hopfield.hopfield import Hopfield
+from .hopfield.retrieval import HopfieldRetrieval
 from .som.som import SOM
 
 __version__ = "0.1.0"
-__all__ = ["SOM", "BoltzmannMachine", "Hopfield", "available_backends", "backends", "ops", "random", "use_backend"]
+__all__ = ["SOM", "BoltzmannMachine", "Hopfield", "HopfieldRetrieval", "available_backends", "backends", "ops",
+           "random", "use_backend"]

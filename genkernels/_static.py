@@ -183,6 +183,9 @@ def _random_registry() -> list[TritonKernel]:
 
 
 def _hopfield_registry() -> list[TritonKernel]:
+    import triton.language as tl
+
+    from .hopfield import recall_triton
     from .hopfield import triton as hopfield_triton
 
     def recall(dtype, random, block_n):
@@ -191,17 +194,35 @@ def _hopfield_registry() -> list[TritonKernel]:
                "max_sweeps": "i32", "seed": "i64", "offset": "i64"}
         order = "random" if random else "sequential"
         return TritonKernel("hopfield", f"_hopfield_recall_async_kernel[{dtype},{order},N<={block_n}]",
-                            lambda: hopfield_triton._hopfield_recall_async_kernel, sig,
+                            lambda: recall_triton._hopfield_recall_async_kernel, sig,
                             {"RANDOM": random, "BLOCK_N": block_n},
-                            hopfield_triton._num_warps(block_n), 3)
+                            recall_triton._num_warps(block_n), 3)
 
+    def retrieval(dtype: str, d: int) -> TritonKernel:
+        acc = "fp64" if dtype == "fp64" else "fp32"
+        cfg = hopfield_triton._config(d)
+        # contiguous inputs: unit feature strides are specialised to 1 by the launcher; a
+        # shared pattern set differs only by the value of stride_xb (0)
+        sig = {"OUT": _ptr(acc), "STEPS": "*i64", "Q": _ptr(dtype), "X": _ptr(dtype),
+               "PARAMS": _ptr(acc), "P": "i32", "D": "i32", "max_steps": "i32",
+               "stride_qb": "i32", "stride_xb": "i32", "stride_xp": "i32"}
+        meta = {"BLOCK_P": cfg["BLOCK_P"], "BLOCK_D": cfg["BLOCK_D"],
+                "ACC": {"fp32": tl.float32, "fp64": tl.float64}[acc], "stride_qd": 1, "stride_xd": 1}
+        return TritonKernel("hopfield", f"_hopfield_retrieval_kernel[{dtype},D={d}]",
+                            lambda: hopfield_triton._hopfield_retrieval_kernel, sig, meta,
+                            cfg["num_warps"], 2)
+
+    # recall: N <= 1024 in each dtype and order, and the largest N; retrieval: the
+    # benchmark's feature counts (64, 256), a large D, half precision and fp64
     return [recall("fp32", True, 1024), recall("fp32", False, 1024), recall("fp64", True, 1024),
-            recall("fp32", True, hopfield_triton.MAX_UNITS)]
+            recall("fp32", True, recall_triton.MAX_UNITS),
+            retrieval("fp32", 64), retrieval("fp32", 256), retrieval("fp32", 1024),
+            retrieval("bf16", 64), retrieval("fp16", 256), retrieval("fp64", 64)]
 
 
 def _boltzmann_registry() -> list[TritonKernel]:
     from .boltzmann import triton as bm_triton
-    from .hopfield import triton as hopfield_triton
+    from .hopfield import recall_triton as hopfield_triton
 
     def gibbs(dtype, random, block_n):
         ptr = _ptr(dtype)

@@ -36,6 +36,7 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "hopfield_recall_async": ("reference", "cpu", "triton", "cuda"),
     "bm_gibbs": ("reference", "cpu", "triton"),
     # a matrix product and a sign per sweep, in PyTorch: its reference runs on any device
+    "hopfield_retrieval": ("reference", "cpu", "triton"),
 }
 
 # Auto choice on CUDA tensors: each entry names the measurement behind it. Triton until
@@ -52,6 +53,7 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
     "hopfield_recall_async": ("cuda", "state and fields in shared memory, no per-unit register "
                               "reductions (triton reads each lane by a masked sum); until a GPU run"),
     "bm_gibbs": ("triton", "the only GPU backend (one program per chain)"),
+    "hopfield_retrieval": ("triton", "the fused kernel; default until a GPU run of bench/bench_hopfield.py"),
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.

@@ -5,3 +5,6 @@ from .som.ops import neighborhood_matmul, som_bmu, som_node_sums, som_online, so
 
 __all__ = ["bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfield_store", "neighborhood_matmul", "som_bmu",
            "som_node_sums", "som_online", "som_smooth"]
+from .hopfield.ops import hopfield_retrieval
+
+__all__ += ["hopfield_retrieval"]

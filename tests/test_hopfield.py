@@ -217,8 +217,8 @@ def test_cuda_and_triton_agree_at_n_1000_and_recall():
 
 @needs_triton
 def test_triton_rejects_more_units_than_it_holds(monkeypatch):
-    from genkernels.hopfield import triton as hopfield_triton
-    monkeypatch.setattr(hopfield_triton, "MAX_UNITS", 4)
+    from genkernels.hopfield import recall_triton
+    monkeypatch.setattr(recall_triton, "MAX_UNITS", 4)
     w = ops.hopfield_store(_pm1(1, 5))
     with pytest.raises(ValueError, match="at most 4 units per probe"):
         ops.hopfield_recall(w.to(DEVICE), _pm1(2, 5).to(DEVICE), backend="triton")

@@ -86,3 +86,16 @@ def test_random_family_report(static_report):
     if _nvcc_available():
         assert {r["arch"] for r in rows if r["source"] == "cuda"} == {"sm_80", "sm_90a"}
     assert all(r["stack"] == 0 and r["local"] == 0 and r["shared"] <= r["shared_limit"] for r in rows)
+
+
+def test_hopfield_family_report(static_report):
+    proc, out = static_report
+    assert proc.returncode == 0
+    rows = json.loads((out / "hopfield.json").read_text())["kernels"]
+    names = {r["kernel"] for r in rows}
+    assert {n.split("[")[0] for n in names} == {"_hopfield_retrieval_kernel"}
+    assert any("fp64" in n for n in names) and any("bf16" in n for n in names)
+    for name in names:
+        assert {r["arch"] for r in rows if r["kernel"] == name} == {"sm_80", "sm_90"}
+    # the retrieval kernel keeps its row and tile in registers: no spills
+    assert all(r["stack"] == 0 and r["local"] == 0 and r["shared"] <= r["shared_limit"] for r in rows)

@@ -8,7 +8,7 @@ genkernels/boltzmann/reference.py's: fields start as ``torch.addmm(bias, states,
 launcher's PyTorch product); sweep t of chain c takes the words of counters
 ``offset + (c * S + t) * N + i`` -- word 0 keys the stable random order (packed as
 ``(key - 2^31) * 2^32 + i`` and sorted with ``tl.sort``, as in genkernels/hopfield/
-triton.py), word 1 is the uniform (``tl.rand``'s conversion); a visited, unclamped unit
+recall_triton.py), word 1 is the uniform (``tl.rand``'s conversion); a visited, unclamped unit
 turns on iff u < 1 / (1 + exp(-h / T)); a change by +-1 adds +-W[i] to the fields.
 The probability uses the GPU's exp, so a draw may differ from the reference's where
 |u - p| is within rounding (DESIGN.md, "Randomness").
@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from triton.language.random import uint_to_uniform_float
 
-from ..hopfield.triton import MAX_UNITS, _lane, _num_warps
+from ..hopfield.recall_triton import MAX_UNITS, _lane, _num_warps
 from ..som.triton import _device_of
 
 

@@ -2,3 +2,6 @@
 from .ops import hopfield_energy, hopfield_recall, hopfield_store
 
 __all__ = ["hopfield_energy", "hopfield_recall", "hopfield_store"]
+from .ops import hopfield_retrieval
+
+__all__ += ["hopfield_retrieval"]

@@ -1,144 +1,144 @@
-"""Triton kernel of asynchronous Hopfield recall and the
-``genkernels::hopfield_recall_async_triton`` op.
+"""Triton kernel of continuous modern Hopfield retrieval, its launcher and the
+``genkernels::hopfield_retrieval_triton`` op.
 
-Three layers (STYLE.md): ``_hopfield_recall_async_kernel`` (the @triton.jit kernel) ->
-``hopfield_recall_async_fwd()`` (fields, output allocation, grid) ->
-``torch.ops.genkernels.hopfield_recall_async_triton`` (a ``torch.library.custom_op``
-with a fake kernel), which genkernels/hopfield/ops.py calls for ``backend="triton"``.
+Three layers (STYLE.md): ``_hopfield_retrieval_kernel`` (@triton.jit) ->
+``hopfield_retrieval_fwd()`` (the launcher: output allocation, grid, fixed
+meta-parameters) -> ``torch.ops.genkernels.hopfield_retrieval_triton`` (a
+``torch.library.custom_op`` with a fake kernel; its autograd is registered in
+genkernels/hopfield/ops.py). The oracle is genkernels/hopfield/retrieval_reference.py.
 
-One program per probe walks every sweep of its probe in one launch (no host round trip
-per sweep or per unit). The probe's state, its local fields and the sweep's visiting
-order live in registers as (BLOCK_N,) tensors, BLOCK_N = next power of two >= N, so N is
-limited to ``MAX_UNITS``. The semantics are genkernels/hopfield/reference.py's, bit for
-bit:
+The forward is one launch for all steps: one program per query row keeps the row's
+iterate xi (BLOCK_D features) in registers and, every step, streams the row's stored
+patterns in (BLOCK_P, BLOCK_D) tiles with an online softmax (FlashAttention-style: a
+running max m, a running sum l and a running weighted sum of patterns, rescaled by
+exp(m_old - m_new) when the max grows), so each step reads the patterns once and any P
+works. A row leaves its loop after the first step whose max-abs change is not > tol,
+or after max_steps; nothing goes back to the host between steps. A shared pattern set
+((1, P, D)) is read with a batch stride of 0, so every program streams the same
+patterns (L2-resident on a GPU for the sizes of bench/bench_hopfield.py).
 
-* the fields start as ``probes @ weights``, computed by the launcher with the same
-  PyTorch product the reference uses;
-* sweep t of probe b visits the units in the stable argsort of the Philox keys
-  ``tl.randint(seed, offset + (b * max_sweeps + t) * N + j)``: each key is packed with
-  its unit index as ``(key - 2^31) * 2^32 + j`` (an int64 that orders by key, then by
-  unit) and the packed keys are sorted with ``tl.sort``; padding lanes get the largest
-  key and an index >= N, so they sort last;
-* a visited unit takes the sign of its field, keeping its state at exactly 0; after a
-  flip to s_i the fields get ``h + (2 s_i) * W[i]`` (one rounding, as in the reference:
-  the product by +-2 is exact, so a fused multiply-add rounds the same way);
-* a probe stops after the first sweep without a flip (converged) or after max_sweeps.
+Numerics: loads are upcast to ACC (fp32, fp64 for fp64 input); the result is returned
+in ACC. beta and tol reach the kernel in a small ACC tensor, so an fp64 run compares in
+fp64 and beta never leaves the device.
 
-Reading one lane of a register tensor is a masked reduction over BLOCK_N lanes, so a
-sweep costs O(N^2) per probe, like the flips' field updates themselves; probes run in
-parallel, one per program.
+The backward is the reference's explicit VJP (``hopfield_retrieval_backward`` in
+retrieval_reference.py: the iterates recomputed, then per-step batched matrix products)
+and runs as PyTorch ops on the tensors' device.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
-from ..som.triton import _device_of
+from .._checks import acc_dtype
+from .ops import _retrieval_backward_reference, _retrieval_setup_context
 
-# Largest N the kernel holds in registers (state, fields, order: (BLOCK_N,) each). The
-# in-register bitonic sort grows the code as log^2 BLOCK_N: on sm_90, BLOCK_N = 8192
-# needed 255 registers with spills and a 56 s compile; 4096 with 16 warps takes 106
-# registers, no spills (bench/results/static/hopfield.md).
-MAX_UNITS = 4096
 _TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
+# Elements of one (BLOCK_P, BLOCK_D) tile of stored patterns held in registers: 4096
+# fp32 over 128 threads is 32 registers a thread for the tile.
+TILE_ELEMENTS = 4096
+
+
+def _device_of(t: torch.Tensor):
+    """Launch on t's GPU (Triton launches on the current device), no-op on CPU."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @triton.jit
-def _lane(values, lanes, i):
-    """values[i] of a 1-D register tensor (a masked reduction: exact, one nonzero term)."""
-    return tl.sum(tl.where(lanes == i, values, tl.zeros_like(values)), 0)
-
-
-@triton.jit
-def _hopfield_recall_async_kernel(
-    W,              # *acc (N, N) symmetric weights, row-major
-    STATES,         # *acc (B, N) in: probes, out: recalled states
-    FIELDS,         # *acc (B, N) in: probes @ weights
-    CONVERGED,      # *i8 (B,) out
-    N, max_sweeps,  # units, sweeps at most
-    seed, offset,   # Philox key and the int64 counter base of the random order
-    RANDOM: tl.constexpr,   # Philox order (True) or 0..N-1 (False)
-    BLOCK_N: tl.constexpr,  # power of two >= N
+def _hopfield_retrieval_kernel(
+    OUT,          # *retrieved (B, D) ACC contiguous
+    STEPS,        # *steps (B,) int64: steps each row took
+    Q,            # *queries (B, D), any float dtype and strides
+    X,            # *stored (B | 1, P, D), any float dtype and strides
+    PARAMS,       # *(2,) ACC: beta, tol
+    P, D,         # patterns per row, features
+    max_steps,    # >= 1
+    stride_qb, stride_qd,               # strides of queries (elements)
+    stride_xb, stride_xp, stride_xd,    # strides of stored; stride_xb = 0 for a shared set
+    BLOCK_P: tl.constexpr,   # patterns per tile
+    BLOCK_D: tl.constexpr,   # >= D: the whole row in registers
+    ACC: tl.constexpr,       # accumulation dtype
 ):
+    """Program b owns query row b for all its steps."""
     b = tl.program_id(0).to(tl.int64)
-    lanes = tl.arange(0, BLOCK_N)
-    valid = lanes < N
-    row = b * N
-    s = tl.load(STATES + row + lanes, mask=valid, other=0.0)
-    h = tl.load(FIELDS + row + lanes, mask=valid, other=0.0)
-    lanes64 = lanes.to(tl.int64)
-    done = 0
-    for t in range(max_sweeps):
-        if done == 0:
-            if RANDOM:
-                # int64 counters wrap like the reference's
-                counters = offset + (b * max_sweeps + t) * N + lanes64
-                keys = tl.randint(seed, counters).to(tl.int64) & 0xFFFFFFFF
-                packed = (keys - 2147483648) * 4294967296 + lanes64
-                packed = tl.where(valid, packed, 2147483647 * 4294967296 + lanes64)
-                order = tl.sort(packed, 0) & 0xFFFFFFFF
-            else:
-                order = lanes64
-            flips = 0
-            for j in range(N):
-                i = _lane(order, lanes64, j)
-                hi = _lane(h, lanes64, i)
-                si = _lane(s, lanes64, i)
-                new = tl.where(hi > 0, 1.0, tl.where(hi < 0, -1.0, si)).to(si.dtype)
-                if new != si:
-                    flips += 1
-                    s = tl.where(lanes64 == i, new, s)
-                    w_row = tl.load(W + i * N + lanes64, mask=valid, other=0.0)
-                    h = h + (2.0 * new) * w_row
-            if flips == 0:
-                done = 1
-    tl.store(STATES + row + lanes, s, mask=valid)
-    tl.store(CONVERGED + b, done.to(tl.int8))
+    feats = tl.arange(0, BLOCK_D)
+    feat_mask = feats < D
+    xi = tl.load(Q + b * stride_qb + feats * stride_qd, mask=feat_mask, other=0.0).to(ACC)
+    beta = tl.load(PARAMS)
+    tol = tl.load(PARAMS + 1)
+    x_row = X + b * stride_xb
+    lanes = tl.arange(0, BLOCK_P).to(tl.int64)
+    t = max_steps * 0
+    running = max_steps > 0
+    while running:
+        m = tl.full([], float("-inf"), ACC)       # running max of beta * <X_p, xi>
+        l = tl.zeros([], ACC)                     # running sum of exp(score - m)
+        acc = tl.zeros([BLOCK_D], ACC)            # running sum of exp(score - m) X_p
+        for p0 in range(0, P, BLOCK_P):
+            pats = p0 + lanes
+            pat_mask = pats < P
+            tile = tl.load(x_row + pats[:, None] * stride_xp + feats[None, :] * stride_xd,
+                           mask=pat_mask[:, None] & feat_mask[None, :], other=0.0).to(ACC)
+            score = tl.sum(tile * xi[None, :], 1) * beta
+            score = tl.where(pat_mask, score, float("-inf"))
+            m_new = tl.maximum(m, tl.max(score, 0))
+            rescale = tl.exp(m - m_new)           # 0 on the first tile (m = -inf)
+            e = tl.exp(score - m_new)
+            l = l * rescale + tl.sum(e, 0)
+            acc = acc * rescale + tl.sum(e[:, None] * tile, 0)
+            m = m_new
+        new = acc / l
+        changed = tl.max((tl.abs(new - xi) > tol).to(tl.int32), 0)
+        xi = new
+        t += 1
+        running = (changed > 0) & (t < max_steps)
+    tl.store(OUT + b * D + feats, xi, mask=feat_mask)
+    tl.store(STEPS + b, t.to(tl.int64))
 
 
-def _num_warps(block_n: int) -> int:
-    """Warps per program: 256 lanes per warp of register tensors (sm_90: 1024 lanes take
-    80 registers at 4 warps, 2048 spill at 4 warps but not at 8)."""
-    return min(16, max(4, block_n // 256))
+def _config(d: int) -> dict:
+    """Fixed meta-parameters (also compiled by genkernels/_static.py)."""
+    block_d = max(16, triton.next_power_of_2(max(d, 1)))
+    block_p = max(16, min(128, TILE_ELEMENTS // block_d))
+    return {"BLOCK_P": block_p, "BLOCK_D": block_d, "num_warps": 4 if block_d <= 256 else 8}
 
 
-def hopfield_recall_async_fwd(weights: torch.Tensor, states: torch.Tensor, max_sweeps: int,
-                              random_order: bool, seed: int, offset: int
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """weights (N, N), states (B, N) ±1 in weights' dtype (float32/64, contiguous) ->
-    recalled states (B, N), converged (B,) bool. seed in [0, 2^64), offset int64."""
-    b_count, n = states.shape
-    out = states.clone()
-    converged = torch.zeros(b_count, dtype=torch.int8, device=states.device)
-    if b_count == 0 or n == 0 or max_sweeps == 0:
-        if n == 0 and max_sweeps > 0:
-            converged.fill_(1)  # an empty sweep flips nothing
-        return out, converged.bool()
-    if n > MAX_UNITS:
-        raise ValueError(f"the triton backend of hopfield recall holds at most {MAX_UNITS} "
-                         f"units per probe in registers; got N = {n} (use the cpu backend)")
-    fields = (states @ weights).contiguous()  # the reference's product: the same bits
-    block_n = max(16, triton.next_power_of_2(n))
-    with _device_of(states):
-        _hopfield_recall_async_kernel[(b_count,)](
-            weights, out, fields, converged, n, max_sweeps, seed, offset,
-            RANDOM=bool(random_order), BLOCK_N=block_n,
-            num_warps=_num_warps(block_n))
-    return out, converged.bool()
+def hopfield_retrieval_fwd(queries: torch.Tensor, stored: torch.Tensor, beta: torch.Tensor,
+                           max_steps: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """queries (B, D), stored (B | 1, P, D), beta 0-d -> retrieved (B, D) in the
+    accumulation dtype, steps (B,) int64."""
+    b_count, d = queries.shape
+    acc = acc_dtype(queries.dtype)
+    out = torch.empty((b_count, d), dtype=acc, device=queries.device)
+    steps = torch.zeros((b_count,), dtype=torch.int64, device=queries.device)
+    if b_count == 0:
+        return out, steps
+    params = torch.stack([beta.to(device=queries.device, dtype=acc).reshape(()),
+                          torch.tensor(tol, dtype=acc, device=queries.device)])
+    stride_xb = 0 if stored.shape[0] == 1 else stored.stride(0)
+    with _device_of(queries):
+        _hopfield_retrieval_kernel[(b_count,)](
+            out, steps, queries, stored, params, stored.shape[1], d, max_steps,
+            queries.stride(0), queries.stride(1), stride_xb, stored.stride(1), stored.stride(2),
+            ACC=_TL_ACC[acc], **_config(d))
+    return out, steps
 
 
-@torch.library.custom_op("genkernels::hopfield_recall_async_triton", mutates_args=())
-def hopfield_recall_async_triton(weights: torch.Tensor, states: torch.Tensor, max_sweeps: int,
-                                 random_order: bool, seed: int, offset: int
-                                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asynchronous recall on Triton; seed is the int64 bit pattern of a seed in
-    [0, 2^64) (as in the C++ op's schema)."""
-    return hopfield_recall_async_fwd(weights, states, max_sweeps, random_order,
-                                     seed & ((1 << 64) - 1), offset)
+@torch.library.custom_op("genkernels::hopfield_retrieval_triton", mutates_args=())
+def hopfield_retrieval_triton(queries: torch.Tensor, stored: torch.Tensor, beta: torch.Tensor,
+                              max_steps: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return hopfield_retrieval_fwd(queries, stored, beta, max_steps, tol)
 
 
-@hopfield_recall_async_triton.register_fake
-def _hopfield_recall_async_triton_fake(weights, states, max_sweeps, random_order, seed, offset):
-    return torch.empty_like(states), states.new_empty((states.shape[0],), dtype=torch.bool)
+@hopfield_retrieval_triton.register_fake
+def _hopfield_retrieval_triton_fake(queries, stored, beta, max_steps, tol):
+    return (queries.new_empty(queries.shape, dtype=acc_dtype(queries.dtype)),
+            queries.new_empty((queries.shape[0],), dtype=torch.int64))
+
+
+hopfield_retrieval_triton.register_autograd(_retrieval_backward_reference,
+                                            setup_context=_retrieval_setup_context)
