@@ -42,18 +42,33 @@ def test_online_matches_reference_step_for_step(backend, neighborhood, rule, dty
                              backend=backend)
         torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-10)
         return
-    # fp32: every step from the reference's state of the step before. A whole fp32 run
-    # can part from the reference for good at a near-tie (a BMU decided by the last bit
-    # of a distance summed in another order); one step cannot.
-    state = w
+    # fp32: every step from the reference's state of the step before, so rounding cannot
+    # compound. Steps whose winner is a near-tie (the two nearest nodes within 1e-5 of
+    # each other, relatively, in fp64, but not equal) are skipped: there the last bit of a distance
+    # summed in another order decides the winner -- the broad Gaussian neighbourhoods of
+    # this case pull nodes together until some nearly coincide.
+    state, compared = w, 0
     for t in range(order.shape[1]):
         step = slice(t, t + 1)
         want = reference.som_online(state, x, order[:, step], lr[:, step], sigma[:, step], coords,
                                     *lat.periods, neighborhood, rule)
-        got = ops.som_online(state.cuda(), xc, order[:, step].cuda(), lr[:, step].cuda(),
-                             sigma[:, step].cuda(), cc, *args, backend=backend)
-        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5, msg=lambda m, t=t: f"step {t}: {m}")
+        near_tie = False
+        for m in range(state.shape[0]):
+            rho = reference.pairwise_distances(x[order[m, t]][None].double(), state[m].double(),
+                                               "euclidean")[0]
+            best = torch.topk(rho, 2, largest=False).values
+            gap = float(best[1] - best[0])
+            near_tie |= 0 < gap <= 1e-5 * float(best[0])  # exact ties (coincident nodes) go to the lowest index everywhere
+        if not near_tie:
+            got = ops.som_online(state.cuda(), xc, order[:, step].cuda(), lr[:, step].cuda(),
+                                 sigma[:, step].cuda(), cc, *args, backend=backend)
+            torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, t=t: f"step {t}: {m}")
+            compared += 1
         state = want
+    # (winner-takes-most with a broad Gaussian merges nodes fastest: 100 of its 200 steps
+    # stay free of near-ties; the others 166 to 200)
+    assert compared >= 0.4 * order.shape[1], f"only {compared} of {order.shape[1]} steps free of near-ties"
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
