@@ -72,7 +72,7 @@ def main(argv=None):
             print(rows[-1], flush=True)
         ref = got["cuda, one block per map"]
         for label, out in got.items():
-            rows.append({"case": f"som_online {name}", "impl": f"{label}: max |diff| vs one block",
+            rows.append({"case": f"som_online {name}", "impl": f"{label}: max abs diff vs one block",
                          "seconds": float((out - ref).abs().max())})
     os.environ["GENKERNELS_SOM_ONLINE_BLOCKS"] = "auto"
 
