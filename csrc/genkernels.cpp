@@ -44,4 +44,10 @@ TORCH_LIBRARY(genkernels, m) {
   // a sweep flips nothing or max_sweeps. Returns states (B, N) and converged (B,) bool.
   m.def("hopfield_recall_async(Tensor weights, Tensor states, int max_sweeps, bool random_order, "
         "int seed, int offset) -> (Tensor, Tensor)");
+  // ---- checkerboard Ising lattices (genkernels/ising) ----
+  // spins (B, L, L) int8 ±1, L even >= 4; thresholds (2, 5) int64 in [0, 2^32]: a spin s
+  // with n neighbours at +1 flips iff its Philox word u < thresholds[s > 0][n]. Runs n_sweeps
+  // sweeps (black sites, then white) with the counter layout of genkernels/ising/reference.py
+  // and returns the new spins (B, L, L) int8 (input untouched).
+  m.def("ising_sweep(Tensor spins, Tensor thresholds, int n_sweeps, int seed, int offset) -> Tensor");
 }

@@ -3,7 +3,8 @@ models in PyTorch. Models and layers live here; functional ops in ``genkernels.o
 from . import backends, ops, random
 from .backends import available_backends, use_backend
 from .hopfield.hopfield import Hopfield
+from .ising.ising import Ising2D
 from .som.som import SOM
 
 __version__ = "0.1.0"
-__all__ = ["SOM", "Hopfield", "available_backends", "backends", "ops", "random", "use_backend"]
+__all__ = ["SOM", "Hopfield", "Ising2D", "available_backends", "backends", "ops", "random", "use_backend"]

@@ -1,0 +1,183 @@
+// CPU kernel of genkernels::ising_sweep (schema in csrc/genkernels.cpp, specification in
+// genkernels/ising/reference.py): multi-spin-coded checkerboard sweeps.
+//
+// The int8 lattices are packed to one bit per spin, each colour's row in 64-bit words
+// (csrc/common/ising.h), swept, and unpacked. A half-sweep updates one colour of every
+// lattice: tasks are (lattice, chunk of rows), spread over the OpenMP threads of one
+// parallel region with a barrier between colours. A task first draws the Philox words of
+// its rows' sites into a thread-local buffer (16 counters per 64 sites, all four words
+// used), then updates 64 spins per step: their neighbour classes by full-adder logic on
+// four neighbour words, one threshold compare per spin, flips as an XOR. The AVX-512 build
+// (csrc/cpu/ising_avx512.cpp) vectorises the drawing and the compares;
+// GENKERNELS_CPU_ISA=avx2 keeps the portable build on an AVX-512 machine (read per call).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string_view>
+#include <vector>
+
+#include "cpu/ising_cpu.h"
+#include "cpu/ising_kernel.h"
+
+namespace genkernels::ising::cpu {
+namespace {
+
+// Sites per task: enough that drawing and updating dwarf the scheduling, few enough that
+// the task's random words (4 bytes a site) stay in L1/L2.
+constexpr int64_t kChunkSites = 8192;
+
+struct Portable {
+  static void randoms(uint64_t seed, uint64_t base, int64_t g0, int64_t n_groups, uint32_t* out) {
+    for (int64_t g = 0; g < n_groups; ++g) group_randoms(seed, base, g0 + g, out + 64 * g);
+  }
+  static uint64_t flips(const uint32_t* u, int nbits, const Classes& k, uint64_t s,
+                        const FlipTable& table) {
+    return flip_bits(u, nbits, k, s, table);
+  }
+};
+
+FlipTable make_table(const at::Tensor& thresholds) {
+  const at::Tensor th = thresholds.contiguous();
+  const int64_t* f = th.const_data_ptr<int64_t>();
+  FlipTable table{};
+  for (int sigma = 0; sigma < 2; ++sigma) {
+    for (int n = 0; n < 5; ++n) {
+      const int64_t v = f[sigma * 5 + n];
+      TORCH_CHECK(v >= 0 && v <= (int64_t{1} << 32), "ising_sweep: thresholds must lie in [0, 2^32]; got ", v);
+      const int idx = n + 8 * sigma;
+      if (v == (int64_t{1} << 32)) {
+        table.always |= 1u << idx;
+      } else {
+        table.lo[idx] = static_cast<uint32_t>(v);
+      }
+    }
+  }
+  return table;
+}
+
+// spins (B, L, L) int8 -> packed (B, 2, L, W): bit r of word x of row i of colour c is
+// spin (i, 2 (64 x + r) + (i + c) % 2) > 0.
+void pack(const int8_t* spins, int64_t B, int L, int W, uint64_t* packed, bool avx512) {
+  const int H = L / 2;
+  at::parallel_for(0, B * L, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t bi = begin; bi < end; ++bi) {
+      const int64_t b = bi / L;
+      const int i = static_cast<int>(bi % L);
+      const int8_t* row = spins + bi * L;
+      if (avx512) {
+        pack_row_avx512(row, L, i, packed + (b * 2 * L + i) * W, packed + ((b * 2 + 1) * L + i) * W);
+        continue;
+      }
+      for (int c = 0; c < 2; ++c) {
+        uint64_t* dst = packed + ((b * 2 + c) * L + i) * W;
+        const int p = (i + c) & 1;
+        for (int x = 0; x < W; ++x) {
+          uint64_t word = 0;
+          const int nbits = word_bits(H, x);
+          for (int r = 0; r < nbits; ++r)
+            word |= static_cast<uint64_t>(row[2 * (64 * x + r) + p] > 0) << r;
+          dst[x] = word;
+        }
+      }
+    }
+  });
+}
+
+void unpack(const uint64_t* packed, int64_t B, int L, int W, int8_t* spins, bool avx512) {
+  const int H = L / 2;
+  at::parallel_for(0, B * L, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t bi = begin; bi < end; ++bi) {
+      const int64_t b = bi / L;
+      const int i = static_cast<int>(bi % L);
+      int8_t* row = spins + bi * L;
+      if (avx512) {
+        unpack_row_avx512(packed + (b * 2 * L + i) * W, packed + ((b * 2 + 1) * L + i) * W, L, i, row);
+        continue;
+      }
+      for (int c = 0; c < 2; ++c) {
+        const uint64_t* src = packed + ((b * 2 + c) * L + i) * W;
+        const int p = (i + c) & 1;
+        for (int m = 0; m < H; ++m)
+          row[2 * m + p] = ((src[m >> 6] >> (m & 63)) & 1u) ? int8_t{1} : int8_t{-1};
+      }
+    }
+  });
+}
+
+// spins (B, L, L) int8 ±1, L even >= 4; thresholds (2, 5) int64 in [0, 2^32] -> the spins
+// after n_sweeps sweeps drawn from Philox (seed, counters from offset).
+at::Tensor ising_sweep_cpu(const at::Tensor& spins, const at::Tensor& thresholds, int64_t n_sweeps,
+                           int64_t seed, int64_t offset) {
+  TORCH_CHECK(spins.scalar_type() == at::kChar, "ising_sweep: spins must be int8; got ",
+              spins.scalar_type());
+  TORCH_CHECK(spins.dim() == 3 && spins.size(1) == spins.size(2),
+              "ising_sweep: spins must be (B, L, L); got ", spins.sizes());
+  const int64_t L64 = spins.size(1);
+  TORCH_CHECK(L64 >= 4 && L64 % 2 == 0 && L64 <= (int64_t{1} << 24),
+              "ising_sweep: L must be even, >= 4 and <= 2^24; got ", L64);
+  TORCH_CHECK(thresholds.scalar_type() == at::kLong && thresholds.dim() == 2 &&
+                  thresholds.size(0) == 2 && thresholds.size(1) == 5,
+              "ising_sweep: thresholds must be a (2, 5) int64 tensor; got ", thresholds.scalar_type(),
+              " ", thresholds.sizes());
+  TORCH_CHECK(n_sweeps >= 0, "ising_sweep: n_sweeps must be >= 0; got ", n_sweeps);
+  TORCH_CHECK(spins.device().is_cpu() && thresholds.device().is_cpu(),
+              "ising_sweep: spins and thresholds must be CPU tensors");
+  const int64_t B = spins.size(0);
+  if (B == 0 || n_sweeps == 0) return spins.clone(at::MemoryFormat::Contiguous);
+
+  const int L = static_cast<int>(L64), H = L / 2, W = (H + 63) / 64;
+  const char* isa = std::getenv("GENKERNELS_CPU_ISA");
+  const bool use_avx512 =
+      have_avx512_kernel() && !(isa != nullptr && std::string_view(isa) == "avx2");
+  std::vector<uint64_t> packed(static_cast<size_t>(B * 2 * L * W));
+  const at::Tensor spins_c = spins.contiguous();
+  pack(spins_c.const_data_ptr<int8_t>(), B, L, W, packed.data(), use_avx512);
+
+  SweepArgs args{packed.data(), B, L, H, W, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                 16 * ((int64_t{L} * L / 2 + 63) / 64), make_table(thresholds)};
+
+  const int threads = std::max(1, at::get_num_threads());
+  // rows per task: kChunkSites sites, fewer when that leaves under 4 tasks per thread
+  const int64_t by_size = std::max<int64_t>(1, kChunkSites / H);
+  const int64_t by_balance = std::max<int64_t>(1, (B * L + 4 * threads - 1) / (4 * threads));
+  const int rows = static_cast<int>(std::min<int64_t>(L, std::min(by_size, by_balance)));
+  const int64_t chunks = (L + rows - 1) / rows;
+  const int64_t tasks = B * chunks;
+  const size_t buf_words = static_cast<size_t>((int64_t{rows} * H + 63) / 64 + 2) * 64;
+
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<uint32_t> buf(buf_words);
+    for (int64_t t = 0; t < n_sweeps; ++t) {
+      for (int c = 0; c < 2; ++c) {
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < tasks; ++task) {
+          const int64_t b = task / chunks;
+          const int i0 = static_cast<int>((task % chunks) * rows);
+          const int i1 = std::min(L, i0 + rows);
+          if (use_avx512) {
+            update_rows_avx512(args, t, c, b, i0, i1, buf.data());
+          } else {
+            update_rows<Portable>(args, t, c, b, i0, i1, buf.data());
+          }
+        }
+      }
+    }
+  }
+
+  at::Tensor out = at::empty({B, L, L}, spins.options().memory_format(at::MemoryFormat::Contiguous));
+  unpack(packed.data(), B, L, W, out.mutable_data_ptr<int8_t>(), use_avx512);
+  return out;
+}
+
+}  // namespace
+}  // namespace genkernels::ising::cpu
+
+TORCH_LIBRARY_IMPL(genkernels, CPU, m) {
+  m.impl("ising_sweep", &genkernels::ising::cpu::ising_sweep_cpu);
+}
