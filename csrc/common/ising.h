@@ -111,6 +111,36 @@ GK_HD Classes word_classes(const uint64_t* rows_o, int L, int i, int c, int x) {
 // Spins of word x of a row (H bits per row): min(64, H - 64 x).
 GK_HD int word_bits(int H, int x) { return H - 64 * x < 64 ? H - 64 * x : 64; }
 
+GK_HD int popcount64(uint64_t x) {
+#if defined(__CUDA_ARCH__)
+  return __popcll(x);
+#else
+  return __builtin_popcountll(x);
+#endif
+}
+
+// Observables of rows [i0, i1) of one packed lattice (`black`, `white`: its two colours' L
+// rows of W words): `mismatched` += the bonds joining unequal spins (every bond has one
+// black end: the black spins' four neighbours count each bond once), `up` += the spins
+// at +1. The lattice's bond sum is 2 N - 2 mismatched, its spin sum 2 up - N.
+GK_HD void count_rows(const uint64_t* black, const uint64_t* white, int L, int i0, int i1,
+                      int64_t& mismatched, int64_t& up) {
+  const int H = L / 2, W = (H + 63) / 64;
+  for (int i = i0; i < i1; ++i) {
+    const uint64_t* above = white + static_cast<int64_t>(i == 0 ? L - 1 : i - 1) * W;
+    const uint64_t* below = white + static_cast<int64_t>(i == L - 1 ? 0 : i + 1) * W;
+    const uint64_t* same = white + static_cast<int64_t>(i) * W;
+    const uint64_t* row = black + static_cast<int64_t>(i) * W;
+    for (int x = 0; x < W; ++x) {
+      const uint64_t side = (i & 1) ? row_shift_next(same, x, H) : row_shift_prev(same, x, H);
+      const uint64_t s = row[x];
+      mismatched += popcount64(s ^ above[x]) + popcount64(s ^ below[x]) + popcount64(s ^ same[x]) +
+                    popcount64(s ^ side);
+      up += popcount64(s) + popcount64(same[x]);
+    }
+  }
+}
+
 // The 64 random words of group g (site order) from its 16 counters colour_base + 16 g + l.
 GK_HD void group_randoms(uint64_t seed, uint64_t colour_base, int64_t g, uint32_t* out) {
   for (int l = 0; l < 16; ++l) {

@@ -110,9 +110,11 @@ void unpack(const uint64_t* packed, int64_t B, int L, int W, int8_t* spins, bool
 }
 
 // spins (B, L, L) int8 ±1, L even >= 4; thresholds (2, 5) int64 in [0, 2^32] -> the spins
-// after n_sweeps sweeps drawn from Philox (seed, counters from offset).
-at::Tensor ising_sweep_cpu(const at::Tensor& spins, const at::Tensor& thresholds, int64_t n_sweeps,
-                           int64_t seed, int64_t offset) {
+// after n_sweeps sweeps drawn from Philox (seed, counters from offset), and the bond and
+// spin sums (B, n_sweeps / measure_every) after every measure_every sweeps (none for 0).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
+    const at::Tensor& spins, const at::Tensor& thresholds, int64_t n_sweeps, int64_t seed,
+    int64_t offset, int64_t measure_every) {
   TORCH_CHECK(spins.scalar_type() == at::kChar, "ising_sweep: spins must be int8; got ",
               spins.scalar_type());
   TORCH_CHECK(spins.dim() == 3 && spins.size(1) == spins.size(2),
@@ -125,10 +127,15 @@ at::Tensor ising_sweep_cpu(const at::Tensor& spins, const at::Tensor& thresholds
               "ising_sweep: thresholds must be a (2, 5) int64 tensor; got ", thresholds.scalar_type(),
               " ", thresholds.sizes());
   TORCH_CHECK(n_sweeps >= 0, "ising_sweep: n_sweeps must be >= 0; got ", n_sweeps);
+  TORCH_CHECK(measure_every >= 0, "ising_sweep: measure_every must be >= 0; got ", measure_every);
   TORCH_CHECK(spins.device().is_cpu() && thresholds.device().is_cpu(),
               "ising_sweep: spins and thresholds must be CPU tensors");
   const int64_t B = spins.size(0);
-  if (B == 0 || n_sweeps == 0) return spins.clone(at::MemoryFormat::Contiguous);
+  const int64_t n_samples = measure_every > 0 ? n_sweeps / measure_every : 0;
+  at::Tensor bond_sums = at::zeros({B, n_samples}, spins.options().dtype(at::kLong));
+  at::Tensor spin_sums = at::zeros({B, n_samples}, spins.options().dtype(at::kLong));
+  if (B == 0 || n_sweeps == 0)
+    return {spins.clone(at::MemoryFormat::Contiguous), bond_sums, spin_sums};
 
   const int L = static_cast<int>(L64), H = L / 2, W = (H + 63) / 64;
   const char* isa = std::getenv("GENKERNELS_CPU_ISA");
@@ -150,6 +157,12 @@ at::Tensor ising_sweep_cpu(const at::Tensor& spins, const at::Tensor& thresholds
   const int64_t tasks = B * chunks;
   const size_t buf_words = static_cast<size_t>((int64_t{rows} * H + 63) / 64 + 2) * 64;
 
+  // per-task partial counts of a sample, summed in task order by one thread
+  std::vector<int64_t> mismatched(static_cast<size_t>(tasks)), up(static_cast<size_t>(tasks));
+  int64_t* bonds = bond_sums.mutable_data_ptr<int64_t>();
+  int64_t* totals = spin_sums.mutable_data_ptr<int64_t>();
+  const int64_t n_spins = int64_t{L} * L;
+
 #pragma omp parallel num_threads(threads)
   {
     std::vector<uint32_t> buf(buf_words);
@@ -167,12 +180,36 @@ at::Tensor ising_sweep_cpu(const at::Tensor& spins, const at::Tensor& thresholds
           }
         }
       }
+      if (measure_every > 0 && (t + 1) % measure_every == 0) {
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < tasks; ++task) {
+          const int64_t b = task / chunks;
+          const int i0 = static_cast<int>((task % chunks) * rows);
+          const uint64_t* lattice = packed.data() + b * 2 * L * W;
+          mismatched[task] = up[task] = 0;
+          count_rows(lattice, lattice + int64_t{L} * W, L, i0, std::min(L, i0 + rows), mismatched[task],
+                     up[task]);
+        }
+#pragma omp single
+        {
+          const int64_t sample = (t + 1) / measure_every - 1;
+          for (int64_t b = 0; b < B; ++b) {
+            int64_t mis = 0, plus = 0;
+            for (int64_t j = b * chunks; j < (b + 1) * chunks; ++j) {
+              mis += mismatched[j];
+              plus += up[j];
+            }
+            bonds[b * n_samples + sample] = 2 * n_spins - 2 * mis;
+            totals[b * n_samples + sample] = 2 * plus - n_spins;
+          }
+        }
+      }
     }
   }
 
   at::Tensor out = at::empty({B, L, L}, spins.options().memory_format(at::MemoryFormat::Contiguous));
   unpack(packed.data(), B, L, W, out.mutable_data_ptr<int8_t>(), use_avx512);
-  return out;
+  return {out, bond_sums, spin_sums};
 }
 
 }  // namespace

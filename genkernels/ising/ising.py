@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_int
-from .ops import _check_real, check_lattice_size, ising_observables, ising_sweep, ising_thresholds
+from .ops import _check_real, check_lattice_size, ising_observables, ising_thresholds, run_sweeps
 from .reference import ALGORITHMS, INITS, counters_per_sweep
 
 
@@ -104,14 +104,18 @@ class Ising2D(nn.Module):
     def sweep(self, n: int = 1, *, backend: str | None = None) -> Ising2D:
         """Run ``n`` checkerboard sweeps (n L^2 flips per lattice) and advance the stream.
         backend: None (auto), "reference", "cpu", "triton" or "cuda". Returns self."""
-        n = check_int("n", n, 0)
-        if n:
-            self.spins = ising_sweep(self.spins, self.thresholds, n, self.seed, self.offset,
-                                     backend=backend)
-            step = n * counters_per_sweep(self.L, self.n_lattices)
-            self.offset = (self.offset + step + 2**63) % 2**64 - 2**63
-            self.sweeps_done += n
+        self._run(check_int("n", n, 0), 0, backend)
         return self
+
+    def _run(self, n: int, every: int, backend: str | None):
+        """n sweeps (samples every `every`, 0: none) from the model's stream, which advances."""
+        spins, bonds, totals = run_sweeps(self.spins, self.thresholds, n, self.seed, self.offset,
+                                          every, backend)
+        self.spins = spins
+        step = n * counters_per_sweep(self.L, self.n_lattices)
+        self.offset = (self.offset + step + 2**63) % 2**64 - 2**63
+        self.sweeps_done += n
+        return bonds, totals
 
     # ---------------------------------------------------------------- observables
     def _sums(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,15 +158,9 @@ class Ising2D(nn.Module):
             raise ValueError(f"n_sweeps // every must be >= 1 sample; got n_sweeps={n_sweeps}, "
                              f"every={every}")
         self.sweep(thermalize, backend=backend)
-        bonds, totals = [], []
-        for _ in range(n_samples):
-            self.sweep(every, backend=backend)
-            b, m = self._sums()
-            bonds.append(b)
-            totals.append(m)
-        self.sweep(n_sweeps - n_samples * every, backend=backend)
-        bond_series = torch.stack(bonds, 1).double().cpu()
-        spin_series = torch.stack(totals, 1).double().cpu()
+        bonds, totals = self._run(n_sweeps, every, backend)  # one kernel call: (B, T) each
+        bond_series = bonds.double().cpu()
+        spin_series = totals.double().cpu()
         e = (-self.J * bond_series - self.h * spin_series) / self.n_spins
         m = spin_series / self.n_spins
         return binning_analysis(e, m, self.beta, self.n_spins)

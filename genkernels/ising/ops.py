@@ -26,8 +26,10 @@ INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 if backends.extension_error() is None:
     @torch.library.register_fake("genkernels::ising_sweep")
-    def _sweep_fake(spins, thresholds, n_sweeps, seed, offset):
-        return torch.empty_like(spins, memory_format=torch.contiguous_format)
+    def _sweep_fake(spins, thresholds, n_sweeps, seed, offset, measure_every):
+        n_samples = n_sweeps // measure_every if measure_every else 0
+        sums = spins.new_empty((spins.shape[0], n_samples), dtype=torch.int64)
+        return torch.empty_like(spins, memory_format=torch.contiguous_format), sums, sums.clone()
 
 
 def _triton_ops():
@@ -102,6 +104,28 @@ def ising_thresholds(temperature: float, J: float = 1.0, h: float = 0.0,
     return reference.thresholds(1.0 / temperature, J, h, algorithm)
 
 
+def run_sweeps(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int, seed: int,
+               offset: int, measure_every: int, backend: str | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backend's ``ising_sweep`` on validated arguments (the model calls this directly)."""
+    thresholds = thresholds.to(spins.device)
+    name = backends.resolve("ising_sweep", spins.device, backend)
+    if name == "reference":
+        return reference.sweep(spins, thresholds, n_sweeps, seed, offset, measure_every)
+    if name == "triton":
+        return _triton_ops().ising_sweep_triton(spins, thresholds, n_sweeps,
+                                                gk_random._schema_seed(seed), offset, measure_every)
+    return torch.ops.genkernels.ising_sweep(spins, thresholds, n_sweeps,
+                                            gk_random._schema_seed(seed), offset, measure_every)
+
+
+def _check_run(spins, thresholds, n_sweeps, seed, offset):
+    _check_spins(spins)
+    _check_thresholds(thresholds)
+    return (check_int("n_sweeps", n_sweeps, 0), gk_random._check_seed(seed),
+            check_int("offset", offset, INT64_MIN, INT64_MAX))
+
+
 def ising_sweep(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int = 1,
                 seed: int = 0, offset: int = 0, *, backend: str | None = None) -> torch.Tensor:
     """``n_sweeps`` checkerboard sweeps of B independent periodic L x L Ising lattices.
@@ -122,20 +146,23 @@ def ising_sweep(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int = 1
     Returns:
         (B, L, L) int8, the new spins (the input is untouched).
     """
-    _check_spins(spins)
-    _check_thresholds(thresholds)
-    n_sweeps = check_int("n_sweeps", n_sweeps, 0)
-    seed = gk_random._check_seed(seed)
-    offset = check_int("offset", offset, INT64_MIN, INT64_MAX)
-    thresholds = thresholds.to(spins.device)
-    name = backends.resolve("ising_sweep", spins.device, backend)
-    if name == "reference":
-        return reference.sweep(spins, thresholds, n_sweeps, seed, offset)
-    if name == "triton":
-        return _triton_ops().ising_sweep_triton(spins, thresholds, n_sweeps,
-                                                gk_random._schema_seed(seed), offset)
-    return torch.ops.genkernels.ising_sweep(spins, thresholds, n_sweeps,
-                                            gk_random._schema_seed(seed), offset)
+    n_sweeps, seed, offset = _check_run(spins, thresholds, n_sweeps, seed, offset)
+    return run_sweeps(spins, thresholds, n_sweeps, seed, offset, 0, backend)[0]
+
+
+def ising_sample(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int, every: int = 1,
+                 seed: int = 0, offset: int = 0, *, backend: str | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`ising_sweep` that also records the observables of every lattice after sweeps
+    every, 2 every, ... (S = n_sweeps // every samples), inside the kernel (the cpu and
+    cuda backends count them on the packed bits with popcounts).
+
+    Returns (spins (B, L, L) int8, bond_sums (B, S) int64 Σ_<ij> s_i s_j over the 2 L^2
+    bonds, spin_sums (B, S) int64 Σ_i s_i). Energy per spin: (-J bond_sums - h spin_sums)
+    / L^2."""
+    n_sweeps, seed, offset = _check_run(spins, thresholds, n_sweeps, seed, offset)
+    every = check_int("every", every, 1)
+    return run_sweeps(spins, thresholds, n_sweeps, seed, offset, every, backend)
 
 
 def ising_counters_per_sweep(L: int, n_lattices: int) -> int:

@@ -125,16 +125,20 @@ def neighbours_up(spins: torch.Tensor) -> torch.Tensor:
 
 
 def sweep(spins: torch.Tensor, flip_thresholds: torch.Tensor, n_sweeps: int, seed: int,
-          offset: int) -> torch.Tensor:
+          offset: int, measure_every: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n_sweeps`` checkerboard sweeps.
 
     spins: (B, L, L) int8, entries ±1; flip_thresholds: (2, 5) int64 (:func:`thresholds`);
-    seed: int in [0, 2^64); offset: int64, the first counter. Returns new (B, L, L) int8
-    spins (the input is untouched)."""
-    spins = spins.clone()
+    seed: int in [0, 2^64); offset: int64, the first counter; measure_every: >= 0.
+    Returns the new (B, L, L) int8 spins (the input is untouched) and, taken after sweeps
+    measure_every, 2 measure_every, ... (none when measure_every = 0), the bond sums and
+    spin sums (:func:`energy_sums`, :func:`magnetization_sums`): (B, S) int64 each,
+    S = n_sweeps // measure_every."""
+    spins = spins.clone(memory_format=torch.contiguous_format)
     n_lattices, L = spins.shape[0], spins.shape[1]
     table = flip_thresholds.to(device=spins.device, dtype=torch.int64)
-    for t in range(n_sweeps):
+    bonds, totals = [], []
+    for t in range(n_sweeps if n_lattices else 0):
         for colour in (0, 1):
             rows, cols = colour_sites(L, colour, spins.device)
             u = colour_randoms(seed, offset, L, n_lattices, t, colour, spins.device)  # (B, N/2)
@@ -143,7 +147,14 @@ def sweep(spins: torch.Tensor, flip_thresholds: torch.Tensor, n_sweeps: int, see
             sigma = (s > 0).to(torch.int64)
             flip = u < table[sigma, n]
             spins[:, rows, cols] = torch.where(flip, -s, s)
-    return spins
+        if measure_every and (t + 1) % measure_every == 0:
+            bonds.append(energy_sums(spins))
+            totals.append(magnetization_sums(spins))
+    if not bonds:  # no samples, or no lattices to sweep
+        n_samples = n_sweeps // measure_every if measure_every else 0
+        empty = torch.zeros(n_lattices, n_samples, dtype=torch.int64, device=spins.device)
+        return spins, empty, empty.clone()
+    return spins, torch.stack(bonds, 1), torch.stack(totals, 1)
 
 
 def energy_sums(spins: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import counters_per_colour
+from .reference import counters_per_colour, energy_sums, magnetization_sums
 
 # Philox counters per program (each updates up to 4 sites): fixed, the interpreter
 # cannot autotune (DESIGN.md, "Testing").
@@ -78,12 +78,18 @@ def _ising_half_sweep_kernel(
 
 
 def ising_sweep_fwd(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int, seed: int,
-                    offset: int) -> torch.Tensor:
-    """spins (B, L, L) int8 -> the spins after n_sweeps sweeps (a new tensor)."""
+                    offset: int, measure_every: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """spins (B, L, L) int8 -> the spins after n_sweeps sweeps (a new tensor), and the bond
+    and spin sums (B, n_sweeps // measure_every) int64 after every measure_every sweeps
+    (PyTorch reductions on the device between launches)."""
     out = spins.contiguous().clone()
     n_lattices, L = out.shape[0], out.shape[1]
-    if n_lattices == 0 or n_sweeps == 0:
-        return out
+    n_samples = n_sweeps // measure_every if measure_every else 0
+    bonds = torch.zeros(n_lattices, n_samples, dtype=torch.int64, device=out.device)
+    totals = torch.zeros_like(bonds)
+    if n_lattices == 0:
+        return out, bonds, totals
     th = thresholds.to(device=out.device, dtype=torch.int64).contiguous()
     q_count = counters_per_colour(L)
     grid = (n_lattices, triton.cdiv(q_count, BLOCK))
@@ -92,15 +98,24 @@ def ising_sweep_fwd(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int
             _ising_half_sweep_kernel[grid](out, th, seed & _UINT64_MASK, offset, t, n_lattices, L,
                                            q_count, COLOUR=colour, BLOCK=BLOCK,
                                            num_warps=NUM_WARPS)
-    return out
+        if measure_every and (t + 1) % measure_every == 0:
+            sample = (t + 1) // measure_every - 1
+            bonds[:, sample] = energy_sums(out)
+            totals[:, sample] = magnetization_sums(out)
+    return out, bonds, totals
+
+
+def _fake(spins, thresholds, n_sweeps, seed, offset, measure_every):
+    n_samples = n_sweeps // measure_every if measure_every else 0
+    sums = spins.new_empty((spins.shape[0], n_samples), dtype=torch.int64)
+    return torch.empty_like(spins, memory_format=torch.contiguous_format), sums, sums.clone()
 
 
 @torch.library.custom_op("genkernels::ising_sweep_triton", mutates_args=())
 def ising_sweep_triton(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int, seed: int,
-                       offset: int) -> torch.Tensor:
-    return ising_sweep_fwd(spins, thresholds, n_sweeps, seed, offset)
+                       offset: int, measure_every: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return ising_sweep_fwd(spins, thresholds, n_sweeps, seed, offset, measure_every)
 
 
-@ising_sweep_triton.register_fake
-def _ising_sweep_triton_fake(spins, thresholds, n_sweeps, seed, offset):
-    return torch.empty_like(spins, memory_format=torch.contiguous_format)
+ising_sweep_triton.register_fake(_fake)
