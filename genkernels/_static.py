@@ -182,9 +182,22 @@ def _random_registry() -> list[TritonKernel]:
     ]
 
 
+def _ising_registry() -> list[TritonKernel]:
+    from .ising import triton as ising_triton
+
+    # offsets beyond 2^31 reach the kernel as i64, the common case for a model's stream
+    sig = {"SPINS": "*i8", "TH": "*i64", "seed": "i64", "offset": "i64", "sweep": "i32",
+           "B": "i32", "L": "i32", "Q": "i32"}
+    return [TritonKernel("ising", f"_ising_half_sweep_kernel[colour={colour}]",
+                         lambda: ising_triton._ising_half_sweep_kernel, sig,
+                         {"COLOUR": colour, "BLOCK": ising_triton.BLOCK}, ising_triton.NUM_WARPS)
+            for colour in (0, 1)]
+
+
 # Every Triton kernel of the library, per family, with what its launcher runs on a GPU.
 REGISTRY_BUILDERS: dict[str, Callable[[], list[TritonKernel]]] = {
     "som": _som_registry, "random": _random_registry}
+REGISTRY_BUILDERS["ising"] = _ising_registry
 
 
 def registry() -> list[TritonKernel]:

@@ -12,6 +12,7 @@
 """
 import math
 
+import ising_exact as exact
 import pytest
 import torch
 
@@ -19,8 +20,6 @@ import genkernels
 from genkernels import Ising2D, backends, ops
 from genkernels import random as gk_random
 from genkernels.ising import reference
-
-import ising_exact as exact
 
 HAS_CPU = backends.extension_error() is None
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason=f"cpu backend: {backends.extension_error()}")
@@ -272,7 +271,7 @@ def test_compile_fullgraph():
         out = ops.ising_sweep(s, table, 2, 5, 0)
         return out, ops.ising_observables(out)
 
-    out, (bonds, total) = run(spins)
+    out, (_bonds, total) = run(spins)
     want = ops.ising_sweep(spins, table, 2, 5, 0)
     assert torch.equal(out, want)
     assert torch.equal(total, want.to(torch.int64).sum((1, 2)))
@@ -311,23 +310,23 @@ def test_model_random_init_reproduces_from_seed():
 
 
 @pytest.mark.parametrize("kwargs,name", [
-    (dict(L=7), "L"), (dict(L=2), "L"), (dict(L=4.0), "L"),
-    (dict(temperature=0.0), "temperature"), (dict(temperature=-1.0), "temperature"),
-    (dict(temperature=float("nan")), "temperature"),
-    (dict(n_lattices=0), "n_lattices"), (dict(algorithm="wolff"), "algorithm"),
-    (dict(init="checkerboard"), "init"), (dict(J=float("inf")), "J"),
+    ({"L": 7}, "L"), ({"L": 2}, "L"), ({"L": 4.0}, "L"),
+    ({"temperature": 0.0}, "temperature"), ({"temperature": -1.0}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"n_lattices": 0}, "n_lattices"), ({"algorithm": "wolff"}, "algorithm"),
+    ({"init": "checkerboard"}, "init"), ({"J": float("inf")}, "J"),
 ])
 def test_model_errors_name_the_argument(kwargs, name):
-    args = dict(L=8, temperature=2.0)
+    args = {"L": 8, "temperature": 2.0}
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=name):
         Ising2D(**args)
 
 
 def test_model_errors_are_value_errors_for_bad_values():
-    for kwargs in (dict(L=7), dict(L=2), dict(temperature=0.0), dict(n_lattices=0),
-                   dict(algorithm="x"), dict(init="x")):
-        args = dict(L=8, temperature=2.0)
+    for kwargs in ({"L": 7}, {"L": 2}, {"temperature": 0.0}, {"n_lattices": 0},
+                   {"algorithm": "x"}, {"init": "x"}):
+        args = {"L": 8, "temperature": 2.0}
         args.update(kwargs)
         with pytest.raises(ValueError):
             Ising2D(**args)

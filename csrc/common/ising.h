@@ -50,16 +50,18 @@ GK_HD Classes neighbour_classes(uint64_t a, uint64_t b, uint64_t c, uint64_t d) 
   return out;
 }
 
+// The spins of class `cls` (a mask) with n +1 neighbours whose threshold is 2^32.
+GK_HD uint64_t always_in_class(uint64_t cls, int n, uint64_t s, uint32_t always) {
+  const uint64_t down = 0ull - static_cast<uint64_t>((always >> n) & 1u);
+  const uint64_t up = 0ull - static_cast<uint64_t>((always >> (8 + n)) & 1u);
+  return cls & ((~s & down) | (s & up));
+}
+
 // Bits of spins whose threshold is 2^32 (they flip whatever their random word).
 GK_HD uint64_t always_flips(const Classes& k, uint64_t s, uint32_t always) {
-  const uint64_t cls[5] = {~(k.b0 | k.b1 | k.b2), k.b0 & ~k.b1, ~k.b0 & k.b1, k.b0 & k.b1, k.b2};
-  uint64_t out = 0;
-  for (int n = 0; n < 5; ++n) {
-    const uint64_t down = 0ull - static_cast<uint64_t>((always >> n) & 1u);
-    const uint64_t up = 0ull - static_cast<uint64_t>((always >> (8 + n)) & 1u);
-    out |= cls[n] & ((~s & down) | (s & up));
-  }
-  return out;
+  return always_in_class(~(k.b0 | k.b1 | k.b2), 0, s, always) |
+         always_in_class(k.b0 & ~k.b1, 1, s, always) | always_in_class(~k.b0 & k.b1, 2, s, always) |
+         always_in_class(k.b0 & k.b1, 3, s, always) | always_in_class(k.b2, 4, s, always);
 }
 
 // Flip bits of 64 spins (only the low `nbits` are meaningful) from their random words

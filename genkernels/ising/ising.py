@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_int
-from .ops import _check_real, check_lattice_size, ising_observables, ising_thresholds, run_sweeps
+from .ops import (
+    _check_real,
+    check_lattice_size,
+    ising_observables,
+    ising_thresholds,
+    run_sweeps,
+)
 from .reference import ALGORITHMS, INITS, counters_per_sweep
 
 

@@ -80,10 +80,9 @@ def _check_thresholds(thresholds) -> torch.Tensor:
     if thresholds.dtype != torch.int64 or tuple(thresholds.shape) != (2, 5):
         raise ValueError(f"thresholds must be a (2, 5) int64 tensor (ising_thresholds); got "
                          f"{thresholds.dtype} {tuple(thresholds.shape)}")
-    if not compiling() and thresholds.device.type != "meta":
-        if bool(((thresholds < 0) | (thresholds > TWO_32)).any()):
-            raise ValueError("thresholds must lie in [0, 2^32]; got "
-                             f"{thresholds.tolist()}")
+    if not compiling() and thresholds.device.type != "meta" and \
+            bool(((thresholds < 0) | (thresholds > TWO_32)).any()):
+        raise ValueError(f"thresholds must lie in [0, 2^32]; got {thresholds.tolist()}")
     return thresholds
 
 
