@@ -198,15 +198,20 @@ def test_cpu_equals_reference_partial_and_full_words(L, cpu_isa):
 
 @needs_cpu
 def test_cpu_thread_count_does_not_change_the_lattices():
-    spins = _random_spins(5, 66)
+    """One thread, or several over whole lattices (B >= threads) or over row chunks with
+    barriers (B < threads): the same lattices and samples."""
     table = ops.ising_thresholds(2.0, algorithm="heatbath")
     threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = ops.ising_sweep(spins, table, 4, 1, 0, backend="cpu")
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(ops.ising_sweep(spins, table, 4, 1, 0, backend="cpu"), one)
+    for n_lattices in (1, 5):
+        spins = _random_spins(n_lattices, 66)
+        try:
+            torch.set_num_threads(1)
+            one = ops.ising_sample(spins, table, 4, 2, 1, 0, backend="cpu")
+            torch.set_num_threads(max(2, threads))
+            many = ops.ising_sample(spins, table, 4, 2, 1, 0, backend="cpu")
+        finally:
+            torch.set_num_threads(threads)
+        assert all(torch.equal(a, b) for a, b in zip(one, many))
 
 
 @pytest.mark.parametrize("name", ["reference", pytest.param("cpu", marks=needs_cpu),

@@ -2,12 +2,13 @@
 // genkernels/ising/reference.py): multi-spin-coded checkerboard sweeps.
 //
 // The int8 lattices are packed to one bit per spin, each colour's row in 64-bit words
-// (csrc/common/ising.h), swept, and unpacked. A half-sweep updates one colour of every
-// lattice: tasks are (lattice, chunk of rows), spread over the OpenMP threads of one
-// parallel region with a barrier between colours. A task first draws the Philox words of
-// its rows' sites into a thread-local buffer (16 counters per 64 sites, all four words
-// used), then updates 64 spins per step: their neighbour classes by full-adder logic on
-// four neighbour words, one threshold compare per spin, flips as an XOR. The AVX-512 build
+// (csrc/common/ising.h), swept, and unpacked. The sweeps run in one OpenMP parallel
+// region: whole lattices per task when there are at least as many as threads (no
+// barriers), else (lattice, chunk of rows) tasks with a barrier between colours. A chunk
+// first draws the Philox words of its rows' sites into a thread-local buffer (16 counters
+// per 64 sites, all four words used), then updates 64 spins per step: their neighbour
+// classes by full-adder logic on four neighbour words, one threshold compare per spin,
+// flips as an XOR. The AVX-512 build
 // (csrc/cpu/ising_avx512.cpp) vectorises the drawing and the compares;
 // GENKERNELS_CPU_ISA=avx2 keeps the portable build on an AVX-512 machine (read per call).
 #include <ATen/ATen.h>
@@ -149,58 +150,87 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
                  16 * ((int64_t{L} * L / 2 + 63) / 64), make_table(thresholds)};
 
   const int threads = std::max(1, at::get_num_threads());
-  // rows per task: kChunkSites sites, fewer when that leaves under 4 tasks per thread
-  const int64_t by_size = std::max<int64_t>(1, kChunkSites / H);
-  const int64_t by_balance = std::max<int64_t>(1, (B * L + 4 * threads - 1) / (4 * threads));
-  const int rows = static_cast<int>(std::min<int64_t>(L, std::min(by_size, by_balance)));
-  const int64_t chunks = (L + rows - 1) / rows;
-  const int64_t tasks = B * chunks;
-  const size_t buf_words = static_cast<size_t>((int64_t{rows} * H + 63) / 64 + 2) * 64;
-
-  // per-task partial counts of a sample, summed in task order by one thread
-  std::vector<int64_t> mismatched(static_cast<size_t>(tasks)), up(static_cast<size_t>(tasks));
   int64_t* bonds = bond_sums.mutable_data_ptr<int64_t>();
   int64_t* totals = spin_sums.mutable_data_ptr<int64_t>();
   const int64_t n_spins = int64_t{L} * L;
+  auto record = [&](int64_t b, int64_t t, int64_t mis, int64_t plus) {
+    const int64_t sample = (t + 1) / measure_every - 1;
+    bonds[b * n_samples + sample] = 2 * n_spins - 2 * mis;
+    totals[b * n_samples + sample] = 2 * plus - n_spins;
+  };
+  auto measuring = [&](int64_t t) { return measure_every > 0 && (t + 1) % measure_every == 0; };
+  auto update = [&](int64_t t, int c, int64_t b, int i0, int i1, uint32_t* buf) {
+    if (use_avx512) {
+      update_rows_avx512(args, t, c, b, i0, i1, buf);
+    } else {
+      update_rows<Portable>(args, t, c, b, i0, i1, buf);
+    }
+  };
 
+  if (B >= threads) {
+    // Enough lattices for every thread: each lattice is one task that runs all its sweeps
+    // alone, so the threads never wait for one another (no barrier per half-sweep, which on
+    // a loaded machine costs a scheduler time slice whenever one thread is preempted).
+    const int rows = static_cast<int>(std::min<int64_t>(L, std::max<int64_t>(1, kChunkSites / H)));
+    const size_t buf_words = static_cast<size_t>((int64_t{rows} * H + 63) / 64 + 2) * 64;
 #pragma omp parallel num_threads(threads)
-  {
-    std::vector<uint32_t> buf(buf_words);
-    for (int64_t t = 0; t < n_sweeps; ++t) {
-      for (int c = 0; c < 2; ++c) {
-#pragma omp for schedule(static)
-        for (int64_t task = 0; task < tasks; ++task) {
-          const int64_t b = task / chunks;
-          const int i0 = static_cast<int>((task % chunks) * rows);
-          const int i1 = std::min(L, i0 + rows);
-          if (use_avx512) {
-            update_rows_avx512(args, t, c, b, i0, i1, buf.data());
-          } else {
-            update_rows<Portable>(args, t, c, b, i0, i1, buf.data());
+    {
+      std::vector<uint32_t> buf(buf_words);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t t = 0; t < n_sweeps; ++t) {
+          for (int c = 0; c < 2; ++c)
+            for (int i0 = 0; i0 < L; i0 += rows) update(t, c, b, i0, std::min(L, i0 + rows), buf.data());
+          if (measuring(t)) {
+            const uint64_t* lattice = packed.data() + b * 2 * L * W;
+            int64_t mis = 0, plus = 0;
+            count_rows(lattice, lattice + int64_t{L} * W, L, 0, L, mis, plus);
+            record(b, t, mis, plus);
           }
         }
       }
-      if (measure_every > 0 && (t + 1) % measure_every == 0) {
+    }
+  } else {
+    // Fewer lattices than threads: every half-sweep is split into (lattice, row chunk)
+    // tasks with a barrier between colours. Rows per task: kChunkSites sites, fewer when
+    // that leaves under 4 tasks per thread.
+    const int64_t by_size = std::max<int64_t>(1, kChunkSites / H);
+    const int64_t by_balance = std::max<int64_t>(1, (B * L + 4 * threads - 1) / (4 * threads));
+    const int rows = static_cast<int>(std::min<int64_t>(L, std::min(by_size, by_balance)));
+    const int64_t chunks = (L + rows - 1) / rows;
+    const int64_t tasks = B * chunks;
+    const size_t buf_words = static_cast<size_t>((int64_t{rows} * H + 63) / 64 + 2) * 64;
+    // per-task partial counts of a sample, summed in task order by one thread
+    std::vector<int64_t> mismatched(static_cast<size_t>(tasks)), up(static_cast<size_t>(tasks));
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<uint32_t> buf(buf_words);
+      for (int64_t t = 0; t < n_sweeps; ++t) {
+        for (int c = 0; c < 2; ++c) {
 #pragma omp for schedule(static)
-        for (int64_t task = 0; task < tasks; ++task) {
-          const int64_t b = task / chunks;
-          const int i0 = static_cast<int>((task % chunks) * rows);
-          const uint64_t* lattice = packed.data() + b * 2 * L * W;
-          mismatched[task] = up[task] = 0;
-          count_rows(lattice, lattice + int64_t{L} * W, L, i0, std::min(L, i0 + rows), mismatched[task],
-                     up[task]);
+          for (int64_t task = 0; task < tasks; ++task) {
+            const int i0 = static_cast<int>((task % chunks) * rows);
+            update(t, c, task / chunks, i0, std::min(L, i0 + rows), buf.data());
+          }
         }
+        if (measuring(t)) {
+#pragma omp for schedule(static)
+          for (int64_t task = 0; task < tasks; ++task) {
+            const int64_t b = task / chunks;
+            const int i0 = static_cast<int>((task % chunks) * rows);
+            const uint64_t* lattice = packed.data() + b * 2 * L * W;
+            mismatched[task] = up[task] = 0;
+            count_rows(lattice, lattice + int64_t{L} * W, L, i0, std::min(L, i0 + rows),
+                       mismatched[task], up[task]);
+          }
 #pragma omp single
-        {
-          const int64_t sample = (t + 1) / measure_every - 1;
           for (int64_t b = 0; b < B; ++b) {
             int64_t mis = 0, plus = 0;
             for (int64_t j = b * chunks; j < (b + 1) * chunks; ++j) {
               mis += mismatched[j];
               plus += up[j];
             }
-            bonds[b * n_samples + sample] = 2 * n_spins - 2 * mis;
-            totals[b * n_samples + sample] = 2 * plus - n_spins;
+            record(b, t, mis, plus);
           }
         }
       }
