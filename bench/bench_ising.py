@@ -31,10 +31,10 @@ for path in (BENCH_DIR, REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import torch  # noqa: E402
+import torch
 
-import genkernels  # noqa: E402
-from genkernels import ops  # noqa: E402
+import genkernels
+from genkernels import ops
 
 SIZES = (256, 1024)
 LATTICES = (1, 16)
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     machine = machine_name(args.device)
     stem = f"ising-{machine}" + ("-quick" if args.quick else "")
     os.makedirs(args.out, exist_ok=True)
-    meta = {"machine": machine, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    meta = {"machine": machine, "date": datetime.datetime.now(datetime.UTC).isoformat(),
             "commit": git_commit(), "versions": versions(), "unit": "flips per ns (median)"}
     with open(os.path.join(args.out, stem + ".json"), "w") as fh:
         json.dump({**meta, "cases": cases}, fh, indent=1)

@@ -202,8 +202,9 @@ def test_cpu_thread_count_does_not_change_the_lattices():
     barriers (B < threads): the same lattices and samples."""
     table = ops.ising_thresholds(2.0, algorithm="heatbath")
     threads = torch.get_num_threads()
-    for n_lattices in (1, 5):
-        spins = _random_spins(n_lattices, 66)
+    # (the kernel gives a thread at least 16384 spins: these sizes get two)
+    for n_lattices, L in ((1, 192), (5, 130)):
+        spins = _random_spins(n_lattices, L)
         try:
             torch.set_num_threads(1)
             one = ops.ising_sample(spins, table, 4, 2, 1, 0, backend="cpu")

@@ -31,6 +31,7 @@ namespace {
 // Sites per task: enough that drawing and updating dwarf the scheduling, few enough that
 // the task's random words (4 bytes a site) stay in L1/L2.
 constexpr int64_t kChunkSites = 8192;
+constexpr int64_t kMinSitesPerThread = 16384;
 
 struct Portable {
   static void randoms(uint64_t seed, uint64_t base, int64_t g0, int64_t n_groups, uint32_t* out) {
@@ -149,7 +150,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
   SweepArgs args{packed.data(), B, L, H, W, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
                  16 * ((int64_t{L} * L / 2 + 63) / 64), make_table(thresholds)};
 
-  const int threads = std::max(1, at::get_num_threads());
+  // at most one thread per kMinSitesPerThread spins: below that a half-sweep lasts a few
+  // microseconds and the barriers would cost more than the second thread gains
+  const int threads = static_cast<int>(std::clamp<int64_t>(B * L * L / kMinSitesPerThread, 1,
+                                                           std::max(1, at::get_num_threads())));
   int64_t* bonds = bond_sums.mutable_data_ptr<int64_t>();
   int64_t* totals = spin_sums.mutable_data_ptr<int64_t>();
   const int64_t n_spins = int64_t{L} * L;

@@ -3,9 +3,9 @@
 // vectorised, 16 lanes of 32 bits:
 // * Philox4x32-10 on 16 consecutive counters at once -- one group of 64 sites, its four
 //   output words stored as four contiguous runs of 16, which is the site order
-//   (csrc/common/ising.h), so no shuffles. The 32 x 32 -> 64-bit products take two
-//   vpmuludq (even and odd lanes) and two masked pair swaps per multiplier, the XORs a
-//   vpternlogd each.
+//   (csrc/common/ising.h). The counters run in the low halves of 64-bit lanes (two
+//   vectors of 8), so each 32 x 32 -> 64-bit product is one vpmuludq and its high half
+//   one vpshufd away (Philox8 below).
 // * The threshold compare: each spin's table index n + 8 s is assembled from the
 //   bit-sliced class words with four masked adds, the threshold fetched with one
 //   vpermd from the 16-entry table and compared unsigned, 16 spins per instruction.
@@ -26,20 +26,37 @@
 namespace genkernels::ising::cpu {
 namespace {
 
-// (hi, lo) of the 32 x 32 -> 64-bit products a[lane] * m, m the same in every lane:
-// vpmuludq multiplies the even lanes (and, after a pair swap, the odd ones) into 64-bit
-// lanes; one masked pair swap per output puts each half back in its lane.
-inline void mulhilo(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(a, m);
-  const __m512i odd = _mm512_mul_epu32(_mm512_shuffle_epi32(a, _MM_PERM_DDBB), m);
-  hi = _mm512_mask_shuffle_epi32(odd, 0x5555, even, _MM_PERM_CDAB);
-  lo = _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
-}
+// Eight Philox4x32-10 streams in the low halves of 64-bit lanes. vpmuludq multiplies the
+// low halves into full 64-bit products: the product itself serves as the next round's
+// "lo" word (only its low half is ever read again -- by vpmuludq, or by the final
+// extraction; the XORs carry garbage in the high halves harmlessly) and one vpshufd moves
+// its high half down as the "hi" word. Per round and 8 counters: 2 vpmuludq (port 0),
+// 2 vpshufd (port 5), 2 vpternlogd three-way XORs.
+struct Philox8 {
+  __m512i c0, c1, c2, c3;
+
+  inline void rounds(const uint32_t* key0, const uint32_t* key1, __m512i round_a, __m512i round_b) {
+    for (int r = 0; r < random::kPhiloxRounds; ++r) {
+      const __m512i prod_b = _mm512_mul_epu32(c2, round_b);
+      const __m512i prod_a = _mm512_mul_epu32(c0, round_a);
+      c0 = _mm512_ternarylogic_epi32(_mm512_shuffle_epi32(prod_b, _MM_PERM_DDBB), c1,
+                                     _mm512_set1_epi32(static_cast<int>(key0[r])), 0x96);
+      c2 = _mm512_ternarylogic_epi32(_mm512_shuffle_epi32(prod_a, _MM_PERM_DDBB), c3,
+                                     _mm512_set1_epi32(static_cast<int>(key1[r])), 0x96);
+      c1 = prod_b;
+      c3 = prod_a;
+    }
+  }
+};
 
 struct Avx512 {
-  // Words of groups [g0, g0 + n_groups) into out[(g - g0) * 64 ...], site order.
+  // Words of groups [g0, g0 + n_groups) into out[(g - g0) * 64 ...], site order: a group's
+  // 16 counters run as two Philox8 (lanes 0-7, 8-15), whose low halves one vpermt2d per
+  // output word gathers into 16 consecutive words.
   static void randoms(uint64_t seed, uint64_t base, int64_t g0, int64_t n_groups, uint32_t* out) {
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i lanes_lo = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m512i lanes_hi = _mm512_setr_epi64(8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i round_a = _mm512_set1_epi32(static_cast<int>(random::kPhiloxRoundA));
     const __m512i round_b = _mm512_set1_epi32(static_cast<int>(random::kPhiloxRoundB));
     uint32_t key0[random::kPhiloxRounds], key1[random::kPhiloxRounds];
@@ -48,30 +65,18 @@ struct Avx512 {
       key1[r] = static_cast<uint32_t>(seed >> 32) + static_cast<uint32_t>(r) * random::kPhiloxKeyB;
     }
     for (int64_t g = 0; g < n_groups; ++g) {
-      const uint64_t first = base + static_cast<uint64_t>(16 * (g0 + g));
-      // counters first + lane as (low, high) words: a lane whose low word wrapped carries
-      const __m512i lo_word = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first)), lane);
-      const __mmask16 wrapped = _mm512_cmplt_epu32_mask(lo_word, lane);
-      __m512i c0 = lo_word;
-      __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(first >> 32)), wrapped,
-                                         _mm512_set1_epi32(static_cast<int>(first >> 32)),
-                                         _mm512_set1_epi32(1));
-      __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
-      for (int r = 0; r < random::kPhiloxRounds; ++r) {
-        __m512i hi_b, lo_b, hi_a, lo_a;
-        mulhilo(c2, round_b, hi_b, lo_b);
-        mulhilo(c0, round_a, hi_a, lo_a);
-        // three-way XORs in one vpternlogd each (truth table 0x96)
-        c0 = _mm512_ternarylogic_epi32(hi_b, c1, _mm512_set1_epi32(static_cast<int>(key0[r])), 0x96);
-        c2 = _mm512_ternarylogic_epi32(hi_a, c3, _mm512_set1_epi32(static_cast<int>(key1[r])), 0x96);
-        c1 = lo_b;
-        c3 = lo_a;
-      }
+      const __m512i first = _mm512_set1_epi64(static_cast<long long>(base + static_cast<uint64_t>(16 * (g0 + g))));
+      // counters as 64-bit lanes: c0 their low word, c1 their high word (carries for free)
+      const __m512i ctr_lo = _mm512_add_epi64(first, lanes_lo), ctr_hi = _mm512_add_epi64(first, lanes_hi);
+      Philox8 lo{ctr_lo, _mm512_srli_epi64(ctr_lo, 32), _mm512_setzero_si512(), _mm512_setzero_si512()};
+      Philox8 hi{ctr_hi, _mm512_srli_epi64(ctr_hi, 32), _mm512_setzero_si512(), _mm512_setzero_si512()};
+      lo.rounds(key0, key1, round_a, round_b);
+      hi.rounds(key0, key1, round_a, round_b);
       uint32_t* dst = out + 64 * g;
-      _mm512_storeu_si512(dst, c0);
-      _mm512_storeu_si512(dst + 16, c1);
-      _mm512_storeu_si512(dst + 32, c2);
-      _mm512_storeu_si512(dst + 48, c3);
+      _mm512_storeu_si512(dst, _mm512_permutex2var_epi32(lo.c0, low_halves, hi.c0));
+      _mm512_storeu_si512(dst + 16, _mm512_permutex2var_epi32(lo.c1, low_halves, hi.c1));
+      _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi32(lo.c2, low_halves, hi.c2));
+      _mm512_storeu_si512(dst + 48, _mm512_permutex2var_epi32(lo.c3, low_halves, hi.c3));
     }
   }
 
