@@ -54,7 +54,7 @@ def backends_for(device: str) -> list[str]:
     return [b for b in ("cpu", "reference") if b in genkernels.available_backends("cpu")]
 
 
-def time_case(backend: str, device: str, L: int, B: int, budget_s: float) -> dict:
+def time_case(backend: str, device: str, L: int, B: int, budget_s: float, threads: int) -> dict:
     spins = torch.ones(B, L, L, dtype=torch.int8, device=device)
     table = ops.ising_thresholds(T_CRITICAL)
 
@@ -65,11 +65,8 @@ def time_case(backend: str, device: str, L: int, B: int, budget_s: float) -> dic
         sync(device)
         return time.perf_counter() - start
 
-    n = 1
-    first = run(n)  # warm-up (and Triton's compile), then size the calls
-    if first < TARGET_CALL_S:
-        first = run(n)
-        n = max(1, min(1000, int(TARGET_CALL_S / max(first, 1e-6))))
+    run(1)  # warm-up (and Triton's compile), then size the calls on a second one
+    n = max(1, min(1000, int(TARGET_CALL_S / max(run(1), 1e-6))))
     times = []
     while not times or (sum(times) < budget_s and len(times) < 20):
         times.append(run(n))
@@ -77,7 +74,8 @@ def time_case(backend: str, device: str, L: int, B: int, budget_s: float) -> dic
             break
     median = statistics.median(times)
     flips = B * L * L * n
-    return {"backend": backend, "device": device, "L": L, "n_lattices": B, "sweeps_per_call": n,
+    return {"backend": backend, "device": device, "threads": threads, "L": L, "n_lattices": B,
+            "sweeps_per_call": n, "load_average": os.getloadavg()[0],
             "rounds": len(times), "median_s": median, "min_s": min(times),
             "flips_per_ns": flips / median / 1e9, "best_flips_per_ns": flips / min(times) / 1e9}
 
@@ -95,16 +93,23 @@ def main(argv=None) -> int:
     budget = 0.3 if args.quick else 2.0
     sizes = (256,) if args.quick else SIZES
     cases = []
+    all_threads = torch.get_num_threads()
     for backend in backends_for(args.device):
-        for L in sizes:
-            for B in LATTICES:
-                if backend == "reference" and L * L * B > 1024 * 1024:
-                    continue  # seconds per sweep: the oracle, not a contender
-                case = time_case(backend, args.device, L, B, budget)
-                cases.append(case)
-                print(f"{backend:>9}  L={L:<5} B={B:<3} {case['flips_per_ns']:8.3f} flips/ns "
-                      f"(best {case['best_flips_per_ns']:.3f}, {case['sweeps_per_call']} sweeps/call, "
-                      f"{case['rounds']} rounds)", flush=True)
+        # the cpu kernel also on one thread: on a shared machine the two can differ a lot
+        thread_counts = sorted({1, all_threads}) if backend == "cpu" else [all_threads]
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            for L in sizes:
+                for B in LATTICES:
+                    if backend == "reference" and L * L * B > 1024 * 1024:
+                        continue  # seconds per sweep: the oracle, not a contender
+                    case = time_case(backend, args.device, L, B, budget, threads)
+                    cases.append(case)
+                    print(f"{backend:>9} {threads:>2} thr  L={L:<5} B={B:<3} "
+                          f"{case['flips_per_ns']:8.3f} flips/ns (best {case['best_flips_per_ns']:.3f}, "
+                          f"{case['sweeps_per_call']} sweeps/call, {case['rounds']} rounds, "
+                          f"load {case['load_average']:.1f})", flush=True)
+    torch.set_num_threads(all_threads)
     machine = machine_name(args.device)
     stem = f"ising-{machine}" + ("-quick" if args.quick else "")
     os.makedirs(args.out, exist_ok=True)
@@ -116,12 +121,15 @@ def main(argv=None) -> int:
     lines = [f"# Ising sweeps on {machine}", "",
              f"`python bench/bench_ising.py --device {args.device}"
              + (" --quick" if args.quick else "") + f"`, commit {meta['commit']}, "
-             f"{meta['versions'].get('torch_threads')} threads. Flips per ns (one flip = one "
-             "attempted spin update), median of the rounds; best round in brackets.", "",
-             "| backend | L | lattices | flips/ns | best |", "|---|---|---|---|---|"]
+             f"{os.cpu_count()} cores. Flips per ns (one flip = one attempted spin update), median "
+             "of the rounds and best round; load = the 1-minute load average when the case ran "
+             "(other jobs share this machine).", "",
+             "| backend | threads | L | lattices | flips/ns (median) | best | load |",
+             "|---|---|---|---|---|---|---|"]
     for c in cases:
-        lines.append(f"| {c['backend']} | {c['L']} | {c['n_lattices']} | {c['flips_per_ns']:.3f} | "
-                     f"{c['best_flips_per_ns']:.3f} |")
+        lines.append(f"| {c['backend']} | {c['threads']} | {c['L']} | {c['n_lattices']} | "
+                     f"{c['flips_per_ns']:.3f} | {c['best_flips_per_ns']:.3f} | "
+                     f"{c['load_average']:.1f} |")
     with open(os.path.join(args.out, stem + ".md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print(f"wrote {os.path.join(args.out, stem)}.{{json,md}}")

@@ -62,53 +62,55 @@ FlipTable make_table(const at::Tensor& thresholds) {
   return table;
 }
 
-// spins (B, L, L) int8 -> packed (B, 2, L, W): bit r of word x of row i of colour c is
-// spin (i, 2 (64 x + r) + (i + c) % 2) > 0.
-void pack(const int8_t* spins, int64_t B, int L, int W, uint64_t* packed, bool avx512) {
+// Rows [r0, r1) of the (B L) rows of spins (B, L, L) int8 -> packed (B, 2, L, W): bit r of
+// word x of row i of colour c is spin (i, 2 (64 x + r) + (i + c) % 2) > 0.
+void pack_rows(const int8_t* spins, int L, int W, uint64_t* packed, bool avx512, int64_t r0,
+               int64_t r1) {
   const int H = L / 2;
-  at::parallel_for(0, B * L, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t bi = begin; bi < end; ++bi) {
-      const int64_t b = bi / L;
-      const int i = static_cast<int>(bi % L);
-      const int8_t* row = spins + bi * L;
-      if (avx512) {
-        pack_row_avx512(row, L, i, packed + (b * 2 * L + i) * W, packed + ((b * 2 + 1) * L + i) * W);
-        continue;
-      }
-      for (int c = 0; c < 2; ++c) {
-        uint64_t* dst = packed + ((b * 2 + c) * L + i) * W;
-        const int p = (i + c) & 1;
-        for (int x = 0; x < W; ++x) {
-          uint64_t word = 0;
-          const int nbits = word_bits(H, x);
-          for (int r = 0; r < nbits; ++r)
-            word |= static_cast<uint64_t>(row[2 * (64 * x + r) + p] > 0) << r;
-          dst[x] = word;
-        }
+  for (int64_t bi = r0; bi < r1; ++bi) {
+    const int64_t b = bi / L;
+    const int i = static_cast<int>(bi % L);
+    const int8_t* row = spins + bi * L;
+    uint64_t* colour0 = packed + (b * 2 * L + i) * W;
+    uint64_t* colour1 = packed + ((b * 2 + 1) * L + i) * W;
+    if (avx512) {
+      pack_row_avx512(row, L, i, colour0, colour1);
+      continue;
+    }
+    for (int c = 0; c < 2; ++c) {
+      uint64_t* dst = c == 0 ? colour0 : colour1;
+      const int p = (i + c) & 1;
+      for (int x = 0; x < W; ++x) {
+        uint64_t word = 0;
+        for (int r = 0; r < word_bits(H, x); ++r)
+          word |= static_cast<uint64_t>(row[2 * (64 * x + r) + p] > 0) << r;
+        dst[x] = word;
       }
     }
-  });
+  }
 }
 
-void unpack(const uint64_t* packed, int64_t B, int L, int W, int8_t* spins, bool avx512) {
+// The inverse of pack_rows for rows [r0, r1).
+void unpack_rows(const uint64_t* packed, int L, int W, int8_t* spins, bool avx512, int64_t r0,
+                 int64_t r1) {
   const int H = L / 2;
-  at::parallel_for(0, B * L, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t bi = begin; bi < end; ++bi) {
-      const int64_t b = bi / L;
-      const int i = static_cast<int>(bi % L);
-      int8_t* row = spins + bi * L;
-      if (avx512) {
-        unpack_row_avx512(packed + (b * 2 * L + i) * W, packed + ((b * 2 + 1) * L + i) * W, L, i, row);
-        continue;
-      }
-      for (int c = 0; c < 2; ++c) {
-        const uint64_t* src = packed + ((b * 2 + c) * L + i) * W;
-        const int p = (i + c) & 1;
-        for (int m = 0; m < H; ++m)
-          row[2 * m + p] = ((src[m >> 6] >> (m & 63)) & 1u) ? int8_t{1} : int8_t{-1};
-      }
+  for (int64_t bi = r0; bi < r1; ++bi) {
+    const int64_t b = bi / L;
+    const int i = static_cast<int>(bi % L);
+    int8_t* row = spins + bi * L;
+    const uint64_t* colour0 = packed + (b * 2 * L + i) * W;
+    const uint64_t* colour1 = packed + ((b * 2 + 1) * L + i) * W;
+    if (avx512) {
+      unpack_row_avx512(colour0, colour1, L, i, row);
+      continue;
     }
-  });
+    for (int c = 0; c < 2; ++c) {
+      const uint64_t* src = c == 0 ? colour0 : colour1;
+      const int p = (i + c) & 1;
+      for (int m = 0; m < H; ++m)
+        row[2 * m + p] = ((src[m >> 6] >> (m & 63)) & 1u) ? int8_t{1} : int8_t{-1};
+    }
+  }
 }
 
 // spins (B, L, L) int8 ±1, L even >= 4; thresholds (2, 5) int64 in [0, 2^32] -> the spins
@@ -145,7 +147,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
       have_avx512_kernel() && !(isa != nullptr && std::string_view(isa) == "avx2");
   std::vector<uint64_t> packed(static_cast<size_t>(B * 2 * L * W));
   const at::Tensor spins_c = spins.contiguous();
-  pack(spins_c.const_data_ptr<int8_t>(), B, L, W, packed.data(), use_avx512);
+  const int8_t* input = spins_c.const_data_ptr<int8_t>();
+  at::Tensor out = at::empty({B, L, L}, spins.options().memory_format(at::MemoryFormat::Contiguous));
+  int8_t* output = out.mutable_data_ptr<int8_t>();
 
   SweepArgs args{packed.data(), B, L, H, W, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
                  16 * ((int64_t{L} * L / 2 + 63) / 64), make_table(thresholds)};
@@ -171,10 +175,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
     }
   };
 
+  // One parallel region per call: packing, sweeps and unpacking share it (on a loaded
+  // machine every fork / join and barrier can cost a scheduler time slice).
   if (B >= threads) {
-    // Enough lattices for every thread: each lattice is one task that runs all its sweeps
-    // alone, so the threads never wait for one another (no barrier per half-sweep, which on
-    // a loaded machine costs a scheduler time slice whenever one thread is preempted).
+    // Enough lattices for every thread: each lattice is one task that packs, sweeps and
+    // unpacks alone, so the threads never wait for one another.
     const int rows = static_cast<int>(std::min<int64_t>(L, std::max<int64_t>(1, kChunkSites / H)));
     const size_t buf_words = static_cast<size_t>((int64_t{rows} * H + 63) / 64 + 2) * 64;
 #pragma omp parallel num_threads(threads)
@@ -182,6 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
       std::vector<uint32_t> buf(buf_words);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t b = 0; b < B; ++b) {
+        pack_rows(input, L, W, packed.data(), use_avx512, b * L, (b + 1) * L);
         for (int64_t t = 0; t < n_sweeps; ++t) {
           for (int c = 0; c < 2; ++c)
             for (int i0 = 0; i0 < L; i0 += rows) update(t, c, b, i0, std::min(L, i0 + rows), buf.data());
@@ -192,6 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
             record(b, t, mis, plus);
           }
         }
+        unpack_rows(packed.data(), L, W, output, use_avx512, b * L, (b + 1) * L);
       }
     }
   } else {
@@ -209,6 +216,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
 #pragma omp parallel num_threads(threads)
     {
       std::vector<uint32_t> buf(buf_words);
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < tasks; ++task) {
+        const int64_t first = (task / chunks) * L + (task % chunks) * rows;
+        pack_rows(input, L, W, packed.data(), use_avx512, first,
+                  std::min(first + rows, (task / chunks + 1) * L));
+      }
       for (int64_t t = 0; t < n_sweeps; ++t) {
         for (int c = 0; c < 2; ++c) {
 #pragma omp for schedule(static)
@@ -238,11 +251,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
           }
         }
       }
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < tasks; ++task) {
+        const int64_t first = (task / chunks) * L + (task % chunks) * rows;
+        unpack_rows(packed.data(), L, W, output, use_avx512, first,
+                    std::min(first + rows, (task / chunks + 1) * L));
+      }
     }
   }
 
-  at::Tensor out = at::empty({B, L, L}, spins.options().memory_format(at::MemoryFormat::Contiguous));
-  unpack(packed.data(), B, L, W, out.mutable_data_ptr<int8_t>(), use_avx512);
   return {out, bond_sums, spin_sums};
 }
 
