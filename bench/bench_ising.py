@@ -7,8 +7,11 @@ Cases: L = 256 and 1024, B = 1 and 16 lattices, heat-bath at T_c (the acceptance
 does not change the work: every site draws its word and is compared), per backend:
 ``reference`` (PyTorch on int8 spins), ``cpu`` (multi-spin coded, csrc/cpu/ising.cpp) on
 CPU tensors; ``cuda`` (multi-spin coded) and ``triton`` (int8 spins) on CUDA tensors only
-(the Triton interpreter is not benchmarked). Each call runs enough sweeps to last about
-0.1 s (the int8 <-> bit packing of a call is included, amortised over its sweeps), one
+(the Triton interpreter is not benchmarked). On a machine shared with other jobs, run it
+with OMP_WAIT_POLICY=passive: libgomp's default spin-waiting then starves the working
+threads (two threads measured 3x slower than one at a load average of 7). Each call runs
+enough sweeps to last about
+0.2 s (the int8 <-> bit packing of a call is included, amortised over its sweeps), one
 warm-up call, then rounds until the time budget is spent; the table reports the median.
 
 Results go to ``<out>/ising-<machine>.json`` and ``.md`` (default bench/results/;
@@ -39,7 +42,7 @@ from genkernels import ops
 SIZES = (256, 1024)
 LATTICES = (1, 16)
 T_CRITICAL = 2.0 / 1.762747174039086  # 2 / ln(1 + sqrt 2)
-TARGET_CALL_S = 0.1
+TARGET_CALL_S = 0.2
 
 
 def sync(device: str) -> None:
@@ -58,26 +61,37 @@ def time_case(backend: str, device: str, L: int, B: int, budget_s: float, thread
     spins = torch.ones(B, L, L, dtype=torch.int8, device=device)
     table = ops.ising_thresholds(T_CRITICAL)
 
+    cpu_times = []
+
     def run(n):
         sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         ops.ising_sweep(spins, table, n, 1, 0, backend=backend)
         sync(device)
+        cpu_times.append(time.process_time() - cpu_start)
         return time.perf_counter() - start
 
-    run(1)  # warm-up (and Triton's compile), then size the calls on a second one
-    n = max(1, min(1000, int(TARGET_CALL_S / max(run(1), 1e-6))))
+    run(1)  # warm-up (and Triton's compile); then size the calls by the cost of a sweep,
+    # apart from a call's fixed cost (validation, packing: O(L^2))
+    one = run(1)
+    per_sweep = max((run(3) - one) / 2, one / 10, 1e-6)
+    n = max(1, min(1000, int(TARGET_CALL_S / per_sweep)))
     times = []
+    del cpu_times[:]
     while not times or (sum(times) < budget_s and len(times) < 20):
         times.append(run(n))
         if times[-1] > 3 * budget_s:
             break
     median = statistics.median(times)
     flips = B * L * L * n
+    # flips per core-ns: CPU time of all the process's threads, which the other jobs of a
+    # shared machine do not inflate the way they inflate the wall time
+    per_core = flips / statistics.median(cpu_times) / 1e9 if device == "cpu" else None
     return {"backend": backend, "device": device, "threads": threads, "L": L, "n_lattices": B,
             "sweeps_per_call": n, "load_average": os.getloadavg()[0],
             "rounds": len(times), "median_s": median, "min_s": min(times),
-            "flips_per_ns": flips / median / 1e9, "best_flips_per_ns": flips / min(times) / 1e9}
+            "flips_per_ns": flips / median / 1e9, "best_flips_per_ns": flips / min(times) / 1e9,
+            "flips_per_core_ns": per_core}
 
 
 def main(argv=None) -> int:
@@ -107,6 +121,7 @@ def main(argv=None) -> int:
                     cases.append(case)
                     print(f"{backend:>9} {threads:>2} thr  L={L:<5} B={B:<3} "
                           f"{case['flips_per_ns']:8.3f} flips/ns (best {case['best_flips_per_ns']:.3f}, "
+                          f"{case['flips_per_core_ns'] or 0:.3f} per core-ns, "
                           f"{case['sweeps_per_call']} sweeps/call, {case['rounds']} rounds, "
                           f"load {case['load_average']:.1f})", flush=True)
     torch.set_num_threads(all_threads)
@@ -114,7 +129,8 @@ def main(argv=None) -> int:
     stem = f"ising-{machine}" + ("-quick" if args.quick else "")
     os.makedirs(args.out, exist_ok=True)
     meta = {"machine": machine, "date": datetime.datetime.now(datetime.UTC).isoformat(),
-            "commit": git_commit(), "versions": versions(), "unit": "flips per ns (median)"}
+            "commit": git_commit(), "versions": versions(), "unit": "flips per ns (median)",
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     with open(os.path.join(args.out, stem + ".json"), "w") as fh:
         json.dump({**meta, "cases": cases}, fh, indent=1)
         fh.write("\n")
@@ -123,13 +139,17 @@ def main(argv=None) -> int:
              + (" --quick" if args.quick else "") + f"`, commit {meta['commit']}, "
              f"{os.cpu_count()} cores. Flips per ns (one flip = one attempted spin update), median "
              "of the rounds and best round; load = the 1-minute load average when the case ran "
-             "(other jobs share this machine).", "",
-             "| backend | threads | L | lattices | flips/ns (median) | best | load |",
-             "|---|---|---|---|---|---|---|"]
+             "(other jobs share this machine). OMP_WAIT_POLICY="
+             f"{meta['omp_wait_policy'] or 'unset'} (on a loaded machine libgomp's default spinning "
+             "waits starve the working threads; passive waiting avoids that).", "",
+             ("Flips per core-ns divide by the CPU time of the process's threads instead of the "
+              "wall time (what a quiet machine would give per core)."), "",
+             "| backend | threads | L | lattices | flips/ns (median) | best | flips/core-ns | load |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in cases:
         lines.append(f"| {c['backend']} | {c['threads']} | {c['L']} | {c['n_lattices']} | "
                      f"{c['flips_per_ns']:.3f} | {c['best_flips_per_ns']:.3f} | "
-                     f"{c['load_average']:.1f} |")
+                     f"{c['flips_per_core_ns'] or float('nan'):.3f} | {c['load_average']:.1f} |")
     with open(os.path.join(args.out, stem + ".md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print(f"wrote {os.path.join(args.out, stem)}.{{json,md}}")
