@@ -64,19 +64,6 @@ GK_HD uint64_t always_flips(const Classes& k, uint64_t s, uint32_t always) {
          always_in_class(k.b0 & k.b1, 3, s, always) | always_in_class(k.b2, 4, s, always);
 }
 
-// Flip bits of 64 spins (only the low `nbits` are meaningful) from their random words
-// u[0..nbits): one compare per spin. The cpu kernel has an AVX-512 version of this loop.
-GK_HD uint64_t flip_bits(const uint32_t* u, int nbits, const Classes& k, uint64_t s,
-                         const FlipTable& table) {
-  uint64_t flips = 0;
-  for (int r = 0; r < nbits; ++r) {
-    const unsigned idx = static_cast<unsigned>(((k.b0 >> r) & 1u) | (((k.b1 >> r) & 1u) << 1) |
-                                               (((k.b2 >> r) & 1u) << 2) | (((s >> r) & 1u) << 3));
-    flips |= static_cast<uint64_t>(u[r] < table.lo[idx]) << r;
-  }
-  return (flips | always_flips(k, s, table.always)) & low_bits(nbits);
-}
-
 // Word x of a row of H bits shifted so that bit m holds bit m - 1 (cyclic): `row` is the
 // row's W words.
 GK_HD uint64_t row_shift_prev(const uint64_t* row, int x, int H) {
@@ -143,23 +130,41 @@ GK_HD void count_rows(const uint64_t* black, const uint64_t* white, int L, int i
   }
 }
 
-// The 64 random words of group g (site order) from its 16 counters colour_base + 16 g + l.
-GK_HD void group_randoms(uint64_t seed, uint64_t colour_base, int64_t g, uint32_t* out) {
-  for (int l = 0; l < 16; ++l) {
-    const random::Uint4 r =
-        random::randint4x(seed, colour_base + static_cast<uint64_t>(16 * g + l));
-    out[l] = r.x;
-    out[16 + l] = r.y;
-    out[32 + l] = r.z;
-    out[48 + l] = r.w;
-  }
-}
-
 // The random word of site k alone (a quarter of one Philox call).
 GK_HD uint32_t site_random(uint64_t seed, uint64_t colour_base, int64_t k) {
   const int64_t g = k >> 6, w = (k >> 4) & 3, l = k & 15;
   const random::Uint4 r = random::randint4x(seed, colour_base + static_cast<uint64_t>(16 * g + l));
   return w == 0 ? r.x : w == 1 ? r.y : w == 2 ? r.z : r.w;
+}
+
+// Bit r of the flips of a word: its spin's table index n + 8 s against its random word u.
+GK_HD uint64_t flip_bit(uint32_t u, int r, const Classes& k, uint64_t s, const uint32_t* lo) {
+  const unsigned idx = static_cast<unsigned>(((k.b0 >> r) & 1u) | (((k.b1 >> r) & 1u) << 1) |
+                                             (((k.b2 >> r) & 1u) << 2) | (((s >> r) & 1u) << 3));
+  return static_cast<uint64_t>(u < lo[idx]) << r;
+}
+
+// Flip bits of a word of `nbits` spins whose bit 0 is site `first` of its colour, drawing
+// the words itself (the cuda kernel and the cpu kernel's portable build): a whole aligned
+// group is 16 Philox calls whose four outputs serve bits l, 16 + l, 32 + l, 48 + l; any
+// other word draws one call per site and keeps the word it needs.
+GK_HD uint64_t word_flips(uint64_t seed, uint64_t colour_first, int64_t first, int nbits,
+                          const Classes& k, uint64_t s, const uint32_t* lo, uint32_t always) {
+  uint64_t flips = 0;
+  if ((first & 63) == 0 && nbits == 64) {
+    const uint64_t counter = colour_first + static_cast<uint64_t>(16 * (first >> 6));
+#if defined(__CUDA_ARCH__)
+#pragma unroll 4
+#endif
+    for (int l = 0; l < 16; ++l) {
+      const random::Uint4 r = random::randint4x(seed, counter + static_cast<uint64_t>(l));
+      flips |= flip_bit(r.x, l, k, s, lo) | flip_bit(r.y, 16 + l, k, s, lo) |
+               flip_bit(r.z, 32 + l, k, s, lo) | flip_bit(r.w, 48 + l, k, s, lo);
+    }
+  } else {
+    for (int r = 0; r < nbits; ++r) flips |= flip_bit(site_random(seed, colour_first, first + r), r, k, s, lo);
+  }
+  return (flips | always_flips(k, s, always)) & low_bits(nbits);
 }
 
 // Counter of the first group of colour c of lattice b in sweep t (reference.py):

@@ -9,7 +9,8 @@
 // per 64 sites, all four words used), then updates 64 spins per step: their neighbour
 // classes by full-adder logic on four neighbour words, one threshold compare per spin,
 // flips as an XOR. The AVX-512 build
-// (csrc/cpu/ising_avx512.cpp) vectorises the drawing and the compares;
+// (csrc/cpu/ising_avx512.cpp) vectorises the drawing and the compares; the portable build
+// runs the cuda kernel's per-word arithmetic (word_flips in csrc/common/ising.h).
 // GENKERNELS_CPU_ISA=avx2 keeps the portable build on an AVX-512 machine (read per call).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -33,14 +34,9 @@ namespace {
 constexpr int64_t kChunkSites = 8192;
 constexpr int64_t kMinSitesPerThread = 16384;
 
+// The portable build draws and compares word by word with the cuda kernel's word_flips.
 struct Portable {
-  static void randoms(uint64_t seed, uint64_t base, int64_t g0, int64_t n_groups, uint32_t* out) {
-    for (int64_t g = 0; g < n_groups; ++g) group_randoms(seed, base, g0 + g, out + 64 * g);
-  }
-  static uint64_t flips(const uint32_t* u, int nbits, const Classes& k, uint64_t s,
-                        const FlipTable& table) {
-    return flip_bits(u, nbits, k, s, table);
-  }
+  static constexpr bool kDirect = true;
 };
 
 FlipTable make_table(const at::Tensor& thresholds) {

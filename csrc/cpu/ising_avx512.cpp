@@ -50,6 +50,7 @@ struct Philox8 {
 };
 
 struct Avx512 {
+  static constexpr bool kDirect = false;
   // Words of groups [g0, g0 + n_groups) into out[(g - g0) * 64 ...], site order: a group's
   // 16 counters run as two Philox8 (lanes 0-7, 8-15), whose low halves one vpermt2d per
   // output word gathers into 16 consecutive words.

@@ -5,10 +5,12 @@
 // A half-sweep is one launch, one thread per packed 64-bit word (64 spins of one colour of
 // one row): the neighbour classes of its 64 spins by full-adder logic on four neighbour
 // words (all of the other colour, which this launch does not write, so threads never
-// race), the 64 Philox words, 64 threshold compares, one XOR. Where L / 2 is a multiple of
-// 64 a word's sites are exactly one group, whose 16 Philox calls give all 64 words (all four
-// outputs of each call used); otherwise a word straddles groups and draws one call per site
-// and keeps the word it needs (a quarter of the call: L not a multiple of 128 only).
+// race), the 64 Philox words, 64 threshold compares, one XOR (word_flips in
+// csrc/common/ising.h, which the cpu kernel's portable build runs too). Where L / 2 is a
+// multiple of 64 a word's sites are exactly one group, whose 16 Philox calls give all 64
+// words (all four outputs of each call used); otherwise a word straddles groups and draws
+// one call per site and keeps the word it needs (a quarter of the call: L not a multiple
+// of 128 only).
 // 64-bit indices throughout. The flip table is staged in shared memory.
 #include <cuda_runtime.h>
 
@@ -63,13 +65,6 @@ ising_unpack_kernel(const uint64_t* __restrict__ packed, int64_t B, int L, int8_
   spins[id] = ((word >> (m % 64)) & 1u) ? int8_t{1} : int8_t{-1};
 }
 
-__device__ __forceinline__ uint64_t flip_bit(uint32_t u, int r, const Classes& k, uint64_t s,
-                                             const uint32_t* lo) {
-  const unsigned idx = static_cast<unsigned>(((k.b0 >> r) & 1u) | (((k.b1 >> r) & 1u) << 1) |
-                                             (((k.b2 >> r) & 1u) << 2) | (((s >> r) & 1u) << 3));
-  return static_cast<uint64_t>(u < lo[idx]) << r;
-}
-
 __global__ void __launch_bounds__(kThreads)
 ising_half_sweep_kernel(uint64_t* __restrict__ packed, int64_t B, int L, uint64_t seed,
                         uint64_t offset, int64_t t, int c, FlipTable table) {
@@ -96,21 +91,8 @@ ising_half_sweep_kernel(uint64_t* __restrict__ packed, int64_t B, int L, uint64_
   const uint64_t* rows_o = lattice + static_cast<int64_t>(1 - c) * L * W;
   const Classes k = word_classes(rows_o, L, i, c, x);
   const uint64_t s = rows_c[static_cast<int64_t>(i) * W + x];
-  const int nbits = word_bits(H, x);
   const int64_t first = static_cast<int64_t>(i) * H + 64 * x;  // site number of bit 0
-  uint64_t flips = 0;
-  if ((H & 63) == 0) {
-    const int64_t g = first >> 6;  // the word is group g: lane l gives bits l, 16 + l, ...
-#pragma unroll 4
-    for (int l = 0; l < 16; ++l) {
-      const random::Uint4 r = random::randint4x(seed, base + static_cast<uint64_t>(16 * g + l));
-      flips |= flip_bit(r.x, l, k, s, lo) | flip_bit(r.y, 16 + l, k, s, lo) |
-               flip_bit(r.z, 32 + l, k, s, lo) | flip_bit(r.w, 48 + l, k, s, lo);
-    }
-  } else {
-    for (int r = 0; r < nbits; ++r) flips |= flip_bit(site_random(seed, base, first + r), r, k, s, lo);
-  }
-  flips = (flips | always_flips(k, s, table.always)) & low_bits(nbits);
+  const uint64_t flips = word_flips(seed, base, first, word_bits(H, x), k, s, lo, table.always);
   rows_c[static_cast<int64_t>(i) * W + x] = s ^ flips;
 }
 
