@@ -202,8 +202,8 @@ def test_cpu_thread_count_does_not_change_the_lattices():
     barriers (B < threads): the same lattices and samples."""
     table = ops.ising_thresholds(2.0, algorithm="heatbath")
     threads = torch.get_num_threads()
-    # (the kernel gives a thread at least 16384 spins: these sizes get two)
-    for n_lattices, L in ((1, 192), (5, 130)):
+    # (row chunks get a thread per 2^18 spins: L = 726 gets two; 5 lattices get two threads)
+    for n_lattices, L in ((1, 726), (5, 130)):
         spins = _random_spins(n_lattices, L)
         try:
             torch.set_num_threads(1)

@@ -32,7 +32,7 @@ namespace {
 // Sites per task: enough that drawing and updating dwarf the scheduling, few enough that
 // the task's random words (4 bytes a site) stay in L1/L2.
 constexpr int64_t kChunkSites = 8192;
-constexpr int64_t kMinSitesPerThread = 16384;
+constexpr int64_t kBarrierSitesPerThread = int64_t{1} << 18;
 
 // The portable build draws and compares word by word with the cuda kernel's word_flips.
 struct Portable {
@@ -150,10 +150,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
   SweepArgs args{packed.data(), B, L, H, W, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
                  16 * ((int64_t{L} * L / 2 + 63) / 64), make_table(thresholds)};
 
-  // at most one thread per kMinSitesPerThread spins: below that a half-sweep lasts a few
-  // microseconds and the barriers would cost more than the second thread gains
-  const int threads = static_cast<int>(std::clamp<int64_t>(B * L * L / kMinSitesPerThread, 1,
-                                                           std::max(1, at::get_num_threads())));
+  // Whole lattices per thread when there are enough (no barriers); otherwise row chunks
+  // with two barriers per sweep, and then at most one thread per kBarrierSitesPerThread
+  // spins: a barrier costs microseconds (tens with passive waiting), a half-sweep of fewer
+  // spins per thread would not pay for it.
+  const int all_threads = std::max(1, at::get_num_threads());
+  const bool whole_lattices = B >= all_threads;
+  const int threads = whole_lattices ? all_threads
+                                     : static_cast<int>(std::clamp<int64_t>(
+                                           B * L * L / kBarrierSitesPerThread, 1, all_threads));
   int64_t* bonds = bond_sums.mutable_data_ptr<int64_t>();
   int64_t* totals = spin_sums.mutable_data_ptr<int64_t>();
   const int64_t n_spins = int64_t{L} * L;
@@ -173,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
 
   // One parallel region per call: packing, sweeps and unpacking share it (on a loaded
   // machine every fork / join and barrier can cost a scheduler time slice).
-  if (B >= threads) {
+  if (whole_lattices) {
     // Enough lattices for every thread: each lattice is one task that packs, sweeps and
     // unpacks alone, so the threads never wait for one another.
     const int rows = static_cast<int>(std::min<int64_t>(L, std::max<int64_t>(1, kChunkSites / H)));
