@@ -47,8 +47,8 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
     "som_online": ("cuda", "persistent kernel keeps the map on chip; default until a GPU run"),
     "philox_randint4x": ("triton", "default until a GPU run measures genkernels.random"),
     "philox_rand": ("triton", "default until a GPU run measures genkernels.random"),
-    "ising_sweep": ("cuda", "bit-packed multi-spin code, 64 spins per word; default until a "
-                    "GPU run of bench/bench_ising.py"),
+    "ising_sweep": ("cuda", ("bit-packed multi-spin code, 64 spins per word; default until a "
+                             "GPU run of bench/bench_ising.py")),
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.
