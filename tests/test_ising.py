@@ -308,6 +308,18 @@ def test_model_stream_continues_across_calls(name):
     assert a.sweeps_done == 5
 
 
+@pytest.mark.parametrize("name", ["reference", pytest.param("cpu", marks=needs_cpu)])
+def test_model_checkpoint_resumes_exactly(tmp_path, name):
+    model = Ising2D(10, 2.3, h=0.1, n_lattices=3, algorithm="metropolis", init="random", seed=2**40)
+    model.sweep(3, backend=name)
+    model.save(tmp_path / "ising.pt")
+    loaded = Ising2D.load(tmp_path / "ising.pt")
+    assert torch.equal(loaded.spins, model.spins) and loaded.offset == model.offset
+    assert loaded.sweeps_done == 3 and loaded.h == 0.1 and loaded.algorithm == "metropolis"
+    assert torch.equal(loaded.sweep(4, backend=name).spins, model.sweep(4, backend=name).spins)
+    assert "sweeps_done=7" in repr(loaded)
+
+
 def test_model_random_init_reproduces_from_seed():
     a = Ising2D(8, 3.0, n_lattices=2, init="random", seed=5)
     b = Ising2D(8, 3.0, n_lattices=2, init="random", seed=5)

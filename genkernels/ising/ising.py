@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .. import checkpoint as ckpt
 from .._checks import check_choice, check_int
 from .ops import (
     _check_real,
@@ -170,6 +171,34 @@ class Ising2D(nn.Module):
         e = (-self.J * bond_series - self.h * spin_series) / self.n_spins
         m = spin_series / self.n_spins
         return binning_analysis(e, m, self.beta, self.n_spins)
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str) -> None:
+        """Write the lattices, the temperature and the stream position to ``path``
+        atomically (genkernels.checkpoint); :meth:`load` resumes exactly where this left."""
+        config = {"L": self.L, "temperature": self.temperature, "J": self.J, "h": self.h,
+                  "n_lattices": self.n_lattices, "algorithm": self.algorithm, "seed": self.seed}
+        ckpt.save_atomic({"config": config, "spins": self.spins.detach().cpu(),
+                          "offset": self.offset, "sweeps_done": self.sweeps_done}, path, "Ising2D")
+
+    @classmethod
+    def load(cls, path: str, device=None) -> Ising2D:
+        """Read a model written by :meth:`save` (``weights_only=True``)."""
+        payload = ckpt.read(path, "Ising2D")
+        model = cls(**payload["config"], device=device)
+        spins = payload["spins"]
+        if spins.dtype != torch.int8 or tuple(spins.shape) != tuple(model.spins.shape):
+            raise ValueError(f"path: {path!r} holds spins {spins.dtype} {tuple(spins.shape)}; "
+                             f"expected int8 {tuple(model.spins.shape)}")
+        model.spins = spins.to(model.device)
+        model.offset = int(payload["offset"])
+        model.sweeps_done = int(payload["sweeps_done"])
+        return model
+
+    def extra_repr(self) -> str:
+        return (f"L={self.L}, temperature={self.temperature:g}, J={self.J:g}, h={self.h:g}, "
+                f"n_lattices={self.n_lattices}, algorithm={self.algorithm!r}, "
+                f"sweeps_done={self.sweeps_done}")
 
 
 def _bin(x: torch.Tensor, size: int) -> torch.Tensor:
