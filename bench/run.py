@@ -1,6 +1,6 @@
 """Benchmark runner: every backend and every anchor on the same inputs, in one run.
 
-    python bench/run.py [som] [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
+    python bench/run.py [som|ising] [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
 
 Times each case of bench/bench_som.py with ``time.perf_counter`` (one warm-up call,
 then rounds until the time budget is spent), prints a Markdown table of medians and
@@ -37,7 +37,7 @@ REPO = os.path.dirname(BENCH_DIR)
 if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
-FAMILIES = ("som", "hopfield")
+FAMILIES = ("som", "hopfield", "ising")
 # Seconds of timed rounds per case; a case whose single round exceeds 3x this is
 # measured once.
 BUDGET_S = {False: 2.0, True: 0.2}
@@ -307,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.family == "hopfield":  # its own cases and table: bench/bench_hopfield.py
         import bench_hopfield
         return bench_hopfield.run(args.device, args.quick, args.out)
+    if args.family == "ising":  # flips per ns of the checkerboard sweeps: bench/bench_ising.py
+        import bench_ising
+        return bench_ising.main(["--device", args.device, "--out", args.out]
+                                + (["--quick"] if args.quick else []))
     import torch
     if args.device == "cuda":
         if not torch.cuda.is_available():

@@ -61,4 +61,14 @@ TORCH_LIBRARY(genkernels, m) {
   // grad (B, D) -> (grad_queries (B, D), grad_stored (stored's shape), grad_beta 0-d).
   m.def("hopfield_retrieval_backward(Tensor grad, Tensor queries, Tensor stored, Tensor beta, "
         "Tensor steps) -> (Tensor, Tensor, Tensor)");
+  // ---- checkerboard Ising lattices (genkernels/ising) ----
+  // spins (B, L, L) int8 ±1, L even >= 4; thresholds (2, 5) int64 in [0, 2^32]: a spin s
+  // with n neighbours at +1 flips iff its Philox word u < thresholds[s > 0][n]. Runs n_sweeps
+  // sweeps (black sites, then white) with the counter layout of genkernels/ising/reference.py
+  // and returns the new spins (B, L, L) int8 (input untouched). With measure_every > 0 it
+  // also returns, after sweeps measure_every, 2 measure_every, ..., the bond sums
+  // Σ_<ij> s_i s_j and spin sums Σ_i s_i of every lattice: (B, n_sweeps / measure_every)
+  // int64 each ((B, 0) when measure_every = 0).
+  m.def("ising_sweep(Tensor spins, Tensor thresholds, int n_sweeps, int seed, int offset, "
+        "int measure_every) -> (Tensor, Tensor, Tensor)");
 }

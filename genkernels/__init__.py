@@ -5,8 +5,9 @@ from .backends import available_backends, use_backend
 from .boltzmann.machine import BoltzmannMachine
 from .hopfield.hopfield import Hopfield
 from .hopfield.retrieval import HopfieldRetrieval
+from .ising.ising import Ising2D
 from .som.som import SOM
 
 __version__ = "0.1.0"
-__all__ = ["SOM", "BoltzmannMachine", "Hopfield", "HopfieldRetrieval", "available_backends", "backends", "ops",
-           "random", "use_backend"]
+__all__ = ["SOM", "BoltzmannMachine", "Hopfield", "HopfieldRetrieval", "Ising2D", "available_backends",
+           "backends", "ops", "random", "use_backend"]

@@ -235,12 +235,22 @@ def _boltzmann_registry() -> list[TritonKernel]:
                             hopfield_triton._num_warps(block_n), 3)
 
     return [gibbs("fp32", True, 1024), gibbs("fp32", False, 1024), gibbs("fp64", True, 1024)]
+def _ising_registry() -> list[TritonKernel]:
+    from .ising import triton as ising_triton
+
+    # offsets beyond 2^31 reach the kernel as i64, the common case for a model's stream
+    sig = {"SPINS": "*i8", "TH": "*i64", "seed": "i64", "offset": "i64", "sweep": "i32",
+           "B": "i32", "L": "i32", "Q": "i32"}
+    return [TritonKernel("ising", f"_ising_half_sweep_kernel[colour={colour}]",
+                         lambda: ising_triton._ising_half_sweep_kernel, sig,
+                         {"COLOUR": colour, "BLOCK": ising_triton.BLOCK}, ising_triton.NUM_WARPS)
+            for colour in (0, 1)]
 
 
 # Every Triton kernel of the library, per family, with what its launcher runs on a GPU.
 REGISTRY_BUILDERS: dict[str, Callable[[], list[TritonKernel]]] = {
     "som": _som_registry, "random": _random_registry, "hopfield": _hopfield_registry,
-    "boltzmann": _boltzmann_registry}
+    "boltzmann": _boltzmann_registry, "ising": _ising_registry}
 
 
 def registry() -> list[TritonKernel]:

@@ -37,6 +37,7 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "bm_gibbs": ("reference", "cpu", "triton"),
     # a matrix product and a sign per sweep, in PyTorch: its reference runs on any device
     "hopfield_retrieval": ("reference", "cpu", "triton"),
+    "ising_sweep": ("reference", "cpu", "triton", "cuda"),
 }
 
 # Auto choice on CUDA tensors: each entry names the measurement behind it. Triton until
@@ -55,6 +56,8 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
                               "reductions (triton reads each lane by a masked sum); until a GPU run"),
     "bm_gibbs": ("triton", "the only GPU backend (one program per chain)"),
     "hopfield_retrieval": ("triton", "the fused kernel; default until a GPU run of bench/bench_hopfield.py"),
+    "ising_sweep": ("cuda", ("bit-packed multi-spin code, 64 spins per word; default until a "
+                             "GPU run of bench/bench_ising.py")),
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.

@@ -1,9 +1,19 @@
 """The functional API: every family's ops, flat (``genkernels.ops.som_bmu``, ...)."""
 from .boltzmann.ops import bm_energy, bm_gibbs
 from .hopfield.ops import hopfield_energy, hopfield_recall, hopfield_store
+from .ising.ops import (
+    ising_counters_per_sweep,
+    ising_observables,
+    ising_sample,
+    ising_sweep,
+    ising_thresholds,
+)
 from .som.ops import neighborhood_matmul, som_bmu, som_node_sums, som_online, som_smooth
 
-__all__ = ["bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfield_store", "neighborhood_matmul", "som_bmu",
+__all__ = ["bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfield_store",
+           "ising_counters_per_sweep", "ising_observables", "ising_sample", "ising_sweep",
+           "ising_thresholds",
+           "neighborhood_matmul", "som_bmu",
            "som_node_sums", "som_online", "som_smooth"]
 from .hopfield.ops import hopfield_retrieval
 
