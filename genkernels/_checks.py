@@ -103,3 +103,17 @@ def check_finite_rows(name: str, x: torch.Tensor) -> None:
         row = int(bad.reshape(x.shape[0], -1).any(dim=1).nonzero()[0, 0])
         raise ValueError(f"{name} contains NaN or Inf (first at row {row}); clean the data or "
                          "pass missing='ignore' to skip missing features")
+
+
+def check_model_dtype(dtype) -> torch.dtype:
+    """A model's parameter dtype: float32 or float64."""
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
+    return dtype
+
+
+def model_seed(seed: int | None) -> int:
+    """A model's Philox seed: the given int in [0, 2^64), or one drawn from torch's RNG."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    return check_int("seed", seed, 0, 2**64 - 1)

@@ -26,9 +26,13 @@
 #include <vector>
 
 #include "common/philox.h"
+#include "hopfield_checks.h"
 
 namespace genkernels::hopfield::cpu {
 namespace {
+
+using genkernels::hopfield::check_recall_args;
+using genkernels::hopfield::states_as_int8;
 
 // The units 0..N-1 sorted by their Philox keys randint(seed, first_counter + j), ties in
 // ascending unit order, written to `units` (`keyed` is scratch of N words).
@@ -100,16 +104,7 @@ std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cpu(const at::Tensor& w
                                                              const at::Tensor& states,
                                                              int64_t max_sweeps, bool random_order,
                                                              int64_t seed, int64_t offset) {
-  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == weights.size(1),
-              "hopfield_recall_async: weights must be (N, N); got ", weights.sizes());
-  TORCH_CHECK(states.dim() == 2 && states.size(1) == weights.size(0),
-              "hopfield_recall_async: states must be (B, ", weights.size(0), "); got ", states.sizes());
-  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
-              "hopfield_recall_async: weights must be float32 or float64; got ", weights.scalar_type());
-  TORCH_CHECK(states.scalar_type() == weights.scalar_type(),
-              "hopfield_recall_async: states must have weights' dtype ", weights.scalar_type(), "; got ",
-              states.scalar_type());
-  TORCH_CHECK(max_sweeps >= 0, "hopfield_recall_async: max_sweeps must be >= 0; got ", max_sweeps);
+  check_recall_args(weights, states, max_sweeps);
   const int64_t b_count = states.size(0), n = weights.size(0);
   at::Tensor converged = at::zeros({b_count}, states.options().dtype(at::kBool));
   if (b_count == 0 || max_sweeps == 0) return {states.clone(), converged};
@@ -118,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cpu(const at::Tensor& w
   const at::Tensor w = weights.contiguous();
   const at::Tensor s_in = states.contiguous();
   at::Tensor fields = at::mm(s_in, w).contiguous();  // the reference's `probes @ weights`
-  at::Tensor s8 = s_in.gt(0).to(at::kChar).mul_(2).sub_(1).contiguous();  // +-1 as int8
+  at::Tensor s8 = states_as_int8(s_in);
   bool* conv = converged.mutable_data_ptr<bool>();
   int8_t* s_ptr = s8.mutable_data_ptr<int8_t>();
 

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "cuda/hopfield.cuh"
+#include "hopfield_checks.h"
 
 namespace genkernels::hopfield {
 namespace {
@@ -19,19 +20,10 @@ std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cuda(const at::Tensor& 
                                                               const at::Tensor& states,
                                                               int64_t max_sweeps, bool random_order,
                                                               int64_t seed, int64_t offset) {
-  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == weights.size(1),
-              "hopfield_recall_async: weights must be (N, N); got ", weights.sizes());
-  TORCH_CHECK(states.dim() == 2 && states.size(1) == weights.size(0),
-              "hopfield_recall_async: states must be (B, ", weights.size(0), "); got ", states.sizes());
-  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
-              "hopfield_recall_async: weights must be float32 or float64; got ", weights.scalar_type());
-  TORCH_CHECK(states.scalar_type() == weights.scalar_type(),
-              "hopfield_recall_async: states must have weights' dtype ", weights.scalar_type(),
-              "; got ", states.scalar_type());
+  check_recall_args(weights, states, max_sweeps);
   TORCH_CHECK(weights.is_cuda() && states.device() == weights.device(),
               "hopfield_recall_async (cuda): weights and states must be on one CUDA device; got ",
               weights.device(), " and ", states.device());
-  TORCH_CHECK(max_sweeps >= 0, "hopfield_recall_async: max_sweeps must be >= 0; got ", max_sweeps);
   const c10::cuda::CUDAGuard device_guard(weights.device());
   const int64_t b_count = states.size(0), n = weights.size(0);
   at::Tensor converged = at::zeros({b_count}, states.options().dtype(at::kBool));
@@ -41,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cuda(const at::Tensor& 
   const at::Tensor w = weights.contiguous();
   const at::Tensor s_in = states.contiguous();
   at::Tensor fields = at::mm(s_in, w).contiguous();  // the reference's `probes @ weights`
-  at::Tensor s8 = s_in.gt(0).to(at::kChar).mul_(2).sub_(1).contiguous();  // +-1 as int8
+  at::Tensor s8 = states_as_int8(s_in);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hopfield_recall_async_cuda", [&] {
     int64_t bytes = 0;

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .. import random as gk_random
-from .._checks import check_choice, check_int, check_positive
+from .._checks import check_choice, check_int, check_model_dtype, check_positive, model_seed
 from . import reference
 from .ops import bm_energy, bm_gibbs, check_binary
 from .reference import ORDERS
@@ -53,11 +53,8 @@ class BoltzmannMachine(nn.Module):
         super().__init__()
         self.n_visible = check_int("n_visible", n_visible, 1)
         self.n_hidden = check_int("n_hidden", n_hidden, 0)
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = check_int("seed", seed, 0, 2**64 - 1)
+        check_model_dtype(dtype)
+        self.seed = model_seed(seed)
         self.offset = 0
         n = self.n_units
         init_std = float(init_std)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_model_dtype, model_seed
 from .ops import hopfield_energy, hopfield_recall, hopfield_store
 from .reference import MODES, ORDERS, RULES
 
@@ -37,11 +37,8 @@ class Hopfield(nn.Module):
                  dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         self.n_units = check_int("n_units", n_units, 1)
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = check_int("seed", seed, 0, 2**64 - 1)
+        check_model_dtype(dtype)
+        self.seed = model_seed(seed)
         self.offset = 0
         self.rule: str | None = None
         self.n_patterns = 0
