@@ -221,7 +221,7 @@ def _hopfield_registry() -> list[TritonKernel]:
 
 
 def _boltzmann_registry() -> list[TritonKernel]:
-    from .boltzmann import triton as bm_triton
+    from .boltzmann import bm_triton
     from .hopfield import recall_triton as hopfield_triton
 
     def gibbs(dtype, random, block_n):

@@ -1,5 +1,5 @@
 """The functional API: every family's ops, flat (``genkernels.ops.som_bmu``, ...)."""
-from .boltzmann.ops import bm_energy, bm_gibbs
+from .boltzmann.bm_ops import bm_energy, bm_gibbs
 from .hopfield.ops import hopfield_energy, hopfield_recall, hopfield_store
 from .ising.ops import (
     ising_counters_per_sweep,

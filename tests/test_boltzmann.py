@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from genkernels import BoltzmannMachine, backends, ops
-from genkernels.boltzmann import reference
+from genkernels.boltzmann import bm_reference as reference
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -1,5 +1,5 @@
 // CPU kernel of sequential Gibbs sweeps in general Boltzmann machines (schema in
-// csrc/genkernels.cpp; spec genkernels/boltzmann/reference.py gibbs, which this follows
+// csrc/genkernels.cpp; spec genkernels/boltzmann/bm_reference.py gibbs, which this follows
 // step for step):
 //
 //   bm_gibbs  the fields of every chain start as one at::addmm (states @ W + b, the

@@ -12,9 +12,9 @@ from torch import nn
 from .. import checkpoint as ckpt
 from .. import random as gk_random
 from .._checks import check_choice, check_int, check_model_dtype, check_positive, model_seed
-from . import reference
-from .ops import bm_energy, bm_gibbs, check_binary
-from .reference import ORDERS
+from . import bm_reference as reference
+from .bm_ops import bm_energy, bm_gibbs, check_binary
+from .bm_reference import ORDERS
 
 _WRAP = 2**64
 SCHEDULES = ("geometric", "linear")

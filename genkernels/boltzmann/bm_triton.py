@@ -4,7 +4,7 @@
 One program per chain walks all S sweeps in one launch; the chain's state, fields, the
 sweep's uniforms and visiting order live in registers as (BLOCK_N,) tensors (BLOCK_N =
 next power of two >= N, N <= ``MAX_UNITS``). Semantics and counter layout are
-genkernels/boltzmann/reference.py's: fields start as ``torch.addmm(bias, states, weights)`` (the
+genkernels/boltzmann/bm_reference.py's: fields start as ``torch.addmm(bias, states, weights)`` (the
 launcher's PyTorch product); sweep t of chain c takes the words of counters
 ``offset + (c * S + t) * N + i`` -- word 0 keys the stable random order (packed as
 ``(key - 2^31) * 2^32 + i`` and sorted with ``tl.sort``, as in genkernels/hopfield/

@@ -2,8 +2,8 @@
 
 Re-exported flat in ``genkernels.ops``. Backends (see ``genkernels.backends``): the
 sequential Gibbs sweep ``bm_gibbs`` runs on ``reference`` (genkernels/boltzmann/
-reference.py, a Python loop: an oracle for small sizes), ``cpu`` (csrc/cpu/
-boltzmann.cpp) or ``triton`` (genkernels/boltzmann/triton.py, one program per chain).
+bm_reference.py, a Python loop: an oracle for small sizes), ``cpu`` (csrc/cpu/
+boltzmann.cpp) or ``triton`` (genkernels/boltzmann/bm_triton.py, one program per chain).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from .. import backends
 from .. import random as gk_random
 from .._checks import check_choice, check_float_tensor, check_int, check_same_device, compiling
-from . import reference
-from .reference import ORDERS
+from . import bm_reference as reference
+from .bm_reference import ORDERS
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 SYMMETRY_RTOL = 1e-6
@@ -71,7 +71,7 @@ def bm_gibbs(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor,
     Unit i sees h_i = sum_j W_ij s_j + b_i and turns on with probability
     1 / (1 + exp(-h_i / T)); one sweep visits every unit once (clamped units keep their
     state); the fields are updated after every change, so each step samples the exact
-    conditional. Counter layout in genkernels/boltzmann/reference.py.
+    conditional. Counter layout in genkernels/boltzmann/bm_reference.py.
 
     Args:
         weights: (N, N) float32/float64, symmetric, zero diagonal.
@@ -118,7 +118,7 @@ def bm_gibbs(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor,
     if name == "reference":
         out = reference.gibbs(w, b, s, clamp, t, order, seed, offset)
     elif name == "triton":
-        from . import triton as bm_triton  # lazy: importing triton costs a second
+        from . import bm_triton  # lazy: importing triton costs a second
         out = bm_triton.bm_gibbs_triton(w, b, s, clamp, t, order == "random",
                                         gk_random._schema_seed(seed), offset)
     else:

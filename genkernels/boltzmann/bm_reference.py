@@ -8,7 +8,7 @@ E(s) = -1/2 s^T W s - b^T s, so unit i sees the field h_i = sum_j W_ij s_j + b_i
 probability p_i = 1 / (1 + exp(-h_i / T)).
 
 Sequential Gibbs sweeps (:func:`gibbs`) -- a Python loop: an oracle for small sizes;
-the compiled kernels (csrc/cpu/boltzmann.cpp, genkernels/boltzmann/triton.py) follow it
+the compiled kernels (csrc/cpu/boltzmann.cpp, genkernels/boltzmann/bm_triton.py) follow it
 step for step:
 
 * the fields of every chain start as ``torch.addmm(bias, states, weights)`` (the product
