@@ -44,4 +44,13 @@ TORCH_LIBRARY(genkernels, m) {
   // a sweep flips nothing or max_sweeps. Returns states (B, N) and converged (B,) bool.
   m.def("hopfield_recall_async(Tensor weights, Tensor states, int max_sweeps, bool random_order, "
         "int seed, int offset) -> (Tensor, Tensor)");
+  // ---- restricted Boltzmann machines (genkernels/boltzmann) ----
+  // One Gibbs half-step: w (n_visible, n_hidden) float32|float64 contiguous; s (B, n_in)
+  // uint8 states or w's dtype, contiguous; bias (n_out,) in w's dtype. transpose=false:
+  // P = sigmoid(s @ w + bias) (n_in = n_visible, n_out = n_hidden); transpose=true:
+  // P = sigmoid(s @ w^T + bias). Returns samples (B, n_out) uint8 = (u < P) with u =
+  // tl.rand(seed, offset + b * n_out + j), and P (B, n_out) when return_probs, else an
+  // empty (0, n_out) tensor.
+  m.def("rbm_half_step(Tensor s, Tensor w, Tensor bias, int seed, int offset, bool transpose, "
+        "bool return_probs) -> (Tensor, Tensor)");
 }

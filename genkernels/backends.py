@@ -35,6 +35,7 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "philox_rand": ("reference", "cpu", "triton", "cuda"),
     "hopfield_recall_async": ("reference", "cpu"),
     # a matrix product and a sign per sweep, in PyTorch: its reference runs on any device
+    "rbm_half_step": ("reference", "cpu", "triton"),
 }
 
 # Auto choice on CUDA tensors: each entry names the measurement behind it. Triton until
@@ -46,6 +47,7 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
     "som_online": ("cuda", "persistent kernel keeps the map on chip; default until a GPU run"),
     "philox_randint4x": ("triton", "default until a GPU run measures genkernels.random"),
     "philox_rand": ("triton", "default until a GPU run measures genkernels.random"),
+    "rbm_half_step": ("triton", "default until a GPU run of bench/bench_energy.py"),
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.

@@ -1,0 +1,165 @@
+// CPU kernel of the RBM Gibbs half-step (schema in csrc/genkernels.cpp, spec in
+// genkernels/boltzmann/reference.py):
+//
+//   rbm_half_step  the output (B, n_out) is cut into tiles of at most kTileRows rows and a
+//                  column block per thread when there are fewer row tiles than threads.
+//                  Each OpenMP thread takes whole tiles: one single-threaded at::addmm
+//                  (BLAS runs serially inside a parallel region) writes bias + s @ W[:, cols]
+//                  into the thread's tile buffer, at::sigmoid_ (ATen's vectorised kernel)
+//                  turns it into probabilities, and while the tile is in cache the epilogue
+//                  draws the Philox uniforms of its elements (8 lanes at a time with AVX2),
+//                  compares and stores the uint8 samples (and the probabilities if asked).
+//
+// Counter of element (b, j): offset + b * n_out + j (uint64 wrap), word 0, converted to a
+// float in [0, 1) as tl.rand -- csrc/common/philox.h, bit-identical to the reference's
+// genkernels.random.rand; the sample is u < P with P in the accumulation dtype.
+#include <ATen/ATen.h>
+#include <omp.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "common/philox.h"
+
+namespace genkernels::boltzmann::cpu {
+namespace {
+
+// Rows per tile: a (256, 256) fp32 tile buffer is 256 KiB, an L2's worth.
+constexpr int64_t kTileRows = 256;
+// Column blocks are multiples of this (whole cache lines of fp32 and of the uint8 samples).
+constexpr int64_t kColumnQuantum = 16;
+
+#if defined(__AVX2__)
+// High and low 32 bits of the eight products a[l] * m (m a broadcast uint32 constant).
+inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);                       // lanes 0, 2, 4, 6 as 64-bit
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // lanes 1, 3, 5, 7
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+// tl.rand(seed, counter + l) for l = 0..7 into u[0..7]: Philox4x32-10 on eight counters at
+// once, the same rounds as random::philox4x32 (only word 0 is kept).
+inline void uniform8(uint64_t seed, uint64_t counter, float* u) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(counter))), lane);
+  // carry into the high word where the low word wrapped (c0 < lane, unsigned)
+  const __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(lane, sign), _mm256_xor_si256(c0, sign));
+  __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(counter >> 32))), carry);
+  __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const __m256i round_a = _mm256_set1_epi32(static_cast<int>(random::kPhiloxRoundA));
+  const __m256i round_b = _mm256_set1_epi32(static_cast<int>(random::kPhiloxRoundB));
+  for (int r = 0; r < random::kPhiloxRounds; ++r) {
+    __m256i hi_b, lo_b, hi_a, lo_a;
+    mulhilo8(c2, round_b, hi_b, lo_b);
+    mulhilo8(c0, round_a, hi_a, lo_a);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(hi_b, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+    c2 = _mm256_xor_si256(_mm256_xor_si256(hi_a, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+    c1 = lo_b;
+    c3 = lo_a;
+    k0 += random::kPhiloxKeyA;
+    k1 += random::kPhiloxKeyB;
+  }
+  // uint_to_uniform_float: as int32, negatives folded with ~x (x ^ (x >> 31)), times the scale
+  const __m256i folded = _mm256_xor_si256(c0, _mm256_srai_epi32(c0, 31));
+  const __m256 uf = _mm256_mul_ps(_mm256_cvtepi32_ps(folded), _mm256_set1_ps(random::kUint32ToUniformScale));
+  _mm256_storeu_ps(u, uf);
+}
+#endif
+
+// samples[j] = (tl.rand(seed, counter + j) < p[j]) for j < n; probs_out (if not null) = p.
+template <typename T>
+void bernoulli_row(const T* __restrict__ p, int64_t n, uint64_t seed, uint64_t counter,
+                   uint8_t* __restrict__ samples, T* __restrict__ probs_out) {
+  int64_t j = 0;
+#if defined(__AVX2__)
+  alignas(32) float u[8];
+  for (; j + 8 <= n; j += 8) {
+    uniform8(seed, counter + static_cast<uint64_t>(j), u);
+    for (int l = 0; l < 8; ++l) samples[j + l] = static_cast<T>(u[l]) < p[j + l];
+  }
+#endif
+  for (; j < n; ++j) samples[j] = static_cast<T>(random::rand(seed, counter + static_cast<uint64_t>(j))) < p[j];
+  if (probs_out != nullptr) std::copy(p, p + n, probs_out);
+}
+
+template <typename T>
+void half_step(const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias, uint64_t seed, uint64_t offset,
+               bool transpose, at::Tensor& samples, at::Tensor* probs) {
+  const int64_t B = s.size(0), n_out = samples.size(1);
+  // W as (n_in, n_out), a BLAS-compatible view either way (transposed storage for transpose)
+  const at::Tensor wv = transpose ? w.t() : w;
+  const int64_t threads = omp_get_max_threads();
+  const int64_t rows_per_tile = std::min(kTileRows, std::max<int64_t>(1, (B + threads - 1) / threads));
+  const int64_t row_tiles = (B + rows_per_tile - 1) / rows_per_tile;
+  const int64_t col_blocks_wanted = std::max<int64_t>(1, std::min((threads + row_tiles - 1) / row_tiles,
+                                                                  (n_out + kColumnQuantum - 1) / kColumnQuantum));
+  int64_t cols_per_tile = (n_out + col_blocks_wanted - 1) / col_blocks_wanted;
+  cols_per_tile = std::max<int64_t>(1, (cols_per_tile + kColumnQuantum - 1) / kColumnQuantum * kColumnQuantum);
+  const int64_t col_tiles = (n_out + cols_per_tile - 1) / cols_per_tile;
+  const int64_t n_tiles = row_tiles * col_tiles;
+  uint8_t* out = samples.data_ptr<uint8_t>();
+  T* probs_out = probs != nullptr ? probs->data_ptr<T>() : nullptr;
+#pragma omp parallel if (n_tiles > 1)
+  {
+    at::Tensor buf = at::empty({std::min(rows_per_tile, B), std::min(cols_per_tile, n_out)}, w.options());
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      const int64_t r0 = (t / col_tiles) * rows_per_tile, c0 = (t % col_tiles) * cols_per_tile;
+      const int64_t rows = std::min(rows_per_tile, B - r0), cols = std::min(cols_per_tile, n_out - c0);
+      at::Tensor tile = buf.narrow(0, 0, rows).narrow(1, 0, cols);
+      at::addmm_out(tile, bias.narrow(0, c0, cols), s.narrow(0, r0, rows), wv.narrow(1, c0, cols));
+      tile.sigmoid_();
+      const T* p = tile.data_ptr<T>();
+      const int64_t ld = tile.stride(0);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t r = r0 + i;
+        const uint64_t counter = offset + static_cast<uint64_t>(r) * static_cast<uint64_t>(n_out) +
+                                 static_cast<uint64_t>(c0);
+        bernoulli_row<T>(p + i * ld, cols, seed, counter, out + r * n_out + c0,
+                         probs_out != nullptr ? probs_out + r * n_out + c0 : nullptr);
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> rbm_half_step_cpu(const at::Tensor& s, const at::Tensor& w,
+                                                     const at::Tensor& bias, int64_t seed, int64_t offset,
+                                                     bool transpose, bool return_probs) {
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() &&
+                  (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble),
+              "rbm_half_step: w must be a contiguous 2-D float32/float64 tensor");
+  const int64_t n_in = transpose ? w.size(1) : w.size(0), n_out = transpose ? w.size(0) : w.size(1);
+  TORCH_CHECK(s.dim() == 2 && s.size(1) == n_in, "rbm_half_step: s must be (B, ", n_in, ")");
+  TORCH_CHECK(s.scalar_type() == at::kByte || s.scalar_type() == w.scalar_type(),
+              "rbm_half_step: s must be uint8 or w's dtype");
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == n_out && bias.scalar_type() == w.scalar_type(),
+              "rbm_half_step: bias must be (", n_out, ",) in w's dtype");
+  // the product reads states in the accumulation dtype: uint8 samples are widened once
+  const at::Tensor sf = (s.scalar_type() == at::kByte ? s.to(w.scalar_type()) : s).contiguous();
+  const at::Tensor b = bias.contiguous();
+  const int64_t B = s.size(0);
+  at::Tensor samples = at::empty({B, n_out}, s.options().dtype(at::kByte));
+  at::Tensor probs = at::empty({return_probs ? B : 0, n_out}, w.options());
+  if (B == 0 || n_out == 0) return {samples, probs};
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rbm_half_step_cpu", [&] {
+    half_step<scalar_t>(sf, w, b, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), transpose, samples,
+                        return_probs ? &probs : nullptr);
+  });
+  return {samples, probs};
+}
+
+}  // namespace
+}  // namespace genkernels::boltzmann::cpu
+
+TORCH_LIBRARY_IMPL(genkernels, CPU, m) {
+  m.impl("rbm_half_step", &genkernels::boltzmann::cpu::rbm_half_step_cpu);
+}

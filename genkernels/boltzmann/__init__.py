@@ -1,0 +1,1 @@
+"""Boltzmann machines: restricted Boltzmann machines (``RBM``) and their half-step op."""
