@@ -34,6 +34,11 @@ namespace {
 constexpr int64_t kTileRows = 256;
 // Column blocks are multiples of this (whole cache lines of fp32 and of the uint8 samples).
 constexpr int64_t kColumnQuantum = 16;
+// Multiply-adds (plus one Philox draw per output) a thread must get before a second one
+// joins: below it an OpenMP team costs more than it saves (a fork and a barrier are tens of
+// microseconds, far more on a loaded machine, where a tiny half-step took 25 ms with 2
+// threads and 0.03 ms with one).
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 18;
 
 #if defined(__AVX2__)
 // High and low 32 bits of the eight products a[l] * m (m a broadcast uint32 constant).
@@ -97,7 +102,8 @@ void half_step(const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias,
   const int64_t B = s.size(0), n_out = samples.size(1);
   // W as (n_in, n_out), a BLAS-compatible view either way (transposed storage for transpose)
   const at::Tensor wv = transpose ? w.t() : w;
-  const int64_t threads = omp_get_max_threads();
+  const int64_t work = B * n_out * (s.size(1) + 64);
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), work / kMinWorkPerThread));
   const int64_t rows_per_tile = std::min(kTileRows, std::max<int64_t>(1, (B + threads - 1) / threads));
   const int64_t row_tiles = (B + rows_per_tile - 1) / rows_per_tile;
   const int64_t col_blocks_wanted = std::max<int64_t>(1, std::min((threads + row_tiles - 1) / row_tiles,
@@ -108,7 +114,7 @@ void half_step(const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias,
   const int64_t n_tiles = row_tiles * col_tiles;
   uint8_t* out = samples.data_ptr<uint8_t>();
   T* probs_out = probs != nullptr ? probs->data_ptr<T>() : nullptr;
-#pragma omp parallel if (n_tiles > 1)
+#pragma omp parallel num_threads(static_cast<int>(threads)) if (threads > 1 && n_tiles > 1)
   {
     at::Tensor buf = at::empty({std::min(rows_per_tile, B), std::min(cols_per_tile, n_out)}, w.options());
 #pragma omp for schedule(dynamic, 1)
