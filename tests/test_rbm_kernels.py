@@ -8,15 +8,15 @@ from tolerances import TOL
 
 from genkernels import backends, ops
 from genkernels import random as gk_random
-from genkernels.boltzmann import reference
 
 COMPILED = [b for b in ("cpu", "triton") if b in backends.available_backends("cpu")]
 needs_cpu = pytest.mark.skipif("cpu" not in COMPILED, reason=backends.extension_error() or "")
 DTYPES = (torch.float32, torch.float64)
 # (B, n_visible, n_hidden): single rows and units, odd sizes straddling the Triton tiles
-# (64 rows / 64 units) and the cpu tiles (256 rows, 16-unit column blocks)
+# (64 rows / 64 units) and the cpu tiles (256 rows, 16-unit column blocks, 32-unit Philox
+# groups)
 SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 9), (3, 17, 1), (65, 33, 65), (70, 64, 17)]
-CPU_SHAPES = SHAPES + [(257, 100, 37), (600, 13, 301)]
+CPU_SHAPES = SHAPES + [(257, 100, 37), (600, 13, 301), (1, 4096, 301)]  # the last: column blocks
 # a sample may differ from the reference only where u is this close to the computed P
 # (DESIGN.md, "Randomness": fused samplers differ only where |u - p| <= 1e-6)
 SAMPLE_MARGIN = 1e-6
@@ -35,7 +35,12 @@ def _problem(b, n_vis, n_hid, dtype, transpose, states="float", seed=0):
 
 
 def _uniforms(seed, offset, b, n_out):
-    return gk_random.rand(seed, reference.half_step_offsets(offset, b, n_out, "cpu"), backend="reference")
+    """The spec's uniforms, from genkernels.random directly: word j % 4 of counter
+    offset + b * ceil(n_out / 4) + j // 4."""
+    q = (n_out + 3) // 4
+    counters = torch.arange(b * q, dtype=torch.int64).reshape(b, q) + offset
+    words = gk_random.randint4x(seed, counters, backend="reference").reshape(b, 4 * q)[:, :n_out]
+    return gk_random.uint_to_uniform_float(words.contiguous())
 
 
 def _backend_shapes(backend):
@@ -91,12 +96,12 @@ def test_samples_bit_identical_on_exact_probabilities(backend, dtype, transpose,
 
 
 def test_row_shard_reproduces_the_whole_batch():
-    """Rows r0.. drawn alone with offset + r0 * n_out equal the whole batch's rows."""
+    """Rows r0.. drawn alone with offset + r0 * ceil(n_out / 4) equal the whole batch's rows."""
     s, w, bias = _problem(40, 11, 13, torch.float32, False)
     seed, offset = 5, 1000
     whole = ops.rbm_half_step(s, w, bias, seed, offset, backend="reference")
     for backend in ["reference", *COMPILED]:
-        part = ops.rbm_half_step(s[17:], w, bias, seed, offset + 17 * 13, backend=backend)
+        part = ops.rbm_half_step(s[17:], w, bias, seed, offset + 17 * 4, backend=backend)
         assert torch.equal(part, whole[17:])
 
 
@@ -185,11 +190,11 @@ def test_compiles_fullgraph():
     @torch.compile(fullgraph=True)
     def gibbs(s, w, c, b):
         h, p = ops.rbm_half_step(s, w, c, 7, 0, False, True, backend="cpu")
-        v = ops.rbm_half_step(h, w, b, 7, 20 * 9, True, backend="cpu")
+        v = ops.rbm_half_step(h, w, b, 7, 20 * 3, True, backend="cpu")
         return v, p
 
     b_vis = torch.zeros(15)
     v, p = gibbs(s, w, bias, b_vis)
     h_ref, p_ref = ops.rbm_half_step(s, w, bias, 7, 0, False, True, backend="cpu")
     assert torch.equal(p, p_ref)
-    assert torch.equal(v, ops.rbm_half_step(h_ref, w, b_vis, 7, 20 * 9, True, backend="cpu"))
+    assert torch.equal(v, ops.rbm_half_step(h_ref, w, b_vis, 7, 20 * 3, True, backend="cpu"))

@@ -7,12 +7,15 @@
 //                  (BLAS runs serially inside a parallel region) writes bias + s @ W[:, cols]
 //                  into the thread's tile buffer, at::sigmoid_ (ATen's vectorised kernel)
 //                  turns it into probabilities, and while the tile is in cache the epilogue
-//                  draws the Philox uniforms of its elements (8 lanes at a time with AVX2),
-//                  compares and stores the uint8 samples (and the probabilities if asked).
+//                  draws the Philox uniforms of its elements (8 counters = 32 uniforms at a
+//                  time with AVX2), compares and stores the uint8 samples (and the
+//                  probabilities if asked).
 //
-// Counter of element (b, j): offset + b * n_out + j (uint64 wrap), word 0, converted to a
-// float in [0, 1) as tl.rand -- csrc/common/philox.h, bit-identical to the reference's
-// genkernels.random.rand; the sample is u < P with P in the accumulation dtype.
+// Uniform of element (b, j): word j % 4 of counter offset + b * Q + j / 4, Q = ceil(n_out / 4)
+// (uint64 wrap), converted to a float in [0, 1) as tl.rand4x -- csrc/common/philox.h,
+// bit-identical to the reference; the sample is u < P with P in the accumulation dtype. Four
+// units per Philox call: on 2 cores the 784-unit visible half-step of a 100-row batch spent
+// about as long in one call per unit as in its matrix product.
 #include <ATen/ATen.h>
 #include <omp.h>
 #include <torch/library.h>
@@ -49,9 +52,10 @@ inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-// tl.rand(seed, counter + l) for l = 0..7 into u[0..7]: Philox4x32-10 on eight counters at
-// once, the same rounds as random::philox4x32 (only word 0 is kept).
-inline void uniform8(uint64_t seed, uint64_t counter, float* u) {
+// The 32 uniforms of counters counter + l, l = 0..7: Philox4x32-10 on eight counters at
+// once (the rounds of random::philox4x32), all four words converted as tl.rand4x does;
+// u[4 l + k] = word k of counter + l.
+inline void uniform32(uint64_t seed, uint64_t counter, float* u) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(counter))), lane);
@@ -74,25 +78,37 @@ inline void uniform8(uint64_t seed, uint64_t counter, float* u) {
     k1 += random::kPhiloxKeyB;
   }
   // uint_to_uniform_float: as int32, negatives folded with ~x (x ^ (x >> 31)), times the scale
-  const __m256i folded = _mm256_xor_si256(c0, _mm256_srai_epi32(c0, 31));
-  const __m256 uf = _mm256_mul_ps(_mm256_cvtepi32_ps(folded), _mm256_set1_ps(random::kUint32ToUniformScale));
-  _mm256_storeu_ps(u, uf);
+  const __m256 scale = _mm256_set1_ps(random::kUint32ToUniformScale);
+  alignas(32) float words[4][8];
+  const __m256i c[4] = {c0, c1, c2, c3};
+  for (int k = 0; k < 4; ++k) {
+    const __m256i folded = _mm256_xor_si256(c[k], _mm256_srai_epi32(c[k], 31));
+    _mm256_store_ps(words[k], _mm256_mul_ps(_mm256_cvtepi32_ps(folded), scale));
+  }
+  for (int l = 0; l < 8; ++l)
+    for (int k = 0; k < 4; ++k) u[4 * l + k] = words[k][l];
 }
 #endif
 
-// samples[j] = (tl.rand(seed, counter + j) < p[j]) for j < n; probs_out (if not null) = p.
+// samples[j] = (u_j < p[j]) for j < n, u_j = word j % 4 of randint4x(seed, counter + j / 4) as
+// a tl.rand uniform; probs_out (if not null) = p.
 template <typename T>
 void bernoulli_row(const T* __restrict__ p, int64_t n, uint64_t seed, uint64_t counter,
                    uint8_t* __restrict__ samples, T* __restrict__ probs_out) {
   int64_t j = 0;
 #if defined(__AVX2__)
-  alignas(32) float u[8];
-  for (; j + 8 <= n; j += 8) {
-    uniform8(seed, counter + static_cast<uint64_t>(j), u);
-    for (int l = 0; l < 8; ++l) samples[j + l] = static_cast<T>(u[l]) < p[j + l];
+  alignas(32) float u[32];
+  for (; j + 32 <= n; j += 32) {
+    uniform32(seed, counter + static_cast<uint64_t>(j / 4), u);
+    for (int l = 0; l < 32; ++l) samples[j + l] = static_cast<T>(u[l]) < p[j + l];
   }
 #endif
-  for (; j < n; ++j) samples[j] = static_cast<T>(random::rand(seed, counter + static_cast<uint64_t>(j))) < p[j];
+  for (; j < n; j += 4) {
+    const random::Uint4 r = random::randint4x(seed, counter + static_cast<uint64_t>(j / 4));
+    const uint32_t words[4] = {r.x, r.y, r.z, r.w};
+    for (int64_t k = 0; k < 4 && j + k < n; ++k)
+      samples[j + k] = static_cast<T>(random::uint_to_uniform_float(words[k])) < p[j + k];
+  }
   if (probs_out != nullptr) std::copy(p, p + n, probs_out);
 }
 
@@ -112,6 +128,7 @@ void half_step(const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias,
   cols_per_tile = std::max<int64_t>(1, (cols_per_tile + kColumnQuantum - 1) / kColumnQuantum * kColumnQuantum);
   const int64_t col_tiles = (n_out + cols_per_tile - 1) / cols_per_tile;
   const int64_t n_tiles = row_tiles * col_tiles;
+  const int64_t counters_per_row = (n_out + 3) / 4;  // c0 is a multiple of 4: tiles start on a counter
   uint8_t* out = samples.data_ptr<uint8_t>();
   T* probs_out = probs != nullptr ? probs->data_ptr<T>() : nullptr;
 #pragma omp parallel num_threads(static_cast<int>(threads)) if (threads > 1 && n_tiles > 1)
@@ -128,8 +145,8 @@ void half_step(const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias,
       const int64_t ld = tile.stride(0);
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t r = r0 + i;
-        const uint64_t counter = offset + static_cast<uint64_t>(r) * static_cast<uint64_t>(n_out) +
-                                 static_cast<uint64_t>(c0);
+        const uint64_t counter = offset + static_cast<uint64_t>(r) * static_cast<uint64_t>(counters_per_row) +
+                                 static_cast<uint64_t>(c0 / 4);
         bernoulli_row<T>(p + i * ld, cols, seed, counter, out + r * n_out + c0,
                          probs_out != nullptr ? probs_out + r * n_out + c0 : nullptr);
       }

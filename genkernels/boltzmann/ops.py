@@ -61,10 +61,10 @@ def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: in
         w: (n_visible, n_hidden) float32 or float64 weights.
         bias: (n_out,) bias of the layer being sampled.
         seed: Philox key, an int in [0, 2^64).
-        offset: int64 Philox counter of element (0, 0): element (b, j) draws
-            ``genkernels.random.rand(seed, offset + b * n_out + j)``. A caller holding rows
-            r0.. of a larger batch passes ``offset + r0 * n_out``; a caller sampling again
-            advances offset by B * n_out.
+        offset: int64 Philox counter of row 0: element (b, j) compares word j % 4 of
+            ``genkernels.random.randint4x(seed, offset + b * Q + j // 4)``, Q = ceil(n_out / 4),
+            as a uniform (``tl.rand4x``) with P. A caller holding rows r0.. of a larger batch
+            passes ``offset + r0 * Q``; a caller sampling again advances offset by B * Q.
         transpose: False -- visible to hidden, P = sigmoid(s @ w + bias), n_in = n_visible,
             n_out = n_hidden; True -- hidden to visible, P = sigmoid(s @ w.T + bias).
         return_probs: also return P.
@@ -91,17 +91,23 @@ def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: in
         raise ValueError("s contains NaN or Inf")
 
     dt = acc_dtype(w.dtype)
-    w = w.contiguous()
-    bias = bias.to(dt).contiguous()
     s = s if s.dtype == torch.uint8 else s.to(dt)
-    s = s.contiguous()
+    samples, probs = half_step(s.contiguous(), w.contiguous(), bias.to(dt).contiguous(), seed, offset,
+                               transpose, return_probs, backend)
+    return (samples, probs) if return_probs else samples
+
+
+def half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
+              transpose: bool, return_probs: bool, backend: str | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rbm_half_step` on validated arguments (the models' hot path): s contiguous
+    uint8 or in w's dtype, w contiguous float32/float64, bias contiguous in w's dtype, seed
+    in [0, 2^64), offset an int64. Always returns (samples, probs or an empty (0, n_out))."""
     name = backends.resolve("rbm_half_step", s.device, backend)
     if name == "reference":
-        samples, probs = reference.rbm_half_step(s, w, bias, seed, offset, transpose, return_probs)
-    elif name == "triton":
-        samples, probs = _triton_ops().rbm_half_step_triton(s, w, bias, gk_random._schema_seed(seed),
-                                                            offset, transpose, return_probs)
-    else:
-        samples, probs = torch.ops.genkernels.rbm_half_step(s, w, bias, gk_random._schema_seed(seed),
-                                                            offset, transpose, return_probs)
-    return (samples, probs) if return_probs else samples
+        return reference.rbm_half_step(s, w, bias, seed, offset, transpose, return_probs)
+    if name == "triton":
+        return _triton_ops().rbm_half_step_triton(s, w, bias, gk_random._schema_seed(seed), offset,
+                                                  transpose, return_probs)
+    return torch.ops.genkernels.rbm_half_step(s, w, bias, gk_random._schema_seed(seed), offset, transpose,
+                                              return_probs)

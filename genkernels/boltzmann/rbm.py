@@ -21,10 +21,11 @@ samples of the data; PCD keeps ``batch_size`` persistent chains (hidden states, 
 first as in scikit-learn) across batches and epochs.
 
 Random stream: the model owns ``seed`` and the counter ``offset``. Every sampling
-half-step over B rows of n_out units takes the next B * n_out counters: element (b, j)
-draws genkernels.random.rand(seed, offset + b * n_out + j) (genkernels.ops.rbm_half_step),
-so a step's draws are keyed by (step, sample index, unit). Gaussian visible samples take
-two words of randint4x(seed, offset + b * n_visible + i) (Box-Muller). The stream position
+half-step over B rows of n_out units takes the next B * ceil(n_out / 4) counters, laid out
+as genkernels.ops.rbm_half_step documents (row b, unit j: word j % 4 of counter
+offset + b * ceil(n_out / 4) + j // 4), so a step's draws are keyed by (step, sample index,
+unit). Gaussian visible samples take words 0 and 1 of randint4x(seed, offset + b * n_visible
++ i) (Box-Muller), B * n_visible counters. The stream position
 is part of every checkpoint, so a resumed run draws exactly what an uninterrupted one does.
 """
 
@@ -42,7 +43,8 @@ from torch import nn
 from .. import checkpoint as ckpt
 from .. import random as gk_random
 from .._checks import check_choice, check_int, compiling
-from .ops import rbm_half_step
+from .ops import half_step
+from .reference import counters_per_row, half_step_uniforms
 
 VISIBLE_UNITS = ("bernoulli", "gaussian")
 METHODS = ("cd", "pcd")
@@ -209,24 +211,24 @@ class RBM(nn.Module):
     def _sample_hidden(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """v (B, n_visible) floats or uint8 -> (samples (B, n_hidden) uint8, probabilities)."""
         s = self._hidden_input(v) if v.dtype != torch.uint8 else v
-        return rbm_half_step(s, self.weights, self.hidden_bias, self.seed,
-                             self._advance(v.shape[0] * self.n_hidden), False, True)
+        return half_step(s.contiguous(), self.weights, self.hidden_bias, self.seed,
+                         self._advance(v.shape[0] * counters_per_row(self.n_hidden)), False, True)
 
     def _sample_visible(self, h: torch.Tensor) -> torch.Tensor:
         """h (B, n_hidden) uint8 or floats -> visible samples (B, n_visible) in the model's dtype."""
-        offset = self._advance(h.shape[0] * self.n_visible)
         if self.visible == "bernoulli":
-            return rbm_half_step(h, self.weights, self.visible_bias, self.seed, offset, True).to(self.dtype)
+            offset = self._advance(h.shape[0] * counters_per_row(self.n_visible))
+            return half_step(h.contiguous(), self.weights, self.visible_bias, self.seed, offset, True,
+                             False)[0].to(self.dtype)
         sigma = self.sigma
         mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
-        return mean + sigma * self._normal(h.shape[0], offset)
+        return mean + sigma * self._normal(h.shape[0], self._advance(h.shape[0] * self.n_visible))
 
     def _normal(self, rows: int, offset: int) -> torch.Tensor:
         """(rows, n_visible) standard normals by Box-Muller from randint4x words 0 and 1 of
         counters offset + b * n_visible + i."""
-        from .reference import half_step_offsets
-
-        words = gk_random.randint4x(self.seed, half_step_offsets(offset, rows, self.n_visible, self.device))
+        counters = torch.arange(rows * self.n_visible, dtype=torch.int64, device=self.device) + offset
+        words = gk_random.randint4x(self.seed, counters.reshape(rows, self.n_visible))
         u1 = 1.0 - gk_random.uint_to_uniform_float(words[..., 0].contiguous()).to(torch.float64)  # (0, 1]
         u2 = gk_random.uint_to_uniform_float(words[..., 1].contiguous()).to(torch.float64)
         return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(self.dtype)
@@ -337,12 +339,12 @@ class RBM(nn.Module):
         if seed is not None:
             self.seed, self.offset = check_int("seed", seed, 0, 2**64 - 1), 0
         try:
-            offset = self._advance(n_samples * self.n_visible)
             if self.visible == "bernoulli":
-                from .reference import half_step_offsets
-                u = gk_random.rand(self.seed, half_step_offsets(offset, n_samples, self.n_visible, self.device))
+                offset = self._advance(n_samples * counters_per_row(self.n_visible))
+                u = half_step_uniforms(self.seed, offset, n_samples, self.n_visible, self.device)
                 v = (u < 0.5).to(self.dtype)
             else:
+                offset = self._advance(n_samples * self.n_visible)
                 v = self.visible_bias + self.sigma * self._normal(n_samples, offset)
             for _ in range(n_steps):
                 h, _ = self._sample_hidden(v)

@@ -7,12 +7,14 @@ Half-step of a restricted Boltzmann machine with weights ``W`` (n_visible, n_hid
 * ``transpose=True`` (hidden -> visible): s (B, n_hidden), bias (n_visible,),
   P = sigmoid(s @ W^T + bias), (B, n_visible).
 
-The Bernoulli draw of element (b, j) of P (B, n_out) is ``u < P[b, j]`` with
-``u = genkernels.random.rand(seed, offset + b * n_out + j)`` -- one Philox counter per
-element, rows consecutive (the counter layout of every backend). Row b is the caller's
-sample b: a caller holding rows r0.. of a larger batch (a shard, a minibatch of a chain
-set) passes ``offset + r0 * n_out`` and draws exactly what the whole batch would draw for
-those rows, so the stream is keyed by the global sample index and the unit.
+The Bernoulli draw of element (b, j) of P (B, n_out) is ``u < P[b, j]`` where u is word
+j % 4 of ``randint4x(seed, offset + b * Q + j // 4)``, Q = ceil(n_out / 4) counters per
+row, converted to [0, 1) as ``tl.rand`` does (``tl.rand4x``): one Philox call serves four
+consecutive units, a quarter of the work of one call per element (the counter layout of
+every backend). Row b is the caller's sample b: a caller holding rows r0.. of a larger
+batch (a shard, a minibatch of a chain set) passes ``offset + r0 * Q`` and draws exactly
+what the whole batch would draw for those rows, so the stream is keyed by the global
+sample index and the unit. A half-step over B rows consumes B * Q counters.
 
 Arithmetic is in fp32 (fp64 for fp64 weights); states may be uint8 samples or floats.
 """
@@ -25,11 +27,19 @@ from .. import random as gk_random
 from .._checks import acc_dtype
 
 
-def half_step_offsets(offset: int, rows: int, n_out: int, device) -> torch.Tensor:
-    """(rows, n_out) int64 Philox counters offset + b * n_out + j (wrapping as int64)."""
+def counters_per_row(n_out: int) -> int:
+    """Q = ceil(n_out / 4): Philox counters a half-step takes per row."""
+    return (n_out + 3) // 4
+
+
+def half_step_uniforms(seed: int, offset: int, rows: int, n_out: int, device) -> torch.Tensor:
+    """(rows, n_out) float32 uniforms of the half-step: element (b, j) is word j % 4 of
+    randint4x(seed, offset + b * Q + j // 4) as tl.rand converts it."""
+    q = counters_per_row(n_out)
     b = torch.arange(rows, dtype=torch.int64, device=device)[:, None]
-    j = torch.arange(n_out, dtype=torch.int64, device=device)[None, :]
-    return b * n_out + j + offset
+    c = torch.arange(q, dtype=torch.int64, device=device)[None, :]
+    words = gk_random.randint4x(seed, b * q + c + offset, backend="reference")  # (rows, Q, 4)
+    return gk_random.uint_to_uniform_float(words.reshape(rows, 4 * q)[:, :n_out].contiguous())
 
 
 def half_step_probs(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
@@ -42,9 +52,7 @@ def half_step_probs(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
 
 def bernoulli(probs: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
     """uint8 samples (u < probs) of probs (B, n_out) with the counters of the half-step."""
-    rows, n_out = probs.shape
-    offsets = half_step_offsets(offset, rows, n_out, probs.device)
-    u = gk_random.rand(seed, offsets, backend="reference")
+    u = half_step_uniforms(seed, offset, *probs.shape, probs.device)
     return (u < probs).to(torch.uint8)
 
 

@@ -9,8 +9,9 @@ with a ``_triton`` suffix; the oracle is genkernels/boltzmann/reference.py.
 One program owns a (BLOCK_B, BLOCK_N) tile of the output: it accumulates s @ W over
 BLOCK_K-wide slices with ``tl.dot`` (``input_precision="ieee"``: the probabilities are
 compared with uniforms, so tf32's 10-bit products would move samples), adds the bias,
-applies the sigmoid and, in the same registers, draws ``tl.rand(seed, offset + b * n_out
-+ j)`` per element and stores the uint8 sample (and the probability when asked). States
+applies the sigmoid and, in the same registers, draws word j % 4 of ``tl.rand4x(seed,
+offset + b * Q + j // 4)`` (Q = ceil(n_out / 4)) per element and stores the uint8 sample
+(and the probability when asked). States
 arrive as uint8 samples or floats and are widened on load.
 
 Seeds travel through the op schema as int64 (the bit pattern of a seed in [0, 2^64)) and
@@ -42,7 +43,7 @@ def _rbm_half_step_kernel(
     SAMPLES,           # *u8 (B, N_OUT) contiguous: the Bernoulli samples
     PROBS,             # *fp (B, N_OUT) contiguous: the probabilities (RETURN_PROBS only)
     seed,              # Philox key, [0, 2^64)
-    offset,            # Philox counter of element (0, 0); element (b, j) uses offset + b * N_OUT + j
+    offset,            # Philox counter of row 0; element (b, j) uses word j % 4 of offset + b * Q + j // 4
     B, N_IN, N_OUT,
     stride_sb, stride_wk, stride_wn,
     RETURN_PROBS: tl.constexpr,
@@ -67,7 +68,10 @@ def _rbm_half_step_kernel(
     bias = tl.load(BIAS + cols, mask=col_ok, other=0).to(ACC)
     p = tl.sigmoid(acc + bias[None, :])
     out = rows[:, None] * N_OUT + cols[None, :]
-    u = tl.rand(seed, offset + out)
+    q = (N_OUT + 3) // 4
+    u0, u1, u2, u3 = tl.rand4x(seed, offset + rows[:, None] * q + (cols // 4)[None, :])
+    word = (cols % 4)[None, :]
+    u = tl.where(word == 0, u0, tl.where(word == 1, u1, tl.where(word == 2, u2, u3)))
     mask = row_ok[:, None] & col_ok[None, :]
     tl.store(SAMPLES + out, (u < p).to(tl.uint8), mask=mask)
     if RETURN_PROBS:
