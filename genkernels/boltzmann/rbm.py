@@ -55,6 +55,8 @@ MAX_ENUMERATED_UNITS = 20
 ENUMERATION_CHUNK = 1 << 14
 # rows of the training data the monitored metric is computed on after each epoch
 MONITOR_ROWS = 1000
+# batches whose rows fit() gathers in one copy
+GATHER_BATCHES = 64
 _INT64 = 2**64
 
 
@@ -176,7 +178,9 @@ class RBM(nn.Module):
         x = x.to(device=self.device, dtype=self.dtype)
         if compiling() or x.numel() == 0:
             return x.contiguous()
-        if not bool(torch.isfinite(x).all()):
+        # one pass: min and max propagate NaN, so finite bounds mean finite data
+        lo, hi = (float(t) for t in torch.aminmax(x))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
             raise ValueError(f"{name} contains NaN or Inf (first at row {row})")
         if self.visible == "gaussian":
@@ -189,7 +193,6 @@ class RBM(nn.Module):
             offsets = torch.arange(x.numel(), dtype=torch.int64, device=self.device).reshape(x.shape)
             u = gk_random.rand(self.seed, offsets + self._advance(x.numel()))
             return (u < x.clamp(0, 1)).to(self.dtype)
-        lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1:
             raise ValueError(f"{name} must hold values in [0, 1] for Bernoulli visible units (binary "
                              f"data, or probabilities as scikit-learn takes them); got values in "
@@ -414,10 +417,14 @@ class RBM(nn.Module):
                 while self.epochs_done < epochs:
                     g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epochs_done) % 2**63)
                     order = torch.randperm(n, generator=g).to(self.device)
-                    for start in range(0, n, batch_size):
-                        batch = v_all.index_select(0, order[start:start + batch_size])
-                        self._update(batch, method, k, lr, momentum, weight_decay, sparsity_target,
-                                     sparsity_cost, batch_size)
+                    # rows are gathered in shuffled order GATHER_BATCHES batches at a time: one
+                    # large copy instead of a small gather per batch (each batch is then a view)
+                    span = batch_size * GATHER_BATCHES
+                    for chunk_start in range(0, n, span):
+                        chunk = v_all.index_select(0, order[chunk_start:chunk_start + span])
+                        for start in range(0, chunk.shape[0], batch_size):
+                            self._update(chunk[start:start + batch_size], method, k, lr, momentum, weight_decay,
+                                         sparsity_target, sparsity_cost, batch_size)
                     self.epochs_done += 1
                     record = {"epoch": self.epochs_done}
                     if monitor is not None:
@@ -454,18 +461,25 @@ class RBM(nn.Module):
 
     def _apply_gradient(self, v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
                         sparsity_cost) -> None:
+        """Every parameter += lr * (mean positive - mean negative statistic) (through the
+        velocity with momentum). The weights' statistics go straight into the weights (or
+        the velocity) as two accumulating products: no gradient temporary, no extra pass."""
         n_pos, n_neg = v_pos.shape[0], v_neg.shape[0]
         gaussian = self.visible == "gaussian"
         x_pos, x_neg = (self._hidden_input(v_pos), self._hidden_input(v_neg)) if gaussian else (v_pos, v_neg)
-        # mean positive minus mean negative statistic: one product, one accumulating product
-        grad_w = torch.mm(x_pos.T, h_pos)
-        grad_w.addmm_(x_neg.T, h_neg, beta=1.0 / n_pos, alpha=-1.0 / n_neg)
         grad_c = h_pos.mean(0) - h_neg.mean(0)
         if gaussian:
             var = self.sigma ** 2
             grad_b = ((v_pos - self.visible_bias) / var).mean(0) - ((v_neg - self.visible_bias) / var).mean(0)
         else:
             grad_b = v_pos.mean(0) - v_neg.mean(0)
+        grad_log_sigma = None
+        if gaussian and self.learn_variance:
+            # -dF/dlog(sigma_i) = (v_i - b_i)^2 / sigma_i^2 - (v_i / sigma_i) (W p)_i
+            def stat(v, x, h):
+                return ((v - self.visible_bias) ** 2 / var - x * torch.mm(h, self.weights.T)).mean(0)
+            grad_log_sigma = stat(v_pos, x_pos, h_pos) - stat(v_neg, x_neg, h_neg)
+        penalty = None
         if sparsity_target is not None:
             q_batch = h_pos.mean(0)
             if self.hidden_activity.shape[0] != self.n_hidden:
@@ -473,18 +487,20 @@ class RBM(nn.Module):
             self.hidden_activity = 0.9 * self.hidden_activity + 0.1 * q_batch
             penalty = sparsity_cost * (sparsity_target - self.hidden_activity)
             grad_c = grad_c + penalty
-            grad_w.add_(torch.outer(x_pos.mean(0), penalty))
+
+        step_w = self.weights_velocity.mul_(momentum) if momentum else self.weights
         if weight_decay:
-            grad_w.add_(self.weights, alpha=-weight_decay)
-        grads = [(self.weights, self.weights_velocity, grad_w),
-                 (self.hidden_bias, self.hidden_bias_velocity, grad_c),
+            step_w.add_(self.weights, alpha=-lr * weight_decay)
+        if penalty is not None:
+            step_w.add_(torch.outer(x_pos.mean(0), penalty), alpha=lr)
+        step_w.addmm_(x_pos.T, h_pos, alpha=lr / n_pos)
+        step_w.addmm_(x_neg.T, h_neg, alpha=-lr / n_neg)
+        if momentum:
+            self.weights.add_(step_w)
+        grads = [(self.hidden_bias, self.hidden_bias_velocity, grad_c),
                  (self.visible_bias, self.visible_bias_velocity, grad_b)]
-        if gaussian and self.learn_variance:
-            # -dF/dlog(sigma_i) = (v_i - b_i)^2 / sigma_i^2 - (v_i / sigma_i) (W p)_i
-            def stat(v, x, h):
-                return ((v - self.visible_bias) ** 2 / var - x * torch.mm(h, self.weights.T)).mean(0)
-            grads.append((self.log_sigma, self.log_sigma_velocity,
-                          stat(v_pos, x_pos, h_pos) - stat(v_neg, x_neg, h_neg)))
+        if grad_log_sigma is not None:
+            grads.append((self.log_sigma, self.log_sigma_velocity, grad_log_sigma))
         for param, velocity, grad in grads:
             if momentum:
                 velocity.mul_(momentum).add_(grad, alpha=lr)
