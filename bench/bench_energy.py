@@ -45,6 +45,9 @@ N_VISIBLE, N_HIDDEN, BATCH = 784, 256, 100
 LEARNING_RATE = 0.1
 RANDOM_ROWS, RANDOM_DENSITY = 60_000, 0.2
 QUICK_ROWS = 2_000
+# seconds of timed rounds per case: an epoch takes seconds, so the runner's 2 s budget
+# would time most cases once
+BUDGET_S = {False: 20.0, True: 0.2}
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "mnist")
 
 
@@ -166,6 +169,9 @@ def markdown(records: list[dict], meta: dict) -> str:
     lines = [f"# genkernels benchmarks, energy family: {meta['machine']} ({meta['device']})", "",
              f"{meta['created']}, commit `{meta['commit']}`, "
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v is not None) + ".",
+             (f"Load average (1 min) {meta['load_avg_start']} at the start, {meta['load_avg_end']} at "
+              f"the end, on {os.cpu_count()} cores: other work shares the machine when it exceeds the "
+              "core count."),
              "One persistent-CD-1 epoch of an RBM, 784 visible x 256 hidden, batch 100, float32."
              + (" Quick mode: shrunken workloads, smoke test only." if meta["quick"] else ""), "",
              ("x ideal = median / the ideal row (the epoch's torch.mm products alone); x sklearn = "
@@ -188,9 +194,10 @@ def main(args) -> int:
     """Run every case (``args`` from bench/run.py's parser), print the table, write
     ``<out>/<machine>-energy[-quick].{json,md}``."""
     import torch
-    from run import BUDGET_S, git_commit, machine_name, measure, versions
+    from run import git_commit, machine_name, measure, versions
     meta = {"machine": machine_name(args.device), "device": args.device, "quick": args.quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "load_avg_start": round(os.getloadavg()[0], 2),
             "versions": {**versions(), "scikit-learn": _version("scikit-learn")}, "commit": git_commit()}
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -210,6 +217,7 @@ def main(args) -> int:
         records.append(rec)
         print(f"[bench] energy {case['workload']} {case['impl']}: {med * 1e3:.1f} ms "
               f"[{time.perf_counter() - start:.1f} s]", file=sys.stderr, flush=True)
+    meta["load_avg_end"] = round(os.getloadavg()[0], 2)
     for rec in records:
         group = [r for r in records if r["workload"] == rec["workload"]]
         ideal = next((r for r in group if r["kind"] == "ideal"), None)
