@@ -48,9 +48,9 @@ TORCH_LIBRARY(genkernels, m) {
   // One Gibbs half-step: w (n_visible, n_hidden) float32|float64 contiguous; s (B, n_in)
   // uint8 states or w's dtype, contiguous; bias (n_out,) in w's dtype. transpose=false:
   // P = sigmoid(s @ w + bias) (n_in = n_visible, n_out = n_hidden); transpose=true:
-  // P = sigmoid(s @ w^T + bias). Returns samples (B, n_out) uint8 = (u < P) with u =
-  // tl.rand(seed, offset + b * n_out + j), and P (B, n_out) when return_probs, else an
-  // empty (0, n_out) tensor.
+  // P = sigmoid(s @ w^T + bias). Returns samples (B, n_out) uint8 = (u < P) with u = word
+  // j % 4 of tl.rand4x(seed, offset + b * ceil(n_out / 4) + j / 4), and P (B, n_out) when
+  // return_probs, else an empty (0, n_out) tensor.
   m.def("rbm_half_step(Tensor s, Tensor w, Tensor bias, int seed, int offset, bool transpose, "
         "bool return_probs) -> (Tensor, Tensor)");
 }

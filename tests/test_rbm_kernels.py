@@ -198,3 +198,18 @@ def test_compiles_fullgraph():
     h_ref, p_ref = ops.rbm_half_step(s, w, bias, 7, 0, False, True, backend="cpu")
     assert torch.equal(p, p_ref)
     assert torch.equal(v, ops.rbm_half_step(h_ref, w, b_vis, 7, 20 * 3, True, backend="cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose", [False, True])
+def test_triton_on_cuda_matches_reference(dtype, transpose):
+    seed, offset = 2**50 + 3, 2**32 - 9
+    for i, (b, n_vis, n_hid) in enumerate([*SHAPES, (1000, 784, 256)]):
+        s, w, bias = _problem(b, n_vis, n_hid, dtype, transpose, "uint8" if i % 2 else "float", seed=i)
+        ref_samples, ref_probs = ops.rbm_half_step(s, w, bias, seed, offset, transpose, True, backend="reference")
+        samples, probs = ops.rbm_half_step(s.cuda(), w.cuda(), bias.cuda(), seed, offset, transpose, True,
+                                           backend="triton")
+        torch.testing.assert_close(probs.cpu(), ref_probs, **TOL[dtype])
+        decided = (_uniforms(seed, offset, *ref_probs.shape).to(dtype) - ref_probs).abs() > SAMPLE_MARGIN
+        assert torch.equal(samples.cpu()[decided], ref_samples[decided])
