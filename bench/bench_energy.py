@@ -22,8 +22,10 @@ Rows per workload:
   learning_rate=0.1).fit`` on the same float32 array (CPU only).
 
 Results go to ``<out>/<machine>-energy.{json,md}`` (``-energy-quick`` with --quick).
-Ratios: ``x ideal`` = median / the ideal row's median; ``x sklearn`` = sklearn's median /
-the row's median (how many times faster than scikit-learn).
+The cases of a workload run in interleaved rounds (every case once per round, after one
+warm-up call of each except scikit-learn), so that a change of load on a shared machine
+hits them alike. Ratios are medians of per-round ratios: ``x ideal`` = time / the ideal
+row's time; ``x sklearn`` = scikit-learn's time / the row's time (how many times faster).
 """
 
 from __future__ import annotations
@@ -45,9 +47,8 @@ N_VISIBLE, N_HIDDEN, BATCH = 784, 256, 100
 LEARNING_RATE = 0.1
 RANDOM_ROWS, RANDOM_DENSITY = 60_000, 0.2
 QUICK_ROWS = 2_000
-# seconds of timed rounds per case: an epoch takes seconds, so the runner's 2 s budget
-# would time most cases once
-BUDGET_S = {False: 20.0, True: 0.2}
+# interleaved timed rounds per workload (every case once per round)
+ROUNDS = {False: 5, True: 2}
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "mnist")
 
 
@@ -174,8 +175,9 @@ def markdown(records: list[dict], meta: dict) -> str:
               "core count."),
              "One persistent-CD-1 epoch of an RBM, 784 visible x 256 hidden, batch 100, float32."
              + (" Quick mode: shrunken workloads, smoke test only." if meta["quick"] else ""), "",
-             ("x ideal = median / the ideal row (the epoch's torch.mm products alone); x sklearn = "
-              "scikit-learn's median / the row's median; recon = mean-field reconstruction MSE "
+             ("x ideal = median over rounds of time / the ideal row's time in the same round (the "
+              "epoch's torch.mm products alone); x sklearn = median of scikit-learn's time / the row's "
+              "time, same round; rounds are interleaved (each runs every case once); recon = mean-field reconstruction MSE "
               "of the trained model on the first 1,000 rows."), ""]
     for name in dict.fromkeys(r["workload"] for r in records):
         recs = [r for r in records if r["workload"] == name]
@@ -194,7 +196,7 @@ def main(args) -> int:
     """Run every case (``args`` from bench/run.py's parser), print the table, write
     ``<out>/<machine>-energy[-quick].{json,md}``."""
     import torch
-    from run import git_commit, machine_name, measure, versions
+    from run import git_commit, machine_name, versions
     meta = {"machine": machine_name(args.device), "device": args.device, "quick": args.quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "load_avg_start": round(os.getloadavg()[0], 2),
@@ -202,28 +204,11 @@ def main(args) -> int:
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
     data = workloads(args.quick, args.data)
+    cases = build_cases(args.device, data)
     records = []
-    for case in build_cases(args.device, data):
-        start = time.perf_counter()
-        times, out = measure(case["make"](), args.device, case["warmup"], BUDGET_S[args.quick])
-        q1, med, q3 = np.percentile(times, [25, 50, 75])
-        rec = {"suite": "energy", "workload": case["workload"], "rows": case["rows"], "impl": case["impl"],
-               "kind": case["kind"], "device": args.device, "dtype": "float32",
-               "shapes": {"n": case["rows"], "n_visible": N_VISIBLE, "n_hidden": N_HIDDEN, "batch": BATCH},
-               "median_s": float(med), "iqr_s": float(q3 - q1), "rounds": len(times),
-               "recon": None if case["kind"] == "ideal" else
-               reconstruction_error(out, data[case["workload"]]),
-               "versions": meta["versions"], "commit": meta["commit"]}
-        records.append(rec)
-        print(f"[bench] energy {case['workload']} {case['impl']}: {med * 1e3:.1f} ms "
-              f"[{time.perf_counter() - start:.1f} s]", file=sys.stderr, flush=True)
+    for name in data:
+        records += _measure_interleaved([c for c in cases if c["workload"] == name], args, data[name], meta)
     meta["load_avg_end"] = round(os.getloadavg()[0], 2)
-    for rec in records:
-        group = [r for r in records if r["workload"] == rec["workload"]]
-        ideal = next((r for r in group if r["kind"] == "ideal"), None)
-        anchor = next((r for r in group if r["kind"] == "anchor"), None)
-        rec["x_ideal"] = rec["median_s"] / ideal["median_s"] if ideal else None
-        rec["x_sklearn"] = anchor["median_s"] / rec["median_s"] if anchor else None
     table = markdown(records, meta)
     print(table)
     os.makedirs(args.out, exist_ok=True)
@@ -234,6 +219,46 @@ def main(args) -> int:
         f.write(table + "\n")
     print(f"[bench] wrote {stem}.json and {stem}.md", file=sys.stderr)
     return 0
+
+
+def _measure_interleaved(cases: list[dict], args, x: np.ndarray, meta: dict) -> list[dict]:
+    """Time the cases of one workload in interleaved rounds (each round runs every case
+    once, in order) so that a change of load on a shared machine hits all of them alike;
+    the ratios are medians of the per-round ratios."""
+    fns = [case["make"]() for case in cases]
+    for case, fn in zip(cases, fns):
+        if case["warmup"]:
+            fn()
+            _sync(args.device)
+    rounds = ROUNDS[args.quick]
+    times = np.zeros((rounds, len(cases)))
+    outs = [None] * len(cases)
+    for r in range(rounds):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[i] = fn()
+            _sync(args.device)
+            times[r, i] = time.perf_counter() - start
+        print(f"[bench] energy {cases[0]['workload']} round {r + 1}/{rounds}: "
+              + ", ".join(f"{c['impl']} {t * 1e3:.1f} ms" for c, t in zip(cases, times[r])),
+              file=sys.stderr, flush=True)
+    kinds = [c["kind"] for c in cases]
+    ideal = times[:, kinds.index("ideal")] if "ideal" in kinds else None
+    anchor = times[:, kinds.index("anchor")] if "anchor" in kinds else None
+    records = []
+    for i, case in enumerate(cases):
+        q1, med, q3 = np.percentile(times[:, i], [25, 50, 75])
+        records.append({
+            "suite": "energy", "workload": case["workload"], "rows": case["rows"], "impl": case["impl"],
+            "kind": case["kind"], "device": args.device, "dtype": "float32",
+            "shapes": {"n": case["rows"], "n_visible": N_VISIBLE, "n_hidden": N_HIDDEN, "batch": BATCH},
+            "median_s": float(med), "iqr_s": float(q3 - q1), "rounds": rounds,
+            "times_s": times[:, i].tolist(),
+            "recon": None if case["kind"] == "ideal" else reconstruction_error(outs[i], x),
+            "x_ideal": float(np.median(times[:, i] / ideal)) if ideal is not None else None,
+            "x_sklearn": float(np.median(anchor / times[:, i])) if anchor is not None else None,
+            "versions": meta["versions"], "commit": meta["commit"]})
+    return records
 
 
 def _version(package: str) -> str | None:
