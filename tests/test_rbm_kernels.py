@@ -213,3 +213,21 @@ def test_triton_on_cuda_matches_reference(dtype, transpose):
         torch.testing.assert_close(probs.cpu(), ref_probs, **TOL[dtype])
         decided = (_uniforms(seed, offset, *ref_probs.shape).to(dtype) - ref_probs).abs() > SAMPLE_MARGIN
         assert torch.equal(samples.cpu()[decided], ref_samples[decided])
+
+
+@needs_cpu
+@pytest.mark.parametrize("isa", ["avx2", "native"])
+def test_cpu_vector_paths_draw_the_reference_stream(isa, monkeypatch):
+    """The cpu sampler draws 32 (AVX2) or 64 (AVX-512, where the CPU has it) uniforms per
+    Philox pass, with scalar tails: both give the reference's samples bit for bit on
+    exactly representable probabilities, over widths around those groups and offsets whose
+    low word wraps inside a group."""
+    if isa == "avx2":
+        monkeypatch.setenv("GENKERNELS_CPU_ISA", "avx2")
+    for n_out in (1, 31, 32, 33, 63, 64, 65, 130, 257):
+        for offset in (0, 2**32 - 7, -40):
+            w = torch.zeros(3, n_out)
+            bias = torch.tensor([0.0, math.inf, -math.inf, 0.0]).repeat(n_out)[:n_out]
+            s = torch.rand(37, 3)
+            ref = ops.rbm_half_step(s, w, bias, 99, offset, backend="reference")
+            assert torch.equal(ops.rbm_half_step(s, w, bias, 99, offset, backend="cpu"), ref), (n_out, offset)
