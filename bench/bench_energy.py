@@ -49,6 +49,10 @@ RANDOM_ROWS, RANDOM_DENSITY = 60_000, 0.2
 QUICK_ROWS = 2_000
 # interleaved timed rounds per workload (every case once per round)
 ROUNDS = {False: 5, True: 2}
+# idle seconds before each timed call: thread pools that spin after a call (OpenBLAS under
+# scikit-learn, OpenMP) otherwise slow the next case -- measured on 2 cores, the bare
+# products took 370 ms after a warm-up but 490 ms right after scikit-learn's epoch
+PAUSE_S = {False: 1.0, True: 0.1}
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "mnist")
 
 
@@ -235,6 +239,7 @@ def _measure_interleaved(cases: list[dict], args, x: np.ndarray, meta: dict) -> 
     outs = [None] * len(cases)
     for r in range(rounds):
         for i, fn in enumerate(fns):
+            time.sleep(PAUSE_S[args.quick])
             start = time.perf_counter()
             outs[i] = fn()
             _sync(args.device)
