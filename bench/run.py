@@ -37,7 +37,7 @@ REPO = os.path.dirname(BENCH_DIR)
 if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
-FAMILIES = ("som", "hopfield", "ising")
+FAMILIES = ("som", "hopfield", "ising", "energy")  # energy: bench/bench_energy.py (RBM epochs, <machine>-energy.*)
 # Seconds of timed rounds per case; a case whose single round exceeds 3x this is
 # measured once.
 BUDGET_S = {False: 2.0, True: 0.2}
@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         # fp32 means fp32: the GEMM baselines and the peak rate without TF32.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    if args.family == "energy":
+        import bench_energy
+        return bench_energy.main(args)
     import bench_som
 
     cases = bench_som.build_cases(args.device, args.quick, args.data)

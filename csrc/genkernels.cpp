@@ -71,4 +71,13 @@ TORCH_LIBRARY(genkernels, m) {
   // int64 each ((B, 0) when measure_every = 0).
   m.def("ising_sweep(Tensor spins, Tensor thresholds, int n_sweeps, int seed, int offset, "
         "int measure_every) -> (Tensor, Tensor, Tensor)");
+  // ---- restricted Boltzmann machines (genkernels/boltzmann) ----
+  // One Gibbs half-step: w (n_visible, n_hidden) float32|float64 contiguous; s (B, n_in)
+  // uint8 states or w's dtype, contiguous; bias (n_out,) in w's dtype. transpose=false:
+  // P = sigmoid(s @ w + bias) (n_in = n_visible, n_out = n_hidden); transpose=true:
+  // P = sigmoid(s @ w^T + bias). Returns samples (B, n_out) uint8 = (u < P) with u = word
+  // j % 4 of tl.rand4x(seed, offset + b * ceil(n_out / 4) + j / 4), and P (B, n_out) when
+  // return_probs, else an empty (0, n_out) tensor.
+  m.def("rbm_half_step(Tensor s, Tensor w, Tensor bias, int seed, int offset, bool transpose, "
+        "bool return_probs) -> (Tensor, Tensor)");
 }

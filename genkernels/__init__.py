@@ -3,11 +3,12 @@ models in PyTorch. Models and layers live here; functional ops in ``genkernels.o
 from . import backends, ops, random
 from .backends import available_backends, use_backend
 from .boltzmann.machine import BoltzmannMachine
+from .boltzmann.rbm import RBM
 from .hopfield.hopfield import Hopfield
 from .hopfield.retrieval import HopfieldRetrieval
 from .ising.ising import Ising2D
 from .som.som import SOM
 
 __version__ = "0.1.0"
-__all__ = ["SOM", "BoltzmannMachine", "Hopfield", "HopfieldRetrieval", "Ising2D", "available_backends",
+__all__ = ["RBM", "SOM", "BoltzmannMachine", "Hopfield", "HopfieldRetrieval", "Ising2D", "available_backends",
            "backends", "ops", "random", "use_backend"]

@@ -250,7 +250,39 @@ def _ising_registry() -> list[TritonKernel]:
 # Every Triton kernel of the library, per family, with what its launcher runs on a GPU.
 REGISTRY_BUILDERS: dict[str, Callable[[], list[TritonKernel]]] = {
     "som": _som_registry, "random": _random_registry, "hopfield": _hopfield_registry,
-    "boltzmann": _boltzmann_registry, "ising": _ising_registry}
+    "boltzmann": lambda: _boltzmann_registry() + _rbm_registry(), "ising": _ising_registry}
+
+
+def _rbm_registry() -> list[TritonKernel]:
+    import torch
+    import triton.language as tl
+
+    from .boltzmann import triton as rbm_triton
+
+    def half_step(states, dtype, transpose, return_probs):
+        cfg = rbm_triton.CONFIG[torch.float64 if dtype == "fp64" else torch.float32]
+        sig = {"S": _ptr(states), "W": _ptr(dtype), "BIAS": _ptr(dtype), "SAMPLES": "*u8",
+               "PROBS": _ptr(dtype), "seed": "i64", "offset": "i64", "B": "i32", "N_IN": "i32",
+               "N_OUT": "i32", "stride_sb": "i32"}
+        # contiguous weights: the unit stride of the direction is specialised to a constexpr 1
+        if transpose:
+            sig["stride_wn"] = "i32"
+            strides = {"stride_wk": 1}
+        else:
+            sig["stride_wk"] = "i32"
+            strides = {"stride_wn": 1}
+        meta = {"RETURN_PROBS": return_probs, "ACC": tl.float64 if dtype == "fp64" else tl.float32,
+                "BLOCK_B": cfg["BLOCK_B"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], **strides}
+        tag = f"{states} states,{dtype},{'hidden->visible' if transpose else 'visible->hidden'}" + \
+            (",probs" if return_probs else "")
+        return TritonKernel("boltzmann", f"_rbm_half_step_kernel[{tag}]", lambda: rbm_triton._rbm_half_step_kernel,
+                            sig, meta, cfg["num_warps"], cfg["num_stages"])
+
+    return [half_step("fp32", "fp32", False, True), half_step("u8", "fp32", False, True),
+            half_step("u8", "fp32", True, False), half_step("fp32", "fp32", False, False),
+            half_step("fp64", "fp64", False, True)]
+
+
 
 
 def registry() -> list[TritonKernel]:

@@ -38,6 +38,7 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     # a matrix product and a sign per sweep, in PyTorch: its reference runs on any device
     "hopfield_retrieval": ("reference", "cpu", "triton"),
     "ising_sweep": ("reference", "cpu", "triton", "cuda"),
+    "rbm_half_step": ("reference", "cpu", "triton"),
 }
 
 # Auto choice on CUDA tensors: each entry names the measurement behind it. Triton until
@@ -58,6 +59,7 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
     "hopfield_retrieval": ("triton", "the fused kernel; default until a GPU run of bench/bench_hopfield.py"),
     "ising_sweep": ("cuda", ("bit-packed multi-spin code, 64 spins per word; default until a "
                              "GPU run of bench/bench_ising.py")),
+    "rbm_half_step": ("triton", "default until a GPU run of bench/bench_energy.py"),
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.

@@ -1,5 +1,6 @@
 """The functional API: every family's ops, flat (``genkernels.ops.som_bmu``, ...)."""
 from .boltzmann.bm_ops import bm_energy, bm_gibbs
+from .boltzmann.ops import rbm_half_step
 from .hopfield.ops import hopfield_energy, hopfield_recall, hopfield_store
 from .ising.ops import (
     ising_counters_per_sweep,
@@ -18,3 +19,4 @@ __all__ = ["bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfi
 from .hopfield.ops import hopfield_retrieval
 
 __all__ += ["hopfield_retrieval"]
+__all__ += ["rbm_half_step"]

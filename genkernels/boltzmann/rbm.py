@@ -1,0 +1,589 @@
+"""``genkernels.RBM``: a restricted Boltzmann machine trained by CD-k or persistent CD.
+
+Energy (binary hidden units h, visible units v, weights W (n_visible, n_hidden), visible
+bias b, hidden bias c):
+
+* Bernoulli visible units: E(v, h) = -b.v - c.h - v^T W h;
+* Gaussian visible units with standard deviations sigma (1 unless learn_variance):
+  E(v, h) = sum_i (v_i - b_i)^2 / (2 sigma_i^2) - c.h - (v / sigma)^T W h,
+  so p(h_j = 1 | v) = sigmoid(c_j + ((v / sigma) W)_j) and
+  v_i | h ~ N(b_i + sigma_i (W h)_i, sigma_i^2).
+
+Free energy F(v) = -log sum_h exp(-E(v, h)): Bernoulli -b.v - sum_j softplus(c + v W)_j;
+Gaussian sum_i (v_i - b_i)^2 / (2 sigma_i^2) - sum_j softplus(c + (v / sigma) W)_j.
+
+Training follows scikit-learn's BernoulliRBM convention (its ``_fit``): the positive
+statistics use the hidden probabilities of the data, the negative ones the *sampled*
+visible states of the chain and their hidden probabilities; every parameter moves by
+learning_rate * (mean positive statistic - mean negative statistic) (plus momentum,
+weight decay and a sparsity term). CD-k starts each batch's chains from the hidden
+samples of the data; PCD keeps ``batch_size`` persistent chains (hidden states, zeros at
+first as in scikit-learn) across batches and epochs.
+
+Random stream: the model owns ``seed`` and the counter ``offset``. Every sampling
+half-step over B rows of n_out units takes the next B * ceil(n_out / 4) counters, laid out
+as genkernels.ops.rbm_half_step documents (row b, unit j: word j % 4 of counter
+offset + b * ceil(n_out / 4) + j // 4), so a step's draws are keyed by (step, sample index,
+unit). Gaussian visible samples take words 0 and 1 of randint4x(seed, offset + b * n_visible
++ i) (Box-Muller), B * n_visible counters. The stream position
+is part of every checkpoint, so a resumed run draws exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import checkpoint as ckpt
+from .. import random as gk_random
+from .._checks import check_choice, check_int, compiling
+from .ops import half_step
+from .reference import counters_per_row, half_step_uniforms
+
+VISIBLE_UNITS = ("bernoulli", "gaussian")
+METHODS = ("cd", "pcd")
+BINARIZE = (None, "threshold", "stochastic")
+MONITORS = (None, "reconstruction_error", "pseudo_likelihood")
+# exact enumeration over the smaller layer: 2^n states, n at most this
+MAX_ENUMERATED_UNITS = 20
+ENUMERATION_CHUNK = 1 << 14
+# rows of the training data the monitored metric is computed on after each epoch
+MONITOR_ROWS = 1000
+# batches whose rows fit() gathers in one copy
+GATHER_BATCHES = 64
+_INT64 = 2**64
+
+
+def _wrap_int64(value: int) -> int:
+    return (value + 2**63) % _INT64 - 2**63
+
+
+def _check_real(name: str, value, low: float, high: float = math.inf, *, low_open=False,
+                high_open=True) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
+    value = float(value)
+    ok_low = value > low if low_open else value >= low
+    ok_high = value < high if high_open else value <= high
+    if not (ok_low and ok_high and math.isfinite(value)):
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ValueError(f"{name} must be in {lo}{low:g}, {high:g}{hi}; got {value!r}")
+    return value
+
+
+class RBM(nn.Module):
+    """A restricted Boltzmann machine with binary hidden units.
+
+    Args:
+        n_visible, n_hidden: layer sizes (>= 1).
+        visible: "bernoulli" -- visible data binary or probabilities in [0, 1] (as
+            scikit-learn's BernoulliRBM); "gaussian" -- real-valued visible units with
+            standard deviation 1 (standardise the data first), or learned per unit with
+            ``learn_variance=True``.
+        seed: int in [0, 2^64) keying every random draw (initial weights, samples, shuffles);
+            None draws one from torch's RNG.
+        dtype: float32 or float64. device: where the parameters live (training data and
+            the chains follow it).
+
+    Buffers (all in the state_dict and checkpoints): ``weights`` (n_visible, n_hidden),
+    ``visible_bias`` (n_visible,), ``hidden_bias`` (n_hidden,), ``log_sigma`` (n_visible,)
+    (zeros unless learned), the momentum buffers, the persistent chains (n_chains, n_hidden)
+    uint8 and the running hidden activity of the sparsity term.
+
+    Example::
+
+        rbm = genkernels.RBM(784, 256, seed=0)
+        rbm.fit(x, epochs=10, batch_size=100, method="pcd", learning_rate=0.05)
+        h = rbm.transform(x)                  # (N, 256) hidden probabilities
+        v = rbm.sample(16, n_steps=1000)      # (16, 784) samples from the model
+    """
+
+    weights: torch.Tensor
+    visible_bias: torch.Tensor
+    hidden_bias: torch.Tensor
+    log_sigma: torch.Tensor
+    chains: torch.Tensor
+
+    def __init__(self, n_visible: int, n_hidden: int, visible: str = "bernoulli",
+                 learn_variance: bool = False, *, seed: int | None = None,
+                 dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.n_visible = check_int("n_visible", n_visible, 1)
+        self.n_hidden = check_int("n_hidden", n_hidden, 1)
+        self.visible = check_choice("visible", visible, VISIBLE_UNITS)
+        if not isinstance(learn_variance, bool):
+            raise TypeError(f"learn_variance must be a bool; got {type(learn_variance).__name__}")
+        if learn_variance and visible != "gaussian":
+            raise ValueError("learn_variance=True needs visible='gaussian'; Bernoulli units have no variance")
+        self.learn_variance = learn_variance
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.seed = check_int("seed", seed, 0, 2**64 - 1)
+        self.offset = 0
+        self.epochs_done = 0
+        self.history: list[dict] = []
+        g = torch.Generator().manual_seed(self.seed % 2**63)
+        weights = torch.randn(self.n_visible, self.n_hidden, generator=g, dtype=torch.float64) * 0.01
+        opts = {"dtype": dtype, "device": device}
+        self.register_buffer("weights", weights.to(**opts))
+        self.register_buffer("visible_bias", torch.zeros(self.n_visible, **opts))
+        self.register_buffer("hidden_bias", torch.zeros(self.n_hidden, **opts))
+        self.register_buffer("log_sigma", torch.zeros(self.n_visible, **opts))
+        self._reset_training_state()
+
+    def _reset_training_state(self) -> None:
+        opts = {"dtype": self.dtype, "device": self.device}
+        self.register_buffer("weights_velocity", torch.zeros(self.n_visible, self.n_hidden, **opts))
+        self.register_buffer("visible_bias_velocity", torch.zeros(self.n_visible, **opts))
+        self.register_buffer("hidden_bias_velocity", torch.zeros(self.n_hidden, **opts))
+        self.register_buffer("log_sigma_velocity", torch.zeros(self.n_visible, **opts))
+        self.register_buffer("chains", torch.zeros(0, self.n_hidden, dtype=torch.uint8, device=self.device))
+        self.register_buffer("hidden_activity", torch.zeros(0, **opts))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.device
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """(n_visible,) standard deviations of Gaussian visible units (ones for Bernoulli)."""
+        return self.log_sigma.exp()
+
+    # ------------------------------------------------------------------ validation
+    def _data(self, x, name: str = "x", binarize: str | None = None) -> torch.Tensor:
+        """x (N, n_visible) tensor or array -> contiguous tensor in the model's dtype/device."""
+        if binarize is not None:
+            check_choice("binarize", binarize, BINARIZE[1:])
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or numpy array; got {type(x).__name__}")
+        if x.is_complex():
+            raise TypeError(f"{name} must hold real numbers; got dtype {x.dtype}")
+        if x.dim() != 2 or x.shape[1] != self.n_visible:
+            raise ValueError(f"{name} must be (N, {self.n_visible}) (n_visible = {self.n_visible}); "
+                             f"got shape {tuple(x.shape)}")
+        x = x.to(device=self.device, dtype=self.dtype)
+        if compiling() or x.numel() == 0:
+            return x.contiguous()
+        # one pass: min and max propagate NaN, so finite bounds mean finite data
+        lo, hi = (float(t) for t in torch.aminmax(x))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
+            raise ValueError(f"{name} contains NaN or Inf (first at row {row})")
+        if self.visible == "gaussian":
+            if binarize is not None:
+                raise ValueError("binarize applies to Bernoulli visible units; the model has gaussian ones")
+            return x.contiguous()
+        if binarize == "threshold":
+            return (x > 0.5).to(self.dtype)
+        if binarize == "stochastic":
+            offsets = torch.arange(x.numel(), dtype=torch.int64, device=self.device).reshape(x.shape)
+            u = gk_random.rand(self.seed, offsets + self._advance(x.numel()))
+            return (u < x.clamp(0, 1)).to(self.dtype)
+        if lo < 0 or hi > 1:
+            raise ValueError(f"{name} must hold values in [0, 1] for Bernoulli visible units (binary "
+                             f"data, or probabilities as scikit-learn takes them); got values in "
+                             f"[{lo:g}, {hi:g}]. Scale the data, or pass binarize='threshold' "
+                             "(x > 0.5) or binarize='stochastic' (Bernoulli(clip(x, 0, 1))) to fit")
+        return x.contiguous()
+
+    # ----------------------------------------------------------------- random stream
+    def _advance(self, n: int) -> int:
+        """The first of the next n counters of the model's stream; moves the stream past them."""
+        first = self.offset
+        self.offset = _wrap_int64(self.offset + n)
+        return first
+
+    # -------------------------------------------------------------------- half-steps
+    def _hidden_input(self, v: torch.Tensor) -> torch.Tensor:
+        return v / self.sigma if self.visible == "gaussian" else v
+
+    def _sample_hidden(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """v (B, n_visible) floats or uint8 -> (samples (B, n_hidden) uint8, probabilities)."""
+        s = self._hidden_input(v) if v.dtype != torch.uint8 else v
+        return half_step(s.contiguous(), self.weights, self.hidden_bias, self.seed,
+                         self._advance(v.shape[0] * counters_per_row(self.n_hidden)), False, True)
+
+    def _sample_visible(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, n_hidden) uint8 or floats -> visible samples (B, n_visible) in the model's dtype."""
+        if self.visible == "bernoulli":
+            offset = self._advance(h.shape[0] * counters_per_row(self.n_visible))
+            return half_step(h.contiguous(), self.weights, self.visible_bias, self.seed, offset, True,
+                             False)[0].to(self.dtype)
+        sigma = self.sigma
+        mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
+        return mean + sigma * self._normal(h.shape[0], self._advance(h.shape[0] * self.n_visible))
+
+    def _normal(self, rows: int, offset: int) -> torch.Tensor:
+        """(rows, n_visible) standard normals by Box-Muller from randint4x words 0 and 1 of
+        counters offset + b * n_visible + i."""
+        counters = torch.arange(rows * self.n_visible, dtype=torch.int64, device=self.device) + offset
+        words = gk_random.randint4x(self.seed, counters.reshape(rows, self.n_visible))
+        u1 = 1.0 - gk_random.uint_to_uniform_float(words[..., 0].contiguous()).to(torch.float64)  # (0, 1]
+        u2 = gk_random.uint_to_uniform_float(words[..., 1].contiguous()).to(torch.float64)
+        return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(self.dtype)
+
+    # ------------------------------------------------------------------ evaluation
+    def _hidden_probs(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(torch.addmm(self.hidden_bias, self._hidden_input(v), self.weights))
+
+    def _visible_mean(self, h: torch.Tensor) -> torch.Tensor:
+        act = torch.mm(h, self.weights.T)
+        if self.visible == "bernoulli":
+            return torch.sigmoid(act + self.visible_bias)
+        return self.visible_bias + self.sigma * act
+
+    @torch.no_grad()
+    def transform(self, x) -> torch.Tensor:
+        """Hidden probabilities p(h = 1 | x): x (N, n_visible) -> (N, n_hidden)."""
+        return self._hidden_probs(self._data(x))
+
+    @torch.no_grad()
+    def free_energy(self, x) -> torch.Tensor:
+        """F(x) (N,) such that p(x) = exp(-F(x)) / Z (module docstring)."""
+        return self._free_energy(self._data(x))
+
+    def _free_energy(self, v: torch.Tensor) -> torch.Tensor:
+        softplus = F.softplus(torch.addmm(self.hidden_bias, self._hidden_input(v), self.weights)).sum(1)
+        if self.visible == "bernoulli":
+            return -(v @ self.visible_bias) - softplus
+        return ((v - self.visible_bias) ** 2 / (2 * self.sigma ** 2)).sum(1) - softplus
+
+    @torch.no_grad()
+    def reconstruction_error(self, x) -> float:
+        """Mean squared error between x and its mean-field reconstruction
+        E[v | h = p(h | x)], over all N * n_visible entries."""
+        v = self._data(x)
+        if v.shape[0] == 0:
+            raise ValueError("x must hold at least one row")
+        return float(((v - self._visible_mean(self._hidden_probs(v))) ** 2).mean())
+
+    @torch.no_grad()
+    def score(self, x) -> torch.Tensor:
+        """Pseudo-log-likelihood of every row, (N,), as scikit-learn's
+        BernoulliRBM.score_samples but deterministic: row r flips visible unit
+        randint(seed, r) mod n_visible (the model's seed, counter = the row index) and scores
+        n_visible * log sigmoid(F(x~) - F(x)). Bernoulli visible units only."""
+        if self.visible != "bernoulli":
+            raise ValueError("score (pseudo-likelihood) is defined for Bernoulli visible units; "
+                             "use log_likelihood_exact or free_energy for gaussian ones")
+        v = self._data(x)
+        rows = torch.arange(v.shape[0], dtype=torch.int64, device=self.device)
+        unit = gk_random.randint(self.seed, rows).to(torch.int64) % self.n_visible
+        flipped = v.clone()
+        flipped[rows, unit] = 1 - flipped[rows, unit]
+        return -self.n_visible * F.softplus(-(self._free_energy(flipped) - self._free_energy(v)))
+
+    @torch.no_grad()
+    def log_partition_exact(self, enumerate_layer: str | None = None) -> float:
+        """log Z by enumerating the 2^n states of the smaller layer (n <= 20; the hidden
+        layer for Gaussian visible units), summed in chunks with logsumexp in float64.
+        enumerate_layer: "visible" or "hidden" to choose the layer (None: the smaller one)."""
+        if enumerate_layer is None:
+            enumerate_layer = "visible" if self.visible == "bernoulli" and self.n_visible < self.n_hidden \
+                else "hidden"
+        check_choice("enumerate_layer", enumerate_layer, ("visible", "hidden"))
+        if enumerate_layer == "visible" and self.visible != "bernoulli":
+            raise ValueError("gaussian visible units are continuous: enumerate_layer must be 'hidden'")
+        n = self.n_visible if enumerate_layer == "visible" else self.n_hidden
+        if n > MAX_ENUMERATED_UNITS:
+            raise ValueError(f"log_partition_exact enumerates 2^{n} states of the {enumerate_layer} layer; "
+                             f"at most {MAX_ENUMERATED_UNITS} units are allowed")
+        w = self.weights.to(torch.float64)
+        b = self.visible_bias.to(torch.float64)
+        c = self.hidden_bias.to(torch.float64)
+        sigma = self.sigma.to(torch.float64)
+        bits = torch.arange(n, device=self.device)
+        parts = []
+        for start in range(0, 2 ** n, ENUMERATION_CHUNK):
+            idx = torch.arange(start, min(2 ** n, start + ENUMERATION_CHUNK), device=self.device)
+            states = ((idx[:, None] >> bits) & 1).to(torch.float64)
+            if enumerate_layer == "visible":
+                parts.append(states @ b + F.softplus(torch.addmm(c, states, w)).sum(1))
+            elif self.visible == "bernoulli":
+                parts.append(states @ c + F.softplus(torch.addmm(b, states, w.T)).sum(1))
+            else:
+                a = states @ w.T  # (S, n_visible)
+                parts.append(states @ c + (b * a / sigma + a ** 2 / 2).sum(1))
+        log_z = torch.logsumexp(torch.cat(parts), 0)
+        if self.visible == "gaussian":
+            log_z = log_z + (torch.log(sigma) + 0.5 * math.log(2 * math.pi)).sum()
+        return float(log_z)
+
+    @torch.no_grad()
+    def log_likelihood_exact(self, x) -> torch.Tensor:
+        """log p(x) = -F(x) - log Z per row, (N,) float64 (log Z by enumeration: see
+        :meth:`log_partition_exact`)."""
+        v = self._data(x)
+        return -self._free_energy(v).to(torch.float64) - self.log_partition_exact()
+
+    @torch.no_grad()
+    def sample(self, n_samples: int, n_steps: int = 1000, seed: int | None = None) -> torch.Tensor:
+        """Visible samples (n_samples, n_visible) after n_steps Gibbs steps (v -> h -> v)
+        from noise (Bernoulli(0.5) visible states, or N(b, sigma^2)). seed: None draws from
+        the model's stream and advances it; an int uses (seed, offset 0) and leaves the
+        model's stream alone."""
+        n_samples = check_int("n_samples", n_samples, 0)
+        n_steps = check_int("n_steps", n_steps, 0)
+        saved = (self.seed, self.offset)
+        if seed is not None:
+            self.seed, self.offset = check_int("seed", seed, 0, 2**64 - 1), 0
+        try:
+            if self.visible == "bernoulli":
+                offset = self._advance(n_samples * counters_per_row(self.n_visible))
+                u = half_step_uniforms(self.seed, offset, n_samples, self.n_visible, self.device)
+                v = (u < 0.5).to(self.dtype)
+            else:
+                offset = self._advance(n_samples * self.n_visible)
+                v = self.visible_bias + self.sigma * self._normal(n_samples, offset)
+            for _ in range(n_steps):
+                h, _ = self._sample_hidden(v)
+                v = self._sample_visible(h)
+        finally:
+            if seed is not None:
+                self.seed, self.offset = saved
+        return v
+
+    # -------------------------------------------------------------------- training
+    def fit(self, x, epochs: int = 10, batch_size: int = 100, method: str = "cd", k: int = 1,
+            learning_rate: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0,
+            sparsity_target: float | None = None, sparsity_cost: float = 0.1,
+            binarize: str | None = None, verbose: bool = True,
+            monitor: str | None = "reconstruction_error", checkpoint: str | None = None,
+            resume: bool = False) -> RBM:
+        """Train on x (N, n_visible) until ``epochs`` epochs are done in total.
+
+        Args:
+            x: training data (tensor or numpy array). Bernoulli units: values in [0, 1]
+                (binary or probabilities), anything else raises unless ``binarize`` is
+                "threshold" (x > 0.5) or "stochastic" (one Bernoulli(clip(x, 0, 1)) draw per
+                entry from the model's stream, once before training).
+            epochs: total epochs (an epoch visits every row once, in a fresh random order
+                keyed by (seed, epoch)); a resumed model continues from the epochs it has done.
+            batch_size: rows per update (the last batch may be smaller); also the number of
+                persistent chains for method="pcd".
+            method: "cd" (CD-k) or "pcd" (persistent contrastive divergence).
+            k: Gibbs steps per update (>= 1).
+            learning_rate (> 0), momentum ([0, 1)), weight_decay (>= 0, L2 on the weights).
+            sparsity_target: target mean activation of the hidden units in (0, 1), or None;
+                the penalty's gradient sparsity_cost * (target - q), q a running average of
+                the hidden probabilities (decay 0.9), moves the hidden biases and weights.
+            verbose: a tqdm bar (plain prints without tqdm) showing the monitored metric.
+            monitor: "reconstruction_error", "pseudo_likelihood" (Bernoulli) or None; computed
+                after each epoch on the first 1,000 rows and appended to ``history``.
+            checkpoint: a path written atomically after every epoch; resume: when True and
+                that file exists, training continues from it (weights, chains, momentum and
+                the random-stream position), so the result equals an uninterrupted run.
+        Returns: self.
+        """
+        epochs = check_int("epochs", epochs, 0)
+        batch_size = check_int("batch_size", batch_size, 1)
+        check_choice("method", method, METHODS)
+        k = check_int("k", k, 1)
+        lr = _check_real("learning_rate", learning_rate, 0, low_open=True)
+        momentum = _check_real("momentum", momentum, 0, 1)
+        weight_decay = _check_real("weight_decay", weight_decay, 0)
+        if sparsity_target is not None:
+            sparsity_target = _check_real("sparsity_target", sparsity_target, 0, 1, low_open=True)
+            sparsity_cost = _check_real("sparsity_cost", sparsity_cost, 0)
+        if monitor is not None:
+            check_choice("monitor", monitor, MONITORS[1:])
+        if monitor == "pseudo_likelihood" and self.visible != "bernoulli":
+            raise ValueError("monitor='pseudo_likelihood' needs Bernoulli visible units")
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs the checkpoint path to resume from")
+        if resume and os.path.isfile(checkpoint):
+            self._restore(self._read(checkpoint))
+        v_all = self._data(x, binarize=binarize)
+        if v_all.shape[0] == 0:
+            raise ValueError("x must hold at least one row to train on; got 0 rows")
+        n = v_all.shape[0]
+        progress = _Progress(epochs, self.epochs_done, verbose and self.epochs_done < epochs, monitor)
+        try:
+            with torch.no_grad():
+                while self.epochs_done < epochs:
+                    g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epochs_done) % 2**63)
+                    order = torch.randperm(n, generator=g).to(self.device)
+                    # rows are gathered in shuffled order GATHER_BATCHES batches at a time: one
+                    # large copy instead of a small gather per batch (each batch is then a view)
+                    span = batch_size * GATHER_BATCHES
+                    for chunk_start in range(0, n, span):
+                        chunk = v_all.index_select(0, order[chunk_start:chunk_start + span])
+                        for start in range(0, chunk.shape[0], batch_size):
+                            self._update(chunk[start:start + batch_size], method, k, lr, momentum, weight_decay,
+                                         sparsity_target, sparsity_cost, batch_size)
+                    self.epochs_done += 1
+                    record = {"epoch": self.epochs_done}
+                    if monitor is not None:
+                        head = v_all[:MONITOR_ROWS]
+                        record[monitor] = self.reconstruction_error(head) if monitor == "reconstruction_error" \
+                            else float(self.score(head).mean())
+                    self.history.append(record)
+                    if checkpoint is not None:
+                        self.save(checkpoint)
+                    progress.update(record.get(monitor))
+        finally:
+            progress.close()
+        return self
+
+    def _update(self, v_pos, method, k, lr, momentum, weight_decay, sparsity_target, sparsity_cost,
+                n_chains) -> torch.Tensor:
+        """One CD-k / PCD update on the batch v_pos (B, n_visible); returns the negative
+        visible samples of the last Gibbs step (scikit-learn's v_neg)."""
+        h_pos_samples, h_pos = self._sample_hidden(v_pos)
+        if method == "pcd":
+            if self.chains.shape[0] != n_chains:
+                self.chains = torch.zeros(n_chains, self.n_hidden, dtype=torch.uint8, device=self.device)
+            chain = self.chains
+        else:
+            chain = h_pos_samples
+        for _ in range(k):
+            v_neg = self._sample_visible(chain)
+            chain, h_neg = self._sample_hidden(v_neg)
+        if method == "pcd":
+            self.chains = chain
+        self._apply_gradient(v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
+                             sparsity_cost)
+        return v_neg
+
+    def _apply_gradient(self, v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
+                        sparsity_cost) -> None:
+        """Every parameter += lr * (mean positive - mean negative statistic) (through the
+        velocity with momentum). The weights' statistics go straight into the weights (or
+        the velocity) as two accumulating products: no gradient temporary, no extra pass."""
+        n_pos, n_neg = v_pos.shape[0], v_neg.shape[0]
+        gaussian = self.visible == "gaussian"
+        x_pos, x_neg = (self._hidden_input(v_pos), self._hidden_input(v_neg)) if gaussian else (v_pos, v_neg)
+        grad_c = h_pos.mean(0) - h_neg.mean(0)
+        if gaussian:
+            var = self.sigma ** 2
+            grad_b = ((v_pos - self.visible_bias) / var).mean(0) - ((v_neg - self.visible_bias) / var).mean(0)
+        else:
+            grad_b = v_pos.mean(0) - v_neg.mean(0)
+        grad_log_sigma = None
+        if gaussian and self.learn_variance:
+            # -dF/dlog(sigma_i) = (v_i - b_i)^2 / sigma_i^2 - (v_i / sigma_i) (W p)_i
+            def stat(v, x, h):
+                return ((v - self.visible_bias) ** 2 / var - x * torch.mm(h, self.weights.T)).mean(0)
+            grad_log_sigma = stat(v_pos, x_pos, h_pos) - stat(v_neg, x_neg, h_neg)
+        penalty = None
+        if sparsity_target is not None:
+            q_batch = h_pos.mean(0)
+            if self.hidden_activity.shape[0] != self.n_hidden:
+                self.hidden_activity = torch.full_like(q_batch, sparsity_target)
+            self.hidden_activity = 0.9 * self.hidden_activity + 0.1 * q_batch
+            penalty = sparsity_cost * (sparsity_target - self.hidden_activity)
+            grad_c = grad_c + penalty
+
+        step_w = self.weights_velocity.mul_(momentum) if momentum else self.weights
+        if weight_decay:
+            step_w.add_(self.weights, alpha=-lr * weight_decay)
+        if penalty is not None:
+            step_w.add_(torch.outer(x_pos.mean(0), penalty), alpha=lr)
+        step_w.addmm_(x_pos.T, h_pos, alpha=lr / n_pos)
+        step_w.addmm_(x_neg.T, h_neg, alpha=-lr / n_neg)
+        if momentum:
+            self.weights.add_(step_w)
+        grads = [(self.hidden_bias, self.hidden_bias_velocity, grad_c),
+                 (self.visible_bias, self.visible_bias_velocity, grad_b)]
+        if grad_log_sigma is not None:
+            grads.append((self.log_sigma, self.log_sigma_velocity, grad_log_sigma))
+        for param, velocity, grad in grads:
+            if momentum:
+                velocity.mul_(momentum).add_(grad, alpha=lr)
+                param.add_(velocity)
+            else:
+                param.add_(grad, alpha=lr)
+
+    # ----------------------------------------------------------------- persistence
+    def _config(self) -> dict:
+        return {"n_visible": self.n_visible, "n_hidden": self.n_hidden, "visible": self.visible,
+                "learn_variance": self.learn_variance, "seed": self.seed,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def save(self, path: str) -> None:
+        """Write the model (parameters, training state, random-stream position) to ``path``
+        atomically: an interrupted or failed save never damages an existing file."""
+        ckpt.save_atomic({"config": self._config(),
+                          "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                          "offset": self.offset, "epochs_done": self.epochs_done,
+                          "history": list(self.history)}, path, "RBM")
+
+    @staticmethod
+    def _read(path: str) -> dict:
+        return ckpt.read(path, "RBM")
+
+    def _restore(self, payload: dict) -> None:
+        cfg = payload["config"]
+        if cfg != self._config():
+            raise ValueError(f"checkpoint: it holds an RBM with {cfg}, this model is {self._config()}")
+        state = payload["state"]
+        if set(state) != set(self._buffers):
+            raise ValueError(f"checkpoint: buffers {sorted(state)} do not match the model's {sorted(self._buffers)}")
+        for name, value in state.items():
+            self._buffers[name] = value.to(self.device)
+        self.offset = int(payload["offset"])
+        self.epochs_done = int(payload["epochs_done"])
+        self.history = list(payload["history"])
+
+    @classmethod
+    def load(cls, path: str, device=None) -> RBM:
+        """Read a model written by :meth:`save` (``weights_only=True``)."""
+        payload = cls._read(path)
+        cfg = dict(payload["config"])
+        model = cls(cfg["n_visible"], cfg["n_hidden"], cfg["visible"], cfg["learn_variance"],
+                    seed=cfg["seed"], dtype=getattr(torch, cfg["dtype"]), device=device)
+        model._restore(payload)
+        return model
+
+    def forward(self, x) -> torch.Tensor:
+        """Hidden probabilities (:meth:`transform`)."""
+        return self.transform(x)
+
+    def extra_repr(self) -> str:
+        return (f"n_visible={self.n_visible}, n_hidden={self.n_hidden}, visible={self.visible!r}"
+                + (", learn_variance=True" if self.learn_variance else ""))
+
+
+class _Progress:
+    """tqdm bar over epochs with the monitored metric; plain prints without tqdm; silent
+    when verbose=False."""
+
+    def __init__(self, total: int, initial: int, verbose: bool, monitor: str | None):
+        self.bar, self.verbose, self.monitor, self.epoch = None, verbose, monitor, initial
+        self.total = total
+        if verbose:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, initial=initial, desc="RBM", unit="epoch")
+
+    def update(self, value) -> None:
+        self.epoch += 1
+        if not self.verbose:
+            return
+        shown = f"{value:.5g}" if value is not None else "-"
+        if self.bar is not None:
+            if self.monitor is not None:
+                self.bar.set_postfix({self.monitor: shown})
+            self.bar.update(1)
+        else:
+            print(f"RBM epoch {self.epoch}/{self.total}" + (f" {self.monitor} {shown}" if self.monitor else ""))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,67 @@
+"""Pure-PyTorch specification of the RBM ops (the oracle of the cpu and triton backends).
+
+Half-step of a restricted Boltzmann machine with weights ``W`` (n_visible, n_hidden):
+
+* ``transpose=False`` (visible -> hidden): s (B, n_visible), bias (n_hidden,),
+  P = sigmoid(s @ W + bias), (B, n_hidden);
+* ``transpose=True`` (hidden -> visible): s (B, n_hidden), bias (n_visible,),
+  P = sigmoid(s @ W^T + bias), (B, n_visible).
+
+The Bernoulli draw of element (b, j) of P (B, n_out) is ``u < P[b, j]`` where u is word
+j % 4 of ``randint4x(seed, offset + b * Q + j // 4)``, Q = ceil(n_out / 4) counters per
+row, converted to [0, 1) as ``tl.rand`` does (``tl.rand4x``): one Philox call serves four
+consecutive units, a quarter of the work of one call per element (the counter layout of
+every backend). Row b is the caller's sample b: a caller holding rows r0.. of a larger
+batch (a shard, a minibatch of a chain set) passes ``offset + r0 * Q`` and draws exactly
+what the whole batch would draw for those rows, so the stream is keyed by the global
+sample index and the unit. A half-step over B rows consumes B * Q counters.
+
+Arithmetic is in fp32 (fp64 for fp64 weights); states may be uint8 samples or floats.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import random as gk_random
+from .._checks import acc_dtype
+
+
+def counters_per_row(n_out: int) -> int:
+    """Q = ceil(n_out / 4): Philox counters a half-step takes per row."""
+    return (n_out + 3) // 4
+
+
+def half_step_uniforms(seed: int, offset: int, rows: int, n_out: int, device) -> torch.Tensor:
+    """(rows, n_out) float32 uniforms of the half-step: element (b, j) is word j % 4 of
+    randint4x(seed, offset + b * Q + j // 4) as tl.rand converts it."""
+    q = counters_per_row(n_out)
+    b = torch.arange(rows, dtype=torch.int64, device=device)[:, None]
+    c = torch.arange(q, dtype=torch.int64, device=device)[None, :]
+    words = gk_random.randint4x(seed, b * q + c + offset, backend="reference")  # (rows, Q, 4)
+    return gk_random.uint_to_uniform_float(words.reshape(rows, 4 * q)[:, :n_out].contiguous())
+
+
+def half_step_probs(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+                    transpose: bool) -> torch.Tensor:
+    """P = sigmoid(s @ W + bias) (transpose=False) or sigmoid(s @ W^T + bias): (B, n_out)."""
+    dt = acc_dtype(w.dtype)
+    wt = w.to(dt).T if transpose else w.to(dt)
+    return torch.sigmoid(torch.mm(s.to(dt), wt) + bias.to(dt))
+
+
+def bernoulli(probs: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    """uint8 samples (u < probs) of probs (B, n_out) with the counters of the half-step."""
+    u = half_step_uniforms(seed, offset, *probs.shape, probs.device)
+    return (u < probs).to(torch.uint8)
+
+
+def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
+                  transpose: bool, return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(samples (B, n_out) uint8, probs (B, n_out) in the accumulation dtype, or an empty
+    (0, n_out) tensor when return_probs is False)."""
+    probs = half_step_probs(s, w, bias, transpose)
+    samples = bernoulli(probs, seed, offset)
+    if not return_probs:
+        probs = probs.new_empty((0, probs.shape[1]))
+    return samples, probs

@@ -1,0 +1,118 @@
+"""Triton kernel of the RBM Gibbs half-step and the ``genkernels::rbm_half_step_triton`` op.
+
+Three layers (STYLE.md): ``_rbm_half_step_kernel`` -> ``rbm_half_step_fwd()`` (output
+allocation, grid, fixed meta-parameters) -> ``torch.ops.genkernels.rbm_half_step_triton``
+(a ``torch.library.custom_op`` with a fake kernel), which ``genkernels.boltzmann.ops``
+calls for ``backend="triton"``. The signature is the C++ schema of csrc/genkernels.cpp
+with a ``_triton`` suffix; the oracle is genkernels/boltzmann/reference.py.
+
+One program owns a (BLOCK_B, BLOCK_N) tile of the output: it accumulates s @ W over
+BLOCK_K-wide slices with ``tl.dot`` (``input_precision="ieee"``: the probabilities are
+compared with uniforms, so tf32's 10-bit products would move samples), adds the bias,
+applies the sigmoid and, in the same registers, draws word j % 4 of ``tl.rand4x(seed,
+offset + b * Q + j // 4)`` (Q = ceil(n_out / 4)) per element and stores the uint8 sample
+(and the probability when asked). States
+arrive as uint8 samples or floats and are widened on load.
+
+Seeds travel through the op schema as int64 (the bit pattern of a seed in [0, 2^64)) and
+reach the kernel as the Python int in [0, 2^64), as in genkernels/triton_random.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._checks import acc_dtype
+
+_UINT64_MASK = (1 << 64) - 1
+# Fixed configurations (the interpreter cannot autotune, DESIGN.md "Testing"). fp32: 8 warps
+# (16 outputs per thread) because the Philox epilogue of 32 outputs per thread with 4 warps
+# took 255 registers and spilled (40-byte stack, sm_90, hidden->visible); see
+# bench/results/static/boltzmann.md.
+CONFIG = {torch.float32: {"BLOCK_B": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
+          torch.float64: {"BLOCK_B": 32, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 2}}
+
+
+@triton.jit
+def _rbm_half_step_kernel(
+    S,                 # *u8|fp (B, N_IN) states, row stride stride_sb, unit stride 1
+    W,                 # *fp (N_IN, N_OUT) as W[k, n] = W + k * stride_wk + n * stride_wn
+    BIAS,              # *fp (N_OUT,)
+    SAMPLES,           # *u8 (B, N_OUT) contiguous: the Bernoulli samples
+    PROBS,             # *fp (B, N_OUT) contiguous: the probabilities (RETURN_PROBS only)
+    seed,              # Philox key, [0, 2^64)
+    offset,            # Philox counter of row 0; element (b, j) uses word j % 4 of offset + b * Q + j // 4
+    B, N_IN, N_OUT,
+    stride_sb, stride_wk, stride_wn,
+    RETURN_PROBS: tl.constexpr,
+    ACC: tl.constexpr,         # tl.float32, or tl.float64 for fp64 weights
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # program (pb, pn) owns rows [pb * BLOCK_B, ...) and output units [pn * BLOCK_N, ...);
+    # 64-bit row indices: B * N_OUT may exceed 2^31
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < B
+    col_ok = cols < N_OUT
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    for k0 in range(0, N_IN, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < N_IN
+        s = tl.load(S + rows[:, None] * stride_sb + ks[None, :],
+                    mask=row_ok[:, None] & k_ok[None, :], other=0).to(ACC)
+        w = tl.load(W + ks[:, None].to(tl.int64) * stride_wk + cols[None, :].to(tl.int64) * stride_wn,
+                    mask=k_ok[:, None] & col_ok[None, :], other=0).to(ACC)
+        acc = tl.dot(s, w, acc, input_precision="ieee")
+    bias = tl.load(BIAS + cols, mask=col_ok, other=0).to(ACC)
+    p = tl.sigmoid(acc + bias[None, :])
+    out = rows[:, None] * N_OUT + cols[None, :]
+    q = (N_OUT + 3) // 4
+    u0, u1, u2, u3 = tl.rand4x(seed, offset + rows[:, None] * q + (cols // 4)[None, :])
+    word = (cols % 4)[None, :]
+    u = tl.where(word == 0, u0, tl.where(word == 1, u1, tl.where(word == 2, u2, u3)))
+    mask = row_ok[:, None] & col_ok[None, :]
+    tl.store(SAMPLES + out, (u < p).to(tl.uint8), mask=mask)
+    if RETURN_PROBS:
+        tl.store(PROBS + out, p, mask=mask)
+
+
+def rbm_half_step_fwd(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
+                      transpose: bool, return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """s (B, n_in) uint8|float, w (n_visible, n_hidden), bias (n_out,) -> samples (B, n_out)
+    uint8, probs (B, n_out) (or (0, n_out) without return_probs); see the reference."""
+    dt = acc_dtype(w.dtype)
+    w = w.to(dt).contiguous()
+    bias = bias.to(dt).contiguous()
+    s = s.contiguous()
+    n_in, n_out = (w.shape[1], w.shape[0]) if transpose else (w.shape[0], w.shape[1])
+    stride_wk, stride_wn = (1, w.shape[1]) if transpose else (w.shape[1], 1)
+    rows = s.shape[0]
+    samples = torch.empty((rows, n_out), dtype=torch.uint8, device=s.device)
+    probs = torch.empty((rows if return_probs else 0, n_out), dtype=dt, device=s.device)
+    if rows == 0 or n_out == 0:
+        return samples, probs
+    cfg = CONFIG[dt]
+    grid = (triton.cdiv(rows, cfg["BLOCK_B"]), triton.cdiv(n_out, cfg["BLOCK_N"]))
+    _rbm_half_step_kernel[grid](
+        s, w, bias, samples, probs if return_probs else samples, seed & _UINT64_MASK, offset,
+        rows, n_in, n_out, max(s.stride(0), 1), stride_wk, stride_wn,
+        RETURN_PROBS=return_probs, ACC=tl.float64 if dt == torch.float64 else tl.float32,
+        BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return samples, probs
+
+
+@torch.library.custom_op("genkernels::rbm_half_step_triton", mutates_args=())
+def rbm_half_step_triton(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
+                         transpose: bool, return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return rbm_half_step_fwd(s, w, bias, seed, offset, transpose, return_probs)
+
+
+@rbm_half_step_triton.register_fake
+def _rbm_half_step_triton_fake(s, w, bias, seed, offset, transpose, return_probs):
+    n_out = w.shape[0] if transpose else w.shape[1]
+    dt = acc_dtype(w.dtype)
+    return (s.new_empty((s.shape[0], n_out), dtype=torch.uint8),
+            w.new_empty((s.shape[0] if return_probs else 0, n_out), dtype=dt))

@@ -1,0 +1,233 @@
+"""genkernels.ops.rbm_half_step: every backend against the reference (the spec)."""
+
+import math
+
+import pytest
+import torch
+from tolerances import TOL
+
+from genkernels import backends, ops
+from genkernels import random as gk_random
+
+COMPILED = [b for b in ("cpu", "triton") if b in backends.available_backends("cpu")]
+needs_cpu = pytest.mark.skipif("cpu" not in COMPILED, reason=backends.extension_error() or "")
+DTYPES = (torch.float32, torch.float64)
+# (B, n_visible, n_hidden): single rows and units, odd sizes straddling the Triton tiles
+# (64 rows / 64 units) and the cpu tiles (256 rows, 16-unit column blocks, 32-unit Philox
+# groups)
+SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 9), (3, 17, 1), (65, 33, 65), (70, 64, 17)]
+CPU_SHAPES = SHAPES + [(257, 100, 37), (600, 13, 301), (1, 4096, 301)]  # the last: column blocks
+# a sample may differ from the reference only where u is this close to the computed P
+# (DESIGN.md, "Randomness": fused samplers differ only where |u - p| <= 1e-6)
+SAMPLE_MARGIN = 1e-6
+
+
+def _problem(b, n_vis, n_hid, dtype, transpose, states="float", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n_vis, n_hid, generator=g, dtype=torch.float64) * 0.7).to(dtype)
+    n_in, n_out = (n_hid, n_vis) if transpose else (n_vis, n_hid)
+    bias = (torch.randn(n_out, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    if states == "uint8":
+        s = (torch.rand(b, n_in, generator=g) < 0.4).to(torch.uint8)
+    else:
+        s = torch.rand(b, n_in, generator=g, dtype=torch.float64).to(dtype)
+    return s, w, bias
+
+
+def _uniforms(seed, offset, b, n_out):
+    """The spec's uniforms, from genkernels.random directly: word j % 4 of counter
+    offset + b * ceil(n_out / 4) + j // 4."""
+    q = (n_out + 3) // 4
+    counters = torch.arange(b * q, dtype=torch.int64).reshape(b, q) + offset
+    words = gk_random.randint4x(seed, counters, backend="reference").reshape(b, 4 * q)[:, :n_out]
+    return gk_random.uint_to_uniform_float(words.contiguous())
+
+
+def _backend_shapes(backend):
+    return CPU_SHAPES if backend == "cpu" else SHAPES
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("states", ["float", "uint8"])
+def test_matches_reference(backend, dtype, transpose, states):
+    seed, offset = 2**40 + 7, 12345
+    for i, (b, n_vis, n_hid) in enumerate(_backend_shapes(backend)):
+        s, w, bias = _problem(b, n_vis, n_hid, dtype, transpose, states, seed=i)
+        ref_samples, ref_probs = ops.rbm_half_step(s, w, bias, seed, offset, transpose, True,
+                                                   backend="reference")
+        samples, probs = ops.rbm_half_step(s, w, bias, seed, offset, transpose, True, backend=backend)
+        assert samples.dtype == torch.uint8 and probs.dtype == dtype
+        assert samples.shape == probs.shape == ref_probs.shape
+        torch.testing.assert_close(probs, ref_probs, **TOL[dtype])
+        u = _uniforms(seed, offset, *ref_probs.shape).to(dtype)
+        decided = (u - ref_probs).abs() > SAMPLE_MARGIN
+        assert torch.equal(samples[decided], ref_samples[decided]), (b, n_vis, n_hid)
+        assert set(samples.unique().tolist()) <= {0, 1}
+        only = ops.rbm_half_step(s, w, bias, seed, offset, transpose, backend=backend)
+        assert torch.equal(only, samples)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("offset", [0, 2**32 - 5, -3, 2**62 + 2**32 - 17])
+def test_samples_bit_identical_on_exact_probabilities(backend, dtype, transpose, offset):
+    """w = 0 and biases 0 / +inf / -inf make P exactly 0.5 / 1 / 0 on every backend, so the
+    samples must equal the reference's bit for bit, whatever the offset (incl. counters
+    whose low word wraps inside a vector of lanes)."""
+    b, n_vis, n_hid = (67, 29, 70) if backend == "triton" else (300, 45, 83)
+    n_in, n_out = (n_hid, n_vis) if transpose else (n_vis, n_hid)
+    w = torch.zeros(n_vis, n_hid, dtype=dtype)
+    bias = torch.tensor([0.0, math.inf, -math.inf], dtype=dtype).repeat(n_out)[:n_out]
+    s = torch.rand(b, n_in, dtype=dtype)
+    seed = 987654321987
+    ref_samples, ref_probs = ops.rbm_half_step(s, w, bias, seed, offset, transpose, True,
+                                               backend="reference")
+    samples, probs = ops.rbm_half_step(s, w, bias, seed, offset, transpose, True, backend=backend)
+    assert torch.equal(probs, ref_probs)
+    assert torch.equal(samples, ref_samples)
+    # the spec itself: u < 0.5 on the zero-bias units, always 1 / always 0 on the others
+    u = _uniforms(seed, offset, b, n_out)
+    half = bias == 0
+    assert torch.equal(samples[:, half], (u[:, half] < 0.5).to(torch.uint8))
+    assert bool((samples[:, bias == math.inf] == 1).all()) and bool((samples[:, bias == -math.inf] == 0).all())
+
+
+def test_row_shard_reproduces_the_whole_batch():
+    """Rows r0.. drawn alone with offset + r0 * ceil(n_out / 4) equal the whole batch's rows."""
+    s, w, bias = _problem(40, 11, 13, torch.float32, False)
+    seed, offset = 5, 1000
+    whole = ops.rbm_half_step(s, w, bias, seed, offset, backend="reference")
+    for backend in ["reference", *COMPILED]:
+        part = ops.rbm_half_step(s[17:], w, bias, seed, offset + 17 * 4, backend=backend)
+        assert torch.equal(part, whole[17:])
+
+
+def _chi_square_threshold(dof):
+    from scipy.stats import chi2
+    return chi2.isf(1e-6, dof)
+
+
+@pytest.mark.parametrize("backend", ["reference", *COMPILED])
+def test_sample_frequencies_chi_square(backend):
+    """Computed (not exactly representable) probabilities: the frequency of ones per unit
+    over 4,000 rows follows Bernoulli(P) (chi-square over 12 units, p-value 1e-6)."""
+    b, n = 4000, 12
+    logits = torch.linspace(-3.0, 2.5, n, dtype=torch.float64)
+    w = torch.zeros(1, n)
+    bias = logits.float()
+    s = torch.zeros(b, 1)
+    samples = ops.rbm_half_step(s, w, bias, 77, 2**33, backend=backend)
+    p = torch.sigmoid(logits)
+    ones = samples.double().sum(0)
+    stat = float((((ones - b * p) ** 2) / (b * p * (1 - p))).sum())
+    assert stat < _chi_square_threshold(n), stat
+
+
+def test_empty_batches_and_layers():
+    w = torch.randn(4, 3)
+    for backend in ["reference", *COMPILED]:
+        samples, probs = ops.rbm_half_step(torch.zeros(0, 4), w, torch.zeros(3), 1, 0,
+                                           return_probs=True, backend=backend)
+        assert samples.shape == (0, 3) and probs.shape == (0, 3)
+        samples = ops.rbm_half_step(torch.zeros(2, 3), torch.zeros(0, 3), torch.zeros(0), 1, 0,
+                                    transpose=True, backend=backend)
+        assert samples.shape == (2, 0)
+        # no inputs (n_in = 0): P = sigmoid(bias)
+        samples, probs = ops.rbm_half_step(torch.zeros(2, 0), torch.zeros(0, 3), torch.zeros(3), 1, 0,
+                                           return_probs=True, backend=backend)
+        assert torch.equal(probs, torch.full((2, 3), 0.5))
+
+
+def test_bad_arguments_raise_clear_errors():
+    w = torch.randn(4, 3)
+    s = torch.rand(2, 4)
+    with pytest.raises(ValueError, match=r"s must be \(B, 4\)"):
+        ops.rbm_half_step(torch.rand(2, 3), w, torch.zeros(3), 0)
+    with pytest.raises(ValueError, match=r"s must be \(B, 3\): the hidden layer"):
+        ops.rbm_half_step(s, w, torch.zeros(4), 0, transpose=True)
+    with pytest.raises(ValueError, match=r"bias must be \(3,\)"):
+        ops.rbm_half_step(s, w, torch.zeros(4), 0)
+    with pytest.raises(TypeError, match="w must be float32 or float64"):
+        ops.rbm_half_step(s, w.half(), torch.zeros(3), 0)
+    with pytest.raises(TypeError, match="s must be a floating-point tensor"):
+        ops.rbm_half_step(s.long(), w, torch.zeros(3), 0)
+    with pytest.raises(ValueError, match="seed must be in"):
+        ops.rbm_half_step(s, w, torch.zeros(3), -1)
+    with pytest.raises(ValueError, match="s contains NaN or Inf"):
+        ops.rbm_half_step(torch.full((2, 4), math.nan), w, torch.zeros(3), 0)
+    with pytest.raises(backends.BackendUnavailableError, match="rbm_half_step has no cuda backend"):
+        ops.rbm_half_step(s, w, torch.zeros(3), 0, backend="cuda")
+
+
+@needs_cpu
+def test_opcheck():
+    for dtype in DTYPES:
+        for transpose in (False, True):
+            s, w, bias = _problem(9, 13, 6, dtype, transpose)
+            for return_probs in (False, True):
+                torch.library.opcheck(torch.ops.genkernels.rbm_half_step.default,
+                                      (s, w, bias, -5, 77, transpose, return_probs))
+            su8 = (s > 0.5).to(torch.uint8)
+            torch.library.opcheck(torch.ops.genkernels.rbm_half_step.default,
+                                  (su8, w, bias, 3, 0, transpose, True))
+
+
+@pytest.mark.skipif("triton" not in COMPILED, reason="triton unavailable")
+def test_opcheck_triton():
+    from genkernels.boltzmann import triton as rbm_triton  # noqa: F401
+    s, w, bias = _problem(9, 13, 6, torch.float32, False)
+    torch.library.opcheck(torch.ops.genkernels.rbm_half_step_triton.default,
+                          (s, w, bias, 11, 3, False, True))
+
+
+@needs_cpu
+def test_compiles_fullgraph():
+    s, w, bias = _problem(20, 15, 9, torch.float32, False)
+
+    @torch.compile(fullgraph=True)
+    def gibbs(s, w, c, b):
+        h, p = ops.rbm_half_step(s, w, c, 7, 0, False, True, backend="cpu")
+        v = ops.rbm_half_step(h, w, b, 7, 20 * 3, True, backend="cpu")
+        return v, p
+
+    b_vis = torch.zeros(15)
+    v, p = gibbs(s, w, bias, b_vis)
+    h_ref, p_ref = ops.rbm_half_step(s, w, bias, 7, 0, False, True, backend="cpu")
+    assert torch.equal(p, p_ref)
+    assert torch.equal(v, ops.rbm_half_step(h_ref, w, b_vis, 7, 20 * 3, True, backend="cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose", [False, True])
+def test_triton_on_cuda_matches_reference(dtype, transpose):
+    seed, offset = 2**50 + 3, 2**32 - 9
+    for i, (b, n_vis, n_hid) in enumerate([*SHAPES, (1000, 784, 256)]):
+        s, w, bias = _problem(b, n_vis, n_hid, dtype, transpose, "uint8" if i % 2 else "float", seed=i)
+        ref_samples, ref_probs = ops.rbm_half_step(s, w, bias, seed, offset, transpose, True, backend="reference")
+        samples, probs = ops.rbm_half_step(s.cuda(), w.cuda(), bias.cuda(), seed, offset, transpose, True,
+                                           backend="triton")
+        torch.testing.assert_close(probs.cpu(), ref_probs, **TOL[dtype])
+        decided = (_uniforms(seed, offset, *ref_probs.shape).to(dtype) - ref_probs).abs() > SAMPLE_MARGIN
+        assert torch.equal(samples.cpu()[decided], ref_samples[decided])
+
+
+@needs_cpu
+@pytest.mark.parametrize("isa", ["avx2", "native"])
+def test_cpu_vector_paths_draw_the_reference_stream(isa, monkeypatch):
+    """The cpu sampler draws 32 (AVX2) or 64 (AVX-512, where the CPU has it) uniforms per
+    Philox pass, with scalar tails: both give the reference's samples bit for bit on
+    exactly representable probabilities, over widths around those groups and offsets whose
+    low word wraps inside a group."""
+    if isa == "avx2":
+        monkeypatch.setenv("GENKERNELS_CPU_ISA", "avx2")
+    for n_out in (1, 31, 32, 33, 63, 64, 65, 130, 257):
+        for offset in (0, 2**32 - 7, -40):
+            w = torch.zeros(3, n_out)
+            bias = torch.tensor([0.0, math.inf, -math.inf, 0.0]).repeat(n_out)[:n_out]
+            s = torch.rand(37, 3)
+            ref = ops.rbm_half_step(s, w, bias, 99, offset, backend="reference")
+            assert torch.equal(ops.rbm_half_step(s, w, bias, 99, offset, backend="cpu"), ref), (n_out, offset)
