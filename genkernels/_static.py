@@ -196,7 +196,7 @@ def _hopfield_registry() -> list[TritonKernel]:
         return TritonKernel("hopfield", f"_hopfield_recall_async_kernel[{dtype},{order},N<={block_n}]",
                             lambda: recall_triton._hopfield_recall_async_kernel, sig,
                             {"RANDOM": random, "BLOCK_N": block_n},
-                            recall_triton._num_warps(block_n), 3)
+                            recall_triton._num_warps(block_n, 8 if dtype == "fp64" else 4), 3)
 
     def retrieval(dtype: str, d: int) -> TritonKernel:
         acc = "fp64" if dtype == "fp64" else "fp32"
@@ -232,7 +232,7 @@ def _boltzmann_registry() -> list[TritonKernel]:
         return TritonKernel("boltzmann", f"_bm_gibbs_kernel[{dtype},{order},N<={block_n}]",
                             lambda: bm_triton._bm_gibbs_kernel, sig,
                             {"RANDOM": random, "BLOCK_N": block_n},
-                            hopfield_triton._num_warps(block_n), 3)
+                            hopfield_triton._num_warps(block_n, 8 if dtype == "fp64" else 4), 3)
 
     return [gibbs("fp32", True, 1024), gibbs("fp32", False, 1024), gibbs("fp64", True, 1024)]
 def _ising_registry() -> list[TritonKernel]:

@@ -74,7 +74,14 @@ def test_cuda_sources_are_in_the_report(static_report):
     coop = [r for r in cuda_rows if r["kernel"].startswith("som_online_coop_kernel<")]
     assert len({r["kernel"] for r in coop}) == 16
     assert all(r["registers"] <= 128 for r in coop)  # 256 threads: two blocks per SM at least
-    assert all(r["stack"] == 0 and r["local"] == 0 for r in cuda_rows)
+    # no stack anywhere, but for one documented case: the cosine metric's IEEE division
+    # (the kernels round as the reference does, no --use_fast_math) calls its slow-path
+    # subroutine, whose call frame (24 bytes on sm_80, for the map-in-global-memory
+    # cooperative kernel) is only entered for denormal or extreme operands
+    def ieee_division_frame(r):
+        return (r["kernel"] == "som_online_coop_kernel<Cosine, false, float>" and r["arch"] == "sm_80"
+                and r["stack"] <= 24)
+    assert all((r["stack"] == 0 or ieee_division_frame(r)) and r["local"] == 0 for r in cuda_rows)
 
 
 def test_random_family_report(static_report):
@@ -92,10 +99,16 @@ def test_hopfield_family_report(static_report):
     proc, out = static_report
     assert proc.returncode == 0
     rows = json.loads((out / "hopfield.json").read_text())["kernels"]
-    names = {r["kernel"] for r in rows}
-    assert {n.split("[")[0] for n in names} == {"_hopfield_retrieval_kernel"}
-    assert any("fp64" in n for n in names) and any("bf16" in n for n in names)
-    for name in names:
+    triton = {r["kernel"] for r in rows if r["source"] == "triton"}
+    assert {n.split("[")[0] for n in triton} == {"_hopfield_retrieval_kernel", "_hopfield_recall_async_kernel"}
+    assert any("fp64" in n for n in triton) and any("bf16" in n for n in triton)
+    for name in triton:
         assert {r["arch"] for r in rows if r["kernel"] == name} == {"sm_80", "sm_90"}
-    # the retrieval kernel keeps its row and tile in registers: no spills
-    assert all(r["stack"] == 0 and r["local"] == 0 and r["shared"] <= r["shared_limit"] for r in rows)
+    if _nvcc_available():  # the persistent recall kernel, fp32 and fp64
+        cuda = {r["kernel"] for r in rows if r["source"] == "cuda"}
+        assert cuda == {"hopfield_recall_async_kernel<float>", "hopfield_recall_async_kernel<double>"}
+    assert all(r["local"] == 0 and r["shared"] <= r["shared_limit"] for r in rows)
+    # registers hold each row or tile: no stack, except the fp64 Triton recall kernel,
+    # which keeps an 8-24 byte frame at 8 warps (80 registers; not register pressure)
+    assert all(r["stack"] == 0 for r in rows if "fp64" not in r["kernel"] or "retrieval" in r["kernel"])
+    assert all(r["stack"] <= 24 for r in rows)

@@ -89,7 +89,7 @@ def bm_gibbs_fwd(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor
         _bm_gibbs_kernel[(c_count,)](
             weights, out, fields, clamp.to(torch.int8), temperatures.contiguous(), n,
             temperatures.numel(), seed, offset, RANDOM=bool(random_order), BLOCK_N=block_n,
-            num_warps=_num_warps(block_n))
+            num_warps=_num_warps(block_n, states.element_size()))
     return out
 
 

@@ -99,10 +99,10 @@ def _hopfield_recall_async_kernel(
     tl.store(CONVERGED + b, done.to(tl.int8))
 
 
-def _num_warps(block_n: int) -> int:
-    """Warps per program: 256 lanes per warp of register tensors (sm_90: 1024 lanes take
-    80 registers at 4 warps, 2048 spill at 4 warps but not at 8)."""
-    return min(16, max(4, block_n // 256))
+def _num_warps(block_n: int, itemsize: int = 4) -> int:
+    """Warps per program: 1 KiB of each register tensor per warp (sm_90: 1024 fp32 lanes
+    take 80 registers at 4 warps; 2048 fp32, or 1024 fp64, spill at 4 warps but not at 8)."""
+    return min(16, max(4, block_n * itemsize // 1024))
 
 
 def hopfield_recall_async_fwd(weights: torch.Tensor, states: torch.Tensor, max_sweeps: int,
@@ -126,7 +126,7 @@ def hopfield_recall_async_fwd(weights: torch.Tensor, states: torch.Tensor, max_s
         _hopfield_recall_async_kernel[(b_count,)](
             weights, out, fields, converged, n, max_sweeps, seed, offset,
             RANDOM=bool(random_order), BLOCK_N=block_n,
-            num_warps=_num_warps(block_n))
+            num_warps=_num_warps(block_n, states.element_size()))
     return out, converged.bool()
 
 
