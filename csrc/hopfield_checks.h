@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <tuple>
 
 namespace genkernels::hopfield {
 
@@ -21,9 +22,31 @@ inline void check_recall_args(const at::Tensor& weights, const at::Tensor& state
   TORCH_CHECK(max_sweeps >= 0, "hopfield_recall_async: max_sweeps must be >= 0; got ", max_sweeps);
 }
 
-// The +-1 states as int8 (B, N), contiguous.
-inline at::Tensor states_as_int8(const at::Tensor& states) {
-  return states.gt(0).to(at::kChar).mul_(2).sub_(1).contiguous();
+// What both bindings hand their kernels: contiguous weights, the starting fields (one
+// at::mm, the reference's `probes @ weights`), the +-1 states as int8 and the converged
+// flags. `finished` is set (with its result in `early`) when no sweep needs to run.
+struct RecallInputs {
+  at::Tensor weights, fields, states8, converged;
+  bool finished = false;
+  std::tuple<at::Tensor, at::Tensor> early;
+};
+
+inline RecallInputs prepare_recall(const at::Tensor& weights, const at::Tensor& states,
+                                   int64_t max_sweeps) {
+  RecallInputs in;
+  const int64_t b_count = states.size(0), n = weights.size(0);
+  in.converged = at::zeros({b_count}, states.options().dtype(at::kBool));
+  if (b_count == 0 || max_sweeps == 0 || n == 0) {
+    if (n == 0 && b_count > 0 && max_sweeps > 0) in.converged.fill_(true);  // an empty sweep flips nothing
+    in.finished = true;
+    in.early = {states.clone(), in.converged};
+    return in;
+  }
+  in.weights = weights.contiguous();
+  const at::Tensor s_in = states.contiguous();
+  in.fields = at::mm(s_in, in.weights).contiguous();
+  in.states8 = s_in.gt(0).to(at::kChar).mul_(2).sub_(1).contiguous();
+  return in;
 }
 
 }  // namespace genkernels::hopfield

@@ -117,3 +117,15 @@ def model_seed(seed: int | None) -> int:
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     return check_int("seed", seed, 0, 2**64 - 1)
+
+
+class OnWeights:
+    """Mixin of models whose parameters follow ``self.weights``: dtype and device."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.device

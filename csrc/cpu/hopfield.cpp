@@ -32,7 +32,8 @@ namespace genkernels::hopfield::cpu {
 namespace {
 
 using genkernels::hopfield::check_recall_args;
-using genkernels::hopfield::states_as_int8;
+using genkernels::hopfield::prepare_recall;
+using genkernels::hopfield::RecallInputs;
 
 // The units 0..N-1 sorted by their Philox keys randint(seed, first_counter + j), ties in
 // ascending unit order, written to `units` (`keyed` is scratch of N words).
@@ -105,15 +106,13 @@ std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cpu(const at::Tensor& w
                                                              int64_t max_sweeps, bool random_order,
                                                              int64_t seed, int64_t offset) {
   check_recall_args(weights, states, max_sweeps);
+  RecallInputs in = prepare_recall(weights, states, max_sweeps);
+  if (in.finished) return in.early;
   const int64_t b_count = states.size(0), n = weights.size(0);
-  at::Tensor converged = at::zeros({b_count}, states.options().dtype(at::kBool));
-  if (b_count == 0 || max_sweeps == 0) return {states.clone(), converged};
-  if (n == 0) return {states.clone(), converged.fill_(true)};  // the first sweep flips nothing
-
-  const at::Tensor w = weights.contiguous();
-  const at::Tensor s_in = states.contiguous();
-  at::Tensor fields = at::mm(s_in, w).contiguous();  // the reference's `probes @ weights`
-  at::Tensor s8 = states_as_int8(s_in);
+  const at::Tensor& w = in.weights;
+  at::Tensor& fields = in.fields;
+  at::Tensor& s8 = in.states8;
+  at::Tensor& converged = in.converged;
   bool* conv = converged.mutable_data_ptr<bool>();
   int8_t* s_ptr = s8.mutable_data_ptr<int8_t>();
 

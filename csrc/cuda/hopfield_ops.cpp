@@ -25,15 +25,13 @@ std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cuda(const at::Tensor& 
               "hopfield_recall_async (cuda): weights and states must be on one CUDA device; got ",
               weights.device(), " and ", states.device());
   const c10::cuda::CUDAGuard device_guard(weights.device());
+  RecallInputs in = prepare_recall(weights, states, max_sweeps);
+  if (in.finished) return in.early;
   const int64_t b_count = states.size(0), n = weights.size(0);
-  at::Tensor converged = at::zeros({b_count}, states.options().dtype(at::kBool));
-  if (b_count == 0 || max_sweeps == 0) return {states.clone(), converged};
-  if (n == 0) return {states.clone(), converged.fill_(true)};  // the first sweep flips nothing
-
-  const at::Tensor w = weights.contiguous();
-  const at::Tensor s_in = states.contiguous();
-  at::Tensor fields = at::mm(s_in, w).contiguous();  // the reference's `probes @ weights`
-  at::Tensor s8 = states_as_int8(s_in);
+  const at::Tensor& w = in.weights;
+  at::Tensor& fields = in.fields;
+  at::Tensor& s8 = in.states8;
+  at::Tensor& converged = in.converged;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hopfield_recall_async_cuda", [&] {
     int64_t bytes = 0;

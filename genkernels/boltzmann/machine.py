@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .. import random as gk_random
-from .._checks import check_choice, check_int, check_model_dtype, check_positive, model_seed
+from .._checks import OnWeights, check_choice, check_int, check_model_dtype, check_positive, model_seed
 from . import bm_reference as reference
 from .bm_ops import bm_energy, bm_gibbs, check_binary
 from .bm_reference import ORDERS
@@ -24,7 +24,7 @@ def _advance(offset: int, by: int) -> int:
     return (offset + by + 2**63) % _WRAP - 2**63
 
 
-class BoltzmannMachine(nn.Module):
+class BoltzmannMachine(OnWeights, nn.Module):
     """Fully connected binary units: ``n_visible`` visible then ``n_hidden`` hidden.
 
     E(s) = -1/2 s^T W s - b^T s with W symmetric, zero diagonal; p(s) ∝ exp(-E(s) / T).
@@ -72,14 +72,6 @@ class BoltzmannMachine(nn.Module):
     @property
     def n_units(self) -> int:
         return self.n_visible + self.n_hidden
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.weights.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.weights.device
 
     def _uniform(self, count: int, device) -> torch.Tensor:
         """count uniforms from the model's stream (advances it)."""

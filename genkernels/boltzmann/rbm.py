@@ -42,7 +42,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .. import random as gk_random
-from .._checks import check_choice, check_int, compiling
+from .._checks import OnWeights, check_choice, check_int, compiling
 from .ops import half_step
 from .reference import counters_per_row, half_step_uniforms
 
@@ -77,7 +77,7 @@ def _check_real(name: str, value, low: float, high: float = math.inf, *, low_ope
     return value
 
 
-class RBM(nn.Module):
+class RBM(OnWeights, nn.Module):
     """A restricted Boltzmann machine with binary hidden units.
 
     Args:
@@ -147,14 +147,6 @@ class RBM(nn.Module):
         self.register_buffer("log_sigma_velocity", torch.zeros(self.n_visible, **opts))
         self.register_buffer("chains", torch.zeros(0, self.n_hidden, dtype=torch.uint8, device=self.device))
         self.register_buffer("hidden_activity", torch.zeros(0, **opts))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.weights.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.weights.device
 
     @property
     def sigma(self) -> torch.Tensor:

@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
-from .._checks import check_choice, check_int, check_model_dtype, model_seed
+from .._checks import OnWeights, check_choice, check_int, check_model_dtype, model_seed
 from .ops import hopfield_energy, hopfield_recall, hopfield_store
 from .reference import MODES, ORDERS, RULES
 
 
 
-class Hopfield(nn.Module):
+class Hopfield(OnWeights, nn.Module):
     """A Hopfield network of ``n_units`` ±1 units with symmetric weights.
 
     Args:
@@ -44,14 +44,6 @@ class Hopfield(nn.Module):
         self.n_patterns = 0
         self.register_buffer("weights", torch.zeros(self.n_units, self.n_units, dtype=dtype,
                                                     device=device))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.weights.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.weights.device
 
     def store(self, patterns: torch.Tensor, rule: str = "hebbian") -> Hopfield:
         """Set the weights so that ``patterns`` (P, N) of ±1 are stored; the previous
