@@ -109,19 +109,15 @@ std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cpu(const at::Tensor& w
   RecallInputs in = prepare_recall(weights, states, max_sweeps);
   if (in.finished) return in.early;
   const int64_t b_count = states.size(0), n = weights.size(0);
-  const at::Tensor& w = in.weights;
-  at::Tensor& fields = in.fields;
-  at::Tensor& s8 = in.states8;
-  at::Tensor& converged = in.converged;
-  bool* conv = converged.mutable_data_ptr<bool>();
-  int8_t* s_ptr = s8.mutable_data_ptr<int8_t>();
+  bool* conv = in.converged.mutable_data_ptr<bool>();
+  int8_t* s_ptr = in.states8.mutable_data_ptr<int8_t>();
 
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hopfield_recall_async", [&] {
-    recall_batch<scalar_t>(w.const_data_ptr<scalar_t>(), fields.mutable_data_ptr<scalar_t>(), s_ptr,
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "hopfield_recall_async", [&] {
+    recall_batch<scalar_t>(in.weights.const_data_ptr<scalar_t>(), in.fields.mutable_data_ptr<scalar_t>(), s_ptr,
                            b_count, n, max_sweeps, random_order, static_cast<uint64_t>(seed),
                            static_cast<uint64_t>(offset), conv);
   });
-  return {s8.to(states.scalar_type()), converged};
+  return {in.states8.to(states.scalar_type()), in.converged};
 }
 
 }  // namespace

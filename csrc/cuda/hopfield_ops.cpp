@@ -28,26 +28,22 @@ std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cuda(const at::Tensor& 
   RecallInputs in = prepare_recall(weights, states, max_sweeps);
   if (in.finished) return in.early;
   const int64_t b_count = states.size(0), n = weights.size(0);
-  const at::Tensor& w = in.weights;
-  at::Tensor& fields = in.fields;
-  at::Tensor& s8 = in.states8;
-  at::Tensor& converged = in.converged;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hopfield_recall_async_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "hopfield_recall_async_cuda", [&] {
     int64_t bytes = 0;
     cudaError_t err = cuda::hopfield_scratch_bytes<scalar_t>(b_count, n, &bytes);
     TORCH_CHECK(err == cudaSuccess, "hopfield_recall_async (cuda): ", cudaGetErrorString(err));
     at::Tensor scratch;
     if (bytes > 0) scratch = at::empty({bytes}, states.options().dtype(at::kByte));
     err = cuda::hopfield_recall_async_launch<scalar_t>(
-        w.const_data_ptr<scalar_t>(), fields.mutable_data_ptr<scalar_t>(),
-        s8.mutable_data_ptr<int8_t>(), converged.mutable_data_ptr<bool>(),
+        in.weights.const_data_ptr<scalar_t>(), in.fields.mutable_data_ptr<scalar_t>(),
+        in.states8.mutable_data_ptr<int8_t>(), in.converged.mutable_data_ptr<bool>(),
         bytes > 0 ? scratch.mutable_data_ptr() : nullptr, b_count, n, max_sweeps, random_order,
         static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), stream);
     TORCH_CHECK(err == cudaSuccess, "hopfield_recall_async (cuda): launch failed: ",
                 cudaGetErrorString(err));
   });
-  return {s8.to(states.scalar_type()), converged};
+  return {in.states8.to(states.scalar_type()), in.converged};
 }
 
 }  // namespace
