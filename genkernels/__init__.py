@@ -2,6 +2,7 @@
 models in PyTorch. Models and layers live here; functional ops in ``genkernels.ops``."""
 from . import backends, ops, random
 from .backends import available_backends, use_backend
+from .boltzmann.dbn import DBN
 from .boltzmann.machine import BoltzmannMachine
 from .boltzmann.rbm import RBM
 from .hopfield.hopfield import Hopfield
@@ -10,5 +11,5 @@ from .ising.ising import Ising2D
 from .som.som import SOM
 
 __version__ = "0.1.0"
-__all__ = ["RBM", "SOM", "BoltzmannMachine", "Hopfield", "HopfieldRetrieval", "Ising2D", "available_backends",
-           "backends", "ops", "random", "use_backend"]
+__all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "Hopfield", "HopfieldRetrieval", "Ising2D",
+           "available_backends", "backends", "ops", "random", "use_backend"]

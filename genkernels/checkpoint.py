@@ -44,5 +44,7 @@ def read(path: str, kind: str) -> dict:
         raise ValueError(f"path: {path!r} is not a readable genkernels checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or \
             payload.get("kind") != kind or "config" not in payload:
-        raise ValueError(f"path: {path!r} is not a genkernels {kind} checkpoint")
+        found = payload.get("kind") if isinstance(payload, dict) else None
+        held = f" (it holds a {found} checkpoint)" if isinstance(found, str) and found != kind else ""
+        raise ValueError(f"path: {path!r} is not a genkernels {kind} checkpoint{held}")
     return payload
