@@ -113,6 +113,10 @@ def test_repeated_betas_and_all_at_zero_then_one():
     assert abs(est - exact) < 3 * se
     est2, se2 = rbm.log_partition_ais(n_chains=200, betas=np.linspace(0, 1, 201), seed=0)
     assert abs(est2 - exact) < 3 * se2
+    # a schedule given in n_betas's place is the same schedule
+    assert rbm.log_partition_ais(200, torch.from_numpy(np.linspace(0, 1, 201)), seed=0) == (est2, se2)
+    # the linear schedule (torch.linspace: equal up to the last bit of a few betas)
+    assert rbm.log_partition_ais(200, 200, seed=0) == pytest.approx((est2, se2), rel=1e-9)
 
 
 def test_log_likelihood_ais_matches_exact():
@@ -190,3 +194,15 @@ def test_bad_arguments():
         gauss.log_partition_ais()
     with pytest.raises(NotImplementedError, match="Bernoulli visible units"):
         gauss.log_likelihood_ais(torch.zeros(2, 4))
+
+
+def test_far_base_model():
+    """A base far from the model (every b_A = -2): the Gibbs steps must mix the base's
+    visible bias into the intermediate ones, or the estimate is off by several nats."""
+    rbm = _random_rbm(std=1.0)
+    exact = rbm.log_partition_exact()
+    est, se = rbm.log_partition_ais(n_chains=2000, n_betas=50, seed=0,
+                                    base_visible_bias=torch.full((10,), -2.0, dtype=torch.float64))
+    assert se > 0
+    assert abs(est - exact) < 3 * se
+    assert abs(est - exact) < 0.1

@@ -355,7 +355,8 @@ class RBM(OnWeights, nn.Module):
             n_betas: K, the number of transitions (>= 1): K + 1 inverse temperatures
                 from 0 to 1. K = 1 is plain importance sampling from the base model.
             betas: the schedule itself instead (1-D, non-decreasing, from exactly 0 to
-                exactly 1, at least 2 entries); overrides n_betas and schedule.
+                exactly 1, at least 2 entries); overrides n_betas and schedule. A tensor,
+                array, list or tuple given as n_betas is taken as this schedule.
             schedule: "linear" (evenly spaced) or "piecewise" (the paper's spacing: 1/15 of
                 the steps over [0, 0.5], 4/15 over [0.5, 0.9], 10/15 over [0.9, 1]).
             seed: None draws from the model's stream and advances it; an int uses
@@ -399,6 +400,8 @@ class RBM(OnWeights, nn.Module):
 
     def _ais_betas(self, n_betas, betas, schedule: str) -> torch.Tensor:
         """The inverse temperatures beta_0 = 0 <= ... <= beta_K = 1, float64 on the CPU."""
+        if betas is None and isinstance(n_betas, (torch.Tensor, np.ndarray, list, tuple)):
+            betas = n_betas  # the schedule passed in n_betas's place
         if betas is not None:
             if isinstance(betas, np.ndarray):
                 betas = torch.from_numpy(betas)
