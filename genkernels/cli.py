@@ -146,7 +146,10 @@ def cmd_train_som(args) -> int:
               verbose=not args.quiet, checkpoint=args.checkpoint, resume=args.resume,
               distributed=args.distributed, backend=args.backend)
     seconds = time.perf_counter() - start
-    if gkdist.rank() != 0:
+    is_root = gkdist.rank() == 0
+    if args.distributed:
+        gkdist.shutdown()  # the model is complete on every rank; rank 0 alone writes
+    if not is_root:
         return 0
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "som.pt"))

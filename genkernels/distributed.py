@@ -32,6 +32,16 @@ def ensure_process_group(device: torch.device) -> None:
     dist.init_process_group(backend=backend)
 
 
+def shutdown() -> None:
+    """End a distributed run cleanly on every rank: a barrier (no rank leaves while another
+    still talks to it), then destroy the default process group. A process that exits with
+    the group alive can abort in the backend's destructor ("terminate called without an
+    active exception", seen with gloo when one rank returned early)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
