@@ -107,3 +107,25 @@ def plot_curves(curves: dict, path, xlabel="epoch"):
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_image_grid(images, path, title="", cmap="gray", columns=8, symmetric=False):
+    """Small images (n, h, w) in a grid: RBM filters (symmetric=True: a diverging colour
+    scale centred at 0 per image) or samples."""
+    plt = _plt()
+    images = np.asarray(images)
+    n = images.shape[0]
+    rows = max(1, math.ceil(n / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            img = images[k]
+            if symmetric:
+                lim = float(np.abs(img).max()) or 1.0
+                ax.imshow(img, cmap="coolwarm", vmin=-lim, vmax=lim)
+            else:
+                ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

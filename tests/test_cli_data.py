@@ -103,6 +103,13 @@ def test_demo_writes_report_and_figures(tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), "--quiet", "--epochs", "4"]) == 0
     names = set(os.listdir(tmp_path))
     assert {"report.md", "umatrix.png", "hit_map.png", "labels_map.png", "component_planes.png",
-            "training_curve.png"} <= names
+            "training_curve.png", "rbm_filters.png", "rbm_samples.png"} <= names
     report = (tmp_path / "report.md").read_text()
     assert "quantization error" in report and "accuracy" in report
+    # the RBM's AIS estimate of the test log-likelihood lies near the exact value
+    import re
+    m = re.search(r"Test log-likelihood of the odd-numbered digits: (-?[\d.]+) ± ([\d.]+) nats by "
+                  r"annealed importance sampling .*?, (-?[\d.]+) nats exactly", report, re.S)
+    assert m, report
+    ais, err, exact = map(float, m.groups())
+    assert abs(ais - exact) <= max(3 * err, 0.05)
