@@ -31,7 +31,6 @@ row's time; ``x sklearn`` = scikit-learn's time / the row's time (how many times
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 import time
@@ -200,7 +199,7 @@ def main(args) -> int:
     """Run every case (``args`` from bench/run.py's parser), print the table, write
     ``<out>/<machine>-energy[-quick].{json,md}``."""
     import torch
-    from run import git_commit, machine_name, versions
+    from run import git_commit, machine_name, versions, write_results
     meta = {"machine": machine_name(args.device), "device": args.device, "quick": args.quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "load_avg_start": round(os.getloadavg()[0], 2),
@@ -215,13 +214,8 @@ def main(args) -> int:
     meta["load_avg_end"] = round(os.getloadavg()[0], 2)
     table = markdown(records, meta)
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, meta["machine"] + "-energy" + ("-quick" if args.quick else ""))
-    with open(stem + ".json", "w") as f:
-        json.dump({**meta, "cases": records}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(table + "\n")
-    print(f"[bench] wrote {stem}.json and {stem}.md", file=sys.stderr)
+    write_results(args.out, meta["machine"] + "-energy" + ("-quick" if args.quick else ""), meta,
+                  records, table)
     return 0
 
 

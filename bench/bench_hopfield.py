@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import sys
@@ -212,14 +211,8 @@ def run(device: str = "cpu", quick: bool = False, out_dir: str | None = None,
     meta["loadavg_end"] = os.getloadavg()[0]
     table = markdown(records, meta)
     print(table)
-    out_dir = out_dir or os.path.join(BENCH_DIR, "results")
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{meta['machine']}-hopfield" + ("-quick" if quick else ""))
-    with open(stem + ".json", "w") as f:
-        json.dump({**meta, "cases": records}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(table + "\n")
-    print(f"[bench] wrote {stem}.json and {stem}.md", file=sys.stderr)
+    runner.write_results(out_dir or os.path.join(BENCH_DIR, "results"),
+                         f"{meta['machine']}-hopfield" + ("-quick" if quick else ""), meta, records, table)
     return 0
 
 

@@ -249,6 +249,19 @@ def add_ratios(records: list[dict], peak_flops_per_s: float | None) -> None:
                 rec["ours"] = best["impl"]
 
 
+def write_results(out_dir: str, name: str, meta: dict, records: list[dict], table: str) -> str:
+    """Write ``<out_dir>/<name>.json`` (meta and every case) and ``<name>.md`` (the
+    table); returns the path stem. Every family's runner writes its results this way."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, name)
+    with open(stem + ".json", "w") as f:
+        json.dump({**meta, "cases": records}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(table + "\n")
+    print(f"[bench] wrote {stem}.json and {stem}.md", file=sys.stderr)
+    return stem
+
+
 def markdown(records: list[dict], meta: dict) -> str:
     v = meta["versions"]
     lines = [f"# genkernels benchmarks: {meta['machine']} ({meta['device']})", "",
@@ -353,13 +366,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = markdown(records, meta)
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, meta["machine"] + ("-quick" if args.quick else ""))
-    with open(stem + ".json", "w") as f:
-        json.dump({**meta, "cases": records}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(table + "\n")
-    print(f"[bench] wrote {stem}.json and {stem}.md", file=sys.stderr)
+    write_results(args.out, meta["machine"] + ("-quick" if args.quick else ""), meta, records, table)
     return 0
 
 
