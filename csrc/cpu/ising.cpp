@@ -25,6 +25,7 @@
 
 #include "cpu/ising_cpu.h"
 #include "cpu/ising_kernel.h"
+#include "ising_table.h"
 
 namespace genkernels::ising::cpu {
 namespace {
@@ -38,25 +39,6 @@ constexpr int64_t kBarrierSitesPerThread = int64_t{1} << 18;
 struct Portable {
   static constexpr bool kDirect = true;
 };
-
-FlipTable make_table(const at::Tensor& thresholds) {
-  const at::Tensor th = thresholds.contiguous();
-  const int64_t* f = th.const_data_ptr<int64_t>();
-  FlipTable table{};
-  for (int sigma = 0; sigma < 2; ++sigma) {
-    for (int n = 0; n < 5; ++n) {
-      const int64_t v = f[sigma * 5 + n];
-      TORCH_CHECK(v >= 0 && v <= (int64_t{1} << 32), "ising_sweep: thresholds must lie in [0, 2^32]; got ", v);
-      const int idx = n + 8 * sigma;
-      if (v == (int64_t{1} << 32)) {
-        table.always |= 1u << idx;
-      } else {
-        table.lo[idx] = static_cast<uint32_t>(v);
-      }
-    }
-  }
-  return table;
-}
 
 // Rows [r0, r1) of the (B L) rows of spins (B, L, L) int8 -> packed (B, 2, L, W): bit r of
 // word x of row i of colour c is spin (i, 2 (64 x + r) + (i + c) % 2) > 0.

@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "common/ising.h"
+#include "ising_table.h"
 #include "cuda/ising.cuh"
 
 namespace genkernels::ising {
@@ -18,26 +19,6 @@ namespace {
 void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "ising_sweep (cuda): ", what, " launch failed: ",
               cudaGetErrorString(err));
-}
-
-FlipTable make_table(const at::Tensor& thresholds) {
-  const at::Tensor th = thresholds.to(at::kCPU).contiguous();
-  const int64_t* f = th.const_data_ptr<int64_t>();
-  FlipTable table{};
-  for (int sigma = 0; sigma < 2; ++sigma) {
-    for (int n = 0; n < 5; ++n) {
-      const int64_t v = f[sigma * 5 + n];
-      TORCH_CHECK(v >= 0 && v <= (int64_t{1} << 32),
-                  "ising_sweep (cuda): thresholds must lie in [0, 2^32]; got ", v);
-      const int idx = n + 8 * sigma;
-      if (v == (int64_t{1} << 32)) {
-        table.always |= 1u << idx;
-      } else {
-        table.lo[idx] = static_cast<uint32_t>(v);
-      }
-    }
-  }
-  return table;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cuda(
