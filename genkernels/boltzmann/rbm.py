@@ -27,6 +27,19 @@ offset + b * ceil(n_out / 4) + j // 4), so a step's draws are keyed by (step, sa
 unit). Gaussian visible samples take words 0 and 1 of randint4x(seed, offset + b * n_visible
 + i) (Box-Muller), B * n_visible counters. The stream position
 is part of every checkpoint, so a resumed run draws exactly what an uninterrupted one does.
+
+Data-parallel training (``fit(..., distributed=True)``, torch.distributed: NCCL on GPU, gloo
+on CPU, launched with torchrun): every process holds the whole training set and shuffles it
+with the same keyed permutation, so the global batches are the rows of the single-process
+run in the same order; process r of N takes rows [B r // N, B (r + 1) // N) of every batch
+of B rows (and of the batch_size persistent chains). A half-step still advances the stream
+by the global B * ceil(n_out / 4) counters and each process draws with the counters of its
+own global rows, so every sample is the single process's draw. Each process sums its
+positive and negative statistics, divides them by the global row counts and one all-reduce
+of one flat buffer per update adds them up; every process then applies the same update, so
+the parameters stay identical everywhere and equal the single-process ones up to float
+summation order (step for step over the first updates; later a probability within rounding
+of its uniform can flip a draw, and runs are compared by their reconstruction error).
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checkpoint as ckpt
+from .. import distributed as gkdist
 from .. import random as gk_random
 from .._checks import OnWeights, check_choice, check_int, compiling
 from .ops import half_step
@@ -63,6 +78,20 @@ _INT64 = 2**64
 
 def _wrap_int64(value: int) -> int:
     return (value + 2**63) % _INT64 - 2**63
+
+
+class _Rows(NamedTuple):
+    """This process's rows [first, stop) of a half-step or update over ``total`` rows."""
+    first: int
+    stop: int
+    total: int
+
+
+def _rank_rows(total: int) -> _Rows:
+    """The contiguous share of this process (rank r of N) of ``total`` rows:
+    [total r // N, total (r + 1) // N)."""
+    r, n = gkdist.rank(), gkdist.world_size()
+    return _Rows(total * r // n, total * (r + 1) // n, total)
 
 
 def _check_real(name: str, value, low: float, high: float = math.inf, *, low_open=False,
@@ -200,25 +229,35 @@ class RBM(OnWeights, nn.Module):
         self.offset = _wrap_int64(self.offset + n)
         return first
 
+    def _advance_rows(self, rows: int, per_row: int, span: _Rows | None) -> int:
+        """First counter of this process's ``rows`` rows of a draw taking ``per_row`` counters
+        per row. span None: the rows are the whole draw; else they are rows [span.first,
+        span.stop) of a draw over span.total rows, which moves the stream by all of them."""
+        if span is None:
+            return self._advance(rows * per_row)
+        return _wrap_int64(self._advance(span.total * per_row) + span.first * per_row)
+
     # -------------------------------------------------------------------- half-steps
     def _hidden_input(self, v: torch.Tensor) -> torch.Tensor:
         return v / self.sigma if self.visible == "gaussian" else v
 
-    def _sample_hidden(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """v (B, n_visible) floats or uint8 -> (samples (B, n_hidden) uint8, probabilities)."""
+    def _sample_hidden(self, v: torch.Tensor, rows: _Rows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """v (B, n_visible) floats or uint8 -> (samples (B, n_hidden) uint8, probabilities).
+        rows: v's global rows when v is this process's share (see :meth:`_advance_rows`)."""
         s = self._hidden_input(v) if v.dtype != torch.uint8 else v
         return half_step(s.contiguous(), self.weights, self.hidden_bias, self.seed,
-                         self._advance(v.shape[0] * counters_per_row(self.n_hidden)), False, True)
+                         self._advance_rows(v.shape[0], counters_per_row(self.n_hidden), rows), False, True)
 
-    def _sample_visible(self, h: torch.Tensor) -> torch.Tensor:
-        """h (B, n_hidden) uint8 or floats -> visible samples (B, n_visible) in the model's dtype."""
+    def _sample_visible(self, h: torch.Tensor, rows: _Rows | None = None) -> torch.Tensor:
+        """h (B, n_hidden) uint8 or floats -> visible samples (B, n_visible) in the model's dtype.
+        rows: h's global rows when h is this process's share (see :meth:`_advance_rows`)."""
         if self.visible == "bernoulli":
-            offset = self._advance(h.shape[0] * counters_per_row(self.n_visible))
+            offset = self._advance_rows(h.shape[0], counters_per_row(self.n_visible), rows)
             return half_step(h.contiguous(), self.weights, self.visible_bias, self.seed, offset, True,
                              False)[0].to(self.dtype)
         sigma = self.sigma
         mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
-        return mean + sigma * self._normal(h.shape[0], self._advance(h.shape[0] * self.n_visible))
+        return mean + sigma * self._normal(h.shape[0], self._advance_rows(h.shape[0], self.n_visible, rows))
 
     def _normal(self, rows: int, offset: int) -> torch.Tensor:
         """(rows, n_visible) standard normals by Box-Muller from randint4x words 0 and 1 of
@@ -522,7 +561,7 @@ class RBM(OnWeights, nn.Module):
             sparsity_target: float | None = None, sparsity_cost: float = 0.1,
             binarize: str | None = None, verbose: bool = True,
             monitor: str | None = "reconstruction_error", checkpoint: str | None = None,
-            resume: bool = False) -> RBM:
+            resume: bool = False, distributed: bool = False) -> RBM:
         """Train on x (N, n_visible) until ``epochs`` epochs are done in total.
 
         Args:
@@ -546,6 +585,15 @@ class RBM(OnWeights, nn.Module):
             checkpoint: a path written atomically after every epoch; resume: when True and
                 that file exists, training continues from it (weights, chains, momentum and
                 the random-stream position), so the result equals an uninterrupted run.
+            distributed: data-parallel over the default torch.distributed process group
+                (initialised from torchrun's environment when none is): x is the WHOLE
+                training set on every process (the same rows in the same order; checked),
+                each process trains on its share of every batch and of the persistent
+                chains, with one all-reduce per update (module docstring). Parameters,
+                momentum, history and random stream are identical on every process; the
+                persistent chains are gathered after every epoch, so the model and its
+                checkpoint (written by rank 0 alone, then a barrier) are complete and resume
+                on any number of processes. The progress bar shows on rank 0 only.
         Returns: self.
         """
         epochs = check_int("epochs", epochs, 0)
@@ -564,26 +612,34 @@ class RBM(OnWeights, nn.Module):
             raise ValueError("monitor='pseudo_likelihood' needs Bernoulli visible units")
         if resume and checkpoint is None:
             raise ValueError("resume=True needs the checkpoint path to resume from")
+        if not isinstance(distributed, bool):
+            raise TypeError(f"distributed must be a bool; got {type(distributed).__name__} {distributed!r}")
+        if distributed:
+            if method not in ("cd", "pcd"):
+                raise ValueError(f"distributed=True trains with method 'cd' or 'pcd'; got {method!r}")
+            gkdist.ensure_process_group(self.device)
         if resume and os.path.isfile(checkpoint):
             self._restore(self._read(checkpoint))
         v_all = self._data(x, binarize=binarize)
         if v_all.shape[0] == 0:
             raise ValueError("x must hold at least one row to train on; got 0 rows")
         n = v_all.shape[0]
+        if distributed:
+            _check_same_data(v_all)
+        verbose = verbose and gkdist.rank() == 0
         progress = _Progress(epochs, self.epochs_done, verbose and self.epochs_done < epochs, monitor)
         try:
             with torch.no_grad():
                 while self.epochs_done < epochs:
                     g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epochs_done) % 2**63)
                     order = torch.randperm(n, generator=g).to(self.device)
-                    # rows are gathered in shuffled order GATHER_BATCHES batches at a time: one
-                    # large copy instead of a small gather per batch (each batch is then a view)
-                    span = batch_size * GATHER_BATCHES
-                    for chunk_start in range(0, n, span):
-                        chunk = v_all.index_select(0, order[chunk_start:chunk_start + span])
-                        for start in range(0, chunk.shape[0], batch_size):
-                            self._update(chunk[start:start + batch_size], method, k, lr, momentum, weight_decay,
-                                         sparsity_target, sparsity_cost, batch_size)
+                    if distributed and method == "pcd":
+                        self._scatter_chains(batch_size)
+                    for v_pos, rows in _batches(v_all, order, batch_size, distributed):
+                        self._update(v_pos, method, k, lr, momentum, weight_decay, sparsity_target,
+                                     sparsity_cost, batch_size, rows)
+                    if distributed and method == "pcd":
+                        self._gather_chains(batch_size)
                     self.epochs_done += 1
                     record = {"epoch": self.epochs_done}
                     if monitor is not None:
@@ -591,56 +647,71 @@ class RBM(OnWeights, nn.Module):
                         record[monitor] = self.reconstruction_error(head) if monitor == "reconstruction_error" \
                             else float(self.score(head).mean())
                     self.history.append(record)
-                    if checkpoint is not None:
+                    if checkpoint is not None and gkdist.rank() == 0:
                         self.save(checkpoint)
+                    if checkpoint is not None and distributed:
+                        torch.distributed.barrier()  # the checkpoint is complete before anyone goes on
                     progress.update(record.get(monitor))
         finally:
             progress.close()
         return self
 
     def _update(self, v_pos, method, k, lr, momentum, weight_decay, sparsity_target, sparsity_cost,
-                n_chains) -> torch.Tensor:
+                n_chains, rows: _Rows | None = None) -> torch.Tensor:
         """One CD-k / PCD update on the batch v_pos (B, n_visible); returns the negative
-        visible samples of the last Gibbs step (scikit-learn's v_neg)."""
-        h_pos_samples, h_pos = self._sample_hidden(v_pos)
+        visible samples of the last Gibbs step (scikit-learn's v_neg). rows: distributed,
+        v_pos is this process's share of a global batch (and self.chains its share of the
+        n_chains persistent chains)."""
+        h_pos_samples, h_pos = self._sample_hidden(v_pos, rows)
+        neg_rows = rows
         if method == "pcd":
+            if rows is not None:
+                neg_rows = _rank_rows(n_chains)
+                n_chains = neg_rows.stop - neg_rows.first
             if self.chains.shape[0] != n_chains:
                 self.chains = torch.zeros(n_chains, self.n_hidden, dtype=torch.uint8, device=self.device)
             chain = self.chains
         else:
             chain = h_pos_samples
         for _ in range(k):
-            v_neg = self._sample_visible(chain)
-            chain, h_neg = self._sample_hidden(v_neg)
+            v_neg = self._sample_visible(chain, neg_rows)
+            chain, h_neg = self._sample_hidden(v_neg, neg_rows)
         if method == "pcd":
             self.chains = chain
         self._apply_gradient(v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
-                             sparsity_cost)
+                             sparsity_cost, rows, neg_rows)
         return v_neg
 
     def _apply_gradient(self, v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
-                        sparsity_cost) -> None:
+                        sparsity_cost, rows: _Rows | None = None, neg_rows: _Rows | None = None) -> None:
         """Every parameter += lr * (mean positive - mean negative statistic) (through the
         velocity with momentum). The weights' statistics go straight into the weights (or
-        the velocity) as two accumulating products: no gradient temporary, no extra pass."""
+        the velocity) as two accumulating products: no gradient temporary, no extra pass.
+        rows / neg_rows: distributed, this process's shares of the positive and negative rows;
+        the means are then :meth:`_all_reduced_means`."""
         n_pos, n_neg = v_pos.shape[0], v_neg.shape[0]
         gaussian = self.visible == "gaussian"
         x_pos, x_neg = (self._hidden_input(v_pos), self._hidden_input(v_neg)) if gaussian else (v_pos, v_neg)
-        grad_c = h_pos.mean(0) - h_neg.mean(0)
-        if gaussian:
-            var = self.sigma ** 2
-            grad_b = ((v_pos - self.visible_bias) / var).mean(0) - ((v_neg - self.visible_bias) / var).mean(0)
+        means = None
+        if rows is not None:
+            means = self._all_reduced_means(v_pos, x_pos, h_pos, v_neg, x_neg, h_neg, rows.total, neg_rows.total,
+                                            sparsity_target is not None)
+            grad_c, grad_b, grad_log_sigma = means["hidden"], means["visible"], means.get("log_sigma")
         else:
-            grad_b = v_pos.mean(0) - v_neg.mean(0)
-        grad_log_sigma = None
-        if gaussian and self.learn_variance:
-            # -dF/dlog(sigma_i) = (v_i - b_i)^2 / sigma_i^2 - (v_i / sigma_i) (W p)_i
-            def stat(v, x, h):
-                return ((v - self.visible_bias) ** 2 / var - x * torch.mm(h, self.weights.T)).mean(0)
-            grad_log_sigma = stat(v_pos, x_pos, h_pos) - stat(v_neg, x_neg, h_neg)
+            grad_c = h_pos.mean(0) - h_neg.mean(0)
+            if gaussian:
+                var = self.sigma ** 2
+                grad_b = ((v_pos - self.visible_bias) / var).mean(0) - ((v_neg - self.visible_bias) / var).mean(0)
+            else:
+                grad_b = v_pos.mean(0) - v_neg.mean(0)
+            grad_log_sigma = None
+            if gaussian and self.learn_variance:
+                def stat(v, x, h):
+                    return self._log_sigma_statistic(v, x, h, var).mean(0)
+                grad_log_sigma = stat(v_pos, x_pos, h_pos) - stat(v_neg, x_neg, h_neg)
         penalty = None
         if sparsity_target is not None:
-            q_batch = h_pos.mean(0)
+            q_batch = h_pos.mean(0) if means is None else means["hidden_positive"]
             if self.hidden_activity.shape[0] != self.n_hidden:
                 self.hidden_activity = torch.full_like(q_batch, sparsity_target)
             self.hidden_activity = 0.9 * self.hidden_activity + 0.1 * q_batch
@@ -651,9 +722,13 @@ class RBM(OnWeights, nn.Module):
         if weight_decay:
             step_w.add_(self.weights, alpha=-lr * weight_decay)
         if penalty is not None:
-            step_w.add_(torch.outer(x_pos.mean(0), penalty), alpha=lr)
-        step_w.addmm_(x_pos.T, h_pos, alpha=lr / n_pos)
-        step_w.addmm_(x_neg.T, h_neg, alpha=-lr / n_neg)
+            x_pos_mean = x_pos.mean(0) if means is None else means["input_positive"]
+            step_w.add_(torch.outer(x_pos_mean, penalty), alpha=lr)
+        if means is None:
+            step_w.addmm_(x_pos.T, h_pos, alpha=lr / n_pos)
+            step_w.addmm_(x_neg.T, h_neg, alpha=-lr / n_neg)
+        else:
+            step_w.add_(means["weights"], alpha=lr)
         if momentum:
             self.weights.add_(step_w)
         grads = [(self.hidden_bias, self.hidden_bias_velocity, grad_c),
@@ -666,6 +741,60 @@ class RBM(OnWeights, nn.Module):
                 param.add_(velocity)
             else:
                 param.add_(grad, alpha=lr)
+
+    def _log_sigma_statistic(self, v, x, h, var) -> torch.Tensor:
+        """-dF/dlog(sigma_i) per row, (B, n_visible): (v_i - b_i)^2 / sigma_i^2 - (v_i / sigma_i) (W p)_i."""
+        return (v - self.visible_bias) ** 2 / var - x * torch.mm(h, self.weights.T)
+
+    def _all_reduced_means(self, v_pos, x_pos, h_pos, v_neg, x_neg, h_neg, n_pos: int, n_neg: int,
+                           sparsity: bool) -> dict[str, torch.Tensor]:
+        """Distributed: the update's mean statistics over the global batch (n_pos rows) and
+        negative phase (n_neg rows) from this process's rows: each process sums its rows,
+        divides by the global count, and one all-reduce of one flat buffer adds the shares.
+        Returns "weights" (n_visible, n_hidden) positive - negative, "hidden" and "visible"
+        (and "log_sigma" when learned) the bias gradients; with sparsity also
+        "hidden_positive" (the batch's mean hidden probabilities) and "input_positive"."""
+        parts = {"weights": torch.mm(x_pos.T, h_pos).div_(n_pos).sub_(torch.mm(x_neg.T, h_neg).div_(n_neg)),
+                 "hidden": h_pos.sum(0) / n_pos - h_neg.sum(0) / n_neg}
+        if self.visible == "gaussian":
+            var = self.sigma ** 2
+            parts["visible"] = ((v_pos - self.visible_bias) / var).sum(0) / n_pos \
+                - ((v_neg - self.visible_bias) / var).sum(0) / n_neg
+            if self.learn_variance:
+                parts["log_sigma"] = self._log_sigma_statistic(v_pos, x_pos, h_pos, var).sum(0) / n_pos \
+                    - self._log_sigma_statistic(v_neg, x_neg, h_neg, var).sum(0) / n_neg
+        else:
+            parts["visible"] = v_pos.sum(0) / n_pos - v_neg.sum(0) / n_neg
+        if sparsity:
+            parts["hidden_positive"] = h_pos.sum(0) / n_pos
+            parts["input_positive"] = x_pos.sum(0) / n_pos
+        flat = torch.cat([t.reshape(-1).to(self.dtype) for t in parts.values()])
+        gkdist.all_reduce_sum(flat)
+        means, at = {}, 0
+        for name, t in parts.items():
+            means[name] = flat[at:at + t.numel()].view(t.shape)
+            at += t.numel()
+        return means
+
+    def _scatter_chains(self, n_chains: int) -> None:
+        """Distributed PCD: keep this process's share of the n_chains persistent chains (zeros
+        when the model holds none of that count yet)."""
+        mine = _rank_rows(n_chains)
+        if self.chains.shape[0] == n_chains:
+            self.chains = self.chains[mine.first:mine.stop].clone()
+        else:
+            self.chains = torch.zeros(mine.stop - mine.first, self.n_hidden, dtype=torch.uint8, device=self.device)
+
+    def _gather_chains(self, n_chains: int) -> None:
+        """Distributed PCD: every process's share of the chains -> the whole (n_chains,
+        n_hidden) chains on every process (one all-gather, shares padded to the largest)."""
+        world = gkdist.world_size()
+        shares = [n_chains * (r + 1) // world - n_chains * r // world for r in range(world)]
+        padded = torch.zeros(max(shares), self.n_hidden, dtype=torch.uint8, device=self.device)
+        padded[:self.chains.shape[0]] = self.chains
+        out = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(out, padded)
+        self.chains = torch.cat([t[:count] for t, count in zip(out, shares)])
 
     # ----------------------------------------------------------------- persistence
     def _config(self) -> dict:
@@ -715,6 +844,45 @@ class RBM(OnWeights, nn.Module):
     def extra_repr(self) -> str:
         return (f"n_visible={self.n_visible}, n_hidden={self.n_hidden}, visible={self.visible!r}"
                 + (", learn_variance=True" if self.learn_variance else ""))
+
+
+def _batches(v_all: torch.Tensor, order: torch.Tensor, batch_size: int, distributed: bool):
+    """Yield (batch, rows) for one epoch: the batches of batch_size rows of v_all in the
+    shuffled ``order``; distributed, this process's share of each batch and its _Rows.
+    Rows are gathered GATHER_BATCHES batches at a time: one large copy instead of a small
+    gather per batch (each batch is then a view)."""
+    n = order.shape[0]
+    span = batch_size * GATHER_BATCHES
+    for chunk_start in range(0, n, span):
+        starts = range(chunk_start, min(n, chunk_start + span), batch_size)
+        if not distributed:
+            chunk = v_all.index_select(0, order[chunk_start:chunk_start + span])
+            for start in starts:
+                yield chunk[start - chunk_start:start - chunk_start + batch_size], None
+            continue
+        shares = [_rank_rows(min(batch_size, n - start)) for start in starts]
+        chunk = v_all.index_select(0, torch.cat([order[start + r.first:start + r.stop]
+                                                 for start, r in zip(starts, shares)]))
+        at = 0
+        for r in shares:
+            yield chunk[at:at + r.stop - r.first], r
+            at += r.stop - r.first
+
+
+def _check_same_data(v: torch.Tensor) -> None:
+    """Distributed fit takes the whole data set on every process: compare the row count and
+    two order-sensitive checksums across processes (one all-reduce of [t, -t] with MAX)."""
+    n = v.shape[0]
+    row_sums = v.sum(1, dtype=torch.float64)
+    weights = torch.arange(1, n + 1, dtype=torch.float64, device=v.device)
+    mine = torch.stack([torch.tensor(float(n), dtype=torch.float64, device=v.device), row_sums.sum(),
+                        (row_sums * weights).sum()])
+    both = torch.cat([mine, -mine])
+    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+    if not torch.equal(both[:3], -both[3:]):
+        raise ValueError(f"x: distributed=True trains on the whole data set given to every process (the "
+                         f"same rows in the same order); the processes hold different data (row counts "
+                         f"from {int(-both[3])} to {int(both[0])}, or different values)")
 
 
 class _Progress:
