@@ -1,9 +1,10 @@
-"""The ``genkernels`` command line: ``demo``, ``train som`` and ``bench``."""
+"""The ``genkernels`` command line: ``demo``, ``train som``, ``train rbm`` and ``bench``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
                           "trains on its contiguous shard of DATA")
     som.add_argument("--quiet", action="store_true")
     _add_som_args(som)
+    _add_rbm_parser(models)
 
     bench = sub.add_parser("bench", help="run the benchmarks (needs a checkout with bench/)",
                            description="Run bench/run.py from the source checkout: every backend and "
@@ -162,6 +164,180 @@ def cmd_train_som(args) -> int:
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     print(f"QE {qe:.4f}  TE {te:.4f}  trained in {seconds:.2f} s  -> {args.out}/")
+    return 0
+
+
+def _add_rbm_parser(models) -> None:
+    rbm = models.add_parser(
+        "rbm", help="train a restricted Boltzmann machine",
+        description="Train an RBM on DATA (.npy, .csv or IDX, gzipped or not) and write the model "
+                    "(rbm.pt), metrics.json (reconstruction error, pseudo-likelihood and the test "
+                    "log-likelihood, exact or by AIS, on a held-out split) and figures (filters and "
+                    "samples when n_visible is a square, the training curve) to --out. Under "
+                    "torchrun, --distributed trains data-parallel: every rank loads the whole file "
+                    "and trains on its share of each batch, equal to one process up to float "
+                    "summation order.")
+    rbm.add_argument("data", help="data file: .npy, .csv, or IDX (e.g. t10k-images-idx3-ubyte.gz)")
+    rbm.add_argument("--out", default="rbm_out", help="output folder (default rbm_out)")
+    rbm.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
+    rbm.add_argument("--visible", choices=["bernoulli", "gaussian"], default="bernoulli")
+    rbm.add_argument("--learn-variance", action="store_true", help="gaussian: learn each unit's sigma")
+    rbm.add_argument("--method", default="cd",
+                     help="training method passed to RBM.fit: cd (CD-k) or pcd (persistent CD)")
+    rbm.add_argument("-k", type=int, default=1, help="Gibbs steps per update (default 1)")
+    rbm.add_argument("--epochs", type=int, default=10)
+    rbm.add_argument("--batch-size", type=int, default=100, help="rows per update; also the PCD chains")
+    rbm.add_argument("--learning-rate", type=float, default=0.1, help="default 0.1 (gaussian: try 0.01)")
+    rbm.add_argument("--momentum", type=float, default=0.0)
+    rbm.add_argument("--weight-decay", type=float, default=0.0)
+    rbm.add_argument("--sparsity-target", type=float, default=None)
+    rbm.add_argument("--scale", choices=["auto", "none", "unit", "minmax", "standard"], default="auto",
+                     help="before training (statistics of the whole file): unit divides by the "
+                          "largest value of the data's integer type (255 for uint8 images), minmax "
+                          "and standard per feature; auto: bernoulli keeps data in [0, 1], unit "
+                          "for unsigned integers (IDX images), minmax otherwise; gaussian standard")
+    rbm.add_argument("--binarize", choices=["none", "threshold", "stochastic"], default="none",
+                     help="bernoulli: binarise the scaled data once before the split: x > 0.5, or "
+                          "one Bernoulli(x) draw per entry keyed by --seed")
+    rbm.add_argument("--test-fraction", type=float, default=0.1,
+                     help="rows held out (a permutation keyed by --seed) for the test metrics")
+    rbm.add_argument("--ais-chains", type=int, default=100, help="AIS chains for the test log-likelihood")
+    rbm.add_argument("--ais-betas", type=int, default=1000,
+                     help="AIS temperatures (0: no AIS); the smaller layer has <= 16 units: exact instead")
+    rbm.add_argument("--monitor", choices=["reconstruction_error", "pseudo_likelihood", "none"],
+                     default="reconstruction_error", help="metric recorded after each epoch")
+    rbm.add_argument("--checkpoint", default=None, help="save after every epoch to this path")
+    rbm.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    rbm.add_argument("--distributed", action="store_true",
+                     help="data-parallel over torch.distributed (launch with torchrun)")
+    rbm.add_argument("--quiet", action="store_true")
+    rbm.add_argument("--seed", type=int, default=0)
+    rbm.add_argument("--device", default="cpu")
+    rbm.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+
+
+# the test log-likelihood is exact when the smaller layer has at most this many units
+EXACT_LL_UNITS = 16
+
+
+def _rbm_data(args) -> np.ndarray:
+    """DATA as float32 (N, D), scaled (--scale) and binarised (--binarize) as the options say."""
+    from .data import load_array
+
+    raw = np.asarray(load_array(args.data))
+    how = args.scale
+    if how == "auto":
+        if args.visible == "gaussian":
+            how = "standard"
+        elif np.issubdtype(raw.dtype, np.unsignedinteger):
+            how = "unit"
+        else:
+            how = "none" if raw.size == 0 or (raw.min() >= 0 and raw.max() <= 1) else "minmax"
+    if how == "unit":
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise SystemExit(f"--scale unit divides by the largest value of an integer type; DATA holds {raw.dtype}")
+        x = raw / np.iinfo(raw.dtype).max
+    else:
+        x = _scale(raw.astype(np.float64), how)
+    x = x.astype(np.float32)
+    if args.binarize == "threshold":
+        x = (x > 0.5).astype(np.float32)
+    elif args.binarize == "stochastic":
+        x = (np.random.default_rng(args.seed).random(x.shape) < x).astype(np.float32)
+    return x
+
+
+def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows): the first round(fraction n) rows of a permutation keyed by
+    seed are held out; the training rows keep the file's order."""
+    if not 0 <= fraction < 1:
+        raise SystemExit(f"--test-fraction must be in [0, 1); got {fraction}")
+    n_test = min(round(fraction * n), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def _rbm_metrics(model, train, test, args) -> dict:
+    metrics = {"reconstruction_error_train": model.reconstruction_error(train)}
+    if test.shape[0] == 0:
+        return metrics
+    metrics["reconstruction_error_test"] = model.reconstruction_error(test)
+    if model.visible == "bernoulli":
+        metrics["pseudo_likelihood_test"] = float(model.score(test).mean())
+    smaller = model.n_hidden if model.visible == "gaussian" else min(model.n_visible, model.n_hidden)
+    if smaller <= EXACT_LL_UNITS:
+        metrics["log_likelihood_test"] = float(model.log_likelihood_exact(test).mean())
+        metrics["log_likelihood_method"] = "exact"
+    elif model.visible == "bernoulli" and args.ais_betas > 0:
+        ll, err = model.log_likelihood_ais(test, n_chains=args.ais_chains, n_betas=args.ais_betas,
+                                           seed=args.seed + 1)
+        metrics.update(log_likelihood_test=ll, log_likelihood_stderr=err,
+                       log_likelihood_method=f"ais ({args.ais_chains} chains, {args.ais_betas} betas)")
+    return metrics
+
+
+def _rbm_figures(model, out: str) -> list[str]:
+    """Filters (up to 64 hidden units) and 16 samples after 1,000 Gibbs steps (Bernoulli) as
+    image grids when n_visible is a square; the monitored metric per epoch."""
+    from .plot import plot_curves, plot_image_grid
+
+    files = []
+    side = math.isqrt(model.n_visible)
+    if side * side == model.n_visible:
+        count = min(model.n_hidden, 64)
+        files.append(plot_image_grid(model.weights.T[:count].reshape(count, side, side).cpu().numpy(),
+                                     os.path.join(out, "filters.png"),
+                                     f"RBM filters ({model.n_visible} x {model.n_hidden})", symmetric=True))
+        if model.visible == "bernoulli":
+            samples = model.sample(16, n_steps=1000, seed=1).reshape(16, side, side).cpu().numpy()
+            files.append(plot_image_grid(samples, os.path.join(out, "samples.png"),
+                                         "RBM samples (1,000 Gibbs steps)"))
+    names = [k for k in (model.history[0] if model.history else {}) if k != "epoch"]
+    if names:
+        files.append(plot_curves({name.replace("_", " "): [h[name] for h in model.history] for name in names},
+                                 os.path.join(out, "training_curve.png")))
+    return files
+
+
+def cmd_train_rbm(args) -> int:
+    import torch
+
+    from . import RBM
+    from . import distributed as gkdist
+
+    x = _rbm_data(args)
+    train_rows, test_rows = _split(x.shape[0], args.test_fraction, args.seed)
+    train, test = x[train_rows], x[test_rows]
+    device = torch.device(args.device)
+    if args.distributed:
+        gkdist.ensure_process_group(device)  # every rank has loaded the whole file
+    model = RBM(x.shape[1], args.hidden, args.visible, args.learn_variance, seed=args.seed,
+                dtype=getattr(torch, args.dtype), device=device)
+    start = time.perf_counter()
+    model.fit(train, epochs=args.epochs, batch_size=args.batch_size, method=args.method, k=args.k,
+              learning_rate=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay,
+              sparsity_target=args.sparsity_target, verbose=not args.quiet,
+              monitor=None if args.monitor == "none" else args.monitor, checkpoint=args.checkpoint,
+              resume=args.resume, distributed=args.distributed)
+    seconds = time.perf_counter() - start
+    is_root = gkdist.rank() == 0
+    if args.distributed:
+        gkdist.shutdown()  # the model is complete on every rank; rank 0 alone writes
+    if not is_root:
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    model.save(os.path.join(args.out, "rbm.pt"))
+    metrics = _rbm_metrics(model, train, test, args)
+    _rbm_figures(model, args.out)
+    metrics.update(train_seconds=seconds, samples_train=int(train.shape[0]), samples_test=int(test.shape[0]),
+                   visible=model.n_visible, hidden=model.n_hidden, visible_units=args.visible,
+                   method=args.method, k=args.k, epochs=model.epochs_done, history=model.history)
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    shown = f"reconstruction error {metrics['reconstruction_error_train']:.4f} (train)"
+    if "log_likelihood_test" in metrics:
+        shown += f", test log-likelihood {metrics['log_likelihood_test']:.3f} nats ({metrics['log_likelihood_method']})"
+    print(f"RBM {model.n_visible} x {model.n_hidden}: {shown}, trained in {seconds:.2f} s -> {args.out}/")
     return 0
 
 
@@ -272,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return cmd_demo(args)
     if args.command == "train":
-        return cmd_train_som(args)
+        return cmd_train_rbm(args) if args.model == "rbm" else cmd_train_som(args)
     return cmd_bench(args)
 
 

@@ -3,6 +3,8 @@
 One pair of processes (mp.spawn, file:// rendezvous) runs every distributed case and saves
 what each rank ends with; the tests compare those with single-process runs."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -49,6 +51,9 @@ def _worker(rank, world, init_file, out_dir):
         x = _binary_digits(103)
         for name, case in SHORT_CASES.items():
             results[name] = _state(RBM(64, 12, seed=3).fit(x, **SHORT, **case, distributed=True))
+        # batches of one row: rank 0's share of every batch and of the one chain is empty
+        results["single_rows"] = _state(RBM(64, 12, seed=3).fit(x[:7], **{**SHORT, "batch_size": 1},
+                                                                method="pcd", distributed=True))
         g = _gaussian_digits(103)
         results["gaussian"] = _state(RBM(64, 12, "gaussian", learn_variance=True, seed=3).fit(
             g, **{**SHORT, "learning_rate": 0.01}, method="cd", distributed=True))
@@ -89,7 +94,7 @@ def _assert_close(dist_state, single, atol=1e-5):
 
 def test_every_rank_holds_the_same_model(ranks):
     _, (r0, r1) = ranks
-    for case in ("cd", "pcd", "gaussian", "long", "resumed", "whole"):
+    for case in ("cd", "pcd", "single_rows", "gaussian", "long", "resumed", "whole"):
         assert r0[case]["offset"] == r1[case]["offset"]
         assert r0[case]["history"] == r1[case]["history"], case
         for name, value in r0[case]["state"].items():
@@ -105,6 +110,14 @@ def test_ten_updates_on_two_processes_equal_one(ranks, method):
     assert torch.equal(r0[method]["state"]["chains"], single.chains)
     assert r0[method]["history"][0]["reconstruction_error"] == pytest.approx(
         single.history[0]["reconstruction_error"], rel=1e-5)
+
+
+def test_empty_shares_of_one_row_batches(ranks):
+    _, (r0, r1) = ranks
+    single = RBM(64, 12, seed=3).fit(_binary_digits(7), **{**SHORT, "batch_size": 1}, method="pcd")
+    for r in (r0, r1):
+        _assert_close(r["single_rows"], single)
+        assert torch.equal(r["single_rows"]["state"]["chains"], single.chains)
 
 
 def test_gaussian_learned_variance_on_two_processes_equals_one(ranks):
@@ -163,3 +176,23 @@ def test_distributed_needs_a_process_group(monkeypatch):
         RBM(64, 8, seed=0).fit(x, epochs=1, verbose=False, distributed=True)
     with pytest.raises(TypeError, match="distributed must be a bool"):
         RBM(64, 8, seed=0).fit(x, epochs=1, verbose=False, distributed="yes")
+
+
+def test_cli_under_torchrun_equals_one_process(tmp_path):
+    np.save(tmp_path / "x.npy", _binary_digits(120))
+    args = ["train", "rbm", str(tmp_path / "x.npy"), "--hidden", "12", "--method", "pcd", "--epochs", "1",
+            "--batch-size", "10", "--learning-rate", "0.05", "--quiet"]
+    # --standalone: torchrun picks a free port itself (no window for another process to take it)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "genkernels", *args, "--distributed", "--out", str(tmp_path / "dist"),
+           "--checkpoint", str(tmp_path / "ck.pt")]
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-m", "genkernels", *args, "--out", str(tmp_path / "one")], check=False,
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trained, single = RBM.load(str(tmp_path / "dist" / "rbm.pt")), RBM.load(str(tmp_path / "one" / "rbm.pt"))
+    _assert_close(_state(trained), single)  # 11 updates
+    assert torch.equal(trained.chains, single.chains)
+    assert RBM.load(str(tmp_path / "ck.pt")).epochs_done == 1
+    assert {"metrics.json", "filters.png", "samples.png"} <= set(os.listdir(tmp_path / "dist"))
