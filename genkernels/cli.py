@@ -224,6 +224,8 @@ def _rbm_data(args) -> np.ndarray:
     """DATA as float32 (N, D), scaled (--scale) and binarised (--binarize) as the options say."""
     from .data import load_array
 
+    if args.binarize != "none" and args.visible != "bernoulli":
+        raise SystemExit(f"--binarize {args.binarize} applies to --visible bernoulli; got --visible {args.visible}")
     raw = np.asarray(load_array(args.data))
     how = args.scale
     if how == "auto":

@@ -100,6 +100,8 @@ def test_train_rbm_bad_options(tmp_path):
     base = ["train", "rbm", str(tmp_path / "x.npy"), "--quiet", "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit, match="--scale unit"):
         cli.main(base + ["--scale", "unit"])
+    with pytest.raises(SystemExit, match="--binarize threshold applies to --visible bernoulli"):
+        cli.main(base + ["--visible", "gaussian", "--binarize", "threshold"])
     with pytest.raises(SystemExit, match="--test-fraction"):
         cli.main(base + ["--test-fraction", "1"])
     with pytest.raises(ValueError, match=r"values in \[0, 1\]"):

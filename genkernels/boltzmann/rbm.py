@@ -870,8 +870,9 @@ def _batches(v_all: torch.Tensor, order: torch.Tensor, batch_size: int, distribu
 
 
 def _check_same_data(v: torch.Tensor) -> None:
-    """Distributed fit takes the whole data set on every process: compare the row count and
-    two order-sensitive checksums across processes (one all-reduce of [t, -t] with MAX)."""
+    """Distributed fit takes the whole data set on every process: compare the row count, the
+    sum and a row-order-weighted sum (float64) across processes (one all-reduce of [t, -t]
+    with MAX)."""
     n = v.shape[0]
     row_sums = v.sum(1, dtype=torch.float64)
     weights = torch.arange(1, n + 1, dtype=torch.float64, device=v.device)
