@@ -29,9 +29,9 @@ REPO = os.path.dirname(BENCH_DIR)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from genkernels import RBM  # noqa: E402
-from genkernels.data import load_mnist  # noqa: E402
-from genkernels.plot import plot_image_grid  # noqa: E402
+from genkernels import RBM
+from genkernels.data import load_mnist
+from genkernels.plot import plot_image_grid
 
 N_TRAIN, N_TEST = 9000, 1000
 SEED = 0
