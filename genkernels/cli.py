@@ -183,7 +183,10 @@ def _add_rbm_parser(models) -> None:
     rbm.add_argument("--visible", choices=["bernoulli", "gaussian"], default="bernoulli")
     rbm.add_argument("--learn-variance", action="store_true", help="gaussian: learn each unit's sigma")
     rbm.add_argument("--method", default="cd",
-                     help="training method passed to RBM.fit: cd (CD-k) or pcd (persistent CD)")
+                     help="training method passed to RBM.fit: cd (CD-k), pcd (persistent CD) or pt "
+                          "(parallel tempering; not with --distributed)")
+    rbm.add_argument("--pt-betas", type=int, default=None, metavar="M",
+                     help="--method pt: the number of temperatures (RBM.fit's default otherwise)")
     rbm.add_argument("-k", type=int, default=1, help="Gibbs steps per update (default 1)")
     rbm.add_argument("--epochs", type=int, default=10)
     rbm.add_argument("--batch-size", type=int, default=100, help="rows per update; also the PCD chains")
@@ -320,7 +323,8 @@ def cmd_train_rbm(args) -> int:
               learning_rate=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay,
               sparsity_target=args.sparsity_target, verbose=not args.quiet,
               monitor=None if args.monitor == "none" else args.monitor, checkpoint=args.checkpoint,
-              resume=args.resume, distributed=args.distributed)
+              resume=args.resume, distributed=args.distributed,
+              **({} if args.pt_betas is None else {"pt_betas": args.pt_betas}))
     seconds = time.perf_counter() - start
     is_root = gkdist.rank() == 0
     if args.distributed:

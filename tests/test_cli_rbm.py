@@ -95,6 +95,18 @@ def test_train_rbm_scales_idx_images_and_gaussian_csv(tmp_path):
     assert json.loads((tmp_path / "g" / "metrics.json").read_text())["log_likelihood_method"] == "exact"
 
 
+def test_train_rbm_parallel_tempering(tmp_path):
+    np.save(tmp_path / "x.npy", _digits(60))
+    out = tmp_path / "pt"
+    assert cli.main(["train", "rbm", str(tmp_path / "x.npy"), "--hidden", "6", "--method", "pt", "--pt-betas", "3",
+                     "--epochs", "1", "--batch-size", "10", "--out", str(out), "--quiet"]) == 0
+    train, _ = _split(60)
+    expected = RBM(64, 6, seed=0).fit(_digits(60)[train], epochs=1, batch_size=10, method="pt", pt_betas=3,
+                                      verbose=False)
+    assert torch.equal(RBM.load(str(out / "rbm.pt")).weights, expected.weights)
+    assert len(json.loads((out / "metrics.json").read_text())["history"][0]["swap_acceptance"]) == 2
+
+
 def test_train_rbm_bad_options(tmp_path):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
     base = ["train", "rbm", str(tmp_path / "x.npy"), "--quiet", "--out", str(tmp_path / "o")]

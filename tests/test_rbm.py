@@ -229,8 +229,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         rbm.fit(good, k=0, verbose=False)
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
         rbm.fit(good, momentum=1.0, verbose=False)
-    with pytest.raises(ValueError, match="method must be one of 'cd', 'pcd'"):
-        rbm.fit(good, method="pt", verbose=False)
+    with pytest.raises(ValueError, match="method must be one of 'cd', 'pcd', 'pt'"):
+        rbm.fit(good, method="gibbs", verbose=False)
     with pytest.raises(ValueError, match="at least one row"):
         rbm.fit(torch.ones(0, 4), verbose=False)
     with pytest.raises(TypeError, match="x must be a torch.Tensor or numpy array"):

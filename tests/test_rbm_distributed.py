@@ -174,6 +174,8 @@ def test_distributed_needs_a_process_group(monkeypatch):
     x = _binary_digits(20)
     with pytest.raises(RuntimeError, match="no process group is initialised"):
         RBM(64, 8, seed=0).fit(x, epochs=1, verbose=False, distributed=True)
+    with pytest.raises(ValueError, match="distributed=True trains with method 'cd' or 'pcd'; got 'pt'"):
+        RBM(64, 8, seed=0).fit(x, epochs=1, method="pt", verbose=False, distributed=True)
     with pytest.raises(TypeError, match="distributed must be a bool"):
         RBM(64, 8, seed=0).fit(x, epochs=1, verbose=False, distributed="yes")
 

@@ -44,6 +44,7 @@ of its uniform can flip a draw, and runs are compared by their reconstruction er
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
@@ -62,7 +63,9 @@ from .ops import half_step
 from .reference import counters_per_row, half_step_uniforms
 
 VISIBLE_UNITS = ("bernoulli", "gaussian")
-METHODS = ("cd", "pcd")
+METHODS = ("cd", "pcd", "pt")
+# parallel tempering: default number of inverse temperatures 1, 1 - 1/M, ..., 1/M
+PT_DEFAULT_TEMPERATURES = 10
 BINARIZE = (None, "threshold", "stochastic")
 MONITORS = (None, "reconstruction_error", "pseudo_likelihood")
 AIS_SCHEDULES = ("linear", "piecewise")
@@ -529,17 +532,32 @@ class RBM(OnWeights, nn.Module):
         return log_w
 
     @torch.no_grad()
-    def sample(self, n_samples: int, n_steps: int = 1000, seed: int | None = None) -> torch.Tensor:
+    def sample(self, n_samples: int, n_steps: int = 1000, seed: int | None = None,
+               pt_betas=None) -> torch.Tensor:
         """Visible samples (n_samples, n_visible) after n_steps Gibbs steps (v -> h -> v)
         from noise (Bernoulli(0.5) visible states, or N(b, sigma^2)). seed: None draws from
         the model's stream and advances it; an int uses (seed, offset 0) and leaves the
-        model's stream alone."""
+        model's stream alone. pt_betas: None, or the temperatures of parallel tempering (as
+        :meth:`fit` takes them): n_samples chains per temperature start from Bernoulli(0.5)
+        hidden states, every step is a Gibbs step at each temperature followed by the replica
+        exchange, and the beta = 1 chains' visible states are returned -- chains that cross
+        between the modes of a multimodal model, where plain Gibbs chains stay in one."""
         n_samples = check_int("n_samples", n_samples, 0)
         n_steps = check_int("n_steps", n_steps, 0)
+        betas = None if pt_betas is None else self._pt_betas(pt_betas)
         saved = (self.seed, self.offset)
         if seed is not None:
             self.seed, self.offset = check_int("seed", seed, 0, 2**64 - 1), 0
         try:
+            if betas is not None and n_steps > 0:
+                rows = len(betas) * n_samples
+                u = half_step_uniforms(self.seed, self._advance(rows * counters_per_row(self.n_hidden)), rows,
+                                       self.n_hidden, self.device)
+                chains = (u < 0.5).to(torch.uint8)
+                self._swap_counts = None
+                for _ in range(n_steps):
+                    v, _, chains = self._pt_step(chains, betas, 1, n_samples, probs=False)
+                return v
             if self.visible == "bernoulli":
                 offset = self._advance(n_samples * counters_per_row(self.n_visible))
                 u = half_step_uniforms(self.seed, offset, n_samples, self.n_visible, self.device)
@@ -561,7 +579,7 @@ class RBM(OnWeights, nn.Module):
             sparsity_target: float | None = None, sparsity_cost: float = 0.1,
             binarize: str | None = None, verbose: bool = True,
             monitor: str | None = "reconstruction_error", checkpoint: str | None = None,
-            resume: bool = False, distributed: bool = False) -> RBM:
+            resume: bool = False, pt_betas=PT_DEFAULT_TEMPERATURES, distributed: bool = False) -> RBM:
         """Train on x (N, n_visible) until ``epochs`` epochs are done in total.
 
         Args:
@@ -573,7 +591,11 @@ class RBM(OnWeights, nn.Module):
                 keyed by (seed, epoch)); a resumed model continues from the epochs it has done.
             batch_size: rows per update (the last batch may be smaller); also the number of
                 persistent chains for method="pcd".
-            method: "cd" (CD-k) or "pcd" (persistent contrastive divergence).
+            method: "cd" (CD-k), "pcd" (persistent contrastive divergence) or "pt"
+                (parallel tempering: ``batch_size`` persistent chains at each inverse
+                temperature of ``pt_betas``; after the k Gibbs steps of every update,
+                neighbouring temperatures swap states (even pairs, then odd pairs) with the
+                Metropolis probability; the negative statistics come from the beta = 1 chains).
             k: Gibbs steps per update (>= 1).
             learning_rate (> 0), momentum ([0, 1)), weight_decay (>= 0, L2 on the weights).
             sparsity_target: target mean activation of the hidden units in (0, 1), or None;
@@ -585,6 +607,10 @@ class RBM(OnWeights, nn.Module):
             checkpoint: a path written atomically after every epoch; resume: when True and
                 that file exists, training continues from it (weights, chains, momentum and
                 the random-stream position), so the result equals an uninterrupted run.
+            pt_betas: method="pt" only: the number M >= 1 of temperatures (inverse
+                temperatures 1, 1 - 1/M, ..., 1/M) or the decreasing inverse temperatures
+                themselves, the first 1, all in (0, 1]. The chance of each swap is in
+                ``history`` (``swap_acceptance``, one mean per neighbouring pair and epoch).
             distributed: data-parallel over the default torch.distributed process group
                 (initialised from torchrun's environment when none is): x is the WHOLE
                 training set on every process (the same rows in the same order; checked),
@@ -600,6 +626,7 @@ class RBM(OnWeights, nn.Module):
         batch_size = check_int("batch_size", batch_size, 1)
         check_choice("method", method, METHODS)
         k = check_int("k", k, 1)
+        betas = self._pt_betas(pt_betas) if method == "pt" else None
         lr = _check_real("learning_rate", learning_rate, 0, low_open=True)
         momentum = _check_real("momentum", momentum, 0, 1)
         weight_decay = _check_real("weight_decay", weight_decay, 0)
@@ -635,13 +662,17 @@ class RBM(OnWeights, nn.Module):
                     order = torch.randperm(n, generator=g).to(self.device)
                     if distributed and method == "pcd":
                         self._scatter_chains(batch_size)
+                    self._swap_counts = None
                     for v_pos, rows in _batches(v_all, order, batch_size, distributed):
                         self._update(v_pos, method, k, lr, momentum, weight_decay, sparsity_target,
-                                     sparsity_cost, batch_size, rows)
+                                     sparsity_cost, batch_size, betas, rows)
                     if distributed and method == "pcd":
                         self._gather_chains(batch_size)
                     self.epochs_done += 1
                     record = {"epoch": self.epochs_done}
+                    if self._swap_counts is not None:
+                        accepted, tried = self._swap_counts
+                        record["swap_acceptance"] = (accepted / tried.clamp(min=1)).tolist()
                     if monitor is not None:
                         head = v_all[:MONITOR_ROWS]
                         record[monitor] = self.reconstruction_error(head) if monitor == "reconstruction_error" \
@@ -657,12 +688,17 @@ class RBM(OnWeights, nn.Module):
         return self
 
     def _update(self, v_pos, method, k, lr, momentum, weight_decay, sparsity_target, sparsity_cost,
-                n_chains, rows: _Rows | None = None) -> torch.Tensor:
-        """One CD-k / PCD update on the batch v_pos (B, n_visible); returns the negative
+                n_chains, betas=None, rows: _Rows | None = None) -> torch.Tensor:
+        """One CD-k / PCD / PT update on the batch v_pos (B, n_visible); returns the negative
         visible samples of the last Gibbs step (scikit-learn's v_neg). rows: distributed,
         v_pos is this process's share of a global batch (and self.chains its share of the
         n_chains persistent chains)."""
         h_pos_samples, h_pos = self._sample_hidden(v_pos, rows)
+        if method == "pt":
+            v_neg, h_neg = self._pt_negative_phase(betas, n_chains, k)
+            self._apply_gradient(v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
+                                 sparsity_cost)
+            return v_neg
         neg_rows = rows
         if method == "pcd":
             if rows is not None:
@@ -795,6 +831,118 @@ class RBM(OnWeights, nn.Module):
         out = [torch.empty_like(padded) for _ in range(world)]
         torch.distributed.all_gather(out, padded)
         self.chains = torch.cat([t[:count] for t, count in zip(out, shares)])
+
+    # ------------------------------------------------------------ parallel tempering
+    def _pt_betas(self, pt_betas) -> list[float]:
+        """pt_betas (an int M or a sequence) -> the inverse temperatures [1, ..., > 0]."""
+        if isinstance(pt_betas, numbers.Integral) and not isinstance(pt_betas, bool):
+            m = check_int("pt_betas", pt_betas, 1)
+            return [1.0 - i / m for i in range(m)]
+        if isinstance(pt_betas, torch.Tensor):
+            pt_betas = pt_betas.tolist()
+        if isinstance(pt_betas, (str, bytes)) or not hasattr(pt_betas, "__len__"):
+            raise TypeError("pt_betas must be an int (the number of temperatures) or a sequence of "
+                            f"inverse temperatures; got {type(pt_betas).__name__}")
+        betas = [_check_real("pt_betas", b, 0, 1, low_open=True, high_open=False) for b in pt_betas]
+        if not betas or betas[0] != 1.0:
+            raise ValueError(f"pt_betas must start at inverse temperature 1 (the model itself); got {betas}")
+        if any(b >= a for a, b in itertools.pairwise(betas)):
+            raise ValueError(f"pt_betas must be strictly decreasing; got {betas}")
+        return betas
+
+    def _tempered_visible(self, h: torch.Tensor, beta: float) -> torch.Tensor:
+        """Visible samples of p_beta(v | h), p_beta(v, h) proportional to exp(-beta E(v, h))."""
+        if beta == 1.0:
+            return self._sample_visible(h)
+        if self.visible == "bernoulli":
+            offset = self._advance(h.shape[0] * counters_per_row(self.n_visible))
+            return half_step((h.to(self.dtype) * beta).contiguous(), self.weights,
+                             (self.visible_bias * beta).contiguous(), self.seed, offset, True,
+                             False)[0].to(self.dtype)
+        sigma = self.sigma
+        mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
+        noise = self._normal(h.shape[0], self._advance(h.shape[0] * self.n_visible))
+        return mean + (sigma / math.sqrt(beta)) * noise
+
+    def _tempered_hidden(self, v: torch.Tensor, beta: float, probs: bool):
+        """(hidden samples uint8, probabilities or None) of p_beta(h | v)."""
+        if beta == 1.0:
+            return self._sample_hidden(v)
+        s = (self._hidden_input(v) * beta).contiguous()
+        samples, p = half_step(s, self.weights, (self.hidden_bias * beta).contiguous(), self.seed,
+                               self._advance(v.shape[0] * counters_per_row(self.n_hidden)), False, probs)
+        return samples, p
+
+    def _energy(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """(B,) float64 joint energies E(v, h) of visible v (B, n_visible), hidden h (B, n_hidden)."""
+        w = self.weights.to(torch.float64)
+        v64, h64 = v.to(torch.float64), h.to(torch.float64)
+        x = v64 / self.sigma.to(torch.float64) if self.visible == "gaussian" else v64
+        inter = ((x @ w) * h64).sum(1) + h64 @ self.hidden_bias.to(torch.float64)
+        b = self.visible_bias.to(torch.float64)
+        if self.visible == "gaussian":
+            return ((v64 - b) ** 2 / (2 * self.sigma.to(torch.float64) ** 2)).sum(1) - inter
+        return -(v64 @ b) - inter
+
+    def _pt_step(self, chains: torch.Tensor, betas: list[float], k: int, n_chains: int,
+                 probs: bool = True):
+        """k Gibbs steps of every temperature's chains (hidden states (M * n_chains,
+        n_hidden) uint8, temperature m in rows m*n_chains...), then replica exchange.
+        Returns (v, h probabilities or None) of the beta = 1 chains before the exchange and
+        the new chains. Random stream: temperature m's k steps in turn (beta = 1 exactly as
+        PCD), then (M - 1) * n_chains counters of swap uniforms, pair p (temperatures p and
+        p + 1) and chain c at counter p * n_chains + c."""
+        m = len(betas)
+        vs, hs = [], []
+        v1 = p1 = None
+        for t, beta in enumerate(betas):
+            h = chains[t * n_chains:(t + 1) * n_chains]
+            for _ in range(k):
+                v = self._tempered_visible(h, beta)
+                h, p = self._tempered_hidden(v, beta, probs and t == 0)
+            if t == 0:
+                v1, p1 = v, p
+            vs.append(v)
+            hs.append(h)
+        if m > 1:
+            energy = torch.stack([self._energy(v, h) for v, h in zip(vs, hs)])  # (M, n_chains)
+            counters = torch.arange((m - 1) * n_chains, dtype=torch.int64, device=self.device)
+            u = gk_random.rand(self.seed, counters + self._advance((m - 1) * n_chains))
+            log_u = torch.log(u.to(torch.float64)).reshape(m - 1, n_chains)
+            beta_t = torch.tensor(betas, dtype=torch.float64, device=self.device)
+            h_all = torch.stack(hs)
+            accepted = torch.zeros(m - 1, dtype=torch.float64, device=self.device)
+            for first in (0, 1):  # even pairs (0, 1), (2, 3), ... then odd pairs (1, 2), ...
+                lo = torch.arange(first, m - 1, 2, device=self.device)
+                if lo.numel() == 0:
+                    continue
+                hi = lo + 1
+                # accept with min(1, exp((beta_lo - beta_hi) (E_lo - E_hi)))
+                delta = (beta_t[lo] - beta_t[hi])[:, None] * (energy[lo] - energy[hi])
+                swap = log_u[lo] < delta  # (pairs, n_chains)
+                accepted[lo] = swap.to(torch.float64).sum(1)
+                e_lo, e_hi = energy[lo], energy[hi]
+                energy[lo], energy[hi] = torch.where(swap, e_hi, e_lo), torch.where(swap, e_lo, e_hi)
+                s3 = swap[:, :, None]
+                h_lo, h_hi = h_all[lo], h_all[hi]
+                h_all[lo], h_all[hi] = torch.where(s3, h_hi, h_lo), torch.where(s3, h_lo, h_hi)
+            if self._swap_counts is None:
+                self._swap_counts = (torch.zeros_like(accepted), torch.zeros_like(accepted))
+            self._swap_counts[0].add_(accepted)
+            self._swap_counts[1].add_(n_chains)
+            chains = h_all.reshape(m * n_chains, self.n_hidden)
+        else:
+            chains = hs[0]
+        return v1, p1, chains
+
+    _swap_counts = None
+
+    def _pt_negative_phase(self, betas: list[float], n_chains: int, k: int):
+        if self.chains.shape[0] != len(betas) * n_chains:
+            self.chains = torch.zeros(len(betas) * n_chains, self.n_hidden, dtype=torch.uint8,
+                                      device=self.device)
+        v_neg, h_neg, self.chains = self._pt_step(self.chains, betas, k, n_chains)
+        return v_neg, h_neg
 
     # ----------------------------------------------------------------- persistence
     def _config(self) -> dict:
