@@ -20,7 +20,8 @@ WORLD = 2
 # of 5 / 6 and 2 / 2 rows), 10 updates in one epoch
 SHORT = {"epochs": 1, "batch_size": 11, "learning_rate": 0.05, "momentum": 0.5, "weight_decay": 1e-4,
          "sparsity_target": 0.1, "verbose": False}
-SHORT_CASES = {"cd": {"method": "cd", "k": 1}, "pcd": {"method": "pcd", "k": 2}}
+SHORT_CASES = {"cd": {"method": "cd", "k": 1}, "pcd": {"method": "pcd", "k": 2},
+               "pt": {"method": "pt", "k": 1, "pt_betas": 3}}
 # 5 epochs of PCD-1 on 600 digits in batches of 20: 150 updates
 LONG = {"epochs": 5, "batch_size": 20, "method": "pcd", "learning_rate": 0.05, "verbose": False}
 # checkpoint / resume: PCD on 40 rows in batches of 10 (4 updates per epoch)
@@ -94,14 +95,14 @@ def _assert_close(dist_state, single, atol=1e-5):
 
 def test_every_rank_holds_the_same_model(ranks):
     _, (r0, r1) = ranks
-    for case in ("cd", "pcd", "single_rows", "gaussian", "long", "resumed", "whole"):
+    for case in ("cd", "pcd", "pt", "single_rows", "gaussian", "long", "resumed", "whole"):
         assert r0[case]["offset"] == r1[case]["offset"]
         assert r0[case]["history"] == r1[case]["history"], case
         for name, value in r0[case]["state"].items():
             assert torch.equal(value, r1[case]["state"][name]), (case, name)
 
 
-@pytest.mark.parametrize("method", ["cd", "pcd"])
+@pytest.mark.parametrize("method", ["cd", "pcd", "pt"])
 def test_ten_updates_on_two_processes_equal_one(ranks, method):
     _, (r0, _) = ranks
     single = RBM(64, 12, seed=3).fit(_binary_digits(103), **SHORT, **SHORT_CASES[method])
@@ -110,6 +111,9 @@ def test_ten_updates_on_two_processes_equal_one(ranks, method):
     assert torch.equal(r0[method]["state"]["chains"], single.chains)
     assert r0[method]["history"][0]["reconstruction_error"] == pytest.approx(
         single.history[0]["reconstruction_error"], rel=1e-5)
+    if method == "pt":  # the swap counts of both processes add up to the single process's
+        assert r0[method]["history"][0]["swap_acceptance"] == single.history[0]["swap_acceptance"]
+        assert single.chains.shape == (3 * SHORT["batch_size"], 12)
 
 
 def test_empty_shares_of_one_row_batches(ranks):
@@ -174,8 +178,6 @@ def test_distributed_needs_a_process_group(monkeypatch):
     x = _binary_digits(20)
     with pytest.raises(RuntimeError, match="no process group is initialised"):
         RBM(64, 8, seed=0).fit(x, epochs=1, verbose=False, distributed=True)
-    with pytest.raises(ValueError, match="distributed=True trains with method 'cd' or 'pcd'; got 'pt'"):
-        RBM(64, 8, seed=0).fit(x, epochs=1, method="pt", verbose=False, distributed=True)
     with pytest.raises(TypeError, match="distributed must be a bool"):
         RBM(64, 8, seed=0).fit(x, epochs=1, verbose=False, distributed="yes")
 

@@ -615,7 +615,7 @@ class RBM(OnWeights, nn.Module):
                 (initialised from torchrun's environment when none is): x is the WHOLE
                 training set on every process (the same rows in the same order; checked),
                 each process trains on its share of every batch and of the persistent
-                chains, with one all-reduce per update (module docstring). Parameters,
+                chains (of every temperature with method="pt"), with one all-reduce per update (module docstring). Parameters,
                 momentum, history and random stream are identical on every process; the
                 persistent chains are gathered after every epoch, so the model and its
                 checkpoint (written by rank 0 alone, then a barrier) are complete and resume
@@ -642,8 +642,6 @@ class RBM(OnWeights, nn.Module):
         if not isinstance(distributed, bool):
             raise TypeError(f"distributed must be a bool; got {type(distributed).__name__} {distributed!r}")
         if distributed:
-            if method not in ("cd", "pcd"):
-                raise ValueError(f"distributed=True trains with method 'cd' or 'pcd'; got {method!r}")
             gkdist.ensure_process_group(self.device)
         if resume and os.path.isfile(checkpoint):
             self._restore(self._read(checkpoint))
@@ -660,18 +658,21 @@ class RBM(OnWeights, nn.Module):
                 while self.epochs_done < epochs:
                     g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epochs_done) % 2**63)
                     order = torch.randperm(n, generator=g).to(self.device)
-                    if distributed and method == "pcd":
-                        self._scatter_chains(batch_size)
+                    groups = len(betas) if method == "pt" else 1
+                    if distributed and method != "cd":
+                        self._scatter_chains(batch_size, groups)
                     self._swap_counts = None
                     for v_pos, rows in _batches(v_all, order, batch_size, distributed):
                         self._update(v_pos, method, k, lr, momentum, weight_decay, sparsity_target,
                                      sparsity_cost, batch_size, betas, rows)
-                    if distributed and method == "pcd":
-                        self._gather_chains(batch_size)
+                    if distributed and method != "cd":
+                        self._gather_chains(batch_size, groups)
                     self.epochs_done += 1
                     record = {"epoch": self.epochs_done}
                     if self._swap_counts is not None:
                         accepted, tried = self._swap_counts
+                        if distributed:
+                            gkdist.all_reduce_sum(accepted, tried)
                         record["swap_acceptance"] = (accepted / tried.clamp(min=1)).tolist()
                     if monitor is not None:
                         head = v_all[:MONITOR_ROWS]
@@ -695,9 +696,10 @@ class RBM(OnWeights, nn.Module):
         n_chains persistent chains)."""
         h_pos_samples, h_pos = self._sample_hidden(v_pos, rows)
         if method == "pt":
-            v_neg, h_neg = self._pt_negative_phase(betas, n_chains, k)
+            neg_rows = None if rows is None else _rank_rows(n_chains)
+            v_neg, h_neg = self._pt_negative_phase(betas, n_chains, k, neg_rows)
             self._apply_gradient(v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
-                                 sparsity_cost)
+                                 sparsity_cost, rows, neg_rows)
             return v_neg
         neg_rows = rows
         if method == "pcd":
@@ -812,25 +814,31 @@ class RBM(OnWeights, nn.Module):
             at += t.numel()
         return means
 
-    def _scatter_chains(self, n_chains: int) -> None:
-        """Distributed PCD: keep this process's share of the n_chains persistent chains (zeros
-        when the model holds none of that count yet)."""
+    def _scatter_chains(self, n_chains: int, groups: int = 1) -> None:
+        """Distributed PCD / PT: keep this process's share of the n_chains persistent chains
+        of each of ``groups`` temperatures (zeros when the model holds none of that count
+        yet). Chains are (groups * n_chains, n_hidden), temperature-major."""
         mine = _rank_rows(n_chains)
-        if self.chains.shape[0] == n_chains:
-            self.chains = self.chains[mine.first:mine.stop].clone()
+        share = mine.stop - mine.first
+        if self.chains.shape[0] == groups * n_chains:
+            self.chains = self.chains.reshape(groups, n_chains, self.n_hidden)[:, mine.first:mine.stop] \
+                .reshape(groups * share, self.n_hidden).clone()
         else:
-            self.chains = torch.zeros(mine.stop - mine.first, self.n_hidden, dtype=torch.uint8, device=self.device)
+            self.chains = torch.zeros(groups * share, self.n_hidden, dtype=torch.uint8, device=self.device)
 
-    def _gather_chains(self, n_chains: int) -> None:
-        """Distributed PCD: every process's share of the chains -> the whole (n_chains,
-        n_hidden) chains on every process (one all-gather, shares padded to the largest)."""
+    def _gather_chains(self, n_chains: int, groups: int = 1) -> None:
+        """Distributed PCD / PT: every process's share of the chains -> the whole
+        (groups * n_chains, n_hidden) chains on every process (one all-gather, shares padded
+        to the largest)."""
         world = gkdist.world_size()
         shares = [n_chains * (r + 1) // world - n_chains * r // world for r in range(world)]
-        padded = torch.zeros(max(shares), self.n_hidden, dtype=torch.uint8, device=self.device)
-        padded[:self.chains.shape[0]] = self.chains
+        mine = self.chains.reshape(groups, -1, self.n_hidden)
+        padded = torch.zeros(groups, max(shares), self.n_hidden, dtype=torch.uint8, device=self.device)
+        padded[:, :mine.shape[1]] = mine
         out = [torch.empty_like(padded) for _ in range(world)]
         torch.distributed.all_gather(out, padded)
-        self.chains = torch.cat([t[:count] for t, count in zip(out, shares)])
+        self.chains = torch.cat([t[:, :count] for t, count in zip(out, shares)], dim=1) \
+            .reshape(groups * n_chains, self.n_hidden)
 
     # ------------------------------------------------------------ parallel tempering
     def _pt_betas(self, pt_betas) -> list[float]:
@@ -850,27 +858,28 @@ class RBM(OnWeights, nn.Module):
             raise ValueError(f"pt_betas must be strictly decreasing; got {betas}")
         return betas
 
-    def _tempered_visible(self, h: torch.Tensor, beta: float) -> torch.Tensor:
+    def _tempered_visible(self, h: torch.Tensor, beta: float, rows: _Rows | None = None) -> torch.Tensor:
         """Visible samples of p_beta(v | h), p_beta(v, h) proportional to exp(-beta E(v, h))."""
         if beta == 1.0:
-            return self._sample_visible(h)
+            return self._sample_visible(h, rows)
         if self.visible == "bernoulli":
-            offset = self._advance(h.shape[0] * counters_per_row(self.n_visible))
+            offset = self._advance_rows(h.shape[0], counters_per_row(self.n_visible), rows)
             return half_step((h.to(self.dtype) * beta).contiguous(), self.weights,
                              (self.visible_bias * beta).contiguous(), self.seed, offset, True,
                              False)[0].to(self.dtype)
         sigma = self.sigma
         mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
-        noise = self._normal(h.shape[0], self._advance(h.shape[0] * self.n_visible))
+        noise = self._normal(h.shape[0], self._advance_rows(h.shape[0], self.n_visible, rows))
         return mean + (sigma / math.sqrt(beta)) * noise
 
-    def _tempered_hidden(self, v: torch.Tensor, beta: float, probs: bool):
+    def _tempered_hidden(self, v: torch.Tensor, beta: float, probs: bool, rows: _Rows | None = None):
         """(hidden samples uint8, probabilities or None) of p_beta(h | v)."""
         if beta == 1.0:
-            return self._sample_hidden(v)
+            return self._sample_hidden(v, rows)
         s = (self._hidden_input(v) * beta).contiguous()
         samples, p = half_step(s, self.weights, (self.hidden_bias * beta).contiguous(), self.seed,
-                               self._advance(v.shape[0] * counters_per_row(self.n_hidden)), False, probs)
+                               self._advance_rows(v.shape[0], counters_per_row(self.n_hidden), rows), False,
+                               probs)
         return samples, p
 
     def _energy(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -885,30 +894,35 @@ class RBM(OnWeights, nn.Module):
         return -(v64 @ b) - inter
 
     def _pt_step(self, chains: torch.Tensor, betas: list[float], k: int, n_chains: int,
-                 probs: bool = True):
+                 probs: bool = True, rows: _Rows | None = None):
         """k Gibbs steps of every temperature's chains (hidden states (M * n_chains,
         n_hidden) uint8, temperature m in rows m*n_chains...), then replica exchange.
         Returns (v, h probabilities or None) of the beta = 1 chains before the exchange and
         the new chains. Random stream: temperature m's k steps in turn (beta = 1 exactly as
-        PCD), then (M - 1) * n_chains counters of swap uniforms, pair p (temperatures p and
-        p + 1) and chain c at counter p * n_chains + c."""
+        PCD), then (M - 1) * C counters of swap uniforms, pair p (temperatures p and p + 1)
+        and chain c at counter p * C + c, C the number of chains per temperature. rows:
+        distributed, these n_chains are chains [rows.first, rows.stop) of rows.total, and
+        every draw is keyed by the global chain index (a swap only involves one chain index,
+        so processes exchange nothing)."""
         m = len(betas)
         vs, hs = [], []
         v1 = p1 = None
         for t, beta in enumerate(betas):
             h = chains[t * n_chains:(t + 1) * n_chains]
             for _ in range(k):
-                v = self._tempered_visible(h, beta)
-                h, p = self._tempered_hidden(v, beta, probs and t == 0)
+                v = self._tempered_visible(h, beta, rows)
+                h, p = self._tempered_hidden(v, beta, probs and t == 0, rows)
             if t == 0:
                 v1, p1 = v, p
             vs.append(v)
             hs.append(h)
         if m > 1:
             energy = torch.stack([self._energy(v, h) for v, h in zip(vs, hs)])  # (M, n_chains)
-            counters = torch.arange((m - 1) * n_chains, dtype=torch.int64, device=self.device)
-            u = gk_random.rand(self.seed, counters + self._advance((m - 1) * n_chains))
-            log_u = torch.log(u.to(torch.float64)).reshape(m - 1, n_chains)
+            total, first = (n_chains, 0) if rows is None else (rows.total, rows.first)
+            base = self._advance((m - 1) * total)
+            counters = torch.arange(m - 1, dtype=torch.int64, device=self.device)[:, None] * total \
+                + torch.arange(first, first + n_chains, dtype=torch.int64, device=self.device)[None, :]
+            log_u = torch.log(gk_random.rand(self.seed, counters + base).to(torch.float64))  # (M - 1, n_chains)
             beta_t = torch.tensor(betas, dtype=torch.float64, device=self.device)
             h_all = torch.stack(hs)
             accepted = torch.zeros(m - 1, dtype=torch.float64, device=self.device)
@@ -937,11 +951,15 @@ class RBM(OnWeights, nn.Module):
 
     _swap_counts = None
 
-    def _pt_negative_phase(self, betas: list[float], n_chains: int, k: int):
+    def _pt_negative_phase(self, betas: list[float], n_chains: int, k: int, rows: _Rows | None = None):
+        """The beta = 1 chains' (v, h probabilities) after one PT step of the persistent
+        chains (n_chains per temperature, or this process's share ``rows`` of them)."""
+        if rows is not None:
+            n_chains = rows.stop - rows.first
         if self.chains.shape[0] != len(betas) * n_chains:
             self.chains = torch.zeros(len(betas) * n_chains, self.n_hidden, dtype=torch.uint8,
                                       device=self.device)
-        v_neg, h_neg, self.chains = self._pt_step(self.chains, betas, k, n_chains)
+        v_neg, h_neg, self.chains = self._pt_step(self.chains, betas, k, n_chains, rows=rows)
         return v_neg, h_neg
 
     # ----------------------------------------------------------------- persistence
