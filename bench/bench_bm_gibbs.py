@@ -130,7 +130,6 @@ def markdown(records, meta):
     if "loadavg_end" in meta:
         lines.insert(3, f"Load average {meta['loadavg_start']:.1f} at the start, {meta['loadavg_end']:.1f} at the end "
                         f"({os.cpu_count()} cores).")
-        lines.insert(4, "")
     for r in records:
         chains = "" if r["chains_timed"] == r["C"] else f" ({r['chains_timed']} chains timed)"
         lines.append(f"| {r['N']} | {r['C']} | {r['sweeps']} | {r['impl']}{chains} | {r['kind']} | "
