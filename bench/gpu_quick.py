@@ -5,7 +5,8 @@
   and the cooperative multi-block kernel (auto), and triton;
 * asynchronous Hopfield recall on a spin glass, N = 1000, B = 64, 5 sweeps: cuda,
   triton and the straightforward PyTorch loop (bench/bench_hopfield_recall.py);
-* Boltzmann Gibbs sweeps, N = 1000, 64 chains, 5 sweeps: triton.
+* Boltzmann Gibbs sweeps, N = 1000, 64 chains, 5 sweeps: cuda and triton
+  (bench/bench_bm_gibbs.py has more cases and the PyTorch loop).
 
     python bench/gpu_quick.py [--out DIR]   -> prints a table, writes <out>/gpu-quick.json
 """
@@ -98,10 +99,11 @@ def main(argv=None):
     bw = (bw + bw.T) / 2
     bias = torch.zeros(1000, device="cuda")
     s0 = (probes > 0).float()
-    t = cuda_time(lambda: ops.bm_gibbs(bw, bias, s0, [1.0] * 5, seed=1, backend="triton"))
-    rows.append({"case": "bm_gibbs N=1000 C=64 5 sweeps", "impl": "triton", "seconds": t,
-                 "updates_per_s": 64 * 1000 * 5 / t})
-    print(rows[-1], flush=True)
+    for backend in ("cuda", "triton"):
+        t = cuda_time(lambda backend=backend: ops.bm_gibbs(bw, bias, s0, [1.0] * 5, seed=1, backend=backend))
+        rows.append({"case": "bm_gibbs N=1000 C=64 5 sweeps", "impl": backend, "seconds": t,
+                     "updates_per_s": 64 * 1000 * 5 / t})
+        print(rows[-1], flush=True)
     print("\n| case | impl | seconds (or value) | unit updates/s |\n|---|---|---:|---:|")
     for r in rows:
         print(f"| {r['case']} | {r['impl']} | {r['seconds']:.4g} | {r.get('updates_per_s', float('nan')):.3g} |")

@@ -38,6 +38,7 @@ if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
 FAMILIES = ("som", "hopfield", "ising", "energy")  # energy: bench/bench_energy.py (RBM epochs, <machine>-energy.*)
+FAMILIES += ("bm_gibbs",)  # bench/bench_bm_gibbs.py (Boltzmann Gibbs sweeps, <machine>-bm-gibbs.*)
 # Seconds of timed rounds per case; a case whose single round exceeds 3x this is
 # measured once.
 BUDGET_S = {False: 2.0, True: 0.2}
@@ -320,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.family == "hopfield":  # its own cases and table: bench/bench_hopfield.py
         import bench_hopfield
         return bench_hopfield.run(args.device, args.quick, args.out)
+    if args.family == "bm_gibbs":  # unit updates per second: bench/bench_bm_gibbs.py
+        import bench_bm_gibbs
+        return bench_bm_gibbs.run(args.device, args.quick, args.out)
     if args.family == "ising":  # flips per ns of the checkerboard sweeps: bench/bench_ising.py
         import bench_ising
         return bench_ising.main(["--device", args.device, "--out", args.out]

@@ -34,7 +34,7 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "philox_randint4x": ("reference", "cpu", "triton", "cuda"),
     "philox_rand": ("reference", "cpu", "triton", "cuda"),
     "hopfield_recall_async": ("reference", "cpu", "triton", "cuda"),
-    "bm_gibbs": ("reference", "cpu", "triton"),
+    "bm_gibbs": ("reference", "cpu", "triton", "cuda"),
     # a matrix product and a sign per sweep, in PyTorch: its reference runs on any device
     "hopfield_retrieval": ("reference", "cpu", "triton"),
     "ising_sweep": ("reference", "cpu", "triton", "cuda"),
@@ -55,7 +55,9 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
     "philox_rand": ("triton", "default until a GPU run measures genkernels.random"),
     "hopfield_recall_async": ("cuda", "state and fields in shared memory, no per-unit register "
                               "reductions (triton reads each lane by a masked sum); until a GPU run"),
-    "bm_gibbs": ("triton", "the only GPU backend (one program per chain)"),
+    "bm_gibbs": ("cuda", ("state, fields and order in shared memory, one block per chain, no "
+                          "N limit (triton holds N <= 4096 in registers and reads each lane by a "
+                          "masked sum); until a GPU run of bench/bench_bm_gibbs.py")),
     "hopfield_retrieval": ("triton", "the fused kernel; default until a GPU run of bench/bench_hopfield.py"),
     "ising_sweep": ("cuda", ("bit-packed multi-spin code, 64 spins per word; default until a "
                              "GPU run of bench/bench_ising.py")),

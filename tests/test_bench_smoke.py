@@ -83,3 +83,26 @@ def test_batch_anchors_run_the_same_rule(results):
             for case in _rows(results, workload=workload, op="batch_epoch", impl=anchor):
                 if case["qe"] is not None:
                     assert case["qe"] == pytest.approx(ours[0], rel=1e-4), case
+
+
+def test_bm_gibbs_runner_rates_every_backend_and_the_torch_loop(tmp_path):
+    """``bench/run.py bm_gibbs --quick``: one row per backend present and the PyTorch loop,
+    each rated on the C * N * S unit updates it did."""
+    if not os.path.isfile(RUNNER):
+        pytest.skip("bench/ is not in this checkout")
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, RUNNER, "bm_gibbs", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (json_path,) = tmp_path.glob("*-bm-gibbs-quick.json")
+    assert json_path.with_suffix(".md").is_file()
+    cases = json.loads(json_path.read_text())["cases"]
+    impls = {c["impl"] for c in cases}
+    assert "torch loop" in impls
+    import genkernels
+    if "cpu" in genkernels.available_backends("cpu"):
+        assert "cpu" in impls
+    for case in cases:
+        assert case["median_s"] > 0 and case["rounds"] >= 1, case
+        assert case["updates"] == case["chains_timed"] * case["N"] * case["sweeps"], case
+        assert case["updates_per_s"] == pytest.approx(case["updates"] / case["median_s"])

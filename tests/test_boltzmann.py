@@ -121,6 +121,96 @@ def test_triton_and_cpu_agree_at_unit_temperature():
     assert torch.equal(tri.cpu(), cpu)
 
 
+# ------------------------------------------------------------- cuda == cpu, draw for draw
+HAS_CUDA_BACKEND = "cuda" in backends.available_backends("cuda")
+needs_cuda_backend = pytest.mark.skipif(not HAS_CUDA_BACKEND, reason="cuda backend not built")
+
+
+def _dyadic_machine(n, seed, dtype):
+    """Weights and bias on a grid of 2^-(3 + q), |w| <= 2^-q with 2^q ~ sqrt(N): every field,
+    whatever the order of its sum, is exact in fp32 (at most 20 significant bits), so the
+    CPU's BLAS and cuBLAS start the chains from the same fields and only the probability
+    arithmetic (csrc/common/boltzmann.h) is compared; |h| stays O(1), so p is not 0 or 1."""
+    g = torch.Generator().manual_seed(seed)
+    q = (n - 1).bit_length() // 2
+    a = torch.randint(-8, 9, (n, n), generator=g, dtype=torch.int64)
+    w = torch.triu(a, 1)
+    w = ((w + w.T).to(torch.float64) / 2 ** (3 + q)).to(dtype)
+    b = (torch.randint(-8, 9, (n,), generator=g, dtype=torch.int64).to(torch.float64) / 8).to(dtype)
+    return w, b
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+@needs_cpu
+@pytest.mark.parametrize("scratch", ["shared", "global"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("order", reference.ORDERS)
+def test_cuda_equals_cpu_draw_for_draw(order, dtype, scratch, monkeypatch):
+    if scratch == "global":
+        monkeypatch.setenv("GENKERNELS_BM_GLOBAL", "1")
+    for n, c in [(1, 3), (7, 5), (33, 4), (300, 6), (1031, 3)]:
+        w, b = _dyadic_machine(n, n, dtype)
+        s0 = _states(c, n, n + 1, dtype)
+        clamp = torch.zeros(n, dtype=torch.bool)
+        if n > 2:
+            clamp[[0, n // 2]] = True
+        for temps, seed, offset in (([1.0, 0.5, 2.0, 1.3], 11, 5), ([0.7] * 3, 2**64 - 1, 2**63 - 50)):
+            want = ops.bm_gibbs(w, b, s0, temps, clamp, order, seed, offset, backend="cpu")
+            got = ops.bm_gibbs(w.cuda(), b.cuda(), s0.cuda(), temps, clamp.cuda(), order, seed, offset,
+                               backend="cuda")
+            assert torch.equal(got.cpu(), want), (n, temps)
+            assert torch.equal(got[:, clamp].cpu(), s0[:, clamp])  # clamped units never moved
+            if n >= 33:  # the draws are not decided in advance: the chains move
+                assert not torch.equal(want, s0)
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+@pytest.mark.parametrize("scratch", ["shared", "global"])
+def test_cuda_equals_the_reference_on_cuda_tensors_in_fp64(scratch, monkeypatch):
+    # Gaussian couplings: the reference on the same device starts from the same cuBLAS
+    # product and calls the same double exp, so the draws agree exactly
+    if scratch == "global":
+        monkeypatch.setenv("GENKERNELS_BM_GLOBAL", "1")
+    for n, c in [(1, 2), (7, 3), (33, 2)]:
+        w, b = _machine(n, 40 + n, torch.float64)
+        s0 = _states(c, n, n, torch.float64)
+        clamp = torch.zeros(n, dtype=torch.bool)
+        clamp[n - 1] = n > 1
+        args = (w.cuda(), b.cuda(), s0.cuda(), [1.0, 0.6, 1.7], clamp.cuda())
+        for order in reference.ORDERS:
+            want = ops.bm_gibbs(*args, order, 3, -7, backend="reference")
+            got = ops.bm_gibbs(*args, order, 3, -7, backend="cuda")
+            assert torch.equal(got, want), (n, order)
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+def test_cuda_is_the_auto_choice_and_samples_the_exact_distribution():
+    assert backends.resolve("bm_gibbs", torch.device("cuda")) == "cuda"
+    bm = BoltzmannMachine(4, 2, seed=3, init_std=0.8, dtype=torch.float64, device="cuda")
+    bm.bias.copy_(torch.linspace(-1, 1, bm.n_units, dtype=torch.float64))
+    samples = bm.sample(40000, n_sweeps=30)
+    p = _chi_square_p(reference.state_index(samples).cpu(), bm.probabilities().cpu())
+    assert p > 1e-3, p
+
+
+@pytest.mark.gpu
+@needs_cuda_backend
+def test_cuda_opcheck_and_empty():
+    w, b = _machine(6, 2)
+    clamp = torch.zeros(6, dtype=torch.bool, device="cuda")
+    clamp[1] = True
+    for dtype in (torch.float32, torch.float64):
+        args = (w.to("cuda", dtype), b.to("cuda", dtype), _states(3, 6, 0, dtype).cuda(), clamp,
+                torch.tensor([1.0, 0.5], dtype=dtype, device="cuda"))
+        torch.library.opcheck(torch.ops.genkernels.bm_gibbs.default, (*args, True, 3, 0))
+        torch.library.opcheck(torch.ops.genkernels.bm_gibbs.default, (*args, False, 0, -4))
+    out = ops.bm_gibbs(w.cuda(), b.cuda(), torch.empty(0, 6, device="cuda"), 1.0, backend="cuda")
+    assert out.shape == (0, 6) and out.is_cuda
+
+
 # ----------------------------------------------------------- statistics (chi-square)
 def _chi_square_p(samples_idx, probs):
     counts = torch.bincount(samples_idx, minlength=probs.numel()).double()

@@ -112,3 +112,20 @@ def test_hopfield_family_report(static_report):
     # which keeps an 8-24 byte frame at 8 warps (80 registers; not register pressure)
     assert all(r["stack"] == 0 for r in rows if "fp64" not in r["kernel"] or "retrieval" in r["kernel"])
     assert all(r["stack"] <= 24 for r in rows)
+
+
+def test_boltzmann_family_report(static_report):
+    proc, out = static_report
+    assert proc.returncode == 0
+    rows = json.loads((out / "boltzmann.json").read_text())["kernels"]
+    triton = {r["kernel"] for r in rows if r["source"] == "triton"}
+    assert any(n.startswith("_bm_gibbs_kernel[") for n in triton)
+    assert all(r["local"] == 0 and r["shared"] <= r["shared_limit"] for r in rows)
+    if _nvcc_available():  # the persistent Gibbs kernel (csrc/cuda/boltzmann.cu), fp32 and fp64
+        cuda = [r for r in rows if r["source"] == "cuda" and r["file"] == "csrc/cuda/boltzmann.cu"]
+        assert {r["kernel"] for r in cuda} == {"bm_gibbs_kernel<float>", "bm_gibbs_kernel<double>"}
+        assert {r["arch"] for r in cuda} == {"sm_80", "sm_90a"}
+        # no spills; few registers, so eight 256-thread blocks (chains) fit an SM
+        assert all(0 < r["registers"] <= 32 and r["stack"] == 0 for r in cuda)
+        # the fp32 probability takes its exp in double (csrc/common/boltzmann.h)
+        assert all(r["sass"]["DFMA"] > 0 for r in cuda)

@@ -9,8 +9,9 @@
 //             (csrc/common/philox.h): word 0 keys the random order (a stable argsort:
 //             sorting (key << 32 | unit) as uint64), word 1 is unit i's uniform. A visited,
 //             unclamped unit turns on iff u < 1 / (1 + exp(-h / T)) (in the fields'
-//             dtype); a change by delta = +-1 updates h += delta * W[i, :] (row i = column
-//             i), one rounding per element as in the reference's h.add_(W[i], alpha).
+//             dtype; csrc/common/boltzmann.h, the arithmetic the CUDA kernel runs); a
+//             change by delta = +-1 updates h += delta * W[i, :] (row i = column i), one
+//             rounding per element as in the reference's h.add_(W[i], alpha).
 //
 // States are kept as int8 per chain; fields in W's dtype (fp32 or fp64).
 #include <ATen/ATen.h>
@@ -23,6 +24,8 @@
 #include <tuple>
 #include <vector>
 
+#include "boltzmann_checks.h"
+#include "common/boltzmann.h"
 #include "common/philox.h"
 
 namespace genkernels::boltzmann::cpu {
@@ -57,8 +60,7 @@ void run_chain(const scalar_t* __restrict__ w, const scalar_t* __restrict__ temp
     for (int64_t k = 0; k < n; ++k) {
       const int64_t i = units[k];
       if (clamp[i]) continue;
-      const scalar_t p = scalar_t(1) / (scalar_t(1) + std::exp(-(fields[i] / temp)));
-      const int8_t next = static_cast<scalar_t>(uniform[i]) < p ? int8_t{1} : int8_t{0};
+      const int8_t next = unit_turns_on(fields[i], temp, uniform[i]) ? int8_t{1} : int8_t{0};
       if (next == state[i]) continue;
       const scalar_t delta = next ? scalar_t(1) : scalar_t(-1);
       state[i] = next;
@@ -86,21 +88,8 @@ void run_chains(const scalar_t* w, const scalar_t* temps, const bool* clamp, int
 at::Tensor bm_gibbs_cpu(const at::Tensor& weights, const at::Tensor& bias, const at::Tensor& states,
                         const at::Tensor& clamp, const at::Tensor& temperatures, bool random_order,
                         int64_t seed, int64_t offset) {
-  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == weights.size(1),
-              "bm_gibbs: weights must be (N, N); got ", weights.sizes());
+  check_gibbs_args(weights, bias, states, clamp, temperatures);
   const int64_t n = weights.size(0);
-  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == n, "bm_gibbs: bias must be (", n, "); got ", bias.sizes());
-  TORCH_CHECK(states.dim() == 2 && states.size(1) == n, "bm_gibbs: states must be (C, ", n, "); got ",
-              states.sizes());
-  TORCH_CHECK(clamp.dim() == 1 && clamp.size(0) == n && clamp.scalar_type() == at::kBool,
-              "bm_gibbs: clamp must be a (", n, ") bool tensor; got ", clamp.sizes(), " ", clamp.scalar_type());
-  TORCH_CHECK(temperatures.dim() == 1, "bm_gibbs: temperatures must be (S,); got ", temperatures.sizes());
-  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
-              "bm_gibbs: weights must be float32 or float64; got ", weights.scalar_type());
-  for (const at::Tensor* t : {&bias, &states, &temperatures}) {
-    TORCH_CHECK(t->scalar_type() == weights.scalar_type(), "bm_gibbs: bias, states and temperatures must have "
-                "weights' dtype ", weights.scalar_type(), "; got ", t->scalar_type());
-  }
   const int64_t c_count = states.size(0), n_sweeps = temperatures.size(0);
   if (c_count == 0 || n == 0 || n_sweeps == 0) return states.clone();
 

@@ -3,7 +3,8 @@
 Re-exported flat in ``genkernels.ops``. Backends (see ``genkernels.backends``): the
 sequential Gibbs sweep ``bm_gibbs`` runs on ``reference`` (genkernels/boltzmann/
 bm_reference.py, a Python loop: an oracle for small sizes), ``cpu`` (csrc/cpu/
-boltzmann.cpp) or ``triton`` (genkernels/boltzmann/bm_triton.py, one program per chain).
+boltzmann.cpp), ``triton`` (genkernels/boltzmann/bm_triton.py, one program per chain) or
+``cuda`` (csrc/cuda/boltzmann.cu, one thread block per chain, state in shared memory).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def bm_gibbs(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor,
         order: "random" (a Philox permutation per chain and sweep) or "sequential".
         seed: int in [0, 2^64); offset: int64. A caller sampling again advances offset by
             C * S * N.
-        backend: "reference", "cpu" or "triton" (None: auto; see genkernels.backends).
+        backend: "reference", "cpu", "triton" (N <= 4096) or "cuda" (None: auto; see
+            genkernels.backends).
     Returns:
         states after the S sweeps, states' shape and dtype.
     """
