@@ -317,9 +317,12 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.family == "hopfield":  # its own cases and table: bench/bench_hopfield.py
+    if args.family == "hopfield":  # retrieval (bench/bench_hopfield.py), then async recall
         import bench_hopfield
-        return bench_hopfield.run(args.device, args.quick, args.out)
+        import bench_hopfield_recall
+        status = bench_hopfield.run(args.device, args.quick, args.out)
+        return status or bench_hopfield_recall.main(["--device", args.device, "--out", args.out]
+                                                    + (["--quick"] if args.quick else []))
     if args.family == "ising":  # flips per ns of the checkerboard sweeps: bench/bench_ising.py
         import bench_ising
         return bench_ising.main(["--device", args.device, "--out", args.out]
