@@ -5,6 +5,7 @@
 #                                     workload: genkernels, the eager PyTorch loop, the bare products)
 #   ising      bench/run.py ising    (flips per ns: cuda, triton, reference)
 #   recall     bench/bench_hopfield_recall.py (async Hopfield recall, unit updates per second)
+#   bm_gibbs   bench/bench_bm_gibbs.py (Boltzmann Gibbs sweeps, unit updates per second; when present)
 #   retrieval  bench/bench_hopfield.py (continuous Hopfield retrieval vs the SDPA loop and its
 #                                       torch.compile version; shorter time budget per case)
 # (`genkernels bench hopfield --device cuda` runs retrieval then recall in one command; here
@@ -15,7 +16,7 @@
 # Results go to bench/results/ (as every runner writes them) and are copied to
 # $OUT/results; logs to $OUT (default ./gpu_out). Anchor wheels in ./.whl are installed into
 # /tmp/site first when present; MNIST is read from ./.gpudata when present. Every step has
-# its own time limit in seconds (BUILD_S, TEST_S, ENERGY_S, ISING_S, RECALL_S, RETRIEVAL_S),
+# its own time limit in seconds (BUILD_S, TEST_S, ENERGY_S, ISING_S, RECALL_S, BM_GIBBS_S, RETRIEVAL_S),
 # a failed or timed-out step does not stop the next, and a summary of every step ends the output.
 set -u
 cd "$(dirname "$0")/.."
@@ -64,14 +65,16 @@ fi
 test_opts=(-q -ra -p no:cacheprovider)
 "$PY" -c "import xdist" 2>/dev/null && test_opts+=(-n "${TEST_WORKERS:-8}")
 "$PY" -c "import pytest_timeout" 2>/dev/null && test_opts+=(--timeout 60)
-step tests "${TEST_S:-90}" test.log "$PY" -m pytest "${test_opts[@]}" \
+step tests "${TEST_S:-80}" test.log "$PY" -m pytest "${test_opts[@]}" \
   tests/test_rbm_kernels.py tests/test_rbm.py tests/test_boltzmann.py tests/test_ising.py \
   tests/test_hopfield.py tests/test_hopfield_retrieval.py -k "gpu or cuda or triton"
 
-step energy "${ENERGY_S:-100}" bench_energy.log "$PY" bench/run.py energy --device cuda --out bench/results
+step energy "${ENERGY_S:-90}" bench_energy.log "$PY" bench/run.py energy --device cuda --out bench/results
 step ising "${ISING_S:-60}" bench_ising.log "$PY" bench/run.py ising --device cuda --out bench/results
-step recall "${RECALL_S:-50}" bench_recall.log "$PY" bench/bench_hopfield_recall.py --device cuda --out bench/results
-step retrieval "${RETRIEVAL_S:-90}" bench_retrieval.log "$PY" bench/bench_hopfield.py --device cuda --budget 0.5 \
+step recall "${RECALL_S:-45}" bench_recall.log "$PY" bench/bench_hopfield_recall.py --device cuda --out bench/results
+[ -f bench/bench_bm_gibbs.py ] && step bm_gibbs "${BM_GIBBS_S:-45}" bench_bm_gibbs.log "$PY" bench/bench_bm_gibbs.py \
+  --device cuda --out bench/results
+step retrieval "${RETRIEVAL_S:-80}" bench_retrieval.log "$PY" bench/bench_hopfield.py --device cuda --budget 0.5 \
   --out bench/results
 
 mkdir -p "$OUT/results"
