@@ -11,7 +11,7 @@ unless said otherwise):
   skipped when absent;
 * ``large``: 784 visible x 1024 hidden, batch 1024, PCD-10, on the ``mnist`` rows (the
   first 10,000 ``random`` rows when MNIST is absent; 2,000 rows with --quick), every
-  device: about ten batches, 1.5 s per epoch on 2 CPU cores. TF32 is allowed for this
+  device: ten batches, 2-5 s per epoch on 2 CPU cores (about 380 GFLOP of products). TF32 is allowed for this
   workload alone on CUDA (``torch.backends.cuda.matmul.allow_tf32``, off everywhere else in
   the run): it applies to every torch.mm / addmm of the ideal row and the eager loop and to
   the gradient products of genkernels; the fused Triton half-step multiplies in fp32 whatever
