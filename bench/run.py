@@ -1,6 +1,6 @@
 """Benchmark runner: every backend and every anchor on the same inputs, in one run.
 
-    python bench/run.py [som|ising] [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
+    python bench/run.py [som|hopfield|ising|energy|bm_gibbs] [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
 
 Times each case of bench/bench_som.py with ``time.perf_counter`` (one warm-up call,
 then rounds until the time budget is spent), prints a Markdown table of medians and
@@ -37,8 +37,8 @@ REPO = os.path.dirname(BENCH_DIR)
 if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
-FAMILIES = ("som", "hopfield", "ising", "energy")  # energy: bench/bench_energy.py (RBM epochs, <machine>-energy.*)
-FAMILIES += ("bm_gibbs",)  # bench/bench_bm_gibbs.py (Boltzmann Gibbs sweeps, <machine>-bm-gibbs.*)
+FAMILIES = ("som", "hopfield", "ising", "energy", "bm_gibbs")  # energy: bench/bench_energy.py (RBM epochs);
+# bm_gibbs: bench/bench_bm_gibbs.py (Boltzmann Gibbs sweeps, <machine>-bm-gibbs.*)
 # Seconds of timed rounds per case; a case whose single round exceeds 3x this is
 # measured once.
 BUDGET_S = {False: 2.0, True: 0.2}
@@ -318,9 +318,12 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.family == "hopfield":  # its own cases and table: bench/bench_hopfield.py
+    if args.family == "hopfield":  # retrieval (bench/bench_hopfield.py), then async recall
         import bench_hopfield
-        return bench_hopfield.run(args.device, args.quick, args.out)
+        import bench_hopfield_recall
+        status = bench_hopfield.run(args.device, args.quick, args.out)
+        return status or bench_hopfield_recall.main(["--device", args.device, "--out", args.out]
+                                                    + (["--quick"] if args.quick else []))
     if args.family == "bm_gibbs":  # unit updates per second: bench/bench_bm_gibbs.py
         import bench_bm_gibbs
         return bench_bm_gibbs.run(args.device, args.quick, args.out)

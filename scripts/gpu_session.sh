@@ -5,7 +5,7 @@
 # $OUT (default ./gpu_out). Anchor wheels in ./.whl (minisom, torchsom, xpysom and
 # their needs) are installed into /tmp/site first when present; MNIST is read from
 # ./.gpudata when present. Each stage has its own time limit so that a slow stage
-# cannot eat the next one's.
+# cannot eat the next one's. The energy family in one call: scripts/gpu_final.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -53,9 +53,13 @@ for stage in "${stages[@]}"; do
       ;;
     bench|quickbench)
       q=""; [ "$stage" = quickbench ] && q="--quick"
-      timeout ${BENCH_TIMEOUT:-300} "$PY" bench/run.py ${BENCH_FAMILIES:-som} --device cuda $q --out "$OUT" \
-        >"$OUT/bench.log" 2>&1
-      echo "== $stage rc=$? ($(($(date +%s) - t0)) s)"; tail -40 "$OUT/bench.log"
+      # BENCH_FAMILIES: one or more of som energy ising hopfield, each with its own limit
+      for family in ${BENCH_FAMILIES:-som}; do
+        t1=$(date +%s)
+        timeout ${BENCH_TIMEOUT:-300} "$PY" bench/run.py "$family" --device cuda $q --out "$OUT" \
+          >"$OUT/bench-$family.log" 2>&1
+        echo "== $stage $family rc=$? ($(($(date +%s) - t1)) s)"; tail -40 "$OUT/bench-$family.log"
+      done
       ;;
     extra)
       [ -n "${EXTRA:-}" ] && timeout ${EXTRA_TIMEOUT:-120} bash -c "$EXTRA" >"$OUT/extra.log" 2>&1

@@ -1,6 +1,7 @@
 """Smoke test of the benchmark runner: ``bench/run.py --quick`` measures every case and
 writes a results file whose numbers make sense."""
 
+import importlib
 import importlib.util
 import json
 import math
@@ -106,3 +107,118 @@ def test_bm_gibbs_runner_rates_every_backend_and_the_torch_loop(tmp_path):
         assert case["median_s"] > 0 and case["rounds"] >= 1, case
         assert case["updates"] == case["chains_timed"] * case["N"] * case["sweeps"], case
         assert case["updates_per_s"] == pytest.approx(case["updates"] / case["median_s"])
+
+
+# ------------------------------------------------- energy family and sklearn compat
+BENCH = os.path.join(REPO, "bench")
+
+
+def _bench_module(name):
+    if not os.path.isfile(os.path.join(BENCH, name + ".py")):
+        pytest.skip("bench/ is not in this checkout")
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def energy(tmp_path_factory):
+    """bench/run.py energy's main on tiny workloads: 300 random rows at the default shapes
+    (784 x 256, batch 100, PCD-1) and a 'large' workload shrunk to 784 x 32, batch 64, PCD-3."""
+    import argparse
+
+    import numpy as np
+    bench_energy = _bench_module("bench_energy")
+    rows = (np.random.default_rng(0).random((300, 784)) < 0.2).astype(np.float32)
+    out = tmp_path_factory.mktemp("energy")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_energy, "workloads", lambda quick, data: {"random": rows, "large": rows[:200]})
+        mp.setattr(bench_energy, "LARGE", {"n_hidden": 32, "batch": 64, "k": 3})
+        mp.setattr(bench_energy, "PAUSE_S", {False: 0.0, True: 0.0})
+        args = argparse.Namespace(device="cpu", quick=True, out=str(out), data=None)
+        assert bench_energy.main(args) == 0
+    (json_path,) = out.glob("*-energy-quick.json")
+    assert "| x eager |" in json_path.with_suffix(".md").read_text()
+    return json.loads(json_path.read_text()), rows
+
+
+def _untrained_recon(rows, n_hidden):
+    """Reconstruction error of an RBM at its initial weights N(0, 0.01^2), zero biases."""
+    import types
+
+    import numpy as np
+    import torch
+    bench_energy = _bench_module("bench_energy")
+    g = torch.Generator().manual_seed(0)
+    model = types.SimpleNamespace(weights=torch.randn(784, n_hidden, generator=g) * 0.01,
+                                  visible_bias=torch.zeros(784), hidden_bias=torch.zeros(n_hidden))
+    return bench_energy.reconstruction_error(model, np.asarray(rows))
+
+
+def test_energy_bench_has_the_eager_loop_and_the_large_workload(energy):
+    results, _ = energy
+    by = {(c["workload"], c["impl"]): c for c in results["cases"]}
+    for workload in ("random", "large"):
+        for impl in ("ideal (torch.mm)", "cpu", "eager loop"):
+            case = by[(workload, impl)]
+            assert case["median_s"] > 0 and case["rounds"] == 2, case
+            assert case["x_eager"] > 0, case
+        assert by[(workload, "eager loop")]["x_eager"] == 1.0
+    assert ("random", "sklearn BernoulliRBM") in by
+    assert ("large", "sklearn BernoulliRBM") not in by  # scikit-learn runs PCD-1 only
+    assert by[("large", "cpu")]["shapes"] == {"n": 200, "n_visible": 784, "n_hidden": 32, "batch": 64, "k": 3}
+    assert by[("random", "cpu")]["shapes"]["k"] == 1
+    assert not any(c["tf32"] for c in results["cases"])  # TF32 only ever on CUDA
+
+
+@pytest.mark.parametrize("workload", ["random", "large"])
+def test_energy_eager_loop_learns_as_ours(energy, workload):
+    """The eager loop runs genkernels.RBM's rule: after the epoch its reconstruction error
+    sits where ours does (other random draws), well below the untrained model's."""
+    results, rows = energy
+    by = {c["impl"]: c for c in results["cases"] if c["workload"] == workload}
+    n = by["cpu"]["shapes"]["n"]
+    start = _untrained_recon(rows[:n], by["cpu"]["shapes"]["n_hidden"])
+    progress = start - by["cpu"]["recon"]
+    assert progress > 0.01, (start, by["cpu"]["recon"])
+    assert abs(by["eager loop"]["recon"] - by["cpu"]["recon"]) < 0.25 * progress, (start, by)
+
+
+def test_compat_bench_times_both_estimators(tmp_path, monkeypatch):
+    bench_compat_rbm = _bench_module("bench_compat_rbm")
+    monkeypatch.setattr(bench_compat_rbm, "ROWS", {False: 200, True: 200})
+    monkeypatch.setattr(bench_compat_rbm, "PAUSE_S", {False: 0.0, True: 0.0})
+    assert bench_compat_rbm.main(["--quick", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("*-compat-rbm-quick.json")
+    assert json_path.with_suffix(".md").is_file()
+    cases = json.loads(json_path.read_text())["cases"]
+    by = {(c["impl"], c["shapes"]["batch_size"]): c for c in cases}
+    assert set(by) == {(impl, b) for impl in ("genkernels", "sklearn") for b in (100, 10)}
+    for (impl, batch), case in by.items():
+        assert case["median_s"] > 0 and case["dtype"] == "float64", case
+        assert case["shapes"]["n"] == 200 and case["shapes"]["n_components"] == 256
+        assert 0 < case["min_s"] <= case["median_s"], case
+        if impl == "sklearn":
+            assert case["x_faster_than_sklearn"] == case["x_faster_than_sklearn_best"] == 1.0
+        assert 0 < case["recon"] < 0.25, case
+    # the same rule from scikit-learn's initial weights: at batch 100 the same reconstruction
+    # error up to the sampling noise of one pass (its spread over random_state 0-5 on these
+    # 200 rows: 2e-4 for either estimator; at batch 10 it is 0.02, too wide to compare)
+    assert by[("genkernels", 100)]["recon"] == pytest.approx(by[("sklearn", 100)]["recon"], abs=2e-3), by
+
+
+def test_hopfield_family_runs_retrieval_then_recall(tmp_path, monkeypatch):
+    """`genkernels bench hopfield` runs the retrieval benchmark and the async-recall one
+    (the retrieval stubbed here: its torch.compile rows take minutes on 2 cores)."""
+    runner = _bench_module("run")
+    bench_hopfield = _bench_module("bench_hopfield")
+    calls = []
+    monkeypatch.setattr(bench_hopfield, "run", lambda *args: calls.append(args) or 0)
+    # as on the command line: no Triton interpreter, so no interpreted backend is timed
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert runner.main(["hopfield", "--quick", "--out", str(tmp_path)]) == 0
+    assert calls == [("cpu", True, str(tmp_path))]
+    (recall,) = tmp_path.glob("*-hopfield-recall-quick.json")
+    rows = json.loads(recall.read_text())["rows"]
+    assert {"cpu", "torch loop"} <= {r["impl"] for r in rows}
+    assert all(r["updates_per_s"] > 0 for r in rows)

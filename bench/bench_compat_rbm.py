@@ -1,0 +1,160 @@
+"""scikit-learn compatibility benchmark: ``genkernels.compat.BernoulliRBM.fit`` against
+``sklearn.neural_network.BernoulliRBM.fit`` on the same array, same parameters.
+
+    python bench/bench_compat_rbm.py [--quick] [--out DIR] [--data DIR]
+
+Workload: 5,000 rows x 784 features in float64 (scikit-learn's default dtype path): the
+first 5,000 MNIST images as grey levels in [0, 1] when MNIST is found in --data /
+$GENKERNELS_DATA / ../shared/data/mnist, else 5,000 random binary rows of density 0.2
+(seed 0); --quick: 500 rows. Both estimators get ``n_components=256, learning_rate=0.1,
+n_iter=1, random_state=0`` and ``batch_size`` 100 or 10: one pass of persistent CD-1, the
+whole ``fit`` (validation, initialisation, training) on CPU.
+
+Every case runs once as a warm-up, then the cases run in interleaved rounds (each round
+times every case once, after a short idle pause: thread pools that spin after a call
+otherwise slow the next one), so that a change of load on a shared machine hits them
+alike. ``x faster`` = the median over rounds of scikit-learn's time / genkernels' time at
+the same batch size in the same round; ``best`` = the fastest round and ``x faster (best)``
+the ratio of the fastest rounds (on a machine shared with other jobs, rounds that overlap
+another job's multi-threaded work can take 10-30x longer: the fastest round is what the
+machine does alone); recon = mean-field reconstruction MSE of the
+fitted model on the first 1,000 rows (bench_energy.reconstruction_error, one formula for
+both). Results go to ``<out>/<machine>-compat-rbm.{json,md}`` (``-quick`` added with
+--quick; default bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+
+import numpy as np
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+for path in (BENCH_DIR, REPO):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import run as runner  # bench/run.py: machine name, versions, results writer
+from bench_energy import data_dir, reconstruction_error
+
+ROWS = {False: 5_000, True: 500}
+N_FEATURES, N_COMPONENTS, LEARNING_RATE = 784, 256, 0.1
+BATCH_SIZES = (100, 10)
+ROUNDS = {False: 7, True: 2}
+PAUSE_S = {False: 1.0, True: 0.1}
+
+
+def load_data(quick: bool, data: str | None) -> tuple[str, np.ndarray]:
+    """(name, (rows, 784) float64 in [0, 1])."""
+    rows = ROWS[quick]
+    try:
+        from genkernels.data import load_mnist
+        images, _ = load_mnist(data_dir(data))
+    except FileNotFoundError as exc:
+        print(f"[bench] MNIST not found ({exc}): random binary rows instead", file=sys.stderr)
+        rng = np.random.default_rng(0)
+        return "random", (rng.random((rows, N_FEATURES)) < 0.2).astype(np.float64)
+    return "mnist", images[:rows].astype(np.float64)
+
+
+def make_fit(impl: str, x: np.ndarray, batch_size: int):
+    if impl == "genkernels":
+        from genkernels.compat import BernoulliRBM
+    else:
+        from sklearn.neural_network import BernoulliRBM
+
+    def fit():
+        return BernoulliRBM(n_components=N_COMPONENTS, learning_rate=LEARNING_RATE, batch_size=batch_size,
+                            n_iter=1, random_state=0).fit(x)
+    return fit
+
+
+def measure(x: np.ndarray, quick: bool, meta: dict) -> list[dict]:
+    """Every (impl, batch size) case: a warm-up, then interleaved timed rounds."""
+    cases = [(impl, batch) for batch in BATCH_SIZES for impl in ("genkernels", "sklearn")]
+    fns = [make_fit(impl, x, batch) for impl, batch in cases]
+    for fn in fns:
+        fn()
+    rounds = ROUNDS[quick]
+    times = np.zeros((rounds, len(cases)))
+    models = [None] * len(cases)
+    for r in range(rounds):
+        for i, fn in enumerate(fns):
+            time.sleep(PAUSE_S[quick])
+            start = time.perf_counter()
+            models[i] = fn()
+            times[r, i] = time.perf_counter() - start
+        print(f"[bench] compat round {r + 1}/{rounds}: "
+              + ", ".join(f"{impl} batch {batch} {t * 1e3:.1f} ms" for (impl, batch), t in zip(cases, times[r])),
+              file=sys.stderr, flush=True)
+    records = []
+    for i, (impl, batch) in enumerate(cases):
+        sklearn_times = times[:, cases.index(("sklearn", batch))]
+        q1, med, q3 = np.percentile(times[:, i], [25, 50, 75])
+        records.append({
+            "suite": "compat_rbm", "workload": meta["workload"], "impl": impl, "device": "cpu",
+            "dtype": "float64", "shapes": {"n": x.shape[0], "n_features": N_FEATURES,
+                                           "n_components": N_COMPONENTS, "batch_size": batch},
+            "n_iter": 1, "median_s": float(med), "iqr_s": float(q3 - q1), "rounds": rounds,
+            "times_s": times[:, i].tolist(), "recon": reconstruction_error(models[i], x),
+            "min_s": float(times[:, i].min()),
+            "x_faster_than_sklearn": float(np.median(sklearn_times / times[:, i])),
+            "x_faster_than_sklearn_best": float(sklearn_times.min() / times[:, i].min()),
+            "versions": meta["versions"], "commit": meta["commit"]})
+    return records
+
+
+def markdown(records: list[dict], meta: dict) -> str:
+    s = records[0]["shapes"]
+    lines = [f"# scikit-learn BernoulliRBM compatibility: {meta['machine']} (cpu)", "",
+             f"{meta['created']}, commit `{meta['commit']}`, "
+             + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v is not None) + ".",
+             (f"Load average (1 min) {meta['load_avg_start']} at the start, {meta['load_avg_end']} at "
+              f"the end, on {os.cpu_count()} cores."),
+             (f"`BernoulliRBM(n_components={s['n_components']}, learning_rate={LEARNING_RATE}, "
+              f"batch_size=..., n_iter=1, random_state=0).fit(x)`, x = {meta['workload']} "
+              f"{s['n']:,} x {s['n_features']} float64; genkernels = `genkernels.compat.BernoulliRBM`, "
+              "sklearn = `sklearn.neural_network.BernoulliRBM`."
+              + (" Quick mode: shrunken workload, smoke test only." if meta["quick"] else "")), "",
+             ("x faster = median over interleaved rounds of scikit-learn's time / the row's time at the "
+              "same batch size; best = the fastest round, x faster (best) = the ratio of the fastest "
+              "rounds (rounds that overlap other jobs on a shared machine can be 10-30x slower); recon = "
+              "mean-field reconstruction MSE on the first 1,000 rows."), "",
+             "| batch size | impl | median | IQR | best | rounds | recon | x faster than sklearn | x faster (best) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['shapes']['batch_size']} | {r['impl']} | {runner._fmt_s(r['median_s'])} | "
+                     f"{runner._fmt_s(r['iqr_s'])} | {runner._fmt_s(r['min_s'])} | {r['rounds']} | "
+                     f"{r['recon']:.4f} | {r['x_faster_than_sklearn']:.3g} | {r['x_faster_than_sklearn_best']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench_compat_rbm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="500 rows, 2 rounds (smoke test)")
+    p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"), help="results folder")
+    p.add_argument("--data", default=None, help="MNIST folder (default $GENKERNELS_DATA or ../shared/data/mnist)")
+    args = p.parse_args(argv)
+    import importlib.metadata
+    workload, x = load_data(args.quick, args.data)
+    meta = {"machine": runner.machine_name("cpu"), "device": "cpu", "quick": args.quick, "workload": workload,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "load_avg_start": round(os.getloadavg()[0], 2),
+            "versions": {**runner.versions(), "scikit-learn": importlib.metadata.version("scikit-learn")},
+            "commit": runner.git_commit()}
+    records = measure(x, args.quick, meta)
+    meta["load_avg_end"] = round(os.getloadavg()[0], 2)
+    table = markdown(records, meta)
+    print(table)
+    runner.write_results(args.out, meta["machine"] + "-compat-rbm" + ("-quick" if args.quick else ""), meta,
+                         records, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
