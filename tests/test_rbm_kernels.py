@@ -215,6 +215,30 @@ def test_triton_on_cuda_matches_reference(dtype, transpose):
         assert torch.equal(samples.cpu()[decided], ref_samples[decided])
 
 
+@pytest.mark.gpu
+def test_triton_on_cuda_follows_torchs_tf32_flag(monkeypatch):
+    """With TF32 allowed for fp32 products the half-step multiplies in tf32 (as torch.mm
+    does): probabilities within tf32's rounding of the reference, different from the IEEE
+    kernel's, and samples equal wherever the uniform is clear of that rounding."""
+    seed, offset = 11, 5
+    g = torch.Generator().manual_seed(3)
+    # trained-RBM scale: |W| ~ 0.05, so a tf32 operand (relative error <= 2^-11) moves a
+    # pre-activation of ~310 active inputs by ~2.5e-4 (one standard deviation)
+    w = torch.randn(784, 256, generator=g) * 0.05
+    bias = torch.randn(256, generator=g) * 0.5
+    s = (torch.rand(1000, 784, generator=g) < 0.4).to(torch.uint8)
+    ref_samples, ref_probs = ops.rbm_half_step(s, w, bias, seed, offset, False, True, backend="reference")
+    args = (s.cuda(), w.cuda(), bias.cuda(), seed, offset, False, True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    _, ieee = ops.rbm_half_step(*args, backend="triton")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    samples, tf32 = ops.rbm_half_step(*args, backend="triton")
+    assert not torch.equal(tf32, ieee)  # the tensor cores ran in tf32
+    torch.testing.assert_close(tf32.cpu(), ref_probs, rtol=0, atol=1e-3)
+    decided = (_uniforms(seed, offset, *ref_probs.shape) - ref_probs).abs() > 1e-3
+    assert torch.equal(samples.cpu()[decided], ref_samples[decided])
+
+
 @needs_cpu
 @pytest.mark.parametrize("isa", ["avx2", "native"])
 def test_cpu_vector_paths_draw_the_reference_stream(isa, monkeypatch):

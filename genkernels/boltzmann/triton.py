@@ -7,12 +7,19 @@ calls for ``backend="triton"``. The signature is the C++ schema of csrc/genkerne
 with a ``_triton`` suffix; the oracle is genkernels/boltzmann/reference.py.
 
 One program owns a (BLOCK_B, BLOCK_N) tile of the output: it accumulates s @ W over
-BLOCK_K-wide slices with ``tl.dot`` (``input_precision="ieee"``: the probabilities are
-compared with uniforms, so tf32's 10-bit products would move samples), adds the bias,
+BLOCK_K-wide slices with ``tl.dot``, adds the bias,
 applies the sigmoid and, in the same registers, draws word j % 4 of ``tl.rand4x(seed,
 offset + b * Q + j // 4)`` (Q = ceil(n_out / 4)) per element and stores the uint8 sample
 (and the probability when asked). States
 arrive as uint8 samples or floats and are widened on load.
+
+Precision of the product: fp32 IEEE (``input_precision="ieee"``) by default -- the
+probabilities are compared with uniforms, so tf32's 10-bit operands move the samples whose
+uniform lies within about 1e-3 of their probability. Where the caller has allowed TF32 for
+fp32 matrix products on CUDA (``torch.backends.cuda.matmul.allow_tf32 = True``, or
+``torch.set_float32_matmul_precision("high")``), the kernel follows torch and multiplies
+on the tensor cores in tf32, as torch.mm then does for the rest of the update; fp64 is
+always IEEE. The flag is read at each call.
 
 Seeds travel through the op schema as int64 (the bit pattern of a seed in [0, 2^64)) and
 reach the kernel as the Python int in [0, 2^64), as in genkernels/triton_random.py.
@@ -49,6 +56,7 @@ def _rbm_half_step_kernel(
     RETURN_PROBS: tl.constexpr,
     ACC: tl.constexpr,         # tl.float32, or tl.float64 for fp64 weights
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr = "ieee",  # tl.dot input precision: "ieee", or "tf32" (fp32, TF32 allowed)
 ):
     # program (pb, pn) owns rows [pb * BLOCK_B, ...) and output units [pn * BLOCK_N, ...);
     # 64-bit row indices: B * N_OUT may exceed 2^31
@@ -64,7 +72,7 @@ def _rbm_half_step_kernel(
                     mask=row_ok[:, None] & k_ok[None, :], other=0).to(ACC)
         w = tl.load(W + ks[:, None].to(tl.int64) * stride_wk + cols[None, :].to(tl.int64) * stride_wn,
                     mask=k_ok[:, None] & col_ok[None, :], other=0).to(ACC)
-        acc = tl.dot(s, w, acc, input_precision="ieee")
+        acc = tl.dot(s, w, acc, input_precision=PRECISION)
     bias = tl.load(BIAS + cols, mask=col_ok, other=0).to(ACC)
     p = tl.sigmoid(acc + bias[None, :])
     out = rows[:, None] * N_OUT + cols[None, :]
@@ -95,13 +103,21 @@ def rbm_half_step_fwd(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed
         return samples, probs
     cfg = CONFIG[dt]
     grid = (triton.cdiv(rows, cfg["BLOCK_B"]), triton.cdiv(n_out, cfg["BLOCK_N"]))
+    precision = "tf32" if dt == torch.float32 and tf32_allowed(s.device) else "ieee"
     _rbm_half_step_kernel[grid](
         s, w, bias, samples, probs if return_probs else samples, seed & _UINT64_MASK, offset,
         rows, n_in, n_out, max(s.stride(0), 1), stride_wk, stride_wn,
         RETURN_PROBS=return_probs, ACC=tl.float64 if dt == torch.float64 else tl.float32,
-        BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], PRECISION=precision,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return samples, probs
+
+
+def tf32_allowed(device: torch.device) -> bool:
+    """Whether torch lets fp32 matrix products on ``device`` use TF32: CUDA devices with
+    ``torch.backends.cuda.matmul.allow_tf32`` (set directly or by
+    ``torch.set_float32_matmul_precision("high" | "medium")``). Never under the interpreter."""
+    return device.type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 @torch.library.custom_op("genkernels::rbm_half_step_triton", mutates_args=())
