@@ -40,16 +40,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import backends
 from .. import checkpoint as ckpt
 from .. import random as gk_random
 from .._checks import OnWeights, check_choice, check_int, compiling
-from .ops import half_step
+from .ops import binary_outer_add_, half_step, half_step_binary, pack_binary
 from .reference import counters_per_row, half_step_uniforms
 
 VISIBLE_UNITS = ("bernoulli", "gaussian")
 METHODS = ("cd", "pcd")
 BINARIZE = (None, "threshold", "stochastic")
 MONITORS = (None, "reconstruction_error", "pseudo_likelihood")
+STATE_PATHS = ("auto", "dense", "binary")
 AIS_SCHEDULES = ("linear", "piecewise")
 # exact enumeration over the smaller layer: 2^n states, n at most this
 MAX_ENUMERATED_UNITS = 20
@@ -131,6 +133,9 @@ class RBM(OnWeights, nn.Module):
         self.offset = 0
         self.epochs_done = 0
         self.history: list[dict] = []
+        # training on binary visible states (fit's state_path): None, or the backend of the
+        # weight statistics while fit runs on the binary-state path
+        self._binary_states: str | None = None
         g = torch.Generator().manual_seed(self.seed % 2**63)
         weights = torch.randn(self.n_visible, self.n_hidden, generator=g, dtype=torch.float64) * 0.01
         opts = {"dtype": dtype, "device": device}
@@ -205,17 +210,22 @@ class RBM(OnWeights, nn.Module):
         return v / self.sigma if self.visible == "gaussian" else v
 
     def _sample_hidden(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """v (B, n_visible) floats or uint8 -> (samples (B, n_hidden) uint8, probabilities)."""
+        """v (B, n_visible) floats or uint8 -> (samples (B, n_hidden) uint8, probabilities).
+        On the binary-state path (uint8 visible states while fit trains on binary data) the
+        product is a sum of gathered weight rows (ops.rbm_half_step_binary)."""
         s = self._hidden_input(v) if v.dtype != torch.uint8 else v
-        return half_step(s.contiguous(), self.weights, self.hidden_bias, self.seed,
-                         self._advance(v.shape[0] * counters_per_row(self.n_hidden)), False, True)
+        step = half_step_binary if self._binary_states is not None and v.dtype == torch.uint8 else half_step
+        return step(s.contiguous(), self.weights, self.hidden_bias, self.seed,
+                    self._advance(v.shape[0] * counters_per_row(self.n_hidden)), False, True)
 
     def _sample_visible(self, h: torch.Tensor) -> torch.Tensor:
-        """h (B, n_hidden) uint8 or floats -> visible samples (B, n_visible) in the model's dtype."""
+        """h (B, n_hidden) uint8 or floats -> visible samples (B, n_visible) in the model's dtype
+        (uint8 on the binary-state path, which keeps the chain's states binary)."""
         if self.visible == "bernoulli":
             offset = self._advance(h.shape[0] * counters_per_row(self.n_visible))
-            return half_step(h.contiguous(), self.weights, self.visible_bias, self.seed, offset, True,
-                             False)[0].to(self.dtype)
+            samples = half_step(h.contiguous(), self.weights, self.visible_bias, self.seed, offset, True,
+                                False)[0]
+            return samples if self._binary_states is not None else samples.to(self.dtype)
         sigma = self.sigma
         mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
         return mean + sigma * self._normal(h.shape[0], self._advance(h.shape[0] * self.n_visible))
@@ -522,7 +532,7 @@ class RBM(OnWeights, nn.Module):
             sparsity_target: float | None = None, sparsity_cost: float = 0.1,
             binarize: str | None = None, verbose: bool = True,
             monitor: str | None = "reconstruction_error", checkpoint: str | None = None,
-            resume: bool = False) -> RBM:
+            resume: bool = False, state_path: str = "auto") -> RBM:
         """Train on x (N, n_visible) until ``epochs`` epochs are done in total.
 
         Args:
@@ -546,6 +556,15 @@ class RBM(OnWeights, nn.Module):
             checkpoint: a path written atomically after every epoch; resume: when True and
                 that file exists, training continues from it (weights, chains, momentum and
                 the random-stream position), so the result equals an uninterrupted run.
+            state_path: how the visible states enter the products. "binary": the data (after
+                binarize) must be exactly 0/1 with Bernoulli visible units; they are kept as
+                uint8, the visible -> hidden half-steps sum the weight rows of the active
+                units (ops.rbm_half_step_binary) and the weight statistics add the rows of h
+                into the weight rows of the active units -- work proportional to the ones,
+                the same samples and, up to float summation order, the same parameters as
+                "dense" (matrix products). "auto" (default): "binary" where it was measured
+                faster -- exactly binary data on the cpu backend
+                (bench/results/intel-xeon-processor-2c-energy.md) -- else "dense".
         Returns: self.
         """
         epochs = check_int("epochs", epochs, 0)
@@ -570,6 +589,7 @@ class RBM(OnWeights, nn.Module):
         if v_all.shape[0] == 0:
             raise ValueError("x must hold at least one row to train on; got 0 rows")
         n = v_all.shape[0]
+        v_all = self._training_states(v_all, check_choice("state_path", state_path, STATE_PATHS))
         progress = _Progress(epochs, self.epochs_done, verbose and self.epochs_done < epochs, monitor)
         try:
             with torch.no_grad():
@@ -596,7 +616,28 @@ class RBM(OnWeights, nn.Module):
                     progress.update(record.get(monitor))
         finally:
             progress.close()
+            self._binary_states = None
         return self
+
+    def _training_states(self, v_all: torch.Tensor, state_path: str) -> torch.Tensor:
+        """The training data as fit uses them: uint8 on the binary-state path (which this
+        sets up, see fit's state_path), else v_all unchanged."""
+        half_step_backend = backends.resolve("rbm_half_step", v_all.device)
+        if state_path == "dense" or self.visible != "bernoulli" or \
+                (state_path == "auto" and half_step_backend != "cpu"):
+            if state_path == "binary":
+                raise ValueError("state_path='binary' needs Bernoulli visible units; the model has gaussian ones")
+            return v_all
+        outer_backend = "cpu" if half_step_backend == "cpu" else "reference"
+        packed = pack_binary(v_all, outer_backend)
+        if packed is None:
+            if state_path == "binary":
+                raise ValueError("state_path='binary' needs exactly binary training data (every value 0 or 1); "
+                                 "got other values: pass binarize='threshold' or 'stochastic', or "
+                                 "state_path='dense'")
+            return v_all
+        self._binary_states = outer_backend
+        return packed
 
     def _update(self, v_pos, method, k, lr, momentum, weight_decay, sparsity_target, sparsity_cost,
                 n_chains) -> torch.Tensor:
@@ -624,6 +665,10 @@ class RBM(OnWeights, nn.Module):
         velocity with momentum). The weights' statistics go straight into the weights (or
         the velocity) as two accumulating products: no gradient temporary, no extra pass."""
         n_pos, n_neg = v_pos.shape[0], v_neg.shape[0]
+        if v_pos.dtype == torch.uint8:
+            self._apply_binary_gradient(v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
+                                        sparsity_cost)
+            return
         gaussian = self.visible == "gaussian"
         x_pos, x_neg = (self._hidden_input(v_pos), self._hidden_input(v_neg)) if gaussian else (v_pos, v_neg)
         grad_c = h_pos.mean(0) - h_neg.mean(0)
@@ -661,6 +706,40 @@ class RBM(OnWeights, nn.Module):
         if grad_log_sigma is not None:
             grads.append((self.log_sigma, self.log_sigma_velocity, grad_log_sigma))
         for param, velocity, grad in grads:
+            if momentum:
+                velocity.mul_(momentum).add_(grad, alpha=lr)
+                param.add_(velocity)
+            else:
+                param.add_(grad, alpha=lr)
+
+    def _apply_binary_gradient(self, v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
+                               sparsity_cost) -> None:
+        """_apply_gradient for uint8 (binary) visible states of Bernoulli units: the weight
+        statistics v^T h become sums of h's rows scattered into the weight rows of the
+        active visible units (ops' binary_outer_add_), the means of v counts of ones."""
+        n_pos, n_neg = v_pos.shape[0], v_neg.shape[0]
+        v_pos_mean = v_pos.sum(0, dtype=self.dtype) / n_pos
+        grad_b = v_pos_mean - v_neg.sum(0, dtype=self.dtype) / n_neg
+        grad_c = h_pos.mean(0) - h_neg.mean(0)
+        penalty = None
+        if sparsity_target is not None:
+            q_batch = h_pos.mean(0)
+            if self.hidden_activity.shape[0] != self.n_hidden:
+                self.hidden_activity = torch.full_like(q_batch, sparsity_target)
+            self.hidden_activity = 0.9 * self.hidden_activity + 0.1 * q_batch
+            penalty = sparsity_cost * (sparsity_target - self.hidden_activity)
+            grad_c = grad_c + penalty
+        step_w = self.weights_velocity.mul_(momentum) if momentum else self.weights
+        if weight_decay:
+            step_w.add_(self.weights, alpha=-lr * weight_decay)
+        if penalty is not None:
+            step_w.add_(torch.outer(v_pos_mean, penalty), alpha=lr)
+        binary_outer_add_(step_w, v_pos, h_pos.contiguous(), lr / n_pos, self._binary_states)
+        binary_outer_add_(step_w, v_neg, h_neg.contiguous(), -lr / n_neg, self._binary_states)
+        if momentum:
+            self.weights.add_(step_w)
+        for param, velocity, grad in ((self.hidden_bias, self.hidden_bias_velocity, grad_c),
+                                      (self.visible_bias, self.visible_bias_velocity, grad_b)):
             if momentum:
                 velocity.mul_(momentum).add_(grad, alpha=lr)
                 param.add_(velocity)

@@ -65,3 +65,35 @@ def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: in
     if not return_probs:
         probs = probs.new_empty((0, probs.shape[1]))
     return samples, probs
+
+
+def half_step_binary_preactivations(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+                                    transpose: bool) -> torch.Tensor:
+    """Pre-activations of 0/1 states s (B, n_in) (nonzero = 1) as sums of gathered weight rows:
+    row b is bias + sum over the active inputs i of s[b] of row i of W (transpose=False,
+    W (n_visible, n_hidden)) or of W^T (transpose=True): (B, n_out)."""
+    dt = acc_dtype(w.dtype)
+    w_rows = w.to(dt).T if transpose else w.to(dt)
+    rows, inputs = (s != 0).nonzero(as_tuple=True)
+    pre = bias.to(dt).expand(s.shape[0], w_rows.shape[1]).clone()
+    return pre.index_add_(0, rows, w_rows[inputs])
+
+
+def rbm_half_step_binary(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
+                         transpose: bool, return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rbm_half_step` on 0/1 states s (B, n_in) uint8 or float: P = sigmoid of
+    :func:`half_step_binary_preactivations` (B, n_out), drawn with the half-step's counters.
+    Returns (samples (B, n_out) uint8, P or an empty (0, n_out))."""
+    probs = torch.sigmoid(half_step_binary_preactivations(s, w, bias, transpose))
+    samples = bernoulli(probs, seed, offset)
+    if not return_probs:
+        probs = probs.new_empty((0, probs.shape[1]))
+    return samples, probs
+
+
+def binary_outer_add_(out: torch.Tensor, x: torch.Tensor, h: torch.Tensor, alpha: float) -> None:
+    """out (n_in, n_out) += alpha * x^T h in place, x (B, n_in) 0/1 states (nonzero = 1),
+    h (B, n_out): row i of out gains alpha times the sum of the rows h[b] with x[b, i] = 1."""
+    rows, inputs = (x != 0).nonzero(as_tuple=True)
+    sums = torch.zeros_like(out).index_add_(0, inputs, h.to(out.dtype)[rows])
+    out.add_(sums, alpha=alpha)
