@@ -112,3 +112,16 @@ def test_hopfield_family_report(static_report):
     # which keeps an 8-24 byte frame at 8 warps (80 registers; not register pressure)
     assert all(r["stack"] == 0 for r in rows if "fp64" not in r["kernel"] or "retrieval" in r["kernel"])
     assert all(r["stack"] <= 24 for r in rows)
+
+
+def test_rbm_binary_half_step_report(static_report):
+    proc, out = static_report
+    assert proc.returncode == 0
+    rows = json.loads((out / "boltzmann.json").read_text())["kernels"]
+    binary = [r for r in rows if r["kernel"].startswith("_rbm_half_step_binary_kernel[")]
+    assert {r["kernel"].split("[")[1].split(",")[0] for r in binary} == {"u8 states", "fp32 states"}
+    assert any("fp64" in r["kernel"] for r in binary)
+    for name in {r["kernel"] for r in binary}:
+        assert {r["arch"] for r in binary if r["kernel"] == name} == {"sm_80", "sm_90"}
+    # one row and a 128-unit slice per program: a handful of registers, no spills
+    assert all(r["stack"] == 0 and r["local"] == 0 and r["registers"] <= 128 for r in binary)
