@@ -12,8 +12,11 @@ Workloads (float32, 784 visible x 256 hidden units, batch 100, PCD-1, learning r
 Rows per workload:
 
 * ``genkernels`` backends: ``RBM(784, 256).fit(x, epochs=1, method="pcd", batch_size=100,
-  monitor=None, verbose=False)`` under ``use_backend(b)`` -- the whole fit, including
-  model construction, the data checks and the shuffle. Compiled backends only: the
+  monitor=None, verbose=False, state_path=p)`` under ``use_backend(b)`` -- the whole fit,
+  including model construction, the data checks and the shuffle -- once per state path:
+  ``<b> dense`` (matrix products) and ``<b> binary`` (the binary-state path: uint8 visible
+  states, gathered weight rows and scattered weight statistics; what ``state_path="auto"``
+  picks on the cpu backend for these binary data). Compiled backends only: the
   reference (Philox in int64 tensor ops) takes about a second per half-step on 2 cores;
 * ``ideal``: the matrix products an epoch needs and nothing else -- per batch of 100,
   ``torch.mm`` of v W, h W^T and v' W (the three half-steps) and of v^T h, v'^T h' (the
@@ -81,7 +84,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def make_ours(x: np.ndarray, device: str, backend: str):
+def make_ours(x: np.ndarray, device: str, backend: str, state_path: str = "dense"):
     import torch
 
     import genkernels
@@ -91,7 +94,7 @@ def make_ours(x: np.ndarray, device: str, backend: str):
         with genkernels.use_backend(backend):
             rbm = genkernels.RBM(N_VISIBLE, N_HIDDEN, seed=0, device=device)
             rbm.fit(xt, epochs=1, batch_size=BATCH, method="pcd", k=1, learning_rate=LEARNING_RATE,
-                    monitor=None, verbose=False)
+                    monitor=None, verbose=False, state_path=state_path)
         return rbm
     return epoch
 
@@ -142,8 +145,9 @@ def build_cases(device: str, data: dict[str, np.ndarray]) -> list[dict]:
                 continue
             if backend == "reference" or (backend == "triton" and device != "cuda"):
                 continue  # the spec and the interpreter are test vehicles, not backends to time
-            cases.append({"workload": name, "rows": x.shape[0], "impl": backend, "kind": "backend",
-                          "make": (lambda x=x, b=backend: make_ours(x, device, b)), "warmup": True})
+            for path in ("dense", "binary"):
+                cases.append({"workload": name, "rows": x.shape[0], "impl": f"{backend} {path}", "kind": "backend",
+                              "make": (lambda x=x, b=backend, p=path: make_ours(x, device, b, p)), "warmup": True})
         if device == "cpu":
             try:
                 import sklearn  # noqa: F401
