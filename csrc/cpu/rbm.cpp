@@ -350,6 +350,25 @@ int64_t active_indices(const S* __restrict__ s, int64_t n, int32_t* __restrict__
   return count;
 }
 
+// active_indices for uint8 states: 32 at a time, a movemask of the nonzero bytes and one
+// step per set bit (about 4x faster than the branch-free loop at the RBM's densities).
+int64_t active_indices(const uint8_t* __restrict__ s, int64_t n, int32_t* __restrict__ idx) {
+  int64_t count = 0, i = 0;
+#if defined(__AVX2__)
+  const __m256i zero = _mm256_setzero_si256();
+  for (; i + 32 <= n; i += 32) {
+    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    uint32_t mask = ~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(bytes, zero)));
+    for (; mask != 0; mask &= mask - 1) idx[count++] = static_cast<int32_t>(i + __builtin_ctz(mask));
+  }
+#endif
+  for (; i < n; ++i) {
+    idx[count] = static_cast<int32_t>(i);
+    count += s[i] != 0;
+  }
+  return count;
+}
+
 // out[c] = init[c] + sum_k rows[idx[k]][c] (ACCUMULATE false) or out[c] += alpha * sum_k
 // rows[idx[k]][c] (ACCUMULATE true), for c < cols; rows[i] = base + i * ld. Portable loop:
 // the sum lives in out (or in acc, a cols-long scratch row) and the compiler vectorises the
@@ -437,6 +456,24 @@ void sample_tile(at::Tensor& tile, int64_t r0, int64_t n_out, uint64_t seed, uin
   }
 }
 
+// dst (cols, rows) = src (rows, cols)^T, both contiguous, in 16 x 16 tiles (a tile's
+// source rows and destination rows stay in L1; ATen's strided copy took 120-150 us for
+// the 784 x 256 fp32 weights on one thread, these tiles about a third of that).
+template <typename T>
+void transpose_rows(const T* __restrict__ src, int64_t rows, int64_t cols, T* __restrict__ dst) {
+  constexpr int64_t kTile = 16;
+  at::parallel_for(0, (rows + kTile - 1) / kTile, row_grain(kTile * cols * 4), [&](int64_t t0, int64_t t1) {
+    for (int64_t r0 = t0 * kTile; r0 < std::min(rows, t1 * kTile); r0 += kTile) {
+      const int64_t r1 = std::min(rows, r0 + kTile);
+      for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+        const int64_t c1 = std::min(cols, c0 + kTile);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
+      }
+    }
+  });
+}
+
 template <typename T, typename S>
 void half_step_binary(const S* s, int64_t B, int64_t n_in, const T* w_rows, const T* bias, int64_t n_out,
                       uint64_t seed, uint64_t offset, uint8_t* out, T* probs_out, const at::TensorOptions& opts) {
@@ -485,9 +522,13 @@ std::tuple<at::Tensor, at::Tensor> rbm_half_step_binary_cpu(const at::Tensor& s,
   at::Tensor samples = at::empty({B, n_out}, s.options().dtype(at::kByte));
   at::Tensor probs = at::empty({return_probs ? B : 0, n_out}, w.options());
   if (B == 0 || n_out == 0) return {samples, probs};
-  // the weight rows the sums gather: W's rows, or those of W^T (one transposed copy)
-  const at::Tensor w_rows = transpose ? w.t().contiguous() : w;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rbm_half_step_binary_cpu", [&] {
+    // the weight rows the sums gather: W's rows, or those of W^T (one transposed copy)
+    at::Tensor w_rows = w;
+    if (transpose) {
+      w_rows = at::empty({w.size(1), w.size(0)}, w.options());
+      transpose_rows<scalar_t>(w.data_ptr<scalar_t>(), w.size(0), w.size(1), w_rows.data_ptr<scalar_t>());
+    }
     scalar_t* probs_out = return_probs ? probs.data_ptr<scalar_t>() : nullptr;
     const auto run = [&](const auto* states) {
       half_step_binary<scalar_t>(states, B, n_in, w_rows.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), n_out,
@@ -510,29 +551,35 @@ void binary_outer_add(T* out, const S* x, const T* h, int64_t B, int64_t n_in, i
   const int64_t work_per_row = n_out * (B / 5 + 1) + B;
   at::parallel_for(0, n_in, row_grain(work_per_row), [&](int64_t begin, int64_t end) {
     const int64_t width = end - begin;
-    // rows[i * B + k]: the k-th row b (ascending) with x[b, begin + i] != 0
-    std::vector<int32_t> rows(static_cast<size_t>(width * B));
-    std::vector<int32_t> count(static_cast<size_t>(width), 0);
+    // bit b of the row mask of input i (words_per_input words): x[b, begin + i] != 0, set
+    // from each row's list of active inputs (a step per one, not per entry; the masks stay
+    // in L1 where (i, B) index lists would scatter stores over L2)
+    const int64_t words_per_input = (B + 63) / 64;
+    std::vector<uint64_t> masks(static_cast<size_t>(width * words_per_input), 0);
+    std::vector<int32_t> list(static_cast<size_t>(std::max(width, B)));
     for (int64_t b = 0; b < B; ++b) {
-      const S* xb = x + b * n_in + begin;
-      for (int64_t i = 0; i < width; ++i) {
-        rows[i * B + count[i]] = static_cast<int32_t>(b);
-        count[i] += xb[i] != S(0);
-      }
+      const int64_t n_active = active_indices(x + b * n_in + begin, width, list.data());
+      const uint64_t bit = uint64_t(1) << (b % 64);
+      for (int64_t k = 0; k < n_active; ++k) masks[list[k] * words_per_input + b / 64] |= bit;
     }
     std::vector<T> acc(static_cast<size_t>(n_out));
     for (int64_t i = 0; i < width; ++i) {
-      if (count[i] == 0) continue;
+      // the rows b of input i, ascending
+      int64_t count = 0;
+      for (int64_t word = 0; word < words_per_input; ++word)
+        for (uint64_t m = masks[i * words_per_input + word]; m != 0; m &= m - 1)
+          list[count++] = static_cast<int32_t>(word * 64 + __builtin_ctzll(m));
+      if (count == 0) continue;
       T* row = out + (begin + i) * n_out;
 #if defined(__x86_64__) && defined(__GNUC__)
       if constexpr (std::is_same_v<T, float>) {
         if (avx512) {
-          gather_sum_avx512<true>(h, n_out, rows.data() + i * B, count[i], nullptr, n_out, alpha, row);
+          gather_sum_avx512<true>(h, n_out, list.data(), count, nullptr, n_out, alpha, row);
           continue;
         }
       }
 #endif
-      gather_sum<true, T>(h, n_out, rows.data() + i * B, count[i], nullptr, n_out, alpha, row, acc.data());
+      gather_sum<true, T>(h, n_out, list.data(), count, nullptr, n_out, alpha, row, acc.data());
     }
   });
 }
