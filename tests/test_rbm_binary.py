@@ -164,8 +164,12 @@ def test_binary_outer_add_equals_addmm(backend, dtype, states):
         h = torch.rand(b, n_out, generator=g, dtype=torch.float64).to(dtype)
         out = torch.randn(n_in, n_out, generator=g, dtype=torch.float64).to(dtype)
         expected = torch.addmm(out, x.to(dtype).T, h, alpha=-0.37)
-        rbm_ops.binary_outer_add_(out, x if states == "uint8" else x.to(dtype), h, -0.37, backend)
+        column_sums = torch.randn(n_in, generator=g, dtype=torch.float64).to(dtype)
+        expected_sums = column_sums + 0.25 * x.to(dtype).sum(0)
+        rbm_ops.binary_outer_add_(out, x if states == "uint8" else x.to(dtype), h, -0.37, column_sums, 0.25,
+                                  backend)
         torch.testing.assert_close(out, expected, **TOL[dtype])
+        torch.testing.assert_close(column_sums, expected_sums, **TOL[dtype])
 
 
 @pytest.mark.parametrize("backend", ["reference", *(["cpu"] if "cpu" in COMPILED else [])])
@@ -191,7 +195,8 @@ def test_opcheck():
                                   (s.to(dtype), w, bias, 3, 0, transpose, True))
         x = (torch.rand(9, 13) < 0.5).to(torch.uint8)
         torch.library.opcheck(torch.ops.genkernels.rbm_binary_outer_add_.default,
-                              (torch.randn(13, 6, dtype=dtype), x, torch.rand(9, 6, dtype=dtype), 0.5))
+                              (torch.randn(13, 6, dtype=dtype), x, torch.rand(9, 6, dtype=dtype), 0.5,
+                               torch.zeros(13, dtype=dtype), -0.25))
         for values in (x.to(dtype), x.to(dtype) * 0.5):
             torch.library.opcheck(torch.ops.genkernels.rbm_pack_binary.default, (values,))
 

@@ -23,7 +23,10 @@
 //   rbm_pack_binary  x's uint8 copy if x is exactly binary (one parallel read).
 //   rbm_binary_outer_add_  out += alpha * x^T h for 0/1 states x: row i of out gets alpha
 //                  times the sum of the rows of h whose x[b, i] is 1 (each row of out read
-//                  and written once; threads own disjoint blocks of out's rows).
+//                  and written once; threads own disjoint blocks of out's rows); and
+//                  column_sums += sums_alpha * (the ones of each column of x), counted on the
+//                  way (a separate x.sum(0, dtype=float) cost ~100 us a batch: a cast and a
+//                  sum of 100 x 784).
 //
 // Uniform of element (b, j): word j % 4 of counter offset + b * Q + j / 4, Q = ceil(n_out / 4)
 // (uint64 wrap), converted to a float in [0, 1) as tl.rand4x -- csrc/common/philox.h,
@@ -544,7 +547,8 @@ std::tuple<at::Tensor, at::Tensor> rbm_half_step_binary_cpu(const at::Tensor& s,
 }
 
 template <typename T, typename S>
-void binary_outer_add(T* out, const S* x, const T* h, int64_t B, int64_t n_in, int64_t n_out, T alpha) {
+void binary_outer_add(T* out, const S* x, const T* h, int64_t B, int64_t n_in, int64_t n_out, T alpha,
+                      T* column_sums, T sums_alpha) {
   const bool avx512 = std::is_same_v<T, float> && use_avx512();
   // a row of out sums about a fifth of the B rows of h (the data's density), and the
   // thread scans its columns of x
@@ -569,6 +573,7 @@ void binary_outer_add(T* out, const S* x, const T* h, int64_t B, int64_t n_in, i
       for (int64_t word = 0; word < words_per_input; ++word)
         for (uint64_t m = masks[i * words_per_input + word]; m != 0; m &= m - 1)
           list[count++] = static_cast<int32_t>(word * 64 + __builtin_ctzll(m));
+      column_sums[begin + i] += sums_alpha * static_cast<T>(count);
       if (count == 0) continue;
       T* row = out + (begin + i) * n_out;
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -584,7 +589,8 @@ void binary_outer_add(T* out, const S* x, const T* h, int64_t B, int64_t n_in, i
   });
 }
 
-void rbm_binary_outer_add_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& h, double alpha) {
+void rbm_binary_outer_add_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& h, double alpha,
+                              at::Tensor& column_sums, double sums_alpha) {
   TORCH_CHECK(out.dim() == 2 && out.is_contiguous() &&
                   (out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble),
               "rbm_binary_outer_add_: out must be a contiguous 2-D float32/float64 tensor");
@@ -593,13 +599,17 @@ void rbm_binary_outer_add_cpu(at::Tensor& out, const at::Tensor& x, const at::Te
               "rbm_binary_outer_add_: x must be (B, ", n_in, ") uint8 or out's dtype");
   TORCH_CHECK(h.dim() == 2 && h.size(0) == x.size(0) && h.size(1) == n_out && h.scalar_type() == out.scalar_type(),
               "rbm_binary_outer_add_: h must be (", x.size(0), ", ", n_out, ") in out's dtype");
+  TORCH_CHECK(column_sums.dim() == 1 && column_sums.size(0) == n_in && column_sums.is_contiguous() &&
+                  column_sums.scalar_type() == out.scalar_type(),
+              "rbm_binary_outer_add_: column_sums must be a contiguous (", n_in, ",) tensor in out's dtype");
   const int64_t B = x.size(0);
   if (B == 0 || n_in == 0 || n_out == 0) return;
   const at::Tensor xc = x.contiguous(), hc = h.contiguous();
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rbm_binary_outer_add_cpu", [&] {
     const auto run = [&](const auto* states) {
       binary_outer_add<scalar_t>(out.data_ptr<scalar_t>(), states, hc.data_ptr<scalar_t>(), B, n_in, n_out,
-                                 static_cast<scalar_t>(alpha));
+                                 static_cast<scalar_t>(alpha), column_sums.data_ptr<scalar_t>(),
+                                 static_cast<scalar_t>(sums_alpha));
     };
     if (xc.scalar_type() == at::kByte)
       run(xc.data_ptr<uint8_t>());

@@ -38,7 +38,7 @@ if backends.extension_error() is None:
         return _half_step_fake(s, w, bias, seed, offset, transpose, return_probs)
 
     @torch.library.register_fake("genkernels::rbm_binary_outer_add_")
-    def _binary_outer_add_fake(out, x, h, alpha):
+    def _binary_outer_add_fake(out, x, h, alpha, column_sums, sums_alpha):
         return None
 
     @torch.library.register_fake("genkernels::rbm_pack_binary")
@@ -191,16 +191,16 @@ def half_step_binary(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed:
 
 
 def binary_outer_add_(out: torch.Tensor, x: torch.Tensor, h: torch.Tensor, alpha: float,
-                      backend: str | None = None) -> None:
-    """out (n_in, n_out) += alpha * x^T h in place for 0/1 states x (B, n_in) (uint8 or out's
-    dtype) and h (B, n_out) in out's dtype, all contiguous (validated by the caller): the
-    RBM's weight statistics of binary visible states, as scatters of h's rows
-    (backends "reference" and "cpu")."""
+                      column_sums: torch.Tensor, sums_alpha: float, backend: str | None = None) -> None:
+    """out (n_in, n_out) += alpha * x^T h and column_sums (n_in,) += sums_alpha * x.sum(0), in
+    place, for 0/1 states x (B, n_in) (uint8 or out's dtype) and h (B, n_out) in out's dtype,
+    all contiguous (validated by the caller): the RBM's weight and visible-bias statistics of
+    binary visible states, as scatters of h's rows (backends "reference" and "cpu")."""
     name = backends.resolve("rbm_binary_outer_add", out.device, backend)
     if name == "reference":
-        reference.binary_outer_add_(out, x, h, alpha)
+        reference.binary_outer_add_(out, x, h, alpha, column_sums, sums_alpha)
     else:
-        torch.ops.genkernels.rbm_binary_outer_add_(out, x, h, float(alpha))
+        torch.ops.genkernels.rbm_binary_outer_add_(out, x, h, float(alpha), column_sums, float(sums_alpha))
 
 
 def pack_binary(x: torch.Tensor, backend: str | None = None) -> torch.Tensor | None:

@@ -718,8 +718,9 @@ class RBM(OnWeights, nn.Module):
         statistics v^T h become sums of h's rows scattered into the weight rows of the
         active visible units (ops' binary_outer_add_), the means of v counts of ones."""
         n_pos, n_neg = v_pos.shape[0], v_neg.shape[0]
-        v_pos_mean = v_pos.sum(0, dtype=self.dtype) / n_pos
-        grad_b = v_pos_mean - v_neg.sum(0, dtype=self.dtype) / n_neg
+        # grad_b = mean(v_pos) - mean(v_neg), counted by the weight-statistics kernel below;
+        # the sparsity penalty needs mean(v_pos) before it
+        grad_b = torch.zeros(self.n_visible, dtype=self.dtype, device=self.device)
         grad_c = h_pos.mean(0) - h_neg.mean(0)
         penalty = None
         if sparsity_target is not None:
@@ -733,9 +734,10 @@ class RBM(OnWeights, nn.Module):
         if weight_decay:
             step_w.add_(self.weights, alpha=-lr * weight_decay)
         if penalty is not None:
-            step_w.add_(torch.outer(v_pos_mean, penalty), alpha=lr)
-        binary_outer_add_(step_w, v_pos, h_pos.contiguous(), lr / n_pos, self._binary_states)
-        binary_outer_add_(step_w, v_neg, h_neg.contiguous(), -lr / n_neg, self._binary_states)
+            step_w.add_(torch.outer(v_pos.sum(0, dtype=self.dtype) / n_pos, penalty), alpha=lr)
+        binary_outer_add_(step_w, v_pos, h_pos.contiguous(), lr / n_pos, grad_b, 1.0 / n_pos, self._binary_states)
+        binary_outer_add_(step_w, v_neg, h_neg.contiguous(), -lr / n_neg, grad_b, -1.0 / n_neg,
+                          self._binary_states)
         if momentum:
             self.weights.add_(step_w)
         for param, velocity, grad in ((self.hidden_bias, self.hidden_bias_velocity, grad_c),

@@ -91,9 +91,12 @@ def rbm_half_step_binary(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, s
     return samples, probs
 
 
-def binary_outer_add_(out: torch.Tensor, x: torch.Tensor, h: torch.Tensor, alpha: float) -> None:
+def binary_outer_add_(out: torch.Tensor, x: torch.Tensor, h: torch.Tensor, alpha: float,
+                      column_sums: torch.Tensor, sums_alpha: float) -> None:
     """out (n_in, n_out) += alpha * x^T h in place, x (B, n_in) 0/1 states (nonzero = 1),
-    h (B, n_out): row i of out gains alpha times the sum of the rows h[b] with x[b, i] = 1."""
+    h (B, n_out): row i of out gains alpha times the sum of the rows h[b] with x[b, i] = 1;
+    and column_sums (n_in,) += sums_alpha * (the number of ones in column i of x)."""
     rows, inputs = (x != 0).nonzero(as_tuple=True)
     sums = torch.zeros_like(out).index_add_(0, inputs, h.to(out.dtype)[rows])
     out.add_(sums, alpha=alpha)
+    column_sums.add_((x != 0).sum(0).to(column_sums.dtype), alpha=sums_alpha)
