@@ -150,12 +150,16 @@ def test_bad_arguments_raise_clear_errors():
 
 
 # ------------------------------------------------------------------ weight statistics
-@pytest.mark.parametrize("backend", ["reference", *(["cpu"] if "cpu" in COMPILED else [])])
+@pytest.mark.parametrize("backend", ["reference", *(["cpu", "cpu-avx2"] if "cpu" in COMPILED else [])])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("states", ["uint8", "float"])
-def test_binary_outer_add_equals_addmm(backend, dtype, states):
-    """out += alpha x^T h by scatters equals addmm, over widths around the register blocks,
-    all-zeros and all-ones columns and rows of x."""
+def test_binary_outer_add_equals_addmm(backend, dtype, states, monkeypatch):
+    """out += alpha x^T h by scatters equals addmm (and the column sums x.sum(0)), over
+    widths around the register blocks, all-zeros and all-ones columns and rows of x; on
+    the AVX-512 (where the CPU has it) and the AVX2 cpu paths."""
+    if backend == "cpu-avx2":
+        monkeypatch.setenv("GENKERNELS_CPU_ISA", "avx2")
+        backend = "cpu"
     for i, (b, n_in, n_out) in enumerate([(1, 1, 1), (5, 3, 17), (33, 70, 257), (100, 784, 256), (9, 40, 513)]):
         g = torch.Generator().manual_seed(i)
         x = (torch.rand(b, n_in, generator=g) < 0.3).to(torch.uint8)
