@@ -6,6 +6,11 @@ Re-exported flat in ``genkernels.ops``. Backends (see ``genkernels.backends``):
 Samples are bit-identical across backends wherever the probabilities are (the Bernoulli
 identity of DESIGN.md, "Randomness"); computed probabilities agree within the dtype
 tolerance, so a sample may differ where |u - P| is within that rounding.
+
+``rbm_half_step_binary`` is the same half-step for 0/1 states (the product as a sum of
+gathered weight rows, the same counters; ``torch.ops.genkernels.rbm_half_step_binary`` and
+``rbm_half_step_binary_triton``); ``binary_outer_add_`` and ``pack_binary`` are the RBM's
+binary-state weight statistics and data test (``RBM.fit(state_path=...)``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ what the whole batch would draw for those rows, so the stream is keyed by the gl
 sample index and the unit. A half-step over B rows consumes B * Q counters.
 
 Arithmetic is in fp32 (fp64 for fp64 weights); states may be uint8 samples or floats.
+
+The binary-state half-step (``rbm_half_step_binary``) takes 0/1 states and defines the
+product as bias + the sum of the weight rows of the active inputs, with the same counters;
+``binary_outer_add_`` is the matching weight statistic x^T h of binary x.
 """
 
 from __future__ import annotations
