@@ -20,8 +20,11 @@ unless said otherwise):
 Rows per workload:
 
 * ``genkernels`` backends: ``RBM(784, 256).fit(x, epochs=1, method="pcd", batch_size=100,
-  monitor=None, verbose=False)`` under ``use_backend(b)`` -- the whole fit, including
-  model construction, the data checks and the shuffle. Compiled backends only: the
+  monitor=None, verbose=False, state_path=p)`` under ``use_backend(b)`` -- the whole fit,
+  including model construction, the data checks and the shuffle -- once per state path:
+  ``<b> dense`` (matrix products) and ``<b> binary`` (the binary-state path: uint8 visible
+  states, gathered weight rows and scattered weight statistics; what ``state_path="auto"``
+  picks on the cpu backend for these binary data). Compiled backends only: the
   reference (Philox in int64 tensor ops) takes about a second per half-step on 2 cores;
 * ``ideal``: the matrix products an epoch needs and nothing else -- per batch of 100,
   ``torch.mm`` of v W, h W^T and v' W (the three half-steps) and of v^T h, v'^T h' (the
@@ -110,7 +113,7 @@ def _sync(device: str) -> None:
 
 
 def make_ours(x: np.ndarray, device: str, backend: str, n_hidden: int = N_HIDDEN, batch: int = BATCH,
-              k: int = 1):
+              k: int = 1, state_path: str = "dense"):
     import torch
 
     import genkernels
@@ -120,7 +123,7 @@ def make_ours(x: np.ndarray, device: str, backend: str, n_hidden: int = N_HIDDEN
         with genkernels.use_backend(backend):
             rbm = genkernels.RBM(N_VISIBLE, n_hidden, seed=0, device=device)
             rbm.fit(xt, epochs=1, batch_size=batch, method="pcd", k=k, learning_rate=LEARNING_RATE,
-                    monitor=None, verbose=False)
+                    monitor=None, verbose=False, state_path=state_path)
         return rbm
     return epoch
 
@@ -211,8 +214,13 @@ def build_cases(device: str, data: dict[str, np.ndarray]) -> list[dict]:
                 continue
             if backend == "reference" or (backend == "triton" and device != "cuda"):
                 continue  # the spec and the interpreter are test vehicles, not backends to time
-            cases.append({"workload": name, "rows": x.shape[0], "impl": backend, "kind": "backend",
-                          "make": (lambda x=x, b=backend, s=shape: make_ours(x, device, b, **s)), "warmup": True})
+            # the binary-state path where it can be faster: the cpu backend, the PCD-1 workloads
+            paths = ("dense", "binary") if backend == "cpu" and name != "large" else ("dense",)
+            for path in paths:
+                cases.append({"workload": name, "rows": x.shape[0], "impl": f"{backend} {path}", "kind": "backend",
+                              "make": (lambda x=x, b=backend, s=shape, p=path: make_ours(x, device, b, **s,
+                                                                                         state_path=p)),
+                              "warmup": True})
         cases.append({"workload": name, "rows": x.shape[0], "impl": "eager loop", "kind": "eager",
                       "make": (lambda x=x, s=shape: make_eager(x, device, **s)), "warmup": True})
         if device == "cpu" and name != "large":  # scikit-learn: PCD-1 only

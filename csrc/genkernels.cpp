@@ -80,4 +80,17 @@ TORCH_LIBRARY(genkernels, m) {
   // return_probs, else an empty (0, n_out) tensor.
   m.def("rbm_half_step(Tensor s, Tensor w, Tensor bias, int seed, int offset, bool transpose, "
         "bool return_probs) -> (Tensor, Tensor)");
+  // rbm_half_step on 0/1 states (nonzero = 1): the same arguments, outputs and counters,
+  // the product computed as bias + the sum of the weight rows (of w, or of w^T with
+  // transpose) of every active input.
+  m.def("rbm_half_step_binary(Tensor s, Tensor w, Tensor bias, int seed, int offset, bool transpose, "
+        "bool return_probs) -> (Tensor, Tensor)");
+  // out += alpha * x^T h in place: out (n_in, n_out) float32|float64 contiguous, x (B, n_in)
+  // 0/1 states (uint8 or out's dtype, nonzero = 1), h (B, n_out) in out's dtype; and
+  // column_sums (n_in,) += sums_alpha * x.sum(0).
+  m.def("rbm_binary_outer_add_(Tensor(a!) out, Tensor x, Tensor h, float alpha, Tensor(b!) column_sums, "
+        "float sums_alpha) -> ()");
+  // x (N, D) float32|float64 -> its (N, D) uint8 copy if every value is 0 or 1, else an
+  // empty (0, D) uint8 tensor.
+  m.def("rbm_pack_binary(Tensor x) -> Tensor");
 }

@@ -259,7 +259,7 @@ def _rbm_registry() -> list[TritonKernel]:
 
     from .boltzmann import triton as rbm_triton
 
-    def half_step(states, dtype, transpose, return_probs):
+    def half_step(states, dtype, transpose, return_probs, precision="ieee"):
         cfg = rbm_triton.CONFIG[torch.float64 if dtype == "fp64" else torch.float32]
         sig = {"S": _ptr(states), "W": _ptr(dtype), "BIAS": _ptr(dtype), "SAMPLES": "*u8",
                "PROBS": _ptr(dtype), "seed": "i64", "offset": "i64", "B": "i32", "N_IN": "i32",
@@ -272,15 +272,31 @@ def _rbm_registry() -> list[TritonKernel]:
             sig["stride_wk"] = "i32"
             strides = {"stride_wn": 1}
         meta = {"RETURN_PROBS": return_probs, "ACC": tl.float64 if dtype == "fp64" else tl.float32,
-                "BLOCK_B": cfg["BLOCK_B"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], **strides}
+                "BLOCK_B": cfg["BLOCK_B"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
+                "PRECISION": precision, **strides}
         tag = f"{states} states,{dtype},{'hidden->visible' if transpose else 'visible->hidden'}" + \
-            (",probs" if return_probs else "")
+            (",probs" if return_probs else "") + (f",{precision}" if precision != "ieee" else "")
         return TritonKernel("boltzmann", f"_rbm_half_step_kernel[{tag}]", lambda: rbm_triton._rbm_half_step_kernel,
                             sig, meta, cfg["num_warps"], cfg["num_stages"])
 
+    def half_step_binary(states, dtype, return_probs):
+        cfg = rbm_triton.BINARY_CONFIG[torch.float64 if dtype == "fp64" else torch.float32]
+        sig = {"S": _ptr(states), "W_ROWS": _ptr(dtype), "BIAS": _ptr(dtype), "SAMPLES": "*u8",
+               "PROBS": _ptr(dtype), "seed": "i64", "offset": "i64", "N_IN": "i32", "N_OUT": "i32",
+               "stride_sb": "i32"}
+        meta = {"RETURN_PROBS": return_probs, "ACC": tl.float64 if dtype == "fp64" else tl.float32,
+                "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"]}
+        tag = f"{states} states,{dtype}" + (",probs" if return_probs else "")
+        return TritonKernel("boltzmann", f"_rbm_half_step_binary_kernel[{tag}]",
+                            lambda: rbm_triton._rbm_half_step_binary_kernel, sig, meta, cfg["num_warps"],
+                            cfg["num_stages"])
+
     return [half_step("fp32", "fp32", False, True), half_step("u8", "fp32", False, True),
             half_step("u8", "fp32", True, False), half_step("fp32", "fp32", False, False),
-            half_step("fp64", "fp64", False, True)]
+            half_step("fp64", "fp64", False, True), half_step("u8", "fp32", False, True, "tf32"),
+            half_step("u8", "fp32", True, False, "tf32"),
+            half_step_binary("u8", "fp32", True), half_step_binary("u8", "fp32", False),
+            half_step_binary("fp32", "fp32", True), half_step_binary("u8", "fp64", True)]
 
 
 

@@ -39,6 +39,8 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "hopfield_retrieval": ("reference", "cpu", "triton"),
     "ising_sweep": ("reference", "cpu", "triton", "cuda"),
     "rbm_half_step": ("reference", "cpu", "triton"),
+    "rbm_half_step_binary": ("reference", "cpu", "triton"),
+    "rbm_binary_outer_add": ("reference", "cpu"),
 }
 
 # Auto choice on CUDA tensors: each entry names the measurement behind it. Triton until
@@ -62,6 +64,7 @@ GPU_PREFERENCE: dict[str, tuple[str, str]] = {
     "ising_sweep": ("cuda", ("bit-packed multi-spin code, 64 spins per word; default until a "
                              "GPU run of bench/bench_ising.py")),
     "rbm_half_step": ("triton", "default until a GPU run of bench/bench_energy.py"),
+    "rbm_half_step_binary": ("triton", "the only GPU backend; the RBM keeps the dense path on CUDA"),
 }
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.

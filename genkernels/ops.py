@@ -20,3 +20,6 @@ from .hopfield.ops import hopfield_retrieval
 
 __all__ += ["hopfield_retrieval"]
 __all__ += ["rbm_half_step"]
+from .boltzmann.ops import rbm_half_step_binary
+
+__all__ += ["rbm_half_step_binary"]

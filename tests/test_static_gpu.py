@@ -129,3 +129,27 @@ def test_boltzmann_family_report(static_report):
         assert all(0 < r["registers"] <= 32 and r["stack"] == 0 for r in cuda)
         # the fp32 probability takes its exp in double (csrc/common/boltzmann.h)
         assert all(r["sass"]["DFMA"] > 0 for r in cuda)
+
+
+def test_rbm_binary_half_step_report(static_report):
+    proc, out = static_report
+    assert proc.returncode == 0
+    rows = json.loads((out / "boltzmann.json").read_text())["kernels"]
+    binary = [r for r in rows if r["kernel"].startswith("_rbm_half_step_binary_kernel[")]
+    assert {r["kernel"].split("[")[1].split(",")[0] for r in binary} == {"u8 states", "fp32 states"}
+    assert any("fp64" in r["kernel"] for r in binary)
+    for name in {r["kernel"] for r in binary}:
+        assert {r["arch"] for r in binary if r["kernel"] == name} == {"sm_80", "sm_90"}
+    # one row and a 128-unit slice per program: a handful of registers, no spills
+    assert all(r["stack"] == 0 and r["local"] == 0 and r["registers"] <= 128 for r in binary)
+
+
+def test_rbm_half_step_tf32_variant_uses_tensor_cores(static_report):
+    proc, out = static_report
+    assert proc.returncode == 0
+    rows = json.loads((out / "boltzmann.json").read_text())["kernels"]
+    tf32 = [r for r in rows if r["kernel"].startswith("_rbm_half_step_kernel[") and "tf32" in r["kernel"]]
+    assert {r["arch"] for r in tf32} == {"sm_80", "sm_90"}
+    assert all(r["stack"] == 0 and r["local"] == 0 for r in tf32)
+    # tf32 tensor-core MMAs (HMMA on sm_80; HMMA or warpgroup GMMA on sm_90)
+    assert all(r["sass"].get("HMMA", 0) + r["sass"].get("HGMMA", 0) > 0 for r in tf32), tf32

@@ -11,20 +11,43 @@
 //                  time with AVX2), compares and stores the uint8 samples (and the
 //                  probabilities if asked).
 //
+//   rbm_half_step_binary  the same half-step on 0/1 states: the product is a sum of gathered
+//                  weight rows (W's rows for visible -> hidden, the rows of a transposed copy
+//                  of W, made once per call, for hidden -> visible). Rows are split between
+//                  threads (at::parallel_for); each thread takes tiles of kBinaryTileRows
+//                  rows: per row it lists the active inputs (ascending), sums bias + those
+//                  rows into its tile buffer (AVX-512: 256 columns in 16 registers at a time,
+//                  each weight row read once per 256-column block), then the tile gets the
+//                  dense path's epilogue (at::sigmoid_, the same Philox draws), so its samples
+//                  equal the dense op's wherever the pre-activations do.
+//   rbm_pack_binary  x's uint8 copy if x is exactly binary (one parallel read).
+//   rbm_binary_outer_add_  out += alpha * x^T h for 0/1 states x: row i of out gets alpha
+//                  times the sum of the rows of h whose x[b, i] is 1 (each row of out read
+//                  and written once; threads own disjoint blocks of out's rows); and
+//                  column_sums += sums_alpha * (the ones of each column of x), counted on the
+//                  way (a separate x.sum(0, dtype=float) cost ~100 us a batch: a cast and a
+//                  sum of 100 x 784).
+//
 // Uniform of element (b, j): word j % 4 of counter offset + b * Q + j / 4, Q = ceil(n_out / 4)
 // (uint64 wrap), converted to a float in [0, 1) as tl.rand4x -- csrc/common/philox.h,
 // bit-identical to the reference; the sample is u < P with P in the accumulation dtype. Four
 // units per Philox call: on 2 cores the 784-unit visible half-step of a 100-row batch spent
 // about as long in one call per unit as in its matrix product.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <omp.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -116,9 +139,10 @@ void bernoulli_row(const T* __restrict__ p, int64_t n, uint64_t seed, uint64_t c
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // GCC 12 reports the _mm512_undefined_* placeholders inside the shift intrinsics' headers as
-// possibly uninitialised; they are not read.
+// (possibly) uninitialised; they are not read.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #define GK_AVX512 __attribute__((target("avx512f")))
 // AVX-512 (run-time choice): 16 counters = 64 uniforms per Philox pass, the same words as
 // uniform32. Measured on 2 cores: the 784-unit half-step's draws were about a fifth of the
@@ -130,7 +154,8 @@ GK_AVX512 inline void mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) 
   hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
 }
 
-GK_AVX512 inline void uniform64(uint64_t seed, uint64_t counter, float* u) {
+// Philox4x32-10 on the 16 counters counter + l: c[k] lane l = word k of counter + l.
+GK_AVX512 inline void philox16(uint64_t seed, uint64_t counter, __m512i* c) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(counter))), lane);
   const __mmask16 carry = _mm512_cmplt_epu32_mask(c0, lane);  // the low word wrapped
@@ -151,9 +176,20 @@ GK_AVX512 inline void uniform64(uint64_t seed, uint64_t counter, float* u) {
     k0 += random::kPhiloxKeyA;
     k1 += random::kPhiloxKeyB;
   }
+  c[0] = c0, c[1] = c1, c[2] = c2, c[3] = c3;
+}
+
+// uint_to_uniform_float on 16 words (as uniform32).
+GK_AVX512 inline __m512 to_uniform16(__m512i words) {
+  const __m512i folded = _mm512_xor_si512(words, _mm512_srai_epi32(words, 31));
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(folded), _mm512_set1_ps(random::kUint32ToUniformScale));
+}
+
+GK_AVX512 inline void uniform64(uint64_t seed, uint64_t counter, float* u) {
+  __m512i c[4];
+  philox16(seed, counter, c);
   const __m512 scale = _mm512_set1_ps(random::kUint32ToUniformScale);
   alignas(64) float words[4][16];
-  const __m512i c[4] = {c0, c1, c2, c3};
   for (int k = 0; k < 4; ++k) {
     const __m512i folded = _mm512_xor_si512(c[k], _mm512_srai_epi32(c[k], 31));
     _mm512_store_ps(words[k], _mm512_mul_ps(_mm512_cvtepi32_ps(folded), scale));
@@ -162,16 +198,47 @@ GK_AVX512 inline void uniform64(uint64_t seed, uint64_t counter, float* u) {
     for (int k = 0; k < 4; ++k) u[4 * l + k] = words[k][l];
 }
 
+// The 64 samples u < p[0..63] of counters counter + l, l = 0..15, for fp32 p, all in
+// registers: the words of the 16 counters are transposed into element order (element
+// 4 l + k = word k of counter + l) with two rounds of unpacks and two of 128-bit block
+// shuffles, converted, compared and narrowed to bytes. Measured on 2 cores: the scalar
+// transpose-and-compare loop it replaces took about as long as the Philox rounds.
+GK_AVX512 inline void bernoulli64_f32(uint64_t seed, uint64_t counter, const float* __restrict__ p,
+                                      uint8_t* __restrict__ samples) {
+  __m512i c[4];
+  philox16(seed, counter, c);
+  // per 128-bit block q: r[m] = the four words of counter 4 q + m
+  const __m512i t0 = _mm512_unpacklo_epi32(c[0], c[1]), t1 = _mm512_unpackhi_epi32(c[0], c[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(c[2], c[3]), t3 = _mm512_unpackhi_epi32(c[2], c[3]);
+  const __m512i r0 = _mm512_unpacklo_epi64(t0, t2), r1 = _mm512_unpackhi_epi64(t0, t2);
+  const __m512i r2 = _mm512_unpacklo_epi64(t1, t3), r3 = _mm512_unpackhi_epi64(t1, t3);
+  // e[n] = block n of r0, r1, r2, r3: counters 4 n .. 4 n + 3, i.e. elements 16 n .. 16 n + 15
+  const __m512i a = _mm512_shuffle_i32x4(r0, r1, 0x44), b = _mm512_shuffle_i32x4(r2, r3, 0x44);
+  const __m512i cc = _mm512_shuffle_i32x4(r0, r1, 0xEE), d = _mm512_shuffle_i32x4(r2, r3, 0xEE);
+  const __m512i e[4] = {_mm512_shuffle_i32x4(a, b, 0x88), _mm512_shuffle_i32x4(a, b, 0xDD),
+                        _mm512_shuffle_i32x4(cc, d, 0x88), _mm512_shuffle_i32x4(cc, d, 0xDD)};
+  const __m512i one = _mm512_set1_epi32(1);
+  for (int n = 0; n < 4; ++n) {
+    const __mmask16 draw = _mm512_cmp_ps_mask(to_uniform16(e[n]), _mm512_loadu_ps(p + 16 * n), _CMP_LT_OQ);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(samples + 16 * n),
+                     _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(draw, one)));
+  }
+}
+
 // bernoulli_row with 64 elements per Philox pass; the remainder (< 64, starting on a
 // counter) goes to the AVX2 / scalar loop.
 template <typename T>
 GK_AVX512 void bernoulli_row_avx512(const T* __restrict__ p, int64_t n, uint64_t seed, uint64_t counter,
                                     uint8_t* __restrict__ samples, T* __restrict__ probs_out) {
-  alignas(64) float u[64];
   int64_t j = 0;
-  for (; j + 64 <= n; j += 64) {
-    uniform64(seed, counter + static_cast<uint64_t>(j / 4), u);
-    for (int l = 0; l < 64; ++l) samples[j + l] = static_cast<T>(u[l]) < p[j + l];
+  if constexpr (std::is_same_v<T, float>) {
+    for (; j + 64 <= n; j += 64) bernoulli64_f32(seed, counter + static_cast<uint64_t>(j / 4), p + j, samples + j);
+  } else {
+    alignas(64) float u[64];
+    for (; j + 64 <= n; j += 64) {
+      uniform64(seed, counter + static_cast<uint64_t>(j / 4), u);
+      for (int l = 0; l < 64; ++l) samples[j + l] = static_cast<T>(u[l]) < p[j + l];
+    }
   }
   bernoulli_row<T>(p + j, n - j, seed, counter + static_cast<uint64_t>(j / 4), samples + j, nullptr);
   if (probs_out != nullptr) std::copy(p, p + n, probs_out);
@@ -190,6 +257,12 @@ bool use_avx512() { return false; }
 template <typename T>
 void bernoulli_row_avx512(const T*, int64_t, uint64_t, uint64_t, uint8_t*, T*) {}
 #endif
+
+// Where at::parallel_for may split rows: the multiply-adds one thread must get, as
+// kMinWorkPerThread above.
+int64_t row_grain(int64_t work_per_row) {
+  return std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_row));
+}
 
 template <typename T>
 void half_step(const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias, uint64_t seed, uint64_t offset,
@@ -260,9 +333,330 @@ std::tuple<at::Tensor, at::Tensor> rbm_half_step_cpu(const at::Tensor& s, const 
   return {samples, probs};
 }
 
+// ---------------------------------------------------------------- binary states
+
+// Rows of a binary half-step tile: 32 rows of 784 fp32 units are 100 KiB, an L2's share
+// that the sigmoid and the draws read back while it is warm.
+constexpr int64_t kBinaryTileRows = 32;
+// Columns a gathered sum keeps in registers: 16 AVX-512 vectors of fp32.
+constexpr int64_t kGatherColumns = 256;
+
+// The indices i < n with s[i] != 0, ascending, into idx; returns how many. Branch-free: the
+// states are random, a branch per element would mispredict at every other one.
+template <typename S>
+int64_t active_indices(const S* __restrict__ s, int64_t n, int32_t* __restrict__ idx) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    idx[count] = static_cast<int32_t>(i);
+    count += s[i] != S(0);
+  }
+  return count;
+}
+
+// active_indices for uint8 states: 32 at a time, a movemask of the nonzero bytes and one
+// step per set bit (about 4x faster than the branch-free loop at the RBM's densities).
+int64_t active_indices(const uint8_t* __restrict__ s, int64_t n, int32_t* __restrict__ idx) {
+  int64_t count = 0, i = 0;
+#if defined(__AVX2__)
+  const __m256i zero = _mm256_setzero_si256();
+  for (; i + 32 <= n; i += 32) {
+    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    uint32_t mask = ~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(bytes, zero)));
+    for (; mask != 0; mask &= mask - 1) idx[count++] = static_cast<int32_t>(i + __builtin_ctz(mask));
+  }
+#endif
+  for (; i < n; ++i) {
+    idx[count] = static_cast<int32_t>(i);
+    count += s[i] != 0;
+  }
+  return count;
+}
+
+// out[c] = init[c] + sum_k rows[idx[k]][c] (ACCUMULATE false) or out[c] += alpha * sum_k
+// rows[idx[k]][c] (ACCUMULATE true), for c < cols; rows[i] = base + i * ld. Portable loop:
+// the sum lives in out (or in acc, a cols-long scratch row) and the compiler vectorises the
+// column loop.
+template <bool ACCUMULATE, typename T>
+void gather_sum(const T* __restrict__ base, int64_t ld, const int32_t* __restrict__ idx, int64_t n_idx,
+                const T* __restrict__ init, int64_t cols, T alpha, T* __restrict__ out, T* __restrict__ acc) {
+  T* sum = ACCUMULATE ? acc : out;
+  for (int64_t c = 0; c < cols; ++c) sum[c] = ACCUMULATE ? T(0) : init[c];
+  for (int64_t k = 0; k < n_idx; ++k) {
+    const T* __restrict__ row = base + static_cast<int64_t>(idx[k]) * ld;
+    for (int64_t c = 0; c < cols; ++c) sum[c] += row[c];
+  }
+  if (ACCUMULATE)
+    for (int64_t c = 0; c < cols; ++c) out[c] += alpha * sum[c];
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// gather_sum on NV <= 16 vectors of 16 fp32 columns held in registers; the last vector is
+// masked to `last` columns (1..16).
+template <int NV, bool ACCUMULATE>
+GK_AVX512 inline void gather_block_avx512(const float* __restrict__ base, int64_t ld,
+                                          const int32_t* __restrict__ idx, int64_t n_idx,
+                                          const float* __restrict__ init, int64_t last, float alpha,
+                                          float* __restrict__ out) {
+  const __mmask16 tail = static_cast<__mmask16>((1u << last) - 1u);
+  __m512 acc[NV];
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v)
+    acc[v] = ACCUMULATE ? _mm512_setzero_ps()
+                        : (v == NV - 1 ? _mm512_maskz_loadu_ps(tail, init + 16 * v) : _mm512_loadu_ps(init + 16 * v));
+  for (int64_t k = 0; k < n_idx; ++k) {
+    const float* __restrict__ row = base + static_cast<int64_t>(idx[k]) * ld;
+#pragma GCC unroll 16
+    for (int v = 0; v < NV - 1; ++v) acc[v] = _mm512_add_ps(acc[v], _mm512_loadu_ps(row + 16 * v));
+    acc[NV - 1] = _mm512_add_ps(acc[NV - 1], _mm512_maskz_loadu_ps(tail, row + 16 * (NV - 1)));
+  }
+  const __m512 a = _mm512_set1_ps(alpha);
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) {
+    const __mmask16 m = v == NV - 1 ? tail : static_cast<__mmask16>(0xFFFF);
+    __m512 r = acc[v];
+    if (ACCUMULATE) r = _mm512_fmadd_ps(a, r, _mm512_maskz_loadu_ps(m, out + 16 * v));
+    _mm512_mask_storeu_ps(out + 16 * v, m, r);
+  }
+}
+
+template <bool ACCUMULATE, int... NV>
+constexpr auto gather_block_table(std::integer_sequence<int, NV...>) {
+  using Fn = void (*)(const float*, int64_t, const int32_t*, int64_t, const float*, int64_t, float, float*);
+  return std::array<Fn, sizeof...(NV)>{&gather_block_avx512<NV + 1, ACCUMULATE>...};
+}
+
+// gather_sum for fp32 with AVX-512: column blocks of 256 (the last one narrower), each a
+// pass over the index list with its sum in registers.
+template <bool ACCUMULATE>
+GK_AVX512 void gather_sum_avx512(const float* base, int64_t ld, const int32_t* idx, int64_t n_idx,
+                                 const float* init, int64_t cols, float alpha, float* out) {
+  static constexpr auto table = gather_block_table<ACCUMULATE>(std::make_integer_sequence<int, 16>());
+  for (int64_t c0 = 0; c0 < cols; c0 += kGatherColumns) {
+    const int64_t width = std::min(kGatherColumns, cols - c0);
+    const int64_t nv = (width + 15) / 16;
+    table[nv - 1](base + c0, ld, idx, n_idx, ACCUMULATE ? nullptr : init + c0, width - 16 * (nv - 1), alpha,
+                  out + c0);
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+// Dense-path-compatible epilogue on a tile of pre-activations: sigmoid in place, then the
+// Bernoulli draws of rows r0.. (the counter layout of half_step).
+template <typename T>
+void sample_tile(at::Tensor& tile, int64_t r0, int64_t n_out, uint64_t seed, uint64_t offset, uint8_t* out,
+                 T* probs_out) {
+  tile.sigmoid_();
+  const auto row_sampler = use_avx512() ? &bernoulli_row_avx512<T> : &bernoulli_row<T>;
+  const T* p = tile.data_ptr<T>();
+  const uint64_t q = static_cast<uint64_t>((n_out + 3) / 4);
+  for (int64_t i = 0; i < tile.size(0); ++i) {
+    const int64_t r = r0 + i;
+    row_sampler(p + i * n_out, n_out, seed, offset + static_cast<uint64_t>(r) * q, out + r * n_out,
+                probs_out != nullptr ? probs_out + r * n_out : nullptr);
+  }
+}
+
+// dst (cols, rows) = src (rows, cols)^T, both contiguous, in 16 x 16 tiles (a tile's
+// source rows and destination rows stay in L1; ATen's strided copy took 120-150 us for
+// the 784 x 256 fp32 weights on one thread, these tiles about a third of that).
+template <typename T>
+void transpose_rows(const T* __restrict__ src, int64_t rows, int64_t cols, T* __restrict__ dst) {
+  constexpr int64_t kTile = 16;
+  at::parallel_for(0, (rows + kTile - 1) / kTile, row_grain(kTile * cols * 4), [&](int64_t t0, int64_t t1) {
+    for (int64_t r0 = t0 * kTile; r0 < std::min(rows, t1 * kTile); r0 += kTile) {
+      const int64_t r1 = std::min(rows, r0 + kTile);
+      for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+        const int64_t c1 = std::min(cols, c0 + kTile);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
+      }
+    }
+  });
+}
+
+template <typename T, typename S>
+void half_step_binary(const S* s, int64_t B, int64_t n_in, const T* w_rows, const T* bias, int64_t n_out,
+                      uint64_t seed, uint64_t offset, uint8_t* out, T* probs_out, const at::TensorOptions& opts) {
+  const bool avx512 = std::is_same_v<T, float> && use_avx512();
+  // a row sums about a fifth of n_in weight rows (the data's density); its draws cost as
+  // much as ~64 multiply-adds per unit (half_step's estimate)
+  const int64_t work_per_row = n_out * (n_in / 5 + 64);
+  at::parallel_for(0, B, row_grain(work_per_row), [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> idx(static_cast<size_t>(n_in));
+    at::Tensor buf = at::empty({std::min(kBinaryTileRows, end - begin), n_out}, opts);
+    T* pre = buf.data_ptr<T>();
+    for (int64_t r0 = begin; r0 < end; r0 += kBinaryTileRows) {
+      const int64_t rows = std::min(kBinaryTileRows, end - r0);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t n_idx = active_indices(s + (r0 + i) * n_in, n_in, idx.data());
+#if defined(__x86_64__) && defined(__GNUC__)
+        if constexpr (std::is_same_v<T, float>) {
+          if (avx512) {
+            gather_sum_avx512<false>(w_rows, n_out, idx.data(), n_idx, bias, n_out, 1.0f, pre + i * n_out);
+            continue;
+          }
+        }
+#endif
+        gather_sum<false, T>(w_rows, n_out, idx.data(), n_idx, bias, n_out, T(1), pre + i * n_out, nullptr);
+      }
+      at::Tensor tile = buf.narrow(0, 0, rows);
+      sample_tile<T>(tile, r0, n_out, seed, offset, out, probs_out);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> rbm_half_step_binary_cpu(const at::Tensor& s, const at::Tensor& w,
+                                                            const at::Tensor& bias, int64_t seed, int64_t offset,
+                                                            bool transpose, bool return_probs) {
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() &&
+                  (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble),
+              "rbm_half_step_binary: w must be a contiguous 2-D float32/float64 tensor");
+  const int64_t n_in = transpose ? w.size(1) : w.size(0), n_out = transpose ? w.size(0) : w.size(1);
+  TORCH_CHECK(s.dim() == 2 && s.size(1) == n_in, "rbm_half_step_binary: s must be (B, ", n_in, ")");
+  TORCH_CHECK(s.scalar_type() == at::kByte || s.scalar_type() == w.scalar_type(),
+              "rbm_half_step_binary: s must be uint8 or w's dtype");
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == n_out && bias.scalar_type() == w.scalar_type(),
+              "rbm_half_step_binary: bias must be (", n_out, ",) in w's dtype");
+  const at::Tensor sc = s.contiguous(), b = bias.contiguous();
+  const int64_t B = s.size(0);
+  at::Tensor samples = at::empty({B, n_out}, s.options().dtype(at::kByte));
+  at::Tensor probs = at::empty({return_probs ? B : 0, n_out}, w.options());
+  if (B == 0 || n_out == 0) return {samples, probs};
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rbm_half_step_binary_cpu", [&] {
+    // the weight rows the sums gather: W's rows, or those of W^T (one transposed copy)
+    at::Tensor w_rows = w;
+    if (transpose) {
+      w_rows = at::empty({w.size(1), w.size(0)}, w.options());
+      transpose_rows<scalar_t>(w.data_ptr<scalar_t>(), w.size(0), w.size(1), w_rows.data_ptr<scalar_t>());
+    }
+    scalar_t* probs_out = return_probs ? probs.data_ptr<scalar_t>() : nullptr;
+    const auto run = [&](const auto* states) {
+      half_step_binary<scalar_t>(states, B, n_in, w_rows.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), n_out,
+                                 static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                                 samples.data_ptr<uint8_t>(), probs_out, w.options());
+    };
+    if (sc.scalar_type() == at::kByte)
+      run(sc.data_ptr<uint8_t>());
+    else
+      run(sc.data_ptr<scalar_t>());
+  });
+  return {samples, probs};
+}
+
+template <typename T, typename S>
+void binary_outer_add(T* out, const S* x, const T* h, int64_t B, int64_t n_in, int64_t n_out, T alpha,
+                      T* column_sums, T sums_alpha) {
+  const bool avx512 = std::is_same_v<T, float> && use_avx512();
+  // a row of out sums about a fifth of the B rows of h (the data's density), and the
+  // thread scans its columns of x
+  const int64_t work_per_row = n_out * (B / 5 + 1) + B;
+  at::parallel_for(0, n_in, row_grain(work_per_row), [&](int64_t begin, int64_t end) {
+    const int64_t width = end - begin;
+    // bit b of the row mask of input i (words_per_input words): x[b, begin + i] != 0, set
+    // from each row's list of active inputs (a step per one, not per entry; the masks stay
+    // in L1 where (i, B) index lists would scatter stores over L2)
+    const int64_t words_per_input = (B + 63) / 64;
+    std::vector<uint64_t> masks(static_cast<size_t>(width * words_per_input), 0);
+    std::vector<int32_t> list(static_cast<size_t>(std::max(width, B)));
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t n_active = active_indices(x + b * n_in + begin, width, list.data());
+      const uint64_t bit = uint64_t(1) << (b % 64);
+      for (int64_t k = 0; k < n_active; ++k) masks[list[k] * words_per_input + b / 64] |= bit;
+    }
+    std::vector<T> acc(static_cast<size_t>(n_out));
+    for (int64_t i = 0; i < width; ++i) {
+      // the rows b of input i, ascending
+      int64_t count = 0;
+      for (int64_t word = 0; word < words_per_input; ++word)
+        for (uint64_t m = masks[i * words_per_input + word]; m != 0; m &= m - 1)
+          list[count++] = static_cast<int32_t>(word * 64 + __builtin_ctzll(m));
+      column_sums[begin + i] += sums_alpha * static_cast<T>(count);
+      if (count == 0) continue;
+      T* row = out + (begin + i) * n_out;
+#if defined(__x86_64__) && defined(__GNUC__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (avx512) {
+          gather_sum_avx512<true>(h, n_out, list.data(), count, nullptr, n_out, alpha, row);
+          continue;
+        }
+      }
+#endif
+      gather_sum<true, T>(h, n_out, list.data(), count, nullptr, n_out, alpha, row, acc.data());
+    }
+  });
+}
+
+void rbm_binary_outer_add_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& h, double alpha,
+                              at::Tensor& column_sums, double sums_alpha) {
+  TORCH_CHECK(out.dim() == 2 && out.is_contiguous() &&
+                  (out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble),
+              "rbm_binary_outer_add_: out must be a contiguous 2-D float32/float64 tensor");
+  const int64_t n_in = out.size(0), n_out = out.size(1);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == n_in && (x.scalar_type() == at::kByte || x.scalar_type() == out.scalar_type()),
+              "rbm_binary_outer_add_: x must be (B, ", n_in, ") uint8 or out's dtype");
+  TORCH_CHECK(h.dim() == 2 && h.size(0) == x.size(0) && h.size(1) == n_out && h.scalar_type() == out.scalar_type(),
+              "rbm_binary_outer_add_: h must be (", x.size(0), ", ", n_out, ") in out's dtype");
+  TORCH_CHECK(column_sums.dim() == 1 && column_sums.size(0) == n_in && column_sums.is_contiguous() &&
+                  column_sums.scalar_type() == out.scalar_type(),
+              "rbm_binary_outer_add_: column_sums must be a contiguous (", n_in, ",) tensor in out's dtype");
+  const int64_t B = x.size(0);
+  if (B == 0 || n_in == 0 || n_out == 0) return;
+  const at::Tensor xc = x.contiguous(), hc = h.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rbm_binary_outer_add_cpu", [&] {
+    const auto run = [&](const auto* states) {
+      binary_outer_add<scalar_t>(out.data_ptr<scalar_t>(), states, hc.data_ptr<scalar_t>(), B, n_in, n_out,
+                                 static_cast<scalar_t>(alpha), column_sums.data_ptr<scalar_t>(),
+                                 static_cast<scalar_t>(sums_alpha));
+    };
+    if (xc.scalar_type() == at::kByte)
+      run(xc.data_ptr<uint8_t>());
+    else
+      run(xc.data_ptr<scalar_t>());
+  });
+}
+
+// dst[i] = (src[i] == 1) for i < n; whether every src[i] is 0 or 1. An integer flag and no
+// early exit, so the loop vectorises (a bool flag kept it scalar: 4x slower than a cast).
+template <typename T>
+bool pack_binary_range(const T* __restrict__ src, int64_t n, uint8_t* __restrict__ dst) {
+  int other = 0;
+#pragma omp simd reduction(| : other)
+  for (int64_t i = 0; i < n; ++i) {
+    other |= static_cast<int>(src[i] != T(0)) & static_cast<int>(src[i] != T(1));
+    dst[i] = static_cast<uint8_t>(src[i] == T(1));
+  }
+  return other == 0;
+}
+
+// One read of x: its uint8 copy when every value is 0 or 1, else an empty (0, D) tensor (the
+// RBM's test for exactly binary training data, which then trains on the copy: a quarter of
+// fp32's bytes to shuffle, and the binary kernels' cheapest input).
+at::Tensor rbm_pack_binary_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "rbm_pack_binary: x must be a 2-D float32/float64 tensor");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor packed = at::empty(x.sizes(), x.options().dtype(at::kByte));
+  const int64_t n = xc.numel();
+  std::atomic<bool> binary{true};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rbm_pack_binary_cpu", [&] {
+    const scalar_t* src = xc.data_ptr<scalar_t>();
+    uint8_t* dst = packed.data_ptr<uint8_t>();
+    at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
+      if (!pack_binary_range(src + begin, end - begin, dst + begin)) binary.store(false, std::memory_order_relaxed);
+    });
+  });
+  return binary.load() ? packed : at::empty({0, x.size(1)}, x.options().dtype(at::kByte));
+}
+
 }  // namespace
 }  // namespace genkernels::boltzmann::cpu
 
 TORCH_LIBRARY_IMPL(genkernels, CPU, m) {
   m.impl("rbm_half_step", &genkernels::boltzmann::cpu::rbm_half_step_cpu);
+  m.impl("rbm_half_step_binary", &genkernels::boltzmann::cpu::rbm_half_step_binary_cpu);
+  m.impl("rbm_binary_outer_add_", &genkernels::boltzmann::cpu::rbm_binary_outer_add_cpu);
+  m.impl("rbm_pack_binary", &genkernels::boltzmann::cpu::rbm_pack_binary_cpu);
 }

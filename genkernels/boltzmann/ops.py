@@ -6,6 +6,11 @@ Re-exported flat in ``genkernels.ops``. Backends (see ``genkernels.backends``):
 Samples are bit-identical across backends wherever the probabilities are (the Bernoulli
 identity of DESIGN.md, "Randomness"); computed probabilities agree within the dtype
 tolerance, so a sample may differ where |u - P| is within that rounding.
+
+``rbm_half_step_binary`` is the same half-step for 0/1 states (the product as a sum of
+gathered weight rows, the same counters; ``torch.ops.genkernels.rbm_half_step_binary`` and
+``rbm_half_step_binary_triton``); ``binary_outer_add_`` and ``pack_binary`` are the RBM's
+binary-state weight statistics and data test (``RBM.fit(state_path=...)``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,20 @@ if backends.extension_error() is None:
         n_out = w.shape[0] if transpose else w.shape[1]
         return (s.new_empty((s.shape[0], n_out), dtype=torch.uint8),
                 w.new_empty((s.shape[0] if return_probs else 0, n_out)))
+
+
+    @torch.library.register_fake("genkernels::rbm_half_step_binary")
+    def _half_step_binary_fake(s, w, bias, seed, offset, transpose, return_probs):
+        return _half_step_fake(s, w, bias, seed, offset, transpose, return_probs)
+
+    @torch.library.register_fake("genkernels::rbm_binary_outer_add_")
+    def _binary_outer_add_fake(out, x, h, alpha, column_sums, sums_alpha):
+        return None
+
+    @torch.library.register_fake("genkernels::rbm_pack_binary")
+    def _pack_binary_fake(x):
+        # all rows when x is binary, none otherwise: a data-dependent row count
+        return x.new_empty((torch.library.get_ctx().new_dynamic_size(), x.shape[1]), dtype=torch.uint8)
 
 
 def _triton_ops():
@@ -111,3 +130,88 @@ def half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, o
                                                   transpose, return_probs)
     return torch.ops.genkernels.rbm_half_step(s, w, bias, gk_random._schema_seed(seed), offset, transpose,
                                               return_probs)
+
+
+def _check_binary(name: str, s: torch.Tensor) -> None:
+    """Eager data check of 0/1 states (skipped while compiling, DESIGN.md "Validation")."""
+    if compiling() or s.numel() == 0 or s.device.type == "meta":
+        return
+    if not bool(((s == 0) | (s == 1)).all()):
+        bad = s[(s != 0) & (s != 1)][0].item()
+        raise ValueError(f"{name} must hold binary states (0 or 1); got the value {bad!r}")
+
+
+def rbm_half_step_binary(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int = 0,
+                         transpose: bool = False, return_probs: bool = False, *,
+                         backend: str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rbm_half_step` for binary states: the product is a sum of gathered weight rows.
+
+    P[b] = sigmoid(bias + sum of the rows i of W (transpose=False) or of W^T (transpose=True)
+    with s[b, i] = 1), which equals rbm_half_step's P up to float summation order; the
+    Bernoulli draws use exactly rbm_half_step's counters, so both ops draw the same samples
+    wherever their probabilities are equal. Worth it when s is sparse (the work is
+    proportional to the ones in s); the RBM picks it by itself (``RBM.fit(state_path=...)``).
+
+    Args:
+        s: (B, n_in) binary states, uint8 or float, every value 0 or 1 (checked eagerly).
+        w, bias, seed, offset, transpose, return_probs, backend: as :func:`rbm_half_step`
+            (backends "reference", "cpu", "triton").
+    Returns:
+        samples (B, n_out) uint8 and, with return_probs, P (B, n_out) float32 (float64 for
+        float64 weights).
+    """
+    check_float_tensor("w", w, 2)
+    if w.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"w must be float32 or float64; got dtype {w.dtype}")
+    transpose, return_probs = bool(transpose), bool(return_probs)
+    n_in, n_out = (w.shape[1], w.shape[0]) if transpose else (w.shape[0], w.shape[1])
+    _check_states(s, w, n_in, transpose)
+    check_float_tensor("bias", bias, 1)
+    if bias.shape[0] != n_out:
+        raise ValueError(f"bias must be ({n_out},) (the output layer of w {tuple(w.shape)} with "
+                         f"transpose={transpose}); got shape {tuple(bias.shape)}")
+    check_same_device(w=w, s=s, bias=bias)
+    seed = gk_random._check_seed(seed)
+    offset = check_int("offset", offset, INT64_MIN, INT64_MAX)
+    _check_binary("s", s)
+    dt = acc_dtype(w.dtype)
+    s = s if s.dtype == torch.uint8 else s.to(dt)
+    samples, probs = half_step_binary(s.contiguous(), w.contiguous(), bias.to(dt).contiguous(), seed, offset,
+                                      transpose, return_probs, backend)
+    return (samples, probs) if return_probs else samples
+
+
+def half_step_binary(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
+                     transpose: bool, return_probs: bool, backend: str | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rbm_half_step_binary` on validated arguments (as :func:`half_step`)."""
+    name = backends.resolve("rbm_half_step_binary", s.device, backend)
+    if name == "reference":
+        return reference.rbm_half_step_binary(s, w, bias, seed, offset, transpose, return_probs)
+    if name == "triton":
+        return _triton_ops().rbm_half_step_binary_triton(s, w, bias, gk_random._schema_seed(seed), offset,
+                                                         transpose, return_probs)
+    return torch.ops.genkernels.rbm_half_step_binary(s, w, bias, gk_random._schema_seed(seed), offset,
+                                                     transpose, return_probs)
+
+
+def binary_outer_add_(out: torch.Tensor, x: torch.Tensor, h: torch.Tensor, alpha: float,
+                      column_sums: torch.Tensor, sums_alpha: float, backend: str | None = None) -> None:
+    """out (n_in, n_out) += alpha * x^T h and column_sums (n_in,) += sums_alpha * x.sum(0), in
+    place, for 0/1 states x (B, n_in) (uint8 or out's dtype) and h (B, n_out) in out's dtype,
+    all contiguous (validated by the caller): the RBM's weight and visible-bias statistics of
+    binary visible states, as scatters of h's rows (backends "reference" and "cpu")."""
+    name = backends.resolve("rbm_binary_outer_add", out.device, backend)
+    if name == "reference":
+        reference.binary_outer_add_(out, x, h, alpha, column_sums, sums_alpha)
+    else:
+        torch.ops.genkernels.rbm_binary_outer_add_(out, x, h, float(alpha), column_sums, float(sums_alpha))
+
+
+def pack_binary(x: torch.Tensor, backend: str | None = None) -> torch.Tensor | None:
+    """x (N, D) float -> its (N, D) uint8 copy if every value is exactly 0 or 1, else None
+    (one read of x with the cpu backend; the RBM's test for binary training data)."""
+    if backends.resolve("rbm_binary_outer_add", x.device, backend) == "cpu":
+        packed = torch.ops.genkernels.rbm_pack_binary(x)
+        return packed if packed.shape[0] == x.shape[0] else None
+    return x.to(torch.uint8) if bool(((x == 0) | (x == 1)).all()) else None

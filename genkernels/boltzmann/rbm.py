@@ -55,11 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import backends
 from .. import checkpoint as ckpt
 from .. import distributed as gkdist
 from .. import random as gk_random
 from .._checks import OnWeights, check_choice, check_int, compiling
-from .ops import half_step
+from .ops import binary_outer_add_, half_step, half_step_binary, pack_binary
 from .reference import counters_per_row, half_step_uniforms
 
 VISIBLE_UNITS = ("bernoulli", "gaussian")
@@ -68,6 +69,7 @@ METHODS = ("cd", "pcd", "pt")
 PT_DEFAULT_TEMPERATURES = 10
 BINARIZE = (None, "threshold", "stochastic")
 MONITORS = (None, "reconstruction_error", "pseudo_likelihood")
+STATE_PATHS = ("auto", "dense", "binary")
 AIS_SCHEDULES = ("linear", "piecewise")
 # exact enumeration over the smaller layer: 2^n states, n at most this
 MAX_ENUMERATED_UNITS = 20
@@ -163,6 +165,9 @@ class RBM(OnWeights, nn.Module):
         self.offset = 0
         self.epochs_done = 0
         self.history: list[dict] = []
+        # training on binary visible states (fit's state_path): None, or the backend of the
+        # weight statistics while fit runs on the binary-state path
+        self._binary_states: str | None = None
         g = torch.Generator().manual_seed(self.seed % 2**63)
         weights = torch.randn(self.n_visible, self.n_hidden, generator=g, dtype=torch.float64) * 0.01
         opts = {"dtype": dtype, "device": device}
@@ -246,18 +251,23 @@ class RBM(OnWeights, nn.Module):
 
     def _sample_hidden(self, v: torch.Tensor, rows: _Rows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """v (B, n_visible) floats or uint8 -> (samples (B, n_hidden) uint8, probabilities).
-        rows: v's global rows when v is this process's share (see :meth:`_advance_rows`)."""
+        rows: v's global rows when v is this process's share (see :meth:`_advance_rows`).
+        On the binary-state path (uint8 visible states while fit trains on binary data) the
+        product is a sum of gathered weight rows (ops.rbm_half_step_binary)."""
         s = self._hidden_input(v) if v.dtype != torch.uint8 else v
-        return half_step(s.contiguous(), self.weights, self.hidden_bias, self.seed,
-                         self._advance_rows(v.shape[0], counters_per_row(self.n_hidden), rows), False, True)
+        step = half_step_binary if self._binary_states is not None and v.dtype == torch.uint8 else half_step
+        return step(s.contiguous(), self.weights, self.hidden_bias, self.seed,
+                    self._advance_rows(v.shape[0], counters_per_row(self.n_hidden), rows), False, True)
 
     def _sample_visible(self, h: torch.Tensor, rows: _Rows | None = None) -> torch.Tensor:
-        """h (B, n_hidden) uint8 or floats -> visible samples (B, n_visible) in the model's dtype.
-        rows: h's global rows when h is this process's share (see :meth:`_advance_rows`)."""
+        """h (B, n_hidden) uint8 or floats -> visible samples (B, n_visible) in the model's dtype
+        (uint8 on the binary-state path, which keeps the chain's states binary). rows: h's
+        global rows when h is this process's share (see :meth:`_advance_rows`)."""
         if self.visible == "bernoulli":
             offset = self._advance_rows(h.shape[0], counters_per_row(self.n_visible), rows)
-            return half_step(h.contiguous(), self.weights, self.visible_bias, self.seed, offset, True,
-                             False)[0].to(self.dtype)
+            samples = half_step(h.contiguous(), self.weights, self.visible_bias, self.seed, offset, True,
+                                False)[0]
+            return samples if self._binary_states is not None else samples.to(self.dtype)
         sigma = self.sigma
         mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
         return mean + sigma * self._normal(h.shape[0], self._advance_rows(h.shape[0], self.n_visible, rows))
@@ -579,7 +589,8 @@ class RBM(OnWeights, nn.Module):
             sparsity_target: float | None = None, sparsity_cost: float = 0.1,
             binarize: str | None = None, verbose: bool = True,
             monitor: str | None = "reconstruction_error", checkpoint: str | None = None,
-            resume: bool = False, pt_betas=PT_DEFAULT_TEMPERATURES, distributed: bool = False) -> RBM:
+            resume: bool = False, pt_betas=PT_DEFAULT_TEMPERATURES, distributed: bool = False,
+            state_path: str = "auto") -> RBM:
         """Train on x (N, n_visible) until ``epochs`` epochs are done in total.
 
         Args:
@@ -615,11 +626,20 @@ class RBM(OnWeights, nn.Module):
                 (initialised from torchrun's environment when none is): x is the WHOLE
                 training set on every process (the same rows in the same order; checked),
                 each process trains on its share of every batch and of the persistent
-                chains (of every temperature with method="pt"), with one all-reduce per update (module docstring). Parameters,
-                momentum, history and random stream are identical on every process; the
+                chains (of every temperature with method="pt"), with one all-reduce per
+                update (module docstring). Parameters, momentum, history and random stream are identical on every process; the
                 persistent chains are gathered after every epoch, so the model and its
                 checkpoint (written by rank 0 alone, then a barrier) are complete and resume
                 on any number of processes. The progress bar shows on rank 0 only.
+            state_path: how the visible states enter the products. "binary": the data (after
+                binarize) must be exactly 0/1 with Bernoulli visible units; they are kept as
+                uint8, the visible -> hidden half-steps sum the weight rows of the active
+                units (ops.rbm_half_step_binary) and the weight statistics add the rows of h
+                into the weight rows of the active units -- work proportional to the ones,
+                the same samples and, up to float summation order, the same parameters as
+                "dense" (matrix products). "auto" (default): "binary" where it was measured
+                faster -- exactly binary data on the cpu backend
+                (bench/results/intel-xeon-processor-2c-energy.md) -- else "dense".
         Returns: self.
         """
         epochs = check_int("epochs", epochs, 0)
@@ -639,6 +659,7 @@ class RBM(OnWeights, nn.Module):
             raise ValueError("monitor='pseudo_likelihood' needs Bernoulli visible units")
         if resume and checkpoint is None:
             raise ValueError("resume=True needs the checkpoint path to resume from")
+        check_choice("state_path", state_path, STATE_PATHS)
         if not isinstance(distributed, bool):
             raise TypeError(f"distributed must be a bool; got {type(distributed).__name__} {distributed!r}")
         if distributed:
@@ -652,6 +673,7 @@ class RBM(OnWeights, nn.Module):
         if distributed:
             _check_same_data(v_all)
         verbose = verbose and gkdist.rank() == 0
+        v_all = self._training_states(v_all, state_path)
         progress = _Progress(epochs, self.epochs_done, verbose and self.epochs_done < epochs, monitor)
         try:
             with torch.no_grad():
@@ -686,7 +708,28 @@ class RBM(OnWeights, nn.Module):
                     progress.update(record.get(monitor))
         finally:
             progress.close()
+            self._binary_states = None
         return self
+
+    def _training_states(self, v_all: torch.Tensor, state_path: str) -> torch.Tensor:
+        """The training data as fit uses them: uint8 on the binary-state path (which this
+        sets up, see fit's state_path), else v_all unchanged."""
+        half_step_backend = backends.resolve("rbm_half_step", v_all.device)
+        if state_path == "dense" or self.visible != "bernoulli" or \
+                (state_path == "auto" and half_step_backend != "cpu"):
+            if state_path == "binary":
+                raise ValueError("state_path='binary' needs Bernoulli visible units; the model has gaussian ones")
+            return v_all
+        outer_backend = "cpu" if half_step_backend == "cpu" else "reference"
+        packed = pack_binary(v_all, outer_backend)
+        if packed is None:
+            if state_path == "binary":
+                raise ValueError("state_path='binary' needs exactly binary training data (every value 0 or 1); "
+                                 "got other values: pass binarize='threshold' or 'stochastic', or "
+                                 "state_path='dense'")
+            return v_all
+        self._binary_states = outer_backend
+        return packed
 
     def _update(self, v_pos, method, k, lr, momentum, weight_decay, sparsity_target, sparsity_cost,
                 n_chains, betas=None, rows: _Rows | None = None) -> torch.Tensor:
@@ -727,7 +770,14 @@ class RBM(OnWeights, nn.Module):
         the velocity) as two accumulating products: no gradient temporary, no extra pass.
         rows / neg_rows: distributed, this process's shares of the positive and negative rows;
         the means are then :meth:`_all_reduced_means`."""
+        if v_pos.dtype == torch.uint8 and rows is not None:
+            # distributed: the statistics are summed per process and all-reduced as floats
+            v_pos, v_neg = v_pos.to(self.dtype), v_neg.to(self.dtype)
         n_pos, n_neg = v_pos.shape[0], v_neg.shape[0]
+        if v_pos.dtype == torch.uint8:
+            self._apply_binary_gradient(v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
+                                        sparsity_cost)
+            return
         gaussian = self.visible == "gaussian"
         x_pos, x_neg = (self._hidden_input(v_pos), self._hidden_input(v_neg)) if gaussian else (v_pos, v_neg)
         means = None
@@ -926,8 +976,8 @@ class RBM(OnWeights, nn.Module):
             beta_t = torch.tensor(betas, dtype=torch.float64, device=self.device)
             h_all = torch.stack(hs)
             accepted = torch.zeros(m - 1, dtype=torch.float64, device=self.device)
-            for first in (0, 1):  # even pairs (0, 1), (2, 3), ... then odd pairs (1, 2), ...
-                lo = torch.arange(first, m - 1, 2, device=self.device)
+            for parity in (0, 1):  # even pairs (0, 1), (2, 3), ... then odd pairs (1, 2), ...
+                lo = torch.arange(parity, m - 1, 2, device=self.device)
                 if lo.numel() == 0:
                     continue
                 hi = lo + 1
@@ -961,6 +1011,41 @@ class RBM(OnWeights, nn.Module):
                                       device=self.device)
         v_neg, h_neg, self.chains = self._pt_step(self.chains, betas, k, n_chains, rows=rows)
         return v_neg, h_neg
+    def _apply_binary_gradient(self, v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
+                               sparsity_cost) -> None:
+        """_apply_gradient for uint8 (binary) visible states of Bernoulli units: the weight
+        statistics v^T h become sums of h's rows scattered into the weight rows of the
+        active visible units (ops' binary_outer_add_), the means of v counts of ones."""
+        n_pos, n_neg = v_pos.shape[0], v_neg.shape[0]
+        # grad_b = mean(v_pos) - mean(v_neg), counted by the weight-statistics kernel below;
+        # the sparsity penalty needs mean(v_pos) before it
+        grad_b = torch.zeros(self.n_visible, dtype=self.dtype, device=self.device)
+        grad_c = h_pos.mean(0) - h_neg.mean(0)
+        penalty = None
+        if sparsity_target is not None:
+            q_batch = h_pos.mean(0)
+            if self.hidden_activity.shape[0] != self.n_hidden:
+                self.hidden_activity = torch.full_like(q_batch, sparsity_target)
+            self.hidden_activity = 0.9 * self.hidden_activity + 0.1 * q_batch
+            penalty = sparsity_cost * (sparsity_target - self.hidden_activity)
+            grad_c = grad_c + penalty
+        step_w = self.weights_velocity.mul_(momentum) if momentum else self.weights
+        if weight_decay:
+            step_w.add_(self.weights, alpha=-lr * weight_decay)
+        if penalty is not None:
+            step_w.add_(torch.outer(v_pos.sum(0, dtype=self.dtype) / n_pos, penalty), alpha=lr)
+        binary_outer_add_(step_w, v_pos, h_pos.contiguous(), lr / n_pos, grad_b, 1.0 / n_pos, self._binary_states)
+        binary_outer_add_(step_w, v_neg, h_neg.contiguous(), -lr / n_neg, grad_b, -1.0 / n_neg,
+                          self._binary_states)
+        if momentum:
+            self.weights.add_(step_w)
+        for param, velocity, grad in ((self.hidden_bias, self.hidden_bias_velocity, grad_c),
+                                      (self.visible_bias, self.visible_bias_velocity, grad_b)):
+            if momentum:
+                velocity.mul_(momentum).add_(grad, alpha=lr)
+                param.add_(velocity)
+            else:
+                param.add_(grad, alpha=lr)
 
     # ----------------------------------------------------------------- persistence
     def _config(self) -> dict:

@@ -17,6 +17,10 @@ what the whole batch would draw for those rows, so the stream is keyed by the gl
 sample index and the unit. A half-step over B rows consumes B * Q counters.
 
 Arithmetic is in fp32 (fp64 for fp64 weights); states may be uint8 samples or floats.
+
+The binary-state half-step (``rbm_half_step_binary``) takes 0/1 states and defines the
+product as bias + the sum of the weight rows of the active inputs, with the same counters;
+``binary_outer_add_`` is the matching weight statistic x^T h of binary x.
 """
 
 from __future__ import annotations
@@ -65,3 +69,38 @@ def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: in
     if not return_probs:
         probs = probs.new_empty((0, probs.shape[1]))
     return samples, probs
+
+
+def half_step_binary_preactivations(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor,
+                                    transpose: bool) -> torch.Tensor:
+    """Pre-activations of 0/1 states s (B, n_in) (nonzero = 1) as sums of gathered weight rows:
+    row b is bias + sum over the active inputs i of s[b] of row i of W (transpose=False,
+    W (n_visible, n_hidden)) or of W^T (transpose=True): (B, n_out)."""
+    dt = acc_dtype(w.dtype)
+    w_rows = w.to(dt).T if transpose else w.to(dt)
+    rows, inputs = (s != 0).nonzero(as_tuple=True)
+    pre = bias.to(dt).expand(s.shape[0], w_rows.shape[1]).clone()
+    return pre.index_add_(0, rows, w_rows[inputs])
+
+
+def rbm_half_step_binary(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
+                         transpose: bool, return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rbm_half_step` on 0/1 states s (B, n_in) uint8 or float: P = sigmoid of
+    :func:`half_step_binary_preactivations` (B, n_out), drawn with the half-step's counters.
+    Returns (samples (B, n_out) uint8, P or an empty (0, n_out))."""
+    probs = torch.sigmoid(half_step_binary_preactivations(s, w, bias, transpose))
+    samples = bernoulli(probs, seed, offset)
+    if not return_probs:
+        probs = probs.new_empty((0, probs.shape[1]))
+    return samples, probs
+
+
+def binary_outer_add_(out: torch.Tensor, x: torch.Tensor, h: torch.Tensor, alpha: float,
+                      column_sums: torch.Tensor, sums_alpha: float) -> None:
+    """out (n_in, n_out) += alpha * x^T h in place, x (B, n_in) 0/1 states (nonzero = 1),
+    h (B, n_out): row i of out gains alpha times the sum of the rows h[b] with x[b, i] = 1;
+    and column_sums (n_in,) += sums_alpha * (the number of ones in column i of x)."""
+    rows, inputs = (x != 0).nonzero(as_tuple=True)
+    sums = torch.zeros_like(out).index_add_(0, inputs, h.to(out.dtype)[rows])
+    out.add_(sums, alpha=alpha)
+    column_sums.add_((x != 0).sum(0).to(column_sums.dtype), alpha=sums_alpha)

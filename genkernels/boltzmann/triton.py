@@ -132,3 +132,83 @@ def _rbm_half_step_triton_fake(s, w, bias, seed, offset, transpose, return_probs
     dt = acc_dtype(w.dtype)
     return (s.new_empty((s.shape[0], n_out), dtype=torch.uint8),
             w.new_empty((s.shape[0] if return_probs else 0, n_out), dtype=dt))
+
+
+# ------------------------------------------------------------------ binary states
+# One row and BINARY_BLOCK_N output units per program; BINARY_BLOCK_K inputs per step.
+BINARY_CONFIG = {torch.float32: {"BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
+                 torch.float64: {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}}
+
+
+@triton.jit
+def _rbm_half_step_binary_kernel(
+    S,                 # *u8|fp (B, N_IN) 0/1 states (nonzero = 1), row stride stride_sb, unit stride 1
+    W_ROWS,            # *fp (N_IN, N_OUT) contiguous: the rows the sums gather (W, or a copy of W^T)
+    BIAS,              # *fp (N_OUT,)
+    SAMPLES,           # *u8 (B, N_OUT) contiguous: the Bernoulli samples
+    PROBS,             # *fp (B, N_OUT) contiguous: the probabilities (RETURN_PROBS only)
+    seed,              # Philox key, [0, 2^64)
+    offset,            # Philox counter of row 0 (rbm_half_step's layout)
+    N_IN, N_OUT,
+    stride_sb,
+    RETURN_PROBS: tl.constexpr,
+    ACC: tl.constexpr,         # tl.float32, or tl.float64 for fp64 weights
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # program (b, pn) owns row b and output units [pn * BLOCK_N, ...): it walks the row's
+    # states BLOCK_K at a time and loads only the weight rows of active inputs (the mask
+    # keeps inactive rows' bytes off the memory bus), summing them into acc
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N_OUT
+    acc = tl.zeros((BLOCK_N,), dtype=ACC)
+    for k0 in range(0, N_IN, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        active = tl.load(S + row * stride_sb + ks, mask=ks < N_IN, other=0) != 0
+        w = tl.load(W_ROWS + ks[:, None].to(tl.int64) * N_OUT + cols[None, :],
+                    mask=active[:, None] & col_ok[None, :], other=0).to(ACC)
+        acc += tl.sum(w, axis=0)
+    bias = tl.load(BIAS + cols, mask=col_ok, other=0).to(ACC)
+    p = tl.sigmoid(acc + bias)
+    u0, u1, u2, u3 = tl.rand4x(seed, offset + row * ((N_OUT + 3) // 4) + cols // 4)
+    word = cols % 4
+    u = tl.where(word == 0, u0, tl.where(word == 1, u1, tl.where(word == 2, u2, u3)))
+    tl.store(SAMPLES + row * N_OUT + cols, (u < p).to(tl.uint8), mask=col_ok)
+    if RETURN_PROBS:
+        tl.store(PROBS + row * N_OUT + cols, p, mask=col_ok)
+
+
+def rbm_half_step_binary_fwd(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
+                             transpose: bool, return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """s (B, n_in) 0/1 uint8|float, w (n_visible, n_hidden), bias (n_out,) -> samples (B, n_out)
+    uint8, probs (B, n_out) (or (0, n_out)); see reference.rbm_half_step_binary."""
+    dt = acc_dtype(w.dtype)
+    # the rows the sums gather, contiguous: W, or one transposed copy for hidden -> visible
+    w_rows = w.to(dt).T.contiguous() if transpose else w.to(dt).contiguous()
+    bias = bias.to(dt).contiguous()
+    s = s.contiguous()
+    n_in, n_out = w_rows.shape
+    rows = s.shape[0]
+    samples = torch.empty((rows, n_out), dtype=torch.uint8, device=s.device)
+    probs = torch.empty((rows if return_probs else 0, n_out), dtype=dt, device=s.device)
+    if rows == 0 or n_out == 0:
+        return samples, probs
+    cfg = BINARY_CONFIG[dt]
+    grid = (rows, triton.cdiv(n_out, cfg["BLOCK_N"]))
+    _rbm_half_step_binary_kernel[grid](
+        s, w_rows, bias, samples, probs if return_probs else samples, seed & _UINT64_MASK, offset,
+        n_in, n_out, max(s.stride(0), 1),
+        RETURN_PROBS=return_probs, ACC=tl.float64 if dt == torch.float64 else tl.float32,
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return samples, probs
+
+
+@torch.library.custom_op("genkernels::rbm_half_step_binary_triton", mutates_args=())
+def rbm_half_step_binary_triton(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
+                                transpose: bool, return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return rbm_half_step_binary_fwd(s, w, bias, seed, offset, transpose, return_probs)
+
+
+@rbm_half_step_binary_triton.register_fake
+def _rbm_half_step_binary_triton_fake(s, w, bias, seed, offset, transpose, return_probs):
+    return _rbm_half_step_triton_fake(s, w, bias, seed, offset, transpose, return_probs)
