@@ -6,7 +6,7 @@ The MNIST images in --data ($GENKERNELS_DATA, or ../shared/data/mnist; here the 
 test set) are binarised once, stochastically: one Bernoulli(pixel / 255) draw per pixel
 with numpy's generator seeded 0. The first 9,000 images train, the last 1,000 test.
 Each method trains ``RBM(784, hidden, seed=0)`` for the same number of epochs (batch 100,
-learning rate 0.05, momentum 0.5); PT uses 10 inverse temperatures 1, 0.99, ..., 0.91 (ten
+learning rate 0.01, momentum 0.5); PT uses 10 inverse temperatures 1, 0.99, ..., 0.91 (ten
 times the Gibbs work of PCD per update): the energies of a 784 x 500 model spread over
 tens of nats, so neighbouring temperatures only exchange states when their betas differ by
 about 0.01 (a ladder 1, 0.8, ..., 0.2 swapped in 0-9% of the tries at the first pair and
@@ -38,7 +38,7 @@ from genkernels.plot import plot_image_grid
 
 N_TRAIN, N_TEST = 9000, 1000
 SEED = 0
-FIT = {"batch_size": 100, "learning_rate": 0.05, "momentum": 0.5}
+FIT = {"batch_size": 100, "learning_rate": 0.01, "momentum": 0.5}
 METHODS = {"CD-1": {"method": "cd"}, "PCD-1": {"method": "pcd"},
            "PT-1 (10 temperatures, beta 1 ... 0.91)": {"method": "pt",
                                                        "pt_betas": [1 - 0.01 * i for i in range(10)]}}
@@ -51,7 +51,9 @@ def binarised_mnist(directory: str) -> np.ndarray:
     return (np.random.default_rng(SEED).random(images.shape, dtype=np.float32) < images).astype(np.float32)
 
 
-def run(data: str, epochs: int, hidden: int, out: str, methods=None) -> dict:
+def run(data: str, epochs: int, hidden: int, out: str, methods=None, learning_rate: float = 0.05,
+        model_seed: int = SEED) -> dict:
+    fit_args = {**FIT, "learning_rate": learning_rate}
     x = binarised_mnist(data)
     train, test = torch.from_numpy(x[:N_TRAIN]), torch.from_numpy(x[N_TRAIN:N_TRAIN + N_TEST])
     p = train.double().mean(0).clamp(1e-3, 1 - 1e-3)
@@ -61,9 +63,9 @@ def run(data: str, epochs: int, hidden: int, out: str, methods=None) -> dict:
     for name, kw in METHODS.items():
         if methods is not None and kw["method"] not in methods:
             continue
-        rbm = RBM(784, hidden, seed=SEED)
+        rbm = RBM(784, hidden, seed=model_seed)
         start = time.perf_counter()
-        rbm.fit(train, epochs=epochs, verbose=False, **FIT, **kw)
+        rbm.fit(train, epochs=epochs, verbose=False, **fit_args, **kw)
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
         log_z, err = rbm.log_partition_ais(**AIS, base_visible_bias=base, seed=1)
@@ -83,15 +85,15 @@ def run(data: str, epochs: int, hidden: int, out: str, methods=None) -> dict:
         rows.append(row)
         print(f"{name:24s} fit {fit_s:6.1f} s  log Z {log_z:9.3f} +- {err:.3f}  train {ll['train']:8.2f}  "
               f"test {ll['test']:8.2f} nats", flush=True)
-    result = {"n_train": N_TRAIN, "n_test": N_TEST, "hidden": hidden, "epochs": epochs, "fit": FIT,
-              "ais": AIS, "seed": SEED, "rows": rows, "torch": torch.__version__,
+    result = {"n_train": N_TRAIN, "n_test": N_TEST, "hidden": hidden, "epochs": epochs, "fit": fit_args,
+              "ais": AIS, "seed": SEED, "model_seed": model_seed, "rows": rows, "torch": torch.__version__,
               "threads": torch.get_num_threads()}
     with open(os.path.join(out, "rbm-mnist.json"), "w") as fh:
         json.dump(result, fh, indent=1)
     lines = [f"# RBM 784 x {hidden} on binarised MNIST: log-likelihood by AIS", "",
              (f"MNIST test-set images binarised once (Bernoulli(pixel / 255), numpy seed {SEED}); the first "
-              f"{N_TRAIN:,} train, the last {N_TEST:,} test. {epochs} epochs each, batch {FIT['batch_size']}, "
-              f"learning rate {FIT['learning_rate']}, momentum {FIT['momentum']}, float32, "
+              f"{N_TRAIN:,} train, the last {N_TEST:,} test. RBM(784, {hidden}, seed={model_seed}), {epochs} epochs "
+              f"each, batch {FIT['batch_size']}, learning rate {learning_rate}, momentum {FIT['momentum']}, float32, "
               f"{torch.get_num_threads()} CPU threads. log Z by AIS: {AIS['n_chains']} chains, "
               f"{AIS['n_betas']:,} linear betas from the base-rate model of the training images; the error "
               "is the standard error of log Z (the free energies are exact)."), "",
@@ -117,11 +119,13 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--hidden", type=int, default=500)
     parser.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
+    parser.add_argument("--learning-rate", type=float, default=FIT["learning_rate"])
+    parser.add_argument("--seed", type=int, default=SEED, help="the models' seed (the binarisation keeps seed 0)")
     parser.add_argument("--methods", nargs="+", choices=[kw["method"] for kw in METHODS.values()],
                         default=None, help="a subset of the methods (default: all)")
     args = parser.parse_args(argv)
     try:
-        run(args.data, args.epochs, args.hidden, args.out, args.methods)
+        run(args.data, args.epochs, args.hidden, args.out, args.methods, args.learning_rate, args.seed)
     except FileNotFoundError as exc:
         print(f"rbm_mnist: {exc}", file=sys.stderr)
         return 2
