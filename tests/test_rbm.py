@@ -400,9 +400,9 @@ def test_cuda_graph_resume_equals_the_uninterrupted_eager_fit_on_cuda(tmp_path, 
 def test_cuda_graph_fit_on_cuda_rejects_a_non_triton_backend():
     x = _toy_data(40)
     rbm = RBM(6, 4, seed=0, device="cuda")
-    with genkernels.use_backend("reference"):
-        with pytest.raises(ValueError, match="cuda_graph=True needs the triton backend.*'reference'"):
-            rbm.fit(x, epochs=1, cuda_graph=True, verbose=False)
+    with genkernels.use_backend("reference"), \
+            pytest.raises(ValueError, match="cuda_graph=True needs the triton backend.*'reference'"):
+        rbm.fit(x, epochs=1, cuda_graph=True, verbose=False)
 
 
 @pytest.mark.skipif("triton" not in backends.available_backends("cpu"), reason="needs the Triton interpreter")
