@@ -26,6 +26,9 @@ Rows per workload:
   states, gathered weight rows and scattered weight statistics; what ``state_path="auto"``
   picks on the cpu backend for these binary data). Compiled backends only: the
   reference (Philox in int64 tensor ops) takes about a second per half-step on 2 cores;
+* ``triton graph`` (CUDA only): the ``triton dense`` fit with ``cuda_graph=True`` -- each
+  full batch's update replayed as one CUDA graph (a batch copy and one replay instead of
+  ~16 launches from Python); the time includes the warm-up update and the capture;
 * ``ideal``: the matrix products an epoch needs and nothing else -- per batch of 100,
   ``torch.mm`` of v W, h W^T and v' W (the three half-steps) and of v^T h, v'^T h' (the
   two gradient products), into preallocated outputs (2k + 3 products for PCD-k);
@@ -113,7 +116,7 @@ def _sync(device: str) -> None:
 
 
 def make_ours(x: np.ndarray, device: str, backend: str, n_hidden: int = N_HIDDEN, batch: int = BATCH,
-              k: int = 1, state_path: str = "dense"):
+              k: int = 1, state_path: str = "dense", cuda_graph: bool = False):
     import torch
 
     import genkernels
@@ -123,7 +126,7 @@ def make_ours(x: np.ndarray, device: str, backend: str, n_hidden: int = N_HIDDEN
         with genkernels.use_backend(backend):
             rbm = genkernels.RBM(N_VISIBLE, n_hidden, seed=0, device=device)
             rbm.fit(xt, epochs=1, batch_size=batch, method="pcd", k=k, learning_rate=LEARNING_RATE,
-                    monitor=None, verbose=False, state_path=state_path)
+                    monitor=None, verbose=False, state_path=state_path, cuda_graph=cuda_graph)
         return rbm
     return epoch
 
@@ -220,6 +223,10 @@ def build_cases(device: str, data: dict[str, np.ndarray]) -> list[dict]:
                 cases.append({"workload": name, "rows": x.shape[0], "impl": f"{backend} {path}", "kind": "backend",
                               "make": (lambda x=x, b=backend, s=shape, p=path: make_ours(x, device, b, **s,
                                                                                          state_path=p)),
+                              "warmup": True})
+            if backend == "triton":  # (CUDA only, as above) the same fit replayed as CUDA graphs
+                cases.append({"workload": name, "rows": x.shape[0], "impl": "triton graph", "kind": "backend",
+                              "make": (lambda x=x, s=shape: make_ours(x, device, "triton", **s, cuda_graph=True)),
                               "warmup": True})
         cases.append({"workload": name, "rows": x.shape[0], "impl": "eager loop", "kind": "eager",
                       "make": (lambda x=x, s=shape: make_eager(x, device, **s)), "warmup": True})

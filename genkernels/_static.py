@@ -259,11 +259,13 @@ def _rbm_registry() -> list[TritonKernel]:
 
     from .boltzmann import triton as rbm_triton
 
-    def half_step(states, dtype, transpose, return_probs, precision="ieee"):
+    def half_step(states, dtype, transpose, return_probs, precision="ieee", offset_ptr=False):
         cfg = rbm_triton.CONFIG[torch.float64 if dtype == "fp64" else torch.float32]
         sig = {"S": _ptr(states), "W": _ptr(dtype), "BIAS": _ptr(dtype), "SAMPLES": "*u8",
                "PROBS": _ptr(dtype), "seed": "i64", "offset": "i64", "B": "i32", "N_IN": "i32",
                "N_OUT": "i32", "stride_sb": "i32"}
+        if offset_ptr:  # the counter base read from device memory (RBM.fit(cuda_graph=True))
+            sig["OFFSET_PTR"] = "*i64"
         # contiguous weights: the unit stride of the direction is specialised to a constexpr 1
         if transpose:
             sig["stride_wn"] = "i32"
@@ -273,9 +275,11 @@ def _rbm_registry() -> list[TritonKernel]:
             strides = {"stride_wn": 1}
         meta = {"RETURN_PROBS": return_probs, "ACC": tl.float64 if dtype == "fp64" else tl.float32,
                 "BLOCK_B": cfg["BLOCK_B"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
-                "PRECISION": precision, **strides}
+                "PRECISION": precision, "USE_OFFSET_PTR": offset_ptr, **strides,
+                **({} if offset_ptr else {"OFFSET_PTR": None})}
         tag = f"{states} states,{dtype},{'hidden->visible' if transpose else 'visible->hidden'}" + \
-            (",probs" if return_probs else "") + (f",{precision}" if precision != "ieee" else "")
+            (",probs" if return_probs else "") + (f",{precision}" if precision != "ieee" else "") + \
+            (",offset_ptr" if offset_ptr else "")
         return TritonKernel("boltzmann", f"_rbm_half_step_kernel[{tag}]", lambda: rbm_triton._rbm_half_step_kernel,
                             sig, meta, cfg["num_warps"], cfg["num_stages"])
 
@@ -295,6 +299,7 @@ def _rbm_registry() -> list[TritonKernel]:
             half_step("u8", "fp32", True, False), half_step("fp32", "fp32", False, False),
             half_step("fp64", "fp64", False, True), half_step("u8", "fp32", False, True, "tf32"),
             half_step("u8", "fp32", True, False, "tf32"),
+            half_step("fp32", "fp32", False, True, offset_ptr=True), half_step("u8", "fp32", True, False, offset_ptr=True),
             half_step_binary("u8", "fp32", True), half_step_binary("u8", "fp32", False),
             half_step_binary("fp32", "fp32", True), half_step_binary("u8", "fp64", True)]
 

@@ -159,16 +159,32 @@ def test_energy_bench_has_the_eager_loop_and_the_large_workload(energy):
     results, _ = energy
     by = {(c["workload"], c["impl"]): c for c in results["cases"]}
     for workload in ("random", "large"):
-        for impl in ("ideal (torch.mm)", "cpu", "eager loop"):
+        for impl in ("ideal (torch.mm)", "cpu dense", "eager loop"):
             case = by[(workload, impl)]
             assert case["median_s"] > 0 and case["rounds"] == 2, case
             assert case["x_eager"] > 0, case
         assert by[(workload, "eager loop")]["x_eager"] == 1.0
     assert ("random", "sklearn BernoulliRBM") in by
     assert ("large", "sklearn BernoulliRBM") not in by  # scikit-learn runs PCD-1 only
-    assert by[("large", "cpu")]["shapes"] == {"n": 200, "n_visible": 784, "n_hidden": 32, "batch": 64, "k": 3}
-    assert by[("random", "cpu")]["shapes"]["k"] == 1
+    assert by[("large", "cpu dense")]["shapes"] == {"n": 200, "n_visible": 784, "n_hidden": 32, "batch": 64, "k": 3}
+    assert by[("random", "cpu dense")]["shapes"]["k"] == 1
     assert not any(c["tf32"] for c in results["cases"])  # TF32 only ever on CUDA
+    assert not any(c["impl"] == "triton graph" for c in results["cases"])  # CUDA graphs: CUDA only
+
+
+def test_energy_bench_times_cuda_graphs_on_every_cuda_workload(monkeypatch):
+    """On CUDA every workload gains the "triton graph" row: the triton fit with
+    cuda_graph=True (the case list only; nothing runs here)."""
+    import numpy as np
+
+    import genkernels
+    bench_energy = _bench_module("bench_energy")
+    monkeypatch.setattr(genkernels, "available_backends", lambda device=None: ["reference", "triton"])
+    rows = np.zeros((10, 784), dtype=np.float32)
+    cases = bench_energy.build_cases("cuda", {"random": rows, "large": rows})
+    for workload in ("random", "large"):
+        impls = [c["impl"] for c in cases if c["workload"] == workload]
+        assert impls == ["ideal (torch.mm)", "triton dense", "triton graph", "eager loop"], impls
 
 
 @pytest.mark.parametrize("workload", ["random", "large"])
@@ -177,11 +193,11 @@ def test_energy_eager_loop_learns_as_ours(energy, workload):
     sits where ours does (other random draws), well below the untrained model's."""
     results, rows = energy
     by = {c["impl"]: c for c in results["cases"] if c["workload"] == workload}
-    n = by["cpu"]["shapes"]["n"]
-    start = _untrained_recon(rows[:n], by["cpu"]["shapes"]["n_hidden"])
-    progress = start - by["cpu"]["recon"]
-    assert progress > 0.01, (start, by["cpu"]["recon"])
-    assert abs(by["eager loop"]["recon"] - by["cpu"]["recon"]) < 0.25 * progress, (start, by)
+    n = by["cpu dense"]["shapes"]["n"]
+    start = _untrained_recon(rows[:n], by["cpu dense"]["shapes"]["n_hidden"])
+    progress = start - by["cpu dense"]["recon"]
+    assert progress > 0.01, (start, by["cpu dense"]["recon"])
+    assert abs(by["eager loop"]["recon"] - by["cpu dense"]["recon"]) < 0.25 * progress, (start, by)
 
 
 def test_compat_bench_times_both_estimators(tmp_path, monkeypatch):

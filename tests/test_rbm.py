@@ -327,3 +327,99 @@ def test_training_is_the_same_on_every_cpu_backend(backend):
     with genkernels.use_backend("reference"):
         ref.fit(data, epochs=2, batch_size=10, verbose=False)
     torch.testing.assert_close(rbm.weights, ref.weights, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ CUDA graphs
+def test_cuda_graph_argument_errors():
+    """fit(cuda_graph=True) names what it needs, before any training."""
+    x = _toy_data(40)
+    rbm = RBM(6, 4, seed=0)
+    with pytest.raises(TypeError, match="cuda_graph must be a bool; got int 1"):
+        rbm.fit(x, epochs=1, cuda_graph=1, verbose=False)
+    with pytest.raises(ValueError, match="cuda_graph=True captures CD-k and PCD.*got method 'pt'"):
+        rbm.fit(x, epochs=1, method="pt", cuda_graph=True, verbose=False)
+    with pytest.raises(ValueError, match="cuda_graph=True trains in one process.*distributed=False"):
+        rbm.fit(x, epochs=1, distributed=True, cuda_graph=True, verbose=False)
+    with pytest.raises(ValueError, match="cuda_graph=True needs Bernoulli visible units.*gaussian"):
+        RBM(6, 4, "gaussian", seed=0).fit(x, epochs=1, cuda_graph=True, verbose=False)
+    with pytest.raises(ValueError, match="cuda_graph=True captures the dense state path.*'binary'"):
+        rbm.fit(x, epochs=1, state_path="binary", cuda_graph=True, verbose=False)
+    with pytest.raises(ValueError, match="cuda_graph=True needs a model on a CUDA device.*cpu"):
+        rbm.fit(x, epochs=1, cuda_graph=True, verbose=False)
+    assert rbm.epochs_done == 0 and rbm.offset == 0 and rbm.history == []
+    assert torch.equal(rbm.weights, RBM(6, 4, seed=0).weights)
+
+
+def _graph_fit_kwargs(method, momentum):
+    return {"batch_size": 32, "method": method, "k": 2, "learning_rate": 0.05, "momentum": momentum,
+            "weight_decay": 1e-3, "sparsity_target": 0.1, "verbose": False}
+
+
+def _assert_same_model(got, want):
+    assert got.offset == want.offset and got.epochs_done == want.epochs_done
+    for name, value in want.state_dict().items():
+        assert torch.equal(got.state_dict()[name], value), name
+    assert got.history == want.history
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["cd", "pcd"])
+@pytest.mark.parametrize("momentum", [0.0, 0.7])
+@pytest.mark.parametrize("rows", [250, 256, 20])  # a partial last batch; full batches only; no full batch
+def test_cuda_graph_fit_equals_the_eager_fit_on_cuda(method, momentum, rows):
+    """The replayed updates draw the same counters, run the same kernels and float
+    operations in the same order: the model equals the eager fit's bit for bit, over two
+    epochs (the graph is replayed across them)."""
+    x, _ = load_digits()
+    x = torch.as_tensor(x[:rows])
+    kwargs = _graph_fit_kwargs(method, momentum)
+    eager = RBM(64, 20, seed=11, device="cuda").fit(x, epochs=2, **kwargs)
+    graphed = RBM(64, 20, seed=11, device="cuda").fit(x, epochs=2, cuda_graph=True, **kwargs)
+    _assert_same_model(graphed, eager)
+    # the stream moved: a third epoch (a fresh capture) still follows the eager run
+    eager.fit(x, epochs=3, **kwargs)
+    graphed.fit(x, epochs=3, cuda_graph=True, **kwargs)
+    _assert_same_model(graphed, eager)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["cd", "pcd"])
+def test_cuda_graph_resume_equals_the_uninterrupted_eager_fit_on_cuda(tmp_path, method):
+    x, _ = load_digits()
+    x = torch.as_tensor(x[:300])
+    kwargs = _graph_fit_kwargs(method, 0.7)
+    whole = RBM(64, 20, seed=11, device="cuda").fit(x, epochs=3, **kwargs)
+    path = str(tmp_path / "rbm.pt")
+    RBM(64, 20, seed=11, device="cuda").fit(x, epochs=1, checkpoint=path, cuda_graph=True, **kwargs)
+    resumed = RBM(64, 20, seed=11, device="cuda").fit(x, epochs=3, checkpoint=path, resume=True,
+                                                      cuda_graph=True, **kwargs)
+    _assert_same_model(resumed, whole)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_fit_on_cuda_rejects_a_non_triton_backend():
+    x = _toy_data(40)
+    rbm = RBM(6, 4, seed=0, device="cuda")
+    with genkernels.use_backend("reference"), \
+            pytest.raises(ValueError, match="cuda_graph=True needs the triton backend.*'reference'"):
+        rbm.fit(x, epochs=1, cuda_graph=True, verbose=False)
+
+
+@pytest.mark.skipif("triton" not in backends.available_backends("cpu"), reason="needs the Triton interpreter")
+@pytest.mark.parametrize("method", ["cd", "pcd"])
+def test_graph_path_updates_run_eagerly_equal_the_eager_fit(monkeypatch, method):
+    """What fit(cuda_graph=True) captures, run eagerly on the CPU under the Triton
+    interpreter (no CUDA here): every update draws from the counter base in memory, the
+    host and the base advance alike and the persistent buffers are updated in place --
+    the model equals the plain fit bit for bit, partial last batch and second epoch included."""
+    from genkernels.boltzmann import rbm as rbm_module
+    monkeypatch.setattr(rbm_module.RBM, "_check_cuda_graph", lambda *args: None)
+    monkeypatch.setattr(rbm_module._GraphedUpdate, "_capture", rbm_module._GraphedUpdate._eager)
+    x, _ = load_digits()
+    x = torch.as_tensor(x[:150])
+    kwargs = _graph_fit_kwargs(method, 0.7)
+    with genkernels.use_backend("triton"):
+        eager = RBM(64, 20, seed=11).fit(x, epochs=2, **kwargs)
+        graph_path = RBM(64, 20, seed=11).fit(x, epochs=2, cuda_graph=True, **kwargs)
+    _assert_same_model(graph_path, eager)
+    assert graph_path.chains.shape == ((32, 20) if method == "pcd" else (0, 20))

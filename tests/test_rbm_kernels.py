@@ -255,3 +255,47 @@ def test_cpu_vector_paths_draw_the_reference_stream(isa, monkeypatch):
             s = torch.rand(37, 3)
             ref = ops.rbm_half_step(s, w, bias, 99, offset, backend="reference")
             assert torch.equal(ops.rbm_half_step(s, w, bias, 99, offset, backend="cpu"), ref), (n_out, offset)
+
+
+@pytest.mark.skipif("triton" not in COMPILED, reason="triton unavailable")
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("base, delta", [(0, 0), (12345, 678), (2**32 - 3, 5), (2**32 + 9, -20),
+                                         (2**63 - 4, 11), (-(2**63) + 2, -7), (-5, 2**40)])
+def test_offset_read_from_device_memory_equals_the_scalar_offset(transpose, base, delta):
+    """The CUDA-graph path's kernel variant: counters start at *offset_base + offset (int64,
+    wrapping), the same samples and probabilities as the op with offset = base + delta --
+    past 2^32 (the counter's high word) and across the int64 wrap both ways."""
+    from genkernels.boltzmann.ops import half_step
+    s, w, bias = _problem(67, 29, 70, torch.float32, transpose, "uint8", seed=3)
+    seed = 2**63 + 12345
+    wrapped = (base + delta + 2**63) % 2**64 - 2**63
+    want = ops.rbm_half_step(s, w, bias, seed, wrapped, transpose, True, backend="triton")
+    offset_base = torch.tensor([base], dtype=torch.int64)
+    got = half_step(s, w, bias, seed, delta, transpose, True, backend="triton", offset_base=offset_base)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert int(offset_base) == base  # read, never written
+    # the stream really moved: a different base draws different samples
+    other = half_step(s, w, bias, seed, delta, transpose, True, backend="triton",
+                      offset_base=offset_base + 1000)
+    assert not torch.equal(other[0], want[0])
+
+
+def test_offset_base_needs_the_triton_backend():
+    from genkernels.boltzmann.ops import half_step
+    s, w, bias = _problem(3, 5, 4, torch.float32, False, "uint8")
+    with pytest.raises(ValueError, match="offset_base.*triton"):
+        half_step(s, w, bias, 0, 0, False, True, backend="reference",
+                  offset_base=torch.zeros(1, dtype=torch.int64))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("transpose", [False, True])
+def test_triton_on_cuda_offset_read_from_device_memory_equals_the_scalar_offset(transpose):
+    from genkernels.boltzmann.ops import half_step
+    s, w, bias = (t.cuda() for t in _problem(300, 97, 130, torch.float32, transpose, "uint8", seed=4))
+    for base, delta in [(0, 0), (2**32 - 3, 5), (2**63 - 4, 11), (-(2**63) + 2, -7), (-5, 2**40)]:
+        wrapped = (base + delta + 2**63) % 2**64 - 2**63
+        want = ops.rbm_half_step(s, w, bias, 7, wrapped, transpose, True, backend="triton")
+        got = half_step(s, w, bias, 7, delta, transpose, True, backend="triton",
+                        offset_base=torch.tensor([base], dtype=torch.int64, device="cuda"))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (base, delta)

@@ -153,3 +153,21 @@ def test_rbm_half_step_tf32_variant_uses_tensor_cores(static_report):
     assert all(r["stack"] == 0 and r["local"] == 0 for r in tf32)
     # tf32 tensor-core MMAs (HMMA on sm_80; HMMA or warpgroup GMMA on sm_90)
     assert all(r["sass"].get("HMMA", 0) + r["sass"].get("HGMMA", 0) > 0 for r in tf32), tf32
+
+
+def test_rbm_half_step_offset_pointer_variant_report(static_report):
+    """The variant that reads the counter base from device memory (RBM.fit(cuda_graph=True))
+    compiles to the scalar variant's instruction mix and shared memory, without spills."""
+    proc, out = static_report
+    assert proc.returncode == 0
+    rows = json.loads((out / "boltzmann.json").read_text())["kernels"]
+    by_name = {(r["kernel"], r["arch"]): r for r in rows}
+    variants = [r for r in rows if r["kernel"].startswith("_rbm_half_step_kernel[") and "offset_ptr" in r["kernel"]]
+    assert {r["kernel"] for r in variants} == {
+        "_rbm_half_step_kernel[fp32 states,fp32,visible->hidden,probs,offset_ptr]",
+        "_rbm_half_step_kernel[u8 states,fp32,hidden->visible,offset_ptr]"}
+    assert {r["arch"] for r in variants} == {"sm_80", "sm_90"}
+    for r in variants:
+        scalar = by_name[(r["kernel"].replace(",offset_ptr]", "]"), r["arch"])]
+        assert r["stack"] == 0 and r["local"] == 0, r
+        assert r["shared"] == scalar["shared"] and r["sass"] == scalar["sass"], (r, scalar)

@@ -117,12 +117,23 @@ def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: in
 
 
 def half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
-              transpose: bool, return_probs: bool, backend: str | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              transpose: bool, return_probs: bool, backend: str | None = None,
+              offset_base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rbm_half_step` on validated arguments (the models' hot path): s contiguous
     uint8 or in w's dtype, w contiguous float32/float64, bias contiguous in w's dtype, seed
-    in [0, 2^64), offset an int64. Always returns (samples, probs or an empty (0, n_out))."""
+    in [0, 2^64), offset an int64. Always returns (samples, probs or an empty (0, n_out)).
+
+    offset_base: None, or a one-element int64 tensor on s's device: the counters start at
+    its value + offset, read by the kernel at run time (triton backend only; launched
+    directly, outside the op, for the RBM's CUDA-graph training: see
+    triton.rbm_half_step_fwd)."""
     name = backends.resolve("rbm_half_step", s.device, backend)
+    if offset_base is not None:
+        if name != "triton":
+            raise ValueError(f"offset_base (a counter base in device memory) needs the triton backend of "
+                             f"rbm_half_step; got backend {name!r}")
+        from .triton import rbm_half_step_fwd
+        return rbm_half_step_fwd(s, w, bias, seed, offset, transpose, return_probs, offset_base)
     if name == "reference":
         return reference.rbm_half_step(s, w, bias, seed, offset, transpose, return_probs)
     if name == "triton":

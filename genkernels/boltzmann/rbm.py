@@ -144,6 +144,11 @@ class RBM(OnWeights, nn.Module):
     hidden_bias: torch.Tensor
     log_sigma: torch.Tensor
     chains: torch.Tensor
+    # fit(cuda_graph=True) only, while an update runs: the (1,) int64 counter base in device
+    # memory -- the half-steps draw with counters base + offset, self.offset counting from 0
+    # within the update -- and the persistent buffers (chains, hidden activity) are updated
+    # in place, as a captured CUDA graph needs (see _GraphedUpdate)
+    _offset_base: torch.Tensor | None = None
 
     def __init__(self, n_visible: int, n_hidden: int, visible: str = "bernoulli",
                  learn_variance: bool = False, *, seed: int | None = None,
@@ -255,9 +260,12 @@ class RBM(OnWeights, nn.Module):
         On the binary-state path (uint8 visible states while fit trains on binary data) the
         product is a sum of gathered weight rows (ops.rbm_half_step_binary)."""
         s = self._hidden_input(v) if v.dtype != torch.uint8 else v
+        offset = self._advance_rows(v.shape[0], counters_per_row(self.n_hidden), rows)
+        if self._offset_base is not None:
+            return half_step(s.contiguous(), self.weights, self.hidden_bias, self.seed, offset, False, True,
+                             offset_base=self._offset_base)
         step = half_step_binary if self._binary_states is not None and v.dtype == torch.uint8 else half_step
-        return step(s.contiguous(), self.weights, self.hidden_bias, self.seed,
-                    self._advance_rows(v.shape[0], counters_per_row(self.n_hidden), rows), False, True)
+        return step(s.contiguous(), self.weights, self.hidden_bias, self.seed, offset, False, True)
 
     def _sample_visible(self, h: torch.Tensor, rows: _Rows | None = None) -> torch.Tensor:
         """h (B, n_hidden) uint8 or floats -> visible samples (B, n_visible) in the model's dtype
@@ -266,7 +274,7 @@ class RBM(OnWeights, nn.Module):
         if self.visible == "bernoulli":
             offset = self._advance_rows(h.shape[0], counters_per_row(self.n_visible), rows)
             samples = half_step(h.contiguous(), self.weights, self.visible_bias, self.seed, offset, True,
-                                False)[0]
+                                False, offset_base=self._offset_base)[0]
             return samples if self._binary_states is not None else samples.to(self.dtype)
         sigma = self.sigma
         mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
@@ -590,7 +598,7 @@ class RBM(OnWeights, nn.Module):
             binarize: str | None = None, verbose: bool = True,
             monitor: str | None = "reconstruction_error", checkpoint: str | None = None,
             resume: bool = False, pt_betas=PT_DEFAULT_TEMPERATURES, distributed: bool = False,
-            state_path: str = "auto") -> RBM:
+            state_path: str = "auto", cuda_graph: bool = False) -> RBM:
         """Train on x (N, n_visible) until ``epochs`` epochs are done in total.
 
         Args:
@@ -640,6 +648,19 @@ class RBM(OnWeights, nn.Module):
                 "dense" (matrix products). "auto" (default): "binary" where it was measured
                 faster -- exactly binary data on the cpu backend
                 (bench/results/intel-xeon-processor-2c-energy.md) -- else "dense".
+            cuda_graph: replay each full batch's update as one CUDA graph instead of launching
+                its ~16 kernels one by one from Python (small batches are launch-bound on a
+                GPU). Needs a CUDA model whose rbm_half_step backend is triton, method "cd" or
+                "pcd", Bernoulli visible units, the dense state path and distributed=False;
+                anything else raises ValueError. The first full batch's update runs eagerly
+                on a side stream (compiling the kernels), then one update is captured:
+                the batch is copied into a static input buffer before each replay, the
+                half-steps read the random stream's position from an int64 scalar in device
+                memory that the graph advances by the update's counters (the host advances
+                ``offset`` alike), and the chains, momentum, hidden activity and parameters
+                are updated in place. A smaller last batch runs eagerly on the same path. The
+                same kernels, counters and float operations in the same order as
+                cuda_graph=False: the result is the same bit for bit.
         Returns: self.
         """
         epochs = check_int("epochs", epochs, 0)
@@ -662,6 +683,7 @@ class RBM(OnWeights, nn.Module):
         check_choice("state_path", state_path, STATE_PATHS)
         if not isinstance(distributed, bool):
             raise TypeError(f"distributed must be a bool; got {type(distributed).__name__} {distributed!r}")
+        self._check_cuda_graph(cuda_graph, method, distributed, state_path)
         if distributed:
             gkdist.ensure_process_group(self.device)
         if resume and os.path.isfile(checkpoint):
@@ -674,6 +696,8 @@ class RBM(OnWeights, nn.Module):
             _check_same_data(v_all)
         verbose = verbose and gkdist.rank() == 0
         v_all = self._training_states(v_all, state_path)
+        update_args = (method, k, lr, momentum, weight_decay, sparsity_target, sparsity_cost, batch_size)
+        graphed = _GraphedUpdate(self, update_args, batch_size) if cuda_graph else None
         progress = _Progress(epochs, self.epochs_done, verbose and self.epochs_done < epochs, monitor)
         try:
             with torch.no_grad():
@@ -685,8 +709,10 @@ class RBM(OnWeights, nn.Module):
                         self._scatter_chains(batch_size, groups)
                     self._swap_counts = None
                     for v_pos, rows in _batches(v_all, order, batch_size, distributed):
-                        self._update(v_pos, method, k, lr, momentum, weight_decay, sparsity_target,
-                                     sparsity_cost, batch_size, betas, rows)
+                        if graphed is not None:
+                            graphed(v_pos)
+                        else:
+                            self._update(v_pos, *update_args, betas, rows)
                     if distributed and method != "cd":
                         self._gather_chains(batch_size, groups)
                     self.epochs_done += 1
@@ -710,6 +736,31 @@ class RBM(OnWeights, nn.Module):
             progress.close()
             self._binary_states = None
         return self
+
+    def _check_cuda_graph(self, cuda_graph, method: str, distributed: bool, state_path: str) -> None:
+        """fit's cuda_graph argument: a bool, and True only where the update can be captured."""
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be a bool; got {type(cuda_graph).__name__} {cuda_graph!r}")
+        if not cuda_graph:
+            return
+        if method not in ("cd", "pcd"):
+            raise ValueError(f"cuda_graph=True captures CD-k and PCD updates (method 'cd' or 'pcd'); got "
+                             f"method {method!r}")
+        if distributed:
+            raise ValueError("cuda_graph=True trains in one process: the all-reduce of distributed=True is "
+                             "not captured; pass distributed=False or cuda_graph=False")
+        if self.visible != "bernoulli":
+            raise ValueError("cuda_graph=True needs Bernoulli visible units (the Gaussian samples are drawn "
+                             "with host-side counters); the model has gaussian ones")
+        if state_path == "binary":
+            raise ValueError("cuda_graph=True captures the dense state path; got state_path='binary'")
+        if self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a model on a CUDA device (CUDA graphs); the model is on "
+                             f"{self.device}")
+        backend = backends.resolve("rbm_half_step", self.device)
+        if backend != "triton":
+            raise ValueError(f"cuda_graph=True needs the triton backend of rbm_half_step (its kernel reads "
+                             f"the random offset from device memory); the selected backend is {backend!r}")
 
     def _training_states(self, v_all: torch.Tensor, state_path: str) -> torch.Tensor:
         """The training data as fit uses them: uint8 on the binary-state path (which this
@@ -758,7 +809,10 @@ class RBM(OnWeights, nn.Module):
             v_neg = self._sample_visible(chain, neg_rows)
             chain, h_neg = self._sample_hidden(v_neg, neg_rows)
         if method == "pcd":
-            self.chains = chain
+            if self._offset_base is not None:
+                self.chains.copy_(chain)  # CUDA graph: the persistent buffer, updated in place
+            else:
+                self.chains = chain
         self._apply_gradient(v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
                              sparsity_cost, rows, neg_rows)
         return v_neg
@@ -802,7 +856,10 @@ class RBM(OnWeights, nn.Module):
             q_batch = h_pos.mean(0) if means is None else means["hidden_positive"]
             if self.hidden_activity.shape[0] != self.n_hidden:
                 self.hidden_activity = torch.full_like(q_batch, sparsity_target)
-            self.hidden_activity = 0.9 * self.hidden_activity + 0.1 * q_batch
+            if self._offset_base is not None:  # CUDA graph: the persistent buffer, updated in place
+                self.hidden_activity.copy_(0.9 * self.hidden_activity + 0.1 * q_batch)
+            else:
+                self.hidden_activity = 0.9 * self.hidden_activity + 0.1 * q_batch
             penalty = sparsity_cost * (sparsity_target - self.hidden_activity)
             grad_c = grad_c + penalty
 
@@ -1166,3 +1223,77 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class _GraphedUpdate:
+    """fit(cuda_graph=True): the model's training update on full batches, captured once as a
+    CUDA graph and replayed per batch (a copy of the batch + one replay instead of ~16
+    kernel launches from Python).
+
+    Every update of such a fit -- eager or replayed -- runs with ``model._offset_base`` set
+    to :attr:`offset_base`, a (1,) int64 tensor on the device holding the stream position
+    ``model.offset``: the update's half-steps draw with counters offset_base + (the offsets
+    the update takes counting from 0), i.e. exactly the counters of an eager update, and
+    the update then moves offset_base by the counters it took (inside the graph when
+    replayed), while the host moves ``model.offset`` by the same count. The persistent
+    buffers are updated in place (RBM._offset_base), so the graph's reads and writes stay
+    valid across replays. The graph reads the batch from :attr:`static_batch`.
+
+    Capture follows torch's recipe (torch.cuda.graphs): the first full batch's update runs
+    eagerly on a side stream (it compiles the Triton kernels for the same arguments and
+    sets up cuBLAS and the buffers), then one update on static_batch is captured on that
+    stream. Batches of other sizes (the last one of an epoch) run eagerly.
+    """
+
+    def __init__(self, model: RBM, update_args: tuple, batch_size: int):
+        self.model = model
+        self.update_args = update_args
+        self.batch_size = batch_size
+        self.offset_base = torch.tensor([model.offset], dtype=torch.int64, device=model.device)
+        self.static_batch: torch.Tensor | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.counters = 0  # counters one full-batch update takes
+
+    def _counted_update(self, v_pos: torch.Tensor) -> int:
+        """model._update(v_pos) drawing from offset_base + 0, 1, ...; returns the number of
+        counters it took and leaves model.offset as it was."""
+        model = self.model
+        start = model.offset
+        model.offset, model._offset_base = 0, self.offset_base
+        try:
+            model._update(v_pos, *self.update_args)
+            return model.offset
+        finally:
+            model.offset, model._offset_base = start, None
+
+    def _eager(self, v_pos: torch.Tensor) -> None:
+        counters = self._counted_update(v_pos)
+        self.offset_base.add_(counters)
+        self.model.offset = _wrap_int64(self.model.offset + counters)
+
+    def _capture(self, v_pos: torch.Tensor) -> None:
+        """Run v_pos's update (the warm-up, on a side stream) and capture the graph of one
+        update on the same stream (whose cuBLAS handle and workspace the warm-up created)."""
+        self.static_batch = v_pos.clone()
+        current = torch.cuda.current_stream(v_pos.device)
+        side = torch.cuda.Stream(v_pos.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            self._eager(self.static_batch)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            self.counters = self._counted_update(self.static_batch)
+            self.offset_base.add_(self.counters)
+        self.graph = graph
+
+    def __call__(self, v_pos: torch.Tensor) -> None:
+        """One training update on the batch v_pos (B, n_visible)."""
+        if v_pos.shape[0] != self.batch_size:
+            self._eager(v_pos)
+        elif self.graph is None:
+            self._capture(v_pos)
+        else:
+            self.static_batch.copy_(v_pos)
+            self.graph.replay()
+            self.model.offset = _wrap_int64(self.model.offset + self.counters)

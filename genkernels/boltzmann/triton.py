@@ -21,6 +21,11 @@ fp32 matrix products on CUDA (``torch.backends.cuda.matmul.allow_tf32 = True``, 
 on the tensor cores in tf32, as torch.mm then does for the rest of the update; fp64 is
 always IEEE. The flag is read at each call.
 
+With ``USE_OFFSET_PTR`` the kernel reads the counter base from an int64 scalar in device
+memory and adds ``offset`` to it (int64, wrapping): the variant that ``RBM.fit(cuda_graph=True)``
+launches through :func:`rbm_half_step_fwd`'s ``offset_base``, so that a replayed CUDA graph
+draws new numbers; the op's schema is unchanged.
+
 Seeds travel through the op schema as int64 (the bit pattern of a seed in [0, 2^64)) and
 reach the kernel as the Python int in [0, 2^64), as in genkernels/triton_random.py.
 """
@@ -57,7 +62,13 @@ def _rbm_half_step_kernel(
     ACC: tl.constexpr,         # tl.float32, or tl.float64 for fp64 weights
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr = "ieee",  # tl.dot input precision: "ieee", or "tf32" (fp32, TF32 allowed)
+    OFFSET_PTR=None,   # *i64 scalar (USE_OFFSET_PTR only): the counter base, read on the device
+    USE_OFFSET_PTR: tl.constexpr = False,  # counters start at *OFFSET_PTR + offset (int64, wrapping)
 ):
+    # the counter base from device memory: a replayed CUDA graph draws new numbers when
+    # the base moves between replays (genkernels.RBM.fit(cuda_graph=True))
+    if USE_OFFSET_PTR:
+        offset = tl.load(OFFSET_PTR) + offset
     # program (pb, pn) owns rows [pb * BLOCK_B, ...) and output units [pn * BLOCK_N, ...);
     # 64-bit row indices: B * N_OUT may exceed 2^31
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -87,9 +98,17 @@ def _rbm_half_step_kernel(
 
 
 def rbm_half_step_fwd(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, offset: int,
-                      transpose: bool, return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      transpose: bool, return_probs: bool, offset_base: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """s (B, n_in) uint8|float, w (n_visible, n_hidden), bias (n_out,) -> samples (B, n_out)
-    uint8, probs (B, n_out) (or (0, n_out) without return_probs); see the reference."""
+    uint8, probs (B, n_out) (or (0, n_out) without return_probs); see the reference.
+
+    offset_base: None, or a one-element int64 tensor on s's device holding the counter
+    base: the kernel then reads it at run time and draws with counters offset_base + offset
+    (int64, wrapping) where the op draws with offset -- the same numbers as
+    ``offset=offset_base + offset``, but a CUDA graph that captured the launch draws new
+    ones each time the base moves. Not part of the op's schema: the RBM's CUDA-graph
+    training calls this function directly (``RBM.fit(cuda_graph=True)``)."""
     dt = acc_dtype(w.dtype)
     w = w.to(dt).contiguous()
     bias = bias.to(dt).contiguous()
@@ -109,7 +128,8 @@ def rbm_half_step_fwd(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed
         rows, n_in, n_out, max(s.stride(0), 1), stride_wk, stride_wn,
         RETURN_PROBS=return_probs, ACC=tl.float64 if dt == torch.float64 else tl.float32,
         BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], PRECISION=precision,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **({} if offset_base is None else {"OFFSET_PTR": offset_base, "USE_OFFSET_PTR": True}))
     return samples, probs
 
 
