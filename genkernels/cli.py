@@ -117,6 +117,17 @@ def _track_te(x):
     return callback
 
 
+def _writes_outputs(args) -> bool:
+    """After fit: end a distributed run on every rank (the model is complete on each) and
+    say whether this process writes the outputs (rank 0 only)."""
+    from . import distributed as gkdist
+
+    is_root = gkdist.rank() == 0
+    if args.distributed:
+        gkdist.shutdown()
+    return is_root
+
+
 def cmd_train_som(args) -> int:
     import torch
 
@@ -148,10 +159,7 @@ def cmd_train_som(args) -> int:
               verbose=not args.quiet, checkpoint=args.checkpoint, resume=args.resume,
               distributed=args.distributed, backend=args.backend)
     seconds = time.perf_counter() - start
-    is_root = gkdist.rank() == 0
-    if args.distributed:
-        gkdist.shutdown()  # the model is complete on every rank; rank 0 alone writes
-    if not is_root:
+    if not _writes_outputs(args):
         return 0
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "som.pt"))
@@ -326,10 +334,7 @@ def cmd_train_rbm(args) -> int:
               resume=args.resume, distributed=args.distributed,
               **({} if args.pt_betas is None else {"pt_betas": args.pt_betas}))
     seconds = time.perf_counter() - start
-    is_root = gkdist.rank() == 0
-    if args.distributed:
-        gkdist.shutdown()  # the model is complete on every rank; rank 0 alone writes
-    if not is_root:
+    if not _writes_outputs(args):
         return 0
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "rbm.pt"))

@@ -35,6 +35,7 @@
 
 #include "common/boltzmann.h"
 #include "common/philox.h"
+#include "cuda/shared_limit.cuh"
 #include "cuda/boltzmann.cuh"
 
 namespace genkernels::boltzmann::cuda {
@@ -125,22 +126,8 @@ bm_gibbs_kernel(const Scalar* __restrict__ w,            // (N, N) symmetric, ze
   for (int64_t j = tid; j < n; j += threads) s_io[j] = static_cast<int8_t>(s[j] & 1);
 }
 
-// GENKERNELS_BM_GLOBAL=1 keeps every chain's working set in the global scratch even
-// where it would fit shared memory (the tests cover that path with small N).
-bool force_global() {
-  const char* v = std::getenv("GENKERNELS_BM_GLOBAL");
-  return v != nullptr && v[0] == '1';
-}
-
 cudaError_t shared_limit(int* optin) {
-  if (force_global()) {
-    *optin = 0;
-    return cudaSuccess;
-  }
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  return cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  return cuda_common::opt_in_shared_limit("GENKERNELS_BM_GLOBAL", optin);
 }
 
 }  // namespace

@@ -34,6 +34,7 @@
 #include <cstdlib>
 
 #include "common/philox.h"
+#include "cuda/shared_limit.cuh"
 #include "cuda/hopfield.cuh"
 
 namespace genkernels::hopfield::cuda {
@@ -117,22 +118,8 @@ hopfield_recall_async_kernel(const Scalar* __restrict__ w,     // (N, N)
   if (tid == 0) converged[b] = done;
 }
 
-// GENKERNELS_HOPFIELD_GLOBAL=1 keeps every probe's working set in the global scratch
-// even where it would fit shared memory (the tests cover that path with small N).
-bool force_global() {
-  const char* v = std::getenv("GENKERNELS_HOPFIELD_GLOBAL");
-  return v != nullptr && v[0] == '1';
-}
-
 cudaError_t shared_limit(int* optin) {
-  if (force_global()) {
-    *optin = 0;
-    return cudaSuccess;
-  }
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  return cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  return cuda_common::opt_in_shared_limit("GENKERNELS_HOPFIELD_GLOBAL", optin);
 }
 
 }  // namespace

@@ -57,6 +57,24 @@ def _triton_ops():
     return torch.ops.genkernels
 
 
+def _check_half_step(s, w, bias, seed, offset, transpose, return_probs):
+    """The arguments every half-step op shares -> (transpose, return_probs, seed, offset)."""
+    check_float_tensor("w", w, 2)
+    if w.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"w must be float32 or float64; got dtype {w.dtype}")
+    transpose, return_probs = bool(transpose), bool(return_probs)
+    n_in, n_out = (w.shape[1], w.shape[0]) if transpose else (w.shape[0], w.shape[1])
+    _check_states(s, w, n_in, transpose)
+    check_float_tensor("bias", bias, 1)
+    if bias.shape[0] != n_out:
+        raise ValueError(f"bias must be ({n_out},) (the output layer of w {tuple(w.shape)} with "
+                         f"transpose={transpose}); got shape {tuple(bias.shape)}")
+    check_same_device(w=w, s=s, bias=bias)
+    seed = gk_random._check_seed(seed)
+    offset = check_int("offset", offset, INT64_MIN, INT64_MAX)
+    return transpose, return_probs, seed, offset
+
+
 def _check_states(s, w: torch.Tensor, n_in: int, transpose: bool) -> torch.Tensor:
     if not isinstance(s, torch.Tensor):
         raise TypeError(f"s must be a torch.Tensor; got {type(s).__name__}")
@@ -92,19 +110,7 @@ def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: in
         samples: (B, n_out) uint8, 1 where u < P; and, with return_probs, P: (B, n_out)
         float32 (float64 for float64 weights).
     """
-    check_float_tensor("w", w, 2)
-    if w.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"w must be float32 or float64; got dtype {w.dtype}")
-    transpose, return_probs = bool(transpose), bool(return_probs)
-    n_in, n_out = (w.shape[1], w.shape[0]) if transpose else (w.shape[0], w.shape[1])
-    _check_states(s, w, n_in, transpose)
-    check_float_tensor("bias", bias, 1)
-    if bias.shape[0] != n_out:
-        raise ValueError(f"bias must be ({n_out},) (the output layer of w {tuple(w.shape)} with "
-                         f"transpose={transpose}); got shape {tuple(bias.shape)}")
-    check_same_device(w=w, s=s, bias=bias)
-    seed = gk_random._check_seed(seed)
-    offset = check_int("offset", offset, INT64_MIN, INT64_MAX)
+    transpose, return_probs, seed, offset = _check_half_step(s, w, bias, seed, offset, transpose, return_probs)
     if not compiling() and s.dtype != torch.uint8 and s.numel() and s.device.type != "meta" \
             and not bool(torch.isfinite(s).all()):
         raise ValueError("s contains NaN or Inf")
@@ -171,19 +177,7 @@ def rbm_half_step_binary(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, s
         samples (B, n_out) uint8 and, with return_probs, P (B, n_out) float32 (float64 for
         float64 weights).
     """
-    check_float_tensor("w", w, 2)
-    if w.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"w must be float32 or float64; got dtype {w.dtype}")
-    transpose, return_probs = bool(transpose), bool(return_probs)
-    n_in, n_out = (w.shape[1], w.shape[0]) if transpose else (w.shape[0], w.shape[1])
-    _check_states(s, w, n_in, transpose)
-    check_float_tensor("bias", bias, 1)
-    if bias.shape[0] != n_out:
-        raise ValueError(f"bias must be ({n_out},) (the output layer of w {tuple(w.shape)} with "
-                         f"transpose={transpose}); got shape {tuple(bias.shape)}")
-    check_same_device(w=w, s=s, bias=bias)
-    seed = gk_random._check_seed(seed)
-    offset = check_int("offset", offset, INT64_MIN, INT64_MAX)
+    transpose, return_probs, seed, offset = _check_half_step(s, w, bias, seed, offset, transpose, return_probs)
     _check_binary("s", s)
     dt = acc_dtype(w.dtype)
     s = s if s.dtype == torch.uint8 else s.to(dt)

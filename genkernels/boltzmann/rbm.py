@@ -854,18 +854,10 @@ class RBM(OnWeights, nn.Module):
         penalty = None
         if sparsity_target is not None:
             q_batch = h_pos.mean(0) if means is None else means["hidden_positive"]
-            if self.hidden_activity.shape[0] != self.n_hidden:
-                self.hidden_activity = torch.full_like(q_batch, sparsity_target)
-            if self._offset_base is not None:  # CUDA graph: the persistent buffer, updated in place
-                self.hidden_activity.copy_(0.9 * self.hidden_activity + 0.1 * q_batch)
-            else:
-                self.hidden_activity = 0.9 * self.hidden_activity + 0.1 * q_batch
-            penalty = sparsity_cost * (sparsity_target - self.hidden_activity)
+            penalty = self._sparsity_penalty(q_batch, sparsity_target, sparsity_cost)
             grad_c = grad_c + penalty
 
-        step_w = self.weights_velocity.mul_(momentum) if momentum else self.weights
-        if weight_decay:
-            step_w.add_(self.weights, alpha=-lr * weight_decay)
+        step_w = self._weight_step(lr, momentum, weight_decay)
         if penalty is not None:
             x_pos_mean = x_pos.mean(0) if means is None else means["input_positive"]
             step_w.add_(torch.outer(x_pos_mean, penalty), alpha=lr)
@@ -1068,6 +1060,25 @@ class RBM(OnWeights, nn.Module):
                                       device=self.device)
         v_neg, h_neg, self.chains = self._pt_step(self.chains, betas, k, n_chains, rows=rows)
         return v_neg, h_neg
+    def _sparsity_penalty(self, q_batch, sparsity_target: float, sparsity_cost: float) -> torch.Tensor:
+        """Update the running hidden activity q (decay 0.9) with the batch's mean hidden
+        probabilities and return the penalty's gradient sparsity_cost * (target - q)."""
+        if self.hidden_activity.shape[0] != self.n_hidden:
+            self.hidden_activity = torch.full_like(q_batch, sparsity_target)
+        if self._offset_base is not None:  # CUDA graph: the persistent buffer, updated in place
+            self.hidden_activity.copy_(0.9 * self.hidden_activity + 0.1 * q_batch)
+        else:
+            self.hidden_activity = 0.9 * self.hidden_activity + 0.1 * q_batch
+        return sparsity_cost * (sparsity_target - self.hidden_activity)
+
+    def _weight_step(self, lr: float, momentum: float, weight_decay: float) -> torch.Tensor:
+        """The tensor the weight statistics are added into: the velocity scaled by momentum
+        (then added to the weights), or the weights themselves; weight decay already in."""
+        step_w = self.weights_velocity.mul_(momentum) if momentum else self.weights
+        if weight_decay:
+            step_w.add_(self.weights, alpha=-lr * weight_decay)
+        return step_w
+
     def _apply_binary_gradient(self, v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target,
                                sparsity_cost) -> None:
         """_apply_gradient for uint8 (binary) visible states of Bernoulli units: the weight
@@ -1080,15 +1091,9 @@ class RBM(OnWeights, nn.Module):
         grad_c = h_pos.mean(0) - h_neg.mean(0)
         penalty = None
         if sparsity_target is not None:
-            q_batch = h_pos.mean(0)
-            if self.hidden_activity.shape[0] != self.n_hidden:
-                self.hidden_activity = torch.full_like(q_batch, sparsity_target)
-            self.hidden_activity = 0.9 * self.hidden_activity + 0.1 * q_batch
-            penalty = sparsity_cost * (sparsity_target - self.hidden_activity)
+            penalty = self._sparsity_penalty(h_pos.mean(0), sparsity_target, sparsity_cost)
             grad_c = grad_c + penalty
-        step_w = self.weights_velocity.mul_(momentum) if momentum else self.weights
-        if weight_decay:
-            step_w.add_(self.weights, alpha=-lr * weight_decay)
+        step_w = self._weight_step(lr, momentum, weight_decay)
         if penalty is not None:
             step_w.add_(torch.outer(v_pos.sum(0, dtype=self.dtype) / n_pos, penalty), alpha=lr)
         binary_outer_add_(step_w, v_pos, h_pos.contiguous(), lr / n_pos, grad_b, 1.0 / n_pos, self._binary_states)
