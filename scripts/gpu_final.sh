@@ -65,8 +65,8 @@ fi
 test_opts=(-q -ra -p no:cacheprovider)
 "$PY" -c "import xdist" 2>/dev/null && test_opts+=(-n "${TEST_WORKERS:-8}")
 "$PY" -c "import pytest_timeout" 2>/dev/null && test_opts+=(--timeout 60)
-step tests "${TEST_S:-80}" test.log "$PY" -m pytest "${test_opts[@]}" \
-  tests/test_rbm_kernels.py tests/test_rbm.py tests/test_boltzmann.py tests/test_ising.py \
+step tests "${TEST_S:-110}" test.log "$PY" -m pytest "${test_opts[@]}" \
+  tests/test_rbm_kernels.py tests/test_rbm_binary.py tests/test_rbm.py tests/test_boltzmann.py tests/test_ising.py \
   tests/test_hopfield.py tests/test_hopfield_retrieval.py -k "gpu or cuda or triton"
 
 step energy "${ENERGY_S:-90}" bench_energy.log "$PY" bench/run.py energy --device cuda --out bench/results
@@ -74,7 +74,7 @@ step ising "${ISING_S:-60}" bench_ising.log "$PY" bench/run.py ising --device cu
 step recall "${RECALL_S:-45}" bench_recall.log "$PY" bench/bench_hopfield_recall.py --device cuda --out bench/results
 [ -f bench/bench_bm_gibbs.py ] && step bm_gibbs "${BM_GIBBS_S:-45}" bench_bm_gibbs.log "$PY" bench/bench_bm_gibbs.py \
   --device cuda --out bench/results
-step retrieval "${RETRIEVAL_S:-80}" bench_retrieval.log "$PY" bench/bench_hopfield.py --device cuda --budget 0.5 \
+step retrieval "${RETRIEVAL_S:-50}" bench_retrieval.log "$PY" bench/bench_hopfield.py --device cuda --budget 0.5 \
   --out bench/results
 
 mkdir -p "$OUT/results"
