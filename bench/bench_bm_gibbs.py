@@ -24,9 +24,7 @@ import argparse
 import datetime
 import functools
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -37,6 +35,7 @@ for path in (BENCH_DIR, REPO):
         sys.path.insert(0, path)
 
 import run as runner  # bench/run.py: machine name, versions, results writer
+from bench_hopfield_recall import _time  # the same timing rule as the recall benchmark
 
 import genkernels
 from genkernels import ops
@@ -47,25 +46,6 @@ CASES = {"cpu": [(1000, 64, 5), (4096, 16, 2)],
 QUICK_CASES = [(300, 8, 2)]
 TRITON_MAX_UNITS = 4096
 
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, budget_s, min_rounds=3, max_rounds=20):
-    fn()
-    _sync(device)
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_rounds or (time.perf_counter() - start < budget_s and len(times) < max_rounds):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if times[-1] > 3 * budget_s:
-            break
-    return statistics.median(times), len(times)
 
 
 def spin_glass_machine(n, c, device, seed=0):
