@@ -126,19 +126,14 @@ bm_gibbs_kernel(const Scalar* __restrict__ w,            // (N, N) symmetric, ze
   for (int64_t j = tid; j < n; j += threads) s_io[j] = static_cast<int8_t>(s[j] & 1);
 }
 
-cudaError_t shared_limit(int* optin) {
-  return cuda_common::opt_in_shared_limit("GENKERNELS_BM_GLOBAL", optin);
-}
+// GENKERNELS_BM_GLOBAL=1 keeps every working set in the global scratch (tests cover that path)
+constexpr const char* kForceGlobalEnv = "GENKERNELS_BM_GLOBAL";
 
 }  // namespace
 
 template <typename Scalar>
 cudaError_t bm_gibbs_scratch_bytes(int64_t C, int64_t N, int64_t* bytes) {
-  int optin = 0;
-  const cudaError_t err = shared_limit(&optin);
-  if (err != cudaSuccess) return err;
-  *bytes = chain_bytes<Scalar>(N) <= optin ? 0 : C * chain_bytes<Scalar>(N);
-  return cudaSuccess;
+  return cuda_common::scratch_bytes(kForceGlobalEnv, chain_bytes<Scalar>(N), C, bytes);
 }
 
 template <typename Scalar>
@@ -147,19 +142,12 @@ cudaError_t bm_gibbs_launch(const Scalar* weights, const Scalar* fields, const S
                             int64_t S, bool random_order, uint64_t seed, uint64_t offset,
                             cudaStream_t stream) {
   if (C == 0 || N == 0 || S == 0) return cudaSuccess;
-  int optin = 0;
-  cudaError_t err = shared_limit(&optin);
-  if (err != cudaSuccess) return err;
-  const int64_t bytes = chain_bytes<Scalar>(N);
-  const bool in_shared = bytes <= optin;
-  if (!in_shared && scratch == nullptr) return cudaErrorInvalidValue;
-  const size_t dynamic = in_shared ? static_cast<size_t>(bytes) : 0;
   auto kernel = bm_gibbs_kernel<Scalar>;
-  if (dynamic > 48 * 1024) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(dynamic));
-    if (err != cudaSuccess) return err;
-  }
+  bool in_shared = false;
+  size_t dynamic = 0;
+  const cudaError_t err = cuda_common::place_working_set(
+      kForceGlobalEnv, kernel, chain_bytes<Scalar>(N), scratch != nullptr, &in_shared, &dynamic);
+  if (err != cudaSuccess) return err;
   kernel<<<static_cast<unsigned>(C), block_threads(N), dynamic, stream>>>(
       weights, fields, temperatures, clamp, states,
       in_shared ? nullptr : static_cast<unsigned char*>(scratch), N, S, random_order, seed, offset);

@@ -118,19 +118,14 @@ hopfield_recall_async_kernel(const Scalar* __restrict__ w,     // (N, N)
   if (tid == 0) converged[b] = done;
 }
 
-cudaError_t shared_limit(int* optin) {
-  return cuda_common::opt_in_shared_limit("GENKERNELS_HOPFIELD_GLOBAL", optin);
-}
+// GENKERNELS_HOPFIELD_GLOBAL=1 keeps every working set in the global scratch (tests cover that path)
+constexpr const char* kForceGlobalEnv = "GENKERNELS_HOPFIELD_GLOBAL";
 
 }  // namespace
 
 template <typename Scalar>
 cudaError_t hopfield_scratch_bytes(int64_t B, int64_t N, int64_t* bytes) {
-  int optin = 0;
-  const cudaError_t err = shared_limit(&optin);
-  if (err != cudaSuccess) return err;
-  *bytes = probe_bytes<Scalar>(N) <= optin ? 0 : B * probe_bytes<Scalar>(N);
-  return cudaSuccess;
+  return cuda_common::scratch_bytes(kForceGlobalEnv, probe_bytes<Scalar>(N), B, bytes);
 }
 
 template <typename Scalar>
@@ -139,19 +134,12 @@ cudaError_t hopfield_recall_async_launch(const Scalar* weights, Scalar* fields, 
                                          int64_t max_sweeps, bool random_order, uint64_t seed,
                                          uint64_t offset, cudaStream_t stream) {
   if (B == 0) return cudaSuccess;
-  int optin = 0;
-  cudaError_t err = shared_limit(&optin);
-  if (err != cudaSuccess) return err;
-  const int64_t bytes = probe_bytes<Scalar>(N);
-  const bool in_shared = bytes <= optin;
-  if (!in_shared && scratch == nullptr) return cudaErrorInvalidValue;
-  const size_t dynamic = in_shared ? static_cast<size_t>(bytes) : 0;
   auto kernel = hopfield_recall_async_kernel<Scalar>;
-  if (dynamic > 48 * 1024) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(dynamic));
-    if (err != cudaSuccess) return err;
-  }
+  bool in_shared = false;
+  size_t dynamic = 0;
+  const cudaError_t err = cuda_common::place_working_set(
+      kForceGlobalEnv, kernel, probe_bytes<Scalar>(N), scratch != nullptr, &in_shared, &dynamic);
+  if (err != cudaSuccess) return err;
   kernel<<<static_cast<unsigned>(B), kThreads, dynamic, stream>>>(
       weights, fields, states, converged,
       in_shared ? nullptr : static_cast<unsigned char*>(scratch), N, max_sweeps, random_order, seed,
