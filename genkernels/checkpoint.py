@@ -1,50 +1,218 @@
-"""Checkpoints shared by every model: written atomically, read with weights_only=True.
+"""Checkpoints shared by every model: written atomically, read with weights_only=True,
+every field validated on load.
 
-A checkpoint is a dict {"format", "kind", "config", ...} saved with torch.save. Writing
-goes to a temp file in the target folder, fsynced, then os.replace'd over the target,
-so an interrupted save never damages an existing file.
+A checkpoint is a dict {"format", "kind", "config", ...} saved with torch.save.
+
+Writing (:func:`save_atomic`) goes to a temp file in the target's folder, fsynced, then
+``os.replace``d over the target, so an interrupted save never damages an existing file.
+The rules for what is at the path, chosen as ``numpy.save`` does:
+
+* a symbolic link is written through: the file it points to is replaced and the link
+  stays a link (to a checkpoint);
+* anything else that is not a regular file (a folder, a device, a FIFO, a socket) is
+  refused with a ValueError before anything is written;
+* a new file gets the mode ``open()`` would give it (0666 minus the umask), a replaced
+  file keeps its mode;
+* temp files left behind by a save that was killed (``.tmp-<name>.<pid>.*``, their
+  process gone) are removed by the next save of the same checkpoint.
+
+Reading (:func:`read`) checks the envelope; the models check their fields with
+:func:`field`, :func:`int_field` and :func:`check_state`, whose errors name the field.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import stat
 import tempfile
+import threading
 
 import torch
 
 FORMAT = 1
 
+_umask_lock = threading.Lock()
 
-def save_atomic(payload: dict, path: str, kind: str) -> None:
-    """Write ``payload`` (tensors, numbers, strings, lists, dicts) as a ``kind`` checkpoint."""
+
+def _umask() -> int:
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _target(path) -> str:
+    """The file a save of ``path`` replaces: the path itself, or a symlink's final target."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+    path = os.fspath(path)
+    if not path:
+        raise ValueError("path must not be empty")
+    return os.path.realpath(path)
+
+
+def check_output_path(path, name: str = "path") -> str:
+    """Validate that a file can be written at ``path`` before long work starts: its folder
+    is created (parents included) and must be writable, and whatever is at the path must be
+    a regular file (or a symlink to one, or nothing). Returns the path; raises ValueError
+    naming ``name`` otherwise. Nothing is left behind but the created folders."""
+    target = _target(path)
+    if os.path.lexists(target) and not stat.S_ISREG(os.stat(target).st_mode):
+        kind = "a folder" if os.path.isdir(target) else "not a regular file"
+        raise ValueError(f"{name}: {os.fspath(path)!r} is {kind}; a checkpoint or output file is written "
+                         "only over a regular file")
+    folder = os.path.dirname(target)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot write into the folder of {os.fspath(path)!r} "
+                         f"({exc.strerror or exc})") from exc
+    return os.fspath(path)
+
+
+def check_output_dir(path, name: str = "out") -> str:
+    """Create the folder ``path`` (parents included) and check that files can be written in
+    it; raises ValueError naming ``name`` when it cannot, before any work is done."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike; got {type(path).__name__}")
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tmp-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot create or write into the folder {path!r} "
+                         f"({exc.strerror or exc})") from exc
+    return path
+
+
+def _remove_stale_temps(folder: str, base: str) -> None:
+    for tmp in glob.glob(os.path.join(glob.escape(folder), f".tmp-{glob.escape(base)}.*.*")):
+        pid = tmp[len(os.path.join(folder, f".tmp-{base}.")):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer is alive: maybe saving right now
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, owned by another user
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def save_atomic(payload: dict, path, kind: str) -> None:
+    """Write ``payload`` (tensors, numbers, strings, lists, dicts) as a ``kind`` checkpoint
+    at ``path`` (see the module docstring for symlinks, modes and leftovers)."""
     payload = {"format": FORMAT, "kind": kind, **payload}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    check_output_path(path)
+    target = _target(path)
+    folder, base = os.path.split(target)
+    _remove_stale_temps(folder, base)
+    mode = stat.S_IMODE(os.stat(target).st_mode) if os.path.exists(target) else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{base}.{os.getpid()}.", suffix=".pt")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def read(path: str, kind: str) -> dict:
+def read(path, kind: str) -> dict:
     """Load a ``kind`` checkpoint written by :func:`save_atomic`; clear errors for a
     missing file, an unreadable one, or a checkpoint of something else."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"path: no checkpoint at {path!r}")
+        raise FileNotFoundError(f"path: no checkpoint at {os.fspath(path)!r}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"path: {path!r} is not a readable genkernels checkpoint ({exc})") from exc
+        raise ValueError(f"path: {os.fspath(path)!r} is not a readable genkernels checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or \
-            payload.get("kind") != kind or "config" not in payload:
+            payload.get("kind") != kind or not isinstance(payload.get("config"), dict):
         found = payload.get("kind") if isinstance(payload, dict) else None
         held = f" (it holds a {found} checkpoint)" if isinstance(found, str) and found != kind else ""
-        raise ValueError(f"path: {path!r} is not a genkernels {kind} checkpoint{held}")
+        raise ValueError(f"path: {os.fspath(path)!r} is not a genkernels {kind} checkpoint{held}")
     return payload
+
+
+# ----------------------------------------------------------------- field validation
+def _where(path) -> str:
+    return f"checkpoint {os.fspath(path)!r}" if path is not None else "checkpoint"
+
+
+def field(payload: dict, key: str, types, path=None, what: str | None = None):
+    """payload[key], which must exist and be an instance of ``types``; ValueError naming
+    the field otherwise."""
+    if not isinstance(payload, dict) or key not in payload:
+        raise ValueError(f"{_where(path)}: the field {key!r} is missing")
+    value = payload[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        names = what or " or ".join(t.__name__ for t in _as_tuple(types))
+        raise ValueError(f"{_where(path)}: the field {key!r} must be {names}; got {type(value).__name__}")
+    return value
+
+
+def _as_tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def int_field(payload: dict, key: str, low: int | None = None, high: int | None = None, path=None) -> int:
+    """An integer field within [low, high]."""
+    value = field(payload, key, int, path, "an int")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise ValueError(f"{_where(path)}: the field {key!r} must lie in {bounds}; got {value}")
+    return value
+
+
+def check_tensor(name: str, value, shape: tuple, dtype: torch.dtype, path=None, *,
+                 finite: bool = True, values: tuple | None = None) -> torch.Tensor:
+    """A stored tensor with exactly ``shape`` and ``dtype``: finite when floating, and
+    holding only ``values`` when given (e.g. (0, 1) for binary chains)."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{_where(path)}: the field {name!r} must be a tensor; got {type(value).__name__}")
+    if tuple(value.shape) != tuple(shape) or value.dtype != dtype:
+        raise ValueError(f"{_where(path)}: the field {name!r} must be a {tuple(shape)} {dtype} tensor; "
+                         f"got {tuple(value.shape)} {value.dtype}")
+    if finite and value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{_where(path)}: the field {name!r} holds NaN or Inf")
+    if values is not None and value.numel():
+        allowed = torch.zeros_like(value, dtype=torch.bool)
+        for v in values:
+            allowed |= value == v
+        if not bool(allowed.all()):
+            bad = value[~allowed].flatten()[0].item()
+            raise ValueError(f"{_where(path)}: the field {name!r} must hold only {values}; got the value {bad!r}")
+    return value
+
+
+def check_state(payload: dict, module: torch.nn.Module, path=None, key: str = "state",
+                values: dict[str, tuple] | None = None) -> dict[str, torch.Tensor]:
+    """payload[key] must hold exactly ``module``'s state_dict entries, each with the same
+    shape and dtype, finite, and (``values``: name -> allowed values) within its set."""
+    state = field(payload, key, dict, path, "a dict of tensors")
+    expected = module.state_dict()
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise ValueError(f"{_where(path)}: the field {key!r} must hold the entries {sorted(expected)}"
+                         + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else ""))
+    for name, ref in expected.items():
+        check_tensor(f"{key}.{name}", state[name], tuple(ref.shape), ref.dtype, path,
+                     values=(values or {}).get(name))
+    return state
