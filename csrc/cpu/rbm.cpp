@@ -36,6 +36,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
+
+#include "parallel_region.h"
 #include <torch/library.h>
 
 #include <algorithm>
@@ -284,11 +286,13 @@ void half_step(const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias,
   const auto row_sampler = use_avx512() ? &bernoulli_row_avx512<T> : &bernoulli_row<T>;
   uint8_t* out = samples.data_ptr<uint8_t>();
   T* probs_out = probs != nullptr ? probs->data_ptr<T>() : nullptr;
+  genkernels::cpu::RegionErrors errors;
 #pragma omp parallel num_threads(static_cast<int>(threads)) if (threads > 1 && n_tiles > 1)
   {
-    at::Tensor buf = at::empty({std::min(rows_per_tile, B), std::min(cols_per_tile, n_out)}, w.options());
+    at::Tensor buf;
+    errors.run([&] { buf = at::empty({std::min(rows_per_tile, B), std::min(cols_per_tile, n_out)}, w.options()); });
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < n_tiles; ++t) {
+    for (int64_t t = 0; t < n_tiles; ++t) errors.run([&] {
       const int64_t r0 = (t / col_tiles) * rows_per_tile, c0 = (t % col_tiles) * cols_per_tile;
       const int64_t rows = std::min(rows_per_tile, B - r0), cols = std::min(cols_per_tile, n_out - c0);
       at::Tensor tile = buf.narrow(0, 0, rows).narrow(1, 0, cols);
@@ -303,8 +307,9 @@ void half_step(const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias,
         row_sampler(p + i * ld, cols, seed, counter, out + r * n_out + c0,
                          probs_out != nullptr ? probs_out + r * n_out + c0 : nullptr);
       }
-    }
+    });
   }
+  errors.rethrow();
 }
 
 std::tuple<at::Tensor, at::Tensor> rbm_half_step_cpu(const at::Tensor& s, const at::Tensor& w,

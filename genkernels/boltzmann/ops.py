@@ -15,6 +15,8 @@ binary-state weight statistics and data test (``RBM.fit(state_path=...)``).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import backends
@@ -52,8 +54,48 @@ if backends.extension_error() is None:
         return x.new_empty((torch.library.get_ctx().new_dynamic_size(), x.shape[1]), dtype=torch.uint8)
 
 
+def _half_step_setup_context(ctx, inputs, output):
+    s, w, _bias, _seed, _offset, transpose, _return_probs = inputs
+    ctx.transpose = transpose
+    ctx.save_for_backward(s, w, output[1])
+    ctx.mark_non_differentiable(output[0])
+
+
+def _half_step_backward(ctx, _grad_samples, grad_probs):
+    """Gradients of P = sigmoid(z), z = s @ w + bias (transpose: s @ w.T + bias), in s
+    (float states), w and bias. The uint8 samples are not differentiable; without
+    return_probs nothing is. Every backend's half-step op shares this backward."""
+    s, w, probs = ctx.saved_tensors
+    need_s, need_w, need_bias = ctx.needs_input_grad[:3]
+    if grad_probs is None or probs.shape[0] != s.shape[0]:
+        return (None,) * 7
+    dz = grad_probs * probs * (1 - probs)
+    sf = s.to(dz.dtype)
+    grad_s = (dz @ w if ctx.transpose else dz @ w.t()) if need_s else None
+    grad_w = (dz.t() @ sf if ctx.transpose else sf.t() @ dz) if need_w else None
+    grad_bias = dz.sum(0) if need_bias else None
+    return grad_s, grad_w, grad_bias, None, None, None, None
+
+
+def _half_step_binary_backward(ctx, grad_samples, grad_probs):
+    """:func:`_half_step_backward` without a gradient in s: 0/1 states are discrete, as in
+    the reference (which gathers weight rows by them)."""
+    return (None, *_half_step_backward(ctx, grad_samples, grad_probs)[1:])
+
+
+if backends.extension_error() is None:
+    torch.library.register_autograd("genkernels::rbm_half_step", _half_step_backward,
+                                    setup_context=_half_step_setup_context)
+    torch.library.register_autograd("genkernels::rbm_half_step_binary", _half_step_binary_backward,
+                                    setup_context=_half_step_setup_context)
+
+
+@functools.cache
 def _triton_ops():
-    from . import triton  # noqa: F401  (registers genkernels::rbm_half_step_triton)
+    from . import triton  # registers genkernels::rbm_half_step_triton and its binary twin
+    triton.rbm_half_step_triton.register_autograd(_half_step_backward, setup_context=_half_step_setup_context)
+    triton.rbm_half_step_binary_triton.register_autograd(_half_step_binary_backward,
+                                                         setup_context=_half_step_setup_context)
     return torch.ops.genkernels
 
 
@@ -109,6 +151,9 @@ def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: in
     Returns:
         samples: (B, n_out) uint8, 1 where u < P; and, with return_probs, P: (B, n_out)
         float32 (float64 for float64 weights).
+
+    Differentiable: P carries gradients to float s, w and bias (those of sigmoid(s @ w +
+    bias)) on every backend, so w may be an ``nn.Parameter``; the samples are not.
     """
     transpose, return_probs, seed, offset = _check_half_step(s, w, bias, seed, offset, transpose, return_probs)
     if not compiling() and s.dtype != torch.uint8 and s.numel() and s.device.type != "meta" \
@@ -175,7 +220,8 @@ def rbm_half_step_binary(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, s
             (backends "reference", "cpu", "triton").
     Returns:
         samples (B, n_out) uint8 and, with return_probs, P (B, n_out) float32 (float64 for
-        float64 weights).
+        float64 weights). P carries gradients to w and bias, as :func:`rbm_half_step`'s; the
+        0/1 states are discrete and get none.
     """
     transpose, return_probs, seed, offset = _check_half_step(s, w, bias, seed, offset, transpose, return_probs)
     _check_binary("s", s)
