@@ -52,6 +52,32 @@ def _target(path) -> str:
     return os.path.realpath(path)
 
 
+def _blocking_file(folder: str) -> str | None:
+    """The first existing ancestor-or-self of ``folder`` that is not a folder, if any."""
+    current = os.path.abspath(folder)
+    while True:
+        if os.path.lexists(current):
+            return None if os.path.isdir(current) else current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
+def _make_writable_folder(folder: str, name: str, shown) -> None:
+    blocker = _blocking_file(folder)
+    if blocker is not None:
+        raise ValueError(f"{name}: cannot write {os.fspath(shown)!r}: {blocker!r} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot write into the folder {folder!r} "
+                         f"({exc.strerror or exc})") from exc
+
+
 def check_output_path(path, name: str = "path") -> str:
     """Validate that a file can be written at ``path`` before long work starts: its folder
     is created (parents included) and must be writable, and whatever is at the path must be
@@ -62,15 +88,7 @@ def check_output_path(path, name: str = "path") -> str:
         kind = "a folder" if os.path.isdir(target) else "not a regular file"
         raise ValueError(f"{name}: {os.fspath(path)!r} is {kind}; a checkpoint or output file is written "
                          "only over a regular file")
-    folder = os.path.dirname(target)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ValueError(f"{name}: cannot write into the folder of {os.fspath(path)!r} "
-                         f"({exc.strerror or exc})") from exc
+    _make_writable_folder(os.path.dirname(target), name, path)
     return os.fspath(path)
 
 
@@ -80,14 +98,7 @@ def check_output_dir(path, name: str = "out") -> str:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{name} must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".tmp-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ValueError(f"{name}: cannot create or write into the folder {path!r} "
-                         f"({exc.strerror or exc})") from exc
+    _make_writable_folder(path, name, path)
     return path
 
 

@@ -11,35 +11,79 @@ import time
 
 import numpy as np
 
+SEED_LIMIT = 2**64
+
+
+class UsageError(ValueError):
+    """A command-line option that does not fit the others (printed as one line, exit 2)."""
+
+
+def _count(minimum: int):
+    """argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2^64); got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2^64); got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
+    return value
+
 
 def _add_som_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grid", type=int, nargs="+", default=[20, 20], metavar="N",
+    p.add_argument("--grid", type=_count(1), nargs="+", default=[20, 20], metavar="N",
                    help="map size: ROWS COLS, or N for a 1-D map (default 20 20)")
     p.add_argument("--topology", choices=["rectangular", "hexagonal"], default="rectangular")
     p.add_argument("--periodic", action="store_true", help="wrap the map into a torus")
     p.add_argument("--neighborhood", choices=["gaussian", "bubble", "mexican_hat", "triangle"],
                    default="gaussian")
     p.add_argument("--metric", choices=["euclidean", "cosine", "manhattan", "chebyshev"], default="euclidean")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=_count(1), default=10)
     p.add_argument("--mode", choices=["batch", "online", "minibatch"], default="batch")
-    p.add_argument("--batch-size", type=int, default=256, help="mini-batch size (mode minibatch)")
-    p.add_argument("--sigma", type=float, nargs="+", default=None, metavar="S",
+    p.add_argument("--batch-size", type=_count(1), default=None,
+                   help="mini-batch size (mode minibatch only; default 256)")
+    p.add_argument("--sigma", type=_finite, nargs="+", default=None, metavar="S",
                    help="radius START [END] (default max(grid)/2 down to 1)")
-    p.add_argument("--learning-rate", type=float, nargs="+", default=[0.5], metavar="LR",
+    p.add_argument("--learning-rate", type=_finite, nargs="+", default=[0.5], metavar="LR",
                    help="learning rate START [END] (default 0.5 down to 0.01)")
     p.add_argument("--schedule", choices=["constant", "linear", "exponential", "inverse", "asymptotic"],
                    default="exponential")
     p.add_argument("--init", choices=["pca", "random", "uniform"], default="pca")
     p.add_argument("--missing", choices=["raise", "ignore"], default="raise",
                    help="NaN handling: raise, or ignore missing features")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"], default="float32")
     p.add_argument("--backend", choices=["reference", "cpu", "triton", "cuda"], default=None)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genkernels", description=__doc__)
+    parser = argparse.ArgumentParser(prog="genkernels", description=__doc__,
+                                     epilog="Errors print one line `genkernels: error: ...` and exit 2; "
+                                            "--debug shows the traceback instead.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train each model family on the embedded data set and write a report",
@@ -47,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "U-matrix, hit map, labels map, component planes, the QE/TE "
                                       "training curve (PNG) and report.md to --out.")
     demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    demo.add_argument("--epochs", type=int, default=20)
+    demo.add_argument("--epochs", type=_count(1), default=20)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     train = sub.add_parser("train", help="train a model on your data")
@@ -79,10 +123,67 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _rate(values):
+def _rate(values, option: str):
+    """START [END] of a schedule option: a number or a (start, end) pair; more is an error."""
     if values is None:
         return None
-    return values[0] if len(values) == 1 else tuple(values[:2])
+    if len(values) > 2:
+        raise UsageError(f"{option} takes START [END]: one or two numbers; got {len(values)} "
+                         f"({' '.join(str(v) for v in values)})")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _device(text: str):
+    """--device as a torch.device that exists here; UsageError otherwise."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device must be cpu, cuda or cuda:N; got {text!r}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise UsageError(f"--device must be cpu, cuda or cuda:N; got {text!r}")
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise UsageError(f"--device {text}: CUDA is not available here ({why}); use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {text}: there are {torch.cuda.device_count()} CUDA devices here")
+    return device
+
+
+def _check_outputs(out: str, files: list[str], checkpoint: str | None) -> None:
+    """Create --out and check that every file the command writes there, and --checkpoint,
+    can be written -- before any training, so a finished model is never lost to a bad path."""
+    from .checkpoint import check_output_dir, check_output_path
+
+    check_output_dir(out, "--out")
+    for name in files:
+        check_output_path(os.path.join(out, name), "--out")
+    if checkpoint is not None:
+        check_output_path(checkpoint, "--checkpoint")
+
+
+def _write_json(path: str, obj) -> None:
+    """Write obj as JSON through a temp file and os.replace (never a half-written file)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _finite_metrics(metrics: dict, what: str) -> None:
+    """A diverged model is an error, never a success: every float metric must be finite."""
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)
+           and k != "topographic_error"}
+    if bad:
+        raise ValueError(f"training diverged: the trained {what} gives {', '.join(f'{k}={v}' for k, v in bad.items())}; "
+                         "nothing was written (try a smaller learning rate or scale the data)")
 
 
 def _scale(x: np.ndarray, how: str) -> np.ndarray:
@@ -128,6 +229,11 @@ def _writes_outputs(args) -> bool:
     return is_root
 
 
+SOM_OUTPUTS = ["som.pt", "metrics.json", "umatrix.png", "hit_map.png", "component_planes.png",
+               "training_curve.png"]
+RBM_OUTPUTS = ["rbm.pt", "metrics.json", "filters.png", "samples.png", "training_curve.png"]
+
+
 def cmd_train_som(args) -> int:
     import torch
 
@@ -135,42 +241,50 @@ def cmd_train_som(args) -> int:
     from . import distributed as gkdist
     from .data import load_array
 
+    if len(args.grid) > 2:
+        raise UsageError(f"--grid takes ROWS COLS or N; got {len(args.grid)} numbers")
+    if args.batch_size is not None and args.mode != "minibatch":
+        raise UsageError(f"--batch-size applies to --mode minibatch; got --mode {args.mode}")
+    if args.resume and args.checkpoint is None:
+        raise UsageError("--resume continues from --checkpoint; give --checkpoint PATH")
+    sigma, learning_rate = _rate(args.sigma, "--sigma"), _rate(args.learning_rate, "--learning-rate")
+    device = _device(args.device)
     x = load_array(args.data)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
     x = _scale(np.asarray(x), args.scale)
     labels = load_array(args.labels).reshape(-1) if args.labels else None
     if labels is not None and labels.shape[0] != x.shape[0]:
-        raise SystemExit(f"--labels has {labels.shape[0]} rows but DATA has {x.shape[0]}")
-    device = torch.device(args.device)
+        raise UsageError(f"--labels has {labels.shape[0]} rows but DATA has {x.shape[0]}")
     full_x, full_labels = x, labels
     if args.distributed:
         gkdist.ensure_process_group(device)
         shards = np.array_split(np.arange(x.shape[0]), gkdist.world_size())
         mine = shards[gkdist.rank()]
         x = x[mine[0]:mine[-1] + 1] if mine.size else x[:0]
+    if gkdist.rank() == 0:
+        _check_outputs(args.out, SOM_OUTPUTS + (["labels_map.png"] if labels is not None else []),
+                       args.checkpoint)
     model = SOM(tuple(args.grid), x.shape[1], topology=args.topology, periodic=args.periodic,
-                neighborhood=args.neighborhood, sigma=_rate(args.sigma),
-                learning_rate=_rate(args.learning_rate), schedule=args.schedule, init=args.init,
-                metric=args.metric, missing=args.missing, seed=args.seed,
-                dtype=getattr(torch, args.dtype), device=device)
+                neighborhood=args.neighborhood, sigma=sigma, learning_rate=learning_rate,
+                schedule=args.schedule, init=args.init, metric=args.metric, missing=args.missing,
+                seed=args.seed, dtype=getattr(torch, args.dtype), device=device)
     start = time.perf_counter()
-    model.fit(x, epochs=args.epochs, mode=args.mode, batch_size=args.batch_size,
+    model.fit(x, epochs=args.epochs, mode=args.mode, batch_size=args.batch_size or 256,
               verbose=not args.quiet, checkpoint=args.checkpoint, resume=args.resume,
               distributed=args.distributed, backend=args.backend)
     seconds = time.perf_counter() - start
     if not _writes_outputs(args):
         return 0
-    os.makedirs(args.out, exist_ok=True)
-    model.save(os.path.join(args.out, "som.pt"))
     qe = float(model.quantization_error(full_x).mean())
     te = float(model.topographic_error(full_x).mean()) if model.n_nodes > 1 else float("nan")
+    _finite_metrics({"quantization_error": qe}, "map")
+    model.save(os.path.join(args.out, "som.pt"))
     _write_figures(model, full_x, full_labels, args.out)
     metrics = {"quantization_error": qe, "topographic_error": te, "train_seconds": seconds,
                "samples": int(full_x.shape[0]), "features": int(full_x.shape[1]), "grid": args.grid,
                "epochs": args.epochs, "mode": args.mode}
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    _write_json(os.path.join(args.out, "metrics.json"), metrics)
     print(f"QE {qe:.4f}  TE {te:.4f}  trained in {seconds:.2f} s  -> {args.out}/")
     return 0
 
@@ -187,21 +301,21 @@ def _add_rbm_parser(models) -> None:
                     "summation order.")
     rbm.add_argument("data", help="data file: .npy, .csv, or IDX (e.g. t10k-images-idx3-ubyte.gz)")
     rbm.add_argument("--out", default="rbm_out", help="output folder (default rbm_out)")
-    rbm.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
+    rbm.add_argument("--hidden", type=_count(1), default=64, help="hidden units (default 64)")
     rbm.add_argument("--visible", choices=["bernoulli", "gaussian"], default="bernoulli")
     rbm.add_argument("--learn-variance", action="store_true", help="gaussian: learn each unit's sigma")
     rbm.add_argument("--method", default="cd",
                      help="training method passed to RBM.fit: cd (CD-k), pcd (persistent CD) or pt "
                           "(parallel tempering; not with --distributed)")
-    rbm.add_argument("--pt-betas", type=int, default=None, metavar="M",
+    rbm.add_argument("--pt-betas", type=_count(2), default=None, metavar="M",
                      help="--method pt: the number of temperatures (RBM.fit's default otherwise)")
-    rbm.add_argument("-k", type=int, default=1, help="Gibbs steps per update (default 1)")
-    rbm.add_argument("--epochs", type=int, default=10)
-    rbm.add_argument("--batch-size", type=int, default=100, help="rows per update; also the PCD chains")
-    rbm.add_argument("--learning-rate", type=float, default=0.1, help="default 0.1 (gaussian: try 0.01)")
-    rbm.add_argument("--momentum", type=float, default=0.0)
-    rbm.add_argument("--weight-decay", type=float, default=0.0)
-    rbm.add_argument("--sparsity-target", type=float, default=None)
+    rbm.add_argument("-k", type=_count(1), default=1, help="Gibbs steps per update (default 1)")
+    rbm.add_argument("--epochs", type=_count(1), default=10)
+    rbm.add_argument("--batch-size", type=_count(1), default=100, help="rows per update; also the PCD chains")
+    rbm.add_argument("--learning-rate", type=_finite, default=0.1, help="default 0.1 (gaussian: try 0.01)")
+    rbm.add_argument("--momentum", type=_finite, default=0.0)
+    rbm.add_argument("--weight-decay", type=_finite, default=0.0)
+    rbm.add_argument("--sparsity-target", type=_finite, default=None)
     rbm.add_argument("--scale", choices=["auto", "none", "unit", "minmax", "standard"], default="auto",
                      help="before training (statistics of the whole file): unit divides by the "
                           "largest value of the data's integer type (255 for uint8 images), minmax "
@@ -210,10 +324,10 @@ def _add_rbm_parser(models) -> None:
     rbm.add_argument("--binarize", choices=["none", "threshold", "stochastic"], default="none",
                      help="bernoulli: binarise the scaled data once before the split: x > 0.5, or "
                           "one Bernoulli(x) draw per entry keyed by --seed")
-    rbm.add_argument("--test-fraction", type=float, default=0.1,
+    rbm.add_argument("--test-fraction", type=_finite, default=0.1,
                      help="rows held out (a permutation keyed by --seed) for the test metrics")
-    rbm.add_argument("--ais-chains", type=int, default=100, help="AIS chains for the test log-likelihood")
-    rbm.add_argument("--ais-betas", type=int, default=1000,
+    rbm.add_argument("--ais-chains", type=_count(1), default=100, help="AIS chains for the test log-likelihood")
+    rbm.add_argument("--ais-betas", type=_count(0), default=1000,
                      help="AIS temperatures (0: no AIS); the smaller layer has <= 16 units: exact instead")
     rbm.add_argument("--monitor", choices=["reconstruction_error", "pseudo_likelihood", "none"],
                      default="reconstruction_error", help="metric recorded after each epoch")
@@ -222,8 +336,8 @@ def _add_rbm_parser(models) -> None:
     rbm.add_argument("--distributed", action="store_true",
                      help="data-parallel over torch.distributed (launch with torchrun)")
     rbm.add_argument("--quiet", action="store_true")
-    rbm.add_argument("--seed", type=int, default=0)
-    rbm.add_argument("--device", default="cpu")
+    rbm.add_argument("--seed", type=_seed, default=0)
+    rbm.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     rbm.add_argument("--dtype", choices=["float32", "float64"], default="float32")
 
 
@@ -236,7 +350,7 @@ def _rbm_data(args) -> np.ndarray:
     from .data import load_array
 
     if args.binarize != "none" and args.visible != "bernoulli":
-        raise SystemExit(f"--binarize {args.binarize} applies to --visible bernoulli; got --visible {args.visible}")
+        raise UsageError(f"--binarize {args.binarize} applies to --visible bernoulli; got --visible {args.visible}")
     raw = np.asarray(load_array(args.data))
     how = args.scale
     if how == "auto":
@@ -248,7 +362,7 @@ def _rbm_data(args) -> np.ndarray:
             how = "none" if raw.size == 0 or (raw.min() >= 0 and raw.max() <= 1) else "minmax"
     if how == "unit":
         if not np.issubdtype(raw.dtype, np.integer):
-            raise SystemExit(f"--scale unit divides by the largest value of an integer type; DATA holds {raw.dtype}")
+            raise UsageError(f"--scale unit divides by the largest value of an integer type; DATA holds {raw.dtype}")
         x = raw / np.iinfo(raw.dtype).max
     else:
         x = _scale(raw.astype(np.float64), how)
@@ -264,7 +378,7 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, test rows): the first round(fraction n) rows of a permutation keyed by
     seed are held out; the training rows keep the file's order."""
     if not 0 <= fraction < 1:
-        raise SystemExit(f"--test-fraction must be in [0, 1); got {fraction}")
+        raise UsageError(f"--test-fraction must be in [0, 1); got {fraction}")
     n_test = min(round(fraction * n), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
@@ -318,12 +432,20 @@ def cmd_train_rbm(args) -> int:
     from . import RBM
     from . import distributed as gkdist
 
+    if args.pt_betas is not None and args.method != "pt":
+        raise UsageError(f"--pt-betas applies to --method pt; got --method {args.method}")
+    if args.learn_variance and args.visible != "gaussian":
+        raise UsageError(f"--learn-variance applies to --visible gaussian; got --visible {args.visible}")
+    if args.resume and args.checkpoint is None:
+        raise UsageError("--resume continues from --checkpoint; give --checkpoint PATH")
+    device = _device(args.device)
     x = _rbm_data(args)
     train_rows, test_rows = _split(x.shape[0], args.test_fraction, args.seed)
     train, test = x[train_rows], x[test_rows]
-    device = torch.device(args.device)
     if args.distributed:
         gkdist.ensure_process_group(device)  # every rank has loaded the whole file
+    if gkdist.rank() == 0:
+        _check_outputs(args.out, RBM_OUTPUTS, args.checkpoint)
     model = RBM(x.shape[1], args.hidden, args.visible, args.learn_variance, seed=args.seed,
                 dtype=getattr(torch, args.dtype), device=device)
     start = time.perf_counter()
@@ -336,15 +458,14 @@ def cmd_train_rbm(args) -> int:
     seconds = time.perf_counter() - start
     if not _writes_outputs(args):
         return 0
-    os.makedirs(args.out, exist_ok=True)
-    model.save(os.path.join(args.out, "rbm.pt"))
     metrics = _rbm_metrics(model, train, test, args)
+    _finite_metrics(metrics, "RBM")
+    model.save(os.path.join(args.out, "rbm.pt"))
     _rbm_figures(model, args.out)
     metrics.update(train_seconds=seconds, samples_train=int(train.shape[0]), samples_test=int(test.shape[0]),
                    visible=model.n_visible, hidden=model.n_hidden, visible_units=args.visible,
                    method=args.method, k=args.k, epochs=model.epochs_done, history=model.history)
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    _write_json(os.path.join(args.out, "metrics.json"), metrics)
     shown = f"reconstruction error {metrics['reconstruction_error_train']:.4f} (train)"
     if "log_likelihood_test" in metrics:
         shown += f", test log-likelihood {metrics['log_likelihood_test']:.3f} nats ({metrics['log_likelihood_method']})"
@@ -358,7 +479,9 @@ def cmd_demo(args) -> int:
     from . import SOM, available_backends
     from .data import load_digits
 
-    os.makedirs(args.out, exist_ok=True)
+    from .checkpoint import check_output_dir
+
+    check_output_dir(args.out, "--out")
     x, y = load_digits()
     model = SOM((20, 20), x.shape[1], topology="hexagonal", seed=0)
     start = time.perf_counter()
@@ -454,13 +577,32 @@ def cmd_bench(args) -> int:
     return int(module.main(list(args.args)) or 0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """The parsed command; library errors propagate (see :func:`main`)."""
     if args.command == "demo":
         return cmd_demo(args)
     if args.command == "train":
         return cmd_train_rbm(args) if args.model == "rbm" else cmd_train_som(args)
     return cmd_bench(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line. Any error prints one line ``genkernels: error: <message>`` on
+    stderr and returns 2 (usage errors found by argparse exit 2 with its usage line);
+    ``--debug`` re-raises instead, with the traceback."""
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, (ValueError, TypeError, OSError)):
+            message = f"{type(exc).__name__}: {message}"
+        print(f"genkernels: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

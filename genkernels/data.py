@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 
 import numpy as np
 
@@ -17,21 +19,56 @@ def _open(path: str):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
+# dimensions an IDX file may declare: MNIST-style files have 1 (labels) to 3 (images)
+_IDX_MAX_DIMS = 8
+
+
+def _read_failed(path: str, kind: str, exc: BaseException) -> ValueError:
+    return ValueError(f"data: {path!r} is not a readable {kind} ({type(exc).__name__}: {exc})")
+
+
+def _read_at_most(f, n: int) -> bytes:
+    """Up to n bytes of f, read in chunks: a header may declare more than memory holds."""
+    chunks, size = [], 0
+    while size < n:
+        chunk = f.read(min(n - size, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def load_idx(path: str) -> np.ndarray:
-    """Read an IDX file (gzipped or not): images (n, rows, cols) or labels (n,)."""
+    """Read an IDX file (gzipped or not): images (n, rows, cols) or labels (n,). A file
+    whose header declares 0 or more than 8 dimensions, more values than it holds, or
+    that is cut short (a truncated .gz included) raises ValueError."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no such IDX file {path!r}")
-    with _open(path) as f:
-        header = f.read(4)
-        if len(header) != 4 or header[0] != 0 or header[1] != 0 or header[2] not in _IDX_DTYPES:
-            raise ValueError(f"path: {path!r} is not an IDX file (bad magic number {header!r})")
-        ndim = header[3]
-        shape = tuple(int.from_bytes(f.read(4), "big") for _ in range(ndim))
-        dtype = np.dtype(_IDX_DTYPES[header[2]])
-        data = np.frombuffer(f.read(), dtype=dtype)
-    expected = int(np.prod(shape)) if shape else 0
-    if data.size != expected:
-        raise ValueError(f"path: {path!r} is truncated: header says {shape}, found {data.size} values")
+    try:
+        with _open(path) as f:
+            header = f.read(4)
+            if len(header) != 4 or header[0] != 0 or header[1] != 0 or header[2] not in _IDX_DTYPES:
+                raise ValueError(f"path: {path!r} is not an IDX file (bad magic number {header!r})")
+            ndim = header[3]
+            if not 1 <= ndim <= _IDX_MAX_DIMS:
+                raise ValueError(f"path: {path!r} declares {ndim} dimensions; an IDX data file has 1 to "
+                                 f"{_IDX_MAX_DIMS}")
+            dims = f.read(4 * ndim)
+            if len(dims) != 4 * ndim:
+                raise ValueError(f"path: {path!r} is truncated inside its header")
+            shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_IDX_DTYPES[header[2]])
+            expected = math.prod(shape)  # Python ints: no overflow
+            payload = _read_at_most(f, expected * dtype.itemsize + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _read_failed(path, "IDX file", exc) from exc
+    if len(payload) < expected * dtype.itemsize:
+        raise ValueError(f"path: {path!r} is truncated: header says {shape}, found "
+                         f"{len(payload) // dtype.itemsize} values")
+    if len(payload) > expected * dtype.itemsize:
+        raise ValueError(f"path: {path!r} holds more data than its header {shape} declares")
+    data = np.frombuffer(payload, dtype=dtype)
     return data.reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
@@ -44,17 +81,29 @@ def load_array(path: str) -> np.ndarray:
     lower = path.lower()
     base = lower[:-3] if lower.endswith(".gz") else lower
     if base.endswith(".npy"):
-        if lower.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                arr = np.load(f)
-        else:
-            arr = np.load(path, mmap_mode="r")
+        try:
+            if lower.endswith(".gz"):
+                with gzip.open(path, "rb") as f:
+                    arr = np.load(f)
+            else:
+                arr = np.load(path, mmap_mode="r")
+        except (OSError, EOFError, ValueError, zlib.error) as exc:
+            raise _read_failed(path, ".npy file", exc) from exc
     elif base.endswith((".csv", ".txt", ".tsv")):
         arr = _load_text(path)
     elif "idx" in os.path.basename(base) or base.endswith("ubyte"):
         arr = load_idx(path)
     else:
         raise ValueError(f"data: unsupported file type {path!r}; expected .npy, .csv or an IDX file")
+    if arr.dtype.kind == "c":
+        raise ValueError(f"data: {path!r} holds complex numbers ({arr.dtype}); expected real numbers "
+                         "(split real and imaginary parts into features yourself)")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"data: {path!r} holds {arr.dtype} values; expected a numeric array "
+                         "(bool, integer or float)")
+    if arr.ndim == 0:
+        raise ValueError(f"data: {path!r} holds a single number (a 0-d array); expected a matrix "
+                         "(n_samples, n_features)")
     if arr.ndim == 1:
         arr = arr[:, None]
     elif arr.ndim > 2:
@@ -63,16 +112,30 @@ def load_array(path: str) -> np.ndarray:
 
 
 def _load_text(path: str) -> np.ndarray:
-    with _open(path) as f:
-        text = f.read().decode()
+    try:
+        with _open(path) as f:
+            text = f.read().decode("utf-8")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _read_failed(path, "text file", exc) from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"data: {path!r} is not a text (CSV) file: {exc}") from exc
+    if "\x00" in text:
+        raise ValueError(f"data: {path!r} is not a text (CSV) file: it holds NUL bytes")
     lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f"data: {path!r} is empty: no rows")
     delimiter = "," if "," in lines[0] else None
     try:
         float(lines[0].split(delimiter)[0])
         skip = 0
     except ValueError:
         skip = 1
-    return np.loadtxt(lines[skip:], delimiter=delimiter, dtype=np.float64, ndmin=2)
+    if skip == len(lines):
+        raise ValueError(f"data: {path!r} holds a header row and no data rows")
+    try:
+        return np.loadtxt(lines[skip:], delimiter=delimiter, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"data: {path!r} is not a numeric CSV file ({exc})") from exc
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -85,13 +85,13 @@ def test_check_output_path_before_work(tmp_path, where):
     blocker.write_text("x")
     path = blocker / "ck.pt" if where == "under_file" else blocker
     if where == "under_file":
-        with pytest.raises(ValueError, match="checkpoint: cannot write"):
+        with pytest.raises(ValueError, match="checkpoint: cannot write .* is a file, not a folder"):
             ckpt.check_output_path(str(path), "checkpoint")
-        with pytest.raises(ValueError, match="out: cannot create"):
+        with pytest.raises(ValueError, match="out: cannot write .* is a file, not a folder"):
             ckpt.check_output_dir(str(path), "out")
     else:
         assert ckpt.check_output_path(str(path), "checkpoint") == str(path)
-        with pytest.raises(ValueError, match="out: cannot create"):
+        with pytest.raises(ValueError, match="out: cannot write .* is a file, not a folder"):
             ckpt.check_output_dir(str(path), "out")
 
 

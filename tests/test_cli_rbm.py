@@ -3,6 +3,7 @@ import gzip
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -107,19 +108,21 @@ def test_train_rbm_parallel_tempering(tmp_path):
     assert len(json.loads((out / "metrics.json").read_text())["history"][0]["swap_acceptance"]) == 2
 
 
-def test_train_rbm_bad_options(tmp_path):
+def test_train_rbm_bad_options(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
     base = ["train", "rbm", str(tmp_path / "x.npy"), "--quiet", "--out", str(tmp_path / "o")]
-    with pytest.raises(SystemExit, match="--scale unit"):
-        cli.main(base + ["--scale", "unit"])
-    with pytest.raises(SystemExit, match="--binarize threshold applies to --visible bernoulli"):
-        cli.main(base + ["--visible", "gaussian", "--binarize", "threshold"])
-    with pytest.raises(SystemExit, match="--test-fraction"):
-        cli.main(base + ["--test-fraction", "1"])
-    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
-        cli.main(base + ["--scale", "standard"])
+    for extra, message in ((["--scale", "unit"], "--scale unit"),
+                           (["--visible", "gaussian", "--binarize", "threshold"],
+                            "--binarize threshold applies to --visible bernoulli"),
+                           (["--test-fraction", "1"], "--test-fraction"),
+                           (["--scale", "standard"], r"values in \[0, 1\]"),
+                           (["--method", "gibbs"], "method")):
+        assert cli.main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("genkernels: error: ") and err.count("\n") == 1, err
+        assert re.search(message, err), err
     with pytest.raises(ValueError, match="method"):
-        cli.main(base + ["--method", "gibbs"])
+        cli.main(["--debug"] + base + ["--method", "gibbs"])
 
 
 def test_train_rbm_help():
