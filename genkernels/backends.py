@@ -4,7 +4,8 @@ Every hot-path op has up to four implementations (DESIGN.md, "One op, four
 implementations"): ``reference`` (pure PyTorch), ``cpu`` (the C++ extension),
 ``triton`` and ``cuda``. ``backend=None`` means auto:
 
-* CUDA tensors: the fastest GPU backend measured for that op (``GPU_PREFERENCE``);
+* CUDA tensors: ``triton``, unless a committed GPU run measured another backend faster on
+  that workload (``GPU_PREFERENCE``);
 * CPU tensors: ``cpu`` when the extension is built, else ``reference``.
 
 Overrides, strongest first: the ``backend=`` argument of an op, ``use_backend(...)``
@@ -43,29 +44,34 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "rbm_binary_outer_add": ("reference", "cpu"),
 }
 
-# Auto choice on CUDA tensors: each entry names the measurement behind it. Triton until
-# a GPU run says otherwise (DESIGN.md, "Backend choice"). An op without a GPU backend has
-# no entry: on CUDA tensors it runs its reference, unless that is a sequential loop.
-GPU_PREFERENCE: dict[str, tuple[str, str]] = {
-    "som_bmu": ("triton", "default until a GPU run of bench/bench_som.py"),
-    "som_node_sums": ("triton", "default until a GPU run of bench/bench_som.py"),
-    "som_online": ("cuda", "H100, bench/results/nvidia-h100-80gb-hbm3-gpu-quick.md: the cooperative "
-                   "kernel 17 ms vs triton 1.47 s (40x40x784, 2k steps), 53 ms vs 385 ms (32x32x64, "
-                   "10k steps); many maps keep one block per map (64 maps: cuda's old kernel was "
-                   "1.49 s vs triton 0.37 s, nvidia-h100-80gb-hbm3.md)"),
-    "philox_randint4x": ("triton", "default until a GPU run measures genkernels.random"),
-    "philox_rand": ("triton", "default until a GPU run measures genkernels.random"),
-    "hopfield_recall_async": ("cuda", "state and fields in shared memory, no per-unit register "
-                              "reductions (triton reads each lane by a masked sum); until a GPU run"),
-    "bm_gibbs": ("cuda", ("state, fields and order in shared memory, one block per chain, no "
-                          "N limit (triton holds N <= 4096 in registers and reads each lane by a "
-                          "masked sum); until a GPU run of bench/bench_bm_gibbs.py")),
-    "hopfield_retrieval": ("triton", "the fused kernel; default until a GPU run of bench/bench_hopfield.py"),
-    "ising_sweep": ("cuda", ("bit-packed multi-spin code, 64 spins per word; default until a "
-                             "GPU run of bench/bench_ising.py")),
-    "rbm_half_step": ("triton", "default until a GPU run of bench/bench_energy.py"),
-    "rbm_half_step_binary": ("triton", "the only GPU backend; the RBM keeps the dense path on CUDA"),
+# Auto choice on CUDA tensors (DESIGN.md, "Automatic choice from measurements"): Triton,
+# interpreter-tested and statically compiled, until a committed GPU run shows another
+# backend correct and faster on that kind of workload. An entry (backend, applies, why)
+# prefers ``backend`` where ``applies(workload)`` holds (``workload``: the keywords the op
+# passes to resolve, e.g. n_maps) and cites the results file and the commit it measured.
+# A CUDA kernel changed since its run, or never run, is reachable by name only. An op
+# without a GPU backend has no entry: on CUDA tensors it runs its reference, unless that
+# is a sequential loop.
+GPU_PREFERENCE: dict[str, tuple[str, object, str]] = {
+    "som_online": ("cuda", lambda workload: workload.get("n_maps") == 1,
+                   "one map: bench/results/nvidia-h100-80gb-hbm3-gpu-quick.md (H100, commit 98f9abe; "
+                   "csrc/cuda/som.cu unchanged since cf16a02, before that run): the cooperative kernel "
+                   "17 ms vs triton 1.47 s (40x40x784, 2k steps), 53 ms vs 385 ms (32x32x64, 10k steps), "
+                   "equal to the one-block kernel bit for bit. Many maps stay on triton: 64 maps took "
+                   "1.49 s on cuda vs 0.37 s on triton (nvidia-h100-80gb-hbm3.md, commit 2540197)"),
 }
+# Measured but not preferred: the CUDA Hopfield recall (1.8e8 vs triton 8.7e7 unit updates/s,
+# nvidia-h100-80gb-hbm3-gpu-quick.md) and bm_gibbs kernels changed after that run (ff00d6b,
+# 729a895); the bit-packed Ising kernel never ran on a GPU. `bash scripts/gpu_final.sh`
+# measures them again.
+
+
+def _gpu_choice(op: str, workload: dict) -> str:
+    entry = GPU_PREFERENCE.get(op)
+    if entry is not None and entry[1](workload):
+        return entry[0]
+    return "triton"
+
 
 # Ops whose reference is a Python loop over steps: usable as an oracle only.
 SEQUENTIAL_OPS = frozenset({"som_online", "hopfield_recall_async", "bm_gibbs"})
@@ -177,10 +183,11 @@ _warned: set[str] = set()
 
 
 @torch.compiler.assume_constant_result
-def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
+def resolve(op: str, device: torch.device, backend: str | None = None, **workload) -> str:
     """The backend that runs ``op`` on ``device``: explicit > use_backend > env > auto.
 
-    Under torch.compile the choice is made once while tracing and baked into the graph
+    ``workload``: what the automatic GPU choice depends on for this op (see
+    GPU_PREFERENCE), e.g. ``n_maps=`` for som_online. Under torch.compile the choice is made once while tracing and baked into the graph
     (a compiled function keeps the backend it was traced with)."""
     requested = _check_name(backend, "backend") if backend is not None else forced_backend()
     implemented = OP_BACKENDS[op]
@@ -193,7 +200,7 @@ def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
             raise BackendUnavailableError(f"backend {requested!r} for {op} is unavailable: {why}")
         return requested
     if device.type == "cuda":
-        preferred = GPU_PREFERENCE.get(op, ("triton",))[0]
+        preferred = _gpu_choice(op, workload)
         for name in (preferred, *[b for b in ("triton", "cuda") if b != preferred]):
             if name in implemented and _why_unavailable(name, device) is None:
                 return name

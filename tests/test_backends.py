@@ -62,3 +62,35 @@ def test_sequential_reference_warns_once_without_extension(monkeypatch):
     monkeypatch.setattr(backends, "_warned", set())
     with pytest.warns(RuntimeWarning, match="pure-Python reference loop"):
         assert backends.resolve("som_online", torch.device("cpu")) == "reference"
+
+
+def test_gpu_auto_choice_is_triton_unless_a_committed_run_says_otherwise(monkeypatch):
+    # a machine where every GPU backend could run: the choice is the declared preference
+    monkeypatch.setattr(backends, "_why_unavailable", lambda name, device: None)
+    cuda = torch.device("cuda")
+    chosen = {op: backends.resolve(op, cuda) for op, impls in backends.OP_BACKENDS.items() if "triton" in impls}
+    assert set(chosen.values()) == {"triton"}, chosen
+    # the one measured exception: a single online map on the cooperative CUDA kernel
+    assert backends.resolve("som_online", cuda, n_maps=1) == "cuda"
+    assert backends.resolve("som_online", cuda, n_maps=64) == "triton"
+    assert backends.resolve("som_online", cuda, "triton", n_maps=1) == "triton"
+
+
+def test_gpu_preferences_cite_committed_results():
+    import re
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for op, (backend, _applies, why) in backends.GPU_PREFERENCE.items():
+        assert backend in backends.OP_BACKENDS[op], op
+        files = re.findall(r"bench/results/[\w.-]+\.md", why) + \
+            [f"bench/results/{m}" for m in re.findall(r"\(([\w.-]+\.md), commit", why)]
+        assert files, (op, why)
+        for path in files:
+            assert os.path.isfile(os.path.join(root, path)), (op, path)
+        commits = re.findall(r"commit ([0-9a-f]{7,40})", why)
+        assert commits, (op, why)
+        if os.path.isdir(os.path.join(root, ".git")):
+            for commit in commits:
+                proc = subprocess.run(["git", "-C", root, "cat-file", "-e", f"{commit}^{{commit}}"],
+                                      capture_output=True)
+                assert proc.returncode == 0, (op, commit)

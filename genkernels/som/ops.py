@@ -332,7 +332,7 @@ def som_online(weights: torch.Tensor, x: torch.Tensor, order: torch.Tensor, lr: 
             raise ValueError(f"order must index x's {x.shape[0]} rows; got values in [{lo}, {hi}]")
         if rule != "wta" and not bool((sigma > 0).all()):
             raise ValueError("sigma must be > 0 at every step")
-    name = backends.resolve("som_online", x.device, backend)
+    name = backends.resolve("som_online", x.device, backend, n_maps=m)
     if order.shape[1] == 0 or m == 0:
         return weights.clone()
     dt = acc_dtype(weights.dtype)
