@@ -63,8 +63,9 @@ def _half_step_setup_context(ctx, inputs, output):
 
 def _half_step_backward(ctx, _grad_samples, grad_probs):
     """Gradients of P = sigmoid(z), z = s @ w + bias (transpose: s @ w.T + bias), in s
-    (float states), w and bias. The uint8 samples are not differentiable; without
-    return_probs nothing is. Every backend's half-step op shares this backward."""
+    (float states), w and bias, for the Triton ops. The uint8 samples are not
+    differentiable; without return_probs nothing is. The C++ ops carry the same backward in
+    C++ (csrc/cpu/rbm_autograd.cpp: no Python autograd layer on calls without gradients)."""
     s, w, probs = ctx.saved_tensors
     need_s, need_w, need_bias = ctx.needs_input_grad[:3]
     if grad_probs is None or probs.shape[0] != s.shape[0]:
@@ -81,13 +82,6 @@ def _half_step_binary_backward(ctx, grad_samples, grad_probs):
     """:func:`_half_step_backward` without a gradient in s: 0/1 states are discrete, as in
     the reference (which gathers weight rows by them)."""
     return (None, *_half_step_backward(ctx, grad_samples, grad_probs)[1:])
-
-
-if backends.extension_error() is None:
-    torch.library.register_autograd("genkernels::rbm_half_step", _half_step_backward,
-                                    setup_context=_half_step_setup_context)
-    torch.library.register_autograd("genkernels::rbm_half_step_binary", _half_step_binary_backward,
-                                    setup_context=_half_step_setup_context)
 
 
 @functools.cache
