@@ -135,11 +135,13 @@ def run(device="cpu", quick=False, out=None):
     text = "\n".join(lines) + "\n"
     print(text)
     if out:
-        from run import machine_name
+        from run import contention_meta, contention_suffix, git_commit, machine_name
         os.makedirs(out, exist_ok=True)
-        stem = os.path.join(out, f"{machine_name(device)}-hopfield-recall{'-quick' if quick else ''}")
+        stem = os.path.join(out, f"{machine_name(device)}-hopfield-recall{'-quick' if quick else ''}"
+                            f"{contention_suffix()}")
         with open(stem + ".json", "w") as fh:
-            json.dump({"device": device, "torch": torch.__version__, "rows": rows}, fh, indent=1)
+            json.dump({"device": device, "torch": torch.__version__, "commit": git_commit(),
+                       "contention": contention_meta(), "rows": rows}, fh, indent=1)
         with open(stem + ".md", "w") as fh:
             fh.write(text)
     return rows

@@ -95,7 +95,7 @@ def time_case(backend: str, device: str, L: int, B: int, budget_s: float, thread
 
 
 def main(argv=None) -> int:
-    from run import git_commit, machine_name, versions
+    from run import contention_meta, contention_suffix, git_commit, machine_name, versions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -126,11 +126,11 @@ def main(argv=None) -> int:
                           f"load {case['load_average']:.1f})", flush=True)
     torch.set_num_threads(all_threads)
     machine = machine_name(args.device)
-    stem = f"ising-{machine}" + ("-quick" if args.quick else "")
+    stem = f"ising-{machine}" + ("-quick" if args.quick else "") + contention_suffix()
     os.makedirs(args.out, exist_ok=True)
     meta = {"machine": machine, "date": datetime.datetime.now(datetime.UTC).isoformat(),
             "commit": git_commit(), "versions": versions(), "unit": "flips per ns (median)",
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "contention": contention_meta()}
     with open(os.path.join(args.out, stem + ".json"), "w") as fh:
         json.dump({**meta, "cases": cases}, fh, indent=1)
         fh.write("\n")

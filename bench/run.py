@@ -1,6 +1,10 @@
 """Benchmark runner: every backend and every anchor on the same inputs, in one run.
 
     python bench/run.py [som|hopfield|ising|energy|bm_gibbs] [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
+                        [--small] [--contended N]
+
+``--small``: the family's small-shape rows (bench/bench_small.py); ``--contended N``: N busy
+processes run beside the benchmark and the results are named ``...-contended``.
 
 Times each case of bench/bench_som.py with ``time.perf_counter`` (one warm-up call,
 then rounds until the time budget is spent), prints a Markdown table of medians and
@@ -250,11 +254,51 @@ def add_ratios(records: list[dict], peak_flops_per_s: float | None) -> None:
                 rec["ours"] = best["impl"]
 
 
+# ------------------------------------------------------------------- contention
+_BUSY: list = []
+
+
+class busy_neighbours:
+    """``with busy_neighbours(n):`` runs n busy processes (a pure-Python spin loop each,
+    like another user's job) beside the benchmark; results written meanwhile are named
+    ``...-contended`` and record the count (``contention_meta``)."""
+
+    def __init__(self, n: int):
+        if n < 0:
+            raise ValueError(f"--contended must be >= 0; got {n}")
+        self.n = n
+        self.procs: list = []
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        _BUSY.extend(self.procs)
+        if self.procs:
+            time.sleep(0.5)  # let the scheduler see them
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+            _BUSY.remove(proc)
+        return False
+
+
+def contention_meta() -> dict:
+    return {"busy_processes": len(_BUSY)}
+
+
+def contention_suffix() -> str:
+    return "-contended" if _BUSY else ""
+
+
 def write_results(out_dir: str, name: str, meta: dict, records: list[dict], table: str) -> str:
     """Write ``<out_dir>/<name>.json`` (meta and every case) and ``<name>.md`` (the
-    table); returns the path stem. Every family's runner writes its results this way."""
+    table); returns the path stem. Every family's runner writes its results this way;
+    under ``busy_neighbours`` the name gains ``-contended`` and meta the busy count."""
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, name)
+    stem = os.path.join(out_dir, name + contention_suffix())
+    meta = {**meta, "contention": contention_meta()}
     with open(stem + ".json", "w") as f:
         json.dump({**meta, "cases": records}, f, indent=1)
     with open(stem + ".md", "w") as f:
@@ -312,12 +356,28 @@ def parse_args(argv):
                    help="folder for <machine>.json and <machine>.md (default bench/results)")
     p.add_argument("--data", default=None,
                    help="MNIST folder (default $GENKERNELS_DATA or ../shared/data/mnist)")
+    p.add_argument("--small", action="store_true",
+                   help="the family's small-shape rows (batch 1 and 10, tiny models, 1 and 2 threads, "
+                        "per-call overhead): bench/bench_small.py")
+    p.add_argument("--contended", type=int, default=0, metavar="N",
+                   help="run N busy processes beside the benchmark; results named ...-contended")
     p.add_argument("--child-case", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    with busy_neighbours(0 if args.child_case else args.contended):
+        if args.small:
+            if args.device != "cpu":
+                print("genkernels bench: --small measures CPU threads; use --device cpu", file=sys.stderr)
+                return 2
+            import bench_small
+            return bench_small.run((args.family,), args.quick, args.out)
+        return _main(args)
+
+
+def _main(args) -> int:
     if args.family == "hopfield":  # retrieval (bench/bench_hopfield.py), then async recall
         import bench_hopfield
         import bench_hopfield_recall

@@ -93,4 +93,9 @@ TORCH_LIBRARY(genkernels, m) {
   // x (N, D) float32|float64 -> its (N, D) uint8 copy if every value is 0 or 1, else an
   // empty (0, D) uint8 tensor.
   m.def("rbm_pack_binary(Tensor x) -> Tensor");
+  // ---- threads of the cpu kernels (csrc/cpu/parallel_region.h) ----
+  // The calling thread's BLAS (MKL) threads: n >= 1 threads, 0 back to the global setting;
+  // returns the previous thread-local value, or -1 where this torch's BLAS has no such
+  // control. genkernels.backends.sequential_blas() wraps it for loops of small products.
+  m.def("blas_set_local_threads(int n) -> int");
 }

@@ -179,6 +179,44 @@ def forced_backend() -> str | None:
     return None
 
 
+class sequential_blas(contextlib.ContextDecorator):
+    """``with genkernels.backends.sequential_blas():`` -- BLAS calls of this thread (torch's
+    matmuls) run on this thread alone inside the block, where the BLAS allows it (MKL).
+
+    For loops of small products (a 100 x 64 x 100 GEMM takes 0.1 ms): BLAS starts a thread
+    team for each, and beside a busy process that team waits a time slice for its second
+    thread -- 16 ms per product measured on 2 cores. ``active=False`` makes it a no-op (the
+    callers decide by the size of their products). Nesting restores the previous setting;
+    without the C++ extension it does nothing."""
+
+    def __init__(self, active: bool = True):
+        self.active = active
+        self._previous: list[int] = []
+
+    def __enter__(self):
+        if self.active and extension_error() is None:
+            self._previous.append(int(torch.ops.genkernels.blas_set_local_threads(1)))
+        return self
+
+    def __exit__(self, *exc):
+        if self.active and extension_error() is None:
+            previous = self._previous.pop()
+            if previous >= 0:
+                torch.ops.genkernels.blas_set_local_threads(previous)
+        return False
+
+
+# Products below this many multiply-adds run with sequential_blas in the models' loops: at
+# about 0.5 ms of one core's work a second BLAS thread saves little and can cost a time
+# slice on a busy machine.
+SMALL_PRODUCT = 1 << 22
+
+
+def small_products(rows: int, inner: int, cols: int) -> bool:
+    """Whether a loop of (rows x inner) @ (inner x cols) products is one for sequential_blas."""
+    return rows * inner * cols < SMALL_PRODUCT
+
+
 _warned: set[str] = set()
 
 

@@ -94,3 +94,45 @@ def test_gpu_preferences_cite_committed_results():
                 proc = subprocess.run(["git", "-C", root, "cat-file", "-e", f"{commit}^{{commit}}"],
                                       capture_output=True)
                 assert proc.returncode == 0, (op, commit)
+
+
+@pytest.mark.skipif(backends.extension_error() is not None, reason="needs the C++ extension")
+def test_sequential_blas_nests_and_restores():
+    get = torch.ops.genkernels.blas_set_local_threads
+    if get(0) < 0:
+        pytest.skip("this torch's BLAS has no thread-local control")
+    assert get(0) == 0  # nothing set locally
+    with backends.sequential_blas():
+        assert get(1) == 1
+        with backends.sequential_blas():
+            assert get(1) == 1
+        assert get(1) == 1
+    assert get(0) == 0
+    with backends.sequential_blas(active=False):
+        assert get(0) == 0
+    with pytest.raises(RuntimeError, match="n must be in"):
+        get(-1)
+    assert backends.small_products(100, 64, 100) and not backends.small_products(1000, 784, 500)
+
+
+@pytest.mark.skipif(backends.extension_error() is not None, reason="needs the C++ extension")
+def test_cpu_kernels_equal_on_one_and_two_threads():
+    # the dense half-step and the random stream do not depend on the team at all; the binary
+    # half-step's sums follow its row chunks: equal at one thread setting, run after run
+    g = torch.Generator().manual_seed(0)
+    s, w, b = torch.rand(600, 300, generator=g), torch.randn(300, 257, generator=g), torch.zeros(257)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append((ops.rbm_half_step(s, w, b, 5, 7, False, True),
+                            genkernels.random.rand(3, torch.arange(100_000))))
+            binary = [ops.rbm_half_step_binary((s > 0.5).float(), w, b, 5, 7, False, True) for _ in range(3)]
+            for again in binary[1:]:
+                assert all(torch.equal(x, y) for x, y in zip(binary[0], again))
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(*results):
+        for a, b_ in zip(one if isinstance(one, tuple) else (one,), two if isinstance(two, tuple) else (two,)):
+            assert torch.equal(a, b_)

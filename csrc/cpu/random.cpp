@@ -1,8 +1,10 @@
 // CPU kernels of the Philox ops (schemas in csrc/genkernels.cpp, arithmetic in
 // csrc/common/philox.h, reference in genkernels/random.py): one independent Philox call per
-// offset, parallel over elements (at::parallel_for, OpenMP in torch's builds).
+// offset, parallel over elements (parallel_for of parallel_region.h: OpenMP, one thread on a busy machine).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#include "parallel_region.h"
 #include <torch/library.h>
 
 #include "common/philox.h"
@@ -32,7 +34,7 @@ at::Tensor philox_randint4x_cpu(int64_t seed, const at::Tensor& offsets) {
   const int64_t* off = offsets_c.const_data_ptr<int64_t>();
   uint32_t* dst = out.mutable_data_ptr<uint32_t>();
   const auto key = static_cast<uint64_t>(seed);
-  at::parallel_for(0, offsets_c.numel(), kGrain, [&](int64_t begin, int64_t end) {
+  genkernels::cpu::parallel_for(0, offsets_c.numel(), kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const Uint4 r = randint4x(key, static_cast<uint64_t>(off[i]));
       dst[4 * i + 0] = r.x;
@@ -52,7 +54,7 @@ at::Tensor philox_rand_cpu(int64_t seed, const at::Tensor& offsets) {
   const int64_t* off = offsets_c.const_data_ptr<int64_t>();
   float* dst = out.mutable_data_ptr<float>();
   const auto key = static_cast<uint64_t>(seed);
-  at::parallel_for(0, offsets_c.numel(), kGrain, [&](int64_t begin, int64_t end) {
+  genkernels::cpu::parallel_for(0, offsets_c.numel(), kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) dst[i] = rand(key, static_cast<uint64_t>(off[i]));
   });
   return out;

@@ -14,7 +14,7 @@
 //   rbm_half_step_binary  the same half-step on 0/1 states: the product is a sum of gathered
 //                  weight rows (W's rows for visible -> hidden, the rows of a transposed copy
 //                  of W, made once per call, for hidden -> visible). Rows are split between
-//                  threads (at::parallel_for); each thread takes tiles of kBinaryTileRows
+//                  threads (parallel_for of parallel_region.h); each thread takes tiles of kBinaryTileRows
 //                  rows: per row it lists the active inputs (ascending), sums bias + those
 //                  rows into its tile buffer (AVX-512: 256 columns in 16 registers at a time,
 //                  each weight row read once per 256-column block), then the tile gets the
@@ -286,30 +286,26 @@ void half_step(const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias,
   const auto row_sampler = use_avx512() ? &bernoulli_row_avx512<T> : &bernoulli_row<T>;
   uint8_t* out = samples.data_ptr<uint8_t>();
   T* probs_out = probs != nullptr ? probs->data_ptr<T>() : nullptr;
-  genkernels::cpu::RegionErrors errors;
-#pragma omp parallel num_threads(static_cast<int>(threads)) if (threads > 1 && n_tiles > 1)
-  {
-    at::Tensor buf;
-    errors.run([&] { buf = at::empty({std::min(rows_per_tile, B), std::min(cols_per_tile, n_out)}, w.options()); });
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < n_tiles; ++t) errors.run([&] {
-      const int64_t r0 = (t / col_tiles) * rows_per_tile, c0 = (t % col_tiles) * cols_per_tile;
-      const int64_t rows = std::min(rows_per_tile, B - r0), cols = std::min(cols_per_tile, n_out - c0);
-      at::Tensor tile = buf.narrow(0, 0, rows).narrow(1, 0, cols);
-      at::addmm_out(tile, bias.narrow(0, c0, cols), s.narrow(0, r0, rows), wv.narrow(1, c0, cols));
-      tile.sigmoid_();
-      const T* p = tile.data_ptr<T>();
-      const int64_t ld = tile.stride(0);
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t r = r0 + i;
-        const uint64_t counter = offset + static_cast<uint64_t>(r) * static_cast<uint64_t>(counters_per_row) +
-                                 static_cast<uint64_t>(c0 / 4);
-        row_sampler(p + i * ld, cols, seed, counter, out + r * n_out + c0,
-                         probs_out != nullptr ? probs_out + r * n_out + c0 : nullptr);
-      }
-    });
-  }
-  errors.rethrow();
+  const int team = genkernels::cpu::team_size(threads);
+  std::vector<at::Tensor> buffers(team);
+  genkernels::cpu::parallel_chunks(n_tiles, team, [&](int64_t t, int slot) {
+    at::Tensor& buf = buffers[slot];
+    if (!buf.defined()) buf = at::empty({std::min(rows_per_tile, B), std::min(cols_per_tile, n_out)}, w.options());
+    const int64_t r0 = (t / col_tiles) * rows_per_tile, c0 = (t % col_tiles) * cols_per_tile;
+    const int64_t rows = std::min(rows_per_tile, B - r0), cols = std::min(cols_per_tile, n_out - c0);
+    at::Tensor tile = buf.narrow(0, 0, rows).narrow(1, 0, cols);
+    at::addmm_out(tile, bias.narrow(0, c0, cols), s.narrow(0, r0, rows), wv.narrow(1, c0, cols));
+    tile.sigmoid_();
+    const T* p = tile.data_ptr<T>();
+    const int64_t ld = tile.stride(0);
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t r = r0 + i;
+      const uint64_t counter = offset + static_cast<uint64_t>(r) * static_cast<uint64_t>(counters_per_row) +
+                               static_cast<uint64_t>(c0 / 4);
+      row_sampler(p + i * ld, cols, seed, counter, out + r * n_out + c0,
+                  probs_out != nullptr ? probs_out + r * n_out + c0 : nullptr);
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> rbm_half_step_cpu(const at::Tensor& s, const at::Tensor& w,
@@ -470,7 +466,7 @@ void sample_tile(at::Tensor& tile, int64_t r0, int64_t n_out, uint64_t seed, uin
 template <typename T>
 void transpose_rows(const T* __restrict__ src, int64_t rows, int64_t cols, T* __restrict__ dst) {
   constexpr int64_t kTile = 16;
-  at::parallel_for(0, (rows + kTile - 1) / kTile, row_grain(kTile * cols * 4), [&](int64_t t0, int64_t t1) {
+  genkernels::cpu::parallel_for(0, (rows + kTile - 1) / kTile, row_grain(kTile * cols * 4), [&](int64_t t0, int64_t t1) {
     for (int64_t r0 = t0 * kTile; r0 < std::min(rows, t1 * kTile); r0 += kTile) {
       const int64_t r1 = std::min(rows, r0 + kTile);
       for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
@@ -489,7 +485,7 @@ void half_step_binary(const S* s, int64_t B, int64_t n_in, const T* w_rows, cons
   // a row sums about a fifth of n_in weight rows (the data's density); its draws cost as
   // much as ~64 multiply-adds per unit (half_step's estimate)
   const int64_t work_per_row = n_out * (n_in / 5 + 64);
-  at::parallel_for(0, B, row_grain(work_per_row), [&](int64_t begin, int64_t end) {
+  genkernels::cpu::parallel_for(0, B, row_grain(work_per_row), [&](int64_t begin, int64_t end) {
     std::vector<int32_t> idx(static_cast<size_t>(n_in));
     at::Tensor buf = at::empty({std::min(kBinaryTileRows, end - begin), n_out}, opts);
     T* pre = buf.data_ptr<T>();
@@ -558,7 +554,7 @@ void binary_outer_add(T* out, const S* x, const T* h, int64_t B, int64_t n_in, i
   // a row of out sums about a fifth of the B rows of h (the data's density), and the
   // thread scans its columns of x
   const int64_t work_per_row = n_out * (B / 5 + 1) + B;
-  at::parallel_for(0, n_in, row_grain(work_per_row), [&](int64_t begin, int64_t end) {
+  genkernels::cpu::parallel_for(0, n_in, row_grain(work_per_row), [&](int64_t begin, int64_t end) {
     const int64_t width = end - begin;
     // bit b of the row mask of input i (words_per_input words): x[b, begin + i] != 0, set
     // from each row's list of active inputs (a step per one, not per entry; the masks stay
@@ -649,7 +645,7 @@ at::Tensor rbm_pack_binary_cpu(const at::Tensor& x) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rbm_pack_binary_cpu", [&] {
     const scalar_t* src = xc.data_ptr<scalar_t>();
     uint8_t* dst = packed.data_ptr<uint8_t>();
-    at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
+    genkernels::cpu::parallel_for(0, n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
       if (!pack_binary_range(src + begin, end - begin, dst + begin)) binary.store(false, std::memory_order_relaxed);
     });
   });

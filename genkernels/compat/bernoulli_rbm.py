@@ -55,6 +55,7 @@ from sklearn.utils import check_random_state, gen_even_slices
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from .. import backends
 from ..boltzmann.ops import half_step
 from ..boltzmann.reference import counters_per_row
 
@@ -190,7 +191,8 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         n_batches = int(np.ceil(X.shape[0] / self.batch_size))
         slices = list(gen_even_slices(n_batches * self.batch_size, n_batches, n_samples=X.shape[0]))
         begin = time.time()
-        with torch.no_grad():
+        small = backends.small_products(self.batch_size, X.shape[1], self.n_components)
+        with torch.no_grad(), backends.sequential_blas(small):
             for iteration in range(1, self.n_iter + 1):
                 for rows in slices:
                     chains = self._fit_batch(self._batch(data, rows, dtype), weights, visible_bias,
@@ -224,7 +226,8 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         if not hasattr(self, "h_samples_"):
             self.h_samples_ = np.zeros((self.batch_size, self.n_components))
         np_dtype = self.components_.dtype
-        with torch.no_grad():
+        small = backends.small_products(X.shape[0], X.shape[1], self.n_components)
+        with torch.no_grad(), backends.sequential_blas(small):
             weights, visible_bias, hidden_bias = self._parameters(torch.float64)
             chains = self._tensor(self.h_samples_, torch.float64).to(torch.uint8)
             chains = self._fit_batch(self._tensor(_dense(X), torch.float64), weights, visible_bias,
