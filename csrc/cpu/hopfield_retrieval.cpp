@@ -47,7 +47,13 @@ inline scalar_t dot(const scalar_t* __restrict__ a, const scalar_t* __restrict__
   return sum;
 }
 
-// Raw scores raw[p] = <X_p, xi> and softmax weights a[p] = exp(beta raw_p - m) / l.
+// Raw scores raw[p] = <X_p, xi> and softmax weights a[p] = exp(s_p - m) / l of the scaled
+// scores s_p = beta raw_p, m = max_p s_p. The scaled scores are rounded and stored once
+// (in a) and the max is taken over those stored values, so s_p - m <= 0 exactly and every
+// exponent is <= 1: written as exp(beta * raw[p] - m), the compiler may contract it into
+// fma(beta, raw[p], -m), whose unrounded product differs from the rounded m by up to half
+// an ulp of s_p -- hundreds at beta = 1e9 in fp32 -- so exp overflowed to inf and the row
+// became inf / inf = NaN. (torch.softmax, the reference, subtracts its max the same way.)
 template <typename scalar_t>
 void softmax_weights(const scalar_t* __restrict__ x, int64_t p_count, int64_t d,
                      const scalar_t* __restrict__ xi, scalar_t beta, scalar_t* __restrict__ raw,
@@ -55,11 +61,12 @@ void softmax_weights(const scalar_t* __restrict__ x, int64_t p_count, int64_t d,
   scalar_t m = -std::numeric_limits<scalar_t>::infinity();
   for (int64_t p = 0; p < p_count; ++p) {
     raw[p] = dot(x + p * d, xi, d);
-    m = std::max(m, beta * raw[p]);
+    a[p] = beta * raw[p];
   }
+  for (int64_t p = 0; p < p_count; ++p) m = std::max(m, a[p]);
   scalar_t l = 0;
   for (int64_t p = 0; p < p_count; ++p) {
-    a[p] = std::exp(beta * raw[p] - m);
+    a[p] = std::exp(a[p] - m);
     l += a[p];
   }
   const scalar_t inv = scalar_t(1) / l;

@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .._checks import check_choice, check_int
+from ._train import DivergedError, choice_field, dtype_field, prefixed, seed_field
 from .rbm import RBM, VISIBLE_UNITS
 
 DOWN_PASSES = ("mean", "sample")
@@ -118,14 +119,17 @@ class DBN(nn.Module):
         batch_size, method, k, learning_rate, verbose, **rbm_kwargs)``.
 
         Args:
-            epochs: total epochs per layer (an int for every layer, or a list of
-                ``n_layers``); as in ``RBM.fit`` a layer that has done them already is not
-                trained further, so a second call with larger counts continues training.
+            epochs: the epochs this call trains each layer (an int for every layer, or a
+                list of ``n_layers``): as in ``RBM.fit``, every layer trains that many MORE
+                epochs from its current state, so a second call continues training (layer i
+                then on the features of the retrained layer i - 1).
             rbm_kwargs: further ``RBM.fit`` arguments (momentum, weight_decay,
                 sparsity_target, sparsity_cost, monitor) given to every layer, except
                 ``binarize``, which applies to the data (layer 0) only: the upper layers see
                 probabilities. ``checkpoint``/``resume`` are not taken: use :meth:`save`.
         Returns: self.
+        Raises: ValueError naming the layer and the epoch when a layer's training diverges
+            (a parameter NaN or Inf, see ``RBM.fit``).
         """
         epochs = self._per_layer("epochs", epochs)
         for name in _NOT_FORWARDED:
@@ -139,7 +143,10 @@ class DBN(nn.Module):
         for i, (layer, n_epochs) in enumerate(zip(self.layers, epochs)):
             if i > 0:
                 inputs = self.layers[i - 1].transform(inputs)
-            layer.fit(inputs, n_epochs, batch_size, method, k, learning_rate, verbose=verbose, **rbm_kwargs)
+            try:
+                layer.fit(inputs, n_epochs, batch_size, method, k, learning_rate, verbose=verbose, **rbm_kwargs)
+            except DivergedError as exc:
+                raise DivergedError(f"DBN layer {i} (RBM({layer.n_visible}, {layer.n_hidden})): {exc}") from None
         return self
 
     # ------------------------------------------------------------------ evaluation
@@ -205,24 +212,33 @@ class DBN(nn.Module):
     def save(self, path: str) -> None:
         """Write every layer (parameters, training state, random-stream positions) and the
         configuration to one file, atomically."""
-        layers = [{"config": rbm._config(), "state": {k: v.detach().cpu() for k, v in rbm.state_dict().items()},
-                   "offset": rbm.offset, "epochs_done": rbm.epochs_done, "history": list(rbm.history)}
-                  for rbm in self.layers]
+        layers = [rbm._payload() for rbm in self.layers]
         ckpt.save_atomic({"config": self._config(), "layers": layers}, path, "DBN")
 
     @classmethod
     def load(cls, path: str, device=None) -> DBN:
         """Read a model written by :meth:`save` (``weights_only=True``); a checkpoint of
-        anything else raises ValueError."""
+        anything else raises ValueError, and so does a bad or missing field (every layer is
+        validated as ``RBM.load`` validates a model; errors name the field, e.g.
+        'layers[1].state.chains')."""
         payload = ckpt.read(path, "DBN")
-        cfg = payload["config"]
-        model = cls(cfg["layer_sizes"], cfg["visible"], cfg["learn_variance"], seed=cfg["seed"],
-                    dtype=getattr(torch, cfg["dtype"]), device=device)
-        if len(payload["layers"]) != model.n_layers:
-            raise ValueError(f"checkpoint: {path!r} holds {len(payload['layers'])} layers for layer_sizes "
-                             f"{cfg['layer_sizes']}")
-        for rbm, layer_payload in zip(model.layers, payload["layers"]):
-            rbm._restore(layer_payload)
+        cfg = prefixed(ckpt.field(payload, "config", dict, path), "config.")
+        sizes = ckpt.field(cfg, "config.layer_sizes", list, path, "a list of ints")
+        if len(sizes) < 2:
+            raise ValueError(f"checkpoint {str(path)!r}: the field 'config.layer_sizes' must hold at least 2 "
+                             f"entries; got {sizes}")
+        sizes = [ckpt.int_field({f"config.layer_sizes[{i}]": n}, f"config.layer_sizes[{i}]", 1, path=path)
+                 for i, n in enumerate(sizes)]
+        model = cls(sizes, choice_field(cfg, "config.visible", VISIBLE_UNITS, path),
+                    ckpt.field(cfg, "config.learn_variance", bool, path), seed=seed_field(cfg, "config.seed", path),
+                    dtype=dtype_field(cfg, "config.dtype", path), device=device)
+        layers = ckpt.field(payload, "layers", list, path, "a list of layer dicts")
+        if len(layers) != model.n_layers:
+            raise ValueError(f"checkpoint {str(path)!r}: the field 'layers' must hold {model.n_layers} layers for "
+                             f"layer_sizes {sizes}; got {len(layers)}")
+        for i, (rbm, layer_payload) in enumerate(zip(model.layers, layers)):
+            ckpt.field({f"layers[{i}]": layer_payload}, f"layers[{i}]", dict, path)
+            rbm._restore(layer_payload, path, prefix=f"layers[{i}].")
         return model
 
     def forward(self, x) -> torch.Tensor:

@@ -11,8 +11,10 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .. import random as gk_random
-from .._checks import OnWeights, check_choice, check_int, check_model_dtype, check_positive, model_seed
+from .._checks import OnWeights, check_choice, check_int, check_model_dtype, compiling, model_seed
 from . import bm_reference as reference
+from ._train import check_finite_model, check_real, check_tensors, dtype_field, leading_rows, offset_field, \
+    prefixed, seed_field
 from .bm_ops import bm_energy, bm_gibbs, check_binary
 from .bm_reference import ORDERS
 
@@ -34,7 +36,8 @@ class BoltzmannMachine(OnWeights, nn.Module):
         seed: the model's Philox stream (int in [0, 2^64)); None draws one from torch's
             RNG. Every stochastic call that uses the stream advances :attr:`offset`, so a
             sequence of calls reproduces from the seed.
-        init_std: standard deviation of the initial couplings (drawn from the stream).
+        init_std: standard deviation of the initial couplings (drawn from the stream), a
+            finite real number >= 0.
         dtype: float32 or float64. device: where the parameters live.
 
     Example::
@@ -57,9 +60,7 @@ class BoltzmannMachine(OnWeights, nn.Module):
         self.seed = model_seed(seed)
         self.offset = 0
         n = self.n_units
-        init_std = float(init_std)
-        if not init_std >= 0:
-            raise ValueError(f"init_std must be >= 0; got {init_std}")
+        init_std = check_real("init_std", init_std, 0)
         # couplings from the stream: Box-Muller-free, a centred uniform of the same std
         u = self._uniform(n * n, torch.device("cpu")).reshape(n, n).double()
         a = (u - 0.5) * (init_std * math.sqrt(12.0))
@@ -133,7 +134,8 @@ class BoltzmannMachine(OnWeights, nn.Module):
         by energy, lowest first."""
         n_chains = check_int("n_chains", n_chains, 1)
         n_sweeps = check_int("n_sweeps", n_sweeps, 1)
-        t0, t1 = check_positive("t_start", t_start), check_positive("t_end", t_end)
+        t0 = check_real("t_start", t_start, 0, low_open=True)
+        t1 = check_real("t_end", t_end, 0, low_open=True)
         check_choice("schedule", schedule, SCHEDULES)
         if schedule == "geometric":
             temps = torch.logspace(math.log10(t0), math.log10(t1), n_sweeps, dtype=torch.float64)
@@ -150,19 +152,24 @@ class BoltzmannMachine(OnWeights, nn.Module):
     def fit(self, data: torch.Tensor, epochs: int = 100, learning_rate: float = 0.05,
             n_sweeps: int = 5, n_chains: int = 100, weight_decay: float = 0.0,
             verbose: bool = False, *, backend: str | None = None) -> BoltzmannMachine:
-        """Learn from binary data (M, V): every epoch one update
+        """Learn from binary data (M, V) for ``epochs`` MORE epochs from the current state
+        (a second call continues: fit(E) then fit(F) equals fit(E + F), the stream and the
+        persistent chains carrying on). Every epoch is one update
         dW = lr (<s s^T>_clamped - <s s^T>_free), db = lr (<s>_clamped - <s>_free).
 
         Clamped phase: each data row with its hidden units run n_sweeps Gibbs sweeps
         (visible units clamped); free phase: n_chains persistent chains (kept between
-        epochs and in checkpoints) run n_sweeps free sweeps. The diagonal stays zero."""
+        epochs and in checkpoints) run n_sweeps free sweeps. The diagonal stays zero.
+        learning_rate: finite > 0; weight_decay: finite >= 0. The data are detached (no
+        autograd history is recorded). The model is checked after every epoch: a NaN or
+        Inf parameter raises ValueError (DivergedError) naming the epoch."""
         epochs = check_int("epochs", epochs, 1)
-        lr = check_positive("learning_rate", learning_rate)
+        lr = check_real("learning_rate", learning_rate, 0, low_open=True)
         n_sweeps = check_int("n_sweeps", n_sweeps, 1)
         n_chains = check_int("n_chains", n_chains, 1)
-        weight_decay = float(weight_decay)
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
+        weight_decay = check_real("weight_decay", weight_decay, 0)
+        if isinstance(data, torch.Tensor):
+            data = data.detach()
         if not isinstance(data, torch.Tensor) or data.dim() != 2:
             raise ValueError(f"data must be a 2-D tensor (M, {self.n_visible}); got "
                              f"{tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}")
@@ -194,6 +201,8 @@ class BoltzmannMachine(OnWeights, nn.Module):
             dw = (pos - neg) * off_diag - weight_decay * self.weights
             self.weights.add_(lr * dw)
             self.bias.add_(lr * (clamped.mean(0) - self.chains.mean(0)))
+            check_finite_model("BoltzmannMachine", {"weights": self.weights, "bias": self.bias}, epoch + 1,
+                               epoch + 1, epochs, f"Lower learning_rate (now {lr:g}).")
             if verbose and (epoch + 1) % max(1, epochs // 10) == 0:
                 msg = f"epoch {epoch + 1}/{epochs}"
                 if self.n_units <= 20:
@@ -203,13 +212,15 @@ class BoltzmannMachine(OnWeights, nn.Module):
 
     # ---------------------------------------------------------- exact answers
     def log_partition(self, temperature: float = 1.0) -> torch.Tensor:
-        """log Z by enumerating all 2^N states (N <= 24), float64."""
+        """log Z by enumerating all 2^N states (N <= 24), float64. temperature: finite > 0."""
+        temperature = check_real("temperature", temperature, 0, low_open=True)
         self._check_enumerable()
         return reference.log_partition(self.weights, self.bias, temperature)
 
     def probabilities(self, temperature: float = 1.0) -> torch.Tensor:
         """(2^N,) exact probability of every state (index = binary expansion, unit 0 the
-        lowest bit)."""
+        lowest bit). temperature: finite > 0."""
+        temperature = check_real("temperature", temperature, 0, low_open=True)
         self._check_enumerable()
         return reference.joint_probabilities(self.weights, self.bias, temperature)
 
@@ -219,12 +230,32 @@ class BoltzmannMachine(OnWeights, nn.Module):
         return reference.visible_marginal(self.weights, self.bias, self.n_visible)
 
     def kl_divergence(self, data: torch.Tensor) -> torch.Tensor:
-        """KL(empirical distribution of data (M, V) || the model's visible marginal), nats."""
+        """KL(empirical distribution of data (M, V) || the model's visible marginal), nats.
+        data: a tensor of M >= 1 rows of V = n_visible binary values (0 or 1)."""
+        data = self._check_data("data", data)
         q = self.visible_distribution()
         idx = reference.state_index(data.to(q.device))
         p = torch.bincount(idx, minlength=q.numel()).double() / idx.numel()
         support = p > 0
         return (p[support] * (p[support].log() - q[support].log())).sum()
+
+    def _check_data(self, name: str, data) -> torch.Tensor:
+        """data: a (M >= 1, n_visible) tensor of 0/1 values (a real or bool dtype), detached."""
+        if not isinstance(data, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (M, {self.n_visible}); got {type(data).__name__}")
+        if data.is_complex():
+            raise TypeError(f"{name} must hold real 0/1 values; got dtype {data.dtype}")
+        if data.dim() != 2 or data.shape[1] != self.n_visible:
+            raise ValueError(f"{name} must be (M, {self.n_visible}) (n_visible = {self.n_visible}); got shape "
+                             f"{tuple(data.shape)}")
+        if data.shape[0] == 0:
+            raise ValueError(f"{name} must hold at least one row; got shape {tuple(data.shape)}")
+        data = data.detach()
+        if not data.is_floating_point():
+            data = data.to(torch.float64)
+        if not compiling():
+            check_binary(name, data)  # NaN is neither 0 nor 1
+        return data
 
     def _check_enumerable(self) -> None:
         if self.n_units > 24:
@@ -243,15 +274,28 @@ class BoltzmannMachine(OnWeights, nn.Module):
 
     @classmethod
     def load(cls, path: str, device=None) -> BoltzmannMachine:
-        """Read a model written by :meth:`save` (``weights_only=True``)."""
+        """Read a model written by :meth:`save` (``weights_only=True``). Every field is
+        validated -- shapes, dtypes, finite values, symmetric couplings with a zero diagonal,
+        binary chains, a stream position in [0, 2^63) -- and a bad or missing one raises
+        ValueError naming it."""
         payload = ckpt.read(path, "BoltzmannMachine")
-        cfg = dict(payload["config"])
-        model = cls(cfg["n_visible"], cfg["n_hidden"], seed=cfg["seed"],
-                    dtype=getattr(torch, cfg["dtype"]), device=device)
-        state = payload["state"]
+        cfg = prefixed(ckpt.field(payload, "config", dict, path), "config.")
+        model = cls(ckpt.int_field(cfg, "config.n_visible", 1, path=path),
+                    ckpt.int_field(cfg, "config.n_hidden", 0, path=path), seed=seed_field(cfg, "config.seed", path),
+                    dtype=dtype_field(cfg, "config.dtype", path), device=device)
+        n, dtype = model.n_units, model.dtype
+        stored = ckpt.field(payload, "state", dict, path, "a dict of tensors")
+        state = check_tensors(payload, "state", {"weights": ((n, n), dtype), "bias": ((n,), dtype),
+                                                 "chains": ((leading_rows(stored.get("chains")), n), dtype)},
+                              path, values={"chains": (0, 1)})
+        w = state["weights"]
+        if not (torch.equal(w, w.T) and bool((w.diagonal() == 0).all())):
+            raise ValueError(f"checkpoint {str(path)!r}: the field 'state.weights' must be symmetric with a zero "
+                             "diagonal (the couplings of a Boltzmann machine)")
+        offset = offset_field(payload, "offset", path)
         model.chains = state["chains"].to(model.device)
         model.load_state_dict({k: v.to(model.device) for k, v in state.items()})
-        model.offset = int(payload["offset"])
+        model.offset = offset
         return model
 
     def extra_repr(self) -> str:

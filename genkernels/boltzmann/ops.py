@@ -129,8 +129,9 @@ def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: in
     """One Gibbs half-step of an RBM, fused: probabilities and their Bernoulli samples.
 
     Args:
-        s: (B, n_in) states: uint8 samples (0/1) or floats (probabilities, or real-valued
-            inputs such as v / sigma for Gaussian visible units).
+        s: (B, n_in) states: uint8 samples (every value 0 or 1, checked eagerly) or floats
+            (probabilities, or real-valued inputs such as v / sigma for Gaussian visible
+            units).
         w: (n_visible, n_hidden) float32 or float64 weights.
         bias: (n_out,) bias of the layer being sampled.
         seed: Philox key, an int in [0, 2^64).
@@ -150,8 +151,9 @@ def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: in
     bias)) on every backend, so w may be an ``nn.Parameter``; the samples are not.
     """
     transpose, return_probs, seed, offset = _check_half_step(s, w, bias, seed, offset, transpose, return_probs)
-    if not compiling() and s.dtype != torch.uint8 and s.numel() and s.device.type != "meta" \
-            and not bool(torch.isfinite(s).all()):
+    if s.dtype == torch.uint8:
+        _check_binary("s", s)  # uint8 states are samples: 0 or 1, as rbm_half_step_binary requires
+    elif not compiling() and s.numel() and s.device.type != "meta" and not bool(torch.isfinite(s).all()):
         raise ValueError("s contains NaN or Inf")
 
     dt = acc_dtype(w.dtype)

@@ -60,6 +60,9 @@ from .. import checkpoint as ckpt
 from .. import distributed as gkdist
 from .. import random as gk_random
 from .._checks import OnWeights, check_choice, check_int, compiling
+from ._train import DivergedError, check_finite_model, check_tensors, choice_field, dtype_field, \
+    leading_rows, offset_field, prefixed, seed_field
+from ._train import check_real as _check_real
 from .ops import binary_outer_add_, half_step, half_step_binary, pack_binary
 from .reference import counters_per_row, half_step_uniforms
 
@@ -97,19 +100,6 @@ def _rank_rows(total: int) -> _Rows:
     [total r // N, total (r + 1) // N)."""
     r, n = gkdist.rank(), gkdist.world_size()
     return _Rows(total * r // n, total * (r + 1) // n, total)
-
-
-def _check_real(name: str, value, low: float, high: float = math.inf, *, low_open=False,
-                high_open=True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
-    value = float(value)
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
-    if not (ok_low and ok_high and math.isfinite(value)):
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ValueError(f"{name} must be in {lo}{low:g}, {high:g}{hi}; got {value!r}")
-    return value
 
 
 class RBM(OnWeights, nn.Module):
@@ -170,6 +160,11 @@ class RBM(OnWeights, nn.Module):
         self.offset = 0
         self.epochs_done = 0
         self.history: list[dict] = []
+        # the latest fit call (saved in checkpoints, so resume=True can finish it): the
+        # epochs it asked for, the epochs it has done, and the stream position it started at
+        self._call_epochs = 0
+        self._call_epochs_done = 0
+        self._call_offset = 0
         # training on binary visible states (fit's state_path): None, or the backend of the
         # weight statistics while fit runs on the binary-state path
         self._binary_states: str | None = None
@@ -205,6 +200,7 @@ class RBM(OnWeights, nn.Module):
             x = torch.from_numpy(x)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or numpy array; got {type(x).__name__}")
+        x = x.detach()  # data, never part of an autograd graph (training records no history)
         if x.is_complex():
             raise TypeError(f"{name} must hold real numbers; got dtype {x.dtype}")
         if x.dim() != 2 or x.shape[1] != self.n_visible:
@@ -599,15 +595,19 @@ class RBM(OnWeights, nn.Module):
             monitor: str | None = "reconstruction_error", checkpoint: str | None = None,
             resume: bool = False, pt_betas=PT_DEFAULT_TEMPERATURES, distributed: bool = False,
             state_path: str = "auto", cuda_graph: bool = False) -> RBM:
-        """Train on x (N, n_visible) until ``epochs`` epochs are done in total.
+        """Train on x (N, n_visible) for ``epochs`` more epochs, from the model's current state.
 
         Args:
             x: training data (tensor or numpy array). Bernoulli units: values in [0, 1]
                 (binary or probabilities), anything else raises unless ``binarize`` is
                 "threshold" (x > 0.5) or "stochastic" (one Bernoulli(clip(x, 0, 1)) draw per
                 entry from the model's stream, once before training).
-            epochs: total epochs (an epoch visits every row once, in a fresh random order
-                keyed by (seed, epoch)); a resumed model continues from the epochs it has done.
+            epochs: the epochs this call trains (an epoch visits every row once, in a fresh
+                random order keyed by (seed, the model's epoch count ``epochs_done``)): a
+                second ``fit(x, epochs=E)`` trains E more epochs, as Keras's ``fit`` and
+                scikit-learn's ``partial_fit`` continue from the current weights, and two calls
+                of E and F epochs give exactly one call of E + F. With ``resume`` they count the
+                interrupted call's epochs, done and remaining (see ``checkpoint``).
             batch_size: rows per update (the last batch may be smaller); also the number of
                 persistent chains for method="pcd".
             method: "cd" (CD-k), "pcd" (persistent contrastive divergence) or "pt"
@@ -623,9 +623,16 @@ class RBM(OnWeights, nn.Module):
             verbose: a tqdm bar (plain prints without tqdm) showing the monitored metric.
             monitor: "reconstruction_error", "pseudo_likelihood" (Bernoulli) or None; computed
                 after each epoch on the first 1,000 rows and appended to ``history``.
-            checkpoint: a path written atomically after every epoch; resume: when True and
-                that file exists, training continues from it (weights, chains, momentum and
-                the random-stream position), so the result equals an uninterrupted run.
+            checkpoint: a path written atomically after every epoch (and validated before
+                training starts); it records the model (weights, chains, momentum, random-
+                stream position) and how far this call got: ``epochs`` and the epochs done in
+                it. resume: when True and that file exists, the model is loaded from it and
+                finishes the call it records -- the remaining ``epochs`` minus the epochs
+                that call has done -- so the result equals one uninterrupted call with the same
+                arguments, bit for bit (binarize="stochastic" draws from the stream position
+                the call started at). When the file does not exist, the call trains
+                ``epochs`` epochs from the current state and writes it. A checkpoint whose
+                call has done more epochs than ``epochs`` raises ValueError.
             pt_betas: method="pt" only: the number M >= 1 of temperatures (inverse
                 temperatures 1, 1 - 1/M, ..., 1/M) or the decreasing inverse temperatures
                 themselves, the first 1, all in (0, 1]. The chance of each swap is in
@@ -662,6 +669,9 @@ class RBM(OnWeights, nn.Module):
                 same kernels, counters and float operations in the same order as
                 cuda_graph=False: the result is the same bit for bit.
         Returns: self.
+        Raises: ValueError (DivergedError) naming the epoch when training makes a parameter
+            NaN or Inf, or the monitored metric is (the model is checked after every epoch,
+            before the checkpoint is written): lower learning_rate, or scale the data.
         """
         epochs = check_int("epochs", epochs, 0)
         batch_size = check_int("batch_size", batch_size, 1)
@@ -686,9 +696,21 @@ class RBM(OnWeights, nn.Module):
         self._check_cuda_graph(cuda_graph, method, distributed, state_path)
         if distributed:
             gkdist.ensure_process_group(self.device)
+        if checkpoint is not None:
+            ckpt.check_output_path(checkpoint, "checkpoint")
         if resume and os.path.isfile(checkpoint):
-            self._restore(self._read(checkpoint))
-        v_all = self._data(x, binarize=binarize)
+            self._restore(self._read(checkpoint), checkpoint, resume_epochs=epochs)
+            # the stochastic binarisation of the call being resumed: drawn again at the
+            # stream position that call started at, without moving the stream
+            call_done, call_offset, resumed_at = self._call_epochs_done, self._call_offset, self.offset
+            self.offset = call_offset
+            try:
+                v_all = self._data(x, binarize=binarize)
+            finally:
+                self.offset = resumed_at
+        else:
+            call_done, call_offset = 0, self.offset
+            v_all = self._data(x, binarize=binarize)
         if v_all.shape[0] == 0:
             raise ValueError("x must hold at least one row to train on; got 0 rows")
         n = v_all.shape[0]
@@ -698,10 +720,12 @@ class RBM(OnWeights, nn.Module):
         v_all = self._training_states(v_all, state_path)
         update_args = (method, k, lr, momentum, weight_decay, sparsity_target, sparsity_cost, batch_size)
         graphed = _GraphedUpdate(self, update_args, batch_size) if cuda_graph else None
-        progress = _Progress(epochs, self.epochs_done, verbose and self.epochs_done < epochs, monitor)
+        self._call_epochs, self._call_epochs_done, self._call_offset = epochs, call_done, call_offset
+        progress = _Progress(epochs, self._call_epochs_done, verbose and self._call_epochs_done < epochs,
+                             monitor)
         try:
             with torch.no_grad():
-                while self.epochs_done < epochs:
+                while self._call_epochs_done < epochs:
                     g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epochs_done) % 2**63)
                     order = torch.randperm(n, generator=g).to(self.device)
                     groups = len(betas) if method == "pt" else 1
@@ -716,6 +740,12 @@ class RBM(OnWeights, nn.Module):
                     if distributed and method != "cd":
                         self._gather_chains(batch_size, groups)
                     self.epochs_done += 1
+                    self._call_epochs_done += 1
+                    hint = f"Lower learning_rate (now {lr:g})" + (" or momentum" if momentum else "") \
+                        + (", and standardise the data (Gaussian visible units expect zero mean and unit "
+                           "variance)" if self.visible == "gaussian" else "") + "."
+                    check_finite_model("RBM", self.state_dict(), self.epochs_done, self._call_epochs_done, epochs,
+                                       hint)
                     record = {"epoch": self.epochs_done}
                     if self._swap_counts is not None:
                         accepted, tried = self._swap_counts
@@ -726,6 +756,12 @@ class RBM(OnWeights, nn.Module):
                         head = v_all[:MONITOR_ROWS]
                         record[monitor] = self.reconstruction_error(head) if monitor == "reconstruction_error" \
                             else float(self.score(head).mean())
+                        if not math.isfinite(record[monitor]):
+                            # finite parameters that cannot model the data (its scale overflows)
+                            raise DivergedError(
+                                f"RBM.fit diverged in epoch {self.epochs_done} (epoch {self._call_epochs_done} of "
+                                f"the {epochs} of this call): the monitored {monitor} is {record[monitor]}, and "
+                                f"the model after this epoch was not saved to the checkpoint. {hint}")
                     self.history.append(record)
                     if checkpoint is not None and gkdist.rank() == 0:
                         self.save(checkpoint)
@@ -1115,39 +1151,88 @@ class RBM(OnWeights, nn.Module):
                 "learn_variance": self.learn_variance, "seed": self.seed,
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
+    def _payload(self) -> dict:
+        """The checkpoint fields of this model (also one layer of a DBN's checkpoint)."""
+        return {"config": self._config(),
+                "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                "offset": self.offset, "epochs_done": self.epochs_done, "history": list(self.history),
+                "call_epochs": self._call_epochs, "call_epochs_done": self._call_epochs_done,
+                "call_offset": self._call_offset}
+
     def save(self, path: str) -> None:
-        """Write the model (parameters, training state, random-stream position) to ``path``
-        atomically: an interrupted or failed save never damages an existing file."""
-        ckpt.save_atomic({"config": self._config(),
-                          "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-                          "offset": self.offset, "epochs_done": self.epochs_done,
-                          "history": list(self.history)}, path, "RBM")
+        """Write the model (parameters, training state, random-stream position, and how far
+        the latest fit call got) to ``path`` atomically: an interrupted or failed save never
+        damages an existing file."""
+        ckpt.save_atomic(self._payload(), path, "RBM")
 
     @staticmethod
     def _read(path: str) -> dict:
         return ckpt.read(path, "RBM")
 
-    def _restore(self, payload: dict) -> None:
-        cfg = payload["config"]
+    def _state_spec(self, state: dict) -> dict[str, tuple[tuple, torch.dtype]]:
+        """name -> (shape, dtype) of every buffer a checkpoint's state must hold: the
+        model's own, except the row counts that training sets (the persistent chains: any
+        number of rows; the running hidden activity: none before the sparsity term runs)."""
+        spec = {name: (tuple(t.shape), t.dtype) for name, t in self.state_dict().items()}
+        spec["chains"] = ((leading_rows(state.get("chains")), self.n_hidden), torch.uint8)
+        activity = state.get("hidden_activity")
+        empty = isinstance(activity, torch.Tensor) and tuple(activity.shape) == (0,)
+        spec["hidden_activity"] = ((0 if empty else self.n_hidden,), self.dtype)
+        return spec
+
+    def _restore(self, payload: dict, path=None, prefix: str = "", resume_epochs: int | None = None) -> None:
+        """Validate every field of a checkpoint (errors name the field, ``prefix`` in front:
+        a DBN's layers) and only then load it into this model. resume_epochs: fit's epochs
+        when it resumes the call the checkpoint records (which must not have done more)."""
+        fields = prefixed(payload, prefix)  # a dict: checked by ckpt.read, or by the DBN for its layers
+        cfg = ckpt.field(fields, prefix + "config", dict, path)
         if cfg != self._config():
             raise ValueError(f"checkpoint: it holds an RBM with {cfg}, this model is {self._config()}")
-        state = payload["state"]
-        if set(state) != set(self._buffers):
-            raise ValueError(f"checkpoint: buffers {sorted(state)} do not match the model's {sorted(self._buffers)}")
+        state = ckpt.field(fields, prefix + "state", dict, path, "a dict of tensors")
+        check_tensors(fields, prefix + "state", self._state_spec(state), path, values={"chains": (0, 1)})
+        offset = offset_field(fields, prefix + "offset", path)
+        epochs_done = ckpt.int_field(fields, prefix + "epochs_done", 0, path=path)
+        history = ckpt.field(fields, prefix + "history", list, path, "a list of dicts")
+        if not all(isinstance(record, dict) for record in history):
+            raise ValueError(f"checkpoint{'' if path is None else ' ' + repr(str(path))}: the field "
+                             f"{prefix + 'history'!r} must be a list of dicts")
+        if prefix + "call_epochs_done" in fields or prefix + "call_epochs" in fields:
+            call_done = ckpt.int_field(fields, prefix + "call_epochs_done", 0, epochs_done, path)
+            call_epochs = ckpt.int_field(fields, prefix + "call_epochs", call_done, path=path)
+            call_offset = offset_field(fields, prefix + "call_offset", path)
+        else:
+            # written before checkpoints recorded the call: read as one call from scratch
+            # (epochs counted the total then), so resume=True trains up to ``epochs`` in all
+            call_done = call_epochs = epochs_done
+            call_offset = offset
+        if resume_epochs is not None and call_done > resume_epochs:
+            raise ValueError(f"epochs: the checkpoint {str(path)!r} records a call that has done {call_done} "
+                             f"epochs; resume=True finishes that call, and epochs counts its epochs (done and "
+                             f"remaining), so it must be >= {call_done}; got {resume_epochs}")
         for name, value in state.items():
             self._buffers[name] = value.to(self.device)
-        self.offset = int(payload["offset"])
-        self.epochs_done = int(payload["epochs_done"])
-        self.history = list(payload["history"])
+        self.offset, self.epochs_done, self.history = offset, epochs_done, list(history)
+        self._call_epochs, self._call_epochs_done, self._call_offset = call_epochs, call_done, call_offset
+
+    @classmethod
+    def _from_config(cls, payload: dict, path=None, device=None) -> RBM:
+        """A new model of the validated ``config`` field of a checkpoint."""
+        cfg = prefixed(ckpt.field(payload, "config", dict, path), "config.")
+        return cls(ckpt.int_field(cfg, "config.n_visible", 1, path=path),
+                   ckpt.int_field(cfg, "config.n_hidden", 1, path=path),
+                   choice_field(cfg, "config.visible", VISIBLE_UNITS, path),
+                   ckpt.field(cfg, "config.learn_variance", bool, path),
+                   seed=seed_field(cfg, "config.seed", path), dtype=dtype_field(cfg, "config.dtype", path),
+                   device=device)
 
     @classmethod
     def load(cls, path: str, device=None) -> RBM:
-        """Read a model written by :meth:`save` (``weights_only=True``)."""
+        """Read a model written by :meth:`save` (``weights_only=True``); every field is
+        validated (shapes, dtypes, finite values, binary chains, ranges) and a bad or
+        missing one raises ValueError naming it."""
         payload = cls._read(path)
-        cfg = dict(payload["config"])
-        model = cls(cfg["n_visible"], cfg["n_hidden"], cfg["visible"], cfg["learn_variance"],
-                    seed=cfg["seed"], dtype=getattr(torch, cfg["dtype"]), device=device)
-        model._restore(payload)
+        model = cls._from_config(payload, path, device)
+        model._restore(payload, path)
         return model
 
     def forward(self, x) -> torch.Tensor:

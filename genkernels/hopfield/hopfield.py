@@ -11,6 +11,7 @@ from .._checks import OnWeights, check_choice, check_int, check_model_dtype, mod
 from .ops import hopfield_energy, hopfield_recall, hopfield_store
 from .reference import MODES, ORDERS, RULES
 
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class Hopfield(OnWeights, nn.Module):
@@ -107,14 +108,29 @@ class Hopfield(OnWeights, nn.Module):
 
     @classmethod
     def load(cls, path: str, device=None) -> Hopfield:
-        """Read a model written by :meth:`save` (``weights_only=True``)."""
+        """Read a model written by :meth:`save` (``weights_only=True``). Every field is
+        validated (the config, the (N, N) weights' shape, dtype and finiteness, the stream
+        position in [0, 2^63), the rule, the pattern count); a bad or missing one raises
+        ValueError naming it."""
         payload = cls._read(path)
-        cfg = dict(payload["config"])
-        model = cls(cfg["n_units"], seed=cfg["seed"], dtype=getattr(torch, cfg["dtype"]),
-                    device=device)
-        model.load_state_dict({k: v.to(model.device) for k, v in payload["state"].items()})
-        model.offset = int(payload["offset"])
-        model.rule, model.n_patterns = payload["rule"], int(payload["n_patterns"])
+        cfg = ckpt.field(payload, "config", dict, path)
+        cfg = {f"config.{k}": v for k, v in cfg.items()}
+        dtype_name = ckpt.field(cfg, "config.dtype", str, path)
+        if dtype_name not in _DTYPES:
+            raise ValueError(f"checkpoint {str(path)!r}: the field 'config.dtype' must be one of "
+                             f"{sorted(_DTYPES)}; got {dtype_name!r}")
+        model = cls(ckpt.int_field(cfg, "config.n_units", 1, path=path),
+                    seed=ckpt.int_field(cfg, "config.seed", 0, 2**64 - 1, path),
+                    dtype=_DTYPES[dtype_name], device=device)
+        state = ckpt.check_state(payload, model, path)
+        offset = ckpt.int_field(payload, "offset", 0, 2**63 - 1, path)
+        rule = ckpt.field(payload, "rule", (str, type(None)), path, "a str or None")
+        if rule is not None and rule not in RULES:
+            raise ValueError(f"checkpoint {str(path)!r}: the field 'rule' must be None or one of {list(RULES)}; "
+                             f"got {rule!r}")
+        n_patterns = ckpt.int_field(payload, "n_patterns", 0, path=path)
+        model.load_state_dict({k: v.to(model.device) for k, v in state.items()})
+        model.offset, model.rule, model.n_patterns = offset, rule, n_patterns
         return model
 
     def extra_repr(self) -> str:

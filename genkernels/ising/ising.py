@@ -12,6 +12,7 @@ from torch import nn
 from .. import checkpoint as ckpt
 from .._checks import check_choice, check_int
 from .ops import (
+    MAX_L,
     _check_real,
     check_lattice_size,
     ising_observables,
@@ -33,7 +34,7 @@ class Ising2D(nn.Module):
     E = -J Σ_<ij> s_i s_j - h Σ_i s_i, at one temperature.
 
     Args:
-        L: lattice side, even, >= 4.
+        L: lattice side, even, in [4, 2^24] (genkernels.ising.ops.MAX_L, every backend).
         temperature: T > 0 (k_B = 1; β = 1 / T).
         J: coupling (J > 0 ferromagnetic); h: external field.
         n_lattices: B >= 1 independent replicas, swept together.
@@ -183,16 +184,38 @@ class Ising2D(nn.Module):
 
     @classmethod
     def load(cls, path: str, device=None) -> Ising2D:
-        """Read a model written by :meth:`save` (``weights_only=True``)."""
+        """Read a model written by :meth:`save` (``weights_only=True``). Every field is
+        validated (the config's values, the (B, L, L) int8 spins holding only ±1, the
+        stream position in [0, 2^63), the sweep count); a bad or missing one raises
+        ValueError naming it."""
         payload = ckpt.read(path, "Ising2D")
-        model = cls(**payload["config"], device=device)
-        spins = payload["spins"]
-        if spins.dtype != torch.int8 or tuple(spins.shape) != tuple(model.spins.shape):
-            raise ValueError(f"path: {path!r} holds spins {spins.dtype} {tuple(spins.shape)}; "
-                             f"expected int8 {tuple(model.spins.shape)}")
+        cfg = ckpt.field(payload, "config", dict, path)
+        cfg = {f"config.{k}": v for k, v in cfg.items()}
+        L = ckpt.int_field(cfg, "config.L", 4, MAX_L, path)
+        if L % 2:
+            raise ValueError(f"checkpoint {str(path)!r}: the field 'config.L' must be even; got {L}")
+        reals = {}
+        for key in ("temperature", "J", "h"):
+            value = float(ckpt.field(cfg, f"config.{key}", (int, float), path, "a real number"))
+            if not math.isfinite(value) or (key == "temperature" and not value > 0):
+                raise ValueError(f"checkpoint {str(path)!r}: the field 'config.{key}' must be finite"
+                                 + (" and > 0" if key == "temperature" else "") + f"; got {value!r}")
+            reals[key] = value
+        n_lattices = ckpt.int_field(cfg, "config.n_lattices", 1, path=path)
+        algorithm = ckpt.field(cfg, "config.algorithm", str, path)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"checkpoint {str(path)!r}: the field 'config.algorithm' must be one of "
+                             f"{list(ALGORITHMS)}; got {algorithm!r}")
+        seed = ckpt.int_field(cfg, "config.seed", 0, 2**64 - 1, path)
+        spins = ckpt.check_tensor("spins", ckpt.field(payload, "spins", torch.Tensor, path, "a tensor"),
+                                  (n_lattices, L, L), torch.int8, path, values=(-1, 1))
+        offset = ckpt.int_field(payload, "offset", 0, 2**63 - 1, path)
+        sweeps_done = ckpt.int_field(payload, "sweeps_done", 0, path=path)
+        # ordered init: no (B, L, L) random draw for the lattices replaced just below
+        model = cls(L, n_lattices=n_lattices, algorithm=algorithm, seed=seed, device=device, **reals)
         model.spins = spins.to(model.device)
-        model.offset = int(payload["offset"])
-        model.sweeps_done = int(payload["sweeps_done"])
+        model.offset = offset
+        model.sweeps_done = sweeps_done
         return model
 
     def extra_repr(self) -> str:

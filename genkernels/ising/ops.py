@@ -39,11 +39,20 @@ def _triton_ops():
 
 
 # ------------------------------------------------------------------------ validation
+# The largest lattice side every backend supports (reference, cpu, triton, cuda alike; the
+# C++ kernels check the same bound): 2^24, so the sites of one lattice (L^2 <= 2^48), a
+# batch's int64 element offsets and the Philox counters of a sweep stay far inside int64.
+# Every backend indexes sites with 64-bit arithmetic (the triton kernel casts L to int64
+# before L * L: in int32 it overflows from L = 46,342 on).
+MAX_L = 1 << 24
+
+
 def check_lattice_size(L) -> int:
+    """L: an even integer in [4, MAX_L = 2^24], one range for every backend."""
     L = check_int("L", L)
-    if L < 4 or L % 2:
-        raise ValueError(f"L must be an even integer >= 4 (checkerboard on a periodic lattice); "
-                         f"got {L}")
+    if L < 4 or L % 2 or L > MAX_L:
+        raise ValueError(f"L must be an even integer in [4, {MAX_L}] (checkerboard on a periodic lattice; "
+                         f"2^24 is the largest side every backend supports); got {L}")
     return L
 
 
@@ -134,7 +143,7 @@ def ising_sweep(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int = 1
     genkernels/ising/reference.py; Q = :func:`ising_counters_per_sweep` / (2 B)).
 
     Args:
-        spins: (B, L, L) int8, entries ±1, L even >= 4 (any device).
+        spins: (B, L, L) int8, entries ±1, L even in [4, 2^24] (any device, every backend).
         thresholds: (2, 5) int64 from :func:`ising_thresholds` (moved to spins' device).
         n_sweeps: sweeps to run, >= 0.
         seed: int in [0, 2^64); offset: int64, the first Philox counter. A caller that

@@ -26,11 +26,30 @@ _UINT64_MASK = (1 << 64) - 1
 
 
 @triton.jit
-def _update_site(SPINS, TH, lattice, k, word, valid, colour, L, H):
-    """Update site k of `colour` (row-major numbering among that colour's L^2 / 2 sites)
-    with its random word; `lattice` points at the lattice's first spin (int64 offsets)."""
+def _geometry(L):
+    """(L, H = L / 2, sites = L^2 / 2 of one colour), all int64. L arrives as an int32
+    scalar: L * L in int32 overflows from L = 46,342 on (and a sweep then updated nothing),
+    so every index below is computed from the int64 L (DESIGN.md, "Memory")."""
+    L64 = L.to(tl.int64)
+    H = L64 // 2
+    return L64, H, L64 * H
+
+
+@triton.jit
+def _site(k, colour, L, H):
+    """Row i, column j and element offset i L + j within its lattice of site k (int64) of
+    `colour`, row-major numbering among that colour's L^2 / 2 sites; L and H int64."""
     i = k // H
     j = 2 * (k % H) + (i + colour) % 2
+    return i, j, i * L + j
+
+
+@triton.jit
+def _update_site(SPINS, TH, lattice, k, word, valid, colour, L, H):
+    """Update site k of `colour` (row-major numbering among that colour's L^2 / 2 sites)
+    with its random word; `lattice` points at the lattice's first spin. Every offset is
+    int64 (L, H, k and lattice are)."""
+    i, j, _ = _site(k, colour, L, H)
     up = (i + L - 1) % L
     down = (i + 1) % L
     left = (j + L - 1) % L
@@ -56,7 +75,7 @@ def _ising_half_sweep_kernel(
     offset,           # i64 first counter of the call
     sweep,            # sweep index t within the call
     B,                # lattices
-    L,                # lattice side (even)
+    L,                # lattice side (even, <= 2^24; int32 here, int64 from _geometry on)
     Q,                # counters per colour and lattice (16 * ceil(L^2 / 128))
     COLOUR: tl.constexpr,  # 0 black (i + j even), 1 white
     BLOCK: tl.constexpr,
@@ -64,9 +83,8 @@ def _ising_half_sweep_kernel(
     # program (b, p) owns counters [p BLOCK, (p + 1) BLOCK) of colour COLOUR of lattice b
     b = tl.program_id(0).to(tl.int64)
     q = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    H = L // 2
-    sites = (L * L // 2).to(tl.int64)
-    base = offset + ((sweep.to(tl.int64) * B + b) * 2 + COLOUR) * Q
+    L, H, sites = _geometry(L)
+    base = offset + ((sweep.to(tl.int64) * B + b) * 2 + COLOUR) * Q.to(tl.int64)
     r0, r1, r2, r3 = tl.randint4x(seed, base + q)
     lattice = b * L * L
     first = 64 * (q // 16) + q % 16
