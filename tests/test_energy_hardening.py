@@ -138,10 +138,13 @@ def test_cli_train_rbm_reports_divergence_and_writes_no_model(tmp_path):
 
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((60, 16)).astype(np.float32) * 1e30)
     ck, out = tmp_path / "ck.pt", tmp_path / "out"
-    args = ["train", "rbm", str(tmp_path / "x.npy"), "--visible", "gaussian", "--learn-variance", "--scale", "none",
+    args = ["--debug", "train", "rbm", str(tmp_path / "x.npy"), "--visible", "gaussian", "--learn-variance",
+            "--scale", "none",
             "--hidden", "4", "--epochs", "2", "--checkpoint", str(ck), "--out", str(out), "--quiet"]
     with pytest.raises(ValueError, match="diverged in epoch 1"):
         cli.main(args)
+    assert not ck.exists() and not (out / "rbm.pt").exists()
+    assert cli.main(args[1:]) == 2  # without --debug: one error line, exit 2
     assert not ck.exists() and not (out / "rbm.pt").exists()
 
 

@@ -25,6 +25,8 @@
 // inputs' dtype (float or double).
 #include <ATen/ATen.h>
 #include <omp.h>
+
+#include "parallel_region.h"
 #include <torch/library.h>
 
 #include <algorithm>
@@ -114,21 +116,25 @@ int64_t retrieve_row(const scalar_t* x, int64_t p_count, int64_t d, const scalar
   return t;
 }
 
+// Threads the work (multiply-adds) pays for: one per kMinWorkPerThread, as the other cpu
+// kernels (on 2 cores a thread team costs tens of microseconds to wake, and a time slice
+// beside a busy process: see parallel_region.h).
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 18;
+
+int64_t threads_for(int64_t work) { return std::max<int64_t>(1, work / kMinWorkPerThread); }
+
 // Every row b owns row b of out and steps[b]; rows stop after different numbers of
-// steps, hence the dynamic schedule.
+// steps, hence chunks of one row claimed dynamically.
 template <typename scalar_t>
 void retrieve_batch(const scalar_t* q, const scalar_t* x, int64_t x_stride, int64_t b_count,
                     int64_t p_count, int64_t d, scalar_t beta, int64_t max_steps, scalar_t tol,
                     scalar_t* out, int64_t* steps) {
-#pragma omp parallel
-  {
-    std::vector<scalar_t> scratch;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < b_count; ++b) {
-      steps[b] = retrieve_row<scalar_t>(x + b * x_stride, p_count, d, q + b * d, beta, max_steps, tol,
-                                        out + b * d, scratch);
-    }
-  }
+  const int team = genkernels::cpu::team_size(threads_for(b_count * max_steps * p_count * d));
+  std::vector<std::vector<scalar_t>> scratch(team);
+  genkernels::cpu::parallel_chunks(b_count, team, [&](int64_t b, int slot) {
+    steps[b] = retrieve_row<scalar_t>(x + b * x_stride, p_count, d, q + b * d, beta, max_steps, tol,
+                                      out + b * d, scratch[slot]);
+  });
 }
 
 // queries (B, D), stored (B | 1, P, D) contiguous, in one dtype; beta a 0-d tensor.
@@ -181,17 +187,26 @@ void retrieve_shared_tiles(const at::Tensor& q, const at::Tensor& x, scalar_t be
   const int64_t n_tiles = (b_count + tile - 1) / tile;
   const scalar_t* q_ptr = q.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
-#pragma omp parallel
-  {
-    // the caller's below-autograd dispatch state is thread-local: worker threads set their own
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor scores = at::empty({tile, p_count}, q.options());
-    at::Tensor weights = at::empty({tile, p_count}, q.options());
-    at::Tensor cur = at::empty({tile, d}, q.options());
-    at::Tensor next = at::empty({tile, d}, q.options());
-    std::vector<int64_t> row_of(tile);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < n_tiles; ++t) {
+  // per-thread buffers (parallel_chunks runs each tile below autograd, on a team sized by
+  // the work and the busy-machine back-off)
+  struct Buffers {
+    at::Tensor scores, weights, cur, next;
+    std::vector<int64_t> row_of;
+  };
+  const int team = genkernels::cpu::team_size(threads_for(b_count * max_steps * p_count * d));
+  std::vector<Buffers> buffers(team);
+  genkernels::cpu::parallel_chunks(n_tiles, team, [&](int64_t t, int slot) {
+    Buffers& buf = buffers[slot];
+    if (!buf.scores.defined()) {
+      buf.scores = at::empty({tile, p_count}, q.options());
+      buf.weights = at::empty({tile, p_count}, q.options());
+      buf.cur = at::empty({tile, d}, q.options());
+      buf.next = at::empty({tile, d}, q.options());
+      buf.row_of.resize(tile);
+    }
+    at::Tensor &scores = buf.scores, &weights = buf.weights, &cur = buf.cur, &next = buf.next;
+    std::vector<int64_t>& row_of = buf.row_of;
+    {
       const int64_t r0 = t * tile, rows = std::min(tile, b_count - r0);
       scalar_t* cur_ptr = cur.mutable_data_ptr<scalar_t>();
       std::copy(q_ptr + r0 * d, q_ptr + (r0 + rows) * d, cur_ptr);
@@ -225,7 +240,7 @@ void retrieve_shared_tiles(const at::Tensor& q, const at::Tensor& x, scalar_t be
         active = kept;
       }
     }
-  }
+  });
 }
 
 // The VJP of a tile of rows (r0 .. r0 + rows) against the shared set, in ATen ops on the
@@ -272,16 +287,14 @@ void backward_shared_tiles(const at::Tensor& q, const at::Tensor& x, const at::T
   const int64_t n_tiles = (b_count + tile - 1) / tile;
   // chunk c owns tiles c, c + chunks, ...: a fixed assignment, so the sums do not depend
   // on scheduling
-#pragma omp parallel for schedule(static, 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local, as above
+  genkernels::cpu::parallel_chunks(chunks, genkernels::cpu::team_size(chunks), [&](int64_t c, int) {
     at::Tensor gx = chunk_gx[c];
     for (int64_t t = c; t < n_tiles; t += chunks) {
       const int64_t r0 = t * tile;
       backward_shared_tile<scalar_t>(q, x, grad, steps, beta, r0, std::min(tile, b_count - r0), gx, gbeta,
                                      grad_q);
     }
-  }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> hopfield_retrieval_cpu(const at::Tensor& queries,
@@ -365,27 +378,27 @@ template <typename scalar_t>
 void backward_batch(const scalar_t* q, const scalar_t* x, int64_t x_stride, const scalar_t* grad,
                     const int64_t* steps, int64_t b_count, int64_t p_count, int64_t d, scalar_t beta,
                     bool shared, int64_t chunks, scalar_t* gx, scalar_t* gq, scalar_t* gbeta) {
+  int64_t max_steps = 1;
+  for (int64_t b = 0; b < b_count; ++b) max_steps = std::max(max_steps, steps[b]);
+  const int64_t work = b_count * max_steps * p_count * d;
   if (shared) {
-#pragma omp parallel for schedule(static, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
+    genkernels::cpu::parallel_chunks(chunks, genkernels::cpu::team_size(std::min(chunks, threads_for(work))),
+                                     [&](int64_t c, int) {
       std::vector<scalar_t> scratch;
       const int64_t lo = b_count * c / chunks, hi = b_count * (c + 1) / chunks;
       for (int64_t b = lo; b < hi; ++b) {
         gbeta[b] = backward_row<scalar_t>(x, p_count, d, q + b * d, grad + b * d, beta, steps[b],
                                           gx + c * p_count * d, gq + b * d, scratch);
       }
-    }
+    });
     return;
   }
-#pragma omp parallel
-  {
-    std::vector<scalar_t> scratch;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < b_count; ++b) {
-      gbeta[b] = backward_row<scalar_t>(x + b * x_stride, p_count, d, q + b * d, grad + b * d, beta,
-                                        steps[b], gx + b * x_stride, gq + b * d, scratch);
-    }
-  }
+  const int team = genkernels::cpu::team_size(threads_for(work));
+  std::vector<std::vector<scalar_t>> scratch(team);
+  genkernels::cpu::parallel_chunks(b_count, team, [&](int64_t b, int slot) {
+    gbeta[b] = backward_row<scalar_t>(x + b * x_stride, p_count, d, q + b * d, grad + b * d, beta,
+                                      steps[b], gx + b * x_stride, gq + b * d, scratch[slot]);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hopfield_retrieval_backward_cpu(
