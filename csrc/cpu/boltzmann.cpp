@@ -17,6 +17,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "parallel_region.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -76,11 +78,13 @@ template <typename scalar_t>
 void run_chains(const scalar_t* w, const scalar_t* temps, const bool* clamp, int64_t n,
                 int64_t n_sweeps, int64_t c_count, scalar_t* fields, int8_t* states,
                 bool random_order, uint64_t seed, uint64_t offset, bool parallel) {
-#pragma omp parallel for schedule(static, 1) if (parallel)
-  for (int64_t c = 0; c < c_count; ++c) {
+  // one chain per chunk, claimed dynamically; one thread below the cost model or on a
+  // busy machine (parallel_region.h)
+  genkernels::cpu::parallel_chunks(c_count, parallel ? genkernels::cpu::team_size(c_count) : 1,
+                                   [&](int64_t c, int) {
     run_chain<scalar_t>(w, temps, clamp, n, n_sweeps, fields + c * n, states + c * n, c,
                         random_order, seed, offset);
-  }
+  });
 }
 
 // weights (N, N) symmetric zero diagonal, bias (N,), states (C, N) in {0, 1}, clamp (N,)

@@ -19,6 +19,8 @@
 #include <omp.h>
 #include <torch/library.h>
 
+#include "parallel_region.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
@@ -92,11 +94,11 @@ template <typename scalar_t>
 void recall_batch(const scalar_t* w, scalar_t* fields, int8_t* states, int64_t b_count, int64_t n,
                   int64_t max_sweeps, bool random_order, uint64_t seed, uint64_t offset,
                   bool* converged) {
-#pragma omp parallel for schedule(dynamic, 1) if (b_count > 1 && n >= kParallelMinUnits)
-  for (int64_t b = 0; b < b_count; ++b) {
+  const int team = b_count > 1 && n >= kParallelMinUnits ? genkernels::cpu::team_size(b_count) : 1;
+  genkernels::cpu::parallel_chunks(b_count, team, [&](int64_t b, int) {
     recall_one<scalar_t>(w, n, fields + b * n, states + b * n, b, max_sweeps, random_order, seed,
                          offset, converged + b);
-  }
+  });
 }
 
 // weights (N, N) fp32/fp64 symmetric; states (B, N) +-1 in weights' dtype.

@@ -16,6 +16,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "parallel_region.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -138,9 +140,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ising_sweep_cpu(
   // spins per thread would not pay for it.
   const int all_threads = std::max(1, at::get_num_threads());
   const bool whole_lattices = B >= all_threads;
-  const int threads = whole_lattices ? all_threads
-                                     : static_cast<int>(std::clamp<int64_t>(
-                                           B * L * L / kBarrierSitesPerThread, 1, all_threads));
+  // (one thread on a busy machine: parallel_region.h's back-off; the result does not depend
+  // on the team, every site draws from its own counter)
+  const int threads = genkernels::cpu::team_size(whole_lattices ? all_threads
+                                                                : std::clamp<int64_t>(
+                                                                      B * L * L / kBarrierSitesPerThread,
+                                                                      1, all_threads));
   int64_t* bonds = bond_sums.mutable_data_ptr<int64_t>();
   int64_t* totals = spin_sums.mutable_data_ptr<int64_t>();
   const int64_t n_spins = int64_t{L} * L;
