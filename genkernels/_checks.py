@@ -94,6 +94,33 @@ def check_positive(name: str, value) -> float:
     return float(value)
 
 
+def real_values(name: str, value) -> torch.Tensor:
+    """A number, a sequence of numbers or a real tensor as a 1-D float64 tensor (on the
+    tensor's device); TypeError naming ``name`` for anything else (a string, a complex
+    number, a bool)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must hold real numbers; got a {value.dtype} tensor")
+        return value.detach().to(torch.float64).reshape(-1)
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
+            raise TypeError(f"{name} must be a real number or a sequence of them; got "
+                            f"{type(item).__name__} {item!r}")
+    return torch.tensor([float(v) for v in items], dtype=torch.float64)
+
+
+def from_numpy(array) -> torch.Tensor:
+    """A numpy array as a tensor: shared when writable, else copied (a read-only array or
+    np.memmap: torch warns it cannot protect such memory, and an in-place op on it would
+    fault), so no warning and no aliasing of read-only pages."""
+    import numpy as np
+
+    if not array.flags.writeable:
+        array = np.array(array)
+    return torch.from_numpy(array)
+
+
 def check_finite_rows(name: str, x: torch.Tensor) -> None:
     """Raise naming the first row holding NaN or Inf (eager only)."""
     if compiling() or x.numel() == 0:

@@ -160,3 +160,28 @@ def test_unavailable_backend_names_what_is_missing(monkeypatch):
         ops.som_bmu(X, W)
     with pytest.raises(ValueError, match=r"use_backend\(name\) must be one of"):
         genkernels.use_backend("fast")
+
+
+@pytest.mark.parametrize("temperature", ["hot", [1.0, "x"], 1 + 2j, True, torch.tensor([1 + 1j])])
+def test_temperature_must_be_real_numbers(temperature):
+    from genkernels import BoltzmannMachine
+    bm = BoltzmannMachine(4, 2, seed=0)
+    with pytest.raises(TypeError, match="temperature must"):
+        bm.gibbs(torch.zeros(2, 6), 1, temperature=temperature)
+    with pytest.raises(TypeError, match="temperatures must"):
+        genkernels.ops.bm_gibbs(bm.weights, bm.bias, torch.zeros(2, 6), temperature)
+
+
+def test_read_only_arrays_train_without_warnings(tmp_path):
+    import warnings
+
+    import numpy as np
+
+    from genkernels import RBM
+    np.save(tmp_path / "x.npy", (np.random.default_rng(0).random((50, 6)) > 0.5).astype(np.float32))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = RBM(6, 3, seed=0).fit(x, epochs=1, verbose=False)
+    assert torch.isfinite(model.weights).all()
+    assert not x.flags.writeable  # the caller's memmap untouched

@@ -13,7 +13,7 @@ import torch
 
 from .. import backends
 from .. import random as gk_random
-from .._checks import check_choice, check_float_tensor, check_int, check_same_device, compiling
+from .._checks import check_choice, check_float_tensor, check_int, check_same_device, compiling, real_values
 from . import bm_reference as reference
 from .bm_reference import ORDERS
 
@@ -96,7 +96,7 @@ def bm_gibbs(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor,
         raise ValueError(f"states has {states.shape[-1]} units but weights has {n}; they must match")
     check_same_device(weights=weights, states=states)
     check_binary("states", states)
-    temps = torch.as_tensor(temperatures, dtype=torch.float64).reshape(-1)
+    temps = real_values("temperatures", temperatures)
     if temps.numel() == 0:
         raise ValueError("temperatures must hold at least one temperature")
     if not compiling() and not bool((temps > 0).all() and torch.isfinite(temps).all()):

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .. import random as gk_random
-from .._checks import OnWeights, check_choice, check_int, check_model_dtype, compiling, model_seed
+from .._checks import OnWeights, check_choice, check_int, check_model_dtype, compiling, model_seed, real_values
 from . import bm_reference as reference
 from ._train import check_finite_model, check_real, check_tensors, dtype_field, leading_rows, offset_field, \
     prefixed, seed_field
@@ -108,7 +108,7 @@ class BoltzmannMachine(OnWeights, nn.Module):
 
     @staticmethod
     def _temperatures(temperature, n_sweeps: int) -> torch.Tensor:
-        temps = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1)
+        temps = real_values("temperature", temperature)
         if temps.numel() == 1:
             temps = temps.expand(n_sweeps)
         if temps.numel() != n_sweeps:

@@ -59,7 +59,7 @@ from .. import backends
 from .. import checkpoint as ckpt
 from .. import distributed as gkdist
 from .. import random as gk_random
-from .._checks import OnWeights, check_choice, check_int, compiling
+from .._checks import OnWeights, check_choice, check_int, compiling, from_numpy
 from ._train import DivergedError, check_finite_model, check_tensors, choice_field, dtype_field, \
     leading_rows, offset_field, prefixed, seed_field
 from ._train import check_real as _check_real
@@ -197,7 +197,7 @@ class RBM(OnWeights, nn.Module):
         if binarize is not None:
             check_choice("binarize", binarize, BINARIZE[1:])
         if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
+            x = from_numpy(x)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or numpy array; got {type(x).__name__}")
         x = x.detach()  # data, never part of an autograd graph (training records no history)
@@ -723,8 +723,10 @@ class RBM(OnWeights, nn.Module):
         self._call_epochs, self._call_epochs_done, self._call_offset = epochs, call_done, call_offset
         progress = _Progress(epochs, self._call_epochs_done, verbose and self._call_epochs_done < epochs,
                              monitor)
+        # loops of small products run their BLAS calls on this thread (backends.sequential_blas)
+        small = v_all.device.type == "cpu" and backends.small_products(batch_size, self.n_visible, self.n_hidden)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), backends.sequential_blas(small):
                 while self._call_epochs_done < epochs:
                     g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epochs_done) % 2**63)
                     order = torch.randperm(n, generator=g).to(self.device)
