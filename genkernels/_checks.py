@@ -7,6 +7,7 @@ graphs do not break; shape, dtype and device checks always run.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable
 
@@ -108,6 +109,16 @@ def real_values(name: str, value) -> torch.Tensor:
             raise TypeError(f"{name} must be a real number or a sequence of them; got "
                             f"{type(item).__name__} {item!r}")
     return torch.tensor([float(v) for v in items], dtype=torch.float64)
+
+
+def check_fits_dtype(name: str, lo: float, hi: float, dtype: torch.dtype) -> None:
+    """Finite data whose range [lo, hi] overflows ``dtype`` (float64 data for a float32
+    model): a ValueError that says so, instead of the NaN/Inf the conversion would make."""
+    limit = torch.finfo(dtype).max
+    if math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) > limit:
+        raise ValueError(f"{name} holds values up to {max(-lo, hi):.3g} in magnitude, beyond the range of "
+                         f"{str(dtype).removeprefix('torch.')} (+-{limit:.3g}); scale the data or use "
+                         "dtype=torch.float64")
 
 
 def from_numpy(array) -> torch.Tensor:

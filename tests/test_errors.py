@@ -185,3 +185,12 @@ def test_read_only_arrays_train_without_warnings(tmp_path):
         model = RBM(6, 3, seed=0).fit(x, epochs=1, verbose=False)
     assert torch.isfinite(model.weights).all()
     assert not x.flags.writeable  # the caller's memmap untouched
+
+
+def test_float64_data_beyond_float32_is_not_called_nan():
+    from genkernels import RBM
+    x = torch.rand(10, 4, dtype=torch.float64)
+    x[3, 1] = 1e39
+    with pytest.raises(ValueError, match="beyond the range of float32"):
+        RBM(4, 2, visible="gaussian", seed=0).fit(x, epochs=1, verbose=False)
+    RBM(4, 2, visible="gaussian", seed=0, dtype=torch.float64).fit(x / 1e39, epochs=1, verbose=False)

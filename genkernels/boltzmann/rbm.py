@@ -59,7 +59,7 @@ from .. import backends
 from .. import checkpoint as ckpt
 from .. import distributed as gkdist
 from .. import random as gk_random
-from .._checks import OnWeights, check_choice, check_int, compiling, from_numpy
+from .._checks import OnWeights, check_choice, check_fits_dtype, check_int, compiling, from_numpy
 from ._train import DivergedError, check_finite_model, check_tensors, choice_field, dtype_field, \
     leading_rows, offset_field, prefixed, seed_field
 from ._train import check_real as _check_real
@@ -206,6 +206,9 @@ class RBM(OnWeights, nn.Module):
         if x.dim() != 2 or x.shape[1] != self.n_visible:
             raise ValueError(f"{name} must be (N, {self.n_visible}) (n_visible = {self.n_visible}); "
                              f"got shape {tuple(x.shape)}")
+        if not compiling() and x.numel() and x.is_floating_point() and \
+                torch.finfo(x.dtype).max > torch.finfo(self.dtype).max:
+            check_fits_dtype(name, *(float(t) for t in torch.aminmax(x)), self.dtype)
         x = x.to(device=self.device, dtype=self.dtype)
         if compiling() or x.numel() == 0:
             return x.contiguous()
