@@ -100,6 +100,23 @@ class Sequential {
 
 }  // namespace blas
 
+// The calling thread's OpenMP threads set to one while it lives: ATen ops a kernel body
+// calls (sigmoid_ on a tile, a copy) start no team of their own when the kernel runs alone.
+class SoloThreads {
+ public:
+  SoloThreads() : previous_(omp_get_max_threads()) {
+    if (previous_ > 1) omp_set_num_threads(1);
+  }
+  ~SoloThreads() {
+    if (previous_ > 1) omp_set_num_threads(previous_);
+  }
+  SoloThreads(const SoloThreads&) = delete;
+  SoloThreads& operator=(const SoloThreads&) = delete;
+
+ private:
+  int previous_;
+};
+
 // ---------------------------------------------------------------- team health
 namespace team_health {
 
@@ -168,7 +185,9 @@ void parallel_chunks(int64_t n, int team, const Body& body) {
   if (n <= 0) return;
   RegionErrors errors;
   if (team <= 1 || n == 1) {
-    blas::Sequential sequential_blas;  // work too small for a team, or a busy machine
+    // work too small for a team, or a busy machine: nothing inside starts a team either
+    blas::Sequential sequential_blas;
+    SoloThreads solo_threads;
     for (int64_t i = 0; i < n && !errors.failed(); ++i) errors.run([&] { body(i, 0); });
     errors.rethrow();
     return;
