@@ -7,7 +7,9 @@
 //                  at::mm on tiles of rows (gemm_euclidean); every other case: the direct
 //                  path, exact distances from their definition for blocks of rows against
 //                  L1/L2-sized tiles of nodes.
-//   som_node_sums  BMU (k = 1) then a per-node sum in sample order, parallel over nodes.
+//   som_node_sums  BMU (k = 1) then a per-node sum in sample order, parallel over nodes
+//                  (samples at a NaN distance counted nowhere).
+// Every op runs data outside the safe range on power-of-two-scaled copies (scale guard).
 //   som_online     Kohonen's sequential rule, parallel over maps; each step is one pass over
 //                  the map that applies step t's update to a node and at once measures its
 //                  distance to step t+1's sample (fp32 euclidean: an AVX-512 pass picked at
@@ -15,6 +17,7 @@
 //
 // Accumulation runs in fp32 (fp64 for fp64 input): fp16/bf16 inputs are converted once.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <omp.h>
 #include <torch/library.h>
 
@@ -293,6 +296,71 @@ void bmu_rows(const T* x, int64_t n, const T* w, int64_t K, int64_t D, int64_t k
     direct_bmu(x, nan_rows.data(), int64_t(nan_rows.size()), w, K, D, k, metric, true, idx, dist);
 }
 
+// ---------------------------------------------------------------------- scale guard
+// Scale robustness, the rule of genkernels/som/ops.py (_scale_exponent) done here for the
+// cpu backend, where a Python max-abs pass would cost more than a small op: when max |v|
+// over x and the weights (NaN left out) is f 2^e, f in [0.5, 1), with e outside [lo, hi]
+// -- D squared differences must stay below max / 16 and differences down to m 2^-digits
+// must square to normal numbers -- both are scaled by 2^-e (exact), the kernel runs on the
+// copies and distances / sums / trained weights are scaled back. Inside the range nothing
+// changes: one vectorised max-abs pass over the inputs is the whole cost.
+// max |v| of p[0..n) with NaN skipped (a NaN compares false), kLanes lanes at a time
+// (std::fmax would be a libm call per element).
+template <typename T>
+T max_abs(const T* p, int64_t n) {
+  lanes_t<T> acc = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const lanes_t<T> t = abs_lanes<T>(load_lanes(p + i));
+    acc = t > acc ? t : acc;
+  }
+  T m = T(0);
+  for (int l = 0; l < kLanes; ++l) m = acc[l] > m ? acc[l] : m;
+  for (; i < n; ++i) {
+    const T t = std::abs(p[i]);
+    m = t > m ? t : m;
+  }
+  return m;
+}
+
+template <typename T>
+int scale_exponent(const T* a, int64_t na, const T* b, int64_t nb, int64_t D) {
+  const T m = std::max(max_abs(a, na), max_abs(b, nb));
+  if (!(m > T(0)) || std::isinf(m)) return 0;
+  int e = 0;
+  std::frexp(m, &e);
+  if (e >= -29 && e <= 31) return 0;  // inside every dtype's range for D < 2^40
+  int log_d = 0;
+  for (int64_t d = std::max<int64_t>(D, 1); d > 0; d >>= 1) ++log_d;
+  const int emin = std::numeric_limits<T>::min_exponent - 1;  // tiny = 2^emin
+  const int emax = std::numeric_limits<T>::max_exponent;      // max < 2^emax
+  const int lo = (emin + 2 * std::numeric_limits<T>::digits) / 2 + 1;
+  const int hi = (emax - 6 - log_d) / 2;
+  return (e >= lo && e <= hi) ? 0 : e;
+}
+
+// t * 2^e elementwise (exact), a new contiguous tensor of t's dtype.
+at::Tensor ldexp_copy(const at::Tensor& t, int e) {
+  at::Tensor out = at::empty_like(t, at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "ldexp_copy", [&] {
+    const scalar_t* src = t.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    const int64_t n = t.numel();
+    at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) dst[i] = std::ldexp(src[i], e);
+    });
+  });
+  return out;
+}
+
+int scale_exponent_of(const at::Tensor& xa, const at::Tensor& wa, int64_t D) {
+  int e = 0;
+  AT_DISPATCH_FLOATING_TYPES(xa.scalar_type(), "scale_exponent", [&] {
+    e = scale_exponent(xa.data_ptr<scalar_t>(), xa.numel(), wa.data_ptr<scalar_t>(), wa.numel(), D);
+  });
+  return e;
+}
+
 std::tuple<at::Tensor, at::Tensor> som_bmu_cpu(const at::Tensor& x, const at::Tensor& weights, int64_t k,
                                                 c10::string_view metric_name, bool ignore_nan) {
   const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
@@ -301,10 +369,15 @@ std::tuple<at::Tensor, at::Tensor> som_bmu_cpu(const at::Tensor& x, const at::Te
   const int64_t n = x.size(0), K = weights.size(0), D = x.size(1);
   TORCH_CHECK(k >= 1 && k <= K, "som_bmu: k must be in [1, ", K, "]; got ", k);
   const auto acc = acc_type(x.scalar_type());
-  const at::Tensor xa = x.to(acc).contiguous();
-  const at::Tensor wa = weights.to(acc).contiguous();
+  at::Tensor xa = x.to(acc).contiguous();
+  at::Tensor wa = weights.to(acc).contiguous();
   at::Tensor idx = at::empty({n, k}, x.options().dtype(at::kLong));
   at::Tensor dist = at::empty({n, k}, x.options().dtype(acc));
+  const int e = n > 0 ? scale_exponent_of(xa, wa, D) : 0;
+  if (e != 0) {
+    xa = ldexp_copy(xa, -e);
+    wa = ldexp_copy(wa, -e);
+  }
   if (n > 0) {
     if (acc == at::kDouble)
       bmu_rows(xa.data_ptr<double>(), n, wa.data_ptr<double>(), K, D, k, metric, ignore_nan,
@@ -313,6 +386,7 @@ std::tuple<at::Tensor, at::Tensor> som_bmu_cpu(const at::Tensor& x, const at::Te
       bmu_rows(xa.data_ptr<float>(), n, wa.data_ptr<float>(), K, D, k, metric, ignore_nan,
                idx.data_ptr<int64_t>(), dist.data_ptr<float>());
   }
+  if (e != 0 && metric != Metric::Cosine) dist = ldexp_copy(dist, e);  // cosine is scale-free
   return {idx, dist.to(x.scalar_type())};
 }
 
@@ -320,15 +394,18 @@ std::tuple<at::Tensor, at::Tensor> som_bmu_cpu(const at::Tensor& x, const at::Te
 // After the BMU pass, samples are bucketed by winner (a stable counting sort), and every
 // node sums its own samples in increasing sample order: a fixed reduction order that does
 // not depend on the thread count, with no atomics and O(N + K D) extra memory.
+// A sample whose winning distance is NaN (a NaN feature without ignore_nan, or NaN in
+// every node) goes to the extra bucket K: counted nowhere (the ops' NaN rule).
 template <typename T>
-void node_sums(const T* x, int64_t n, int64_t K, int64_t D, const int64_t* winner, bool ignore_nan, T* sums,
-               T* counts) {
-  std::vector<int64_t> start(K + 1, 0), members(n);
-  for (int64_t i = 0; i < n; ++i) ++start[winner[i] + 1];
+void node_sums(const T* x, int64_t n, int64_t K, int64_t D, const int64_t* winner, const T* dist,
+               bool ignore_nan, T* sums, T* counts) {
+  std::vector<int64_t> start(K + 2, 0), members(n);
+  auto bucket = [&](int64_t i) { return std::isnan(dist[i]) ? K : winner[i]; };
+  for (int64_t i = 0; i < n; ++i) ++start[bucket(i) + 1];
   std::partial_sum(start.begin(), start.end(), start.begin());
   {
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t i = 0; i < n; ++i) members[fill[winner[i]]++] = i;
+    for (int64_t i = 0; i < n; ++i) members[fill[bucket(i)]++] = i;
   }
 #pragma omp parallel for schedule(dynamic, 8)
   for (int64_t j = 0; j < K; ++j) {
@@ -362,8 +439,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> som_node_sums_cpu(const at::Tenso
               "som_node_sums: x (N, D) and weights (K, D) expected; got ", x.sizes(), " and ", weights.sizes());
   const int64_t n = x.size(0), K = weights.size(0), D = x.size(1);
   const auto acc = acc_type(x.scalar_type());
-  const at::Tensor xa = x.to(acc).contiguous();
-  const at::Tensor wa = weights.to(acc).contiguous();
+  at::Tensor xa = x.to(acc).contiguous();
+  at::Tensor wa = weights.to(acc).contiguous();
+  const int e = n > 0 && K > 0 ? scale_exponent_of(xa, wa, D) : 0;
+  if (e != 0) {
+    xa = ldexp_copy(xa, -e);
+    wa = ldexp_copy(wa, -e);
+  }
   at::Tensor sums = at::zeros({K, D}, x.options().dtype(acc));
   at::Tensor counts = ignore_nan ? at::zeros({K, D}, x.options().dtype(acc)) : at::zeros({K}, x.options().dtype(acc));
   at::Tensor idx = at::empty({n}, x.options().dtype(at::kLong));
@@ -373,14 +455,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> som_node_sums_cpu(const at::Tenso
     AT_DISPATCH_FLOATING_TYPES(acc, "som_node_sums_cpu", [&] {
       bmu_rows(xa.data_ptr<scalar_t>(), n, wa.data_ptr<scalar_t>(), K, D, 1, metric, ignore_nan,
                idx.data_ptr<int64_t>(), dist.data_ptr<scalar_t>());
-      node_sums(xa.data_ptr<scalar_t>(), n, K, D, idx.data_ptr<int64_t>(), ignore_nan, sums.data_ptr<scalar_t>(),
-                counts.data_ptr<scalar_t>());
+      node_sums(xa.data_ptr<scalar_t>(), n, K, D, idx.data_ptr<int64_t>(), dist.data_ptr<scalar_t>(), ignore_nan,
+                sums.data_ptr<scalar_t>(), counts.data_ptr<scalar_t>());
     });
     // The reference sums the distances as som_bmu returns them (rounded to x's dtype).
     const at::Tensor d64 = dist.to(x.scalar_type()).to(at::kDouble);
     const double* dp = d64.data_ptr<double>();
     for (int64_t i = 0; i < n; ++i)
       if (std::isfinite(dp[i])) distance_sum += dp[i];
+    if (e != 0) {
+      sums = ldexp_copy(sums, e);
+      if (metric != Metric::Cosine) distance_sum = std::ldexp(distance_sum, e);
+    }
   }
   return {sums, counts, at::scalar_tensor(distance_sum, x.options().dtype(at::kDouble))};
 }
@@ -573,7 +659,7 @@ struct AxisTable {
 template <typename T>
 inline T axis_factor(Neighborhood kind, T dx, T sigma) {
   switch (kind) {
-    case Neighborhood::Gaussian: return std::exp(-(dx * dx) / (T(2) * sigma * sigma));
+    case Neighborhood::Gaussian: return dx == T(0) ? T(1) : std::exp(-(dx * dx) / (T(2) * sigma * sigma));
     case Neighborhood::Bubble: return dx < sigma ? T(1) : T(0);
     case Neighborhood::Triangle: return std::fmax(T(0), T(1) - dx / sigma);
     case Neighborhood::MexicanHat: break;
@@ -783,11 +869,23 @@ at::Tensor som_online_cpu(const at::Tensor& weights, const at::Tensor& x, const 
   at::Tensor w = weights.to(acc).clone(at::MemoryFormat::Contiguous);
   const int64_t steps = order.size(1);
   if (M == 0 || K == 0 || steps == 0) return w.to(weights.scalar_type());
-  const at::Tensor xa = x.to(acc).contiguous();
+  at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor oa = order.to(at::kLong).contiguous();
   const at::Tensor la = lr.to(acc).contiguous();
-  const at::Tensor sa = sigma.to(acc).contiguous();
+  at::Tensor sa = sigma.to(acc).contiguous();
   const at::Tensor ca = coords.to(acc).contiguous();
+  // the rule is linear in (x, w): out-of-range data trains scaled, the result is scaled
+  // back; winner-takes-most's kernel reads distances over sigma, so sigma scales too
+  // (kept >= genkernels.som.ops.sigma_min: 2^-42 in fp32, 2^-341 in fp64)
+  const int e = scale_exponent_of(xa, w, D);
+  if (e != 0) {
+    xa = ldexp_copy(xa, -e);
+    w = ldexp_copy(w, -e);
+    if (rule == Rule::Wtm) {
+      sa = ldexp_copy(sa, -e);
+      sa.clamp_min_(acc == at::kDouble ? std::ldexp(1.0, -341) : std::ldexp(1.0, -42));
+    }
+  }
   AT_DISPATCH_FLOATING_TYPES(acc, "som_online_cpu", [&] {
     // GENKERNELS_CPU_ISA=avx2 keeps the AVX2 pass on an AVX-512 machine (read per call)
     const char* isa = std::getenv("GENKERNELS_CPU_ISA");
@@ -798,6 +896,7 @@ at::Tensor som_online_cpu(const at::Tensor& weights, const at::Tensor& x, const 
     online_maps(pb, w.data_ptr<scalar_t>(), M, oa.data_ptr<int64_t>(), la.data_ptr<scalar_t>(),
                 sa.data_ptr<scalar_t>());
   });
+  if (e != 0) w = ldexp_copy(w, e);
   return w.to(weights.scalar_type());
 }
 

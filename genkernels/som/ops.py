@@ -9,6 +9,9 @@ Every op here is re-exported flat in ``genkernels.ops``. Backends (see
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from .. import backends
@@ -68,7 +71,125 @@ def _check_x_weights(x, weights, metric, weights_ndim=2):
     check_choice("metric", metric, METRICS)
 
 
+# ---------------------------------------------------------------------- scale guard
+# Scale robustness. Every backend squares differences (euclidean), or multiplies values
+# (cosine) in the accumulation dtype, so data near sqrt(max) overflows to inf and data
+# near sqrt(tiny) underflows to 0. When the largest |value| of x and weights lies outside
+# the range where D squares of differences stay normal and finite, both are multiplied by
+# ONE power of two (exact in floating point) that brings it to [0.5, 1), the backend runs
+# on the scaled data, and the returned distances are multiplied back (distances are
+# homogeneous of degree 1: euclidean, manhattan, chebyshev; cosine is scale-free).
+# Inside the range nothing is scaled, so results there are bit-for-bit those of the
+# backend. (The classic remedy of BLAS/LAPACK's nrm2, which scales by the largest
+# magnitude before squaring; here the factor is a power of two, so scaling is exact.)
+
+
+# inside every dtype's safe range for any D < 2^40 (the common case: no more work)
+_ALWAYS_SAFE = (2.0 ** -30, 2.0 ** 30)
+
+
+@functools.lru_cache(maxsize=256)
+def _safe_exponents(dtype: torch.dtype, d: int) -> tuple[int, int]:
+    """(lo, hi): max |value| = f 2^e with f in [0.5, 1) needs no scaling when
+    lo <= e <= hi -- D squared differences (up to (2 m)^2 each) and the cosine products
+    stay below max / 16, and differences down to m 2^-mant square to normal numbers."""
+    fi = torch.finfo(acc_dtype(dtype))
+    emax = int(round(math.log2(fi.max)))
+    emin = int(round(math.log2(fi.tiny)))
+    mant = 1 - int(round(math.log2(fi.eps)))
+    log_d = max(int(d), 1).bit_length()
+    return (emin + 2 * mant) // 2 + 1, (emax - 6 - log_d) // 2
+
+
+def _ldexp(t: torch.Tensor, e: int) -> torch.Tensor:
+    """t * 2^e in t's dtype, exact (in steps that stay representable)."""
+    while e != 0:
+        step = max(-100, min(100, e))
+        t = t * (2.0 ** step)
+        e -= step
+    return t
+
+
+def _max_abs(tensors) -> float:
+    """max |value| over the tensors (NaN if any holds a NaN): the min and max of each,
+    through numpy for CPU fp32/fp64 (a quarter of torch's per-call overhead at the small
+    shapes where that overhead shows), no copy either way."""
+    values = []
+    for t in tensors:
+        if t.numel() == 0:
+            continue
+        if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+            a = t.detach().numpy()
+            values += [float(a.max()), -float(a.min())]
+        else:
+            lo, hi = torch.aminmax(t.detach())
+            values += torch.stack([hi, -lo]).tolist()  # one device sync
+    if any(v != v for v in values):
+        return float("nan")
+    return max(values, default=0.0)
+
+
+def _scale_exponent(x: torch.Tensor, weights: torch.Tensor) -> tuple[int, bool]:
+    """(e, has_nan): the data must be scaled by 2^-e (0: leave it), and whether x or
+    weights hold a NaN. One max-abs pass over each; skipped (0, False) while
+    torch.compile traces."""
+    if compiling():
+        return 0, False
+    m = _max_abs((x, weights))
+    has_nan = m != m
+    if has_nan:
+        m = _max_abs([torch.nan_to_num(t, nan=0.0) for t in (x, weights)])
+    if _ALWAYS_SAFE[0] <= m <= _ALWAYS_SAFE[1] or m == 0 or m == float("inf"):
+        return 0, has_nan
+    e = math.frexp(m)[1]
+    lo, hi = _safe_exponents(x.dtype, x.shape[-1])
+    return (0 if lo <= e <= hi else e), has_nan
+
+
+def _nan_rows(x: torch.Tensor) -> torch.Tensor:
+    return torch.isnan(x).any(dim=1)
+
+
 # ------------------------------------------------------------------------------ BMU
+def _bmu_scaled(x, weights, k, metric, ignore_nan, precision, backend):
+    """_bmu_forward with the scale guard and the NaN rule (see som_bmu). The cpu
+    kernels apply both themselves (csrc/cpu/som.cpp, scale_exponent): no Python pass."""
+    if backend == "cpu":
+        return _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend)
+    e, has_nan = _scale_exponent(x, weights)
+    if e:
+        idx, dist = _bmu_forward(_ldexp(x, -e), _ldexp(weights, -e), k, metric, ignore_nan, precision, backend)
+        if metric != "cosine":
+            dist = _ldexp(dist.to(acc_dtype(dist.dtype)), e).to(dist.dtype)
+    else:
+        idx, dist = _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend)
+    if has_nan:
+        idx, dist = _apply_nan_rule(x, weights, idx, dist, metric, ignore_nan)
+    return idx, dist
+
+
+def _apply_nan_rule(x, weights, idx, dist, metric, ignore_nan):
+    """One rule on every backend: a NaN distance is NaN (the triton kernels rank it as
+    +inf and return +inf) and ranks after every number, ties to the lowest index."""
+    if not ignore_nan:
+        bad = _nan_rows(x)
+        if bool(bad.any()):
+            k = idx.shape[1]
+            idx = torch.where(bad[:, None], torch.arange(k, device=idx.device)[None, :], idx)
+            dist = torch.where(bad[:, None], torch.full((), float("nan"), dtype=dist.dtype, device=dist.device),
+                               dist)
+    if bool(torch.isnan(weights).any()):
+        # NaN nodes: their distance is NaN for every sample; recompute the returned
+        # +inf distances from the definition so that NaN comes back as NaN
+        inf = torch.isinf(dist)
+        if bool(inf.any()):
+            rows, cols = inf.nonzero(as_tuple=True)
+            exact = reference.paired_distances(x[rows], weights[idx[rows, cols]], metric, ignore_nan)
+            dist = dist.clone()
+            dist[rows, cols] = exact.to(dist.dtype)
+    return idx, dist
+
+
 def _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend):
     # precision only changes the triton search; reference and cpu search exactly
     if backend == "reference":
@@ -85,7 +206,7 @@ class _BMUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, weights, k, metric, ignore_nan, precision, backend):
-        return _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend)
+        return _bmu_scaled(x, weights, k, metric, ignore_nan, precision, backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -148,6 +269,21 @@ def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "e
         indices (N, k) int64 and distances (N, k) in x's dtype, ascending; ties break
         to the lowest node index. Distances are differentiable in x and weights.
 
+    Scale: the search is robust to the magnitude of the data. Where the largest |value|
+    of x and weights lies outside the range in which squares of differences stay
+    normal and finite in the accumulation dtype (fp32: about 2^-38 .. 2^60 / sqrt(D)),
+    both are scaled by one power of two -- exact -- and the distances scaled back, so
+    1e20 or 1e-30 data give the indices of unit data and exact distances (cosine is
+    scale-free; its 1e-8 guard then acts on the rescaled norms). Inside the range the
+    results are bit-for-bit unchanged. A distance that does not fit x's dtype comes
+    back as inf (e.g. fp32 data near 3e38); its index is still right.
+
+    NaN, the same on every backend: a NaN distance ranks after every number. A sample
+    with a NaN feature (ignore_nan=False) is at distance NaN from every node, so it gets
+    indices 0 .. k-1 and NaN distances; a node holding a NaN never wins a sample that
+    has a finite distance to another node. With ignore_nan, a sample with no present
+    feature is at +inf from every node (indices 0 .. k-1).
+
     Raises:
         ValueError: precision is not one of "fp32", "tf32", "bf16" (and the checks on
             x, weights, k, metric).
@@ -161,7 +297,7 @@ def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "e
                 torch.empty((0, k), dtype=x.dtype, device=x.device))
     if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad):
         return _BMUFunction.apply(x, weights, k, metric, bool(ignore_nan), precision, name)
-    return _bmu_forward(x, weights, k, metric, bool(ignore_nan), precision, name)
+    return _bmu_scaled(x, weights, k, metric, bool(ignore_nan), precision, name)
 
 
 # ------------------------------------------------------------------------ batch rule
@@ -179,6 +315,13 @@ def som_node_sums(x: torch.Tensor, weights: torch.Tensor, metric: str = "euclide
         on CPU: a fixed reduction order, no float atomics. The triton kernel
         accumulates with atomics on the GPU; ``deterministic=True`` there runs the
         BMU kernel, then sorted segment sums (bit-reproducible, one extra (N, D) copy).
+
+    NaN, the same on every backend: a sample whose winning distance is NaN (a NaN
+    feature without ignore_nan, or NaN in every node) is counted nowhere -- in no sum,
+    no count and not in distance_sum; with ignore_nan a sample's NaN features are left
+    out of its node's sums and per-feature counts. Scale as in :func:`som_bmu` (sums
+    and distance_sum scaled back; distance_sum in fp64, so it stays finite where a
+    single distance would overflow x's dtype).
     """
     _check_x_weights(x, weights, metric)
     name = backends.resolve("som_node_sums", x.device, backend)
@@ -188,13 +331,40 @@ def som_node_sums(x: torch.Tensor, weights: torch.Tensor, metric: str = "euclide
         return (torch.zeros((k_nodes, d), dtype=dt, device=x.device),
                 torch.zeros((k_nodes, d) if ignore_nan else (k_nodes,), dtype=dt, device=x.device),
                 torch.zeros((), dtype=torch.float64, device=x.device))
+    ignore_nan = bool(ignore_nan)
+    if name == "cpu":  # scale guard and NaN rule in the kernel (csrc/cpu/som.cpp)
+        return torch.ops.genkernels.som_node_sums(x, weights, metric, ignore_nan)
+    e, has_nan = _scale_exponent(x, weights)
+    if has_nan:
+        x = x[_countable_rows(x, weights, metric, ignore_nan, name)]
+        if x.shape[0] == 0:
+            return som_node_sums(x, weights, metric, ignore_nan=ignore_nan, backend=name)
+    if not e:
+        return _node_sums_forward(x, weights, metric, ignore_nan, deterministic, name)
+    sums, counts, distance_sum = _node_sums_forward(_ldexp(x, -e), _ldexp(weights, -e), metric, ignore_nan,
+                                                    deterministic, name)
+    if metric != "cosine":
+        distance_sum = distance_sum * (2.0 ** e)
+    return _ldexp(sums, e), counts, distance_sum
+
+
+def _countable_rows(x, weights, metric, ignore_nan, backend) -> torch.Tensor:
+    """(N,) bool: the samples som_node_sums counts -- those whose winning distance is
+    not NaN (without ignore_nan: no NaN feature; and not every node NaN)."""
+    if not ignore_nan and not bool(torch.isnan(weights).any()):
+        return ~_nan_rows(x)
+    dist = _bmu_scaled(x, weights, 1, metric, ignore_nan, "fp32", backend)[1][:, 0]
+    return ~torch.isnan(dist)
+
+
+def _node_sums_forward(x, weights, metric, ignore_nan, deterministic, name):
     if name == "reference":
-        return reference.som_node_sums(x, weights, metric, bool(ignore_nan))
+        return reference.som_node_sums(x, weights, metric, ignore_nan)
     if name == "triton":
         if deterministic:
-            return _sorted_node_sums(x, weights, metric, bool(ignore_nan), name)
-        return _triton_ops().som_node_sums_triton(x, weights, metric, bool(ignore_nan))
-    return torch.ops.genkernels.som_node_sums(x, weights, metric, bool(ignore_nan))
+            return _sorted_node_sums(x, weights, metric, ignore_nan, name)
+        return _triton_ops().som_node_sums_triton(x, weights, metric, ignore_nan)
+    return torch.ops.genkernels.som_node_sums(x, weights, metric, ignore_nan)
 
 
 def _sorted_node_sums(x, weights, metric, ignore_nan, backend):
@@ -287,6 +457,26 @@ def som_smooth(sums: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor,
 
 
 # ----------------------------------------------------------------------- online rule
+def sigma_min(dtype: torch.dtype) -> float:
+    """The smallest sigma the online kernels run with in ``dtype``'s accumulation dtype:
+    2^floor(emin / 3) with tiny = 2^emin (2^-42 in fp32, 2^-341 in fp64), so that
+    2 sigma^2 is a normal number and the Mexican hat's p / sigma^2 stays finite for
+    lattice offsets up to 2^40."""
+    return 2.0 ** math.floor(math.log2(torch.finfo(acc_dtype(dtype)).tiny) / 3)
+
+
+def _check_steps(name: str, values: torch.Tensor, needed: bool, positive: bool) -> None:
+    """Every per-step value finite (and > 0, or >= 0); the error names the map and step."""
+    if not needed or values.numel() == 0:
+        return
+    bad = ~torch.isfinite(values) | ((values <= 0) if positive else (values < 0))
+    if bool(bad.any()):
+        m, t = (int(i) for i in bad.nonzero()[0])
+        want = "> 0 and finite" if positive else ">= 0 and finite"
+        raise ValueError(f"{name} must be {want} at every step; got {float(values[m, t])!r} at map {m}, "
+                         f"step {t}")
+
+
 def som_online(weights: torch.Tensor, x: torch.Tensor, order: torch.Tensor, lr: torch.Tensor,
                sigma: torch.Tensor, coords: torch.Tensor,
                periods: tuple[float, float] = (0.0, 0.0), neighborhood: str = "gaussian",
@@ -306,6 +496,13 @@ def som_online(weights: torch.Tensor, x: torch.Tensor, order: torch.Tensor, lr: 
             (winner takes most: h of the data-space distance; not mexican_hat).
     Returns:
         the trained weights (M, K, D). See reference.som_online for the exact rule.
+
+    lr must be finite and >= 0 and sigma finite and > 0 at every step (ValueError
+    naming the map and step). A sigma whose square underflows (1e-30 in fp32), or that
+    rounds to 0 in the accumulation dtype, runs as :func:`sigma_min` (2^-42 in fp32):
+    the limit sigma -> 0, only the winner moves (never 0 / 0). The rule is linear in (x, weights), so data outside the safe
+    range of :func:`som_bmu` trains on power-of-two-scaled copies and the result is
+    scaled back (winner-takes-most scales sigma with them: its kernel reads distances).
     """
     check_float_tensor("weights", weights, 3)
     _check_x_weights(x, weights, metric, weights_ndim=3)
@@ -330,13 +527,28 @@ def som_online(weights: torch.Tensor, x: torch.Tensor, order: torch.Tensor, lr: 
         lo, hi = int(order.min()), int(order.max())
         if lo < 0 or hi >= x.shape[0]:
             raise ValueError(f"order must index x's {x.shape[0]} rows; got values in [{lo}, {hi}]")
-        if rule != "wta" and not bool((sigma > 0).all()):
-            raise ValueError("sigma must be > 0 at every step")
+        _check_steps("lr", lr, rule != "wta", positive=False)
+        if rule != "wta":
+            _check_steps("sigma", sigma, True, positive=True)
     name = backends.resolve("som_online", x.device, backend, n_maps=m)
     if order.shape[1] == 0 or m == 0:
         return weights.clone()
     dt = acc_dtype(weights.dtype)
-    lr, sigma, coords = lr.to(dt), sigma.to(dt), coords.to(dt)
+    lr, coords = lr.to(dt), coords.to(dt)
+    e = _scale_exponent(x, weights)[0] if name != "cpu" else 0  # cpu: in the kernel
+    if e:
+        # the rule is linear in (x, w): train on the scaled data, scale the result back;
+        # winner-takes-most's kernel reads distances over sigma, so sigma scales too
+        if rule == "wtm":
+            sigma = _ldexp(sigma.to(torch.float64), -e)
+        out = som_online(_ldexp(weights, -e), _ldexp(x, -e), order, lr, sigma, coords, periods, neighborhood,
+                         rule, metric, backend=name)
+        return _ldexp(out.to(dt), e).to(weights.dtype)
+    # sigma -> 0 is winner-only updates. A sigma whose square underflows (1e-30 in fp32)
+    # or that rounds to 0 would make the kernels' neighbourhoods 0 / 0 at the winner, so
+    # it runs as sigma_min (2^-42 in fp32) -- already winner-only for every lattice offset
+    # (>= 1/2) and every data distance above ~1e-11 (fp32; below that fp32 data are ties).
+    sigma = sigma.to(dt).clamp(min=sigma_min(dt), max=torch.finfo(dt).max)
     p0, p1 = (float(p) for p in periods)
     if name == "reference":
         return reference.som_online(weights, x, order, lr, sigma, coords, p0, p1, neighborhood, rule, metric)

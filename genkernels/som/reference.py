@@ -132,19 +132,32 @@ def neighborhood(kind: str, d0: torch.Tensor, d1: torch.Tensor, sigma) -> torch.
     triangle     max(0, 1 - d0 / sigma) * max(0, 1 - d1 / sigma)
 
     A callable kind is called as kind(d0, d1, sigma) (a user-defined neighbourhood).
+
+    Every built-in is 1 at a zero offset whatever sigma > 0, also where sigma's square
+    (or sigma itself, in the dtype) underflows to 0: a tiny sigma gives the limit,
+    h = 1 at the winner and 0 elsewhere, never 0 / 0 (for any other sigma the values
+    are bit-for-bit the formulas above). The compiled kernels reach the same limit
+    because genkernels.ops.som_online runs such a sigma as ops.sigma_min.
     """
     if callable(kind):
         return kind(d0, d1, sigma)
+    zero = torch.zeros((), dtype=d0.dtype, device=d0.device)
     if kind == "gaussian":
-        return torch.exp(-(d0 * d0 + d1 * d1) / (2 * sigma * sigma))
+        q = d0 * d0 + d1 * d1
+        return torch.exp(torch.where(q == 0, zero, -q / (2 * sigma * sigma)))
     if kind == "bubble":
-        return ((d0 < sigma) & (d1 < sigma)).to(d0.dtype)
+        return (((d0 < sigma) | (d0 == 0)) & ((d1 < sigma) | (d1 == 0))).to(d0.dtype)
     if kind == "mexican_hat":
         two_s2 = 2 * sigma * sigma
         p = d0 * d0 + d1 * d1
-        return torch.exp(-p / two_s2) * (1 - 2 / two_s2 * p)
+        g = torch.exp(torch.where(p == 0, zero, -p / two_s2))
+        h = torch.where(g == 0, zero, g * (1 - 2 / two_s2 * p))
+        return torch.where(p == 0, torch.ones_like(h), h)
     if kind == "triangle":
-        return (1 - d0 / sigma).clamp(min=0) * (1 - d1 / sigma).clamp(min=0)
+        one = torch.ones((), dtype=d0.dtype, device=d0.device)
+        f0 = torch.where(d0 == 0, one, (1 - d0 / sigma).clamp(min=0))
+        f1 = torch.where(d1 == 0, one, (1 - d1 / sigma).clamp(min=0))
+        return f0 * f1
     raise ValueError(f"neighborhood must be one of {NEIGHBORHOODS}; got {kind!r}")
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import backends
 from .. import checkpoint as ckpt
 from .. import distributed as gkdist
 from .._checks import check_choice, check_int, check_positive
@@ -25,34 +26,74 @@ SAMPLINGS = ("permutation", "sequential", "replacement")
 MISSING = ("raise", "ignore")
 # Rows per chunk when streaming numpy arrays, memmaps and big tensors in batch mode.
 CHUNK_ROWS = 1 << 16
+# Distances per row tile of the winner-takes-most batch sums (the reference's tile size).
+WTM_TILE_ELEMENTS = 1 << 22
+
+
+def _finite_positive(name: str, value) -> float:
+    """A rate value: a finite number > 0 (inf passes ``> 0`` but destroys the codebook)."""
+    v = check_positive(name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite; got {value!r}")
+    return v
 
 
 def _rate(name: str, value, default_end: Callable[[float], float], n_maps: int):
-    """A rate argument -> callable, or (start (M,), end (M,)) float64 tensors."""
+    """A rate argument -> callable, or (start (M,), end (M,)) float64 tensors.
+
+    One reading whatever n_maps is: a number; a tuple = one (start, end) schedule for
+    every map; a list, 1-D array or tensor = per-map values (length n_maps), each
+    decaying to its default end; an (n_maps, 2) array / list of pairs = per-map
+    (start, end); a callable of the step. Anything else -- e.g. a list of 2 values
+    with n_maps != 2, once read as (start, end) -- is rejected.
+    """
     if callable(value):
         return value
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        value = value.item()
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        check_positive(name, value)
-        v = float(value)
+        v = _finite_positive(name, value)
         return torch.full((n_maps,), v, dtype=torch.float64), torch.full((n_maps,), default_end(v),
                                                                           dtype=torch.float64)
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be a (start, end) tuple when given as a tuple; got {len(value)} "
+                             f"values (per-map values go in a list or a 1-D tensor of n_maps={n_maps})")
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{name} must be a (start, end) tuple of numbers; got {value!r}")
+        start, end = (_finite_positive(name, v) for v in value)
+        return (torch.full((n_maps,), start, dtype=torch.float64),
+                torch.full((n_maps,), end, dtype=torch.float64))
+    if not isinstance(value, (list, np.ndarray, torch.Tensor)):
+        raise TypeError(f"{name} must be a number, a (start, end) tuple, a list or 1-D tensor of per-map "
+                        f"values or a callable of the step; got {type(value).__name__}")
     try:
-        t = torch.as_tensor(value, dtype=torch.float64)
+        t = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be a number, a (start, end) pair, a per-map vector or a "
-                        f"callable of the step; got {type(value).__name__}") from None
-    if t.dim() == 1 and t.shape[0] == 2 and n_maps != 2:
-        start, end = t[:1].expand(n_maps), t[1:].expand(n_maps)
-    elif t.dim() == 1 and t.shape[0] == n_maps:
+        raise TypeError(f"{name} must be a number, a (start, end) tuple, a list or 1-D tensor of per-map "
+                        f"values or a callable of the step; got {type(value).__name__}") from None
+    if t.dim() == 1 and t.shape[0] == n_maps:
         start, end = t, torch.tensor([default_end(float(v)) for v in t], dtype=torch.float64)
     elif t.dim() == 2 and tuple(t.shape) == (n_maps, 2):
         start, end = t[:, 0], t[:, 1]
+    elif t.dim() == 1:
+        raise ValueError(f"{name} must be a list / 1-D tensor of n_maps={n_maps} per-map values; got "
+                         f"{t.shape[0]} values" + (" (for a (start, end) schedule pass a tuple)"
+                                                   if t.shape[0] == 2 else ""))
     else:
-        raise ValueError(f"{name} must be a number, a (start, end) pair, a ({n_maps},) per-map vector "
-                         f"or ({n_maps}, 2) per-map pairs; got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be a number, a (start, end) tuple, ({n_maps},) per-map values "
+                         f"or ({n_maps}, 2) per-map (start, end) pairs; got shape {tuple(t.shape)}")
     if not bool((start > 0).all() and (end > 0).all()):
         raise ValueError(f"{name} must be > 0; got {t.tolist()}")
+    if not bool(torch.isfinite(start).all() and torch.isfinite(end).all()):
+        raise ValueError(f"{name} must be finite; got {t.tolist()}")
     return start.clone(), end.clone()
+
+
+class SOMDivergedError(FloatingPointError):
+    """Training left the codebook non-finite (NaN or Inf): the model keeps the codebook of
+    its last finite epoch and nothing of the diverged epoch is saved."""
 
 
 class SOM(nn.Module):
@@ -69,10 +110,18 @@ class SOM(nn.Module):
             ``h(d0, d1, sigma)`` of the per-axis lattice offsets (runs on the reference
             backend; the built-ins run in the kernels).
         sigma: neighbourhood radius: None (max(grid)/2 down to 1), a number (down to
-            1), a (start, end) pair, per-map values, or a callable of the step.
-        learning_rate: a number (down to 2% of it: 0.5 -> 0.01), a (start, end) pair,
-            per-map values, or a callable of the step. Used by the online and
+            1), a ``(start, end)`` tuple, per-map values, or a callable of the step.
+        learning_rate: a number (down to 2% of it: 0.5 -> 0.01), a ``(start, end)``
+            tuple, per-map values, or a callable of the step. Used by the online and
             mini-batch modes (the batch rule has no learning rate).
+
+            Both read the same way whatever ``n_maps`` is: a tuple is always one
+            (start, end) schedule shared by every map; per-map values are a list, a
+            1-D array or a 1-D tensor of exactly ``n_maps`` starts (each decaying to
+            its default end), or ``(n_maps, 2)`` per-map (start, end) pairs. A list
+            of another length is rejected (a list of 2 with ``n_maps != 2`` is not
+            read as (start, end)). Values must be finite and > 0; a callable's values
+            are checked at every use (the error names the step and epoch).
         schedule: how sigma and learning_rate decay over the whole fit: "constant",
             "linear", "exponential", "inverse" or "asymptotic".
         init: "pca" (the plane of the first two principal components), "random"
@@ -135,6 +184,8 @@ class SOM(nn.Module):
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.int64, device=device))
         self.node_labels: list | None = None
         self.history: list[dict] = []
+        # the arguments of the last fit (stored in checkpoints: resume must match them)
+        self._fit_args: dict | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -180,7 +231,7 @@ class SOM(nn.Module):
             raise ValueError(f"{name} must be 2-D (n_samples, {self.n_features}); got shape {tuple(x.shape)}")
         if x.shape[1] != self.n_features:
             raise ValueError(f"{name} has {x.shape[1]} features but the map has {self.n_features}")
-        x = x.to(device=self.device, dtype=self.dtype)
+        x = x.detach().to(device=self.device, dtype=self.dtype)
         allow_nan = self.missing == "ignore" if allow_nan is None else allow_nan
         if not torch.compiler.is_compiling() and x.numel():
             bad = torch.isinf(x) if allow_nan else ~torch.isfinite(x)
@@ -236,22 +287,47 @@ class SOM(nn.Module):
                 start += chunk.shape[0]
             if distributed:
                 gkdist.all_reduce_sum(w)
+            if self.missing == "ignore" and bool(torch.isnan(w).any()):
+                # a picked sample's missing features take the feature's mean
+                s1 = torch.zeros(d, dtype=dt, device=self.device)
+                n1 = torch.zeros(d, dtype=dt, device=self.device)
+                for chunk in self._chunks(x):
+                    c = chunk.to(dt)
+                    s1 += torch.nan_to_num(c).sum(0)
+                    n1 += (~torch.isnan(c)).sum(0).to(dt)
+                if distributed:
+                    gkdist.all_reduce_sum(s1, n1)
+                w = torch.where(torch.isnan(w), (s1 / n1.clamp(min=1)).expand_as(w), w)
             w = torch.nan_to_num(w)
         else:
             total = torch.zeros((), dtype=dt, device=self.device)
             s1 = torch.zeros(d, dtype=dt, device=self.device)
             s2 = torch.zeros((d, d), dtype=dt, device=self.device)
+            # missing='ignore': pairwise-complete moments (pandas' DataFrame.cov): the mean
+            # of each feature over the rows where it is present, the second moment of each
+            # pair over the rows where both are -- not NaN read as 0
+            n1 = torch.zeros(d, dtype=dt, device=self.device) if self.missing == "ignore" else None
+            n2 = torch.zeros((d, d), dtype=dt, device=self.device) if self.missing == "ignore" else None
             for chunk in self._chunks(x):
-                c = torch.nan_to_num(chunk.to(dt))
+                c = chunk.to(dt)
+                if n1 is not None:
+                    present = (~torch.isnan(c)).to(dt)
+                    n1 += present.sum(0)
+                    n2 += present.T @ present
+                c = torch.nan_to_num(c)
                 total += c.shape[0]
                 s1 += c.sum(0)
                 s2 += c.T @ c
             if distributed:
-                gkdist.all_reduce_sum(total, s1, s2)
+                gkdist.all_reduce_sum(total, s1, s2, *([n1, n2] if n1 is not None else []))
             if float(total) == 0:
                 raise ValueError("x is empty; the SOM needs data to train")
-            mean = s1 / total
-            cov = s2 / total - torch.outer(mean, mean)
+            if n1 is not None:
+                mean = s1 / n1.clamp(min=1)
+                cov = torch.where(n2 > 0, s2 / n2.clamp(min=1) - torch.outer(mean, mean), 0)
+            else:
+                mean = s1 / total
+                cov = s2 / total - torch.outer(mean, mean)
             evals, evecs = torch.linalg.eigh(cov.cpu())
             order = torch.argsort(evals, descending=True)
             evals, evecs = evals[order].clamp(min=0), evecs[:, order]
@@ -274,15 +350,30 @@ class SOM(nn.Module):
         self.initialized.fill_(True)
 
     # ----------------------------------------------------------------- schedule
-    def _rates(self, first: int, count: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M, count) learning rates and sigmas for global steps first .. first+count-1."""
+    def _rates(self, first: int, count: int, total: int, epoch: int | None = None,
+               epochs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, count) learning rates and sigmas for global steps first .. first+count-1,
+        each checked finite and > 0 (a callable's values at every use)."""
         out = []
-        for spec in (self._learning_rate, self._sigma):
+        for name, spec in (("learning_rate", self._learning_rate), ("sigma", self._sigma)):
             if callable(spec):
-                out.append(schedules.evaluate(spec, torch.ones(self.n_maps), torch.ones(self.n_maps),
-                                              first, count, total))
+                values = schedules.evaluate(spec, torch.ones(self.n_maps), torch.ones(self.n_maps),
+                                            first, count, total)
+                source = f"{name} (a callable)"
             else:
-                out.append(schedules.evaluate(self.schedule, spec[0], spec[1], first, count, total))
+                values = schedules.evaluate(self.schedule, spec[0], spec[1], first, count, total)
+                source = name if not callable(self.schedule) else f"{name} (from the callable schedule)"
+            values = torch.as_tensor(values, dtype=torch.float64)
+            if tuple(values.shape) != (self.n_maps, count):
+                raise ValueError(f"{source} must give {count} values per step range (shape "
+                                 f"({self.n_maps}, {count}) or ({count},)); got shape {tuple(values.shape)}")
+            bad = ~torch.isfinite(values) | (values <= 0)
+            if bool(bad.any()):
+                m, j = (int(i) for i in bad.nonzero()[0])
+                where = f"step {first + j}" + (f" (epoch {epoch + 1} of {epochs})" if epoch is not None else "")
+                raise ValueError(f"{source} must be > 0 and finite at every step; got {float(values[m, j])!r} "
+                                 f"at {where}" + (f", map {m}" if self.n_maps > 1 else ""))
+            out.append(values)
         return out[0], out[1]
 
     # --------------------------------------------------------------------- fit
@@ -313,6 +404,22 @@ class SOM(nn.Module):
         ``model.history`` gets one entry per epoch with the quantization error shown
         on the progress bar: in batch mode that of the map the epoch started from (a
         by-product of the fused pass), in the other modes that of the map after it.
+
+        Every call trains ``epochs`` more epochs from the model's current state (a new
+        model is initialised first), with sigma and the learning rate running their
+        schedules over those ``epochs`` exactly as in a fresh call; ``history`` restarts.
+        With ``resume=True`` an existing ``checkpoint`` written by an interrupted call
+        is loaded and that call finished: the result equals one uninterrupted call with
+        the same arguments. The checkpoint must come from a model with the same
+        configuration (grid, metric, neighborhood, rule, schedules, dtype, ...) and a
+        call with the same ``mode``, ``batch_size`` (minibatch) and ``sampling``
+        (online, minibatch); a ValueError names the field that differs. A larger
+        ``epochs`` than the interrupted call's extends the run: training continues to
+        the new total, the schedules then running over it. A ``checkpoint`` that does
+        not exist yet starts the call afresh (and is written after every epoch). Training records no autograd history (x may require grad).
+        After every epoch the codebook must be finite: a diverged map (e.g. too large a
+        learning rate) raises :class:`SOMDivergedError` naming the epoch and the rates,
+        the model keeps the codebook of its last finite epoch and nothing is saved.
         """
         check_choice("mode", mode, MODES)
         check_choice("sampling", sampling, SAMPLINGS)
@@ -326,53 +433,100 @@ class SOM(nn.Module):
         if mode != "batch" and self._is_stream(x):
             raise TypeError(f"mode={mode!r} needs x as one tensor or array; iterables of batches "
                             "train in mode='batch'")
-        if resume:
-            if checkpoint is None:
-                raise ValueError("resume=True needs checkpoint=PATH")
-            if os.path.exists(checkpoint):
-                self._load_into(checkpoint)
-        else:
-            self.epochs_done.zero_()
-            self.history = []
-        if mode != "batch":
-            x = self._as_tensor(x, allow_nan=False)
-            if x.shape[0] == 0 and not distributed:
-                raise ValueError("x is empty; the SOM needs data to train")
-        if not bool(self.initialized):
-            self._initialize(x, distributed)
-        bar = _progress(epochs, int(self.epochs_done), verbose and gkdist.rank() == 0, mode)
-        for epoch in range(int(self.epochs_done), epochs):
-            if mode == "batch":
-                qe = self._batch_epoch(x, epoch, epochs, distributed, backend)
-            elif mode == "online":
-                qe = self._online_epoch(x, epoch, epochs, sampling, backend)
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=PATH")
+        if checkpoint is not None:
+            ckpt.check_output_path(checkpoint, "checkpoint")
+        fit_args = {"epochs": epochs, "mode": mode, "batch_size": batch_size, "sampling": sampling}
+        with torch.no_grad():
+            if resume and os.path.exists(checkpoint):
+                self._load_into(checkpoint, fit_args)
             else:
-                qe = self._minibatch_epoch(x, epoch, epochs, batch_size, sampling, distributed, backend)
-            self.epochs_done.fill_(epoch + 1)
-            self.history.append({"epoch": epoch + 1, "quantization_error": qe})
-            if callback is not None:
-                callback(self, epoch + 1)
-            if checkpoint is not None and gkdist.rank() == 0:
-                self.save(checkpoint)
-            bar.update(qe)
-        bar.close()
+                self.epochs_done.zero_()
+                self.history = []
+            self._fit_args = fit_args
+            if mode != "batch":
+                x = self._as_tensor(x, allow_nan=False)
+                if x.shape[0] == 0 and not distributed:
+                    raise ValueError("x is empty; the SOM needs data to train")
+            elif self.missing == "ignore":
+                self._check_present(x, distributed)
+            if not bool(self.initialized):
+                self._initialize(x, distributed)
+            bar = _progress(epochs, int(self.epochs_done), verbose and gkdist.rank() == 0, mode)
+            for epoch in range(int(self.epochs_done), epochs):
+                before = self.codebook.clone()
+                if mode == "batch":
+                    qe = self._batch_epoch(x, epoch, epochs, distributed, backend)
+                elif mode == "online":
+                    qe = self._online_epoch(x, epoch, epochs, sampling, backend)
+                else:
+                    qe = self._minibatch_epoch(x, epoch, epochs, batch_size, sampling, distributed, backend)
+                self._check_finite(before, epoch, epochs, mode, qe)
+                self.epochs_done.fill_(epoch + 1)
+                self.history.append({"epoch": epoch + 1, "quantization_error": qe})
+                if callback is not None:
+                    callback(self, epoch + 1)
+                if checkpoint is not None and gkdist.rank() == 0:
+                    self.save(checkpoint)
+                bar.update(qe)
+            bar.close()
         return self
+
+    def _check_finite(self, before: torch.Tensor, epoch: int, epochs: int, mode: str, qe: float) -> None:
+        """After an epoch: a non-finite codebook is restored to ``before`` and reported."""
+        if bool(torch.isfinite(self.codebook).all()) and math.isfinite(qe):
+            return
+        if not bool(torch.isfinite(self.codebook).all()):
+            what = "the codebook holds NaN or Inf"
+        else:
+            what = f"the distances to the codebook overflow {self.dtype}"
+        self.codebook.copy_(before)
+        rates = f"sigma={self.sigma_spec!r}" if mode == "batch" else \
+            f"learning_rate={self.learning_rate_spec!r} and sigma={self.sigma_spec!r}"
+        hint = ("" if mode == "batch" else
+                "; a learning_rate above 1 overshoots the sample and can grow without bound: keep it in (0, 1]")
+        raise SOMDivergedError(f"SOM training diverged in epoch {epoch + 1} of {epochs} (mode={mode!r}): {what} "
+                               f"with {rates}{hint}. The model keeps the codebook of its last finite epoch and "
+                               "nothing of this epoch was saved")
+
+    def _check_present(self, x, distributed: bool) -> None:
+        """missing='ignore': every feature must be present (not NaN) in some row, or
+        neither the initialisation nor any node ever sees a value for it."""
+        counts = torch.zeros(self.n_features, dtype=torch.float64, device=self.device)
+        for chunk in self._chunks(x):
+            counts += (~torch.isnan(chunk)).sum(0).to(torch.float64)
+        if distributed:
+            gkdist.all_reduce_sum(counts)
+        if not bool((counts > 0).any()):
+            raise ValueError("x holds no value: every entry is NaN (or x is empty); missing='ignore' skips "
+                             "NaN features, but the SOM needs data to train")
+        empty = (counts == 0).nonzero()
+        if empty.numel():
+            j = int(empty[0, 0])
+            raise ValueError(f"x: feature {j} is NaN in every row ({empty.numel()} such feature(s)); "
+                             "missing='ignore' cannot train weights for a feature it never sees -- drop it")
 
     def partial_fit(self, x, mode: str = "online", *, sampling: str = "sequential",
                     backend: str | None = None) -> "SOM":
         """One more pass over x at the current end-of-schedule rates (the rates of the
         last step of a fit), without resetting the map."""
         check_choice("mode", mode, MODES)
-        if mode != "batch":
-            x = self._as_tensor(x, allow_nan=False)
-        if not bool(self.initialized):
-            self._initialize(x, False)
-        if mode == "batch":
-            self._batch_epoch(x, 0, 1, False, backend, sigma_index=-1)
-        elif mode == "online":
-            self._online_epoch(x, 0, 1, sampling, backend, fixed_end=True)
-        else:
-            self._minibatch_epoch(x, 0, 1, 256, sampling, False, backend, fixed_end=True)
+        with torch.no_grad():
+            if mode != "batch":
+                x = self._as_tensor(x, allow_nan=False)
+            elif self.missing == "ignore":
+                self._check_present(x, False)
+            if not bool(self.initialized):
+                self._initialize(x, False)
+            before = self.codebook.clone()
+            if mode == "batch":
+                qe = self._batch_epoch(x, 0, 1, False, backend, sigma_index=-1)
+            elif mode == "online":
+                qe = self._online_epoch(x, 0, 1, sampling, backend, fixed_end=True)
+            else:
+                qe = self._minibatch_epoch(x, 0, 1, 256, sampling, False, backend, fixed_end=True)
+            self._check_finite(before, 0, 1, mode, qe)
         return self
 
     def _end_rates(self, count: int):
@@ -380,8 +534,10 @@ class SOM(nn.Module):
         return lr[:, -1:].expand(-1, count).contiguous(), sig[:, -1:].expand(-1, count).contiguous()
 
     def _batch_epoch(self, x, epoch, epochs, distributed, backend, sigma_index=None) -> float:
-        _, sig = self._rates(epoch, 1, epochs) if sigma_index is None else self._end_rates(1)
+        _, sig = self._rates(epoch, 1, epochs, epoch, epochs) if sigma_index is None else self._end_rates(1)
         ignore_nan = self.missing == "ignore"
+        if self.rule == "wtm":
+            self._reference_only("rule='wtm' in mode='batch'", backend)
         coords = self.coords()
         dt = acc_dtype(self.dtype)
         qe_total = 0.0
@@ -421,13 +577,33 @@ class SOM(nn.Module):
 
     def _wtm_sums(self, chunk, w, sigma):
         """Winner-takes-most batch sums: every node gathers every sample with weight
-        K(rho) of the data-space distance; computed per chunk from the definition."""
+        K(rho) of the data-space distance; computed from the definition on row tiles of
+        at most WTM_TILE_ELEMENTS distances (no chunk x nodes matrix)."""
         dt = acc_dtype(self.dtype)
-        rho = reference.pairwise_distances(chunk, w, self.metric, self.missing == "ignore")
-        h = reference.neighborhood(self.neighborhood, rho, torch.zeros_like(rho), sigma)
-        xs = torch.nan_to_num(chunk.to(dt))
-        dmin = rho.min(dim=1).values
-        return h.T @ xs, h.sum(0), dmin[torch.isfinite(dmin)].to(torch.float64).sum()
+        rows = max(1, WTM_TILE_ELEMENTS // max(1, self.n_nodes * max(1, self.n_features)))
+        sums = torch.zeros((self.n_nodes, self.n_features), dtype=dt, device=self.device)
+        counts = torch.zeros(self.n_nodes, dtype=dt, device=self.device)
+        dsum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for start in range(0, chunk.shape[0], rows):
+            part = chunk[start:start + rows]
+            rho = reference.pairwise_distances(part, w, self.metric, self.missing == "ignore")
+            h = reference.neighborhood(self.neighborhood, rho, torch.zeros_like(rho), sigma)
+            sums += h.T @ torch.nan_to_num(part.to(dt))
+            counts += h.sum(0)
+            dmin = rho.min(dim=1).values
+            dsum += dmin[torch.isfinite(dmin)].to(torch.float64).sum()
+        return sums, counts, dsum
+
+    @staticmethod
+    def _reference_only(what: str, backend: str | None) -> None:
+        """``what`` runs in PyTorch (no kernel of any backend serves it): an explicitly
+        requested compiled backend (backend=, use_backend, GENKERNELS_BACKEND) is an error,
+        never a silent fallback."""
+        requested = backend if backend is not None else backends.forced_backend()
+        if requested is not None and requested != "reference":
+            raise backends.BackendUnavailableError(
+                f"{what} has no {requested} kernel: it runs the pure-PyTorch reference; pass "
+                "backend='reference' (or None) to run it")
 
     def _order(self, n: int, sampling: str) -> torch.Tensor:
         if sampling == "sequential":
@@ -444,19 +620,20 @@ class SOM(nn.Module):
         if fixed_end:
             lr, sig = self._end_rates(n)
         else:
-            lr, sig = self._rates(epoch * n, n, epochs * n)
+            lr, sig = self._rates(epoch * n, n, epochs * n, epoch, epochs)
         dev = self.device
         order_m = order[None, :].expand(self.n_maps, -1).contiguous().to(dev)
         dt = acc_dtype(self.dtype)
         lr, sig = lr.to(dev, dt), sig.to(dev, dt)
         if callable(self.neighborhood):
+            self._reference_only("a callable neighborhood in mode='online'", backend)
             new = reference.som_online(self.codebook, x, order_m, lr, sig, self.coords(), *self.lattice.periods,
                                        self.neighborhood, self.rule, self.metric)
         else:
             new = ops.som_online(self.codebook, x, order_m, lr, sig, self.coords(), self.lattice.periods,
                                  self.neighborhood, self.rule, self.metric, backend=backend)
         self.codebook.copy_(new)
-        return float(self.quantization_error(x, backend=backend).mean())
+        return self._epoch_qe(x, backend)
 
     def _minibatch_epoch(self, x, epoch, epochs, batch_size, sampling, distributed, backend,
                          fixed_end=False) -> float:
@@ -468,7 +645,10 @@ class SOM(nn.Module):
             torch.distributed.all_reduce(n_steps, op=torch.distributed.ReduceOp.MAX)
             steps = int(n_steps)
         order = self._order(n, sampling)
-        lr, sig = self._end_rates(steps) if fixed_end else self._rates(epoch * steps, steps, epochs * steps)
+        lr, sig = (self._end_rates(steps) if fixed_end
+                    else self._rates(epoch * steps, steps, epochs * steps, epoch, epochs))
+        if self.rule == "wtm":
+            self._reference_only("rule='wtm' in mode='minibatch'", backend)
         dt = acc_dtype(self.dtype)
         coords = self.coords()
         periods = self.lattice.periods
@@ -489,7 +669,17 @@ class SOM(nn.Module):
                 if float(count) > 0:
                     w = w + float(lr[m, step]) / count * (num - den[:, None] * w)
                 self.codebook[m] = w.to(self.dtype)
-        return float(self.quantization_error(x, backend=backend).mean()) if n else 0.0
+        return self._epoch_qe(x, backend) if n else 0.0
+
+    def _epoch_qe(self, x, backend) -> float:
+        """The quantization error after an epoch; inf where the distances overflow (the
+        epoch is then reported as diverged by _check_finite)."""
+        if not bool(torch.isfinite(self.codebook).all()):
+            return float("inf")
+        try:
+            return float(self.quantization_error(x, backend=backend).mean())
+        except OverflowError:
+            return float("inf")
 
     def _sample_neighborhood(self, xb, w, sigma, coords, periods, backend) -> torch.Tensor:
         """(B, K) update weights of a batch under the model's rule."""
@@ -529,8 +719,24 @@ class SOM(nn.Module):
         return self.coords()[idx]
 
     def quantization_error(self, x, backend: str | None = None) -> torch.Tensor:
-        """Mean distance of each sample to its best-matching node (0-d; (M,) per map)."""
+        """Mean distance of each sample to its best-matching node (0-d; (M,) per map).
+
+        With missing='ignore' a row with no present feature has no distance and is left
+        out (as in the training history). Raises ValueError when no row has one, and
+        OverflowError when a distance overflows the model's dtype (far beyond data near
+        its largest value / sqrt(D): train in float64) -- never returns inf."""
         d = self.bmu(x, backend=backend)[1][..., 0].to(torch.float64)
+        if d.shape[-1] == 0:
+            return d.mean(dim=-1)
+        xt = self._as_tensor(x)
+        if self.missing == "ignore":
+            has = ~torch.isnan(xt).all(dim=1)
+            if not bool(has.any()):
+                raise ValueError("x has no row with a present feature: the quantization error is undefined")
+            d = d[..., has]
+        if not bool(torch.isfinite(d).all()):
+            raise OverflowError(f"the distances to the best-matching nodes overflow {self.dtype} (data or "
+                                "weights too close to its largest value); use dtype=torch.float64")
         return d.mean(dim=-1)
 
     def topographic_error(self, x, backend: str | None = None) -> torch.Tensor:
@@ -674,8 +880,18 @@ class SOM(nn.Module):
             if callable(value):
                 raise ValueError(f"{name} is a callable, which a checkpoint cannot store; "
                                  "use a built-in name or numbers to save the model")
+
         def plain(v):
-            return v.tolist() if isinstance(v, (torch.Tensor, np.ndarray)) else v
+            # tensors and arrays are per-map values: lists; a tuple stays a (start, end) tuple
+            if isinstance(v, (torch.Tensor, np.ndarray)):
+                return plain(v.tolist())
+            if isinstance(v, tuple):
+                return tuple(plain(u) for u in v)
+            if isinstance(v, list):
+                return [plain(u) for u in v]
+            if isinstance(v, numbers.Real) and not isinstance(v, (bool, int)):
+                return float(v)
+            return v
         return {"grid": list(self.grid), "n_features": self.n_features, "n_maps": self.n_maps,
                 "topology": self.topology, "periodic": self.lattice.periodic,
                 "neighborhood": self.neighborhood, "sigma": plain(self.sigma_spec),
@@ -687,38 +903,140 @@ class SOM(nn.Module):
         """Write the model to ``path`` atomically (a temp file in the same folder, then
         os.replace): an interrupted save never damages an existing file."""
         ckpt.save_atomic({"config": self._config(),
-                                "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-                                "generator": self._generator.get_state(), "history": self.history,
-                                "node_labels": self.node_labels}, path, "SOM")
+                          "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                          "generator": self._generator.get_state(), "history": self.history,
+                          "node_labels": self.node_labels, "fit": self._fit_args}, path, "SOM")
 
-    @staticmethod
-    def _read(path: str) -> dict:
-        return ckpt.read(path, "SOM")
+    # Config fields: their types in a checkpoint. Those in _RESULT_FIELDS change what the
+    # remaining epochs compute, so resume=True requires them equal (seed and init only
+    # shape the initial map, which the checkpoint holds).
+    _CONFIG_TYPES = {"grid": list, "n_features": int, "n_maps": int, "topology": str, "periodic": bool,
+                     "neighborhood": str, "sigma": (type(None), int, float, tuple, list),
+                     "learning_rate": (int, float, tuple, list), "schedule": str, "init": str,
+                     "metric": str, "rule": str, "missing": str, "seed": int, "dtype": str}
+    _RESULT_FIELDS = ("grid", "n_features", "n_maps", "topology", "periodic", "neighborhood", "sigma",
+                      "learning_rate", "schedule", "metric", "rule", "missing", "dtype")
+    _DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+    @classmethod
+    def _read(cls, path: str) -> dict:
+        """The checkpoint at path with its envelope and config fields validated (errors
+        name the field); the state is checked against a model by _check_payload."""
+        payload = ckpt.read(path, "SOM")
+        cfg = payload["config"]
+        named = {f"config.{k}": v for k, v in cfg.items()}
+        for key, types in cls._CONFIG_TYPES.items():
+            ckpt.field(named, f"config.{key}", types, path)
+        for key in ("n_features", "n_maps", "seed"):
+            ckpt.int_field(named, f"config.{key}", 0 if key == "seed" else 1, None, path)
+        grid = cfg["grid"]
+        if len(grid) not in (1, 2) or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1
+                                              for g in grid):
+            raise ValueError(f"checkpoint {os.fspath(path)!r}: the field 'config.grid' must be [rows, cols] or "
+                             f"[n] of ints >= 1; got {grid!r}")
+        if cfg["dtype"] not in cls._DTYPES:
+            raise ValueError(f"checkpoint {os.fspath(path)!r}: the field 'config.dtype' must be one of "
+                             f"{cls._DTYPES}; got {cfg['dtype']!r}")
+        return payload
+
+    @classmethod
+    def _from_config(cls, cfg: dict, path, device=None) -> "SOM":
+        cfg = dict(cfg)
+        cfg["dtype"] = getattr(torch, cfg["dtype"])
+        grid = tuple(cfg.pop("grid"))
+        n_features = cfg.pop("n_features")
+        try:
+            return cls(grid, n_features, device=device, **cfg)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint {os.fspath(path)!r}: the field 'config' holds an invalid "
+                             f"model configuration ({exc})") from exc
+
+    def _check_payload(self, payload: dict, path) -> None:
+        """Every non-config field against this model: state (shapes, dtypes, finite),
+        generator, history, node_labels and the fit arguments."""
+        state = ckpt.check_state(payload, self, path, values={"initialized": (False, True)})
+        if int(state["epochs_done"]) < 0:
+            raise ValueError(f"checkpoint {os.fspath(path)!r}: the field 'state.epochs_done' must be >= 0; "
+                             f"got {int(state['epochs_done'])}")
+        ckpt.check_tensor("generator", ckpt.field(payload, "generator", torch.Tensor, path, "a tensor"),
+                          tuple(self._generator.get_state().shape), torch.uint8, path)
+        history = ckpt.field(payload, "history", list, path, "a list")
+        if not all(isinstance(h, dict) for h in history):
+            raise ValueError(f"checkpoint {os.fspath(path)!r}: the field 'history' must be a list of dicts")
+        labels = ckpt.field(payload, "node_labels", (type(None), list), path, "None or a list")
+        if labels is not None and len(labels) != self.n_nodes:
+            raise ValueError(f"checkpoint {os.fspath(path)!r}: the field 'node_labels' must hold "
+                             f"{self.n_nodes} labels; got {len(labels)}")
+        fit = payload.get("fit")  # absent in checkpoints written before it was stored
+        if fit is not None:
+            ckpt.field(payload, "fit", dict, path, "None or a dict")
+            named = {f"fit.{k}": v for k, v in fit.items()}
+            epochs = ckpt.int_field(named, "fit.epochs", 1, None, path)
+            ckpt.int_field(named, "fit.batch_size", 1, None, path)
+            for key, choices in (("mode", MODES), ("sampling", SAMPLINGS)):
+                if ckpt.field(named, f"fit.{key}", str, path) not in choices:
+                    raise ValueError(f"checkpoint {os.fspath(path)!r}: the field 'fit.{key}' must be one of "
+                                     f"{choices}; got {fit[key]!r}")
+            if int(state["epochs_done"]) > epochs:
+                raise ValueError(f"checkpoint {os.fspath(path)!r}: the field 'state.epochs_done' "
+                                 f"({int(state['epochs_done'])}) exceeds 'fit.epochs' ({epochs})")
 
     def _restore(self, payload: dict) -> None:
         self.load_state_dict({k: v.to(self.device) for k, v in payload["state"].items()})
         self._generator.set_state(payload["generator"])
-        self.history = list(payload.get("history", []))
-        self.node_labels = payload.get("node_labels")
+        self.history = list(payload["history"])
+        self.node_labels = payload["node_labels"]
+        self._fit_args = dict(payload["fit"]) if payload.get("fit") is not None else None
 
-    def _load_into(self, path: str) -> None:
+    def _load_into(self, path: str, fit_args: dict | None = None) -> None:
+        """Resume: load the checkpoint into this model, which must have the same result
+        fields (and, with fit_args, the checkpoint the same fit arguments)."""
         payload = self._read(path)
         cfg = payload["config"]
         mine = self._config()
-        for key in ("grid", "n_features", "n_maps", "topology", "periodic"):
-            if cfg[key] != mine[key]:
-                raise ValueError(f"checkpoint {path!r} has {key}={cfg[key]!r} but this model has {mine[key]!r}")
+        where = f"checkpoint {os.fspath(path)!r}"
+        for key in self._RESULT_FIELDS:
+            theirs = cfg[key]
+            if key in ("sigma", "learning_rate"):
+                same = self._same_rate(key, theirs, path)
+            else:
+                same = theirs == mine[key]
+            if not same:
+                raise ValueError(f"{where} has {key}={theirs!r} but this model has {mine[key]!r}; resume=True "
+                                 f"continues only a run with the same {key}")
+        self._check_payload(payload, path)
+        fit = payload.get("fit")
+        if fit_args is not None and fit is not None:
+            keys = ["mode"]
+            if fit_args["mode"] == "minibatch":
+                keys.append("batch_size")
+            if fit_args["mode"] != "batch":
+                keys.append("sampling")
+            for key in keys:
+                if fit[key] != fit_args[key]:
+                    raise ValueError(f"{where} was written by fit({key}={fit[key]!r}) but this call has "
+                                     f"{key}={fit_args[key]!r}; resume=True finishes the interrupted call, "
+                                     "so its arguments must be the same")
         self._restore(payload)
+
+    def _same_rate(self, key: str, theirs, path) -> bool:
+        rows, cols = self.lattice.shape
+        default = max(max(rows, cols) / 2.0, 1.0)
+        end = (lambda v: min(1.0, v)) if key == "sigma" else (lambda v: 0.02 * v)
+        try:
+            a = _rate(key, default if theirs is None else theirs, end, self.n_maps)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint {os.fspath(path)!r}: the field 'config.{key}' is invalid ({exc})") from exc
+        b = self._sigma if key == "sigma" else self._learning_rate
+        return all(torch.equal(u, v) for u, v in zip(a, b))
 
     @classmethod
     def load(cls, path: str, device=None) -> "SOM":
-        """Read a model written by :meth:`save` (``weights_only=True``)."""
+        """Read a model written by :meth:`save` (``weights_only=True``); every field is
+        validated and an error names the one that is wrong."""
         payload = cls._read(path)
-        cfg = dict(payload["config"])
-        cfg["dtype"] = getattr(torch, cfg["dtype"])
-        grid = tuple(cfg.pop("grid"))
-        n_features = cfg.pop("n_features")
-        model = cls(grid, n_features, device=device, **cfg)
+        model = cls._from_config(payload["config"], path, device)
+        model._check_payload(payload, path)
         model._restore(payload)
         return model
 

@@ -38,8 +38,9 @@ Numerics
 * Ties break to the lowest node index everywhere: candidates are ordered by the pair
   (distance, index).
 * A NaN distance (a sample with NaN features and ``ignore_nan=False``) ranks as +inf
-  and comes back as +inf from the in-register top-k path (the reference gives NaN
-  there); the indices match the reference (lowest first).
+  and comes back as +inf from the in-register top-k path; the indices match the
+  reference (lowest first). ``genkernels.ops.som_bmu`` turns those distances back into
+  NaN, so every backend follows one documented rule (see its docstring).
 * ``som_node_sums_triton`` accumulates with ``tl.atomic_add``: on a GPU the float sums
   depend on the order in which programs finish (non-deterministic in the last bits);
   under the interpreter programs run in order.

@@ -1,0 +1,454 @@
+"""Regression tests of the SOM hardening items ("Silently wrong results"): scale
+robustness, rate validation, the tuple/list reading of rates, autograd, missing data,
+the NaN rule of the ops, resume and checkpoint validation, repeated fits."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import genkernels
+from genkernels import SOM, ops
+from genkernels.som.som import SOMDivergedError
+
+BACKENDS = [b for b in ("reference", "cpu", "triton") if b in genkernels.available_backends("cpu")]
+
+
+def unit_data(n=40, d=5, seed=0, dtype=torch.float32):
+    """Values in [-1, 1) with max |value| in [0.5, 1): scaling by 2^k and back is exact."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, d), generator=g, dtype=torch.float64) * 2 - 1
+    x[0, 0] = 0.75
+    return x.to(dtype)
+
+
+def blobs(n=120, d=3, seed=0):
+    g = np.random.default_rng(seed)
+    centres = g.normal(size=(4, d)) * 4
+    return (centres[g.integers(0, 4, n)] + g.normal(size=(n, d)) * 0.3).astype(np.float32)
+
+
+# ------------------------------------------------------------------ 1. scale robustness
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "manhattan", "chebyshev"])
+@pytest.mark.parametrize("scale", [2.0 ** 66, 2.0 ** -100])
+def test_bmu_is_scale_robust(backend, metric, scale):
+    """1e20-like and 1e-30-like fp32 data give the indices of unit data and the
+    distances scaled exactly (cosine: unchanged), on every backend."""
+    x, w = unit_data(30, 6, 0), unit_data(12, 6, 1)
+    i1, d1 = ops.som_bmu(x, w, 3, metric, backend=backend)
+    i2, d2 = ops.som_bmu(x * scale, w * scale, 3, metric, backend=backend)
+    assert torch.isfinite(d2).all() and (d2 > 0).any()
+    assert torch.equal(i1, i2)
+    expected = d1 if metric == "cosine" else d1.double() * scale
+    torch.testing.assert_close(d2.double(), expected.double(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bmu_large_values_agree_with_fp64(backend):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((50, 8), generator=g, dtype=torch.float64) * 1e20
+    w = torch.randn((16, 8), generator=g, dtype=torch.float64) * 1e20
+    i64, d64 = ops.som_bmu(x, w, 2, backend="reference")
+    i32, d32 = ops.som_bmu(x.float(), w.float(), 2, backend=backend)
+    assert torch.equal(i32, i64)
+    torch.testing.assert_close(d32.double(), d64, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_node_sums_scale_robust(backend):
+    x, w = unit_data(30, 4, 0), unit_data(6, 4, 1)
+    s1, c1, ds1 = ops.som_node_sums(x, w, backend=backend)
+    s2, c2, ds2 = ops.som_node_sums(x * 2.0 ** 70, w * 2.0 ** 70, backend=backend)
+    assert torch.equal(c1, c2)
+    torch.testing.assert_close(s2.double(), s1.double() * 2.0 ** 70, rtol=1e-6, atol=0)
+    assert math.isclose(float(ds2), float(ds1) * 2.0 ** 70, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rule", ["som", "wtm"])
+def test_online_op_scale_equivariant(backend, rule):
+    x, w = unit_data(20, 4, 0), unit_data(9, 4, 1)[None]
+    coords = torch.stack(torch.meshgrid(torch.arange(3.0), torch.arange(3.0), indexing="ij"), -1).reshape(-1, 2)
+    order = torch.arange(20)[None]
+    lr = torch.full((1, 20), 0.3)
+    sigma = torch.full((1, 20), 1.2)
+    base = ops.som_online(w, x, order, lr, sigma, coords, rule=rule, backend=backend)
+    s = 2.0 ** 70
+    sig = sigma * s if rule == "wtm" else sigma  # wtm's kernel is of data-space distance
+    big = ops.som_online(w * s, x * s, order, lr, sig, coords, rule=rule, backend=backend)
+    assert torch.isfinite(big).all()
+    torch.testing.assert_close(big.double(), base.double() * s, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["batch", "online", "minibatch"])
+def test_fit_on_huge_data_is_the_scaled_fit(mode):
+    x = unit_data(60, 4, 0)
+    kw = dict(seed=0, init="random")
+    small = SOM((3, 3), 4, **kw).fit(x, epochs=2, mode=mode, batch_size=16, verbose=False)
+    big = SOM((3, 3), 4, **kw).fit(x * 2.0 ** 66, epochs=2, mode=mode, batch_size=16, verbose=False)
+    torch.testing.assert_close(big.codebook.double(), small.codebook.double() * 2.0 ** 66, rtol=1e-5, atol=0)
+    qe = float(big.quantization_error(x * 2.0 ** 66))
+    assert math.isfinite(qe)
+    assert math.isclose(qe, float(small.quantization_error(x)) * 2.0 ** 66, rel_tol=1e-5)
+    assert all(math.isfinite(h["quantization_error"]) for h in big.history)
+
+
+def test_quantization_error_never_returns_inf():
+    som = SOM((1, 2), 3, seed=0)
+    som.weights = torch.full((2, 3), -3e38)
+    x = torch.full((4, 3), 3e38)
+    with pytest.raises(OverflowError, match="overflow"):
+        som.quantization_error(x)
+
+
+def _cli_train(tmp_path, x, *extra):
+    from genkernels.cli import main
+    data = tmp_path / "x.npy"
+    np.save(data, x)
+    out = tmp_path / "out"
+    rc = main(["train", "som", str(data), "--out", str(out), "--grid", "3", "3", "--epochs", "2",
+               "--quiet", "--init", "random", *extra])
+    return rc, out
+
+
+def test_cli_train_som_on_huge_data_reports_a_finite_qe(tmp_path):
+    rc, out = _cli_train(tmp_path, (unit_data(50, 4, 0) * 1e20).numpy())
+    assert rc == 0
+    qe = json.loads((out / "metrics.json").read_text())["quantization_error"]
+    assert math.isfinite(qe) and qe > 1e18
+
+
+def test_cli_train_som_overflow_is_an_error_not_inf(tmp_path):
+    x = np.full((20, 4), 3e38, dtype=np.float32)
+    x[::2] *= -1
+    with pytest.raises((OverflowError, SOMDivergedError)):
+        _cli_train(tmp_path, x)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------- 2. rates and widths
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(learning_rate=float("inf")), "learning_rate must be finite"),
+    (dict(learning_rate=(0.5, float("inf"))), "learning_rate must be finite"),
+    (dict(sigma=float("inf")), "sigma must be finite"),
+    (dict(sigma=(float("inf"), 1.0)), "sigma must be finite"),
+    (dict(sigma=float("nan")), "sigma must be > 0"),
+    (dict(n_maps=2, learning_rate=[0.5, float("inf")]), "learning_rate must be finite"),
+])
+def test_non_finite_rates_are_rejected(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        SOM((3, 3), 2, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["online", "minibatch"])
+def test_huge_learning_rate_reports_divergence_and_saves_nothing(mode, tmp_path):
+    x = blobs()
+    path = tmp_path / "ck.pt"
+    som = SOM((4, 4), 3, seed=0, learning_rate=1e30)
+    with pytest.raises(SOMDivergedError, match=r"epoch 1 of 3.*learning_rate=1e\+30"):
+        som.fit(x, epochs=3, mode=mode, batch_size=16, verbose=False, checkpoint=str(path))
+    assert not path.exists()
+    assert torch.isfinite(som.codebook).all()
+
+
+@pytest.mark.parametrize("sigma", [1e-30, 1e-50])
+@pytest.mark.parametrize("neighborhood", ["gaussian", "mexican_hat", "bubble", "triangle"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_online_op_tiny_sigma_is_winner_only(sigma, neighborhood, backend):
+    x, w = unit_data(25, 4, 0), unit_data(16, 4, 1)[None]
+    coords = torch.stack(torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1).reshape(-1, 2)
+    order = torch.arange(25)[None]
+    lr = torch.full((1, 25), 0.4)
+    sig = torch.full((1, 25), sigma, dtype=torch.float64)  # 1e-50 rounds to 0 in fp32
+    got = ops.som_online(w, x, order, lr, sig, coords, neighborhood=neighborhood, backend=backend)
+    wta = ops.som_online(w, x, order, lr, torch.ones(1, 25), coords, rule="wta", backend=backend)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, wta, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("neighborhood", ["gaussian", "mexican_hat", "bubble", "triangle"])
+def test_neighbourhood_at_tiny_sigma_is_the_limit(neighborhood):
+    from genkernels.som import reference
+    d = torch.tensor([0.0, 1.0, 2.0])
+    for sigma in (1e-30, 1e-50, torch.tensor(1e-30)):
+        h = reference.neighborhood(neighborhood, d, torch.zeros(3), sigma)
+        assert torch.equal(h, torch.tensor([1.0, 0.0, 0.0])), (sigma, h)
+
+
+@pytest.mark.parametrize("mode", ["batch", "online", "minibatch"])
+def test_fit_with_tiny_sigma_is_winner_takes_all(mode):
+    x = blobs()
+    kw = dict(seed=0, init="random", learning_rate=0.3)
+    tiny = SOM((3, 3), 3, sigma=1e-30, **kw).fit(x, epochs=2, mode=mode, batch_size=32, verbose=False)
+    wta = SOM((3, 3), 3, rule="wta", **kw).fit(x, epochs=2, mode=mode, batch_size=32, verbose=False)
+    assert torch.isfinite(tiny.codebook).all()
+    torch.testing.assert_close(tiny.codebook, wta.codebook, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("param", ["learning_rate", "sigma"])
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, float("inf")])
+def test_callable_rates_are_checked_at_every_use(param, bad):
+    x = blobs()
+
+    def rate(t):
+        return torch.where(t < 150, torch.full_like(t, 0.5), torch.full_like(t, bad))
+    som = SOM((3, 3), 3, seed=0, **{param: rate})
+    with pytest.raises(ValueError, match=rf"{param} \(a callable\) must be > 0 and finite.*step 150 \(epoch 2 of 3\)"):
+        som.fit(x, epochs=3, mode="online", verbose=False)
+
+
+def test_som_online_op_rejects_non_finite_steps():
+    x, w = unit_data(5, 2, 0), unit_data(4, 2, 1)[None]
+    coords = torch.tensor([[0.0, 0], [0, 1], [1, 0], [1, 1]])
+    order = torch.arange(5)[None]
+    with pytest.raises(ValueError, match="sigma must be > 0 and finite at every step.*step 2"):
+        ops.som_online(w, x, order, torch.ones(1, 5), torch.tensor([[1.0, 1, float("inf"), 1, 1]]), coords)
+    with pytest.raises(ValueError, match="lr must be >= 0 and finite"):
+        ops.som_online(w, x, order, torch.tensor([[1.0, float("nan"), 1, 1, 1]]), torch.ones(1, 5), coords)
+
+
+# ------------------------------------------------------------ 3. tuple pair vs per-map
+def test_tuple_is_always_a_start_end_schedule():
+    for n_maps in (1, 2, 3):
+        som = SOM((3, 3), 2, n_maps=n_maps, learning_rate=(0.5, 0.01), sigma=(2.0, 0.5))
+        start, end = som._learning_rate
+        assert torch.equal(start, torch.full((n_maps,), 0.5, dtype=torch.float64))
+        assert torch.equal(end, torch.full((n_maps,), 0.01, dtype=torch.float64))
+        assert torch.equal(som._sigma[1], torch.full((n_maps,), 0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("value", [[0.5, 0.3], torch.tensor([0.5, 0.3]), np.array([0.5, 0.3])])
+def test_per_map_values_are_lists_or_tensors(value):
+    som = SOM((3, 3), 2, n_maps=2, learning_rate=value)
+    assert som._learning_rate[0].tolist() == pytest.approx([0.5, 0.3])
+    assert som._learning_rate[1].tolist() == pytest.approx([0.01, 0.006])
+
+
+@pytest.mark.parametrize("n_maps", [1, 3])
+def test_ambiguous_list_is_rejected(n_maps):
+    with pytest.raises(ValueError, match=rf"learning_rate must be a list / 1-D tensor of n_maps={n_maps} "
+                                         r"per-map values; got 2 values \(for a \(start, end\) schedule pass a tuple\)"):
+        SOM((3, 3), 2, n_maps=n_maps, learning_rate=[0.5, 0.01])
+    with pytest.raises(ValueError, match="sigma must be a"):
+        SOM((3, 3), 2, n_maps=n_maps, sigma=(1.0, 2.0, 3.0))
+
+
+def test_tuple_schedule_survives_save_and_load(tmp_path):
+    som = SOM((3, 3), 2, n_maps=2, learning_rate=(0.5, 0.01), seed=0)
+    som.save(tmp_path / "m.pt")
+    back = SOM.load(tmp_path / "m.pt")
+    assert all(torch.equal(a, b) for a, b in zip(back._learning_rate, som._learning_rate))
+
+
+# ----------------------------------------------------------------------- 4. autograd
+@pytest.mark.parametrize("mode", ["batch", "online", "minibatch"])
+def test_fit_records_no_autograd_history(mode):
+    x = torch.from_numpy(blobs()).requires_grad_(True)
+    som = SOM((3, 3), 3, seed=0).fit(x, epochs=2, mode=mode, batch_size=32, verbose=False)
+    assert som.codebook.grad_fn is None and not som.codebook.requires_grad
+    som.partial_fit(x, mode=mode)
+    assert som.codebook.grad_fn is None and not som.codebook.requires_grad
+
+
+# ------------------------------------------------------------------- 5. missing data
+def test_missing_ignore_on_all_nan_data_raises():
+    x = np.full((20, 3), np.nan, dtype=np.float32)
+    with pytest.raises(ValueError, match="every entry is NaN"):
+        SOM((3, 3), 3, missing="ignore", seed=0).fit(x, epochs=1, verbose=False)
+
+
+def test_missing_ignore_feature_never_present_raises():
+    x = blobs()
+    x[:, 1] = np.nan
+    with pytest.raises(ValueError, match="feature 1 is NaN in every row"):
+        SOM((3, 3), 3, missing="ignore", seed=0).fit(x, epochs=1, verbose=False)
+
+
+@pytest.mark.parametrize("init", ["pca", "random"])
+def test_missing_ignore_init_uses_present_values(init):
+    g = np.random.default_rng(0)
+    x = (10 + g.normal(size=(400, 3))).astype(np.float32)
+    x[g.random(400) < 0.5, 0] = np.nan
+    som = SOM((4, 4), 3, missing="ignore", init=init, seed=0)
+    som._initialize(torch.from_numpy(x), False)
+    assert abs(float(som.codebook[0, :, 0].mean()) - 10) < 1.0
+    assert torch.isfinite(som.codebook).all()
+
+
+# ------------------------------------------------------------------ 6. NaN rule of ops
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "manhattan"])
+def test_bmu_nan_row_is_nan_at_the_first_nodes(backend, metric):
+    x, w = unit_data(10, 4, 0), unit_data(6, 4, 1)
+    x[3, 2] = float("nan")
+    idx, dist = ops.som_bmu(x, w, 2, metric, backend=backend)
+    ref_idx, ref_dist = ops.som_bmu(x, w, 2, metric, backend="reference")
+    assert idx[3].tolist() == [0, 1] and torch.isnan(dist[3]).all()
+    keep = torch.arange(10) != 3
+    assert torch.equal(idx[keep], ref_idx[keep])
+    assert torch.isfinite(dist[keep]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_node_sums_skip_nan_rows(backend, deterministic):
+    x, w = unit_data(12, 3, 0), unit_data(5, 3, 1)
+    bad = x.clone()
+    bad[[2, 7], 1] = float("nan")
+    keep = torch.tensor([i not in (2, 7) for i in range(12)])
+    sums, counts, dsum = ops.som_node_sums(bad, w, backend=backend, deterministic=deterministic)
+    s_ref, c_ref, d_ref = ops.som_node_sums(x[keep], w, backend=backend)
+    assert torch.isfinite(sums).all()
+    assert float(counts.sum()) == 10
+    torch.testing.assert_close(sums, s_ref)
+    torch.testing.assert_close(counts, c_ref)
+    assert math.isclose(float(dsum), float(d_ref), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_node_sums_nan_nodes_never_win(backend):
+    x, w = unit_data(12, 3, 0), unit_data(5, 3, 1)
+    w[1, 0] = float("nan")
+    sums, counts, _ = ops.som_node_sums(x, w, backend=backend)
+    assert float(counts[1]) == 0 and float(counts.sum()) == 12 and torch.isfinite(sums).all()
+
+
+# ---------------------------------------------------------------- 7. resume, checkpoints
+def test_resume_with_a_new_checkpoint_trains_and_writes(tmp_path):
+    x = blobs()
+    som = SOM((3, 3), 3, seed=0).fit(x, epochs=2, verbose=False)
+    before = som.codebook.clone()
+    path = tmp_path / "new.pt"
+    som.fit(x, epochs=2, verbose=False, checkpoint=str(path), resume=True)
+    assert path.exists()
+    assert not torch.equal(som.codebook, before)
+    assert int(SOM.load(path).epochs_done) == 2
+
+
+@pytest.mark.parametrize("field, value", [("metric", "manhattan"), ("neighborhood", "bubble"),
+                                          ("rule", "wta"), ("schedule", "linear"), ("sigma", 3.0),
+                                          ("topology", "hexagonal"), ("dtype", torch.float64)])
+def test_resume_rejects_a_checkpoint_of_another_config(tmp_path, field, value):
+    x = blobs()
+    path = tmp_path / "ck.pt"
+    SOM((4, 4), 3, seed=0).fit(x, epochs=2, verbose=False, checkpoint=str(path))
+    other = SOM((4, 4), 3, seed=0, **{field: value})
+    with pytest.raises(ValueError, match=rf"has {field}=.*resume=True continues only a run with the same {field}"):
+        other.fit(x, epochs=3, verbose=False, checkpoint=str(path), resume=True)
+
+
+def test_resume_rejects_other_fit_arguments(tmp_path):
+    x = blobs()
+    path = tmp_path / "ck.pt"
+    SOM((4, 4), 3, seed=0).fit(x, epochs=2, mode="online", verbose=False, checkpoint=str(path))
+    with pytest.raises(ValueError, match=r"fit\(mode='online'\) but this call has mode='batch'"):
+        SOM((4, 4), 3, seed=0).fit(x, epochs=2, verbose=False, checkpoint=str(path), resume=True)
+    with pytest.raises(ValueError, match=r"fit\(sampling='permutation'\) but this call has sampling='sequential'"):
+        SOM((4, 4), 3, seed=0).fit(x, epochs=3, mode="online", sampling="sequential", verbose=False,
+                                   checkpoint=str(path), resume=True)
+    # a larger epochs extends the run
+    more = SOM((4, 4), 3, seed=0).fit(x, epochs=3, mode="online", verbose=False, checkpoint=str(path), resume=True)
+    assert int(more.epochs_done) == 3 and len(more.history) == 3
+
+
+def _tamper(path, fn):
+    payload = torch.load(path, weights_only=True)
+    fn(payload)
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda p: p["state"].__setitem__("codebook", torch.zeros(1, 9, 2)), r"'state.codebook' must be a \(1, 16, 3\)"),
+    (lambda p: p["state"].__setitem__("codebook", p["state"]["codebook"].double()), "'state.codebook' must be"),
+    (lambda p: p["state"]["codebook"].__setitem__((0, 0, 0), float("nan")), "'state.codebook' holds NaN"),
+    (lambda p: p["state"].pop("epochs_done"), r"missing \['epochs_done'\]"),
+    (lambda p: p.pop("generator"), "'generator' is missing"),
+    (lambda p: p.__setitem__("generator", torch.zeros(3, dtype=torch.uint8)), "'generator' must be a"),
+    (lambda p: p.__setitem__("history", "x"), "'history' must be a list"),
+    (lambda p: p.__setitem__("node_labels", [1, 2]), "'node_labels' must hold 16 labels"),
+    (lambda p: p["config"].pop("metric"), "'config.metric' is missing"),
+    (lambda p: p["config"].__setitem__("dtype", "int8"), "'config.dtype' must be one of"),
+    (lambda p: p["config"].__setitem__("n_maps", "2"), "'config.n_maps' must be"),
+    (lambda p: p["config"].__setitem__("metric", "l7"), "'config' holds an invalid model configuration"),
+    (lambda p: p["fit"].__setitem__("epochs", 0), r"'fit.epochs' must lie in \[1, inf\]"),
+])
+def test_load_validates_every_field(tmp_path, change, pattern):
+    path = tmp_path / "ck.pt"
+    SOM((4, 4), 3, seed=0).fit(blobs(), epochs=1, verbose=False, checkpoint=str(path))
+    _tamper(path, change)
+    with pytest.raises(ValueError, match=pattern):
+        SOM.load(path)
+
+
+def test_resume_validates_the_state(tmp_path):
+    path = tmp_path / "ck.pt"
+    SOM((4, 4), 3, seed=0).fit(blobs(), epochs=1, verbose=False, checkpoint=str(path))
+    _tamper(path, lambda p: p["state"].__setitem__("codebook", torch.zeros(1, 16, 3, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="'state.codebook' must be a"):
+        SOM((4, 4), 3, seed=0).fit(blobs(), epochs=2, verbose=False, checkpoint=str(path), resume=True)
+
+
+# ------------------------------------------------------------------ 8. repeated fits
+@pytest.mark.parametrize("mode", ["batch", "online", "minibatch"])
+def test_second_fit_trains_more_epochs_with_fresh_schedules(mode):
+    x = blobs()
+    som = SOM((4, 4), 3, seed=0).fit(x, epochs=3, mode=mode, batch_size=32, verbose=False)
+    state, gen = som.codebook.clone(), som._generator.get_state()
+    som.fit(x, epochs=2, mode=mode, batch_size=32, verbose=False)
+    fresh = SOM((4, 4), 3, seed=0)
+    fresh.weights = state[0]
+    fresh._generator.set_state(gen)
+    fresh.fit(x, epochs=2, mode=mode, batch_size=32, verbose=False)
+    assert torch.equal(som.codebook, fresh.codebook)
+    assert int(som.epochs_done) == 2 and len(som.history) == 2
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["batch", "online", "minibatch"])
+def test_resume_finishes_the_interrupted_call(tmp_path, mode):
+    x = blobs()
+    kw = dict(epochs=5, mode=mode, batch_size=32, verbose=False)
+    whole = SOM((4, 4), 3, seed=0).fit(x, **kw)
+    path = tmp_path / "ck.pt"
+
+    def stop(model, epoch):
+        if epoch == 3:
+            raise _Stop
+    with pytest.raises(_Stop):
+        SOM((4, 4), 3, seed=0).fit(x, checkpoint=str(path), callback=stop, **kw)
+    resumed = SOM((4, 4), 3, seed=0).fit(x, checkpoint=str(path), resume=True, **kw)
+    assert torch.equal(resumed.codebook, whole.codebook)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5]
+    # a seed of None draws another seed: it only shaped the initial map, so resume works
+    again = SOM((4, 4), 3).fit(x, checkpoint=str(path), resume=True, **kw)
+    assert torch.equal(again.codebook, whole.codebook)
+
+
+# --------------------------------------------------------- 9. no silent Python fallback
+@pytest.mark.parametrize("mode, kwargs", [("batch", dict(rule="wtm")), ("minibatch", dict(rule="wtm")),
+                                          ("online", dict(neighborhood=lambda d0, d1, s: (d0 + d1 == 0) * 1.0))])
+def test_python_only_paths_refuse_an_explicit_compiled_backend(mode, kwargs):
+    if "cpu" not in genkernels.available_backends("cpu"):
+        pytest.skip("needs the cpu backend")
+    x = blobs()
+    with pytest.raises(genkernels.backends.BackendUnavailableError, match="has no cpu kernel"):
+        SOM((3, 3), 3, seed=0, **kwargs).fit(x, epochs=1, mode=mode, verbose=False, backend="cpu")
+    with genkernels.use_backend("cpu"), pytest.raises(genkernels.backends.BackendUnavailableError):
+        SOM((3, 3), 3, seed=0, **kwargs).fit(x, epochs=1, mode=mode, verbose=False)
+    som = SOM((3, 3), 3, seed=0, **kwargs).fit(x, epochs=1, mode=mode, verbose=False, backend="reference")
+    assert torch.isfinite(som.codebook).all()
+
+
+def test_wtm_batch_sums_are_tiled(monkeypatch):
+    import genkernels.som.som as som_module
+    x = blobs()
+    whole = SOM((3, 3), 3, seed=0, rule="wtm").fit(x, epochs=2, verbose=False)
+    monkeypatch.setattr(som_module, "WTM_TILE_ELEMENTS", 9 * 3 * 7)
+    tiled = SOM((3, 3), 3, seed=0, rule="wtm").fit(x, epochs=2, verbose=False)
+    torch.testing.assert_close(tiled.codebook, whole.codebook, rtol=1e-5, atol=1e-5)
