@@ -109,7 +109,9 @@ def _cli_train(tmp_path, x, *extra):
     data = tmp_path / "x.npy"
     np.save(data, x)
     out = tmp_path / "out"
-    rc = main(["train", "som", str(data), "--out", str(out), "--grid", "3", "3", "--epochs", "2",
+    debug = ["--debug"] if "--debug" in extra else []
+    extra = [a for a in extra if a != "--debug"]
+    rc = main([*debug, "train", "som", str(data), "--out", str(out), "--grid", "3", "3", "--epochs", "2",
                "--quiet", "--init", "random", *extra])
     return rc, out
 
@@ -125,8 +127,10 @@ def test_cli_train_som_overflow_is_an_error_not_inf(tmp_path):
     x = np.full((20, 4), 3e38, dtype=np.float32)
     x[::2] *= -1
     with pytest.raises((OverflowError, SOMDivergedError)):
-        _cli_train(tmp_path, x)
+        _cli_train(tmp_path, x, "--debug")
     assert not (tmp_path / "out" / "metrics.json").exists()
+    rc, out = _cli_train(tmp_path, x)  # without --debug: one error line, exit 2
+    assert rc == 2 and not (out / "metrics.json").exists() and not (out / "som.pt").exists()
 
 
 # ---------------------------------------------------------------- 2. rates and widths

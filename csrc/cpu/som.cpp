@@ -30,6 +30,7 @@
 #include <xmmintrin.h>
 #endif
 
+#include "cpu/parallel_region.h"
 #include "cpu/som_cpu.h"
 #include "som_names.h"
 
@@ -674,11 +675,25 @@ inline T axis_factor(Neighborhood kind, T dx, T sigma) {
 // barrier (wta 2.27 -> 2.15, bubble 2.88 -> 2.74 us/step). After a while of spinning a
 // waiting thread yields, so a thread that the OS descheduled on a loaded machine gets its
 // core back.
+//
+// A busy neighbour: when another process holds a core, the thread waiting at the exchange
+// waits a scheduler time slice for its partner, step after step (an epoch of 20,000 steps
+// measured 33x slower than alone). A waiting thread that has waited longer than
+// kLateWaitNs at kLateExchanges exchanges, or in waits longer than 256 spins for a quarter
+// of the time since the team began, asks for the team to end (`solo`, published with its next
+// minimum); every thread reads the request at that same exchange, the others
+// leave, and thread 0 trains all the nodes alone from the next step -- the same
+// arithmetic per node, so the same map -- and later calls start alone for a while
+// (parallel_region.h's back-off).
+constexpr int64_t kLateWaitNs = 200'000;
+constexpr int kLateExchanges = 3;
+
 template <typename T>
 struct alignas(64) TeamSlot {
   std::atomic<int64_t> step{-1};
   T key[2];
   int64_t idx[2];
+  bool solo[2];
 };
 
 inline void spin_pause() {
@@ -715,16 +730,22 @@ void online_map(const OnlineProblem<T>& pb, T* w, const int64_t* order, const T*
   const bool use_avx512 = std::is_same_v<T, float> && M == Metric::Euclidean && pb.avx512;
   auto sample = [&](int64_t t) { return pb.x + order[t] * D; };
   auto norm = [&](const T* s) { return M == Metric::Cosine && s ? std::sqrt(dot(s, s, D)) : T(0); };
+  std::atomic<bool> went_solo{false};
 #pragma omp parallel num_threads(team) if (team > 1)
   {
     const FlushToZero ftz;
-    const int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+    int nth = omp_get_num_threads();
+    const int tid = omp_get_thread_num();
     const int64_t groups = (K + kLanes - 1) / kLanes;
-    const int64_t j0 = std::min(K, groups * tid / nth * kLanes);
-    const int64_t j1 = std::min(K, groups * (tid + 1) / nth * kLanes);
-    const int64_t nk = j1 - j0;
+    int64_t j0 = std::min(K, groups * tid / nth * kLanes);
+    int64_t j1 = std::min(K, groups * (tid + 1) / nth * kLanes);
+    int64_t nk = j1 - j0;
     std::vector<T> f0(tab0.values.size()), f1(tab1.values.size());
     int64_t exchange = 0;
+    int late_exchanges = 0;
+    int64_t slow_wait_ns = 0;  // time spent in waits longer than 256 spins
+    const int64_t started = genkernels::cpu::team_health::now_ns();
+    bool leave = false;  // the team ended and this thread is not the one that goes on
     // Update the own nodes with step sample s, measure them against `next` and return
     // the map's winner for `next`.
     auto pass = [&](const T* s, T lr_t, const T* next) -> int64_t {
@@ -749,28 +770,60 @@ void online_map(const OnlineProblem<T>& pb, T* w, const int64_t* order, const T*
       TeamSlot<T>& mine = slots[tid];
       mine.key[parity] = nk > 0 ? key[j0 + local] : std::numeric_limits<T>::infinity();
       mine.idx[parity] = j0 + local;
+      mine.solo[parity] = late_exchanges >= kLateExchanges;
       mine.step.store(exchange, std::memory_order_release);
       int64_t best = -1;
       T best_key = T(0);
+      bool solo = false;
       for (int q = 0; q < nth; ++q) {
         const TeamSlot<T>& other = slots[q];
+        int64_t waiting_since = 0, last = 0;
         for (int spins = 0; other.step.load(std::memory_order_acquire) < exchange; ++spins) {
           spin_pause();
-          if (spins >= 4096) {
-            std::this_thread::yield();
-            spins = 0;
+          if ((spins & 255) == 255) {
+            // a long wait (a few microseconds): time it (the clock is read only here)
+            const int64_t now = genkernels::cpu::team_health::now_ns();
+            if (waiting_since == 0) {
+              waiting_since = last = now;
+            } else {
+              slow_wait_ns += now - last;
+              last = now;
+              if (now - waiting_since > kLateWaitNs) {
+                ++late_exchanges;
+                waiting_since = INT64_MAX / 2;  // counted once per exchange
+              }
+              // or many shorter waits: a quarter of the time since the team began
+              if (now - started > kLateWaitNs * 10 && 4 * slow_wait_ns > now - started)
+                late_exchanges = kLateExchanges;
+            }
+            if (spins >= 4096) {
+              std::this_thread::yield();
+              spins = 0;
+            }
           }
         }
+        solo = solo || other.solo[parity];
         if (best < 0 || other.key[parity] < best_key) {
           best_key = other.key[parity];
           best = other.idx[parity];
         }
       }
       ++exchange;
+      if (solo) {  // every thread saw the same request at this exchange: the team ends here
+        if (tid == 0) {
+          nth = 1;
+          j0 = 0;
+          j1 = K;
+          nk = K;
+          went_solo.store(true, std::memory_order_relaxed);
+        } else {
+          leave = true;
+        }
+      }
       return best;
     };
     int64_t winner = pass(nullptr, T(0), sample(0));
-    for (int64_t t = 0; t < pb.steps; ++t) {
+    for (int64_t t = 0; t < pb.steps && !leave; ++t) {
       const T sig = sigma[t];
       switch (pb.rule) {
         case Rule::Som: {
@@ -815,6 +868,7 @@ void online_map(const OnlineProblem<T>& pb, T* w, const int64_t* order, const T*
       winner = pass(sample(t), lr[t], t + 1 < pb.steps ? sample(t + 1) : nullptr);
     }
   }
+  if (went_solo.load()) genkernels::cpu::team_health::report(true);
 }
 
 // Maps train in parallel, one thread each. A single map is split over a team of threads
@@ -828,7 +882,9 @@ constexpr int64_t kTeamMinElements = 8192;
 template <typename T>
 void online_maps(const OnlineProblem<T>& pb, T* w, int64_t M, const int64_t* order, const T* lr, const T* sigma) {
   const int threads = omp_get_max_threads();
-  const int team = (M == 1 && threads > 1 && pb.K * pb.D >= kTeamMinElements) ? int(std::min<int64_t>(threads, pb.K / kLanes)) : 1;
+  const int team = (M == 1 && threads > 1 && pb.K * pb.D >= kTeamMinElements)
+                       ? genkernels::cpu::team_size(std::min<int64_t>(threads, pb.K / kLanes))
+                       : 1;
   auto run = [&](int64_t m, int map_team) {
     auto go = [&](auto metric_tag) {
       constexpr Metric kMetric = decltype(metric_tag)::value;
@@ -848,8 +904,7 @@ void online_maps(const OnlineProblem<T>& pb, T* w, int64_t M, const int64_t* ord
     run(0, team);
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1) if (M > 1)
-  for (int64_t m = 0; m < M; ++m) run(m, 1);
+  genkernels::cpu::parallel_chunks(M, genkernels::cpu::team_size(M), [&](int64_t m, int) { run(m, 1); });
 }
 
 at::Tensor som_online_cpu(const at::Tensor& weights, const at::Tensor& x, const at::Tensor& order,
