@@ -1,7 +1,7 @@
 """scikit-learn compatibility benchmark: ``genkernels.compat.BernoulliRBM.fit`` against
 ``sklearn.neural_network.BernoulliRBM.fit`` on the same array, same parameters.
 
-    python bench/bench_compat_rbm.py [--quick] [--out DIR] [--data DIR]
+    python bench/bench_compat_rbm.py [--quick] [--out DIR] [--data DIR] [--allow-dirty]
 
 Workload: 5,000 rows x 784 features in float64 (scikit-learn's default dtype path): the
 first 5,000 MNIST images as grey levels in [0, 1] when MNIST is found in --data /
@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="500 rows, 2 rounds (smoke test)")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"), help="results folder")
     p.add_argument("--data", default=None, help="MNIST folder (default $GENKERNELS_DATA or ../shared/data/mnist)")
+    runner.add_allow_dirty(p)
     args = p.parse_args(argv)
+    runner.allow_dirty(args.allow_dirty)
+    runner.check_results_dir(args.out)
     import importlib.metadata
     workload, x = load_data(args.quick, args.data)
     meta = {"machine": runner.machine_name("cpu"), "device": "cpu", "quick": args.quick, "workload": workload,
