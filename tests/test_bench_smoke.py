@@ -310,3 +310,22 @@ def test_rbm_ais_digits_writes_ais_and_exact(tmp_path):
     for row in saved["rows"]:
         assert row["stderr"] > 0 and abs(row["error"]) < max(5 * row["stderr"], 0.5), row
     assert (tmp_path / "rbm-ais-digits.md").is_file()
+
+
+def test_compat_bench_records_reconstruction_errors_over_random_states(tmp_path, monkeypatch):
+    """--recon-states K: both estimators fitted for random_state 0..K-1, every error, its
+    mean and spread in <machine>-compat-rbm-recon-quick.json; nothing timed."""
+    bench_compat_rbm = _bench_module("bench_compat_rbm")
+    monkeypatch.setattr(bench_compat_rbm, "ROWS", {False: 200, True: 200})
+    assert bench_compat_rbm.main(["--quick", "--recon-states", "3", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("*-compat-rbm-recon-quick.json")
+    assert "| mean | std |" in json_path.with_suffix(".md").read_text()
+    cases = json.loads(json_path.read_text())["cases"]
+    assert [c["impl"] for c in cases] == ["genkernels", "sklearn"]
+    import numpy as np
+    for case in cases:
+        assert case["random_states"] == [0, 1, 2] and len(case["recon"]) == 3
+        assert all(0 < e < 0.25 for e in case["recon"]), case
+        assert case["recon_mean"] == pytest.approx(np.mean(case["recon"]))
+        assert case["recon_std"] == pytest.approx(np.std(case["recon"], ddof=1))
+        assert case["shapes"]["batch_size"] == 100 and "median_s" not in case
