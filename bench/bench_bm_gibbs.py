@@ -1,7 +1,7 @@
 """Sequential Gibbs sweeps of general Boltzmann machines: unit updates per second, every
 backend and the straightforward PyTorch loop on the same inputs in one run.
 
-    python bench/bench_bm_gibbs.py [--device cpu|cuda] [--quick] [--out DIR]
+    python bench/bench_bm_gibbs.py [--device cpu|cuda] [--quick] [--out DIR] [--allow-dirty]
     genkernels bench bm_gibbs [--device cpu|cuda] [--quick]
 
 Workload: C chains of a spin-glass Boltzmann machine (symmetric Gaussian couplings of
@@ -122,6 +122,7 @@ def run(device="cpu", quick=False, out_dir=None):
     if device == "cuda" and not torch.cuda.is_available():
         print("bench_bm_gibbs: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
+    runner.check_results_dir(out_dir or os.path.join(BENCH_DIR, "results"))
     torch.manual_seed(0)
     meta = {"machine": runner.machine_name(device), "device": device, "quick": quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -141,7 +142,9 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--quick", action="store_true", help="one small case (smoke test)")
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
+    runner.add_allow_dirty(p)
     args = p.parse_args(argv)
+    runner.allow_dirty(args.allow_dirty)
     return run(args.device, args.quick, args.out)
 
 

@@ -1,7 +1,8 @@
 """scikit-learn compatibility benchmark: ``genkernels.compat.BernoulliRBM.fit`` against
 ``sklearn.neural_network.BernoulliRBM.fit`` on the same array, same parameters.
 
-    python bench/bench_compat_rbm.py [--quick] [--out DIR] [--data DIR]
+    python bench/bench_compat_rbm.py [--quick] [--out DIR] [--data DIR] [--allow-dirty]
+    python bench/bench_compat_rbm.py --recon-states K [--recon-batch 100] [--quick] [--out DIR] [--data DIR]
 
 Workload: 5,000 rows x 784 features in float64 (scikit-learn's default dtype path): the
 first 5,000 MNIST images as grey levels in [0, 1] when MNIST is found in --data /
@@ -21,6 +22,13 @@ machine does alone); recon = mean-field reconstruction MSE of the
 fitted model on the first 1,000 rows (bench_energy.reconstruction_error, one formula for
 both). Results go to ``<out>/<machine>-compat-rbm.{json,md}`` (``-quick`` added with
 --quick; default bench/results/).
+
+``--recon-states K`` times nothing: it fits both estimators once for every random_state
+0 .. K-1 at batch size ``--recon-batch`` (default 100) on the same workload and records each
+fitted model's reconstruction error (the formula above), with the mean, the standard
+deviation (ddof=1) and the range per estimator, in ``<out>/<machine>-compat-rbm-recon.{json,md}``
+(``-quick`` added with --quick): whether the two agree in distribution, since their Gibbs
+samples come from different random streams.
 """
 
 from __future__ import annotations
@@ -62,7 +70,7 @@ def load_data(quick: bool, data: str | None) -> tuple[str, np.ndarray]:
     return "mnist", images[:rows].astype(np.float64)
 
 
-def make_fit(impl: str, x: np.ndarray, batch_size: int):
+def make_fit(impl: str, x: np.ndarray, batch_size: int, random_state: int = 0):
     if impl == "genkernels":
         from genkernels.compat import BernoulliRBM
     else:
@@ -70,8 +78,50 @@ def make_fit(impl: str, x: np.ndarray, batch_size: int):
 
     def fit():
         return BernoulliRBM(n_components=N_COMPONENTS, learning_rate=LEARNING_RATE, batch_size=batch_size,
-                            n_iter=1, random_state=0).fit(x)
+                            n_iter=1, random_state=random_state).fit(x)
     return fit
+
+
+def recon_over_states(x: np.ndarray, states: int, batch_size: int, meta: dict) -> list[dict]:
+    """One record per estimator: the reconstruction error of a fit for every random_state
+    in 0 .. states-1, with its mean, standard deviation (ddof=1) and range."""
+    records = []
+    for impl in ("genkernels", "sklearn"):
+        errors = []
+        for random_state in range(states):
+            errors.append(reconstruction_error(make_fit(impl, x, batch_size, random_state)(), x))
+            print(f"[bench] compat recon {impl} random_state {random_state}: {errors[-1]:.5f}",
+                  file=sys.stderr, flush=True)
+        e = np.asarray(errors)
+        records.append({
+            "suite": "compat_rbm_recon", "workload": meta["workload"], "impl": impl, "device": "cpu",
+            "dtype": "float64", "shapes": {"n": x.shape[0], "n_features": N_FEATURES,
+                                           "n_components": N_COMPONENTS, "batch_size": batch_size},
+            "n_iter": 1, "learning_rate": LEARNING_RATE, "random_states": list(range(states)),
+            "recon": errors, "recon_mean": float(e.mean()),
+            "recon_std": float(e.std(ddof=1)) if states > 1 else 0.0,
+            "recon_min": float(e.min()), "recon_max": float(e.max()),
+            "versions": meta["versions"], "commit": meta["commit"]})
+    return records
+
+
+def recon_markdown(records: list[dict], meta: dict) -> str:
+    s = records[0]["shapes"]
+    states = records[0]["random_states"]
+    lines = [f"# scikit-learn BernoulliRBM compatibility, reconstruction errors: {meta['machine']} (cpu)", "",
+             f"{meta['created']}, commit `{meta['commit']}`, "
+             + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v is not None) + ".",
+             (f"`BernoulliRBM(n_components={s['n_components']}, learning_rate={LEARNING_RATE}, "
+              f"batch_size={s['batch_size']}, n_iter=1, random_state=r).fit(x)` for r = {states[0]} .. {states[-1]}, "
+              f"x = {meta['workload']} {s['n']:,} x {s['n_features']} float64; recon = mean-field "
+              "reconstruction MSE of the fitted model on the first 1,000 rows; std with ddof=1."
+              + (" Quick mode: shrunken workload." if meta["quick"] else "")), "",
+             "| impl | " + " | ".join(f"r={r}" for r in states) + " | mean | std | min | max |",
+             "|---|" + "---:|" * (len(states) + 4)]
+    for r in records:
+        lines.append(f"| {r['impl']} | " + " | ".join(f"{e:.4f}" for e in r["recon"])
+                     + f" | {r['recon_mean']:.4f} | {r['recon_std']:.4f} | {r['recon_min']:.4f} | {r['recon_max']:.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 def measure(x: np.ndarray, quick: bool, meta: dict) -> list[dict]:
@@ -139,7 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="500 rows, 2 rounds (smoke test)")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"), help="results folder")
     p.add_argument("--data", default=None, help="MNIST folder (default $GENKERNELS_DATA or ../shared/data/mnist)")
+    p.add_argument("--recon-states", type=int, default=0, metavar="K",
+                   help="time nothing: record both estimators' reconstruction errors for random_state "
+                        "0..K-1 (<machine>-compat-rbm-recon.{json,md})")
+    p.add_argument("--recon-batch", type=int, default=100, help="batch size of --recon-states (default 100)")
+    runner.add_allow_dirty(p)
     args = p.parse_args(argv)
+    if args.recon_states < 0 or args.recon_batch < 1:
+        p.error("--recon-states must be >= 0 and --recon-batch >= 1")
+    runner.allow_dirty(args.allow_dirty)
+    runner.check_results_dir(args.out)
     import importlib.metadata
     workload, x = load_data(args.quick, args.data)
     meta = {"machine": runner.machine_name("cpu"), "device": "cpu", "quick": args.quick, "workload": workload,
@@ -147,12 +206,15 @@ def main(argv: list[str] | None = None) -> int:
             "load_avg_start": round(os.getloadavg()[0], 2),
             "versions": {**runner.versions(), "scikit-learn": importlib.metadata.version("scikit-learn")},
             "commit": runner.git_commit()}
-    records = measure(x, args.quick, meta)
+    if args.recon_states:
+        records = recon_over_states(x, args.recon_states, args.recon_batch, meta)
+    else:
+        records = measure(x, args.quick, meta)
     meta["load_avg_end"] = round(os.getloadavg()[0], 2)
-    table = markdown(records, meta)
+    table, suffix = (recon_markdown(records, meta), "-recon") if args.recon_states else (markdown(records, meta), "")
     print(table)
-    runner.write_results(args.out, meta["machine"] + "-compat-rbm" + ("-quick" if args.quick else ""), meta,
-                         records, table)
+    runner.write_results(args.out, meta["machine"] + "-compat-rbm" + suffix + ("-quick" if args.quick else ""),
+                         meta, records, table)
     return 0
 
 

@@ -289,7 +289,8 @@ def main(args) -> int:
     """Run every case (``args`` from bench/run.py's parser), print the table, write
     ``<out>/<machine>-energy[-quick].{json,md}``."""
     import torch
-    from run import git_commit, machine_name, versions, write_results
+    from run import check_results_dir, git_commit, machine_name, versions, write_results
+    check_results_dir(args.out)
     meta = {"machine": machine_name(args.device), "device": args.device, "quick": args.quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "load_avg_start": round(os.getloadavg()[0], 2),

@@ -1,7 +1,7 @@
 """Continuous modern Hopfield retrieval benchmarks: our backends against the same update
 written with PyTorch's attention, on the same inputs.
 
-    python bench/bench_hopfield.py [--device cpu|cuda] [--quick] [--out DIR]
+    python bench/bench_hopfield.py [--device cpu|cuda] [--quick] [--out DIR] [--allow-dirty]
     python bench/run.py hopfield [--device cpu|cuda] [--quick]      (the same)
 
 Workloads (``workloads``), fp32, beta = 1 / sqrt(D) (attention's scale), tol = 0 so
@@ -202,6 +202,7 @@ def run(device: str = "cpu", quick: bool = False, out_dir: str | None = None,
             print("bench_hopfield: --device cuda but no CUDA device is visible", file=sys.stderr)
             return 2
         torch.backends.cuda.matmul.allow_tf32 = False
+    runner.check_results_dir(out_dir or os.path.join(BENCH_DIR, "results"))
     meta = {"machine": runner.machine_name(device), "device": device, "quick": quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": runner.versions(), "commit": runner.git_commit(),
@@ -223,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed rounds per case (default 2, quick 0.2)")
+    runner.add_allow_dirty(p)
     args = p.parse_args(argv)
+    runner.allow_dirty(args.allow_dirty)
     return run(args.device, args.quick, args.out, args.budget)
 
 

@@ -1,7 +1,7 @@
 """Asynchronous Hopfield recall: unit updates per second, every backend and the anchors
 on the same inputs in one run.
 
-    python bench/bench_hopfield_recall.py [--device cpu|cuda] [--quick] [--out DIR]
+    python bench/bench_hopfield_recall.py [--device cpu|cuda] [--quick] [--out DIR] [--allow-dirty]
 
 Workload: B probes of a spin glass (symmetric Gaussian couplings, zero diagonal), a
 fixed number of sweeps S with the random order. A spin glass does not settle within a
@@ -135,7 +135,8 @@ def run(device="cpu", quick=False, out=None):
     text = "\n".join(lines) + "\n"
     print(text)
     if out:
-        from run import contention_meta, contention_suffix, git_commit, machine_name
+        from run import check_results_dir, contention_meta, contention_suffix, git_commit, machine_name
+        check_results_dir(out)
         os.makedirs(out, exist_ok=True)
         stem = os.path.join(out, f"{machine_name(device)}-hopfield-recall{'-quick' if quick else ''}"
                             f"{contention_suffix()}")
@@ -152,7 +153,11 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
+    from run import add_allow_dirty, allow_dirty, check_results_dir
+    add_allow_dirty(p)
     args = p.parse_args(argv)
+    allow_dirty(args.allow_dirty)
+    check_results_dir(args.out)
     np.random.seed(0)
     run(args.device, args.quick, args.out)
     return 0

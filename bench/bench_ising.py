@@ -1,6 +1,6 @@
 """Ising benchmark: checkerboard sweep throughput in flips per nanosecond.
 
-    python bench/bench_ising.py [--device cpu|cuda] [--quick] [--out DIR]
+    python bench/bench_ising.py [--device cpu|cuda] [--quick] [--out DIR] [--allow-dirty]
 
 A flip is one attempted spin update, so one sweep of B lattices of L x L is B L^2 flips.
 Cases: L = 256 and 1024, B = 1 and 16 lattices, heat-bath at T_c (the acceptance rate
@@ -95,13 +95,17 @@ def time_case(backend: str, device: str, L: int, B: int, budget_s: float, thread
 
 
 def main(argv=None) -> int:
-    from run import contention_meta, contention_suffix, git_commit, machine_name, versions
+    from run import (add_allow_dirty, allow_dirty, check_results_dir, contention_meta, contention_suffix,
+                     git_commit, machine_name, versions)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="small budget, L = 256 only")
     parser.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
+    add_allow_dirty(parser)
     args = parser.parse_args(argv)
+    allow_dirty(args.allow_dirty)
+    check_results_dir(args.out)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA device")
     budget = 0.3 if args.quick else 2.0
@@ -127,6 +131,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(all_threads)
     machine = machine_name(args.device)
     stem = f"ising-{machine}" + ("-quick" if args.quick else "") + contention_suffix()
+    check_results_dir(args.out)
     os.makedirs(args.out, exist_ok=True)
     meta = {"machine": machine, "date": datetime.datetime.now(datetime.UTC).isoformat(),
             "commit": git_commit(), "versions": versions(), "unit": "flips per ns (median)",

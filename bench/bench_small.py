@@ -1,7 +1,7 @@
 """Small shapes: every family's ops at batch 1 and 10 and on tiny models, on 1 and 2
 threads, with the per-call overhead of the Python layer.
 
-    python bench/bench_small.py [som|energy|hopfield|ising|bm_gibbs|all] [--quick] [--contended N] [--out DIR]
+    python bench/bench_small.py [som|energy|hopfield|ising|bm_gibbs|all] [--quick] [--contended N] [--out DIR] [--allow-dirty]
 
 (also ``genkernels bench <family> --small``). Users call ops on tiny batches
 (scikit-learn's default batch is 10) and on machines shared with other work, where the
@@ -277,6 +277,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def run(families, quick: bool = False, out_dir: str | None = None, sklearn: bool = True) -> int:
+    runner.check_results_dir(out_dir or os.path.join(BENCH_DIR, "results"))
     threads_before = torch.get_num_threads()
     meta = {"machine": runner.machine_name("cpu"), "device": "cpu", "quick": quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -303,7 +304,9 @@ def main(argv=None) -> int:
     p.add_argument("--contended", type=int, default=0, metavar="N",
                    help="run N busy processes beside the benchmark")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
+    runner.add_allow_dirty(p)
     args = p.parse_args(argv)
+    runner.allow_dirty(args.allow_dirty)
     families = FAMILIES if args.family == "all" else (args.family,)
     with runner.busy_neighbours(args.contended):
         return run(families, args.quick, args.out)

@@ -2,7 +2,7 @@
 the raw pixels against logistic regression on the DBN's top-level probabilities (and on
 its first layer's), one fixed stratified train/test split, fixed seeds.
 
-    python bench/dbn_digits.py [--out bench/results]
+    python bench/dbn_digits.py [--out bench/results] [--allow-dirty]
 
 Writes ``dbn-digits.{json,md}``. Runs in well under a minute on a 2-core CPU.
 """
@@ -19,9 +19,12 @@ import torch
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
+sys.path.insert(0, BENCH_DIR)
 
 from genkernels import DBN
 from genkernels.data import load_digits
+
+import run as runner  # noqa: E402  bench/run.py: the clean-tree rule for bench/results
 
 LAYER_SIZES = [64, 128, 64]
 FIT = {"epochs": 40, "batch_size": 10, "method": "cd", "k": 1, "learning_rate": 0.1}
@@ -32,6 +35,7 @@ C = 100.0  # inverse L2 strength of every logistic regression (the same for all 
 
 def run(out: str | None = None):
     out = out or os.path.join(BENCH_DIR, "results")
+    runner.check_results_dir(out)
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
@@ -55,6 +59,7 @@ def run(out: str | None = None):
     recon = [layer.history[-1]["reconstruction_error"] for layer in dbn.layers]
     for row in rows:
         print(f"{row['features']:40s} dim {row['dim']:4d}: test accuracy {row['accuracy']:.4f}", flush=True)
+    runner.check_results_dir(out)
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, "dbn-digits")
     result = {"layer_sizes": LAYER_SIZES, "fit": FIT, "seed": SEED, "test_size": TEST_SIZE, "C": C,
@@ -81,7 +86,10 @@ def run(out: str | None = None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
-    run(parser.parse_args(argv).out)
+    runner.add_allow_dirty(parser)
+    args = parser.parse_args(argv)
+    runner.allow_dirty(args.allow_dirty)
+    run(args.out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 * Boltzmann Gibbs sweeps, N = 1000, 64 chains, 5 sweeps: cuda and triton
   (bench/bench_bm_gibbs.py has more cases and the PyTorch loop).
 
-    python bench/gpu_quick.py [--out DIR]   -> prints a table, writes <out>/gpu-quick.json
+    python bench/gpu_quick.py [--out DIR] [--allow-dirty]   -> prints a table, writes <out>/gpu-quick.json
 """
 
 from __future__ import annotations
@@ -57,7 +57,12 @@ def online_case(rows, cols, d, n, steps):
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
+    import run as runner  # bench/run.py: the clean-tree rule for bench/results
+    runner.add_allow_dirty(p)
     args = p.parse_args(argv)
+    runner.allow_dirty(args.allow_dirty)
+    if args.out:
+        runner.check_results_dir(args.out)
     rows = []
     for name, (r, c, d, n, steps) in {"MNIST-sized 40x40x784, 2k steps": (40, 40, 784, 10000, 2000),
                                       "32x32x64, 10k steps": (32, 32, 64, 50000, 10000)}.items():
@@ -108,6 +113,7 @@ def main(argv=None):
     for r in rows:
         print(f"| {r['case']} | {r['impl']} | {r['seconds']:.4g} | {r.get('updates_per_s', float('nan')):.3g} |")
     if args.out:
+        runner.check_results_dir(args.out)
         with open(os.path.join(args.out, "gpu-quick.json"), "w") as fh:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows},
                       fh, indent=1)

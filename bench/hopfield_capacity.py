@@ -2,7 +2,7 @@
 between each stored pattern and the state that asynchronous recall reaches from it (and
 from a copy with 10% of its units flipped), against the load alpha = P / N.
 
-    python bench/hopfield_capacity.py [--n 1000] [--out bench/results]
+    python bench/hopfield_capacity.py [--n 1000] [--out bench/results] [--allow-dirty]
 
 Writes ``hopfield-capacity.{json,md,png}``. The Hebbian curve falls near alpha = 0.138
 (Amit, Gutfreund and Sompolinsky); the pseudo-inverse rule keeps every pattern a fixed
@@ -21,9 +21,12 @@ import torch
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
+sys.path.insert(0, BENCH_DIR)
 
 from genkernels import Hopfield  # noqa: E402
 from genkernels.plot import _plt, _save  # noqa: E402
+
+import run as runner  # noqa: E402  bench/run.py: the clean-tree rule for bench/results
 
 ALPHAS = (0.02, 0.05, 0.08, 0.10, 0.12, 0.14, 0.16, 0.20, 0.25, 0.30, 0.40, 0.50)
 RULES = ("hebbian", "storkey", "pseudoinverse")
@@ -44,6 +47,7 @@ def overlap(n, alpha, rule, noise, seed=0):
 
 
 def run(n=1000, out=os.path.join(BENCH_DIR, "results"), alphas=ALPHAS, rules=RULES):
+    runner.check_results_dir(out)
     rows = []
     for rule in rules:
         for noise in NOISE:
@@ -53,6 +57,7 @@ def run(n=1000, out=os.path.join(BENCH_DIR, "results"), alphas=ALPHAS, rules=RUL
                 m = overlap(n, alpha, rule, noise)
                 rows.append({"rule": rule, "noise": noise, "alpha": alpha, "overlap": m})
                 print(f"{rule:14s} noise {noise:.2f} alpha {alpha:.2f}: overlap {m:.4f}", flush=True)
+    runner.check_results_dir(out)
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, "hopfield-capacity")
     with open(stem + ".json", "w") as fh:
@@ -90,7 +95,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
+    runner.add_allow_dirty(p)
     args = p.parse_args(argv)
+    runner.allow_dirty(args.allow_dirty)
     run(args.n, args.out)
     return 0
 

@@ -1,6 +1,6 @@
 """RBMs on binarised MNIST: test log-likelihood by AIS for CD-1, PCD and parallel tempering.
 
-    python bench/rbm_mnist.py [--data DIR] [--epochs 20] [--hidden 500] [--out bench/results]
+    python bench/rbm_mnist.py [--data DIR] [--epochs 20] [--hidden 500] [--out bench/results] [--allow-dirty]
 
 The MNIST images in --data ($GENKERNELS_DATA, or ../shared/data/mnist; here the 10,000-image
 test set) are binarised once, stochastically: one Bernoulli(pixel / 255) draw per pixel
@@ -31,10 +31,14 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+if BENCH_DIR not in sys.path:
+    sys.path.insert(0, BENCH_DIR)
 
 from genkernels import RBM
 from genkernels.data import load_mnist
 from genkernels.plot import plot_image_grid
+
+import run as runner  # noqa: E402  bench/run.py: the clean-tree rule for bench/results
 
 N_TRAIN, N_TEST = 9000, 1000
 SEED = 0
@@ -58,6 +62,7 @@ def run(data: str, epochs: int, hidden: int, out: str, methods=None, learning_ra
     train, test = torch.from_numpy(x[:N_TRAIN]), torch.from_numpy(x[N_TRAIN:N_TRAIN + N_TEST])
     p = train.double().mean(0).clamp(1e-3, 1 - 1e-3)
     base = torch.log(p / (1 - p))
+    runner.check_results_dir(out)
     os.makedirs(out, exist_ok=True)
     rows = []
     for name, kw in METHODS.items():
@@ -87,7 +92,8 @@ def run(data: str, epochs: int, hidden: int, out: str, methods=None, learning_ra
               f"test {ll['test']:8.2f} nats", flush=True)
     result = {"n_train": N_TRAIN, "n_test": N_TEST, "hidden": hidden, "epochs": epochs, "fit": fit_args,
               "ais": AIS, "seed": SEED, "model_seed": model_seed, "rows": rows, "torch": torch.__version__,
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), "commit": runner.git_commit()}
+    runner.check_results_dir(out)
     with open(os.path.join(out, "rbm-mnist.json"), "w") as fh:
         json.dump(result, fh, indent=1)
     lines = [f"# RBM 784 x {hidden} on binarised MNIST: log-likelihood by AIS", "",
@@ -123,7 +129,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=SEED, help="the models' seed (the binarisation keeps seed 0)")
     parser.add_argument("--methods", nargs="+", choices=[kw["method"] for kw in METHODS.values()],
                         default=None, help="a subset of the methods (default: all)")
+    runner.add_allow_dirty(parser)
     args = parser.parse_args(argv)
+    runner.allow_dirty(args.allow_dirty)
+    runner.check_results_dir(args.out)
     try:
         run(args.data, args.epochs, args.hidden, args.out, args.methods, args.learning_rate, args.seed)
     except FileNotFoundError as exc:

@@ -1,10 +1,12 @@
 """Benchmark runner: every backend and every anchor on the same inputs, in one run.
 
     python bench/run.py [som|hopfield|ising|energy|bm_gibbs] [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
-                        [--small] [--contended N]
+                        [--small] [--contended N] [--allow-dirty]
 
 ``--small``: the family's small-shape rows (bench/bench_small.py); ``--contended N``: N busy
 processes run beside the benchmark and the results are named ``...-contended``.
+Into bench/results/ (the default) only from a clean tree: ``--allow-dirty`` writes anyway, the
+results then naming the commit ``<sha>-dirty`` (any other ``--out`` is always allowed).
 
 Times each case of bench/bench_som.py with ``time.perf_counter`` (one warm-up call,
 then rounds until the time budget is spent), prints a Markdown table of medians and
@@ -88,15 +90,64 @@ def versions() -> dict:
     return out
 
 
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+ALLOW_DIRTY_ENV = "GENKERNELS_BENCH_ALLOW_DIRTY"
+
+
 def git_commit() -> str | None:
+    """HEAD's commit, with "-dirty" when the tree has changes (tracked or untracked files)
+    outside bench/results/: results written by an earlier benchmark of the same session do
+    not change the code being measured."""
     try:
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain"], capture_output=True,
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", ".",
+                                ":(exclude)bench/results"], capture_output=True,
                                text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")
+
+
+def add_allow_dirty(parser) -> None:
+    """The ``--allow-dirty`` option every benchmark runner takes (see :func:`check_results_dir`)."""
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="write into bench/results even from a tree with uncommitted changes "
+                             "(the results then record the commit as <sha>-dirty)")
+
+
+def allow_dirty(flag: bool = True) -> None:
+    """Record ``--allow-dirty`` for the whole process (and its children): an environment
+    variable, so that every copy of this module (``genkernels bench`` loads it under another
+    name) and every runner it calls sees it."""
+    if flag:
+        os.environ[ALLOW_DIRTY_ENV] = "1"
+
+
+def writes_into_repo_results(out_dir: str) -> bool:
+    out, results = os.path.realpath(out_dir), os.path.realpath(RESULTS_DIR)
+    return out == results or out.startswith(results + os.sep)
+
+
+def check_results_dir(out_dir: str) -> None:
+    """Refuse (SystemExit 2, with the reason) to write results into this repository's
+    bench/results/ unless the tree is a clean commit (no changes outside bench/results/),
+    so that every committed results file names the code that produced it. ``--allow-dirty``
+    (or GENKERNELS_BENCH_ALLOW_DIRTY=1) lifts the refusal; the files then record
+    ``<sha>-dirty``. Any other --out folder is always allowed. Runners call this before
+    measuring (fail fast) and again when writing."""
+    if os.environ.get(ALLOW_DIRTY_ENV) == "1" or not writes_into_repo_results(out_dir):
+        return
+    commit = git_commit()
+    if commit is not None and not commit.endswith("-dirty"):
+        return
+    reason = ("the tree has uncommitted changes" if commit is not None
+              else "no git commit could be read for this checkout")
+    print(f"[bench] refusing to write results into {RESULTS_DIR}: {reason}, so the results "
+          "could not name the code that produced them. Commit first, or pass --allow-dirty "
+          "(the files then record <sha>-dirty), or write elsewhere with --out DIR.",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 
 # ------------------------------------------------------------------------- timing
@@ -295,7 +346,9 @@ def contention_suffix() -> str:
 def write_results(out_dir: str, name: str, meta: dict, records: list[dict], table: str) -> str:
     """Write ``<out_dir>/<name>.json`` (meta and every case) and ``<name>.md`` (the
     table); returns the path stem. Every family's runner writes its results this way;
-    under ``busy_neighbours`` the name gains ``-contended`` and meta the busy count."""
+    under ``busy_neighbours`` the name gains ``-contended`` and meta the busy count.
+    Into bench/results/ only from a clean tree unless --allow-dirty (:func:`check_results_dir`)."""
+    check_results_dir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, name + contention_suffix())
     meta = {**meta, "contention": contention_meta()}
@@ -361,12 +414,16 @@ def parse_args(argv):
                         "per-call overhead): bench/bench_small.py")
     p.add_argument("--contended", type=int, default=0, metavar="N",
                    help="run N busy processes beside the benchmark; results named ...-contended")
+    add_allow_dirty(p)
     p.add_argument("--child-case", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    allow_dirty(args.allow_dirty)
+    if not args.child_case:
+        check_results_dir(args.out)
     with busy_neighbours(0 if args.child_case else args.contended):
         if args.small:
             if args.device != "cpu":

@@ -238,3 +238,94 @@ def test_hopfield_family_runs_retrieval_then_recall(tmp_path, monkeypatch):
     rows = json.loads(recall.read_text())["rows"]
     assert {"cpu", "torch loop"} <= {r["impl"] for r in rows}
     assert all(r["updates_per_s"] > 0 for r in rows)
+
+
+# ------------------------------------------------------- results from a clean tree only
+def test_results_dir_refuses_a_dirty_tree(monkeypatch, tmp_path, capsys):
+    """Writing into the repository's bench/results needs a clean tree (or --allow-dirty);
+    any other folder is always allowed."""
+    runner = _bench_module("run")
+    monkeypatch.delenv(runner.ALLOW_DIRTY_ENV, raising=False)
+    monkeypatch.setattr(runner, "git_commit", lambda: "0123abcd-dirty")
+    with pytest.raises(SystemExit) as exc:
+        runner.check_results_dir(runner.RESULTS_DIR)
+    assert exc.value.code == 2
+    assert "--allow-dirty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        runner.check_results_dir(os.path.join(runner.RESULTS_DIR, "sub"))
+    runner.check_results_dir(str(tmp_path))  # elsewhere: allowed
+    monkeypatch.setattr(runner, "git_commit", lambda: None)  # no commit to name: refused too
+    with pytest.raises(SystemExit):
+        runner.check_results_dir(runner.RESULTS_DIR)
+    monkeypatch.setattr(runner, "git_commit", lambda: "0123abcd")
+    runner.check_results_dir(runner.RESULTS_DIR)  # clean: allowed
+    monkeypatch.setattr(runner, "git_commit", lambda: "0123abcd-dirty")
+    monkeypatch.setenv(runner.ALLOW_DIRTY_ENV, "1")  # what --allow-dirty sets
+    runner.check_results_dir(runner.RESULTS_DIR)
+
+
+@pytest.mark.parametrize("argv", [["bm_gibbs", "--quick"], ["ising", "--quick"], ["hopfield", "--quick"],
+                                  ["energy", "--quick"], ["som", "--quick", "--small"]])
+def test_runner_refuses_before_measuring(monkeypatch, argv):
+    """Every family's runner stops before measuring anything when it would write into
+    bench/results from a dirty tree, and writes nothing."""
+    runner = _bench_module("run")
+    monkeypatch.delenv(runner.ALLOW_DIRTY_ENV, raising=False)
+    monkeypatch.setattr(runner, "git_commit", lambda: "0123abcd-dirty")
+    before = set(os.listdir(runner.RESULTS_DIR))
+    with pytest.raises(SystemExit) as exc:
+        runner.main(argv)
+    assert exc.value.code == 2
+    assert set(os.listdir(runner.RESULTS_DIR)) == before
+
+
+@pytest.mark.parametrize("script", ["bench_compat_rbm", "bench_bm_gibbs", "bench_hopfield", "bench_small",
+                                    "bench_ising", "bench_hopfield_recall", "dbn_digits", "hopfield_capacity",
+                                    "rbm_mnist", "rbm_ais_digits"])
+def test_every_script_refuses_a_dirty_tree(monkeypatch, capsys, script):
+    """The standalone scripts apply the same rule (their default --out is bench/results)."""
+    runner = _bench_module("run")
+    module = _bench_module(script)
+    monkeypatch.delenv(runner.ALLOW_DIRTY_ENV, raising=False)
+    monkeypatch.setattr(runner, "git_commit", lambda: "0123abcd-dirty")
+    before = set(os.listdir(runner.RESULTS_DIR))
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--quick"] if script.startswith("bench_") else [])
+    assert exc.value.code == 2
+    assert set(os.listdir(runner.RESULTS_DIR)) == before
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    assert "--allow-dirty" in capsys.readouterr().out
+
+
+def test_rbm_ais_digits_writes_ais_and_exact(tmp_path):
+    """bench/rbm_ais_digits.py on a tiny budget: both base models, the exact log Z, and
+    AIS within a few of its own standard errors of it."""
+    module = _bench_module("rbm_ais_digits")
+    result = module.run(str(tmp_path), epochs=1, n_chains=50, n_betas=200)
+    saved = json.loads((tmp_path / "rbm-ais-digits.json").read_text())
+    assert saved["exact_log_z"] == result["exact_log_z"]
+    assert [r["base"] for r in saved["rows"]] == ["uniform", "base-rate"]
+    for row in saved["rows"]:
+        assert row["stderr"] > 0 and abs(row["error"]) < max(5 * row["stderr"], 0.5), row
+    assert (tmp_path / "rbm-ais-digits.md").is_file()
+
+
+def test_compat_bench_records_reconstruction_errors_over_random_states(tmp_path, monkeypatch):
+    """--recon-states K: both estimators fitted for random_state 0..K-1, every error, its
+    mean and spread in <machine>-compat-rbm-recon-quick.json; nothing timed."""
+    bench_compat_rbm = _bench_module("bench_compat_rbm")
+    monkeypatch.setattr(bench_compat_rbm, "ROWS", {False: 200, True: 200})
+    assert bench_compat_rbm.main(["--quick", "--recon-states", "3", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("*-compat-rbm-recon-quick.json")
+    assert "| mean | std |" in json_path.with_suffix(".md").read_text()
+    cases = json.loads(json_path.read_text())["cases"]
+    assert [c["impl"] for c in cases] == ["genkernels", "sklearn"]
+    import numpy as np
+    for case in cases:
+        assert case["random_states"] == [0, 1, 2] and len(case["recon"]) == 3
+        assert all(0 < e < 0.25 for e in case["recon"]), case
+        assert case["recon_mean"] == pytest.approx(np.mean(case["recon"]))
+        assert case["recon_std"] == pytest.approx(np.std(case["recon"], ddof=1))
+        assert case["shapes"]["batch_size"] == 100 and "median_s" not in case

@@ -1,14 +1,116 @@
-"""The README's API tour runs as written."""
+"""Every ```python block of the README runs as written, each in a fresh scope after a hidden
+prelude that defines the small data it uses (the README's blocks are unchanged)."""
 import os
 import re
+
+import pytest
+import torch
 
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
 
 
+def _blocks() -> list[str]:
+    with open(README) as f:
+        return re.findall(r"```python\n(.*?)```", f.read(), re.S)
+
+
+def _pm1(rows: int, cols: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.where(torch.rand(rows, cols, generator=g) < 0.5, -1.0, 1.0)
+
+
+def _binary(rows: int, cols: int, seed: int, p: float = 0.2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(rows, cols, generator=g) < p).float()
+
+
+def _prelude_hopfield() -> dict:
+    """`patterns` (5 of 1000 units, ±1) and `noisy`: 8 probes, each a pattern with 10% flipped."""
+    patterns = _pm1(5, 1000, 0)
+    noisy = patterns[torch.arange(8) % 5].clone()
+    flip = torch.rand(noisy.shape, generator=torch.Generator().manual_seed(1)) < 0.1
+    noisy[flip] = -noisy[flip]
+    return {"patterns": patterns, "noisy": noisy}
+
+
+def _prelude_energy() -> dict:
+    """`data` for the 6-unit Boltzmann machine; `x` and `x_test`: binary rows of 784 pixels,
+    100 and 20 of them (one batch of 100 per RBM epoch)."""
+    return {"data": _binary(32, 6, 2, p=0.5), "x": _binary(100, 784, 3), "x_test": _binary(20, 784, 4)}
+
+
+def _run(code: str, scope: dict) -> dict:
+    import genkernels
+    scope = {"torch": torch, "genkernels": genkernels, **scope}
+    exec(compile(code, "README.md", "exec"), scope)
+    return scope
+
+
+def test_readme_has_the_blocks_this_test_knows():
+    """A new ```python block needs its prelude here (and its own test below)."""
+    blocks = _blocks()
+    assert len(blocks) == 3, [b.splitlines()[0] for b in blocks]
+    assert "genkernels.SOM(" in blocks[0]
+    assert "genkernels.Hopfield(" in blocks[1]
+    assert "genkernels.BoltzmannMachine(" in blocks[2]
+
+
 def test_readme_tour_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = re.findall(r"```python\n(.*?)```", open(README).read(), re.S)[0]
-    scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    scope = _run(_blocks()[0], {})
     assert scope["idx"].shape == (10_000, 2)
     assert (tmp_path / "umatrix.png").exists() and (tmp_path / "som.pt").exists()
+
+
+def test_readme_hopfield_block_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prelude = _prelude_hopfield()
+    scope = _run(_blocks()[1], prelude)
+    assert scope["states"].shape == prelude["noisy"].shape and bool(scope["converged"].all())
+    # 5 patterns in 1000 units, 10% noise: the pseudoinverse rule recalls every one
+    assert torch.equal(scope["states"], prelude["patterns"][torch.arange(8) % 5])
+
+
+def _cap(monkeypatch, cls, name, **caps):
+    """Run cls.name with the keyword (or first positional) counts in ``caps`` at most the
+    given size: the README's calls, arguments and results as written, less of the work."""
+    original = getattr(cls, name)
+
+    def capped(self, *args, **kwargs):
+        for key, limit in caps.items():
+            if key == "_first" and args:
+                args = (min(args[0], limit), *args[1:])
+            elif key in kwargs:
+                kwargs[key] = min(kwargs[key], limit)
+            elif key != "_first":
+                kwargs[key] = limit
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, capped)
+
+
+def test_readme_energy_block_runs(tmp_path, monkeypatch):
+    """The Boltzmann / RBM / DBN / Ising block on the prelude's small data. Three of its calls
+    default to minutes of work on 2 CPU cores (AIS with 10,000 temperatures on a 784 x 500 RBM,
+    and 1,000 + 10,000 sweeps of sixteen 256 x 256 lattices): they run here with fewer
+    temperatures and sweeps (n_betas <= 100, sweep(<= 20), measure(<= 40 sweeps)); the full
+    costs run in ``test_readme_energy_block_runs_in_full`` (-m slow)."""
+    from genkernels import RBM, Ising2D
+    monkeypatch.chdir(tmp_path)
+    _cap(monkeypatch, RBM, "log_partition_ais", n_betas=100)
+    _cap(monkeypatch, Ising2D, "sweep", _first=20)
+    _cap(monkeypatch, Ising2D, "measure", _first=40)
+    scope = _run(_blocks()[2], _prelude_energy())
+    _check_energy_scope(scope)
+
+
+@pytest.mark.slow
+def test_readme_energy_block_runs_in_full(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _check_energy_scope(_run(_blocks()[2], _prelude_energy()))
+
+
+def _check_energy_scope(scope):
+    assert scope["states"].shape[0] == 16 and scope["energies"].shape[0] == 16
+    assert scope["features"].shape == (100, 200)
+    assert {"energy", "specific_heat", "susceptibility"} <= set(scope["obs"])
