@@ -109,8 +109,6 @@ step() {  # step NAME LIMIT_S LOG COMMAND...: appends to $OUT/LOG
   date -u
   echo "sections: ${sections[*]}$([ $DRY -eq 1 ] && echo ' (dry run)'), TOTAL_S=$TOTAL_S"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  "$PY" -c "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, torch.version.cuda, \
-triton.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
   echo "commit ${GENKERNELS_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}, tree ${GENKERNELS_TREE_STATE:-unknown}"
 } 2>&1 | tee "$OUT/summary.txt"
 
@@ -128,8 +126,9 @@ else
   step build "${BUILD_S:-150}" build.log env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" \
     MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace
 fi
-"$PY" -c "import genkernels; print('backends on cuda:', genkernels.available_backends('cuda'))" 2>&1 \
-  | tee -a "$OUT/summary.txt"
+"$PY" -c "import sys, torch, triton, genkernels; print(sys.version.split()[0], torch.__version__, torch.version.cuda, \
+triton.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'); \
+print('backends on cuda:', genkernels.available_backends('cuda'))" 2>&1 | tee -a "$OUT/summary.txt"
 
 test_opts=(-q -ra -p no:cacheprovider -m gpu)
 "$PY" -c "import xdist" 2>/dev/null && test_opts+=(-n "${TEST_WORKERS:-4}")

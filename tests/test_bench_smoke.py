@@ -348,10 +348,12 @@ def test_gpu_check_script_dry_run(tmp_path):
     without a GPU), its targets at tiny sizes; the steps and the summary, results in $OUT."""
     if not os.path.isfile(GPU_CHECK):
         pytest.skip("scripts/ is not in this checkout")
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "TAIL": "0",
+    # generous limits: this checks the script's steps, not the speed of a loaded CPU
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "TAIL": "0", "TOTAL_S": "600",
+           "ISING_TESTS_S": "240", "ISING_TARGETS_S": "240",
            "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(["bash", GPU_CHECK, "--dry-run", "ising"], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = (tmp_path / "summary.txt").read_text()
     assert "build: skipped (dry run)" in summary
@@ -362,3 +364,17 @@ def test_gpu_check_script_dry_run(tmp_path):
     assert {c["suite"] for c in json.loads(json_path.read_text())["cases"]} == {"ising"}
     # the device tool returns at most 8 files from $OUT
     assert len([p for p in tmp_path.rglob("*") if p.is_file()]) <= 8
+
+
+def test_gpu_check_script_starts_no_step_past_its_total_limit(tmp_path):
+    """TOTAL_S caps the whole script: a step with less than MIN_STEP_S left is not started,
+    said so in the summary, and the script exits 1."""
+    if not os.path.isfile(GPU_CHECK):
+        pytest.skip("scripts/ is not in this checkout")
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "TOTAL_S": "0"}
+    proc = subprocess.run(["bash", GPU_CHECK, "--dry-run", "som"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summary = (tmp_path / "summary.txt").read_text().split("== summary")[1]
+    assert "som tests: NOT RUN" in summary and "som targets: NOT RUN" in summary
+    assert not (tmp_path / "som.log").exists()
