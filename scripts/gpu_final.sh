@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# On a lent GPU, run `bash scripts/gpu_check.sh` first (every family's gpu tests and GPU
+# targets, sized for 5 minutes with the build); this script is the longer benchmark run.
+#
 # One GPU call for the energy family (about 9 minutes at most): build the CUDA extension,
 # run the energy-family GPU tests, then every energy-family GPU benchmark on cuda:
 #   energy     bench/run.py energy   (RBM PCD-1 epoch at batch 100 and the large PCD-10

@@ -329,3 +329,143 @@ def test_compat_bench_records_reconstruction_errors_over_random_states(tmp_path,
         assert case["recon_mean"] == pytest.approx(np.mean(case["recon"]))
         assert case["recon_std"] == pytest.approx(np.std(case["recon"], ddof=1))
         assert case["shapes"]["batch_size"] == 100 and "median_s" not in case
+
+
+# ------------------------------------------- GPU targets (bench/gpu_targets.py, scripts/gpu_check.sh)
+GPU_CHECK = os.path.join(REPO, "scripts", "gpu_check.sh")
+RECORD_FIELDS = {"suite", "target", "impl", "backend", "params", "shapes", "dtype", "device", "median_s",
+                 "rounds", "rate", "rate_unit", "check", "error", "skipped", "versions", "commit", "tree_clean"}
+
+
+@pytest.fixture(scope="module")
+def gpu_targets(tmp_path_factory):
+    """bench/gpu_targets.py --dry-run: every family's targets at tiny sizes on CPU tensors
+    (triton interpreted, cpu standing in for cuda), in this process."""
+    module = _bench_module("gpu_targets")
+    out = tmp_path_factory.mktemp("targets")
+    assert module.main(["--dry-run", "--out", str(out)]) == 0
+    (json_path,) = out.glob("*-targets-dry.json")
+    return module, out, json.loads(json_path.read_text()), json_path.with_suffix(".md").read_text()
+
+
+def test_gpu_targets_dry_run_records_every_target(gpu_targets):
+    _, _, results, md = gpu_targets
+    assert results["dry_run"] is True and results["device"] == "cpu"
+    assert results["families_run"] == ["som", "ising", "energy"]
+    assert results["versions"]["torch"] and "commit" in results and "tree_clean" in results
+    cases = results["cases"]
+    for case in cases:
+        assert RECORD_FIELDS <= set(case), case
+        assert case["error"] is None, case
+        assert case["versions"]["torch"] and case["commit"] == results["commit"]
+        assert case["tree_clean"] in (True, False, None)
+        if case["skipped"]:
+            continue
+        assert case["median_s"] > 0 and case["rounds"] == 1 and case["rate"] > 0, case
+        assert case["check"] is None or case["check"]["ok"] is True, case
+    got = {(c["suite"], c["target"], c["impl"], c["params"].get("precision")) for c in cases}
+    assert got == {
+        *{("som", "som_bmu", "genkernels.ops.som_bmu", p) for p in ("fp32", "tf32", "bf16")},
+        ("som", "som_bmu", "torch.mm", None), ("som", "som_bmu", "torch addmm+argmin", None),
+        ("som", "som_online epoch", "auto", None), ("som", "som_online epoch", "triton", None),
+        ("som", "som_online epoch", "cuda", None),
+        ("ising", "Ising2D.sweep", "cuda", None), ("ising", "Ising2D.sweep", "triton", None),
+        *{("energy", "RBM PCD-1 epoch", i, None) for i in ("eager loop", "RBM.fit", "RBM.fit(cuda_graph=True)")},
+        ("energy", "bm_gibbs", "cuda", None), ("energy", "bm_gibbs", "triton", None),
+        ("energy", "hopfield_recall async", "cuda", None), ("energy", "hopfield_recall async", "triton", None)}
+    assert len([c for c in cases if c["suite"] == "ising"]) == 4  # two sizes, two backends
+    by = {(c["target"], c["impl"], c["params"].get("precision")): c for c in cases}
+    # on CPU the cpu backend stands in for cuda; CUDA graphs are skipped with the reason
+    assert by[("Ising2D.sweep", "cuda", None)]["backend"] == "cpu"
+    assert by[("RBM PCD-1 epoch", "RBM.fit(cuda_graph=True)", None)]["skipped"]
+    if not by[("som_bmu", "genkernels.ops.som_bmu", "bf16")]["skipped"]:  # triton interpreted
+        assert by[("som_bmu", "genkernels.ops.som_bmu", "bf16")]["check"]["indices_equal_fp32"] == 1.0
+        assert by[("RBM PCD-1 epoch", "RBM.fit", None)]["x_eager"] > 0
+    assert by[("som_bmu", "torch.mm", None)]["rate_unit"] == "TFLOP/s"
+    for heading in ("## som", "## ising", "## energy", "| target | impl |"):
+        assert heading in md
+
+
+def test_gpu_targets_rerun_of_one_family_keeps_the_others(gpu_targets):
+    module, out, before, _ = gpu_targets
+    assert module.main(["ising", "--dry-run", "--out", str(out)]) == 0
+    (json_path,) = out.glob("*-targets-dry.json")
+    after = json.loads(json_path.read_text())
+    assert after["families_run"] == ["ising"]
+    assert [c for c in after["cases"] if c["suite"] != "ising"] == \
+        [c for c in before["cases"] if c["suite"] != "ising"]
+    assert len([c for c in after["cases"] if c["suite"] == "ising"]) == 4
+
+
+def test_gpu_targets_arguments(gpu_targets, capsys):
+    module = gpu_targets[0]
+    with pytest.raises(SystemExit) as exc:
+        module.main(["bogus", "--dry-run"])
+    assert exc.value.code == 2 and "unknown family 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        module.main(["--rounds", "0", "--dry-run"])
+    assert module.parse_args([]).families == ["som", "ising", "energy"]
+    assert module.parse_args(["energy", "som", "energy"]).families == ["energy", "som"]
+    import torch
+    if not torch.cuda.is_available():  # a real run needs the GPU
+        assert module.main(["ising", "--out", os.devnull]) == 2
+
+
+def test_gpu_targets_tree_state_overrides(gpu_targets, monkeypatch):
+    module = gpu_targets[0]
+    monkeypatch.setenv("GENKERNELS_COMMIT", "abc123")
+    monkeypatch.setenv("GENKERNELS_TREE_STATE", "clean")
+    assert module.tree_state() == ("abc123", True, [])
+    monkeypatch.setenv("GENKERNELS_TREE_STATE", "dirty")
+    assert module.tree_state()[1] is False
+
+
+def test_gpu_check_script_is_valid_bash():
+    if not os.path.isfile(GPU_CHECK):
+        pytest.skip("scripts/ is not in this checkout")
+    subprocess.run(["bash", "-n", GPU_CHECK], check=True)
+    import shutil
+    if shutil.which("shellcheck"):
+        proc = subprocess.run(["shellcheck", GPU_CHECK], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout
+    proc = subprocess.run(["bash", GPU_CHECK, "bogus"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown section 'bogus'" in proc.stderr
+    proc = subprocess.run(["bash", GPU_CHECK, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "TOTAL_S" in proc.stdout and "set -u" not in proc.stdout
+
+
+def test_gpu_check_script_dry_run(tmp_path):
+    """scripts/gpu_check.sh --dry-run ising: no build, the section's gpu tests (skipped
+    without a GPU), its targets at tiny sizes; the steps and the summary, results in $OUT."""
+    if not os.path.isfile(GPU_CHECK):
+        pytest.skip("scripts/ is not in this checkout")
+    # generous limits: this checks the script's steps, not the speed of a loaded CPU
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "TAIL": "0", "TOTAL_S": "600",
+           "ISING_TESTS_S": "240", "ISING_TARGETS_S": "240",
+           "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(["bash", GPU_CHECK, "--dry-run", "ising"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "build: skipped (dry run)" in summary
+    assert "ising tests: rc=0" in summary and "ising targets: rc=0" in summary
+    assert "som" not in summary.split("== summary")[1]
+    assert (tmp_path / "ising.log").is_file()
+    (json_path,) = (tmp_path / "results").glob("*-targets-dry.json")
+    assert {c["suite"] for c in json.loads(json_path.read_text())["cases"]} == {"ising"}
+    # the device tool returns at most 8 files from $OUT
+    assert len([p for p in tmp_path.rglob("*") if p.is_file()]) <= 8
+
+
+def test_gpu_check_script_starts_no_step_past_its_total_limit(tmp_path):
+    """TOTAL_S caps the whole script: a step with less than MIN_STEP_S left is not started,
+    said so in the summary, and the script exits 1."""
+    if not os.path.isfile(GPU_CHECK):
+        pytest.skip("scripts/ is not in this checkout")
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "TOTAL_S": "0"}
+    proc = subprocess.run(["bash", GPU_CHECK, "--dry-run", "som"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summary = (tmp_path / "summary.txt").read_text().split("== summary")[1]
+    assert "som tests: NOT RUN" in summary and "som targets: NOT RUN" in summary
+    assert not (tmp_path / "som.log").exists()
