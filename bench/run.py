@@ -97,7 +97,11 @@ ALLOW_DIRTY_ENV = "GENKERNELS_BENCH_ALLOW_DIRTY"
 def git_commit() -> str | None:
     """HEAD's commit, with "-dirty" when the tree has changes (tracked or untracked files)
     outside bench/results/: results written by an earlier benchmark of the same session do
-    not change the code being measured."""
+    not change the code being measured. A copy of the tree without .git (a GPU machine) names
+    its commit with GENKERNELS_COMMIT, clean only with GENKERNELS_TREE_STATE=clean."""
+    if os.environ.get("GENKERNELS_COMMIT"):
+        clean = os.environ.get("GENKERNELS_TREE_STATE") == "clean"
+        return os.environ["GENKERNELS_COMMIT"] + ("" if clean else "-dirty")
     try:
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
