@@ -175,5 +175,5 @@ def test_diverged_training_writes_nothing(tmp_path, data, capsys, monkeypatch):
         return self
     monkeypatch.setattr(SOM, "fit", diverge)
     err = _error(capsys, ["train", "som", data, "--quiet", "--out", str(tmp_path / "o")])
-    assert "training diverged" in err
+    assert "training diverged" in err and "NaN" in err
     assert not (tmp_path / "o" / "som.pt").exists() and not (tmp_path / "o" / "metrics.json").exists()

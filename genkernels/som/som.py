@@ -722,8 +722,9 @@ class SOM(nn.Module):
         """Mean distance of each sample to its best-matching node (0-d; (M,) per map).
 
         With missing='ignore' a row with no present feature has no distance and is left
-        out (as in the training history). Raises ValueError when no row has one, and
-        OverflowError when a distance overflows the model's dtype (far beyond data near
+        out (as in the training history). Raises ValueError when no row has one,
+        FloatingPointError when the weights hold NaN or Inf, and OverflowError when a
+        distance overflows the model's dtype (far beyond data near
         its largest value / sqrt(D): train in float64) -- never returns inf."""
         d = self.bmu(x, backend=backend)[1][..., 0].to(torch.float64)
         if d.shape[-1] == 0:
@@ -734,6 +735,9 @@ class SOM(nn.Module):
             if not bool(has.any()):
                 raise ValueError("x has no row with a present feature: the quantization error is undefined")
             d = d[..., has]
+        if not bool(torch.isfinite(self.weights).all()):
+            raise FloatingPointError("the map holds NaN or Inf weights (training diverged): its quantization "
+                                     "error is undefined")
         if not bool(torch.isfinite(d).all()):
             raise OverflowError(f"the distances to the best-matching nodes overflow {self.dtype} (data or "
                                 "weights too close to its largest value); use dtype=torch.float64")
