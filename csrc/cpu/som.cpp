@@ -120,14 +120,24 @@ void direct_bmu(const T* x, const int64_t* rows, int64_t n_rows, const T* w, int
   for (int64_t j = 0; j < int64_t(w_norm.size()); ++j) w_norm[j] = std::sqrt(dot(w + j * D, w + j * D, D));
   const int64_t n_blocks = (n_rows + kRowBlock - 1) / kRowBlock;
 
-#pragma omp parallel
-  {
-    std::vector<T> values(kRowBlock * K), clean(kRowBlock * D), present(kRowBlock * D);
+  struct Scratch {
+    std::vector<T> values, clean, present;
     std::vector<int64_t> order;
+  };
+  const int team = genkernels::cpu::team_size(bmu_threads_for(n_rows, K, D));
+  std::vector<Scratch> states(team);
+  genkernels::cpu::parallel_chunks(n_blocks, team, [&](int64_t blk, int slot) {
+    Scratch& st = states[slot];
+    if (st.values.empty()) {
+      st.values.resize(kRowBlock * K);
+      st.clean.resize(kRowBlock * D);
+      st.present.resize(kRowBlock * D);
+    }
+    std::vector<T>&values = st.values, &clean = st.clean, &present = st.present;
+    std::vector<int64_t>& order = st.order;
     Sample<T> samples[kRowBlock];
     int64_t row_of[kRowBlock];
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+    {
       const int rb = int(std::min<int64_t>(kRowBlock, n_rows - blk * kRowBlock));
       for (int i = 0; i < rb; ++i) {
         const int64_t r = rows ? rows[blk * kRowBlock + i] : blk * kRowBlock + i;
@@ -159,7 +169,7 @@ void direct_bmu(const T* x, const int64_t* rows, int64_t n_rows, const T* w, int
       for (int i = 0; i < rb; ++i)
         select_topk(values.data() + i * K, K, k, out_idx + row_of[i] * k, out_dist + row_of[i] * k, order);
     }
-  }
+  });
 }
 
 // GENKERNELS_CPU_ISA=avx2 keeps the AVX2 micro-kernel on an AVX-512 machine (read per call,
@@ -223,14 +233,22 @@ void gemm_euclidean(const T* x, int64_t n, const T* w, int64_t K, int64_t D, int
   const int64_t tile = std::max<int64_t>(1, std::min({kGemmRows, std::max<int64_t>(16, kGemmMaxBufferBytes / int64_t(sizeof(T) * K)),
                                                       (n + threads - 1) / threads}));
   const int64_t n_tiles = (n + tile - 1) / tile;
-#pragma omp parallel
-  {
-    at::Tensor buf = at::empty({std::min(tile, n), K}, opts);
+  struct Scratch {
+    at::Tensor buf;
     std::vector<T> scratch;
     std::vector<int64_t> order;
     Candidates<T> c;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < n_tiles; ++t) {
+  };
+  const int team = genkernels::cpu::team_size(bmu_threads_for(n, K, D));
+  std::vector<Scratch> states(team);
+  genkernels::cpu::parallel_chunks(n_tiles, team, [&](int64_t t, int slot) {
+    Scratch& st = states[slot];
+    if (!st.buf.defined()) st.buf = at::empty({std::min(tile, n), K}, opts);
+    at::Tensor& buf = st.buf;
+    std::vector<T>& scratch = st.scratch;
+    std::vector<int64_t>& order = st.order;
+    Candidates<T>& c = st.c;
+    {
       const int64_t r0 = t * tile, rows = std::min(tile, n - r0);
       at::Tensor g = buf.narrow(0, 0, rows);
       at::mm_out(g, at::from_blob(const_cast<T*>(x + r0 * D), {rows, D}, opts), wt);
@@ -243,7 +261,7 @@ void gemm_euclidean(const T* x, int64_t n, const T* w, int64_t K, int64_t D, int
         finish_candidates(xr, w, K, D, k, c, out_idx + r * k, out_dist + r * k, scratch, order);
       }
     }
-  }
+  });
 }
 
 // Whether at::mm computes fp32 products in fp32: a reduced-precision matmul (bf16/tf32 via
@@ -408,8 +426,11 @@ void node_sums(const T* x, int64_t n, int64_t K, int64_t D, const int64_t* winne
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t i = 0; i < n; ++i) members[fill[bucket(i)]++] = i;
   }
-#pragma omp parallel for schedule(dynamic, 8)
-  for (int64_t j = 0; j < K; ++j) {
+  // nodes claimed 8 at a time, on a team sized by the samples summed
+  constexpr int64_t kNodesPerChunk = 8;
+  const int team = genkernels::cpu::team_size(std::max<int64_t>(1, n * D / (int64_t(1) << 18)));
+  genkernels::cpu::parallel_chunks((K + kNodesPerChunk - 1) / kNodesPerChunk, team, [&](int64_t chunk, int) {
+  for (int64_t j = chunk * kNodesPerChunk; j < std::min(K, (chunk + 1) * kNodesPerChunk); ++j) {
     T* s = sums + j * D;
     std::fill(s, s + D, T(0));
     if (ignore_nan) {
@@ -431,6 +452,7 @@ void node_sums(const T* x, int64_t n, int64_t K, int64_t D, const int64_t* winne
       counts[j] = T(start[j + 1] - start[j]);
     }
   }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> som_node_sums_cpu(const at::Tensor& x, const at::Tensor& weights,

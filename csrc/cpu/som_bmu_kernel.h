@@ -59,16 +59,26 @@ void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename 
   const T margin_scale = euclidean_margin_scale<T>(D);
   const int64_t n_blocks = (n_rows + MR - 1) / MR;
 
-#pragma omp parallel
-  {
-    AlignedBuffer<T> xt(D * MR);  // the block's samples transposed to (D, MR)
+  // per-thread state; blocks of MR rows claimed a chunk of blocks at a time on a team sized
+  // by the multiply-adds (parallel_region.h: one thread for small calls or a busy machine)
+  struct Scratch {
+    AlignedBuffer<T> xt;  // the block's samples transposed to (D, MR)
     Candidates<T> cand[MR];
-    alignas(64) T lanes[W];
     std::vector<T> scratch;
     std::vector<int64_t> order;
-
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+    explicit Scratch(int64_t d) : xt(d * MR) {}
+  };
+  constexpr int64_t kBlocksPerChunk = 8;
+  const int team = genkernels::cpu::team_size(bmu_threads_for(n_rows, n_nodes, D));
+  std::vector<std::unique_ptr<Scratch>> states(team);
+  genkernels::cpu::parallel_chunks((n_blocks + kBlocksPerChunk - 1) / kBlocksPerChunk, team, [&](int64_t chunk, int slot) {
+    if (!states[slot]) states[slot] = std::make_unique<Scratch>(D);
+    AlignedBuffer<T>& xt = states[slot]->xt;
+    Candidates<T>* cand = states[slot]->cand;
+    std::vector<T>& scratch = states[slot]->scratch;
+    std::vector<int64_t>& order = states[slot]->order;
+    alignas(64) T lanes[W];
+    for (int64_t blk = chunk * kBlocksPerChunk; blk < std::min(n_blocks, (chunk + 1) * kBlocksPerChunk); ++blk) {
       const int64_t r0 = blk * MR;
       const int rows = int(std::min<int64_t>(MR, n_rows - r0));
       for (int i = 0; i < MR; ++i) {
@@ -124,5 +134,5 @@ void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename 
         finish_candidates(xr, w, n_nodes, D, k, cand[i], ri, rd, scratch, order);
       }
     }
-  }
+  });
 }

@@ -5,6 +5,8 @@
 // Include this header before any `#pragma GCC target`: its inline functions must be
 // compiled for the baseline ISA in every translation unit (one definition per symbol).
 #pragma once
+#include "cpu/parallel_region.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -346,5 +348,14 @@ void online_pass_euclidean_avx512(float* w, int64_t K, int64_t D, const float* s
 // Whether each kernel was compiled in and runs on this CPU.
 bool have_avx2_kernel();
 bool have_avx512_kernel();
+
+// Threads a BMU search of n rows against K nodes of D features pays for: one per
+// kBmuMinWorkPerThread multiply-adds (a team costs tens of microseconds to wake on 2 cores,
+// and a time slice beside a busy process; parallel_region.h applies the back-off).
+constexpr int64_t kBmuMinWorkPerThread = int64_t(1) << 19;
+
+inline int64_t bmu_threads_for(int64_t n, int64_t K, int64_t D) {
+  return std::max<int64_t>(1, n * K * std::max<int64_t>(D, 1) / kBmuMinWorkPerThread);
+}
 
 }  // namespace genkernels::som::cpu
