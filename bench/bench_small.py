@@ -15,8 +15,8 @@ The scikit-learn workflow (``BernoulliRBM(n_components=100)`` on the 1,797 digit
 pass) runs at batch 1, 10, 100 and 1,000 beside ``genkernels.compat.BernoulliRBM``.
 
 ``--contended N`` runs N busy processes (one pure-Python spin loop each) beside the
-benchmark and names the results ``...-contended``. Results:
-``<out>/<machine>-small[-<family>][-quick][-contended].{json,md}``.
+benchmark and names the results ``...-contendedN``. Results:
+``<out>/<machine>-small[-<family>][-quick][-contendedN].{json,md}``.
 """
 
 from __future__ import annotations

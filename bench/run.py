@@ -4,7 +4,7 @@
                         [--small] [--contended N] [--allow-dirty]
 
 ``--small``: the family's small-shape rows (bench/bench_small.py); ``--contended N``: N busy
-processes run beside the benchmark and the results are named ``...-contended``.
+processes run beside the benchmark and the results are named ``...-contendedN``.
 Into bench/results/ (the default) only from a clean tree: ``--allow-dirty`` writes anyway, the
 results then naming the commit ``<sha>-dirty`` (any other ``--out`` is always allowed).
 
@@ -316,7 +316,7 @@ _BUSY: list = []
 class busy_neighbours:
     """``with busy_neighbours(n):`` runs n busy processes (a pure-Python spin loop each,
     like another user's job) beside the benchmark; results written meanwhile are named
-    ``...-contended`` and record the count (``contention_meta``)."""
+    ``...-contendedN`` and record the count (``contention_meta``)."""
 
     def __init__(self, n: int):
         if n < 0:
@@ -344,7 +344,7 @@ def contention_meta() -> dict:
 
 
 def contention_suffix() -> str:
-    return "-contended" if _BUSY else ""
+    return f"-contended{len(_BUSY)}" if _BUSY else ""
 
 
 def write_results(out_dir: str, name: str, meta: dict, records: list[dict], table: str) -> str:

@@ -39,8 +39,8 @@ def test_contended_runs_busy_processes_and_names_the_results(tmp_path, bench_mod
         assert len(pids) == 2 and all(p.poll() is None for p in busy.procs)
         assert run.contention_meta() == {"busy_processes": 2}
         stem = run.write_results(str(tmp_path), "x", {"machine": "m"}, [], "table")
-    assert stem.endswith("x-contended")
-    assert json.loads((tmp_path / "x-contended.json").read_text())["contention"] == {"busy_processes": 2}
+    assert stem.endswith("x-contended2")
+    assert json.loads((tmp_path / "x-contended2.json").read_text())["contention"] == {"busy_processes": 2}
     assert all(p.poll() is not None for p in busy.procs)  # stopped
     assert run.contention_meta() == {"busy_processes": 0} and run.contention_suffix() == ""
     with pytest.raises(ValueError, match="--contended"):
