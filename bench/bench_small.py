@@ -86,6 +86,16 @@ def _som_cases():
     model = SOM((5, 5), 8, seed=0)
     impls["genkernels SOM.fit online, 200 steps"] = lambda: model.fit(x, epochs=1, mode="online", verbose=False)
     cases.append(("tiny map 5x5, D=8, 200 rows", impls))
+    # one map split over a thread team, step by step: the case a busy neighbour hurt most
+    from genkernels.som import Lattice
+    lattice = Lattice(24, 24)
+    data = torch.rand(20_000, 32, generator=g)
+    w0 = torch.rand(1, lattice.n_nodes, 32, generator=g)
+    order = torch.randperm(20_000, generator=g)[None]
+    lr, sigma = torch.linspace(0.5, 0.01, 20_000)[None], torch.linspace(6.0, 1.0, 20_000)[None]
+    coords = lattice.coords()
+    cases.append(("som_online epoch, one 24x24 map, D=32, 20,000 steps", {
+        "genkernels som_online (auto)": lambda: ops.som_online(w0, data, order, lr, sigma, coords)}))
     return cases
 
 

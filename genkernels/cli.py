@@ -18,28 +18,28 @@ class UsageError(ValueError):
     """A command-line option that does not fit the others (printed as one line, exit 2)."""
 
 
-def _count(minimum: int):
-    """argparse type: an integer >= minimum."""
+def _integer(minimum: int, maximum: int | None = None, shown: str | None = None):
+    """argparse type: an integer in [minimum, maximum] (``shown`` names the range)."""
+    expected = shown or (f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]")
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
+            raise argparse.ArgumentTypeError(f"expected an integer {expected}; got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected an integer {expected}; got {value}")
         return value
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer {expected}"
     return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2^64); got {text!r}") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2^64); got {value}")
-    return value
+def _count(minimum: int):
+    """argparse type: an integer >= minimum."""
+    return _integer(minimum)
+
+
+_seed = _integer(0, SEED_LIMIT - 1, "in [0, 2^64)")
 
 
 def _finite(text: str) -> float:

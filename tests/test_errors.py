@@ -194,3 +194,19 @@ def test_float64_data_beyond_float32_is_not_called_nan():
     with pytest.raises(ValueError, match="beyond the range of float32"):
         RBM(4, 2, visible="gaussian", seed=0).fit(x, epochs=1, verbose=False)
     RBM(4, 2, visible="gaussian", seed=0, dtype=torch.float64).fit(x / 1e39, epochs=1, verbose=False)
+
+
+def test_minisom_trains_on_a_memmap_without_warnings(tmp_path):
+    import warnings
+
+    import numpy as np
+
+    from genkernels.compat import MiniSom
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((60, 4)))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    som = MiniSom(3, 3, 4, random_seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        som.train(x, 100)
+        som.train_batch(x, 20)
+    assert np.isfinite(som.get_weights()).all() and not x.flags.writeable

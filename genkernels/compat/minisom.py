@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from .._checks import from_numpy
 
 # The topographic error's adjacency threshold on rectangular grids (MiniSom's `t`):
 # the 8 surrounding nodes are within sqrt(2) < 1.42.
@@ -403,7 +404,7 @@ class MiniSom:
         distance (lowest index on ties, as argmin)."""
         metric = self._kernel_metric()
         if metric is not None:
-            indices, _ = ops.som_bmu(torch.from_numpy(rows), torch.from_numpy(self._flat_weights()),
+            indices, _ = ops.som_bmu(from_numpy(rows), torch.from_numpy(self._flat_weights()),
                                      1, metric)
             return indices[:, 0].numpy()
         return np.array([self._activation_distance(x, self._weights).argmin() for x in rows],
@@ -412,7 +413,7 @@ class MiniSom:
     def _euclidean_bmus(self, rows: np.ndarray, k: int) -> np.ndarray:
         """(N, k) int64 flat indices of the k nearest nodes in euclidean distance, as
         MiniSom's quantization and topographic error rank them."""
-        indices, _ = ops.som_bmu(torch.from_numpy(rows), torch.from_numpy(self._flat_weights()),
+        indices, _ = ops.som_bmu(from_numpy(rows), torch.from_numpy(self._flat_weights()),
                                  k, "euclidean")
         return indices.numpy()
 
@@ -520,9 +521,9 @@ class MiniSom:
             if stop > start:
                 step = slice(start, stop)
                 trained = ops.som_online(
-                    torch.from_numpy(self._flat_weights())[None], torch.from_numpy(rows),
-                    torch.from_numpy(samples[step])[None], torch.from_numpy(rate[step])[None],
-                    torch.from_numpy(sig[step])[None], positions, neighborhood=kind, metric=metric)
+                    torch.from_numpy(self._flat_weights())[None], from_numpy(rows),
+                    from_numpy(samples[step])[None], from_numpy(rate[step])[None],
+                    from_numpy(sig[step])[None], positions, neighborhood=kind, metric=metric)
                 self._weights[...] = trained[0].numpy().reshape(self._weights.shape)
             if stop < len(samples):
                 sample = int(samples[stop])
@@ -569,7 +570,7 @@ class MiniSom:
         n_nodes = flat.shape[0]
         metric = self._kernel_metric()
         if metric is not None:
-            sums, counts, _ = ops.som_node_sums(torch.from_numpy(rows), torch.from_numpy(flat), metric)
+            sums, counts, _ = ops.som_node_sums(from_numpy(rows), torch.from_numpy(flat), metric)
         else:
             winners = self._winner_indices(rows)
             counts = torch.from_numpy(np.bincount(winners, minlength=n_nodes).astype(np.float64))
