@@ -167,6 +167,20 @@ class Run:
         return median, rounds, out
 
     # records
+    def gpu_backends(self, suite: str, target: str, shapes: dict, dtype: str, call, **kwargs):
+        """One :meth:`case` per GPU backend ("cuda", "triton"), timing ``call(backend)``;
+        returns (outputs by impl, their records) for the cases that ran, for a cross-check."""
+        outs, recs = {}, []
+        for impl in ("cuda", "triton"):
+            backend, why = self.backend(impl)
+            rec, out = self.case(suite, target, impl, shapes, dtype,
+                                 lambda backend=backend: lambda: call(backend), backend=backend, skip=why,
+                                 **kwargs)
+            if out is not None:
+                outs[impl] = out
+                recs.append(rec)
+        return outs, recs
+
     def case(self, suite: str, target: str, impl: str, shapes: dict, dtype: str, make, *,
              backend: str | None = None, rate=None, check=None, params: dict | None = None,
              note: str = "", rounds: int | None = None, skip: str | None = None):
@@ -501,16 +515,11 @@ def _bm_gibbs_targets(run: Run) -> None:
     n, c, sweeps = run.size((1000, 64, 5), (8, 2, 1))
     w, b, s0 = spin_glass_machine(n, c, run.device)
     temps = [1.0] * sweeps
-    outs, recs = {}, []
-    for impl in ("cuda", "triton"):
-        backend, why = run.backend(impl)
-        rec, out = run.case("energy", "bm_gibbs", impl, {"N": n, "chains": c, "sweeps": sweeps}, "float32",
-                            lambda backend=backend: lambda: ops.bm_gibbs(w, b, s0, temps, seed=1, backend=backend),
-                            backend=backend, skip=why, rate=lambda median: (c * n * sweeps / median, "updates/s"),
-                            note="spin glass, T = 1, random order (bench_bm_gibbs.spin_glass_machine)")
-        if out is not None:
-            outs[impl] = out
-            recs.append(rec)
+    outs, recs = run.gpu_backends(
+        "energy", "bm_gibbs", {"N": n, "chains": c, "sweeps": sweeps}, "float32",
+        lambda backend: ops.bm_gibbs(w, b, s0, temps, seed=1, backend=backend),
+        rate=lambda median: (c * n * sweeps / median, "updates/s"),
+        note="spin glass, T = 1, random order (bench_bm_gibbs.spin_glass_machine)")
     first = next(iter(outs), None)
     for rec, (impl, out) in zip(recs, outs.items()):
         chains_equal = float((out == outs[first]).all(1).double().mean())
@@ -529,18 +538,11 @@ def _hopfield_targets(run: Run) -> None:
     from genkernels import ops
     n, batch, sweeps = run.size((1000, 64, 5), (8, 2, 1))
     w, probes = spin_glass(n, batch, run.device)
-    outs, recs = {}, []
-    for impl in ("cuda", "triton"):
-        backend, why = run.backend(impl)
-        rec, out = run.case("energy", "hopfield_recall async", impl, {"N": n, "B": batch, "sweeps": sweeps},
-                            "float32",
-                            lambda backend=backend: lambda: ops.hopfield_recall(w, probes, max_sweeps=sweeps,
-                                                                                seed=1, backend=backend),
-                            backend=backend, skip=why, rate=lambda median: (batch * n * sweeps / median, "updates/s"),
-                            note="spin glass probes, random order (bench_hopfield_recall.spin_glass)")
-        if out is not None:
-            outs[impl] = out
-            recs.append(rec)
+    outs, recs = run.gpu_backends(
+        "energy", "hopfield_recall async", {"N": n, "B": batch, "sweeps": sweeps}, "float32",
+        lambda backend: ops.hopfield_recall(w, probes, max_sweeps=sweeps, seed=1, backend=backend),
+        rate=lambda median: (batch * n * sweeps / median, "updates/s"),
+        note="spin glass probes, random order (bench_hopfield_recall.spin_glass)")
     first = next(iter(outs), None)
     for rec, (impl, (states, converged)) in zip(recs, outs.items()):
         equal = bool(torch.equal(states, outs[first][0]) and torch.equal(converged, outs[first][1]))
