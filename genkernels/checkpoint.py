@@ -64,21 +64,24 @@ def _blocking_file(folder: str) -> str | None:
         current = parent
 
 
-def _make_writable_folder(folder: str, name: str, shown) -> None:
+def _make_writable_folder(folder: str, name: str, shown, probe: bool = True) -> None:
+    """Create ``folder``; with ``probe``, also write and remove a file there (a caller that
+    writes its own temp file next skips the probe)."""
     blocker = _blocking_file(folder)
     if blocker is not None:
         raise ValueError(f"{name}: cannot write {os.fspath(shown)!r}: {blocker!r} is a file, not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        if probe:
+            fd, probe_path = tempfile.mkstemp(dir=folder, prefix=".tmp-probe-")
+            os.close(fd)
+            os.unlink(probe_path)
     except OSError as exc:
         raise ValueError(f"{name}: cannot write into the folder {folder!r} "
                          f"({exc.strerror or exc})") from exc
 
 
-def check_output_path(path, name: str = "path") -> str:
+def check_output_path(path, name: str = "path", probe: bool = True) -> str:
     """Validate that a file can be written at ``path`` before long work starts: its folder
     is created (parents included) and must be writable, and whatever is at the path must be
     a regular file (or a symlink to one, or nothing). Returns the path; raises ValueError
@@ -88,7 +91,7 @@ def check_output_path(path, name: str = "path") -> str:
         kind = "a folder" if os.path.isdir(target) else "not a regular file"
         raise ValueError(f"{name}: {os.fspath(path)!r} is {kind}; a checkpoint or output file is written "
                          "only over a regular file")
-    _make_writable_folder(os.path.dirname(target), name, path)
+    _make_writable_folder(os.path.dirname(target), name, path, probe)
     return os.fspath(path)
 
 
@@ -124,7 +127,7 @@ def save_atomic(payload: dict, path, kind: str) -> None:
     """Write ``payload`` (tensors, numbers, strings, lists, dicts) as a ``kind`` checkpoint
     at ``path`` (see the module docstring for symlinks, modes and leftovers)."""
     payload = {"format": FORMAT, "kind": kind, **payload}
-    check_output_path(path)
+    check_output_path(path, probe=False)  # the temp file below is the probe
     target = _target(path)
     folder, base = os.path.split(target)
     _remove_stale_temps(folder, base)
