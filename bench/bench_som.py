@@ -281,7 +281,7 @@ def _bmu_cases(w: Workload, device: str, x_of) -> list[Case]:
             x = x_of()
             weights = initial_weights(x, w.k)
             return lambda: ops.som_bmu(x, weights, backend=b)
-        params = {"precision": "fp32"} if b == "triton" and w.name == "bmu_gpu" else {}
+        params = {"precision": "fp32", "search": "fused"} if b == "triton" and w.name == "bmu_gpu" else {}
         cases.append(Case(w, "bmu", b, "backend", device, make, flops=flops,
                           warmup=b != "reference", params=params))
     if w.name == "bmu_gpu" and "triton" in bench_backends("som_bmu", device):
@@ -342,25 +342,31 @@ def _bmu_cases(w: Workload, device: str, x_of) -> list[Case]:
 
 
 def _low_precision_bmu_cases(w: Workload, device: str, x_of, flops: float) -> list[Case]:
-    """The triton BMU search on tensor cores (tf32, bf16), each checked against the
-    fp32 search on the same inputs: the fraction of equal (row, index) entries."""
+    """The other triton BMU searches: tensor cores (tf32, bf16) with the fused kernel,
+    and every precision with the blocked one (search="blocked"), each checked against
+    the fp32 fused search on the same inputs: the fraction of equal (row, index) entries
+    (1 by construction: every search is certified exact)."""
     cases = []
-    inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    inputs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    variants = [(p, "fused") for p in LOW_PRECISIONS] + [(p, "blocked") for p in ("fp32",) + LOW_PRECISIONS]
 
-    for precision in LOW_PRECISIONS:
-        def make(precision=precision):
+    for precision, search in variants:
+        def make(precision=precision, search=search):
             x = x_of()
             weights = initial_weights(x, w.k)
-            inputs[precision] = (x, weights)
-            return lambda: ops.som_bmu(x, weights, precision=precision, backend="triton")
+            inputs[precision, search] = (x, weights)
+            return lambda: ops.som_bmu(x, weights, precision=precision, search=search, backend="triton")
 
-        def agreement(out, precision=precision):
-            x, weights = inputs.pop(precision)
-            want = ops.som_bmu(x, weights, precision="fp32", backend="triton")[0]
+        def agreement(out, precision=precision, search=search):
+            x, weights = inputs.pop((precision, search))
+            want = ops.som_bmu(x, weights, precision="fp32", search="fused", backend="triton")[0]
             return {"indices_equal_fp32": float((out[0] == want).double().mean())}
+        note = f"{precision} tensor-core search, certified, exact fp32 re-rank" if precision != "fp32" else \
+            "exact fp32 search"
+        if search == "blocked":
+            note += "; blocked: products per L2-sized row block, then select"
         cases.append(Case(w, "bmu", "triton", "backend", device, make, flops=flops,
-                          params={"precision": precision}, check=agreement,
-                          note=f"{precision} tensor-core search, exact fp32 re-rank"))
+                          params={"precision": precision, "search": search}, check=agreement, note=note))
     return cases
 
 

@@ -8,11 +8,11 @@ No family named: all of them. Each case is a warm-up call, then ``--rounds`` tim
 its record holds the median, the rounds, a rate, and a correctness check of its output:
 
 * ``som`` -- exact BMU search ``ops.som_bmu``, 1,000,000 x 256 fp32 against 4,096 nodes,
-  with ``precision="fp32"``, ``"tf32"`` and ``"bf16"`` (tensor-core candidates, exact fp32
-  re-rank), against the bare fp32 ``torch.mm`` of the same shapes and the tiled
+  with ``precision="fp32"``, ``"tf32"`` and ``"bf16"`` (tensor-core candidates, certified,
+  exact fp32 re-rank), each with ``search="fused"`` and ``"blocked"``, against the bare fp32 ``torch.mm`` of the same shapes and the tiled
   ``torch.addmm`` + ``argmin`` anchor (both from bench/bench_som.py); checked: the chosen
-  node is the fp64 nearest node (up to ties) on 4,096 spread rows, and the share of indices
-  equal to the fp32 search's. Online SOM epoch of 64 maps 32x32x64, 10,000 steps, N=50,000
+  node is the fp64 nearest node (up to ties) on 4,096 spread rows, and every index equal
+  to the fp32 fused search's (certified searches are exact by construction). Online SOM epoch of 64 maps 32x32x64, 10,000 steps, N=50,000
   (bench_som's ``multi_map`` workload), ``backend=None`` (auto) and triton; one map 40x40x784,
   2,000 steps, cuda and triton; checked: finite, and the quantization error of map 0 within
   2% across the backends of the group (long sequential runs are compared by quality).
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import math
 import os
 import subprocess
@@ -312,6 +313,7 @@ def som_targets(run: Run) -> None:
     from bench_som import Workload
     from genkernels import backends, ops
     from genkernels.som.reference import PRECISIONS
+    SEARCHES = ("fused", "blocked")
 
     # --- exact BMU search, 1M x 256 against 4,096 nodes
     w = run.size(Workload("bmu_gpu", "random", 1_000_000, 256, 64, 64, 0, scale=True),
@@ -327,27 +329,32 @@ def som_targets(run: Run) -> None:
         return flops / median / 1e12, "TFLOP/s"
 
     fp32_indices = {}
-    for precision in PRECISIONS:
+    for precision, search in itertools.product(PRECISIONS, SEARCHES):
         backend, why = run.backend("triton")
 
-        def make(precision=precision, backend=backend):
+        def make(precision=precision, search=search, backend=backend):
             x = x_of()
             weights = bench_som.initial_weights(x, w.k)
-            return lambda: ops.som_bmu(x, weights, precision=precision, backend=backend)
+            return lambda: ops.som_bmu(x, weights, precision=precision, search=search, backend=backend)
 
-        def check(out, precision=precision):
+        def check(out, precision=precision, search=search):
             x = x_of()
             result = _bmu_check(x, bench_som.initial_weights(x, w.k), out[0])
-            if precision == "fp32":
+            if (precision, search) == ("fp32", "fused"):
                 fp32_indices["idx"] = out[0]
             elif "idx" in fp32_indices:
                 result["indices_equal_fp32"] = float((out[0] == fp32_indices["idx"]).double().mean())
-                result["summary"] += f"; {100 * result['indices_equal_fp32']:.4f}% = fp32 search"
+                result["ok"] = result["ok"] and result["indices_equal_fp32"] == 1.0
+                result["summary"] += f"; {100 * result['indices_equal_fp32']:.4f}% = fp32 fused search"
             return result
+        note = ("fused distance + top-k in registers" if search == "fused" else
+                "blocked: " + ("cuBLAS products" if precision == "fp32" else f"{precision} Triton GEMM")
+                + " per L2-sized row block, then select + re-rank")
+        if precision != "fp32":
+            note += f"; {precision} tensor-core candidates, certified, exact fp32 re-rank"
         run.case("som", "som_bmu", "genkernels.ops.som_bmu", shapes, "float32", make, backend=backend,
-                 params={"precision": precision}, rate=tflops, check=check, skip=why,
-                 note="fused distance + argmin" + ("" if precision == "fp32" else
-                                                   f"; {precision} tensor-core candidates, exact fp32 re-rank"))
+                 params={"precision": precision, "search": search}, rate=tflops, check=check, skip=why,
+                 note=note)
     fp32_indices.clear()
     baselines = {c.impl: c for c in bench_som._bmu_cases(w, run.device, x_of)
                  if c.impl in ("torch.mm", "torch addmm+argmin")}

@@ -81,14 +81,17 @@ def _som_registry() -> list[TritonKernel]:
                    "fp16": torch.float16}[dtype]
         precision_id = som_triton._bmu_precision(x_dtype, metric, ignore_nan, precision,
                                                  interpreted=False)
-        exact, recheck, slots, cfg = som_triton._bmu_plan(torch.empty(0, dtype=x_dtype), metric, k,
-                                                          precision_id)
+        exact, recheck, certify, slots, cfg = som_triton._bmu_plan(
+            torch.empty(0, dtype=x_dtype), metric, k, precision_id)
         cfg = dict(cfg)
         acc_name = "fp64" if dtype == "fp64" else "fp32"
+        # without CERTIFY the launcher passes the indices for the two unread pointers
         sig = {"X": _ptr(dtype), "W": _ptr(dtype), "INDICES": "*i64", "DISTANCES": _ptr(dtype),
-               "N": "i32", "K": "i32", "D": "i32", "k": "i32", **strides}
+               "UNSURE": "*i8" if certify else "*i64", "WSQ_MAX": "*fp32" if certify else "*i64",
+               "N": "i32", "K": "i32", "D": "i32", "k": "i32", **strides, "C_BOUND": "fp32"}
         meta = dict(METRIC=som_triton.METRIC_IDS[metric], IGNORE_NAN=ignore_nan, EXACT=exact,
-                    PRECISION=precision_id, RECHECK=recheck, SLOTS=slots, ACC=acc[acc_name],
+                    PRECISION=precision_id, RECHECK=recheck, CERTIFY=certify, SLOTS=slots,
+                    ACC=acc[acc_name],
                     BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"])
         tag = (f"{metric},{dtype},k={k}" + (",ignore_nan" if ignore_nan else "")
                + (f",precision={precision}" if precision != "fp32" else ""))
@@ -96,11 +99,36 @@ def _som_registry() -> list[TritonKernel]:
                                     lambda: som_triton._som_bmu_kernel, sig, {**meta, **unit},
                                     cfg["num_warps"], cfg["num_stages"]))
 
+    def products(precision):
+        cfg = dict(som_triton.PRODUCTS_CONFIG)
+        sig = {"X": "*fp32", "W": "*fp32", "G": "*fp32", "N": "i32", "K": "i32", "D": "i32",
+               **strides, "stride_gn": "i32"}
+        meta = dict(PRECISION=som_triton.PRECISION_IDS[precision],
+                    BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"])
+        entries.append(TritonKernel("som", f"_som_products_kernel[{precision}]",
+                                    lambda: som_triton._som_products_kernel, sig, {**meta, **unit},
+                                    cfg["num_warps"], cfg["num_stages"]))
+
+    def blocked_select(k, precision="fp32"):
+        cfg = dict(som_triton.BLOCKED_SELECT_CONFIG)
+        margin = som_triton.CERTIFY_MARGIN if precision == "fp32" else som_triton.LOW_PRECISION_MARGIN
+        slots = som_triton._next_pow2(min(k + margin, som_triton.TOPK_SLOTS_MAX))
+        sig = {"G": "*fp32", "WSQ": "*fp32", "WSQ_MAX": "*fp32", "X": "*fp32", "W": "*fp32",
+               "INDICES": "*i64", "DISTANCES": "*fp32", "UNSURE": "*i8",
+               "N": "i32", "K": "i32", "D": "i32", "k": "i32", "stride_gn": "i32", **strides,
+               "C_BOUND": "fp32"}
+        meta = dict(SLOTS=slots, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"])
+        tag = f"k={k}" + (f",precision={precision}" if precision != "fp32" else "")
+        entries.append(TritonKernel("som", f"_som_bmu_products_kernel[{tag}]",
+                                    lambda: som_triton._som_bmu_products_kernel, sig, {**meta, **unit},
+                                    cfg["num_warps"], cfg["num_stages"]))
+
     def node_sums(metric, dtype="fp32", ignore_nan=False):
         import torch
 
         x_dtype = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16}[dtype]
-        exact, recheck, slots, cfg = som_triton._bmu_plan(torch.empty(0, dtype=x_dtype), metric, 1)
+        exact, recheck, _, slots, cfg = som_triton._bmu_plan(torch.empty(0, dtype=x_dtype), metric, 1,
+                                                             certify=False)
         cfg = dict(cfg)
         acc_name = "fp64" if dtype == "fp64" else "fp32"
         sig = {"X": _ptr(dtype), "W": _ptr(dtype), "SUMS": _ptr(acc_name),
@@ -153,6 +181,11 @@ def _som_registry() -> list[TritonKernel]:
     bmu("cosine", 1, precision="bf16")
     bmu("manhattan", 1)
     bmu("chebyshev", 1)
+    products("tf32")
+    products("bf16")
+    blocked_select(1)
+    blocked_select(3)
+    blocked_select(1, "tf32")
     distances("euclidean")
     node_sums("euclidean")
     node_sums("euclidean", ignore_nan=True)

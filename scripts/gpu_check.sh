@@ -18,7 +18,7 @@
 #                  bm_gibbs and async Hopfield recall (cuda/triton)
 #
 # Time limits in seconds (environment): BUILD_S (150), <SECTION>_TESTS_S and
-# <SECTION>_TARGETS_S (SOM 30/40, ISING 15/20, ENERGY 35/40), and TOTAL_S (295) for the whole
+# <SECTION>_TARGETS_S (SOM 30/60, ISING 15/20, ENERGY 35/40), and TOTAL_S (295) for the whole
 # script: every step's limit is cut to what is left of TOTAL_S, and a step with less than
 # MIN_STEP_S (10) left is not started. A failed or timed-out step does not stop the next;
 # a summary of every step ends the output (exit status 1 when a step failed).
@@ -138,7 +138,7 @@ for section in "${sections[@]}"; do
   case $section in
     som)
       files=(tests/test_som_*.py)
-      tests_s=${SOM_TESTS_S:-30} targets_s=${SOM_TARGETS_S:-40} ;;
+      tests_s=${SOM_TESTS_S:-30} targets_s=${SOM_TARGETS_S:-60} ;;
     ising)
       files=(tests/test_ising.py)
       tests_s=${ISING_TESTS_S:-15} targets_s=${ISING_TARGETS_S:-20} ;;

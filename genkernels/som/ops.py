@@ -18,7 +18,7 @@ from .. import backends
 from .._checks import (check_choice, check_float_tensor, check_index_tensor, check_int,
                        check_positive, check_same_device, check_same_dtype, compiling)
 from . import reference
-from .reference import METRICS, NEIGHBORHOODS, PRECISIONS, RULES, acc_dtype
+from .reference import METRICS, NEIGHBORHOODS, PRECISIONS, RULES, SEARCHES, acc_dtype
 
 # Neighbourhoods that factor into one function per lattice axis (csrc/common/som.h).
 SEPARABLE_NEIGHBORHOODS = ("gaussian", "bubble", "triangle")
@@ -151,18 +151,19 @@ def _nan_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ BMU
-def _bmu_scaled(x, weights, k, metric, ignore_nan, precision, backend):
+def _bmu_scaled(x, weights, k, metric, ignore_nan, precision, backend, search="auto"):
     """_bmu_forward with the scale guard and the NaN rule (see som_bmu). The cpu
     kernels apply both themselves (csrc/cpu/som.cpp, scale_exponent): no Python pass."""
     if backend == "cpu":
-        return _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend)
+        return _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend, search)
     e, has_nan = _scale_exponent(x, weights)
     if e:
-        idx, dist = _bmu_forward(_ldexp(x, -e), _ldexp(weights, -e), k, metric, ignore_nan, precision, backend)
+        idx, dist = _bmu_forward(_ldexp(x, -e), _ldexp(weights, -e), k, metric, ignore_nan, precision,
+                                 backend, search)
         if metric != "cosine":
             dist = _ldexp(dist.to(acc_dtype(dist.dtype)), e).to(dist.dtype)
     else:
-        idx, dist = _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend)
+        idx, dist = _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend, search)
     if has_nan:
         idx, dist = _apply_nan_rule(x, weights, idx, dist, metric, ignore_nan)
     return idx, dist
@@ -190,12 +191,12 @@ def _apply_nan_rule(x, weights, idx, dist, metric, ignore_nan):
     return idx, dist
 
 
-def _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend):
-    # precision only changes the triton search; reference and cpu search exactly
+def _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend, search="auto"):
+    # precision and search only change the triton search; reference and cpu search exactly
     if backend == "reference":
         return reference.som_bmu(x, weights, k, metric, ignore_nan)
     if backend == "triton":
-        return _triton_ops().som_bmu_triton(x, weights, k, metric, ignore_nan, precision)
+        return _triton_ops().som_bmu_triton(x, weights, k, metric, ignore_nan, precision, search)
     return torch.ops.genkernels.som_bmu(x, weights, k, metric, ignore_nan)
 
 
@@ -205,12 +206,12 @@ class _BMUFunction(torch.autograd.Function):
     rows, so every backend shares one exact gradient."""
 
     @staticmethod
-    def forward(x, weights, k, metric, ignore_nan, precision, backend):
-        return _bmu_scaled(x, weights, k, metric, ignore_nan, precision, backend)
+    def forward(x, weights, k, metric, ignore_nan, precision, backend, search):
+        return _bmu_scaled(x, weights, k, metric, ignore_nan, precision, backend, search)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weights, k, metric, ignore_nan, _, _ = inputs
+        x, weights, k, metric, ignore_nan, _, _, _ = inputs
         ctx.save_for_backward(x, weights, output[0])
         ctx.metric, ctx.ignore_nan = metric, ignore_nan
         ctx.mark_non_differentiable(output[0])
@@ -227,7 +228,7 @@ class _BMUFunction(torch.autograd.Function):
         grads = iter(grads)
         gx = next(grads) if ctx.needs_input_grad[0] else None
         gw = next(grads) if ctx.needs_input_grad[1] else None
-        return gx, gw, None, None, None, None, None
+        return gx, gw, None, None, None, None, None, None
 
 
 def _winner_distances(x, weights, indices, metric, ignore_nan):
@@ -236,7 +237,7 @@ def _winner_distances(x, weights, indices, metric, ignore_nan):
 
 
 def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "euclidean", *,
-            ignore_nan: bool = False, precision: str = "fp32",
+            ignore_nan: bool = False, precision: str = "fp32", search: str = "auto",
             backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best-matching units: the k nearest nodes of every sample.
 
@@ -248,21 +249,29 @@ def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "e
             distance (Euclidean, not squared).
         ignore_nan: skip NaN features of x, rescaling the distance to the present ones.
         precision: "fp32" | "tf32" | "bf16" -- the arithmetic of the candidate search.
-            "fp32" searches exactly. "tf32" / "bf16" (triton backend, fp32 input,
-            euclidean or cosine, ignore_nan=False) rank the nodes on tensor cores --
-            x.w from tf32 operands, or from x and w rounded to bf16, accumulated in
-            fp32 -- keep a few more candidates per row than k (k + 2, rounded up to a
-            power of two, at most 16), and re-rank those exactly in fp32 from the
-            definition. The distances returned are exact (as with "fp32"), and the
-            indices equal the exact search's wherever the true k-th and (k+1)-th
-            distances are separated by more than the low-precision error: with
-            u = 2^-10 (tf32) or 2^-8 (bf16), squared euclidean distances that differ
-            by more than 4.1 u (|x|^2 + max_j |w_j|^2), cosine distances by more than
-            4.1 u. Closer than that, the k returned are still the k nearest of the
-            candidates, so a miss needs more than (candidates - k) nodes inside the
-            error band. Everywhere else -- the reference and cpu backends, other
-            metrics, fp16/bf16/fp64 input, ignore_nan, k > 16 -- ``precision`` is
-            accepted and the search is exact (fp32, fp64 for fp64 input).
+            Every precision returns the exact search's indices and distances. The
+            triton backend ranks the nodes by |w|^2 - 2 x.w from dot products -- fp32,
+            or on tensor cores from tf32 operands or operands rounded to bf16
+            (euclidean or cosine, fp32 input, ignore_nan=False) -- keeps a few more
+            candidates per row than k, and re-ranks those exactly in fp32 from the
+            definition. A rigorous rounding-error bound certifies each row: when the
+            last kept candidate is farther than the k-th by more than twice the bound,
+            no node left out can be among the k nearest. Rows it cannot certify
+            (near-ties) are searched again, with fp32 products after tf32/bf16 and
+            from the definition after fp32, so the indices equal the exact search by
+            construction; near-ties cost time, never accuracy. On data whose
+            neighbours are nearly equidistant the bf16 bound (4x tf32's) certifies few
+            rows and bf16 is then slower than tf32. Everywhere else -- the reference and
+            cpu backends, other metrics, fp16/bf16/fp64 input, ignore_nan, k > 8 --
+            ``precision`` is accepted and the search is exact (fp32, fp64 for fp64
+            input).
+        search: "auto" | "fused" | "blocked" -- the triton kernels (other backends
+            accept it and ignore it). "fused" streams the codebook through registers,
+            no (N, K) matrix anywhere; "blocked" (euclidean, fp32 input, no
+            ignore_nan; a ValueError elsewhere) computes the products of blocks of
+            rows with every node first -- cuBLAS for fp32, a tensor-core Triton GEMM
+            for tf32/bf16 -- in blocks of 32 MiB that stay in a GPU's L2, then selects
+            from them. "auto" is "fused" until a GPU run shows "blocked" faster.
         backend: None (auto), "reference", "cpu" or "triton".
 
     Returns:
@@ -291,13 +300,14 @@ def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "e
     _check_x_weights(x, weights, metric)
     k = check_int("k", k, 1, weights.shape[0])
     check_choice("precision", precision, PRECISIONS)
+    check_choice("search", search, SEARCHES)
     name = backends.resolve("som_bmu", x.device, backend)
     if x.shape[0] == 0:
         return (torch.empty((0, k), dtype=torch.int64, device=x.device),
                 torch.empty((0, k), dtype=x.dtype, device=x.device))
     if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad):
-        return _BMUFunction.apply(x, weights, k, metric, bool(ignore_nan), precision, name)
-    return _bmu_scaled(x, weights, k, metric, bool(ignore_nan), precision, name)
+        return _BMUFunction.apply(x, weights, k, metric, bool(ignore_nan), precision, name, search)
+    return _bmu_scaled(x, weights, k, metric, bool(ignore_nan), precision, name, search)
 
 
 # ------------------------------------------------------------------------ batch rule

@@ -16,6 +16,8 @@ RULES = ("som", "wta", "wtm")
 # Arithmetic of the BMU candidate search (genkernels.ops.som_bmu): the returned
 # distances are exact in every one; the reference always searches exactly.
 PRECISIONS = ("fp32", "tf32", "bf16")
+# Kernels of the triton BMU search (genkernels/som/triton.py); the reference is exact.
+SEARCHES = ("auto", "fused", "blocked")
 COSINE_EPS = 1e-8
 # Rows per tile of the reference's distance matrix: bounded memory on any N.
 _TILE_ELEMENTS = 1 << 22

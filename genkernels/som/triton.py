@@ -16,25 +16,29 @@ Numerics
 * Accumulation in fp32 (fp64 for fp64 input); fp16/bf16 are upcast on load.
 * Euclidean BMU search (fp32/fp16/bf16) ranks nodes by the expansion |w|^2 - 2 x.w on
   ``tl.dot`` tiles (``input_precision="ieee"``), keeps SLOTS = next power of two
-  >= k + 1 candidates (at most TOPK_SLOTS_MAX), then recomputes their exact
-  sum((x - w)^2) from the definition and re-sorts them: the expansion's cancellation
-  error cannot swap near-tied winners as long as no more than SLOTS nodes are within
-  that error of each other, and the returned distances are exact (tested on data with
-  |x|^2 ~ 1e7 where the expansion alone picks the wrong winner for half the rows). fp64 input and manhattan/chebyshev use broadcast tiles computed from the
-  definition (no expansion, no recheck).
+  >= k + CERTIFY_MARGIN candidates per row (at most TOPK_SLOTS_MAX), then recomputes
+  their exact sum((x - w)^2) from the definition and re-sorts them. fp64 input and
+  manhattan/chebyshev use broadcast tiles computed from the definition (no expansion).
+* Certified search. Every key of the expansion is within a rigorous rounding-error
+  bound E of its exact value (_certify_constant: euclidean E = C (|x|^2 + max_j
+  |w_j|^2), cosine E = C). A row is certified when its last kept candidate's key
+  exceeds its k-th by more than 2 E: every node left out is then truly farther than
+  each of the k best kept, so the exact re-rank returns the exact top-k. Rows not
+  certified (near-ties, or data with |x|^2 far above the gaps between nodes) are
+  searched again: from the definition after an fp32 search, with the certified fp32
+  search after a tf32/bf16 one. The indices therefore equal the exact fp32 search's by
+  construction (up to ties between exact distances, which break to the lowest index as
+  the exact distances are computed here).
 * Tensor-core search (``precision="tf32"`` or ``"bf16"``; euclidean and cosine, fp32
-  input, no ignore_nan): the ranking product runs as ``tl.dot(input_precision="tf32")``
-  or on x/w tiles cast to bf16 (fp32 accumulate). An input reduced to tf32 (10 stored
-  mantissa bits; u = 2^-10 covers truncation as well as rounding) or bf16 (7 stored
-  bits, round to nearest, u = 2^-8) perturbs each product by at most
-  (2u + u^2)|x_d w_d|, so the key of node j is off by at most ~2.01 u (|x|^2 + |w_j|^2)
-  (euclidean; ~2.01 u for cosine), plus the fp32 accumulation error.
-  The kernel keeps SLOTS = next power of two >= k + LOW_PRECISION_MARGIN candidates
-  (at most TOPK_SLOTS_MAX) and re-ranks them from the definition in fp32 (euclidean
-  and cosine alike): returned distances are exact, and the indices are those of the
-  exact search whenever the true k-th and (k+1)-th keys differ by more than twice that
-  bound -- and beyond it, as long as no more than SLOTS - k further nodes fall inside
-  it.
+  input, no ignore_nan): the ranking products run as ``tl.dot(input_precision="tf32")``
+  or on x/w tiles cast to bf16 (fp32 accumulate), and the bound takes each operand's
+  conversion error u (tf32 2^-10, bf16 2^-8; the interpreter emulates both by
+  truncation, bf16 then 2^-7). The returned distances are exact.
+* Blocked search (``search="blocked"``, euclidean, fp32 input): the products of a
+  block of rows with every node come from cuBLAS (fp32; the bound follows torch's
+  matmul setting, TF32 included) or _som_products_kernel (tf32/bf16, the kernel's own
+  precision), the block kept small enough to stay in L2; one selection pass per block
+  adds the norms, keeps the candidates, certifies and re-ranks exactly.
 * Ties break to the lowest node index everywhere: candidates are ordered by the pair
   (distance, index).
 * A NaN distance (a sample with NaN features and ``ignore_nan=False``) ranks as +inf
@@ -64,7 +68,7 @@ import triton
 import triton.language as tl
 
 from .._checks import check_choice
-from .reference import METRICS, NEIGHBORHOODS, PRECISIONS, RULES, acc_dtype
+from .reference import METRICS, NEIGHBORHOODS, PRECISIONS, RULES, SEARCHES, acc_dtype
 
 METRIC_IDS = {name: i for i, name in enumerate(METRICS)}
 NEIGHBORHOOD_IDS = {name: i for i, name in enumerate(NEIGHBORHOODS)}
@@ -78,16 +82,32 @@ TOPK_SLOTS_MAX = 8
 _NO_NODE = 2**31 - 1
 # Distances materialised at once by the k > TOPK_SLOTS_MAX path.
 _TILE_ELEMENTS = 1 << 22
-# Candidates beyond k that a tensor-core (tf32/bf16) search keeps for its exact re-rank:
-# each absorbs one more node whose low-precision key lands within the error bound of
-# the k-th. A power-of-two list of SLOTS costs SLOTS selection passes per tile, so the
-# margin is small: k = 1, 2 keep 4; k = 3..6 keep 8 (24 bytes of stack on sm_80, see
-# bench/results/static/som.md).
-LOW_PRECISION_MARGIN = 2
+# Candidates beyond k that a certified search keeps for its exact re-rank: the more
+# candidates, the further the last kept one lies from the k-th and the more rows the
+# error bound certifies (see _uncertain_rows). fp32 dot products keep k + 3 (k = 1: 4),
+# tf32/bf16 k + 7 (8, at most TOPK_SLOTS_MAX), their bound being 2^14 - 2^16 times wider.
+# Rows left uncertified, measured on 20,000 rows (1 - 4 slots, then 8): uniform data of
+# 256 features against 4,096 of its rows, fp32 0%, tf32 2.8%, bf16 89%; MNIST (784
+# features, 1,024 nodes) fp32 0%, tf32 0.01%, bf16 3%. A power-of-two list of SLOTS
+# costs SLOTS selection passes per tile (bench/results/static/som.md has the registers).
+CERTIFY_MARGIN = 3
+LOW_PRECISION_MARGIN = 7
 # Kernel ids of the BMU search precisions (genkernels.som.reference.PRECISIONS), and
-# the id of bf16 under the interpreter (CPU tensors): rounding to bf16, products in fp32.
+# the ids of bf16 and tf32 under the interpreter (CPU tensors), which emulate the
+# rounding of the operands (truncation) with products in fp32.
 PRECISION_IDS = {name: i for i, name in enumerate(PRECISIONS)}
 _BF16_INTERPRETED = len(PRECISIONS)
+_TF32_INTERPRETED = len(PRECISIONS) + 1
+# BMU search kernels: "fused" streams the codebook through registers per row block
+# (_som_bmu_kernel); "blocked" (euclidean, fp32 input) computes the products of a block
+# of rows with every node first -- cuBLAS for fp32, _som_products_kernel on tensor
+# cores for tf32/bf16 -- and selects from them (_som_bmu_products_kernel). "auto" is
+# "fused" on every device until a committed GPU run shows "blocked" faster
+# (bench/gpu_targets.py times both; `bash scripts/gpu_check.sh som`).
+BMU_SEARCH_AUTO = "fused"
+# Products one row block of the blocked search holds: 32 MiB of fp32 stays in the L2
+# of an H100 (50 MB) between the product and the selection kernels.
+BLOCKED_PRODUCT_BYTES = 32 << 20
 
 # Fixed launch configurations (the GPU static report in genkernels/_static.py compiles
 # exactly these; bench/results/static/som.md has their registers and spills). The dot
@@ -98,6 +118,12 @@ _BF16_INTERPRETED = len(PRECISIONS)
 BMU_DOT_CONFIG = dict(BLOCK_N=64, BLOCK_K=64, BLOCK_D=32, num_warps=8, num_stages=2)
 BMU_BROADCAST_CONFIG = dict(BLOCK_N=32, BLOCK_K=32, BLOCK_D=8, num_warps=4, num_stages=2)
 DISTANCES_CONFIG = dict(BLOCK_N=32, BLOCK_K=32, BLOCK_D=8, num_warps=4, num_stages=2)
+# Blocked search: the selection pass reads the (rows, K) products of a block in tiles
+# of 16 rows by 64 nodes (2,048 rows of 4,096 nodes make 128 programs, one wave on an
+# H100; 128-node tiles with 8 candidates spill 464 bytes on sm_90, 64-node tiles use
+# 122 registers and no stack); the tensor-core products use the classic 128 x 128 tile.
+BLOCKED_SELECT_CONFIG = dict(BLOCK_N=16, BLOCK_K=64, BLOCK_D=32, num_warps=4, num_stages=2)
+PRODUCTS_CONFIG = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, num_warps=8, num_stages=3)
 # One program per map: the update pass must see every store of the previous step, so no
 # software pipelining across the barrier (num_stages=1).
 ONLINE_CONFIG = dict(BLOCK_K=64, BLOCK_D=32, num_warps=4, num_stages=1)
@@ -126,7 +152,7 @@ def _distance_tile(
     IGNORE_NAN: tl.constexpr,  # skip NaN features of x and rescale (reference.paired_distances)
     EXACT: tl.constexpr,       # True: from the definition on broadcast tiles; False: tl.dot
     PRECISION: tl.constexpr,   # x.w of the tl.dot path: 0 fp32 ("ieee"), 1 tf32, 2 bf16,
-                               #  3 bf16 emulated in fp32 (the interpreter, CPU tensors)
+                               #  3 bf16 / 4 tf32 emulated in fp32 (the interpreter)
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     ACC: tl.constexpr,         # accumulation dtype: tl.float32 or tl.float64
 ):
@@ -174,20 +200,7 @@ def _distance_tile(
             else:
                 dot = tl.maximum(dot, tl.max(tl.abs(diff), 2))
         else:
-            if PRECISION == 2:
-                # bf16 operands (k-dim BLOCK_D >= 16) -> HMMA/HGMMA.BF16, fp32 accumulate
-                dot += tl.dot(xv.to(tl.bfloat16), tl.trans(wv.to(tl.bfloat16)),
-                              out_dtype=tl.float32)
-            elif PRECISION == 3:
-                # bf16 under the interpreter, whose tl.dot multiplies the bit patterns of
-                # bf16 operands as integers (triton 3.9): the same bf16-rounded operands,
-                # their products exact in fp32, accumulated in fp32
-                dot += tl.dot(xv.to(tl.bfloat16).to(ACC), tl.trans(wv.to(tl.bfloat16).to(ACC)),
-                              input_precision="ieee")
-            elif PRECISION == 1:
-                dot += tl.dot(xv, tl.trans(wv), input_precision="tf32")
-            else:
-                dot += tl.dot(xv, tl.trans(wv), input_precision="ieee")
+            dot += _dot_precision(xv, wv, PRECISION, ACC)
             if IGNORE_NAN:
                 # sum over the row's present features of w^2: one more product
                 w_sq += tl.dot(present.to(ACC), tl.trans(wv * wv), input_precision="ieee")
@@ -209,6 +222,36 @@ def _distance_tile(
             key = key * (D / tl.maximum(n_present, 1.0))[:, None]
         key = tl.where(n_present[:, None] > 0, key, float("inf"))
     return key
+
+
+@triton.jit
+def _dot_precision(xv, wv, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """xv (M, BLOCK_D) . wv (N, BLOCK_D)^T -> (M, N) in ACC; BLOCK_D >= 16.
+    PRECISION 0: fp32 ("ieee"); 1: tf32 tensor cores; 2: operands rounded to bf16
+    (HMMA/HGMMA.BF16), fp32 accumulate; 3 / 4: bf16 / tf32 under the interpreter."""
+    if PRECISION == 2:
+        return tl.dot(xv.to(tl.bfloat16), tl.trans(wv.to(tl.bfloat16)), out_dtype=tl.float32)
+    elif PRECISION == 3:
+        # the interpreter's tl.dot multiplies the bit patterns of bf16 operands as
+        # integers (triton 3.9): the same bf16-rounded operands (the interpreter's cast
+        # truncates), their products exact in fp32, accumulated in fp32
+        return tl.dot(xv.to(tl.bfloat16).to(ACC), tl.trans(wv.to(tl.bfloat16).to(ACC)),
+                      input_precision="ieee")
+    elif PRECISION == 4:
+        # the interpreter's tl.dot does not round to tf32: operands truncated to tf32's
+        # 10 stored mantissa bits (the worst case of the tensor cores' conversion)
+        return tl.dot(_tf32_truncate(xv), tl.trans(_tf32_truncate(wv)), input_precision="ieee")
+    elif PRECISION == 1:
+        return tl.dot(xv, tl.trans(wv), input_precision="tf32")
+    else:
+        return tl.dot(xv, tl.trans(wv), input_precision="ieee")
+
+
+@triton.jit
+def _tf32_truncate(v):
+    """fp32 v with the 13 low mantissa bits cleared: tf32's 10 stored bits, rounded
+    toward zero (relative error < 2^-10; inf and the canonical NaN keep their class)."""
+    return (v.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -259,20 +302,36 @@ def _merge_topk(best_v, best_i, tile_v, tile_i, SLOTS: tl.constexpr):
 
 
 @triton.jit
+def _fold_tile(best_v, best_i, key, nodes, node_mask, SLOTS: tl.constexpr):
+    """Fold one (BLOCK_N, BLOCK_K) tile of ranking keys of the given nodes into the
+    sorted per-row candidate lists; padding nodes never win, NaN ranks as +inf."""
+    key = tl.where(node_mask[None, :] & (key == key), key, float("inf"))
+    tile_i = tl.broadcast_to(tl.where(node_mask, nodes, 2147483647).to(tl.int32)[None, :],
+                             key.shape)
+    # merge only when some row of the block gains a candidate (rows whose list is
+    # full and whose worst candidate beats the whole tile are left alone)
+    worst_v = tl.max(best_v, 1)
+    worst_empty = tl.max(best_i, 1) == 2147483647
+    gains = (tl.min(key, 1) < worst_v) | worst_empty
+    if tl.sum(gains.to(tl.int32), 0) > 0:
+        best_v, best_i = _merge_topk(best_v, best_i, key, tile_i, SLOTS)
+    return best_v, best_i
+
+
+@triton.jit
 def _bmu_block(
     X, W,         # *x (N, D), *weights (K, D)
     N, K, D,      # samples, nodes, features
     stride_xn, stride_xd, stride_wk, stride_wd,
     METRIC: tl.constexpr, IGNORE_NAN: tl.constexpr,
     EXACT: tl.constexpr,    # rank from the definition (True) or by tl.dot (False)
-    PRECISION: tl.constexpr,  # x.w of the tl.dot ranking: 0 fp32, 1 tf32, 2 bf16, 3 bf16 emulated
-    RECHECK: tl.constexpr,  # recompute exact distances (euclidean, cosine) of the candidates
+    PRECISION: tl.constexpr,  # x.w of the tl.dot ranking (see _distance_tile)
     SLOTS: tl.constexpr,    # candidates kept per row (power of two >= k)
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """The program's BLOCK_N rows against every node: sorted candidates
-    (BLOCK_N, SLOTS) values (true distances) and int32 node indices, plus the rows."""
+    """The program's BLOCK_N rows against every node: the SLOTS best ranking keys
+    (BLOCK_N, SLOTS), ascending, their int32 node indices, and the rows."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
@@ -285,17 +344,55 @@ def _bmu_block(
                              stride_xn, stride_xd, stride_wk, stride_wd,
                              METRIC, IGNORE_NAN, EXACT, PRECISION, BLOCK_N, BLOCK_K, BLOCK_D,
                              ACC)
-        # padding nodes never win; NaN ranks as +inf
-        key = tl.where(node_mask[None, :] & (key == key), key, float("inf"))
-        tile_i = tl.broadcast_to(tl.where(node_mask, nodes, 2147483647).to(tl.int32)[None, :],
-                                 (BLOCK_N, BLOCK_K))
-        # merge only when some row of the block gains a candidate (rows whose list is
-        # full and whose worst candidate beats the whole tile are left alone)
-        worst_v = tl.max(best_v, 1)
-        worst_empty = tl.max(best_i, 1) == 2147483647
-        gains = (tl.min(key, 1) < worst_v) | worst_empty
-        if tl.sum(gains.to(tl.int32), 0) > 0:
-            best_v, best_i = _merge_topk(best_v, best_i, key, tile_i, SLOTS)
+        best_v, best_i = _fold_tile(best_v, best_i, key, nodes, node_mask, SLOTS)
+    return best_v, best_i, rows, row_mask
+
+
+@triton.jit
+def _uncertain_rows(
+    X, rows, row_mask, D, stride_xn, stride_xd,
+    best_v, best_i,   # (BLOCK_N, SLOTS) ascending ranking keys and their nodes
+    k,                # neighbours wanted, 1 <= k <= SLOTS
+    C_BOUND,          # fp32: the key error bound per unit (launcher: _certify_constant)
+    WSQ_MAX,          # *fp32 (1,): max_j |w_j|^2 (euclidean)
+    METRIC: tl.constexpr, SLOTS: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, ACC: tl.constexpr,
+):
+    """(BLOCK_N,) bool: rows whose exact top-k is NOT proven to lie among the kept
+    candidates. Every key is within E of its exact value (euclidean E = C_BOUND
+    (|x|^2 + max_j |w_j|^2), cosine E = C_BOUND). A node left out has a key >= the last
+    kept one; when that exceeds the k-th kept key by more than 2 E, the node is truly
+    farther than each of the k best kept, so the exact re-rank of the kept candidates
+    is the exact top-k. A row whose list holds every node is certain."""
+    if METRIC == 0:
+        x_sq = tl.zeros((BLOCK_N,), ACC)
+        for d0 in range(0, D, BLOCK_D):
+            feats = d0 + tl.arange(0, BLOCK_D)
+            xv = tl.load(X + rows[:, None] * stride_xn + feats[None, :] * stride_xd,
+                         mask=row_mask[:, None] & (feats < D)[None, :], other=0.0).to(ACC)
+            xv = tl.where(xv == xv, xv, 0.0)    # IGNORE_NAN: the present features' norm
+            x_sq += tl.sum(xv * xv, 1)
+        bound = C_BOUND * (x_sq + tl.load(WSQ_MAX))
+    else:
+        bound = tl.full((BLOCK_N,), C_BOUND, ACC)
+    slot = tl.arange(0, SLOTS)[None, :]
+    kth = tl.max(tl.where(slot == k - 1, best_v, float("-inf")), 1)
+    last_v = tl.max(tl.where(slot == SLOTS - 1, best_v, float("-inf")), 1)
+    last_i = tl.max(tl.where(slot == SLOTS - 1, best_i, -1), 1)
+    return row_mask & (last_i != 2147483647) & ~(last_v > kth + 2.0 * bound)
+
+
+@triton.jit
+def _bmu_finish(
+    X, W, best_v, best_i, rows, row_mask, K, D,
+    stride_xn, stride_xd, stride_wk, stride_wd,
+    METRIC: tl.constexpr, IGNORE_NAN: tl.constexpr,
+    RECHECK: tl.constexpr,  # recompute exact distances (euclidean, cosine) of the candidates
+    SLOTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
+):
+    """Candidates ranked by key -> (values, nodes) ranked by the true distance: with
+    RECHECK each candidate's distance is recomputed from the definition and the list
+    re-sorted by (distance, index); euclidean squares are rooted."""
     if RECHECK:
         slot = tl.arange(0, SLOTS)[None, :]
         exact = tl.full((BLOCK_N, SLOTS), float("inf"), ACC)
@@ -337,7 +434,19 @@ def _bmu_block(
         best_v, best_i = _merge_topk(empty_v, empty_i, exact, best_i, SLOTS)
     if METRIC == 0:
         best_v = _sqrt_rn(best_v)
-    return best_v, best_i, rows, row_mask
+    return best_v, best_i
+
+
+@triton.jit
+def _store_bmu(INDICES, DISTANCES, UNSURE, best_v, best_i, unsure, rows, row_mask, k,
+               CERTIFY: tl.constexpr, SLOTS: tl.constexpr):
+    slot = tl.arange(0, SLOTS)
+    out = rows[:, None] * k + slot[None, :]
+    mask = row_mask[:, None] & (slot < k)[None, :]
+    tl.store(INDICES + out, best_i.to(tl.int64), mask=mask)
+    tl.store(DISTANCES + out, best_v.to(DISTANCES.dtype.element_ty), mask=mask)
+    if CERTIFY:
+        tl.store(UNSURE + rows, unsure.to(tl.int8), mask=row_mask)
 
 
 # ------------------------------------------------------------------------------ BMU
@@ -347,16 +456,20 @@ def _som_bmu_kernel(
     W,            # *weights (K, D) codebook, x's dtype, any strides
     INDICES,      # *out (N, k) int64, contiguous: node indices, ascending distance
     DISTANCES,    # *out (N, k) x's dtype, contiguous: the true distances
+    UNSURE,       # *out (N,) int8 (CERTIFY): 1 where the top-k is not certified
+    WSQ_MAX,      # *fp32 (1,) (CERTIFY, euclidean): max_j |w_j|^2
     N, K, D,      # samples, nodes, features
     k,            # neighbours wanted per row, 1 <= k <= SLOTS
     stride_xn, stride_xd,   # strides of x (elements)
     stride_wk, stride_wd,   # strides of weights (elements)
+    C_BOUND,      # fp32 (CERTIFY): key error bound per unit, see _uncertain_rows
     METRIC: tl.constexpr,      # 0 euclidean, 1 cosine, 2 manhattan, 3 chebyshev
     IGNORE_NAN: tl.constexpr,  # skip NaN features of x, rescale as the reference
     EXACT: tl.constexpr,       # broadcast tiles from the definition instead of tl.dot
     PRECISION: tl.constexpr,   # x.w of the tl.dot ranking: 0 fp32 ("ieee"), 1 tf32, 2 bf16,
-                               #  3 bf16 emulated in fp32 (the interpreter)
+                               #  3 bf16 / 4 tf32 emulated in fp32 (the interpreter)
     RECHECK: tl.constexpr,     # exact recheck (euclidean, cosine) of the SLOTS candidates
+    CERTIFY: tl.constexpr,     # flag rows whose top-k the key error bound cannot prove
     SLOTS: tl.constexpr,       # candidates kept in registers per row, power of two
     BLOCK_N: tl.constexpr,     # rows of x per program
     BLOCK_K: tl.constexpr,     # nodes per tile of the node loop
@@ -368,13 +481,86 @@ def _som_bmu_kernel(
     registers as soon as it is computed, so no (N, K) matrix exists anywhere."""
     best_v, best_i, rows, row_mask = _bmu_block(
         X, W, N, K, D, stride_xn, stride_xd, stride_wk, stride_wd,
-        METRIC, IGNORE_NAN, EXACT, PRECISION, RECHECK, SLOTS, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
-    slot = tl.arange(0, SLOTS)
-    out = rows[:, None] * k + slot[None, :]
-    mask = row_mask[:, None] & (slot < k)[None, :]
-    tl.store(INDICES + out, best_i.to(tl.int64), mask=mask)
-    tl.store(DISTANCES + out, best_v.to(DISTANCES.dtype.element_ty), mask=mask)
+        METRIC, IGNORE_NAN, EXACT, PRECISION, SLOTS, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+    unsure = row_mask
+    if CERTIFY:
+        unsure = _uncertain_rows(X, rows, row_mask, D, stride_xn, stride_xd, best_v, best_i, k,
+                                 C_BOUND, WSQ_MAX, METRIC, SLOTS, BLOCK_N, BLOCK_D, ACC)
+    best_v, best_i = _bmu_finish(X, W, best_v, best_i, rows, row_mask, K, D,
+                                 stride_xn, stride_xd, stride_wk, stride_wd,
+                                 METRIC, IGNORE_NAN, RECHECK, SLOTS, BLOCK_N, BLOCK_D, ACC)
+    _store_bmu(INDICES, DISTANCES, UNSURE, best_v, best_i, unsure, rows, row_mask, k,
+               CERTIFY, SLOTS)
 
+
+@triton.jit
+def _som_products_kernel(
+    X, W,         # *x (N, D) fp32, *weights (K, D) fp32, any strides
+    G,            # *out (N, K) fp32, row stride stride_gn: x.w
+    N, K, D,
+    stride_xn, stride_xd, stride_wk, stride_wd, stride_gn,
+    PRECISION: tl.constexpr,   # operands of the products (see _dot_precision): 1 tf32, 2 bf16, 3/4 emulated
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The tensor-core products of the blocked search, G = x w^T from tf32 or bf16
+    operands with fp32 accumulation: the precision is the kernel's own, not the
+    process-wide matmul setting, so the search's error bound holds whatever it is."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    nodes = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    node_mask = nodes < K
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        feats = d0 + tl.arange(0, BLOCK_D)
+        feat_mask = feats < D
+        xv = tl.load(X + rows[:, None] * stride_xn + feats[None, :] * stride_xd,
+                     mask=row_mask[:, None] & feat_mask[None, :], other=0.0)
+        wv = tl.load(W + nodes[:, None] * stride_wk + feats[None, :] * stride_wd,
+                     mask=node_mask[:, None] & feat_mask[None, :], other=0.0)
+        acc += _dot_precision(xv, wv, PRECISION, tl.float32)
+    tl.store(G + rows[:, None] * stride_gn + nodes[None, :], acc,
+             mask=row_mask[:, None] & node_mask[None, :])
+
+
+@triton.jit
+def _som_bmu_products_kernel(
+    G,            # *(N, K) fp32 or bf16: x.w of this row block (cuBLAS), row stride stride_gn
+    WSQ,          # *fp32 (K,): |w_j|^2
+    WSQ_MAX,      # *fp32 (1,): max_j |w_j|^2
+    X, W,         # *x (N, D) fp32 (this row block), *weights (K, D) fp32, any strides
+    INDICES,      # *out (N, k) int64, contiguous
+    DISTANCES,    # *out (N, k) fp32, contiguous
+    UNSURE,       # *out (N,) int8: 1 where the top-k is not certified
+    N, K, D, k,
+    stride_gn, stride_xn, stride_xd, stride_wk, stride_wd,
+    C_BOUND,      # fp32: key error bound per unit (launcher: _certify_constant)
+    SLOTS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The selection pass of the blocked euclidean search: keys |w_j|^2 - 2 x.w_j from
+    the products of one row block (kept in L2 by the launcher's block size), the
+    top-SLOTS candidates per row in registers, the certificate, and the exact re-rank
+    of the candidates from the definition."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    best_v = tl.full((BLOCK_N, SLOTS), float("inf"), tl.float32)
+    best_i = tl.full((BLOCK_N, SLOTS), 2147483647, tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        nodes = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        node_mask = nodes < K
+        g = tl.load(G + rows[:, None] * stride_gn + nodes[None, :],
+                    mask=row_mask[:, None] & node_mask[None, :], other=0.0).to(tl.float32)
+        w_sq = tl.load(WSQ + nodes, mask=node_mask, other=0.0)
+        key = w_sq[None, :] - 2.0 * g
+        best_v, best_i = _fold_tile(best_v, best_i, key, nodes, node_mask, SLOTS)
+    unsure = _uncertain_rows(X, rows, row_mask, D, stride_xn, stride_xd, best_v, best_i, k,
+                             C_BOUND, WSQ_MAX, 0, SLOTS, BLOCK_N, BLOCK_D, tl.float32)
+    best_v, best_i = _bmu_finish(X, W, best_v, best_i, rows, row_mask, K, D,
+                                 stride_xn, stride_xd, stride_wk, stride_wd,
+                                 0, False, True, SLOTS, BLOCK_N, BLOCK_D, tl.float32)
+    _store_bmu(INDICES, DISTANCES, UNSURE, best_v, best_i, unsure, rows, row_mask, k,
+               True, SLOTS)
 
 @triton.jit
 def _som_distances_kernel(
@@ -409,47 +595,222 @@ def _bmu_precision(dtype: torch.dtype, metric: str, ignore_nan: bool, precision:
                    interpreted: bool) -> int:
     """PRECISION id the kernel ranks with: tf32/bf16 only where the tensor-core search
     is implemented (euclidean/cosine, fp32 input, no ignore_nan); fp32 elsewhere.
-    interpreted: the launch runs under TRITON_INTERPRET (CPU tensors)."""
+    interpreted: the launch runs under TRITON_INTERPRET (CPU tensors), whose tl.dot does
+    not round, so the rounding is emulated."""
     check_choice("precision", precision, PRECISIONS)
     if (precision != "fp32" and metric in ("euclidean", "cosine") and dtype == torch.float32
             and not ignore_nan):
-        if precision == "bf16" and interpreted:
-            return _BF16_INTERPRETED
+        if interpreted:
+            return _BF16_INTERPRETED if precision == "bf16" else _TF32_INTERPRETED
         return PRECISION_IDS[precision]
     return PRECISION_IDS["fp32"]
 
 
-def _bmu_plan(x: torch.Tensor, metric: str, k: int, precision_id: int = 0):
-    """(EXACT, RECHECK, SLOTS, config) of the in-register BMU path for this call;
-    precision_id from _bmu_precision."""
+def _operand_unit(precision_id: int) -> float:
+    """Relative error bound u of one operand once converted for the products: tf32
+    keeps 10 stored mantissa bits (2^-10 covers truncation as well as rounding), bf16
+    7, rounded to nearest by the GPU's cast (2^-8) but truncated by the interpreter's
+    (2^-7); fp32 operands are used as they are."""
+    return {PRECISION_IDS["fp32"]: 0.0, PRECISION_IDS["tf32"]: 2.0 ** -10, _TF32_INTERPRETED: 2.0 ** -10,
+            PRECISION_IDS["bf16"]: 2.0 ** -8, _BF16_INTERPRETED: 2.0 ** -7}[precision_id]
+
+
+def _certify_constant(metric: str, d: int, u_in: float) -> float:
+    """C such that every ranking key of the dot-product search is within E of its
+    exact value: euclidean keys |w|^2 - 2 x.w within E = C (|x|^2 + max_j |w_j|^2),
+    cosine distances within E = C. Standard rounding analysis (Higham, ch. 3): with
+    u = 2^-24 and gamma = D u / (1 - D u), operands off by u_in each make a product off
+    by (2 u_in + u_in^2) |x_d w_d|; any fp32 summation order of D terms adds
+    gamma (1 + u_in)^2 sum |x_d w_d|; and sum |x_d w_d| <= (|x|^2 + |w|^2) / 2. The norms
+    carry gamma each, the key's subtraction u; the sum and margin are rounded up.
+    inf when D is so large that gamma has no bound (every row then goes to the exact
+    search)."""
+    u = 2.0 ** -24
+    if d * u >= 0.25:
+        return float("inf")
+    gamma = d * u / (1 - d * u)
+    eps_dot = 2 * u_in + u_in * u_in + gamma * (1 + u_in) ** 2
+    if metric == "euclidean":
+        c = eps_dot + gamma + 4 * u
+    else:  # cosine: |x.w| <= |x||w|; two norms, a product, a division, a subtraction
+        c = eps_dot + 2 * gamma + 8 * u
+    return c * (1 + 2 * gamma) * (1 + 2.0 ** -8)
+
+
+def _bmu_plan(x: torch.Tensor, metric: str, k: int, precision_id: int = 0, certify: bool = True):
+    """(EXACT, RECHECK, CERTIFY, SLOTS, config) of the in-register BMU path for this call;
+    precision_id from _bmu_precision. certify=False: the node-sums kernel, which keeps
+    the k + 1 candidates of the plain recheck."""
     exact = metric in ("manhattan", "chebyshev") or x.dtype == torch.float64
     low_precision = precision_id != PRECISION_IDS["fp32"] and not exact
     recheck = (metric == "euclidean" and not exact) or low_precision
-    if low_precision:
-        wanted = k + LOW_PRECISION_MARGIN
+    certified = certify and recheck
+    if certified:
+        wanted = k + (LOW_PRECISION_MARGIN if low_precision else CERTIFY_MARGIN)
     elif recheck:
         wanted = k + 1
     else:
         wanted = k
     slots = _next_pow2(min(wanted, TOPK_SLOTS_MAX))
     config = BMU_BROADCAST_CONFIG if exact else BMU_DOT_CONFIG
-    return exact, recheck, slots, config
+    return exact, recheck, certified, slots, config
+
+
+def _wsq_max(weights: torch.Tensor) -> torch.Tensor:
+    """(1,) fp32: max_j |w_j|^2 (computed once per launch, no host sync)."""
+    w = weights.float()
+    return (w * w).sum(1).amax().reshape(1)
+
+
+def _bmu_fused(x, weights, k, metric, ignore_nan, precision_id, exact=None):
+    """The in-register search (_som_bmu_kernel): (indices, distances, unsure) where
+    unsure (N,) int8 flags the rows whose top-k the error bound does not prove (None
+    when the plan does not certify). exact=True forces the search from the definition."""
+    n, d = x.shape
+    k_nodes = weights.shape[0]
+    plan_exact, recheck, certify, slots, cfg = _bmu_plan(x, metric, k, precision_id)
+    if exact:
+        plan_exact, recheck, certify = True, False, False
+        slots, cfg = _next_pow2(k), BMU_BROADCAST_CONFIG
+        precision_id = PRECISION_IDS["fp32"]
+    cfg = dict(cfg)
+    acc = acc_dtype(x.dtype)
+    indices = torch.empty((n, k), dtype=torch.int64, device=x.device)
+    distances = torch.empty((n, k), dtype=x.dtype, device=x.device)
+    if certify:
+        unsure = torch.empty(n, dtype=torch.int8, device=x.device)
+        wsq_max = _wsq_max(weights)
+        c_bound = _certify_constant(metric, d, _operand_unit(precision_id))
+    else:
+        unsure, wsq_max, c_bound = None, indices, 0.0   # placeholders: not read
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
+    with _device_of(x):
+        _som_bmu_kernel[grid](
+            x, weights, indices, distances, unsure if certify else indices, wsq_max,
+            n, k_nodes, d, k,
+            x.stride(0), x.stride(1), weights.stride(0), weights.stride(1), c_bound,
+            METRIC=METRIC_IDS[metric], IGNORE_NAN=bool(ignore_nan), EXACT=plan_exact,
+            PRECISION=precision_id, RECHECK=recheck, CERTIFY=certify, SLOTS=slots,
+            ACC=_TL_ACC[acc], **cfg)
+    return indices, distances, unsure
+
+
+def _cublas_operand_unit() -> float:
+    """u_in of torch.mm on fp32 CUDA tensors under the process's matmul setting: 0 for
+    IEEE fp32, 2^-10 when TF32 is allowed (or the setting cannot be read)."""
+    try:
+        mode = torch.backends.cuda.matmul.fp32_precision
+        if mode == "none":
+            mode = torch.backends.fp32_precision
+    except (AttributeError, RuntimeError):
+        return 2.0 ** -10
+    return 0.0 if mode in ("ieee", "none") else 2.0 ** -10
+
+
+def _block_rows(k_nodes: int) -> int:
+    """Rows of x per block of the blocked search: its (rows, K) fp32 products stay
+    within BLOCKED_PRODUCT_BYTES (in L2 on an A100/H100), a multiple of both kernels'
+    row tiles."""
+    unit = max(BLOCKED_SELECT_CONFIG["BLOCK_N"], PRODUCTS_CONFIG["BLOCK_M"])
+    rows = BLOCKED_PRODUCT_BYTES // (4 * k_nodes)
+    return max(unit, rows // unit * unit)
+
+
+def _bmu_blocked(x, weights, k, precision_id):
+    """The blocked euclidean search, fp32 input: per block of rows, the products
+    x w^T -- fp32 from cuBLAS (torch.mm), tf32/bf16 from _som_products_kernel -- then
+    _som_bmu_products_kernel selects, certifies and re-ranks. (indices, distances,
+    unsure) as _bmu_fused."""
+    n, d = x.shape
+    k_nodes = weights.shape[0]
+    margin = CERTIFY_MARGIN if precision_id == PRECISION_IDS["fp32"] else LOW_PRECISION_MARGIN
+    slots = _next_pow2(min(k + margin, TOPK_SLOTS_MAX))
+    indices = torch.empty((n, k), dtype=torch.int64, device=x.device)
+    distances = torch.empty((n, k), dtype=x.dtype, device=x.device)
+    unsure = torch.empty(n, dtype=torch.int8, device=x.device)
+    w_sq = (weights * weights).sum(1)
+    wsq_max = w_sq.amax().reshape(1)
+    cublas = precision_id == PRECISION_IDS["fp32"]
+    # CPU tensors (the interpreter): torch.mm on the CPU is IEEE fp32
+    u_in = (_cublas_operand_unit() if x.is_cuda else 0.0) if cublas else _operand_unit(precision_id)
+    c_bound = _certify_constant("euclidean", d, u_in)
+    rows = min(_block_rows(k_nodes), n)
+    products = torch.empty((rows, k_nodes), dtype=torch.float32, device=x.device)
+    sel, mm = BLOCKED_SELECT_CONFIG, PRODUCTS_CONFIG
+    with _device_of(x):
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            xb, g = x[start:stop], products[: stop - start]
+            if cublas:
+                torch.mm(xb, weights.t(), out=g)
+            else:
+                grid = (triton.cdiv(stop - start, mm["BLOCK_M"]), triton.cdiv(k_nodes, mm["BLOCK_N"]))
+                _som_products_kernel[grid](
+                    xb, weights, g, stop - start, k_nodes, d,
+                    xb.stride(0), xb.stride(1), weights.stride(0), weights.stride(1), g.stride(0),
+                    PRECISION=precision_id, **mm)
+            grid = (triton.cdiv(stop - start, sel["BLOCK_N"]),)
+            _som_bmu_products_kernel[grid](
+                g, w_sq, wsq_max, xb, weights, indices[start:stop], distances[start:stop],
+                unsure[start:stop], stop - start, k_nodes, d, k,
+                g.stride(0), xb.stride(0), xb.stride(1), weights.stride(0), weights.stride(1),
+                c_bound, SLOTS=slots, **sel)
+    return indices, distances, unsure
+
+
+def _settle_unsure(x, weights, k, metric, ignore_nan, precision_id, search, indices, distances,
+                   unsure):
+    """Search again the rows the certificate left open (one host sync to find them):
+    after a tf32/bf16 search with the fp32 search of the same kind (certified in turn),
+    after an fp32 one from the definition, which is exact by construction."""
+    rows = unsure.nonzero()[:, 0]
+    if rows.numel() == 0:
+        return
+    xs = x.index_select(0, rows)
+    fp32 = PRECISION_IDS["fp32"]
+    if precision_id != fp32:
+        if search == "blocked":
+            idx, dist, again = _bmu_blocked(xs, weights, k, fp32)
+        else:
+            idx, dist, again = _bmu_fused(xs, weights, k, metric, ignore_nan, fp32)
+        if again is not None:
+            _settle_unsure(xs, weights, k, metric, ignore_nan, fp32, search, idx, dist, again)
+    else:
+        idx, dist, _ = _bmu_fused(xs, weights, k, metric, ignore_nan, fp32, exact=True)
+    indices[rows] = idx
+    distances[rows] = dist
+
+
+def _bmu_search(search: str, x: torch.Tensor, metric: str, ignore_nan: bool) -> str:
+    """'fused' or 'blocked' for this call; 'blocked' runs the euclidean search of fp32
+    input without ignore_nan and raises elsewhere (nothing falls back silently)."""
+    check_choice("search", search, SEARCHES)
+    if search == "auto":
+        return BMU_SEARCH_AUTO
+    if search == "blocked" and (metric != "euclidean" or x.dtype != torch.float32 or ignore_nan):
+        raise ValueError("search='blocked' runs the euclidean search of float32 input without "
+                         f"ignore_nan; got metric={metric!r}, dtype {x.dtype}, ignore_nan={ignore_nan} "
+                         "(use search='fused' or 'auto')")
+    return search
 
 
 def som_bmu_fwd(x: torch.Tensor, weights: torch.Tensor, k: int, metric: str,
-                ignore_nan: bool, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+                ignore_nan: bool, precision: str = "fp32",
+                search: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """x (N, D), weights (K, D) -> indices (N, k) int64, distances (N, k) x.dtype.
     precision "tf32" / "bf16" ranks on tensor cores and re-ranks exactly (module
-    docstring); the k > TOPK_SLOTS_MAX path is exact whatever the precision."""
+    docstring); search "fused" | "blocked" | "auto" picks the kernels; the
+    k > TOPK_SLOTS_MAX path is exact whatever the precision."""
     n, d = x.shape
     k_nodes = weights.shape[0]
     precision_id = _bmu_precision(x.dtype, metric, ignore_nan, precision, not x.is_cuda)
-    indices = torch.empty((n, k), dtype=torch.int64, device=x.device)
-    distances = torch.empty((n, k), dtype=x.dtype, device=x.device)
+    search = _bmu_search(search, x, metric, ignore_nan)
     if n == 0 or k == 0:
-        return indices, distances
-    acc = acc_dtype(x.dtype)
+        return (torch.empty((n, k), dtype=torch.int64, device=x.device),
+                torch.empty((n, k), dtype=x.dtype, device=x.device))
     if k > TOPK_SLOTS_MAX:
+        indices = torch.empty((n, k), dtype=torch.int64, device=x.device)
+        distances = torch.empty((n, k), dtype=x.dtype, device=x.device)
         rows = max(1, _TILE_ELEMENTS // k_nodes)
         for start in range(0, n, rows):
             stop = min(n, start + rows)
@@ -458,15 +819,13 @@ def som_bmu_fwd(x: torch.Tensor, weights: torch.Tensor, k: int, metric: str,
             indices[start:stop] = order[:, :k]
             distances[start:stop] = values[:, :k].to(x.dtype)
         return indices, distances
-    exact, recheck, slots, cfg = _bmu_plan(x, metric, k, precision_id)
-    cfg = dict(cfg)
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
-    with _device_of(x):
-        _som_bmu_kernel[grid](
-            x, weights, indices, distances, n, k_nodes, d, k,
-            x.stride(0), x.stride(1), weights.stride(0), weights.stride(1),
-            METRIC=METRIC_IDS[metric], IGNORE_NAN=bool(ignore_nan), EXACT=exact,
-            PRECISION=precision_id, RECHECK=recheck, SLOTS=slots, ACC=_TL_ACC[acc], **cfg)
+    if search == "blocked":
+        indices, distances, unsure = _bmu_blocked(x, weights, k, precision_id)
+    else:
+        indices, distances, unsure = _bmu_fused(x, weights, k, metric, ignore_nan, precision_id)
+    if unsure is not None:
+        _settle_unsure(x, weights, k, metric, ignore_nan, precision_id, search, indices, distances,
+                       unsure)
     return indices, distances
 
 
@@ -507,7 +866,10 @@ def _som_node_sums_kernel(
     block's distance sum to DISTANCE_SUM."""
     best_v, best_i, rows, row_mask = _bmu_block(
         X, W, N, K, D, stride_xn, stride_xd, stride_wk, stride_wd,
-        METRIC, IGNORE_NAN, EXACT, 0, RECHECK, SLOTS, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+        METRIC, IGNORE_NAN, EXACT, 0, SLOTS, BLOCK_N, BLOCK_K, BLOCK_D, ACC)
+    best_v, best_i = _bmu_finish(X, W, best_v, best_i, rows, row_mask, K, D,
+                                 stride_xn, stride_xd, stride_wk, stride_wd,
+                                 METRIC, IGNORE_NAN, RECHECK, SLOTS, BLOCK_N, BLOCK_D, ACC)
     slot = tl.arange(0, SLOTS)[None, :]
     winner = tl.sum(tl.where(slot == 0, best_i, 0), 1)          # (BLOCK_N,) int32
     dist = tl.sum(tl.where(slot == 0, best_v, 0.0), 1)          # (BLOCK_N,) ACC
@@ -542,7 +904,7 @@ def som_node_sums_fwd(x: torch.Tensor, weights: torch.Tensor, metric: str, ignor
     distance_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     if n == 0:
         return sums, counts, distance_sum
-    exact, recheck, slots, cfg = _bmu_plan(x, metric, 1)
+    exact, recheck, _, slots, cfg = _bmu_plan(x, metric, 1, certify=False)
     cfg = dict(cfg)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
     with _device_of(x):
@@ -728,12 +1090,13 @@ def som_online_fwd(weights, x, order, lr, sigma, coords, period_0: float, period
 # ----------------------------------------------------------------------- custom ops
 @torch.library.custom_op("genkernels::som_bmu_triton", mutates_args=())
 def som_bmu_triton(x: torch.Tensor, weights: torch.Tensor, k: int, metric: str,
-                   ignore_nan: bool, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    return som_bmu_fwd(x, weights, k, metric, ignore_nan, precision)
+                   ignore_nan: bool, precision: str = "fp32",
+                   search: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    return som_bmu_fwd(x, weights, k, metric, ignore_nan, precision, search)
 
 
 @som_bmu_triton.register_fake
-def _som_bmu_triton_fake(x, weights, k, metric, ignore_nan, precision="fp32"):
+def _som_bmu_triton_fake(x, weights, k, metric, ignore_nan, precision="fp32", search="auto"):
     n = x.shape[0]
     return x.new_empty((n, k), dtype=torch.int64), x.new_empty((n, k))
 
