@@ -259,7 +259,19 @@ def dbn_digits() -> list[str]:
     ]
 
 
-CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, ais_digits, hopfield_recall, dbn_digits]
+def bmu_certification():
+    """Rows the certified BMU search re-searches (bench/bmu_certification.py)."""
+    cases = load("bmu-certification.json")["cases"]
+
+    def pct(data, precision):
+        return g(100 * one(cases, data=data, precision=precision)["uncertified"], 2) + "%"
+    return [f"re-searched: bf16 {pct('random', 'bf16')} on uniform 256-feature data against 4,096 of its rows "
+            f"and {pct('mnist', 'bf16')} on MNIST against 1,024 of its images; tf32 {pct('random', 'tf32')} "
+            f"and {pct('mnist', 'tf32')}, fp32 {pct('random', 'fp32')} and {pct('mnist', 'fp32')}"]
+
+
+CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, ais_digits, hopfield_recall, dbn_digits,
+          bmu_certification]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])
