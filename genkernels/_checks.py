@@ -76,15 +76,65 @@ def check_same_dtype(**tensors: torch.Tensor) -> torch.dtype:
     return first.dtype
 
 
-def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+def _int_error(name: str, value, low: int | None, high: int | None) -> tuple[str, str] | None:
+    """(exception name, message) of what is wrong with an integer argument, or None."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer; got {type(value).__name__} {value!r}")
+        return "TypeError", f"{name} must be an integer; got {type(value).__name__} {value!r}"
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
-        raise ValueError(f"{name} must be in [{lo}, {hi}]; got {value}")
-    return value
+        return "ValueError", f"{name} must be in [{lo}, {hi}]; got {value}"
+    return None
+
+
+_ERRORS = {"TypeError": TypeError, "ValueError": ValueError}
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    error = _int_error(name, value, low, high)
+    if error is not None:
+        raise _ERRORS[error[0]](error[1])
+    return int(value)
+
+
+@torch.library.custom_op("genkernels::argument_error", mutates_args=())
+def _argument_error(x: torch.Tensor, error: str, message: str) -> torch.Tensor:
+    """Raises ``error`` (TypeError or ValueError) with ``message`` when it runs: the
+    failed check of a compiled op (see :func:`check_int_arg`)."""
+    raise _ERRORS[error](message)
+
+
+@_argument_error.register_fake
+def _argument_error_fake(x, error, message):
+    return x.new_zeros(())
+
+
+# never dead-code eliminated, even where the op's result feeds no output (empty input)
+torch.fx.node.has_side_effect(torch.ops.genkernels.argument_error.default)
+
+
+def check_int_arg(name: str, value, low: int | None, high: int | None,
+                  x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """:func:`check_int` for an argument of an op that ``torch.compile`` may trace; ``x``
+    is the op's input tensor. Returns (value, x).
+
+    Eager, it raises as check_int does. While Dynamo traces, an exception leaving the
+    traced function is a graph break ("Observed exception"; torch._check_value on a
+    constant condition raises the same way), which ``fullgraph=True`` turns into Dynamo's
+    own error, so the user would never see the ValueError. There the failed check becomes
+    an op in the graph, on x's path into the kernels, that raises the same TypeError /
+    ValueError when the compiled function runs; tracing goes on with the value clamped
+    into [low, high] (those kernels never run)."""
+    error = _int_error(name, value, low, high)
+    if error is None:
+        return int(value), x
+    if not compiling():
+        raise _ERRORS[error[0]](error[1])
+    x = x + _argument_error(x.detach(), error[0], error[1])
+    safe = int(value) if error[0] == "ValueError" else (low if low is not None else 0)
+    safe = max(safe, low) if low is not None else safe
+    return (min(safe, high) if high is not None else safe), x
 
 
 def check_positive(name: str, value) -> float:

@@ -148,7 +148,8 @@ def save_atomic(payload: dict, path, kind: str) -> None:
 
 def read(path, kind: str) -> dict:
     """Load a ``kind`` checkpoint written by :func:`save_atomic`; clear errors for a
-    missing file, an unreadable one, or a checkpoint of something else."""
+    missing file, an unreadable one, a checkpoint of something else, or one of this kind
+    whose 'config' field is missing or not a dict."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     if not os.path.isfile(path):
@@ -157,11 +158,11 @@ def read(path, kind: str) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"path: {os.fspath(path)!r} is not a readable genkernels checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or \
-            payload.get("kind") != kind or not isinstance(payload.get("config"), dict):
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") != kind:
         found = payload.get("kind") if isinstance(payload, dict) else None
         held = f" (it holds a {found} checkpoint)" if isinstance(found, str) and found != kind else ""
         raise ValueError(f"path: {os.fspath(path)!r} is not a genkernels {kind} checkpoint{held}")
+    field(payload, "config", dict, path, "a dict")  # a damaged checkpoint of this kind: name the field
     return payload
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
+
+from ._checks import check_int
 
 
 def _plt():
@@ -58,8 +61,30 @@ def plot_lattice(lattice, values, path, title="", cmap="viridis"):
     return _save(fig, path)
 
 
+def _check_names(names, n_features: int) -> list[str] | None:
+    """None, or a sequence (list, tuple, 1-D array) of exactly n_features strings."""
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)) or not isinstance(names, (Sequence, np.ndarray)):
+        raise TypeError(f"names must be None or a list of {n_features} strings (one per feature); "
+                        f"got {type(names).__name__}")
+    names = list(names)
+    if len(names) != n_features:
+        raise ValueError(f"names must hold one name per feature ({n_features}); got {len(names)}")
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise TypeError(f"names must hold strings; got {type(name).__name__} {name!r} at index {i}")
+    return names
+
+
 def plot_planes(lattice, planes, path, names=None, max_planes=16, cmap="coolwarm"):
-    """Component planes: the weight of each feature over the map, one panel each."""
+    """Component planes: the weight of each feature over the map, one panel each.
+
+    planes: (F, nodes) values; names: None or F strings (one per feature, the titles);
+    max_planes: an int >= 1, the most panels drawn (every F // max_planes-th feature
+    beyond it). Both are checked before a figure is made or a file written."""
+    names = _check_names(names, planes.shape[0])
+    max_planes = check_int("max_planes", max_planes, 1)
     plt = _plt()
     planes = np.asarray(planes.detach().float().cpu())
     count = min(planes.shape[0], max_planes)

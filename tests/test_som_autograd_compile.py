@@ -52,3 +52,17 @@ def test_compile_fullgraph_bmu_and_node_sums():
     assert torch.allclose(dist, want_dist, atol=1e-6)
     s, c, _ = ops.som_node_sums(x, w)
     assert torch.allclose(means, s / c.clamp(min=1)[:, None], atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [6, 0])
+def test_compile_fullgraph_bmu_rejects_k_beyond_the_nodes(n):
+    """k = K + 1 raises the library's ValueError in a fullgraph-compiled call as eagerly,
+    not Dynamo's "Observed exception" (empty input too: the check is never dropped)."""
+    x = torch.randn(n, 3)
+    w = torch.randn(5, 3)
+    with pytest.raises(ValueError, match=r"^k must be in \[1, 5\]; got 6$"):
+        ops.som_bmu(x, w, k=6)
+    step = torch.compile(lambda x, w: ops.som_bmu(x, w, k=6), fullgraph=True)
+    with torch._inductor.config.patch(force_disable_caches=True):  # no graph cached before the fix
+        with pytest.raises(ValueError, match=r"^k must be in \[1, 5\]; got 6$"):
+            step(x, w)

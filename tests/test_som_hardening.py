@@ -1,9 +1,11 @@
 """Regression tests of the SOM hardening items ("Silently wrong results"): scale
 robustness, rate validation, the tuple/list reading of rates, autograd, missing data,
-the NaN rule of the ops, resume and checkpoint validation, repeated fits."""
+the NaN rule of the ops, resume and checkpoint validation, repeated fits; and the
+errors a person can read (issue 14, part C)."""
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -456,3 +458,163 @@ def test_wtm_batch_sums_are_tiled(monkeypatch):
     monkeypatch.setattr(som_module, "WTM_TILE_ELEMENTS", 9 * 3 * 7)
     tiled = SOM((3, 3), 3, seed=0, rule="wtm").fit(x, epochs=2, verbose=False)
     torch.testing.assert_close(tiled.codebook, whole.codebook, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------- 10. errors a person can read (issue 14 C)
+SEED_RANGE = r"\[0, 18446744073709551615\]"
+
+
+@pytest.mark.parametrize("seed, error, pattern", [
+    (2**64, ValueError, rf"^seed must be in {SEED_RANGE}; got 18446744073709551616$"),
+    (-1, ValueError, rf"^seed must be in {SEED_RANGE}; got -1$"),
+    (True, TypeError, r"^seed must be an integer; got bool True$"),
+    (1.0, TypeError, r"^seed must be an integer; got float 1.0$"),
+    ("7", TypeError, r"^seed must be an integer; got str '7'$"),
+])
+def test_seed_outside_its_range_is_named(seed, error, pattern):
+    with pytest.raises(error, match=pattern):
+        SOM((2, 2), 3, seed=seed)
+    assert SOM((2, 2), 3, seed=2**64 - 1).seed == 2**64 - 1
+
+
+def test_load_names_a_seed_outside_its_range(tmp_path):
+    path = tmp_path / "ck.pt"
+    SOM((2, 2), 3, seed=0).save(path)
+    _tamper(path, lambda p: p["config"].__setitem__("seed", 2**64))
+    with pytest.raises(ValueError, match=rf"the field 'config.seed' must lie in {SEED_RANGE}; got 18446744073709551616$"):
+        SOM.load(path)
+
+
+@pytest.mark.parametrize("x, got", [(None, "NoneType"), ("abc", "str"), (3.5, "float")])
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_fit_names_x_and_what_it_accepts(x, got, method):
+    som = SOM((2, 2), 3, seed=0)
+    fit = som.fit if method == "fit" else som.partial_fit
+    with pytest.raises(TypeError, match=r"^x must be a torch.Tensor or a numpy array of shape \(n_samples, 3\), or a "
+                                        rf"re-iterable of \(n, 3\) batches \(a list of tensors or arrays, a DataLoader\); "
+                                        rf"got {got}$"):
+        fit(x, **({"verbose": False} if method == "fit" else {}))
+
+
+@pytest.mark.parametrize("make, kind", [(lambda x: (row for row in x), "generator"),
+                                        (lambda x: (x[i:i + 8] for i in range(0, len(x), 8)), "generator"),
+                                        (lambda x: iter([x[:20], x[20:]]), "list_iterator")])
+@pytest.mark.parametrize("mode", ["batch", "online"])
+def test_fit_refuses_one_shot_iterators(make, kind, mode):
+    """fit reads x more than once (initialisation, every epoch): a generator would be
+    empty on the second pass ("x is empty" before), so it is refused up front."""
+    x = torch.from_numpy(blobs(40))
+    som = SOM((2, 2), 3, seed=0)
+    pattern = (rf"^x is a one-shot iterator \({kind}\), but training reads x more than once \(to initialise "
+               r"the map, then every epoch\); pass a torch.Tensor or a numpy array")
+    with pytest.raises(TypeError, match=pattern):
+        som.fit(make(x), mode=mode, verbose=False)
+    with pytest.raises(TypeError, match=pattern):
+        som.partial_fit(make(x), mode=mode)
+    assert not bool(som.initialized)
+
+
+def test_fit_trains_on_a_reiterable_of_batches_and_names_a_bad_batch():
+    x = torch.from_numpy(blobs(40))
+    som = SOM((2, 2), 3, seed=0).fit([x[:20], x[20:]], epochs=2, verbose=False)
+    assert int(som.epochs_done) == 2
+    with pytest.raises(TypeError, match=r"^batch 1 of x must be a torch.Tensor or a numpy array; got list$"):
+        SOM((2, 2), 3, seed=0).fit([x[:20], [[1.0, 2.0, 3.0]]], verbose=False)
+
+
+@pytest.mark.parametrize("method", ["agglomerative", "kmeans"])
+def test_cluster_into_one_group_and_on_a_1x1_map(method):
+    one = SOM((1, 1), 2, seed=0)
+    one.weights = torch.tensor([[0.5, -1.0]])
+    assert torch.equal(one.cluster(1, method), torch.zeros((1, 1), dtype=torch.int64))
+    som = SOM((3, 3), 2, seed=0)
+    som.weights = torch.from_numpy(blobs(9, 2))
+    assert torch.equal(som.cluster(1, method), torch.zeros((3, 3), dtype=torch.int64))
+    assert sorted(som.cluster(9, method).flatten().tolist()) == list(range(9))
+
+
+@pytest.mark.parametrize("n, error, pattern", [
+    (0, ValueError, r"^n_clusters must be in \[1, 9\]; got 0$"),
+    (10, ValueError, r"^n_clusters must be in \[1, 9\]; got 10$"),
+    (-2, ValueError, r"^n_clusters must be in \[1, 9\]; got -2$"),
+    (2.0, TypeError, r"^n_clusters must be an integer; got float 2.0$"),
+    (True, TypeError, r"^n_clusters must be an integer; got bool True$"),
+])
+def test_cluster_names_n_clusters_and_its_range(n, error, pattern):
+    som = SOM((3, 3), 2, seed=0)
+    som.weights = torch.from_numpy(blobs(9, 2))
+    with pytest.raises(error, match=pattern):
+        som.cluster(n)
+    with pytest.raises(ValueError, match=r"^n_clusters must be in \[1, 1\]; got 2$"):
+        SOM((1, 1), 2, seed=0).cluster(2)
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    (dict(names=["a"]), ValueError, r"^names must hold one name per feature \(3\); got 1$"),
+    (dict(names=["a", "b", "c", "d"]), ValueError, r"^names must hold one name per feature \(3\); got 4$"),
+    (dict(names=["a", "b", 3]), TypeError, r"^names must hold strings; got int 3 at index 2$"),
+    (dict(names="abc"), TypeError, r"^names must be None or a list of 3 strings \(one per feature\); got str$"),
+    (dict(max_planes=0), ValueError, r"^max_planes must be in \[1, inf\]; got 0$"),
+    (dict(max_planes=-2), ValueError, r"^max_planes must be in \[1, inf\]; got -2$"),
+    (dict(max_planes=1.5), TypeError, r"^max_planes must be an integer; got float 1.5$"),
+])
+def test_component_planes_arguments_are_checked_before_drawing(tmp_path, kwargs, error, pattern):
+    from genkernels import plot
+    plt = plot._plt()
+    som = SOM((2, 2), 3, seed=0)
+    som.weights = torch.from_numpy(blobs(4))
+    figures = plt.get_fignums()
+    with pytest.raises(error, match=pattern):
+        som.plot_component_planes(str(tmp_path / "out" / "planes.png"), **kwargs)
+    assert plt.get_fignums() == figures and not (tmp_path / "out").exists()
+
+
+def test_component_planes_with_names_and_fewer_planes(tmp_path):
+    som = SOM((2, 2), 3, seed=0)
+    som.weights = torch.from_numpy(blobs(4))
+    path = tmp_path / "planes.png"
+    assert som.plot_component_planes(str(path), names=("a", "b", "c"), max_planes=2) == str(path)
+    assert path.stat().st_size > 0
+
+
+@pytest.mark.parametrize("n_maps, value, error, pattern", [
+    (1, torch.zeros(3, 3), ValueError, r"^weights must have shape \(4, 3\) \(nodes, features\); got \(3, 3\)$"),
+    (1, torch.zeros(12), ValueError, r"^weights must have shape \(4, 3\) \(nodes, features\); got \(12,\)$"),
+    (2, torch.zeros(4, 3), ValueError,
+     r"^weights must have shape \(2, 4, 3\) \(n_maps, nodes, features\); got \(4, 3\)$"),
+    (1, torch.zeros(4, 3, dtype=torch.int64), TypeError, r"^weights must be a floating-point tensor; got dtype torch.int64$"),
+    (1, np.zeros((4, 3), dtype=np.int32), TypeError, r"^weights must hold floating-point values; got numpy dtype int32$"),
+    (1, torch.zeros(4, 3, device="meta"), ValueError, r"^weights is on meta but the model is on cpu"),
+    (1, torch.full((4, 3), float("nan")), ValueError, r"^weights holds NaN or Inf"),
+    (1, torch.full((4, 3), 1e300, dtype=torch.float64), ValueError,
+     r"^weights holds values beyond the range of the model's dtype torch.float32$"),
+    (1, [[0.0] * 3] * 4, TypeError,
+     r"^weights must be a floating-point torch.Tensor or numpy array of shape \(4, 3\) \(nodes, features\); got list$"),
+])
+def test_assigning_wrong_weights_names_weights(n_maps, value, error, pattern):
+    som = SOM((2, 2), 3, n_maps=n_maps, seed=0)
+    with pytest.raises(error, match=pattern):
+        som.weights = value
+    assert not bool(som.initialized) and not som.codebook.any()
+
+
+def test_assigning_weights_converts_a_float_dtype():
+    som = SOM((2, 2), 3, seed=0)
+    w = blobs(4).astype(np.float64)
+    som.weights = w
+    assert bool(som.initialized) and som.weights.dtype == torch.float32
+    assert torch.equal(som.weights, torch.from_numpy(w).float())
+
+
+@pytest.mark.parametrize("key", ["config", "state", "generator", "history", "node_labels", "config.seed",
+                                 "config.grid", "fit.mode"])
+def test_load_names_a_missing_field(tmp_path, key):
+    path = tmp_path / "ck.pt"
+    SOM((2, 2), 3, seed=0).fit(blobs(40), epochs=1, verbose=False, checkpoint=str(path))
+
+    def drop(payload):
+        *parent, name = key.split(".")
+        (payload[parent[0]] if parent else payload).pop(name)
+    _tamper(path, drop)
+    with pytest.raises(ValueError, match=rf"^checkpoint '.*': the field '{re.escape(key)}' is missing$"):
+        SOM.load(path)

@@ -16,7 +16,7 @@ import torch
 
 from .. import backends
 from .._checks import (check_choice, check_float_tensor, check_index_tensor, check_int,
-                       check_positive, check_same_device, check_same_dtype, compiling)
+                       check_int_arg, check_positive, check_same_device, check_same_dtype, compiling)
 from . import reference
 from .reference import METRICS, NEIGHBORHOODS, PRECISIONS, RULES, SEARCHES, acc_dtype
 
@@ -295,10 +295,11 @@ def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "e
 
     Raises:
         ValueError: precision is not one of "fp32", "tf32", "bf16" (and the checks on
-            x, weights, k, metric).
+            x, weights, k, metric). A k outside [1, K] raises the same ValueError from a
+            ``torch.compile(fullgraph=True)`` function, when it runs.
     """
     _check_x_weights(x, weights, metric)
-    k = check_int("k", k, 1, weights.shape[0])
+    k, x = check_int_arg("k", k, 1, weights.shape[0], x)  # the ValueError under torch.compile too
     check_choice("precision", precision, PRECISIONS)
     check_choice("search", search, SEARCHES)
     name = backends.resolve("som_bmu", x.device, backend)

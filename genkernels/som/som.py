@@ -6,7 +6,7 @@ import math
 import numbers
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 from .. import backends
 from .. import checkpoint as ckpt
 from .. import distributed as gkdist
-from .._checks import check_choice, check_int, check_positive
+from .._checks import check_choice, check_int, check_positive, model_seed
 from . import ops, reference, schedules
 from .lattice import TOPOLOGIES, Lattice
 from .reference import METRICS, NEIGHBORHOODS, RULES, acc_dtype
@@ -131,7 +131,8 @@ class SOM(nn.Module):
             "wtm" (winner takes most: a kernel of the data-space distance).
         missing: "raise" (NaN/Inf input is an error) or "ignore" (NaN features are
             skipped by the NaN-aware kernels; batch mode and queries).
-        seed: seed of initialisation and sample order; None draws one from torch's RNG.
+        seed: seed of initialisation and sample order: an int in [0, 2**64) (not a bool
+            or a float); None draws one from torch's RNG.
     """
 
     def __init__(self, grid, n_features: int, *, n_maps: int = 1, topology: str = "rectangular",
@@ -173,9 +174,7 @@ class SOM(nn.Module):
         self._sigma = _rate("sigma", max(max(rows, cols) / 2.0, 1.0) if sigma is None else sigma,
                             lambda v: min(1.0, v), self.n_maps)
         self._learning_rate = _rate("learning_rate", learning_rate, lambda v: 0.02 * v, self.n_maps)
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = check_int("seed", seed, 0)
+        self.seed = model_seed(seed)
         self._generator = torch.Generator().manual_seed(self.seed)
         k_nodes = rows * cols
         self.register_buffer("codebook", torch.zeros((self.n_maps, k_nodes, self.n_features),
@@ -190,13 +189,40 @@ class SOM(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def weights(self) -> torch.Tensor:
-        """(K, D) codebook, or (M, K, D) with n_maps > 1."""
+        """(K, D) codebook, or (M, K, D) with n_maps > 1.
+
+        Assigning sets the codebook (and the map counts as initialised): a finite
+        floating-point tensor of exactly this shape on the model's device, or a
+        floating-point numpy array of this shape (copied to the model's device); any
+        float dtype, converted to the model's. Anything else raises a TypeError /
+        ValueError naming ``weights`` (no reshaping, no moving between devices)."""
         return self.codebook[0] if self.n_maps == 1 else self.codebook
 
     @weights.setter
     def weights(self, value) -> None:
-        value = torch.as_tensor(value, dtype=self.codebook.dtype, device=self.codebook.device)
-        self.codebook.copy_(value.reshape(self.codebook.shape))
+        shape = tuple(self.weights.shape)
+        layout = "(nodes, features)" if self.n_maps == 1 else "(n_maps, nodes, features)"
+        if isinstance(value, np.ndarray):
+            if not np.issubdtype(value.dtype, np.floating):
+                raise TypeError(f"weights must hold floating-point values; got numpy dtype {value.dtype}")
+            value = torch.from_numpy(np.array(value)).to(self.device)
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"weights must be a floating-point torch.Tensor or numpy array of shape {shape} "
+                            f"{layout}; got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"weights must be a floating-point tensor; got dtype {value.dtype}")
+        if tuple(value.shape) != shape:
+            raise ValueError(f"weights must have shape {shape} {layout}; got {tuple(value.shape)}")
+        if value.device != self.device:
+            raise ValueError(f"weights is on {value.device} but the model is on {self.device}; move it "
+                             "with .to(model.device)")
+        value = value.detach()
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError("weights holds NaN or Inf; a codebook must be finite")
+        converted = value.to(self.dtype)
+        if not bool(torch.isfinite(converted).all()):
+            raise ValueError(f"weights holds values beyond the range of the model's dtype {self.dtype}")
+        self.codebook.copy_(converted.reshape(self.codebook.shape))
         self.initialized.fill_(True)
 
     @property
@@ -252,12 +278,26 @@ class SOM(nn.Module):
             for start in range(0, n, CHUNK_ROWS):
                 yield self._as_tensor(x[start:start + CHUNK_ROWS])
         else:
-            for batch in x:
-                yield self._as_tensor(batch)
+            for i, batch in enumerate(x):
+                yield self._as_tensor(batch, f"batch {i} of x")
 
     @staticmethod
     def _is_stream(x) -> bool:
         return not isinstance(x, (torch.Tensor, np.ndarray))
+
+    def _check_data(self, x) -> None:
+        """Training data: a tensor, a numpy array or a re-iterable of batches. Training
+        reads x more than once (initialisation, then every epoch), so a generator or other
+        one-shot iterator, which a second pass would find empty, is refused."""
+        accepted = (f"a torch.Tensor or a numpy array of shape (n_samples, {self.n_features}), or a "
+                    f"re-iterable of (n, {self.n_features}) batches (a list of tensors or arrays, a DataLoader)")
+        if isinstance(x, (torch.Tensor, np.ndarray)):
+            return
+        if isinstance(x, Iterator):
+            raise TypeError(f"x is a one-shot iterator ({type(x).__name__}), but training reads x more than "
+                            f"once (to initialise the map, then every epoch); pass {accepted}")
+        if x is None or isinstance(x, (str, bytes)) or not isinstance(x, Iterable):
+            raise TypeError(f"x must be {accepted}; got {type(x).__name__}")
 
     # ------------------------------------------------------------------ init
     def _initialize(self, x, distributed: bool) -> None:
@@ -387,7 +427,10 @@ class SOM(nn.Module):
         Args:
             x: (N, D) tensor or numpy array (float64 accepted, computed in the model's
                 dtype; np.memmap streamed in chunks in batch mode), or a re-iterable of
-                (n, D) batches (batch mode: data larger than memory).
+                (n, D) batches (batch mode: data larger than memory), e.g. a list of
+                tensors or a DataLoader. Training reads x more than once, so a generator
+                or another one-shot iterator is refused (TypeError), as is anything else
+                (None, a string).
             mode: "batch" (Kohonen's batch rule, one update per epoch), "online" (the
                 sequential rule, one update per sample) or "minibatch" (updates
                 averaged over batches of ``batch_size``).
@@ -421,6 +464,7 @@ class SOM(nn.Module):
         learning rate) raises :class:`SOMDivergedError` naming the epoch and the rates,
         the model keeps the codebook of its last finite epoch and nothing is saved.
         """
+        self._check_data(x)
         check_choice("mode", mode, MODES)
         check_choice("sampling", sampling, SAMPLINGS)
         epochs = check_int("epochs", epochs, 1)
@@ -510,7 +554,8 @@ class SOM(nn.Module):
     def partial_fit(self, x, mode: str = "online", *, sampling: str = "sequential",
                     backend: str | None = None) -> "SOM":
         """One more pass over x at the current end-of-schedule rates (the rates of the
-        last step of a fit), without resetting the map."""
+        last step of a fit), without resetting the map. x as in :meth:`fit`."""
+        self._check_data(x)
         check_choice("mode", mode, MODES)
         with torch.no_grad():
             if mode != "batch":
@@ -862,10 +907,18 @@ class SOM(nn.Module):
     def cluster(self, n_clusters: int, method: str = "agglomerative") -> torch.Tensor:
         """(rows, cols) int64 cluster of each node: the codebook grouped into
         n_clusters, "agglomerative" (Ward linkage restricted to lattice neighbours, so
-        clusters are contiguous on the map) or "kmeans"."""
-        from sklearn.cluster import AgglomerativeClustering, KMeans
+        clusters are contiguous on the map) or "kmeans".
+
+        n_clusters: an int in [1, number of nodes] (TypeError / ValueError otherwise).
+        n_clusters=1 puts every node in cluster 0 by either method -- the one partition
+        into one group, so a 1x1 map has the single label 0; n_clusters = number of
+        nodes gives every node its own cluster.
+        """
         check_int("n_clusters", n_clusters, 1, self.n_nodes)
         check_choice("method", method, ("agglomerative", "kmeans"))
+        if n_clusters == 1:
+            return torch.zeros(self.lattice.shape, dtype=torch.int64)
+        from sklearn.cluster import AgglomerativeClustering, KMeans
         w = self.codebook[0].to(torch.float64).cpu().numpy()
         if method == "kmeans":
             lab = KMeans(n_clusters, n_init=10, random_state=self.seed % (2**32)).fit_predict(w)
@@ -931,8 +984,8 @@ class SOM(nn.Module):
         named = {f"config.{k}": v for k, v in cfg.items()}
         for key, types in cls._CONFIG_TYPES.items():
             ckpt.field(named, f"config.{key}", types, path)
-        for key in ("n_features", "n_maps", "seed"):
-            ckpt.int_field(named, f"config.{key}", 0 if key == "seed" else 1, None, path)
+        for key, low, high in (("n_features", 1, None), ("n_maps", 1, None), ("seed", 0, 2**64 - 1)):
+            ckpt.int_field(named, f"config.{key}", low, high, path)
         grid = cfg["grid"]
         if len(grid) not in (1, 2) or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1
                                               for g in grid):
@@ -1063,6 +1116,9 @@ class SOM(nn.Module):
                                  title="hit map", cmap="viridis", **kwargs)
 
     def plot_component_planes(self, path: str, names=None, max_planes: int = 16, **kwargs) -> str:
+        """One panel per feature (at most ``max_planes``, an int >= 1), titled by ``names``:
+        None or a list of n_features strings. Both are checked (TypeError / ValueError
+        naming them) before a figure is made or a file written."""
         from .. import plot
         planes = self.component_planes()
         planes = planes if self.n_maps == 1 else planes[0]
