@@ -66,3 +66,25 @@ def test_compile_fullgraph_bmu_rejects_k_beyond_the_nodes(n):
     with torch._inductor.config.patch(force_disable_caches=True):  # no graph cached before the fix
         with pytest.raises(ValueError, match=r"^k must be in \[1, 5\]; got 6$"):
             step(x, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph_bmu_with_grad_requiring_inputs(backend):
+    """A SOM layer inside a compiled training step: x and the codebook require grad, the
+    graph is whole (no torch.autograd.grad inside it), and the gradients equal eager ones."""
+    torch.manual_seed(0)
+    x = torch.randn(24, 5, requires_grad=True)
+    w = torch.randn(7, 5, requires_grad=True)
+
+    def loss(x, w):
+        idx, dist = ops.som_bmu(x, w, k=2, backend=backend)
+        return dist.pow(2).sum() + idx.float().sum() * 0
+
+    compiled = torch.compile(loss, fullgraph=True)
+    got = compiled(x, w)
+    gx, gw = torch.autograd.grad(got, (x, w))
+    want = loss(x, w)
+    ex, ew = torch.autograd.grad(want, (x, w))
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(gx, ex)
+    torch.testing.assert_close(gw, ew)

@@ -200,35 +200,21 @@ def _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend, search="
     return torch.ops.genkernels.som_bmu(x, weights, k, metric, ignore_nan)
 
 
-class _BMUFunction(torch.autograd.Function):
-    """Distances are differentiable in x and weights; indices are not. The backward
-    recomputes the k winning distances from their definition on (N, k, D) gathered
-    rows, so every backend shares one exact gradient."""
-
-    @staticmethod
-    def forward(x, weights, k, metric, ignore_nan, precision, backend, search):
-        return _bmu_scaled(x, weights, k, metric, ignore_nan, precision, backend, search)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weights, k, metric, ignore_nan, _, _, _ = inputs
-        ctx.save_for_backward(x, weights, output[0])
-        ctx.metric, ctx.ignore_nan = metric, ignore_nan
-        ctx.mark_non_differentiable(output[0])
-
-    @staticmethod
-    def backward(ctx, _grad_indices, grad_distances):
-        x, weights, indices = ctx.saved_tensors
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(ctx.needs_input_grad[0])
-            wg = weights.detach().requires_grad_(ctx.needs_input_grad[1])
-            d = _winner_distances(xg, wg, indices, ctx.metric, ctx.ignore_nan)
-            inputs = [t for t in (xg, wg) if t.requires_grad]
-            grads = torch.autograd.grad(d, inputs, grad_distances.to(d.dtype), allow_unused=True)
-        grads = iter(grads)
-        gx = next(grads) if ctx.needs_input_grad[0] else None
-        gw = next(grads) if ctx.needs_input_grad[1] else None
-        return gx, gw, None, None, None, None, None, None
+def _bmu_differentiable(x, weights, k, metric, ignore_nan, precision, backend, search):
+    """som_bmu with distances differentiable in x and weights (indices are not): the
+    search runs without autograd, then the k winning distances are recomputed from
+    their definition on (N, k, D) gathered rows, so every backend shares one exact
+    gradient. The values returned are the backend's own: the recomputed distances enter
+    as (d - d.detach()), zero in value (a non-finite distance contributes no gradient).
+    No autograd.Function and no torch.autograd.grad: torch.compile(fullgraph=True)
+    traces it with grad-requiring inputs."""
+    with torch.no_grad():
+        idx, dist = _bmu_scaled(x.detach(), weights.detach(), k, metric, ignore_nan, precision, backend,
+                                search)
+    d = _winner_distances(x, weights, idx, metric, ignore_nan)
+    live = torch.isfinite(d.detach())
+    delta = torch.where(live, d - d.detach(), torch.zeros((), dtype=d.dtype, device=d.device))
+    return idx, dist + delta.to(dist.dtype)
 
 
 def _winner_distances(x, weights, indices, metric, ignore_nan):
@@ -307,7 +293,7 @@ def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "e
         return (torch.empty((0, k), dtype=torch.int64, device=x.device),
                 torch.empty((0, k), dtype=x.dtype, device=x.device))
     if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad):
-        return _BMUFunction.apply(x, weights, k, metric, bool(ignore_nan), precision, name, search)
+        return _bmu_differentiable(x, weights, k, metric, bool(ignore_nan), precision, name, search)
     return _bmu_scaled(x, weights, k, metric, bool(ignore_nan), precision, name, search)
 
 
