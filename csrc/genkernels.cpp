@@ -90,6 +90,12 @@ TORCH_LIBRARY(genkernels, m) {
   // column_sums (n_in,) += sums_alpha * x.sum(0).
   m.def("rbm_binary_outer_add_(Tensor(a!) out, Tensor x, Tensor h, float alpha, Tensor(b!) column_sums, "
         "float sums_alpha) -> ()");
+  // One persistent-CD batch of scikit-learn's BernoulliRBM rule, in place: h_pos =
+  // sigmoid(v_pos w + hidden_bias); v_neg ~ rbm_half_step(chains, w^T) at offset_v; new
+  // chains, h_neg = rbm_half_step(v_neg, w) at offset_h; then w += lr (v_pos^T h_pos -
+  // v_neg^T h_neg) and the biases by lr times the column sums. Returns the new chains.
+  m.def("rbm_pcd_step_(Tensor v_pos, Tensor(a!) w, Tensor(b!) visible_bias, Tensor(c!) hidden_bias, "
+        "Tensor chains, int seed, int offset_v, int offset_h, float lr) -> Tensor");
   // x (N, D) float32|float64 -> its (N, D) uint8 copy if every value is 0 or 1, else an
   // empty (0, D) uint8 tensor.
   m.def("rbm_pack_binary(Tensor x) -> Tensor");

@@ -57,13 +57,24 @@ def check_index_tensor(name: str, value, ndim: int) -> torch.Tensor:
 
 
 def check_same_device(**tensors: torch.Tensor) -> torch.device:
-    devices = {name: t.device for name, t in tensors.items()}
-    first_name, first = next(iter(devices.items()))
-    for name, dev in devices.items():
-        if dev != first:
-            raise ValueError(f"{name} is on {dev} but {first_name} is on {first}; "
+    values = iter(tensors.values())
+    first = next(values).device
+    if all(t.device == first for t in values):
+        return first
+    first_name = next(iter(tensors))
+    for name, t in tensors.items():
+        if t.device != first:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first}; "
                              "all tensors must be on one device")
     return first
+
+
+def kernel_input(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in ``dtype``, contiguous: t itself when it already is (no dispatcher call, the
+    common case of the ops' hot paths), else a converted copy."""
+    if t.dtype == dtype and t.is_contiguous():
+        return t
+    return t.to(dtype).contiguous()
 
 
 def check_same_dtype(**tensors: torch.Tensor) -> torch.dtype:
@@ -180,6 +191,32 @@ def from_numpy(array) -> torch.Tensor:
     if not array.flags.writeable:
         array = np.array(array)
     return torch.from_numpy(array)
+
+
+def value_range(t: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of a non-empty real tensor as Python floats, NaN if it holds a NaN:
+    one aminmax pass. (numpy's min/max of a small CPU array is faster alone, but costs
+    about 10 us more inside an op call than alone, measured on 2 cores: torch here.)"""
+    t = t.detach()
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    lo, hi = torch.aminmax(t)
+    if t.device.type == "cpu":
+        return float(lo), float(hi)
+    return tuple(torch.stack([lo.to(torch.float64), hi.to(torch.float64)]).tolist())  # one sync
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of a real tensor is finite (True when empty). A finite sum
+    proves it (an Inf or NaN term makes the sum Inf or NaN) in the cheapest pass; only a
+    sum that is not finite -- an Inf, a NaN, or finite values overflowing -- takes the
+    exact min/max pass."""
+    if t.numel() == 0:
+        return True
+    if math.isfinite(float(t.detach().sum())):
+        return True
+    lo, hi = value_range(t)
+    return math.isfinite(lo) and math.isfinite(hi)
 
 
 def check_finite_rows(name: str, x: torch.Tensor) -> None:

@@ -299,3 +299,54 @@ def test_triton_on_cuda_offset_read_from_device_memory_equals_the_scalar_offset(
         got = half_step(s, w, bias, 7, delta, transpose, True, backend="triton",
                         offset_base=torch.tensor([base], dtype=torch.int64, device="cuda"))
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (base, delta)
+
+
+# ------------------------------------------------------------- the fused PCD batch
+def _pcd_problem(b, chains, n_vis, n_hid, dtype, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n_vis, n_hid, generator=g, dtype=torch.float64) * 0.3).to(dtype)
+    vb = (torch.randn(n_vis, generator=g, dtype=torch.float64) * 0.2).to(dtype)
+    hb = (torch.randn(n_hid, generator=g, dtype=torch.float64) * 0.2).to(dtype)
+    v = torch.rand(b, n_vis, generator=g, dtype=torch.float64).to(dtype)
+    h = (torch.rand(chains, n_hid, generator=g) < 0.5).to(torch.uint8)
+    return v, w, vb, hb, h
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 64, 100), (10, 10, 64, 100), (7, 3, 13, 5),
+                                   (300, 300, 33, 70)])
+def test_pcd_step_cpu_is_the_reference_composition(shape, dtype):
+    """One C++ call equals, bit for bit, the reference rule run on the cpu half-steps
+    (the same ATen kernels in the same order), and the pure reference within rounding."""
+    from genkernels.boltzmann import ops as bops
+    from genkernels.boltzmann import reference
+    b, c, n_vis, n_hid = shape
+    seed, off_v, off_h, lr = 2**63 + 5, 17, -40, 0.06 / b
+    got = [t.clone() for t in _pcd_problem(b, c, n_vis, n_hid, dtype)]
+    chains = bops.pcd_step_(*got, seed, off_v, off_h, lr, backend="cpu")
+    want = [t.clone() for t in _pcd_problem(b, c, n_vis, n_hid, dtype)]
+    want_chains = reference.rbm_pcd_step_(*want, seed, off_v, off_h, lr, half_step=bops.half_step)
+    assert torch.equal(chains, want_chains)
+    for g_t, w_t in zip(got[1:4], want[1:4]):
+        assert torch.equal(g_t, w_t)
+    spec = [t.clone() for t in _pcd_problem(b, c, n_vis, n_hid, dtype)]
+    spec_chains = bops.pcd_step_(*spec, seed, off_v, off_h, lr, backend="reference")
+    # samples may differ only where u is within SAMPLE_MARGIN of P; these problems have none
+    assert torch.equal(chains, spec_chains)
+    for g_t, s_t in zip(got[1:4], spec[1:4]):
+        torch.testing.assert_close(g_t, s_t, **TOL[dtype])
+
+
+@needs_cpu
+def test_pcd_step_records_no_autograd_history_and_opchecks():
+    v, w, vb, hb, h = _pcd_problem(4, 4, 6, 5, torch.float32)
+    w, vb, hb = (torch.nn.Parameter(t) for t in (w, vb, hb))
+    before = w.detach().clone()
+    ops_mod = torch.ops.genkernels
+    ops_mod.rbm_pcd_step_(v, w, vb, hb, h, 1, 0, 8, 0.1)
+    assert w.grad_fn is None and not torch.equal(w.detach(), before)
+    args = [t.detach().clone() for t in _pcd_problem(4, 3, 6, 5, torch.float64)]
+    torch.library.opcheck(ops_mod.rbm_pcd_step_.default, (*args, 1, 0, 8, 0.1))
+    with pytest.raises(RuntimeError, match="chains must be"):
+        ops_mod.rbm_pcd_step_(args[0], args[1], args[2], args[3], args[4].float(), 1, 0, 8, 0.1)

@@ -23,16 +23,23 @@ from .. import backends
 from .. import random as gk_random
 from .._checks import (
     acc_dtype,
+    all_finite,
     check_float_tensor,
     check_int,
     check_same_device,
     compiling,
+    kernel_input,
+    value_range,
 )
 from . import reference
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 if backends.extension_error() is None:
+    @torch.library.register_fake("genkernels::rbm_pcd_step_")
+    def _pcd_step_fake(v_pos, w, visible_bias, hidden_bias, chains, seed, offset_v, offset_h, lr):
+        return torch.empty_like(chains)
+
     @torch.library.register_fake("genkernels::rbm_half_step")
     def _half_step_fake(s, w, bias, seed, offset, transpose, return_probs):
         n_out = w.shape[0] if transpose else w.shape[1]
@@ -153,12 +160,12 @@ def rbm_half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: in
     transpose, return_probs, seed, offset = _check_half_step(s, w, bias, seed, offset, transpose, return_probs)
     if s.dtype == torch.uint8:
         _check_binary("s", s)  # uint8 states are samples: 0 or 1, as rbm_half_step_binary requires
-    elif not compiling() and s.numel() and s.device.type != "meta" and not bool(torch.isfinite(s).all()):
+    elif not compiling() and s.device.type != "meta" and not all_finite(s):
         raise ValueError("s contains NaN or Inf")
 
     dt = acc_dtype(w.dtype)
-    s = s if s.dtype == torch.uint8 else s.to(dt)
-    samples, probs = half_step(s.contiguous(), w.contiguous(), bias.to(dt).contiguous(), seed, offset,
+    samples, probs = half_step(kernel_input(s, torch.uint8 if s.dtype == torch.uint8 else dt),
+                               kernel_input(w, w.dtype), kernel_input(bias, dt), seed, offset,
                                transpose, return_probs, backend)
     return (samples, probs) if return_probs else samples
 
@@ -194,7 +201,9 @@ def _check_binary(name: str, s: torch.Tensor) -> None:
     """Eager data check of 0/1 states (skipped while compiling, DESIGN.md "Validation")."""
     if compiling() or s.numel() == 0 or s.device.type == "meta":
         return
-    if not bool(((s == 0) | (s == 1)).all()):
+    # uint8: 0 or 1 <=> at most 1 (one min/max pass instead of four elementwise ops)
+    binary = value_range(s)[1] <= 1 if s.dtype == torch.uint8 else bool(((s == 0) | (s == 1)).all())
+    if not binary:
         bad = s[(s != 0) & (s != 1)][0].item()
         raise ValueError(f"{name} must hold binary states (0 or 1); got the value {bad!r}")
 
@@ -253,6 +262,25 @@ def binary_outer_add_(out: torch.Tensor, x: torch.Tensor, h: torch.Tensor, alpha
         reference.binary_outer_add_(out, x, h, alpha, column_sums, sums_alpha)
     else:
         torch.ops.genkernels.rbm_binary_outer_add_(out, x, h, float(alpha), column_sums, float(sums_alpha))
+
+
+def pcd_step_(v_pos: torch.Tensor, w: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,
+              chains: torch.Tensor, seed: int, offset_v: int, offset_h: int, lr: float,
+              backend: str | None = None) -> torch.Tensor:
+    """One persistent-CD batch of scikit-learn's BernoulliRBM rule in place
+    (reference.rbm_pcd_step_ is the spec) on validated arguments: v_pos (B, n_visible) in
+    w's dtype, w contiguous float32/float64, the biases contiguous in w's dtype, chains
+    (C, n_hidden) uint8, seed in [0, 2^64), offsets int64. Returns the new chains. The cpu
+    backend does the whole batch in one C++ call (the same ATen kernels in the same order,
+    so bit for bit the reference run on the cpu half-steps); elsewhere the reference runs
+    on the device's half-step backend."""
+    name = backends.resolve("rbm_pcd_step", v_pos.device, backend)
+    if name == "cpu":
+        return torch.ops.genkernels.rbm_pcd_step_(v_pos, w, visible_bias, hidden_bias, chains,
+                                                  gk_random._schema_seed(seed), offset_v, offset_h, float(lr))
+    step = None if backend == "reference" else half_step
+    return reference.rbm_pcd_step_(v_pos, w, visible_bias, hidden_bias, chains, seed, offset_v, offset_h, lr,
+                                   **({"half_step": step} if step is not None else {}))
 
 
 def pack_binary(x: torch.Tensor, backend: str | None = None) -> torch.Tensor | None:

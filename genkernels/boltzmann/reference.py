@@ -104,3 +104,25 @@ def binary_outer_add_(out: torch.Tensor, x: torch.Tensor, h: torch.Tensor, alpha
     sums = torch.zeros_like(out).index_add_(0, inputs, h.to(out.dtype)[rows])
     out.add_(sums, alpha=alpha)
     column_sums.add_((x != 0).sum(0).to(column_sums.dtype), alpha=sums_alpha)
+
+
+def rbm_pcd_step_(v_pos: torch.Tensor, w: torch.Tensor, visible_bias: torch.Tensor,
+                  hidden_bias: torch.Tensor, chains: torch.Tensor, seed: int, offset_v: int,
+                  offset_h: int, lr: float, half_step=rbm_half_step) -> torch.Tensor:
+    """One persistent-CD batch of scikit-learn's BernoulliRBM rule (genkernels.compat), in
+    place on w (n_visible, n_hidden), visible_bias and hidden_bias; v_pos (B, n_visible)
+    in w's dtype, chains (C, n_hidden) uint8. Returns the new chains (C, n_hidden) uint8.
+
+    h_pos = sigmoid(v_pos w + hidden_bias); v_neg ~ p(v | chains) (half-step at offset_v,
+    transpose); new chains, h_neg = samples and p(h | v_neg) (half-step at offset_h); then
+    w += lr (v_pos^T h_pos - v_neg^T h_neg), hidden_bias += lr (sum h_pos - sum h_neg),
+    visible_bias += lr (sum v_pos - sum v_neg). ``half_step``: the half-step function
+    (this module's, or a backend's with the same signature)."""
+    h_pos = torch.sigmoid(torch.addmm(hidden_bias, v_pos, w))
+    v_neg = half_step(chains, w, visible_bias, seed, offset_v, True, False)[0]
+    new_chains, h_neg = half_step(v_neg, w, hidden_bias, seed, offset_h, False, True)
+    v_neg = v_neg.to(w.dtype)
+    w.addmm_(v_pos.T, h_pos, alpha=lr).addmm_(v_neg.T, h_neg, alpha=-lr)
+    hidden_bias.add_(h_pos.sum(0) - h_neg.sum(0), alpha=lr)
+    visible_bias.add_(v_pos.sum(0) - v_neg.sum(0), alpha=lr)
+    return new_chains

@@ -17,7 +17,9 @@ each batch (scikit-learn's even slices, in order, no shuffling)
 What differs is where the work runs and where the random bits come from. Each batch
 is one :func:`genkernels.ops.rbm_half_step` from the chains to v_neg, one from v_neg to
 (h_neg, the new chains) -- the fused matmul + sigmoid + Philox Bernoulli kernel -- and
-two accumulating matrix products on torch tensors. The ``random_state`` draws the
+two accumulating matrix products on torch tensors, all in one C++ call per batch on the
+cpu backend (``rbm_pcd_step_``: at batch 1 the same sequence issued from Python cost more
+in dispatch than in arithmetic). The ``random_state`` draws the
 initial weights exactly as scikit-learn does (``normal(0, 0.01)``, so a seeded model
 starts from scikit-learn's weights), then one 64-bit Philox key; every Gibbs sample
 (training, :meth:`gibbs`) comes from that key's counter stream, laid out as
@@ -56,7 +58,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .. import backends
-from ..boltzmann.ops import half_step
+from ..boltzmann.ops import half_step, pcd_step_
 from ..boltzmann.reference import counters_per_row
 
 # rows of one densified block of a sparse input in transform
@@ -155,17 +157,10 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _fit_batch(self, v_pos, weights, visible_bias, hidden_bias, chains) -> torch.Tensor:
         """scikit-learn's ``_fit`` on one batch v_pos (B, n_features): updates the parameter
         tensors in place and returns the new chains (batch_size, n_components) uint8."""
-        h_pos = torch.sigmoid(torch.addmm(hidden_bias, v_pos, weights))
-        v_neg = half_step(chains, weights, visible_bias, self._philox_seed,
-                          self._advance(chains.shape[0], weights.shape[0]), True, False)[0]
-        new_chains, h_neg = half_step(v_neg, weights, hidden_bias, self._philox_seed,
-                                      self._advance(chains.shape[0], weights.shape[1]), False, True)
-        v_neg = v_neg.to(weights.dtype)
-        lr = float(self.learning_rate) / v_pos.shape[0]
-        weights.addmm_(v_pos.T, h_pos, alpha=lr).addmm_(v_neg.T, h_neg, alpha=-lr)
-        hidden_bias.add_(h_pos.sum(0) - h_neg.sum(0), alpha=lr)
-        visible_bias.add_(v_pos.sum(0) - v_neg.sum(0), alpha=lr)
-        return new_chains
+        offset_v = self._advance(chains.shape[0], weights.shape[0])
+        offset_h = self._advance(chains.shape[0], weights.shape[1])
+        return pcd_step_(v_pos, weights, visible_bias, hidden_bias, chains, self._philox_seed,
+                         offset_v, offset_h, float(self.learning_rate) / v_pos.shape[0])
 
     def _batch(self, x, rows, dtype: torch.dtype) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
