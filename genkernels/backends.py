@@ -218,10 +218,11 @@ class sequential_blas(contextlib.ContextDecorator):
         return False
 
 
-# Products below this many multiply-adds run with sequential_blas in the models' loops: at
-# about 0.5 ms of one core's work a second BLAS thread saves little and can cost a time
-# slice on a busy machine.
-SMALL_PRODUCT = 1 << 22
+# Products below this many multiply-adds run with sequential_blas in the models' loops: a
+# second BLAS thread saves little there and can cost a time slice on a busy machine. 2^24
+# (about 0.5 ms of one core): the facade's 1,000 x 64 x 100 products (6.4M) took longer on
+# MKL's 2-thread team than on one thread even on a quiet machine (2-core AMD EPYC).
+SMALL_PRODUCT = 1 << 24
 
 
 def small_products(rows: int, inner: int, cols: int) -> bool:

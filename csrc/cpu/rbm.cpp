@@ -688,11 +688,21 @@ at::Tensor rbm_pcd_step_cpu(const at::Tensor& v_pos, at::Tensor& w, at::Tensor& 
               "rbm_pcd_step_: hidden_bias must be a contiguous (", n_hidden, ",) tensor in w's dtype");
   // a training step: no autograd history, whatever requires grad (as the Python models)
   at::AutoDispatchBelowADInplaceOrView no_autograd;
-  const at::Tensor h_pos = at::addmm(hidden_bias, v_pos, w).sigmoid_();
+  // The ATen calls between the half-steps (a sigmoid, sums and casts of up to a batch x
+  // units, element-wise) run on this thread: their OpenMP teams (ATen parallelises from
+  // 32,768 elements) are not watched by parallel_region.h, and beside another process's
+  // spinning BLAS threads each one waited for its second thread -- the 1,000-row batch took
+  // 2x longer on 2 threads than on 1. The half-steps keep their watched teams.
+  at::Tensor h_pos;
+  {
+    genkernels::cpu::SoloThreads solo;
+    h_pos = at::addmm(hidden_bias, v_pos, w).sigmoid_();
+  }
   const at::Tensor v_neg_samples = std::get<0>(
       rbm_half_step_cpu(chains, w, visible_bias, seed, offset_v, /*transpose=*/true, /*return_probs=*/false));
   auto [new_chains, h_neg] =
       rbm_half_step_cpu(v_neg_samples, w, hidden_bias, seed, offset_h, /*transpose=*/false, /*return_probs=*/true);
+  genkernels::cpu::SoloThreads solo;
   const at::Tensor v_neg = v_neg_samples.to(w.scalar_type());
   w.addmm_(v_pos.t(), h_pos, /*beta=*/1, /*alpha=*/lr).addmm_(v_neg.t(), h_neg, /*beta=*/1, /*alpha=*/-lr);
   hidden_bias.add_(h_pos.sum(0) - h_neg.sum(0), lr);
