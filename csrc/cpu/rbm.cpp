@@ -288,7 +288,11 @@ void half_step(const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias,
   T* probs_out = probs != nullptr ? probs->data_ptr<T>() : nullptr;
   if (n_tiles == 1) {
     // one tile (small batches): no views and no thread team; the probabilities are
-    // computed in the output when it is asked for (no copy) -- about 4 ATen calls fewer
+    // computed in the output when it is asked for (no copy) -- about 4 ATen calls fewer.
+    // Like a one-thread region of parallel_chunks, its BLAS call and ATen's start no team
+    // (beside a busy process a 10-row step otherwise waited ~8 ms for MKL's second thread).
+    genkernels::cpu::blas::Sequential sequential_blas;
+    genkernels::cpu::SoloThreads solo_threads;
     at::Tensor tile = probs != nullptr ? *probs : at::empty({B, n_out}, w.options());
     at::addmm_out(tile, bias, s, wv);
     tile.sigmoid_();
@@ -667,8 +671,8 @@ at::Tensor rbm_pack_binary_cpu(const at::Tensor& x) {
 // One persistent-CD batch of scikit-learn's BernoulliRBM._fit (genkernels.compat), in one
 // call: at batch 1 to 10 the Python sequence of the same ATen calls and two half-steps cost
 // about 90 us a batch in dispatch, more than the arithmetic. The same ATen kernels run in
-// the same order as genkernels/boltzmann/reference.py:rbm_pcd_step_, so the results are
-// bit for bit the reference's.
+// the same order as genkernels/boltzmann/reference.py:rbm_pcd_step_ on the cpu half-steps,
+// so the results are bit for bit that composition's.
 at::Tensor rbm_pcd_step_cpu(const at::Tensor& v_pos, at::Tensor& w, at::Tensor& visible_bias,
                             at::Tensor& hidden_bias, const at::Tensor& chains, int64_t seed, int64_t offset_v,
                             int64_t offset_h, double lr) {
@@ -688,21 +692,11 @@ at::Tensor rbm_pcd_step_cpu(const at::Tensor& v_pos, at::Tensor& w, at::Tensor& 
               "rbm_pcd_step_: hidden_bias must be a contiguous (", n_hidden, ",) tensor in w's dtype");
   // a training step: no autograd history, whatever requires grad (as the Python models)
   at::AutoDispatchBelowADInplaceOrView no_autograd;
-  // The ATen calls between the half-steps (a sigmoid, sums and casts of up to a batch x
-  // units, element-wise) run on this thread: their OpenMP teams (ATen parallelises from
-  // 32,768 elements) are not watched by parallel_region.h, and beside another process's
-  // spinning BLAS threads each one waited for its second thread -- the 1,000-row batch took
-  // 2x longer on 2 threads than on 1. The half-steps keep their watched teams.
-  at::Tensor h_pos;
-  {
-    genkernels::cpu::SoloThreads solo;
-    h_pos = at::addmm(hidden_bias, v_pos, w).sigmoid_();
-  }
+  const at::Tensor h_pos = at::addmm(hidden_bias, v_pos, w).sigmoid_();
   const at::Tensor v_neg_samples = std::get<0>(
       rbm_half_step_cpu(chains, w, visible_bias, seed, offset_v, /*transpose=*/true, /*return_probs=*/false));
   auto [new_chains, h_neg] =
       rbm_half_step_cpu(v_neg_samples, w, hidden_bias, seed, offset_h, /*transpose=*/false, /*return_probs=*/true);
-  genkernels::cpu::SoloThreads solo;
   const at::Tensor v_neg = v_neg_samples.to(w.scalar_type());
   w.addmm_(v_pos.t(), h_pos, /*beta=*/1, /*alpha=*/lr).addmm_(v_neg.t(), h_neg, /*beta=*/1, /*alpha=*/-lr);
   hidden_bias.add_(h_pos.sum(0) - h_neg.sum(0), lr);
