@@ -259,6 +259,30 @@ def dbn_digits() -> list[str]:
     ]
 
 
+def small_amd():
+    """The quiet small-shapes run on the AMD EPYC (bench/bench_small.py all)."""
+    d = load("amd-epyc-2c-small.json")
+    sk = [r for r in d["sklearn_rows"] if r["impl"] == "genkernels"]
+    by_batch = {int(r["case"].rsplit(" ", 1)[1]): r for r in sk}
+    one_t = [g(by_batch[b]["sklearn_over_ours_1"], 3) + "×" for b in (1, 10, 100, 1000)]
+    two_t = ", ".join(g(by_batch[b]["sklearn_over_ours_2"], 3) + "×" for b in (1, 10, 100, 1000))
+    cases = d["cases"]
+
+    def overhead(family):
+        public = one(cases, case=f"per-call overhead ({family})", impl="public genkernels.ops call")
+        raw = one(cases, case=f"per-call overhead ({family})", impl="registered op called directly")
+        return g((public["t1_s"] - raw["t1_s"]) * 1e6, 2)
+    retrieval = one(cases, impl="genkernels hopfield_retrieval",
+                    case="hopfield batch 10: recall N=64 (async), retrieval P=16 D=32 (3 steps)")
+    others = [r["ratio_2_over_1"] for r in cases if r["impl"].startswith("genkernels") and
+              "reference" not in r["impl"] and r is not retrieval and "overhead" not in r["case"]]
+    return [f"{', '.join(one_t[:3])} and {one_t[3]} faster than scikit-learn at batch 1, 10, 100 and 1,000 "
+            f"on one thread ({two_t} on two)",
+            f"every op but `hopfield_retrieval` at batch 10 ({g(retrieval['ratio_2_over_1'], 3)}×) is within "
+            f"{g(max(others), 3)}× one thread on two",
+            f"{overhead('som')} µs for `som_bmu` and {overhead('energy')} µs for `rbm_half_step`"]
+
+
 def bmu_certification():
     """Rows the certified BMU search re-searches (bench/bmu_certification.py)."""
     cases = load("bmu-certification.json")["cases"]
@@ -271,7 +295,7 @@ def bmu_certification():
 
 
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, ais_digits, hopfield_recall, dbn_digits,
-          bmu_certification]
+          bmu_certification, small_amd]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])
