@@ -70,9 +70,9 @@ constexpr int64_t kColumnQuantum = 16;
 // microseconds, far more on a loaded machine, where a tiny half-step took 25 ms with 2
 // threads and 0.03 ms with one).
 constexpr int64_t kMinWorkPerThread = int64_t(1) << 18;
-// rbm_pcd_step_'s cost model: batch x visible x hidden below this runs on one thread (the
-// same bound as genkernels.backends.SMALL_PRODUCT, which tests mirror).
-constexpr int64_t kSoloPcdWork = int64_t(1) << 24;
+// rbm_pcd_step_'s cost model: batch x visible x hidden below this runs on one thread
+// (tests/test_rbm_kernels.py mirrors it).
+constexpr int64_t kSoloPcdWork = int64_t(1) << 21;
 
 #if defined(__AVX2__)
 // High and low 32 bits of the eight products a[l] * m (m a broadcast uint32 constant).
@@ -697,10 +697,9 @@ at::Tensor rbm_pcd_step_cpu(const at::Tensor& v_pos, at::Tensor& w, at::Tensor& 
   // a training step: no autograd history, whatever requires grad (as the Python models)
   at::AutoDispatchBelowADInplaceOrView no_autograd;
   // Cost model: a step of fewer than kSoloPcdWork multiply-adds per product runs on the calling
-  // thread alone (its BLAS calls and half-steps start no team). On 2 cores (AMD EPYC,
-  // scikit-learn's digits workflow, 64 x 100, float64) a second thread made whole fits
-  // slower, not faster: batch 100 6.8 -> 11.6 ms, batch 1000 9.7 -> 17.6 ms, and 14.9 ->
-  // 16.7 / 11.1 -> 19.5 ms with 0.3 s of quiet before each fit.
+  // thread alone (its BLAS calls and half-steps start no team). On 2 cores (AMD EPYC, 64 x 100,
+  // float64, steps in a loop) a second thread lost below ~2^21 and won above: 2t/1t 1.13 at
+  // batch 100, 1.04 at 200, 0.85 at 400, 0.76 at 1000.
   const bool solo = v_pos.size(0) * n_visible * n_hidden < kSoloPcdWork;
   std::optional<genkernels::cpu::blas::Sequential> sequential_blas;
   std::optional<genkernels::cpu::SoloThreads> solo_threads;
