@@ -108,6 +108,10 @@ std::tuple<at::Tensor, at::Tensor> hopfield_recall_async_cpu(const at::Tensor& w
                                                              int64_t max_sweeps, bool random_order,
                                                              int64_t seed, int64_t offset) {
   check_recall_args(weights, states, max_sweeps);
+  // below the cost model the whole call runs on the calling thread, the fields' product
+  // and the casts too (beside a busy process, batch 10 of N = 64 took 2x -- 20x its one-
+  // thread time on 2 threads while MKL's team for the product waited for its second thread)
+  const genkernels::cpu::SoloScope solo(weights.size(0) < kParallelMinUnits);
   RecallInputs in = prepare_recall(weights, states, max_sweeps);
   if (in.finished) return in.early;
   const int64_t b_count = states.size(0), n = weights.size(0);

@@ -183,7 +183,13 @@ void retrieve_shared_tiles(const at::Tensor& q, const at::Tensor& x, scalar_t be
   const int64_t b_count = q.size(0), d = q.size(1), p_count = x.size(1);
   const at::Tensor xm = x[0];
   const at::Tensor xt = xm.t();
-  const int64_t tile = tile_rows(b_count, p_count, sizeof(scalar_t), omp_get_max_threads());
+  // tiles for the threads the cost model pays for (not the thread setting: 10 rows split
+  // into two tiles for a one-thread region took 1.13x the single tile's time), and never
+  // for the busy-machine back-off, so the tiling -- and the result -- follows the setting
+  // and the shape only
+  const int64_t work = b_count * max_steps * p_count * d;
+  const int64_t parts = std::min<int64_t>(omp_get_max_threads(), threads_for(work));
+  const int64_t tile = tile_rows(b_count, p_count, sizeof(scalar_t), parts);
   const int64_t n_tiles = (b_count + tile - 1) / tile;
   const scalar_t* q_ptr = q.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
@@ -193,7 +199,7 @@ void retrieve_shared_tiles(const at::Tensor& q, const at::Tensor& x, scalar_t be
     at::Tensor scores, weights, cur, next;
     std::vector<int64_t> row_of;
   };
-  const int team = genkernels::cpu::team_size(threads_for(b_count * max_steps * p_count * d));
+  const int team = genkernels::cpu::team_size(parts);
   std::vector<Buffers> buffers(team);
   genkernels::cpu::parallel_chunks(n_tiles, team, [&](int64_t t, int slot) {
     Buffers& buf = buffers[slot];

@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 namespace genkernels::cpu {
@@ -115,6 +116,26 @@ class SoloThreads {
 
  private:
   int previous_;
+};
+
+// Both guards above while it lives, when `active`: a kernel whose cost model chose one
+// thread runs its ATen glue too (the products, copies and casts around its own loops) on
+// the calling thread -- beside a busy process a BLAS or ATen team started there waits a
+// time slice for its second thread.
+class SoloScope {
+ public:
+  explicit SoloScope(bool active) {
+    if (active) {
+      blas_.emplace();
+      threads_.emplace();
+    }
+  }
+  SoloScope(const SoloScope&) = delete;
+  SoloScope& operator=(const SoloScope&) = delete;
+
+ private:
+  std::optional<blas::Sequential> blas_;
+  std::optional<SoloThreads> threads_;
 };
 
 // ---------------------------------------------------------------- team health

@@ -33,7 +33,6 @@
 // bit-identical to the reference; the sample is u < P with P in the accumulation dtype. Four
 // units per Philox call: on 2 cores the 784-unit visible half-step of a 100-row batch spent
 // about as long in one call per unit as in its matrix product.
-#include <optional>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
@@ -700,13 +699,7 @@ at::Tensor rbm_pcd_step_cpu(const at::Tensor& v_pos, at::Tensor& w, at::Tensor& 
   // thread alone (its BLAS calls and half-steps start no team). On 2 cores (AMD EPYC, 64 x 100,
   // float64, steps in a loop) a second thread lost below ~2^21 and won above: 2t/1t 1.13 at
   // batch 100, 1.04 at 200, 0.85 at 400, 0.76 at 1000.
-  const bool solo = v_pos.size(0) * n_visible * n_hidden < kSoloPcdWork;
-  std::optional<genkernels::cpu::blas::Sequential> sequential_blas;
-  std::optional<genkernels::cpu::SoloThreads> solo_threads;
-  if (solo) {
-    sequential_blas.emplace();
-    solo_threads.emplace();
-  }
+  const genkernels::cpu::SoloScope solo(v_pos.size(0) * n_visible * n_hidden < kSoloPcdWork);
   const at::Tensor h_pos = at::addmm(hidden_bias, v_pos, w).sigmoid_();
   const at::Tensor v_neg_samples = std::get<0>(
       rbm_half_step_cpu(chains, w, visible_bias, seed, offset_v, /*transpose=*/true, /*return_probs=*/false));
