@@ -173,12 +173,15 @@ inline bool solo_now() { return now_ns() < state().solo_until.load(std::memory_o
 inline thread_local int blas_restore = -1;
 
 // After a region, on the calling thread: late -> back off (doubling) and keep this
-// thread's BLAS calls -- ours and torch's between them -- on this thread; on time ->
-// forget past lateness and give BLAS its threads back.
+// thread's BLAS calls -- ours and torch's between them -- on this thread; on time -> halve
+// the next back-off (not forget it: beside two busy processes on 2 cores a probe is now
+// and then on time, and a reset back-off let the next late probes stall region after
+// region) and give BLAS its threads back.
 inline void report(bool late) {
   State& s = state();
   if (!late) {
-    s.backoff.store(0, std::memory_order_relaxed);
+    const int64_t halved = s.backoff.load(std::memory_order_relaxed) / 2;
+    s.backoff.store(halved < kFirstBackoffNs ? 0 : halved, std::memory_order_relaxed);
     if (blas_restore >= 0) {
       blas::set_local_threads(blas_restore);
       blas_restore = -1;
