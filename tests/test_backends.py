@@ -136,3 +136,71 @@ def test_cpu_kernels_equal_on_one_and_two_threads():
     for one, two in zip(*results):
         for a, b_ in zip(one if isinstance(one, tuple) else (one,), two if isinstance(two, tuple) else (two,)):
             assert torch.equal(a, b_)
+
+
+# Every C++ entry point of the cpu backend, called directly with inputs that require grad
+# (sizes that start a thread team) and with inputs the kernel rejects: each call returns or
+# raises a Python exception, and the process never aborts (an escaped c10::Error inside an
+# OpenMP region used to reach std::terminate).
+_ENTRY_POINTS = """
+import torch
+import genkernels  # loads the extension
+g = lambda *shape, dtype=torch.float32: torch.rand(*shape, dtype=dtype).requires_grad_()
+ops = torch.ops.genkernels
+w = (lambda a: ((a + a.T) / 2).fill_diagonal_(0).requires_grad_())(torch.randn(600, 600))
+spins = (torch.randint(0, 2, (4, 64, 64), dtype=torch.int8) * 2 - 1)
+u8 = lambda *shape: torch.ones(*shape, dtype=torch.uint8)
+off = torch.zeros(600, dtype=torch.bool)
+calls = {  # name: (well-formed call with grad-requiring inputs, a call the kernel rejects)
+    "som_bmu": (lambda: ops.som_bmu(g(4000, 64), g(256, 64), 3, "euclidean", False),
+                lambda: ops.som_bmu(g(4000, 64), g(256, 63), 3, "euclidean", False)),
+    "som_node_sums": (lambda: ops.som_node_sums(g(4000, 64), g(256, 64), "euclidean", False),
+                      lambda: ops.som_node_sums(g(4000, 64), g(256, 63), "euclidean", False)),
+    "som_online": (lambda: ops.som_online(g(2, 256, 8), g(500, 8), torch.randint(0, 500, (2, 300)), g(2, 300),
+                                          g(2, 300) + 0.5, g(256, 2), 0.0, 0.0, "gaussian", "wta", "euclidean"),
+                   lambda: ops.som_online(g(2, 256, 8), g(500, 8), torch.randint(0, 500, (2, 300)), g(2, 300),
+                                          g(2, 300) + 0.5, g(255, 2), 0.0, 0.0, "gaussian", "wta", "euclidean")),
+    "hopfield_recall_async": (lambda: ops.hopfield_recall_async(w, torch.ones(8, 600), 3, True, 1, 0),
+                              lambda: ops.hopfield_recall_async(w, torch.ones(8, 599), 3, True, 1, 0)),
+    "bm_gibbs": (lambda: ops.bm_gibbs(w, g(600), torch.ones(8, 600), off, torch.ones(8), True, 1, 0),
+                 lambda: ops.bm_gibbs(w, g(599), torch.ones(8, 600), off, torch.ones(8), True, 1, 0)),
+    "hopfield_retrieval": (lambda: ops.hopfield_retrieval(g(300, 64), g(1, 500, 64), torch.tensor(2.0), 3, 0.0),
+                           lambda: ops.hopfield_retrieval(g(300, 64), g(1, 500, 63), torch.tensor(2.0), 3, 0.0)),
+    "ising_sweep": (lambda: ops.ising_sweep(spins, genkernels.ops.ising_thresholds(2.269), 2, 1, 0, 1),
+                    lambda: ops.ising_sweep(spins.float(), genkernels.ops.ising_thresholds(2.269), 2, 1, 0, 1)),
+    "rbm_half_step": (lambda: ops.rbm_half_step(g(300, 200), g(200, 100), g(100), 1, 0, False, True),
+                      lambda: ops.rbm_half_step(g(300, 200), g(199, 100), g(100), 1, 0, False, True)),
+    "rbm_half_step_binary": (lambda: ops.rbm_half_step_binary(u8(300, 200), g(200, 100), g(100), 1, 0, False, True),
+                             lambda: ops.rbm_half_step_binary(u8(300, 200), g(199, 100), g(100), 1, 0, False, True)),
+    "rbm_binary_outer_add_": (lambda: ops.rbm_binary_outer_add_(torch.zeros(200, 100), u8(300, 200), g(300, 100),
+                                                                0.1, torch.zeros(200), 0.1),
+                              lambda: ops.rbm_binary_outer_add_(torch.zeros(200, 100), u8(300, 200), g(299, 100),
+                                                                0.1, torch.zeros(200), 0.1)),
+    "rbm_pcd_step_": (lambda: ops.rbm_pcd_step_(g(300, 200).detach(), g(200, 100), g(200), g(100),
+                                                torch.zeros(300, 100, dtype=torch.uint8), 1, 0, 10**6, 0.1),
+                      lambda: ops.rbm_pcd_step_(g(300, 200).detach(), g(200, 100), g(200), g(100),
+                                                torch.zeros(300, 100), 1, 0, 10**6, 0.1)),
+    "rbm_pack_binary": (lambda: ops.rbm_pack_binary(g(3000, 200)), lambda: ops.rbm_pack_binary(g(30, 2, 2))),
+    "philox_rand": (lambda: ops.philox_rand(1, torch.arange(1 << 16)), lambda: ops.philox_rand(1, torch.rand(3))),
+}
+for name, pair in calls.items():
+    for variant, call in zip(("grad", "bad"), pair):
+        try:
+            call()
+            print(name, variant, "ran")
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            print(name, variant, "raised", type(exc).__name__)
+print("done")
+"""
+
+
+@pytest.mark.skipif(backends.extension_error() is not None, reason="needs the C++ extension")
+def test_no_cpu_entry_point_aborts_on_grad_inputs_or_errors():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", _ENTRY_POINTS], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.split("\n")
+    assert lines[-2] == "done", proc.stdout
+    assert sum(line.endswith(" grad ran") for line in lines) == 13, proc.stdout
+    assert sum(" bad raised " in line for line in lines) == 13, proc.stdout

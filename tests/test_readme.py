@@ -114,3 +114,21 @@ def _check_energy_scope(scope):
     assert scope["states"].shape[0] == 16 and scope["energies"].shape[0] == 16
     assert scope["features"].shape == (100, 200)
     assert {"energy", "specific_heat", "susceptibility"} <= set(scope["obs"])
+
+
+# The families a package description may name, and the subpackage each needs.
+FAMILY_WORDS = {"self-organizing map": "som", "Hopfield": "hopfield", "Boltzmann": "boltzmann", "RBM": "boltzmann",
+                "DBN": "boltzmann", "Ising": "ising", "PixelCNN": "autoregressive", "MADE": "autoregressive",
+                "autoregressive": "autoregressive", "flow": "flows", "Glow": "flows", "RealNVP": "flows"}
+
+
+def test_setup_description_names_only_families_that_exist():
+    import ast
+    import importlib.util
+    tree = ast.parse(open(os.path.join(os.path.dirname(__file__), os.pardir, "setup.py")).read())
+    description = next(ast.literal_eval(k.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                       for k in node.keywords if k.arg == "description")
+    named = {pkg for word, pkg in FAMILY_WORDS.items() if word.lower() in description.lower()}
+    assert named, description
+    missing = sorted(pkg for pkg in named if importlib.util.find_spec(f"genkernels.{pkg}") is None)
+    assert not missing, f"setup.py's description names families with no subpackage: {missing}"

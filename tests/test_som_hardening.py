@@ -451,6 +451,31 @@ def test_python_only_paths_refuse_an_explicit_compiled_backend(mode, kwargs):
     assert torch.isfinite(som.codebook).all()
 
 
+@pytest.mark.parametrize("mode, kwargs", [("batch", dict(rule="wtm")), ("minibatch", dict(rule="wtm")),
+                                          ("online", dict(neighborhood=lambda d0, d1, s: (d0 + d1 == 0) * 1.0))])
+def test_python_only_paths_say_so_under_the_automatic_choice(monkeypatch, mode, kwargs):
+    import genkernels.som.som as som_module
+    monkeypatch.setattr(som_module, "_REFERENCE_ONLY_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="runs the pure-PyTorch reference"):
+        SOM((3, 3), 3, seed=0, **kwargs).fit(blobs(), epochs=1, mode=mode, verbose=False)
+
+
+@pytest.mark.parametrize("bad", [lambda d0, d1, s: 1.0, lambda d0, d1, s: torch.tensor(1.0),
+                                 lambda d0, d1, s: (d0 + d1).sum(), lambda d0, d1, s: (d0 == d1).long()])
+def test_callable_neighbourhood_must_return_one_value_per_offset(bad):
+    with pytest.raises(ValueError, match=r"neighborhood \(a callable\) must return a float tensor shaped like"):
+        SOM((3, 3), 3, seed=0, neighborhood=bad).fit(blobs(), epochs=1, mode="online", verbose=False)
+
+
+def test_float64_data_beyond_float32_is_named_not_called_nan():
+    x = blobs().astype(np.float64)
+    x[3, 1] = 1e39
+    with pytest.raises(ValueError, match=r"x holds values up to 1e\+39 in magnitude, beyond the range of float32"):
+        SOM((3, 3), 3, seed=0).fit(x, epochs=1, verbose=False)
+    with pytest.raises(ValueError, match="contains NaN or Inf"):
+        SOM((3, 3), 3, seed=0).fit(torch.full((4, 3), float("inf"), dtype=torch.float64), epochs=1, verbose=False)
+
+
 def test_wtm_batch_sums_are_tiled(monkeypatch):
     import genkernels.som.som as som_module
     x = blobs()

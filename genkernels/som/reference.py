@@ -125,6 +125,19 @@ def som_node_sums(x: torch.Tensor, weights: torch.Tensor, metric: str = "euclide
     return sums, counts, distance_sum
 
 
+def _callable_neighborhood(kind, d0: torch.Tensor, d1: torch.Tensor, sigma) -> torch.Tensor:
+    """A user's neighbourhood kind(d0, d1, sigma): one real value per pair of offsets."""
+    h = kind(d0, d1, sigma)
+    shape = torch.broadcast_shapes(d0.shape, d1.shape)
+    if not isinstance(h, torch.Tensor) or not (h.is_floating_point() or h.dtype == torch.bool) \
+            or h.shape != shape:
+        got = f"a {h.dtype} tensor of shape {tuple(h.shape)}" if isinstance(h, torch.Tensor) else \
+            f"{type(h).__name__} {h!r}"
+        raise ValueError(f"neighborhood (a callable) must return a float tensor shaped like its offsets "
+                         f"d0 and d1, {tuple(shape)} (one value per node); got {got}")
+    return h.to(d0.dtype)
+
+
 def neighborhood(kind: str, d0: torch.Tensor, d1: torch.Tensor, sigma) -> torch.Tensor:
     """Neighbourhood value for per-axis lattice offsets d0, d1 >= 0 (csrc/common/som.h).
 
@@ -142,7 +155,7 @@ def neighborhood(kind: str, d0: torch.Tensor, d1: torch.Tensor, sigma) -> torch.
     because genkernels.ops.som_online runs such a sigma as ops.sigma_min.
     """
     if callable(kind):
-        return kind(d0, d1, sigma)
+        return _callable_neighborhood(kind, d0, d1, sigma)
     zero = torch.zeros((), dtype=d0.dtype, device=d0.device)
     if kind == "gaussian":
         q = d0 * d0 + d1 * d1

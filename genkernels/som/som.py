@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
@@ -15,7 +16,7 @@ from torch import nn
 from .. import backends
 from .. import checkpoint as ckpt
 from .. import distributed as gkdist
-from .._checks import check_choice, check_int, check_positive, model_seed
+from .._checks import check_choice, check_fits_dtype, check_int, check_positive, model_seed
 from . import ops, reference, schedules
 from .lattice import TOPOLOGIES, Lattice
 from .reference import METRICS, NEIGHBORHOODS, RULES, acc_dtype
@@ -28,6 +29,8 @@ MISSING = ("raise", "ignore")
 CHUNK_ROWS = 1 << 16
 # Distances per row tile of the winner-takes-most batch sums (the reference's tile size).
 WTM_TILE_ELEMENTS = 1 << 22
+# what ran on the reference by automatic choice and has been said (once per process)
+_REFERENCE_ONLY_WARNED: set[str] = set()
 
 
 def _finite_positive(name: str, value) -> float:
@@ -257,7 +260,13 @@ class SOM(nn.Module):
             raise ValueError(f"{name} must be 2-D (n_samples, {self.n_features}); got shape {tuple(x.shape)}")
         if x.shape[1] != self.n_features:
             raise ValueError(f"{name} has {x.shape[1]} features but the map has {self.n_features}")
-        x = x.detach().to(device=self.device, dtype=self.dtype)
+        x = x.detach()
+        if not torch.compiler.is_compiling() and x.numel() and \
+                torch.finfo(x.dtype).max > torch.finfo(self.dtype).max:
+            # finite float64 data beyond the map's float32 range: say so, not "NaN or Inf"
+            finite = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            check_fits_dtype(name, *(float(t) for t in torch.aminmax(finite)), self.dtype)
+        x = x.to(device=self.device, dtype=self.dtype)
         allow_nan = self.missing == "ignore" if allow_nan is None else allow_nan
         if not torch.compiler.is_compiling() and x.numel():
             bad = torch.isinf(x) if allow_nan else ~torch.isfinite(x)
@@ -649,6 +658,11 @@ class SOM(nn.Module):
             raise backends.BackendUnavailableError(
                 f"{what} has no {requested} kernel: it runs the pure-PyTorch reference; pass "
                 "backend='reference' (or None) to run it")
+        if requested is None and what not in _REFERENCE_ONLY_WARNED:
+            # the automatic choice: said once per process, never silent
+            _REFERENCE_ONLY_WARNED.add(what)
+            warnings.warn(f"{what} runs the pure-PyTorch reference (no backend has a kernel for it); "
+                          "pass backend='reference' to choose it explicitly", RuntimeWarning, stacklevel=4)
 
     def _order(self, n: int, sampling: str) -> torch.Tensor:
         if sampling == "sequential":
