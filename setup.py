@@ -97,7 +97,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "minisom"],
+        "test": ["pytest", "pytest-benchmark", "minisom", "import-linter"],
         "bench": ["pytest-benchmark", "minisom", "torchsom", "xpysom"],
     },
     entry_points={"console_scripts": ["genkernels=genkernels.cli:main"]},

@@ -8,7 +8,7 @@ threads, with the per-call overhead of the Python layer.
 cost of waking a thread team, or a neighbour holding the other core, dominates. For each
 case and implementation this measures the time per call with ``torch.set_num_threads(1)``
 and ``(2)`` in the same run (interleaved rounds) and reports ``2 threads / 1 thread``
-(DESIGN.md: no op slower on 2 threads than on 1 by more than 10%). ``overhead`` rows
+(docs/design.md, "Threads on the CPU": no op slower on 2 threads than on 1 by more than 10%). ``overhead`` rows
 time the public ``genkernels.ops`` function against its registered op called directly
 and against an empty ``torch.ops`` call: the validation and dispatch cost per call.
 The scikit-learn workflow (``BernoulliRBM(n_components=100)`` on the 1,797 digits, one

@@ -1,7 +1,7 @@
 """Which backends exist here, how one is chosen, and how to override the choice.
 
-Every hot-path op has up to four implementations (DESIGN.md, "One op, four
-implementations"): ``reference`` (pure PyTorch), ``cpu`` (the C++ extension),
+Every hot-path op has up to four implementations (docs/design.md, "Ops:
+declared by their family"): ``reference`` (pure PyTorch), ``cpu`` (the C++ extension),
 ``triton`` and ``cuda``. ``backend=None`` means auto:
 
 * CUDA tensors: ``triton``, unless a committed GPU run measured another backend faster on
@@ -25,58 +25,28 @@ import warnings
 
 import torch
 
-BACKENDS = ("reference", "cpu", "triton", "cuda")
+from . import registry
+from .registry import BACKENDS
 
-# Backends implemented per op. An op missing a backend here raises when asked for it.
-OP_BACKENDS: dict[str, tuple[str, ...]] = {
-    "som_bmu": ("reference", "cpu", "triton"),
-    "som_node_sums": ("reference", "cpu", "triton"),
-    "som_online": ("reference", "cpu", "triton", "cuda"),
-    "philox_randint4x": ("reference", "cpu", "triton", "cuda"),
-    "philox_rand": ("reference", "cpu", "triton", "cuda"),
-    "hopfield_recall_async": ("reference", "cpu", "triton", "cuda"),
-    "bm_gibbs": ("reference", "cpu", "triton", "cuda"),
-    # a matrix product and a sign per sweep, in PyTorch: its reference runs on any device
-    "hopfield_retrieval": ("reference", "cpu", "triton"),
-    "ising_sweep": ("reference", "cpu", "triton", "cuda"),
-    "rbm_half_step": ("reference", "cpu", "triton"),
-    "rbm_half_step_binary": ("reference", "cpu", "triton"),
-    "rbm_binary_outer_add": ("reference", "cpu"),
-    # a composition of half-steps and products: its reference runs on any device
-    "rbm_pcd_step": ("reference", "cpu"),
-}
-
-# Auto choice on CUDA tensors (DESIGN.md, "Automatic choice from measurements"): Triton,
+# Backends implemented per op, and the automatic choice's GPU preferences: declared by each
+# family's ops.py through genkernels.registry (read-only views here).
+#
+# Auto choice on CUDA tensors (docs/design.md, "Automatic choice"): Triton,
 # interpreter-tested and statically compiled, until a committed GPU run shows another
-# backend correct and faster on that kind of workload. An entry (backend, applies, why)
-# prefers ``backend`` where ``applies(workload)`` holds (``workload``: the keywords the op
-# passes to resolve, e.g. n_maps) and cites the results file and the commit it measured.
-# A CUDA kernel changed since its run, or never run, is reachable by name only. An op
-# without a GPU backend has no entry: on CUDA tensors it runs its reference, unless that
-# is a sequential loop.
-GPU_PREFERENCE: dict[str, tuple[str, object, str]] = {
-    "som_online": ("cuda", lambda workload: workload.get("n_maps") == 1,
-                   "one map: bench/results/nvidia-h100-80gb-hbm3-gpu-quick.md (H100, commit 98f9abe; "
-                   "csrc/cuda/som.cu unchanged since cf16a02, before that run): the cooperative kernel "
-                   "17 ms vs triton 1.47 s (40x40x784, 2k steps), 53 ms vs 385 ms (32x32x64, 10k steps), "
-                   "equal to the one-block kernel bit for bit. Many maps stay on triton: 64 maps took "
-                   "1.49 s on cuda vs 0.37 s on triton (nvidia-h100-80gb-hbm3.md, commit 2540197)"),
-}
-# Measured but not preferred: the CUDA Hopfield recall (1.8e8 vs triton 8.7e7 unit updates/s,
-# nvidia-h100-80gb-hbm3-gpu-quick.md) and bm_gibbs kernels changed after that run (ff00d6b,
-# 729a895); the bit-packed Ising kernel never ran on a GPU. `bash scripts/gpu_final.sh`
-# measures them again.
+# backend correct and faster on that kind of workload. A preference (backend, applies,
+# evidence) prefers ``backend`` where ``applies(workload)`` holds (``workload``: the
+# keywords the op passes to resolve, e.g. n_maps) and cites the results file and the
+# commit it measured. A CUDA kernel changed since its run, or never run, is reachable by
+# name only. An op without a GPU backend has no preference: on CUDA tensors it runs its
+# reference, unless that is a sequential loop.
+OP_BACKENDS = registry.op_backends
+GPU_PREFERENCE = registry.gpu_preferences
 
 
-def _gpu_choice(op: str, workload: dict) -> str:
-    entry = GPU_PREFERENCE.get(op)
-    if entry is not None and entry[1](workload):
-        return entry[0]
+def _gpu_choice(op: registry.Op, workload: dict) -> str:
+    if op.gpu is not None and op.gpu.applies(workload):
+        return op.gpu.backend
     return "triton"
-
-
-# Ops whose reference is a Python loop over steps: usable as an oracle only.
-SEQUENTIAL_OPS = frozenset({"som_online", "hopfield_recall_async", "bm_gibbs"})
 
 
 class BackendUnavailableError(RuntimeError):
@@ -241,7 +211,18 @@ def resolve(op: str, device: torch.device, backend: str | None = None, **workloa
     GPU_PREFERENCE), e.g. ``n_maps=`` for som_online. Under torch.compile the choice is made once while tracing and baked into the graph
     (a compiled function keeps the backend it was traced with)."""
     requested = _check_name(backend, "backend") if backend is not None else forced_backend()
-    implemented = OP_BACKENDS[op]
+    declared = registry.get(op)
+    name = _choose(declared, device, requested, workload)
+    if declared._pending:
+        declared.prepare(name)
+    return name
+
+
+registry.install_resolver(resolve)
+
+
+def _choose(declared: registry.Op, device: torch.device, requested: str | None, workload: dict) -> str:
+    op, implemented = declared.name, declared.backends
     if requested is not None:
         if requested not in implemented:
             raise BackendUnavailableError(
@@ -251,11 +232,11 @@ def resolve(op: str, device: torch.device, backend: str | None = None, **workloa
             raise BackendUnavailableError(f"backend {requested!r} for {op} is unavailable: {why}")
         return requested
     if device.type == "cuda":
-        preferred = _gpu_choice(op, workload)
+        preferred = _gpu_choice(declared, workload)
         for name in (preferred, *[b for b in ("triton", "cuda") if b != preferred]):
             if name in implemented and _why_unavailable(name, device) is None:
                 return name
-        if "reference" in implemented and op not in SEQUENTIAL_OPS:
+        if "reference" in implemented and not declared.sequential:
             return "reference"
         gpu = [b for b in implemented if b in ("triton", "cuda")]
         why = (triton_error() or extension_error() or "its GPU backends cannot run here") if gpu else \
@@ -264,9 +245,9 @@ def resolve(op: str, device: torch.device, backend: str | None = None, **workloa
         raise BackendUnavailableError(f"no GPU backend for {op} on {device}: {why}")
     if device.type == "cpu" and "cpu" in implemented and extension_error() is None:
         return "cpu"
-    if op in SEQUENTIAL_OPS and op not in _warned:
+    if declared.sequential and op not in _warned:
         _warned.add(op)
         warnings.warn(f"{op}: running the pure-Python reference loop because "
                       f"{extension_error() or 'no compiled backend serves ' + device.type}; "
-                      "it is slow beyond small sizes", RuntimeWarning, stacklevel=3)
+                      "it is slow beyond small sizes", RuntimeWarning, stacklevel=5)
     return "reference"

@@ -1,7 +1,7 @@
 """The functional API: every family's ops, flat (``genkernels.ops.som_bmu``, ...)."""
 from .boltzmann.bm_ops import bm_energy, bm_gibbs
-from .boltzmann.ops import rbm_half_step
-from .hopfield.ops import hopfield_energy, hopfield_recall, hopfield_store
+from .boltzmann.ops import rbm_half_step, rbm_half_step_binary
+from .hopfield.ops import hopfield_energy, hopfield_recall, hopfield_retrieval, hopfield_store
 from .ising.ops import (
     ising_counters_per_sweep,
     ising_observables,
@@ -11,15 +11,7 @@ from .ising.ops import (
 )
 from .som.ops import neighborhood_matmul, som_bmu, som_node_sums, som_online, som_smooth
 
-__all__ = ["bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfield_store",
-           "ising_counters_per_sweep", "ising_observables", "ising_sample", "ising_sweep",
-           "ising_thresholds",
-           "neighborhood_matmul", "som_bmu",
-           "som_node_sums", "som_online", "som_smooth"]
-from .hopfield.ops import hopfield_retrieval
-
-__all__ += ["hopfield_retrieval"]
-__all__ += ["rbm_half_step"]
-from .boltzmann.ops import rbm_half_step_binary
-
-__all__ += ["rbm_half_step_binary"]
+__all__ = ["bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfield_retrieval", "hopfield_store",
+           "ising_counters_per_sweep", "ising_observables", "ising_sample", "ising_sweep", "ising_thresholds",
+           "neighborhood_matmul", "rbm_half_step", "rbm_half_step_binary", "som_bmu", "som_node_sums",
+           "som_online", "som_smooth"]

@@ -1,5 +1,5 @@
 """Counter-based random numbers shared by every backend: Philox4x32-10 as Triton's
-``tl.randint4x`` / ``tl.rand`` (DESIGN.md, "Contracts: Randomness").
+``tl.randint4x`` / ``tl.rand`` (docs/design.md, "Randomness").
 
 The stream is a pure function of ``(seed, offset)``:
 
@@ -30,7 +30,7 @@ import operator
 
 import torch
 
-from . import backends
+from . import registry
 
 __all__ = ["philox4x32_10", "rand", "randint", "randint4x", "uint_to_uniform_float"]
 
@@ -47,20 +47,39 @@ SEED_MAX = 2**64 - 1
 _MASK32 = 0xFFFFFFFF
 
 
-def _triton_ops():
-    """torch.ops.genkernels with the Triton custom ops registered (imported lazily)."""
-    from . import triton_random  # noqa: F401  (registers genkernels::philox_*_triton)
-    return torch.ops.genkernels
+def _randint4x_fake(seed, offsets):
+    return offsets.new_empty((*offsets.shape, 4), dtype=torch.uint32)
 
 
-if backends.extension_error() is None:
-    @torch.library.register_fake("genkernels::philox_randint4x")
-    def _randint4x_fake(seed, offsets):
-        return offsets.new_empty((*offsets.shape, 4), dtype=torch.uint32)
+def _rand_fake(seed, offsets):
+    return offsets.new_empty(offsets.shape, dtype=torch.float32)
 
-    @torch.library.register_fake("genkernels::philox_rand")
-    def _rand_fake(seed, offsets):
-        return offsets.new_empty(offsets.shape, dtype=torch.float32)
+
+def _randint4x_reference(seed, offsets):
+    return _reference_randint4x(seed % 2**64, offsets)
+
+
+def _rand_reference(seed, offsets):
+    return uint_to_uniform_float(_reference_randint4x(seed % 2**64, offsets)[..., 0])
+
+
+# philox_randint4x(seed (int64 bit pattern), offsets (...) int64) -> (..., 4) uint32, and
+# philox_rand(seed, offsets) -> (...) float32 uniforms.
+RANDINT4X = registry.declare(
+    "philox_randint4x",
+    reference=_randint4x_reference,
+    cpu=registry.extension("philox_randint4x"),
+    triton=registry.lazy("genkernels.triton_random", "philox_randint4x_triton"),
+    cuda=registry.extension("philox_randint4x"),
+    fake=_randint4x_fake)
+RAND = registry.declare(
+    "philox_rand",
+    reference=_rand_reference,
+    cpu=registry.extension("philox_rand"),
+    triton=registry.lazy("genkernels.triton_random", "philox_rand_triton"),
+    cuda=registry.extension("philox_rand"),
+    fake=_rand_fake)
+registry.static_kernels("random", registry.lazy("genkernels.triton_random", "static_kernels"))
 
 
 # ------------------------------------------------------------------------ validation
@@ -166,12 +185,7 @@ def randint4x(seed: int, offsets: torch.Tensor, *, backend: str | None = None) -
     their two's-complement pattern). Returns (..., 4) uint32."""
     seed = _check_seed(seed)
     offsets = _check_offsets(offsets)
-    name = backends.resolve("philox_randint4x", offsets.device, backend)
-    if name == "reference":
-        return _reference_randint4x(seed, offsets)
-    if name == "triton":
-        return _triton_ops().philox_randint4x_triton(_schema_seed(seed), offsets)
-    return torch.ops.genkernels.philox_randint4x(_schema_seed(seed), offsets)
+    return RANDINT4X.kernels[RANDINT4X.resolve(offsets.device, backend)](_schema_seed(seed), offsets)
 
 
 def randint(seed: int, offsets: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
@@ -185,9 +199,4 @@ def rand(seed: int, offsets: torch.Tensor, *, backend: str | None = None) -> tor
     ``rand(seed, offsets) < p``, identical on every backend for the same p."""
     seed = _check_seed(seed)
     offsets = _check_offsets(offsets)
-    name = backends.resolve("philox_rand", offsets.device, backend)
-    if name == "reference":
-        return uint_to_uniform_float(_reference_randint4x(seed, offsets)[..., 0])
-    if name == "triton":
-        return _triton_ops().philox_rand_triton(_schema_seed(seed), offsets)
-    return torch.ops.genkernels.philox_rand(_schema_seed(seed), offsets)
+    return RAND.kernels[RAND.resolve(offsets.device, backend)](_schema_seed(seed), offsets)

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 # Offsets per program: each is one independent Philox call, so any size that keeps the
-# loads coalesced serves; fixed (the interpreter cannot autotune, DESIGN.md "Testing").
+# loads coalesced serves; fixed (the interpreter cannot autotune, docs/design.md, "Testing").
 BLOCK = 1024
 _UINT64_MASK = (1 << 64) - 1
 
@@ -96,3 +96,20 @@ def philox_rand_triton(seed: int, offsets: torch.Tensor) -> torch.Tensor:
 @philox_rand_triton.register_fake
 def _philox_rand_triton_fake(seed, offsets):
     return offsets.new_empty(offsets.shape, dtype=torch.float32)
+
+
+def static_kernels() -> list:
+    """The kernel specialisations the static GPU report compiles (python -m genkernels._static)."""
+    from ._static import TritonKernel
+
+    # seeds >= 2^31 reach the kernels as i64 (>= 2^63 as u64): the i64 case is the common one
+    def sig(out):
+        return {"OFFSETS": "*i64", "OUT": out, "seed": "i64", "N": "i32"}
+
+    meta = {"BLOCK": BLOCK}
+    return [
+        TritonKernel("random", "_philox_randint4x_kernel",
+                     lambda: _philox_randint4x_kernel, sig("*i32"), meta),
+        TritonKernel("random", "_philox_rand_kernel", lambda: _philox_rand_kernel,
+                     sig("*fp32"), meta),
+    ]

@@ -1,4 +1,4 @@
-"""One random stream for every backend (DESIGN.md, "Contracts: Randomness").
+"""One random stream for every backend (docs/design.md, "Randomness").
 
 Triton's own ``tl.randint4x`` / ``tl.rand`` (genkernels/triton_random.py, under
 TRITON_INTERPRET=1 on CPU tensors without a GPU) are the ground truth: the PyTorch

@@ -19,7 +19,7 @@ DTYPES = (torch.float32, torch.float64)
 SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 9), (3, 17, 1), (65, 33, 65), (70, 64, 17)]
 CPU_SHAPES = SHAPES + [(257, 100, 37), (600, 13, 301), (1, 4096, 301)]  # the last: column blocks
 # a sample may differ from the reference only where u is this close to the computed P
-# (DESIGN.md, "Randomness": fused samplers differ only where |u - p| <= 1e-6)
+# (docs/design.md, "Randomness": fused samplers differ only where |u - p| <= 1e-6)
 SAMPLE_MARGIN = 1e-6
 
 

@@ -1,4 +1,4 @@
-"""The CUDA bindings (csrc/cuda/*_ops.cpp) compile without a GPU (DESIGN.md, "Testing").
+"""The CUDA bindings (csrc/cuda/*_ops.cpp) compile without a GPU (docs/design.md, "Testing").
 
 tests/test_static_gpu.py compiles the kernels (csrc/cuda/*.cu); the bindings that turn
 tensors into launcher calls are C++ against torch's c10/cuda and ATen headers and are

@@ -1,4 +1,4 @@
-"""GPU code compiles for sm_80 and sm_90 without a GPU (DESIGN.md, "Testing").
+"""GPU code compiles for sm_80 and sm_90 without a GPU (docs/design.md, "Testing").
 
 Runs ``python -m genkernels._static`` in a subprocess without TRITON_INTERPRET (the
 interpreter replaces @triton.jit): every Triton kernel of the registry and every

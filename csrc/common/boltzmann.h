@@ -23,13 +23,7 @@
 #pragma once
 #include <cmath>
 
-#if !defined(GK_HD)
-#if defined(__CUDACC__)
-#define GK_HD __host__ __device__ __forceinline__
-#else
-#define GK_HD inline
-#endif
-#endif
+#include "common/hd.h"
 
 namespace genkernels::boltzmann {
 

@@ -1,5 +1,5 @@
 // Philox4x32-10, bit-identical to Triton's tl.randint4x / tl.rand (triton/language/random.py,
-// Triton 3.6-3.9), for the cpu/ and cuda/ kernels alike (DESIGN.md, "Contracts: Randomness").
+// Triton 3.6-3.9), for the cpu/ and cuda/ kernels alike (docs/design.md, "Randomness").
 //
 //   key     = (seed low 32 bits, seed high 32 bits)
 //   counter = (offset low 32 bits, offset high 32 bits, 0, 0)   offset: the int64 bit pattern
@@ -13,13 +13,7 @@
 #pragma once
 #include <cstdint>
 
-#if !defined(GK_HD)
-#if defined(__CUDACC__)
-#define GK_HD __host__ __device__ __forceinline__
-#else
-#define GK_HD inline
-#endif
-#endif
+#include "common/hd.h"
 
 namespace genkernels::random {
 

@@ -27,7 +27,7 @@
 #include <tuple>
 #include <vector>
 
-#include "boltzmann_checks.h"
+#include "aten/boltzmann_checks.h"
 #include "common/boltzmann.h"
 #include "common/philox.h"
 

@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "common/philox.h"
-#include "hopfield_checks.h"
+#include "aten/hopfield_checks.h"
 
 namespace genkernels::hopfield::cpu {
 namespace {

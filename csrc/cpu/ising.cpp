@@ -27,7 +27,7 @@
 
 #include "cpu/ising_cpu.h"
 #include "cpu/ising_kernel.h"
-#include "ising_table.h"
+#include "aten/ising_table.h"
 
 namespace genkernels::ising::cpu {
 namespace {

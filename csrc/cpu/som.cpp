@@ -32,7 +32,7 @@
 
 #include "cpu/parallel_region.h"
 #include "cpu/som_cpu.h"
-#include "som_names.h"
+#include "aten/som_names.h"
 
 namespace genkernels::som::cpu {
 namespace {

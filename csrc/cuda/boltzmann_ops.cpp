@@ -6,7 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "boltzmann_checks.h"
+#include "aten/boltzmann_checks.h"
 #include "cuda/boltzmann.cuh"
 
 namespace genkernels::boltzmann {

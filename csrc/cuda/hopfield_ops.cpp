@@ -9,7 +9,7 @@
 #include <tuple>
 
 #include "cuda/hopfield.cuh"
-#include "hopfield_checks.h"
+#include "aten/hopfield_checks.h"
 
 namespace genkernels::hopfield {
 namespace {

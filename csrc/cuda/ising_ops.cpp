@@ -10,7 +10,7 @@
 #include <tuple>
 
 #include "common/ising.h"
-#include "ising_table.h"
+#include "aten/ising_table.h"
 #include "cuda/ising.cuh"
 
 namespace genkernels::ising {

@@ -22,7 +22,7 @@
 //                                                                      __syncthreads
 //
 // Arithmetic runs in Scalar: float for fp32/fp16/bf16 data, double for fp64. Includes
-// only CUDA headers and csrc/common (see DESIGN.md, "Testing").
+// only CUDA headers and csrc/common (see docs/design.md, "Testing").
 #include <cooperative_groups.h>
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>

@@ -11,7 +11,7 @@
 
 #include "common/som.h"
 #include "cuda/som.cuh"
-#include "som_names.h"
+#include "aten/som_names.h"
 
 namespace genkernels::som {
 namespace {

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import backends
 from .. import random as gk_random
+from .. import registry
 from .._checks import check_choice, check_float_tensor, check_int, check_same_device, compiling, real_values
 from . import bm_reference as reference
 from .bm_reference import ORDERS
@@ -20,10 +20,27 @@ from .bm_reference import ORDERS
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 SYMMETRY_RTOL = 1e-6
 
-if backends.extension_error() is None:
-    @torch.library.register_fake("genkernels::bm_gibbs")
-    def _bm_gibbs_fake(weights, bias, states, clamp, temperatures, random_order, seed, offset):
-        return torch.empty_like(states)
+
+def _bm_gibbs_fake(weights, bias, states, clamp, temperatures, random_order, seed, offset):
+    return torch.empty_like(states)
+
+
+def _bm_gibbs_reference(weights, bias, states, clamp, temperatures, random_order, seed, offset):
+    order = "random" if random_order else "sequential"
+    return reference.gibbs(weights, bias, states, clamp, temperatures, order, seed % 2**64, offset)
+
+
+# bm_gibbs(weights (N, N), bias (N,), states (C, N) in weights' dtype, clamp (N,) bool,
+# temperatures (C,) or (1,), random_order, seed (int64 bit pattern), offset) -> states.
+# The CUDA kernel changed after its GPU run (ff00d6b): reachable by name only.
+GIBBS = registry.declare(
+    "bm_gibbs",
+    reference=_bm_gibbs_reference,
+    cpu=registry.extension("bm_gibbs"),
+    triton=registry.lazy(__package__ + ".bm_triton", "bm_gibbs_triton"),
+    cuda=registry.extension("bm_gibbs"),
+    sequential=True,
+    fake=_bm_gibbs_fake)
 
 
 def check_machine(weights, bias) -> None:
@@ -116,16 +133,8 @@ def bm_gibbs(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor,
     b = bias.contiguous()
     s = states.reshape(-1, n).to(dt).contiguous()
     t = temps.to(device=weights.device, dtype=dt)
-    name = backends.resolve("bm_gibbs", weights.device, backend)
-    if name == "reference":
-        out = reference.gibbs(w, b, s, clamp, t, order, seed, offset)
-    elif name == "triton":
-        from . import bm_triton  # lazy: importing triton costs a second
-        out = bm_triton.bm_gibbs_triton(w, b, s, clamp, t, order == "random",
-                                        gk_random._schema_seed(seed), offset)
-    else:
-        out = torch.ops.genkernels.bm_gibbs(w, b, s, clamp, t, order == "random",
-                                            gk_random._schema_seed(seed), offset)
+    gibbs = GIBBS.kernels[GIBBS.resolve(weights.device, backend)]
+    out = gibbs(w, b, s, clamp, t, order == "random", gk_random._schema_seed(seed), offset)
     return out.to(states.dtype).reshape(states.shape)
 
 

@@ -11,7 +11,7 @@ launcher's PyTorch product); sweep t of chain c takes the words of counters
 recall_triton.py), word 1 is the uniform (``tl.rand``'s conversion); a visited, unclamped unit
 turns on iff u < 1 / (1 + exp(-h / T)); a change by +-1 adds +-W[i] to the fields.
 The probability uses the GPU's exp, so a draw may differ from the reference's where
-|u - p| is within rounding (DESIGN.md, "Randomness").
+|u - p| is within rounding (docs/design.md, "Randomness").
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import triton
 import triton.language as tl
 from triton.language.random import uint_to_uniform_float
 
-from ..hopfield.recall_triton import MAX_UNITS, _lane, _num_warps
-from ..som.triton import _device_of
+from ..triton_common import MAX_REGISTER_UNITS as MAX_UNITS
+from ..triton_common import device_of, lane, register_warps
 
 
 @triton.jit
@@ -58,12 +58,12 @@ def _bm_gibbs_kernel(
         else:
             order = lanes64
         for k in range(N):
-            i = _lane(order, lanes64, k)
-            if _lane(frozen, lanes64, i) == 0:
-                hi = _lane(h, lanes64, i)
-                si = _lane(s, lanes64, i)
+            i = lane(order, lanes64, k)
+            if lane(frozen, lanes64, i) == 0:
+                hi = lane(h, lanes64, i)
+                si = lane(s, lanes64, i)
                 p = 1.0 / (1.0 + tl.exp(-(hi / temp)))
-                new = tl.where(_lane(u, lanes64, i) < p, 1.0, 0.0).to(s.dtype)
+                new = tl.where(lane(u, lanes64, i) < p, 1.0, 0.0).to(s.dtype)
                 if new != si:
                     s = tl.where(lanes64 == i, new, s)
                     w_row = tl.load(W + i * N + lanes64, mask=valid, other=0.0)
@@ -85,11 +85,11 @@ def bm_gibbs_fwd(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor
                          f"chain in registers; got N = {n} (use the cpu backend)")
     fields = torch.addmm(bias, states, weights).contiguous()  # the reference's product
     block_n = max(16, triton.next_power_of_2(n))
-    with _device_of(states):
+    with device_of(states):
         _bm_gibbs_kernel[(c_count,)](
             weights, out, fields, clamp.to(torch.int8), temperatures.contiguous(), n,
             temperatures.numel(), seed, offset, RANDOM=bool(random_order), BLOCK_N=block_n,
-            num_warps=_num_warps(block_n, states.element_size()))
+            num_warps=register_warps(block_n, states.element_size()))
     return out
 
 

@@ -4,7 +4,7 @@ Re-exported flat in ``genkernels.ops``. Backends (see ``genkernels.backends``):
 ``reference`` (genkernels/boltzmann/reference.py), ``cpu`` (csrc/cpu/rbm.cpp via
 ``torch.ops.genkernels.rbm_half_step``) and ``triton`` (genkernels/boltzmann/triton.py).
 Samples are bit-identical across backends wherever the probabilities are (the Bernoulli
-identity of DESIGN.md, "Randomness"); computed probabilities agree within the dtype
+identity of docs/design.md, "Randomness"); computed probabilities agree within the dtype
 tolerance, so a sample may differ where |u - P| is within that rounding.
 
 ``rbm_half_step_binary`` is the same half-step for 0/1 states (the product as a sum of
@@ -15,12 +15,10 @@ binary-state weight statistics and data test (``RBM.fit(state_path=...)``).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from .. import backends
 from .. import random as gk_random
+from .. import registry
 from .._checks import (
     acc_dtype,
     all_finite,
@@ -35,69 +33,74 @@ from . import reference
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
-if backends.extension_error() is None:
-    @torch.library.register_fake("genkernels::rbm_pcd_step_")
-    def _pcd_step_fake(v_pos, w, visible_bias, hidden_bias, chains, seed, offset_v, offset_h, lr):
-        return torch.empty_like(chains)
 
-    @torch.library.register_fake("genkernels::rbm_half_step")
-    def _half_step_fake(s, w, bias, seed, offset, transpose, return_probs):
-        n_out = w.shape[0] if transpose else w.shape[1]
-        return (s.new_empty((s.shape[0], n_out), dtype=torch.uint8),
-                w.new_empty((s.shape[0] if return_probs else 0, n_out)))
+# ------------------------------------------------------------------ declared ops
+def _half_step_fake(s, w, bias, seed, offset, transpose, return_probs):
+    n_out = w.shape[0] if transpose else w.shape[1]
+    return (s.new_empty((s.shape[0], n_out), dtype=torch.uint8),
+            w.new_empty((s.shape[0] if return_probs else 0, n_out)))
 
 
-    @torch.library.register_fake("genkernels::rbm_half_step_binary")
-    def _half_step_binary_fake(s, w, bias, seed, offset, transpose, return_probs):
-        return _half_step_fake(s, w, bias, seed, offset, transpose, return_probs)
-
-    @torch.library.register_fake("genkernels::rbm_binary_outer_add_")
-    def _binary_outer_add_fake(out, x, h, alpha, column_sums, sums_alpha):
-        return None
-
-    @torch.library.register_fake("genkernels::rbm_pack_binary")
-    def _pack_binary_fake(x):
-        # all rows when x is binary, none otherwise: a data-dependent row count
-        return x.new_empty((torch.library.get_ctx().new_dynamic_size(), x.shape[1]), dtype=torch.uint8)
+def _half_step_reference(s, w, bias, seed, offset, transpose, return_probs):
+    return reference.rbm_half_step(s, w, bias, seed % 2**64, offset, transpose, return_probs)
 
 
-def _half_step_setup_context(ctx, inputs, output):
-    s, w, _bias, _seed, _offset, transpose, _return_probs = inputs
-    ctx.transpose = transpose
-    ctx.save_for_backward(s, w, output[1])
-    ctx.mark_non_differentiable(output[0])
+def _half_step_binary_reference(s, w, bias, seed, offset, transpose, return_probs):
+    return reference.rbm_half_step_binary(s, w, bias, seed % 2**64, offset, transpose, return_probs)
 
 
-def _half_step_backward(ctx, _grad_samples, grad_probs):
-    """Gradients of P = sigmoid(z), z = s @ w + bias (transpose: s @ w.T + bias), in s
-    (float states), w and bias, for the Triton ops. The uint8 samples are not
-    differentiable; without return_probs nothing is. The C++ ops carry the same backward in
-    C++ (csrc/cpu/rbm_autograd.cpp: no Python autograd layer on calls without gradients)."""
-    s, w, probs = ctx.saved_tensors
-    need_s, need_w, need_bias = ctx.needs_input_grad[:3]
-    if grad_probs is None or probs.shape[0] != s.shape[0]:
-        return (None,) * 7
-    dz = grad_probs * probs * (1 - probs)
-    sf = s.to(dz.dtype)
-    grad_s = (dz @ w if ctx.transpose else dz @ w.t()) if need_s else None
-    grad_w = (dz.t() @ sf if ctx.transpose else sf.t() @ dz) if need_w else None
-    grad_bias = dz.sum(0) if need_bias else None
-    return grad_s, grad_w, grad_bias, None, None, None, None
+def _binary_outer_add_fake(out, x, h, alpha, column_sums, sums_alpha):
+    return None
 
 
-def _half_step_binary_backward(ctx, grad_samples, grad_probs):
-    """:func:`_half_step_backward` without a gradient in s: 0/1 states are discrete, as in
-    the reference (which gathers weight rows by them)."""
-    return (None, *_half_step_backward(ctx, grad_samples, grad_probs)[1:])
+def _pack_binary_fake(x):
+    # all rows when x is binary, none otherwise: a data-dependent row count
+    return x.new_empty((torch.library.get_ctx().new_dynamic_size(), x.shape[1]), dtype=torch.uint8)
 
 
-@functools.cache
-def _triton_ops():
-    from . import triton  # registers genkernels::rbm_half_step_triton and its binary twin
-    triton.rbm_half_step_triton.register_autograd(_half_step_backward, setup_context=_half_step_setup_context)
-    triton.rbm_half_step_binary_triton.register_autograd(_half_step_binary_backward,
-                                                         setup_context=_half_step_setup_context)
-    return torch.ops.genkernels
+def _pcd_step_fake(v_pos, w, visible_bias, hidden_bias, chains, seed, offset_v, offset_h, lr):
+    return torch.empty_like(chains)
+
+
+def _pcd_step_reference(v_pos, w, visible_bias, hidden_bias, chains, seed, offset_v, offset_h, lr):
+    return reference.rbm_pcd_step_(v_pos, w, visible_bias, hidden_bias, chains, seed % 2**64, offset_v,
+                                   offset_h, lr)
+
+
+# rbm_half_step(s (B, n_in) uint8 or in w's dtype, w (n_visible, n_hidden), bias (n_out,),
+# seed (int64 bit pattern), offset, transpose, return_probs) -> (samples (B, n_out) uint8,
+# probs (B | 0, n_out)); rbm_half_step_binary the same for 0/1 states. The C++ ops carry
+# their backward in C++ (csrc/cpu/rbm_autograd.cpp), the Triton ops register the
+# reference's (genkernels/boltzmann/triton.py).
+HALF_STEP = registry.declare(
+    "rbm_half_step",
+    reference=_half_step_reference,
+    cpu=registry.extension("rbm_half_step"),
+    triton=registry.lazy(__package__ + ".triton", "rbm_half_step_triton"),
+    fake=_half_step_fake)
+HALF_STEP_BINARY = registry.declare(
+    "rbm_half_step_binary",
+    reference=_half_step_binary_reference,
+    cpu=registry.extension("rbm_half_step_binary"),
+    triton=registry.lazy(__package__ + ".triton", "rbm_half_step_binary_triton"),
+    fake=_half_step_fake)
+# rbm_binary_outer_add_(out, x, h, alpha, column_sums, sums_alpha): in place; its cpu
+# backend also owns rbm_pack_binary (the data test of the binary-state path).
+BINARY_OUTER_ADD = registry.declare(
+    "rbm_binary_outer_add",
+    reference=reference.binary_outer_add_,
+    cpu=registry.extension("rbm_binary_outer_add_"))
+registry.register_schema_kernels("rbm_binary_outer_add_", fake=_binary_outer_add_fake)
+registry.register_schema_kernels("rbm_pack_binary", fake=_pack_binary_fake)
+# rbm_pcd_step_(v_pos, w, visible_bias, hidden_bias, chains, seed (int64 bit pattern),
+# offset_v, offset_h, lr) -> new chains; w and the biases updated in place. A composition of
+# half-steps and products: its reference runs on any device.
+PCD_STEP = registry.declare(
+    "rbm_pcd_step",
+    reference=_pcd_step_reference,
+    cpu=registry.extension("rbm_pcd_step_"))
+registry.register_schema_kernels("rbm_pcd_step_", fake=_pcd_step_fake)
+registry.static_kernels("boltzmann", registry.lazy(__package__ + ".triton", "static_kernels"))
 
 
 def _check_half_step(s, w, bias, seed, offset, transpose, return_probs):
@@ -181,24 +184,18 @@ def half_step(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int, o
     its value + offset, read by the kernel at run time (triton backend only; launched
     directly, outside the op, for the RBM's CUDA-graph training: see
     triton.rbm_half_step_fwd)."""
-    name = backends.resolve("rbm_half_step", s.device, backend)
+    name = HALF_STEP.resolve(s.device, backend)
     if offset_base is not None:
         if name != "triton":
             raise ValueError(f"offset_base (a counter base in device memory) needs the triton backend of "
                              f"rbm_half_step; got backend {name!r}")
         from .triton import rbm_half_step_fwd
         return rbm_half_step_fwd(s, w, bias, seed, offset, transpose, return_probs, offset_base)
-    if name == "reference":
-        return reference.rbm_half_step(s, w, bias, seed, offset, transpose, return_probs)
-    if name == "triton":
-        return _triton_ops().rbm_half_step_triton(s, w, bias, gk_random._schema_seed(seed), offset,
-                                                  transpose, return_probs)
-    return torch.ops.genkernels.rbm_half_step(s, w, bias, gk_random._schema_seed(seed), offset, transpose,
-                                              return_probs)
+    return HALF_STEP.kernels[name](s, w, bias, gk_random._schema_seed(seed), offset, transpose, return_probs)
 
 
 def _check_binary(name: str, s: torch.Tensor) -> None:
-    """Eager data check of 0/1 states (skipped while compiling, DESIGN.md "Validation")."""
+    """Eager data check of 0/1 states (skipped while compiling, docs/design.md, "Validation")."""
     if compiling() or s.numel() == 0 or s.device.type == "meta":
         return
     # uint8: 0 or 1 <=> at most 1 (one min/max pass instead of four elementwise ops)
@@ -241,14 +238,8 @@ def half_step_binary(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed:
                      transpose: bool, return_probs: bool, backend: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rbm_half_step_binary` on validated arguments (as :func:`half_step`)."""
-    name = backends.resolve("rbm_half_step_binary", s.device, backend)
-    if name == "reference":
-        return reference.rbm_half_step_binary(s, w, bias, seed, offset, transpose, return_probs)
-    if name == "triton":
-        return _triton_ops().rbm_half_step_binary_triton(s, w, bias, gk_random._schema_seed(seed), offset,
-                                                         transpose, return_probs)
-    return torch.ops.genkernels.rbm_half_step_binary(s, w, bias, gk_random._schema_seed(seed), offset,
-                                                     transpose, return_probs)
+    step = HALF_STEP_BINARY.kernels[HALF_STEP_BINARY.resolve(s.device, backend)]
+    return step(s, w, bias, gk_random._schema_seed(seed), offset, transpose, return_probs)
 
 
 def binary_outer_add_(out: torch.Tensor, x: torch.Tensor, h: torch.Tensor, alpha: float,
@@ -257,11 +248,8 @@ def binary_outer_add_(out: torch.Tensor, x: torch.Tensor, h: torch.Tensor, alpha
     place, for 0/1 states x (B, n_in) (uint8 or out's dtype) and h (B, n_out) in out's dtype,
     all contiguous (validated by the caller): the RBM's weight and visible-bias statistics of
     binary visible states, as scatters of h's rows (backends "reference" and "cpu")."""
-    name = backends.resolve("rbm_binary_outer_add", out.device, backend)
-    if name == "reference":
-        reference.binary_outer_add_(out, x, h, alpha, column_sums, sums_alpha)
-    else:
-        torch.ops.genkernels.rbm_binary_outer_add_(out, x, h, float(alpha), column_sums, float(sums_alpha))
+    outer_add = BINARY_OUTER_ADD.kernels[BINARY_OUTER_ADD.resolve(out.device, backend)]
+    outer_add(out, x, h, float(alpha), column_sums, float(sums_alpha))
 
 
 def pcd_step_(v_pos: torch.Tensor, w: torch.Tensor, visible_bias: torch.Tensor, hidden_bias: torch.Tensor,
@@ -274,19 +262,19 @@ def pcd_step_(v_pos: torch.Tensor, w: torch.Tensor, visible_bias: torch.Tensor, 
     backend does the whole batch in one C++ call (the same ATen kernels in the same order,
     so bit for bit the reference run on the cpu half-steps); elsewhere the reference runs
     on the device's half-step backend."""
-    name = backends.resolve("rbm_pcd_step", v_pos.device, backend)
-    if name == "cpu":
-        return torch.ops.genkernels.rbm_pcd_step_(v_pos, w, visible_bias, hidden_bias, chains,
-                                                  gk_random._schema_seed(seed), offset_v, offset_h, float(lr))
-    step = None if backend == "reference" else half_step
-    return reference.rbm_pcd_step_(v_pos, w, visible_bias, hidden_bias, chains, seed, offset_v, offset_h, lr,
-                                   **({"half_step": step} if step is not None else {}))
+    name = PCD_STEP.resolve(v_pos.device, backend)
+    if name == "reference" and backend != "reference":
+        # no fused step for this device: the spec composed of the device's half-steps
+        return reference.rbm_pcd_step_(v_pos, w, visible_bias, hidden_bias, chains, seed, offset_v, offset_h,
+                                       lr, half_step=half_step)
+    return PCD_STEP.kernels[name](v_pos, w, visible_bias, hidden_bias, chains, gk_random._schema_seed(seed),
+                                  offset_v, offset_h, float(lr))
 
 
 def pack_binary(x: torch.Tensor, backend: str | None = None) -> torch.Tensor | None:
     """x (N, D) float -> its (N, D) uint8 copy if every value is exactly 0 or 1, else None
     (one read of x with the cpu backend; the RBM's test for binary training data)."""
-    if backends.resolve("rbm_binary_outer_add", x.device, backend) == "cpu":
+    if BINARY_OUTER_ADD.resolve(x.device, backend) == "cpu":
         packed = torch.ops.genkernels.rbm_pack_binary(x)
         return packed if packed.shape[0] == x.shape[0] else None
     return x.to(torch.uint8) if bool(((x == 0) | (x == 1)).all()) else None

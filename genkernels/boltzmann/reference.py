@@ -126,3 +126,34 @@ def rbm_pcd_step_(v_pos: torch.Tensor, w: torch.Tensor, visible_bias: torch.Tens
     hidden_bias.add_(h_pos.sum(0) - h_neg.sum(0), alpha=lr)
     visible_bias.add_(v_pos.sum(0) - v_neg.sum(0), alpha=lr)
     return new_chains
+
+
+# ---- autograd of the Triton half-step ops (genkernels/boltzmann/triton.py) ----------------
+def half_step_setup_context(ctx, inputs, output):
+    s, w, _bias, _seed, _offset, transpose, _return_probs = inputs
+    ctx.transpose = transpose
+    ctx.save_for_backward(s, w, output[1])
+    ctx.mark_non_differentiable(output[0])
+
+
+def half_step_backward(ctx, _grad_samples, grad_probs):
+    """Gradients of P = sigmoid(z), z = s @ w + bias (transpose: s @ w.T + bias), in s
+    (float states), w and bias, for the Triton ops. The uint8 samples are not
+    differentiable; without return_probs nothing is. The C++ ops carry the same backward in
+    C++ (csrc/cpu/rbm_autograd.cpp: no Python autograd layer on calls without gradients)."""
+    s, w, probs = ctx.saved_tensors
+    need_s, need_w, need_bias = ctx.needs_input_grad[:3]
+    if grad_probs is None or probs.shape[0] != s.shape[0]:
+        return (None,) * 7
+    dz = grad_probs * probs * (1 - probs)
+    sf = s.to(dz.dtype)
+    grad_s = (dz @ w if ctx.transpose else dz @ w.t()) if need_s else None
+    grad_w = (dz.t() @ sf if ctx.transpose else sf.t() @ dz) if need_w else None
+    grad_bias = dz.sum(0) if need_bias else None
+    return grad_s, grad_w, grad_bias, None, None, None, None
+
+
+def half_step_binary_backward(ctx, grad_samples, grad_probs):
+    """:func:`half_step_backward` without a gradient in s: 0/1 states are discrete, as in
+    the reference (which gathers weight rows by them)."""
+    return (None, *half_step_backward(ctx, grad_samples, grad_probs)[1:])

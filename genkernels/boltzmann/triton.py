@@ -37,9 +37,10 @@ import triton
 import triton.language as tl
 
 from .._checks import acc_dtype
+from .reference import half_step_backward, half_step_binary_backward, half_step_setup_context
 
 _UINT64_MASK = (1 << 64) - 1
-# Fixed configurations (the interpreter cannot autotune, DESIGN.md "Testing"). fp32: 8 warps
+# Fixed configurations (the interpreter cannot autotune, docs/design.md, "Testing"). fp32: 8 warps
 # (16 outputs per thread) because the Philox epilogue of 32 outputs per thread with 4 warps
 # took 255 registers and spilled (40-byte stack, sm_90, hidden->visible); see
 # bench/results/static/boltzmann.md.
@@ -232,3 +233,76 @@ def rbm_half_step_binary_triton(s: torch.Tensor, w: torch.Tensor, bias: torch.Te
 @rbm_half_step_binary_triton.register_fake
 def _rbm_half_step_binary_triton_fake(s, w, bias, seed, offset, transpose, return_probs):
     return _rbm_half_step_triton_fake(s, w, bias, seed, offset, transpose, return_probs)
+
+
+rbm_half_step_triton.register_autograd(half_step_backward, setup_context=half_step_setup_context)
+rbm_half_step_binary_triton.register_autograd(half_step_binary_backward, setup_context=half_step_setup_context)
+
+
+# ------------------------------------------------------------------ static GPU report
+def _gibbs_static_kernels() -> list:
+    from .._static import TritonKernel, ptr
+    from ..triton_common import register_warps
+    from . import bm_triton
+
+    def gibbs(dtype, random, block_n):
+        p = ptr(dtype)
+        sig = {"W": p, "STATES": p, "FIELDS": p, "CLAMP": "*i8", "TEMPS": p, "N": "i32",
+               "S": "i32", "seed": "i64", "offset": "i64"}
+        order = "random" if random else "sequential"
+        return TritonKernel("boltzmann", f"_bm_gibbs_kernel[{dtype},{order},N<={block_n}]",
+                            lambda: bm_triton._bm_gibbs_kernel, sig,
+                            {"RANDOM": random, "BLOCK_N": block_n},
+                            register_warps(block_n, 8 if dtype == "fp64" else 4), 3)
+
+    return [gibbs("fp32", True, 1024), gibbs("fp32", False, 1024), gibbs("fp64", True, 1024)]
+
+
+def static_kernels() -> list:
+    """The kernel specialisations the static GPU report compiles (python -m genkernels._static)."""
+    from .._static import TritonKernel, ptr
+
+    def half_step(states, dtype, transpose, return_probs, precision="ieee", offset_ptr=False):
+        cfg = CONFIG[torch.float64 if dtype == "fp64" else torch.float32]
+        sig = {"S": ptr(states), "W": ptr(dtype), "BIAS": ptr(dtype), "SAMPLES": "*u8",
+               "PROBS": ptr(dtype), "seed": "i64", "offset": "i64", "B": "i32", "N_IN": "i32",
+               "N_OUT": "i32", "stride_sb": "i32"}
+        if offset_ptr:  # the counter base read from device memory (RBM.fit(cuda_graph=True))
+            sig["OFFSET_PTR"] = "*i64"
+        # contiguous weights: the unit stride of the direction is specialised to a constexpr 1
+        if transpose:
+            sig["stride_wn"] = "i32"
+            strides = {"stride_wk": 1}
+        else:
+            sig["stride_wk"] = "i32"
+            strides = {"stride_wn": 1}
+        meta = {"RETURN_PROBS": return_probs, "ACC": tl.float64 if dtype == "fp64" else tl.float32,
+                "BLOCK_B": cfg["BLOCK_B"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
+                "PRECISION": precision, "USE_OFFSET_PTR": offset_ptr, **strides,
+                **({} if offset_ptr else {"OFFSET_PTR": None})}
+        tag = f"{states} states,{dtype},{'hidden->visible' if transpose else 'visible->hidden'}" + \
+            (",probs" if return_probs else "") + (f",{precision}" if precision != "ieee" else "") + \
+            (",offset_ptr" if offset_ptr else "")
+        return TritonKernel("boltzmann", f"_rbm_half_step_kernel[{tag}]", lambda: _rbm_half_step_kernel,
+                            sig, meta, cfg["num_warps"], cfg["num_stages"])
+
+    def half_step_binary(states, dtype, return_probs):
+        cfg = BINARY_CONFIG[torch.float64 if dtype == "fp64" else torch.float32]
+        sig = {"S": ptr(states), "W_ROWS": ptr(dtype), "BIAS": ptr(dtype), "SAMPLES": "*u8",
+               "PROBS": ptr(dtype), "seed": "i64", "offset": "i64", "N_IN": "i32", "N_OUT": "i32",
+               "stride_sb": "i32"}
+        meta = {"RETURN_PROBS": return_probs, "ACC": tl.float64 if dtype == "fp64" else tl.float32,
+                "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"]}
+        tag = f"{states} states,{dtype}" + (",probs" if return_probs else "")
+        return TritonKernel("boltzmann", f"_rbm_half_step_binary_kernel[{tag}]",
+                            lambda: _rbm_half_step_binary_kernel, sig, meta, cfg["num_warps"],
+                            cfg["num_stages"])
+
+    return _gibbs_static_kernels() + [half_step("fp32", "fp32", False, True), half_step("u8", "fp32", False, True),
+            half_step("u8", "fp32", True, False), half_step("fp32", "fp32", False, False),
+            half_step("fp64", "fp64", False, True), half_step("u8", "fp32", False, True, "tf32"),
+            half_step("u8", "fp32", True, False, "tf32"),
+            half_step("fp32", "fp32", False, True, offset_ptr=True),
+            half_step("u8", "fp32", True, False, offset_ptr=True),
+            half_step_binary("u8", "fp32", True), half_step_binary("u8", "fp32", False),
+            half_step_binary("fp32", "fp32", True), half_step_binary("u8", "fp64", True)]

@@ -5,9 +5,7 @@ MiniSom`` becomes ``from genkernels.compat import MiniSom``).
 ``genkernels.compat.BernoulliRBM`` is scikit-learn's ``sklearn.neural_network.BernoulliRBM``
 (estimator API, fitted attributes, update rule) trained by genkernels' RBM kernels.
 """
+from .bernoulli_rbm import BernoulliRBM
 from .minisom import MiniSom
 
-__all__ = ["MiniSom"]
-from .bernoulli_rbm import BernoulliRBM
-
-__all__ += ["BernoulliRBM"]
+__all__ = ["BernoulliRBM", "MiniSom"]

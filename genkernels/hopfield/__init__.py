@@ -1,7 +1,9 @@
-"""Classical Hopfield networks: kernels (ops) and the Hopfield model."""
-from .ops import hopfield_energy, hopfield_recall, hopfield_store
+"""Hopfield networks: classical (binary states, Hebbian/Storkey/pseudo-inverse storage,
+asynchronous and synchronous recall) and modern continuous retrieval; kernels (ops) and
+the Hopfield and HopfieldRetrieval models."""
+from .hopfield import Hopfield
+from .ops import hopfield_energy, hopfield_recall, hopfield_retrieval, hopfield_store
+from .retrieval import HopfieldRetrieval
 
-__all__ = ["hopfield_energy", "hopfield_recall", "hopfield_store"]
-from .ops import hopfield_retrieval
-
-__all__ += ["hopfield_retrieval"]
+__all__ = ["Hopfield", "HopfieldRetrieval", "hopfield_energy", "hopfield_recall", "hopfield_retrieval",
+           "hopfield_store"]

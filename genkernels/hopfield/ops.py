@@ -18,8 +18,8 @@ import numbers
 
 import torch
 
-from .. import backends
 from .. import random as gk_random
+from .. import registry
 from .._checks import (
     check_choice,
     check_float_tensor,
@@ -30,6 +30,7 @@ from .._checks import (
     compiling,
 )
 from . import reference, retrieval_reference
+from .retrieval_reference import as_input_grads, retrieval_setup_context
 from .reference import MODES, ORDERS, RULES, acc_dtype
 
 # |W - W^T| may reach this fraction of max |W| (rounding of a user's own product); the
@@ -37,10 +38,29 @@ from .reference import MODES, ORDERS, RULES, acc_dtype
 SYMMETRY_RTOL = 1e-6
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
-if backends.extension_error() is None:
-    @torch.library.register_fake("genkernels::hopfield_recall_async")
-    def _recall_async_fake(weights, states, max_sweeps, random_order, seed, offset):
-        return torch.empty_like(states), states.new_empty((states.shape[0],), dtype=torch.bool)
+
+# ------------------------------------------------------------------ declared ops
+def _recall_async_reference(weights, states, max_sweeps, random_order, seed, offset):
+    order = "random" if random_order else "sequential"
+    return reference.recall_async(weights, states, order, max_sweeps, seed % 2**64, offset)
+
+
+def _recall_async_fake(weights, states, max_sweeps, random_order, seed, offset):
+    return torch.empty_like(states), states.new_empty((states.shape[0],), dtype=torch.bool)
+
+
+# hopfield_recall_async(weights (N, N), states (B, N) in weights' dtype, max_sweeps,
+# random_order, seed (int64 bit pattern), offset) -> (states, converged (B,) bool). The CUDA
+# kernel measured 1.8e8 vs triton 8.7e7 unit updates/s (nvidia-h100-80gb-hbm3-gpu-quick.md)
+# but changed after that run (ff00d6b, 729a895): reachable by name only until measured again.
+RECALL_ASYNC = registry.declare(
+    "hopfield_recall_async",
+    reference=_recall_async_reference,
+    cpu=registry.extension("hopfield_recall_async"),
+    triton=registry.lazy(__package__ + ".recall_triton", "hopfield_recall_async_triton"),
+    cuda=registry.extension("hopfield_recall_async"),
+    sequential=True,
+    fake=_recall_async_fake)
 
 
 # ------------------------------------------------------------------------ validation
@@ -156,16 +176,9 @@ def hopfield_recall(weights: torch.Tensor, probes: torch.Tensor, mode: str = "as
         # backend is forced for the compiled ops
         states, converged = reference.recall_sync(w, s, max_sweeps)
     else:
-        name = backends.resolve("hopfield_recall_async", probes.device, backend)
-        if name == "reference":
-            states, converged = reference.recall_async(w, s, order, max_sweeps, seed, offset)
-        elif name == "triton":
-            from . import recall_triton  # lazy: importing triton costs a second
-            states, converged = recall_triton.hopfield_recall_async_triton(
-                w, s, max_sweeps, order == "random", gk_random._schema_seed(seed), offset)
-        else:
-            states, converged = torch.ops.genkernels.hopfield_recall_async(
-                w, s, max_sweeps, order == "random", gk_random._schema_seed(seed), offset)
+        name = RECALL_ASYNC.resolve(probes.device, backend)
+        states, converged = RECALL_ASYNC.kernels[name](w, s, max_sweeps, order == "random",
+                                                       gk_random._schema_seed(seed), offset)
     return states.to(probes.dtype).reshape(probes.shape), converged.reshape(probes.shape[:-1])
 
 
@@ -177,54 +190,43 @@ def hopfield_recall(weights: torch.Tensor, probes: torch.Tensor, mode: str = "as
 # saved inputs and the steps each row took, from which the backward recomputes the iterates.
 
 
-def _retrieval_setup_context(ctx, inputs, output):
-    queries, stored, beta, max_steps, _tol = inputs
-    ctx.save_for_backward(queries, stored, beta, output[1])
-    ctx.max_steps = max_steps
-    ctx.mark_non_differentiable(output[1])
-
-
-def _as_input_grads(ctx, grads):
-    """The three gradients in their inputs' dtypes, None where no gradient is needed."""
-    queries, stored, beta, _ = ctx.saved_tensors
-    return tuple(g.to(t.dtype) if need else None
-                 for g, t, need in zip(grads, (queries, stored, beta), ctx.needs_input_grad[:3])) \
-        + (None, None)
-
-
 def _retrieval_backward_cpu(ctx, grad, _grad_steps):
     queries, stored, beta, steps = ctx.saved_tensors
     grads = torch.ops.genkernels.hopfield_retrieval_backward(grad.to(queries.dtype), queries, stored,
                                                              beta.to(queries.dtype), steps)
-    return _as_input_grads(ctx, grads)
+    return as_input_grads(ctx, grads)
 
 
-def _retrieval_backward_reference(ctx, grad, _grad_steps):
-    queries, stored, beta, steps = ctx.saved_tensors
+def _retrieval_fake(queries, stored, beta, max_steps, tol):
+    return torch.empty_like(queries), queries.new_empty((queries.shape[0],), dtype=torch.int64)
+
+
+def _retrieval_backward_fake(grad, queries, stored, beta, steps):
+    return torch.empty_like(queries), torch.empty_like(stored), beta.new_empty(())
+
+
+def _retrieval_reference(queries, stored, beta, max_steps, tol):
     dt = acc_dtype(queries.dtype)
-    grads = retrieval_reference.hopfield_retrieval_backward(
-        grad.to(dt), queries.to(dt), stored.to(dt), beta.to(dt), steps, ctx.max_steps)
-    return _as_input_grads(ctx, grads)
+    return retrieval_reference.hopfield_retrieval(queries.to(dt), stored.to(dt), beta, max_steps, tol)
 
 
-if backends.extension_error() is None:
-    @torch.library.register_fake("genkernels::hopfield_retrieval")
-    def _retrieval_fake(queries, stored, beta, max_steps, tol):
-        return torch.empty_like(queries), queries.new_empty((queries.shape[0],), dtype=torch.int64)
-
-    @torch.library.register_fake("genkernels::hopfield_retrieval_backward")
-    def _retrieval_backward_fake(grad, queries, stored, beta, steps):
-        return torch.empty_like(queries), torch.empty_like(stored), beta.new_empty(())
-
-    torch.library.register_autograd("genkernels::hopfield_retrieval", _retrieval_backward_cpu,
-                                    setup_context=_retrieval_setup_context)
+def _retrieval_cpu(queries, stored, beta, max_steps, tol):
+    dt = acc_dtype(queries.dtype)
+    return torch.ops.genkernels.hopfield_retrieval(queries.to(dt), stored.to(dt), beta, max_steps, tol)
 
 
-def _retrieval_triton():
-    """The triton op (importing genkernels/hopfield/triton.py registers it and its
-    autograd; importing triton is slow, so only when that backend runs)."""
-    from . import triton  # noqa: F401
-    return torch.ops.genkernels.hopfield_retrieval_triton
+# hopfield_retrieval(queries (B, D), stored (B | 1, P, D), beta 0-d in the accumulation
+# dtype, max_steps, tol) -> (retrieved (B, D) in the accumulation dtype, steps (B,) int64);
+# differentiable in queries, stored and beta on every backend.
+RETRIEVAL = registry.declare(
+    "hopfield_retrieval",
+    reference=_retrieval_reference,
+    cpu=_retrieval_cpu,
+    triton=registry.lazy(__package__ + ".triton", "hopfield_retrieval_triton"),
+    fake=_retrieval_fake,
+    autograd=(_retrieval_backward_cpu, retrieval_setup_context))
+registry.static_kernels("hopfield", registry.lazy(__package__ + ".triton", "static_kernels"))
+registry.register_schema_kernels("hopfield_retrieval_backward", fake=_retrieval_backward_fake)
 
 
 def _check_tol(tol) -> float:
@@ -312,17 +314,11 @@ def hopfield_retrieval(queries: torch.Tensor, stored: torch.Tensor, beta=1.0, ma
     if not compiling() and queries.device.type != "meta":
         for name, t in (("queries", queries), ("stored", stored)):
             _check_finite(name, t)
-    name = backends.resolve("hopfield_retrieval", queries.device, backend)
+    name = RETRIEVAL.resolve(queries.device, backend)
     if b_count == 0:
         out = queries.clone()
         steps = torch.zeros((0,), dtype=torch.int64, device=queries.device)
-    elif name == "reference":
-        out, steps = retrieval_reference.hopfield_retrieval(queries.to(dt), stored.to(dt), beta_t,
-                                                            max_steps, tol)
-    elif name == "triton":
-        out, steps = _retrieval_triton()(queries, stored, beta_t, max_steps, tol)
     else:
-        out, steps = torch.ops.genkernels.hopfield_retrieval(queries.to(dt), stored.to(dt), beta_t,
-                                                             max_steps, tol)
+        out, steps = RETRIEVAL.kernels[name](queries, stored, beta_t, max_steps, tol)
     out = out.to(queries.dtype)
     return (out, steps) if return_steps else out

@@ -36,20 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..som.triton import _device_of
+from ..triton_common import MAX_REGISTER_UNITS, device_of, lane, register_warps
 
-# Largest N the kernel holds in registers (state, fields, order: (BLOCK_N,) each). The
-# in-register bitonic sort grows the code as log^2 BLOCK_N: on sm_90, BLOCK_N = 8192
-# needed 255 registers with spills and a 56 s compile; 4096 with 16 warps takes 106
-# registers, no spills (bench/results/static/hopfield.md).
-MAX_UNITS = 4096
-_TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
-
-
-@triton.jit
-def _lane(values, lanes, i):
-    """values[i] of a 1-D register tensor (a masked reduction: exact, one nonzero term)."""
-    return tl.sum(tl.where(lanes == i, values, tl.zeros_like(values)), 0)
+MAX_UNITS = MAX_REGISTER_UNITS
 
 
 @triton.jit
@@ -84,9 +73,9 @@ def _hopfield_recall_async_kernel(
                 order = lanes64
             flips = 0
             for j in range(N):
-                i = _lane(order, lanes64, j)
-                hi = _lane(h, lanes64, i)
-                si = _lane(s, lanes64, i)
+                i = lane(order, lanes64, j)
+                hi = lane(h, lanes64, i)
+                si = lane(s, lanes64, i)
                 new = tl.where(hi > 0, 1.0, tl.where(hi < 0, -1.0, si)).to(si.dtype)
                 if new != si:
                     flips += 1
@@ -97,12 +86,6 @@ def _hopfield_recall_async_kernel(
                 done = 1
     tl.store(STATES + row + lanes, s, mask=valid)
     tl.store(CONVERGED + b, done.to(tl.int8))
-
-
-def _num_warps(block_n: int, itemsize: int = 4) -> int:
-    """Warps per program: 1 KiB of each register tensor per warp (sm_90: 1024 fp32 lanes
-    take 80 registers at 4 warps; 2048 fp32, or 1024 fp64, spill at 4 warps but not at 8)."""
-    return min(16, max(4, block_n * itemsize // 1024))
 
 
 def hopfield_recall_async_fwd(weights: torch.Tensor, states: torch.Tensor, max_sweeps: int,
@@ -122,11 +105,11 @@ def hopfield_recall_async_fwd(weights: torch.Tensor, states: torch.Tensor, max_s
                          f"units per probe in registers; got N = {n} (use the cpu backend)")
     fields = (states @ weights).contiguous()  # the reference's product: the same bits
     block_n = max(16, triton.next_power_of_2(n))
-    with _device_of(states):
+    with device_of(states):
         _hopfield_recall_async_kernel[(b_count,)](
             weights, out, fields, converged, n, max_sweeps, seed, offset,
             RANDOM=bool(random_order), BLOCK_N=block_n,
-            num_warps=_num_warps(block_n, states.element_size()))
+            num_warps=register_warps(block_n, states.element_size()))
     return out, converged.bool()
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import compiling
+from .._checks import acc_dtype, compiling
 
 
 def _times_patterns_t(v: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
@@ -139,3 +139,27 @@ def hopfield_retrieval_backward(grad: torch.Tensor, queries: torch.Tensor, store
                 + beta * ds[:, :, None] * xi[:, None, :]
         g = torch.where(live, beta * _times_patterns(ds, stored), g)
     return g, grad_stored, grad_beta
+
+
+# ---- autograd of the registered ops (shared by the cpu and triton ops) -----------------
+def retrieval_setup_context(ctx, inputs, output):
+    queries, stored, beta, max_steps, _tol = inputs
+    ctx.save_for_backward(queries, stored, beta, output[1])
+    ctx.max_steps = max_steps
+    ctx.mark_non_differentiable(output[1])
+
+
+def as_input_grads(ctx, grads):
+    """The three gradients in their inputs' dtypes, None where no gradient is needed."""
+    queries, stored, beta, _ = ctx.saved_tensors
+    return tuple(g.to(t.dtype) if need else None
+                 for g, t, need in zip(grads, (queries, stored, beta), ctx.needs_input_grad[:3])) \
+        + (None, None)
+
+
+def retrieval_backward_reference(ctx, grad, _grad_steps):
+    queries, stored, beta, steps = ctx.saved_tensors
+    dt = acc_dtype(queries.dtype)
+    grads = hopfield_retrieval_backward(
+        grad.to(dt), queries.to(dt), stored.to(dt), beta.to(dt), steps, ctx.max_steps)
+    return as_input_grads(ctx, grads)

@@ -28,24 +28,17 @@ and runs as PyTorch ops on the tensors' device.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from .._checks import acc_dtype
-from .ops import _retrieval_backward_reference, _retrieval_setup_context
+from ..triton_common import TL_ACC, device_of, register_warps
+from .retrieval_reference import retrieval_backward_reference, retrieval_setup_context
 
-_TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
 # Elements of one (BLOCK_P, BLOCK_D) tile of stored patterns held in registers: 4096
 # fp32 over 128 threads is 32 registers a thread for the tile.
 TILE_ELEMENTS = 4096
-
-
-def _device_of(t: torch.Tensor):
-    """Launch on t's GPU (Triton launches on the current device), no-op on CPU."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @triton.jit
@@ -120,11 +113,11 @@ def hopfield_retrieval_fwd(queries: torch.Tensor, stored: torch.Tensor, beta: to
     params = torch.stack([beta.to(device=queries.device, dtype=acc).reshape(()),
                           torch.tensor(tol, dtype=acc, device=queries.device)])
     stride_xb = 0 if stored.shape[0] == 1 else stored.stride(0)
-    with _device_of(queries):
+    with device_of(queries):
         _hopfield_retrieval_kernel[(b_count,)](
             out, steps, queries, stored, params, stored.shape[1], d, max_steps,
             queries.stride(0), queries.stride(1), stride_xb, stored.stride(1), stored.stride(2),
-            ACC=_TL_ACC[acc], **_config(d))
+            ACC=TL_ACC[acc], **_config(d))
     return out, steps
 
 
@@ -140,5 +133,43 @@ def _hopfield_retrieval_triton_fake(queries, stored, beta, max_steps, tol):
             queries.new_empty((queries.shape[0],), dtype=torch.int64))
 
 
-hopfield_retrieval_triton.register_autograd(_retrieval_backward_reference,
-                                            setup_context=_retrieval_setup_context)
+hopfield_retrieval_triton.register_autograd(retrieval_backward_reference,
+                                            setup_context=retrieval_setup_context)
+
+
+# ------------------------------------------------------------------ static GPU report
+def static_kernels() -> list:
+    """The kernel specialisations the static GPU report compiles (python -m genkernels._static)."""
+    from .._static import TritonKernel, ptr
+    from . import recall_triton
+
+    def recall(dtype, random, block_n):
+        p = ptr(dtype)
+        sig = {"W": p, "STATES": p, "FIELDS": p, "CONVERGED": "*i8", "N": "i32",
+               "max_sweeps": "i32", "seed": "i64", "offset": "i64"}
+        order = "random" if random else "sequential"
+        return TritonKernel("hopfield", f"_hopfield_recall_async_kernel[{dtype},{order},N<={block_n}]",
+                            lambda: recall_triton._hopfield_recall_async_kernel, sig,
+                            {"RANDOM": random, "BLOCK_N": block_n},
+                            register_warps(block_n, 8 if dtype == "fp64" else 4), 3)
+
+    def retrieval(dtype: str, d: int) -> TritonKernel:
+        acc = "fp64" if dtype == "fp64" else "fp32"
+        cfg = _config(d)
+        # contiguous inputs: unit feature strides are specialised to 1 by the launcher; a
+        # shared pattern set differs only by the value of stride_xb (0)
+        sig = {"OUT": ptr(acc), "STEPS": "*i64", "Q": ptr(dtype), "X": ptr(dtype),
+               "PARAMS": ptr(acc), "P": "i32", "D": "i32", "max_steps": "i32",
+               "stride_qb": "i32", "stride_xb": "i32", "stride_xp": "i32"}
+        meta = {"BLOCK_P": cfg["BLOCK_P"], "BLOCK_D": cfg["BLOCK_D"],
+                "ACC": {"fp32": tl.float32, "fp64": tl.float64}[acc], "stride_qd": 1, "stride_xd": 1}
+        return TritonKernel("hopfield", f"_hopfield_retrieval_kernel[{dtype},D={d}]",
+                            lambda: _hopfield_retrieval_kernel, sig, meta,
+                            cfg["num_warps"], 2)
+
+    # recall: N <= 1024 in each dtype and order, and the largest N; retrieval: the
+    # benchmark's feature counts (64, 256), a large D, half precision and fp64
+    return [recall("fp32", True, 1024), recall("fp32", False, 1024), recall("fp64", True, 1024),
+            recall("fp32", True, recall_triton.MAX_UNITS),
+            retrieval("fp32", 64), retrieval("fp32", 256), retrieval("fp32", 1024),
+            retrieval("bf16", 64), retrieval("fp16", 256), retrieval("fp64", 64)]

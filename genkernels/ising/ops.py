@@ -16,7 +16,7 @@ import numbers
 
 import torch
 
-from .. import backends
+from .. import registry
 from .. import random as gk_random
 from .._checks import check_choice, check_int, compiling
 from . import reference
@@ -24,18 +24,28 @@ from .reference import ALGORITHMS, TWO_32
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
-if backends.extension_error() is None:
-    @torch.library.register_fake("genkernels::ising_sweep")
-    def _sweep_fake(spins, thresholds, n_sweeps, seed, offset, measure_every):
-        n_samples = n_sweeps // measure_every if measure_every else 0
-        sums = spins.new_empty((spins.shape[0], n_samples), dtype=torch.int64)
-        return torch.empty_like(spins, memory_format=torch.contiguous_format), sums, sums.clone()
+
+def _sweep_fake(spins, thresholds, n_sweeps, seed, offset, measure_every):
+    n_samples = n_sweeps // measure_every if measure_every else 0
+    sums = spins.new_empty((spins.shape[0], n_samples), dtype=torch.int64)
+    return torch.empty_like(spins, memory_format=torch.contiguous_format), sums, sums.clone()
 
 
-def _triton_ops():
-    """torch.ops.genkernels with genkernels::ising_sweep_triton registered (lazily)."""
-    from . import triton  # noqa: F401
-    return torch.ops.genkernels
+def _sweep_reference(spins, thresholds, n_sweeps, seed, offset, measure_every):
+    return reference.sweep(spins, thresholds, n_sweeps, seed % 2**64, offset, measure_every)
+
+
+# ising_sweep(spins (B, L, L) int8 ±1, thresholds, n_sweeps, seed (int64 bit
+# pattern), offset, measure_every) -> (spins, bond sums (B, S), spin sums (B, S)). The bit-
+# packed CUDA kernel never ran on a GPU: reachable by name only.
+SWEEP = registry.declare(
+    "ising_sweep",
+    reference=_sweep_reference,
+    cpu=registry.extension("ising_sweep"),
+    triton=registry.lazy(__package__ + ".triton", "ising_sweep_triton"),
+    cuda=registry.extension("ising_sweep"),
+    fake=_sweep_fake)
+registry.static_kernels("ising", registry.lazy(__package__ + ".triton", "static_kernels"))
 
 
 # ------------------------------------------------------------------------ validation
@@ -117,14 +127,8 @@ def run_sweeps(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int, see
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backend's ``ising_sweep`` on validated arguments (the model calls this directly)."""
     thresholds = thresholds.to(spins.device)
-    name = backends.resolve("ising_sweep", spins.device, backend)
-    if name == "reference":
-        return reference.sweep(spins, thresholds, n_sweeps, seed, offset, measure_every)
-    if name == "triton":
-        return _triton_ops().ising_sweep_triton(spins, thresholds, n_sweeps,
-                                                gk_random._schema_seed(seed), offset, measure_every)
-    return torch.ops.genkernels.ising_sweep(spins, thresholds, n_sweeps,
-                                            gk_random._schema_seed(seed), offset, measure_every)
+    sweep = SWEEP.kernels[SWEEP.resolve(spins.device, backend)]
+    return sweep(spins, thresholds, n_sweeps, gk_random._schema_seed(seed), offset, measure_every)
 
 
 def _check_run(spins, thresholds, n_sweeps, seed, offset):

@@ -23,7 +23,7 @@ every downhill Metropolis move) and F = 0 never does. With H = J Σnb + h the lo
   P(s' = +1) = F[0, n] / 2^32 whatever s was;
 * metropolis: a spin flips with p = min(1, exp(-β ΔE)), ΔE = 2 s H.
 
-Random numbers (DESIGN.md, "Contracts: Randomness"): Philox4x32-10, key ``seed``, one
+Random numbers (docs/design.md, "Randomness"): Philox4x32-10, key ``seed``, one
 ``randint4x`` call per counter, all four words used. Within one colour of one lattice the
 N/2 = L^2/2 sites are numbered in row-major order, k = i * (L/2) + m for the site of
 column j = 2m + ((i + colour) mod 2) of row i; they form G = ceil(N / 128) groups of 64

@@ -19,7 +19,7 @@ import triton.language as tl
 from .reference import counters_per_colour, energy_sums, magnetization_sums
 
 # Philox counters per program (each updates up to 4 sites): fixed, the interpreter
-# cannot autotune (DESIGN.md, "Testing").
+# cannot autotune (docs/design.md, "Testing").
 BLOCK = 256
 NUM_WARPS = 4
 _UINT64_MASK = (1 << 64) - 1
@@ -29,7 +29,7 @@ _UINT64_MASK = (1 << 64) - 1
 def _geometry(L):
     """(L, H = L / 2, sites = L^2 / 2 of one colour), all int64. L arrives as an int32
     scalar: L * L in int32 overflows from L = 46,342 on (and a sweep then updated nothing),
-    so every index below is computed from the int64 L (DESIGN.md, "Memory")."""
+    so every index below is computed from the int64 L (docs/design.md, "Memory")."""
     L64 = L.to(tl.int64)
     H = L64 // 2
     return L64, H, L64 * H
@@ -137,3 +137,17 @@ def ising_sweep_triton(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: 
 
 
 ising_sweep_triton.register_fake(_fake)
+
+
+# ------------------------------------------------------------------ static GPU report
+def static_kernels() -> list:
+    """The kernel specialisations the static GPU report compiles (python -m genkernels._static)."""
+    from .._static import TritonKernel
+
+    # offsets beyond 2^31 reach the kernel as i64, the common case for a model's stream
+    sig = {"SPINS": "*i8", "TH": "*i64", "seed": "i64", "offset": "i64", "sweep": "i32",
+           "B": "i32", "L": "i32", "Q": "i32"}
+    return [TritonKernel("ising", f"_ising_half_sweep_kernel[colour={colour}]",
+                         lambda: _ising_half_sweep_kernel, sig,
+                         {"COLOUR": colour, "BLOCK": BLOCK}, NUM_WARPS)
+            for colour in (0, 1)]

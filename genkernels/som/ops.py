@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .. import backends
+from .. import registry
 from .._checks import (check_choice, check_float_tensor, check_index_tensor, check_int,
                        check_int_arg, check_positive, check_same_device, check_same_dtype, compiling)
 from . import reference
@@ -26,34 +26,65 @@ SEPARABLE_NEIGHBORHOODS = ("gaussian", "bubble", "triangle")
 _SMOOTH_TILE_ELEMENTS = 1 << 22
 
 
-def _cpp_loaded() -> bool:
-    return backends.extension_error() is None
+# ------------------------------------------------------------------ declared ops
+def _bmu_fake(x, weights, k, metric, ignore_nan):
+    n = x.shape[0]
+    return x.new_empty((n, k), dtype=torch.int64), x.new_empty((n, k))
 
 
-def _triton_ops():
-    """torch.ops.genkernels with the Triton custom ops registered (imported lazily:
-    importing triton costs a second and is only needed when that backend runs)."""
-    from . import triton  # noqa: F401  (registers genkernels::*_triton)
-    return torch.ops.genkernels
+def _node_sums_fake(x, weights, metric, ignore_nan):
+    k_nodes, d = weights.shape
+    dt = acc_dtype(x.dtype)
+    counts = x.new_empty((k_nodes, d) if ignore_nan else (k_nodes,), dtype=dt)
+    return x.new_empty((k_nodes, d), dtype=dt), counts, x.new_empty((), dtype=torch.float64)
 
 
-# ----------------------------------------------------------------------------- fakes
-if _cpp_loaded():
-    @torch.library.register_fake("genkernels::som_bmu")
-    def _bmu_fake(x, weights, k, metric, ignore_nan):
-        n = x.shape[0]
-        return x.new_empty((n, k), dtype=torch.int64), x.new_empty((n, k))
+def _online_fake(weights, x, order, lr, sigma, coords, period_0, period_1, nb, rule, metric):
+    return torch.empty_like(weights)
 
-    @torch.library.register_fake("genkernels::som_node_sums")
-    def _node_sums_fake(x, weights, metric, ignore_nan):
-        k_nodes, d = weights.shape
-        dt = acc_dtype(x.dtype)
-        counts = x.new_empty((k_nodes, d) if ignore_nan else (k_nodes,), dtype=dt)
-        return x.new_empty((k_nodes, d), dtype=dt), counts, x.new_empty((), dtype=torch.float64)
 
-    @torch.library.register_fake("genkernels::som_online")
-    def _online_fake(weights, x, order, lr, sigma, coords, period_0, period_1, nb, rule, metric):
-        return torch.empty_like(weights)
+# precision and search change only the triton search; reference and cpu search exactly
+def _bmu_reference(x, weights, k, metric, ignore_nan, precision="fp32", search="auto"):
+    return reference.som_bmu(x, weights, k, metric, ignore_nan)
+
+
+def _bmu_cpu(x, weights, k, metric, ignore_nan, precision="fp32", search="auto"):
+    return torch.ops.genkernels.som_bmu(x, weights, k, metric, ignore_nan)
+
+
+# som_bmu(x (N, D), weights (K, D), k, metric, ignore_nan, precision, search) -> (indices
+# (N, k) int64, distances (N, k)); the C++ schema has no precision and search.
+BMU = registry.declare(
+    "som_bmu",
+    reference=_bmu_reference,
+    cpu=_bmu_cpu,
+    triton=registry.lazy(__package__ + ".triton", "som_bmu_triton"),
+    fake=_bmu_fake)
+# som_node_sums(x, weights, metric, ignore_nan) -> (sums (K, D), counts, distance_sum)
+NODE_SUMS = registry.declare(
+    "som_node_sums",
+    reference=reference.som_node_sums,
+    cpu=registry.extension("som_node_sums"),
+    triton=registry.lazy(__package__ + ".triton", "som_node_sums_triton"),
+    fake=_node_sums_fake)
+# som_online(weights (M, K, D), x, order (M, T), lr (M, T), sigma (M, T), coords (K, 2),
+# period_0, period_1, neighborhood, rule, metric) -> trained weights
+ONLINE = registry.declare(
+    "som_online",
+    reference=reference.som_online,
+    cpu=registry.extension("som_online"),
+    triton=registry.lazy(__package__ + ".triton", "som_online_triton"),
+    cuda=registry.extension("som_online"),
+    sequential=True,
+    gpu=registry.GpuPreference(
+        "cuda", lambda workload: workload.get("n_maps") == 1,
+        "one map: bench/results/nvidia-h100-80gb-hbm3-gpu-quick.md (H100, commit 98f9abe; "
+        "csrc/cuda/som.cu unchanged since cf16a02, before that run): the cooperative kernel "
+        "17 ms vs triton 1.47 s (40x40x784, 2k steps), 53 ms vs 385 ms (32x32x64, 10k steps), "
+        "equal to the one-block kernel bit for bit. Many maps stay on triton: 64 maps took "
+        "1.49 s on cuda vs 0.37 s on triton (nvidia-h100-80gb-hbm3.md, commit 2540197)"),
+    fake=_online_fake)
+registry.static_kernels("som", registry.lazy(__package__ + ".triton", "static_kernels"))
 
 
 # ------------------------------------------------------------------------ validation
@@ -192,12 +223,7 @@ def _apply_nan_rule(x, weights, idx, dist, metric, ignore_nan):
 
 
 def _bmu_forward(x, weights, k, metric, ignore_nan, precision, backend, search="auto"):
-    # precision and search only change the triton search; reference and cpu search exactly
-    if backend == "reference":
-        return reference.som_bmu(x, weights, k, metric, ignore_nan)
-    if backend == "triton":
-        return _triton_ops().som_bmu_triton(x, weights, k, metric, ignore_nan, precision, search)
-    return torch.ops.genkernels.som_bmu(x, weights, k, metric, ignore_nan)
+    return BMU.kernels[backend](x, weights, k, metric, ignore_nan, precision, search)
 
 
 def _bmu_differentiable(x, weights, k, metric, ignore_nan, precision, backend, search):
@@ -288,7 +314,7 @@ def som_bmu(x: torch.Tensor, weights: torch.Tensor, k: int = 1, metric: str = "e
     k, x = check_int_arg("k", k, 1, weights.shape[0], x)  # the ValueError under torch.compile too
     check_choice("precision", precision, PRECISIONS)
     check_choice("search", search, SEARCHES)
-    name = backends.resolve("som_bmu", x.device, backend)
+    name = BMU.resolve(x.device, backend)
     if x.shape[0] == 0:
         return (torch.empty((0, k), dtype=torch.int64, device=x.device),
                 torch.empty((0, k), dtype=x.dtype, device=x.device))
@@ -321,7 +347,7 @@ def som_node_sums(x: torch.Tensor, weights: torch.Tensor, metric: str = "euclide
     single distance would overflow x's dtype).
     """
     _check_x_weights(x, weights, metric)
-    name = backends.resolve("som_node_sums", x.device, backend)
+    name = NODE_SUMS.resolve(x.device, backend)
     if x.shape[0] == 0:
         dt = acc_dtype(x.dtype)
         k_nodes, d = weights.shape
@@ -330,7 +356,7 @@ def som_node_sums(x: torch.Tensor, weights: torch.Tensor, metric: str = "euclide
                 torch.zeros((), dtype=torch.float64, device=x.device))
     ignore_nan = bool(ignore_nan)
     if name == "cpu":  # scale guard and NaN rule in the kernel (csrc/cpu/som.cpp)
-        return torch.ops.genkernels.som_node_sums(x, weights, metric, ignore_nan)
+        return NODE_SUMS.kernels[name](x, weights, metric, ignore_nan)
     e, has_nan = _scale_exponent(x, weights)
     if has_nan:
         x = x[_countable_rows(x, weights, metric, ignore_nan, name)]
@@ -355,13 +381,9 @@ def _countable_rows(x, weights, metric, ignore_nan, backend) -> torch.Tensor:
 
 
 def _node_sums_forward(x, weights, metric, ignore_nan, deterministic, name):
-    if name == "reference":
-        return reference.som_node_sums(x, weights, metric, ignore_nan)
-    if name == "triton":
-        if deterministic:
-            return _sorted_node_sums(x, weights, metric, ignore_nan, name)
-        return _triton_ops().som_node_sums_triton(x, weights, metric, ignore_nan)
-    return torch.ops.genkernels.som_node_sums(x, weights, metric, ignore_nan)
+    if name == "triton" and deterministic:
+        return _sorted_node_sums(x, weights, metric, ignore_nan, name)
+    return NODE_SUMS.kernels[name](x, weights, metric, ignore_nan)
 
 
 def _sorted_node_sums(x, weights, metric, ignore_nan, backend):
@@ -527,7 +549,7 @@ def som_online(weights: torch.Tensor, x: torch.Tensor, order: torch.Tensor, lr: 
         _check_steps("lr", lr, rule != "wta", positive=False)
         if rule != "wta":
             _check_steps("sigma", sigma, True, positive=True)
-    name = backends.resolve("som_online", x.device, backend, n_maps=m)
+    name = ONLINE.resolve(x.device, backend, n_maps=m)
     if order.shape[1] == 0 or m == 0:
         return weights.clone()
     dt = acc_dtype(weights.dtype)
@@ -547,12 +569,5 @@ def som_online(weights: torch.Tensor, x: torch.Tensor, order: torch.Tensor, lr: 
     # (>= 1/2) and every data distance above ~1e-11 (fp32; below that fp32 data are ties).
     sigma = sigma.to(dt).clamp(min=sigma_min(dt), max=torch.finfo(dt).max)
     p0, p1 = (float(p) for p in periods)
-    if name == "reference":
-        return reference.som_online(weights, x, order, lr, sigma, coords, p0, p1, neighborhood, rule, metric)
-    if name == "triton":
-        return _triton_ops().som_online_triton(weights, x, order.contiguous(), lr.contiguous(),
-                                                      sigma.contiguous(), coords.contiguous(), p0, p1,
-                                                      neighborhood, rule, metric)
-    return torch.ops.genkernels.som_online(weights, x, order.contiguous(), lr.contiguous(),
-                                           sigma.contiguous(), coords.contiguous(), p0, p1,
-                                           neighborhood, rule, metric)
+    return ONLINE.kernels[name](weights, x, order.contiguous(), lr.contiguous(), sigma.contiguous(),
+                                coords.contiguous(), p0, p1, neighborhood, rule, metric)

@@ -61,13 +61,12 @@ fixed configurations; nothing here autotunes.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from .._checks import check_choice
+from ..triton_common import TL_ACC, device_of, next_pow2
 from .reference import METRICS, NEIGHBORHOODS, PRECISIONS, RULES, SEARCHES, acc_dtype
 
 METRIC_IDS = {name: i for i, name in enumerate(METRICS)}
@@ -128,12 +127,6 @@ PRODUCTS_CONFIG = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, num_warps=8, num_st
 # software pipelining across the barrier (num_stages=1).
 ONLINE_CONFIG = dict(BLOCK_K=64, BLOCK_D=32, num_warps=4, num_stages=1)
 
-_TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
-
-
-def _device_of(t: torch.Tensor):
-    """Launch on t's GPU (Triton launches on the current device), no-op on CPU."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------- shared helpers
@@ -587,10 +580,6 @@ def _som_distances_kernel(
              mask=row_mask[:, None] & node_mask[None, :])
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def _bmu_precision(dtype: torch.dtype, metric: str, ignore_nan: bool, precision: str,
                    interpreted: bool) -> int:
     """PRECISION id the kernel ranks with: tf32/bf16 only where the tensor-core search
@@ -651,7 +640,7 @@ def _bmu_plan(x: torch.Tensor, metric: str, k: int, precision_id: int = 0, certi
         wanted = k + 1
     else:
         wanted = k
-    slots = _next_pow2(min(wanted, TOPK_SLOTS_MAX))
+    slots = next_pow2(min(wanted, TOPK_SLOTS_MAX))
     config = BMU_BROADCAST_CONFIG if exact else BMU_DOT_CONFIG
     return exact, recheck, certified, slots, config
 
@@ -671,7 +660,7 @@ def _bmu_fused(x, weights, k, metric, ignore_nan, precision_id, exact=None):
     plan_exact, recheck, certify, slots, cfg = _bmu_plan(x, metric, k, precision_id)
     if exact:
         plan_exact, recheck, certify = True, False, False
-        slots, cfg = _next_pow2(k), BMU_BROADCAST_CONFIG
+        slots, cfg = next_pow2(k), BMU_BROADCAST_CONFIG
         precision_id = PRECISION_IDS["fp32"]
     cfg = dict(cfg)
     acc = acc_dtype(x.dtype)
@@ -684,14 +673,14 @@ def _bmu_fused(x, weights, k, metric, ignore_nan, precision_id, exact=None):
     else:
         unsure, wsq_max, c_bound = None, indices, 0.0   # placeholders: not read
     grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
-    with _device_of(x):
+    with device_of(x):
         _som_bmu_kernel[grid](
             x, weights, indices, distances, unsure if certify else indices, wsq_max,
             n, k_nodes, d, k,
             x.stride(0), x.stride(1), weights.stride(0), weights.stride(1), c_bound,
             METRIC=METRIC_IDS[metric], IGNORE_NAN=bool(ignore_nan), EXACT=plan_exact,
             PRECISION=precision_id, RECHECK=recheck, CERTIFY=certify, SLOTS=slots,
-            ACC=_TL_ACC[acc], **cfg)
+            ACC=TL_ACC[acc], **cfg)
     return indices, distances, unsure
 
 
@@ -724,7 +713,7 @@ def _bmu_blocked(x, weights, k, precision_id):
     n, d = x.shape
     k_nodes = weights.shape[0]
     margin = CERTIFY_MARGIN if precision_id == PRECISION_IDS["fp32"] else LOW_PRECISION_MARGIN
-    slots = _next_pow2(min(k + margin, TOPK_SLOTS_MAX))
+    slots = next_pow2(min(k + margin, TOPK_SLOTS_MAX))
     indices = torch.empty((n, k), dtype=torch.int64, device=x.device)
     distances = torch.empty((n, k), dtype=x.dtype, device=x.device)
     unsure = torch.empty(n, dtype=torch.int8, device=x.device)
@@ -737,7 +726,7 @@ def _bmu_blocked(x, weights, k, precision_id):
     rows = min(_block_rows(k_nodes), n)
     products = torch.empty((rows, k_nodes), dtype=torch.float32, device=x.device)
     sel, mm = BLOCKED_SELECT_CONFIG, PRODUCTS_CONFIG
-    with _device_of(x):
+    with device_of(x):
         for start in range(0, n, rows):
             stop = min(n, start + rows)
             xb, g = x[start:stop], products[: stop - start]
@@ -838,11 +827,11 @@ def som_distances_fwd(x: torch.Tensor, weights: torch.Tensor, metric: str,
     out = torch.empty((n, k_nodes), dtype=acc, device=x.device)
     cfg = dict(DISTANCES_CONFIG)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k_nodes, cfg["BLOCK_K"]))
-    with _device_of(x):
+    with device_of(x):
         _som_distances_kernel[grid](
             x, weights, out, n, k_nodes, d,
             x.stride(0), x.stride(1), weights.stride(0), weights.stride(1),
-            METRIC=METRIC_IDS[metric], IGNORE_NAN=bool(ignore_nan), ACC=_TL_ACC[acc], **cfg)
+            METRIC=METRIC_IDS[metric], IGNORE_NAN=bool(ignore_nan), ACC=TL_ACC[acc], **cfg)
     return out
 
 
@@ -907,12 +896,12 @@ def som_node_sums_fwd(x: torch.Tensor, weights: torch.Tensor, metric: str, ignor
     exact, recheck, _, slots, cfg = _bmu_plan(x, metric, 1, certify=False)
     cfg = dict(cfg)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
-    with _device_of(x):
+    with device_of(x):
         _som_node_sums_kernel[grid](
             x, weights, sums, counts, distance_sum, n, k_nodes, d,
             x.stride(0), x.stride(1), weights.stride(0), weights.stride(1),
             METRIC=METRIC_IDS[metric], IGNORE_NAN=bool(ignore_nan), EXACT=exact,
-            RECHECK=recheck, SLOTS=slots, ACC=_TL_ACC[acc], **cfg)
+            RECHECK=recheck, SLOTS=slots, ACC=TL_ACC[acc], **cfg)
     return sums, counts, distance_sum
 
 
@@ -1078,12 +1067,12 @@ def som_online_fwd(weights, x, order, lr, sigma, coords, period_0: float, period
     sigma = sigma.to(acc).contiguous()
     coords = coords.to(acc).contiguous()
     periods = torch.tensor([period_0, period_1], dtype=acc).to(x.device)
-    with _device_of(x):
+    with device_of(x):
         _som_online_kernel[(m,)](
             out, x, order, lr, sigma, coords, periods, k_nodes, d, t_steps,
             x.stride(0), x.stride(1),
             NEIGHBORHOOD=NEIGHBORHOOD_IDS[neighborhood], RULE=RULE_IDS[rule],
-            METRIC=METRIC_IDS[metric], ACC=_TL_ACC[acc], **ONLINE_CONFIG)
+            METRIC=METRIC_IDS[metric], ACC=TL_ACC[acc], **ONLINE_CONFIG)
     return out if out.dtype == weights.dtype else out.to(weights.dtype)
 
 
@@ -1128,3 +1117,140 @@ def som_online_triton(weights: torch.Tensor, x: torch.Tensor, order: torch.Tenso
 def _som_online_triton_fake(weights, x, order, lr, sigma, coords, period_0, period_1,
                             neighborhood, rule, metric):
     return torch.empty_like(weights, memory_format=torch.contiguous_format)
+
+
+# ------------------------------------------------------------------ static GPU report
+def static_kernels() -> list:
+    """The kernel specialisations the static GPU report compiles (python -m genkernels._static)."""
+    from .._static import TritonKernel, ptr
+
+    acc = {"fp32": tl.float32, "fp64": tl.float64}
+    # contiguous inputs: the unit feature stride is specialised to a constexpr 1 by the
+    # Triton launcher, as here
+    strides = {"stride_xn": "i32", "stride_wk": "i32"}
+    unit = {"stride_xd": 1, "stride_wd": 1}
+    entries = []
+
+    def bmu(metric, k, dtype="fp32", ignore_nan=False, precision="fp32"):
+        import torch
+
+        x_dtype = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
+                   "fp16": torch.float16}[dtype]
+        precision_id = _bmu_precision(x_dtype, metric, ignore_nan, precision,
+                                                 interpreted=False)
+        exact, recheck, certify, slots, cfg = _bmu_plan(
+            torch.empty(0, dtype=x_dtype), metric, k, precision_id)
+        cfg = dict(cfg)
+        acc_name = "fp64" if dtype == "fp64" else "fp32"
+        # without CERTIFY the launcher passes the indices for the two unread pointers
+        sig = {"X": ptr(dtype), "W": ptr(dtype), "INDICES": "*i64", "DISTANCES": ptr(dtype),
+               "UNSURE": "*i8" if certify else "*i64", "WSQ_MAX": "*fp32" if certify else "*i64",
+               "N": "i32", "K": "i32", "D": "i32", "k": "i32", **strides, "C_BOUND": "fp32"}
+        meta = dict(METRIC=METRIC_IDS[metric], IGNORE_NAN=ignore_nan, EXACT=exact,
+                    PRECISION=precision_id, RECHECK=recheck, CERTIFY=certify, SLOTS=slots,
+                    ACC=acc[acc_name],
+                    BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"])
+        tag = (f"{metric},{dtype},k={k}" + (",ignore_nan" if ignore_nan else "")
+               + (f",precision={precision}" if precision != "fp32" else ""))
+        entries.append(TritonKernel("som", f"_som_bmu_kernel[{tag}]",
+                                    lambda: _som_bmu_kernel, sig, {**meta, **unit},
+                                    cfg["num_warps"], cfg["num_stages"]))
+
+    def products(precision):
+        cfg = dict(PRODUCTS_CONFIG)
+        sig = {"X": "*fp32", "W": "*fp32", "G": "*fp32", "N": "i32", "K": "i32", "D": "i32",
+               **strides, "stride_gn": "i32"}
+        meta = dict(PRECISION=PRECISION_IDS[precision],
+                    BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"])
+        entries.append(TritonKernel("som", f"_som_products_kernel[{precision}]",
+                                    lambda: _som_products_kernel, sig, {**meta, **unit},
+                                    cfg["num_warps"], cfg["num_stages"]))
+
+    def blocked_select(k, precision="fp32"):
+        cfg = dict(BLOCKED_SELECT_CONFIG)
+        margin = CERTIFY_MARGIN if precision == "fp32" else LOW_PRECISION_MARGIN
+        slots = next_pow2(min(k + margin, TOPK_SLOTS_MAX))
+        sig = {"G": "*fp32", "WSQ": "*fp32", "WSQ_MAX": "*fp32", "X": "*fp32", "W": "*fp32",
+               "INDICES": "*i64", "DISTANCES": "*fp32", "UNSURE": "*i8",
+               "N": "i32", "K": "i32", "D": "i32", "k": "i32", "stride_gn": "i32", **strides,
+               "C_BOUND": "fp32"}
+        meta = dict(SLOTS=slots, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"])
+        tag = f"k={k}" + (f",precision={precision}" if precision != "fp32" else "")
+        entries.append(TritonKernel("som", f"_som_bmu_products_kernel[{tag}]",
+                                    lambda: _som_bmu_products_kernel, sig, {**meta, **unit},
+                                    cfg["num_warps"], cfg["num_stages"]))
+
+    def node_sums(metric, dtype="fp32", ignore_nan=False):
+        import torch
+
+        x_dtype = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16}[dtype]
+        exact, recheck, _, slots, cfg = _bmu_plan(torch.empty(0, dtype=x_dtype), metric, 1,
+                                                             certify=False)
+        cfg = dict(cfg)
+        acc_name = "fp64" if dtype == "fp64" else "fp32"
+        sig = {"X": ptr(dtype), "W": ptr(dtype), "SUMS": ptr(acc_name),
+               "COUNTS": ptr(acc_name), "DISTANCE_SUM": "*fp64",
+               "N": "i32", "K": "i32", "D": "i32", **strides}
+        meta = dict(METRIC=METRIC_IDS[metric], IGNORE_NAN=ignore_nan, EXACT=exact,
+                    RECHECK=recheck, SLOTS=slots, ACC=acc[acc_name],
+                    BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"])
+        tag = f"{metric},{dtype}" + (",ignore_nan" if ignore_nan else "")
+        entries.append(TritonKernel("som", f"_som_node_sums_kernel[{tag}]",
+                                    lambda: _som_node_sums_kernel, sig,
+                                    {**meta, **unit}, cfg["num_warps"], cfg["num_stages"]))
+
+    def distances(metric):
+        cfg = dict(DISTANCES_CONFIG)
+        sig = {"X": "*fp32", "W": "*fp32", "OUT": "*fp32", "N": "i32", "K": "i32", "D": "i32",
+               **strides}
+        meta = dict(METRIC=METRIC_IDS[metric], IGNORE_NAN=False, ACC=tl.float32,
+                    BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"])
+        entries.append(TritonKernel("som", f"_som_distances_kernel[{metric},fp32]",
+                                    lambda: _som_distances_kernel, sig,
+                                    {**meta, **unit}, cfg["num_warps"], cfg["num_stages"]))
+
+    def online(rule, neighborhood, metric="euclidean", dtype="fp32"):
+        cfg = dict(ONLINE_CONFIG)
+        acc_name = "fp64" if dtype == "fp64" else "fp32"
+        sig = {"OUT": ptr(acc_name), "X": ptr(dtype), "ORDER": "*i64", "LR": ptr(acc_name),
+               "SIGMA": ptr(acc_name), "COORDS": ptr(acc_name), "PERIODS": ptr(acc_name),
+               "K": "i32", "D": "i32", "T": "i32", "stride_xn": "i32"}
+        meta = dict(NEIGHBORHOOD=NEIGHBORHOOD_IDS[neighborhood],
+                    RULE=RULE_IDS[rule], METRIC=METRIC_IDS[metric],
+                    ACC=acc[acc_name], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"],
+                    stride_xd=1)
+        entries.append(TritonKernel("som", f"_som_online_kernel[{rule},{neighborhood},{metric},{dtype}]",
+                                    lambda: _som_online_kernel, sig, meta,
+                                    cfg["num_warps"], cfg["num_stages"]))
+
+    bmu("euclidean", 1)
+    bmu("euclidean", 2)
+    bmu("euclidean", 8)
+    bmu("euclidean", 1, "bf16")
+    bmu("euclidean", 2, "fp16")
+    bmu("euclidean", 1, ignore_nan=True)
+    bmu("euclidean", 1, "fp64")
+    bmu("euclidean", 1, precision="tf32")
+    bmu("euclidean", 1, precision="bf16")
+    bmu("euclidean", 4, precision="bf16")
+    bmu("cosine", 1)
+    bmu("cosine", 1, precision="tf32")
+    bmu("cosine", 1, precision="bf16")
+    bmu("manhattan", 1)
+    bmu("chebyshev", 1)
+    products("tf32")
+    products("bf16")
+    blocked_select(1)
+    blocked_select(3)
+    blocked_select(1, "tf32")
+    distances("euclidean")
+    node_sums("euclidean")
+    node_sums("euclidean", ignore_nan=True)
+    node_sums("euclidean", "fp64")
+    node_sums("euclidean", "bf16")
+    online("som", "gaussian")
+    online("som", "bubble", "cosine")
+    online("wtm", "gaussian")
+    online("wta", "gaussian")
+    online("som", "mexican_hat", dtype="fp64")
+    return entries

@@ -1,0 +1,50 @@
+"""Triton helpers every family's kernels share (the core: it imports no family).
+
+* :func:`device_of` -- launch on a tensor's GPU (Triton launches on the current device);
+* :data:`TL_ACC` -- the ``tl`` accumulator dtype of a torch accumulator dtype;
+* :func:`next_pow2` -- block sizes and top-k slot counts;
+* :func:`lane` -- one element of a 1-D register tensor;
+* :data:`MAX_REGISTER_UNITS` and :func:`register_warps` -- the single-site sweeps
+  (Hopfield recall, Boltzmann Gibbs) that hold a whole network's state in registers.
+
+Imported by the families' Triton modules only (importing triton costs about a second).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+# Largest N a single-site sweep holds in registers (state, fields, order: (BLOCK_N,) each).
+# The in-register bitonic sort grows the code as log^2 BLOCK_N: on sm_90, BLOCK_N = 8192
+# needed 255 registers with spills and a 56 s compile; 4096 with 16 warps takes 106
+# registers, no spills (bench/results/static/hopfield.md).
+MAX_REGISTER_UNITS = 4096
+
+
+def device_of(t: torch.Tensor):
+    """Launch on t's GPU (Triton launches on the current device), no-op on CPU."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@triton.jit
+def lane(values, lanes, i):
+    """values[i] of a 1-D register tensor (a masked reduction: exact, one nonzero term)."""
+    return tl.sum(tl.where(lanes == i, values, tl.zeros_like(values)), 0)
+
+
+def register_warps(block_n: int, itemsize: int = 4) -> int:
+    """Warps per program of a register-resident sweep: 1 KiB of each register tensor per
+    warp (sm_90: 1024 fp32 lanes take 80 registers at 4 warps; 2048 fp32, or 1024 fp64,
+    spill at 4 warps but not at 8)."""
+    return min(16, max(4, block_n * itemsize // 1024))
