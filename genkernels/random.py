@@ -26,6 +26,7 @@ of int64. PyTorch supports few ops on uint32 (copies, views, comparisons); call
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -200,3 +201,144 @@ def rand(seed: int, offsets: torch.Tensor, *, backend: str | None = None) -> tor
     seed = _check_seed(seed)
     offsets = _check_offsets(offsets)
     return RAND.kernels[RAND.resolve(offsets.device, backend)](_schema_seed(seed), offsets)
+
+
+def randn(seed: int, offsets: torch.Tensor, *, dtype: torch.dtype = torch.float32,
+          backend: str | None = None) -> torch.Tensor:
+    """Standard normals, one per counter, by Box-Muller from its words 0 and 1:
+
+        z = sqrt(-2 ln(1 - u0)) * cos(2 pi u1),   u_k = uint_to_uniform_float(word k)
+
+    computed in float64 and rounded to ``dtype`` (float32, float64, float16 or bfloat16).
+    1 - u0 lies in (0, 1], so z is finite (|z| < 6.7). The words come from ``backend``'s
+    :func:`randint4x` (bit-identical everywhere) and the formula runs as PyTorch ops on
+    their device: the reference and cpu backends give the same bits; on CUDA, where
+    ``log``/``cos`` are the GPU's, z may differ in the last place of float64, which rounds
+    away in float32 but for ties at the rounding boundary (about one value in 2^29)."""
+    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise TypeError(f"dtype must be a floating-point dtype (float32, float64, float16, bfloat16); got {dtype}")
+    words = randint4x(seed, offsets, backend=backend)
+    return _box_muller(words[..., 0], words[..., 1]).to(dtype)
+
+
+def _box_muller(w0: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    u0 = 1.0 - uint_to_uniform_float(w0.contiguous()).to(torch.float64)  # (0, 1]
+    u1 = uint_to_uniform_float(w1.contiguous()).to(torch.float64)
+    return torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(2.0 * math.pi * u1)
+
+
+def wrap_int64(value: int) -> int:
+    """An integer as the int64 it wraps to (two's complement): where counter offsets go
+    past 2^63 - 1."""
+    return (int(value) + 2**63) % 2**64 - 2**63
+
+
+def _check_offset(name: str, offset) -> int:
+    if isinstance(offset, bool):
+        raise TypeError(f"{name} must be an int64; got bool {offset!r}")
+    try:
+        offset = operator.index(offset)
+    except TypeError:
+        raise TypeError(f"{name} must be an int64; got {type(offset).__name__} {offset!r}") from None
+    if not -2**63 <= offset < 2**63:
+        raise ValueError(f"{name} must be an int64 in [-2**63, 2**63); got {offset}")
+    return offset
+
+
+# Key of the fork derivation: a child's seed is two words of the parent's Philox under this
+# key tweak, so the children's streams share no key with the parent or with each other
+# (but with probability 2^-64).
+_FORK_TWEAK = 0x9E3779B97F4A7C15
+
+
+class PhiloxStream:
+    """One random stream: a Philox key (the seed) and the next unused counter (the offset).
+
+    Every draw takes the next block of counters (:meth:`take`) and advances past it, with
+    the int64 wrap, so a model that owns a stream reproduces its run from the seed and
+    resumes it from :meth:`state_dict`. The seed is checked once, here. Draws on any
+    backend (``backend=`` as every op): :meth:`rand` (tl.rand's uniforms), :meth:`randn`
+    (:func:`randn`'s normals), :meth:`bernoulli` (``rand < p``) and :meth:`randint4x`;
+    uniforms, words and Bernoulli draws are bit-identical on every backend.
+
+    Example::
+
+        stream = PhiloxStream(seed=7)
+        z = stream.randn(64, 2)                 # counters 0 .. 127
+        mask = stream.bernoulli(torch.full((64,), 0.3))
+        child = stream.fork(0)                  # an independent stream, same every run
+    """
+
+    __slots__ = ("_seed", "_offset")
+
+    def __init__(self, seed: int = 0, offset: int = 0):
+        self._seed = _check_seed(seed)
+        self._offset = _check_offset("offset", offset)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def offset(self) -> int:
+        """The next counter this stream hands out (an int64)."""
+        return self._offset
+
+    def take(self, n: int) -> int:
+        """Reserve n counters: returns the first (an int64) and moves past them (wrapping)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an integer >= 0 (counters to take); got {n!r}")
+        first = self._offset
+        self._offset = wrap_int64(first + n)
+        return first
+
+    def counters(self, *shape: int, device=None) -> torch.Tensor:
+        """The next prod(shape) counters as an int64 tensor of that shape (row-major), taken."""
+        numel = math.prod(shape)
+        first = self.take(numel)
+        # int64 tensor arithmetic wraps as the counters do (two's complement)
+        return (torch.arange(numel, dtype=torch.int64, device=device) + first).reshape(shape)
+
+    def randint4x(self, *shape: int, device=None, backend: str | None = None) -> torch.Tensor:
+        return randint4x(self._seed, self.counters(*shape, device=device), backend=backend)
+
+    def rand(self, *shape: int, device=None, backend: str | None = None) -> torch.Tensor:
+        """(shape) float32 uniforms in [0, 1), one counter each."""
+        return rand(self._seed, self.counters(*shape, device=device), backend=backend)
+
+    def randn(self, *shape: int, dtype: torch.dtype = torch.float32, device=None,
+              backend: str | None = None) -> torch.Tensor:
+        """(shape) standard normals in ``dtype``, one counter each (:func:`randn`)."""
+        return randn(self._seed, self.counters(*shape, device=device), dtype=dtype, backend=backend)
+
+    def bernoulli(self, p: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        """uint8 draws, 1 where rand < p: p a float tensor of probabilities (its shape and
+        device), one counter per element."""
+        if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+            raise TypeError(f"p must be a floating-point tensor of probabilities; got "
+                            f"{getattr(p, 'dtype', type(p).__name__)}")
+        u = self.rand(*p.shape, device=p.device, backend=backend)
+        return (u < p).to(torch.uint8)
+
+    def fork(self, index: int) -> "PhiloxStream":
+        """Child stream ``index`` (an int in [0, 2^63)): its seed is derived from this
+        stream's seed and the index alone (not from the offset), so the same parent seed
+        always forks the same children, and a child's draws never repeat the parent's."""
+        index = _check_offset("index", index)
+        if index < 0:
+            raise ValueError(f"index must be >= 0; got {index}")
+        words = _reference_randint4x(self._seed ^ _FORK_TWEAK, torch.tensor([index], dtype=torch.int64))
+        w = words[0].view(torch.int32).to(torch.int64) & _MASK32
+        return PhiloxStream((int(w[1]) << 32) | int(w[0]))
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self._seed, "offset": self._offset}
+
+    def load_state_dict(self, state) -> None:
+        if not isinstance(state, dict) or set(state) != {"seed", "offset"}:
+            raise ValueError(f"a PhiloxStream state is a dict with keys 'seed' and 'offset'; got {state!r}")
+        seed, offset = _check_seed(state["seed"]), _check_offset("offset", state["offset"])
+        self._seed, self._offset = seed, offset
+
+    def __repr__(self) -> str:
+        return f"PhiloxStream(seed={self._seed}, offset={self._offset})"

@@ -249,3 +249,98 @@ def test_compiles_fullgraph():
     p = torch.rand(offsets.shape)
     expected = gk_random.rand(2**63 + 11, offsets, backend="reference") < p
     assert torch.equal(bernoulli(offsets, p), expected)
+
+
+# ------------------------------------------------------------------ the stream and randn
+def _box_muller_by_hand(seed, counters):
+    """The stated formula, term by term, in float64."""
+    import math
+    words = gk_random.randint4x(seed, counters, backend="reference")
+    u0 = 1.0 - gk_random.uint_to_uniform_float(words[..., 0].contiguous()).double()
+    u1 = gk_random.uint_to_uniform_float(words[..., 1].contiguous()).double()
+    return torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(2.0 * math.pi * u1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_randn_is_the_stated_formula_and_bit_identical_on_cpu_backends(dtype):
+    counters = _offsets()
+    want = _box_muller_by_hand(2**64 - 3, counters).to(dtype)
+    for backend in ["reference"] + (["cpu"] if "cpu" in backends.available_backends("cpu") else []):
+        got = gk_random.randn(2**64 - 3, counters, dtype=dtype, backend=backend)
+        assert got.dtype == dtype and torch.equal(got, want), backend
+
+
+@pytest.mark.skipif("triton" not in backends.available_backends("cpu"), reason="needs the interpreted triton backend")
+def test_randn_on_triton_words_equals_the_reference():
+    counters = _offsets(32)
+    want = gk_random.randn(5, counters, backend="reference")
+    assert torch.equal(gk_random.randn(5, counters, backend="triton"), want)
+
+
+def test_randn_is_standard_normal_and_finite():
+    z = gk_random.randn(11, torch.arange(200_000, dtype=torch.int64), dtype=torch.float64)
+    assert bool(torch.isfinite(z).all())
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.var()) - 1.0) < 0.01
+    # the tails: P(|z| > 3) = 0.0027
+    assert 0.0020 < float((z.abs() > 3).double().mean()) < 0.0034
+
+
+def test_randn_rejects_an_integer_dtype():
+    with pytest.raises(TypeError, match="dtype must be a floating-point dtype"):
+        gk_random.randn(0, torch.arange(3), dtype=torch.int32)
+
+
+def test_stream_hands_out_consecutive_counters_with_the_int64_wrap():
+    s = gk_random.PhiloxStream(seed=9, offset=2**63 - 2)
+    assert s.take(3) == 2**63 - 2 and s.offset == -2**63 + 1
+    s = gk_random.PhiloxStream(seed=9, offset=2**63 - 2)
+    assert s.counters(4).tolist() == [2**63 - 2, 2**63 - 1, -2**63, -2**63 + 1]
+    s = gk_random.PhiloxStream(seed=9)
+    a = s.rand(2, 3)
+    b = s.randn(5, dtype=torch.float64)
+    assert s.offset == 11
+    assert torch.equal(a, gk_random.rand(9, torch.arange(6).reshape(2, 3)))
+    assert torch.equal(b, gk_random.randn(9, torch.arange(6, 11), dtype=torch.float64))
+
+
+def test_stream_bernoulli_is_rand_below_p():
+    p = torch.linspace(0, 1, 257, dtype=torch.float64)
+    s = gk_random.PhiloxStream(seed=3, offset=100)
+    draws = s.bernoulli(p)
+    assert draws.dtype == torch.uint8 and s.offset == 357
+    assert torch.equal(draws, (gk_random.rand(3, torch.arange(100, 357)) < p).to(torch.uint8))
+    assert int(draws[0]) == 0 and int(draws[-1]) == 1
+    with pytest.raises(TypeError, match="p must be a floating-point tensor"):
+        s.bernoulli(torch.ones(3, dtype=torch.int64))
+
+
+def test_stream_state_round_trips_and_is_validated():
+    s = gk_random.PhiloxStream(seed=2**64 - 1, offset=-5)
+    s.randn(7)
+    t = gk_random.PhiloxStream()
+    t.load_state_dict(s.state_dict())
+    assert t.state_dict() == s.state_dict() == {"seed": 2**64 - 1, "offset": 2}
+    assert torch.equal(t.randn(4), s.randn(4))
+    for bad, exc, match in [({"seed": -1, "offset": 0}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
+                            ({"seed": 1, "offset": 2**63}, ValueError, "offset must be an int64"),
+                            ({"seed": 1.5, "offset": 0}, TypeError, "seed must be an integer"),
+                            ({"seed": 1}, ValueError, "keys 'seed' and 'offset'")]:
+        with pytest.raises(exc, match=match):
+            t.load_state_dict(bad)
+    assert t.state_dict() == s.state_dict()  # a refused state changes nothing
+    with pytest.raises(ValueError, match="n must be an integer >= 0"):
+        t.take(-1)
+
+
+def test_forks_are_reproducible_and_independent():
+    parent = gk_random.PhiloxStream(seed=123)
+    kids = [parent.fork(i) for i in range(4)]
+    assert [k.seed for k in kids] == [gk_random.PhiloxStream(seed=123).fork(i).seed for i in range(4)]
+    assert len({k.seed for k in kids} | {parent.seed}) == 5
+    parent.randn(10)
+    assert parent.fork(2).seed == kids[2].seed  # the parent's offset does not change its children
+    draws = torch.stack([k.rand(4096) for k in kids] + [gk_random.PhiloxStream(seed=123).rand(4096)])
+    corr = torch.corrcoef(draws.double())
+    assert float((corr - torch.eye(5, dtype=torch.float64)).abs().max()) < 0.06
+    with pytest.raises(ValueError, match="index must be >= 0"):
+        parent.fork(-1)

@@ -36,7 +36,6 @@ from .. import random as gk_random
 from .._checks import acc_dtype
 
 ORDERS = ("random", "sequential")
-_INT64_WRAP = 2**64
 
 
 def energy(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
@@ -50,7 +49,7 @@ def sweep_words(n: int, seed: int, offset: int, chain: int, sweep: int, n_sweeps
                 device=None) -> torch.Tensor:
     """(N, 4) uint32 Philox words of sweep ``sweep`` of chain ``chain`` (module docstring)."""
     start = offset + (chain * n_sweeps + sweep) * n
-    start = (start + 2**63) % _INT64_WRAP - 2**63
+    start = gk_random.wrap_int64(start)
     counters = start + torch.arange(n, dtype=torch.int64, device=device)
     return gk_random.randint4x(seed, counters, backend="reference")
 

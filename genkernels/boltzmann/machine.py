@@ -18,12 +18,11 @@ from ._train import check_finite_model, check_real, check_tensors, dtype_field, 
 from .bm_ops import bm_energy, bm_gibbs, check_binary
 from .bm_reference import ORDERS
 
-_WRAP = 2**64
 SCHEDULES = ("geometric", "linear")
 
 
 def _advance(offset: int, by: int) -> int:
-    return (offset + by + 2**63) % _WRAP - 2**63
+    return gk_random.wrap_int64(offset + by)
 
 
 class BoltzmannMachine(OnWeights, nn.Module):

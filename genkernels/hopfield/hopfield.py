@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
+from .. import random as gk_random
 from .._checks import OnWeights, check_choice, check_int, check_model_dtype, model_seed
 from .ops import hopfield_energy, hopfield_recall, hopfield_store
 from .reference import MODES, ORDERS, RULES
@@ -78,7 +79,7 @@ class Hopfield(OnWeights, nn.Module):
                                             run_seed, run_offset, backend=backend)
         if use_stream:
             n_probes = probes.shape[0] if probes.dim() == 2 else 1
-            self.offset = (self.offset + n_probes * max_sweeps * self.n_units + 2**63) % 2**64 - 2**63
+            self.offset = gk_random.wrap_int64(self.offset + n_probes * max_sweeps * self.n_units)
         return states, converged
 
     def energy(self, states: torch.Tensor) -> torch.Tensor:

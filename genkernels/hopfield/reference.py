@@ -43,8 +43,6 @@ RULES = ("hebbian", "storkey", "pseudoinverse")
 MODES = ("async", "sync")
 ORDERS = ("random", "sequential")
 
-_INT64_WRAP = 2**64
-
 
 def _symmetric_zero_diagonal(w: torch.Tensor) -> torch.Tensor:
     # (a + b) / 2 == (b + a) / 2 exactly, so the result is symmetric bit for bit
@@ -133,7 +131,7 @@ def sweep_order(n: int, order: str, seed: int, offset: int, probe: int, sweep: i
     if order == "sequential":
         return torch.arange(n, device=device)
     start = offset + (probe * max_sweeps + sweep) * n
-    start = (start + 2**63) % _INT64_WRAP - 2**63  # the int64 counter, wrapped
+    start = gk_random.wrap_int64(start)  # the int64 counter
     counters = start + torch.arange(n, dtype=torch.int64, device=device)
     keys = gk_random.randint(seed, counters, backend="reference").to(torch.int64)
     return torch.argsort(keys, stable=True)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
+from .. import random as gk_random
 from .._checks import check_choice, check_int
 from .ops import (
     MAX_L,
@@ -121,7 +122,7 @@ class Ising2D(nn.Module):
                                           every, backend)
         self.spins = spins
         step = n * counters_per_sweep(self.L, self.n_lattices)
-        self.offset = (self.offset + step + 2**63) % 2**64 - 2**63
+        self.offset = gk_random.wrap_int64(self.offset + step)
         self.sweeps_done += n
         return bonds, totals
 
