@@ -27,4 +27,4 @@ MAX_JOBS=${MAX_JOBS:-2} python -m pip install -q --disable-pip-version-check --n
 if [ "$mode" = demo ]; then
   exec genkernels demo --out demo_out "$@"
 fi
-exec python -m pytest -q -ra tests "$@"
+exec python -m pytest -q -ra --durations=25 tests "$@"
