@@ -110,6 +110,11 @@ def _why_unavailable(name: str, device: torch.device) -> str | None:
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
 
 
+def unavailable_reason(name: str, device: torch.device | str = "cpu") -> str | None:
+    """Why backend ``name`` cannot run on ``device`` here, or None when it can."""
+    return _why_unavailable(_check_name(name, "name"), torch.device(device))
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on ``device`` here, in the order of BACKENDS."""
     device = torch.device(device)

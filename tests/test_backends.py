@@ -6,6 +6,7 @@ import torch
 
 import genkernels
 from genkernels import backends, ops
+from helpers import needs_ext
 
 
 def test_reference_always_available():
@@ -96,7 +97,7 @@ def test_gpu_preferences_cite_committed_results():
                 assert proc.returncode == 0, (op, commit)
 
 
-@pytest.mark.skipif(backends.extension_error() is not None, reason="needs the C++ extension")
+@needs_ext
 def test_sequential_blas_nests_and_restores():
     get = torch.ops.genkernels.blas_set_local_threads
     if get(0) < 0:
@@ -115,7 +116,7 @@ def test_sequential_blas_nests_and_restores():
     assert backends.small_products(100, 64, 100) and not backends.small_products(1000, 784, 500)
 
 
-@pytest.mark.skipif(backends.extension_error() is not None, reason="needs the C++ extension")
+@needs_ext
 def test_cpu_kernels_equal_on_one_and_two_threads():
     # the dense half-step and the random stream do not depend on the team at all; the binary
     # half-step's sums follow its row chunks: equal at one thread setting, run after run
@@ -194,7 +195,7 @@ print("done")
 """
 
 
-@pytest.mark.skipif(backends.extension_error() is not None, reason="needs the C++ extension")
+@needs_ext
 def test_no_cpu_entry_point_aborts_on_grad_inputs_or_errors():
     import subprocess
     import sys

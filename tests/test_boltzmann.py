@@ -9,11 +9,7 @@ from genkernels.boltzmann import bm_reference as reference
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-HAS_CPU = "cpu" in backends.available_backends("cpu")
-needs_cpu = pytest.mark.skipif(not HAS_CPU, reason=f"cpu backend: {backends.extension_error()}")
-needs_triton = pytest.mark.skipif("triton" not in backends.available_backends(DEVICE),
-                                  reason="triton backend unavailable")
+from helpers import DEVICE, HAS_CPU, needs_cpu, needs_cuda_backend, needs_triton  # noqa: E402
 
 
 def _machine(n, seed, dtype=torch.float32, scale=1.0):
@@ -122,8 +118,6 @@ def test_triton_and_cpu_agree_at_unit_temperature():
 
 
 # ------------------------------------------------------------- cuda == cpu, draw for draw
-HAS_CUDA_BACKEND = "cuda" in backends.available_backends("cuda")
-needs_cuda_backend = pytest.mark.skipif(not HAS_CUDA_BACKEND, reason="cuda backend not built")
 
 
 def _dyadic_machine(n, seed, dtype):

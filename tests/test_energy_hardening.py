@@ -16,10 +16,8 @@ from genkernels import DBN, RBM, BoltzmannMachine, Hopfield, Ising2D, backends, 
 from genkernels.boltzmann import rbm as rbm_module
 from genkernels.ising.ops import MAX_L
 
-_CPU = backends.available_backends("cpu")
-HAS_CPU = "cpu" in _CPU
-HAS_TRITON = "triton" in _CPU or torch.cuda.is_available()
-needs_cpu = pytest.mark.skipif(not HAS_CPU, reason=f"cpu backend: {backends.extension_error()}")
+from helpers import CPU_BACKENDS as _CPU  # noqa: E402
+from helpers import HAS_TRITON, needs_cpu  # noqa: E402
 
 
 def _toy(n=40, d=6, seed=0):

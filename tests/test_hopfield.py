@@ -10,9 +10,7 @@ import genkernels
 from genkernels import Hopfield, backends, ops
 from genkernels.hopfield import reference
 
-HAS_CPU = backends.extension_error() is None
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-needs_cpu = pytest.mark.skipif(not HAS_CPU, reason=f"cpu backend: {backends.extension_error()}")
+from helpers import DEVICE, needs_cpu, needs_triton  # noqa: E402
 
 
 def _pm1(*shape, dtype=torch.float32, generator=None):
@@ -137,8 +135,6 @@ def test_cpu_equals_reference_exactly(n, b, dtype, order):
             assert torch.equal(got[1], want[1]), (seed, max_sweeps)
 
 
-needs_triton = pytest.mark.skipif("triton" not in backends.available_backends(DEVICE),
-                                  reason="triton backend unavailable")
 
 
 @needs_triton

@@ -16,12 +16,12 @@ import genkernels
 from genkernels import HopfieldRetrieval, backends, ops
 from genkernels.hopfield import retrieval_reference as reference
 
-_AVAILABLE = backends.available_backends("cpu")
-HAS_CPU = "cpu" in _AVAILABLE
+from helpers import CPU_BACKENDS as _AVAILABLE  # noqa: E402
+from helpers import HAS_CPU, needs_cpu  # noqa: E402
+
 # the cpu backend twice: a shared pattern set runs in tiles of rows through at::mm
 # (GENKERNELS_CPU_GEMM=1, the default from 8 rows on) or row by row (=0)
 BACKENDS = (["cpu-rows", "cpu-tiles"] if HAS_CPU else []) + (["triton"] if "triton" in _AVAILABLE else [])
-needs_cpu = pytest.mark.skipif(not HAS_CPU, reason=f"cpu backend: {backends.extension_error()}")
 ALL_BACKENDS = ["reference", *BACKENDS]
 
 

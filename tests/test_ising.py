@@ -21,13 +21,9 @@ from genkernels import Ising2D, backends, ops
 from genkernels import random as gk_random
 from genkernels.ising import reference
 
-HAS_CPU = backends.extension_error() is None
-needs_cpu = pytest.mark.skipif(not HAS_CPU, reason=f"cpu backend: {backends.extension_error()}")
-needs_triton = pytest.mark.skipif(
-    backends.triton_error() is not None or not (
-        torch.cuda.is_available() or "triton" in backends.available_backends("cpu")),
-    reason="triton needs a GPU or TRITON_INTERPRET=1")
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from helpers import DEVICE as TRITON_DEVICE  # noqa: E402
+from helpers import HAS_CPU, needs_cpu, needs_triton  # noqa: E402
+
 SIZES = [4, 6, 18, 64]
 TWO_32 = 2**32
 

@@ -13,18 +13,14 @@ import genkernels
 from genkernels import backends
 from genkernels import random as gk_random
 
-needs_ext = pytest.mark.skipif(backends.extension_error() is not None,
-                               reason="the C++ extension is not built")
-needs_triton = pytest.mark.skipif(
-    backends.triton_error() is not None or not (
-        torch.cuda.is_available() or "triton" in backends.available_backends("cpu")),
-    reason="triton needs a GPU or TRITON_INTERPRET=1")
+from helpers import needs_ext, needs_triton  # noqa: E402
+
 
 SEEDS = [0, 1, 12345, 2**32 + 7, 2**63 - 1, 2**64 - 1]
 EDGE_OFFSETS = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 5, 2**40 + 3,
                 2**63 - 1, -1, -(2**32), -(2**63)]
 CPU_BACKENDS = ["reference", pytest.param("cpu", marks=needs_ext)]
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from helpers import DEVICE as TRITON_DEVICE  # noqa: E402
 
 
 def _offsets(n_random: int = 64) -> torch.Tensor:
@@ -270,7 +266,7 @@ def test_randn_is_the_stated_formula_and_bit_identical_on_cpu_backends(dtype):
         assert got.dtype == dtype and torch.equal(got, want), backend
 
 
-@pytest.mark.skipif("triton" not in backends.available_backends("cpu"), reason="needs the interpreted triton backend")
+@needs_triton
 def test_randn_on_triton_words_equals_the_reference():
     counters = _offsets(32)
     want = gk_random.randn(5, counters, backend="reference")

@@ -8,9 +8,9 @@ import textwrap
 import pytest
 import torch
 
-from genkernels import backends, ops
+from genkernels import ops
 
-COMPILED = [b for b in ("cpu", "triton") if b in backends.available_backends("cpu")]
+from helpers import COMPILED, needs_cpu  # noqa: E402
 OPS = {"dense": ops.rbm_half_step, "binary": ops.rbm_half_step_binary}
 
 
@@ -86,7 +86,7 @@ def test_uint8_states_and_no_probs(backend):
     assert samples.dtype == torch.uint8 and not samples.requires_grad
 
 
-@pytest.mark.skipif("cpu" not in COMPILED, reason=backends.extension_error() or "")
+@needs_cpu
 def test_opcheck_with_grad():
     s, w, bias = _problem(9, 7, 5, False)
     for transpose, (ss, ww, bb) in ((False, (s, w, bias)), (True, (torch.rand(9, 5, dtype=torch.float64), w,
@@ -101,7 +101,7 @@ def test_opcheck_with_grad():
                               ((ss.detach() > 0.5).to(ss.dtype), *args[1:]), test_utils=utils)
 
 
-@pytest.mark.skipif("cpu" not in COMPILED, reason=backends.extension_error() or "")
+@needs_cpu
 def test_compiles_fullgraph_with_grad():
     s, w, bias = _problem(8, 6, 5, False, dtype=torch.float32)
     w.requires_grad_()

@@ -13,8 +13,7 @@ from genkernels import random as gk_random
 from genkernels.boltzmann import ops as rbm_ops
 from genkernels.boltzmann import reference
 
-COMPILED = [b for b in ("cpu", "triton") if b in backends.available_backends("cpu")]
-needs_cpu = pytest.mark.skipif("cpu" not in COMPILED, reason=backends.extension_error() or "")
+from helpers import COMPILED, needs_cpu, needs_triton  # noqa: E402
 DTYPES = (torch.float32, torch.float64)
 # (B, n_visible, n_hidden): single units, widths around the AVX-512 vector (16), the
 # 256-column register block of the cpu gathers (255, 257, 300) and the Triton block (128)
@@ -205,7 +204,7 @@ def test_opcheck():
             torch.library.opcheck(torch.ops.genkernels.rbm_pack_binary.default, (values,))
 
 
-@pytest.mark.skipif("triton" not in COMPILED, reason="triton unavailable")
+@needs_triton
 def test_opcheck_triton():
     from genkernels.boltzmann import triton as rbm_triton  # noqa: F401
     s, w, bias = _binary_problem(9, 13, 6, torch.float32, False)

@@ -1,0 +1,31 @@
+"""What the tests need to know about this machine, in one place: the device the Triton
+tests run on (the interpreter on CPU tensors without a GPU, see conftest.py), the backends
+available, and one skip mark per backend carrying the reason it cannot run. Tolerances per
+dtype: tests/tolerances.py."""
+import pytest
+import torch
+
+from genkernels import backends
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CPU_BACKENDS = backends.available_backends("cpu")
+HAS_EXT = backends.extension_error() is None
+HAS_CPU = "cpu" in CPU_BACKENDS
+HAS_TRITON = "triton" in backends.available_backends(DEVICE)
+HAS_CUDA_BACKEND = "cuda" in backends.available_backends("cuda")
+# the compiled backends that run on CPU tensors here (triton through the interpreter)
+COMPILED = [b for b in ("cpu", "triton") if b in CPU_BACKENDS]
+
+
+def needs(backend: str, device: str | None = None):
+    """Skip unless ``backend`` runs on ``device`` (default: cpu for "cpu", cuda for "cuda",
+    DEVICE for "triton" and "reference")."""
+    device = device or {"cpu": "cpu", "cuda": "cuda"}.get(backend, DEVICE)
+    why = backends.unavailable_reason(backend, device)
+    return pytest.mark.skipif(why is not None, reason=f"{backend} backend on {device}: {why}")
+
+
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason=f"the C++ extension: {backends.extension_error()}")
+needs_cpu = needs("cpu")
+needs_triton = needs("triton")
+needs_cuda_backend = needs("cuda")
