@@ -19,7 +19,7 @@ the same batch size in the same round; ``best`` = the fastest round and ``x fast
 the ratio of the fastest rounds (on a machine shared with other jobs, rounds that overlap
 another job's multi-threaded work can take 10-30x longer: the fastest round is what the
 machine does alone); recon = mean-field reconstruction MSE of the
-fitted model on the first 1,000 rows (bench_energy.reconstruction_error, one formula for
+fitted model on the first 1,000 rows (bench_rbm.reconstruction_error, one formula for
 both). Results go to ``<out>/<machine>-compat-rbm.{json,md}`` (``-quick`` added with
 --quick; default bench/results/).
 
@@ -48,7 +48,7 @@ for path in (BENCH_DIR, REPO):
         sys.path.insert(0, path)
 
 import run as runner  # bench/run.py: machine name, versions, results writer
-from bench_energy import data_dir, reconstruction_error
+from bench_rbm import data_dir, reconstruction_error
 
 ROWS = {False: 5_000, True: 500}
 N_FEATURES, N_COMPONENTS, LEARNING_RATE = 784, 256, 0.1

@@ -20,8 +20,8 @@ its record holds the median, the rounds, a rate, and a correctness check of its 
   lattice, cuda and triton, flips per ns; checked: from one seed both backends give the
   same lattices (Philox streams identical on every backend).
 * ``energy`` -- one RBM PCD-1 epoch, 784 x 500, batch 100, 10,000 random binary rows: the
-  eager PyTorch loop (the anchor, bench_energy.make_eager), ``RBM.fit`` on triton, and
-  ``RBM.fit(cuda_graph=True)``; checked: reconstruction error (bench_energy) below the
+  eager PyTorch loop (the anchor, bench_rbm.make_eager), ``RBM.fit`` on triton, and
+  ``RBM.fit(cuda_graph=True)``; checked: reconstruction error (bench_rbm) below the
   untrained model's and within a quarter of the eager loop's progress of it.
   ``bm_gibbs`` N=1000, 64 chains, 5 sweeps and async Hopfield recall N=1000, B=64, 5 sweeps,
   cuda and triton, unit updates per second; checked: Hopfield cuda == triton exactly,
@@ -472,28 +472,28 @@ def _rbm_targets(run: Run) -> None:
     import numpy as np
     import torch
 
-    import bench_energy
+    import bench_rbm
     rows, n_hidden, batch = run.size((10_000, 500, 100), (100, 8, 50))
-    x = (np.random.default_rng(0).random((rows, bench_energy.N_VISIBLE), dtype=np.float32)
-         < bench_energy.RANDOM_DENSITY).astype(np.float32)
-    shapes = {"n": rows, "n_visible": bench_energy.N_VISIBLE, "n_hidden": n_hidden, "batch": batch, "k": 1}
+    x = (np.random.default_rng(0).random((rows, bench_rbm.N_VISIBLE), dtype=np.float32)
+         < bench_rbm.RANDOM_DENSITY).astype(np.float32)
+    shapes = {"n": rows, "n_visible": bench_rbm.N_VISIBLE, "n_hidden": n_hidden, "batch": batch, "k": 1}
     g = torch.Generator().manual_seed(0)
-    untrained = bench_energy.reconstruction_error(types.SimpleNamespace(
-        weights=torch.randn(bench_energy.N_VISIBLE, n_hidden, generator=g) * 0.01,
-        visible_bias=torch.zeros(bench_energy.N_VISIBLE), hidden_bias=torch.zeros(n_hidden)), x)
+    untrained = bench_rbm.reconstruction_error(types.SimpleNamespace(
+        weights=torch.randn(bench_rbm.N_VISIBLE, n_hidden, generator=g) * 0.01,
+        visible_bias=torch.zeros(bench_rbm.N_VISIBLE), hidden_bias=torch.zeros(n_hidden)), x)
     backend, why = run.backend("triton")
     graph_why = why or ("CUDA graphs need CUDA" if run.device != "cuda" else None)
-    impls = [("eager loop", None, lambda: bench_energy.make_eager(x, run.device, n_hidden, batch, 1),
-              "anchor: plain PyTorch PCD-1, one op at a time (bench_energy.make_eager)"),
-             ("RBM.fit", why, lambda: bench_energy.make_ours(x, run.device, backend, n_hidden, batch, 1),
+    impls = [("eager loop", None, lambda: bench_rbm.make_eager(x, run.device, n_hidden, batch, 1),
+              "anchor: plain PyTorch PCD-1, one op at a time (bench_rbm.make_eager)"),
+             ("RBM.fit", why, lambda: bench_rbm.make_ours(x, run.device, backend, n_hidden, batch, 1),
               "genkernels.RBM(...).fit(epochs=1, method='pcd') under use_backend"),
              ("RBM.fit(cuda_graph=True)", graph_why,
-              lambda: bench_energy.make_ours(x, run.device, backend, n_hidden, batch, 1, cuda_graph=True),
+              lambda: bench_rbm.make_ours(x, run.device, backend, n_hidden, batch, 1, cuda_graph=True),
               "each full batch's update replayed as one CUDA graph (warm-up and capture included)")]
     recs = []
     for impl, skip, make, note in impls:
         def check(model):
-            recon = bench_energy.reconstruction_error(model, x)
+            recon = bench_rbm.reconstruction_error(model, x)
             return {"ok": None, "recon": recon, "untrained_recon": untrained}
         rec, _ = run.case("energy", "RBM PCD-1 epoch", impl, shapes, "float32", make,
                           backend=None if impl == "eager loop" else backend, check=check, skip=skip,

@@ -43,7 +43,7 @@ REPO = os.path.dirname(BENCH_DIR)
 if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
-FAMILIES = ("som", "hopfield", "ising", "energy", "bm_gibbs")  # energy: bench/bench_energy.py (RBM epochs);
+FAMILIES = ("som", "hopfield", "ising", "energy", "bm_gibbs")  # energy: bench/bench_rbm.py (RBM epochs);
 # bm_gibbs: bench/bench_bm_gibbs.py (Boltzmann Gibbs sweeps, <machine>-bm-gibbs.*)
 # Seconds of timed rounds per case; a case whose single round exceeds 3x this is
 # measured once.
@@ -461,8 +461,8 @@ def _main(args) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     if args.family == "energy":
-        import bench_energy
-        return bench_energy.main(args)
+        import bench_rbm
+        return bench_rbm.main(args)
     import bench_som
 
     cases = bench_som.build_cases(args.device, args.quick, args.data)

@@ -72,7 +72,7 @@ step tests "${TEST_S:-110}" test.log "$PY" -m pytest "${test_opts[@]}" \
   tests/test_rbm_kernels.py tests/test_rbm_binary.py tests/test_rbm.py tests/test_boltzmann.py tests/test_ising.py \
   tests/test_hopfield.py tests/test_hopfield_retrieval.py -k "gpu or cuda or triton"
 
-step energy "${ENERGY_S:-90}" bench_energy.log "$PY" bench/run.py energy --device cuda --out bench/results
+step energy "${ENERGY_S:-90}" bench_rbm.log "$PY" bench/run.py energy --device cuda --out bench/results
 step ising "${ISING_S:-60}" bench_ising.log "$PY" bench/run.py ising --device cuda --out bench/results
 step recall "${RECALL_S:-45}" bench_recall.log "$PY" bench/bench_hopfield_recall.py --device cuda --out bench/results
 [ -f bench/bench_bm_gibbs.py ] && step bm_gibbs "${BM_GIBBS_S:-45}" bench_bm_gibbs.log "$PY" bench/bench_bm_gibbs.py \

@@ -128,15 +128,15 @@ def energy(tmp_path_factory):
     import argparse
 
     import numpy as np
-    bench_energy = _bench_module("bench_energy")
+    bench_rbm = _bench_module("bench_rbm")
     rows = (np.random.default_rng(0).random((300, 784)) < 0.2).astype(np.float32)
     out = tmp_path_factory.mktemp("energy")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench_energy, "workloads", lambda quick, data: {"random": rows, "large": rows[:200]})
-        mp.setattr(bench_energy, "LARGE", {"n_hidden": 32, "batch": 64, "k": 3})
-        mp.setattr(bench_energy, "PAUSE_S", {False: 0.0, True: 0.0})
+        mp.setattr(bench_rbm, "workloads", lambda quick, data: {"random": rows, "large": rows[:200]})
+        mp.setattr(bench_rbm, "LARGE", {"n_hidden": 32, "batch": 64, "k": 3})
+        mp.setattr(bench_rbm, "PAUSE_S", {False: 0.0, True: 0.0})
         args = argparse.Namespace(device="cpu", quick=True, out=str(out), data=None)
-        assert bench_energy.main(args) == 0
+        assert bench_rbm.main(args) == 0
     (json_path,) = out.glob("*-energy-quick.json")
     assert "| x eager |" in json_path.with_suffix(".md").read_text()
     return json.loads(json_path.read_text()), rows
@@ -148,11 +148,11 @@ def _untrained_recon(rows, n_hidden):
 
     import numpy as np
     import torch
-    bench_energy = _bench_module("bench_energy")
+    bench_rbm = _bench_module("bench_rbm")
     g = torch.Generator().manual_seed(0)
     model = types.SimpleNamespace(weights=torch.randn(784, n_hidden, generator=g) * 0.01,
                                   visible_bias=torch.zeros(784), hidden_bias=torch.zeros(n_hidden))
-    return bench_energy.reconstruction_error(model, np.asarray(rows))
+    return bench_rbm.reconstruction_error(model, np.asarray(rows))
 
 
 def test_energy_bench_has_the_eager_loop_and_the_large_workload(energy):
@@ -178,10 +178,10 @@ def test_energy_bench_times_cuda_graphs_on_every_cuda_workload(monkeypatch):
     import numpy as np
 
     import genkernels
-    bench_energy = _bench_module("bench_energy")
+    bench_rbm = _bench_module("bench_rbm")
     monkeypatch.setattr(genkernels, "available_backends", lambda device=None: ["reference", "triton"])
     rows = np.zeros((10, 784), dtype=np.float32)
-    cases = bench_energy.build_cases("cuda", {"random": rows, "large": rows})
+    cases = bench_rbm.build_cases("cuda", {"random": rows, "large": rows})
     for workload in ("random", "large"):
         impls = [c["impl"] for c in cases if c["workload"] == workload]
         assert impls == ["ideal (torch.mm)", "triton dense", "triton graph", "eager loop"], impls
