@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
@@ -36,29 +34,10 @@ sys.path.insert(0, os.path.dirname(BENCH_DIR))
 sys.path.insert(0, BENCH_DIR)
 
 import genkernels  # noqa: E402
+from harness import median_time as _time  # noqa: E402  (the benchmarks' one timing rule)
 from genkernels import ops  # noqa: E402
 
 CASES = {False: [(1000, 64, 5), (4096, 16, 3)], True: [(300, 8, 2)]}  # (N, B, sweeps)
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, budget_s, min_rounds=3, max_rounds=20):
-    fn()
-    _sync(device)
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_rounds or (time.perf_counter() - start < budget_s and len(times) < max_rounds):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if times[-1] > 3 * budget_s:
-            break
-    return statistics.median(times), len(times)
 
 
 def spin_glass(n, b, device, seed=0):

@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
-import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -55,150 +52,29 @@ MIN_ROUNDS, MAX_ROUNDS = 3, 50
 PACKAGES = ("torch", "triton", "numpy", "minisom", "torchsom", "xpysom", "pytest-benchmark")
 
 
-# ------------------------------------------------------------------------ metadata
-def machine_name(device: str) -> str:
-    """CPU model + core count ("intel-xeon-processor-2c") or the GPU model."""
-    if device == "cuda":
-        import torch
-        name = torch.cuda.get_device_name()
-    else:
-        name = "unknown-cpu"
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        name = line.split(":", 1)[1]
-                        break
-        except OSError:
-            pass
-        name = f"{name} {os.cpu_count()}c"
-    name = re.sub(r"\((r|tm)\)|\bcpu\b", " ", name, flags=re.IGNORECASE)
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def versions() -> dict:
-    out = {"python": sys.version.split()[0]}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    import genkernels
-    import torch
-    out["genkernels"] = genkernels.__version__
-    out["torch_threads"] = torch.get_num_threads()
-    return out
-
-
-RESULTS_DIR = os.path.join(BENCH_DIR, "results")
-ALLOW_DIRTY_ENV = "GENKERNELS_BENCH_ALLOW_DIRTY"
-
-
-def git_commit() -> str | None:
-    """HEAD's commit, with "-dirty" when the tree has changes (tracked or untracked files)
-    outside bench/results/: results written by an earlier benchmark of the same session do
-    not change the code being measured. A copy of the tree without .git (a GPU machine) names
-    its commit with GENKERNELS_COMMIT, clean only with GENKERNELS_TREE_STATE=clean."""
-    if os.environ.get("GENKERNELS_COMMIT"):
-        clean = os.environ.get("GENKERNELS_TREE_STATE") == "clean"
-        return os.environ["GENKERNELS_COMMIT"] + ("" if clean else "-dirty")
-    try:
-        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", ".",
-                                ":(exclude)bench/results"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
-
-
-def add_allow_dirty(parser) -> None:
-    """The ``--allow-dirty`` option every benchmark runner takes (see :func:`check_results_dir`)."""
-    parser.add_argument("--allow-dirty", action="store_true",
-                        help="write into bench/results even from a tree with uncommitted changes "
-                             "(the results then record the commit as <sha>-dirty)")
-
-
-def allow_dirty(flag: bool = True) -> None:
-    """Record ``--allow-dirty`` for the whole process (and its children): an environment
-    variable, so that every copy of this module (``genkernels bench`` loads it under another
-    name) and every runner it calls sees it."""
-    if flag:
-        os.environ[ALLOW_DIRTY_ENV] = "1"
-
-
-def writes_into_repo_results(out_dir: str) -> bool:
-    out, results = os.path.realpath(out_dir), os.path.realpath(RESULTS_DIR)
-    return out == results or out.startswith(results + os.sep)
-
-
-def check_results_dir(out_dir: str) -> None:
-    """Refuse (SystemExit 2, with the reason) to write results into this repository's
-    bench/results/ unless the tree is a clean commit (no changes outside bench/results/),
-    so that every committed results file names the code that produced it. ``--allow-dirty``
-    (or GENKERNELS_BENCH_ALLOW_DIRTY=1) lifts the refusal; the files then record
-    ``<sha>-dirty``. Any other --out folder is always allowed. Runners call this before
-    measuring (fail fast) and again when writing."""
-    if os.environ.get(ALLOW_DIRTY_ENV) == "1" or not writes_into_repo_results(out_dir):
-        return
-    commit = git_commit()
-    if commit is not None and not commit.endswith("-dirty"):
-        return
-    reason = ("the tree has uncommitted changes" if commit is not None
-              else "no git commit could be read for this checkout")
-    print(f"[bench] refusing to write results into {RESULTS_DIR}: {reason}, so the results "
-          "could not name the code that produced them. Commit first, or pass --allow-dirty "
-          "(the files then record <sha>-dirty), or write elsewhere with --out DIR.",
-          file=sys.stderr)
-    raise SystemExit(2)
-
-
-# ------------------------------------------------------------------------- timing
-def measure(fn, device: str, warmup: bool, budget_s: float):
-    """Run ``fn`` (one warm-up call unless told otherwise), then rounds until
-    ``budget_s`` is spent and MIN_ROUNDS are done; a round longer than 3x the budget
-    ends the measurement. Returns the per-round seconds and the last result."""
-    from bench_som import sync
-    if warmup:
-        fn()
-        sync(device)
-    times, out = [], None
-    while len(times) < MAX_ROUNDS:
-        start = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-        spent = sum(times)
-        if (spent >= budget_s and len(times) >= MIN_ROUNDS) or spent >= 3 * budget_s:
-            break
-    return times, out
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class _RssSampler:
-    """Peak resident memory while the op runs, polled every millisecond from
-    /proc/self/statm (ru_maxrss would also count the input generation's transients)."""
-
-    def __init__(self):
-        import threading
-        self.peak = _rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self):
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, _rss_bytes())
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return max(self.peak, _rss_bytes())
+# the shared pieces (metadata, the results folder rule, timing, contention, the writer)
+# live in bench/harness.py; run.py re-exports them for the modules that import it
+from harness import (  # noqa: E402,F401  (re-exported)
+    ALLOW_DIRTY_ENV,
+    RESULTS_DIR,
+    _fmt,
+    _fmt_s,
+    _rss_bytes,
+    _RssSampler,
+    add_allow_dirty,
+    allow_dirty,
+    busy_neighbours,
+    check_results_dir,
+    contention_meta,
+    contention_suffix,
+    git_commit,
+    machine_name,
+    measure,
+    median_time,
+    versions,
+    write_results,
+    writes_into_repo_results,
+)
 
 
 def run_case(case, quick: bool, data: str | None, meta: dict) -> dict:
@@ -267,20 +143,6 @@ def _run_in_child(case, args) -> dict:
 
 
 # ------------------------------------------------------------------------- report
-def _fmt_s(v) -> str:
-    if v is None:
-        return "-"
-    if v >= 1:
-        return f"{v:.2f} s"
-    if v >= 1e-3:
-        return f"{v * 1e3:.1f} ms"
-    return f"{v * 1e6:.0f} us"
-
-
-def _fmt(v, spec="{:.3f}") -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else spec.format(v)
-
-
 def _label(rec) -> str:
     params = " ".join(f"{k}={v}" for k, v in rec["params"].items())
     return rec["impl"] + (f" ({params})" if params else "")
@@ -307,61 +169,6 @@ def add_ratios(records: list[dict], peak_flops_per_s: float | None) -> None:
             if rec["median_s"]:
                 rec["x_ours"] = rec["median_s"] / best["median_s"]
                 rec["ours"] = best["impl"]
-
-
-# ------------------------------------------------------------------- contention
-_BUSY: list = []
-
-
-class busy_neighbours:
-    """``with busy_neighbours(n):`` runs n busy processes (a pure-Python spin loop each,
-    like another user's job) beside the benchmark; results written meanwhile are named
-    ``...-contendedN`` and record the count (``contention_meta``)."""
-
-    def __init__(self, n: int):
-        if n < 0:
-            raise ValueError(f"--contended must be >= 0; got {n}")
-        self.n = n
-        self.procs: list = []
-
-    def __enter__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
-        _BUSY.extend(self.procs)
-        if self.procs:
-            time.sleep(0.5)  # let the scheduler see them
-        return self
-
-    def __exit__(self, *exc):
-        for proc in self.procs:
-            proc.kill()
-            proc.wait()
-            _BUSY.remove(proc)
-        return False
-
-
-def contention_meta() -> dict:
-    return {"busy_processes": len(_BUSY)}
-
-
-def contention_suffix() -> str:
-    return f"-contended{len(_BUSY)}" if _BUSY else ""
-
-
-def write_results(out_dir: str, name: str, meta: dict, records: list[dict], table: str) -> str:
-    """Write ``<out_dir>/<name>.json`` (meta and every case) and ``<name>.md`` (the
-    table); returns the path stem. Every family's runner writes its results this way;
-    under ``busy_neighbours`` the name gains ``-contended`` and meta the busy count.
-    Into bench/results/ only from a clean tree unless --allow-dirty (:func:`check_results_dir`)."""
-    check_results_dir(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, name + contention_suffix())
-    meta = {**meta, "contention": contention_meta()}
-    with open(stem + ".json", "w") as f:
-        json.dump({**meta, "cases": records}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(table + "\n")
-    print(f"[bench] wrote {stem}.json and {stem}.md", file=sys.stderr)
-    return stem
 
 
 def markdown(records: list[dict], meta: dict) -> str:

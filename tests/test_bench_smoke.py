@@ -244,7 +244,7 @@ def test_hopfield_family_runs_retrieval_then_recall(tmp_path, monkeypatch):
 def test_results_dir_refuses_a_dirty_tree(monkeypatch, tmp_path, capsys):
     """Writing into the repository's bench/results needs a clean tree (or --allow-dirty);
     any other folder is always allowed."""
-    runner = _bench_module("run")
+    runner = _bench_module("harness")  # the clean-tree rule and the commit live there
     monkeypatch.delenv(runner.ALLOW_DIRTY_ENV, raising=False)
     monkeypatch.setattr(runner, "git_commit", lambda: "0123abcd-dirty")
     with pytest.raises(SystemExit) as exc:
@@ -271,7 +271,7 @@ def test_runner_refuses_before_measuring(monkeypatch, argv):
     bench/results from a dirty tree, and writes nothing."""
     runner = _bench_module("run")
     monkeypatch.delenv(runner.ALLOW_DIRTY_ENV, raising=False)
-    monkeypatch.setattr(runner, "git_commit", lambda: "0123abcd-dirty")
+    monkeypatch.setattr(_bench_module("harness"), "git_commit", lambda: "0123abcd-dirty")
     before = set(os.listdir(runner.RESULTS_DIR))
     with pytest.raises(SystemExit) as exc:
         runner.main(argv)
@@ -284,7 +284,7 @@ def test_runner_refuses_before_measuring(monkeypatch, argv):
                                     "rbm_mnist", "rbm_ais_digits"])
 def test_every_script_refuses_a_dirty_tree(monkeypatch, capsys, script):
     """The standalone scripts apply the same rule (their default --out is bench/results)."""
-    runner = _bench_module("run")
+    runner = _bench_module("harness")
     module = _bench_module(script)
     monkeypatch.delenv(runner.ALLOW_DIRTY_ENV, raising=False)
     monkeypatch.setattr(runner, "git_commit", lambda: "0123abcd-dirty")
