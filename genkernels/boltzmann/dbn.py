@@ -111,12 +111,13 @@ class DBN(nn.Module):
 
     # -------------------------------------------------------------------- training
     def fit(self, x, epochs: int | Sequence[int] = 10, batch_size: int = 100, method: str = "cd", k: int = 1,
-            learning_rate: float = 0.1, verbose: bool = False, **rbm_kwargs) -> DBN:
+            learning_rate: float = 0.1, verbose: bool = False, *, backend: str | None = None,
+            **rbm_kwargs) -> DBN:
         """Greedy layer-wise training on x (N, layer_sizes[0]).
 
         Layer 0 is trained on x, then layer i on layer i - 1's hidden probabilities of its
         own training input (``RBM.transform``), each with ``RBM.fit(..., epochs[i],
-        batch_size, method, k, learning_rate, verbose, **rbm_kwargs)``.
+        batch_size, method, k, learning_rate, verbose, backend=backend, **rbm_kwargs)``.
 
         Args:
             epochs: the epochs this call trains each layer (an int for every layer, or a
@@ -127,6 +128,10 @@ class DBN(nn.Module):
                 sparsity_target, sparsity_cost, monitor) given to every layer, except
                 ``binarize``, which applies to the data (layer 0) only: the upper layers see
                 probabilities. ``checkpoint``/``resume`` are not taken: use :meth:`save`.
+            backend: None (auto) or "reference", "cpu", "triton": the backend of every op
+                of every layer's training (``RBM.fit``'s backend) and of the binarisation of
+                the data; checked before anything is trained (a bad name raises ValueError,
+                one that cannot run here BackendUnavailableError).
         Returns: self.
         Raises: ValueError naming the layer and the epoch when a layer's training diverges
             (a parameter NaN or Inf, see ``RBM.fit``).
@@ -139,12 +144,14 @@ class DBN(nn.Module):
         self._check_width(x)
         # the data as layer 0 trains on it (binarised once, as RBM.fit would); each upper
         # layer's input is the layer below's p(h | input)
-        inputs = self.layers[0]._data(x, binarize=binarize)
+        with self.layers[0]._ops_backend(backend):
+            inputs = self.layers[0]._data(x, binarize=binarize)
         for i, (layer, n_epochs) in enumerate(zip(self.layers, epochs)):
             if i > 0:
                 inputs = self.layers[i - 1].transform(inputs)
             try:
-                layer.fit(inputs, n_epochs, batch_size, method, k, learning_rate, verbose=verbose, **rbm_kwargs)
+                layer.fit(inputs, n_epochs, batch_size, method, k, learning_rate, verbose=verbose, backend=backend,
+                          **rbm_kwargs)
             except DivergedError as exc:
                 raise DivergedError(f"DBN layer {i} (RBM({layer.n_visible}, {layer.n_hidden})): {exc}") from None
         return self
@@ -173,7 +180,7 @@ class DBN(nn.Module):
 
     @torch.no_grad()
     def sample(self, n_samples: int, n_gibbs: int = 1000, down: str = "mean",
-               seed: int | None = None) -> torch.Tensor:
+               seed: int | None = None, *, backend: str | None = None) -> torch.Tensor:
         """Samples from the DBN's generative model, (n_samples, layer_sizes[0]).
 
         The top RBM runs n_gibbs Gibbs steps from noise (``RBM.sample``); its visible
@@ -186,6 +193,10 @@ class DBN(nn.Module):
 
         seed: None draws from the layers' streams and advances them; an int keys every draw
         by (layer_seed(seed, i), offset 0) and leaves the model's streams alone.
+
+        backend: None (auto) or "reference", "cpu", "triton": the backend of every op of the
+        Gibbs sampling and the sampled down pass (``RBM.sample``'s backend); checked first
+        (a bad name raises ValueError, one that cannot run here BackendUnavailableError).
         """
         n_samples = check_int("n_samples", n_samples, 0)
         n_gibbs = check_int("n_gibbs", n_gibbs, 0)
@@ -193,13 +204,14 @@ class DBN(nn.Module):
         if seed is not None:
             seed = check_int("seed", seed, 0, 2**64 - 1)
         top = self.layers[-1]
-        v = top.sample(n_samples, n_gibbs, seed=None if seed is None else layer_seed(seed, self.n_layers - 1))
+        v = top.sample(n_samples, n_gibbs, seed=None if seed is None else layer_seed(seed, self.n_layers - 1),
+                       backend=backend)
         for i in range(self.n_layers - 2, -1, -1):
             rbm = self.layers[i]
             if down == "mean":
                 v = rbm._visible_mean(v)
                 continue
-            with _stream(rbm, None if seed is None else layer_seed(seed, i)):
+            with rbm._ops_backend(backend), _stream(rbm, None if seed is None else layer_seed(seed, i)):
                 v = rbm._sample_visible(v.to(torch.uint8))
         return v
 

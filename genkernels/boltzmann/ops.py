@@ -261,7 +261,13 @@ def pcd_step_(v_pos: torch.Tensor, w: torch.Tensor, visible_bias: torch.Tensor, 
     (C, n_hidden) uint8, seed in [0, 2^64), offsets int64. Returns the new chains. The cpu
     backend does the whole batch in one C++ call (the same ATen kernels in the same order,
     so bit for bit the reference run on the cpu half-steps); elsewhere the reference runs
-    on the device's half-step backend."""
+    on the device's half-step backend. backend: None (auto), "reference" (the reference on
+    the reference half-steps), "cpu", or a half-step backend without a fused step
+    ("triton"): the reference composed of that backend's half-steps."""
+    if backend is not None and backend not in PCD_STEP.backends:
+        name = HALF_STEP.resolve(v_pos.device, backend)  # a bad name or one that cannot run: raises
+        return reference.rbm_pcd_step_(v_pos, w, visible_bias, hidden_bias, chains, seed, offset_v, offset_h, lr,
+                                       half_step=lambda *args: half_step(*args, name))
     name = PCD_STEP.resolve(v_pos.device, backend)
     if name == "reference" and backend != "reference":
         # no fused step for this device: the spec composed of the device's half-steps

@@ -44,6 +44,7 @@ of its uniform can flip a draw, and runs are compared by their reconstruction er
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import numbers
@@ -139,6 +140,10 @@ class RBM(OnWeights, nn.Module):
     # within the update -- and the persistent buffers (chains, hidden activity) are updated
     # in place, as a captured CUDA graph needs (see _GraphedUpdate)
     _offset_base: torch.Tensor | None = None
+    # while a public method runs with an explicit ``backend=``: that name, given to every op
+    # the method runs (half-steps, binary-state statistics, random draws); None: each op
+    # chooses as genkernels.backends does (use_backend, GENKERNELS_BACKEND, auto)
+    _backend: str | None = None
 
     def __init__(self, n_visible: int, n_hidden: int, visible: str = "bernoulli",
                  learn_variance: bool = False, *, seed: int | None = None,
@@ -191,6 +196,23 @@ class RBM(OnWeights, nn.Module):
         """(n_visible,) standard deviations of Gaussian visible units (ones for Bernoulli)."""
         return self.log_sigma.exp()
 
+    @contextlib.contextmanager
+    def _ops_backend(self, backend: str | None, op: str = "rbm_half_step"):
+        """The block's ops run on ``backend`` (a public method's ``backend=``). None changes
+        nothing: the automatic choice, or inside another method's block (fit's monitor, a
+        DBN's layers) that method's backend. A name is checked first, against ``op`` (the
+        method's main op) on the model's device: a bad name raises ValueError, a backend
+        that cannot run here BackendUnavailableError -- before the block changes anything."""
+        if backend is None:
+            yield
+            return
+        backends.resolve(op, self.device, backend)
+        previous, self._backend = self._backend, backend
+        try:
+            yield
+        finally:
+            self._backend = previous
+
     # ------------------------------------------------------------------ validation
     def _data(self, x, name: str = "x", binarize: str | None = None) -> torch.Tensor:
         """x (N, n_visible) tensor or array -> contiguous tensor in the model's dtype/device."""
@@ -225,7 +247,7 @@ class RBM(OnWeights, nn.Module):
             return (x > 0.5).to(self.dtype)
         if binarize == "stochastic":
             offsets = torch.arange(x.numel(), dtype=torch.int64, device=self.device).reshape(x.shape)
-            u = gk_random.rand(self.seed, offsets + self._advance(x.numel()))
+            u = gk_random.rand(self.seed, offsets + self._advance(x.numel()), backend=self._backend)
             return (u < x.clamp(0, 1)).to(self.dtype)
         if lo < 0 or hi > 1:
             raise ValueError(f"{name} must hold values in [0, 1] for Bernoulli visible units (binary "
@@ -262,9 +284,9 @@ class RBM(OnWeights, nn.Module):
         offset = self._advance_rows(v.shape[0], counters_per_row(self.n_hidden), rows)
         if self._offset_base is not None:
             return half_step(s.contiguous(), self.weights, self.hidden_bias, self.seed, offset, False, True,
-                             offset_base=self._offset_base)
+                             self._backend, offset_base=self._offset_base)
         step = half_step_binary if self._binary_states is not None and v.dtype == torch.uint8 else half_step
-        return step(s.contiguous(), self.weights, self.hidden_bias, self.seed, offset, False, True)
+        return step(s.contiguous(), self.weights, self.hidden_bias, self.seed, offset, False, True, self._backend)
 
     def _sample_visible(self, h: torch.Tensor, rows: _Rows | None = None) -> torch.Tensor:
         """h (B, n_hidden) uint8 or floats -> visible samples (B, n_visible) in the model's dtype
@@ -273,7 +295,7 @@ class RBM(OnWeights, nn.Module):
         if self.visible == "bernoulli":
             offset = self._advance_rows(h.shape[0], counters_per_row(self.n_visible), rows)
             samples = half_step(h.contiguous(), self.weights, self.visible_bias, self.seed, offset, True,
-                                False, offset_base=self._offset_base)[0]
+                                False, self._backend, offset_base=self._offset_base)[0]
             return samples if self._binary_states is not None else samples.to(self.dtype)
         sigma = self.sigma
         mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
@@ -283,7 +305,7 @@ class RBM(OnWeights, nn.Module):
         """(rows, n_visible) standard normals by Box-Muller from randint4x words 0 and 1 of
         counters offset + b * n_visible + i."""
         counters = torch.arange(rows * self.n_visible, dtype=torch.int64, device=self.device) + offset
-        words = gk_random.randint4x(self.seed, counters.reshape(rows, self.n_visible))
+        words = gk_random.randint4x(self.seed, counters.reshape(rows, self.n_visible), backend=self._backend)
         u1 = 1.0 - gk_random.uint_to_uniform_float(words[..., 0].contiguous()).to(torch.float64)  # (0, 1]
         u2 = gk_random.uint_to_uniform_float(words[..., 1].contiguous()).to(torch.float64)
         return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(self.dtype)
@@ -324,17 +346,20 @@ class RBM(OnWeights, nn.Module):
         return float(((v - self._visible_mean(self._hidden_probs(v))) ** 2).mean())
 
     @torch.no_grad()
-    def score(self, x) -> torch.Tensor:
+    def score(self, x, *, backend: str | None = None) -> torch.Tensor:
         """Pseudo-log-likelihood of every row, (N,), as scikit-learn's
         BernoulliRBM.score_samples but deterministic: row r flips visible unit
         randint(seed, r) mod n_visible (the model's seed, counter = the row index) and scores
-        n_visible * log sigmoid(F(x~) - F(x)). Bernoulli visible units only."""
+        n_visible * log sigmoid(F(x~) - F(x)). Bernoulli visible units only. backend: None
+        (auto) or a backend name for the draw of the flipped units (genkernels.random's
+        philox_randint4x; the same bits on every backend)."""
         if self.visible != "bernoulli":
             raise ValueError("score (pseudo-likelihood) is defined for Bernoulli visible units; "
                              "use log_likelihood_exact or free_energy for gaussian ones")
-        v = self._data(x)
-        rows = torch.arange(v.shape[0], dtype=torch.int64, device=self.device)
-        unit = gk_random.randint(self.seed, rows).to(torch.int64) % self.n_visible
+        with self._ops_backend(backend, "philox_randint4x"):
+            v = self._data(x)
+            rows = torch.arange(v.shape[0], dtype=torch.int64, device=self.device)
+            unit = gk_random.randint(self.seed, rows, backend=self._backend).to(torch.int64) % self.n_visible
         flipped = v.clone()
         flipped[rows, unit] = 1 - flipped[rows, unit]
         return -self.n_visible * F.softplus(-(self._free_energy(flipped) - self._free_energy(v)))
@@ -386,7 +411,7 @@ class RBM(OnWeights, nn.Module):
     @torch.no_grad()
     def log_partition_ais(self, n_chains: int = 100, n_betas: int = 10000, *, betas=None,
                           schedule: str = "linear", base_visible_bias=None,
-                          seed: int | None = None) -> tuple[float, float]:
+                          seed: int | None = None, backend: str | None = None) -> tuple[float, float]:
         """log Z estimated by annealed importance sampling (Salakhutdinov & Murray, 2008):
         (estimate, standard error) in nats. Bernoulli visible units only.
 
@@ -422,6 +447,9 @@ class RBM(OnWeights, nn.Module):
                 (seed, offset 0) and leaves the model's stream alone. Draws: the base
                 samples take n_chains * ceil(n_visible / 4) counters, each half-step the
                 counters of genkernels.ops.rbm_half_step.
+            backend: None (auto) or "reference", "cpu", "triton": the backend of the
+                half-steps (checked first: a bad name raises ValueError, one that cannot run
+                here BackendUnavailableError).
         """
         if self.visible != "bernoulli":
             raise NotImplementedError("log_partition_ais supports Bernoulli visible units; the model has "
@@ -431,12 +459,15 @@ class RBM(OnWeights, nn.Module):
         b_a = self._ais_base_bias(base_visible_bias)
         saved = (self.seed, self.offset)
         if seed is not None:
-            self.seed, self.offset = check_int("seed", seed, 0, 2**64 - 1), 0
-        try:
-            log_w = self._ais_log_weights(n_chains, beta, b_a)
-        finally:
+            seed = check_int("seed", seed, 0, 2**64 - 1)
+        with self._ops_backend(backend):
             if seed is not None:
-                self.seed, self.offset = saved
+                self.seed, self.offset = seed, 0
+            try:
+                log_w = self._ais_log_weights(n_chains, beta, b_a)
+            finally:
+                if seed is not None:
+                    self.seed, self.offset = saved
         log_z_a = self.n_hidden * math.log(2.0) + float(F.softplus(b_a.to(torch.float64)).sum())
         log_mean = torch.logsumexp(log_w, 0) - math.log(n_chains)
         ratio = torch.exp(log_w - log_mean)  # w / mean(w), mean 1
@@ -446,8 +477,8 @@ class RBM(OnWeights, nn.Module):
     @torch.no_grad()
     def log_likelihood_ais(self, x, **ais_kwargs) -> tuple[float, float]:
         """(mean log p(x) per row, error bar) in nats with log Z from :meth:`log_partition_ais`
-        (``ais_kwargs`` are passed on): -mean(F(x)) - log Z. The free energies are exact, so
-        the error bar is the standard error of the log Z estimate."""
+        (``ais_kwargs`` are passed on, ``backend`` included): -mean(F(x)) - log Z. The free
+        energies are exact, so the error bar is the standard error of the log Z estimate."""
         v = self._data(x)
         if v.shape[0] == 0:
             raise ValueError("x must hold at least one row")
@@ -541,16 +572,18 @@ class RBM(OnWeights, nn.Module):
                 break
             w_k = (self.weights * cur).contiguous()
             h, _ = half_step(v, w_k, (self.hidden_bias * cur).contiguous(), self.seed,
-                             self._advance(n_chains * counters_per_row(self.n_hidden)), False, False)
+                             self._advance(n_chains * counters_per_row(self.n_hidden)), False, False,
+                             self._backend)
             bias_k = ((1.0 - cur) * b_a + cur * self.visible_bias).contiguous()
             v, _ = half_step(h, w_k, bias_k, self.seed,
-                             self._advance(n_chains * counters_per_row(self.n_visible)), True, False)
+                             self._advance(n_chains * counters_per_row(self.n_visible)), True, False,
+                             self._backend)
             a = torch.addmm(c64, v.to(torch.float64), w64)
         return log_w
 
     @torch.no_grad()
     def sample(self, n_samples: int, n_steps: int = 1000, seed: int | None = None,
-               pt_betas=None) -> torch.Tensor:
+               pt_betas=None, *, backend: str | None = None) -> torch.Tensor:
         """Visible samples (n_samples, n_visible) after n_steps Gibbs steps (v -> h -> v)
         from noise (Bernoulli(0.5) visible states, or N(b, sigma^2)). seed: None draws from
         the model's stream and advances it; an int uses (seed, offset 0) and leaves the
@@ -558,37 +591,43 @@ class RBM(OnWeights, nn.Module):
         :meth:`fit` takes them): n_samples chains per temperature start from Bernoulli(0.5)
         hidden states, every step is a Gibbs step at each temperature followed by the replica
         exchange, and the beta = 1 chains' visible states are returned -- chains that cross
-        between the modes of a multimodal model, where plain Gibbs chains stay in one."""
+        between the modes of a multimodal model, where plain Gibbs chains stay in one.
+        backend: None (auto) or "reference", "cpu", "triton": the backend of every op the
+        sampling runs (half-steps, random draws); checked first (a bad name raises
+        ValueError, one that cannot run here BackendUnavailableError)."""
         n_samples = check_int("n_samples", n_samples, 0)
         n_steps = check_int("n_steps", n_steps, 0)
         betas = None if pt_betas is None else self._pt_betas(pt_betas)
         saved = (self.seed, self.offset)
         if seed is not None:
-            self.seed, self.offset = check_int("seed", seed, 0, 2**64 - 1), 0
-        try:
-            if betas is not None and n_steps > 0:
-                rows = len(betas) * n_samples
-                u = half_step_uniforms(self.seed, self._advance(rows * counters_per_row(self.n_hidden)), rows,
-                                       self.n_hidden, self.device)
-                chains = (u < 0.5).to(torch.uint8)
-                self._swap_counts = None
-                for _ in range(n_steps):
-                    v, _, chains = self._pt_step(chains, betas, 1, n_samples, probs=False)
-                return v
-            if self.visible == "bernoulli":
-                offset = self._advance(n_samples * counters_per_row(self.n_visible))
-                u = half_step_uniforms(self.seed, offset, n_samples, self.n_visible, self.device)
-                v = (u < 0.5).to(self.dtype)
-            else:
-                offset = self._advance(n_samples * self.n_visible)
-                v = self.visible_bias + self.sigma * self._normal(n_samples, offset)
-            for _ in range(n_steps):
-                h, _ = self._sample_hidden(v)
-                v = self._sample_visible(h)
-        finally:
+            seed = check_int("seed", seed, 0, 2**64 - 1)
+        with self._ops_backend(backend):
             if seed is not None:
-                self.seed, self.offset = saved
-        return v
+                self.seed, self.offset = seed, 0
+            try:
+                if betas is not None and n_steps > 0:
+                    rows = len(betas) * n_samples
+                    u = half_step_uniforms(self.seed, self._advance(rows * counters_per_row(self.n_hidden)), rows,
+                                           self.n_hidden, self.device)
+                    chains = (u < 0.5).to(torch.uint8)
+                    self._swap_counts = None
+                    for _ in range(n_steps):
+                        v, _, chains = self._pt_step(chains, betas, 1, n_samples, probs=False)
+                    return v
+                if self.visible == "bernoulli":
+                    offset = self._advance(n_samples * counters_per_row(self.n_visible))
+                    u = half_step_uniforms(self.seed, offset, n_samples, self.n_visible, self.device)
+                    v = (u < 0.5).to(self.dtype)
+                else:
+                    offset = self._advance(n_samples * self.n_visible)
+                    v = self.visible_bias + self.sigma * self._normal(n_samples, offset)
+                for _ in range(n_steps):
+                    h, _ = self._sample_hidden(v)
+                    v = self._sample_visible(h)
+            finally:
+                if seed is not None:
+                    self.seed, self.offset = saved
+            return v
 
     # -------------------------------------------------------------------- training
     def fit(self, x, epochs: int = 10, batch_size: int = 100, method: str = "cd", k: int = 1,
@@ -597,7 +636,7 @@ class RBM(OnWeights, nn.Module):
             binarize: str | None = None, verbose: bool = True,
             monitor: str | None = "reconstruction_error", checkpoint: str | None = None,
             resume: bool = False, pt_betas=PT_DEFAULT_TEMPERATURES, distributed: bool = False,
-            state_path: str = "auto", cuda_graph: bool = False) -> RBM:
+            state_path: str = "auto", cuda_graph: bool = False, *, backend: str | None = None) -> RBM:
         """Train on x (N, n_visible) for ``epochs`` more epochs, from the model's current state.
 
         Args:
@@ -645,8 +684,8 @@ class RBM(OnWeights, nn.Module):
                 training set on every process (the same rows in the same order; checked),
                 each process trains on its share of every batch and of the persistent
                 chains (of every temperature with method="pt"), with one all-reduce per
-                update (module docstring). Parameters, momentum, history and random stream are identical on every process; the
-                persistent chains are gathered after every epoch, so the model and its
+                update (module docstring). Parameters, momentum, history and random stream
+                are identical on every process; the persistent chains are gathered after every epoch, so the model and its
                 checkpoint (written by rank 0 alone, then a barrier) are complete and resume
                 on any number of processes. The progress bar shows on rank 0 only.
             state_path: how the visible states enter the products. "binary": the data (after
@@ -671,6 +710,15 @@ class RBM(OnWeights, nn.Module):
                 are updated in place. A smaller last batch runs eagerly on the same path. The
                 same kernels, counters and float operations in the same order as
                 cuda_graph=False: the result is the same bit for bit.
+            backend: None (auto: genkernels.backends' choice, ``use_backend`` and
+                GENKERNELS_BACKEND included) or "reference", "cpu", "triton": the backend of
+                every op the training runs -- the half-steps, the binary-state path's
+                statistics (state_path "auto" takes it where that backend is "cpu"), the
+                random draws -- as ``with genkernels.use_backend(backend):`` around the call
+                would make it, for this call alone. Checked before the model changes: a
+                bad name raises ValueError, a backend that cannot run here (e.g. "cuda": no
+                rbm_half_step kernel) BackendUnavailableError, and cuda_graph=True with a
+                backend other than "triton" ValueError.
         Returns: self.
         Raises: ValueError (DivergedError) naming the epoch when training makes a parameter
             NaN or Inf, or the monitored metric is (the model is checked after every epoch,
@@ -696,7 +744,16 @@ class RBM(OnWeights, nn.Module):
         check_choice("state_path", state_path, STATE_PATHS)
         if not isinstance(distributed, bool):
             raise TypeError(f"distributed must be a bool; got {type(distributed).__name__} {distributed!r}")
-        self._check_cuda_graph(cuda_graph, method, distributed, state_path)
+        self._check_cuda_graph(cuda_graph, method, distributed, state_path, backend)
+        with self._ops_backend(backend):
+            return self._fit(x, epochs, batch_size, method, k, betas, lr, momentum, weight_decay, sparsity_target,
+                             sparsity_cost, binarize, verbose, monitor, checkpoint, resume, distributed, state_path,
+                             cuda_graph)
+
+    def _fit(self, x, epochs, batch_size, method, k, betas, lr, momentum, weight_decay, sparsity_target,
+             sparsity_cost, binarize, verbose, monitor, checkpoint, resume, distributed, state_path,
+             cuda_graph) -> RBM:
+        """:meth:`fit` on validated arguments (inside its backend's block)."""
         if distributed:
             gkdist.ensure_process_group(self.device)
         if checkpoint is not None:
@@ -778,8 +835,10 @@ class RBM(OnWeights, nn.Module):
             self._binary_states = None
         return self
 
-    def _check_cuda_graph(self, cuda_graph, method: str, distributed: bool, state_path: str) -> None:
-        """fit's cuda_graph argument: a bool, and True only where the update can be captured."""
+    def _check_cuda_graph(self, cuda_graph, method: str, distributed: bool, state_path: str,
+                          backend: str | None = None) -> None:
+        """fit's cuda_graph argument: a bool, and True only where the update can be captured
+        (backend: fit's, None or "triton")."""
         if not isinstance(cuda_graph, bool):
             raise TypeError(f"cuda_graph must be a bool; got {type(cuda_graph).__name__} {cuda_graph!r}")
         if not cuda_graph:
@@ -795,10 +854,14 @@ class RBM(OnWeights, nn.Module):
                              "with host-side counters); the model has gaussian ones")
         if state_path == "binary":
             raise ValueError("cuda_graph=True captures the dense state path; got state_path='binary'")
+        if backend is not None and backend != "triton":
+            raise ValueError(f"cuda_graph=True needs the triton backend of rbm_half_step (its kernel reads the "
+                             f"random offset from device memory); got backend={backend!r}: pass backend='triton' "
+                             "or None, or cuda_graph=False")
         if self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a model on a CUDA device (CUDA graphs); the model is on "
                              f"{self.device}")
-        backend = backends.resolve("rbm_half_step", self.device)
+        backend = backends.resolve("rbm_half_step", self.device, backend)
         if backend != "triton":
             raise ValueError(f"cuda_graph=True needs the triton backend of rbm_half_step (its kernel reads "
                              f"the random offset from device memory); the selected backend is {backend!r}")
@@ -806,7 +869,7 @@ class RBM(OnWeights, nn.Module):
     def _training_states(self, v_all: torch.Tensor, state_path: str) -> torch.Tensor:
         """The training data as fit uses them: uint8 on the binary-state path (which this
         sets up, see fit's state_path), else v_all unchanged."""
-        half_step_backend = backends.resolve("rbm_half_step", v_all.device)
+        half_step_backend = backends.resolve("rbm_half_step", v_all.device, self._backend)
         if state_path == "dense" or self.visible != "bernoulli" or \
                 (state_path == "auto" and half_step_backend != "cpu"):
             if state_path == "binary":
@@ -1006,7 +1069,7 @@ class RBM(OnWeights, nn.Module):
             offset = self._advance_rows(h.shape[0], counters_per_row(self.n_visible), rows)
             return half_step((h.to(self.dtype) * beta).contiguous(), self.weights,
                              (self.visible_bias * beta).contiguous(), self.seed, offset, True,
-                             False)[0].to(self.dtype)
+                             False, self._backend)[0].to(self.dtype)
         sigma = self.sigma
         mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
         noise = self._normal(h.shape[0], self._advance_rows(h.shape[0], self.n_visible, rows))
@@ -1019,7 +1082,7 @@ class RBM(OnWeights, nn.Module):
         s = (self._hidden_input(v) * beta).contiguous()
         samples, p = half_step(s, self.weights, (self.hidden_bias * beta).contiguous(), self.seed,
                                self._advance_rows(v.shape[0], counters_per_row(self.n_hidden), rows), False,
-                               probs)
+                               probs, self._backend)
         return samples, p
 
     def _energy(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -1062,7 +1125,8 @@ class RBM(OnWeights, nn.Module):
             base = self._advance((m - 1) * total)
             counters = torch.arange(m - 1, dtype=torch.int64, device=self.device)[:, None] * total \
                 + torch.arange(first, first + n_chains, dtype=torch.int64, device=self.device)[None, :]
-            log_u = torch.log(gk_random.rand(self.seed, counters + base).to(torch.float64))  # (M - 1, n_chains)
+            log_u = torch.log(gk_random.rand(self.seed, counters + base, backend=self._backend)
+                              .to(torch.float64))  # (M - 1, n_chains)
             beta_t = torch.tensor(betas, dtype=torch.float64, device=self.device)
             h_all = torch.stack(hs)
             accepted = torch.zeros(m - 1, dtype=torch.float64, device=self.device)

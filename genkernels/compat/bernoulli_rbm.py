@@ -35,7 +35,10 @@ at a time, so memory stays bounded by a batch; :meth:`score_samples` and :meth:`
 densify their whole input.
 
 ``device`` (an addition; None means cpu) picks where the tensors live; the fitted
-attributes are numpy arrays whatever the device.
+attributes are numpy arrays whatever the device. ``backend`` (an addition; None means the
+automatic choice of :mod:`genkernels.backends`) names the backend of every op the
+estimator runs -- the training step ``rbm_pcd_step_`` (for "triton", which has no fused
+step, its reference composed of the triton half-steps) and :meth:`gibbs`'s half-steps.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.utils import check_random_state, gen_even_slices
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .. import backends
@@ -75,7 +78,10 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     (scikit-learn's BernoulliRBM API; module docstring for what runs where).
 
     Parameters: n_components (hidden units), learning_rate, batch_size, n_iter, verbose,
-    random_state -- as scikit-learn's; device: torch device of the computation (None: cpu).
+    random_state -- as scikit-learn's; device: torch device of the computation (None: cpu);
+    backend: None (auto) or "reference", "cpu", "triton", the backend of every op it runs
+    (checked, as every parameter, when fitting: a bad name raises ValueError, a backend that
+    cannot run on ``device`` BackendUnavailableError before anything is trained).
 
     Example::
 
@@ -95,10 +101,11 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         "verbose": ["verbose"],
         "random_state": ["random_state"],
         "device": [None, str, torch.device],
+        "backend": [None, StrOptions(set(backends.BACKENDS))],
     }
 
     def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10, verbose=0,
-                 random_state=None, device=None):
+                 random_state=None, device=None, backend=None):
         self.n_components = n_components
         self.learning_rate = learning_rate
         self.batch_size = batch_size
@@ -106,10 +113,17 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.verbose = verbose
         self.random_state = random_state
         self.device = device
+        self.backend = backend
 
     # ------------------------------------------------------------------ tensors
     def _torch_device(self) -> torch.device:
         return torch.device("cpu" if self.device is None else self.device)
+
+    def _check_backend(self) -> None:
+        """An explicit ``backend`` must run the half-steps on ``device`` (every op the
+        estimator runs is one, or composed of them): raises before anything changes."""
+        if self.backend is not None:
+            backends.resolve("rbm_half_step", self._torch_device(), self.backend)
 
     def _tensor(self, array, dtype: torch.dtype) -> torch.Tensor:
         """A tensor of ``array`` (sharing its memory where dtype and device allow; the
@@ -160,7 +174,7 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         offset_v = self._advance(chains.shape[0], weights.shape[0])
         offset_h = self._advance(chains.shape[0], weights.shape[1])
         return pcd_step_(v_pos, weights, visible_bias, hidden_bias, chains, self._philox_seed,
-                         offset_v, offset_h, float(self.learning_rate) / v_pos.shape[0])
+                         offset_v, offset_h, float(self.learning_rate) / v_pos.shape[0], self.backend)
 
     def _batch(self, x, rows, dtype: torch.dtype) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
@@ -171,6 +185,7 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def fit(self, X, y=None):
         """Fit the model to X (n_samples, n_features), array-like or sparse: n_iter sweeps
         of scikit-learn's even batches. Returns self."""
+        self._check_backend()
         X = validate_data(self, X, accept_sparse="csr", dtype=(np.float64, np.float32))
         rng = check_random_state(self.random_state)
         components = np.asarray(rng.normal(0, 0.01, (self.n_components, X.shape[1])), order="F",
@@ -205,6 +220,7 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def partial_fit(self, X, y=None):
         """One update on the batch X (n_samples, n_features); the first call initialises
         the model from ``random_state`` as scikit-learn does. Returns self."""
+        self._check_backend()
         first_pass = not hasattr(self, "components_")
         X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=first_pass)
         if not hasattr(self, "random_state_"):
@@ -252,6 +268,7 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """One Gibbs step from v (n_samples, n_features): h ~ p(h | v), then v' ~ p(v | h).
         Returns v' (n_samples, n_features) bool, as scikit-learn's."""
         check_is_fitted(self)
+        self._check_backend()
         v = _dense(check_array(v, accept_sparse="csr", dtype=(np.float64, np.float32)))
         if v.shape[1] != self.components_.shape[1]:
             raise ValueError(f"v has {v.shape[1]} features, but {type(self).__name__} is expecting "
@@ -261,9 +278,11 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             weights = self._tensor(self.components_.T, dtype).contiguous()
             hidden = half_step(self._tensor(v, dtype).contiguous(), weights,
                                self._tensor(self.intercept_hidden_, dtype).contiguous(),
-                               *self._seed_and_offset(v.shape[0], weights.shape[1]), False, False)[0]
+                               *self._seed_and_offset(v.shape[0], weights.shape[1]), False, False,
+                               self.backend)[0]
             visible = half_step(hidden, weights, self._tensor(self.intercept_visible_, dtype).contiguous(),
-                                *self._seed_and_offset(v.shape[0], weights.shape[0]), True, False)[0]
+                                *self._seed_and_offset(v.shape[0], weights.shape[0]), True, False,
+                                self.backend)[0]
         return visible.cpu().numpy().astype(bool)
 
     def _seed_and_offset(self, rows: int, units: int) -> tuple[int, int]:

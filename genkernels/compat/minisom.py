@@ -28,6 +28,12 @@ numpy code instead (same results, MiniSom's speed): a callable
 ``activation_distance``, ``'chebyshev'`` (MiniSom 2.3.6 computes the signed
 ``max(x - w)``, not ``max |x - w|``), a neighbourhood function replaced by the user,
 and a radius that is not a positive finite number.
+
+``backend`` (a constructor argument MiniSom does not have; None means the automatic
+choice of :mod:`genkernels.backends`) names the backend of every op the facade runs
+(``som_online``, ``som_node_sums``, ``som_bmu``; the facade's tensors are CPU tensors:
+"reference", "cpu", or "triton" under TRITON_INTERPRET=1). Where MiniSom's own numpy code
+runs instead (above), no op runs; the training methods still check the backend first.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from warnings import warn
 import numpy as np
 import torch
 
-from .. import ops
+from .. import backends, ops
 from .._checks import from_numpy
 
 # The topographic error's adjacency threshold on rectangular grids (MiniSom's `t`):
@@ -123,6 +129,12 @@ class MiniSom:
     See the module docstring for what runs on genkernels' kernels. ``_weights`` is a
     settable float64 array (x, y, input_len); assigning an (x, y) array to a map with
     one feature is accepted as (x, y, 1).
+
+    backend (keyword, an addition to MiniSom's arguments): None (auto) or "reference",
+    "cpu", "triton" -- the backend of every op the facade runs, kept as ``self.backend``.
+    A bad name raises ValueError here; a backend that cannot run raises
+    genkernels.backends.BackendUnavailableError when a method first needs it (the training
+    methods check it before changing any weight).
     """
 
     Y_HEX_CONV_FACTOR = (3.0 / 2.0) / np.sqrt(3)
@@ -131,7 +143,10 @@ class MiniSom:
                  decay_function='asymptotic_decay',
                  neighborhood_function='gaussian', topology='rectangular',
                  activation_distance='euclidean', random_seed=None,
-                 sigma_decay_function='asymptotic_decay'):
+                 sigma_decay_function='asymptotic_decay', *, backend=None):
+        if backend is not None and backend not in backends.BACKENDS:
+            raise ValueError(f"backend must be None or one of {', '.join(backends.BACKENDS)}; got {backend!r}")
+        self.backend = backend
         if sigma > np.sqrt(x * x + y * y):
             warn('Warning: sigma might be too high ' +
                  'for the dimension of the map.')
@@ -330,6 +345,12 @@ class MiniSom:
         return np.max(np.subtract(x, w), axis=-1)
 
     # ------------------------------------------------------------------ checks
+    def _check_backend(self, op: str) -> None:
+        """An explicit ``backend`` must run ``op`` on the facade's CPU tensors: raises
+        BackendUnavailableError (naming what is missing) before a training method starts."""
+        if self.backend is not None:
+            backends.resolve(op, torch.device("cpu"), self.backend)
+
     def _check_iteration_number(self, num_iteration):
         if num_iteration < 1:
             raise ValueError('num_iteration must be > 1')
@@ -405,7 +426,7 @@ class MiniSom:
         metric = self._kernel_metric()
         if metric is not None:
             indices, _ = ops.som_bmu(from_numpy(rows), torch.from_numpy(self._flat_weights()),
-                                     1, metric)
+                                     1, metric, backend=self.backend)
             return indices[:, 0].numpy()
         return np.array([self._activation_distance(x, self._weights).argmin() for x in rows],
                         dtype=np.int64).reshape(-1)
@@ -414,7 +435,7 @@ class MiniSom:
         """(N, k) int64 flat indices of the k nearest nodes in euclidean distance, as
         MiniSom's quantization and topographic error rank them."""
         indices, _ = ops.som_bmu(from_numpy(rows), torch.from_numpy(self._flat_weights()),
-                                 k, "euclidean")
+                                 k, "euclidean", backend=self.backend)
         return indices.numpy()
 
     # ------------------------------------------------------------------ winner
@@ -475,6 +496,7 @@ class MiniSom:
         """
         self._check_iteration_number(num_iteration)
         self._check_input_len(data)
+        self._check_backend("som_online")
         random_generator = self._random_generator if random_order else None
         iterations = np.asarray(_build_iteration_indexes(len(data), num_iteration, False,
                                                          random_generator, use_epochs),
@@ -523,7 +545,8 @@ class MiniSom:
                 trained = ops.som_online(
                     torch.from_numpy(self._flat_weights())[None], from_numpy(rows),
                     from_numpy(samples[step])[None], from_numpy(rate[step])[None],
-                    from_numpy(sig[step])[None], positions, neighborhood=kind, metric=metric)
+                    from_numpy(sig[step])[None], positions, neighborhood=kind, metric=metric,
+                    backend=self.backend)
                 self._weights[...] = trained[0].numpy().reshape(self._weights.shape)
             if stop < len(samples):
                 sample = int(samples[stop])
@@ -544,6 +567,7 @@ class MiniSom:
         counts n, then w = (1 - lr) w + lr new on the nodes with H n > 0."""
         self._check_iteration_number(num_iteration)
         self._check_input_len(data)
+        self._check_backend("som_node_sums")
         iterations = range(num_iteration)
         if verbose:
             iterations = _wrap_index__in_verbose(iterations)
@@ -570,7 +594,8 @@ class MiniSom:
         n_nodes = flat.shape[0]
         metric = self._kernel_metric()
         if metric is not None:
-            sums, counts, _ = ops.som_node_sums(from_numpy(rows), torch.from_numpy(flat), metric)
+            sums, counts, _ = ops.som_node_sums(from_numpy(rows), torch.from_numpy(flat), metric,
+                                                backend=self.backend)
         else:
             winners = self._winner_indices(rows)
             counts = torch.from_numpy(np.bincount(winners, minlength=n_nodes).astype(np.float64))
