@@ -82,11 +82,6 @@ ENUMERATION_CHUNK = 1 << 14
 MONITOR_ROWS = 1000
 # batches whose rows fit() gathers in one copy
 GATHER_BATCHES = 64
-_INT64 = 2**64
-
-
-def _wrap_int64(value: int) -> int:
-    return (value + 2**63) % _INT64 - 2**63
 
 
 class _Rows(NamedTuple):
@@ -260,7 +255,7 @@ class RBM(OnWeights, nn.Module):
     def _advance(self, n: int) -> int:
         """The first of the next n counters of the model's stream; moves the stream past them."""
         first = self.offset
-        self.offset = _wrap_int64(self.offset + n)
+        self.offset = gk_random.wrap_int64(self.offset + n)
         return first
 
     def _advance_rows(self, rows: int, per_row: int, span: _Rows | None) -> int:
@@ -269,7 +264,7 @@ class RBM(OnWeights, nn.Module):
         span.stop) of a draw over span.total rows, which moves the stream by all of them."""
         if span is None:
             return self._advance(rows * per_row)
-        return _wrap_int64(self._advance(span.total * per_row) + span.first * per_row)
+        return gk_random.wrap_int64(self._advance(span.total * per_row) + span.first * per_row)
 
     # -------------------------------------------------------------------- half-steps
     def _hidden_input(self, v: torch.Tensor) -> torch.Tensor:
@@ -302,13 +297,11 @@ class RBM(OnWeights, nn.Module):
         return mean + sigma * self._normal(h.shape[0], self._advance_rows(h.shape[0], self.n_visible, rows))
 
     def _normal(self, rows: int, offset: int) -> torch.Tensor:
-        """(rows, n_visible) standard normals by Box-Muller from randint4x words 0 and 1 of
-        counters offset + b * n_visible + i."""
+        """(rows, n_visible) standard normals: genkernels.random.randn (Box-Muller from
+        randint4x words 0 and 1) of counters offset + b * n_visible + i."""
         counters = torch.arange(rows * self.n_visible, dtype=torch.int64, device=self.device) + offset
-        words = gk_random.randint4x(self.seed, counters.reshape(rows, self.n_visible), backend=self._backend)
-        u1 = 1.0 - gk_random.uint_to_uniform_float(words[..., 0].contiguous()).to(torch.float64)  # (0, 1]
-        u2 = gk_random.uint_to_uniform_float(words[..., 1].contiguous()).to(torch.float64)
-        return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(self.dtype)
+        return gk_random.randn(self.seed, counters.reshape(rows, self.n_visible), dtype=self.dtype,
+                               backend=self._backend)
 
     # ------------------------------------------------------------------ evaluation
     def _hidden_probs(self, v: torch.Tensor) -> torch.Tensor:
@@ -685,8 +678,9 @@ class RBM(OnWeights, nn.Module):
                 each process trains on its share of every batch and of the persistent
                 chains (of every temperature with method="pt"), with one all-reduce per
                 update (module docstring). Parameters, momentum, history and random stream
-                are identical on every process; the persistent chains are gathered after every epoch, so the model and its
-                checkpoint (written by rank 0 alone, then a barrier) are complete and resume
+                are identical on every process; the persistent chains are gathered after
+                every epoch, so the model and its checkpoint (written by rank 0 alone, then
+                a barrier) are complete and resume
                 on any number of processes. The progress bar shows on rank 0 only.
             state_path: how the visible states enter the products. "binary": the data (after
                 binarize) must be exactly 0/1 with Bernoulli visible units; they are kept as
@@ -1428,7 +1422,7 @@ class _GraphedUpdate:
     def _eager(self, v_pos: torch.Tensor) -> None:
         counters = self._counted_update(v_pos)
         self.offset_base.add_(counters)
-        self.model.offset = _wrap_int64(self.model.offset + counters)
+        self.model.offset = gk_random.wrap_int64(self.model.offset + counters)
 
     def _capture(self, v_pos: torch.Tensor) -> None:
         """Run v_pos's update (the warm-up, on a side stream) and capture the graph of one
@@ -1455,4 +1449,4 @@ class _GraphedUpdate:
         else:
             self.static_batch.copy_(v_pos)
             self.graph.replay()
-            self.model.offset = _wrap_int64(self.model.offset + self.counters)
+            self.model.offset = gk_random.wrap_int64(self.model.offset + self.counters)

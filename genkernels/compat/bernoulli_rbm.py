@@ -61,12 +61,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .. import backends
+from .. import random as gk_random
 from ..boltzmann.ops import half_step, pcd_step_
 from ..boltzmann.reference import counters_per_row
 
 # rows of one densified block of a sparse input in transform
 _SPARSE_BLOCK_ROWS = 4096
-_INT64 = 2**64
 
 
 def _dense(x) -> np.ndarray:
@@ -164,7 +164,7 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 self.random_state_ = check_random_state(self.random_state)
             self._draw_seed(self.random_state_)
         first = self._philox_offset
-        self._philox_offset = (first + rows * counters_per_row(units) + 2**63) % _INT64 - 2**63
+        self._philox_offset = gk_random.wrap_int64(first + rows * counters_per_row(units))
         return first
 
     # ------------------------------------------------------------------ training
