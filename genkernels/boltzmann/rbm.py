@@ -208,6 +208,20 @@ class RBM(OnWeights, nn.Module):
         finally:
             self._backend = previous
 
+    @contextlib.contextmanager
+    def _call_stream(self, seed: int | None):
+        """The stream a call draws from: the model's own (seed None: the call advances it),
+        or (seed, offset 0) for the block alone, the model's seed and offset back after it."""
+        if seed is None:
+            yield
+            return
+        saved = (self.seed, self.offset)
+        self.seed, self.offset = seed, 0
+        try:
+            yield
+        finally:
+            self.seed, self.offset = saved
+
     # ------------------------------------------------------------------ validation
     def _data(self, x, name: str = "x", binarize: str | None = None) -> torch.Tensor:
         """x (N, n_visible) tensor or array -> contiguous tensor in the model's dtype/device."""
@@ -450,17 +464,10 @@ class RBM(OnWeights, nn.Module):
         n_chains = check_int("n_chains", n_chains, 2)
         beta = self._ais_betas(n_betas, betas, schedule)
         b_a = self._ais_base_bias(base_visible_bias)
-        saved = (self.seed, self.offset)
         if seed is not None:
             seed = check_int("seed", seed, 0, 2**64 - 1)
-        with self._ops_backend(backend):
-            if seed is not None:
-                self.seed, self.offset = seed, 0
-            try:
-                log_w = self._ais_log_weights(n_chains, beta, b_a)
-            finally:
-                if seed is not None:
-                    self.seed, self.offset = saved
+        with self._ops_backend(backend), self._call_stream(seed):
+            log_w = self._ais_log_weights(n_chains, beta, b_a)
         log_z_a = self.n_hidden * math.log(2.0) + float(F.softplus(b_a.to(torch.float64)).sum())
         log_mean = torch.logsumexp(log_w, 0) - math.log(n_chains)
         ratio = torch.exp(log_w - log_mean)  # w / mean(w), mean 1
@@ -591,36 +598,29 @@ class RBM(OnWeights, nn.Module):
         n_samples = check_int("n_samples", n_samples, 0)
         n_steps = check_int("n_steps", n_steps, 0)
         betas = None if pt_betas is None else self._pt_betas(pt_betas)
-        saved = (self.seed, self.offset)
         if seed is not None:
             seed = check_int("seed", seed, 0, 2**64 - 1)
-        with self._ops_backend(backend):
-            if seed is not None:
-                self.seed, self.offset = seed, 0
-            try:
-                if betas is not None and n_steps > 0:
-                    rows = len(betas) * n_samples
-                    u = half_step_uniforms(self.seed, self._advance(rows * counters_per_row(self.n_hidden)), rows,
-                                           self.n_hidden, self.device)
-                    chains = (u < 0.5).to(torch.uint8)
-                    self._swap_counts = None
-                    for _ in range(n_steps):
-                        v, _, chains = self._pt_step(chains, betas, 1, n_samples, probs=False)
-                    return v
-                if self.visible == "bernoulli":
-                    offset = self._advance(n_samples * counters_per_row(self.n_visible))
-                    u = half_step_uniforms(self.seed, offset, n_samples, self.n_visible, self.device)
-                    v = (u < 0.5).to(self.dtype)
-                else:
-                    offset = self._advance(n_samples * self.n_visible)
-                    v = self.visible_bias + self.sigma * self._normal(n_samples, offset)
+        with self._ops_backend(backend), self._call_stream(seed):
+            if betas is not None and n_steps > 0:
+                rows = len(betas) * n_samples
+                u = half_step_uniforms(self.seed, self._advance(rows * counters_per_row(self.n_hidden)), rows,
+                                       self.n_hidden, self.device)
+                chains = (u < 0.5).to(torch.uint8)
+                self._swap_counts = None
                 for _ in range(n_steps):
-                    h, _ = self._sample_hidden(v)
-                    v = self._sample_visible(h)
-            finally:
-                if seed is not None:
-                    self.seed, self.offset = saved
-            return v
+                    v, _, chains = self._pt_step(chains, betas, 1, n_samples, probs=False)
+                return v
+            if self.visible == "bernoulli":
+                offset = self._advance(n_samples * counters_per_row(self.n_visible))
+                u = half_step_uniforms(self.seed, offset, n_samples, self.n_visible, self.device)
+                v = (u < 0.5).to(self.dtype)
+            else:
+                offset = self._advance(n_samples * self.n_visible)
+                v = self.visible_bias + self.sigma * self._normal(n_samples, offset)
+            for _ in range(n_steps):
+                h, _ = self._sample_hidden(v)
+                v = self._sample_visible(h)
+        return v
 
     # -------------------------------------------------------------------- training
     def fit(self, x, epochs: int = 10, batch_size: int = 100, method: str = "cd", k: int = 1,
