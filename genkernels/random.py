@@ -227,6 +227,14 @@ def _box_muller(w0: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(2.0 * math.pi * u1)
 
 
+def visiting_order(keys: torch.Tensor) -> torch.Tensor:
+    """The visiting order of a random single-site sweep (Hopfield recall, Boltzmann Gibbs):
+    the stable argsort of the units' 32-bit Philox keys ((N,) uint32 words) -- by key, ties
+    by the smaller unit -- (N,) int64. Every backend's kernel takes the same order
+    (csrc/cpu/visiting_order.h, csrc/cuda/visiting_order.cuh, triton_common.visiting_order)."""
+    return torch.argsort(keys.to(torch.int64), stable=True)
+
+
 def wrap_int64(value: int) -> int:
     """An integer as the int64 it wraps to (two's complement): where counter offsets go
     past 2^63 - 1."""

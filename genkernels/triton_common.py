@@ -48,3 +48,14 @@ def register_warps(block_n: int, itemsize: int = 4) -> int:
     warp (sm_90: 1024 fp32 lanes take 80 registers at 4 warps; 2048 fp32, or 1024 fp64,
     spill at 4 warps but not at 8)."""
     return min(16, max(4, block_n * itemsize // 1024))
+
+
+@triton.jit
+def visiting_order(keys, lanes64, valid):
+    """The visiting order of a random single-site sweep (Hopfield recall, Boltzmann Gibbs):
+    the stable argsort of the units' 32-bit Philox keys (int64 holding uint32), lanes past
+    N last. Each key is packed with its lane as (key - 2^31) * 2^32 + lane, so one tl.sort
+    orders by key and then by lane; returns the lanes in that order (int64)."""
+    packed = (keys - 2147483648) * 4294967296 + lanes64
+    packed = tl.where(valid, packed, 2147483647 * 4294967296 + lanes64)
+    return tl.sort(packed, 0) & 0xFFFFFFFF

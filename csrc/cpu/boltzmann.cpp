@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "aten/boltzmann_checks.h"
+#include "cpu/visiting_order.h"
 #include "common/boltzmann.h"
 #include "common/philox.h"
 
@@ -43,22 +44,18 @@ void run_chain(const scalar_t* __restrict__ w, const scalar_t* __restrict__ temp
                const bool* __restrict__ clamp, int64_t n, int64_t n_sweeps,
                scalar_t* __restrict__ fields, int8_t* __restrict__ state, int64_t chain,
                bool random_order, uint64_t seed, uint64_t offset) {
-  std::vector<int64_t> units(n);
-  std::vector<uint64_t> keyed(random_order ? n : 0);
+  genkernels::cpu::VisitingOrder order(n, random_order);
+  const int64_t* units = order.units();
   std::vector<float> uniform(n);
-  std::iota(units.begin(), units.end(), int64_t{0});
   for (int64_t t = 0; t < n_sweeps; ++t) {
     const uint64_t first = offset + (static_cast<uint64_t>(chain) * static_cast<uint64_t>(n_sweeps) +
                                      static_cast<uint64_t>(t)) * static_cast<uint64_t>(n);
     for (int64_t i = 0; i < n; ++i) {
       const random::Uint4 r = random::randint4x(seed, first + static_cast<uint64_t>(i));
       uniform[i] = random::uint_to_uniform_float(r.y);
-      if (random_order) keyed[i] = (static_cast<uint64_t>(r.x) << 32) | static_cast<uint64_t>(i);
+      if (random_order) order.set_key(i, r.x);
     }
-    if (random_order) {
-      std::sort(keyed.begin(), keyed.end());
-      for (int64_t k = 0; k < n; ++k) units[k] = static_cast<int64_t>(keyed[k] & 0xFFFFFFFFu);
-    }
+    if (random_order) units = order.sort();
     const scalar_t temp = temps[t];
     for (int64_t k = 0; k < n; ++k) {
       const int64_t i = units[k];

@@ -29,6 +29,7 @@
 
 #include "common/philox.h"
 #include "aten/hopfield_checks.h"
+#include "cpu/visiting_order.h"
 
 namespace genkernels::hopfield::cpu {
 namespace {
@@ -37,31 +38,20 @@ using genkernels::hopfield::check_recall_args;
 using genkernels::hopfield::prepare_recall;
 using genkernels::hopfield::RecallInputs;
 
-// The units 0..N-1 sorted by their Philox keys randint(seed, first_counter + j), ties in
-// ascending unit order, written to `units` (`keyed` is scratch of N words).
-void sort_by_philox_keys(int64_t n, uint64_t seed, uint64_t first_counter, std::vector<uint64_t>& keyed,
-                  std::vector<int64_t>& units) {
-  for (int64_t j = 0; j < n; ++j) {
-    const uint32_t key = random::randint(seed, first_counter + static_cast<uint64_t>(j));
-    keyed[j] = (static_cast<uint64_t>(key) << 32) | static_cast<uint64_t>(j);
-  }
-  std::sort(keyed.begin(), keyed.end());
-  for (int64_t j = 0; j < n; ++j) units[j] = static_cast<int64_t>(keyed[j] & 0xFFFFFFFFu);
-}
-
 template <typename scalar_t>
 void recall_one(const scalar_t* __restrict__ w, int64_t n, scalar_t* __restrict__ fields,
                 int8_t* __restrict__ state, int64_t probe, int64_t max_sweeps, bool random_order,
                 uint64_t seed, uint64_t offset, bool* converged) {
-  std::vector<int64_t> units(n);
-  std::vector<uint64_t> keyed(random_order ? n : 0);
-  std::iota(units.begin(), units.end(), int64_t{0});
+  genkernels::cpu::VisitingOrder order(n, random_order);
+  const int64_t* units = order.units();
   *converged = false;
   for (int64_t t = 0; t < max_sweeps; ++t) {
     if (random_order) {
       const uint64_t first = offset + (static_cast<uint64_t>(probe) * static_cast<uint64_t>(max_sweeps) +
                                        static_cast<uint64_t>(t)) * static_cast<uint64_t>(n);
-      sort_by_philox_keys(n, seed, first, keyed, units);
+      // unit j's key: randint(seed, first + j) (word 0)
+      for (int64_t j = 0; j < n; ++j) order.set_key(j, random::randint(seed, first + static_cast<uint64_t>(j)));
+      units = order.sort();
     }
     int64_t flips = 0;
     for (int64_t k = 0; k < n; ++k) {

@@ -34,6 +34,7 @@
 
 #include "common/boltzmann.h"
 #include "common/philox.h"
+#include "cuda/visiting_order.cuh"
 #include "cuda/shared_limit.cuh"
 #include "cuda/boltzmann.cuh"
 
@@ -94,18 +95,7 @@ bm_gibbs_kernel(const Scalar* __restrict__ w,            // (N, N) symmetric, ze
       if (random_order) keys[j] = r.x;
     }
     __syncthreads();
-    if (random_order) {
-      for (int64_t j = tid; j < n; j += threads) {
-        const uint32_t kj = keys[j];
-        int32_t rank = 0;
-        for (int64_t q = 0; q < n; ++q) {
-          const uint32_t kq = keys[q];
-          rank += (kq < kj) | ((kq == kj) & (q < j));
-        }
-        order[rank] = static_cast<int32_t>(j);
-      }
-      __syncthreads();
-    }
+    if (random_order) cuda_common::visiting_order(keys, order, n, tid, threads);
     const Scalar temp = temperatures[t];
     for (int64_t k = 0; k < n; ++k) {
       const int64_t i = random_order ? static_cast<int64_t>(order[k]) : k;

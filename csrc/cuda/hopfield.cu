@@ -33,6 +33,7 @@
 #include <cstdint>
 
 #include "common/philox.h"
+#include "cuda/visiting_order.cuh"
 #include "cuda/shared_limit.cuh"
 #include "cuda/hopfield.cuh"
 
@@ -85,16 +86,7 @@ hopfield_recall_async_kernel(const Scalar* __restrict__ w,     // (N, N)
         keys[j] = random::randint(seed, first + static_cast<uint64_t>(j));
       }
       __syncthreads();
-      for (int64_t j = tid; j < n; j += kThreads) {
-        const uint32_t kj = keys[j];
-        int32_t rank = 0;
-        for (int64_t q = 0; q < n; ++q) {
-          const uint32_t kq = keys[q];
-          rank += (kq < kj) | ((kq == kj) & (q < j));
-        }
-        order[rank] = static_cast<int32_t>(j);
-      }
-      __syncthreads();
+      cuda_common::visiting_order(keys, order, n, tid, kThreads);
     }
     int64_t flips = 0;
     for (int64_t k = 0; k < n; ++k) {

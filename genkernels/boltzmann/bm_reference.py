@@ -82,7 +82,7 @@ def gibbs(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor,
         for t, temp in enumerate(temps):
             words = sweep_words(n, seed, offset, c, t, len(temps), states.device)
             if order == "random":
-                units = torch.argsort(words[:, 0].to(torch.int64), stable=True).tolist()
+                units = gk_random.visiting_order(words[:, 0]).tolist()
             else:
                 units = range(n)
             u = gk_random.uint_to_uniform_float(words[:, 1]).to(s.dtype)

@@ -22,7 +22,7 @@ import triton.language as tl
 from triton.language.random import uint_to_uniform_float
 
 from ..triton_common import MAX_REGISTER_UNITS as MAX_UNITS
-from ..triton_common import device_of, lane, register_warps
+from ..triton_common import device_of, lane, register_warps, visiting_order
 
 
 @triton.jit
@@ -52,9 +52,7 @@ def _bm_gibbs_kernel(
         u = uint_to_uniform_float(r1).to(s.dtype)
         if RANDOM:
             keys = r0.to(tl.int64) & 0xFFFFFFFF
-            packed = (keys - 2147483648) * 4294967296 + lanes64
-            packed = tl.where(valid, packed, 2147483647 * 4294967296 + lanes64)
-            order = tl.sort(packed, 0) & 0xFFFFFFFF
+            order = visiting_order(keys, lanes64, valid)
         else:
             order = lanes64
         for k in range(N):

@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_common import MAX_REGISTER_UNITS, device_of, lane, register_warps
+from ..triton_common import MAX_REGISTER_UNITS, device_of, lane, register_warps, visiting_order
 
 MAX_UNITS = MAX_REGISTER_UNITS
 
@@ -66,9 +66,7 @@ def _hopfield_recall_async_kernel(
                 # int64 counters wrap like the reference's
                 counters = offset + (b * max_sweeps + t) * N + lanes64
                 keys = tl.randint(seed, counters).to(tl.int64) & 0xFFFFFFFF
-                packed = (keys - 2147483648) * 4294967296 + lanes64
-                packed = tl.where(valid, packed, 2147483647 * 4294967296 + lanes64)
-                order = tl.sort(packed, 0) & 0xFFFFFFFF
+                order = visiting_order(keys, lanes64, valid)
             else:
                 order = lanes64
             flips = 0

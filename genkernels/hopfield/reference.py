@@ -133,8 +133,7 @@ def sweep_order(n: int, order: str, seed: int, offset: int, probe: int, sweep: i
     start = offset + (probe * max_sweeps + sweep) * n
     start = gk_random.wrap_int64(start)  # the int64 counter
     counters = start + torch.arange(n, dtype=torch.int64, device=device)
-    keys = gk_random.randint(seed, counters, backend="reference").to(torch.int64)
-    return torch.argsort(keys, stable=True)
+    return gk_random.visiting_order(gk_random.randint(seed, counters, backend="reference"))
 
 
 def async_sweep(weights: torch.Tensor, state: torch.Tensor, fields: torch.Tensor,
