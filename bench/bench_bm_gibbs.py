@@ -34,7 +34,7 @@ for path in (BENCH_DIR, REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import run as runner  # bench/run.py: machine name, versions, results writer
+import harness as runner  # bench/harness.py: machine name, versions, results writer
 from harness import median_time as _time  # the benchmarks' one timing rule
 
 import genkernels

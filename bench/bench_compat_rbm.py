@@ -47,7 +47,7 @@ for path in (BENCH_DIR, REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import run as runner  # bench/run.py: machine name, versions, results writer
+import harness as runner  # bench/harness.py: machine name, versions, results writer
 from bench_rbm import data_dir, reconstruction_error
 
 ROWS = {False: 5_000, True: 500}

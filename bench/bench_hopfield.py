@@ -46,7 +46,7 @@ for path in (BENCH_DIR, REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import run as runner  # bench/run.py: machine name, versions, timing
+import harness as runner  # bench/harness.py: machine name, versions, timing
 
 from genkernels import backends, ops
 

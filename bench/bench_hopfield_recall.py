@@ -114,7 +114,7 @@ def run(device="cpu", quick=False, out=None):
     text = "\n".join(lines) + "\n"
     print(text)
     if out:
-        from run import check_results_dir, contention_meta, contention_suffix, git_commit, machine_name
+        from harness import check_results_dir, contention_meta, contention_suffix, git_commit, machine_name
         check_results_dir(out)
         os.makedirs(out, exist_ok=True)
         stem = os.path.join(out, f"{machine_name(device)}-hopfield-recall{'-quick' if quick else ''}"
@@ -132,7 +132,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
-    from run import add_allow_dirty, allow_dirty, check_results_dir
+    from harness import add_allow_dirty, allow_dirty, check_results_dir
     add_allow_dirty(p)
     args = p.parse_args(argv)
     allow_dirty(args.allow_dirty)

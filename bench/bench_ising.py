@@ -95,7 +95,7 @@ def time_case(backend: str, device: str, L: int, B: int, budget_s: float, thread
 
 
 def main(argv=None) -> int:
-    from run import (add_allow_dirty, allow_dirty, check_results_dir, contention_meta, contention_suffix,
+    from harness import (add_allow_dirty, allow_dirty, check_results_dir, contention_meta, contention_suffix,
                      git_commit, machine_name, versions)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

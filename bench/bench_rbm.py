@@ -255,7 +255,7 @@ def reconstruction_error(model, x: np.ndarray) -> float:
 
 
 def markdown(records: list[dict], meta: dict) -> str:
-    from run import _fmt, _fmt_s
+    from harness import _fmt, _fmt_s
     lines = [f"# genkernels benchmarks, energy family: {meta['machine']} ({meta['device']})", "",
              f"{meta['created']}, commit `{meta['commit']}`, "
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v is not None) + ".",
@@ -289,7 +289,7 @@ def main(args) -> int:
     """Run every case (``args`` from bench/run.py's parser), print the table, write
     ``<out>/<machine>-energy[-quick].{json,md}``."""
     import torch
-    from run import check_results_dir, git_commit, machine_name, versions, write_results
+    from harness import check_results_dir, git_commit, machine_name, versions, write_results
     check_results_dir(args.out)
     meta = {"machine": machine_name(args.device), "device": args.device, "quick": args.quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -38,7 +38,7 @@ for path in (BENCH_DIR, REPO):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import run as runner  # noqa: E402  (machine name, versions, writer, contention)
+import harness as runner  # noqa: E402  (machine name, versions, writer, contention)
 
 FAMILIES = ("som", "energy", "hopfield", "ising", "bm_gibbs")
 THREADS = (1, 2)

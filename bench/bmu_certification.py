@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    import run as bench_run
+    import harness as bench_run
     bench_run.add_allow_dirty(parser)
     args = parser.parse_args(argv)
     bench_run.allow_dirty(args.allow_dirty)

@@ -24,7 +24,7 @@ sys.path.insert(0, BENCH_DIR)
 from genkernels import DBN
 from genkernels.data import load_digits
 
-import run as runner  # noqa: E402  bench/run.py: the clean-tree rule for bench/results
+import harness as runner  # noqa: E402  bench/harness.py: the clean-tree rule for bench/results
 
 LAYER_SIZES = [64, 128, 64]
 FIT = {"epochs": 40, "batch_size": 10, "method": "cd", "k": 1, "learning_rate": 0.1}

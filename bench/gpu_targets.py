@@ -95,7 +95,7 @@ class Run:
     def __init__(self, families, out: str, rounds: int, dry: bool):
         import torch
 
-        import run as runner
+        import harness as runner
         self.torch = torch
         self.runner = runner
         self.dry = dry
@@ -242,7 +242,7 @@ class Run:
 
 # ---------------------------------------------------------------------- formatting
 def _fmt_s(v) -> str:
-    from run import _fmt_s as fmt
+    from harness import _fmt_s as fmt
     return fmt(v)
 
 

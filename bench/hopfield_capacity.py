@@ -26,7 +26,7 @@ sys.path.insert(0, BENCH_DIR)
 from genkernels import Hopfield  # noqa: E402
 from genkernels.plot import _plt, _save  # noqa: E402
 
-import run as runner  # noqa: E402  bench/run.py: the clean-tree rule for bench/results
+import harness as runner  # noqa: E402  bench/harness.py: the clean-tree rule for bench/results
 
 ALPHAS = (0.02, 0.05, 0.08, 0.10, 0.12, 0.14, 0.16, 0.20, 0.25, 0.30, 0.40, 0.50)
 RULES = ("hebbian", "storkey", "pseudoinverse")

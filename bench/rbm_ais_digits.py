@@ -32,7 +32,7 @@ for path in (BENCH_DIR, REPO):
 
 import torch  # noqa: E402
 
-import run as runner  # noqa: E402  bench/run.py: versions, commit, the clean-tree rule
+import harness as runner  # noqa: E402  bench/harness.py: versions, commit, the clean-tree rule
 from genkernels import RBM  # noqa: E402
 from genkernels.data import load_digits  # noqa: E402
 

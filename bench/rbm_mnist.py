@@ -38,7 +38,7 @@ from genkernels import RBM
 from genkernels.data import load_mnist
 from genkernels.plot import plot_image_grid
 
-import run as runner  # noqa: E402  bench/run.py: the clean-tree rule for bench/results
+import harness as runner  # noqa: E402  bench/harness.py: the clean-tree rule for bench/results
 
 N_TRAIN, N_TEST = 9000, 1000
 SEED = 0
