@@ -48,8 +48,6 @@ BUDGET_S = {False: 2.0, True: 0.2}
 # An extrapolated case also runs its whole epoch once, for QE/TE, when that is
 # expected to take at most this long.
 QUALITY_BUDGET_S = {False: 30.0, True: 3.0}
-MIN_ROUNDS, MAX_ROUNDS = 3, 50
-PACKAGES = ("torch", "triton", "numpy", "minisom", "torchsom", "xpysom", "pytest-benchmark")
 
 
 # the shared pieces (metadata, the results folder rule, timing, contention, the writer)

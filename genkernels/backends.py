@@ -218,8 +218,7 @@ def resolve(op: str, device: torch.device, backend: str | None = None, **workloa
     requested = _check_name(backend, "backend") if backend is not None else forced_backend()
     declared = registry.get(op)
     name = _choose(declared, device, requested, workload)
-    if declared._pending:
-        declared.prepare(name)
+    declared.prepare(name)
     return name
 
 

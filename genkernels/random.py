@@ -33,7 +33,8 @@ import torch
 
 from . import registry
 
-__all__ = ["philox4x32_10", "rand", "randint", "randint4x", "uint_to_uniform_float"]
+__all__ = ["PhiloxStream", "philox4x32_10", "rand", "randint", "randint4x", "randn", "uint_to_uniform_float",
+           "visiting_order", "wrap_int64"]
 
 PHILOX_KEY_A = 0x9E3779B9
 PHILOX_KEY_B = 0xBB67AE85
@@ -307,17 +308,26 @@ class PhiloxStream:
         # int64 tensor arithmetic wraps as the counters do (two's complement)
         return (torch.arange(numel, dtype=torch.int64, device=device) + first).reshape(shape)
 
+    def _draw(self, shape: tuple[int, ...], device, draw) -> torch.Tensor:
+        """draw(counters) on the next prod(shape) counters, taken only once it succeeded (a
+        call that raises -- a bad dtype, a backend that cannot run -- takes none)."""
+        numel = math.prod(shape)
+        counters = (torch.arange(numel, dtype=torch.int64, device=device) + self._offset).reshape(shape)
+        out = draw(counters)
+        self.take(numel)
+        return out
+
     def randint4x(self, *shape: int, device=None, backend: str | None = None) -> torch.Tensor:
-        return randint4x(self._seed, self.counters(*shape, device=device), backend=backend)
+        return self._draw(shape, device, lambda c: randint4x(self._seed, c, backend=backend))
 
     def rand(self, *shape: int, device=None, backend: str | None = None) -> torch.Tensor:
         """(shape) float32 uniforms in [0, 1), one counter each."""
-        return rand(self._seed, self.counters(*shape, device=device), backend=backend)
+        return self._draw(shape, device, lambda c: rand(self._seed, c, backend=backend))
 
     def randn(self, *shape: int, dtype: torch.dtype = torch.float32, device=None,
               backend: str | None = None) -> torch.Tensor:
         """(shape) standard normals in ``dtype``, one counter each (:func:`randn`)."""
-        return randn(self._seed, self.counters(*shape, device=device), dtype=dtype, backend=backend)
+        return self._draw(shape, device, lambda c: randn(self._seed, c, dtype=dtype, backend=backend))
 
     def bernoulli(self, p: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """uint8 draws, 1 where rand < p: p a float tensor of probabilities (its shape and

@@ -109,7 +109,7 @@ class Op:
     (``backends.resolve``: explicit > ``use_backend`` > environment > automatic), and
     ``op(name, *args)`` runs that backend's implementation."""
 
-    __slots__ = ("name", "backends", "sequential", "gpu", "kernels", "_pending")
+    __slots__ = ("name", "backends", "sequential", "gpu", "kernels")
 
     def __init__(self, name: str, impls: dict[str, Callable], sequential: bool, gpu: GpuPreference | None):
         self.name = name
@@ -120,15 +120,14 @@ class Op:
         # is first chosen (op.kernels[name](*args) is the cheapest call: ops on tiny inputs
         # take a few microseconds)
         self.kernels = dict(impls)
-        self._pending = {b for b, f in impls.items() if isinstance(f, _Lazy)}
 
     def prepare(self, backend: str) -> None:
         """Load ``backend``'s implementation (``backends.resolve`` calls it on the backend it
         chose, outside any traced code: under torch.compile the graph then calls the loaded
         function, not the importer)."""
-        if backend in self._pending:
-            self.kernels[backend] = self.kernels[backend].load()
-            self._pending.discard(backend)
+        impl = self.kernels[backend]
+        if isinstance(impl, _Lazy):
+            self.kernels[backend] = impl.load()
 
     def resolve(self, device: torch.device, backend: str | None = None, **workload) -> str:
         return _resolver(self.name, device, backend, **workload)

@@ -13,7 +13,7 @@ import genkernels
 from genkernels import backends
 from genkernels import random as gk_random
 
-from helpers import needs_ext, needs_triton  # noqa: E402
+from helpers import needs, needs_ext, needs_triton  # noqa: E402
 
 
 SEEDS = [0, 1, 12345, 2**32 + 7, 2**63 - 1, 2**64 - 1]
@@ -266,7 +266,7 @@ def test_randn_is_the_stated_formula_and_bit_identical_on_cpu_backends(dtype):
         assert got.dtype == dtype and torch.equal(got, want), backend
 
 
-@needs_triton
+@needs("triton", "cpu")
 def test_randn_on_triton_words_equals_the_reference():
     counters = _offsets(32)
     want = gk_random.randn(5, counters, backend="reference")
@@ -340,3 +340,16 @@ def test_forks_are_reproducible_and_independent():
     assert float((corr - torch.eye(5, dtype=torch.float64)).abs().max()) < 0.06
     with pytest.raises(ValueError, match="index must be >= 0"):
         parent.fork(-1)
+
+
+def test_a_draw_that_raises_takes_no_counters():
+    s = gk_random.PhiloxStream(seed=4, offset=10)
+    with pytest.raises(TypeError, match="dtype must be a floating-point dtype"):
+        s.randn(3, dtype=torch.int32)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        s.rand(3, backend="gpu")
+    with pytest.raises(genkernels.backends.BackendUnavailableError):
+        s.randint4x(3, backend="cuda")
+    assert s.offset == 10
+    assert torch.equal(s.rand(3), gk_random.rand(4, torch.arange(10, 13))) and s.offset == 13
+

@@ -13,7 +13,10 @@ from genkernels import random as gk_random
 from genkernels.boltzmann import ops as rbm_ops
 from genkernels.boltzmann import reference
 
-from helpers import COMPILED, needs_cpu, needs_triton  # noqa: E402
+from helpers import COMPILED, needs, needs_cpu  # noqa: E402
+
+# CPU tensors through the Triton interpreter (a GPU machine runs the cuda-device tests)
+needs_interpreted_triton = needs("triton", "cpu")
 DTYPES = (torch.float32, torch.float64)
 # (B, n_visible, n_hidden): single units, widths around the AVX-512 vector (16), the
 # 256-column register block of the cpu gathers (255, 257, 300) and the Triton block (128)
@@ -204,7 +207,7 @@ def test_opcheck():
             torch.library.opcheck(torch.ops.genkernels.rbm_pack_binary.default, (values,))
 
 
-@needs_triton
+@needs_interpreted_triton
 def test_opcheck_triton():
     from genkernels.boltzmann import triton as rbm_triton  # noqa: F401
     s, w, bias = _binary_problem(9, 13, 6, torch.float32, False)

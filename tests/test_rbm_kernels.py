@@ -10,7 +10,10 @@ from tolerances import TOL
 from genkernels import backends, ops
 from genkernels import random as gk_random
 
-from helpers import COMPILED, needs_cpu, needs_triton  # noqa: E402
+from helpers import COMPILED, needs, needs_cpu  # noqa: E402
+
+# CPU tensors through the Triton interpreter (a GPU machine runs the cuda-device tests)
+needs_interpreted_triton = needs("triton", "cpu")
 DTYPES = (torch.float32, torch.float64)
 # (B, n_visible, n_hidden): single rows and units, odd sizes straddling the Triton tiles
 # (64 rows / 64 units) and the cpu tiles (256 rows, 16-unit column blocks, 32-unit Philox
@@ -175,7 +178,7 @@ def test_opcheck():
                                   (su8, w, bias, 3, 0, transpose, True))
 
 
-@needs_triton
+@needs_interpreted_triton
 def test_opcheck_triton():
     from genkernels.boltzmann import triton as rbm_triton  # noqa: F401
     s, w, bias = _problem(9, 13, 6, torch.float32, False)
@@ -257,7 +260,7 @@ def test_cpu_vector_paths_draw_the_reference_stream(isa, monkeypatch):
             assert torch.equal(ops.rbm_half_step(s, w, bias, 99, offset, backend="cpu"), ref), (n_out, offset)
 
 
-@needs_triton
+@needs_interpreted_triton
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("base, delta", [(0, 0), (12345, 678), (2**32 - 3, 5), (2**32 + 9, -20),
                                          (2**63 - 4, 11), (-(2**63) + 2, -7), (-5, 2**40)])

@@ -15,7 +15,7 @@ import math
 import torch
 
 from .. import registry
-from .._checks import (check_choice, check_float_tensor, check_index_tensor, check_int,
+from .._checks import (check_choice, check_float_tensor, check_index_tensor,
                        check_int_arg, check_positive, check_same_device, check_same_dtype, compiling)
 from . import reference
 from .reference import METRICS, NEIGHBORHOODS, PRECISIONS, RULES, SEARCHES, acc_dtype
@@ -348,6 +348,8 @@ def som_node_sums(x: torch.Tensor, weights: torch.Tensor, metric: str = "euclide
     """
     _check_x_weights(x, weights, metric)
     name = NODE_SUMS.resolve(x.device, backend)
+    if name != "cpu":  # its deterministic path and the NaN rule call the BMU kernel: load it here
+        BMU.resolve(x.device, name)
     if x.shape[0] == 0:
         dt = acc_dtype(x.dtype)
         k_nodes, d = weights.shape
