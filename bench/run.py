@@ -51,10 +51,8 @@ QUALITY_BUDGET_S = {False: 30.0, True: 3.0}
 
 
 # the shared pieces (metadata, the results folder rule, timing, contention, the writer)
-# live in bench/harness.py; run.py re-exports them for the modules that import it
-from harness import (  # noqa: E402,F401  (re-exported)
-    ALLOW_DIRTY_ENV,
-    RESULTS_DIR,
+# live in bench/harness.py
+from harness import (  # noqa: E402
     _fmt,
     _fmt_s,
     _rss_bytes,
@@ -63,15 +61,11 @@ from harness import (  # noqa: E402,F401  (re-exported)
     allow_dirty,
     busy_neighbours,
     check_results_dir,
-    contention_meta,
-    contention_suffix,
     git_commit,
     machine_name,
     measure,
-    median_time,
     versions,
     write_results,
-    writes_into_repo_results,
 )
 
 

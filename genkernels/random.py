@@ -302,11 +302,9 @@ class PhiloxStream:
         return first
 
     def counters(self, *shape: int, device=None) -> torch.Tensor:
-        """The next prod(shape) counters as an int64 tensor of that shape (row-major), taken."""
-        numel = math.prod(shape)
-        first = self.take(numel)
-        # int64 tensor arithmetic wraps as the counters do (two's complement)
-        return (torch.arange(numel, dtype=torch.int64, device=device) + first).reshape(shape)
+        """The next prod(shape) counters as an int64 tensor of that shape (row-major), taken;
+        int64 tensor arithmetic wraps as the counters do."""
+        return self._draw(shape, device, lambda c: c)
 
     def _draw(self, shape: tuple[int, ...], device, draw) -> torch.Tensor:
         """draw(counters) on the next prod(shape) counters, taken only once it succeeded (a

@@ -132,10 +132,6 @@ class Op:
     def resolve(self, device: torch.device, backend: str | None = None, **workload) -> str:
         return _resolver(self.name, device, backend, **workload)
 
-    def implementation(self, backend: str) -> Callable:
-        self.prepare(backend)
-        return self.kernels[backend]
-
     def __call__(self, backend: str, *args, **kwargs):
         return self.kernels[backend](*args, **kwargs)
 

@@ -46,6 +46,16 @@ RBM_CASES = {
 }
 
 
+def _argument_and_use_backend(run, backend):
+    """(run(backend=backend) under use_backend of the other name, run() under
+    use_backend(backend)): the argument must win over use_backend and equal it."""
+    with genkernels.use_backend(backend):
+        want = run()
+    with genkernels.use_backend(_other(backend)):
+        got = run(backend=backend)
+    return got, want
+
+
 def _rbm_run(visible: str, fit_kwargs: dict, **backend) -> tuple[RBM, list[torch.Tensor]]:
     """A tiny fit, then plain and tempered samples and (Bernoulli) an AIS estimate and the
     pseudo-likelihood, every call given ``backend`` (``{}`` or ``{"backend": name}``)."""
@@ -65,10 +75,8 @@ def _rbm_run(visible: str, fit_kwargs: dict, **backend) -> tuple[RBM, list[torch
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_rbm_backend_argument_equals_use_backend(backend, case):
     visible, fit_kwargs = RBM_CASES[case]
-    with genkernels.use_backend(backend):
-        want, want_out = _rbm_run(visible, fit_kwargs)
-    with genkernels.use_backend(_other(backend)):  # the argument wins over use_backend
-        got, got_out = _rbm_run(visible, fit_kwargs, backend=backend)
+    (got, got_out), (want, want_out) = _argument_and_use_backend(lambda **kw: _rbm_run(visible, fit_kwargs, **kw),
+                                                                  backend)
     _assert_same_rbm(got, want)
     for a, b in zip(got_out, want_out, strict=True):
         assert torch.equal(a, b)
@@ -131,10 +139,7 @@ def _dbn_run(**backend) -> tuple[DBN, torch.Tensor]:
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_dbn_backend_argument_equals_use_backend(backend):
-    with genkernels.use_backend(backend):
-        want, want_samples = _dbn_run()
-    with genkernels.use_backend(_other(backend)):
-        got, got_samples = _dbn_run(backend=backend)
+    (got, got_samples), (want, want_samples) = _argument_and_use_backend(_dbn_run, backend)
     for got_layer, want_layer in zip(got.layers, want.layers, strict=True):
         _assert_same_rbm(got_layer, want_layer)
     assert torch.equal(got_samples, want_samples)
@@ -173,10 +178,7 @@ def _minisom_run(**backend) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_minisom_backend_argument_equals_use_backend(backend):
-    with genkernels.use_backend(backend):
-        want = _minisom_run()
-    with genkernels.use_backend(_other(backend)):
-        got = _minisom_run(backend=backend)
+    got, want = _argument_and_use_backend(_minisom_run, backend)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
     assert MiniSom(2, 2, 3, backend=backend).backend == backend
@@ -212,10 +214,7 @@ def _bernoulli_rbm_run(**backend) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_bernoulli_rbm_backend_argument_equals_use_backend(backend):
-    with genkernels.use_backend(backend):
-        want = _bernoulli_rbm_run()
-    with genkernels.use_backend(_other(backend)):
-        got = _bernoulli_rbm_run(backend=backend)
+    got, want = _argument_and_use_backend(_bernoulli_rbm_run, backend)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
 

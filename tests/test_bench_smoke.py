@@ -269,14 +269,14 @@ def test_results_dir_refuses_a_dirty_tree(monkeypatch, tmp_path, capsys):
 def test_runner_refuses_before_measuring(monkeypatch, argv):
     """Every family's runner stops before measuring anything when it would write into
     bench/results from a dirty tree, and writes nothing."""
-    runner = _bench_module("run")
-    monkeypatch.delenv(runner.ALLOW_DIRTY_ENV, raising=False)
-    monkeypatch.setattr(_bench_module("harness"), "git_commit", lambda: "0123abcd-dirty")
-    before = set(os.listdir(runner.RESULTS_DIR))
+    runner, harness = _bench_module("run"), _bench_module("harness")
+    monkeypatch.delenv(harness.ALLOW_DIRTY_ENV, raising=False)
+    monkeypatch.setattr(harness, "git_commit", lambda: "0123abcd-dirty")
+    before = set(os.listdir(harness.RESULTS_DIR))
     with pytest.raises(SystemExit) as exc:
         runner.main(argv)
     assert exc.value.code == 2
-    assert set(os.listdir(runner.RESULTS_DIR)) == before
+    assert set(os.listdir(harness.RESULTS_DIR)) == before
 
 
 @pytest.mark.parametrize("script", ["bench_compat_rbm", "bench_bm_gibbs", "bench_hopfield", "bench_small",

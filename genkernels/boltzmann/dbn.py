@@ -15,7 +15,6 @@ inputs with the same arguments.
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 from collections.abc import Sequence
 
@@ -211,7 +210,7 @@ class DBN(nn.Module):
             if down == "mean":
                 v = rbm._visible_mean(v)
                 continue
-            with rbm._ops_backend(backend), _stream(rbm, None if seed is None else layer_seed(seed, i)):
+            with rbm._ops_backend(backend), rbm._call_stream(None if seed is None else layer_seed(seed, i)):
                 v = rbm._sample_visible(v.to(torch.uint8))
         return v
 
@@ -259,18 +258,3 @@ class DBN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layer_sizes={self.layer_sizes}, visible={self.visible!r}"
-
-
-@contextlib.contextmanager
-def _stream(rbm: RBM, seed: int | None):
-    """Draw from (seed, offset 0) inside the block and restore the RBM's stream after;
-    seed None: the RBM's own stream, advanced."""
-    if seed is None:
-        yield
-        return
-    saved = (rbm.seed, rbm.offset)
-    rbm.seed, rbm.offset = seed, 0
-    try:
-        yield
-    finally:
-        rbm.seed, rbm.offset = saved
