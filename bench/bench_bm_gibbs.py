@@ -3,6 +3,8 @@ backend and the straightforward PyTorch loop on the same inputs in one run.
 
     python bench/bench_bm_gibbs.py [--device cpu|cuda] [--quick] [--out DIR] [--allow-dirty]
     genkernels bench bm_gibbs [--device cpu|cuda] [--quick]
+    pytest bench/bench_bm_gibbs.py --benchmark-only [--bench-quick] [--bench-device cpu|cuda]
+        (test_bm_gibbs: our backends alone, pytest-benchmark's timing)
 
 Workload: C chains of a spin-glass Boltzmann machine (symmetric Gaussian couplings of
 variance 1/N, zero diagonal, zero bias), S sweeps at T = 1 in random order, fp32. A Gibbs
@@ -34,18 +36,17 @@ for path in (BENCH_DIR, REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import harness as runner  # bench/harness.py: machine name, versions, results writer
-from harness import median_time as _time  # the benchmarks' one timing rule
+import harness as runner  # noqa: E402  bench/harness.py: machine name, versions, timing, results writer
+from harness import median_time as _time  # noqa: E402  the benchmarks' one timing rule
 
-import genkernels
-from genkernels import ops
+import genkernels  # noqa: E402
+from genkernels import ops  # noqa: E402
 
 # (N, C, sweeps) per device; --quick: one small case
 CASES = {"cpu": [(1000, 64, 5), (4096, 16, 2)],
          "cuda": [(1000, 64, 5), (1000, 1024, 5), (4096, 16, 2), (16384, 8, 1)]}
 QUICK_CASES = [(64, 8, 2)]  # small enough for the Triton interpreter (N = 300 took 74 s a call there)
 TRITON_MAX_UNITS = 4096
-
 
 
 def spin_glass_machine(n, c, device, seed=0):
@@ -56,6 +57,14 @@ def spin_glass_machine(n, c, device, seed=0):
     w = w + w.T
     states = (torch.rand(c, n, generator=g) < 0.5).float()
     return w.to(device), torch.zeros(n, device=device), states.to(device)
+
+
+def gibbs_backends(device, n):
+    """The compiled genkernels backends of ``bm_gibbs`` timed on ``device`` for N units
+    (triton up to TRITON_MAX_UNITS)."""
+    return [name for name in genkernels.available_backends(device)
+            if name in genkernels.backends.OP_BACKENDS["bm_gibbs"] and name != "reference"
+            and not (name == "triton" and n > TRITON_MAX_UNITS)]
 
 
 def torch_loop(w, b, states, temperatures, generator):
@@ -74,13 +83,8 @@ def run_cases(device, quick, log=print):
     for n, c, sweeps in QUICK_CASES if quick else CASES[device]:
         w, b, s0 = spin_glass_machine(n, c, device)
         temps = [1.0] * sweeps
-        impls = []
-        for name in genkernels.available_backends(device):
-            if name in genkernels.backends.OP_BACKENDS["bm_gibbs"] and name != "reference":
-                if name == "triton" and n > TRITON_MAX_UNITS:
-                    continue
-                impls.append((name, "backend", c, functools.partial(
-                    ops.bm_gibbs, w, b, s0, temps, seed=1, backend=name)))
+        impls = [(name, "backend", c, functools.partial(ops.bm_gibbs, w, b, s0, temps, seed=1, backend=name))
+                 for name in gibbs_backends(device, n)]
         loop_c = c if device == "cuda" or n <= 1000 else max(1, c // 4)
         impls.append(("torch loop", "anchor", loop_c, functools.partial(
             torch_loop, w, b, s0[:loop_c], temps, torch.Generator().manual_seed(1))))
@@ -146,6 +150,30 @@ def main(argv=None):
     args = p.parse_args(argv)
     runner.allow_dirty(args.allow_dirty)
     return run(args.device, args.quick, args.out)
+
+
+# ---------------------------------------------------------------------- pytest entry
+def pytest_generate_tests(metafunc):
+    """One case per (N, C, sweeps) and compiled backend of the run's device, triton on CUDA
+    tensors only (``pytest bench/ --benchmark-only``; options in bench/conftest.py)."""
+    if "case" not in metafunc.fixturenames:
+        return
+    device, quick, _ = runner.bench_options(metafunc.config)
+    cases = [(n, c, sweeps, name) for n, c, sweeps in (QUICK_CASES if quick else CASES[device])
+             for name in gibbs_backends(device, n) if not (name == "triton" and device != "cuda")]
+    metafunc.parametrize("case", cases, ids=[f"N{n}-C{c}-S{s}-{name}" for n, c, s, name in cases])
+
+
+def test_bm_gibbs(benchmark, case, request):
+    """Time ``ops.bm_gibbs``: S sweeps at T = 1 of C chains of an N-unit spin glass, C * N * S
+    unit updates; the chains come back as (C, N) states in {0, 1}."""
+    n, c, sweeps, backend = case
+    device = runner.bench_options(request.config)[0]
+    w, b, s0 = spin_glass_machine(n, c, device)
+    states = runner.benchmark_call(benchmark, functools.partial(ops.bm_gibbs, w, b, s0, [1.0] * sweeps, seed=1,
+                                                                backend=backend), device)
+    benchmark.extra_info.update({"N": n, "C": c, "sweeps": sweeps, "impl": backend, "updates": c * n * sweeps})
+    assert states.shape == (c, n) and bool(((states == 0) | (states == 1)).all())
 
 
 if __name__ == "__main__":

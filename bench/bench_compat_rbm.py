@@ -3,6 +3,8 @@
 
     python bench/bench_compat_rbm.py [--quick] [--out DIR] [--data DIR] [--allow-dirty]
     python bench/bench_compat_rbm.py --recon-states K [--recon-batch 100] [--quick] [--out DIR] [--data DIR]
+    pytest bench/bench_compat_rbm.py --benchmark-only [--bench-quick] [--data DIR]
+        (test_compat_bernoulli_rbm_fit: genkernels' estimator alone, pytest-benchmark's timing)
 
 Workload: 5,000 rows x 784 features in float64 (scikit-learn's default dtype path): the
 first 5,000 MNIST images as grey levels in [0, 1] when MNIST is found in --data /
@@ -37,7 +39,6 @@ import argparse
 import datetime
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -47,8 +48,8 @@ for path in (BENCH_DIR, REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import harness as runner  # bench/harness.py: machine name, versions, results writer
-from bench_rbm import data_dir, reconstruction_error
+import harness as runner  # noqa: E402  bench/harness.py: machine name, versions, timing, results writer
+from bench_rbm import data_dir, reconstruction_error  # noqa: E402
 
 ROWS = {False: 5_000, True: 500}
 N_FEATURES, N_COMPONENTS, LEARNING_RATE = 784, 256, 0.1
@@ -120,28 +121,22 @@ def recon_markdown(records: list[dict], meta: dict) -> str:
              "|---|" + "---:|" * (len(states) + 4)]
     for r in records:
         lines.append(f"| {r['impl']} | " + " | ".join(f"{e:.4f}" for e in r["recon"])
-                     + f" | {r['recon_mean']:.4f} | {r['recon_std']:.4f} | {r['recon_min']:.4f} | {r['recon_max']:.4f} |")
+                     + f" | {r['recon_mean']:.4f} | {r['recon_std']:.4f} | {r['recon_min']:.4f} "
+                     f"| {r['recon_max']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
 def measure(x: np.ndarray, quick: bool, meta: dict) -> list[dict]:
     """Every (impl, batch size) case: a warm-up, then interleaved timed rounds."""
     cases = [(impl, batch) for batch in BATCH_SIZES for impl in ("genkernels", "sklearn")]
-    fns = [make_fit(impl, x, batch) for impl, batch in cases]
-    for fn in fns:
-        fn()
     rounds = ROUNDS[quick]
-    times = np.zeros((rounds, len(cases)))
-    models = [None] * len(cases)
-    for r in range(rounds):
-        for i, fn in enumerate(fns):
-            time.sleep(PAUSE_S[quick])
-            start = time.perf_counter()
-            models[i] = fn()
-            times[r, i] = time.perf_counter() - start
+
+    def progress(r, row):
         print(f"[bench] compat round {r + 1}/{rounds}: "
-              + ", ".join(f"{impl} batch {batch} {t * 1e3:.1f} ms" for (impl, batch), t in zip(cases, times[r])),
+              + ", ".join(f"{impl} batch {batch} {t * 1e3:.1f} ms" for (impl, batch), t in zip(cases, row)),
               file=sys.stderr, flush=True)
+    times, models = runner.interleaved([make_fit(impl, x, batch) for impl, batch in cases], "cpu", rounds,
+                                       pause_s=PAUSE_S[quick], progress=progress)
     records = []
     for i, (impl, batch) in enumerate(cases):
         sklearn_times = times[:, cases.index(("sklearn", batch))]
@@ -216,6 +211,25 @@ def main(argv: list[str] | None = None) -> int:
     runner.write_results(args.out, meta["machine"] + "-compat-rbm" + suffix + ("-quick" if args.quick else ""),
                          meta, records, table)
     return 0
+
+
+# ---------------------------------------------------------------------- pytest entry
+def pytest_generate_tests(metafunc):
+    """One case per batch size (``pytest bench/ --benchmark-only``; options in bench/conftest.py;
+    the estimator runs on CPU whatever --bench-device says)."""
+    if "batch_size" in metafunc.fixturenames:
+        metafunc.parametrize("batch_size", BATCH_SIZES, ids=[f"batch{b}" for b in BATCH_SIZES])
+
+
+def test_compat_bernoulli_rbm_fit(benchmark, batch_size, request):
+    """Time ``genkernels.compat.BernoulliRBM(...).fit`` (one pass, scikit-learn's arguments) on
+    the benchmark's rows: the fitted model reconstructs them (recon below 0.25)."""
+    _, quick, directory = runner.bench_options(request.config)
+    _, x = load_data(quick, directory)
+    model = runner.benchmark_call(benchmark, make_fit("genkernels", x, batch_size), "cpu", rounds=3)
+    benchmark.extra_info.update({"n": x.shape[0], "n_features": N_FEATURES, "n_components": N_COMPONENTS,
+                                 "batch_size": batch_size})
+    assert 0 < reconstruction_error(model, x) < 0.25
 
 
 if __name__ == "__main__":

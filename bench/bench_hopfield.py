@@ -3,6 +3,8 @@ written with PyTorch's attention, on the same inputs.
 
     python bench/bench_hopfield.py [--device cpu|cuda] [--quick] [--out DIR] [--allow-dirty]
     python bench/run.py hopfield [--device cpu|cuda] [--quick]      (the same)
+    pytest bench/bench_hopfield.py --benchmark-only [--bench-quick] [--bench-device cpu|cuda]
+        (test_hopfield_retrieval: our backends alone, pytest-benchmark's timing)
 
 Workloads (``workloads``), fp32, beta = 1 / sqrt(D) (attention's scale), tol = 0 so
 every row runs all ``max_steps`` steps (no exact fixed point is reached on this data;
@@ -22,7 +24,7 @@ each with max_steps 1 and 3. Implementations per case:
 
 Ops: ``forward`` and ``forward+backward`` (gradients of sum(out * g) in queries and
 stored). Each case: one warm-up call, then rounds until the time budget is spent
-(``bench/run.py``'s ``measure``); medians and IQR, and ``x ours`` = median / the fastest
+(``bench/harness.py``'s ``measure``); medians and IQR, and ``x ours`` = median / the fastest
 compiled genkernels backend of the same row group. Results go to
 ``<out>/<machine>-hopfield.{json,md}`` (``-quick`` added in quick mode).
 """
@@ -46,9 +48,9 @@ for path in (BENCH_DIR, REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import harness as runner  # bench/harness.py: machine name, versions, timing
+import harness as runner  # noqa: E402  bench/harness.py: machine name, versions, timing
 
-from genkernels import backends, ops
+from genkernels import backends, ops  # noqa: E402
 
 SEED = 0
 BUDGET_S = {False: 2.0, True: 0.2}
@@ -232,3 +234,33 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------------- pytest entry
+def pytest_generate_tests(metafunc):
+    """One case per workload, max_steps, op and genkernels backend of the run's device
+    (``pytest bench/ --benchmark-only``; options in bench/conftest.py)."""
+    if "case" not in metafunc.fixturenames:
+        return
+    device, quick, _ = runner.bench_options(metafunc.config)
+    cases = [(w, max_steps, op, name) for w in workloads(quick) for max_steps in (1, 3)
+             for op in ("forward", "forward+backward") for name, kind, _ in _impls(device) if kind == "backend"]
+    metafunc.parametrize("case", cases, ids=[f"{w.name}-steps{s}-{op}-{name}" for w, s, op, name in cases])
+
+
+def test_hopfield_retrieval(benchmark, case, request):
+    """Time ``ops.hopfield_retrieval`` (forward, or forward and backward) on one workload:
+    the forward result is the update written with PyTorch's attention, the gradients finite."""
+    w, max_steps, op, backend = case
+    device = runner.bench_options(request.config)[0]
+    queries, stored, grad = make_inputs(w, device)
+    beta = 1.0 / math.sqrt(w.d)
+    fn = next(fn for name, _, fn in _impls(device) if name == backend)
+    call = _case_fn(fn, queries, stored, grad, beta, max_steps, op == "forward+backward")
+    result = runner.benchmark_call(benchmark, call, device)
+    benchmark.extra_info.update({"workload": w.name, **w.shapes(), "max_steps": max_steps, "op": op,
+                                 "impl": backend})
+    if op == "forward":
+        torch.testing.assert_close(result, sdpa_loop(queries, stored, beta, max_steps), rtol=1e-4, atol=1e-5)
+    else:
+        assert all(bool(torch.isfinite(g).all()) for g in result)

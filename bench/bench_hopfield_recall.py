@@ -2,6 +2,8 @@
 on the same inputs in one run.
 
     python bench/bench_hopfield_recall.py [--device cpu|cuda] [--quick] [--out DIR] [--allow-dirty]
+    pytest bench/bench_hopfield_recall.py --benchmark-only [--bench-quick] [--bench-device cpu|cuda]
+        (test_hopfield_recall: our backends alone, pytest-benchmark's timing)
 
 Workload: B probes of a spin glass (symmetric Gaussian couplings, zero diagonal), a
 fixed number of sweeps S with the random order. A spin glass does not settle within a
@@ -34,6 +36,7 @@ sys.path.insert(0, os.path.dirname(BENCH_DIR))
 sys.path.insert(0, BENCH_DIR)
 
 import genkernels  # noqa: E402
+from harness import bench_options, benchmark_call  # noqa: E402
 from harness import median_time as _time  # noqa: E402  (the benchmarks' one timing rule)
 from genkernels import ops  # noqa: E402
 
@@ -46,6 +49,14 @@ def spin_glass(n, b, device, seed=0):
     w = ((a + a.T) / 2).fill_diagonal_(0)
     probes = torch.where(torch.rand(b, n, generator=g) < 0.5, -1.0, 1.0)
     return w.to(device), probes.to(device)
+
+
+def recall_backends(device, n):
+    """The compiled genkernels backends of async recall timed on ``device`` for N units
+    (triton up to 4,096)."""
+    return [name for name in genkernels.available_backends(device)
+            if name in genkernels.backends.OP_BACKENDS["hopfield_recall_async"] and name != "reference"
+            and not (name == "triton" and n > 4096)]
 
 
 def torch_loop(w, probes, sweeps, generator):
@@ -64,13 +75,8 @@ def run(device="cpu", quick=False, out=None):
     for n, b, sweeps in CASES[quick]:
         w, probes = spin_glass(n, b, device)
         updates = b * n * sweeps
-        impls = []
-        for name in genkernels.available_backends(device):
-            if name in genkernels.backends.OP_BACKENDS["hopfield_recall_async"] and name != "reference":
-                if name == "triton" and n > 4096:
-                    continue
-                impls.append((name, "backend", lambda name=name: ops.hopfield_recall(
-                    w, probes, max_sweeps=sweeps, seed=1, backend=name)))
+        impls = [(name, "backend", lambda name=name: ops.hopfield_recall(
+            w, probes, max_sweeps=sweeps, seed=1, backend=name)) for name in recall_backends(device, n)]
         g = torch.Generator().manual_seed(1)
         loop_b = b if device == "cuda" or n <= 1000 else max(1, b // 4)
         impls.append(("torch loop", "anchor",
@@ -140,6 +146,32 @@ def main(argv=None):
     np.random.seed(0)
     run(args.device, args.quick, args.out)
     return 0
+
+
+# ---------------------------------------------------------------------- pytest entry
+def pytest_generate_tests(metafunc):
+    """One case per (N, B, sweeps) and compiled backend of the run's device, triton on CUDA
+    tensors only (``pytest bench/ --benchmark-only``; options in bench/conftest.py)."""
+    if "case" not in metafunc.fixturenames:
+        return
+    device, quick, _ = bench_options(metafunc.config)
+    cases = [(n, b, sweeps, name) for n, b, sweeps in CASES[quick] for name in recall_backends(device, n)
+             if not (name == "triton" and device != "cuda")]
+    metafunc.parametrize("case", cases, ids=[f"N{n}-B{b}-S{s}-{name}" for n, b, s, name in cases])
+
+
+def test_hopfield_recall(benchmark, case, request):
+    """Time ``ops.hopfield_recall`` (async, random order) on a spin glass: B probes x N
+    units x S sweeps of updates, every probe still changing (none converged early) and
+    every state +-1."""
+    n, b, sweeps, backend = case
+    device = bench_options(request.config)[0]
+    w, probes = spin_glass(n, b, device)
+    states, converged = benchmark_call(benchmark, lambda: ops.hopfield_recall(
+        w, probes, max_sweeps=sweeps, seed=1, backend=backend), device)
+    benchmark.extra_info.update({"N": n, "B": b, "sweeps": sweeps, "impl": backend, "updates": b * n * sweeps})
+    assert not bool(converged.any())
+    assert states.shape == probes.shape and bool((states.abs() == 1).all())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Ising benchmark: checkerboard sweep throughput in flips per nanosecond.
 
     python bench/bench_ising.py [--device cpu|cuda] [--quick] [--out DIR] [--allow-dirty]
+    pytest bench/bench_ising.py --benchmark-only [--bench-quick] [--bench-device cpu|cuda]
+        (test_ising_sweep: PYTEST_SWEEPS sweeps per call, pytest-benchmark's timing)
 
 A flip is one attempted spin update, so one sweep of B lattices of L x L is B L^2 flips.
 Cases: L = 256 and 1024, B = 1 and 16 lattices, heat-bath at T_c (the acceptance rate
@@ -26,7 +28,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
@@ -34,20 +35,21 @@ for path in (BENCH_DIR, REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import torch
+import torch  # noqa: E402
 
-import genkernels
-from genkernels import ops
+import genkernels  # noqa: E402
+from genkernels import ops  # noqa: E402
+from harness import bench_options, benchmark_call, measure  # noqa: E402
 
 SIZES = (256, 1024)
 LATTICES = (1, 16)
 T_CRITICAL = 2.0 / 1.762747174039086  # 2 / ln(1 + sqrt 2)
 TARGET_CALL_S = 0.2
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+# the reference (the oracle, seconds per sweep at 1024^2 sites) is timed up to this many
+# sites (B L^2); in the pytest entry with --bench-quick up to QUICK_REFERENCE_SITES
+REFERENCE_SITES = 1024 * 1024
+QUICK_REFERENCE_SITES = 256 * 256
+PYTEST_SWEEPS = 5  # sweeps per timed call of the pytest entry
 
 
 def backends_for(device: str) -> list[str]:
@@ -61,27 +63,20 @@ def time_case(backend: str, device: str, L: int, B: int, budget_s: float, thread
     spins = torch.ones(B, L, L, dtype=torch.int8, device=device)
     table = ops.ising_thresholds(T_CRITICAL)
 
-    cpu_times = []
+    def sweeps(n):
+        return lambda: ops.ising_sweep(spins, table, n, 1, 0, backend=backend)
 
-    def run(n):
-        sync(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        ops.ising_sweep(spins, table, n, 1, 0, backend=backend)
-        sync(device)
-        cpu_times.append(time.process_time() - cpu_start)
-        return time.perf_counter() - start
+    def seconds(n):
+        return measure(sweeps(n), device, False, 0.0, min_rounds=1, max_rounds=1)[0][0]
 
-    run(1)  # warm-up (and Triton's compile); then size the calls by the cost of a sweep,
+    seconds(1)  # warm-up (and Triton's compile); then size the calls by the cost of a sweep,
     # apart from a call's fixed cost (validation, packing: O(L^2))
-    one = run(1)
-    per_sweep = max((run(3) - one) / 2, one / 10, 1e-6)
+    one = seconds(1)
+    per_sweep = max((seconds(3) - one) / 2, one / 10, 1e-6)
     n = max(1, min(1000, int(TARGET_CALL_S / per_sweep)))
-    times = []
-    del cpu_times[:]
-    while not times or (sum(times) < budget_s and len(times) < 20):
-        times.append(run(n))
-        if times[-1] > 3 * budget_s:
-            break
+    cpu_times = []
+    times, _ = measure(sweeps(n), device, False, budget_s, min_rounds=1, max_rounds=20, cutoff="round",
+                       cpu_times=cpu_times)
     median = statistics.median(times)
     flips = B * L * L * n
     # flips per core-ns: CPU time of all the process's threads, which the other jobs of a
@@ -96,7 +91,7 @@ def time_case(backend: str, device: str, L: int, B: int, budget_s: float, thread
 
 def main(argv=None) -> int:
     from harness import (add_allow_dirty, allow_dirty, check_results_dir, contention_meta, contention_suffix,
-                     git_commit, machine_name, versions)
+                         git_commit, machine_name, versions)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -119,7 +114,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(threads)
             for L in sizes:
                 for B in LATTICES:
-                    if backend == "reference" and L * L * B > 1024 * 1024:
+                    if backend == "reference" and L * L * B > REFERENCE_SITES:
                         continue  # seconds per sweep: the oracle, not a contender
                     case = time_case(backend, args.device, L, B, budget, threads)
                     cases.append(case)
@@ -159,6 +154,34 @@ def main(argv=None) -> int:
         fh.write("\n".join(lines) + "\n")
     print(f"wrote {os.path.join(args.out, stem)}.{{json,md}}")
     return 0
+
+
+# ---------------------------------------------------------------------- pytest entry
+def pytest_generate_tests(metafunc):
+    """One case per backend of the run's device, L and B, the reference on small lattices
+    only (``pytest bench/ --benchmark-only``; options in bench/conftest.py)."""
+    if "case" not in metafunc.fixturenames:
+        return
+    device, quick, _ = bench_options(metafunc.config)
+    sites = QUICK_REFERENCE_SITES if quick else REFERENCE_SITES
+    cases = [(backend, L, B) for backend in backends_for(device) for L in ((256,) if quick else SIZES)
+             for B in LATTICES if not (backend == "reference" and L * L * B > sites)]
+    metafunc.parametrize("case", cases, ids=[f"{backend}-L{L}-B{B}" for backend, L, B in cases])
+
+
+def test_ising_sweep(benchmark, case, request):
+    """Time PYTEST_SWEEPS heat-bath checkerboard sweeps at T_c of B lattices of L x L from
+    all spins up (``ops.ising_sweep``, one call): every spin stays +-1 and some flip."""
+    backend, L, B = case
+    device = bench_options(request.config)[0]
+    spins = torch.ones(B, L, L, dtype=torch.int8, device=device)
+    table = ops.ising_thresholds(T_CRITICAL)
+    out = benchmark_call(benchmark, lambda: ops.ising_sweep(spins, table, PYTEST_SWEEPS, 1, 0, backend=backend),
+                         device)
+    benchmark.extra_info.update({"backend": backend, "L": L, "n_lattices": B, "sweeps_per_call": PYTEST_SWEEPS,
+                                 "flips": B * L * L * PYTEST_SWEEPS})
+    assert out.shape == (B, L, L) and bool((out.abs() == 1).all())
+    assert bool((out == -1).any())
 
 
 if __name__ == "__main__":

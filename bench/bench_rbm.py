@@ -1,6 +1,8 @@
 """Benchmarks of the energy-based family: one persistent-CD-k epoch of an RBM.
 
     python bench/run.py energy [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
+    pytest bench/bench_rbm.py --benchmark-only [--bench-quick] [--bench-device cpu|cuda] [--data DIR]
+        (test_rbm_epoch: the genkernels rows alone, pytest-benchmark's timing)
 
 Workloads (float32, 784 visible x 256 hidden units, batch 100, PCD-1, learning rate 0.1,
 unless said otherwise):
@@ -53,7 +55,6 @@ import contextlib
 import datetime
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -107,12 +108,6 @@ def _with_large(out: dict[str, np.ndarray], quick: bool) -> dict[str, np.ndarray
 def settings(workload: str) -> dict:
     """n_hidden, batch and Gibbs steps k of a workload's epoch."""
     return dict(LARGE) if workload == "large" else {"n_hidden": N_HIDDEN, "batch": BATCH, "k": 1}
-
-
-def _sync(device: str) -> None:
-    import torch
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_ours(x: np.ndarray, device: str, backend: str, n_hidden: int = N_HIDDEN, batch: int = BATCH,
@@ -316,25 +311,18 @@ def _measure_interleaved(cases: list[dict], args, x: np.ndarray, meta: dict) -> 
     once, in order) so that a change of load on a shared machine hits all of them alike;
     the ratios are medians of the per-round ratios."""
     import torch
-    fns = [case["make"]() for case in cases]
-    for case, fn in zip(cases, fns):
-        if case["warmup"]:
-            fn()
-            _sync(args.device)
+
+    from harness import interleaved
     rounds = ROUNDS[args.quick]
-    times = np.zeros((rounds, len(cases)))
-    outs = [None] * len(cases)
-    for r in range(rounds):
-        for i, fn in enumerate(fns):
-            # (no thread pool spins after a synchronised CUDA call: the short pause)
-            time.sleep(PAUSE_S[args.quick] if args.device == "cpu" else PAUSE_S[True])
-            start = time.perf_counter()
-            outs[i] = fn()
-            _sync(args.device)
-            times[r, i] = time.perf_counter() - start
+
+    def progress(r, row):
         print(f"[bench] energy {cases[0]['workload']} round {r + 1}/{rounds}: "
-              + ", ".join(f"{c['impl']} {t * 1e3:.1f} ms" for c, t in zip(cases, times[r])),
+              + ", ".join(f"{c['impl']} {t * 1e3:.1f} ms" for c, t in zip(cases, row)),
               file=sys.stderr, flush=True)
+    # (no thread pool spins after a synchronised CUDA call: the short pause)
+    times, outs = interleaved([case["make"]() for case in cases], args.device, rounds,
+                              pause_s=PAUSE_S[args.quick] if args.device == "cpu" else PAUSE_S[True],
+                              warmup=[case["warmup"] for case in cases], progress=progress)
     kinds = [c["kind"] for c in cases]
     ideal = times[:, kinds.index("ideal")] if "ideal" in kinds else None
     anchor = times[:, kinds.index("anchor")] if "anchor" in kinds else None
@@ -379,3 +367,34 @@ def _tf32(allow: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+# ---------------------------------------------------------------------- pytest entry
+def pytest_generate_tests(metafunc):
+    """One case per workload and genkernels backend row (``build_cases``' kind "backend")
+    of the run's device (``pytest bench/ --benchmark-only``; options in bench/conftest.py)."""
+    if "case" not in metafunc.fixturenames:
+        return
+    from harness import bench_options
+    device, quick, directory = bench_options(metafunc.config)
+    data = workloads(quick, directory)
+    if quick:  # one batch of the large workload: a few seconds per case on 2 cores
+        data["large"] = data["large"][:LARGE["batch"]]
+    cases = [(case, data[case["workload"]]) for case in build_cases(device, data) if case["kind"] == "backend"]
+    metafunc.parametrize("case", cases, ids=[f"{c['workload']}-{c['impl'].replace(' ', '-')}" for c, _ in cases])
+
+
+def test_rbm_epoch(benchmark, case, request):
+    """Time one PCD-k epoch of ``genkernels.RBM.fit`` (the whole fit) on one workload: the
+    trained model reconstructs the rows better than the untrained one."""
+    import genkernels
+    from harness import bench_options, benchmark_call
+    case, x = case
+    device = bench_options(request.config)[0]
+    shape = settings(case["workload"])
+    with _tf32(device == "cuda" and case["workload"] in TF32_WORKLOADS):
+        model = benchmark_call(benchmark, case["make"](), device, rounds=3)
+    benchmark.extra_info.update({"workload": case["workload"], "impl": case["impl"], "rows": case["rows"],
+                                 "n_visible": N_VISIBLE, **shape})
+    untrained = genkernels.RBM(N_VISIBLE, shape["n_hidden"], seed=0, device=device)
+    assert reconstruction_error(model, x) < reconstruction_error(untrained, x)

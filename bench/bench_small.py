@@ -1,7 +1,8 @@
 """Small shapes: every family's ops at batch 1 and 10 and on tiny models, on 1 and 2
 threads, with the per-call overhead of the Python layer.
 
-    python bench/bench_small.py [som|energy|hopfield|ising|bm_gibbs|all] [--quick] [--contended N] [--out DIR] [--allow-dirty]
+    python bench/bench_small.py [som|energy|hopfield|ising|bm_gibbs|all] [--quick] [--contended N] [--out DIR]
+                                [--allow-dirty]
 
 (also ``genkernels bench <family> --small``). Users call ops on tiny batches
 (scikit-learn's default batch is 10) and on machines shared with other work, where the
@@ -25,9 +26,7 @@ import argparse
 import contextlib
 import datetime
 import os
-import statistics
 import sys
-import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
@@ -38,25 +37,13 @@ for path in (BENCH_DIR, REPO):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import harness as runner  # noqa: E402  (machine name, versions, writer, contention)
+import harness as runner  # noqa: E402  (machine name, versions, timing, writer, contention)
 
 FAMILIES = ("som", "energy", "hopfield", "ising", "bm_gibbs")
 THREADS = (1, 2)
 ROUNDS = {False: 7, True: 3}
 ROUND_S = {False: 0.05, True: 0.01}
 SETTLE_S = {False: 0.2, True: 0.02}  # quiet before each scikit-learn workflow fit
-
-
-def per_call_s(fn, round_s: float) -> float:
-    """Seconds per call of fn over one round: calls repeated until round_s is spent."""
-    fn()
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        spent = time.perf_counter() - start
-        if spent >= round_s:
-            return spent / calls
 
 
 # ------------------------------------------------------------------------- cases
@@ -113,7 +100,8 @@ def _energy_cases():
         impls = {"genkernels rbm_half_step (auto)": lambda s=s: ops.rbm_half_step(s, w, bias, 1, 0, False, True),
                  "genkernels half_step (validated-argument path)":
                      lambda s=s: rbm_ops.half_step(s, w, bias, 1, 0, False, True),
-                 "torch addmm + sigmoid + bernoulli": lambda s=s: torch.bernoulli(torch.sigmoid(torch.addmm(bias, s, w)))}
+                 "torch addmm + sigmoid + bernoulli":
+                     lambda s=s: torch.bernoulli(torch.sigmoid(torch.addmm(bias, s, w)))}
         cases.append((f"rbm_half_step batch {b}, 64 -> 100", impls))
     return cases
 
@@ -222,26 +210,23 @@ def sklearn_rows(quick: bool) -> list[dict]:
         from threadpoolctl import threadpool_limits
     except ImportError:  # scikit-learn requires it; without it its BLAS keeps its own count
         threadpool_limits = None
+    columns = [(impl, cls, t) for t in THREADS for impl, cls in (("sklearn", SKRBM), ("genkernels", BernoulliRBM))]
+
+    def fit(cls, batch):
+        return lambda: cls(n_components=100, batch_size=batch, n_iter=1, learning_rate=0.06, random_state=0).fit(x)
+
+    def threads(i):  # the column's thread count for torch and for scikit-learn's BLAS
+        torch.set_num_threads(columns[i][2])
+        if threadpool_limits:
+            threadpool_limits(limits=columns[i][2], user_api="blas")
     rows = []
     for batch in (1, 10, 100, 1000):
-        times = {(impl, t): [] for impl in ("sklearn", "genkernels") for t in THREADS}
-        for _ in range(ROUNDS[quick]):
-            for t in THREADS:
-                torch.set_num_threads(t)
-                limits = (threadpool_limits(limits=t, user_api="blas") if threadpool_limits
-                          else contextlib.nullcontext())
-                with limits:
-                    for impl, cls in (("sklearn", SKRBM), ("genkernels", BernoulliRBM)):
-                        time.sleep(SETTLE_S[quick])
-                        for timed in (False, True):
-                            model = cls(n_components=100, batch_size=batch, n_iter=1,
-                                        learning_rate=0.06, random_state=0)
-                            start = time.perf_counter()
-                            model.fit(x)
-                            if timed:
-                                times[(impl, t)].append(time.perf_counter() - start)
+        # the limiter of the with statement puts the BLAS thread count back afterwards
+        with threadpool_limits(limits=None) if threadpool_limits else contextlib.nullcontext():
+            times, _ = runner.interleaved([fit(cls, batch) for _, cls, _ in columns], "cpu", ROUNDS[quick],
+                                          pause_s=SETTLE_S[quick], warmup=False, warm_each=True, before=threads)
         for impl in ("sklearn", "genkernels"):
-            t1, t2 = (statistics.median(times[(impl, t)]) for t in THREADS)
+            t1, t2 = (float(np.median(times[:, j])) for j, c in enumerate(columns) if c[0] == impl)
             rows.append({"case": f"BernoulliRBM.fit digits {x.shape[0]}x64, 100 components, batch {batch}",
                          "impl": impl, "t1_s": t1, "t2_s": t2, "ratio_2_over_1": t2 / t1,
                          "rounds": ROUNDS[quick],
@@ -257,14 +242,12 @@ def run_cases(families, quick: bool) -> list[dict]:
     rows = []
     for family in families:
         for case, impls in CASES[family]() + _overhead_cases(family):
-            times = {(impl, t): [] for impl in impls for t in THREADS}
-            for _ in range(ROUNDS[quick]):
-                for t in THREADS:
-                    torch.set_num_threads(t)
-                    for impl, fn in impls.items():
-                        times[(impl, t)].append(per_call_s(fn, ROUND_S[quick]))
+            columns = [(impl, t) for t in THREADS for impl in impls]
+            times, _ = runner.interleaved([impls[impl] for impl, _ in columns], "cpu", ROUNDS[quick], warmup=False,
+                                          warm_each=True, before=lambda i: torch.set_num_threads(columns[i][1]),
+                                          repeat_s=ROUND_S[quick])
             for impl in impls:
-                t1, t2 = (statistics.median(times[(impl, t)]) for t in THREADS)
+                t1, t2 = (float(np.median(times[:, columns.index((impl, t))])) for t in THREADS)
                 rows.append({"family": family, "case": case, "impl": impl, "t1_s": t1, "t2_s": t2,
                              "ratio_2_over_1": t2 / t1, "rounds": ROUNDS[quick]})
             print(f"[bench small] {case}: done", file=sys.stderr, flush=True)
@@ -296,10 +279,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines += ["", "## scikit-learn's RBM workflow", "",
                   "| case | impl | 1 thread | 2 threads | 2t/1t | sklearn / ours (1t) | sklearn / ours (2t) |",
                   "|---|---|---:|---:|---:|---:|---:|"]
+
+        def ratio(x):
+            return "-" if x is None else f"{x:.2f}"
         for r in sk:
-            f = (lambda x: "-" if x is None else f"{x:.2f}")
             lines.append(f"| {r['case']} | {r['impl']} | {_us(r['t1_s'])} | {_us(r['t2_s'])} | "
-                         f"{r['ratio_2_over_1']:.2f} | {f(r['sklearn_over_ours_1'])} | {f(r['sklearn_over_ours_2'])} |")
+                         f"{r['ratio_2_over_1']:.2f} | {ratio(r['sklearn_over_ours_1'])} | "
+                         f"{ratio(r['sklearn_over_ours_2'])} |")
     return "\n".join(lines) + "\n"
 
 

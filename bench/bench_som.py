@@ -53,13 +53,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
 if importlib.util.find_spec("genkernels") is None:  # a checkout that is not pip-installed
     sys.path.insert(0, REPO)
+if BENCH_DIR not in sys.path:
+    sys.path.insert(0, BENCH_DIR)
 
 import genkernels  # noqa: E402
 from genkernels import backends, ops  # noqa: E402
 from genkernels.som.lattice import Lattice  # noqa: E402
+from harness import bench_options, benchmark_call  # noqa: E402
 
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "mnist")
 MNIST_IMAGES = "t10k-images-idx3-ubyte.gz"
@@ -215,11 +219,6 @@ def bench_backends(op: str, device: str) -> list[str]:
     """genkernels backends that run ``op`` on ``device`` here; triton only on CUDA."""
     return [b for b in genkernels.available_backends(device)
             if b in backends.OP_BACKENDS[op] and not (b == "triton" and device != "cuda")]
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------- cases
@@ -573,27 +572,15 @@ def build_cases(device: str = "cpu", quick: bool = False, directory: str | None 
 def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
-    device = metafunc.config.getoption("--bench-device", default=None) or \
-        os.environ.get("GENKERNELS_BENCH_DEVICE", "cpu")
-    quick = metafunc.config.getoption("--bench-quick", default=False) or \
-        os.environ.get("GENKERNELS_BENCH_QUICK") == "1"
-    directory = metafunc.config.getoption("--data", default=None)
+    device, quick, directory = bench_options(metafunc.config)
     cases = [c for c in build_cases(device, quick, directory) if c.make is not None]
     metafunc.parametrize("case", cases, ids=[c.id for c in cases])
 
 
 def test_som(benchmark, case, request):
     """Time one case; extra_info carries the shapes, extrapolation factor and QE/TE."""
-    fn = case.make()
     device = case.device
-
-    def timed():
-        out = fn()
-        sync(device)
-        return out
-    slow = not case.warmup
-    result = benchmark.pedantic(timed, rounds=1 if slow else 5, warmup_rounds=0 if slow else 1,
-                                iterations=1)
+    result = benchmark_call(benchmark, case.make(), device, rounds=5 if case.warmup else 1, warmup=case.warmup)
     benchmark.extra_info.update({"workload": case.workload.name, "op": case.op, "impl": case.impl,
                                  "kind": case.kind, **case.workload.shapes(),
                                  "extrapolate": case.extrapolate, "note": case.note})

@@ -21,8 +21,8 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
 sys.path.insert(0, BENCH_DIR)
 
-from genkernels import DBN
-from genkernels.data import load_digits
+from genkernels import DBN  # noqa: E402
+from genkernels.data import load_digits  # noqa: E402
 
 import harness as runner  # noqa: E402  bench/harness.py: the clean-tree rule for bench/results
 

@@ -25,8 +25,8 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))
 sys.path.insert(0, BENCH_DIR)
 
-from genkernels import ops
-from genkernels.som import Lattice
+from genkernels import ops  # noqa: E402
+from genkernels.som import Lattice  # noqa: E402
 
 
 def cuda_time(fn, rounds=3, with_output=False):

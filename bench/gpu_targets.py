@@ -9,11 +9,12 @@ its record holds the median, the rounds, a rate, and a correctness check of its 
 
 * ``som`` -- exact BMU search ``ops.som_bmu``, 1,000,000 x 256 fp32 against 4,096 nodes,
   with ``precision="fp32"``, ``"tf32"`` and ``"bf16"`` (tensor-core candidates, certified,
-  exact fp32 re-rank), each with ``search="fused"`` and ``"blocked"``, against the bare fp32 ``torch.mm`` of the same shapes and the tiled
-  ``torch.addmm`` + ``argmin`` anchor (both from bench/bench_som.py); checked: the chosen
-  node is the fp64 nearest node (up to ties) on 4,096 spread rows, and every index equal
-  to the fp32 fused search's (certified searches are exact by construction). Online SOM epoch of 64 maps 32x32x64, 10,000 steps, N=50,000
-  (bench_som's ``multi_map`` workload), ``backend=None`` (auto) and triton; one map 40x40x784,
+  exact fp32 re-rank), each with ``search="fused"`` and ``"blocked"``, against the bare
+  fp32 ``torch.mm`` of the same shapes and the tiled ``torch.addmm`` + ``argmin`` anchor
+  (both from bench/bench_som.py); checked: the chosen node is the fp64 nearest node (up
+  to ties) on 4,096 spread rows, and every index equal to the fp32 fused search's
+  (certified searches are exact by construction). Online SOM epoch of 64 maps 32x32x64,
+  10,000 steps, N=50,000 (bench_som's ``multi_map`` workload), ``backend=None`` (auto) and triton; one map 40x40x784,
   2,000 steps, cuda and triton; checked: finite, and the quantization error of map 0 within
   2% across the backends of the group (long sequential runs are compared by quality).
 * ``ising`` -- ``Ising2D`` heat-bath sweeps at T_c, L=1024 x 16 lattices and L=16,384 x 1
@@ -524,7 +525,7 @@ def _bm_gibbs_targets(run: Run) -> None:
     temps = [1.0] * sweeps
     outs, recs = run.gpu_backends(
         "energy", "bm_gibbs", {"N": n, "chains": c, "sweeps": sweeps}, "float32",
-        lambda backend: ops.bm_gibbs(w, b, s0, temps, seed=1, backend=backend),
+        lambda backend, w=w, b=b, s0=s0: ops.bm_gibbs(w, b, s0, temps, seed=1, backend=backend),
         rate=lambda median: (c * n * sweeps / median, "updates/s"),
         note="spin glass, T = 1, random order (bench_bm_gibbs.spin_glass_machine)")
     first = next(iter(outs), None)

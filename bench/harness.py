@@ -1,8 +1,10 @@
 """The benchmarks' shared harness: machine and version metadata, the commit of the tree,
 the clean-tree rule for bench/results, timing (``measure``: warm-up, then rounds until a
-budget is spent; ``median_time``), resident-memory sampling, busy neighbours for
-``--contended`` runs and the JSON + Markdown writer. Every benchmark module uses these;
-bench/run.py is the runner built on them."""
+budget is spent; ``median_time`` on its rule; ``interleaved``: several callables in
+round-robin rounds), resident-memory sampling, busy neighbours for ``--contended`` runs,
+the JSON + Markdown writer and the options of the pytest-benchmark entries
+(``bench_options``). Every benchmark module uses these, and this module imports none of
+them; bench/run.py is the runner built on them."""
 
 from __future__ import annotations
 
@@ -16,33 +18,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 MIN_ROUNDS, MAX_ROUNDS = 3, 50
 PACKAGES = ("torch", "triton", "numpy", "minisom", "torchsom", "xpysom", "pytest-benchmark")
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        import torch
-        torch.cuda.synchronize()
-
-
-def median_time(fn, device, budget_s: float, min_rounds: int = 3, max_rounds: int = 20) -> tuple[float, int]:
-    """One warm-up call, then timed rounds (at least min_rounds, at most max_rounds, until
-    budget_s is spent; a round over 3x the budget ends it): (median seconds, rounds)."""
-    fn()
-    _sync(device)
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_rounds or (time.perf_counter() - start < budget_s and len(times) < max_rounds):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if times[-1] > 3 * budget_s:
-            break
-    return statistics.median(times), len(times)
 
 
 # ------------------------------------------------------------------------ metadata
@@ -145,24 +126,98 @@ def check_results_dir(out_dir: str) -> None:
 
 
 # ------------------------------------------------------------------------- timing
-def measure(fn, device: str, warmup: bool, budget_s: float):
-    """Run ``fn`` (one warm-up call unless told otherwise), then rounds until
-    ``budget_s`` is spent and MIN_ROUNDS are done; a round longer than 3x the budget
-    ends the measurement. Returns the per-round seconds and the last result."""
-    from bench_som import sync
+def sync(device: str) -> None:
+    """Wait for the work queued on ``device`` (a CUDA device); nothing to wait for on the CPU."""
+    if str(device).startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def measure(fn, device: str, warmup: bool, budget_s: float, *, min_rounds: int = MIN_ROUNDS,
+            max_rounds: int | None = MAX_ROUNDS, cutoff: str = "total", repeat_s: float | None = None,
+            cpu_times: list | None = None):
+    """The benchmarks' one timing rule. Run ``fn`` once untimed (``warmup``), then timed
+    rounds -- a round calls ``fn`` and waits for the device -- until ``budget_s`` seconds
+    of rounds are spent and ``min_rounds`` are done, or ``max_rounds`` are (None: no cap).
+    Rounds too long for the budget end the measurement early, below ``min_rounds`` too:
+    with ``cutoff="total"`` once the rounds together reach 3x the budget, with
+    ``cutoff="round"`` once one round exceeds 3x the budget.
+
+    ``repeat_s``: a round calls ``fn`` back to back until that many seconds have passed,
+    under one clock, and counts the seconds per call (for calls of microseconds, to which
+    a clock read per call would add). ``cpu_times``: a list that receives each round's
+    process CPU seconds (all threads; per call with ``repeat_s``) beside the wall seconds.
+
+    Returns (the per-round seconds, ``fn``'s last result)."""
+    if cutoff not in ("total", "round"):
+        raise ValueError(f"cutoff must be 'total' or 'round'; got {cutoff!r}")
     if warmup:
         fn()
         sync(device)
-    times, out = [], None
-    while len(times) < MAX_ROUNDS:
+    times, out, spent = [], None, 0.0
+    while True:
         start = time.perf_counter()
-        out = fn()
+        if cpu_times is not None:
+            cpu_start = time.process_time()
+        out, calls = fn(), 1
+        if repeat_s is not None:
+            while time.perf_counter() - start < repeat_s:
+                out = fn()
+                calls += 1
         sync(device)
-        times.append(time.perf_counter() - start)
-        spent = sum(times)
-        if (spent >= budget_s and len(times) >= MIN_ROUNDS) or spent >= 3 * budget_s:
+        if cpu_times is not None:
+            cpu_times.append((time.process_time() - cpu_start) / calls)
+        seconds = time.perf_counter() - start
+        times.append(seconds / calls)
+        spent += seconds
+        if (cutoff == "total" and spent >= 3 * budget_s) or (cutoff == "round" and seconds > 3 * budget_s):
+            break
+        if len(times) >= min_rounds and (spent >= budget_s or (max_rounds is not None and len(times) >= max_rounds)):
             break
     return times, out
+
+
+def median_time(fn, device, budget_s: float, min_rounds: int = 3, max_rounds: int = 20) -> tuple[float, int]:
+    """:func:`measure` with one warm-up call, then timed rounds (at least min_rounds, at
+    most max_rounds, until budget_s is spent; a round over 3x the budget ends it):
+    (median seconds, rounds)."""
+    times, _ = measure(fn, device, True, budget_s, min_rounds=min_rounds, max_rounds=max_rounds,
+                       cutoff="round")
+    return statistics.median(times), len(times)
+
+
+def interleaved(fns, device: str, rounds: int, *, pause_s: float = 0.0, warmup=True, warm_each: bool = False,
+                before=None, repeat_s: float | None = None, progress=None):
+    """Time several callables in interleaved rounds: every round times each of ``fns``
+    once, in order, so that a change of load on a shared machine hits them alike.
+
+    ``warmup``: one untimed call of each before the first round (a bool for all, or one
+    per callable). Before each timed call: ``before(i)`` (e.g. the thread count of
+    callable i), ``pause_s`` idle seconds (thread pools that spin after a call would
+    otherwise slow the next one) and, with ``warm_each``, one untimed call of the same
+    callable, so that each is timed in its own steady state rather than right after
+    another. A timed call is one :func:`measure` round (``repeat_s``: its seconds per
+    call). ``progress(r, row)`` after round r (from 0), with that round's seconds.
+
+    Returns (seconds, an array of shape (rounds, len(fns)); each callable's last result)."""
+    flags = [warmup] * len(fns) if isinstance(warmup, bool) else list(warmup)
+    for fn, flag in zip(fns, flags):
+        if flag:
+            fn()
+            sync(device)
+    times = np.zeros((rounds, len(fns)))
+    outs = [None] * len(fns)
+    for r in range(rounds):
+        for i, fn in enumerate(fns):
+            if before is not None:
+                before(i)
+            if pause_s > 0:
+                time.sleep(pause_s)
+            (times[r, i],), outs[i] = measure(fn, device, warm_each, 0.0, min_rounds=1, max_rounds=1,
+                                              repeat_s=repeat_s)
+        if progress is not None:
+            progress(r, times[r])
+    return times, outs
 
 
 def _rss_bytes() -> int:
@@ -260,3 +315,25 @@ def write_results(out_dir: str, name: str, meta: dict, records: list[dict], tabl
         f.write(table + "\n")
     print(f"[bench] wrote {stem}.json and {stem}.md", file=sys.stderr)
     return stem
+
+
+# ------------------------------------------------------------ pytest-benchmark entries
+def bench_options(config) -> tuple[str, bool, str | None]:
+    """(device, quick, MNIST folder) of a ``pytest bench/ --benchmark-only`` run, from the
+    options bench/conftest.py adds or their environment fallbacks: --bench-device
+    [GENKERNELS_BENCH_DEVICE, default cpu], --bench-quick [GENKERNELS_BENCH_QUICK=1] and
+    --data (None: the benchmark's own default, $GENKERNELS_DATA or ../shared/data/mnist)."""
+    device = config.getoption("--bench-device", default=None) or os.environ.get("GENKERNELS_BENCH_DEVICE", "cpu")
+    quick = config.getoption("--bench-quick", default=False) or os.environ.get("GENKERNELS_BENCH_QUICK") == "1"
+    return device, bool(quick), config.getoption("--data", default=None)
+
+
+def benchmark_call(benchmark, fn, device: str, rounds: int = 5, warmup: bool = True):
+    """Time ``fn`` with pytest-benchmark's ``benchmark`` fixture: ``rounds`` rounds of one
+    call each, the device synchronised inside the timing, after one untimed call unless
+    ``warmup`` is False. Returns ``fn``'s last result."""
+    def timed():
+        out = fn()
+        sync(device)
+        return out
+    return benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1 if warmup else 0, iterations=1)

@@ -34,9 +34,9 @@ if REPO not in sys.path:
 if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
-from genkernels import RBM
-from genkernels.data import load_mnist
-from genkernels.plot import plot_image_grid
+from genkernels import RBM  # noqa: E402
+from genkernels.data import load_mnist  # noqa: E402
+from genkernels.plot import plot_image_grid  # noqa: E402
 
 import harness as runner  # noqa: E402  bench/harness.py: the clean-tree rule for bench/results
 

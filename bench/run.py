@@ -112,11 +112,8 @@ def run_case(case, quick: bool, data: str | None, meta: dict) -> dict:
         weights = out if case.extrapolate == 1.0 else None
         if weights is None and case.make_full is not None and \
                 med * case.extrapolate <= QUALITY_BUDGET_S[quick]:
-            full = case.make_full()
-            start = time.perf_counter()
-            weights = full()
-            bench_som.sync(case.device)
-            rec["full_run_s"] = time.perf_counter() - start
+            (rec["full_run_s"],), weights = measure(case.make_full(), case.device, False, 0.0,
+                                                    min_rounds=1, max_rounds=1)
         if weights is not None:
             x = bench_som.load_data(w, meta["device"], data)
             rec["qe"], rec["te"] = bench_som.quality(x, weights, w.lattice)

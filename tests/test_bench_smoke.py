@@ -240,6 +240,21 @@ def test_hopfield_family_runs_retrieval_then_recall(tmp_path, monkeypatch):
     assert all(r["updates_per_s"] > 0 for r in rows)
 
 
+def test_pytest_benchmark_lists_every_family():
+    """``pytest bench/ --benchmark-only`` collects the pytest-benchmark entry of every
+    family's benchmark module (bench/conftest.py collects bench_*.py)."""
+    if not os.path.isdir(BENCH):
+        pytest.skip("bench/ is not in this checkout")
+    proc = subprocess.run([sys.executable, "-m", "pytest", BENCH, "--benchmark-only", "--bench-quick",
+                           "--collect-only", "-q", "-p", "no:cacheprovider"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    modules = {line.split("::")[0] for line in proc.stdout.splitlines() if "::test_" in line}
+    assert modules == {f"bench/{name}.py" for name in ("bench_som", "bench_hopfield", "bench_hopfield_recall",
+                                                        "bench_ising", "bench_rbm", "bench_bm_gibbs",
+                                                        "bench_compat_rbm")}, proc.stdout[-4000:]
+
+
 # ------------------------------------------------------- results from a clean tree only
 def test_results_dir_refuses_a_dirty_tree(monkeypatch, tmp_path, capsys):
     """Writing into the repository's bench/results needs a clean tree (or --allow-dirty);
