@@ -90,7 +90,7 @@ def _som_cases():
 
 def _energy_cases():
     from genkernels import ops
-    from genkernels.boltzmann import ops as rbm_ops
+    from genkernels.boltzmann import rbm_ops
     g = torch.Generator().manual_seed(0)
     w = torch.randn(64, 100, generator=g) * 0.1
     bias = torch.zeros(100)

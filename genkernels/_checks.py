@@ -235,22 +235,3 @@ def check_model_dtype(dtype) -> torch.dtype:
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
     return dtype
-
-
-def model_seed(seed: int | None) -> int:
-    """A model's Philox seed: the given int in [0, 2^64), or one drawn from torch's RNG."""
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    return check_int("seed", seed, 0, 2**64 - 1)
-
-
-class OnWeights:
-    """Mixin of models whose parameters follow ``self.weights``: dtype and device."""
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.weights.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.weights.device

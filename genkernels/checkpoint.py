@@ -16,13 +16,15 @@ The rules for what is at the path, chosen as ``numpy.save`` does:
 * temp files left behind by a save that was killed (``.tmp-<name>.<pid>.*``, their
   process gone) are removed by the next save of the same checkpoint.
 
-Reading (:func:`read`) checks the envelope; the models check their fields with
-:func:`field`, :func:`int_field` and :func:`check_state`, whose errors name the field.
+Reading (:func:`read`) checks the envelope; the models check every field through one
+validator, :class:`Fields` (over :func:`field`, :func:`int_field`, :func:`check_tensor` and
+:func:`check_state`), whose errors name the field and the file.
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import os
 import stat
 import tempfile
@@ -221,13 +223,109 @@ def check_state(payload: dict, module: torch.nn.Module, path=None, key: str = "s
                 values: dict[str, tuple] | None = None) -> dict[str, torch.Tensor]:
     """payload[key] must hold exactly ``module``'s state_dict entries, each with the same
     shape and dtype, finite, and (``values``: name -> allowed values) within its set."""
-    state = field(payload, key, dict, path, "a dict of tensors")
-    expected = module.state_dict()
-    if set(state) != set(expected):
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise ValueError(f"{_where(path)}: the field {key!r} must hold the entries {sorted(expected)}"
-                         + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else ""))
-    for name, ref in expected.items():
-        check_tensor(f"{key}.{name}", state[name], tuple(ref.shape), ref.dtype, path,
-                     values=(values or {}).get(name))
-    return state
+    return Fields(payload, path).state(module, key, values)
+
+
+# dtypes a model's checkpoint may name in its config
+MODEL_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SEED_RANGE = (0, 2**64 - 1)
+# a model's stream position: the counter of its next draw. It starts at 0 and grows by the
+# draws made (2^63 counters are out of reach), so a negative one is a crafted checkpoint
+OFFSET_RANGE = (0, 2**63 - 1)
+
+
+class Fields:
+    """The fields of a checkpoint (or of a dict inside one), validated one by one: every
+    accessor checks the field's type and range and raises ValueError naming the file and
+    the field -- with ``prefix`` in front for a nested payload, e.g.
+    'layers[1].state.weights' -- before a model is built or loaded from it."""
+
+    def __init__(self, payload: dict, path=None, prefix: str = ""):
+        if not isinstance(payload, dict):
+            raise ValueError(f"{_where(path)}: the field {prefix.rstrip('.') or 'payload'!r} must be a dict; "
+                             f"got {type(payload).__name__}")
+        self.payload, self.path, self.prefix = payload, path, prefix
+        self._named = {prefix + k: v for k, v in payload.items() if isinstance(k, str)}
+
+    def name(self, key: str) -> str:
+        return self.prefix + key
+
+    def error(self, key: str, message: str) -> ValueError:
+        """A ValueError naming the file and the field: "... the field 'key' <message>"."""
+        return ValueError(f"{_where(self.path)}: the field {self.name(key)!r} {message}")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.payload
+
+    def get(self, key: str, types, what: str | None = None):
+        return field(self._named, self.name(key), types, self.path, what)
+
+    def int(self, key: str, low: int | None = None, high: int | None = None) -> int:
+        return int_field(self._named, self.name(key), low, high, self.path)
+
+    def real(self, key: str, positive: bool = False) -> float:
+        """A finite real number (an int or a float; > 0 when ``positive``)."""
+        value = float(self.get(key, (int, float), "a real number"))
+        if not math.isfinite(value) or (positive and not value > 0):
+            raise self.error(key, "must be finite" + (" and > 0" if positive else "") + f"; got {value!r}")
+        return value
+
+    def choice(self, key: str, choices) -> str:
+        value = self.get(key, str)
+        if value not in choices:
+            raise self.error(key, f"must be one of {list(choices)}; got {value!r}")
+        return value
+
+    def seed(self, key: str = "seed") -> int:
+        return self.int(key, *SEED_RANGE)
+
+    def offset(self, key: str = "offset") -> int:
+        return self.int(key, *OFFSET_RANGE)
+
+    def dtype(self, key: str = "dtype", dtypes: dict | None = None) -> torch.dtype:
+        dtypes = MODEL_DTYPES if dtypes is None else dtypes
+        name = self.get(key, str)
+        if name not in dtypes:
+            raise self.error(key, f"must be one of {sorted(dtypes)}; got {name!r}")
+        return dtypes[name]
+
+    def sub(self, key: str) -> Fields:
+        """The dict field ``key`` as Fields of its own (its errors name 'key.<field>')."""
+        return Fields(self.get(key, dict), self.path, self.name(key) + ".")
+
+    def records(self, key: str) -> list:
+        """A list of dicts (a training history)."""
+        value = self.get(key, list, "a list of dicts")
+        if not all(isinstance(record, dict) for record in value):
+            raise self.error(key, "must be a list of dicts")
+        return list(value)
+
+    def tensor(self, key: str, shape: tuple, dtype: torch.dtype, *, values: tuple | None = None) -> torch.Tensor:
+        value = self.get(key, torch.Tensor, "a tensor")
+        return check_tensor(self.name(key), value, shape, dtype, self.path, values=values)
+
+    def tensors(self, key: str, expected: dict[str, tuple[tuple, torch.dtype]],
+                values: dict[str, tuple] | None = None) -> dict[str, torch.Tensor]:
+        """The dict of tensors ``key``, holding exactly the entries of ``expected`` (name ->
+        (shape, dtype)), each finite and (``values``: name -> allowed values) within its set."""
+        state = self.get(key, dict, "a dict of tensors")
+        if set(state) != set(expected):
+            missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+            raise self.error(key, f"must hold the entries {sorted(expected)}"
+                             + (f"; missing {missing}" if missing else "")
+                             + (f"; unexpected {extra}" if extra else ""))
+        for name, (shape, dtype) in expected.items():
+            check_tensor(f"{self.name(key)}.{name}", state[name], shape, dtype, self.path,
+                         values=(values or {}).get(name))
+        return state
+
+    def state(self, module: torch.nn.Module, key: str = "state",
+              values: dict[str, tuple] | None = None) -> dict[str, torch.Tensor]:
+        """``module``'s state_dict entries, each of the same shape and dtype as the module's."""
+        return self.tensors(key, {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}, values)
+
+
+def leading_rows(value, default: int = 0) -> int:
+    """The row count of a stored (rows, ...) tensor whose row count is free (persistent
+    chains); ``default`` when it is no tensor with dimensions (check_tensor reports it)."""
+    return int(value.shape[0]) if isinstance(value, torch.Tensor) and value.dim() >= 1 else default

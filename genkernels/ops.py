@@ -1,6 +1,5 @@
 """The functional API: every family's ops, flat (``genkernels.ops.som_bmu``, ...)."""
-from .boltzmann.bm_ops import bm_energy, bm_gibbs
-from .boltzmann.ops import rbm_half_step, rbm_half_step_binary
+from .boltzmann.ops import bm_energy, bm_gibbs, rbm_half_step, rbm_half_step_binary
 from .hopfield.ops import hopfield_energy, hopfield_recall, hopfield_retrieval, hopfield_store
 from .ising.ops import (
     ising_counters_per_sweep,

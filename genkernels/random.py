@@ -290,8 +290,13 @@ class PhiloxStream:
 
     @property
     def offset(self) -> int:
-        """The next counter this stream hands out (an int64)."""
+        """The next counter this stream hands out (an int64); assigning one moves the stream
+        there (a model resumed from a checkpoint)."""
         return self._offset
+
+    @offset.setter
+    def offset(self, value: int) -> None:
+        self._offset = _check_offset("offset", value)
 
     def take(self, n: int) -> int:
         """Reserve n counters: returns the first (an int64) and moves past them (wrapping)."""

@@ -226,17 +226,23 @@ class _View(Mapping):
 _STATIC: dict[str, Callable[[], list]] = {}
 
 
-def static_kernels(family: str, provider: Callable[[], list]) -> None:
-    """Declare where ``family``'s Triton kernel specialisations for the static GPU report
-    come from: ``provider()`` (usually ``lazy(<family>.triton, "static_kernels")``) returns
-    genkernels._static.TritonKernel entries."""
-    if family in _STATIC:
-        raise ValueError(f"the static kernels of {family!r} are declared twice")
-    _STATIC[family] = provider
+def static_kernels(source: str, provider: Callable[[], list]) -> None:
+    """Declare where a Triton module's kernel specialisations for the static GPU report
+    come from. ``source`` names the family, or ``<family>.<stack>`` for one op stack of a
+    family with several; ``provider()`` (usually ``lazy(<module>, "static_kernels")``)
+    returns genkernels._static.TritonKernel entries."""
+    if source in _STATIC:
+        raise ValueError(f"the static kernels of {source!r} are declared twice")
+    _STATIC[source] = provider
 
 
 def static_kernel_providers() -> list[Callable[[], list]]:
     return list(_STATIC.values())
+
+
+def static_kernel_sources() -> list[str]:
+    """The names static kernels were declared under, in declaration order."""
+    return list(_STATIC)
 
 
 def load_families() -> list[str]:

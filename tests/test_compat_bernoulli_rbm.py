@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import minmax_scale
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
-from genkernels.boltzmann import reference
+from genkernels.boltzmann import rbm_reference as reference
 from genkernels.compat import BernoulliRBM
 
 SKIP_EXCEPTIONS = (pytest.skip.Exception, __import__("unittest").SkipTest)

@@ -232,7 +232,7 @@ class _Interrupt(Exception):
 
 def _interrupt_after(monkeypatch, epochs: int):
     """Make the next fit raise right after its ``epochs``-th epoch was checkpointed."""
-    real = rbm_module._Progress.update
+    real = rbm_module.Progress.update
     seen = []
 
     def update(self, value):
@@ -241,7 +241,7 @@ def _interrupt_after(monkeypatch, epochs: int):
         if len(seen) == epochs:
             raise _Interrupt
 
-    monkeypatch.setattr(rbm_module._Progress, "update", update)
+    monkeypatch.setattr(rbm_module.Progress, "update", update)
 
 
 @pytest.mark.parametrize("pretrained", [0, 2])

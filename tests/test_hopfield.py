@@ -1,6 +1,6 @@
 """Classical Hopfield networks (issue 9, part B): storing rules, energy, synchronous and
 asynchronous recall; the cpu kernel (csrc/cpu/hopfield.cpp) against the reference
-(genkernels/hopfield/reference.py), exactly; the capacity experiment; the model."""
+(genkernels/hopfield/recall_reference.py), exactly; the capacity experiment; the model."""
 import itertools
 
 import pytest
@@ -8,7 +8,7 @@ import torch
 
 import genkernels
 from genkernels import Hopfield, backends, ops
-from genkernels.hopfield import reference
+from genkernels.hopfield import recall_reference as reference
 
 from helpers import DEVICE, needs_cpu, needs_triton  # noqa: E402
 

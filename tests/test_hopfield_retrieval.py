@@ -1,5 +1,5 @@
 """Continuous modern Hopfield retrieval: the cpu (csrc/cpu/hopfield_retrieval.cpp) and
-triton (genkernels/hopfield/triton.py, interpreted here) backends against the reference
+triton (genkernels/hopfield/retrieval_triton.py, interpreted here) backends against the reference
 (genkernels/hopfield/retrieval_reference.py) over odd and edge shapes; per-row stopping;
 stability at large beta; the retrieval property; gradients (gradcheck, and each
 backend's backward against autograd through the reference); opcheck; torch.compile;

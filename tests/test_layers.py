@@ -35,7 +35,31 @@ def test_every_family_declares_its_ops_and_static_kernels():
     for name, impls in ops.items():
         assert impls[0] == "reference", name  # every op has its spec
         assert registry.get(name).backends == impls
-    assert len(registry.static_kernel_providers()) == len(families) + 1  # + the core's random stream
+    # every family (or each op stack of it) declares its static kernels, + the core's random stream
+    sources = registry.static_kernel_sources()
+    assert len(sources) == len(set(sources)) == len(registry.static_kernel_providers())
+    assert {s.split(".")[0] for s in sources} == set(families) | {"random"}
+
+
+def test_every_kernel_module_is_under_the_kernels_contract():
+    """The naming rule of docs/design.md ("Names and places"): a family's kernel modules are
+    triton.py / reference.py, or <stack>_triton.py / <stack>_reference.py beside
+    <stack>_ops.py; the contract "Kernels never import ops" lists every such name."""
+    import re
+    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    contract = text[text.index('name = "Kernels never import ops"'):]
+    pkg = os.path.join(ROOT, "genkernels")
+    for family in registry.load_families():
+        for f in sorted(os.listdir(os.path.join(pkg, family))):
+            m = re.fullmatch(r"(?:(\w+)_)?(triton|reference|ops)\.py", f)
+            if m is None:
+                continue
+            if m.group(2) == "ops":
+                assert f'"genkernels.*.{f[:-3]}"' in contract or f == "ops.py", (family, f)
+                continue
+            assert f'"genkernels.*.{f[:-3]}"' in contract, (family, f)
+            if m.group(1):  # a stack's kernels sit beside the stack's ops
+                assert os.path.exists(os.path.join(pkg, family, f"{m.group(1)}_ops.py")), (family, f)
 
 
 def test_declaring_an_op_twice_or_a_preference_it_lacks_raises():

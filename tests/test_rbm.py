@@ -10,7 +10,7 @@ import torch
 import genkernels
 from genkernels import RBM, Hopfield, backends
 from genkernels import checkpoint as ckpt
-from genkernels.boltzmann import reference
+from genkernels.boltzmann import rbm_reference as reference
 from genkernels.data import load_digits
 
 

@@ -85,7 +85,7 @@ def test_single_step_is_importance_sampling_from_the_base():
     assert (est, se) == same
     assert se > 0 and abs(est - exact) < 3 * se
     # the weights by hand: base samples with the counters the model documents
-    from genkernels.boltzmann.reference import counters_per_row, half_step_uniforms
+    from genkernels.boltzmann.rbm_reference import counters_per_row, half_step_uniforms
     u = half_step_uniforms(0, 0, 4000, 10, "cpu")
     v = (u < 0.5).to(torch.float64)
     log_w = -rbm.free_energy(v).to(torch.float64) - 8 * math.log(2.0)  # -F(v) + F_0(v), F_0 = -8 log 2

@@ -10,8 +10,8 @@ from tolerances import TOL
 import genkernels
 from genkernels import backends, ops
 from genkernels import random as gk_random
-from genkernels.boltzmann import ops as rbm_ops
-from genkernels.boltzmann import reference
+from genkernels.boltzmann import rbm_ops
+from genkernels.boltzmann import rbm_reference as reference
 
 from helpers import COMPILED, needs, needs_cpu  # noqa: E402
 
@@ -209,7 +209,7 @@ def test_opcheck():
 
 @needs_interpreted_triton
 def test_opcheck_triton():
-    from genkernels.boltzmann import triton as rbm_triton  # noqa: F401
+    from genkernels.boltzmann import rbm_triton  # noqa: F401
     s, w, bias = _binary_problem(9, 13, 6, torch.float32, False)
     torch.library.opcheck(torch.ops.genkernels.rbm_half_step_binary_triton.default,
                           (s, w, bias, 11, 3, False, True))

@@ -180,7 +180,7 @@ def test_opcheck():
 
 @needs_interpreted_triton
 def test_opcheck_triton():
-    from genkernels.boltzmann import triton as rbm_triton  # noqa: F401
+    from genkernels.boltzmann import rbm_triton  # noqa: F401
     s, w, bias = _problem(9, 13, 6, torch.float32, False)
     torch.library.opcheck(torch.ops.genkernels.rbm_half_step_triton.default,
                           (s, w, bias, 11, 3, False, True))
@@ -268,7 +268,7 @@ def test_offset_read_from_device_memory_equals_the_scalar_offset(transpose, base
     """The CUDA-graph path's kernel variant: counters start at *offset_base + offset (int64,
     wrapping), the same samples and probabilities as the op with offset = base + delta --
     past 2^32 (the counter's high word) and across the int64 wrap both ways."""
-    from genkernels.boltzmann.ops import half_step
+    from genkernels.boltzmann.rbm_ops import half_step
     s, w, bias = _problem(67, 29, 70, torch.float32, transpose, "uint8", seed=3)
     seed = 2**63 + 12345
     wrapped = (base + delta + 2**63) % 2**64 - 2**63
@@ -283,8 +283,26 @@ def test_offset_read_from_device_memory_equals_the_scalar_offset(transpose, base
     assert not torch.equal(other[0], want[0])
 
 
+@needs_interpreted_triton
+def test_half_step_at_op_matches_its_reference_and_passes_opcheck():
+    """rbm_half_step_at, the registered op of the CUDA-graph path: its triton kernel and its
+    reference (offset_base read on the host) draw the same samples; opcheck holds."""
+    from genkernels import registry
+    from genkernels.boltzmann import rbm_triton  # noqa: F401 (registers the custom op)
+    op = registry.get("rbm_half_step_at")
+    assert op.backends == ("reference", "triton")
+    s, w, bias = _problem(33, 21, 18, torch.float32, False, "uint8", seed=5)
+    base = torch.tensor([2**40 + 3], dtype=torch.int64)
+    args = (s, w, bias, -12345, base, 77, False, True)
+    want = op("reference", *args)
+    got = op("triton", *args)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    torch.library.opcheck(torch.ops.genkernels.rbm_half_step_at_triton.default, args)
+
+
 def test_offset_base_needs_the_triton_backend():
-    from genkernels.boltzmann.ops import half_step
+    from genkernels.boltzmann.rbm_ops import half_step
     s, w, bias = _problem(3, 5, 4, torch.float32, False, "uint8")
     with pytest.raises(ValueError, match="offset_base.*triton"):
         half_step(s, w, bias, 0, 0, False, True, backend="reference",
@@ -294,7 +312,7 @@ def test_offset_base_needs_the_triton_backend():
 @pytest.mark.gpu
 @pytest.mark.parametrize("transpose", [False, True])
 def test_triton_on_cuda_offset_read_from_device_memory_equals_the_scalar_offset(transpose):
-    from genkernels.boltzmann.ops import half_step
+    from genkernels.boltzmann.rbm_ops import half_step
     s, w, bias = (t.cuda() for t in _problem(300, 97, 130, torch.float32, transpose, "uint8", seed=4))
     for base, delta in [(0, 0), (2**32 - 3, 5), (2**63 - 4, 11), (-(2**63) + 2, -7), (-5, 2**40)]:
         wrapped = (base + delta + 2**63) % 2**64 - 2**63
@@ -338,8 +356,8 @@ def _one_thread(active: bool):
 def test_pcd_step_cpu_is_the_reference_composition(shape, dtype):
     """One C++ call equals, bit for bit, the reference rule run on the cpu half-steps
     (the same ATen kernels in the same order), and the pure reference within rounding."""
-    from genkernels.boltzmann import ops as bops
-    from genkernels.boltzmann import reference
+    from genkernels.boltzmann import rbm_ops as bops
+    from genkernels.boltzmann import rbm_reference as reference
     b, c, n_vis, n_hid = shape
     seed, off_v, off_h, lr = 2**63 + 5, 17, -40, 0.06 / b
     got = [t.clone() for t in _pcd_problem(b, c, n_vis, n_hid, dtype)]

@@ -1,5 +1,5 @@
 // CPU kernel of asynchronous Hopfield recall (schema in csrc/genkernels.cpp, spec in
-// genkernels/hopfield/reference.py, which this reproduces bit for bit):
+// genkernels/hopfield/recall_reference.py, which this reproduces bit for bit):
 //
 //   hopfield_recall_async  the fields of every probe start as one at::mm (states @ W, the
 //                          product the reference takes); then each probe runs its sweeps

@@ -1,5 +1,5 @@
 // CPU kernel of the RBM Gibbs half-step (schema in csrc/genkernels.cpp, spec in
-// genkernels/boltzmann/reference.py):
+// genkernels/boltzmann/rbm_reference.py):
 //
 //   rbm_half_step  the output (B, n_out) is cut into tiles of at most kTileRows rows and a
 //                  column block per thread when there are fewer row tiles than threads.
@@ -674,7 +674,7 @@ at::Tensor rbm_pack_binary_cpu(const at::Tensor& x) {
 // One persistent-CD batch of scikit-learn's BernoulliRBM._fit (genkernels.compat), in one
 // call: at batch 1 to 10 the Python sequence of the same ATen calls and two half-steps cost
 // about 90 us a batch in dispatch, more than the arithmetic. The same ATen kernels run in
-// the same order as genkernels/boltzmann/reference.py:rbm_pcd_step_ on the cpu half-steps,
+// the same order as genkernels/boltzmann/rbm_reference.py:rbm_pcd_step_ on the cpu half-steps,
 // so the results are bit for bit that composition's.
 at::Tensor rbm_pcd_step_cpu(const at::Tensor& v_pos, at::Tensor& w, at::Tensor& visible_bias,
                             at::Tensor& hidden_bias, const at::Tensor& chains, int64_t seed, int64_t offset_v,

@@ -8,7 +8,7 @@
 //   d s = dz @ W^T (transpose: dz @ W)      -- float states of the dense op only; the
 //                                               binary op's 0/1 states are discrete;
 //   d W = s^T @ dz (transpose: dz^T @ s).
-// genkernels/boltzmann/ops.py registers the same backward for the Triton twins.
+// genkernels/boltzmann/rbm_triton.py registers the same backward for the Triton twins.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/library.h>

@@ -1,5 +1,5 @@
 // Persistent asynchronous-recall kernel of Hopfield networks: one thread block per probe
-// walks all of that probe's sweeps in one launch (spec: genkernels/hopfield/reference.py
+// walks all of that probe's sweeps in one launch (spec: genkernels/hopfield/recall_reference.py
 // recall_async, reproduced bit for bit from the same starting fields).
 //
 // A probe's working set -- fields h (N x Scalar), the sweep's Philox keys (N x uint32),

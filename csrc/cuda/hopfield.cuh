@@ -8,7 +8,7 @@
 namespace genkernels::hopfield::cuda {
 
 // Asynchronous recall of B probes, one persistent thread block per probe walking all of
-// its sweeps (reference: genkernels/hopfield/reference.py recall_async, reproduced bit
+// its sweeps (reference: genkernels/hopfield/recall_reference.py recall_async, reproduced bit
 // for bit given the same starting fields).
 //
 //   weights   (N, N) contiguous, symmetric

@@ -41,6 +41,7 @@ GIBBS = registry.declare(
     cuda=registry.extension("bm_gibbs"),
     sequential=True,
     fake=_bm_gibbs_fake)
+registry.static_kernels("boltzmann.gibbs", registry.lazy(__package__ + ".bm_triton", "static_kernels"))
 
 
 def check_machine(weights, bias) -> None:

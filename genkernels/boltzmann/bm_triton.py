@@ -103,3 +103,21 @@ def bm_gibbs_triton(weights: torch.Tensor, bias: torch.Tensor, states: torch.Ten
 @bm_gibbs_triton.register_fake
 def _bm_gibbs_triton_fake(weights, bias, states, clamp, temperatures, random_order, seed, offset):
     return torch.empty_like(states)
+
+
+# ------------------------------------------------------------------ static GPU report
+def static_kernels() -> list:
+    """The kernel specialisations the static GPU report compiles (python -m genkernels._static)."""
+    from .._static import TritonKernel, ptr
+
+    def gibbs(dtype, random, block_n):
+        p = ptr(dtype)
+        sig = {"W": p, "STATES": p, "FIELDS": p, "CLAMP": "*i8", "TEMPS": p, "N": "i32",
+               "S": "i32", "seed": "i64", "offset": "i64"}
+        order = "random" if random else "sequential"
+        return TritonKernel("boltzmann", f"_bm_gibbs_kernel[{dtype},{order},N<={block_n}]",
+                            lambda: _bm_gibbs_kernel, sig,
+                            {"RANDOM": random, "BLOCK_N": block_n},
+                            register_warps(block_n, 8 if dtype == "fp64" else 4), 3)
+
+    return [gibbs("fp32", True, 1024), gibbs("fp32", False, 1024), gibbs("fp64", True, 1024)]

@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .._checks import check_choice, check_int
-from ._train import DivergedError, choice_field, dtype_field, prefixed, seed_field
+from ..model import DivergedError, Model
 from .rbm import RBM, VISIBLE_UNITS
 
 DOWN_PASSES = ("mean", "sample")
@@ -38,7 +38,7 @@ def layer_seed(seed: int, layer: int) -> int:
     return (seed + layer * _SEED_STRIDE) % 2**64
 
 
-class DBN(nn.Module):
+class DBN(Model):
     """A deep belief network: ``len(layer_sizes) - 1`` stacked RBMs.
 
     Args:
@@ -58,7 +58,12 @@ class DBN(nn.Module):
         dbn.fit(x, epochs=[20, 20], batch_size=20, learning_rate=0.05)
         features = dbn.transform(x)          # (N, 64) top-level probabilities
         v = dbn.sample(16, n_gibbs=1000)     # (16, 64) in [0, 1]
+
+    The DBN's own stream (``seed``) keys its layers' seeds and draws nothing itself.
     """
+
+    kind = "DBN"
+    _main_op = "rbm_half_step"
 
     def __init__(self, layer_sizes: Sequence[int], visible: str = "bernoulli", learn_variance: bool = False,
                  *, seed: int | None = None, dtype: torch.dtype = torch.float32, device=None):
@@ -70,9 +75,7 @@ class DBN(nn.Module):
                              f"got {list(layer_sizes)}")
         self.layer_sizes = [check_int(f"layer_sizes[{i}]", n, 1) for i, n in enumerate(layer_sizes)]
         self.visible = check_choice("visible", visible, VISIBLE_UNITS)
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = check_int("seed", seed, 0, 2**64 - 1)
+        self._init_stream(seed)
         self.layers = nn.ModuleList(
             RBM(n_in, n_out, visible if i == 0 else "bernoulli", learn_variance if i == 0 else False,
                 seed=layer_seed(self.seed, i), dtype=dtype, device=device)
@@ -220,36 +223,30 @@ class DBN(nn.Module):
                 "learn_variance": self.learn_variance, "seed": self.seed,
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
-    def save(self, path: str) -> None:
-        """Write every layer (parameters, training state, random-stream positions) and the
-        configuration to one file, atomically."""
-        layers = [rbm._payload() for rbm in self.layers]
-        ckpt.save_atomic({"config": self._config(), "layers": layers}, path, "DBN")
+    def _payload(self) -> dict:
+        """Every layer (parameters, training state, random-stream positions) and the
+        configuration, in one file."""
+        return {"config": self._config(), "layers": [rbm._payload() for rbm in self.layers]}
 
     @classmethod
-    def load(cls, path: str, device=None) -> DBN:
-        """Read a model written by :meth:`save` (``weights_only=True``); a checkpoint of
-        anything else raises ValueError, and so does a bad or missing field (every layer is
-        validated as ``RBM.load`` validates a model; errors name the field, e.g.
-        'layers[1].state.chains')."""
-        payload = ckpt.read(path, "DBN")
-        cfg = prefixed(ckpt.field(payload, "config", dict, path), "config.")
-        sizes = ckpt.field(cfg, "config.layer_sizes", list, path, "a list of ints")
+    def _from_checkpoint(cls, fields: ckpt.Fields, device=None) -> DBN:
+        """Every layer is validated as ``RBM.load`` validates a model; errors name the
+        field, e.g. 'layers[1].state.chains'."""
+        cfg = fields.sub("config")
+        sizes = cfg.get("layer_sizes", list, "a list of ints")
         if len(sizes) < 2:
-            raise ValueError(f"checkpoint {str(path)!r}: the field 'config.layer_sizes' must hold at least 2 "
-                             f"entries; got {sizes}")
-        sizes = [ckpt.int_field({f"config.layer_sizes[{i}]": n}, f"config.layer_sizes[{i}]", 1, path=path)
+            raise cfg.error("layer_sizes", f"must hold at least 2 entries; got {sizes}")
+        sizes = [ckpt.Fields({f"layer_sizes[{i}]": n}, fields.path, cfg.prefix).int(f"layer_sizes[{i}]", 1)
                  for i, n in enumerate(sizes)]
-        model = cls(sizes, choice_field(cfg, "config.visible", VISIBLE_UNITS, path),
-                    ckpt.field(cfg, "config.learn_variance", bool, path), seed=seed_field(cfg, "config.seed", path),
-                    dtype=dtype_field(cfg, "config.dtype", path), device=device)
-        layers = ckpt.field(payload, "layers", list, path, "a list of layer dicts")
+        model = cls(sizes, cfg.choice("visible", VISIBLE_UNITS), cfg.get("learn_variance", bool), seed=cfg.seed(),
+                    dtype=cfg.dtype(), device=device)
+        layers = fields.get("layers", list, "a list of layer dicts")
         if len(layers) != model.n_layers:
-            raise ValueError(f"checkpoint {str(path)!r}: the field 'layers' must hold {model.n_layers} layers for "
-                             f"layer_sizes {sizes}; got {len(layers)}")
+            raise fields.error("layers", f"must hold {model.n_layers} layers for layer_sizes {sizes}; "
+                               f"got {len(layers)}")
         for i, (rbm, layer_payload) in enumerate(zip(model.layers, layers)):
-            ckpt.field({f"layers[{i}]": layer_payload}, f"layers[{i}]", dict, path)
-            rbm._restore(layer_payload, path, prefix=f"layers[{i}].")
+            ckpt.Fields({f"layers[{i}]": layer_payload}, fields.path).get(f"layers[{i}]", dict)
+            rbm._restore(ckpt.Fields(layer_payload, fields.path, f"layers[{i}]."))
         return model
 
     def forward(self, x) -> torch.Tensor:

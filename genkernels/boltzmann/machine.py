@@ -7,25 +7,19 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from .. import checkpoint as ckpt
-from .. import random as gk_random
-from .._checks import OnWeights, check_choice, check_int, check_model_dtype, compiling, model_seed, real_values
+from .._checks import check_choice, check_int, check_model_dtype, compiling, real_values
+from ..model import Model, check_finite_model
 from . import bm_reference as reference
-from ._train import check_finite_model, check_real, check_tensors, dtype_field, leading_rows, offset_field, \
-    prefixed, seed_field
+from ._train import check_real
 from .bm_ops import bm_energy, bm_gibbs, check_binary
 from .bm_reference import ORDERS
 
 SCHEDULES = ("geometric", "linear")
 
 
-def _advance(offset: int, by: int) -> int:
-    return gk_random.wrap_int64(offset + by)
-
-
-class BoltzmannMachine(OnWeights, nn.Module):
+class BoltzmannMachine(Model):
     """Fully connected binary units: ``n_visible`` visible then ``n_hidden`` hidden.
 
     E(s) = -1/2 s^T W s - b^T s with W symmetric, zero diagonal; p(s) ∝ exp(-E(s) / T).
@@ -47,6 +41,7 @@ class BoltzmannMachine(OnWeights, nn.Module):
         states, energies = bm.anneal(16)         # simulated annealing, lowest energy first
     """
 
+    kind = "BoltzmannMachine"
     weights: torch.Tensor
     bias: torch.Tensor
 
@@ -56,8 +51,7 @@ class BoltzmannMachine(OnWeights, nn.Module):
         self.n_visible = check_int("n_visible", n_visible, 1)
         self.n_hidden = check_int("n_hidden", n_hidden, 0)
         check_model_dtype(dtype)
-        self.seed = model_seed(seed)
-        self.offset = 0
+        self._init_stream(seed)
         n = self.n_units
         init_std = check_real("init_std", init_std, 0)
         # couplings from the stream: Box-Muller-free, a centred uniform of the same std
@@ -75,10 +69,7 @@ class BoltzmannMachine(OnWeights, nn.Module):
 
     def _uniform(self, count: int, device) -> torch.Tensor:
         """count uniforms from the model's stream (advances it)."""
-        offsets = torch.arange(count, dtype=torch.int64) + self.offset  # int64: wraps
-        u = gk_random.rand(self.seed, offsets, backend="reference").to(device)
-        self.offset = _advance(self.offset, count)
-        return u
+        return self._stream.rand(count, backend="reference").to(device)
 
     def _random_states(self, n_chains: int) -> torch.Tensor:
         return (self._uniform(n_chains * self.n_units, self.device) < 0.5).to(self.dtype).reshape(
@@ -102,7 +93,7 @@ class BoltzmannMachine(OnWeights, nn.Module):
         chains = states.shape[0] if states.dim() == 2 else 1
         out = bm_gibbs(self.weights, self.bias, states, temps, clamp, order, self.seed,
                        self.offset, backend=backend)
-        self.offset = _advance(self.offset, chains * n_sweeps * self.n_units)
+        self._advance(chains * n_sweeps * self.n_units)
         return out
 
     @staticmethod
@@ -265,33 +256,27 @@ class BoltzmannMachine(OnWeights, nn.Module):
         return {"n_visible": self.n_visible, "n_hidden": self.n_hidden, "seed": self.seed,
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
-    def save(self, path: str) -> None:
-        """Write the model (parameters, persistent chains, stream position) atomically."""
-        ckpt.save_atomic({"config": self._config(),
-                          "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-                          "offset": self.offset}, path, "BoltzmannMachine")
+    def _payload(self) -> dict:
+        """Parameters, persistent chains and the stream position."""
+        return {"config": self._config(), "state": self._state_payload(), "offset": self.offset}
 
     @classmethod
-    def load(cls, path: str, device=None) -> BoltzmannMachine:
-        """Read a model written by :meth:`save` (``weights_only=True``). Every field is
-        validated -- shapes, dtypes, finite values, symmetric couplings with a zero diagonal,
-        binary chains, a stream position in [0, 2^63) -- and a bad or missing one raises
-        ValueError naming it."""
-        payload = ckpt.read(path, "BoltzmannMachine")
-        cfg = prefixed(ckpt.field(payload, "config", dict, path), "config.")
-        model = cls(ckpt.int_field(cfg, "config.n_visible", 1, path=path),
-                    ckpt.int_field(cfg, "config.n_hidden", 0, path=path), seed=seed_field(cfg, "config.seed", path),
-                    dtype=dtype_field(cfg, "config.dtype", path), device=device)
+    def _from_checkpoint(cls, fields: ckpt.Fields, device=None) -> BoltzmannMachine:
+        """Every field validated -- shapes, dtypes, finite values, symmetric couplings with
+        a zero diagonal, binary chains, a stream position in [0, 2^63)."""
+        cfg = fields.sub("config")
+        model = cls(cfg.int("n_visible", 1), cfg.int("n_hidden", 0), seed=cfg.seed(), dtype=cfg.dtype(),
+                    device=device)
         n, dtype = model.n_units, model.dtype
-        stored = ckpt.field(payload, "state", dict, path, "a dict of tensors")
-        state = check_tensors(payload, "state", {"weights": ((n, n), dtype), "bias": ((n,), dtype),
-                                                 "chains": ((leading_rows(stored.get("chains")), n), dtype)},
-                              path, values={"chains": (0, 1)})
+        stored = fields.get("state", dict, "a dict of tensors")
+        state = fields.tensors("state", {"weights": ((n, n), dtype), "bias": ((n,), dtype),
+                                         "chains": ((ckpt.leading_rows(stored.get("chains")), n), dtype)},
+                               values={"chains": (0, 1)})
         w = state["weights"]
         if not (torch.equal(w, w.T) and bool((w.diagonal() == 0).all())):
-            raise ValueError(f"checkpoint {str(path)!r}: the field 'state.weights' must be symmetric with a zero "
-                             "diagonal (the couplings of a Boltzmann machine)")
-        offset = offset_field(payload, "offset", path)
+            raise fields.error("state.weights", "must be symmetric with a zero diagonal (the couplings of a "
+                               "Boltzmann machine)")
+        offset = fields.offset()
         model.chains = state["chains"].to(model.device)
         model.load_state_dict({k: v.to(model.device) for k, v in state.items()})
         model.offset = offset

@@ -20,7 +20,8 @@ weight decay and a sparsity term). CD-k starts each batch's chains from the hidd
 samples of the data; PCD keeps ``batch_size`` persistent chains (hidden states, zeros at
 first as in scikit-learn) across batches and epochs.
 
-Random stream: the model owns ``seed`` and the counter ``offset``. Every sampling
+Random stream: the model owns a Philox stream (genkernels.model.Model: ``seed`` and the
+counter ``offset``). Every sampling
 half-step over B rows of n_out units takes the next B * ceil(n_out / 4) counters, laid out
 as genkernels.ops.rbm_half_step documents (row b, unit j: word j % 4 of counter
 offset + b * ceil(n_out / 4) + j // 4), so a step's draws are keyed by (step, sample index,
@@ -40,65 +41,48 @@ of one flat buffer per update adds them up; every process then applies the same 
 the parameters stay identical everywhere and equal the single-process ones up to float
 summation order (step for step over the first updates; later a probability within rounding
 of its uniform can flip a draw, and runs are compared by their reconstruction error).
+
+The model's code lives by concern: this module (the model, its half-steps, CD-k and PCD
+training, the binary-state path, checkpoints); rbm_tempering.py (parallel tempering),
+rbm_partition.py (exact and AIS partition functions), rbm_distributed.py (data-parallel
+statistics and chains) and rbm_graphs.py (CUDA-graph capture), each a base class of RBM.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import math
-import numbers
 import os
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import backends
 from .. import checkpoint as ckpt
 from .. import distributed as gkdist
 from .. import random as gk_random
-from .._checks import OnWeights, check_choice, check_fits_dtype, check_int, compiling, from_numpy
-from ._train import DivergedError, check_finite_model, check_tensors, choice_field, dtype_field, \
-    leading_rows, offset_field, prefixed, seed_field
+from .._checks import check_choice, check_fits_dtype, check_int, compiling, from_numpy
+from ..model import DivergedError, Model, Progress, check_finite_model
 from ._train import check_real as _check_real
-from .ops import binary_outer_add_, half_step, half_step_binary, pack_binary
-from .reference import counters_per_row, half_step_uniforms
+from .rbm_distributed import DistributedChains, _rank_rows, _Rows
+from .rbm_graphs import CudaGraphs, _GraphedUpdate
+from .rbm_ops import binary_outer_add_, half_step, half_step_binary, pack_binary
+from .rbm_partition import PartitionEstimators
+from .rbm_reference import counters_per_row, half_step_uniforms
+from .rbm_tempering import PT_DEFAULT_TEMPERATURES, ParallelTempering
 
 VISIBLE_UNITS = ("bernoulli", "gaussian")
 METHODS = ("cd", "pcd", "pt")
-# parallel tempering: default number of inverse temperatures 1, 1 - 1/M, ..., 1/M
-PT_DEFAULT_TEMPERATURES = 10
 BINARIZE = (None, "threshold", "stochastic")
 MONITORS = (None, "reconstruction_error", "pseudo_likelihood")
 STATE_PATHS = ("auto", "dense", "binary")
-AIS_SCHEDULES = ("linear", "piecewise")
-# exact enumeration over the smaller layer: 2^n states, n at most this
-MAX_ENUMERATED_UNITS = 20
-ENUMERATION_CHUNK = 1 << 14
 # rows of the training data the monitored metric is computed on after each epoch
 MONITOR_ROWS = 1000
 # batches whose rows fit() gathers in one copy
 GATHER_BATCHES = 64
 
 
-class _Rows(NamedTuple):
-    """This process's rows [first, stop) of a half-step or update over ``total`` rows."""
-    first: int
-    stop: int
-    total: int
-
-
-def _rank_rows(total: int) -> _Rows:
-    """The contiguous share of this process (rank r of N) of ``total`` rows:
-    [total r // N, total (r + 1) // N)."""
-    r, n = gkdist.rank(), gkdist.world_size()
-    return _Rows(total * r // n, total * (r + 1) // n, total)
-
-
-class RBM(OnWeights, nn.Module):
+class RBM(PartitionEstimators, ParallelTempering, DistributedChains, CudaGraphs, Model):
     """A restricted Boltzmann machine with binary hidden units.
 
     Args:
@@ -135,10 +119,9 @@ class RBM(OnWeights, nn.Module):
     # within the update -- and the persistent buffers (chains, hidden activity) are updated
     # in place, as a captured CUDA graph needs (see _GraphedUpdate)
     _offset_base: torch.Tensor | None = None
-    # while a public method runs with an explicit ``backend=``: that name, given to every op
-    # the method runs (half-steps, binary-state statistics, random draws); None: each op
-    # chooses as genkernels.backends does (use_backend, GENKERNELS_BACKEND, auto)
-    _backend: str | None = None
+    kind = "RBM"
+    # the op a method's backend= is checked against (Model._ops_backend)
+    _main_op = "rbm_half_step"
 
     def __init__(self, n_visible: int, n_hidden: int, visible: str = "bernoulli",
                  learn_variance: bool = False, *, seed: int | None = None,
@@ -154,10 +137,7 @@ class RBM(OnWeights, nn.Module):
         self.learn_variance = learn_variance
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = check_int("seed", seed, 0, 2**64 - 1)
-        self.offset = 0
+        self._init_stream(seed)
         self.epochs_done = 0
         self.history: list[dict] = []
         # the latest fit call (saved in checkpoints, so resume=True can finish it): the
@@ -190,37 +170,6 @@ class RBM(OnWeights, nn.Module):
     def sigma(self) -> torch.Tensor:
         """(n_visible,) standard deviations of Gaussian visible units (ones for Bernoulli)."""
         return self.log_sigma.exp()
-
-    @contextlib.contextmanager
-    def _ops_backend(self, backend: str | None, op: str = "rbm_half_step"):
-        """The block's ops run on ``backend`` (a public method's ``backend=``). None changes
-        nothing: the automatic choice, or inside another method's block (fit's monitor, a
-        DBN's layers) that method's backend. A name is checked first, against ``op`` (the
-        method's main op) on the model's device: a bad name raises ValueError, a backend
-        that cannot run here BackendUnavailableError -- before the block changes anything."""
-        if backend is None:
-            yield
-            return
-        backends.resolve(op, self.device, backend)
-        previous, self._backend = self._backend, backend
-        try:
-            yield
-        finally:
-            self._backend = previous
-
-    @contextlib.contextmanager
-    def _call_stream(self, seed: int | None):
-        """The stream a call draws from: the model's own (seed None: the call advances it),
-        or (seed, offset 0) for the block alone, the model's seed and offset back after it."""
-        if seed is None:
-            yield
-            return
-        saved = (self.seed, self.offset)
-        self.seed, self.offset = seed, 0
-        try:
-            yield
-        finally:
-            self.seed, self.offset = saved
 
     # ------------------------------------------------------------------ validation
     def _data(self, x, name: str = "x", binarize: str | None = None) -> torch.Tensor:
@@ -266,12 +215,6 @@ class RBM(OnWeights, nn.Module):
         return x.contiguous()
 
     # ----------------------------------------------------------------- random stream
-    def _advance(self, n: int) -> int:
-        """The first of the next n counters of the model's stream; moves the stream past them."""
-        first = self.offset
-        self.offset = gk_random.wrap_int64(self.offset + n)
-        return first
-
     def _advance_rows(self, rows: int, per_row: int, span: _Rows | None) -> int:
         """First counter of this process's ``rows`` rows of a draw taking ``per_row`` counters
         per row. span None: the rows are the whole draw; else they are rows [span.first,
@@ -370,216 +313,6 @@ class RBM(OnWeights, nn.Module):
         flipped = v.clone()
         flipped[rows, unit] = 1 - flipped[rows, unit]
         return -self.n_visible * F.softplus(-(self._free_energy(flipped) - self._free_energy(v)))
-
-    @torch.no_grad()
-    def log_partition_exact(self, enumerate_layer: str | None = None) -> float:
-        """log Z by enumerating the 2^n states of the smaller layer (n <= 20; the hidden
-        layer for Gaussian visible units), summed in chunks with logsumexp in float64.
-        enumerate_layer: "visible" or "hidden" to choose the layer (None: the smaller one)."""
-        if enumerate_layer is None:
-            enumerate_layer = "visible" if self.visible == "bernoulli" and self.n_visible < self.n_hidden \
-                else "hidden"
-        check_choice("enumerate_layer", enumerate_layer, ("visible", "hidden"))
-        if enumerate_layer == "visible" and self.visible != "bernoulli":
-            raise ValueError("gaussian visible units are continuous: enumerate_layer must be 'hidden'")
-        n = self.n_visible if enumerate_layer == "visible" else self.n_hidden
-        if n > MAX_ENUMERATED_UNITS:
-            raise ValueError(f"log_partition_exact enumerates 2^{n} states of the {enumerate_layer} layer; "
-                             f"at most {MAX_ENUMERATED_UNITS} units are allowed")
-        w = self.weights.to(torch.float64)
-        b = self.visible_bias.to(torch.float64)
-        c = self.hidden_bias.to(torch.float64)
-        sigma = self.sigma.to(torch.float64)
-        bits = torch.arange(n, device=self.device)
-        parts = []
-        for start in range(0, 2 ** n, ENUMERATION_CHUNK):
-            idx = torch.arange(start, min(2 ** n, start + ENUMERATION_CHUNK), device=self.device)
-            states = ((idx[:, None] >> bits) & 1).to(torch.float64)
-            if enumerate_layer == "visible":
-                parts.append(states @ b + F.softplus(torch.addmm(c, states, w)).sum(1))
-            elif self.visible == "bernoulli":
-                parts.append(states @ c + F.softplus(torch.addmm(b, states, w.T)).sum(1))
-            else:
-                a = states @ w.T  # (S, n_visible)
-                parts.append(states @ c + (b * a / sigma + a ** 2 / 2).sum(1))
-        log_z = torch.logsumexp(torch.cat(parts), 0)
-        if self.visible == "gaussian":
-            log_z = log_z + (torch.log(sigma) + 0.5 * math.log(2 * math.pi)).sum()
-        return float(log_z)
-
-    @torch.no_grad()
-    def log_likelihood_exact(self, x) -> torch.Tensor:
-        """log p(x) = -F(x) - log Z per row, (N,) float64 (log Z by enumeration: see
-        :meth:`log_partition_exact`)."""
-        v = self._data(x)
-        return -self._free_energy(v).to(torch.float64) - self.log_partition_exact()
-
-    # ---------------------------------------------------- annealed importance sampling
-    @torch.no_grad()
-    def log_partition_ais(self, n_chains: int = 100, n_betas: int = 10000, *, betas=None,
-                          schedule: str = "linear", base_visible_bias=None,
-                          seed: int | None = None, backend: str | None = None) -> tuple[float, float]:
-        """log Z estimated by annealed importance sampling (Salakhutdinov & Murray, 2008):
-        (estimate, standard error) in nats. Bernoulli visible units only.
-
-        The base model A has zero weights, zero hidden biases and visible biases b_A
-        (``base_visible_bias``, (n_visible,); default zeros: uniform visible units; the
-        base-rate model of the paper takes b_A = log(p / (1 - p)) of the data's mean p),
-        so log Z_A = n_hidden log 2 + sum_i softplus(b_A,i) and it is sampled exactly. The
-        intermediate distributions p_beta(v) ∝ exp(-F_beta(v)),
-
-            -F_beta(v) = ((1 - beta) b_A + beta b).v + sum_j softplus(beta (c + v W)_j),
-
-        run from beta_0 = 0 (the base) to beta_K = 1 (the model). Each of ``n_chains``
-        independent chains (vectorised: one batch) starts from v_0 ~ p_A; for k = 1..K it
-        adds F_{beta_{k-1}}(v) - F_{beta_k}(v) to its log weight and then (k < K) makes one
-        Gibbs step v -> h -> v at beta_k: the fused rbm_half_step with weights beta_k W and
-        hidden bias beta_k c, then visible bias (1 - beta_k) b_A + beta_k b. Log weights are
-        accumulated in float64. The estimate is log mean exp(log w) + log Z_A (logsumexp);
-        its standard error by the delta method is sd(w) / (sqrt(n) mean(w)), computed from
-        the normalised weights w / mean(w) = exp(log w - log mean exp(log w)) (sd with
-        n - 1), so nothing overflows. The estimate of Z is unbiased; log of it is biased
-        low by about half the squared standard error.
-
-        Args:
-            n_chains: independent AIS runs (>= 2, for the standard error).
-            n_betas: K, the number of transitions (>= 1): K + 1 inverse temperatures
-                from 0 to 1. K = 1 is plain importance sampling from the base model.
-            betas: the schedule itself instead (1-D, non-decreasing, from exactly 0 to
-                exactly 1, at least 2 entries); overrides n_betas and schedule. A tensor,
-                array, list or tuple given as n_betas is taken as this schedule.
-            schedule: "linear" (evenly spaced) or "piecewise" (the paper's spacing: 1/15 of
-                the steps over [0, 0.5], 4/15 over [0.5, 0.9], 10/15 over [0.9, 1]).
-            seed: None draws from the model's stream and advances it; an int uses
-                (seed, offset 0) and leaves the model's stream alone. Draws: the base
-                samples take n_chains * ceil(n_visible / 4) counters, each half-step the
-                counters of genkernels.ops.rbm_half_step.
-            backend: None (auto) or "reference", "cpu", "triton": the backend of the
-                half-steps (checked first: a bad name raises ValueError, one that cannot run
-                here BackendUnavailableError).
-        """
-        if self.visible != "bernoulli":
-            raise NotImplementedError("log_partition_ais supports Bernoulli visible units; the model has "
-                                      "gaussian ones (log_partition_exact enumerates the hidden layer)")
-        n_chains = check_int("n_chains", n_chains, 2)
-        beta = self._ais_betas(n_betas, betas, schedule)
-        b_a = self._ais_base_bias(base_visible_bias)
-        if seed is not None:
-            seed = check_int("seed", seed, 0, 2**64 - 1)
-        with self._ops_backend(backend), self._call_stream(seed):
-            log_w = self._ais_log_weights(n_chains, beta, b_a)
-        log_z_a = self.n_hidden * math.log(2.0) + float(F.softplus(b_a.to(torch.float64)).sum())
-        log_mean = torch.logsumexp(log_w, 0) - math.log(n_chains)
-        ratio = torch.exp(log_w - log_mean)  # w / mean(w), mean 1
-        std_err = float(torch.sqrt(((ratio - 1.0) ** 2).sum() / (n_chains - 1) / n_chains))
-        return float(log_mean) + log_z_a, std_err
-
-    @torch.no_grad()
-    def log_likelihood_ais(self, x, **ais_kwargs) -> tuple[float, float]:
-        """(mean log p(x) per row, error bar) in nats with log Z from :meth:`log_partition_ais`
-        (``ais_kwargs`` are passed on, ``backend`` included): -mean(F(x)) - log Z. The free
-        energies are exact, so the error bar is the standard error of the log Z estimate."""
-        v = self._data(x)
-        if v.shape[0] == 0:
-            raise ValueError("x must hold at least one row")
-        if self.visible != "bernoulli":
-            raise NotImplementedError("log_likelihood_ais supports Bernoulli visible units; the model has "
-                                      "gaussian ones")
-        log_z, std_err = self.log_partition_ais(**ais_kwargs)
-        return -float(self._free_energy(v).to(torch.float64).mean()) - log_z, std_err
-
-    def _ais_betas(self, n_betas, betas, schedule: str) -> torch.Tensor:
-        """The inverse temperatures beta_0 = 0 <= ... <= beta_K = 1, float64 on the CPU."""
-        if betas is None and isinstance(n_betas, (torch.Tensor, np.ndarray, list, tuple)):
-            betas = n_betas  # the schedule passed in n_betas's place
-        if betas is not None:
-            if isinstance(betas, np.ndarray):
-                betas = torch.from_numpy(betas)
-            if not isinstance(betas, torch.Tensor):
-                try:
-                    betas = torch.tensor(betas, dtype=torch.float64)
-                except (TypeError, ValueError, RuntimeError):
-                    raise TypeError(f"betas must be a 1-D tensor, array or sequence of reals; got "
-                                    f"{type(betas).__name__}") from None
-            if betas.is_complex() or betas.dtype == torch.bool:
-                raise TypeError(f"betas must hold real numbers; got dtype {betas.dtype}")
-            beta = betas.detach().to("cpu", torch.float64)
-            if beta.dim() != 1 or beta.shape[0] < 2:
-                raise ValueError(f"betas must be 1-D with at least 2 entries (0 and 1); got shape "
-                                 f"{tuple(beta.shape)}")
-            if not bool(torch.isfinite(beta).all()):
-                raise ValueError("betas contains NaN or Inf")
-            if float(beta[0]) != 0.0 or float(beta[-1]) != 1.0:
-                raise ValueError(f"betas must start at 0 and end at 1; got {float(beta[0])!r} ... "
-                                 f"{float(beta[-1])!r}")
-            if bool((beta[1:] < beta[:-1]).any()):
-                k = int((beta[1:] < beta[:-1]).nonzero()[0, 0])
-                raise ValueError(f"betas must be non-decreasing; got betas[{k}] = {float(beta[k])!r} > "
-                                 f"betas[{k + 1}] = {float(beta[k + 1])!r}")
-            return beta
-        n = check_int("n_betas", n_betas, 1)
-        check_choice("schedule", schedule, AIS_SCHEDULES)
-        if schedule == "linear":
-            return torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64)
-        # the paper's 1000 / 4000 / 10000 spacing over [0, .5] / [.5, .9] / [.9, 1], scaled to n
-        n1 = round(n / 15)
-        n2 = round(n * 5 / 15) - n1
-        n3 = n - n1 - n2
-        parts = [torch.zeros(1, dtype=torch.float64)]
-        for count, lo, hi in ((n1, 0.0, 0.5), (n2, 0.5, 0.9), (n3, 0.9, 1.0)):
-            if count:
-                parts.append(torch.linspace(lo, hi, count + 1, dtype=torch.float64)[1:])
-        beta = torch.cat(parts)
-        beta[-1] = 1.0
-        return beta
-
-    def _ais_base_bias(self, base_visible_bias) -> torch.Tensor:
-        if base_visible_bias is None:
-            return torch.zeros(self.n_visible, dtype=self.dtype, device=self.device)
-        if isinstance(base_visible_bias, np.ndarray):
-            base_visible_bias = torch.from_numpy(base_visible_bias)
-        if not isinstance(base_visible_bias, torch.Tensor):
-            raise TypeError(f"base_visible_bias must be a torch.Tensor or numpy array of shape "
-                            f"({self.n_visible},); got {type(base_visible_bias).__name__}")
-        if base_visible_bias.is_complex() or base_visible_bias.dtype == torch.bool:
-            raise TypeError(f"base_visible_bias must hold real numbers; got dtype {base_visible_bias.dtype}")
-        if tuple(base_visible_bias.shape) != (self.n_visible,):
-            raise ValueError(f"base_visible_bias must be ({self.n_visible},) (n_visible = {self.n_visible}); "
-                             f"got shape {tuple(base_visible_bias.shape)}")
-        b_a = base_visible_bias.detach().to(device=self.device, dtype=self.dtype).contiguous()
-        if not bool(torch.isfinite(b_a).all()):
-            raise ValueError("base_visible_bias contains NaN or Inf")
-        return b_a
-
-    def _ais_log_weights(self, n_chains: int, beta: torch.Tensor, b_a: torch.Tensor) -> torch.Tensor:
-        """(n_chains,) float64 log importance weights of the schedule beta (module stream)."""
-        w64 = self.weights.to(torch.float64)
-        c64 = self.hidden_bias.to(torch.float64)
-        db64 = (self.visible_bias - b_a).to(torch.float64)
-        offset = self._advance(n_chains * counters_per_row(self.n_visible))
-        u = half_step_uniforms(self.seed, offset, n_chains, self.n_visible, self.device)
-        v = (u < torch.sigmoid(b_a)).to(torch.uint8)
-        a = torch.addmm(c64, v.to(torch.float64), w64)  # (n_chains, n_hidden): c + v W
-        log_w = torch.zeros(n_chains, dtype=torch.float64, device=self.device)
-        betas = beta.tolist()
-        last = len(betas) - 1
-        for k in range(1, last + 1):
-            prev, cur = betas[k - 1], betas[k]
-            if cur != prev:
-                log_w += (cur - prev) * (v.to(torch.float64) @ db64) \
-                    + (F.softplus(cur * a) - F.softplus(prev * a)).sum(1)
-            if k == last:
-                break
-            w_k = (self.weights * cur).contiguous()
-            h, _ = half_step(v, w_k, (self.hidden_bias * cur).contiguous(), self.seed,
-                             self._advance(n_chains * counters_per_row(self.n_hidden)), False, False,
-                             self._backend)
-            bias_k = ((1.0 - cur) * b_a + cur * self.visible_bias).contiguous()
-            v, _ = half_step(h, w_k, bias_k, self.seed,
-                             self._advance(n_chains * counters_per_row(self.n_visible)), True, False,
-                             self._backend)
-            a = torch.addmm(c64, v.to(torch.float64), w64)
-        return log_w
 
     @torch.no_grad()
     def sample(self, n_samples: int, n_steps: int = 1000, seed: int | None = None,
@@ -753,7 +486,7 @@ class RBM(OnWeights, nn.Module):
         if checkpoint is not None:
             ckpt.check_output_path(checkpoint, "checkpoint")
         if resume and os.path.isfile(checkpoint):
-            self._restore(self._read(checkpoint), checkpoint, resume_epochs=epochs)
+            self._restore(self._read(checkpoint), resume_epochs=epochs)
             # the stochastic binarisation of the call being resumed: drawn again at the
             # stream position that call started at, without moving the stream
             call_done, call_offset, resumed_at = self._call_epochs_done, self._call_offset, self.offset
@@ -775,8 +508,8 @@ class RBM(OnWeights, nn.Module):
         update_args = (method, k, lr, momentum, weight_decay, sparsity_target, sparsity_cost, batch_size)
         graphed = _GraphedUpdate(self, update_args, batch_size) if cuda_graph else None
         self._call_epochs, self._call_epochs_done, self._call_offset = epochs, call_done, call_offset
-        progress = _Progress(epochs, self._call_epochs_done, verbose and self._call_epochs_done < epochs,
-                             monitor)
+        progress = Progress(epochs, self._call_epochs_done, verbose and self._call_epochs_done < epochs, "RBM",
+                            monitor)
         # loops of small products run their BLAS calls on this thread (backends.sequential_blas)
         small = v_all.device.type == "cpu" and backends.small_products(batch_size, self.n_visible, self.n_hidden)
         try:
@@ -828,37 +561,6 @@ class RBM(OnWeights, nn.Module):
             progress.close()
             self._binary_states = None
         return self
-
-    def _check_cuda_graph(self, cuda_graph, method: str, distributed: bool, state_path: str,
-                          backend: str | None = None) -> None:
-        """fit's cuda_graph argument: a bool, and True only where the update can be captured
-        (backend: fit's, None or "triton")."""
-        if not isinstance(cuda_graph, bool):
-            raise TypeError(f"cuda_graph must be a bool; got {type(cuda_graph).__name__} {cuda_graph!r}")
-        if not cuda_graph:
-            return
-        if method not in ("cd", "pcd"):
-            raise ValueError(f"cuda_graph=True captures CD-k and PCD updates (method 'cd' or 'pcd'); got "
-                             f"method {method!r}")
-        if distributed:
-            raise ValueError("cuda_graph=True trains in one process: the all-reduce of distributed=True is "
-                             "not captured; pass distributed=False or cuda_graph=False")
-        if self.visible != "bernoulli":
-            raise ValueError("cuda_graph=True needs Bernoulli visible units (the Gaussian samples are drawn "
-                             "with host-side counters); the model has gaussian ones")
-        if state_path == "binary":
-            raise ValueError("cuda_graph=True captures the dense state path; got state_path='binary'")
-        if backend is not None and backend != "triton":
-            raise ValueError(f"cuda_graph=True needs the triton backend of rbm_half_step (its kernel reads the "
-                             f"random offset from device memory); got backend={backend!r}: pass backend='triton' "
-                             "or None, or cuda_graph=False")
-        if self.device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs a model on a CUDA device (CUDA graphs); the model is on "
-                             f"{self.device}")
-        backend = backends.resolve("rbm_half_step", self.device, backend)
-        if backend != "triton":
-            raise ValueError(f"cuda_graph=True needs the triton backend of rbm_half_step (its kernel reads "
-                             f"the random offset from device memory); the selected backend is {backend!r}")
 
     def _training_states(self, v_all: torch.Tensor, state_path: str) -> torch.Tensor:
         """The training data as fit uses them: uint8 on the binary-state path (which this
@@ -981,184 +683,6 @@ class RBM(OnWeights, nn.Module):
         """-dF/dlog(sigma_i) per row, (B, n_visible): (v_i - b_i)^2 / sigma_i^2 - (v_i / sigma_i) (W p)_i."""
         return (v - self.visible_bias) ** 2 / var - x * torch.mm(h, self.weights.T)
 
-    def _all_reduced_means(self, v_pos, x_pos, h_pos, v_neg, x_neg, h_neg, n_pos: int, n_neg: int,
-                           sparsity: bool) -> dict[str, torch.Tensor]:
-        """Distributed: the update's mean statistics over the global batch (n_pos rows) and
-        negative phase (n_neg rows) from this process's rows: each process sums its rows,
-        divides by the global count, and one all-reduce of one flat buffer adds the shares.
-        Returns "weights" (n_visible, n_hidden) positive - negative, "hidden" and "visible"
-        (and "log_sigma" when learned) the bias gradients; with sparsity also
-        "hidden_positive" (the batch's mean hidden probabilities) and "input_positive"."""
-        parts = {"weights": torch.mm(x_pos.T, h_pos).div_(n_pos).sub_(torch.mm(x_neg.T, h_neg).div_(n_neg)),
-                 "hidden": h_pos.sum(0) / n_pos - h_neg.sum(0) / n_neg}
-        if self.visible == "gaussian":
-            var = self.sigma ** 2
-            parts["visible"] = ((v_pos - self.visible_bias) / var).sum(0) / n_pos \
-                - ((v_neg - self.visible_bias) / var).sum(0) / n_neg
-            if self.learn_variance:
-                parts["log_sigma"] = self._log_sigma_statistic(v_pos, x_pos, h_pos, var).sum(0) / n_pos \
-                    - self._log_sigma_statistic(v_neg, x_neg, h_neg, var).sum(0) / n_neg
-        else:
-            parts["visible"] = v_pos.sum(0) / n_pos - v_neg.sum(0) / n_neg
-        if sparsity:
-            parts["hidden_positive"] = h_pos.sum(0) / n_pos
-            parts["input_positive"] = x_pos.sum(0) / n_pos
-        flat = torch.cat([t.reshape(-1).to(self.dtype) for t in parts.values()])
-        gkdist.all_reduce_sum(flat)
-        means, at = {}, 0
-        for name, t in parts.items():
-            means[name] = flat[at:at + t.numel()].view(t.shape)
-            at += t.numel()
-        return means
-
-    def _scatter_chains(self, n_chains: int, groups: int = 1) -> None:
-        """Distributed PCD / PT: keep this process's share of the n_chains persistent chains
-        of each of ``groups`` temperatures (zeros when the model holds none of that count
-        yet). Chains are (groups * n_chains, n_hidden), temperature-major."""
-        mine = _rank_rows(n_chains)
-        share = mine.stop - mine.first
-        if self.chains.shape[0] == groups * n_chains:
-            self.chains = self.chains.reshape(groups, n_chains, self.n_hidden)[:, mine.first:mine.stop] \
-                .reshape(groups * share, self.n_hidden).clone()
-        else:
-            self.chains = torch.zeros(groups * share, self.n_hidden, dtype=torch.uint8, device=self.device)
-
-    def _gather_chains(self, n_chains: int, groups: int = 1) -> None:
-        """Distributed PCD / PT: every process's share of the chains -> the whole
-        (groups * n_chains, n_hidden) chains on every process (one all-gather, shares padded
-        to the largest)."""
-        world = gkdist.world_size()
-        shares = [n_chains * (r + 1) // world - n_chains * r // world for r in range(world)]
-        mine = self.chains.reshape(groups, -1, self.n_hidden)
-        padded = torch.zeros(groups, max(shares), self.n_hidden, dtype=torch.uint8, device=self.device)
-        padded[:, :mine.shape[1]] = mine
-        out = [torch.empty_like(padded) for _ in range(world)]
-        torch.distributed.all_gather(out, padded)
-        self.chains = torch.cat([t[:, :count] for t, count in zip(out, shares)], dim=1) \
-            .reshape(groups * n_chains, self.n_hidden)
-
-    # ------------------------------------------------------------ parallel tempering
-    def _pt_betas(self, pt_betas) -> list[float]:
-        """pt_betas (an int M or a sequence) -> the inverse temperatures [1, ..., > 0]."""
-        if isinstance(pt_betas, numbers.Integral) and not isinstance(pt_betas, bool):
-            m = check_int("pt_betas", pt_betas, 1)
-            return [1.0 - i / m for i in range(m)]
-        if isinstance(pt_betas, torch.Tensor):
-            pt_betas = pt_betas.tolist()
-        if isinstance(pt_betas, (str, bytes)) or not hasattr(pt_betas, "__len__"):
-            raise TypeError("pt_betas must be an int (the number of temperatures) or a sequence of "
-                            f"inverse temperatures; got {type(pt_betas).__name__}")
-        betas = [_check_real("pt_betas", b, 0, 1, low_open=True, high_open=False) for b in pt_betas]
-        if not betas or betas[0] != 1.0:
-            raise ValueError(f"pt_betas must start at inverse temperature 1 (the model itself); got {betas}")
-        if any(b >= a for a, b in itertools.pairwise(betas)):
-            raise ValueError(f"pt_betas must be strictly decreasing; got {betas}")
-        return betas
-
-    def _tempered_visible(self, h: torch.Tensor, beta: float, rows: _Rows | None = None) -> torch.Tensor:
-        """Visible samples of p_beta(v | h), p_beta(v, h) proportional to exp(-beta E(v, h))."""
-        if beta == 1.0:
-            return self._sample_visible(h, rows)
-        if self.visible == "bernoulli":
-            offset = self._advance_rows(h.shape[0], counters_per_row(self.n_visible), rows)
-            return half_step((h.to(self.dtype) * beta).contiguous(), self.weights,
-                             (self.visible_bias * beta).contiguous(), self.seed, offset, True,
-                             False, self._backend)[0].to(self.dtype)
-        sigma = self.sigma
-        mean = self.visible_bias + sigma * torch.mm(h.to(self.dtype), self.weights.T)
-        noise = self._normal(h.shape[0], self._advance_rows(h.shape[0], self.n_visible, rows))
-        return mean + (sigma / math.sqrt(beta)) * noise
-
-    def _tempered_hidden(self, v: torch.Tensor, beta: float, probs: bool, rows: _Rows | None = None):
-        """(hidden samples uint8, probabilities or None) of p_beta(h | v)."""
-        if beta == 1.0:
-            return self._sample_hidden(v, rows)
-        s = (self._hidden_input(v) * beta).contiguous()
-        samples, p = half_step(s, self.weights, (self.hidden_bias * beta).contiguous(), self.seed,
-                               self._advance_rows(v.shape[0], counters_per_row(self.n_hidden), rows), False,
-                               probs, self._backend)
-        return samples, p
-
-    def _energy(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """(B,) float64 joint energies E(v, h) of visible v (B, n_visible), hidden h (B, n_hidden)."""
-        w = self.weights.to(torch.float64)
-        v64, h64 = v.to(torch.float64), h.to(torch.float64)
-        x = v64 / self.sigma.to(torch.float64) if self.visible == "gaussian" else v64
-        inter = ((x @ w) * h64).sum(1) + h64 @ self.hidden_bias.to(torch.float64)
-        b = self.visible_bias.to(torch.float64)
-        if self.visible == "gaussian":
-            return ((v64 - b) ** 2 / (2 * self.sigma.to(torch.float64) ** 2)).sum(1) - inter
-        return -(v64 @ b) - inter
-
-    def _pt_step(self, chains: torch.Tensor, betas: list[float], k: int, n_chains: int,
-                 probs: bool = True, rows: _Rows | None = None):
-        """k Gibbs steps of every temperature's chains (hidden states (M * n_chains,
-        n_hidden) uint8, temperature m in rows m*n_chains...), then replica exchange.
-        Returns (v, h probabilities or None) of the beta = 1 chains before the exchange and
-        the new chains. Random stream: temperature m's k steps in turn (beta = 1 exactly as
-        PCD), then (M - 1) * C counters of swap uniforms, pair p (temperatures p and p + 1)
-        and chain c at counter p * C + c, C the number of chains per temperature. rows:
-        distributed, these n_chains are chains [rows.first, rows.stop) of rows.total, and
-        every draw is keyed by the global chain index (a swap only involves one chain index,
-        so processes exchange nothing)."""
-        m = len(betas)
-        vs, hs = [], []
-        v1 = p1 = None
-        for t, beta in enumerate(betas):
-            h = chains[t * n_chains:(t + 1) * n_chains]
-            for _ in range(k):
-                v = self._tempered_visible(h, beta, rows)
-                h, p = self._tempered_hidden(v, beta, probs and t == 0, rows)
-            if t == 0:
-                v1, p1 = v, p
-            vs.append(v)
-            hs.append(h)
-        if m > 1:
-            energy = torch.stack([self._energy(v, h) for v, h in zip(vs, hs)])  # (M, n_chains)
-            total, first = (n_chains, 0) if rows is None else (rows.total, rows.first)
-            base = self._advance((m - 1) * total)
-            counters = torch.arange(m - 1, dtype=torch.int64, device=self.device)[:, None] * total \
-                + torch.arange(first, first + n_chains, dtype=torch.int64, device=self.device)[None, :]
-            log_u = torch.log(gk_random.rand(self.seed, counters + base, backend=self._backend)
-                              .to(torch.float64))  # (M - 1, n_chains)
-            beta_t = torch.tensor(betas, dtype=torch.float64, device=self.device)
-            h_all = torch.stack(hs)
-            accepted = torch.zeros(m - 1, dtype=torch.float64, device=self.device)
-            for parity in (0, 1):  # even pairs (0, 1), (2, 3), ... then odd pairs (1, 2), ...
-                lo = torch.arange(parity, m - 1, 2, device=self.device)
-                if lo.numel() == 0:
-                    continue
-                hi = lo + 1
-                # accept with min(1, exp((beta_lo - beta_hi) (E_lo - E_hi)))
-                delta = (beta_t[lo] - beta_t[hi])[:, None] * (energy[lo] - energy[hi])
-                swap = log_u[lo] < delta  # (pairs, n_chains)
-                accepted[lo] = swap.to(torch.float64).sum(1)
-                e_lo, e_hi = energy[lo], energy[hi]
-                energy[lo], energy[hi] = torch.where(swap, e_hi, e_lo), torch.where(swap, e_lo, e_hi)
-                s3 = swap[:, :, None]
-                h_lo, h_hi = h_all[lo], h_all[hi]
-                h_all[lo], h_all[hi] = torch.where(s3, h_hi, h_lo), torch.where(s3, h_lo, h_hi)
-            if self._swap_counts is None:
-                self._swap_counts = (torch.zeros_like(accepted), torch.zeros_like(accepted))
-            self._swap_counts[0].add_(accepted)
-            self._swap_counts[1].add_(n_chains)
-            chains = h_all.reshape(m * n_chains, self.n_hidden)
-        else:
-            chains = hs[0]
-        return v1, p1, chains
-
-    _swap_counts = None
-
-    def _pt_negative_phase(self, betas: list[float], n_chains: int, k: int, rows: _Rows | None = None):
-        """The beta = 1 chains' (v, h probabilities) after one PT step of the persistent
-        chains (n_chains per temperature, or this process's share ``rows`` of them)."""
-        if rows is not None:
-            n_chains = rows.stop - rows.first
-        if self.chains.shape[0] != len(betas) * n_chains:
-            self.chains = torch.zeros(len(betas) * n_chains, self.n_hidden, dtype=torch.uint8,
-                                      device=self.device)
-        v_neg, h_neg, self.chains = self._pt_step(self.chains, betas, k, n_chains, rows=rows)
-        return v_neg, h_neg
     def _sparsity_penalty(self, q_batch, sparsity_target: float, sparsity_cost: float) -> torch.Tensor:
         """Update the running hidden activity q (decay 0.9) with the batch's mean hidden
         probabilities and return the penalty's gradient sparsity_cost * (target - q)."""
@@ -1222,80 +746,59 @@ class RBM(OnWeights, nn.Module):
                 "call_epochs": self._call_epochs, "call_epochs_done": self._call_epochs_done,
                 "call_offset": self._call_offset}
 
-    def save(self, path: str) -> None:
-        """Write the model (parameters, training state, random-stream position, and how far
-        the latest fit call got) to ``path`` atomically: an interrupted or failed save never
-        damages an existing file."""
-        ckpt.save_atomic(self._payload(), path, "RBM")
-
-    @staticmethod
-    def _read(path: str) -> dict:
-        return ckpt.read(path, "RBM")
-
     def _state_spec(self, state: dict) -> dict[str, tuple[tuple, torch.dtype]]:
         """name -> (shape, dtype) of every buffer a checkpoint's state must hold: the
         model's own, except the row counts that training sets (the persistent chains: any
         number of rows; the running hidden activity: none before the sparsity term runs)."""
         spec = {name: (tuple(t.shape), t.dtype) for name, t in self.state_dict().items()}
-        spec["chains"] = ((leading_rows(state.get("chains")), self.n_hidden), torch.uint8)
+        spec["chains"] = ((ckpt.leading_rows(state.get("chains")), self.n_hidden), torch.uint8)
         activity = state.get("hidden_activity")
         empty = isinstance(activity, torch.Tensor) and tuple(activity.shape) == (0,)
         spec["hidden_activity"] = ((0 if empty else self.n_hidden,), self.dtype)
         return spec
 
-    def _restore(self, payload: dict, path=None, prefix: str = "", resume_epochs: int | None = None) -> None:
-        """Validate every field of a checkpoint (errors name the field, ``prefix`` in front:
-        a DBN's layers) and only then load it into this model. resume_epochs: fit's epochs
-        when it resumes the call the checkpoint records (which must not have done more)."""
-        fields = prefixed(payload, prefix)  # a dict: checked by ckpt.read, or by the DBN for its layers
-        cfg = ckpt.field(fields, prefix + "config", dict, path)
+    def _restore(self, fields: ckpt.Fields, resume_epochs: int | None = None) -> None:
+        """Validate every field of a checkpoint (errors name the field, with the prefix of a
+        DBN's layer in front) and only then load it into this model. resume_epochs: fit's
+        epochs when it resumes the call the checkpoint records (which must not have done more)."""
+        cfg = fields.get("config", dict)
         if cfg != self._config():
             raise ValueError(f"checkpoint: it holds an RBM with {cfg}, this model is {self._config()}")
-        state = ckpt.field(fields, prefix + "state", dict, path, "a dict of tensors")
-        check_tensors(fields, prefix + "state", self._state_spec(state), path, values={"chains": (0, 1)})
-        offset = offset_field(fields, prefix + "offset", path)
-        epochs_done = ckpt.int_field(fields, prefix + "epochs_done", 0, path=path)
-        history = ckpt.field(fields, prefix + "history", list, path, "a list of dicts")
-        if not all(isinstance(record, dict) for record in history):
-            raise ValueError(f"checkpoint{'' if path is None else ' ' + repr(str(path))}: the field "
-                             f"{prefix + 'history'!r} must be a list of dicts")
-        if prefix + "call_epochs_done" in fields or prefix + "call_epochs" in fields:
-            call_done = ckpt.int_field(fields, prefix + "call_epochs_done", 0, epochs_done, path)
-            call_epochs = ckpt.int_field(fields, prefix + "call_epochs", call_done, path=path)
-            call_offset = offset_field(fields, prefix + "call_offset", path)
+        state = fields.get("state", dict, "a dict of tensors")
+        fields.tensors("state", self._state_spec(state), values={"chains": (0, 1)})
+        offset = fields.offset()
+        epochs_done = fields.int("epochs_done", 0)
+        history = fields.records("history")
+        if "call_epochs_done" in fields or "call_epochs" in fields:
+            call_done = fields.int("call_epochs_done", 0, epochs_done)
+            call_epochs = fields.int("call_epochs", call_done)
+            call_offset = fields.offset("call_offset")
         else:
             # written before checkpoints recorded the call: read as one call from scratch
             # (epochs counted the total then), so resume=True trains up to ``epochs`` in all
             call_done = call_epochs = epochs_done
             call_offset = offset
         if resume_epochs is not None and call_done > resume_epochs:
-            raise ValueError(f"epochs: the checkpoint {str(path)!r} records a call that has done {call_done} "
+            raise ValueError(f"epochs: the checkpoint {str(fields.path)!r} records a call that has done {call_done} "
                              f"epochs; resume=True finishes that call, and epochs counts its epochs (done and "
                              f"remaining), so it must be >= {call_done}; got {resume_epochs}")
         for name, value in state.items():
             self._buffers[name] = value.to(self.device)
-        self.offset, self.epochs_done, self.history = offset, epochs_done, list(history)
+        self.offset, self.epochs_done, self.history = offset, epochs_done, history
         self._call_epochs, self._call_epochs_done, self._call_offset = call_epochs, call_done, call_offset
 
     @classmethod
-    def _from_config(cls, payload: dict, path=None, device=None) -> RBM:
+    def _from_config(cls, fields: ckpt.Fields, device=None) -> RBM:
         """A new model of the validated ``config`` field of a checkpoint."""
-        cfg = prefixed(ckpt.field(payload, "config", dict, path), "config.")
-        return cls(ckpt.int_field(cfg, "config.n_visible", 1, path=path),
-                   ckpt.int_field(cfg, "config.n_hidden", 1, path=path),
-                   choice_field(cfg, "config.visible", VISIBLE_UNITS, path),
-                   ckpt.field(cfg, "config.learn_variance", bool, path),
-                   seed=seed_field(cfg, "config.seed", path), dtype=dtype_field(cfg, "config.dtype", path),
-                   device=device)
+        cfg = fields.sub("config")
+        return cls(cfg.int("n_visible", 1), cfg.int("n_hidden", 1), cfg.choice("visible", VISIBLE_UNITS),
+                   cfg.get("learn_variance", bool), seed=cfg.seed(), dtype=cfg.dtype(), device=device)
 
     @classmethod
-    def load(cls, path: str, device=None) -> RBM:
-        """Read a model written by :meth:`save` (``weights_only=True``); every field is
-        validated (shapes, dtypes, finite values, binary chains, ranges) and a bad or
-        missing one raises ValueError naming it."""
-        payload = cls._read(path)
-        model = cls._from_config(payload, path, device)
-        model._restore(payload, path)
+    def _from_checkpoint(cls, fields: ckpt.Fields, device=None) -> RBM:
+        """Every field validated (shapes, dtypes, finite values, binary chains, ranges)."""
+        model = cls._from_config(fields, device)
+        model._restore(fields)
         return model
 
     def forward(self, x) -> torch.Tensor:
@@ -1346,107 +849,3 @@ def _check_same_data(v: torch.Tensor) -> None:
                          f"same rows in the same order); the processes hold different data (row counts "
                          f"from {int(-both[3])} to {int(both[0])}, or different values)")
 
-
-class _Progress:
-    """tqdm bar over epochs with the monitored metric; plain prints without tqdm; silent
-    when verbose=False."""
-
-    def __init__(self, total: int, initial: int, verbose: bool, monitor: str | None):
-        self.bar, self.verbose, self.monitor, self.epoch = None, verbose, monitor, initial
-        self.total = total
-        if verbose:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=total, initial=initial, desc="RBM", unit="epoch")
-
-    def update(self, value) -> None:
-        self.epoch += 1
-        if not self.verbose:
-            return
-        shown = f"{value:.5g}" if value is not None else "-"
-        if self.bar is not None:
-            if self.monitor is not None:
-                self.bar.set_postfix({self.monitor: shown})
-            self.bar.update(1)
-        else:
-            print(f"RBM epoch {self.epoch}/{self.total}" + (f" {self.monitor} {shown}" if self.monitor else ""))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class _GraphedUpdate:
-    """fit(cuda_graph=True): the model's training update on full batches, captured once as a
-    CUDA graph and replayed per batch (a copy of the batch + one replay instead of ~16
-    kernel launches from Python).
-
-    Every update of such a fit -- eager or replayed -- runs with ``model._offset_base`` set
-    to :attr:`offset_base`, a (1,) int64 tensor on the device holding the stream position
-    ``model.offset``: the update's half-steps draw with counters offset_base + (the offsets
-    the update takes counting from 0), i.e. exactly the counters of an eager update, and
-    the update then moves offset_base by the counters it took (inside the graph when
-    replayed), while the host moves ``model.offset`` by the same count. The persistent
-    buffers are updated in place (RBM._offset_base), so the graph's reads and writes stay
-    valid across replays. The graph reads the batch from :attr:`static_batch`.
-
-    Capture follows torch's recipe (torch.cuda.graphs): the first full batch's update runs
-    eagerly on a side stream (it compiles the Triton kernels for the same arguments and
-    sets up cuBLAS and the buffers), then one update on static_batch is captured on that
-    stream. Batches of other sizes (the last one of an epoch) run eagerly.
-    """
-
-    def __init__(self, model: RBM, update_args: tuple, batch_size: int):
-        self.model = model
-        self.update_args = update_args
-        self.batch_size = batch_size
-        self.offset_base = torch.tensor([model.offset], dtype=torch.int64, device=model.device)
-        self.static_batch: torch.Tensor | None = None
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.counters = 0  # counters one full-batch update takes
-
-    def _counted_update(self, v_pos: torch.Tensor) -> int:
-        """model._update(v_pos) drawing from offset_base + 0, 1, ...; returns the number of
-        counters it took and leaves model.offset as it was."""
-        model = self.model
-        start = model.offset
-        model.offset, model._offset_base = 0, self.offset_base
-        try:
-            model._update(v_pos, *self.update_args)
-            return model.offset
-        finally:
-            model.offset, model._offset_base = start, None
-
-    def _eager(self, v_pos: torch.Tensor) -> None:
-        counters = self._counted_update(v_pos)
-        self.offset_base.add_(counters)
-        self.model.offset = gk_random.wrap_int64(self.model.offset + counters)
-
-    def _capture(self, v_pos: torch.Tensor) -> None:
-        """Run v_pos's update (the warm-up, on a side stream) and capture the graph of one
-        update on the same stream (whose cuBLAS handle and workspace the warm-up created)."""
-        self.static_batch = v_pos.clone()
-        current = torch.cuda.current_stream(v_pos.device)
-        side = torch.cuda.Stream(v_pos.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            self._eager(self.static_batch)
-        current.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=side):
-            self.counters = self._counted_update(self.static_batch)
-            self.offset_base.add_(self.counters)
-        self.graph = graph
-
-    def __call__(self, v_pos: torch.Tensor) -> None:
-        """One training update on the batch v_pos (B, n_visible)."""
-        if v_pos.shape[0] != self.batch_size:
-            self._eager(v_pos)
-        elif self.graph is None:
-            self._capture(v_pos)
-        else:
-            self.static_batch.copy_(v_pos)
-            self.graph.replay()
-            self.model.offset = gk_random.wrap_int64(self.model.offset + self.counters)

@@ -62,8 +62,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .. import backends
 from .. import random as gk_random
-from ..boltzmann.ops import half_step, pcd_step_
-from ..boltzmann.reference import counters_per_row
+from ..boltzmann.rbm_ops import half_step, pcd_step_
+from ..boltzmann.rbm_reference import counters_per_row
 
 # rows of one densified block of a sparse input in transform
 _SPARSE_BLOCK_ROWS = 4096
@@ -154,18 +154,23 @@ class BernoulliRBM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """The Philox key of every Gibbs sample: 64 bits from the estimator's RandomState,
         drawn right after the initial weights; the counter stream starts at 0."""
         high, low = (int(x) for x in rng.randint(0, 2**32, size=2, dtype=np.uint64))
-        self._philox_seed = (high << 32) | low
-        self._philox_offset = 0
+        self._stream = gk_random.PhiloxStream((high << 32) | low)
+
+    @property
+    def _philox_seed(self) -> int:
+        return self._stream.seed
+
+    @property
+    def _philox_offset(self) -> int:
+        return self._stream.offset
 
     def _advance(self, rows: int, units: int) -> int:
         """The first counter of a half-step sampling rows x units; moves the stream past it."""
-        if not hasattr(self, "_philox_seed"):
+        if not hasattr(self, "_stream"):
             if not hasattr(self, "random_state_"):
                 self.random_state_ = check_random_state(self.random_state)
             self._draw_seed(self.random_state_)
-        first = self._philox_offset
-        self._philox_offset = gk_random.wrap_int64(first + rows * counters_per_row(units))
-        return first
+        return self._stream.take(rows * counters_per_row(units))
 
     # ------------------------------------------------------------------ training
     def _fit_batch(self, v_pos, weights, visible_bias, hidden_bias, chains) -> torch.Tensor:

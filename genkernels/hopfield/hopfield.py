@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-
 import torch
-from torch import nn
 
 from .. import checkpoint as ckpt
-from .. import random as gk_random
-from .._checks import OnWeights, check_choice, check_int, check_model_dtype, model_seed
+from .._checks import check_choice, check_int, check_model_dtype
+from ..model import Model
 from .ops import hopfield_energy, hopfield_recall, hopfield_store
-from .reference import MODES, ORDERS, RULES
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from .recall_reference import MODES, ORDERS, RULES
 
 
-class Hopfield(OnWeights, nn.Module):
+class Hopfield(Model):
     """A Hopfield network of ``n_units`` ±1 units with symmetric weights.
 
     Args:
@@ -33,6 +29,7 @@ class Hopfield(OnWeights, nn.Module):
         states, converged = net.recall(noisy)  # (B, 100), (B,)
     """
 
+    kind = "Hopfield"
     weights: torch.Tensor
 
     def __init__(self, n_units: int, *, seed: int | None = None,
@@ -40,8 +37,7 @@ class Hopfield(OnWeights, nn.Module):
         super().__init__()
         self.n_units = check_int("n_units", n_units, 1)
         check_model_dtype(dtype)
-        self.seed = model_seed(seed)
-        self.offset = 0
+        self._init_stream(seed)
         self.rule: str | None = None
         self.n_patterns = 0
         self.register_buffer("weights", torch.zeros(self.n_units, self.n_units, dtype=dtype,
@@ -73,13 +69,12 @@ class Hopfield(OnWeights, nn.Module):
         genkernels.ops.hopfield_recall."""
         check_choice("mode", mode, MODES)
         check_choice("order", order, ORDERS)
-        use_stream = seed is None and mode == "async" and order == "random"
-        run_seed, run_offset = (self.seed, self.offset) if seed is None else (seed, 0)
-        states, converged = hopfield_recall(self.weights, probes, mode, order, max_sweeps,
-                                            run_seed, run_offset, backend=backend)
-        if use_stream:
-            n_probes = probes.shape[0] if probes.dim() == 2 else 1
-            self.offset = gk_random.wrap_int64(self.offset + n_probes * max_sweeps * self.n_units)
+        with self._call_stream(seed) as stream:
+            states, converged = hopfield_recall(self.weights, probes, mode, order, max_sweeps,
+                                                stream.seed, stream.offset, backend=backend)
+            if mode == "async" and order == "random":
+                n_probes = probes.shape[0] if probes.dim() == 2 else 1
+                stream.take(n_probes * max_sweeps * self.n_units)
         return states, converged
 
     def energy(self, states: torch.Tensor) -> torch.Tensor:
@@ -95,41 +90,23 @@ class Hopfield(OnWeights, nn.Module):
         return {"n_units": self.n_units, "seed": self.seed,
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
-    def save(self, path: str) -> None:
-        """Write the model to ``path`` atomically (a temp file in the same folder, then
-        os.replace): an interrupted save never damages an existing file."""
-        ckpt.save_atomic({"config": self._config(),
-                                "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-                                "offset": self.offset, "rule": self.rule, "n_patterns": self.n_patterns},
-                               path, "Hopfield")
-
-    @staticmethod
-    def _read(path: str) -> dict:
-        return ckpt.read(path, "Hopfield")
+    def _payload(self) -> dict:
+        return {"config": self._config(), "state": self._state_payload(), "offset": self.offset,
+                "rule": self.rule, "n_patterns": self.n_patterns}
 
     @classmethod
-    def load(cls, path: str, device=None) -> Hopfield:
-        """Read a model written by :meth:`save` (``weights_only=True``). Every field is
-        validated (the config, the (N, N) weights' shape, dtype and finiteness, the stream
-        position in [0, 2^63), the rule, the pattern count); a bad or missing one raises
-        ValueError naming it."""
-        payload = cls._read(path)
-        cfg = ckpt.field(payload, "config", dict, path)
-        cfg = {f"config.{k}": v for k, v in cfg.items()}
-        dtype_name = ckpt.field(cfg, "config.dtype", str, path)
-        if dtype_name not in _DTYPES:
-            raise ValueError(f"checkpoint {str(path)!r}: the field 'config.dtype' must be one of "
-                             f"{sorted(_DTYPES)}; got {dtype_name!r}")
-        model = cls(ckpt.int_field(cfg, "config.n_units", 1, path=path),
-                    seed=ckpt.int_field(cfg, "config.seed", 0, 2**64 - 1, path),
-                    dtype=_DTYPES[dtype_name], device=device)
-        state = ckpt.check_state(payload, model, path)
-        offset = ckpt.int_field(payload, "offset", 0, 2**63 - 1, path)
-        rule = ckpt.field(payload, "rule", (str, type(None)), path, "a str or None")
+    def _from_checkpoint(cls, fields: ckpt.Fields, device=None) -> Hopfield:
+        """Every field validated (the config, the (N, N) weights' shape, dtype and
+        finiteness, the stream position in [0, 2^63), the rule, the pattern count)."""
+        cfg = fields.sub("config")
+        dtype = cfg.dtype("dtype")
+        model = cls(cfg.int("n_units", 1), seed=cfg.seed(), dtype=dtype, device=device)
+        state = fields.state(model)
+        offset = fields.offset()
+        rule = fields.get("rule", (str, type(None)), "a str or None")
         if rule is not None and rule not in RULES:
-            raise ValueError(f"checkpoint {str(path)!r}: the field 'rule' must be None or one of {list(RULES)}; "
-                             f"got {rule!r}")
-        n_patterns = ckpt.int_field(payload, "n_patterns", 0, path=path)
+            raise fields.error("rule", f"must be None or one of {list(RULES)}; got {rule!r}")
+        n_patterns = fields.int("n_patterns", 0)
         model.load_state_dict({k: v.to(model.device) for k, v in state.items()})
         model.offset, model.rule, model.n_patterns = offset, rule, n_patterns
         return model

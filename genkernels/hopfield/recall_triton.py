@@ -1,16 +1,16 @@
-"""Triton kernel of asynchronous Hopfield recall (genkernels/hopfield/triton.py holds the
+"""Triton kernel of asynchronous Hopfield recall (genkernels/hopfield/retrieval_triton.py holds the
 modern Hopfield retrieval kernels) and the
 ``genkernels::hopfield_recall_async_triton`` op.
 
 Three layers (STYLE.md): ``_hopfield_recall_async_kernel`` (the @triton.jit kernel) ->
 ``hopfield_recall_async_fwd()`` (fields, output allocation, grid) ->
 ``torch.ops.genkernels.hopfield_recall_async_triton`` (a ``torch.library.custom_op``
-with a fake kernel), which genkernels/hopfield/ops.py calls for ``backend="triton"``.
+with a fake kernel), which genkernels/hopfield/recall_ops.py calls for ``backend="triton"``.
 
 One program per probe walks every sweep of its probe in one launch (no host round trip
 per sweep or per unit). The probe's state, its local fields and the sweep's visiting
 order live in registers as (BLOCK_N,) tensors, BLOCK_N = next power of two >= N, so N is
-limited to ``MAX_UNITS``. The semantics are genkernels/hopfield/reference.py's, bit for
+limited to ``MAX_UNITS``. The semantics are genkernels/hopfield/recall_reference.py's, bit for
 bit:
 
 * the fields start as ``probes @ weights``, computed by the launcher with the same
@@ -124,3 +124,23 @@ def hopfield_recall_async_triton(weights: torch.Tensor, states: torch.Tensor, ma
 @hopfield_recall_async_triton.register_fake
 def _hopfield_recall_async_triton_fake(weights, states, max_sweeps, random_order, seed, offset):
     return torch.empty_like(states), states.new_empty((states.shape[0],), dtype=torch.bool)
+
+
+# ------------------------------------------------------------------ static GPU report
+def static_kernels() -> list:
+    """The kernel specialisations the static GPU report compiles (python -m genkernels._static)."""
+    from .._static import TritonKernel, ptr
+
+    def recall(dtype, random, block_n):
+        p = ptr(dtype)
+        sig = {"W": p, "STATES": p, "FIELDS": p, "CONVERGED": "*i8", "N": "i32",
+               "max_sweeps": "i32", "seed": "i64", "offset": "i64"}
+        order = "random" if random else "sequential"
+        return TritonKernel("hopfield", f"_hopfield_recall_async_kernel[{dtype},{order},N<={block_n}]",
+                            lambda: _hopfield_recall_async_kernel, sig,
+                            {"RANDOM": random, "BLOCK_N": block_n},
+                            register_warps(block_n, 8 if dtype == "fp64" else 4), 3)
+
+    # N <= 1024 in each dtype and order, and the largest N
+    return [recall("fp32", True, 1024), recall("fp32", False, 1024), recall("fp64", True, 1024),
+            recall("fp32", True, MAX_UNITS)]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._checks import check_int, check_positive
-from .ops import _check_tol, hopfield_retrieval
+from .retrieval_ops import _check_tol, hopfield_retrieval
 
 
 class HopfieldRetrieval(nn.Module):

@@ -7,11 +7,10 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from .. import checkpoint as ckpt
-from .. import random as gk_random
 from .._checks import check_choice, check_int
+from ..model import Model
 from .ops import (
     MAX_L,
     _check_real,
@@ -30,7 +29,7 @@ class Estimate(NamedTuple):
     stderr: float
 
 
-class Ising2D(nn.Module):
+class Ising2D(Model):
     """``n_lattices`` independent L x L Ising lattices with periodic boundaries,
     E = -J Σ_<ij> s_i s_j - h Σ_i s_i, at one temperature.
 
@@ -61,6 +60,8 @@ class Ising2D(nn.Module):
         result["energy"].mean, result["energy"].stderr
     """
 
+    kind = "Ising2D"
+    _dtype_source = "spins"
     spins: torch.Tensor
 
     def __init__(self, L: int, temperature: float, J: float = 1.0, h: float = 0.0,
@@ -73,10 +74,7 @@ class Ising2D(nn.Module):
         self.h = _check_real("h", h)
         self.algorithm = check_choice("algorithm", algorithm, ALGORITHMS)
         check_choice("init", init, INITS)
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = check_int("seed", seed, 0, 2**64 - 1)
-        self.offset = 0
+        self._init_stream(seed)
         self.sweeps_done = 0
         self.temperature = temperature  # validates and sets the thresholds
         shape = (self.n_lattices, self.L, self.L)
@@ -105,10 +103,6 @@ class Ising2D(nn.Module):
     def n_spins(self) -> int:
         return self.L * self.L
 
-    @property
-    def device(self) -> torch.device:
-        return self.spins.device
-
     # ------------------------------------------------------------------- sweeping
     def sweep(self, n: int = 1, *, backend: str | None = None) -> Ising2D:
         """Run ``n`` checkerboard sweeps (n L^2 flips per lattice) and advance the stream.
@@ -121,8 +115,7 @@ class Ising2D(nn.Module):
         spins, bonds, totals = run_sweeps(self.spins, self.thresholds, n, self.seed, self.offset,
                                           every, backend)
         self.spins = spins
-        step = n * counters_per_sweep(self.L, self.n_lattices)
-        self.offset = gk_random.wrap_int64(self.offset + step)
+        self._advance(n * counters_per_sweep(self.L, self.n_lattices))
         self.sweeps_done += n
         return bonds, totals
 
@@ -175,43 +168,29 @@ class Ising2D(nn.Module):
         return binning_analysis(e, m, self.beta, self.n_spins)
 
     # ------------------------------------------------------------ persistence
-    def save(self, path: str) -> None:
-        """Write the lattices, the temperature and the stream position to ``path``
-        atomically (genkernels.checkpoint); :meth:`load` resumes exactly where this left."""
+    def _payload(self) -> dict:
+        """The lattices, the temperature and the stream position: :meth:`load` resumes
+        exactly where this left."""
         config = {"L": self.L, "temperature": self.temperature, "J": self.J, "h": self.h,
                   "n_lattices": self.n_lattices, "algorithm": self.algorithm, "seed": self.seed}
-        ckpt.save_atomic({"config": config, "spins": self.spins.detach().cpu(),
-                          "offset": self.offset, "sweeps_done": self.sweeps_done}, path, "Ising2D")
+        return {"config": config, "spins": self.spins.detach().cpu(), "offset": self.offset,
+                "sweeps_done": self.sweeps_done}
 
     @classmethod
-    def load(cls, path: str, device=None) -> Ising2D:
-        """Read a model written by :meth:`save` (``weights_only=True``). Every field is
-        validated (the config's values, the (B, L, L) int8 spins holding only ±1, the
-        stream position in [0, 2^63), the sweep count); a bad or missing one raises
-        ValueError naming it."""
-        payload = ckpt.read(path, "Ising2D")
-        cfg = ckpt.field(payload, "config", dict, path)
-        cfg = {f"config.{k}": v for k, v in cfg.items()}
-        L = ckpt.int_field(cfg, "config.L", 4, MAX_L, path)
+    def _from_checkpoint(cls, fields: ckpt.Fields, device=None) -> Ising2D:
+        """Every field validated (the config's values, the (B, L, L) int8 spins holding
+        only ±1, the stream position in [0, 2^63), the sweep count)."""
+        cfg = fields.sub("config")
+        L = cfg.int("L", 4, MAX_L)
         if L % 2:
-            raise ValueError(f"checkpoint {str(path)!r}: the field 'config.L' must be even; got {L}")
-        reals = {}
-        for key in ("temperature", "J", "h"):
-            value = float(ckpt.field(cfg, f"config.{key}", (int, float), path, "a real number"))
-            if not math.isfinite(value) or (key == "temperature" and not value > 0):
-                raise ValueError(f"checkpoint {str(path)!r}: the field 'config.{key}' must be finite"
-                                 + (" and > 0" if key == "temperature" else "") + f"; got {value!r}")
-            reals[key] = value
-        n_lattices = ckpt.int_field(cfg, "config.n_lattices", 1, path=path)
-        algorithm = ckpt.field(cfg, "config.algorithm", str, path)
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"checkpoint {str(path)!r}: the field 'config.algorithm' must be one of "
-                             f"{list(ALGORITHMS)}; got {algorithm!r}")
-        seed = ckpt.int_field(cfg, "config.seed", 0, 2**64 - 1, path)
-        spins = ckpt.check_tensor("spins", ckpt.field(payload, "spins", torch.Tensor, path, "a tensor"),
-                                  (n_lattices, L, L), torch.int8, path, values=(-1, 1))
-        offset = ckpt.int_field(payload, "offset", 0, 2**63 - 1, path)
-        sweeps_done = ckpt.int_field(payload, "sweeps_done", 0, path=path)
+            raise cfg.error("L", f"must be even; got {L}")
+        reals = {key: cfg.real(key, positive=key == "temperature") for key in ("temperature", "J", "h")}
+        n_lattices = cfg.int("n_lattices", 1)
+        algorithm = cfg.choice("algorithm", ALGORITHMS)
+        seed = cfg.seed()
+        spins = fields.tensor("spins", (n_lattices, L, L), torch.int8, values=(-1, 1))
+        offset = fields.offset()
+        sweeps_done = fields.int("sweeps_done", 0)
         # ordered init: no (B, L, L) random draw for the lattices replaced just below
         model = cls(L, n_lattices=n_lattices, algorithm=algorithm, seed=seed, device=device, **reals)
         model.spins = spins.to(model.device)

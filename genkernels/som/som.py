@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import backends
 from .. import checkpoint as ckpt
 from .. import distributed as gkdist
-from .._checks import check_choice, check_fits_dtype, check_int, check_positive, model_seed
+from .._checks import check_choice, check_fits_dtype, check_int, check_positive
+from ..model import DivergedError, Model, Progress
 from . import ops, reference, schedules
 from .lattice import TOPOLOGIES, Lattice
 from .reference import METRICS, NEIGHBORHOODS, RULES, acc_dtype
@@ -94,12 +94,13 @@ def _rate(name: str, value, default_end: Callable[[float], float], n_maps: int):
     return start.clone(), end.clone()
 
 
-class SOMDivergedError(FloatingPointError):
+class SOMDivergedError(FloatingPointError, DivergedError):
     """Training left the codebook non-finite (NaN or Inf): the model keeps the codebook of
-    its last finite epoch and nothing of the diverged epoch is saved."""
+    its last finite epoch and nothing of the diverged epoch is saved. A FloatingPointError
+    and a genkernels.model.DivergedError (what every model's fit raises when it diverges)."""
 
 
-class SOM(nn.Module):
+class SOM(Model):
     """A self-organizing map (or ``n_maps`` independent ones trained in one launch).
 
     Args:
@@ -137,6 +138,9 @@ class SOM(nn.Module):
         seed: seed of initialisation and sample order: an int in [0, 2**64) (not a bool
             or a float); None draws one from torch's RNG.
     """
+
+    kind = "SOM"
+    _dtype_source = "codebook"
 
     def __init__(self, grid, n_features: int, *, n_maps: int = 1, topology: str = "rectangular",
                  periodic: bool = False, neighborhood: str | Callable = "gaussian", sigma=None,
@@ -177,7 +181,7 @@ class SOM(nn.Module):
         self._sigma = _rate("sigma", max(max(rows, cols) / 2.0, 1.0) if sigma is None else sigma,
                             lambda v: min(1.0, v), self.n_maps)
         self._learning_rate = _rate("learning_rate", learning_rate, lambda v: 0.02 * v, self.n_maps)
-        self.seed = model_seed(seed)
+        self._init_stream(seed)
         self._generator = torch.Generator().manual_seed(self.seed)
         k_nodes = rows * cols
         self.register_buffer("codebook", torch.zeros((self.n_maps, k_nodes, self.n_features),
@@ -231,14 +235,6 @@ class SOM(nn.Module):
     @property
     def n_nodes(self) -> int:
         return self.lattice.n_nodes
-
-    @property
-    def device(self) -> torch.device:
-        return self.codebook.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.codebook.dtype
 
     def coords(self) -> torch.Tensor:
         """(K, 2) node positions on the lattice (see genkernels.som.lattice)."""
@@ -506,7 +502,7 @@ class SOM(nn.Module):
                 self._check_present(x, distributed)
             if not bool(self.initialized):
                 self._initialize(x, distributed)
-            bar = _progress(epochs, int(self.epochs_done), verbose and gkdist.rank() == 0, mode)
+            bar = Progress(epochs, int(self.epochs_done), verbose and gkdist.rank() == 0, f"SOM ({mode})", "qe", "{:.4f}")
             for epoch in range(int(self.epochs_done), epochs):
                 before = self.codebook.clone()
                 if mode == "batch":
@@ -970,13 +966,10 @@ class SOM(nn.Module):
                 "init": self.init, "metric": self.metric, "rule": self.rule, "missing": self.missing,
                 "seed": self.seed, "dtype": str(self.dtype).removeprefix("torch.")}
 
-    def save(self, path: str) -> None:
-        """Write the model to ``path`` atomically (a temp file in the same folder, then
-        os.replace): an interrupted save never damages an existing file."""
-        ckpt.save_atomic({"config": self._config(),
-                          "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-                          "generator": self._generator.get_state(), "history": self.history,
-                          "node_labels": self.node_labels, "fit": self._fit_args}, path, "SOM")
+    def _payload(self) -> dict:
+        return {"config": self._config(), "state": self._state_payload(),
+                "generator": self._generator.get_state(), "history": self.history,
+                "node_labels": self.node_labels, "fit": self._fit_args}
 
     # Config fields: their types in a checkpoint. Those in _RESULT_FIELDS change what the
     # remaining epochs compute, so resume=True requires them equal (seed and init only
@@ -990,10 +983,10 @@ class SOM(nn.Module):
     _DTYPES = ("float16", "bfloat16", "float32", "float64")
 
     @classmethod
-    def _read(cls, path: str) -> dict:
+    def _read_payload(cls, path: str) -> dict:
         """The checkpoint at path with its envelope and config fields validated (errors
         name the field); the state is checked against a model by _check_payload."""
-        payload = ckpt.read(path, "SOM")
+        payload = ckpt.read(path, cls.kind)
         cfg = payload["config"]
         named = {f"config.{k}": v for k, v in cfg.items()}
         for key, types in cls._CONFIG_TYPES.items():
@@ -1062,7 +1055,7 @@ class SOM(nn.Module):
     def _load_into(self, path: str, fit_args: dict | None = None) -> None:
         """Resume: load the checkpoint into this model, which must have the same result
         fields (and, with fit_args, the checkpoint the same fit arguments)."""
-        payload = self._read(path)
+        payload = self._read_payload(path)
         cfg = payload["config"]
         mine = self._config()
         where = f"checkpoint {os.fspath(path)!r}"
@@ -1102,13 +1095,14 @@ class SOM(nn.Module):
         return all(torch.equal(u, v) for u, v in zip(a, b))
 
     @classmethod
-    def load(cls, path: str, device=None) -> "SOM":
-        """Read a model written by :meth:`save` (``weights_only=True``); every field is
-        validated and an error names the one that is wrong."""
-        payload = cls._read(path)
-        model = cls._from_config(payload["config"], path, device)
-        model._check_payload(payload, path)
-        model._restore(payload)
+    def _read(cls, path) -> ckpt.Fields:
+        return ckpt.Fields(cls._read_payload(path), path)
+
+    @classmethod
+    def _from_checkpoint(cls, fields: ckpt.Fields, device=None) -> "SOM":
+        model = cls._from_config(fields.payload["config"], fields.path, device)
+        model._check_payload(fields.payload, fields.path)
+        model._restore(fields.payload)
         return model
 
     def extra_repr(self) -> str:
@@ -1146,22 +1140,3 @@ class SOM(nn.Module):
         from .. import plot
         return plot.plot_curves(metrics or {"quantization error": [h["quantization_error"] for h in self.history]},
                                 path)
-
-
-class _progress:
-    """tqdm bar over epochs showing the quantization error (silent when verbose=False)."""
-
-    def __init__(self, total, initial, verbose, mode):
-        self.bar = None
-        if verbose:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=f"SOM ({mode})", unit="epoch")
-
-    def update(self, qe):
-        if self.bar is not None:
-            self.bar.set_postfix(qe=f"{qe:.4f}")
-            self.bar.update(1)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()

@@ -2,9 +2,9 @@
 
 Three layers (STYLE.md): ``_rbm_half_step_kernel`` -> ``rbm_half_step_fwd()`` (output
 allocation, grid, fixed meta-parameters) -> ``torch.ops.genkernels.rbm_half_step_triton``
-(a ``torch.library.custom_op`` with a fake kernel), which ``genkernels.boltzmann.ops``
+(a ``torch.library.custom_op`` with a fake kernel), which ``genkernels.boltzmann.rbm_ops``
 calls for ``backend="triton"``. The signature is the C++ schema of csrc/genkernels.cpp
-with a ``_triton`` suffix; the oracle is genkernels/boltzmann/reference.py.
+with a ``_triton`` suffix; the oracle is genkernels/boltzmann/rbm_reference.py.
 
 One program owns a (BLOCK_B, BLOCK_N) tile of the output: it accumulates s @ W over
 BLOCK_K-wide slices with ``tl.dot``, adds the bias,
@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from .._checks import acc_dtype
-from .reference import half_step_backward, half_step_binary_backward, half_step_setup_context
+from .rbm_reference import half_step_backward, half_step_binary_backward, half_step_setup_context
 
 _UINT64_MASK = (1 << 64) - 1
 # Fixed configurations (the interpreter cannot autotune, docs/design.md, "Testing"). fp32: 8 warps
@@ -155,6 +155,20 @@ def _rbm_half_step_triton_fake(s, w, bias, seed, offset, transpose, return_probs
             w.new_empty((s.shape[0] if return_probs else 0, n_out), dtype=dt))
 
 
+@torch.library.custom_op("genkernels::rbm_half_step_at_triton", mutates_args=())
+def rbm_half_step_at_triton(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed: int,
+                            offset_base: torch.Tensor, offset: int, transpose: bool,
+                            return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """rbm_half_step_triton with its counters at offset_base + offset, offset_base (1,) int64
+    read by the kernel at run time (the launch a CUDA graph captures and replays)."""
+    return rbm_half_step_fwd(s, w, bias, seed & ((1 << 64) - 1), offset, transpose, return_probs, offset_base)
+
+
+@rbm_half_step_at_triton.register_fake
+def _rbm_half_step_at_triton_fake(s, w, bias, seed, offset_base, offset, transpose, return_probs):
+    return _rbm_half_step_triton_fake(s, w, bias, seed, offset, transpose, return_probs)
+
+
 # ------------------------------------------------------------------ binary states
 # One row and BINARY_BLOCK_N output units per program; BINARY_BLOCK_K inputs per step.
 BINARY_CONFIG = {torch.float32: {"BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
@@ -240,24 +254,6 @@ rbm_half_step_binary_triton.register_autograd(half_step_binary_backward, setup_c
 
 
 # ------------------------------------------------------------------ static GPU report
-def _gibbs_static_kernels() -> list:
-    from .._static import TritonKernel, ptr
-    from ..triton_common import register_warps
-    from . import bm_triton
-
-    def gibbs(dtype, random, block_n):
-        p = ptr(dtype)
-        sig = {"W": p, "STATES": p, "FIELDS": p, "CLAMP": "*i8", "TEMPS": p, "N": "i32",
-               "S": "i32", "seed": "i64", "offset": "i64"}
-        order = "random" if random else "sequential"
-        return TritonKernel("boltzmann", f"_bm_gibbs_kernel[{dtype},{order},N<={block_n}]",
-                            lambda: bm_triton._bm_gibbs_kernel, sig,
-                            {"RANDOM": random, "BLOCK_N": block_n},
-                            register_warps(block_n, 8 if dtype == "fp64" else 4), 3)
-
-    return [gibbs("fp32", True, 1024), gibbs("fp32", False, 1024), gibbs("fp64", True, 1024)]
-
-
 def static_kernels() -> list:
     """The kernel specialisations the static GPU report compiles (python -m genkernels._static)."""
     from .._static import TritonKernel, ptr
@@ -298,7 +294,7 @@ def static_kernels() -> list:
                             lambda: _rbm_half_step_binary_kernel, sig, meta, cfg["num_warps"],
                             cfg["num_stages"])
 
-    return _gibbs_static_kernels() + [half_step("fp32", "fp32", False, True), half_step("u8", "fp32", False, True),
+    return [half_step("fp32", "fp32", False, True), half_step("u8", "fp32", False, True),
             half_step("u8", "fp32", True, False), half_step("fp32", "fp32", False, False),
             half_step("fp64", "fp64", False, True), half_step("u8", "fp32", False, True, "tf32"),
             half_step("u8", "fp32", True, False, "tf32"),

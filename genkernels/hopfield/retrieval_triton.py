@@ -5,7 +5,7 @@ Three layers (STYLE.md): ``_hopfield_retrieval_kernel`` (@triton.jit) ->
 ``hopfield_retrieval_fwd()`` (the launcher: output allocation, grid, fixed
 meta-parameters) -> ``torch.ops.genkernels.hopfield_retrieval_triton`` (a
 ``torch.library.custom_op`` with a fake kernel; its autograd is registered in
-genkernels/hopfield/ops.py). The oracle is genkernels/hopfield/retrieval_reference.py.
+genkernels/hopfield/retrieval_ops.py). The oracle is genkernels/hopfield/retrieval_reference.py.
 
 The forward is one launch for all steps: one program per query row keeps the row's
 iterate xi (BLOCK_D features) in registers and, every step, streams the row's stored
@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .._checks import acc_dtype
-from ..triton_common import TL_ACC, device_of, register_warps
+from ..triton_common import TL_ACC, device_of
 from .retrieval_reference import retrieval_backward_reference, retrieval_setup_context
 
 # Elements of one (BLOCK_P, BLOCK_D) tile of stored patterns held in registers: 4096
@@ -141,17 +141,6 @@ hopfield_retrieval_triton.register_autograd(retrieval_backward_reference,
 def static_kernels() -> list:
     """The kernel specialisations the static GPU report compiles (python -m genkernels._static)."""
     from .._static import TritonKernel, ptr
-    from . import recall_triton
-
-    def recall(dtype, random, block_n):
-        p = ptr(dtype)
-        sig = {"W": p, "STATES": p, "FIELDS": p, "CONVERGED": "*i8", "N": "i32",
-               "max_sweeps": "i32", "seed": "i64", "offset": "i64"}
-        order = "random" if random else "sequential"
-        return TritonKernel("hopfield", f"_hopfield_recall_async_kernel[{dtype},{order},N<={block_n}]",
-                            lambda: recall_triton._hopfield_recall_async_kernel, sig,
-                            {"RANDOM": random, "BLOCK_N": block_n},
-                            register_warps(block_n, 8 if dtype == "fp64" else 4), 3)
 
     def retrieval(dtype: str, d: int) -> TritonKernel:
         acc = "fp64" if dtype == "fp64" else "fp32"
@@ -167,9 +156,6 @@ def static_kernels() -> list:
                             lambda: _hopfield_retrieval_kernel, sig, meta,
                             cfg["num_warps"], 2)
 
-    # recall: N <= 1024 in each dtype and order, and the largest N; retrieval: the
-    # benchmark's feature counts (64, 256), a large D, half precision and fp64
-    return [recall("fp32", True, 1024), recall("fp32", False, 1024), recall("fp64", True, 1024),
-            recall("fp32", True, recall_triton.MAX_UNITS),
-            retrieval("fp32", 64), retrieval("fp32", 256), retrieval("fp32", 1024),
+    # the benchmark's feature counts (64, 256), a large D, half precision and fp64
+    return [retrieval("fp32", 64), retrieval("fp32", 256), retrieval("fp32", 1024),
             retrieval("bf16", 64), retrieval("fp16", 256), retrieval("fp64", 64)]

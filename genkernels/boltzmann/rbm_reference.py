@@ -128,7 +128,7 @@ def rbm_pcd_step_(v_pos: torch.Tensor, w: torch.Tensor, visible_bias: torch.Tens
     return new_chains
 
 
-# ---- autograd of the Triton half-step ops (genkernels/boltzmann/triton.py) ----------------
+# ---- autograd of the Triton half-step ops (genkernels/boltzmann/rbm_triton.py) ----------------
 def half_step_setup_context(ctx, inputs, output):
     s, w, _bias, _seed, _offset, transpose, _return_probs = inputs
     ctx.transpose = transpose
