@@ -8,8 +8,9 @@ from .boltzmann.rbm import RBM
 from .hopfield.hopfield import Hopfield
 from .hopfield.retrieval import HopfieldRetrieval
 from .ising.ising import Ising2D
+from .model import DivergedError, Model
 from .som.som import SOM
 
 __version__ = "0.1.0"
-__all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "Hopfield", "HopfieldRetrieval", "Ising2D",
-           "available_backends", "backends", "ops", "random", "use_backend"]
+__all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "Hopfield", "HopfieldRetrieval", "Ising2D",
+           "Model", "available_backends", "backends", "ops", "random", "use_backend"]
