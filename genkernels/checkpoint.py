@@ -32,6 +32,8 @@ import threading
 
 import torch
 
+from .random import SEED_RANGE
+
 FORMAT = 1
 
 _umask_lock = threading.Lock()
@@ -228,7 +230,6 @@ def check_state(payload: dict, module: torch.nn.Module, path=None, key: str = "s
 
 # dtypes a model's checkpoint may name in its config
 MODEL_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-SEED_RANGE = (0, 2**64 - 1)
 # a model's stream position: the counter of its next draw. It starts at 0 and grows by the
 # draws made (2^63 counters are out of reach), so a negative one is a crafted checkpoint
 OFFSET_RANGE = (0, 2**63 - 1)

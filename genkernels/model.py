@@ -35,7 +35,7 @@ from torch import nn
 from . import backends
 from . import checkpoint as ckpt
 from ._checks import check_int, compiling
-from .random import PhiloxStream
+from .random import SEED_RANGE, PhiloxStream
 
 __all__ = ["DivergedError", "Model", "Progress", "check_finite_model", "model_seed"]
 
@@ -49,7 +49,7 @@ def model_seed(seed: int | None) -> int:
     """A model's Philox seed: the given int in [0, 2^64), or one drawn from torch's RNG."""
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
-    return check_int("seed", seed, 0, 2**64 - 1)
+    return check_int("seed", seed, *SEED_RANGE)
 
 
 def check_finite_model(model: str, tensors: dict[str, torch.Tensor], epoch: int, call_epoch: int,
@@ -141,7 +141,7 @@ class Model(nn.Module):
 
     @seed.setter
     def seed(self, value: int) -> None:
-        self._stream = PhiloxStream(check_int("seed", value, 0, 2**64 - 1), self._stream.offset)
+        self._stream = PhiloxStream(check_int("seed", value, *SEED_RANGE), self._stream.offset)
 
     @property
     def offset(self) -> int:
@@ -169,7 +169,7 @@ class Model(nn.Module):
         if seed is None:
             yield self._stream
             return
-        own = PhiloxStream(check_int("seed", seed, 0, 2**64 - 1))
+        own = PhiloxStream(check_int("seed", seed, *SEED_RANGE))
         saved, self._stream = self._stream, own
         try:
             yield own

@@ -33,7 +33,7 @@ import torch
 
 from . import registry
 
-__all__ = ["PhiloxStream", "philox4x32_10", "rand", "randint", "randint4x", "randn", "uint_to_uniform_float",
+__all__ = ["INT64_RANGE", "SEED_RANGE", "PhiloxStream", "philox4x32_10", "rand", "randint", "key_of", "randint4x", "randn", "uint_to_uniform_float",
            "visiting_order", "wrap_int64"]
 
 PHILOX_KEY_A = 0x9E3779B9
@@ -46,6 +46,9 @@ PHILOX_ROUNDS = 10
 UINT32_TO_UNIFORM_SCALE = float.fromhex("0x1.fffffep-32")
 
 SEED_MAX = 2**64 - 1
+# a seed is an int in SEED_RANGE; counters (offsets) are int64s in INT64_RANGE
+SEED_RANGE = (0, SEED_MAX)
+INT64_RANGE = (-2**63, 2**63 - 1)
 _MASK32 = 0xFFFFFFFF
 
 
@@ -58,11 +61,11 @@ def _rand_fake(seed, offsets):
 
 
 def _randint4x_reference(seed, offsets):
-    return _reference_randint4x(seed % 2**64, offsets)
+    return _reference_randint4x(key_of(seed), offsets)
 
 
 def _rand_reference(seed, offsets):
-    return uint_to_uniform_float(_reference_randint4x(seed % 2**64, offsets)[..., 0])
+    return uint_to_uniform_float(_reference_randint4x(key_of(seed), offsets)[..., 0])
 
 
 # philox_randint4x(seed (int64 bit pattern), offsets (...) int64) -> (..., 4) uint32, and
@@ -109,8 +112,16 @@ def _check_offsets(offsets) -> torch.Tensor:
 
 
 def _schema_seed(seed: int) -> int:
-    """The int64 bit pattern of a seed in [0, 2^64): what the ops' `int seed` carries."""
+    """The int64 bit pattern of a seed in [0, 2^64): what the ops' `int seed` carries (the
+    public functions convert once, on the way in; :func:`key_of` converts back)."""
     return seed - 2**64 if seed >= 2**63 else seed
+
+
+def key_of(seed: int) -> int:
+    """The Philox key in [0, 2^64) of a seed as an op's schema carries it (its int64 bit
+    pattern, negative for seeds >= 2^63): what the references and the Triton launchers
+    take. The inverse of the conversion the public functions make on the way in."""
+    return seed % 2**64
 
 
 # ------------------------------------------------------------------------- reference

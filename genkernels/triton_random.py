@@ -18,10 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .random import key_of
+
 # Offsets per program: each is one independent Philox call, so any size that keeps the
 # loads coalesced serves; fixed (the interpreter cannot autotune, docs/design.md, "Testing").
 BLOCK = 1024
-_UINT64_MASK = (1 << 64) - 1
 
 
 @triton.jit
@@ -64,7 +65,7 @@ def philox_randint4x_fwd(seed: int, offsets: torch.Tensor) -> torch.Tensor:
     out = torch.empty((flat.numel(), 4), dtype=torch.int32, device=offsets.device)
     if flat.numel():
         grid = (triton.cdiv(flat.numel(), BLOCK),)
-        _philox_randint4x_kernel[grid](flat, out, seed & _UINT64_MASK, flat.numel(), BLOCK=BLOCK)
+        _philox_randint4x_kernel[grid](flat, out, key_of(seed), flat.numel(), BLOCK=BLOCK)
     return out.view(torch.uint32).reshape(*offsets.shape, 4)
 
 
@@ -74,7 +75,7 @@ def philox_rand_fwd(seed: int, offsets: torch.Tensor) -> torch.Tensor:
     out = torch.empty(flat.numel(), dtype=torch.float32, device=offsets.device)
     if flat.numel():
         grid = (triton.cdiv(flat.numel(), BLOCK),)
-        _philox_rand_kernel[grid](flat, out, seed & _UINT64_MASK, flat.numel(), BLOCK=BLOCK)
+        _philox_rand_kernel[grid](flat, out, key_of(seed), flat.numel(), BLOCK=BLOCK)
     return out.reshape(offsets.shape)
 
 

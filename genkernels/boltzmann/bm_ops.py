@@ -17,7 +17,6 @@ from .._checks import check_choice, check_float_tensor, check_int, check_same_de
 from . import bm_reference as reference
 from .bm_reference import ORDERS
 
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 SYMMETRY_RTOL = 1e-6
 
 
@@ -27,7 +26,7 @@ def _bm_gibbs_fake(weights, bias, states, clamp, temperatures, random_order, see
 
 def _bm_gibbs_reference(weights, bias, states, clamp, temperatures, random_order, seed, offset):
     order = "random" if random_order else "sequential"
-    return reference.gibbs(weights, bias, states, clamp, temperatures, order, seed % 2**64, offset)
+    return reference.gibbs(weights, bias, states, clamp, temperatures, order, gk_random.key_of(seed), offset)
 
 
 # bm_gibbs(weights (N, N), bias (N,), states (C, N) in weights' dtype, clamp (N,) bool,
@@ -127,7 +126,7 @@ def bm_gibbs(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor,
     check_same_device(weights=weights, clamp=clamp)
     check_choice("order", order, ORDERS)
     seed = gk_random._check_seed(seed)
-    offset = check_int("offset", offset, INT64_MIN, INT64_MAX)
+    offset = check_int("offset", offset, *gk_random.INT64_RANGE)
 
     dt = weights.dtype
     w = weights.contiguous()

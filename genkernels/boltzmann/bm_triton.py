@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from triton.language.random import uint_to_uniform_float
 
+from ..random import key_of
 from ..triton_common import MAX_REGISTER_UNITS as MAX_UNITS
 from ..triton_common import device_of, lane, register_warps, visiting_order
 
@@ -97,7 +98,7 @@ def bm_gibbs_triton(weights: torch.Tensor, bias: torch.Tensor, states: torch.Ten
                     seed: int, offset: int) -> torch.Tensor:
     """Gibbs sweeps on Triton; seed is the int64 bit pattern of a seed in [0, 2^64)."""
     return bm_gibbs_fwd(weights, bias, states, clamp, temperatures, random_order,
-                        seed & ((1 << 64) - 1), offset)
+                        key_of(seed), offset)
 
 
 @bm_gibbs_triton.register_fake

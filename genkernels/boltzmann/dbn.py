@@ -25,6 +25,7 @@ from torch import nn
 from .. import checkpoint as ckpt
 from .._checks import check_choice, check_int
 from ..model import DivergedError, Model
+from ..random import SEED_RANGE
 from .rbm import RBM, VISIBLE_UNITS
 
 DOWN_PASSES = ("mean", "sample")
@@ -204,7 +205,7 @@ class DBN(Model):
         n_gibbs = check_int("n_gibbs", n_gibbs, 0)
         check_choice("down", down, DOWN_PASSES)
         if seed is not None:
-            seed = check_int("seed", seed, 0, 2**64 - 1)
+            seed = check_int("seed", seed, *SEED_RANGE)
         top = self.layers[-1]
         v = top.sample(n_samples, n_gibbs, seed=None if seed is None else layer_seed(seed, self.n_layers - 1),
                        backend=backend)

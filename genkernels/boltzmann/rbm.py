@@ -63,6 +63,7 @@ from .. import distributed as gkdist
 from .. import random as gk_random
 from .._checks import check_choice, check_fits_dtype, check_int, compiling, from_numpy
 from ..model import DivergedError, Model, Progress, check_finite_model
+from ..random import SEED_RANGE
 from ._train import check_real as _check_real
 from .rbm_distributed import DistributedChains, _rank_rows, _Rows
 from .rbm_graphs import CudaGraphs, _GraphedUpdate
@@ -332,7 +333,7 @@ class RBM(PartitionEstimators, ParallelTempering, DistributedChains, CudaGraphs,
         n_steps = check_int("n_steps", n_steps, 0)
         betas = None if pt_betas is None else self._pt_betas(pt_betas)
         if seed is not None:
-            seed = check_int("seed", seed, 0, 2**64 - 1)
+            seed = check_int("seed", seed, *SEED_RANGE)
         with self._ops_backend(backend), self._call_stream(seed):
             if betas is not None and n_steps > 0:
                 rows = len(betas) * n_samples

@@ -31,8 +31,6 @@ from .._checks import (
 )
 from . import rbm_reference as reference
 
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
-
 
 # ------------------------------------------------------------------ declared ops
 def _half_step_fake(s, w, bias, seed, offset, transpose, return_probs):
@@ -42,16 +40,16 @@ def _half_step_fake(s, w, bias, seed, offset, transpose, return_probs):
 
 
 def _half_step_reference(s, w, bias, seed, offset, transpose, return_probs):
-    return reference.rbm_half_step(s, w, bias, seed % 2**64, offset, transpose, return_probs)
+    return reference.rbm_half_step(s, w, bias, gk_random.key_of(seed), offset, transpose, return_probs)
 
 
 def _half_step_at_reference(s, w, bias, seed, offset_base, offset, transpose, return_probs):
     start = gk_random.wrap_int64(int(offset_base.reshape(())) + offset)
-    return reference.rbm_half_step(s, w, bias, seed % 2**64, start, transpose, return_probs)
+    return reference.rbm_half_step(s, w, bias, gk_random.key_of(seed), start, transpose, return_probs)
 
 
 def _half_step_binary_reference(s, w, bias, seed, offset, transpose, return_probs):
-    return reference.rbm_half_step_binary(s, w, bias, seed % 2**64, offset, transpose, return_probs)
+    return reference.rbm_half_step_binary(s, w, bias, gk_random.key_of(seed), offset, transpose, return_probs)
 
 
 def _binary_outer_add_fake(out, x, h, alpha, column_sums, sums_alpha):
@@ -68,7 +66,7 @@ def _pcd_step_fake(v_pos, w, visible_bias, hidden_bias, chains, seed, offset_v, 
 
 
 def _pcd_step_reference(v_pos, w, visible_bias, hidden_bias, chains, seed, offset_v, offset_h, lr):
-    return reference.rbm_pcd_step_(v_pos, w, visible_bias, hidden_bias, chains, seed % 2**64, offset_v,
+    return reference.rbm_pcd_step_(v_pos, w, visible_bias, hidden_bias, chains, gk_random.key_of(seed), offset_v,
                                    offset_h, lr)
 
 
@@ -130,7 +128,7 @@ def _check_half_step(s, w, bias, seed, offset, transpose, return_probs):
                          f"transpose={transpose}); got shape {tuple(bias.shape)}")
     check_same_device(w=w, s=s, bias=bias)
     seed = gk_random._check_seed(seed)
-    offset = check_int("offset", offset, INT64_MIN, INT64_MAX)
+    offset = check_int("offset", offset, *gk_random.INT64_RANGE)
     return transpose, return_probs, seed, offset
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_choice, check_int
+from ..random import SEED_RANGE
 from .rbm_ops import half_step
 from .rbm_reference import counters_per_row, half_step_uniforms
 
@@ -118,7 +119,7 @@ class PartitionEstimators:
         beta = self._ais_betas(n_betas, betas, schedule)
         b_a = self._ais_base_bias(base_visible_bias)
         if seed is not None:
-            seed = check_int("seed", seed, 0, 2**64 - 1)
+            seed = check_int("seed", seed, *SEED_RANGE)
         with self._ops_backend(backend), self._call_stream(seed):
             log_w = self._ais_log_weights(n_chains, beta, b_a)
         log_z_a = self.n_hidden * math.log(2.0) + float(F.softplus(b_a.to(torch.float64)).sum())

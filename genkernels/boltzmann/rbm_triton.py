@@ -37,9 +37,9 @@ import triton
 import triton.language as tl
 
 from .._checks import acc_dtype
+from ..random import key_of
 from .rbm_reference import half_step_backward, half_step_binary_backward, half_step_setup_context
 
-_UINT64_MASK = (1 << 64) - 1
 # Fixed configurations (the interpreter cannot autotune, docs/design.md, "Testing"). fp32: 8 warps
 # (16 outputs per thread) because the Philox epilogue of 32 outputs per thread with 4 warps
 # took 255 registers and spilled (40-byte stack, sm_90, hidden->visible); see
@@ -125,7 +125,7 @@ def rbm_half_step_fwd(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, seed
     grid = (triton.cdiv(rows, cfg["BLOCK_B"]), triton.cdiv(n_out, cfg["BLOCK_N"]))
     precision = "tf32" if dt == torch.float32 and tf32_allowed(s.device) else "ieee"
     _rbm_half_step_kernel[grid](
-        s, w, bias, samples, probs if return_probs else samples, seed & _UINT64_MASK, offset,
+        s, w, bias, samples, probs if return_probs else samples, key_of(seed), offset,
         rows, n_in, n_out, max(s.stride(0), 1), stride_wk, stride_wn,
         RETURN_PROBS=return_probs, ACC=tl.float64 if dt == torch.float64 else tl.float32,
         BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], PRECISION=precision,
@@ -161,7 +161,7 @@ def rbm_half_step_at_triton(s: torch.Tensor, w: torch.Tensor, bias: torch.Tensor
                             return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """rbm_half_step_triton with its counters at offset_base + offset, offset_base (1,) int64
     read by the kernel at run time (the launch a CUDA graph captures and replays)."""
-    return rbm_half_step_fwd(s, w, bias, seed & ((1 << 64) - 1), offset, transpose, return_probs, offset_base)
+    return rbm_half_step_fwd(s, w, bias, key_of(seed), offset, transpose, return_probs, offset_base)
 
 
 @rbm_half_step_at_triton.register_fake
@@ -231,7 +231,7 @@ def rbm_half_step_binary_fwd(s: torch.Tensor, w: torch.Tensor, bias: torch.Tenso
     cfg = BINARY_CONFIG[dt]
     grid = (rows, triton.cdiv(n_out, cfg["BLOCK_N"]))
     _rbm_half_step_binary_kernel[grid](
-        s, w_rows, bias, samples, probs if return_probs else samples, seed & _UINT64_MASK, offset,
+        s, w_rows, bias, samples, probs if return_probs else samples, key_of(seed), offset,
         n_in, n_out, max(s.stride(0), 1),
         RETURN_PROBS=return_probs, ACC=tl.float64 if dt == torch.float64 else tl.float32,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

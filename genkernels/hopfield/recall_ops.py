@@ -28,13 +28,12 @@ from .recall_reference import MODES, ORDERS, RULES, acc_dtype
 # |W - W^T| may reach this fraction of max |W| (rounding of a user's own product); the
 # kernels read row i as column i, so anything further from symmetric is rejected.
 SYMMETRY_RTOL = 1e-6
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 
 # ------------------------------------------------------------------ declared ops
 def _recall_async_reference(weights, states, max_sweeps, random_order, seed, offset):
     order = "random" if random_order else "sequential"
-    return reference.recall_async(weights, states, order, max_sweeps, seed % 2**64, offset)
+    return reference.recall_async(weights, states, order, max_sweeps, gk_random.key_of(seed), offset)
 
 
 def _recall_async_fake(weights, states, max_sweeps, random_order, seed, offset):
@@ -159,7 +158,7 @@ def hopfield_recall(weights: torch.Tensor, probes: torch.Tensor, mode: str = "as
     check_choice("order", order, ORDERS)
     max_sweeps = check_int("max_sweeps", max_sweeps, 0)
     seed = gk_random._check_seed(seed)
-    offset = check_int("offset", offset, INT64_MIN, INT64_MAX)
+    offset = check_int("offset", offset, *gk_random.INT64_RANGE)
 
     dt = acc_dtype(weights.dtype)
     w = weights.to(dt).contiguous()

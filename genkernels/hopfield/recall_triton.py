@@ -36,7 +36,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_common import MAX_REGISTER_UNITS, device_of, lane, register_warps, visiting_order
+from ..random import key_of
+from ..triton_common import (
+    MAX_REGISTER_UNITS,
+    device_of,
+    lane,
+    register_warps,
+    visiting_order,
+)
 
 MAX_UNITS = MAX_REGISTER_UNITS
 
@@ -118,7 +125,7 @@ def hopfield_recall_async_triton(weights: torch.Tensor, states: torch.Tensor, ma
     """Asynchronous recall on Triton; seed is the int64 bit pattern of a seed in
     [0, 2^64) (as in the C++ op's schema)."""
     return hopfield_recall_async_fwd(weights, states, max_sweeps, random_order,
-                                     seed & ((1 << 64) - 1), offset)
+                                     key_of(seed), offset)
 
 
 @hopfield_recall_async_triton.register_fake

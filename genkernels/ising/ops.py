@@ -22,7 +22,6 @@ from .._checks import check_choice, check_int, compiling
 from . import reference
 from .reference import ALGORITHMS, TWO_32
 
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 
 def _sweep_fake(spins, thresholds, n_sweeps, seed, offset, measure_every):
@@ -32,7 +31,7 @@ def _sweep_fake(spins, thresholds, n_sweeps, seed, offset, measure_every):
 
 
 def _sweep_reference(spins, thresholds, n_sweeps, seed, offset, measure_every):
-    return reference.sweep(spins, thresholds, n_sweeps, seed % 2**64, offset, measure_every)
+    return reference.sweep(spins, thresholds, n_sweeps, gk_random.key_of(seed), offset, measure_every)
 
 
 # ising_sweep(spins (B, L, L) int8 ±1, thresholds, n_sweeps, seed (int64 bit
@@ -135,7 +134,7 @@ def _check_run(spins, thresholds, n_sweeps, seed, offset):
     _check_spins(spins)
     _check_thresholds(thresholds)
     return (check_int("n_sweeps", n_sweeps, 0), gk_random._check_seed(seed),
-            check_int("offset", offset, INT64_MIN, INT64_MAX))
+            check_int("offset", offset, *gk_random.INT64_RANGE))
 
 
 def ising_sweep(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int = 1,

@@ -16,13 +16,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ..random import key_of
 from .reference import counters_per_colour, energy_sums, magnetization_sums
 
 # Philox counters per program (each updates up to 4 sites): fixed, the interpreter
 # cannot autotune (docs/design.md, "Testing").
 BLOCK = 256
 NUM_WARPS = 4
-_UINT64_MASK = (1 << 64) - 1
 
 
 @triton.jit
@@ -113,7 +113,7 @@ def ising_sweep_fwd(spins: torch.Tensor, thresholds: torch.Tensor, n_sweeps: int
     grid = (n_lattices, triton.cdiv(q_count, BLOCK))
     for t in range(n_sweeps):
         for colour in (0, 1):
-            _ising_half_sweep_kernel[grid](out, th, seed & _UINT64_MASK, offset, t, n_lattices, L,
+            _ising_half_sweep_kernel[grid](out, th, key_of(seed), offset, t, n_lattices, L,
                                            q_count, COLOUR=colour, BLOCK=BLOCK,
                                            num_warps=NUM_WARPS)
         if measure_every and (t + 1) % measure_every == 0:
