@@ -1,5 +1,6 @@
 """Self-organizing maps: kernels (ops), lattices and the SOM model."""
 from .lattice import Lattice
 from .ops import neighborhood_matmul, som_bmu, som_node_sums, som_online, som_smooth
+from .soft_ops import som_soft
 
-__all__ = ["Lattice", "neighborhood_matmul", "som_bmu", "som_node_sums", "som_online", "som_smooth"]
+__all__ = ["Lattice", "neighborhood_matmul", "som_bmu", "som_node_sums", "som_online", "som_smooth", "som_soft"]

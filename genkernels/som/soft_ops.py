@@ -1,0 +1,85 @@
+"""Public op of the soft SOM layer: validation, declaration, dispatch.
+
+Re-exported flat in ``genkernels.ops`` (through ``som/ops.py``). ``som_soft`` runs on
+``reference`` (genkernels/som/soft_reference.py: the fused online-softmax algorithm in
+PyTorch, differentiated by autograd). Spec and gradients: soft_reference's docstring.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import registry
+from .._checks import acc_dtype, check_choice, check_float_tensor, check_same_device, check_same_dtype, compiling
+from . import soft_reference
+from .soft_reference import DISTANCES
+
+
+def _soft_reference(x, nodes, values, beta, squared):
+    return soft_reference.soft_som_forward(x, nodes, values, beta, "squared" if squared else "euclidean")
+
+
+# som_soft(x (B, D), nodes (K, D), values (K, C), beta 0-d in the accumulation dtype, squared)
+# -> (out (B, C), m (B,), Z (B,)) in the accumulation dtype: the soft SOM's output and the
+# row statistics of its softmax (the running max of the scores and the sum of their
+# exponentials below it), which the backward recomputes the weights from.
+SOFT = registry.declare("som_soft", reference=_soft_reference)
+
+
+def _check_beta(beta, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """beta as a 0-d tensor in ``dtype`` on ``device`` (differentiable when it was one)."""
+    if isinstance(beta, torch.Tensor):
+        if not beta.is_floating_point():
+            raise TypeError(f"beta must be a float or a floating-point tensor; got dtype {beta.dtype}")
+        if beta.numel() != 1:
+            raise ValueError(f"beta must hold one number; got shape {tuple(beta.shape)}")
+        if not compiling() and beta.device.type != "meta":
+            value = float(beta.detach().reshape(()))
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"beta must be > 0 and finite; got {value!r}")
+        return beta.reshape(()).to(device=device, dtype=dtype)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise TypeError(f"beta must be a float or a one-element tensor; got {type(beta).__name__} {beta!r}")
+    if not (beta > 0 and math.isfinite(beta)):
+        raise ValueError(f"beta must be > 0 and finite; got {beta!r}")
+    return torch.tensor(float(beta), dtype=dtype, device=device)
+
+
+def som_soft(x: torch.Tensor, nodes: torch.Tensor, values: torch.Tensor, beta=1.0, distance: str = "euclidean",
+             *, backend: str | None = None) -> torch.Tensor:
+    """The soft SOM: out_b = sum_k g_k exp(-beta d(x_b, l_k)) / sum_k exp(-beta d(x_b, l_k)).
+
+    Args:
+        x: (B, D) float inputs. nodes: (K, D) the node embeddings l_k, K >= 1. values:
+            (K, C) the nodes' values g_k (their grid coordinates in genkernels.SoftSOM).
+            Same dtype and device.
+        beta: inverse temperature > 0: a number or a one-element float tensor (an
+            nn.Parameter for a learned one; the result is differentiable in it).
+        distance: "euclidean" (||x - l||, gradient 0 at x = l) or "squared" (||x - l||^2).
+        backend: None (auto) or "reference".
+    Returns:
+        (B, C) in x's dtype, differentiable in x, nodes, values and beta. Arithmetic in fp32
+        (fp64 for fp64 input); the B x K weights are never held in memory at once.
+    """
+    check_float_tensor("x", x, 2)
+    check_float_tensor("nodes", nodes, 2)
+    check_float_tensor("values", values, 2)
+    check_same_device(x=x, nodes=nodes, values=values)
+    check_same_dtype(x=x, nodes=nodes, values=values)
+    check_choice("distance", distance, DISTANCES)
+    if nodes.shape[1] != x.shape[1]:
+        raise ValueError(f"nodes has {nodes.shape[1]} features but x has {x.shape[1]}; they must match")
+    if nodes.shape[0] == 0:
+        raise ValueError(f"nodes must hold at least one node; got shape {tuple(nodes.shape)}")
+    if values.shape[0] != nodes.shape[0]:
+        raise ValueError(f"values must have one row per node ({nodes.shape[0]}); got shape {tuple(values.shape)}")
+    beta_t = _check_beta(beta, x.device, acc_dtype(x.dtype))
+    if not compiling() and x.device.type != "meta":
+        for name, t in (("x", x), ("nodes", nodes), ("values", values)):
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or Inf")
+    name = SOFT.resolve(x.device, backend)
+    out, _, _ = SOFT.kernels[name](x, nodes, values, beta_t, distance == "squared")
+    return out.to(x.dtype)

@@ -1,0 +1,99 @@
+"""The soft SOM (genkernels.ops.som_soft, genkernels/som/soft_reference.py): the fused
+online-softmax forward and the explicit backward against the definition differentiated by
+autograd, over odd shapes and node tiles; the Euclidean gradient at x = l; gradcheck and
+torch.compile through the op; bad input."""
+
+import pytest
+import torch
+
+import genkernels
+from genkernels.som import soft_reference as R
+
+SHAPES = [(1, 1, 1, 1), (5, 3, 7, 2), (4, 6, 300, 3), (17, 2, 5, 4), (0, 3, 4, 2)]
+
+
+def _problem(b, d, k, c, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, d, generator=g, dtype=dtype)
+    nodes = torch.randn(k, d, generator=g, dtype=dtype)
+    values = torch.randn(k, c, generator=g, dtype=dtype)
+    return x, nodes, values, torch.tensor(1.3, dtype=dtype)
+
+
+@pytest.mark.parametrize("distance", R.DISTANCES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("tile", [1, 3, 256])
+def test_fused_forward_and_explicit_backward_equal_the_definition(distance, shape, tile):
+    x, nodes, values, beta = _problem(*shape)
+    if shape[0] and shape[2] > 1:
+        nodes[1] = x[0]  # a row exactly at a node: distance 0
+    leaves = [t.clone().requires_grad_() for t in (x, nodes, values, beta)]
+    want = R.soft_som(*leaves, distance)
+    grad = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, leaves, grad, allow_unused=True) if want.numel() else \
+        [torch.zeros_like(t) for t in leaves]
+    out, m, z = R.soft_som_forward(x, nodes, values, beta, distance, tile)
+    torch.testing.assert_close(out, want.detach(), rtol=1e-12, atol=1e-12)
+    got = R.soft_som_backward(grad, x, nodes, values, beta, out, m, z, distance, tile)
+    for name, a, b in zip(("x", "nodes", "values", "beta"), got, want_grads):
+        b = torch.zeros_like(a) if b is None else b
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_euclidean_gradient_at_a_node_is_zero_there():
+    """x = l_k: d_k has no derivative; its contribution to the gradient is defined as 0, so
+    with a single node (the output is g whatever x is) every input gradient is 0."""
+    x = torch.tensor([[0.5, -1.0]], dtype=torch.float64, requires_grad=True)
+    nodes = x.detach().clone().requires_grad_()
+    values = torch.tensor([[2.0, 3.0]], dtype=torch.float64, requires_grad=True)
+    out = genkernels.ops.som_soft(x, nodes, values, beta=4.0)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(nodes.grad, torch.zeros_like(nodes))
+    assert torch.isfinite(values.grad).all()
+
+
+def test_op_is_differentiable_in_every_input():
+    x, nodes, values, beta = (t.requires_grad_() for t in _problem(3, 2, 5, 2))
+    assert torch.autograd.gradcheck(lambda a, b, c, d: genkernels.ops.som_soft(a, b, c, d), (x, nodes, values, beta))
+    assert torch.autograd.gradcheck(lambda a, b, c, d: genkernels.ops.som_soft(a, b, c, d, "squared"),
+                                    (x, nodes, values, beta))
+
+
+def test_large_beta_does_not_overflow_and_approaches_the_winner():
+    x, nodes, values, _ = _problem(6, 3, 9, 2, torch.float32)
+    out = genkernels.ops.som_soft(x, nodes, values, beta=1e30)
+    winner = torch.cdist(x, nodes).argmin(1)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, values[winner])
+
+
+def test_float32_follows_float64():
+    x, nodes, values, beta = _problem(8, 4, 40, 3)
+    want = genkernels.ops.som_soft(x, nodes, values, beta)
+    got = genkernels.ops.som_soft(x.float(), nodes.float(), values.float(), float(beta))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiles_fullgraph():
+    x, nodes, values, _ = _problem(4, 3, 6, 2, torch.float32)
+    fn = torch.compile(lambda a, b, c: genkernels.ops.som_soft(a, b, c, 2.0), fullgraph=True, backend="eager")
+    torch.testing.assert_close(fn(x, nodes, values), genkernels.ops.som_soft(x, nodes, values, 2.0))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda x, n, v: genkernels.ops.som_soft(x, n, v, beta=0.0), ValueError, "beta must be > 0"),
+    (lambda x, n, v: genkernels.ops.som_soft(x, n, v, beta=float("nan")), ValueError, "beta must be > 0"),
+    (lambda x, n, v: genkernels.ops.som_soft(x, n, v, beta="1"), TypeError, "beta must be a float"),
+    (lambda x, n, v: genkernels.ops.som_soft(x, n, v, beta=torch.ones(2)), ValueError, "one number"),
+    (lambda x, n, v: genkernels.ops.som_soft(x, n[:, :2], v), ValueError, "nodes has 2 features"),
+    (lambda x, n, v: genkernels.ops.som_soft(x, n[:0], v[:0]), ValueError, "at least one node"),
+    (lambda x, n, v: genkernels.ops.som_soft(x, n, v[:3]), ValueError, "one row per node"),
+    (lambda x, n, v: genkernels.ops.som_soft(x, n.double(), v), TypeError, "dtype"),
+    (lambda x, n, v: genkernels.ops.som_soft(x, n, v, distance="cosine"), ValueError, "distance"),
+    (lambda x, n, v: genkernels.ops.som_soft(x.fill_(float("nan")), n, v), ValueError, "x contains NaN"),
+])
+def test_bad_input_is_named(call, error, match):
+    x, nodes, values, _ = _problem(4, 3, 6, 2, torch.float32)
+    with pytest.raises(error, match=match):
+        call(x, nodes, values)
