@@ -9,6 +9,10 @@ import torch
 import genkernels
 from genkernels.som import soft_reference as R
 
+from helpers import DEVICE, needs
+
+BACKENDS = [pytest.param("reference"), pytest.param("triton", marks=needs("triton"))]
+
 SHAPES = [(1, 1, 1, 1), (5, 3, 7, 2), (4, 6, 300, 3), (17, 2, 5, 4), (0, 3, 4, 2)]
 
 
@@ -52,11 +56,36 @@ def test_euclidean_gradient_at_a_node_is_zero_there():
     assert torch.isfinite(values.grad).all()
 
 
-def test_op_is_differentiable_in_every_input():
-    x, nodes, values, beta = (t.requires_grad_() for t in _problem(3, 2, 5, 2))
-    assert torch.autograd.gradcheck(lambda a, b, c, d: genkernels.ops.som_soft(a, b, c, d), (x, nodes, values, beta))
-    assert torch.autograd.gradcheck(lambda a, b, c, d: genkernels.ops.som_soft(a, b, c, d, "squared"),
-                                    (x, nodes, values, beta))
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("distance", R.DISTANCES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(5, 3, 7, 2), (1, 1, 1, 1), (9, 40, 300, 3), (3, 2, 5, 5), (0, 2, 3, 2)])
+def test_every_backend_matches_the_definition(backend, distance, dtype, shape):
+    x, nodes, values, beta = (t.to(DEVICE) for t in _problem(*shape, dtype=dtype, seed=3))
+    x = x[:, :].t().contiguous().t() if x.shape[0] else x  # column-major rows: any strides
+    got = genkernels.ops.som_soft(x, nodes, values, beta, distance, backend=backend)
+    want = R.soft_som(x, nodes, values, beta, distance).to(dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=2e-6)
+    assert got.dtype == dtype and got.shape == (shape[0], shape[3])
+    torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_op_is_differentiable_in_every_input(backend):
+    x, nodes, values, beta = (t.to(DEVICE).requires_grad_() for t in _problem(3, 2, 5, 2))
+    for distance in R.DISTANCES:
+        assert torch.autograd.gradcheck(
+            lambda a, b, c, d: genkernels.ops.som_soft(a, b, c, d, distance, backend=backend), (x, nodes, values, beta))
+
+
+@needs("triton")
+def test_triton_op_passes_opcheck():
+    from genkernels.som import soft_triton  # noqa: F401 (registers the op)
+    x, nodes, values, beta = (t.to(DEVICE) for t in _problem(4, 3, 6, 2))
+    for squared in (False, True):
+        torch.library.opcheck(torch.ops.genkernels.som_soft_triton.default, (x, nodes, values, beta, squared))
+        args = tuple(t.clone().requires_grad_() for t in (x, nodes, values, beta)) + (squared,)
+        torch.library.opcheck(torch.ops.genkernels.som_soft_triton.default, args)
 
 
 def test_large_beta_does_not_overflow_and_approaches_the_winner():
@@ -75,10 +104,16 @@ def test_float32_follows_float64():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_compiles_fullgraph():
-    x, nodes, values, _ = _problem(4, 3, 6, 2, torch.float32)
-    fn = torch.compile(lambda a, b, c: genkernels.ops.som_soft(a, b, c, 2.0), fullgraph=True, backend="eager")
-    torch.testing.assert_close(fn(x, nodes, values), genkernels.ops.som_soft(x, nodes, values, 2.0))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiles_fullgraph(backend):
+    x, nodes, values, _ = (t.to(DEVICE) for t in _problem(4, 3, 6, 2, torch.float32))
+    nodes.requires_grad_()
+    fn = torch.compile(lambda a, b, c: genkernels.ops.som_soft(a, b, c, 2.0, backend=backend), fullgraph=True,
+                       backend="eager")
+    out = fn(x, nodes, values)
+    torch.testing.assert_close(out, genkernels.ops.som_soft(x, nodes, values, 2.0, backend="reference"))
+    out.sum().backward()
+    assert nodes.grad is not None and torch.isfinite(nodes.grad).all()
 
 
 @pytest.mark.parametrize("call, error, match", [

@@ -2,7 +2,10 @@
 
 Re-exported flat in ``genkernels.ops`` (through ``som/ops.py``). ``som_soft`` runs on
 ``reference`` (genkernels/som/soft_reference.py: the fused online-softmax algorithm in
-PyTorch, differentiated by autograd). Spec and gradients: soft_reference's docstring.
+PyTorch, differentiated by autograd) and ``triton`` (genkernels/som/soft_triton.py: one
+fused forward kernel; its backward is the reference's explicit VJP, which recomputes each
+node tile's weights from the saved row statistics). Spec and gradients: soft_reference's
+docstring.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ def _soft_reference(x, nodes, values, beta, squared):
 # -> (out (B, C), m (B,), Z (B,)) in the accumulation dtype: the soft SOM's output and the
 # row statistics of its softmax (the running max of the scores and the sum of their
 # exponentials below it), which the backward recomputes the weights from.
-SOFT = registry.declare("som_soft", reference=_soft_reference)
+SOFT = registry.declare(
+    "som_soft",
+    reference=_soft_reference,
+    triton=registry.lazy(__package__ + ".soft_triton", "som_soft_triton"))
+registry.static_kernels("som.soft", registry.lazy(__package__ + ".soft_triton", "static_kernels"))
 
 
 def _check_beta(beta, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -58,7 +65,7 @@ def som_soft(x: torch.Tensor, nodes: torch.Tensor, values: torch.Tensor, beta=1.
         beta: inverse temperature > 0: a number or a one-element float tensor (an
             nn.Parameter for a learned one; the result is differentiable in it).
         distance: "euclidean" (||x - l||, gradient 0 at x = l) or "squared" (||x - l||^2).
-        backend: None (auto) or "reference".
+        backend: None (auto), "reference" or "triton".
     Returns:
         (B, C) in x's dtype, differentiable in x, nodes, values and beta. Arithmetic in fp32
         (fp64 for fp64 input); the B x K weights are never held in memory at once.

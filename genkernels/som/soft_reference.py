@@ -127,3 +127,28 @@ def soft_som_backward(grad: torch.Tensor, x: torch.Tensor, nodes: torch.Tensor, 
         grad_x += (gd[..., None] * dd).sum(1)
         grad_nodes[k0:k0 + tile] = -(gd[..., None] * dd).sum(0)
     return grad_x, grad_nodes, grad_values, grad_beta
+
+
+# ---- autograd of the compiled som_soft ops (genkernels/som/soft_triton.py, soft_ops.py) ----
+# Saved: the inputs, the output and the row statistics; the backward recomputes each tile's
+# weights from them (no B x K matrix is kept). The row statistics are outputs of the op for
+# this purpose only: the public function returns the output alone, so their gradients are 0.
+def soft_setup_context(ctx, inputs, output):
+    x, nodes, values, beta, squared = inputs
+    out, m, z = output
+    ctx.save_for_backward(x, nodes, values, beta, out, m, z)
+    ctx.squared = squared
+
+
+def as_input_grads(ctx, grads):
+    """The backward's four gradients in the dtypes of the op's inputs, None where an input
+    needs none."""
+    return (*(g.to(t.dtype) if need else None
+              for g, t, need in zip(grads, ctx.saved_tensors[:4], ctx.needs_input_grad[:4])), None)
+
+
+def soft_backward_reference(ctx, grad, _grad_m, _grad_z):
+    x, nodes, values, beta, out, m, z = ctx.saved_tensors
+    grads = soft_som_backward(grad, x, nodes, values, beta, out, m, z,
+                              "squared" if ctx.squared else "euclidean")
+    return as_input_grads(ctx, grads)
