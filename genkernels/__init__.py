@@ -9,8 +9,9 @@ from .hopfield.hopfield import Hopfield
 from .hopfield.retrieval import HopfieldRetrieval
 from .ising.ising import Ising2D
 from .model import DivergedError, Model
+from .som.soft import SoftSOM
 from .som.som import SOM
 
 __version__ = "0.1.0"
 __all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "Hopfield", "HopfieldRetrieval", "Ising2D",
-           "Model", "available_backends", "backends", "ops", "random", "use_backend"]
+           "Model", "SoftSOM", "available_backends", "backends", "ops", "random", "use_backend"]

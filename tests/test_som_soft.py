@@ -5,11 +5,10 @@ torch.compile through the op; bad input."""
 
 import pytest
 import torch
+from helpers import DEVICE, needs
 
 import genkernels
 from genkernels.som import soft_reference as R
-
-from helpers import DEVICE, needs
 
 BACKENDS = [pytest.param("reference"), pytest.param("triton", marks=needs("triton"))]
 
@@ -132,3 +131,52 @@ def test_bad_input_is_named(call, error, match):
     x, nodes, values, _ = _problem(4, 3, 6, 2, torch.float32)
     with pytest.raises(error, match=match):
         call(x, nodes, values)
+
+
+def test_soft_som_layer_trains_inside_a_network():
+    """SoftSOM in front of a linear layer: the loss falls, gradients reach the embeddings,
+    a learnable beta and per-node values; (..., D) inputs keep their leading shape."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    layer = genkernels.SoftSOM((4, 4), 2, values=torch.randn(16, 3), beta=2.0, learnable_beta=True, seed=1)
+    net = torch.nn.Sequential(layer, torch.nn.Linear(3, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    for p in (layer.nodes, layer.values, layer.log_beta):
+        assert isinstance(p, torch.nn.Parameter) and p.grad is not None and torch.isfinite(p.grad).all()
+    assert layer(torch.randn(5, 7, 2)).shape == (5, 7, 3)
+
+
+def test_soft_som_defaults_are_grid_coordinates_and_fixed_beta():
+    layer = genkernels.SoftSOM((3, 5), 4, beta=1e6, seed=0)
+    assert tuple(layer.values.shape) == (15, 2) and "values" in dict(layer.named_buffers())
+    assert "log_beta" in dict(layer.named_buffers())
+    # a very cold layer returns the winning node's grid coordinate
+    x = layer.nodes.detach()[[3, 11]] + 1e-4
+    torch.testing.assert_close(layer(x), layer.values[[3, 11]])
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(grid=(0, 3)), ValueError, "grid"),
+    (dict(n_features=0), ValueError, "n_features"),
+    (dict(beta=-1.0), ValueError, "beta"),
+    (dict(distance="cosine"), ValueError, "distance"),
+    (dict(values=torch.zeros(5, 2)), ValueError, "values must be a \\(6, C\\)"),
+    (dict(values=torch.full((6, 2), float("inf"))), ValueError, "NaN or Inf"),
+    (dict(learnable_beta=1), TypeError, "learnable_beta"),
+    (dict(dtype=torch.float16), TypeError, "dtype"),
+])
+def test_soft_som_bad_arguments(kwargs, error, match):
+    args = {"grid": (2, 3), "n_features": 4, **kwargs}
+    with pytest.raises(error, match=match):
+        genkernels.SoftSOM(**args)
+    with pytest.raises(ValueError, match="n_features = 4"):
+        genkernels.SoftSOM((2, 3), 4)(torch.zeros(3, 5))
