@@ -163,3 +163,31 @@ def load_mnist(directory: str | None = None, split: str = "t10k") -> tuple[np.nd
     images = load_idx(find(f"{split}-images-idx3-ubyte"))
     labels = load_idx(find(f"{split}-labels-idx1-ubyte"))
     return images.reshape(images.shape[0], -1).astype(np.float32) / 255.0, labels.astype(np.int64)
+
+
+def spirals(n: int = 2000, arms: int = 2, noise: float = 0.2, turns: float = 2.0,
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The classic interleaved spirals, generated (no download): ``n`` points in the plane,
+    float32 (n, 2), and their arm labels int64 (n,).
+
+    Arm a's points lie at angle t + 2 pi a / arms and radius t / (2 pi) (t uniform over
+    [0.25, turns] revolutions of 2 pi: the centre, where the arms meet, is left out), plus
+    N(0, noise^2) in each coordinate. Points go to the arms in turn (n // arms each, the
+    first n % arms arms one more), in a seeded random order."""
+    for name, value, low in (("n", n, 1), ("arms", arms, 2)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    for name, value in (("noise", noise), ("turns", turns)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    if not turns > 0.25:
+        raise ValueError(f"turns must be > 0.25 (the arms start a quarter turn out); got {turns!r}")
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % arms
+    t = rng.uniform(0.25, turns, n) * 2 * np.pi
+    angle = t + 2 * np.pi * labels / arms
+    radius = t / (2 * np.pi)
+    points = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    points += rng.normal(0.0, noise, points.shape) if noise else 0.0
+    order = rng.permutation(n)
+    return points[order].astype(np.float32), labels[order].astype(np.int64)

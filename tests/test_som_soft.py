@@ -180,3 +180,19 @@ def test_soft_som_bad_arguments(kwargs, error, match):
         genkernels.SoftSOM(**args)
     with pytest.raises(ValueError, match="n_features = 4"):
         genkernels.SoftSOM((2, 3), 4)(torch.zeros(3, 5))
+
+
+def test_spirals_data():
+    from genkernels.data import spirals
+    x, y = spirals(2000, arms=2, noise=0.2, turns=2, seed=0)
+    assert x.shape == (2000, 2) and x.dtype.name == "float32" and y.dtype.name == "int64"
+    assert sorted(set(y.tolist())) == [0, 1] and (y == 0).sum() == 1000
+    again, _ = spirals(2000, arms=2, noise=0.2, turns=2, seed=0)
+    assert (x == again).all() and not (x == spirals(2000, seed=1)[0]).all()
+    clean, labels = spirals(300, arms=3, noise=0.0, turns=1.5, seed=2)
+    radius = (clean ** 2).sum(1) ** 0.5
+    assert radius.min() >= 0.25 - 1e-6 and radius.max() <= 1.5 + 1e-6 and set(labels.tolist()) == {0, 1, 2}
+    for kwargs, match in ((dict(n=0), "n must"), (dict(arms=1), "arms must"), (dict(noise=-1.0), "noise"),
+                          (dict(turns=0.2), "turns must be > 0.25")):
+        with pytest.raises(ValueError, match=match):
+            spirals(**kwargs)
