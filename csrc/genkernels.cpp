@@ -37,6 +37,17 @@ TORCH_LIBRARY(genkernels, m) {
   // triangle; rule: som|wta|wtm. Returns the trained weights (M, K, D) (input untouched).
   m.def("som_online(Tensor weights, Tensor x, Tensor order, Tensor lr, Tensor sigma, Tensor coords, "
         "float period_0, float period_1, str neighborhood, str rule, str metric) -> Tensor");
+  // The soft SOM (genkernels/som/soft_reference.py): x (B, D), nodes (K >= 1, D), values
+  // (K, C) float32|float64, beta a 0-d tensor in their dtype. s_bk = -beta d_bk with d the
+  // Euclidean distance ||x_b - l_k|| or, with squared, its square. Returns out (B, C) =
+  // softmax_k(s) @ values and the row statistics m (B,) = max_k s_bk and Z (B,) =
+  // sum_k exp(s_bk - m_b), in one pass over node tiles (no (B, K) matrix).
+  m.def("som_soft(Tensor x, Tensor nodes, Tensor values, Tensor beta, bool squared) -> (Tensor, Tensor, Tensor)");
+  // Its VJP from the forward's out, m and z (each tile's scores recomputed; the Euclidean
+  // gradient is 0 where x_b = l_k): grad (B, C) -> (grad_x (B, D), grad_nodes (K, D),
+  // grad_values (K, C), grad_beta 0-d).
+  m.def("som_soft_backward(Tensor grad, Tensor x, Tensor nodes, Tensor values, Tensor beta, Tensor out, "
+        "Tensor m, Tensor z, bool squared) -> (Tensor, Tensor, Tensor, Tensor)");
   // ---- Hopfield networks (genkernels/hopfield) ----
   // Asynchronous recall: weights (N, N) float32|float64, symmetric; states (B, N) +-1 in
   // weights' dtype. Each probe runs sweeps (every unit once, in unit order or, with
