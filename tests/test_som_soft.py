@@ -10,7 +10,8 @@ from helpers import DEVICE, needs
 import genkernels
 from genkernels.som import soft_reference as R
 
-BACKENDS = [pytest.param("reference"), pytest.param("triton", marks=needs("triton"))]
+BACKENDS = [pytest.param("reference"), pytest.param("cpu", marks=needs("cpu")),
+            pytest.param("triton", marks=needs("triton"))]
 
 SHAPES = [(1, 1, 1, 1), (5, 3, 7, 2), (4, 6, 300, 3), (17, 2, 5, 4), (0, 3, 4, 2)]
 

@@ -142,26 +142,16 @@ def test_results_do_not_depend_on_the_thread_count(b, d, k, c, squared, dtype):
         assert torch.equal(one, two)
 
 
-def _has_fake(op: str) -> bool:
-    """Whether the Python side registered a fake kernel for genkernels::<op>."""
-    try:
-        from torch._library.simple_registry import singleton
-    except ImportError:
-        return False
-    return singleton.find(f"genkernels::{op}").fake_impl.kernel is not None
-
-
 @pytest.mark.parametrize("squared", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(squared, dtype):
+    """Both ops with the fake kernels and the autograd genkernels/som/soft_ops.py registers,
+    the forward also with inputs that require grad."""
     x, nodes, values, beta = _problem(9, 3, 70, 2, dtype=dtype)
     out, m, z = torch.ops.genkernels.som_soft(x, nodes, values, beta, squared)
     grad = torch.randn_like(out)
-    for op, args in (("som_soft", (x, nodes, values, beta, squared)),
-                     ("som_soft_backward", (grad, x, nodes, values, beta, out, m, z, squared))):
-        # the fake kernels are registered by the Python side (genkernels/som/soft_ops.py);
-        # until then only the schema and the autograd registration are checked
-        utils = ("test_schema", "test_autograd_registration")
-        if _has_fake(op):
-            utils += ("test_faketensor", "test_aot_dispatch_dynamic")
-        torch.library.opcheck(getattr(torch.ops.genkernels, op).default, args, test_utils=utils)
+    torch.library.opcheck(torch.ops.genkernels.som_soft.default, (x, nodes, values, beta, squared))
+    leaves = tuple(t.clone().requires_grad_() for t in (x, nodes, values, beta))
+    torch.library.opcheck(torch.ops.genkernels.som_soft.default, (*leaves, squared))
+    torch.library.opcheck(torch.ops.genkernels.som_soft_backward.default,
+                          (grad, x, nodes, values, beta, out, m, z, squared))

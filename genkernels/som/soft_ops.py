@@ -2,7 +2,8 @@
 
 Re-exported flat in ``genkernels.ops`` (through ``som/ops.py``). ``som_soft`` runs on
 ``reference`` (genkernels/som/soft_reference.py: the fused online-softmax algorithm in
-PyTorch, differentiated by autograd) and ``triton`` (genkernels/som/soft_triton.py: one
+PyTorch, differentiated by autograd), ``cpu`` (csrc/cpu/som_soft.cpp: fused forward and
+backward kernels, the backward recomputing each node tile's weights) and ``triton`` (genkernels/som/soft_triton.py: one
 fused forward kernel; its backward is the reference's explicit VJP, which recomputes each
 node tile's weights from the saved row statistics). Spec and gradients: soft_reference's
 docstring.
@@ -17,11 +18,32 @@ import torch
 from .. import registry
 from .._checks import acc_dtype, check_choice, check_float_tensor, check_same_device, check_same_dtype, compiling
 from . import soft_reference
-from .soft_reference import DISTANCES
+from .soft_reference import DISTANCES, as_input_grads, soft_setup_context
 
 
 def _soft_reference(x, nodes, values, beta, squared):
     return soft_reference.soft_som_forward(x, nodes, values, beta, "squared" if squared else "euclidean")
+
+
+def _soft_cpu(x, nodes, values, beta, squared):
+    dt = acc_dtype(x.dtype)
+    return torch.ops.genkernels.som_soft(x.to(dt), nodes.to(dt), values.to(dt), beta.to(dt), squared)
+
+
+def _soft_fake(x, nodes, values, beta, squared):
+    rows = x.shape[0]
+    return x.new_empty((rows, values.shape[1])), x.new_empty((rows,)), x.new_empty((rows,))
+
+
+def _soft_backward_fake(grad, x, nodes, values, beta, out, m, z, squared):
+    return torch.empty_like(x), torch.empty_like(nodes), torch.empty_like(values), x.new_empty(())
+
+
+def _soft_backward_cpu(ctx, grad, _grad_m, _grad_z):
+    x, nodes, values, beta, out, m, z = ctx.saved_tensors
+    grads = torch.ops.genkernels.som_soft_backward(grad.to(out.dtype), x, nodes, values, beta, out, m, z,
+                                                   ctx.squared)
+    return as_input_grads(ctx, grads)
 
 
 # som_soft(x (B, D), nodes (K, D), values (K, C), beta 0-d in the accumulation dtype, squared)
@@ -31,7 +53,11 @@ def _soft_reference(x, nodes, values, beta, squared):
 SOFT = registry.declare(
     "som_soft",
     reference=_soft_reference,
-    triton=registry.lazy(__package__ + ".soft_triton", "som_soft_triton"))
+    cpu=_soft_cpu,
+    triton=registry.lazy(__package__ + ".soft_triton", "som_soft_triton"),
+    fake=_soft_fake,
+    autograd=(_soft_backward_cpu, soft_setup_context))
+registry.register_schema_kernels("som_soft_backward", fake=_soft_backward_fake)
 registry.static_kernels("som.soft", registry.lazy(__package__ + ".soft_triton", "static_kernels"))
 
 
@@ -65,7 +91,7 @@ def som_soft(x: torch.Tensor, nodes: torch.Tensor, values: torch.Tensor, beta=1.
         beta: inverse temperature > 0: a number or a one-element float tensor (an
             nn.Parameter for a learned one; the result is differentiable in it).
         distance: "euclidean" (||x - l||, gradient 0 at x = l) or "squared" (||x - l||^2).
-        backend: None (auto), "reference" or "triton".
+        backend: None (auto), "reference", "cpu" or "triton".
     Returns:
         (B, C) in x's dtype, differentiable in x, nodes, values and beta. Arithmetic in fp32
         (fp64 for fp64 input); the B x K weights are never held in memory at once.
