@@ -4,8 +4,9 @@
 * :data:`TL_ACC` -- the ``tl`` accumulator dtype of a torch accumulator dtype;
 * :func:`next_pow2` -- block sizes and top-k slot counts;
 * :func:`lane` -- one element of a 1-D register tensor;
-* :data:`MAX_REGISTER_UNITS` and :func:`register_warps` -- the single-site sweeps
-  (Hopfield recall, Boltzmann Gibbs) that hold a whole network's state in registers.
+* :data:`MAX_REGISTER_UNITS`, :func:`register_warps`, :func:`visiting_order` and
+  :func:`single_site_update` -- the single-site sweeps (Hopfield recall, Boltzmann
+  Gibbs) that hold a whole network's state in registers.
 
 Imported by the families' Triton modules only (importing triton costs about a second).
 """
@@ -59,3 +60,16 @@ def visiting_order(keys, lanes64, valid):
     packed = (keys - 2147483648) * 4294967296 + lanes64
     packed = tl.where(valid, packed, 2147483647 * 4294967296 + lanes64)
     return tl.sort(packed, 0) & 0xFFFFFFFF
+
+
+@triton.jit
+def single_site_update(W, N, s, h, i, new, old, lanes64, valid):
+    """Unit i of a single-site sweep (Hopfield recall, Boltzmann Gibbs) changes from old
+    to new (the kernel's rule chose new != old): returns the state with lane i set to new
+    and the fields h + (new - old) * W[i] (row i of the symmetric (N, N) W = column i).
+    delta = new - old is +-2 for +-1 states and +-1 for 0/1 states, so the product is
+    exact and the one rounding is the addition's, as in the references'
+    h.add_(W[i], alpha=delta)."""
+    s = tl.where(lanes64 == i, new, s)
+    w_row = tl.load(W + i * N + lanes64, mask=valid, other=0.0)
+    return s, h + (new - old) * w_row

@@ -11,7 +11,8 @@
 //             unclamped unit turns on iff u < 1 / (1 + exp(-h / T)) (in the fields'
 //             dtype; csrc/common/boltzmann.h, the arithmetic the CUDA kernel runs); a
 //             change by delta = +-1 updates h += delta * W[i, :] (row i = column i), one
-//             rounding per element as in the reference's h.add_(W[i], alpha).
+//             rounding per element as in the reference's h.add_(W[i], alpha) -- the
+//             sweep of csrc/cpu/single_site.h, which Hopfield recall runs too.
 //
 // States are kept as int8 per chain; fields in W's dtype (fp32 or fp64).
 #include <ATen/ATen.h>
@@ -28,6 +29,7 @@
 #include <vector>
 
 #include "aten/boltzmann_checks.h"
+#include "cpu/single_site.h"
 #include "cpu/visiting_order.h"
 #include "common/boltzmann.h"
 #include "common/philox.h"
@@ -57,17 +59,11 @@ void run_chain(const scalar_t* __restrict__ w, const scalar_t* __restrict__ temp
     }
     if (random_order) units = order.sort();
     const scalar_t temp = temps[t];
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t i = units[k];
-      if (clamp[i]) continue;
-      const int8_t next = unit_turns_on(fields[i], temp, uniform[i]) ? int8_t{1} : int8_t{0};
-      if (next == state[i]) continue;
-      const scalar_t delta = next ? scalar_t(1) : scalar_t(-1);
-      state[i] = next;
-      const scalar_t* __restrict__ row = w + i * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) fields[j] += delta * row[j];
-    }
+    // a clamped unit keeps its state; any other turns on iff u < p (csrc/common/boltzmann.h)
+    genkernels::cpu::single_site_sweep(w, n, fields, state, units, [&](int64_t i) {
+      if (clamp[i]) return state[i];
+      return unit_turns_on(fields[i], temp, uniform[i]) ? int8_t{1} : int8_t{0};
+    });
   }
 }
 

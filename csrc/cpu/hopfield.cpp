@@ -5,10 +5,11 @@
 //                          product the reference takes); then each probe runs its sweeps
 //                          alone, in parallel over probes (OpenMP, dynamic: probes converge
 //                          after different numbers of sweeps). A sweep visits every unit
-//                          once; when unit i flips to s_i, h += (2 s_i) * W[i, :] -- row i
-//                          (= column i, W symmetric), contiguous, a vectorised loop. The
-//                          product by +-2 is exact, so with or without FMA the one rounding
-//                          is the addition's, as in the reference's h.add_(W[i], alpha).
+//                          once (csrc/cpu/single_site.h); when unit i flips to s_i,
+//                          h += (2 s_i) * W[i, :] -- row i (= column i, W symmetric),
+//                          contiguous, a vectorised loop. The product by +-2 is exact, so
+//                          with or without FMA the one rounding is the addition's, as in
+//                          the reference's h.add_(W[i], alpha).
 //
 // Random order: sweep t of probe b sorts the units by the Philox keys of counters
 // offset + (b * max_sweeps + t) * N + j (csrc/common/philox.h), ties in ascending unit order
@@ -29,6 +30,7 @@
 
 #include "common/philox.h"
 #include "aten/hopfield_checks.h"
+#include "cpu/single_site.h"
 #include "cpu/visiting_order.h"
 
 namespace genkernels::hopfield::cpu {
@@ -53,20 +55,12 @@ void recall_one(const scalar_t* __restrict__ w, int64_t n, scalar_t* __restrict_
       for (int64_t j = 0; j < n; ++j) order.set_key(j, random::randint(seed, first + static_cast<uint64_t>(j)));
       units = order.sort();
     }
-    int64_t flips = 0;
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t i = units[k];
-      const scalar_t h = fields[i];
-      const int8_t s = state[i];
-      const int8_t next = h > scalar_t(0) ? int8_t{1} : (h < scalar_t(0) ? int8_t{-1} : s);
-      if (next == s) continue;
-      state[i] = next;
-      ++flips;
-      const scalar_t step = next > 0 ? scalar_t(2) : scalar_t(-2);
-      const scalar_t* __restrict__ row = w + i * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) fields[j] += step * row[j];
-    }
+    // a visited unit takes the sign of its field; a field of exactly 0 keeps its state
+    const int64_t flips = genkernels::cpu::single_site_sweep(
+        w, n, fields, state, units, [&](int64_t i) {
+          const scalar_t h = fields[i];
+          return h > scalar_t(0) ? int8_t{1} : (h < scalar_t(0) ? int8_t{-1} : state[i]);
+        });
     if (flips == 0) {
       *converged = true;
       return;

@@ -15,7 +15,8 @@
 //      Random order: the rank of unit j -- the number of units whose key is smaller, or
 //      equal with a smaller index -- is its position, order[rank] = j: the stable argsort
 //      the reference takes, in O(N^2 / threads) compares.               __syncthreads
-//   2. the units in that order: every thread reads s[i], h[i] and uniform[i] (broadcast
+//   2. the units in that order (csrc/cuda/single_site.cuh, the sweep the Hopfield recall
+//      kernel runs too): every thread reads s[i], h[i] and uniform[i] (broadcast
 //      from shared memory) and takes the same decision, u < 1 / (1 + exp(-(h / T)))
 //      (csrc/common/boltzmann.h, the cpu kernel's arithmetic); clamped units are skipped.
 //      No change: nothing is written, the next unit follows at once. A change by
@@ -34,6 +35,7 @@
 
 #include "common/boltzmann.h"
 #include "common/philox.h"
+#include "cuda/single_site.cuh"
 #include "cuda/visiting_order.cuh"
 #include "cuda/shared_limit.cuh"
 #include "cuda/boltzmann.cuh"
@@ -97,19 +99,13 @@ bm_gibbs_kernel(const Scalar* __restrict__ w,            // (N, N) symmetric, ze
     __syncthreads();
     if (random_order) cuda_common::visiting_order(keys, order, n, tid, threads);
     const Scalar temp = temperatures[t];
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t i = random_order ? static_cast<int64_t>(order[k]) : k;
-      const int8_t si = s[i];
-      if (si & kClamped) continue;
-      const int8_t next = unit_turns_on(h[i], temp, uniform[i]) ? int8_t{1} : int8_t{0};
-      if (next == si) continue;  // uniform across the block: every thread read the same
-      __syncthreads();
-      const Scalar delta = next ? Scalar(1) : Scalar(-1);
-      const Scalar* __restrict__ row = w + i * n;
-      for (int64_t j = tid; j < n; j += threads) h[j] += delta * row[j];
-      if (tid == 0) s[i] = next;
-      __syncthreads();
-    }
+    // a clamped unit keeps its state; any other turns on iff u < p (csrc/common/boltzmann.h)
+    cuda_common::single_site_sweep(w, n, h, s, random_order, order, tid, threads,
+                                   [&](int64_t i) {
+                                     const int8_t si = s[i];
+                                     if (si & kClamped) return si;
+                                     return unit_turns_on(h[i], temp, uniform[i]) ? int8_t{1} : int8_t{0};
+                                   });
     __syncthreads();
   }
   for (int64_t j = tid; j < n; j += threads) s_io[j] = static_cast<int8_t>(s[j] & 1);

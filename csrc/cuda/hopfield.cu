@@ -13,9 +13,10 @@
 //      -- is its position, order[rank] = j: the stable argsort the reference takes, in
 //      O(N^2 / threads) compares, the same order of work as the sweep itself.
 //                                                                      __syncthreads
-//   2. the units in that order: every thread reads h[i] and s[i] (broadcast from shared
-//      memory) and takes the same decision (sign of h, a field of exactly 0 keeps the
-//      state). No flip: nothing is written, the next unit follows at once. A flip:
+//   2. the units in that order (csrc/cuda/single_site.cuh, the sweep the Boltzmann Gibbs
+//      kernel runs too): every thread reads h[i] and s[i] (broadcast from shared memory)
+//      and takes the same decision (sign of h, a field of exactly 0 keeps the state). No
+//      flip: nothing is written, the next unit follows at once. A flip to s_i:
 //        __syncthreads  (all reads of h[i], s[i] are done before any write)
 //        h[j] += (2 s_i) * W[i, j] for the thread's units j (row i of W = column i),
 //        thread 0 writes s[i];
@@ -33,6 +34,7 @@
 #include <cstdint>
 
 #include "common/philox.h"
+#include "cuda/single_site.cuh"
 #include "cuda/visiting_order.cuh"
 #include "cuda/shared_limit.cuh"
 #include "cuda/hopfield.cuh"
@@ -88,21 +90,14 @@ hopfield_recall_async_kernel(const Scalar* __restrict__ w,     // (N, N)
       __syncthreads();
       cuda_common::visiting_order(keys, order, n, tid, kThreads);
     }
-    int64_t flips = 0;
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t i = random_order ? static_cast<int64_t>(order[k]) : k;
-      const Scalar hi = h[i];
-      const int8_t si = s[i];
-      const int8_t next = hi > Scalar(0) ? int8_t{1} : (hi < Scalar(0) ? int8_t{-1} : si);
-      if (next == si) continue;  // uniform across the block: every thread read the same
-      ++flips;
-      __syncthreads();
-      const Scalar step = next > 0 ? Scalar(2) : Scalar(-2);
-      const Scalar* __restrict__ row = w + i * n;
-      for (int64_t j = tid; j < n; j += kThreads) h[j] += step * row[j];
-      if (tid == 0) s[i] = next;
-      __syncthreads();
-    }
+    // a visited unit takes the sign of its field; a field of exactly 0 keeps its state
+    const int64_t flips = cuda_common::single_site_sweep(
+        w, n, h, s, random_order, order, tid, kThreads,
+        [&](int64_t i) {
+          const int8_t si = s[i];
+          const Scalar hi = h[i];
+          return hi > Scalar(0) ? int8_t{1} : (hi < Scalar(0) ? int8_t{-1} : si);
+        });
     done = flips == 0;
   }
   for (int64_t j = tid; j < n; j += kThreads) s_io[j] = s[j];

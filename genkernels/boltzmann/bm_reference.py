@@ -17,7 +17,7 @@ step for step:
   random order; clamped units are visited but never change;
 * the visited unit draws u_i < p_i (u the uniform below, p in the accumulation dtype);
   when it changes by delta = +-1 the fields get ``h += delta * W[i]`` (exact product,
-  one rounding);
+  one rounding) -- genkernels/sweep.py's sweep, which Hopfield recall runs too;
 * temperatures[t] is the temperature of sweep t (annealing schedules are sequences).
 
 Counter layout (genkernels.random, Philox4x32-10): sweep t of chain c uses the counters
@@ -34,6 +34,7 @@ import torch
 
 from .. import random as gk_random
 from .._checks import acc_dtype
+from ..sweep import single_site_sweep
 
 ORDERS = ("random", "sequential")
 
@@ -86,15 +87,15 @@ def gibbs(weights: torch.Tensor, bias: torch.Tensor, states: torch.Tensor,
             else:
                 units = range(n)
             u = gk_random.uint_to_uniform_float(words[:, 1]).to(s.dtype)
-            for i in units:
-                if frozen[i]:
-                    continue
-                p = unit_probability(fields[c, i], temp)
-                new = 1.0 if bool(u[i] < p) else 0.0
-                old = float(s[c, i])
-                if new != old:
-                    s[c, i] = new
-                    fields[c].add_(weights[i], alpha=new - old)
+            chain_fields = fields[c]
+
+            def draw(i: int) -> float:
+                return 1.0 if bool(u[i] < unit_probability(chain_fields[i], temp)) else 0.0
+
+            # clamped units never change: the sweep skips them
+            free_units = [i for i in units if not frozen[i]]
+            for _ in single_site_sweep(weights, s[c], chain_fields, free_units, draw):
+                pass
     return s
 
 

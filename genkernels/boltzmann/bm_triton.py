@@ -9,7 +9,8 @@ launcher's PyTorch product); sweep t of chain c takes the words of counters
 ``offset + (c * S + t) * N + i`` -- word 0 keys the stable random order (packed as
 ``(key - 2^31) * 2^32 + i`` and sorted with ``tl.sort``, as in genkernels/hopfield/
 recall_triton.py), word 1 is the uniform (``tl.rand``'s conversion); a visited, unclamped unit
-turns on iff u < 1 / (1 + exp(-h / T)); a change by +-1 adds +-W[i] to the fields.
+turns on iff u < 1 / (1 + exp(-h / T)); a change by +-1 adds +-W[i] to the fields
+(``triton_common.single_site_update``, which the Hopfield recall kernel calls too).
 The probability uses the GPU's exp, so a draw may differ from the reference's where
 |u - p| is within rounding (docs/design.md, "Randomness").
 """
@@ -23,7 +24,7 @@ from triton.language.random import uint_to_uniform_float
 
 from ..random import key_of
 from ..triton_common import MAX_REGISTER_UNITS as MAX_UNITS
-from ..triton_common import device_of, lane, register_warps, visiting_order
+from ..triton_common import device_of, lane, register_warps, single_site_update, visiting_order
 
 
 @triton.jit
@@ -64,9 +65,7 @@ def _bm_gibbs_kernel(
                 p = 1.0 / (1.0 + tl.exp(-(hi / temp)))
                 new = tl.where(lane(u, lanes64, i) < p, 1.0, 0.0).to(s.dtype)
                 if new != si:
-                    s = tl.where(lanes64 == i, new, s)
-                    w_row = tl.load(W + i * N + lanes64, mask=valid, other=0.0)
-                    h = h + (new - si) * w_row
+                    s, h = single_site_update(W, N, s, h, i, new, si, lanes64, valid)
     tl.store(STATES + row + lanes, s, mask=valid)
 
 

@@ -38,6 +38,7 @@ import torch
 
 from .. import random as gk_random
 from .._checks import acc_dtype
+from ..sweep import single_site_sweep
 
 RULES = ("hebbian", "storkey", "pseudoinverse")
 MODES = ("async", "sync")
@@ -140,15 +141,13 @@ def async_sweep(weights: torch.Tensor, state: torch.Tensor, fields: torch.Tensor
                 units: torch.Tensor) -> Iterator[int]:
     """One asynchronous sweep of one probe over ``units``, in place: state (N,) and its
     fields (N,) are updated; yields the index of every unit that flips, right after its
-    flip (so a caller can watch the energy step by step)."""
-    for i in units.tolist():
+    flip (so a caller can watch the energy step by step). The sweep of
+    genkernels/sweep.py, which the Boltzmann Gibbs sweeps run too, with the sign rule."""
+    def sign(i: int) -> float:
         h = fields[i].item()
-        s = state[i].item()
-        new = 1.0 if h > 0 else (-1.0 if h < 0 else s)
-        if new != s:
-            state[i] = new
-            fields.add_(weights[i], alpha=2.0 * new)
-            yield i
+        return 1.0 if h > 0 else (-1.0 if h < 0 else state[i].item())
+
+    return single_site_sweep(weights, state, fields, units.tolist(), sign)
 
 
 def recall_async(weights: torch.Tensor, probes: torch.Tensor, order: str, max_sweeps: int,

@@ -21,8 +21,9 @@ bit:
   unit) and the packed keys are sorted with ``tl.sort``; padding lanes get the largest
   key and an index >= N, so they sort last;
 * a visited unit takes the sign of its field, keeping its state at exactly 0; after a
-  flip to s_i the fields get ``h + (2 s_i) * W[i]`` (one rounding, as in the reference:
-  the product by +-2 is exact, so a fused multiply-add rounds the same way);
+  flip to s_i the fields get ``h + (2 s_i) * W[i]`` (``triton_common.single_site_update``,
+  which the Boltzmann Gibbs kernel calls too; one rounding, as in the reference: the
+  product by +-2 is exact, so a fused multiply-add rounds the same way);
 * a probe stops after the first sweep without a flip (converged) or after max_sweeps.
 
 Reading one lane of a register tensor is a masked reduction over BLOCK_N lanes, so a
@@ -42,6 +43,7 @@ from ..triton_common import (
     device_of,
     lane,
     register_warps,
+    single_site_update,
     visiting_order,
 )
 
@@ -84,9 +86,7 @@ def _hopfield_recall_async_kernel(
                 new = tl.where(hi > 0, 1.0, tl.where(hi < 0, -1.0, si)).to(si.dtype)
                 if new != si:
                     flips += 1
-                    s = tl.where(lanes64 == i, new, s)
-                    w_row = tl.load(W + i * N + lanes64, mask=valid, other=0.0)
-                    h = h + (2.0 * new) * w_row
+                    s, h = single_site_update(W, N, s, h, i, new, si, lanes64, valid)
             if flips == 0:
                 done = 1
     tl.store(STATES + row + lanes, s, mask=valid)
