@@ -26,7 +26,6 @@ check, ``resume=True`` finishes the call the checkpoint records, and progress is
 from __future__ import annotations
 
 import contextlib
-import operator
 from typing import ClassVar
 
 import torch
@@ -159,7 +158,7 @@ class Model(nn.Module):
 
     def _advance(self, n: int) -> int:
         """The first of the next n counters of the model's stream; moves the stream past them."""
-        return self._stream.take(operator.index(n))
+        return self._stream.take(n)
 
     @contextlib.contextmanager
     def _call_stream(self, seed: int | None):

@@ -311,10 +311,14 @@ class PhiloxStream:
 
     def take(self, n: int) -> int:
         """Reserve n counters: returns the first (an int64) and moves past them (wrapping)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be an integer >= 0 (counters to take); got {n!r}")
+        if type(n) is not int or n < 0:  # noqa: E721 (bool and int subclasses refused too)
+            n = operator.index(n) if not isinstance(n, bool) and hasattr(n, "__index__") else n
+            if type(n) is not int or n < 0:  # noqa: E721
+                raise ValueError(f"n must be an integer >= 0 (counters to take); got {n!r}")
         first = self._offset
-        self._offset = wrap_int64(first + n)
+        nxt = first + n
+        # int64 wrap, without the modular arithmetic unless it is needed
+        self._offset = nxt if nxt < 2**63 else wrap_int64(nxt)
         return first
 
     def counters(self, *shape: int, device=None) -> torch.Tensor:
