@@ -235,3 +235,22 @@ def check_model_dtype(dtype) -> torch.dtype:
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
     return dtype
+
+
+def check_beta(beta, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """An inverse temperature > 0 and finite -- a number or a one-element float tensor (an
+    nn.Parameter stays differentiable) -- as a 0-d tensor in ``dtype`` on ``device``."""
+    if isinstance(beta, torch.Tensor):
+        if not beta.is_floating_point():
+            raise TypeError(f"beta must be a float or a floating-point tensor; got dtype {beta.dtype}")
+        if beta.numel() != 1:
+            raise ValueError(f"beta must hold one number; got shape {tuple(beta.shape)}")
+        if not compiling() and beta.device.type != "meta":
+            value = float(beta.detach().reshape(()))
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"beta must be > 0 and finite; got {value!r}")
+        return beta.reshape(()).to(device=device, dtype=dtype)
+    value = check_positive("beta", beta)
+    if not math.isfinite(value):
+        raise ValueError(f"beta must be > 0 and finite; got {value!r}")
+    return torch.tensor(value, dtype=dtype, device=device)

@@ -119,7 +119,7 @@ def test_compiles_fullgraph(backend):
 @pytest.mark.parametrize("call, error, match", [
     (lambda x, n, v: genkernels.ops.som_soft(x, n, v, beta=0.0), ValueError, "beta must be > 0"),
     (lambda x, n, v: genkernels.ops.som_soft(x, n, v, beta=float("nan")), ValueError, "beta must be > 0"),
-    (lambda x, n, v: genkernels.ops.som_soft(x, n, v, beta="1"), TypeError, "beta must be a float"),
+    (lambda x, n, v: genkernels.ops.som_soft(x, n, v, beta="1"), TypeError, "beta must be a positive number"),
     (lambda x, n, v: genkernels.ops.som_soft(x, n, v, beta=torch.ones(2)), ValueError, "one number"),
     (lambda x, n, v: genkernels.ops.som_soft(x, n[:, :2], v), ValueError, "nodes has 2 features"),
     (lambda x, n, v: genkernels.ops.som_soft(x, n[:0], v[:0]), ValueError, "at least one node"),

@@ -8,7 +8,6 @@ Re-exported flat in ``genkernels.ops`` (through ``hopfield/ops.py``). Backends (
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
@@ -16,9 +15,9 @@ import torch
 from .. import registry
 from .._checks import (
     acc_dtype,
+    check_beta,
     check_float_tensor,
     check_int,
-    check_positive,
     check_same_device,
     check_same_dtype,
     compiling,
@@ -88,24 +87,6 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
-def _check_beta(beta, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """beta as a 0-d tensor in ``dtype`` on ``device`` (differentiable when it was one)."""
-    if isinstance(beta, torch.Tensor):
-        if not beta.is_floating_point():
-            raise TypeError(f"beta must be a float or a floating-point tensor; got dtype {beta.dtype}")
-        if beta.numel() != 1:
-            raise ValueError(f"beta must hold one number; got shape {tuple(beta.shape)}")
-        if not compiling() and beta.device.type != "meta":
-            value = float(beta.detach().reshape(()))
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"beta must be > 0 and finite; got {value!r}")
-        return beta.reshape(()).to(device=device, dtype=dtype)
-    value = check_positive("beta", beta)
-    if not math.isfinite(value):
-        raise ValueError(f"beta must be > 0 and finite; got {value!r}")
-    return torch.tensor(value, dtype=dtype, device=device)
-
-
 def hopfield_retrieval(queries: torch.Tensor, stored: torch.Tensor, beta=1.0, max_steps: int = 1,
                        tol: float = 1e-4, backend: str | None = None, *, return_steps: bool = False):
     """Continuous modern Hopfield retrieval (Ramsauer et al. 2020), iterated in one kernel.
@@ -153,7 +134,7 @@ def hopfield_retrieval(queries: torch.Tensor, stored: torch.Tensor, beta=1.0, ma
     max_steps = check_int("max_steps", max_steps, 1)
     tol = _check_tol(tol)
     dt = acc_dtype(queries.dtype)
-    beta_t = _check_beta(beta, queries.device, dt)
+    beta_t = check_beta(beta, queries.device, dt)
     if not compiling() and queries.device.type != "meta":
         for name, t in (("queries", queries), ("stored", stored)):
             _check_finite(name, t)

@@ -11,12 +11,18 @@ docstring.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import registry
-from .._checks import acc_dtype, check_choice, check_float_tensor, check_same_device, check_same_dtype, compiling
+from .._checks import (
+    acc_dtype,
+    check_beta,
+    check_choice,
+    check_float_tensor,
+    check_same_device,
+    check_same_dtype,
+    compiling,
+)
 from . import soft_reference
 from .soft_reference import DISTANCES, as_input_grads, soft_setup_context
 
@@ -61,25 +67,6 @@ registry.register_schema_kernels("som_soft_backward", fake=_soft_backward_fake)
 registry.static_kernels("som.soft", registry.lazy(__package__ + ".soft_triton", "static_kernels"))
 
 
-def _check_beta(beta, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """beta as a 0-d tensor in ``dtype`` on ``device`` (differentiable when it was one)."""
-    if isinstance(beta, torch.Tensor):
-        if not beta.is_floating_point():
-            raise TypeError(f"beta must be a float or a floating-point tensor; got dtype {beta.dtype}")
-        if beta.numel() != 1:
-            raise ValueError(f"beta must hold one number; got shape {tuple(beta.shape)}")
-        if not compiling() and beta.device.type != "meta":
-            value = float(beta.detach().reshape(()))
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"beta must be > 0 and finite; got {value!r}")
-        return beta.reshape(()).to(device=device, dtype=dtype)
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise TypeError(f"beta must be a float or a one-element tensor; got {type(beta).__name__} {beta!r}")
-    if not (beta > 0 and math.isfinite(beta)):
-        raise ValueError(f"beta must be > 0 and finite; got {beta!r}")
-    return torch.tensor(float(beta), dtype=dtype, device=device)
-
-
 def som_soft(x: torch.Tensor, nodes: torch.Tensor, values: torch.Tensor, beta=1.0, distance: str = "euclidean",
              *, backend: str | None = None) -> torch.Tensor:
     """The soft SOM: out_b = sum_k g_k exp(-beta d(x_b, l_k)) / sum_k exp(-beta d(x_b, l_k)).
@@ -108,7 +95,7 @@ def som_soft(x: torch.Tensor, nodes: torch.Tensor, values: torch.Tensor, beta=1.
         raise ValueError(f"nodes must hold at least one node; got shape {tuple(nodes.shape)}")
     if values.shape[0] != nodes.shape[0]:
         raise ValueError(f"values must have one row per node ({nodes.shape[0]}); got shape {tuple(values.shape)}")
-    beta_t = _check_beta(beta, x.device, acc_dtype(x.dtype))
+    beta_t = check_beta(beta, x.device, acc_dtype(x.dtype))
     if not compiling() and x.device.type != "meta":
         for name, t in (("x", x), ("nodes", nodes), ("values", values)):
             if t.numel() and not bool(torch.isfinite(t).all()):
