@@ -115,4 +115,9 @@ TORCH_LIBRARY(genkernels, m) {
   // returns the previous thread-local value, or -1 where this torch's BLAS has no such
   // control. genkernels.backends.sequential_blas() wraps it for loops of small products.
   m.def("blas_set_local_threads(int n) -> int");
+  // Tests: the busy-machine back-off as after a late region, lasting ns nanoseconds --
+  // every region on the calling thread, this thread's BLAS on one thread; ns = 0 ends it
+  // (no back-off, this thread's BLAS threads given back); ns < 0 ends it and ignores late
+  // regions until the next call (a quiet machine, however busy). Not called by any kernel.
+  m.def("cpu_force_backoff(int ns) -> ()");
 }

@@ -193,6 +193,45 @@ class sequential_blas(contextlib.ContextDecorator):
         return False
 
 
+class blas_threads:
+    """``with genkernels.backends.blas_threads(n):`` -- BLAS calls of this thread run on n
+    threads inside the block (where the BLAS allows it: MKL), whatever the cpu kernels'
+    busy-machine back-off left this thread's BLAS at (one thread after a late region, see
+    csrc/cpu/parallel_region.h).
+
+    For products whose result must not depend on how busy the machine is: MKL rounds some
+    products differently on one thread than on its threaded path (a 6 x 6 x 455 fp32
+    product does; a 1,000 x 784 x 500 one does not). Pick n from the products' shape
+    (``blas_threads_for``), never from the machine's load. Blocks nest (the previous setting
+    comes back at each exit); without the C++ extension it does nothing. It costs two op
+    calls (a few microseconds): for the products of an epoch, not of an inner loop."""
+
+    __slots__ = ("_previous", "n")
+
+    def __init__(self, n: int):
+        self.n = int(n)
+        self._previous: list[int] = []
+
+    def __enter__(self):
+        if extension_error() is None:
+            self._previous.append(_blas_set_local_threads()(self.n))
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous:
+            previous = self._previous.pop()
+            if previous >= 0 and previous != self.n:
+                _blas_set_local_threads()(previous)
+        return False
+
+
+@functools.cache
+def _blas_set_local_threads():
+    """torch.ops.genkernels.blas_set_local_threads, looked up once (the lookup costs as much
+    as the call)."""
+    return torch.ops.genkernels.blas_set_local_threads
+
+
 # Products below this many multiply-adds run with sequential_blas in the models' loops: a
 # second BLAS thread saves little there and can cost a time slice on a busy machine. 2^24
 # (about 0.5 ms of one core): the facade's 1,000 x 64 x 100 products (6.4M) took longer on
@@ -203,6 +242,13 @@ SMALL_PRODUCT = 1 << 24
 def small_products(rows: int, inner: int, cols: int) -> bool:
     """Whether a loop of (rows x inner) @ (inner x cols) products is one for sequential_blas."""
     return rows * inner * cols < SMALL_PRODUCT
+
+
+def blas_threads_for(rows: int, inner: int, cols: int) -> int:
+    """BLAS threads for a (rows x inner) @ (inner x cols) product that must reproduce bit
+    for bit (``blas_threads``): one thread for a small product (``small_products``: the
+    same result on every thread setting), else the thread setting (torch.set_num_threads)."""
+    return 1 if small_products(rows, inner, cols) else torch.get_num_threads()
 
 
 _warned: set[str] = set()

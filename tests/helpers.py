@@ -2,6 +2,8 @@
 tests run on (the interpreter on CPU tensors without a GPU, see conftest.py), the backends
 available, and one skip mark per backend carrying the reason it cannot run. Tolerances per
 dtype: tests/tolerances.py."""
+import contextlib
+
 import pytest
 import torch
 
@@ -29,3 +31,27 @@ needs_ext = pytest.mark.skipif(not HAS_EXT, reason=f"the C++ extension: {backend
 needs_cpu = needs("cpu")
 needs_triton = needs("triton")
 needs_cuda_backend = needs("cuda")
+
+
+@contextlib.contextmanager
+def cpu_backoff(ns: int = 60 * 10**9):
+    """The cpu kernels' busy-machine back-off (csrc/cpu/parallel_region.h) forced for the
+    block, as after a late region: every region on the calling thread, its BLAS on one
+    thread. ``ns=-1``: a quiet machine for the block (no back-off, late regions ignored),
+    however busy this one is. Ended after the block either way."""
+    torch.ops.genkernels.cpu_force_backoff(ns)
+    try:
+        yield
+    finally:
+        torch.ops.genkernels.cpu_force_backoff(0)
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """torch.set_num_threads(n) for the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

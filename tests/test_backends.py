@@ -6,7 +6,7 @@ import torch
 
 import genkernels
 from genkernels import backends, ops
-from helpers import needs_ext
+from helpers import cpu_backoff, needs_ext
 
 
 def test_reference_always_available():
@@ -114,6 +114,34 @@ def test_sequential_blas_nests_and_restores():
     with pytest.raises(RuntimeError, match="n must be in"):
         get(-1)
     assert backends.small_products(100, 64, 100) and not backends.small_products(1000, 784, 500)
+
+
+@needs_ext
+def test_blas_threads_pins_restores_and_overrides_the_backoff():
+    get = torch.ops.genkernels.blas_set_local_threads
+    if get(0) < 0:
+        pytest.skip("this torch's BLAS has no thread-local control")
+    with cpu_backoff(-1):  # a quiet machine, however busy this one is
+        start = get(0)
+        get(start)  # this thread's setting (torch.set_num_threads sets it too), unchanged
+        with backends.blas_threads(2):
+            assert get(2) == 2
+            with backends.blas_threads(1):
+                assert get(1) == 1
+            assert get(2) == 2
+        assert get(start) == start
+        g = torch.Generator().manual_seed(0)
+        ops.rbm_half_step(torch.rand(600, 300, generator=g), torch.randn(300, 257, generator=g), torch.zeros(257),
+                          5, 7, False, True)
+        assert get(start) == start  # no region counted late
+    with cpu_backoff():  # as after a late region: this thread's BLAS on one thread ...
+        assert get(1) == 1
+        with backends.blas_threads(2):  # ... which blas_threads overrides
+            assert get(2) == 2
+        assert get(1) == 1
+    assert get(start) == start  # the back-off's end gives the threads back
+    assert backends.blas_threads_for(6, 6, 455) == 1
+    assert backends.blas_threads_for(1000, 784, 500) == torch.get_num_threads()
 
 
 @needs_ext

@@ -16,6 +16,7 @@ from genkernels.som import reference  # noqa: E402
 
 ops = torch.ops.genkernels
 from tolerances import TOL  # noqa: E402
+from helpers import cpu_backoff, num_threads  # noqa: E402
 # (N, K, D): single everything, odd sizes around the register tiles (8 x 48 / 6 x 16 nodes,
 # 8-feature lanes), a D past 64, a full 32x32 map.
 SHAPES = [(1, 1, 1), (7, 5, 3), (97, 97, 64), (1025, 1024, 65), (97, 1024, 1), (1025, 5, 3), (7, 97, 65)]
@@ -341,6 +342,33 @@ def test_node_sums_deterministic_and_thread_count_independent():
         torch.set_num_threads(threads)
     for a, b, c in zip(first, again, single):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("grid,dtype,separable", [((6, 7), torch.float32, True), ((6, 7), torch.float64, True),
+                                                    ((6, 7), torch.float32, False), ((20, 20), torch.float32, True)])
+def test_smoothing_independent_of_threads_and_backoff(grid, dtype, separable):
+    # the batch rule's smoothing products (torch matmuls between the kernels) run on BLAS
+    # threads fixed by their shape: after a late region the back-off leaves the calling
+    # thread's BLAS on one thread, and MKL rounds a 6 x 6 x 455 fp32 product differently
+    # there than on its threaded path -- batch-trained maps depended on the machine's load
+    rows, cols = grid
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1000, 64, generator=g, dtype=torch.float64).to(dtype) * 16
+    w = torch.rand(rows * cols, 64, generator=g, dtype=torch.float64).to(dtype) * 16
+    coords = torch.cartesian_prod(torch.arange(rows), torch.arange(cols)).to(dtype)
+
+    def epoch():
+        sums, counts, _ = gk_ops.som_node_sums(x, w, backend="cpu")
+        return gk_ops.som_smooth(sums, counts, w, coords, (0.0, 0.0), "gaussian", 3.5,
+                                 grid if separable else None)
+
+    with cpu_backoff(-1):
+        quiet = epoch()
+    with cpu_backoff():
+        busy = epoch()
+    with num_threads(1):
+        single = epoch()
+    assert torch.equal(quiet, busy) and torch.equal(quiet, single)
 
 
 def test_node_sums_public_api_cpu_backend():

@@ -9,6 +9,7 @@ import torch
 import genkernels
 from genkernels import SOM
 from genkernels.data import load_digits
+from helpers import cpu_backoff, needs_ext, num_threads
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,25 @@ def test_fixed_seed_reproduces_bit_for_bit(digits):
     c = SOM((6, 7), 64, seed=3).fit(x, epochs=1, mode="online", verbose=False)
     d = SOM((6, 7), 64, seed=3).fit(x, epochs=1, mode="online", verbose=False)
     assert torch.equal(c.weights, d.weights)
+
+
+@needs_ext
+@pytest.mark.parametrize("mode", ["batch", "online", "minibatch"])
+def test_fixed_seed_reproduces_under_the_busy_machine_backoff(mode):
+    # on a busy machine the cpu kernels back off to one thread (csrc/cpu/parallel_region.h):
+    # a fit must not depend on it, nor on the thread setting
+    x, _ = load_digits()
+
+    def fit():
+        return SOM((6, 7), 64, seed=3).fit(x, epochs=3, mode=mode, verbose=False).weights
+
+    with cpu_backoff(-1):
+        quiet = fit()
+    with cpu_backoff():
+        busy = fit()
+    with num_threads(1):
+        single = fit()
+    assert torch.equal(quiet, busy) and torch.equal(quiet, single)
 
 
 def test_float64_numpy_input_and_memmap_and_iterable_agree(tmp_path):

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .. import registry
+from .. import backends, registry
 from .._checks import (check_choice, check_float_tensor, check_index_tensor,
                        check_int_arg, check_positive, check_same_device, check_same_dtype, compiling)
 from . import reference
@@ -433,23 +433,53 @@ def neighborhood_matmul(values: torch.Tensor, coords: torch.Tensor,
     if not callable(neighborhood):
         check_choice("neighborhood", neighborhood, NEIGHBORHOODS)
     check_positive("sigma", sigma)
-    dt = values.dtype
     k_nodes = values.shape[0]
     if grid_shape is not None and not callable(neighborhood) and neighborhood in SEPARABLE_NEIGHBORHOODS:
         rows, cols = grid_shape
-        h0 = _axis_neighborhood(neighborhood, rows, periods[0], sigma, dt, values.device)
-        h1 = _axis_neighborhood(neighborhood, cols, periods[1], sigma, dt, values.device)
-        # (rows x rows) . (rows, cols*E), then (cols x cols) applied along the column axis
-        out = (h0 @ values.reshape(rows, -1)).reshape(rows, cols, -1)
-        return torch.einsum("cj,rje->rce", h1, out).reshape(k_nodes, -1)
-    c = coords.to(device=values.device, dtype=dt)
-    out = torch.empty_like(values)
+        threads = _blas_threads(values, k_nodes, rows + cols)
+        if threads:
+            with backends.blas_threads(threads):
+                return _separable_matmul(values, rows, cols, periods, neighborhood, sigma)
+        return _separable_matmul(values, rows, cols, periods, neighborhood, sigma)
     tile = max(1, _SMOOTH_TILE_ELEMENTS // max(1, k_nodes))
+    threads = _blas_threads(values, min(tile, k_nodes), k_nodes)
+    if threads:
+        with backends.blas_threads(threads):
+            return _tiled_matmul(values, coords, periods, neighborhood, sigma, tile)
+    return _tiled_matmul(values, coords, periods, neighborhood, sigma, tile)
+
+
+def _separable_matmul(values, rows, cols, periods, neighborhood, sigma):
+    dt = values.dtype
+    h0 = _axis_neighborhood(neighborhood, rows, periods[0], sigma, dt, values.device)
+    h1 = _axis_neighborhood(neighborhood, cols, periods[1], sigma, dt, values.device)
+    # (rows x rows) . (rows, cols*E), then (cols x cols) applied along the column axis
+    out = (h0 @ values.reshape(rows, -1)).reshape(rows, cols, -1)
+    return torch.einsum("cj,rje->rce", h1, out).reshape(values.shape[0], -1)
+
+
+def _tiled_matmul(values, coords, periods, neighborhood, sigma, tile):
+    k_nodes = values.shape[0]
+    c = coords.to(device=values.device, dtype=values.dtype)
+    out = torch.empty_like(values)
     for start in range(0, k_nodes, tile):
         stop = min(k_nodes, start + tile)
         d0, d1 = reference.lattice_deltas(c[start:stop, None, :], c[None, :, :], *periods)
         out[start:stop] = reference.neighborhood(neighborhood, d0, d1, sigma) @ values
     return out
+
+
+def _blas_threads(values: torch.Tensor, rows: int, inner: int) -> int:
+    """The BLAS threads neighborhood_matmul's products (rows x inner) @ (inner x E) run on,
+    fixed by their shape (backends.blas_threads_for), or 0: leave them (one thread already,
+    torch.set_num_threads(1); not a CPU tensor; compiling). After a late region the cpu
+    kernels' busy-machine back-off leaves this thread's BLAS on one thread (csrc/cpu/
+    parallel_region.h), and MKL rounds the small products of a batch epoch differently
+    there (6 x 6 x 455 in fp32 for a 6 x 7 map of 64 features): the trained map depended
+    on how busy the machine was."""
+    if torch.get_num_threads() == 1 or not values.is_cpu or compiling():
+        return 0
+    return backends.blas_threads_for(rows, inner, values.shape[1])
 
 
 def som_smooth(sums: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor,
