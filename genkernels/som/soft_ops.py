@@ -16,6 +16,7 @@ import torch
 from .. import registry
 from .._checks import (
     acc_dtype,
+    all_finite,
     check_beta,
     check_choice,
     check_float_tensor,
@@ -98,7 +99,7 @@ def som_soft(x: torch.Tensor, nodes: torch.Tensor, values: torch.Tensor, beta=1.
     beta_t = check_beta(beta, x.device, acc_dtype(x.dtype))
     if not compiling() and x.device.type != "meta":
         for name, t in (("x", x), ("nodes", nodes), ("values", values)):
-            if t.numel() and not bool(torch.isfinite(t).all()):
+            if not all_finite(t):
                 raise ValueError(f"{name} contains NaN or Inf")
     name = SOFT.resolve(x.device, backend)
     out, _, _ = SOFT.kernels[name](x, nodes, values, beta_t, distance == "squared")
