@@ -7,6 +7,7 @@ graphs do not break; shape, dtype and device checks always run.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Iterable
@@ -253,4 +254,14 @@ def check_beta(beta, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     value = check_positive("beta", beta)
     if not math.isfinite(value):
         raise ValueError(f"beta must be > 0 and finite; got {value!r}")
+    if compiling():
+        return torch.tensor(value, dtype=dtype, device=device)
+    return _constant(value, dtype, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 0-d tensor holding ``value``, made once per (value, dtype, device): a layer calls
+    its op with the same number step after step (torch.tensor costs a few microseconds, as
+    much as a small kernel). The ops only read it."""
     return torch.tensor(value, dtype=dtype, device=device)

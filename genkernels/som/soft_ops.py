@@ -3,7 +3,8 @@
 Re-exported flat in ``genkernels.ops`` (through ``som/ops.py``). ``som_soft`` runs on
 ``reference`` (genkernels/som/soft_reference.py: the fused online-softmax algorithm in
 PyTorch, differentiated by autograd), ``cpu`` (csrc/cpu/som_soft.cpp: fused forward and
-backward kernels, the backward recomputing each node tile's weights) and ``triton`` (genkernels/som/soft_triton.py: one
+backward kernels, the backward recomputing each node tile's weights; its autograd is in
+C++ and it checks its inputs are finite in its own pass) and ``triton`` (genkernels/som/soft_triton.py: one
 fused forward kernel; its backward is the reference's explicit VJP, which recomputes each
 node tile's weights from the saved row statistics). Spec and gradients: soft_reference's
 docstring.
@@ -25,7 +26,7 @@ from .._checks import (
     compiling,
 )
 from . import soft_reference
-from .soft_reference import DISTANCES, as_input_grads, soft_setup_context
+from .soft_reference import DISTANCES
 
 
 def _soft_reference(x, nodes, values, beta, squared):
@@ -33,8 +34,11 @@ def _soft_reference(x, nodes, values, beta, squared):
 
 
 def _soft_cpu(x, nodes, values, beta, squared):
+    # the kernel checks its inputs are finite (ValueError naming the input) in its pass
     dt = acc_dtype(x.dtype)
-    return torch.ops.genkernels.som_soft(x.to(dt), nodes.to(dt), values.to(dt), beta.to(dt), squared)
+    if x.dtype != dt:
+        x, nodes, values = x.to(dt), nodes.to(dt), values.to(dt)
+    return torch.ops.genkernels.som_soft(x, nodes, values, beta, squared)
 
 
 def _soft_fake(x, nodes, values, beta, squared):
@@ -46,13 +50,6 @@ def _soft_backward_fake(grad, x, nodes, values, beta, out, m, z, squared):
     return torch.empty_like(x), torch.empty_like(nodes), torch.empty_like(values), x.new_empty(())
 
 
-def _soft_backward_cpu(ctx, grad, _grad_m, _grad_z):
-    x, nodes, values, beta, out, m, z = ctx.saved_tensors
-    grads = torch.ops.genkernels.som_soft_backward(grad.to(out.dtype), x, nodes, values, beta, out, m, z,
-                                                   ctx.squared)
-    return as_input_grads(ctx, grads)
-
-
 # som_soft(x (B, D), nodes (K, D), values (K, C), beta 0-d in the accumulation dtype, squared)
 # -> (out (B, C), m (B,), Z (B,)) in the accumulation dtype: the soft SOM's output and the
 # row statistics of its softmax (the running max of the scores and the sum of their
@@ -62,8 +59,7 @@ SOFT = registry.declare(
     reference=_soft_reference,
     cpu=_soft_cpu,
     triton=registry.lazy(__package__ + ".soft_triton", "som_soft_triton"),
-    fake=_soft_fake,
-    autograd=(_soft_backward_cpu, soft_setup_context))
+    fake=_soft_fake)
 registry.register_schema_kernels("som_soft_backward", fake=_soft_backward_fake)
 registry.static_kernels("som.soft", registry.lazy(__package__ + ".soft_triton", "static_kernels"))
 
@@ -97,10 +93,10 @@ def som_soft(x: torch.Tensor, nodes: torch.Tensor, values: torch.Tensor, beta=1.
     if values.shape[0] != nodes.shape[0]:
         raise ValueError(f"values must have one row per node ({nodes.shape[0]}); got shape {tuple(values.shape)}")
     beta_t = check_beta(beta, x.device, acc_dtype(x.dtype))
-    if not compiling() and x.device.type != "meta":
-        for name, t in (("x", x), ("nodes", nodes), ("values", values)):
-            if not all_finite(t):
-                raise ValueError(f"{name} contains NaN or Inf")
     name = SOFT.resolve(x.device, backend)
+    if name != "cpu" and not compiling() and x.device.type != "meta":
+        for arg, t in (("x", x), ("nodes", nodes), ("values", values)):
+            if not all_finite(t):
+                raise ValueError(f"{arg} contains NaN or Inf")
     out, _, _ = SOFT.kernels[name](x, nodes, values, beta_t, distance == "squared")
-    return out.to(x.dtype)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
