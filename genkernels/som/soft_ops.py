@@ -3,10 +3,12 @@
 Re-exported flat in ``genkernels.ops`` (through ``som/ops.py``). ``som_soft`` runs on
 ``reference`` (genkernels/som/soft_reference.py: the fused online-softmax algorithm in
 PyTorch, differentiated by autograd), ``cpu`` (csrc/cpu/som_soft.cpp: fused forward and
-backward kernels, the backward recomputing each node tile's weights) and ``triton`` (genkernels/som/soft_triton.py: one
-fused forward kernel; its backward is the reference's explicit VJP, which recomputes each
-node tile's weights from the saved row statistics). Spec and gradients: soft_reference's
-docstring.
+backward kernels, the backward recomputing each node tile's weights) and ``triton``
+(genkernels/som/soft_triton.py: a fused forward kernel and fused backward kernels -- one
+over blocks of rows for grad_x, one over blocks of nodes for the other gradients -- that
+recompute each tile's weights from the saved row statistics; the op registers its own
+backward op and autograd). Spec and gradients: soft_reference's docstring (its explicit VJP,
+soft_som_backward, is the oracle of both compiled backwards).
 """
 
 from __future__ import annotations
