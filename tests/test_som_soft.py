@@ -44,13 +44,14 @@ def test_fused_forward_and_explicit_backward_equal_the_definition(distance, shap
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_euclidean_gradient_at_a_node_is_zero_there():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_euclidean_gradient_at_a_node_is_zero_there(backend):
     """x = l_k: d_k has no derivative; its contribution to the gradient is defined as 0, so
     with a single node (the output is g whatever x is) every input gradient is 0."""
-    x = torch.tensor([[0.5, -1.0]], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[0.5, -1.0]], dtype=torch.float64, device=DEVICE, requires_grad=True)
     nodes = x.detach().clone().requires_grad_()
-    values = torch.tensor([[2.0, 3.0]], dtype=torch.float64, requires_grad=True)
-    out = genkernels.ops.som_soft(x, nodes, values, beta=4.0)
+    values = torch.tensor([[2.0, 3.0]], dtype=torch.float64, device=DEVICE, requires_grad=True)
+    out = genkernels.ops.som_soft(x, nodes, values, beta=4.0, backend=backend)
     out.sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(nodes.grad, torch.zeros_like(nodes))
     assert torch.isfinite(values.grad).all()
@@ -80,12 +81,99 @@ def test_op_is_differentiable_in_every_input(backend):
 
 @needs("triton")
 def test_triton_op_passes_opcheck():
-    from genkernels.som import soft_triton  # noqa: F401 (registers the op)
+    from genkernels.som import soft_triton  # noqa: F401 (registers the ops)
     x, nodes, values, beta = (t.to(DEVICE) for t in _problem(4, 3, 6, 2))
     for squared in (False, True):
         torch.library.opcheck(torch.ops.genkernels.som_soft_triton.default, (x, nodes, values, beta, squared))
         args = tuple(t.clone().requires_grad_() for t in (x, nodes, values, beta)) + (squared,)
         torch.library.opcheck(torch.ops.genkernels.som_soft_triton.default, args)
+        out, m, z = torch.ops.genkernels.som_soft_triton(x, nodes, values, beta, squared)
+        torch.library.opcheck(torch.ops.genkernels.som_soft_backward_triton.default,
+                              (torch.randn_like(out), x, nodes, values, beta, out, m, z, squared))
+
+
+# The Triton backward against the reference VJP (soft_som_backward), on the same forward
+# output: B = 1, K = 1, D = 1 with C = 1, C = 3, K over two node tiles and B over two row
+# tiles (D = 3: 16 x 32 tiles), no rows; the first row sits exactly on node 1.
+BACKWARD_SHAPES = [(1, 3, 5, 2), (4, 2, 1, 3), (5, 1, 9, 1), (3, 4, 6, 3), (20, 3, 37, 2), (0, 2, 4, 2)]
+
+
+def _triton_backward_case(shape, dtype, distance, seed=5):
+    x, nodes, values, beta = (t.to(DEVICE) for t in _problem(*shape, seed=seed))
+    if shape[0] and shape[2] > 1:
+        nodes[1] = x[0]
+    x, nodes, values = x.to(dtype), nodes.to(dtype), values.to(dtype)
+    beta = beta.to(R.acc_dtype(dtype))
+    squared = distance == "squared"
+    out, m, z = torch.ops.genkernels.som_soft_triton(x, nodes, values, beta, squared)
+    grad = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+    return (grad, x, nodes, values, beta, out, m, z), squared
+
+
+def _assert_backward_equal(got, want, tol):
+    for name, a, b in zip(("grad_x", "grad_nodes", "grad_values", "grad_beta"), got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        torch.testing.assert_close(a, b, **tol, msg=name)
+
+
+@needs("triton")
+@pytest.mark.parametrize("distance", R.DISTANCES)
+@pytest.mark.parametrize("shape", BACKWARD_SHAPES)
+def test_triton_backward_equals_the_reference_vjp(shape, distance):
+    from genkernels.som import soft_triton  # noqa: F401 (registers the ops)
+    args, squared = _triton_backward_case(shape, torch.float64, distance)
+    got = torch.ops.genkernels.som_soft_backward_triton(*args, squared)
+    _assert_backward_equal(got, R.soft_som_backward(*args, distance), dict(rtol=1e-12, atol=1e-12))
+
+
+@needs("triton")
+@pytest.mark.parametrize("distance", R.DISTANCES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_triton_backward_in_low_precision_accumulates_in_fp32(dtype, distance):
+    """fp32, fp16 and bf16 inputs: loaded as they are, the arithmetic and the gradients in
+    fp32, as the reference VJP's on the same inputs."""
+    from genkernels.som import soft_triton  # noqa: F401 (registers the ops)
+    args, squared = _triton_backward_case((20, 3, 37, 2), dtype, distance)
+    got = torch.ops.genkernels.som_soft_backward_triton(*args, squared)
+    assert all(g.dtype == torch.float32 for g in got)
+    _assert_backward_equal(got, R.soft_som_backward(*args, distance), dict(rtol=1e-5, atol=1e-5))
+
+
+@needs("triton")
+def test_triton_backward_row_splits_any_strides_and_determinism():
+    """The node kernel's rows split in parts (min_split_rows lowered: 3 splits of 16 rows
+    here) add up to the unsplit sums; an expanded gradient (stride 0, as from out.sum()) and
+    strided inputs read right; two runs agree bit for bit."""
+    from genkernels.som.soft_triton import som_soft_bwd
+    args, squared = _triton_backward_case((40, 3, 37, 2), torch.float64, "euclidean")
+    grad, x, nodes, values, beta, out, m, z = args
+    want = R.soft_som_backward(*args, "euclidean")
+    grad = torch.ones((1, 1), dtype=grad.dtype, device=DEVICE).expand(grad.shape)
+    want_ones = R.soft_som_backward(grad, x, nodes, values, beta, out, m, z, "euclidean")
+    strided = (x.t().contiguous().t(), nodes.t().contiguous().t(), values.repeat_interleave(2, 1)[:, ::2])
+    unsplit = som_soft_bwd(args[0], x, nodes, values, beta, out, m, z, squared)
+    split = som_soft_bwd(args[0], x, nodes, values, beta, out, m, z, squared, min_split_rows=16)
+    again = som_soft_bwd(args[0], x, nodes, values, beta, out, m, z, squared, min_split_rows=16)
+    tol = dict(rtol=1e-12, atol=1e-12)
+    _assert_backward_equal(unsplit, want, tol)
+    _assert_backward_equal(split, want, tol)
+    assert all(torch.equal(a, b) for a, b in zip(split, again))
+    _assert_backward_equal(som_soft_bwd(grad, *strided, beta, out, m, z, squared, min_split_rows=16), want_ones, tol)
+
+
+@needs("triton")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_gradients_of_low_precision_inputs_follow_the_reference(dtype):
+    """Through the public op: the Triton backward's fp32 gradients cast to the inputs' dtype
+    equal the reference backend's (its autograd, also in fp32) within that dtype's rounding."""
+    leaves = {}
+    for backend in ("reference", "triton"):
+        x, nodes, values, _ = (t.to(DEVICE, dtype).requires_grad_() for t in _problem(6, 3, 9, 2, seed=7))
+        genkernels.ops.som_soft(x, nodes, values, 1.3, backend=backend).float().square().sum().backward()
+        leaves[backend] = (x.grad, nodes.grad, values.grad)
+    for name, a, b in zip(("x", "nodes", "values"), leaves["triton"], leaves["reference"]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3, msg=name)
 
 
 def test_large_beta_does_not_overflow_and_approaches_the_winner():

@@ -4,10 +4,12 @@ Re-exported flat in ``genkernels.ops`` (through ``som/ops.py``). ``som_soft`` ru
 ``reference`` (genkernels/som/soft_reference.py: the fused online-softmax algorithm in
 PyTorch, differentiated by autograd), ``cpu`` (csrc/cpu/som_soft.cpp: fused forward and
 backward kernels, the backward recomputing each node tile's weights; its autograd is in
-C++ and it checks its inputs are finite in its own pass) and ``triton`` (genkernels/som/soft_triton.py: one
-fused forward kernel; its backward is the reference's explicit VJP, which recomputes each
-node tile's weights from the saved row statistics). Spec and gradients: soft_reference's
-docstring.
+C++ and it checks its inputs are finite in its own pass) and ``triton``
+(genkernels/som/soft_triton.py: a fused forward kernel and fused backward kernels -- one
+over blocks of rows for grad_x, one over blocks of nodes for the other gradients -- that
+recompute each tile's weights from the saved row statistics; the op registers its own
+backward op and autograd). Spec and gradients: soft_reference's docstring (its explicit VJP,
+soft_som_backward, is the oracle of both compiled backwards).
 """
 
 from __future__ import annotations

@@ -130,9 +130,11 @@ def soft_som_backward(grad: torch.Tensor, x: torch.Tensor, nodes: torch.Tensor, 
 
 
 # ---- autograd of the compiled som_soft ops (genkernels/som/soft_triton.py, soft_ops.py) ----
-# Saved: the inputs, the output and the row statistics; the backward recomputes each tile's
-# weights from them (no B x K matrix is kept). The row statistics are outputs of the op for
-# this purpose only: the public function returns the output alone, so their gradients are 0.
+# Saved: the inputs, the output and the row statistics; the backward ops (C++
+# genkernels::som_soft_backward, Triton genkernels::som_soft_backward_triton) recompute each
+# tile's weights from them (no B x K matrix is kept), by soft_som_backward's formulas. The
+# row statistics are outputs of the op for this purpose only: the public function returns
+# the output alone, so their gradients are 0.
 def soft_setup_context(ctx, inputs, output):
     x, nodes, values, beta, squared = inputs
     out, m, z = output
@@ -145,10 +147,3 @@ def as_input_grads(ctx, grads):
     needs none."""
     return (*(g.to(t.dtype) if need else None
               for g, t, need in zip(grads, ctx.saved_tensors[:4], ctx.needs_input_grad[:4])), None)
-
-
-def soft_backward_reference(ctx, grad, _grad_m, _grad_z):
-    x, nodes, values, beta, out, m, z = ctx.saved_tensors
-    grads = soft_som_backward(grad, x, nodes, values, beta, out, m, z,
-                              "squared" if ctx.squared else "euclidean")
-    return as_input_grads(ctx, grads)
