@@ -1,6 +1,7 @@
 """The soft SOM inside a network, on the two-arm spiral: test accuracy of a 2-32-32-2 MLP
 alone, of the same MLP on the outputs of a 10x10 SoftSOM used as preprocessing (trained
-end to end with it), and of the MLP with the SoftSOM interposed between its hidden layers
+end to end with it; or with its embeddings organised by the SOM batch rule over the first
+100 training steps, train_embedding="som"), and of the MLP with the SoftSOM interposed between its hidden layers
 (2-32, SoftSOM(10x10, 32) -> grid coordinates, 2-32-2). Five seeds each, mean and standard
 deviation.
 
@@ -38,6 +39,7 @@ LR = 1e-2
 GRID = (10, 10)
 HIDDEN = 32
 BETA = 4.0
+SOM_STEPS = 100  # training forwards the SOM-organised map's schedule runs over
 
 
 def mlp(d_in: int) -> nn.Sequential:
@@ -51,6 +53,9 @@ def build(kind: str, seed: int) -> nn.Module:
         return mlp(2)
     if kind == "softsom+mlp":
         return nn.Sequential(genkernels.SoftSOM(GRID, 2, beta=BETA, learnable_beta=True, seed=seed), mlp(2))
+    if kind == "som-organised softsom+mlp":
+        return nn.Sequential(genkernels.SoftSOM(GRID, 2, beta=BETA, learnable_beta=True, seed=seed,
+                                                train_embedding="som", som_steps=SOM_STEPS), mlp(2))
     if kind == "mlp with softsom inside":
         return nn.Sequential(nn.Linear(2, HIDDEN), nn.ReLU(),
                              genkernels.SoftSOM(GRID, HIDDEN, beta=BETA, learnable_beta=True, seed=seed),
@@ -71,7 +76,7 @@ def run(quick: bool, out: str) -> dict:
     harness.check_results_dir(out)
     x, y = (torch.from_numpy(a) for a in spirals(N, 2, NOISE, TURNS, seed=0))
     x_train, y_train, x_test, y_test = x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
-    kinds = ("mlp", "softsom+mlp", "mlp with softsom inside")
+    kinds = ("mlp", "softsom+mlp", "som-organised softsom+mlp", "mlp with softsom inside")
     rows = []
     for kind in kinds:
         accs, seconds = [], []
@@ -90,12 +95,13 @@ def run(quick: bool, out: str) -> dict:
     meta = {"benchmark": "softsom-spirals", **harness.versions(), "machine": harness.machine_name("cpu"),
             "commit": harness.git_commit(), "n": N, "n_train": N_TRAIN, "noise": NOISE, "turns": TURNS,
             "seeds": list(SEEDS[: 2 if quick else None]), "epochs": EPOCHS[quick], "lr": LR, "grid": list(GRID),
-            "hidden": HIDDEN, "beta_init": BETA, "quick": quick}
+            "hidden": HIDDEN, "beta_init": BETA, "som_steps": SOM_STEPS, "quick": quick}
     lines = ["# The soft SOM inside a network: two-arm spirals", "",
              f"`genkernels.data.spirals({N}, arms=2, noise={NOISE}, turns={TURNS:g}, seed=0)`: {N_TRAIN} training "
              f"and {N - N_TRAIN} test points. Full-batch Adam (lr {LR:g}), {EPOCHS[quick]} epochs, seeds "
              f"{', '.join(map(str, meta['seeds']))}; SoftSOM {GRID[0]}x{GRID[1]}, values = grid coordinates, "
-             f"beta learned from {BETA:g}. Machine: {meta['machine']}.", "",
+             f"beta learned from {BETA:g}; the SOM-organised map: train_embedding='som', "
+             f"som_steps={SOM_STEPS}. Machine: {meta['machine']}.", "",
              "| model | test accuracy (mean ± std) | train time per seed |", "|---|---:|---:|"]
     lines += [f"| {r['model']} | {r['mean']:.4f} ± {r['std']:.4f} | {r['train_seconds']:.1f} s |" for r in rows]
     harness.write_results(out, "softsom-spirals" + ("-quick" if quick else ""), meta, rows, "\n".join(lines))

@@ -252,7 +252,7 @@ def test_pytest_benchmark_lists_every_family():
     modules = {line.split("::")[0] for line in proc.stdout.splitlines() if "::test_" in line}
     assert modules == {f"bench/{name}.py" for name in ("bench_som", "bench_hopfield", "bench_hopfield_recall",
                                                         "bench_ising", "bench_rbm", "bench_bm_gibbs",
-                                                        "bench_compat_rbm")}, proc.stdout[-4000:]
+                                                        "bench_compat_rbm", "bench_som_nn")}, proc.stdout[-4000:]
 
 
 # ------------------------------------------------------- results from a clean tree only
@@ -296,7 +296,7 @@ def test_runner_refuses_before_measuring(monkeypatch, argv):
 
 @pytest.mark.parametrize("script", ["bench_compat_rbm", "bench_bm_gibbs", "bench_hopfield", "bench_small",
                                     "bench_ising", "bench_hopfield_recall", "dbn_digits", "hopfield_capacity",
-                                    "rbm_mnist", "rbm_ais_digits"])
+                                    "rbm_mnist", "rbm_ais_digits", "bench_som_nn", "softsom_spirals"])
 def test_every_script_refuses_a_dirty_tree(monkeypatch, capsys, script):
     """The standalone scripts apply the same rule (their default --out is bench/results)."""
     runner = _bench_module("harness")

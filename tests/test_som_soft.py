@@ -253,6 +253,74 @@ def test_soft_som_defaults_are_grid_coordinates_and_fixed_beta():
     torch.testing.assert_close(layer(x), layer.values[[3, 11]])
 
 
+def test_som_trained_embedding_follows_the_batch_rule_and_only_in_training():
+    """train_embedding="som": each training forward is one damped batch-rule step (the
+    SOM ops' node sums smoothed by the scheduled sigma, lerped by the scheduled rate), the
+    output uses the updated map, the input still gets its gradient, eval mode and steps
+    past som_steps change nothing, and an earlier forward's graph keeps its map."""
+    from genkernels.som import ops as som_ops
+    torch.manual_seed(0)
+    layer = genkernels.SoftSOM((3, 4), 2, beta=2.0, train_embedding="som", som_steps=3, sigma=(2.0, 0.5),
+                               learning_rate=(0.8, 0.2), seed=0)
+    assert "nodes" in dict(layer.named_buffers()) and not list(layer.parameters())
+    assert [layer.som_rates(s) for s in (0, 2)] == [pytest.approx((0.8, 2.0)), pytest.approx((0.2, 0.5))]
+    x = torch.randn(40, 2, requires_grad=True)
+    before = layer.nodes.clone()
+    out = layer(x)
+    sums, counts, _ = som_ops.som_node_sums(x.detach(), before)
+    batch = som_ops.som_smooth(sums, counts, before, layer.lattice.coords(torch.float32), (0.0, 0.0), "gaussian",
+                               2.0, (3, 4))
+    torch.testing.assert_close(layer.nodes, before + 0.8 * (batch - before))
+    torch.testing.assert_close(out, genkernels.ops.som_soft(x.detach(), layer.nodes, layer.values, 2.0))
+    second = layer(x)  # a second step: the first graph still backpropagates (its map is kept)
+    (out.sum() + second.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    layer.eval()
+    frozen = layer.nodes.clone()
+    layer(x)
+    assert torch.equal(layer.nodes, frozen) and int(layer.som_step) == 2
+    layer.train()
+    assert layer.som_update(x) and not layer.som_update(x)  # the third step, then the map is fixed
+    assert int(layer.som_step) == 3
+    state = layer.state_dict()
+    assert int(state["som_step"]) == 3 and "nodes" in state
+
+
+def test_som_trained_embedding_organises_the_map_on_the_spiral():
+    """A 6x6 map organised by the batch rule on minibatches of the spiral becomes
+    topographic: grid neighbours end close in input space (their mean distance falls below
+    a third of the random initial map's) while the map stays on the data (quantization
+    error no worse than the random map's, which N(0, 1) draws place well on this data)."""
+    from genkernels.data import spirals
+    x = torch.from_numpy(spirals(600, seed=0)[0]).float()
+    layer = genkernels.SoftSOM((6, 6), 2, beta=4.0, train_embedding="som", som_steps=30, seed=0)
+    grid = layer.nodes.view(6, 6, 2)
+    qe = lambda: float(torch.cdist(x, layer.nodes).min(1).values.mean())  # noqa: E731
+    spread = lambda g: float(torch.cat([(g[1:] - g[:-1]).norm(dim=-1).flatten(),  # noqa: E731
+                                        (g[:, 1:] - g[:, :-1]).norm(dim=-1).flatten()]).mean())
+    start_qe, start_spread = qe(), spread(grid)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        layer(x[torch.randint(0, 600, (64,), generator=g)])
+    assert spread(layer.nodes.view(6, 6, 2)) < start_spread / 3
+    assert qe() < 1.25 * start_qe
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(train_embedding="som"), ValueError, "som_steps is required"),
+    (dict(som_steps=5), ValueError, "som_steps applies"),
+    (dict(train_embedding="adam"), ValueError, "train_embedding"),
+    (dict(train_embedding="som", som_steps=0), ValueError, "som_steps"),
+    (dict(train_embedding="som", som_steps=5, sigma=-1.0), ValueError, "sigma"),
+    (dict(train_embedding="som", som_steps=5, learning_rate=1.5), ValueError, "learning_rate must be <= 1"),
+    (dict(train_embedding="som", som_steps=5, learning_rate=(0.5, 0.1, 0.0)), TypeError, "learning_rate"),
+    (dict(train_embedding="som", som_steps=5, schedule="cosine"), ValueError, "schedule"),
+])
+def test_som_trained_embedding_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        genkernels.SoftSOM((2, 3), 4, **kwargs)
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(grid=(0, 3)), ValueError, "grid"),
     (dict(n_features=0), ValueError, "n_features"),

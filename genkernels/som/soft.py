@@ -11,6 +11,14 @@ coordinates by default (a fixed buffer), or any per-node vectors (a parameter) -
 the inverse temperature (fixed, or learned through its logarithm). The output is
 differentiable in the input, the embeddings, the values and beta, so the layer trains by
 gradient descent inside a network, before or between other layers.
+
+With ``train_embedding="som"`` the embeddings are not learned by gradient but organised as
+a SOM: each training-mode forward first applies Kohonen's batch rule to its batch
+(genkernels.ops.som_node_sums + som_smooth: the nodes move towards the Gaussian-smoothed
+means of the rows they win), damped by a learning rate, with sigma and the learning rate
+on a schedule over ``som_steps`` forwards, then computes the soft output with the updated
+map. Gradients still flow to the input (and to the values and beta), so the layers before
+it train as usual. Nothing is updated in eval mode, nor after ``som_steps`` updates.
 """
 
 from __future__ import annotations
@@ -22,9 +30,25 @@ from torch import nn
 
 from .._checks import check_choice, check_int
 from ..model import model_seed
+from . import schedules
 from .lattice import TOPOLOGIES, Lattice
+from .ops import som_node_sums, som_smooth
 from .soft_ops import som_soft
 from .soft_reference import DISTANCES
+
+TRAIN_EMBEDDINGS = ("gradient", "som")
+
+
+def _rate(name: str, value, default_end) -> tuple[float, float]:
+    """A number (decaying to default_end(number)) or a (start, end) pair -> (start, end),
+    both finite and > 0."""
+    pair = (value, default_end(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise TypeError(f"{name} must be a number or a (start, end) pair; got {value!r}")
+    for v in pair:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"{name} must hold finite numbers > 0; got {value!r}")
+    return float(pair[0]), float(pair[1])
 
 
 class SoftSOM(nn.Module):
@@ -41,7 +65,19 @@ class SoftSOM(nn.Module):
         topology: "rectangular" or "hexagonal" (the coordinates of the default values).
         seed: the embeddings' initialisation (N(0, 1) draws from torch's generator seeded by
             it), an int in [0, 2^64); None draws one.
-        backend: None (auto), "reference" or "triton" for every forward.
+        train_embedding: "gradient" (the embeddings are a parameter) or "som" (a buffer
+            organised by the SOM batch rule on each training-mode forward; see the module
+            docstring).
+        som_steps: with "som": the number of training forwards the SOM schedule runs over
+            (the map is fixed after them).
+        sigma: with "som": the neighbourhood width in grid units, a number (decaying to
+            min(1, sigma)) or a (start, end) pair; None: max(rows, cols) / 2 (at least 1).
+        learning_rate: with "som": the step towards the batch rule's map (1 = the plain
+            batch rule), a number in (0, 1] (constant) or a (start, end) pair.
+        schedule: with "som": how sigma and the learning rate go from start to end over
+            som_steps: "exponential" (default), "linear", "inverse", "asymptotic" or
+            "constant".
+        backend: None (auto), "reference", "cpu" or "triton" for every forward.
         dtype, device: of the parameters.
 
     Example::
@@ -51,9 +87,10 @@ class SoftSOM(nn.Module):
     """
 
     def __init__(self, grid, n_features: int, values: torch.Tensor | None = None, beta: float = 1.0,
-                 learnable_beta: bool = False, distance: str = "euclidean", *, topology: str = "rectangular",
-                 seed: int | None = None, backend: str | None = None, dtype: torch.dtype = torch.float32,
-                 device=None):
+                 learnable_beta: bool = False, distance: str = "euclidean", train_embedding: str = "gradient",
+                 *, som_steps: int | None = None, sigma=None, learning_rate=0.5, schedule: str = "exponential",
+                 topology: str = "rectangular", seed: int | None = None, backend: str | None = None,
+                 dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         if isinstance(grid, int) and not isinstance(grid, bool):
             grid = (1, grid)
@@ -70,12 +107,32 @@ class SoftSOM(nn.Module):
             raise ValueError(f"beta must be a finite number > 0; got {beta!r}")
         if not isinstance(learnable_beta, bool):
             raise TypeError(f"learnable_beta must be a bool; got {type(learnable_beta).__name__}")
+        self.train_embedding = check_choice("train_embedding", train_embedding, TRAIN_EMBEDDINGS)
+        if self.train_embedding == "som":
+            if som_steps is None:
+                raise ValueError('som_steps is required with train_embedding="som" (the number of training '
+                                 "forwards the SOM schedule runs over)")
+            self.som_steps = check_int("som_steps", som_steps, 1)
+            self.sigma = _rate("sigma", max(max(rows, cols) / 2.0, 1.0) if sigma is None else sigma,
+                               lambda v: min(1.0, v))
+            self.learning_rate = _rate("learning_rate", learning_rate, lambda v: v)
+            if max(self.learning_rate) > 1:
+                raise ValueError(f"learning_rate must be <= 1 (1 = the plain batch rule); got {learning_rate!r}")
+            self.schedule = check_choice("schedule", schedule, schedules.SCHEDULES)
+        elif som_steps is not None:
+            raise ValueError('som_steps applies to train_embedding="som" only; got train_embedding="gradient"')
         self.backend = backend
         self.seed = model_seed(seed)
         k_nodes = rows * cols
         g = torch.Generator().manual_seed(self.seed)
         opts = {"dtype": dtype, "device": device}
-        self.nodes = nn.Parameter(torch.randn(k_nodes, self.n_features, generator=g, dtype=torch.float64).to(**opts))
+        nodes = torch.randn(k_nodes, self.n_features, generator=g, dtype=torch.float64).to(**opts)
+        if self.train_embedding == "som":
+            self.register_buffer("nodes", nodes)
+            self.register_buffer("som_step", torch.zeros((), dtype=torch.int64, device=device))
+            self.register_buffer("coords", self.lattice.coords(dtype, device), persistent=False)
+        else:
+            self.nodes = nn.Parameter(nodes)
         if values is None:
             self.register_buffer("values", self.lattice.coords(dtype, device))
         else:
@@ -109,9 +166,41 @@ class SoftSOM(nn.Module):
             raise ValueError(f"x must be (..., {self.n_features}) (n_features = {self.n_features}); got shape "
                              f"{tuple(x.shape)}")
         flat = x.reshape(-1, self.n_features).to(self.nodes.dtype)
+        if self.train_embedding == "som" and self.training:
+            self.som_update(flat)
         out = som_soft(flat, self.nodes, self.values, self.beta, self.distance, backend=self.backend)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
+    def som_rates(self, step: int) -> tuple[float, float]:
+        """(learning_rate, sigma) of SOM update ``step`` (0-based) of som_steps."""
+        out = []
+        for start, end in (self.learning_rate, self.sigma):
+            v = schedules.evaluate(self.schedule, torch.tensor([start], dtype=torch.float64),
+                                   torch.tensor([end], dtype=torch.float64), step, 1, self.som_steps)
+            out.append(float(v[0, 0]))
+        return out[0], out[1]
+
+    @torch.no_grad()
+    def som_update(self, x: torch.Tensor) -> bool:
+        """One step of the SOM batch rule on the rows of x (B, n_features), damped by the
+        scheduled learning rate: nodes <- nodes + lr (batch_rule(nodes, x) - nodes). A new
+        tensor replaces the nodes (an earlier forward's autograd graph keeps the map it
+        used). Returns False, changing nothing, once som_steps updates are done."""
+        if self.train_embedding != "som":
+            raise RuntimeError('som_update needs train_embedding="som"')
+        step = int(self.som_step)
+        if step >= self.som_steps or x.shape[0] == 0:
+            return False
+        lr, sigma = self.som_rates(step)
+        x = x.detach().to(self.nodes.dtype)
+        sums, counts, _ = som_node_sums(x, self.nodes, backend=self.backend)
+        batch = som_smooth(sums, counts, self.nodes, self.coords, self.lattice.periods, "gaussian", sigma,
+                           self.lattice.shape if self.lattice.separable else None)
+        self.nodes = torch.lerp(self.nodes, batch.to(self.nodes.dtype), lr)
+        self.som_step += 1
+        return True
+
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, n_features={self.n_features}, values={tuple(self.values.shape)}, "
-                f"distance={self.distance!r}, learnable_beta={isinstance(self.log_beta, nn.Parameter)}")
+                f"distance={self.distance!r}, learnable_beta={isinstance(self.log_beta, nn.Parameter)}, "
+                f"train_embedding={self.train_embedding!r}")
