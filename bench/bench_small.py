@@ -59,6 +59,16 @@ def _som_cases():
         if hasattr(torch.ops.genkernels, "som_bmu") and "cpu" in _backends():
             impls["genkernels som_bmu (reference)"] = lambda x=x: ops.som_bmu(x, w, backend="reference")
         cases.append((f"som_bmu batch {b}, 10x10 map, D=64", impls))
+    # the soft SOM layer, forward + backward: a 10x10 map on 2-D points (the spiral), batch 1 and 10
+    from genkernels.som import soft_reference
+    nodes = torch.randn(100, 2, generator=g).requires_grad_()
+    values = torch.rand(100, 2, generator=g)
+    for b in (1, 10):
+        x = torch.randn(b, 2, generator=g).requires_grad_()
+        beta = torch.tensor(2.0)
+        cases.append((f"som_soft forward+backward batch {b}, 10x10 map, D=2", {
+            "genkernels som_soft (auto)": lambda x=x: ops.som_soft(x, nodes, values, beta).sum().backward(),
+            "torch eager definition": lambda x=x: soft_reference.soft_som(x, nodes, values, beta).sum().backward()}))
     try:
         from minisom import MiniSom
     except ImportError:

@@ -353,3 +353,34 @@ def test_spirals_data():
                           (dict(turns=0.2), "turns must be > 0.25")):
         with pytest.raises(ValueError, match=match):
             spirals(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_soft_som_layer_under_bf16_autocast(backend):
+    """A network with a SoftSOM between bf16 autocast layers: the layer takes their bf16
+    output, computes in fp32 and returns it in the input's dtype; every gradient is at most
+    twice as far from the fp32 network's as PyTorch's own bf16 network without the layer's
+    kernels (the reference backend under the same autocast) is, plus bf16 rounding."""
+    needs(backend, "cpu")
+
+    def run(layer_backend, autocast):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(),
+                                  genkernels.SoftSOM((4, 4), 16, beta=2.0, learnable_beta=True, seed=0,
+                                                     backend=layer_backend),
+                                  torch.nn.Linear(2, 2))
+        x = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+        y = torch.arange(32) % 2
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = net(x)
+            loss = torch.nn.functional.cross_entropy(out, y)
+        loss.backward()
+        return out.dtype, [p.grad for p in net.parameters()]
+
+    _, exact = run("reference", False)
+    dtype, ours = run(backend, True)
+    _, torch_bf16 = run("reference", True)
+    assert dtype == torch.bfloat16
+    for got, want, base in zip(ours, exact, torch_bf16):
+        err, base_err = (got - want).abs().max(), (base - want).abs().max()
+        assert err <= 2 * base_err + 8e-3 * want.abs().max(), (float(err), float(base_err))
