@@ -138,12 +138,15 @@ def test_bad_data_raises_clear_errors(digits):
     (np.float32, {"mode": "batch"}),
     (np.float32, {"mode": "minibatch", "batch_size": 32, "init": "random"}),
     (np.float32, {"topology": "hexagonal", "neighborhood": "bubble", "schedule": "linear", "periodic": True}),
-], ids=["online", "online-float64-random", "batch", "minibatch-random", "hexagonal-bubble-linear"])
+    (np.float32, {"grid": (16, 16), "metric": "cosine"}),
+], ids=["online", "online-float64-random", "batch", "minibatch-random", "hexagonal-bubble-linear", "16x16-cosine"])
 def test_each_map_of_a_launch_is_the_single_fit(digits, data, params):
     """Map m of one n_maps launch is bit for bit what SOMEstimator.fit trains with map m's
-    sigma and learning rate (sigma None: the grid's default, mixed with numbers)."""
+    sigma and learning rate (sigma None: the grid's default, mixed with numbers). A 16x16
+    map alone may train on a team of threads splitting its nodes, in a launch each map has
+    one thread: the same arithmetic per node."""
     x = digits[0].astype(data)
-    base = SOMEstimator((4, 6), epochs=2, random_state=5, **params)
+    base = SOMEstimator(**{"grid": (4, 6), **params}, epochs=2, random_state=5)
     values = list(itertools.product([None, 0.5, 2.5], [0.05, 0.9]))
     som = base._train(base._validate_training_data(x, None)[0], [s for s, _ in values], [lr for _, lr in values])
     for m, (sigma, learning_rate) in enumerate(values):
