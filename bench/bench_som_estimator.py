@@ -12,7 +12,9 @@ Workload: scikit-learn's 8x8 digits as genkernels.data embeds them (1,797 x 64 f
 (online rule, PCA initialisation), ``param_grid`` = 5 sigma x 5 learning-rate values, 3-fold
 ``KFold`` (``cv=3``), the default scoring (minus the quantization error) and the refit of the
 best candidate on all rows: 75 single-map fits + 1 refit for GridSearchCV (``n_jobs=None``),
-3 fits of 25 maps + 1 refit for the helper, on CPU with torch's threads (2 here).
+3 fits of 25 maps + 1 refit for the helper, on CPU with torch's threads (2 here). A third case,
+GridSearchCV with ``n_jobs=2``, runs the same 76 fits in two joblib (loky) worker processes,
+whose torch runs one thread each (joblib's limit of cpu_count / n_jobs).
 --quick: the first 300 rows, a 5x5 map, 2 epochs, 3 x 2 values (smoke test).
 
 Both run once as a warm-up, then in interleaved rounds (each round times both, after a
@@ -48,7 +50,7 @@ WORKLOAD = {False: (None, (10, 10), 10, [0.5, 1.0, 2.0, 3.0, 5.0], [0.05, 0.1, 0
 FOLDS = 3
 ROUNDS = {False: 5, True: 1}
 PAUSE_S = {False: 1.0, True: 0.0}
-IMPLS = ("GridSearchCV", "som_grid_search")
+IMPLS = ("GridSearchCV", "GridSearchCV n_jobs=2", "som_grid_search")
 
 
 def load_data(quick: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -67,11 +69,12 @@ def search_arguments(quick: bool):
 
 def make_search(impl: str, x: np.ndarray, y: np.ndarray, quick: bool):
     estimator, param_grid = search_arguments(quick)
-    if impl == "GridSearchCV":
+    if impl.startswith("GridSearchCV"):
         from sklearn.model_selection import GridSearchCV
+        n_jobs = 2 if impl.endswith("n_jobs=2") else None
 
         def search():
-            return GridSearchCV(estimator, param_grid, cv=FOLDS).fit(x, y)
+            return GridSearchCV(estimator, param_grid, cv=FOLDS, n_jobs=n_jobs).fit(x, y)
     else:
         from genkernels.compat import som_grid_search
 
@@ -92,7 +95,7 @@ def measure(x: np.ndarray, y: np.ndarray, quick: bool, meta: dict) -> list[dict]
     agree = []
 
     fns = [make_search(impl, x, y, quick) for impl in IMPLS]
-    outs = [None, None]
+    outs = [None] * len(IMPLS)
 
     def timed(i):
         def call():
@@ -101,11 +104,11 @@ def measure(x: np.ndarray, y: np.ndarray, quick: bool, meta: dict) -> list[dict]
         return call
 
     def progress(r, row):
-        agree.append(same_results(*outs))
+        agree.append(all(same_results(outs[0], out) for out in outs[1:]))
         print(f"[bench] som grid search round {r + 1}/{rounds}: "
               + ", ".join(f"{impl} {t:.2f} s" for impl, t in zip(IMPLS, row))
               + ("" if agree[-1] else " (results DIFFER)"), file=sys.stderr, flush=True)
-    times, searches = runner.interleaved([timed(0), timed(1)], "cpu", rounds, pause_s=PAUSE_S[quick],
+    times, searches = runner.interleaved([timed(i) for i in range(len(IMPLS))], "cpu", rounds, pause_s=PAUSE_S[quick],
                                          progress=progress)
     _, grid, epochs, sigmas, rates = WORKLOAD[quick]
     records = []
@@ -117,7 +120,7 @@ def measure(x: np.ndarray, y: np.ndarray, quick: bool, meta: dict) -> list[dict]
             "dtype": "float32", "shapes": {"n": x.shape[0], "n_features": x.shape[1], "grid": list(grid),
                                            "epochs": epochs, "n_sigma": len(sigmas), "n_learning_rate": len(rates),
                                            "folds": FOLDS},
-            "fits": len(sigmas) * len(rates) * FOLDS + 1 if impl == "GridSearchCV" else FOLDS + 1,
+            "fits": len(sigmas) * len(rates) * FOLDS + 1 if impl.startswith("GridSearchCV") else FOLDS + 1,
             "median_s": float(med), "iqr_s": float(q3 - q1), "min_s": float(times[:, i].min()), "rounds": rounds,
             "times_s": times[:, i].tolist(),
             "x_faster_than_gridsearchcv": float(np.median(times[:, 0] / times[:, i])),
@@ -137,12 +140,13 @@ def markdown(records: list[dict], meta: dict) -> str:
              (f"`SOMEstimator(grid={tuple(s['grid'])}, epochs={s['epochs']}, random_state=0)` (online rule), "
               f"{s['n_sigma']} sigma x {s['n_learning_rate']} learning-rate values, {s['folds']}-fold CV, default "
               f"scoring (-QE), refit; x = {meta['workload']} {s['n']:,} x {s['n_features']} float32 with labels. "
-              "GridSearchCV = `sklearn.model_selection.GridSearchCV` (n_jobs=None), som_grid_search = "
+              "GridSearchCV = `sklearn.model_selection.GridSearchCV` (n_jobs=None unless said), som_grid_search = "
               "`genkernels.compat.som_grid_search` (one n_maps fit per fold)."
               + (" Quick mode: shrunken workload, smoke test only." if meta["quick"] else "")), "",
              ("x faster = median over interleaved rounds of GridSearchCV's time / the row's time; best = the "
               "fastest round, x faster (best) = the ratio of the fastest rounds; same results = every round "
-              "returned equal test scores, ranks and best_params_."), "",
+              "returned equal test scores, ranks and best_params_ (all three); GridSearchCV n_jobs=2: the same "
+              "fits in two joblib worker processes of one thread each."), "",
              "| impl | SOM fits | median | IQR | best | rounds | best params | best score | same results "
              "| x faster than GridSearchCV | x faster (best) |",
              "|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|"]

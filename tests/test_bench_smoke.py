@@ -224,16 +224,16 @@ def test_compat_bench_times_both_estimators(tmp_path, monkeypatch):
 
 
 def test_som_estimator_bench_times_both_searches(tmp_path):
-    """--quick: GridSearchCV and som_grid_search timed on the same grid, with the same
-    results (scores, ranks, best_params_) and the helper's fewer SOM fits recorded."""
+    """--quick: GridSearchCV (n_jobs None and 2) and som_grid_search timed on the same grid,
+    with the same results (scores, ranks, best_params_) and the helper's fewer SOM fits."""
     bench = _bench_module("bench_som_estimator")
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
     (json_path,) = tmp_path.glob("*-som-estimator-quick.json")
     assert "| x faster than GridSearchCV |" in json_path.with_suffix(".md").read_text()
     cases = json.loads(json_path.read_text())["cases"]
-    assert [c["impl"] for c in cases] == ["GridSearchCV", "som_grid_search"]
-    grid_search, helper = cases
-    assert grid_search["fits"] == 3 * 2 * 3 + 1 and helper["fits"] == 3 + 1
+    assert [c["impl"] for c in cases] == ["GridSearchCV", "GridSearchCV n_jobs=2", "som_grid_search"]
+    grid_search, parallel, helper = cases
+    assert grid_search["fits"] == parallel["fits"] == 3 * 2 * 3 + 1 and helper["fits"] == 3 + 1
     for case in cases:
         assert case["same_results"] and 0 < case["min_s"] <= case["median_s"], case
         assert case["best_params"] == grid_search["best_params"] and -1.5 < case["best_score"] < 0
