@@ -223,6 +223,23 @@ def test_compat_bench_times_both_estimators(tmp_path, monkeypatch):
     assert by[("genkernels", 100)]["recon"] == pytest.approx(by[("sklearn", 100)]["recon"], abs=2e-3), by
 
 
+def test_som_estimator_bench_times_both_searches(tmp_path):
+    """--quick: GridSearchCV (n_jobs None and 2) and som_grid_search timed on the same grid,
+    with the same results (scores, ranks, best_params_) and the helper's fewer SOM fits."""
+    bench = _bench_module("bench_som_estimator")
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("*-som-estimator-quick.json")
+    assert "| x faster than GridSearchCV |" in json_path.with_suffix(".md").read_text()
+    cases = json.loads(json_path.read_text())["cases"]
+    assert [c["impl"] for c in cases] == ["GridSearchCV", "GridSearchCV n_jobs=2", "som_grid_search"]
+    grid_search, parallel, helper = cases
+    assert grid_search["fits"] == parallel["fits"] == 3 * 2 * 3 + 1 and helper["fits"] == 3 + 1
+    for case in cases:
+        assert case["same_results"] and 0 < case["min_s"] <= case["median_s"], case
+        assert case["best_params"] == grid_search["best_params"] and -1.5 < case["best_score"] < 0
+    assert grid_search["x_faster_than_gridsearchcv"] == 1.0 and helper["x_faster_than_gridsearchcv"] > 0
+
+
 def test_hopfield_family_runs_retrieval_then_recall(tmp_path, monkeypatch):
     """`genkernels bench hopfield` runs the retrieval benchmark and the async-recall one
     (the retrieval stubbed here: its torch.compile rows take minutes on 2 cores)."""
@@ -252,7 +269,8 @@ def test_pytest_benchmark_lists_every_family():
     modules = {line.split("::")[0] for line in proc.stdout.splitlines() if "::test_" in line}
     assert modules == {f"bench/{name}.py" for name in ("bench_som", "bench_hopfield", "bench_hopfield_recall",
                                                         "bench_ising", "bench_rbm", "bench_bm_gibbs",
-                                                        "bench_compat_rbm", "bench_som_nn")}, proc.stdout[-4000:]
+                                                        "bench_compat_rbm", "bench_som_estimator", "bench_som_nn")}, \
+        proc.stdout[-4000:]
 
 
 # ------------------------------------------------------- results from a clean tree only
@@ -294,7 +312,8 @@ def test_runner_refuses_before_measuring(monkeypatch, argv):
     assert set(os.listdir(harness.RESULTS_DIR)) == before
 
 
-@pytest.mark.parametrize("script", ["bench_compat_rbm", "bench_bm_gibbs", "bench_hopfield", "bench_small",
+@pytest.mark.parametrize("script", ["bench_compat_rbm", "bench_som_estimator", "bench_bm_gibbs", "bench_hopfield",
+                                    "bench_small",
                                     "bench_ising", "bench_hopfield_recall", "dbn_digits", "hopfield_capacity",
                                     "rbm_mnist", "rbm_ais_digits", "bench_som_nn", "softsom_spirals"])
 def test_every_script_refuses_a_dirty_tree(monkeypatch, capsys, script):

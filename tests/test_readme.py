@@ -49,11 +49,12 @@ def _run(code: str, scope: dict) -> dict:
 def test_readme_has_the_blocks_this_test_knows():
     """A new ```python block needs its prelude here (and its own test below)."""
     blocks = _blocks()
-    assert len(blocks) == 4, [b.splitlines()[0] for b in blocks]
+    assert len(blocks) == 5, [b.splitlines()[0] for b in blocks]
     assert "genkernels.SOM(" in blocks[0]
-    assert "genkernels.SoftSOM(" in blocks[1]
-    assert "genkernels.Hopfield(" in blocks[2]
-    assert "genkernels.BoltzmannMachine(" in blocks[3]
+    assert "som_grid_search(" in blocks[1]
+    assert "genkernels.SoftSOM(" in blocks[2]
+    assert "genkernels.Hopfield(" in blocks[3]
+    assert "genkernels.BoltzmannMachine(" in blocks[4]
 
 
 def test_readme_tour_runs(tmp_path, monkeypatch):
@@ -63,12 +64,22 @@ def test_readme_tour_runs(tmp_path, monkeypatch):
     assert (tmp_path / "umatrix.png").exists() and (tmp_path / "som.pt").exists()
 
 
+def test_readme_som_estimator_block_runs():
+    """The grid search block as written: both searches choose alike, and the helper's table
+    is GridSearchCV's."""
+    scope = _run(_blocks()[1], {})
+    search, fast = scope["search"], scope["fast"]
+    assert list(fast.cv_results_["params"]) == list(search.cv_results_["params"])
+    assert (fast.cv_results_["mean_test_score"] == search.cv_results_["mean_test_score"]).all()
+    assert fast.predict(scope["x"][:5]).shape == (5,)
+
+
 def test_readme_soft_som_block_runs():
     """The SOMs-in-networks block with `x` (8, 5), `nodes` (12, 5), `values` (12, 3), `beta`."""
     g = torch.Generator().manual_seed(0)
     prelude = {"x": torch.randn(8, 5, generator=g), "nodes": torch.randn(12, 5, generator=g),
                "values": torch.randn(12, 3, generator=g), "beta": 2.0}
-    scope = _run(_blocks()[1], prelude)
+    scope = _run(_blocks()[2], prelude)
     assert scope["out"].shape == (8, 3)
     assert scope["net"](torch.randn(4, 2)).shape == (4, 2)
 
@@ -76,7 +87,7 @@ def test_readme_soft_som_block_runs():
 def test_readme_hopfield_block_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     prelude = _prelude_hopfield()
-    scope = _run(_blocks()[2], prelude)
+    scope = _run(_blocks()[3], prelude)
     assert scope["states"].shape == prelude["noisy"].shape and bool(scope["converged"].all())
     # 5 patterns in 1000 units, 10% noise: the pseudoinverse rule recalls every one
     assert torch.equal(scope["states"], prelude["patterns"][torch.arange(8) % 5])
@@ -111,14 +122,14 @@ def test_readme_energy_block_runs(tmp_path, monkeypatch):
     _cap(monkeypatch, RBM, "log_partition_ais", n_betas=100)
     _cap(monkeypatch, Ising2D, "sweep", _first=20)
     _cap(monkeypatch, Ising2D, "measure", _first=40)
-    scope = _run(_blocks()[3], _prelude_energy())
+    scope = _run(_blocks()[4], _prelude_energy())
     _check_energy_scope(scope)
 
 
 @pytest.mark.slow
 def test_readme_energy_block_runs_in_full(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _check_energy_scope(_run(_blocks()[3], _prelude_energy()))
+    _check_energy_scope(_run(_blocks()[4], _prelude_energy()))
 
 
 def _check_energy_scope(scope):

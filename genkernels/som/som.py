@@ -15,7 +15,7 @@ import torch
 from .. import backends
 from .. import checkpoint as ckpt
 from .. import distributed as gkdist
-from .._checks import check_choice, check_fits_dtype, check_int, check_positive
+from .._checks import all_finite, check_choice, check_fits_dtype, check_int, check_positive
 from ..model import DivergedError, Model, Progress
 from . import ops, reference, schedules
 from .lattice import TOPOLOGIES, Lattice
@@ -264,7 +264,9 @@ class SOM(Model):
             check_fits_dtype(name, *(float(t) for t in torch.aminmax(finite)), self.dtype)
         x = x.to(device=self.device, dtype=self.dtype)
         allow_nan = self.missing == "ignore" if allow_nan is None else allow_nan
-        if not torch.compiler.is_compiling() and x.numel():
+        # the common case, finite data, costs one sum (all_finite); only data holding NaN or
+        # Inf (or missing='ignore', whose NaN fail the sum) take the pass that finds the row
+        if not torch.compiler.is_compiling() and x.numel() and (allow_nan or not all_finite(x)):
             bad = torch.isinf(x) if allow_nan else ~torch.isfinite(x)
             if bad.any():
                 row = int(bad.any(dim=1).nonzero()[0, 0])
