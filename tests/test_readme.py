@@ -49,10 +49,11 @@ def _run(code: str, scope: dict) -> dict:
 def test_readme_has_the_blocks_this_test_knows():
     """A new ```python block needs its prelude here (and its own test below)."""
     blocks = _blocks()
-    assert len(blocks) == 3, [b.splitlines()[0] for b in blocks]
+    assert len(blocks) == 4, [b.splitlines()[0] for b in blocks]
     assert "genkernels.SOM(" in blocks[0]
-    assert "genkernels.Hopfield(" in blocks[1]
-    assert "genkernels.BoltzmannMachine(" in blocks[2]
+    assert "genkernels.PatchSOM(" in blocks[1]
+    assert "genkernels.Hopfield(" in blocks[2]
+    assert "genkernels.BoltzmannMachine(" in blocks[3]
 
 
 def test_readme_tour_runs(tmp_path, monkeypatch):
@@ -62,10 +63,19 @@ def test_readme_tour_runs(tmp_path, monkeypatch):
     assert (tmp_path / "umatrix.png").exists() and (tmp_path / "som.pt").exists()
 
 
+def test_readme_patch_block_runs():
+    """The patch SOM block on the digits (`x`, as the tour loads them)."""
+    from genkernels.data import load_digits
+    scope = _run(_blocks()[1], {"x": load_digits()[0]})
+    assert scope["coords"].shape == (1797, 2, 6, 6) and scope["rebuilt"].shape == (1797, 1, 8, 8)
+    assert scope["idx"].shape == scope["dist"].shape == (1797, 6, 6)
+    assert scope["top"].shape == (1797, 2, 3, 3) and 0 < float(scope["mse"]) < 0.1
+
+
 def test_readme_hopfield_block_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     prelude = _prelude_hopfield()
-    scope = _run(_blocks()[1], prelude)
+    scope = _run(_blocks()[2], prelude)
     assert scope["states"].shape == prelude["noisy"].shape and bool(scope["converged"].all())
     # 5 patterns in 1000 units, 10% noise: the pseudoinverse rule recalls every one
     assert torch.equal(scope["states"], prelude["patterns"][torch.arange(8) % 5])
@@ -100,14 +110,14 @@ def test_readme_energy_block_runs(tmp_path, monkeypatch):
     _cap(monkeypatch, RBM, "log_partition_ais", n_betas=100)
     _cap(monkeypatch, Ising2D, "sweep", _first=20)
     _cap(monkeypatch, Ising2D, "measure", _first=40)
-    scope = _run(_blocks()[2], _prelude_energy())
+    scope = _run(_blocks()[3], _prelude_energy())
     _check_energy_scope(scope)
 
 
 @pytest.mark.slow
 def test_readme_energy_block_runs_in_full(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _check_energy_scope(_run(_blocks()[2], _prelude_energy()))
+    _check_energy_scope(_run(_blocks()[3], _prelude_energy()))
 
 
 def _check_energy_scope(scope):
