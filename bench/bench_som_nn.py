@@ -17,7 +17,7 @@ Sections:
   non-blank patches; the fused op saves the im2col matrix (built, then copied to rows, by
   the baseline) and answers blank patches (every pixel 0) without a search. Times: medians
   of interleaved rounds (harness.interleaved: both timed in every round, so a change of
-  load hits them alike) and the median of the per-round ratios. Memory: the bytes of one
+  load hits them alike) and the median of the per-round ratios, on 1 and on 2 torch threads. Memory: the bytes of one
   im2col matrix (N Hp Wp x 25 fp32) the fused op never builds; the peak of torch's CPU
   allocations during one call of each, replayed from the profiler's memory records
   (``torch.profiler``, ``profile_memory=True``); and the fused kernel's list of non-blank
@@ -66,6 +66,9 @@ PATCH_IMAGES, PATCH_KERNEL, PATCH_NODES = 256, 5, 100
 # (data, stride): MNIST at both strides, and dense random images (no blank patch) at stride 1
 PATCH_CASES = [("mnist", 1), ("mnist", 2), ("dense", 1)]
 PATCH_QUICK = dict(images=32, cases=[("mnist", 2)], rounds=3)
+# torch threads of the timed calls: both implementations on 1, then on 2 (unfold's own team
+# included; beside another busy process a 2-thread unfold may wait a time slice per call)
+PATCH_THREADS = (1, 2)
 PATCH_IMPLS = ("som_patch_bmu (cpu)", "unfold + som_bmu (cpu)")
 
 
@@ -137,6 +140,7 @@ def bench_patch_bmu(quick: bool = False, out: str | None = RESULTS_DIR, director
     n = PATCH_QUICK["images"] if quick else PATCH_IMAGES
     rounds = PATCH_QUICK["rounds"] if quick else 25
     records = []
+    threads_before = torch.get_num_threads()
     for data, stride in PATCH_QUICK["cases"] if quick else PATCH_CASES:
         images, source = patch_images(n, data, directory)
         codebook = patch_codebook(images, stride)
@@ -144,32 +148,38 @@ def bench_patch_bmu(quick: bool = False, out: str | None = RESULTS_DIR, director
         (fused_idx, fused_dist), (ref_idx, ref_dist) = (fn() for fn in impls.values())
         assert torch.equal(fused_idx, ref_idx) and torch.equal(fused_dist, ref_dist), \
             "the fused op must equal unfold + som_bmu bit for bit"
-        times, _ = interleaved(list(impls.values()), "cpu", rounds, pause_s=0.05)
         patches = unfolded_patches(images, stride)
         blank = int((patches.abs().sum(1) == 0).sum())
-        ratios = times[:, 1] / times[:, 0]
-        for col, name in enumerate(PATCH_IMPLS):
-            records.append({
-                "section": "PatchSOM", "impl": name, "images": n, "size": [28, 28], "kernel_size": PATCH_KERNEL,
-                "stride": stride, "nodes": PATCH_NODES, "patches": patches.shape[0], "blank_patches": blank,
-                "source": source, "dtype": "float32", "threads": torch.get_num_threads(), "rounds": rounds,
-                "median_s": float(np.median(times[:, col])), "min_s": float(times[:, col].min()),
-                "iqr_s": float(np.subtract(*np.percentile(times[:, col], [75, 25]))),
-                "unfold_over_fused_median_ratio": float(statistics.median(ratios)),
-                "torch_peak_bytes": torch_peak_bytes(impls[name]),
-                "im2col_bytes": patches.numel() * 4,
-                # the fused kernel's list of non-blank patch ids (std::vector, not a torch allocation)
-                "kernel_list_bytes": (patches.shape[0] - blank) * 8 if col == 0 else 0})
-    lines = [f"# PatchSOM: fused patch BMU vs unfold + som_bmu ({machine_name('cpu')}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}, commit {git_commit()})", "",
+        peaks = [torch_peak_bytes(fn) for fn in impls.values()]
+        for threads in PATCH_THREADS:
+            torch.set_num_threads(threads)
+            try:
+                times, _ = interleaved(list(impls.values()), "cpu", rounds, pause_s=0.05)
+            finally:
+                torch.set_num_threads(threads_before)
+            ratios = times[:, 1] / times[:, 0]
+            for col, name in enumerate(PATCH_IMPLS):
+                records.append({
+                    "section": "PatchSOM", "impl": name, "images": n, "size": [28, 28], "kernel_size": PATCH_KERNEL,
+                    "stride": stride, "nodes": PATCH_NODES, "patches": patches.shape[0], "blank_patches": blank,
+                    "source": source, "dtype": "float32", "threads": threads, "rounds": rounds,
+                    "median_s": float(np.median(times[:, col])), "min_s": float(times[:, col].min()),
+                    "iqr_s": float(np.subtract(*np.percentile(times[:, col], [75, 25]))),
+                    "unfold_over_fused_median_ratio": float(statistics.median(ratios)),
+                    "torch_peak_bytes": peaks[col], "im2col_bytes": patches.numel() * 4,
+                    # the fused kernel's list of non-blank patch ids (std::vector, not a torch allocation)
+                    "kernel_list_bytes": (patches.shape[0] - blank) * 8 if col == 0 else 0})
+    lines = [f"# PatchSOM: fused patch BMU vs unfold + som_bmu ({machine_name('cpu')}, torch {torch.__version__}, "
+             f"commit {git_commit()})", "",
              f"{n} images 28 x 28, {PATCH_KERNEL} x {PATCH_KERNEL} patches, K = {PATCH_NODES} codebook rows drawn "
              f"from the images' non-blank patches, fp32; {rounds} interleaved rounds; both give the same "
              "indices and distances bit for bit (checked).", "",
-             "| images | stride | patches (blank) | impl | median | min | unfold / fused (median of rounds) | "
-             "torch peak alloc | im2col matrix | id list |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| images | stride | patches (blank) | threads | impl | median | min | "
+             "unfold / fused (median of rounds) | torch peak alloc | im2col matrix | id list |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         lines.append(f"| {r['source']} | {r['stride']} | {r['patches']:,} ({r['blank_patches'] / r['patches']:.0%}) | "
-                     f"{r['impl']} | {r['median_s'] * 1e3:.2f} ms | {r['min_s'] * 1e3:.2f} ms | "
+                     f"{r['threads']} | {r['impl']} | {r['median_s'] * 1e3:.2f} ms | {r['min_s'] * 1e3:.2f} ms | "
                      f"{r['unfold_over_fused_median_ratio']:.2f}x | {r['torch_peak_bytes'] / 2**20:.2f} MiB | "
                      f"{r['im2col_bytes'] / 2**20:.2f} MiB | {r['kernel_list_bytes'] / 2**20:.2f} MiB |")
     table = "\n".join(lines)
