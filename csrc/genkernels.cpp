@@ -30,6 +30,13 @@ TORCH_LIBRARY(genkernels, m) {
   // of the samples each node wins, accumulated in fp32 (fp64 for fp64 input), and the sum of
   // the winners' distances (a 0-d fp64 tensor: N * quantization error before the update).
   m.def("som_node_sums(Tensor x, Tensor weights, str metric, bool ignore_nan) -> (Tensor, Tensor, Tensor)");
+  // The patch BMU (genkernels/som/patch_reference.py): images (N, C, H, W), codebook (K >= 1,
+  // C kh kw) -> indices (N, Hp, Wp) int64 and Euclidean distances (N, Hp, Wp) in images' dtype:
+  // the nearest codebook row of every kh x kw patch taken with strides (sh, sw), no padding
+  // (Hp = (H - kh) / sh + 1, Wp = (W - kw) / sw + 1), features in unfold's (c, a, b) order;
+  // ties to the lowest index. Patches are read from the images (no im2col matrix). Inputs
+  // must be finite (ValueError naming the one that is not).
+  m.def("som_patch_bmu(Tensor images, Tensor codebook, int kh, int kw, int sh, int sw) -> (Tensor, Tensor)");
   // Kohonen's sequential rule over a whole epoch for M independent maps.
   // weights (M, K, D); x (N, D); order (M, T) int64 sample index of each step;
   // lr, sigma (M, T) per-step rates; coords (K, 2) lattice positions; period_0/1 the torus

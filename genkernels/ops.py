@@ -9,9 +9,10 @@ from .ising.ops import (
     ising_thresholds,
 )
 from .som.ops import neighborhood_matmul, som_bmu, som_node_sums, som_online, som_smooth
+from .som.patch_ops import som_patch_bmu
 from .som.soft_ops import som_soft
 
 __all__ = ["bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfield_retrieval", "hopfield_store",
            "ising_counters_per_sweep", "ising_observables", "ising_sample", "ising_sweep", "ising_thresholds",
            "neighborhood_matmul", "rbm_half_step", "rbm_half_step_binary", "som_bmu", "som_node_sums",
-           "som_online", "som_smooth", "som_soft"]
+           "som_online", "som_patch_bmu", "som_smooth", "som_soft"]

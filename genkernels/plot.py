@@ -154,3 +154,32 @@ def plot_image_grid(images, path, title="", cmap="gray", columns=8, symmetric=Fa
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def plot_reconstruction(originals, rebuilt, filters, path, title="", columns=8, filter_columns=None):
+    """Images and their reconstructions (n, h, w), side by side in two rows of ``columns``,
+    and below them the filters (k, kh, kw) that rebuilt them (a patch SOM's codebook, in
+    rows of ``filter_columns``, e.g. the map's columns); values shown on [0, 1]."""
+    plt = _plt()
+    originals, rebuilt, filters = (np.asarray(a) for a in (originals, rebuilt, filters))
+    n = min(columns, originals.shape[0])
+    filter_columns = filter_columns or columns
+    filter_rows = max(1, math.ceil(filters.shape[0] / filter_columns))
+    fig = plt.figure(figsize=(columns * 0.9, (2 + filter_rows) * 0.9 + 1.2))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.4, filter_rows + 0.4])
+    axes = top.subplots(2, columns, squeeze=False)
+    for row, images in enumerate((originals, rebuilt)):
+        for j, ax in enumerate(axes[row]):
+            ax.axis("off")
+            if j < n:
+                ax.imshow(images[j], cmap="gray", vmin=0.0, vmax=1.0)
+    top.suptitle("originals (top) and reconstructions (bottom)", fontsize=9)
+    axes = bottom.subplots(filter_rows, filter_columns, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < filters.shape[0]:
+            ax.imshow(filters[k], cmap="gray", vmin=0.0, vmax=1.0)
+    bottom.suptitle("codebook", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.02)
+    return _save(fig, path)

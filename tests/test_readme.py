@@ -49,12 +49,13 @@ def _run(code: str, scope: dict) -> dict:
 def test_readme_has_the_blocks_this_test_knows():
     """A new ```python block needs its prelude here (and its own test below)."""
     blocks = _blocks()
-    assert len(blocks) == 5, [b.splitlines()[0] for b in blocks]
+    assert len(blocks) == 6, [b.splitlines()[0] for b in blocks]
     assert "genkernels.SOM(" in blocks[0]
     assert "som_grid_search(" in blocks[1]
     assert "genkernels.SoftSOM(" in blocks[2]
-    assert "genkernels.Hopfield(" in blocks[3]
-    assert "genkernels.BoltzmannMachine(" in blocks[4]
+    assert "genkernels.PatchSOM(" in blocks[3]
+    assert "genkernels.Hopfield(" in blocks[4]
+    assert "genkernels.BoltzmannMachine(" in blocks[5]
 
 
 def test_readme_tour_runs(tmp_path, monkeypatch):
@@ -84,10 +85,19 @@ def test_readme_soft_som_block_runs():
     assert scope["net"](torch.randn(4, 2)).shape == (4, 2)
 
 
+def test_readme_patch_block_runs():
+    """The patch SOM block on the digits (`x`, as the tour loads them)."""
+    from genkernels.data import load_digits
+    scope = _run(_blocks()[3], {"x": load_digits()[0]})
+    assert scope["coords"].shape == (1797, 2, 6, 6) and scope["rebuilt"].shape == (1797, 1, 8, 8)
+    assert scope["idx"].shape == scope["dist"].shape == (1797, 6, 6)
+    assert scope["top"].shape == (1797, 2, 3, 3) and 0 < float(scope["mse"]) < 0.1
+
+
 def test_readme_hopfield_block_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     prelude = _prelude_hopfield()
-    scope = _run(_blocks()[3], prelude)
+    scope = _run(_blocks()[4], prelude)
     assert scope["states"].shape == prelude["noisy"].shape and bool(scope["converged"].all())
     # 5 patterns in 1000 units, 10% noise: the pseudoinverse rule recalls every one
     assert torch.equal(scope["states"], prelude["patterns"][torch.arange(8) % 5])
@@ -122,14 +132,14 @@ def test_readme_energy_block_runs(tmp_path, monkeypatch):
     _cap(monkeypatch, RBM, "log_partition_ais", n_betas=100)
     _cap(monkeypatch, Ising2D, "sweep", _first=20)
     _cap(monkeypatch, Ising2D, "measure", _first=40)
-    scope = _run(_blocks()[4], _prelude_energy())
+    scope = _run(_blocks()[5], _prelude_energy())
     _check_energy_scope(scope)
 
 
 @pytest.mark.slow
 def test_readme_energy_block_runs_in_full(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _check_energy_scope(_run(_blocks()[4], _prelude_energy()))
+    _check_energy_scope(_run(_blocks()[5], _prelude_energy()))
 
 
 def _check_energy_scope(scope):

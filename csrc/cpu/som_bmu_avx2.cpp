@@ -41,11 +41,19 @@ bool have_avx2_kernel() { return __builtin_cpu_supports("avx2") && __builtin_cpu
 
 void bmu_euclidean_avx2(const float* x, int64_t n, const float* w, int64_t n_nodes, int64_t d, int64_t k,
                         int64_t* idx, float* dist) {
-  avx2::bmu_euclidean_fused<avx2::F32, 6, 2>(x, n, w, n_nodes, d, k, idx, dist);
+  avx2::bmu_euclidean_fused<avx2::F32, 6, 2>(DenseRows<float>{x, d}, n, w, n_nodes, d, k, idx, dist);
 }
 void bmu_euclidean_avx2(const double* x, int64_t n, const double* w, int64_t n_nodes, int64_t d, int64_t k,
                         int64_t* idx, double* dist) {
-  avx2::bmu_euclidean_fused<avx2::F64, 6, 2>(x, n, w, n_nodes, d, k, idx, dist);
+  avx2::bmu_euclidean_fused<avx2::F64, 6, 2>(DenseRows<double>{x, d}, n, w, n_nodes, d, k, idx, dist);
+}
+void bmu_patch_euclidean_avx2(const PatchRows<float>& patches, int64_t n, const float* w, int64_t n_nodes,
+                              int64_t d, int64_t k, int64_t* idx, float* dist) {
+  avx2::bmu_euclidean_fused<avx2::F32, 6, 2>(patches, n, w, n_nodes, d, k, idx, dist);
+}
+void bmu_patch_euclidean_avx2(const PatchRows<double>& patches, int64_t n, const double* w, int64_t n_nodes,
+                              int64_t d, int64_t k, int64_t* idx, double* dist) {
+  avx2::bmu_euclidean_fused<avx2::F64, 6, 2>(patches, n, w, n_nodes, d, k, idx, dist);
 }
 
 }  // namespace genkernels::som::cpu
@@ -56,6 +64,10 @@ namespace genkernels::som::cpu {
 bool have_avx2_kernel() { return false; }
 void bmu_euclidean_avx2(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t*, float*) {}
 void bmu_euclidean_avx2(const double*, int64_t, const double*, int64_t, int64_t, int64_t, int64_t*, double*) {}
+void bmu_patch_euclidean_avx2(const PatchRows<float>&, int64_t, const float*, int64_t, int64_t, int64_t, int64_t*,
+                              float*) {}
+void bmu_patch_euclidean_avx2(const PatchRows<double>&, int64_t, const double*, int64_t, int64_t, int64_t,
+                              int64_t*, double*) {}
 }  // namespace genkernels::som::cpu
 
 #endif

@@ -46,11 +46,19 @@ struct F64 {
 
 void bmu_euclidean_avx512(const float* x, int64_t n, const float* w, int64_t n_nodes, int64_t d, int64_t k,
                           int64_t* idx, float* dist) {
-  avx512::bmu_euclidean_fused<avx512::F32, 8, 3>(x, n, w, n_nodes, d, k, idx, dist);
+  avx512::bmu_euclidean_fused<avx512::F32, 8, 3>(DenseRows<float>{x, d}, n, w, n_nodes, d, k, idx, dist);
 }
 void bmu_euclidean_avx512(const double* x, int64_t n, const double* w, int64_t n_nodes, int64_t d, int64_t k,
                           int64_t* idx, double* dist) {
-  avx512::bmu_euclidean_fused<avx512::F64, 8, 3>(x, n, w, n_nodes, d, k, idx, dist);
+  avx512::bmu_euclidean_fused<avx512::F64, 8, 3>(DenseRows<double>{x, d}, n, w, n_nodes, d, k, idx, dist);
+}
+void bmu_patch_euclidean_avx512(const PatchRows<float>& patches, int64_t n, const float* w, int64_t n_nodes,
+                                int64_t d, int64_t k, int64_t* idx, float* dist) {
+  avx512::bmu_euclidean_fused<avx512::F32, 8, 3>(patches, n, w, n_nodes, d, k, idx, dist);
+}
+void bmu_patch_euclidean_avx512(const PatchRows<double>& patches, int64_t n, const double* w, int64_t n_nodes,
+                                int64_t d, int64_t k, int64_t* idx, double* dist) {
+  avx512::bmu_euclidean_fused<avx512::F64, 8, 3>(patches, n, w, n_nodes, d, k, idx, dist);
 }
 
 }  // namespace genkernels::som::cpu
@@ -70,6 +78,10 @@ namespace genkernels::som::cpu {
 bool have_avx512_kernel() { return false; }
 void bmu_euclidean_avx512(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t*, float*) {}
 void bmu_euclidean_avx512(const double*, int64_t, const double*, int64_t, int64_t, int64_t, int64_t*, double*) {}
+void bmu_patch_euclidean_avx512(const PatchRows<float>&, int64_t, const float*, int64_t, int64_t, int64_t, int64_t*,
+                                float*) {}
+void bmu_patch_euclidean_avx512(const PatchRows<double>&, int64_t, const double*, int64_t, int64_t, int64_t,
+                                int64_t*, double*) {}
 }  // namespace genkernels::som::cpu
 
 #endif

@@ -24,9 +24,13 @@
 //      holds fewer than k finite values (NaN/inf data) is recomputed exactly over all nodes.
 //      The candidate list and this last step (Candidates, finish_candidates in som_cpu.h) are
 //      shared with the BLAS-tiled path of large D (som.cpp).
-
-template <typename V, int MR, int NV>
-void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename V::T* w, int64_t n_nodes,
+//
+// The samples come from `source` (som_cpu.h): DenseRows reads the rows of an (n, D) matrix
+// in place; PatchRows gathers image patches (som_patch_bmu) into the block's row buffer, so
+// no im2col matrix is built, and writes each result to its patch's output row. Either way a
+// block's MR rows are then contiguous, and every step above is the same.
+template <typename V, int MR, int NV, typename Rows>
+void bmu_euclidean_fused(const Rows& source, int64_t n_rows, const typename V::T* w, int64_t n_nodes,
                          int64_t d_features, int64_t k, int64_t* out_idx, typename V::T* out_dist) {
   using T = typename V::T;
   using R = typename V::R;
@@ -62,11 +66,12 @@ void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename 
   // per-thread state; blocks of MR rows claimed a chunk of blocks at a time on a team sized
   // by the multiply-adds (parallel_region.h: one thread for small calls or a busy machine)
   struct Scratch {
-    AlignedBuffer<T> xt;  // the block's samples transposed to (D, MR)
+    AlignedBuffer<T> xt;     // the block's samples transposed to (D, MR)
+    AlignedBuffer<T> xrows;  // the block's samples as rows, where the source gathers them
     Candidates<T> cand[MR];
     std::vector<T> scratch;
     std::vector<int64_t> order;
-    explicit Scratch(int64_t d) : xt(d * MR) {}
+    explicit Scratch(int64_t d) : xt(d * MR), xrows(d * MR) {}
   };
   constexpr int64_t kBlocksPerChunk = 8;
   const int team = genkernels::cpu::team_size(bmu_threads_for(n_rows, n_nodes, D));
@@ -81,8 +86,9 @@ void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename 
     for (int64_t blk = chunk * kBlocksPerChunk; blk < std::min(n_blocks, (chunk + 1) * kBlocksPerChunk); ++blk) {
       const int64_t r0 = blk * MR;
       const int rows = int(std::min<int64_t>(MR, n_rows - r0));
+      const T* xb = source.block(r0, rows, states[slot]->xrows.get());
       for (int i = 0; i < MR; ++i) {
-        const T* xr = x + (r0 + std::min(i, rows - 1)) * D;
+        const T* xr = xb + std::min(i, rows - 1) * D;
         for (int64_t d = 0; d < D; ++d) xt.get()[d * MR + i] = xr[d];
         cand[i].reset(int(k), margin_scale * (dot(xr, xr, D) + max_norm));
       }
@@ -127,8 +133,8 @@ void bmu_euclidean_fused(const typename V::T* x, int64_t n_rows, const typename 
       }
 
       for (int i = 0; i < rows; ++i) {
-        const int64_t r = r0 + i;
-        const T* xr = x + r * D;
+        const int64_t r = source.out_row(r0 + i);
+        const T* xr = xb + i * D;
         int64_t* ri = out_idx + r * k;
         T* rd = out_dist + r * k;
         finish_candidates(xr, w, n_nodes, D, k, cand[i], ri, rd, scratch, order);

@@ -15,6 +15,7 @@
 #include <memory>
 #include <new>
 #include <numeric>
+#include <string_view>
 #include <vector>
 
 #include "common/som.h"
@@ -330,6 +331,70 @@ inline void finish_candidates(const T* xr, const T* w, int64_t n_nodes, int64_t 
   }
 }
 
+// Row sources of the fused euclidean micro-kernel (som_bmu_kernel.h): block(r0, rows, buf)
+// returns samples r0 .. r0 + rows - 1 as contiguous rows of D features -- in place, or
+// gathered into buf (rows x D) -- and out_row(r) is the output row of sample r.
+template <typename T>
+struct DenseRows {
+  const T* x;  // (n, D) contiguous
+  int64_t D;
+  const T* block(int64_t r0, int, T*) const { return x + r0 * D; }
+  int64_t out_row(int64_t r) const { return r; }
+};
+
+// The patches of contiguous images (N, C, H, W) as rows: patch p = (n, i, j), numbered
+// row-major over (N, Hp, Wp), has the D = C kh kw features (c, a, b) of torch's unfold
+// order, pixel (c, i sh + a, j sw + b) of image n. Sample r is patch ids[r] (ids: a list of
+// patch ids; nullptr: sample r is patch r), gathered kw contiguous pixels at a time into the
+// block buffer: no im2col matrix exists (som_patch_bmu, som_patch.cpp).
+template <typename T>
+struct PatchRows {
+  const T* images;
+  int64_t channels, height, width;
+  int64_t kh, kw, sh, sw;
+  int64_t hp, wp;                // patches per column and per row of an image
+  const int64_t* ids = nullptr;  // the patches of the samples, or nullptr: every patch in order
+
+  int64_t out_row(int64_t r) const { return ids != nullptr ? ids[r] : r; }
+
+  // Pixel (0, 0) of channel 0 of patch p.
+  const T* corner(int64_t p) const {
+    const int64_t per_image = hp * wp;
+    const int64_t n = p / per_image, rem = p - n * per_image;
+    const int64_t i = rem / wp;
+    const int64_t j = rem - i * wp;
+    return images + (n * channels * height + i * sh) * width + j * sw;
+  }
+
+  const T* block(int64_t r0, int rows, T* buf) const {
+    const int64_t plane = height * width;
+    T* dst = buf;
+    for (int q = 0; q < rows; ++q) {
+      const T* base = corner(out_row(r0 + q));
+      for (int64_t c = 0; c < channels; ++c)
+        for (int64_t a = 0; a < kh; ++a) {
+          const T* src = base + c * plane + a * width;
+          for (int64_t b = 0; b < kw; ++b) dst[b] = src[b];
+          dst += kw;
+        }
+    }
+    return buf;
+  }
+
+  // Whether every pixel of patch p is 0 (a blank patch: image background).
+  bool blank(int64_t p) const {
+    const T* base = corner(p);
+    const int64_t plane = height * width;
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t a = 0; a < kh; ++a) {
+        const T* src = base + c * plane + a * width;
+        for (int64_t b = 0; b < kw; ++b)
+          if (src[b] != T(0)) return false;
+      }
+    return true;
+  }
+};
+
 // Fused euclidean BMU (see som_bmu_kernel.h): indices (N, k) and exact distances (N, k)
 // in the accumulation type.
 void bmu_euclidean_avx2(const float* x, int64_t n, const float* w, int64_t n_nodes, int64_t d, int64_t k,
@@ -340,6 +405,16 @@ void bmu_euclidean_avx512(const float* x, int64_t n, const float* w, int64_t n_n
                           int64_t* idx, float* dist);
 void bmu_euclidean_avx512(const double* x, int64_t n, const double* w, int64_t n_nodes, int64_t d, int64_t k,
                           int64_t* idx, double* dist);
+// The same over patches of images (PatchRows): n rows of d = C kh kw features, written to
+// the output rows of their patch ids.
+void bmu_patch_euclidean_avx2(const PatchRows<float>& patches, int64_t n, const float* w, int64_t n_nodes, int64_t d,
+                              int64_t k, int64_t* idx, float* dist);
+void bmu_patch_euclidean_avx2(const PatchRows<double>& patches, int64_t n, const double* w, int64_t n_nodes,
+                              int64_t d, int64_t k, int64_t* idx, double* dist);
+void bmu_patch_euclidean_avx512(const PatchRows<float>& patches, int64_t n, const float* w, int64_t n_nodes,
+                                int64_t d, int64_t k, int64_t* idx, float* dist);
+void bmu_patch_euclidean_avx512(const PatchRows<double>& patches, int64_t n, const double* w, int64_t n_nodes,
+                                int64_t d, int64_t k, int64_t* idx, double* dist);
 // The fused update + next-distance pass of som_online for fp32 euclidean maps (see
 // som_online_avx512.cpp): rows w[0..K) take w += eh[j] (s - w) (no update where s is
 // nullptr), then key[j] = sum_d (next_d - w_d)^2. `next` must not be nullptr.
@@ -348,6 +423,14 @@ void online_pass_euclidean_avx512(float* w, int64_t K, int64_t D, const float* s
 // Whether each kernel was compiled in and runs on this CPU.
 bool have_avx2_kernel();
 bool have_avx512_kernel();
+
+// Whether the AVX-512 micro-kernel runs: compiled in, supported by this CPU and not
+// overridden by GENKERNELS_CPU_ISA=avx2 (read per call, so tests can cover both kernels in
+// one process).
+inline bool use_avx512_kernel() {
+  const char* isa = std::getenv("GENKERNELS_CPU_ISA");
+  return have_avx512_kernel() && !(isa != nullptr && std::string_view(isa) == "avx2");
+}
 
 // Threads a BMU search of n rows against K nodes of D features pays for: one per
 // kBmuMinWorkPerThread multiply-adds (a team costs tens of microseconds to wake on 2 cores,
