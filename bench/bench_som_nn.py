@@ -28,10 +28,11 @@ Implementations per case:
 * ``definition (torch.compile)``: the same function through ``torch.compile``.
 
 Ops: ``forward`` and ``forward+backward`` (gradients of sum(out * g) in x, nodes, values
-and beta). Each case: one warm-up call, then rounds until the time budget is spent
-(bench/harness.py's ``measure``); medians and IQR, and ``x ours`` = median / the fastest
-compiled genkernels backend of the same row group. Results go to
-``<out>/<machine>-som-nn.{json,md}`` (``-quick`` added in quick mode).
+and beta), on CPU with 1 and with 2 torch threads (``SOFT_THREADS``). Each case: one
+warm-up call, then rounds until the time budget is spent (bench/harness.py's
+``measure``); medians and IQR, and ``x ours`` = median / the fastest compiled genkernels
+backend of the same row group. Results go to ``<out>/<machine>-som-nn.{json,md}``
+(``-quick`` added in quick mode).
 
 PatchSOM (:func:`bench_patch_bmu`): the fused patch BMU search ``ops.som_patch_bmu``
 (cpu backend: patches read from the images) against the same search done the usual way,
@@ -91,6 +92,9 @@ from genkernels.som import soft_reference  # noqa: E402
 SEED = 0
 BETA = 4.0
 BUDGET_S = {False: 2.0, True: 0.2}
+# torch threads of the SoftSOM rows on CPU: every implementation on 1, then on 2 (beside a
+# busy process a 2-thread torch op may wait a time slice for its second thread)
+SOFT_THREADS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,19 @@ def _case_fn(fn, x, nodes, values, beta, grad, backward: bool):
 def run_cases(device: str, quick: bool, meta: dict, log=print, budget_s: float | None = None) -> list[dict]:
     budget_s = BUDGET_S[quick] if budget_s is None else budget_s
     records = []
+    threads_before = torch.get_num_threads()
+    for threads in SOFT_THREADS if device == "cpu" else (threads_before,):
+        torch.set_num_threads(threads)
+        try:
+            records += _soft_rows(device, quick, meta, log, budget_s, threads)
+        finally:
+            torch.set_num_threads(threads_before)
+    _add_ratios(records)
+    return records
+
+
+def _soft_rows(device, quick, meta, log, budget_s, threads) -> list[dict]:
+    records = []
     for w in workloads(quick):
         x, nodes, values, beta, grad = make_inputs(w, device)
         want = soft_reference.soft_som(x.double(), nodes.double(), values.double(), beta.double())
@@ -170,21 +187,20 @@ def run_cases(device: str, quick: bool, meta: dict, log=print, budget_s: float |
                 times, result = runner.measure(call, device, True, budget_s)
                 q1, med, q3 = np.percentile(times, [25, 50, 75])
                 rec = {"suite": "som_nn", "layer": "SoftSOM", "workload": w.name, "op": op, "impl": name,
-                       "kind": kind, "device": device, "shapes": w.shapes(), "dtype": "float32", "beta": BETA,
-                       "median_s": float(med), "iqr_s": float(q3 - q1), "rounds": len(times),
-                       "versions": meta["versions"], "commit": meta["commit"]}
+                       "kind": kind, "device": device, "threads": threads, "shapes": w.shapes(),
+                       "dtype": "float32", "beta": BETA, "median_s": float(med), "iqr_s": float(q3 - q1),
+                       "rounds": len(times), "versions": meta["versions"], "commit": meta["commit"]}
                 if not backward:
                     rec["max_abs_diff_vs_fp64"] = float((result.double() - want).abs().max())
                 records.append(rec)
-                log(f"[bench] SoftSOM {w.name} {op} {name}: {runner._fmt_s(med)}")
-    _add_ratios(records)
+                log(f"[bench] SoftSOM {w.name} {threads} thread(s) {op} {name}: {runner._fmt_s(med)}")
     return records
 
 
 def _add_ratios(records: list[dict]) -> None:
     groups: dict[tuple, list[dict]] = {}
     for rec in records:
-        groups.setdefault((rec["layer"], rec["workload"], rec["op"]), []).append(rec)
+        groups.setdefault((rec["layer"], rec["workload"], rec.get("threads"), rec["op"]), []).append(rec)
     for group in groups.values():
         ours = [r for r in group if r["kind"] == "backend" and r["impl"] != "reference"] or \
             [r for r in group if r["kind"] == "backend"]
@@ -211,11 +227,12 @@ def markdown(records: list[dict], meta: dict) -> str:
     for (layer, name), recs in by_group.items():
         s = recs[0]["shapes"]
         lines += [f"## {layer} {name}: B={s['b']:,} rows, D={s['d']}, K={s['k']} nodes", "",
-                  "| op | impl | kind | median | IQR | rounds | x ours | max abs diff vs fp64 |",
-                  "|---|---|---|---:|---:|---:|---:|---:|"]
+                  "| threads | op | impl | kind | median | IQR | rounds | x ours | max abs diff vs fp64 |",
+                  "|---:|---|---|---|---:|---:|---:|---:|---:|"]
         for r in recs:
             diff = r.get("max_abs_diff_vs_fp64")
-            lines.append(f"| {r['op']} | {r['impl']} | {r['kind']} | {runner._fmt_s(r['median_s'])} "
+            lines.append(f"| {r.get('threads', '-')} | {r['op']} | {r['impl']} | {r['kind']} | "
+                         f"{runner._fmt_s(r['median_s'])} "
                          f"| {runner._fmt_s(r['iqr_s'])} | {r['rounds']} | {r['x_ours']:.3g} "
                          f"| {'-' if diff is None else f'{diff:.2g}'} |")
         lines.append("")
