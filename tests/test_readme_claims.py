@@ -310,7 +310,8 @@ def patch_som() -> list[str]:
             fused = one(cases, source=source, stride=stride, threads=threads, impl="som_patch_bmu (cpu)")
             unfold = one(cases, source=source, stride=stride, threads=threads, impl="unfold + som_bmu (cpu)")
             rows.append(f"| {label} | {stride} | {threads} | {ms(fused['median_s'])} | {ms(unfold['median_s'])}, "
-                        f"{g(fused['unfold_over_fused_median_ratio'], 3)}× | {g(unfold['min_s'] / fused['min_s'], 3)}× | "
+                        f"{g(fused['unfold_over_fused_median_ratio'], 3)}× | "
+                        f"{g(unfold['min_s'] / fused['min_s'], 3)}× | "
                         f"{fused['torch_peak_bytes'] / 2**20:.2f} / {unfold['torch_peak_bytes'] / 2**20:.2f} MiB "
                         f"({fused['im2col_bytes'] / 2**20:.2f} MiB) | {fused['kernel_list_bytes'] / 2**20:.2f} MiB |")
     return rows
