@@ -15,7 +15,8 @@ Build switches (environment variables), all optional:
 
 At run time (not a build switch): the CPU BMU micro-kernel is compiled for AVX2 and
 AVX-512 and picked by the CPU it runs on; GENKERNELS_CPU_ISA=avx2 forces the AVX2
-kernel (the tests use it to cover both on an AVX-512 machine). For large D the search
+kernel (the tests use it to cover both on an AVX-512 machine), and =none makes
+som_patch_bmu run the portable loop it takes in builds without the micro-kernel. For large D the search
 takes its dot products from at::mm on row tiles (chosen by measured crossover);
 GENKERNELS_CPU_GEMM=0|1 forces that path off or on. On CUDA, som_online runs one
 thread block per map or, for few large maps, a cooperative kernel with several blocks

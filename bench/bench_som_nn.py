@@ -48,9 +48,10 @@ of interleaved rounds (harness.interleaved: both timed in every round, so a chan
 load hits them alike) and the median of the per-round ratios, on 1 and on 2 torch threads. Memory: the bytes of one
 im2col matrix (N Hp Wp x 25 fp32) the fused op never builds; the peak of torch's CPU
 allocations during one call of each, replayed from the profiler's memory records
-(``torch.profiler``, ``profile_memory=True``); and the fused kernel's list of non-blank
-patch ids (8 bytes each, a std::vector the profiler does not see; its other scratch, the
-packed codebook and a few rows per thread, is under 20 KB here). Writes
+(``torch.profiler``, ``profile_memory=True``); and the fused kernel's list of the
+non-blank patches (16 bytes each: output row and image offset, std::vectors the profiler
+does not see; its other scratch, the packed codebook and a few rows per thread, is under
+20 KB here). Writes
 ``<out>/som_patch_bmu_cpu.{json,md}`` (default bench/results/).
 """
 
@@ -370,15 +371,16 @@ def bench_patch_bmu(quick: bool = False, out: str | None = RESULTS_DIR, director
                     "iqr_s": float(np.subtract(*np.percentile(times[:, col], [75, 25]))),
                     "unfold_over_fused_median_ratio": float(statistics.median(ratios)),
                     "torch_peak_bytes": peaks[col], "im2col_bytes": patches.numel() * 4,
-                    # the fused kernel's list of non-blank patch ids (std::vector, not a torch allocation)
-                    "kernel_list_bytes": (patches.shape[0] - blank) * 8 if col == 0 else 0})
+                    # the fused kernel's list of the non-blank patches: output row and image offset
+                    # (two int64 std::vectors, not torch allocations)
+                    "kernel_list_bytes": (patches.shape[0] - blank) * 16 if col == 0 else 0})
     lines = [f"# PatchSOM: fused patch BMU vs unfold + som_bmu ({machine_name('cpu')}, torch {torch.__version__}, "
              f"commit {git_commit()})", "",
              f"{n} images 28 x 28, {PATCH_KERNEL} x {PATCH_KERNEL} patches, K = {PATCH_NODES} codebook rows drawn "
              f"from the images' non-blank patches, fp32; {rounds} interleaved rounds; both give the same "
              "indices and distances bit for bit (checked).", "",
              "| images | stride | patches (blank) | threads | impl | median | min | "
-             "unfold / fused (median of rounds) | torch peak alloc | im2col matrix | id list |",
+             "unfold / fused (median of rounds) | torch peak alloc | im2col matrix | patch list |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         lines.append(f"| {r['source']} | {r['stride']} | {r['patches']:,} ({r['blank_patches'] / r['patches']:.0%}) | "

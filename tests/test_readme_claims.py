@@ -318,8 +318,26 @@ def bmu_certification():
             f"and {pct('mnist', 'tf32')}, fp32 {pct('random', 'fp32')} and {pct('mnist', 'fp32')}"]
 
 
+def patch_som() -> list[str]:
+    """The fused patch BMU against unfold + som_bmu (bench/bench_som_nn.py, bench_patch_bmu)."""
+    cases = load("som_patch_bmu_cpu.json")["cases"]
+    labels = {("mnist-t10k", 1): "256 MNIST 28×28", ("mnist-t10k", 2): "256 MNIST 28×28",
+              ("uniform-dense", 1): "256 dense uniform 28×28"}
+    rows = []
+    for (source, stride), label in labels.items():
+        for threads in (1, 2):
+            fused = one(cases, source=source, stride=stride, threads=threads, impl="som_patch_bmu (cpu)")
+            unfold = one(cases, source=source, stride=stride, threads=threads, impl="unfold + som_bmu (cpu)")
+            rows.append(f"| {label} | {stride} | {threads} | {ms(fused['median_s'])} | {ms(unfold['median_s'])}, "
+                        f"{g(fused['unfold_over_fused_median_ratio'], 3)}× | "
+                        f"{g(unfold['min_s'] / fused['min_s'], 3)}× | "
+                        f"{fused['torch_peak_bytes'] / 2**20:.2f} / {unfold['torch_peak_bytes'] / 2**20:.2f} MiB "
+                        f"({fused['im2col_bytes'] / 2**20:.2f} MiB) | {fused['kernel_list_bytes'] / 2**20:.2f} MiB |")
+    return rows
+
+
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
-          dbn_digits, bmu_certification, small_amd]
+          dbn_digits, bmu_certification, small_amd, patch_som]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])

@@ -16,7 +16,12 @@
 #include <new>
 #include <numeric>
 #include <string_view>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "common/som.h"
 
@@ -66,10 +71,31 @@ inline void store_lanes(T* p, lanes_t<T> v) {
   __builtin_memcpy(p, &v, sizeof(v));
 }
 
-// The first n (< kLanes) features, the rest zero.
+// The first n (< kLanes) features, the rest zero. With AVX2 (the x86 build's baseline) by
+// masked loads, which read no lane past n: filling the vector lane by lane made GCC store
+// the lanes one at a time and reload the vector whole, a store-forwarding stall in every
+// tail of a sum over D -- 34 ns a row of som_bmu at K = 112, D = 25 (against D = 24) on a
+// 2-core AMD EPYC. The lanes hold the same values either way.
 template <typename T>
 inline lanes_t<T> load_lanes_partial(const T* p, int64_t n) {
   lanes_t<T> v = {};
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 r = _mm256_maskload_ps(p, mask);
+    __builtin_memcpy(&v, &r, sizeof(v));
+    return v;
+  } else if constexpr (std::is_same_v<T, double>) {
+    const __m256i count = _mm256_set1_epi64x(n);
+    const __m256d lo = _mm256_maskload_pd(p, _mm256_cmpgt_epi64(count, _mm256_setr_epi64x(0, 1, 2, 3)));
+    __builtin_memcpy(&v, &lo, sizeof(lo));
+    if (n > 4) {
+      const __m256d hi = _mm256_maskload_pd(p + 4, _mm256_cmpgt_epi64(count, _mm256_setr_epi64x(4, 5, 6, 7)));
+      __builtin_memcpy(reinterpret_cast<char*>(&v) + sizeof(hi), &hi, sizeof(hi));
+    }
+    return v;
+  }
+#endif
   for (int64_t l = 0; l < n; ++l) v[l] = p[l];
   return v;
 }
@@ -342,35 +368,26 @@ struct DenseRows {
   int64_t out_row(int64_t r) const { return r; }
 };
 
-// The patches of contiguous images (N, C, H, W) as rows: patch p = (n, i, j), numbered
-// row-major over (N, Hp, Wp), has the D = C kh kw features (c, a, b) of torch's unfold
-// order, pixel (c, i sh + a, j sw + b) of image n. Sample r is patch ids[r] (ids: a list of
-// patch ids; nullptr: sample r is patch r), gathered kw contiguous pixels at a time into the
-// block buffer: no im2col matrix exists (som_patch_bmu, som_patch.cpp).
+// Listed patches of contiguous images (N, C, H, W) as rows: sample r is the kh x kw patch
+// whose pixel (0, 0) of channel 0 is images[corners[r]]; its D = C kh kw features are
+// (c, a, b) in torch's unfold order, and its result goes to output row ids[r]. A block's
+// patches are gathered kw contiguous pixels at a time into the block buffer: no im2col
+// matrix exists (som_patch_bmu, som_patch.cpp).
 template <typename T>
 struct PatchRows {
   const T* images;
-  int64_t channels, height, width;
-  int64_t kh, kw, sh, sw;
-  int64_t hp, wp;                // patches per column and per row of an image
-  const int64_t* ids = nullptr;  // the patches of the samples, or nullptr: every patch in order
+  int64_t plane;  // H W: from one channel to the next
+  int64_t width;  // W: from one pixel row to the next
+  int64_t channels, kh, kw;
+  const int64_t* corners;
+  const int64_t* ids;
 
-  int64_t out_row(int64_t r) const { return ids != nullptr ? ids[r] : r; }
-
-  // Pixel (0, 0) of channel 0 of patch p.
-  const T* corner(int64_t p) const {
-    const int64_t per_image = hp * wp;
-    const int64_t n = p / per_image, rem = p - n * per_image;
-    const int64_t i = rem / wp;
-    const int64_t j = rem - i * wp;
-    return images + (n * channels * height + i * sh) * width + j * sw;
-  }
+  int64_t out_row(int64_t r) const { return ids[r]; }
 
   const T* block(int64_t r0, int rows, T* buf) const {
-    const int64_t plane = height * width;
     T* dst = buf;
     for (int q = 0; q < rows; ++q) {
-      const T* base = corner(out_row(r0 + q));
+      const T* base = images + corners[r0 + q];
       for (int64_t c = 0; c < channels; ++c)
         for (int64_t a = 0; a < kh; ++a) {
           const T* src = base + c * plane + a * width;
@@ -379,19 +396,6 @@ struct PatchRows {
         }
     }
     return buf;
-  }
-
-  // Whether every pixel of patch p is 0 (a blank patch: image background).
-  bool blank(int64_t p) const {
-    const T* base = corner(p);
-    const int64_t plane = height * width;
-    for (int64_t c = 0; c < channels; ++c)
-      for (int64_t a = 0; a < kh; ++a) {
-        const T* src = base + c * plane + a * width;
-        for (int64_t b = 0; b < kw; ++b)
-          if (src[b] != T(0)) return false;
-      }
-    return true;
   }
 };
 

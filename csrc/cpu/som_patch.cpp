@@ -12,8 +12,9 @@
 // others are listed; (2) the micro-kernel over blocks of MR listed patches (consecutive along
 // the rows of an image, then the next row, the next image), on a team sized by the
 // multiply-adds (bmu_threads_for). No (N Hp Wp, C kh kw) im2col matrix is built: beside the
-// inputs and the outputs the memory is the list (8 bytes a non-blank patch, against the
-// 4 C kh kw bytes of an fp32 im2col row), the packed codebook and a few rows per thread. Every patch's result is decided by exact sums of squares of its own
+// inputs and the outputs the memory is the list (16 bytes a non-blank patch: its output
+// row and image offset, against the 4 C kh kw bytes of an fp32 im2col row), the packed
+// codebook and a few rows per thread. Every patch's result is decided by exact sums of squares of its own
 // row in the fixed lane order of som_cpu.h, so the indices and distances equal bit for bit
 // those of som_bmu's cpu kernel on the unfolded patches, whatever the team, and exact ties
 // go to the lowest index.
@@ -66,18 +67,32 @@ void portable_patch_bmu(const PatchRows<T>& patches, int64_t n, const T* w, int6
   });
 }
 
+// The image geometry of one call: N images (C, H, W), kh x kw patches with strides (sh, sw),
+// Hp x Wp of them per image.
+struct Geometry {
+  int64_t N, C, H, W, kh, kw, sh, sw, hp, wp;
+};
+
+// The patches the micro-kernel searches: output row and corner (images offset of pixel
+// (0, 0) of channel 0) of each, in output order.
+struct PatchList {
+  std::vector<int64_t> ids, corners;
+};
+
 // Blank patches (every pixel 0: image background, 44% of MNIST's 5 x 5 patches) are all at
 // the distances |w_j| from the nodes, so their answer is computed once -- the exact row
 // search of the zero vector, the same bits the micro-kernel's exact recheck gives a zero row
-// -- and written without a search; the other patches' ids are listed, in order, for the
-// search. Parallel over chunks of whole images (about kBlankChunkPatches patches each); each
-// chunk lists its own patches, and the lists are joined in chunk order.
+// -- and written without a search; the others are listed, in order, for the search. A patch
+// is blank when its window holds no nonzero pixel: per row of patches, the nonzero pixels of
+// each column over its kh pixel rows and all channels are counted, then summed over kw
+// columns through a prefix sum (about kh W C reads per row of patches, not Wp C kh kw).
+// Parallel over chunks of whole images (about kBlankChunkPatches patches each); each chunk
+// lists its own patches and the lists are joined in chunk order.
 constexpr int64_t kBlankChunkPatches = 4096;
 
 template <typename T>
-std::vector<int64_t> answer_blank_patches(const PatchRows<T>& patches, int64_t n_images, const T* w, int64_t K,
-                                          int64_t D, int64_t* idx, T* dist) {
-  const int64_t per_image = patches.hp * patches.wp;
+PatchList answer_blank_patches(const T* images, const Geometry& g, const T* w, int64_t K, int64_t D, int64_t* idx,
+                               T* dist) {
   int64_t blank_idx = 0;
   T blank_dist = 0;
   {
@@ -85,34 +100,51 @@ std::vector<int64_t> answer_blank_patches(const PatchRows<T>& patches, int64_t n
     std::vector<int64_t> order;
     exact_euclidean_row(zeros.data(), w, K, D, 1, &blank_idx, &blank_dist, scratch, order);
   }
+  const int64_t per_image = g.hp * g.wp, plane = g.H * g.W;
   const int64_t images_per_chunk = std::max<int64_t>(1, kBlankChunkPatches / std::max<int64_t>(per_image, 1));
-  const int64_t n_chunks = (n_images + images_per_chunk - 1) / images_per_chunk;
-  std::vector<std::vector<int64_t>> listed(n_chunks);
-  const int team = genkernels::cpu::team_size(n_images * per_image * D / (int64_t(1) << 18));
+  const int64_t n_chunks = (g.N + images_per_chunk - 1) / images_per_chunk;
+  std::vector<PatchList> listed(n_chunks);
+  const int team = genkernels::cpu::team_size(g.N * g.hp * g.kh * g.W * g.C / (int64_t(1) << 18));
   genkernels::cpu::parallel_chunks(n_chunks, team, [&](int64_t chunk, int) {
-    const int64_t p0 = chunk * images_per_chunk * per_image;
-    const int64_t p1 = std::min(n_images, (chunk + 1) * images_per_chunk) * per_image;
-    std::vector<int64_t>& ids = listed[chunk];
-    for (int64_t p = p0; p < p1; ++p) {
-      if (patches.blank(p)) {
-        idx[p] = blank_idx;
-        dist[p] = blank_dist;
-      } else {
-        ids.push_back(p);
+    PatchList& mine = listed[chunk];
+    std::vector<int64_t> column(g.W), prefix(g.W + 1, 0);
+    for (int64_t n = chunk * images_per_chunk; n < std::min(g.N, (chunk + 1) * images_per_chunk); ++n) {
+      const T* image = images + n * g.C * plane;
+      for (int64_t i = 0; i < g.hp; ++i) {
+        std::fill(column.begin(), column.end(), int64_t(0));
+        for (int64_t c = 0; c < g.C; ++c)
+          for (int64_t a = 0; a < g.kh; ++a) {
+            const T* row = image + c * plane + (i * g.sh + a) * g.W;
+            for (int64_t x = 0; x < g.W; ++x) column[x] += row[x] != T(0);
+          }
+        for (int64_t x = 0; x < g.W; ++x) prefix[x + 1] = prefix[x] + column[x];
+        for (int64_t j = 0; j < g.wp; ++j) {
+          const int64_t p = (n * g.hp + i) * g.wp + j, x0 = j * g.sw;
+          if (prefix[x0 + g.kw] == prefix[x0]) {
+            idx[p] = blank_idx;
+            dist[p] = blank_dist;
+          } else {
+            mine.ids.push_back(p);
+            mine.corners.push_back(n * g.C * plane + i * g.sh * g.W + x0);
+          }
+        }
       }
     }
   });
-  std::vector<int64_t> ids;
-  for (const auto& part : listed) ids.insert(ids.end(), part.begin(), part.end());
-  return ids;
+  PatchList all;
+  for (const PatchList& part : listed) {
+    all.ids.insert(all.ids.end(), part.ids.begin(), part.ids.end());
+    all.corners.insert(all.corners.end(), part.corners.begin(), part.corners.end());
+  }
+  return all;
 }
 
 template <typename T>
-void patch_bmu(PatchRows<T> patches, int64_t n_images, const T* w, int64_t K, int64_t D, int64_t* idx, T* dist) {
-  const std::vector<int64_t> ids = answer_blank_patches(patches, n_images, w, K, D, idx, dist);
-  const int64_t n = int64_t(ids.size());
+void patch_bmu(const T* images, const Geometry& g, const T* w, int64_t K, int64_t D, int64_t* idx, T* dist) {
+  const PatchList list = answer_blank_patches(images, g, w, K, D, idx, dist);
+  const int64_t n = int64_t(list.ids.size());
   if (n == 0) return;
-  patches.ids = ids.data();
+  const PatchRows<T> patches{images, g.H * g.W, g.W, g.C, g.kh, g.kw, list.corners.data(), list.ids.data()};
   if (portable_requested() || !(have_avx2_kernel() || have_avx512_kernel()))
     portable_patch_bmu(patches, n, w, K, D, idx, dist);
   else if (use_avx512_kernel())
@@ -154,8 +186,9 @@ std::tuple<at::Tensor, at::Tensor> som_patch_bmu_cpu(const at::Tensor& images, c
     wa = ldexp_copy(wa, -e);
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "som_patch_bmu", [&] {
-    const PatchRows<scalar_t> patches{ia.const_data_ptr<scalar_t>(), C, H, W, kh, kw, sh, sw, hp, wp};
-    patch_bmu(patches, N, wa.const_data_ptr<scalar_t>(), K, D, idx.data_ptr<int64_t>(), dist.data_ptr<scalar_t>());
+    const Geometry g{N, C, H, W, kh, kw, sh, sw, hp, wp};
+    patch_bmu(ia.const_data_ptr<scalar_t>(), g, wa.const_data_ptr<scalar_t>(), K, D, idx.data_ptr<int64_t>(),
+              dist.data_ptr<scalar_t>());
   });
   if (e != 0) dist = ldexp_copy(dist, e);
   return {idx, dist.to(images.scalar_type())};
