@@ -9,9 +9,11 @@ from .hopfield.hopfield import Hopfield
 from .hopfield.retrieval import HopfieldRetrieval
 from .ising.ising import Ising2D
 from .model import DivergedError, Model
+from .som.mask import SOMMaskConv2d, SOMMaskLinear
 from .som.soft import SoftSOM
 from .som.som import SOM
 
 __version__ = "0.1.0"
 __all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "Hopfield", "HopfieldRetrieval", "Ising2D",
-           "Model", "SoftSOM", "available_backends", "backends", "ops", "random", "use_backend"]
+           "Model", "SOMMaskConv2d", "SOMMaskLinear", "SoftSOM", "available_backends", "backends", "ops", "random",
+           "use_backend"]
