@@ -5,24 +5,29 @@
 //   som_mask_linear           rows in parallel; a row reads its winner's kept channels and
 //                             takes their dot products with its x (four channels at a time,
 //                             vectorised over the features).
-//   som_mask_conv2d           the image's patches as columns (Dp = Cin kh kw rows, L = Ho Wo
-//                             positions; at::im2col), then per image:
-//                             winners (B, 1): one kept set for every position -- for each
-//                             block of 32 positions (its Dp x 32 columns stay in L1) and each
-//                             kept channel, act(m (b + w . cols)) vectorised over positions,
-//                             written straight into the channel's output row;
-//                             winners (B, L): the positions grouped by winner (a counting sort
-//                             in position order), each group's columns gathered, computed as
-//                             above for the group's kept channels and scattered back.
+//   som_mask_conv2d           images in parallel, each unfolded into a thread's buffer (no
+//                             (B, Dp, L) tensor; Dp = Cin kh kw, L = Ho Wo positions):
+//                             winners (B, 1): one kept set for the image -- its patches as
+//                             columns (Dp, L); for each block of positions (its columns stay
+//                             in L1) and each kept channel, act(m (b + w . cols)) vectorised
+//                             over the positions, written straight into the channel's row;
+//                             winners (B, L): a kept set per position -- its patches as rows
+//                             (L, Dp padded to whole lane vectors); the (position, mask)
+//                             pairs grouped by channel (a counting sort, position order), and
+//                             channel by channel a dot product per position, so the (B, C,
+//                             Ho, Wo) tensors are read and written one channel row at a time.
 //   *_backward                g = grad m [out > 0] on the kept outputs only; grad_x = g W
-//                             over the kept rows (conv: columns, then at::col2im); grad_W and
-//                             grad_bias = sums over the rows (positions) that keep a channel.
+//                             over the kept rows (conv: the patches' gradients, folded back
+//                             onto the image in the thread's buffer); grad_W and grad_bias =
+//                             sums over the rows (positions) that keep a channel.
 //
 // Sums over rows without atomics and independent of the thread count: the rows (images)
 // are cut into at most kMaxChunks chunks whose size depends on the batch alone; a chunk sums
 // into its own rows of per-chunk partials (a channel's row zeroed when the chunk first
 // touches it), and the partials are added in chunk order after the region. Memory: the
-// outputs, the columns (conv) and chunks x C x Dp partials; no (B, C) dense mask.
+// outputs, a thread's buffers of one image's patches (and their gradients) and chunks x C x
+// Dp partials; no (B, C) dense mask. Every output is written (0 where not kept), so a
+// 100-channel output costs its memory traffic whatever the mask keeps.
 //
 // Arithmetic in the inputs' dtype (float or double; the Python side converts half and
 // bfloat16 to float). The autograd of both ops is in C++, at the end.
@@ -33,6 +38,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -58,7 +64,7 @@ int64_t threads_for(int64_t work) { return std::max<int64_t>(1, work / kMinWorkP
 // Reduction chunks: at most kMaxChunks, of at least kMinChunkRows rows (linear) or one image
 // (conv); both fixed by the batch size alone.
 constexpr int64_t kMaxChunks = 16;
-constexpr int64_t kMinChunkRows = 32;
+constexpr int64_t kMinChunkRows = 64;
 // Positions per block of the conv kernels: 4 lane vectors.
 constexpr int64_t kBlockVectors = 4;
 constexpr int64_t kBlock = kBlockVectors * kLanes;
@@ -146,23 +152,25 @@ struct ChannelPartials {
   int64_t chunks, c_count, width;
   T* grad_w;  // (C, width) output
   T* grad_b;  // (C,) output
-  std::vector<T> w_store, b_store;
+  // chunks x C rows of the partial sums, left uninitialised: a row is zeroed when its chunk
+  // first touches it, and only touched rows are read
+  std::unique_ptr<T[]> w_store, b_store;
   std::vector<uint8_t> touched;
 
   ChannelPartials(int64_t chunks_, int64_t c_count_, int64_t width_, T* grad_w_, T* grad_b_)
       : chunks(chunks_), c_count(c_count_), width(width_), grad_w(grad_w_), grad_b(grad_b_),
         touched(chunks_ * c_count_, 0) {
     if (chunks > 1) {
-      w_store.resize(chunks * c_count * width);
-      b_store.resize(chunks * c_count);
+      w_store.reset(new T[chunks * c_count * width]);
+      b_store.reset(new T[chunks * c_count]);
     }
   }
 
   // chunk's row of channel c (and its bias sum through `bias`), zeroed on first touch
   T* row(int64_t chunk, int64_t c, T*& bias) {
     const int64_t idx = chunk * c_count + c;
-    T* r = chunks > 1 ? w_store.data() + idx * width : grad_w + c * width;
-    bias = chunks > 1 ? b_store.data() + idx : grad_b + c;
+    T* r = chunks > 1 ? w_store.get() + idx * width : grad_w + c * width;
+    bias = chunks > 1 ? b_store.get() + idx : grad_b + c;
     if (!touched[idx]) {
       std::fill(r, r + width, T(0));
       *bias = T(0);
@@ -187,7 +195,7 @@ struct ChannelPartials {
       for (int64_t i = 0; i < chunks; ++i) {
         const int64_t idx = i * c_count + c;
         if (!touched[idx]) continue;
-        const T* r = w_store.data() + idx * width;
+        const T* r = w_store.get() + idx * width;
         for (int64_t j = 0; j < width; ++j) out[j] += r[j];
         bias += b_store[idx];
       }
@@ -394,13 +402,159 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> som_mask_linear_backward_cpu(
 }
 
 // ------------------------------------------------------------------------------ conv2d
+struct ConvGeometry {
+  int64_t cin, h, w, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w;
+  int64_t dp() const { return cin * kh * kw; }
+  int64_t l() const { return out_h * out_w; }
+  // the output columns [lo, hi) whose input column ow * sw + off lies in [0, w)
+  void columns(int64_t off, int64_t& lo, int64_t& hi) const {
+    lo = off >= 0 ? 0 : std::min(out_w, (-off + sw - 1) / sw);
+    hi = w - 1 - off < 0 ? lo : std::clamp<int64_t>((w - 1 - off) / sw + 1, lo, out_w);
+  }
+};
+
+// The patches of one image (cin, h, w contiguous) as columns: cols[d, p], d = (ci, ky, kx)
+// row-major (the weight's (C, Dp) layout), p = (oh, ow) row-major; zero padding.
+template <typename T>
+void image_columns(const T* __restrict__ xb, const ConvGeometry& g, T* __restrict__ cols) {
+  const int64_t l_count = g.l();
+  for (int64_t ci = 0; ci < g.cin; ++ci) {
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        T* row = cols + ((ci * g.kh + ky) * g.kw + kx) * l_count;
+        const int64_t off = kx * g.dw - g.pw;
+        int64_t lo, hi;
+        g.columns(off, lo, hi);
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          T* dst = row + oh * g.out_w;
+          const int64_t ih = oh * g.sh - g.ph + ky * g.dh;
+          if (ih < 0 || ih >= g.h) {
+            std::fill(dst, dst + g.out_w, T(0));
+            continue;
+          }
+          const T* src = xb + (ci * g.h + ih) * g.w + off;
+          std::fill(dst, dst + lo, T(0));
+          if (g.sw == 1) {
+            std::copy(src + lo, src + hi, dst + lo);
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * g.sw];
+          }
+          std::fill(dst + hi, dst + g.out_w, T(0));
+        }
+      }
+    }
+  }
+}
+
+// grad_xb += the columns' gradients folded back onto the image (image_columns' transpose).
+template <typename T>
+void fold_columns(const T* __restrict__ cols, const ConvGeometry& g, T* __restrict__ gxb) {
+  const int64_t l_count = g.l();
+  for (int64_t ci = 0; ci < g.cin; ++ci) {
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const T* row = cols + ((ci * g.kh + ky) * g.kw + kx) * l_count;
+        const int64_t off = kx * g.dw - g.pw;
+        int64_t lo, hi;
+        g.columns(off, lo, hi);
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const int64_t ih = oh * g.sh - g.ph + ky * g.dh;
+          if (ih < 0 || ih >= g.h) continue;
+          const T* __restrict__ src = row + oh * g.out_w;
+          T* __restrict__ dst = gxb + (ci * g.h + ih) * g.w + off;
+          if (g.sw == 1) {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += src[ow];
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow * g.sw] += src[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+// The patches of one image as rows: rows[p * ld + d], zero past Dp up to ld (a whole
+// number of lane vectors).
+template <typename T>
+void image_rows(const T* __restrict__ xb, const ConvGeometry& g, int64_t ld, T* __restrict__ rows) {
+  const int64_t dp = g.dp();
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t ih0 = oh * g.sh - g.ph;
+    const bool rows_in = ih0 >= 0 && ih0 + (g.kh - 1) * g.dh < g.h;
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      T* dst = rows + (oh * g.out_w + ow) * ld;
+      const int64_t iw0 = ow * g.sw - g.pw;
+      if (rows_in && iw0 >= 0 && iw0 + (g.kw - 1) * g.dw < g.w) {
+        // the patch lies inside the image: no bounds to check
+        for (int64_t ci = 0; ci < g.cin; ++ci) {
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            const T* src = xb + (ci * g.h + ih0 + ky * g.dh) * g.w + iw0;
+            for (int64_t kx = 0; kx < g.kw; ++kx) *dst++ = src[kx * g.dw];
+          }
+        }
+        std::fill(dst, dst + (ld - dp), T(0));
+        continue;
+      }
+      for (int64_t ci = 0; ci < g.cin; ++ci) {
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t ih = oh * g.sh - g.ph + ky * g.dh;
+          const bool row_in = ih >= 0 && ih < g.h;
+          const T* src = xb + (ci * g.h + ih) * g.w;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const int64_t iw = ow * g.sw - g.pw + kx * g.dw;
+            *dst++ = row_in && iw >= 0 && iw < g.w ? src[iw] : T(0);
+          }
+        }
+      }
+      std::fill(dst, dst + (ld - dp), T(0));
+    }
+  }
+}
+
+// grad_xb += the rows' gradients folded back (image_rows' transpose).
+template <typename T>
+void fold_rows(const T* __restrict__ rows, const ConvGeometry& g, int64_t ld, T* __restrict__ gxb) {
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t ih0 = oh * g.sh - g.ph;
+    const bool rows_in = ih0 >= 0 && ih0 + (g.kh - 1) * g.dh < g.h;
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const T* src = rows + (oh * g.out_w + ow) * ld;
+      const int64_t iw0 = ow * g.sw - g.pw;
+      if (rows_in && iw0 >= 0 && iw0 + (g.kw - 1) * g.dw < g.w) {
+        for (int64_t ci = 0; ci < g.cin; ++ci) {
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            T* dst = gxb + (ci * g.h + ih0 + ky * g.dh) * g.w + iw0;
+            for (int64_t kx = 0; kx < g.kw; ++kx) dst[kx * g.dw] += *src++;
+          }
+        }
+        continue;
+      }
+      for (int64_t ci = 0; ci < g.cin; ++ci) {
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t ih = oh * g.sh - g.ph + ky * g.dh;
+          if (ih < 0 || ih >= g.h) {
+            src += g.kw;
+            continue;
+          }
+          T* dst = gxb + (ci * g.h + ih) * g.w;
+          for (int64_t kx = 0; kx < g.kw; ++kx, ++src) {
+            const int64_t iw = ow * g.sw - g.pw + kx * g.dw;
+            if (iw >= 0 && iw < g.w) dst[iw] += *src;
+          }
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 struct ConvArgs {
-  const T* cols;    // (B, Dp, L) contiguous: the patches as columns
-  const T* weight;  // (C, Dp) contiguous
+  const T* x;       // (B, Cin, H, W) contiguous
+  const T* weight;  // (C, ld) contiguous: the weight's rows zero-padded to ld >= Dp
   const T* bias;    // (C,) or null
   const int64_t* winners;  // (B, P), P = 1 or L
-  int64_t b_count, dp, l_count, c_count, p_count;
+  int64_t b_count, c_count, p_count, ld;
+  ConvGeometry g;
   bool relu;
 };
 
@@ -417,7 +571,9 @@ void channel_row(const T* __restrict__ cols, int64_t ld, int64_t n, int64_t dp, 
       const T* col = cols + j * ld + p;
       for (int v = 0; v < kBlockVectors; ++v) acc[v] += wj * load_lanes(col + v * kLanes);
     }
-    for (int v = 0; v < kBlockVectors; ++v) store_lanes(out + p + v * kLanes, activate_lanes<T>((acc[v] + bias) * m, relu));
+    for (int v = 0; v < kBlockVectors; ++v) {
+      store_lanes(out + p + v * kLanes, activate_lanes<T>((acc[v] + bias) * m, relu));
+    }
   }
   for (; p < n; p += kLanes) {
     const int64_t width = std::min<int64_t>(kLanes, n - p);
@@ -431,20 +587,19 @@ void channel_row(const T* __restrict__ cols, int64_t ld, int64_t n, int64_t dp, 
   }
 }
 
-// The masked gradients g (n_kept x n, row stride ld_g) -> grad_cols[j * ld_c + p] =
-// sum_s W[c_s, j] g[s, p] for the n positions.
+// The masked gradients g (n_kept x n) -> grad_cols[j * n + p] = sum_s W[c_s, j] g[s, p].
 template <typename T>
-void group_grad_cols(const T* __restrict__ weight, int64_t dp, const int64_t* ch, int64_t n_kept, const T* g,
-                     int64_t ld_g, int64_t n, T* __restrict__ grad_cols, int64_t ld_c) {
+void grad_columns(const T* __restrict__ weight, int64_t ld_w, int64_t dp, const int64_t* ch, int64_t n_kept,
+                  const T* g, int64_t n, T* __restrict__ grad_cols) {
   for (int64_t p = 0; p < n; p += kLanes) {
     const int64_t width = std::min<int64_t>(kLanes, n - p);
     for (int64_t j = 0; j < dp; ++j) {
       V<T> acc = {};
       for (int64_t s = 0; s < n_kept; ++s) {
-        const T* gs = g + s * ld_g + p;
-        acc += weight[ch[s] * dp + j] * (width == kLanes ? load_lanes(gs) : load_lanes_partial(gs, width));
+        const T* gs = g + s * n + p;
+        acc += weight[ch[s] * ld_w + j] * (width == kLanes ? load_lanes(gs) : load_lanes_partial(gs, width));
       }
-      T* dst = grad_cols + j * ld_c + p;
+      T* dst = grad_cols + j * n + p;
       if (width == kLanes) {
         store_lanes(dst, acc);
       } else {
@@ -454,75 +609,94 @@ void group_grad_cols(const T* __restrict__ weight, int64_t dp, const int64_t* ch
   }
 }
 
-// The chunk's sums of grad_W[c_s, j] += sum_p g[s, p] cols[j, p] and grad_b[c_s] += sum_p
+// The chunk's sums grad_W[c_s, j] += sum_p g[s, p] cols[j, p] and grad_b[c_s] += sum_p
 // g[s, p] over the n positions: four kept channels at a time, each column row read once per
 // four channels.
 template <typename T>
-void group_weight_sums(const T* __restrict__ cols, int64_t ld, int64_t n, int64_t dp, const int64_t* ch,
-                       int64_t n_kept, const T* g, int64_t ld_g, ChannelPartials<T>& partials, int64_t chunk) {
+void column_weight_sums(const T* __restrict__ cols, int64_t n, int64_t dp, const int64_t* ch, int64_t n_kept,
+                        const T* g, ChannelPartials<T>& partials, int64_t chunk) {
   for (int64_t s0 = 0; s0 < n_kept; s0 += 4) {
     const int m = static_cast<int>(std::min<int64_t>(4, n_kept - s0));
     T* rows[4];
+    const T* gr[4];
     for (int i = 0; i < m; ++i) {
       T* bias_sum;
       rows[i] = partials.row(chunk, ch[s0 + i], bias_sum);
-      const T* gs = g + (s0 + i) * ld_g;
+      gr[i] = g + (s0 + i) * n;
       V<T> acc = {};
       int64_t p = 0;
-      for (; p + kLanes <= n; p += kLanes) acc += load_lanes(gs + p);
-      if (p < n) acc += load_lanes_partial(gs + p, n - p);
+      for (; p + kLanes <= n; p += kLanes) acc += load_lanes(gr[i] + p);
+      if (p < n) acc += load_lanes_partial(gr[i] + p, n - p);
       *bias_sum += combine_lanes<T>(acc);
     }
-    const T* gr[4];
-    for (int i = 0; i < m; ++i) gr[i] = g + (s0 + i) * ld_g;
     for (int64_t j = 0; j < dp; ++j) {
       T sum[4];
-      dots_n(m, cols + j * ld, gr, n, sum);
+      dots_n(m, cols + j * n, gr, n, sum);
       for (int i = 0; i < m; ++i) rows[i][j] += sum[i];
     }
   }
 }
 
-// Scratch of one thread for the per-position kernels: the positions grouped by winner and
-// one group's gathered columns, outputs and gradients.
+// y[0, n) += a x[0, n)
 template <typename T>
-struct GroupScratch {
-  std::vector<int64_t> order, start;
-  std::vector<T> cols, vals, grad_cols;
-  void size(int64_t l_count, int64_t k_nodes, int64_t dp, int64_t width) {
-    order.resize(l_count);
-    start.resize(k_nodes + 1);
-    cols.resize(dp * l_count);
-    vals.resize(std::max<int64_t>(width, 1) * l_count);
-    grad_cols.resize(dp * l_count);
-  }
-  // order = positions sorted by winner (stable), start[w] .. start[w + 1] winner w's group
-  void group(const int64_t* winners, int64_t l_count, int64_t k_nodes) {
-    std::fill(start.begin(), start.end(), 0);
-    for (int64_t p = 0; p < l_count; ++p) ++start[winners[p] + 1];
-    for (int64_t w = 0; w < k_nodes; ++w) start[w + 1] += start[w];
-    std::vector<int64_t> next(start.begin(), start.end() - 1);
-    for (int64_t p = 0; p < l_count; ++p) order[next[winners[p]]++] = p;
-  }
-  // the group's columns, (dp, n) with row stride n
-  void gather(const T* image_cols, int64_t l_count, int64_t dp, const int64_t* pos, int64_t n) {
-    for (int64_t j = 0; j < dp; ++j) {
-      const T* src = image_cols + j * l_count;
-      T* dst = cols.data() + j * n;
-      for (int64_t i = 0; i < n; ++i) dst[i] = src[pos[i]];
+inline void axpy(T a, const T* __restrict__ x, T* __restrict__ y, int64_t n) {
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) store_lanes(y + j, load_lanes(y + j) + a * load_lanes(x + j));
+  for (; j < n; ++j) y[j] += a * x[j];
+}
+
+// A winner per position: an image's (position, mask) pairs of every channel, grouped by
+// channel in position order -- the per-position kernels walk one channel's output row at a
+// time (reading and writing the (B, C, Ho, Wo) tensors row by row, not scattered over the
+// channels).
+template <typename T>
+struct ChannelLists {
+  std::vector<int64_t> start, position, next;
+  std::vector<T> mask;
+  const ChannelLists& build(const KeptTable<T>& tab, const int64_t* winners, int64_t l_count, int64_t c_count) {
+    start.assign(c_count + 1, 0);
+    for (int64_t p = 0; p < l_count; ++p) {
+      const int64_t w = winners[p];
+      const int64_t* ch = tab.chans(w);
+      for (int64_t s = 0; s < tab.count[w]; ++s) ++start[ch[s] + 1];
     }
+    for (int64_t c = 0; c < c_count; ++c) start[c + 1] += start[c];
+    position.resize(start[c_count]);
+    mask.resize(start[c_count]);
+    next.assign(start.begin(), start.end() - 1);
+    for (int64_t p = 0; p < l_count; ++p) {
+      const int64_t w = winners[p];
+      const int64_t* ch = tab.chans(w);
+      const T* ms = tab.mask(w);
+      for (int64_t s = 0; s < tab.count[w]; ++s) {
+        const int64_t e = next[ch[s]]++;
+        position[e] = p;
+        mask[e] = ms[s];
+      }
+    }
+    return *this;
   }
 };
 
+// One thread's buffers: an image's patches (columns or rows), its kept outputs' masked
+// gradients, its patches' gradients and (a winner per position) its channel lists.
 template <typename T>
-void conv_forward_image(const ConvArgs<T>& a, const KeptTable<T>& tab, int64_t b, GroupScratch<T>& scratch,
-                        T* out) {
-  const int64_t l_count = a.l_count, dp = a.dp;
+struct ConvScratch {
+  std::vector<T> patches, grads, grad_patches;
+  ChannelLists<T> lists;
+};
+
+template <typename T>
+void conv_forward_image(const ConvArgs<T>& a, const KeptTable<T>& tab, int64_t b, ConvScratch<T>& scratch, T* out) {
+  const ConvGeometry& g = a.g;
+  const int64_t l_count = g.l(), dp = g.dp();
   T* ob = out + b * a.c_count * l_count;
   std::fill(ob, ob + a.c_count * l_count, T(0));
-  const T* cols = a.cols + b * dp * l_count;
+  const T* xb = a.x + b * g.cin * g.h * g.w;
   const int64_t* wn = a.winners + b * a.p_count;
+  T* patches = scratch.patches.data();
   if (a.p_count == 1) {
+    image_columns(xb, g, patches);
     const int64_t w = wn[0];
     const int64_t* ch = tab.chans(w);
     const T* ms = tab.mask(w);
@@ -533,35 +707,29 @@ void conv_forward_image(const ConvArgs<T>& a, const KeptTable<T>& tab, int64_t b
       const int64_t n = std::min<int64_t>(span, l_count - p0);
       for (int64_t s = 0; s < tab.count[w]; ++s) {
         const int64_t c = ch[s];
-        channel_row(cols + p0, l_count, n, dp, a.weight + c * dp, a.bias ? a.bias[c] : T(0), ms[s], a.relu,
+        channel_row(patches + p0, l_count, n, dp, a.weight + c * a.ld, a.bias ? a.bias[c] : T(0), ms[s], a.relu,
                     ob + c * l_count + p0);
       }
     }
     return;
   }
-  const int64_t k_nodes = static_cast<int64_t>(tab.count.size());
-  scratch.group(wn, l_count, k_nodes);
-  for (int64_t w = 0; w < k_nodes; ++w) {
-    const int64_t g0 = scratch.start[w], n = scratch.start[w + 1] - g0;
-    if (n == 0 || tab.count[w] == 0) continue;
-    const int64_t* pos = scratch.order.data() + g0;
-    scratch.gather(cols, l_count, dp, pos, n);
-    const int64_t* ch = tab.chans(w);
-    const T* ms = tab.mask(w);
-    for (int64_t s = 0; s < tab.count[w]; ++s) {
-      const int64_t c = ch[s];
-      T* vals = scratch.vals.data();
-      channel_row(scratch.cols.data(), n, n, dp, a.weight + c * dp, a.bias ? a.bias[c] : T(0), ms[s], a.relu, vals);
-      T* oc = ob + c * l_count;
-      for (int64_t i = 0; i < n; ++i) oc[pos[i]] = vals[i];
+  // a winner per position: channel by channel over the positions that keep it (in
+  // position order), each a dot product with the position's patch row
+  image_rows(xb, g, a.ld, patches);
+  const ChannelLists<T>& lists = scratch.lists.build(tab, wn, l_count, a.c_count);
+  for (int64_t c = 0; c < a.c_count; ++c) {
+    const T* wrow = a.weight + c * a.ld;
+    const T bias = a.bias ? a.bias[c] : T(0);
+    T* oc = ob + c * l_count;
+    for (int64_t e = lists.start[c]; e < lists.start[c + 1]; ++e) {
+      const int64_t p = lists.position[e];
+      T z;
+      const T* rows[1] = {wrow};
+      dots<T, 1>(patches + p * a.ld, rows, a.ld, &z);
+      oc[p] = activate(lists.mask[e] * (z + bias), a.relu);
     }
   }
 }
-
-struct ConvGeometry {
-  std::array<int64_t, 2> kernel, stride, padding, dilation;
-  int64_t out_h, out_w;
-};
 
 ConvGeometry conv_geometry(const char* op, const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -572,23 +740,16 @@ ConvGeometry conv_geometry(const char* op, const at::Tensor& x, const at::Tensor
   TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype");
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
               ": stride, padding and dilation must hold two numbers each");
-  ConvGeometry g;
-  for (int i = 0; i < 2; ++i) {
-    g.kernel[i] = weight.size(2 + i);
-    g.stride[i] = stride[i];
-    g.padding[i] = padding[i];
-    g.dilation[i] = dilation[i];
-    TORCH_CHECK(stride[i] >= 1 && dilation[i] >= 1 && padding[i] >= 0, op,
-                ": stride and dilation must be >= 1 and padding >= 0");
-  }
-  g.out_h = (x.size(2) + 2 * g.padding[0] - g.dilation[0] * (g.kernel[0] - 1) - 1) / g.stride[0] + 1;
-  g.out_w = (x.size(3) + 2 * g.padding[1] - g.dilation[1] * (g.kernel[1] - 1) - 1) / g.stride[1] + 1;
-  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, op, ": the kernel does not fit the padded input");
+  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && dilation[0] >= 1 && dilation[1] >= 1 && padding[0] >= 0 &&
+                  padding[1] >= 0,
+              op, ": stride and dilation must be >= 1 and padding >= 0");
+  ConvGeometry g{x.size(1), x.size(2), x.size(3), weight.size(2), weight.size(3), stride[0], stride[1], padding[0],
+                 padding[1], dilation[0], dilation[1], 0, 0};
+  g.out_h = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.out_w = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1 >= 0 && g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1 >= 0, op,
+              ": the kernel does not fit the padded input");
   return g;
-}
-
-at::Tensor im2col(const at::Tensor& x, const ConvGeometry& g) {
-  return at::im2col(x, g.kernel, g.dilation, g.padding, g.stride).contiguous();
 }
 
 void check_conv_winners(const char* op, const at::Tensor& winners, int64_t b_count, int64_t l_count) {
@@ -598,14 +759,24 @@ void check_conv_winners(const char* op, const at::Tensor& winners, int64_t b_cou
               winners.sizes(), " ", winners.scalar_type());
 }
 
+// The weight as (C, ld) rows: Dp numbers zero-padded to ld, a whole number of lane vectors
+// for the per-position dot products (ld = Dp for per-image winners).
+at::Tensor weight_rows(const at::Tensor& weight, int64_t ld) {
+  const int64_t c_count = weight.size(0), dp = weight.size(1) * weight.size(2) * weight.size(3);
+  at::Tensor w2 = weight.reshape({c_count, dp});
+  if (ld == dp) return w2.contiguous();
+  return at::constant_pad_nd(w2, {0, ld - dp}, 0).contiguous();
+}
+
+int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
 at::Tensor som_mask_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                const at::Tensor& winners, const at::Tensor& kept, const at::Tensor& values,
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                bool relu) {
   const char* op = "som_mask_conv2d";
   const ConvGeometry geo = conv_geometry(op, x, weight, stride, padding, dilation);
-  const int64_t b_count = x.size(0), c_count = weight.size(0), l_count = geo.out_h * geo.out_w;
-  const int64_t dp = weight.size(1) * weight.size(2) * weight.size(3);
+  const int64_t b_count = x.size(0), c_count = weight.size(0), l_count = geo.l(), dp = geo.dp();
   check_conv_winners(op, winners, b_count, l_count);
   const bool has_bias = bias.has_value() && bias->defined();
   if (has_bias) {
@@ -616,21 +787,20 @@ at::Tensor som_mask_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, co
   if (b_count == 0) return out;
   check_tables(op, kept, values);
   check_winners(op, winners, kept.size(0));
+  const bool per_position = winners.size(1) > 1;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "som_mask_conv2d", [&] {
     using T = scalar_t;
     const KeptTable<T> tab = kept_table<T>(op, kept, values, c_count);
     const int team =
         genkernels::cpu::team_size(std::min(b_count, threads_for(b_count * l_count * (tab.width * dp + c_count))));
     genkernels::cpu::SoloScope solo(team <= 1);
-    const at::Tensor cols = im2col(x, geo);
-    const at::Tensor w_c = weight.reshape({c_count, dp}).contiguous(), winners_c = winners.contiguous();
+    const int64_t ld = per_position ? padded(dp) : dp;
+    const at::Tensor x_c = x.contiguous(), w_c = weight_rows(weight, ld), winners_c = winners.contiguous();
     const at::Tensor b_c = has_bias ? bias->contiguous() : at::Tensor();
-    const ConvArgs<T> a{cols.const_data_ptr<T>(), w_c.const_data_ptr<T>(), has_bias ? b_c.const_data_ptr<T>() : nullptr,
-                        winners_c.const_data_ptr<int64_t>(), b_count, dp, l_count, c_count, winners.size(1), relu};
-    std::vector<GroupScratch<T>> scratch(team);
-    if (a.p_count > 1) {
-      for (auto& s : scratch) s.size(l_count, kept.size(0), dp, tab.width);
-    }
+    const ConvArgs<T> a{x_c.const_data_ptr<T>(), w_c.const_data_ptr<T>(), has_bias ? b_c.const_data_ptr<T>() : nullptr,
+                        winners_c.const_data_ptr<int64_t>(), b_count, c_count, winners.size(1), ld, geo, relu};
+    std::vector<ConvScratch<T>> scratch(team);
+    for (auto& s : scratch) s.patches.resize(ld * l_count);
     T* o = out.mutable_data_ptr<T>();
     genkernels::cpu::parallel_chunks(b_count, team, [&](int64_t b, int slot) {
       conv_forward_image(a, tab, b, scratch[slot], o);
@@ -639,67 +809,71 @@ at::Tensor som_mask_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, co
   return out;
 }
 
-// One image's backward: the masked gradients of its kept outputs, its columns' gradients
-// (when grad_cols is not null) and its chunk's sums of grad_W and grad_b (when sums).
+// One image's backward: the masked gradients of its kept outputs, its input gradient (when
+// grad_x is not null) and its chunk's sums of grad_W and grad_b (when sums).
 template <typename T>
 void conv_backward_image(const ConvArgs<T>& a, const KeptTable<T>& tab, int64_t b, const T* grad, const T* out,
-                         T* grad_cols, bool sums, ChannelPartials<T>& partials, int64_t chunk,
-                         GroupScratch<T>& scratch) {
-  const int64_t l_count = a.l_count, dp = a.dp;
-  const T* cols = a.cols + b * dp * l_count;
+                         T* grad_x, bool sums, ChannelPartials<T>& partials, int64_t chunk, ConvScratch<T>& scratch) {
+  const ConvGeometry& g = a.g;
+  const int64_t l_count = g.l(), dp = g.dp();
+  const T* xb = a.x + b * g.cin * g.h * g.w;
   const int64_t* wn = a.winners + b * a.p_count;
   const T* gb = grad + b * a.c_count * l_count;
   const T* ob = out + b * a.c_count * l_count;
-  T* gcols = grad_cols ? grad_cols + b * dp * l_count : nullptr;
+  T* gxb = grad_x ? grad_x + b * g.cin * g.h * g.w : nullptr;
+  if (gxb) std::fill(gxb, gxb + g.cin * g.h * g.w, T(0));
+  T* patches = scratch.patches.data();
+  T* gp = scratch.grad_patches.data();
   if (a.p_count == 1) {
     const int64_t w = wn[0], n_kept = tab.count[w];
     const int64_t* ch = tab.chans(w);
     const T* ms = tab.mask(w);
-    T* g = scratch.vals.data();  // (n_kept, L)
+    T* gs = scratch.grads.data();  // (n_kept, L)
     for (int64_t s = 0; s < n_kept; ++s) {
       const T* gr = gb + ch[s] * l_count;
       const T* orow = ob + ch[s] * l_count;
-      for (int64_t p = 0; p < l_count; ++p) g[s * l_count + p] = masked_grad(gr[p], ms[s], orow[p], a.relu);
+      for (int64_t p = 0; p < l_count; ++p) gs[s * l_count + p] = masked_grad(gr[p], ms[s], orow[p], a.relu);
     }
-    if (gcols) group_grad_cols(a.weight, dp, ch, n_kept, g, l_count, l_count, gcols, l_count);
-    if (sums) group_weight_sums(cols, l_count, l_count, dp, ch, n_kept, g, l_count, partials, chunk);
+    if (gxb && n_kept) {
+      grad_columns(a.weight, a.ld, dp, ch, n_kept, gs, l_count, gp);
+      fold_columns(gp, g, gxb);
+    }
+    if (sums && n_kept) {
+      image_columns(xb, g, patches);
+      column_weight_sums(patches, l_count, dp, ch, n_kept, gs, partials, chunk);
+    }
     return;
   }
-  const int64_t k_nodes = static_cast<int64_t>(tab.count.size());
-  scratch.group(wn, l_count, k_nodes);
-  for (int64_t w = 0; w < k_nodes; ++w) {
-    const int64_t g0 = scratch.start[w], n = scratch.start[w + 1] - g0;
-    if (n == 0) continue;
-    const int64_t* pos = scratch.order.data() + g0;
-    const int64_t n_kept = tab.count[w];
-    if (n_kept == 0) {
-      if (gcols) {
-        for (int64_t j = 0; j < dp; ++j) {
-          for (int64_t i = 0; i < n; ++i) gcols[j * l_count + pos[i]] = T(0);
-        }
-      }
-      continue;
-    }
-    const int64_t* ch = tab.chans(w);
-    const T* ms = tab.mask(w);
-    T* g = scratch.vals.data();  // (n_kept, n)
-    for (int64_t s = 0; s < n_kept; ++s) {
-      const T* gr = gb + ch[s] * l_count;
-      const T* orow = ob + ch[s] * l_count;
-      for (int64_t i = 0; i < n; ++i) g[s * n + i] = masked_grad(gr[pos[i]], ms[s], orow[pos[i]], a.relu);
-    }
-    if (gcols) {
-      T* gc = scratch.grad_cols.data();
-      group_grad_cols(a.weight, dp, ch, n_kept, g, n, n, gc, n);
-      for (int64_t j = 0; j < dp; ++j) {
-        for (int64_t i = 0; i < n; ++i) gcols[j * l_count + pos[i]] = gc[j * n + i];
+  // a winner per position: channel by channel (see conv_forward_image); the channel's
+  // weight-row sum accumulates in scratch.grads and goes to the chunk's partials once
+  if (sums) image_rows(xb, g, a.ld, patches);
+  const ChannelLists<T>& lists = scratch.lists.build(tab, wn, l_count, a.c_count);
+  if (gxb) std::fill(gp, gp + l_count * a.ld, T(0));
+  T* acc = scratch.grads.data();  // (ld,)
+  for (int64_t c = 0; c < a.c_count; ++c) {
+    if (lists.start[c] == lists.start[c + 1]) continue;
+    const T* wrow = a.weight + c * a.ld;
+    const T* gc = gb + c * l_count;
+    const T* oc = ob + c * l_count;
+    T bias_acc = 0;
+    if (sums) std::fill(acc, acc + a.ld, T(0));
+    for (int64_t e = lists.start[c]; e < lists.start[c + 1]; ++e) {
+      const int64_t p = lists.position[e];
+      const T gv = masked_grad(gc[p], lists.mask[e], oc[p], a.relu);
+      if (gxb) axpy(gv, wrow, gp + p * a.ld, a.ld);
+      if (sums) {
+        axpy(gv, patches + p * a.ld, acc, a.ld);
+        bias_acc += gv;
       }
     }
     if (sums) {
-      scratch.gather(cols, l_count, dp, pos, n);
-      group_weight_sums(scratch.cols.data(), n, n, dp, ch, n_kept, g, n, partials, chunk);
+      T* bias_sum;
+      T* row = partials.row(chunk, c, bias_sum);
+      *bias_sum += bias_acc;
+      for (int64_t j = 0; j < dp; ++j) row[j] += acc[j];
     }
   }
+  if (gxb) fold_rows(gp, g, a.ld, gxb);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> som_mask_conv2d_backward_cpu(
@@ -708,24 +882,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> som_mask_conv2d_backward_cpu(
     at::IntArrayRef padding, at::IntArrayRef dilation, bool relu, std::array<bool, 3> output_mask) {
   const char* op = "som_mask_conv2d_backward";
   const ConvGeometry geo = conv_geometry(op, x, weight, stride, padding, dilation);
-  const int64_t b_count = x.size(0), c_count = weight.size(0), l_count = geo.out_h * geo.out_w;
-  const int64_t dp = weight.size(1) * weight.size(2) * weight.size(3);
+  const int64_t b_count = x.size(0), c_count = weight.size(0), l_count = geo.l(), dp = geo.dp();
   check_conv_winners(op, winners, b_count, l_count);
   const std::vector<int64_t> out_shape{b_count, c_count, geo.out_h, geo.out_w};
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(out_shape) && out.sizes() == at::IntArrayRef(out_shape), op,
               ": grad and out must be ", at::IntArrayRef(out_shape), "; got ", grad.sizes(), " and ", out.sizes());
   const bool want_x = output_mask[0], want_w = output_mask[1], want_b = output_mask[2];
-  at::Tensor grad_x = want_x ? at::Tensor() : at::empty({0}, x.options());
+  at::Tensor grad_x = want_x ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor grad_w = want_w ? at::empty(weight.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor grad_b = want_b ? at::empty({c_count}, x.options()) : at::empty({0}, x.options());
   if (b_count == 0) {
-    if (want_x) grad_x = at::zeros(x.sizes(), x.options());
+    grad_x.zero_();
     grad_w.zero_();
     grad_b.zero_();
     return {grad_x, grad_w, grad_b};
   }
   check_tables(op, kept, values);
   check_winners(op, winners, kept.size(0));
+  const bool per_position = winners.size(1) > 1;
   const at::ScalarType dtype = x.scalar_type();
   AT_DISPATCH_FLOATING_TYPES(dtype, "som_mask_conv2d_backward", [&] {
     using T = scalar_t;
@@ -733,12 +907,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> som_mask_conv2d_backward_cpu(
     const int team = genkernels::cpu::team_size(
         std::min(b_count, threads_for(2 * b_count * l_count * std::max<int64_t>(tab.width, 1) * dp)));
     genkernels::cpu::SoloScope solo(team <= 1);
-    const at::Tensor cols = im2col(x, geo);
-    const at::Tensor w_c = weight.reshape({c_count, dp}).contiguous(), winners_c = winners.contiguous();
+    const int64_t ld = per_position ? padded(dp) : dp;
+    const at::Tensor x_c = x.contiguous(), w_c = weight_rows(weight, ld), winners_c = winners.contiguous();
     const at::Tensor grad_c = grad.to(dtype).contiguous(), out_c = out.to(dtype).contiguous();
-    const ConvArgs<T> a{cols.const_data_ptr<T>(), w_c.const_data_ptr<T>(), nullptr,
-                        winners_c.const_data_ptr<int64_t>(), b_count, dp, l_count, c_count, winners.size(1), relu};
-    at::Tensor grad_cols = want_x ? at::empty({b_count, dp, l_count}, x.options()) : at::Tensor();
+    const ConvArgs<T> a{x_c.const_data_ptr<T>(), w_c.const_data_ptr<T>(), nullptr, winners_c.const_data_ptr<int64_t>(),
+                        b_count, c_count, winners.size(1), ld, geo, relu};
     const bool sums = want_w || want_b;
     std::vector<T> gw_scratch, gb_scratch;
     T* gw = want_w ? grad_w.mutable_data_ptr<T>() : nullptr;
@@ -754,25 +927,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> som_mask_conv2d_backward_cpu(
     const int64_t images = chunk_size(b_count, 1);
     const int64_t chunks = (b_count + images - 1) / images;
     ChannelPartials<T> partials(sums ? chunks : 1, c_count, dp, gw, gbias);
-    std::vector<GroupScratch<T>> scratch(team);
+    std::vector<ConvScratch<T>> scratch(team);
     for (auto& s : scratch) {
-      if (a.p_count > 1) {
-        s.size(l_count, kept.size(0), dp, tab.width);
-      } else {
-        s.vals.resize(std::max<int64_t>(tab.width, 1) * l_count);
-      }
+      s.patches.resize(ld * l_count);
+      s.grad_patches.resize(want_x ? ld * l_count : 0);
+      s.grads.resize(per_position ? ld : std::max<int64_t>(tab.width, 1) * l_count);
     }
-    T* gcols = want_x ? grad_cols.mutable_data_ptr<T>() : nullptr;
+    T* gx = want_x ? grad_x.mutable_data_ptr<T>() : nullptr;
     genkernels::cpu::parallel_chunks(chunks, team, [&](int64_t i, int slot) {
       for (int64_t b = i * images, b1 = std::min(b_count, (i + 1) * images); b < b1; ++b) {
-        conv_backward_image(a, tab, b, grad_c.const_data_ptr<T>(), out_c.const_data_ptr<T>(), gcols, sums, partials,
-                            i, scratch[slot]);
+        conv_backward_image(a, tab, b, grad_c.const_data_ptr<T>(), out_c.const_data_ptr<T>(), gx, sums, partials, i,
+                            scratch[slot]);
       }
     });
     if (sums) partials.reduce(team);
-    if (want_x) {
-      grad_x = at::col2im(grad_cols, {x.size(2), x.size(3)}, geo.kernel, geo.dilation, geo.padding, geo.stride);
-    }
   });
   return {grad_x, grad_w, grad_b};
 }
