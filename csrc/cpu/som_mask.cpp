@@ -104,14 +104,20 @@ KeptTable<T> kept_table(const char* op, const at::Tensor& kept, const at::Tensor
   const at::Tensor values_c = values.to(c10::CppTypeToScalarType<T>::value).contiguous();
   const int64_t* kp = kept_c.const_data_ptr<int64_t>();
   const T* vp = values_c.const_data_ptr<T>();
+  // the checks of genkernels/som/mask_ops.check_tables, here in the copy's pass (ValueError)
   for (int64_t w = 0; w < k_nodes; ++w) {
     int64_t n = 0;
     for (int64_t s = 0; s < t.width; ++s) {
       const int64_t c = kp[w * t.width + s];
+      const T v = vp[w * t.width + s];
+      TORCH_CHECK_VALUE(c >= -1 && c < c_count, op, ": kept must hold output indices in [0, ", c_count,
+                        ") or -1 (padding); got ", c);
+      TORCH_CHECK_VALUE(v - v == T(0) && v >= T(0), op, ": values must be finite and >= 0 (mask values); got ", v);
       if (c < 0) continue;
-      TORCH_CHECK_INDEX(c < c_count, op, ": kept holds channel ", c, " but the layer has ", c_count, " outputs");
+      TORCH_CHECK_VALUE(n == s && (n == 0 || c > t.channels[w * t.width + n - 1]), op,
+                        ": every row of kept must list its outputs in ascending order, then the -1 padding");
       t.channels[w * t.width + n] = c;
-      t.masks[w * t.width + n] = vp[w * t.width + s];
+      t.masks[w * t.width + n] = v;
       ++n;
     }
     t.count[w] = n;
@@ -123,7 +129,8 @@ void check_winners(const char* op, const at::Tensor& winners, int64_t k_nodes) {
   const at::Tensor w = winners.contiguous();
   const int64_t* p = w.const_data_ptr<int64_t>();
   for (int64_t i = 0, n = w.numel(); i < n; ++i) {
-    TORCH_CHECK_INDEX(p[i] >= 0 && p[i] < k_nodes, op, ": winners must lie in [0, ", k_nodes, "); got ", p[i]);
+    TORCH_CHECK_VALUE(p[i] >= 0 && p[i] < k_nodes, op, ": winners must lie in [0, ", k_nodes, ") (rows of kept); got ",
+                      p[i]);
   }
 }
 

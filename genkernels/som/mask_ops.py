@@ -105,9 +105,10 @@ def _pair(name: str, value, low: int) -> tuple[int, int]:
     return int(items[0]), int(items[1])
 
 
-def check_tables(kept, values, n_outputs: int, dtype: torch.dtype, device: torch.device) -> None:
+def check_tables(kept, values, n_outputs: int, dtype: torch.dtype, device: torch.device, data: bool = True) -> None:
     """kept (K, S) int64: each row's outputs in [0, n_outputs) ascending, then -1 padding;
-    values (K, S) finite and >= 0, in ``dtype`` on ``device`` (data checks eager only)."""
+    values (K, S) finite and >= 0, in ``dtype`` on ``device``. The data checks run eagerly
+    and with ``data`` (the cpu kernels make them in their own pass over the tables)."""
     check_index_tensor("kept", kept, 2)
     check_float_tensor("values", values, 2)
     if kept.shape[0] == 0:
@@ -118,7 +119,7 @@ def check_tables(kept, values, n_outputs: int, dtype: torch.dtype, device: torch
         raise TypeError(f"values has dtype {values.dtype} but x has {dtype}; they must match")
     if kept.device != device or values.device != device:
         raise ValueError(f"kept and values must be on x's device {device}; got {kept.device} and {values.device}")
-    if compiling() or kept.device.type == "meta" or kept.numel() == 0:
+    if not data or compiling() or kept.device.type == "meta" or kept.numel() == 0:
         return
     valid = kept >= 0
     if bool((kept < -1).any()) or bool((kept >= n_outputs).any()):
@@ -138,7 +139,7 @@ def _check_winners(winners, n_nodes: int) -> None:
         raise ValueError(f"winners must lie in [0, {n_nodes}) (rows of kept); got values in [{lo}, {hi}]")
 
 
-def _check_layer_args(x, weight, bias, winners, kept, values, x_ndim: int):
+def _check_layer_args(x, weight, bias, winners, kept, values, x_ndim: int, data: bool):
     check_float_tensor("x", x, x_ndim)
     check_float_tensor("weight", weight, x_ndim)
     tensors = {"x": x, "weight": weight, "winners": winners}
@@ -153,8 +154,9 @@ def _check_layer_args(x, weight, bias, winners, kept, values, x_ndim: int):
         raise TypeError(f"winners must be an int64 tensor; got dtype {winners.dtype}")
     check_same_device(**tensors)
     check_same_dtype(x=x, weight=weight, **({"bias": bias} if bias is not None else {}))
-    check_tables(kept, values, weight.shape[0], x.dtype, x.device)
-    _check_winners(winners, kept.shape[0])
+    check_tables(kept, values, weight.shape[0], x.dtype, x.device, data)
+    if data:
+        _check_winners(winners, kept.shape[0])
 
 
 # ------------------------------------------------------------------------ public ops
@@ -175,12 +177,13 @@ def som_mask_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         differentiable in x, weight and bias (the mask is a constant). Arithmetic in fp32
         (fp64 for fp64 input).
     """
-    _check_layer_args(x, weight, bias, winners, kept, values, 2)
+    name = LINEAR.resolve(x.device, backend)
+    _check_layer_args(x, weight, bias, winners, kept, values, 2, name != "cpu")  # cpu: data checks in C++
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"weight has {weight.shape[1]} features but x has {x.shape[1]}; they must match")
     if winners.dim() != 1 or winners.shape[0] != x.shape[0]:
         raise ValueError(f"winners must be ({x.shape[0]},) (one per row of x); got shape {tuple(winners.shape)}")
-    return mask_linear(x, weight, bias, winners, kept, values, bool(relu), backend)
+    return mask_linear(x, weight, bias, winners, kept, values, bool(relu), name)
 
 
 def mask_linear(x, weight, bias, winners, kept, values, relu: bool, backend: str | None) -> torch.Tensor:
@@ -205,7 +208,8 @@ def som_mask_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     Returns:
         (B, C, Ho, Wo) in x's dtype, differentiable in x, weight and bias.
     """
-    _check_layer_args(x, weight, bias, winners, kept, values, 4)
+    name = CONV.resolve(x.device, backend)
+    _check_layer_args(x, weight, bias, winners, kept, values, 4, name != "cpu")  # cpu: data checks in C++
     stride, padding, dilation = _pair("stride", stride, 1), _pair("padding", padding, 0), _pair("dilation", dilation, 1)
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"weight has {weight.shape[1]} input channels but x has {x.shape[1]}; they must match")
@@ -221,7 +225,7 @@ def som_mask_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     else:
         raise ValueError(f"winners must be ({b},) or ({b}, 1) (one per image) or ({b}, {ho}, {wo}) / ({b}, {ho * wo}) "
                          f"(one per output position); got shape {tuple(winners.shape)}")
-    return mask_conv2d(x, weight, bias, winners, kept, values, stride, padding, dilation, bool(relu), backend)
+    return mask_conv2d(x, weight, bias, winners, kept, values, stride, padding, dilation, bool(relu), name)
 
 
 def mask_conv2d(x, weight, bias, winners, kept, values, stride, padding, dilation, relu: bool,
