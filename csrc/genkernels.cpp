@@ -55,6 +55,26 @@ TORCH_LIBRARY(genkernels, m) {
   // grad_values (K, C), grad_beta 0-d).
   m.def("som_soft_backward(Tensor grad, Tensor x, Tensor nodes, Tensor values, Tensor beta, Tensor out, "
         "Tensor m, Tensor z, bool squared) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The SOM-masked layers (genkernels/som/mask_reference.py): winners int64 (the SOM's
+  // winning node per row, or per image / position for the convolution) index the tables
+  // kept (K, S) int64 -- each winner's kept outputs, ascending, -1 padding -- and values
+  // (K, S), their mask values. Only the kept outputs are computed: out = act(m (x . W_c +
+  // b_c)), act the ReLU when relu, 0 elsewhere. x (B, D), weight (C, D), bias (C,) or None,
+  // winners (B,) -> out (B, C).
+  m.def("som_mask_linear(Tensor x, Tensor weight, Tensor? bias, Tensor winners, Tensor kept, Tensor values, "
+        "bool relu) -> Tensor");
+  // Its VJP from the forward's out (the mask is a constant): grad (B, C) -> (grad_x (B, D),
+  // grad_weight (C, D), grad_bias (C,)); an output whose output_mask entry is false comes
+  // back empty, (0,).
+  m.def("som_mask_linear_backward(Tensor grad, Tensor x, Tensor weight, Tensor winners, Tensor kept, "
+        "Tensor values, Tensor out, bool relu, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // The convolution: x (B, Cin, H, W), weight (C, Cin, kh, kw), winners (B, 1) (one winner
+  // per image) or (B, Ho * Wo) (one per output position, row-major) -> out (B, C, Ho, Wo).
+  m.def("som_mask_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor winners, Tensor kept, Tensor values, "
+        "int[2] stride, int[2] padding, int[2] dilation, bool relu) -> Tensor");
+  m.def("som_mask_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor winners, Tensor kept, "
+        "Tensor values, Tensor out, int[2] stride, int[2] padding, int[2] dilation, bool relu, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // ---- Hopfield networks (genkernels/hopfield) ----
   // Asynchronous recall: weights (N, N) float32|float64, symmetric; states (B, N) +-1 in
   // weights' dtype. Each probe runs sweeps (every unit once, in unit order or, with

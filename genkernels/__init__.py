@@ -9,11 +9,13 @@ from .hopfield.hopfield import Hopfield
 from .hopfield.retrieval import HopfieldRetrieval
 from .ising.ising import Ising2D
 from .model import DivergedError, Model
+from .som.mask import SOMMaskConv2d, SOMMaskLinear
 from .som.patch import PatchSOM, StackedPatchSOM
 from .som.soft import SoftSOM
 from .som.som import SOM
 
 __version__ = "0.1.0"
 __all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "Hopfield", "HopfieldRetrieval", "Ising2D",
-           "Model", "PatchSOM", "SoftSOM", "StackedPatchSOM", "available_backends", "backends", "ops", "random",
+           "Model", "PatchSOM", "SOMMaskConv2d", "SOMMaskLinear", "SoftSOM", "StackedPatchSOM",
+           "available_backends", "backends", "ops", "random",
            "use_backend"]

@@ -8,11 +8,12 @@ from .ising.ops import (
     ising_sweep,
     ising_thresholds,
 )
+from .som.mask_ops import som_mask_conv2d, som_mask_linear
 from .som.ops import neighborhood_matmul, som_bmu, som_node_sums, som_online, som_smooth
 from .som.patch_ops import som_patch_bmu
 from .som.soft_ops import som_soft
 
 __all__ = ["bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfield_retrieval", "hopfield_store",
            "ising_counters_per_sweep", "ising_observables", "ising_sample", "ising_sweep", "ising_thresholds",
-           "neighborhood_matmul", "rbm_half_step", "rbm_half_step_binary", "som_bmu", "som_node_sums",
-           "som_online", "som_patch_bmu", "som_smooth", "som_soft"]
+           "neighborhood_matmul", "rbm_half_step", "rbm_half_step_binary", "som_bmu", "som_mask_conv2d",
+           "som_mask_linear", "som_node_sums", "som_online", "som_patch_bmu", "som_smooth", "som_soft"]
