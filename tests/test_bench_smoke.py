@@ -269,7 +269,8 @@ def test_pytest_benchmark_lists_every_family():
     modules = {line.split("::")[0] for line in proc.stdout.splitlines() if "::test_" in line}
     assert modules == {f"bench/{name}.py" for name in ("bench_som", "bench_hopfield", "bench_hopfield_recall",
                                                         "bench_ising", "bench_rbm", "bench_bm_gibbs",
-                                                        "bench_compat_rbm", "bench_som_estimator", "bench_som_nn")}, \
+                                                        "bench_compat_rbm", "bench_som_estimator", "bench_som_nn",
+                                                        "bench_som_mask")}, \
         proc.stdout[-4000:]
 
 
