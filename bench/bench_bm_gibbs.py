@@ -23,7 +23,6 @@ Times are medians of rounds after one warm-up (CUDA: synchronised). Writes
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import os
 import sys
@@ -128,10 +127,7 @@ def run(device="cpu", quick=False, out_dir=None):
         return 2
     runner.check_results_dir(out_dir or os.path.join(BENCH_DIR, "results"))
     torch.manual_seed(0)
-    meta = {"machine": runner.machine_name(device), "device": device, "quick": quick,
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "versions": runner.versions(), "commit": runner.git_commit(),
-            "loadavg_start": os.getloadavg()[0]}
+    meta = runner.run_meta(device, quick)
     records = run_cases(device, quick, log=lambda m: print(m, file=sys.stderr, flush=True))
     meta["loadavg_end"] = os.getloadavg()[0]
     table = markdown(records, meta)

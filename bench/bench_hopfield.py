@@ -32,7 +32,6 @@ compiled genkernels backend of the same row group. Results go to
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
 import sys
@@ -150,21 +149,8 @@ def run_cases(device: str, quick: bool, meta: dict, log=print, budget_s: float |
                         rec["max_abs_diff_vs_sdpa"] = float((result - want).abs().max())
                     records.append(rec)
                     log(f"[bench] {w.name} steps={max_steps} {op} {name}: {runner._fmt_s(med)}")
-    _add_ratios(records)
+    runner.add_backend_ratios(records, lambda rec: (rec["workload"], rec["max_steps"], rec["op"]))
     return records
-
-
-def _add_ratios(records: list[dict]) -> None:
-    groups: dict[tuple, list[dict]] = {}
-    for rec in records:
-        groups.setdefault((rec["workload"], rec["max_steps"], rec["op"]), []).append(rec)
-    for group in groups.values():
-        ours = [r for r in group if r["kind"] == "backend" and r["impl"] != "reference"] or \
-            [r for r in group if r["kind"] == "backend"]
-        best = min(ours, key=lambda r: r["median_s"])
-        for rec in group:
-            rec["x_ours"] = rec["median_s"] / best["median_s"]
-            rec["ours"] = best["impl"]
 
 
 def markdown(records: list[dict], meta: dict) -> str:
@@ -205,10 +191,7 @@ def run(device: str = "cpu", quick: bool = False, out_dir: str | None = None,
             return 2
         torch.backends.cuda.matmul.allow_tf32 = False
     runner.check_results_dir(out_dir or os.path.join(BENCH_DIR, "results"))
-    meta = {"machine": runner.machine_name(device), "device": device, "quick": quick,
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "versions": runner.versions(), "commit": runner.git_commit(),
-            "loadavg_start": os.getloadavg()[0]}
+    meta = runner.run_meta(device, quick)
     records = run_cases(device, quick, meta, log=lambda m: print(m, file=sys.stderr, flush=True),
                         budget_s=budget_s)
     meta["loadavg_end"] = os.getloadavg()[0]

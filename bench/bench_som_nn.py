@@ -58,7 +58,6 @@ does not see; its other scratch, the packed codebook and a few rows per thread, 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -173,7 +172,7 @@ def run_cases(device: str, quick: bool, meta: dict, log=print, budget_s: float |
             records += _soft_rows(device, quick, meta, log, budget_s, threads)
         finally:
             torch.set_num_threads(threads_before)
-    _add_ratios(records)
+    runner.add_backend_ratios(records, lambda rec: (rec["layer"], rec["workload"], rec.get("threads"), rec["op"]))
     return records
 
 
@@ -196,19 +195,6 @@ def _soft_rows(device, quick, meta, log, budget_s, threads) -> list[dict]:
                 records.append(rec)
                 log(f"[bench] SoftSOM {w.name} {threads} thread(s) {op} {name}: {runner._fmt_s(med)}")
     return records
-
-
-def _add_ratios(records: list[dict]) -> None:
-    groups: dict[tuple, list[dict]] = {}
-    for rec in records:
-        groups.setdefault((rec["layer"], rec["workload"], rec.get("threads"), rec["op"]), []).append(rec)
-    for group in groups.values():
-        ours = [r for r in group if r["kind"] == "backend" and r["impl"] != "reference"] or \
-            [r for r in group if r["kind"] == "backend"]
-        best = min(ours, key=lambda r: r["median_s"])
-        for rec in group:
-            rec["x_ours"] = rec["median_s"] / best["median_s"]
-            rec["ours"] = best["impl"]
 
 
 def markdown(records: list[dict], meta: dict) -> str:
@@ -248,10 +234,7 @@ def run(device: str = "cpu", quick: bool = False, out_dir: str | None = None,
             return 2
         torch.backends.cuda.matmul.allow_tf32 = False
     runner.check_results_dir(out_dir or os.path.join(BENCH_DIR, "results"))
-    meta = {"machine": runner.machine_name(device), "device": device, "quick": quick,
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "versions": runner.versions(), "commit": runner.git_commit(),
-            "loadavg_start": os.getloadavg()[0]}
+    meta = runner.run_meta(device, quick)
     records = run_cases(device, quick, meta, log=lambda m: print(m, file=sys.stderr, flush=True),
                         budget_s=budget_s)
     meta["loadavg_end"] = os.getloadavg()[0]

@@ -8,6 +8,7 @@ them; bench/run.py is the runner built on them."""
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import json
 import math
@@ -290,6 +291,31 @@ class busy_neighbours:
             proc.wait()
             _BUSY.remove(proc)
         return False
+
+
+def run_meta(device: str, quick: bool) -> dict:
+    """The metadata every results file starts with: machine, device, quick mode, time,
+    versions, commit and the 1-minute load average at the start (the caller adds
+    ``loadavg_end`` when the cases are done)."""
+    return {"machine": machine_name(device), "device": device, "quick": quick,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "versions": versions(), "commit": git_commit(), "loadavg_start": os.getloadavg()[0]}
+
+
+def add_backend_ratios(records: list[dict], group_of) -> None:
+    """``x_ours`` = median / the fastest compiled genkernels backend (kind "backend", not
+    "reference"; the reference when it is the only one) of the record's group
+    (``group_of(record)``), and ``ours`` = that backend, on every record."""
+    groups: dict = {}
+    for rec in records:
+        groups.setdefault(group_of(rec), []).append(rec)
+    for group in groups.values():
+        ours = [r for r in group if r["kind"] == "backend" and r["impl"] != "reference"] or \
+            [r for r in group if r["kind"] == "backend"]
+        best = min(ours, key=lambda r: r["median_s"])
+        for rec in group:
+            rec["x_ours"] = rec["median_s"] / best["median_s"]
+            rec["ours"] = best["impl"]
 
 
 def contention_meta() -> dict:
