@@ -313,7 +313,8 @@ def test_som_trained_embedding_organises_the_map_on_the_spiral():
     (dict(train_embedding="som", som_steps=0), ValueError, "som_steps"),
     (dict(train_embedding="som", som_steps=5, sigma=-1.0), ValueError, "sigma"),
     (dict(train_embedding="som", som_steps=5, learning_rate=1.5), ValueError, "learning_rate must be <= 1"),
-    (dict(train_embedding="som", som_steps=5, learning_rate=(0.5, 0.1, 0.0)), TypeError, "learning_rate"),
+    (dict(train_embedding="som", som_steps=5, learning_rate=(0.5, 0.1, 0.0)), ValueError, "learning_rate"),
+    (dict(train_embedding="som", som_steps=5, sigma=lambda t: t), TypeError, "sigma"),
     (dict(train_embedding="som", som_steps=5, schedule="cosine"), ValueError, "schedule"),
 ])
 def test_som_trained_embedding_bad_arguments(kwargs, error, match):

@@ -35,20 +35,18 @@ from .lattice import TOPOLOGIES, Lattice
 from .ops import som_node_sums, som_smooth
 from .soft_ops import som_soft
 from .soft_reference import DISTANCES
+from .som import _rate as _som_rate
 
 TRAIN_EMBEDDINGS = ("gradient", "som")
 
 
-def _rate(name: str, value, default_end) -> tuple[float, float]:
-    """A number (decaying to default_end(number)) or a (start, end) pair -> (start, end),
-    both finite and > 0."""
-    pair = (value, default_end(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-        raise TypeError(f"{name} must be a number or a (start, end) pair; got {value!r}")
-    for v in pair:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-            raise ValueError(f"{name} must hold finite numbers > 0; got {value!r}")
-    return float(pair[0]), float(pair[1])
+def _schedule(name: str, value, default_end) -> tuple[float, float]:
+    """One map's (start, end) of a rate, read as genkernels.SOM reads it (a number decaying to
+    default_end(number), or a (start, end) tuple; finite and > 0)."""
+    if callable(value):
+        raise TypeError(f"{name} must be a number or a (start, end) tuple; got a callable")
+    start, end = _som_rate(name, value, default_end, 1)
+    return float(start[0]), float(end[0])
 
 
 class SoftSOM(nn.Module):
@@ -113,9 +111,9 @@ class SoftSOM(nn.Module):
                 raise ValueError('som_steps is required with train_embedding="som" (the number of training '
                                  "forwards the SOM schedule runs over)")
             self.som_steps = check_int("som_steps", som_steps, 1)
-            self.sigma = _rate("sigma", max(max(rows, cols) / 2.0, 1.0) if sigma is None else sigma,
+            self.sigma = _schedule("sigma", max(max(rows, cols) / 2.0, 1.0) if sigma is None else sigma,
                                lambda v: min(1.0, v))
-            self.learning_rate = _rate("learning_rate", learning_rate, lambda v: v)
+            self.learning_rate = _schedule("learning_rate", learning_rate, lambda v: v)
             if max(self.learning_rate) > 1:
                 raise ValueError(f"learning_rate must be <= 1 (1 = the plain batch rule); got {learning_rate!r}")
             self.schedule = check_choice("schedule", schedule, schedules.SCHEDULES)
