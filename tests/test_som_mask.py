@@ -167,6 +167,32 @@ def test_conv_every_backend_matches_the_definition(backend, case, per_position):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("frozen", ["weight", "bias"])
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_gradients_of_a_frozen_weight_or_bias(backend, frozen, layer):
+    """Only one of weight and bias requires grad (a frozen layer part): the other's
+    gradient is still the definition's, and the frozen one gets none."""
+    if layer == "linear":
+        x, w, bias_t, winners, kept, values = _linear_problem(5, 6, "top3")
+        op, define, extra = genkernels.ops.som_mask_linear, R.som_mask_linear, ()
+        args = (winners, kept, values)
+        ref_args = args
+    else:
+        x, w, bias_t, winners, kept, values, geo = _conv_problem(2, 2, (5, 5), (3, 3), "five", True)
+        op, define, extra = genkernels.ops.som_mask_conv2d, R.som_mask_conv2d, (1, 0, 1)
+        args = (winners, kept, values)
+        ref_args = (winners, kept, values, *geo)
+    x, w, bias_t = (t.detach().requires_grad_(name != frozen) for name, t in (("x", x), ("weight", w),
+                                                                             ("bias", bias_t)))
+    live = [t for name, t in (("x", x), ("weight", w), ("bias", bias_t)) if name != frozen]
+    out = op(x, w, bias_t, *args, *extra, relu=True, backend=backend)
+    want = define(x, w, bias_t, *ref_args, True)
+    grad = torch.randn(want.shape, dtype=want.dtype, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    for a, b in zip(torch.autograd.grad(out, live, grad), torch.autograd.grad(want, live, grad)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_outputs_and_weight_rows_not_kept_get_exact_zeros(backend):
     x, w, bias_t, winners, kept, values = _linear_problem(9, 5, "five")
     winners.fill_(0)  # a corner: outputs 0, 1 and 10 kept

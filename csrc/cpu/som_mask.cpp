@@ -163,10 +163,23 @@ struct ChannelPartials {
   // first touches it, and only touched rows are read
   std::unique_ptr<T[]> w_store, b_store;
   std::vector<uint8_t> touched;
+  // the output not asked for, when the other one is: the sums run over both
+  std::vector<T> w_unused, b_unused;
 
+  // grad_w_ / grad_b_: the outputs, either null when not wanted (both null: no sums)
   ChannelPartials(int64_t chunks_, int64_t c_count_, int64_t width_, T* grad_w_, T* grad_b_)
       : chunks(chunks_), c_count(c_count_), width(width_), grad_w(grad_w_), grad_b(grad_b_),
         touched(chunks_ * c_count_, 0) {
+    if (grad_w != nullptr || grad_b != nullptr) {
+      if (grad_w == nullptr) {
+        w_unused.resize(c_count * width);
+        grad_w = w_unused.data();
+      }
+      if (grad_b == nullptr) {
+        b_unused.resize(c_count);
+        grad_b = b_unused.data();
+      }
+    }
     if (chunks > 1) {
       w_store.reset(new T[chunks * c_count * width]);
       b_store.reset(new T[chunks * c_count]);
@@ -351,17 +364,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> som_mask_linear_backward_cpu(
     const T* op_ = out_c.const_data_ptr<T>();
     T* gx = want_x ? grad_x.mutable_data_ptr<T>() : nullptr;
     const bool sums = want_w || want_b;
-    std::vector<T> gw_scratch, gb_scratch;
     T* gw = want_w ? grad_w.mutable_data_ptr<T>() : nullptr;
     T* gb = want_b ? grad_b.mutable_data_ptr<T>() : nullptr;
-    if (sums && !want_w) {
-      gw_scratch.resize(c_count * d);
-      gw = gw_scratch.data();
-    }
-    if (sums && !want_b) {
-      gb_scratch.resize(c_count);
-      gb = gb_scratch.data();
-    }
     const int64_t rows = chunk_size(b_count, kMinChunkRows);
     const int64_t chunks = (b_count + rows - 1) / rows;
     ChannelPartials<T> partials(sums ? chunks : 1, c_count, d, gw, gb);
@@ -920,17 +924,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> som_mask_conv2d_backward_cpu(
     const ConvArgs<T> a{x_c.const_data_ptr<T>(), w_c.const_data_ptr<T>(), nullptr, winners_c.const_data_ptr<int64_t>(),
                         b_count, c_count, winners.size(1), ld, geo, relu};
     const bool sums = want_w || want_b;
-    std::vector<T> gw_scratch, gb_scratch;
     T* gw = want_w ? grad_w.mutable_data_ptr<T>() : nullptr;
     T* gbias = want_b ? grad_b.mutable_data_ptr<T>() : nullptr;
-    if (sums && !want_w) {
-      gw_scratch.resize(c_count * dp);
-      gw = gw_scratch.data();
-    }
-    if (sums && !want_b) {
-      gb_scratch.resize(c_count);
-      gbias = gb_scratch.data();
-    }
     const int64_t images = chunk_size(b_count, 1);
     const int64_t chunks = (b_count + images - 1) / images;
     ChannelPartials<T> partials(sums ? chunks : 1, c_count, dp, gw, gbias);
