@@ -49,10 +49,11 @@ def _run(code: str, scope: dict) -> dict:
 def test_readme_has_the_blocks_this_test_knows():
     """A new ```python block needs its prelude here (and its own test below)."""
     blocks = _blocks()
-    assert len(blocks) == 3, [b.splitlines()[0] for b in blocks]
+    assert len(blocks) == 4, [b.splitlines()[0] for b in blocks]
     assert "genkernels.SOM(" in blocks[0]
     assert "genkernels.Hopfield(" in blocks[1]
     assert "genkernels.BoltzmannMachine(" in blocks[2]
+    assert "genkernels.SOMMaskConv2d(" in blocks[3]
 
 
 def test_readme_tour_runs(tmp_path, monkeypatch):
@@ -108,6 +109,17 @@ def test_readme_energy_block_runs(tmp_path, monkeypatch):
 def test_readme_energy_block_runs_in_full(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _check_energy_scope(_run(_blocks()[2], _prelude_energy()))
+
+
+def test_readme_som_mask_block_runs():
+    scope = _run(_blocks()[3], {})
+    conv = scope["conv"]
+    assert bool(conv.som_initialized) and conv.weight.grad is not None
+    assert scope["patches"].shape == (64, 100, 28, 28) and scope["hidden"].shape == (64, 100)
+    # top_k=5: at most 5 channels of each image are non-zero
+    with torch.no_grad():
+        active = (conv.eval()(scope["images"]) != 0).flatten(2).any(2).sum(1)
+    assert int(active.max()) <= 5
 
 
 def _check_energy_scope(scope):
