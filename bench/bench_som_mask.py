@@ -1,7 +1,7 @@
 """SOM-masked layers keeping 5% of their outputs: forward + backward time of the sparse
 kernels against the same layer with the dense mask and against a dense layer of 5 outputs.
 
-    python bench/bench_som_mask.py [--quick] [--rounds N] [--out DIR] [--allow-dirty]
+    python bench/bench_som_mask.py [--quick] [--rounds N] [--threads T] [--out DIR] [--allow-dirty]
     pytest bench/bench_som_mask.py --benchmark-only [--bench-quick]
         (test_som_mask: each implementation alone, pytest-benchmark's timing)
 
@@ -22,7 +22,12 @@ round (harness.interleaved; medians):
 * ``sparse layer`` / ``dense-mask layer``: SOMMaskLinear / SOMMaskConv2d in eval mode (the
   SOM's winner search included, no SOM update), top_k=5 vs mode="dense".
 
-Writes ``<out>/<machine>-som-mask.{json,md}`` (default bench/results/) with harness.write_results.
+``--threads`` (default 1): torch.set_num_threads for the whole run. On a 2-core machine
+shared with other work, torch's own two-thread ops stall whenever a neighbour holds a core
+(each parallel region waits a time slice for its second thread), which would flatter our
+kernels (they fall back to one thread: docs/design.md, "Threads on the CPU"); one thread
+compares the work. Writes ``<out>/<machine>-som-mask[-<T>t].{json,md}`` (default
+bench/results/; the suffix for T != 1) with harness.write_results.
 """
 
 from __future__ import annotations
@@ -128,7 +133,8 @@ def implementations(kind: str, shape: tuple, seed: int = 0) -> dict:
             "sparse layer": layer_call(layers[0]), "dense-mask layer": layer_call(layers[1])}
 
 
-def run(quick: bool = False, rounds: int | None = None, out: str | None = None) -> list[dict]:
+def run(quick: bool = False, rounds: int | None = None, out: str | None = None, threads: int = 1) -> list[dict]:
+    torch.set_num_threads(threads)
     rounds = rounds or (5 if quick else 21)
     records = []
     for name, kind, shape in CASES[quick]:
@@ -144,17 +150,19 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None) 
     table = _table(records)
     print(table)
     if out:
-        meta = {"suite": "som-mask", "device": "cpu", "versions": harness.versions(), "commit": harness.git_commit(),
+        meta = {"suite": "som-mask", "device": "cpu", "threads": threads, "versions": harness.versions(),
+                "commit": harness.git_commit(),
                 "machine": harness.machine_name("cpu"), "outputs": OUTPUTS, "kept": KEEP, "dtype": "float32",
                 "timing": "forward + backward, interleaved rounds, median"}
-        harness.write_results(out, f"{harness.machine_name('cpu')}-som-mask{'-quick' if quick else ''}", meta,
-                              records, table)
+        suffix = ("-quick" if quick else "") + (f"-{threads}t" if threads != 1 else "")
+        harness.write_results(out, f"{harness.machine_name('cpu')}-som-mask{suffix}", meta, records, table)
     return records
 
 
 def _table(records: list[dict]) -> str:
     lines = [f"# SOM-masked layers, {KEEP} of {OUTPUTS} outputs kept: forward + backward, fp32, cpu "
-             f"({torch.get_num_threads()} threads), torch {torch.__version__}", "",
+             f"({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}), torch "
+             f"{torch.__version__}", "",
              "| case | sparse op | dense-mask op | dense 5 outputs | dense-mask / sparse (op) | "
              "sparse / dense 5 | sparse layer | dense-mask layer | dense-mask / sparse (layer) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -173,12 +181,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
     harness.add_allow_dirty(p)
     args = p.parse_args(argv)
     harness.allow_dirty(args.allow_dirty)
     harness.check_results_dir(args.out)
-    run(args.quick, args.rounds, args.out)
+    run(args.quick, args.rounds, args.out, args.threads)
     return 0
 
 

@@ -49,13 +49,14 @@ def _run(code: str, scope: dict) -> dict:
 def test_readme_has_the_blocks_this_test_knows():
     """A new ```python block needs its prelude here (and its own test below)."""
     blocks = _blocks()
-    assert len(blocks) == 6, [b.splitlines()[0] for b in blocks]
+    assert len(blocks) == 7, [b.splitlines()[0] for b in blocks]
     assert "genkernels.SOM(" in blocks[0]
     assert "som_grid_search(" in blocks[1]
     assert "genkernels.SoftSOM(" in blocks[2]
     assert "genkernels.PatchSOM(" in blocks[3]
-    assert "genkernels.Hopfield(" in blocks[4]
-    assert "genkernels.BoltzmannMachine(" in blocks[5]
+    assert "genkernels.SOMMaskConv2d(" in blocks[4]
+    assert "genkernels.Hopfield(" in blocks[5]
+    assert "genkernels.BoltzmannMachine(" in blocks[6]
 
 
 def test_readme_tour_runs(tmp_path, monkeypatch):
@@ -97,7 +98,7 @@ def test_readme_patch_block_runs():
 def test_readme_hopfield_block_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     prelude = _prelude_hopfield()
-    scope = _run(_blocks()[4], prelude)
+    scope = _run(_blocks()[5], prelude)
     assert scope["states"].shape == prelude["noisy"].shape and bool(scope["converged"].all())
     # 5 patterns in 1000 units, 10% noise: the pseudoinverse rule recalls every one
     assert torch.equal(scope["states"], prelude["patterns"][torch.arange(8) % 5])
@@ -132,14 +133,25 @@ def test_readme_energy_block_runs(tmp_path, monkeypatch):
     _cap(monkeypatch, RBM, "log_partition_ais", n_betas=100)
     _cap(monkeypatch, Ising2D, "sweep", _first=20)
     _cap(monkeypatch, Ising2D, "measure", _first=40)
-    scope = _run(_blocks()[5], _prelude_energy())
+    scope = _run(_blocks()[6], _prelude_energy())
     _check_energy_scope(scope)
 
 
 @pytest.mark.slow
 def test_readme_energy_block_runs_in_full(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _check_energy_scope(_run(_blocks()[5], _prelude_energy()))
+    _check_energy_scope(_run(_blocks()[6], _prelude_energy()))
+
+
+def test_readme_som_mask_block_runs():
+    scope = _run(_blocks()[4], {})
+    conv = scope["conv"]
+    assert bool(conv.som_initialized) and conv.weight.grad is not None
+    assert scope["patches"].shape == (64, 100, 28, 28) and scope["hidden"].shape == (64, 100)
+    # top_k=5: at most 5 channels of each image are non-zero
+    with torch.no_grad():
+        active = (conv.eval()(scope["images"]) != 0).flatten(2).any(2).sum(1)
+    assert int(active.max()) <= 5
 
 
 def _check_energy_scope(scope):

@@ -336,8 +336,40 @@ def patch_som() -> list[str]:
     return rows
 
 
+def _msec(seconds: float) -> str:
+    """Milliseconds to about two significant digits, never in exponent form."""
+    v = seconds * 1e3
+    return f"{v:.0f} ms" if v >= 10 else f"{v:.1f} ms" if v >= 1 else f"{v:.2f} ms"
+
+
+def som_mask():
+    """The SOM-masked layers' forward + backward times (bench/bench_som_mask.py, 1 thread)."""
+    d = load("amd-epyc-2c-som-mask.json")
+    rows = []
+    for case, target in (("linear B=256 D=784", "≥ 5×"), ("conv image B=64 1x28x28 k3", "≥ 5×"),
+                         ("conv image B=64 16x14x14 k3", "≥ 5×"), ("conv patch B=64 1x28x28 k3", "≥ 3×"),
+                         ("conv patch B=64 16x14x14 k3", "≥ 3×")):
+        m = {r["impl"]: r["median_s"] for r in d["cases"] if r["case"] == case}
+        rows.append(f"| {case} | {_msec(m['sparse op'])} | {_msec(m['dense-mask op'])} | "
+                    f"{g(m['dense-mask op'] / m['sparse op'], 2)}× ({target}) | {_msec(m['dense 5 outputs'])} | "
+                    f"{g(m['sparse op'] / m['dense 5 outputs'], 2)}× (≤ 2×) | "
+                    f"{g(m['dense-mask layer'] / m['sparse layer'], 2)}× |")
+    return rows
+
+
+def som_mask_mnist():
+    """The SOM-masked CNN on MNIST against 5- and 100-channel CNNs (bench/som_mask_mnist.py)."""
+    d = load("som-mask-mnist.json")
+    rows = []
+    for name, s in d["summary"].items():
+        train = sum(r["train_accuracy"] for r in d["cases"] if r["model"] == name) / len(d["seeds"])
+        rows.append(f"| {name} | {s['test_accuracy_mean']:.3f} ± {s['test_accuracy_sd']:.3f} | {train:.3f} | "
+                    f"{s['seconds_per_epoch']:.1f} s |")
+    return rows
+
+
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
-          dbn_digits, bmu_certification, small_amd, patch_som]
+          dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])

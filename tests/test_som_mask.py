@@ -141,6 +141,7 @@ CONV_CASES = [
     (1, 1, (4, 4), (4, 4), "single", 1, 0, 1, torch.float32),
     (0, 2, (5, 5), (3, 3), "top3", 1, 1, 1, torch.float64),
     (4, 4, (11, 13), (3, 3), "five", 1, 1, 1, torch.float32),
+    (2, 2, (5, 37), (3, 3), "five", 1, 1, 1, torch.float64),   # output rows of 32 + 5 columns
 ]
 
 

@@ -73,6 +73,9 @@ int64_t chunk_size(int64_t items, int64_t min_size) {
   return std::max(min_size, (items + kMaxChunks - 1) / kMaxChunks);
 }
 
+// n rounded up to a whole number of lane vectors
+int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
 // ------------------------------------------------------------------------------- tables
 // The winners' kept channels and mask values, the -1 padding dropped: row w holds count[w]
 // channels (in table order) in channels[w * width ...].
@@ -225,6 +228,14 @@ struct ChannelPartials {
 };
 
 // ---------------------------------------------------------------------------- linear
+// y[0, n) += a x[0, n)
+template <typename T>
+inline void axpy(T a, const T* __restrict__ x, T* __restrict__ y, int64_t n) {
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) store_lanes(y + j, load_lanes(y + j) + a * load_lanes(x + j));
+  for (; j < n; ++j) y[j] += a * x[j];
+}
+
 // Dot products of x (d) with N weight rows, vectorised over the features.
 template <typename T, int N>
 inline void dots(const T* __restrict__ x, const T* const* rows, int64_t d, T* result) {
@@ -366,48 +377,68 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> som_mask_linear_backward_cpu(
     const bool sums = want_w || want_b;
     T* gw = want_w ? grad_w.mutable_data_ptr<T>() : nullptr;
     T* gb = want_b ? grad_b.mutable_data_ptr<T>() : nullptr;
-    const int64_t rows = chunk_size(b_count, kMinChunkRows);
-    const int64_t chunks = (b_count + rows - 1) / rows;
-    ChannelPartials<T> partials(sums ? chunks : 1, c_count, d, gw, gb);
-    genkernels::cpu::parallel_chunks(chunks, team, [&](int64_t i, int) {
-      std::vector<T> g(tab.width);
+    // rows in parallel: each row's masked gradients g (B x S) and its grad_x
+    std::vector<T> g(b_count * std::max<int64_t>(tab.width, 1));
+    const int64_t rows = kMinChunkRows;
+    genkernels::cpu::parallel_chunks((b_count + rows - 1) / rows, team, [&](int64_t i, int) {
       for (int64_t r = i * rows, r1 = std::min(b_count, (i + 1) * rows); r < r1; ++r) {
         const int64_t w = wn[r];
         const int64_t n = tab.count[w];
         const int64_t* ch = tab.chans(w);
         const T* ms = tab.mask(w);
+        T* gr = g.data() + r * tab.width;
         for (int64_t s = 0; s < n; ++s) {
           const int64_t c = ch[s];
-          g[s] = masked_grad(gp[r * c_count + c], ms[s], op_[r * c_count + c], relu);
+          gr[s] = masked_grad(gp[r * c_count + c], ms[s], op_[r * c_count + c], relu);
         }
-        const T* xr = xp + r * d;
-        if (gx) {
-          T* gxr = gx + r * d;
-          int64_t j = 0;
-          for (; j + kLanes <= d; j += kLanes) {
-            V<T> acc = {};
-            for (int64_t s = 0; s < n; ++s) acc += g[s] * load_lanes(wp + ch[s] * d + j);
-            store_lanes(gxr + j, acc);
-          }
-          for (; j < d; ++j) {
-            T acc = 0;
-            for (int64_t s = 0; s < n; ++s) acc += g[s] * wp[ch[s] * d + j];
-            gxr[j] = acc;
-          }
+        if (!gx) continue;
+        T* gxr = gx + r * d;
+        int64_t j = 0;
+        for (; j + kLanes <= d; j += kLanes) {
+          V<T> acc = {};
+          for (int64_t s = 0; s < n; ++s) acc += gr[s] * load_lanes(wp + ch[s] * d + j);
+          store_lanes(gxr + j, acc);
         }
-        if (!sums) continue;
-        for (int64_t s = 0; s < n; ++s) {
-          T* bias_sum;
-          T* row = partials.row(i, ch[s], bias_sum);
-          const T gs = g[s];
-          *bias_sum += gs;
-          int64_t j = 0;
-          for (; j + kLanes <= d; j += kLanes) store_lanes(row + j, load_lanes(row + j) + gs * load_lanes(xr + j));
-          for (; j < d; ++j) row[j] += gs * xr[j];
+        for (; j < d; ++j) {
+          T acc = 0;
+          for (int64_t s = 0; s < n; ++s) acc += gr[s] * wp[ch[s] * d + j];
+          gxr[j] = acc;
         }
       }
     });
-    if (sums) partials.reduce(team);
+    if (!sums) return;
+    // grad_W and grad_b channel by channel: each channel's (row, slot) pairs, in row order
+    // (a counting sort), summed into its own row -- no partial sums, no atomics, the same
+    // order on any number of threads
+    std::vector<int64_t> start(c_count + 1, 0), pair(b_count * tab.width);
+    for (int64_t r = 0; r < b_count; ++r) {
+      const int64_t w = wn[r];
+      for (int64_t s = 0; s < tab.count[w]; ++s) ++start[tab.chans(w)[s] + 1];
+    }
+    for (int64_t c = 0; c < c_count; ++c) start[c + 1] += start[c];
+    std::vector<int64_t> next(start.begin(), start.end() - 1);
+    for (int64_t r = 0; r < b_count; ++r) {
+      const int64_t w = wn[r];
+      for (int64_t s = 0; s < tab.count[w]; ++s) pair[next[tab.chans(w)[s]]++] = r * tab.width + s;
+    }
+    const int64_t per_item = 4;  // channels per work item
+    genkernels::cpu::parallel_chunks((c_count + per_item - 1) / per_item, team, [&](int64_t i, int) {
+      for (int64_t c = i * per_item, c1 = std::min(c_count, (i + 1) * per_item); c < c1; ++c) {
+        T bias = 0;
+        if (gw != nullptr) {
+          T* row = gw + c * d;
+          std::fill(row, row + d, T(0));
+          for (int64_t e = start[c]; e < start[c + 1]; ++e) {
+            const T gv = g[pair[e]];
+            bias += gv;
+            axpy(gv, xp + (pair[e] / tab.width) * d, row, d);
+          }
+        } else {
+          for (int64_t e = start[c]; e < start[c + 1]; ++e) bias += g[pair[e]];
+        }
+        if (gb != nullptr) gb[c] = bias;
+      }
+    });
   });
   return {grad_x, grad_w, grad_b};
 }
@@ -424,15 +455,17 @@ struct ConvGeometry {
   }
 };
 
-// The patches of one image (cin, h, w contiguous) as columns: cols[d, p], d = (ci, ky, kx)
-// row-major (the weight's (C, Dp) layout), p = (oh, ow) row-major; zero padding.
+// The patches of one image (cin, h, w contiguous) as columns: cols[d * ld + p], d = (ci, ky,
+// kx) row-major (the weight's (C, Dp) layout), p = (oh, ow) row-major; zero padding, and
+// zeros past L up to ld (a whole number of lane vectors: the kernels read whole vectors).
 template <typename T>
-void image_columns(const T* __restrict__ xb, const ConvGeometry& g, T* __restrict__ cols) {
+void image_columns(const T* __restrict__ xb, const ConvGeometry& g, int64_t ld, T* __restrict__ cols) {
   const int64_t l_count = g.l();
   for (int64_t ci = 0; ci < g.cin; ++ci) {
     for (int64_t ky = 0; ky < g.kh; ++ky) {
       for (int64_t kx = 0; kx < g.kw; ++kx) {
-        T* row = cols + ((ci * g.kh + ky) * g.kw + kx) * l_count;
+        T* row = cols + ((ci * g.kh + ky) * g.kw + kx) * ld;
+        std::fill(row + l_count, row + ld, T(0));
         const int64_t off = kx * g.dw - g.pw;
         int64_t lo, hi;
         g.columns(off, lo, hi);
@@ -457,14 +490,14 @@ void image_columns(const T* __restrict__ xb, const ConvGeometry& g, T* __restric
   }
 }
 
-// grad_xb += the columns' gradients folded back onto the image (image_columns' transpose).
+// grad_xb += the columns' gradients (row stride ld) folded back onto the image
+// (image_columns' transpose).
 template <typename T>
-void fold_columns(const T* __restrict__ cols, const ConvGeometry& g, T* __restrict__ gxb) {
-  const int64_t l_count = g.l();
+void fold_columns(const T* __restrict__ cols, const ConvGeometry& g, int64_t ld, T* __restrict__ gxb) {
   for (int64_t ci = 0; ci < g.cin; ++ci) {
     for (int64_t ky = 0; ky < g.kh; ++ky) {
       for (int64_t kx = 0; kx < g.kw; ++kx) {
-        const T* row = cols + ((ci * g.kh + ky) * g.kw + kx) * l_count;
+        const T* row = cols + ((ci * g.kh + ky) * g.kw + kx) * ld;
         const int64_t off = kx * g.dw - g.pw;
         int64_t lo, hi;
         g.columns(off, lo, hi);
@@ -558,6 +591,173 @@ void fold_rows(const T* __restrict__ rows, const ConvGeometry& g, int64_t ld, T*
   }
 }
 
+// ------------------------------------------------------------- direct convolution
+// Stride 1, a winner per image: no unfolding. The image is copied zero-padded into a
+// thread's buffer, (cin, hp, ws) with hp = h + 2 ph and ws = w + 2 pw + kLanes (the slack:
+// a whole vector read from a window's last column stays inside its row), and each kept
+// channel's output row is sum over (ci, ky, kx) of w * a shifted padded row -- vectorised
+// along the output columns, up to kBlockVectors vectors at a time.
+struct PaddedShape {
+  int64_t hp, ws;
+  explicit PaddedShape(const ConvGeometry& g) : hp(g.h + 2 * g.ph), ws(g.w + 2 * g.pw + kLanes) {}
+  int64_t size(int64_t cin) const { return cin * hp * ws; }
+};
+
+template <typename T>
+void pad_image(const T* __restrict__ xb, const ConvGeometry& g, const PaddedShape& ps, T* __restrict__ xpad) {
+  std::fill(xpad, xpad + ps.size(g.cin), T(0));
+  for (int64_t ci = 0; ci < g.cin; ++ci) {
+    for (int64_t ih = 0; ih < g.h; ++ih) {
+      const T* src = xb + (ci * g.h + ih) * g.w;
+      std::copy(src, src + g.w, xpad + (ci * ps.hp + ih + g.ph) * ps.ws + g.pw);
+    }
+  }
+}
+
+// out[ow0, ow0 + n) of output row oh (n <= NV lane vectors): act(m (bias + sum w * xpad)).
+template <typename T, int NV>
+inline void direct_row(const T* __restrict__ xpad, const ConvGeometry& g, const PaddedShape& ps, int64_t oh,
+                       int64_t ow0, int64_t n, const T* __restrict__ w, T bias, T m, bool relu, T* __restrict__ out) {
+  V<T> acc[NV] = {};
+  for (int64_t ci = 0; ci < g.cin; ++ci) {
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const T* row = xpad + (ci * ps.hp + oh + ky * g.dh) * ps.ws + ow0;
+      const T* wk = w + (ci * g.kh + ky) * g.kw;
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const V<T> wv = splat(wk[kx]);
+        const T* r = row + kx * g.dw;
+        for (int v = 0; v < NV; ++v) acc[v] += wv * load_lanes(r + v * kLanes);
+      }
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    const V<T> y = activate_lanes<T>((acc[v] + bias) * m, relu);
+    const int64_t p = v * kLanes;
+    if (p + kLanes <= n) {
+      store_lanes(out + p, y);
+    } else {
+      for (int64_t l = 0; l < n - p; ++l) out[p + l] = y[l];
+    }
+  }
+}
+
+template <typename T>
+void direct_channel(const T* xpad, const ConvGeometry& g, const PaddedShape& ps, const T* w, T bias, T m, bool relu,
+                    T* out) {
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t ow0 = 0; ow0 < g.out_w; ow0 += kBlock) {
+      const int64_t n = std::min<int64_t>(kBlock, g.out_w - ow0);
+      T* o = out + oh * g.out_w + ow0;
+      switch ((n + kLanes - 1) / kLanes) {
+        case 1: direct_row<T, 1>(xpad, g, ps, oh, ow0, n, w, bias, m, relu, o); break;
+        case 2: direct_row<T, 2>(xpad, g, ps, oh, ow0, n, w, bias, m, relu, o); break;
+        case 3: direct_row<T, 3>(xpad, g, ps, oh, ow0, n, w, bias, m, relu, o); break;
+        default: direct_row<T, kBlockVectors>(xpad, g, ps, oh, ow0, n, w, bias, m, relu, o); break;
+      }
+    }
+  }
+}
+
+// grad_xpad += the transposed convolution of M kept channels' masked gradients g (rows of
+// wo_p numbers, zero past Wo): for each (ci, ky, kx) and output row, sum_i w_i g_i added
+// into the shifted padded row.
+template <typename T, int M>
+void direct_grad_x(const ConvGeometry& g, const PaddedShape& ps, const T* const* w_rows, const T* const* gr,
+                   int64_t wo_p, T* __restrict__ grad_xpad) {
+  const int64_t nv = wo_p / kLanes;
+  for (int64_t ci = 0; ci < g.cin; ++ci) {
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const int64_t d = (ci * g.kh + ky) * g.kw + kx;
+        V<T> wv[M];
+        for (int i = 0; i < M; ++i) wv[i] = splat(w_rows[i][d]);
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          T* dst = grad_xpad + (ci * ps.hp + oh + ky * g.dh) * ps.ws + kx * g.dw;
+          const int64_t off = oh * wo_p;
+          for (int64_t v = 0; v < nv; ++v) {
+            V<T> acc = load_lanes(dst + v * kLanes);
+            for (int i = 0; i < M; ++i) acc += wv[i] * load_lanes(gr[i] + off + v * kLanes);
+            store_lanes(dst + v * kLanes, acc);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The chunk's sums grad_W[c_i, d] += sum over the output of g_i * the shifted padded image
+// (the padded rows' lanes past Wo dropped: g is 0 there, and 0 * inf would be NaN).
+template <typename T, int M>
+void direct_weight_sums(const T* __restrict__ xpad, const ConvGeometry& g, const PaddedShape& ps,
+                        const T* const* gr, int64_t wo_p, T* const* w_sums) {
+  const int64_t nv = wo_p / kLanes;
+  V<T> lane = {};
+  for (int l = 0; l < kLanes; ++l) lane[l] = T(l);
+  const auto keep = lane < T(g.out_w - (nv - 1) * kLanes);
+  for (int64_t ci = 0; ci < g.cin; ++ci) {
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const int64_t d = (ci * g.kh + ky) * g.kw + kx;
+        V<T> acc[M] = {};
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const T* xr = xpad + (ci * ps.hp + oh + ky * g.dh) * ps.ws + kx * g.dw;
+          const int64_t off = oh * wo_p;
+          int64_t v = 0;
+          for (; v + 1 < nv; ++v) {
+            const V<T> xv = load_lanes(xr + v * kLanes);
+            for (int i = 0; i < M; ++i) acc[i] += load_lanes(gr[i] + off + v * kLanes) * xv;
+          }
+          const V<T> xv = keep ? load_lanes(xr + v * kLanes) : V<T>{};
+          for (int i = 0; i < M; ++i) acc[i] += load_lanes(gr[i] + off + v * kLanes) * xv;
+        }
+        for (int i = 0; i < M; ++i) w_sums[i][d] += combine_lanes<T>(acc[i]);
+      }
+    }
+  }
+}
+
+// The backward of one image's kept channels from their masked gradients gs (n_kept, Ho,
+// wo_p): grad_xpad (when not null; the caller crops it) and the chunk's sums of grad_W and
+// grad_b (when partials is not null), four channels at a time.
+template <typename T>
+void direct_backward(const T* __restrict__ xpad, const ConvGeometry& g, const PaddedShape& ps, const T* weight,
+                     int64_t ld_w, const int64_t* ch, int64_t n_kept, const T* gs, int64_t wo_p, T* grad_xpad,
+                     ChannelPartials<T>* partials, int64_t chunk) {
+  const int64_t plane = g.out_h * wo_p;
+  for (int64_t s0 = 0; s0 < n_kept; s0 += 4) {
+    const int m = static_cast<int>(std::min<int64_t>(4, n_kept - s0));
+    const T* gr[4];
+    const T* w_rows[4];
+    T* w_sums[4];
+    for (int i = 0; i < m; ++i) {
+      gr[i] = gs + (s0 + i) * plane;
+      w_rows[i] = weight + ch[s0 + i] * ld_w;
+    }
+    if (grad_xpad) {
+      switch (m) {
+        case 4: direct_grad_x<T, 4>(g, ps, w_rows, gr, wo_p, grad_xpad); break;
+        case 3: direct_grad_x<T, 3>(g, ps, w_rows, gr, wo_p, grad_xpad); break;
+        case 2: direct_grad_x<T, 2>(g, ps, w_rows, gr, wo_p, grad_xpad); break;
+        default: direct_grad_x<T, 1>(g, ps, w_rows, gr, wo_p, grad_xpad); break;
+      }
+    }
+    if (!partials) continue;
+    for (int i = 0; i < m; ++i) {
+      T* bias_sum;
+      w_sums[i] = partials->row(chunk, ch[s0 + i], bias_sum);
+      V<T> acc = {};
+      for (int64_t e = 0; e < plane; e += kLanes) acc += load_lanes(gr[i] + e);
+      *bias_sum += combine_lanes<T>(acc);
+    }
+    switch (m) {
+      case 4: direct_weight_sums<T, 4>(xpad, g, ps, gr, wo_p, w_sums); break;
+      case 3: direct_weight_sums<T, 3>(xpad, g, ps, gr, wo_p, w_sums); break;
+      case 2: direct_weight_sums<T, 2>(xpad, g, ps, gr, wo_p, w_sums); break;
+      default: direct_weight_sums<T, 1>(xpad, g, ps, gr, wo_p, w_sums); break;
+    }
+  }
+}
+
 template <typename T>
 struct ConvArgs {
   const T* x;       // (B, Cin, H, W) contiguous
@@ -570,7 +770,8 @@ struct ConvArgs {
 };
 
 // out[p] = act(m (bias + sum_d w[d] cols[d * ld + p])) for the n positions, blocks of kBlock
-// positions (then single vectors, then a partial one) vectorised over the positions.
+// positions, then single vectors (whole-vector loads: the columns are zero-padded past L;
+// the last vector's store stops at n), vectorised over the positions.
 template <typename T>
 void channel_row(const T* __restrict__ cols, int64_t ld, int64_t n, int64_t dp, const T* __restrict__ w, T bias,
                  T m, bool relu, T* __restrict__ out) {
@@ -587,42 +788,41 @@ void channel_row(const T* __restrict__ cols, int64_t ld, int64_t n, int64_t dp, 
     }
   }
   for (; p < n; p += kLanes) {
-    const int64_t width = std::min<int64_t>(kLanes, n - p);
     V<T> acc = {};
-    for (int64_t j = 0; j < dp; ++j) {
-      const T* col = cols + j * ld + p;
-      acc += w[j] * (width == kLanes ? load_lanes(col) : load_lanes_partial(col, width));
-    }
+    for (int64_t j = 0; j < dp; ++j) acc += w[j] * load_lanes(cols + j * ld + p);
     const V<T> r = activate_lanes<T>((acc + bias) * m, relu);
-    for (int64_t l = 0; l < width; ++l) out[p + l] = r[l];
+    if (p + kLanes <= n) {
+      store_lanes(out + p, r);
+    } else {
+      for (int64_t l = 0; l < n - p; ++l) out[p + l] = r[l];
+    }
   }
 }
 
-// The masked gradients g (n_kept x n) -> grad_cols[j * n + p] = sum_s W[c_s, j] g[s, p].
+// The masked gradients g (n_kept x ld, ld a whole number of lane vectors, zeros past the
+// positions) -> grad_cols[j * ld + p] = sum_s W[c_s, j] g[s, p], blocks of kBlockVectors
+// vectors.
 template <typename T>
 void grad_columns(const T* __restrict__ weight, int64_t ld_w, int64_t dp, const int64_t* ch, int64_t n_kept,
-                  const T* g, int64_t n, T* __restrict__ grad_cols) {
-  for (int64_t p = 0; p < n; p += kLanes) {
-    const int64_t width = std::min<int64_t>(kLanes, n - p);
+                  const T* g, int64_t ld, T* __restrict__ grad_cols) {
+  for (int64_t p = 0; p < ld; p += kBlock) {
+    const int nv = static_cast<int>(std::min<int64_t>(kBlock, ld - p) / kLanes);
     for (int64_t j = 0; j < dp; ++j) {
-      V<T> acc = {};
+      V<T> acc[kBlockVectors] = {};
       for (int64_t s = 0; s < n_kept; ++s) {
-        const T* gs = g + s * n + p;
-        acc += weight[ch[s] * ld_w + j] * (width == kLanes ? load_lanes(gs) : load_lanes_partial(gs, width));
+        const V<T> wj = splat(weight[ch[s] * ld_w + j]);
+        const T* gs = g + s * ld + p;
+        for (int v = 0; v < nv; ++v) acc[v] += wj * load_lanes(gs + v * kLanes);
       }
-      T* dst = grad_cols + j * n + p;
-      if (width == kLanes) {
-        store_lanes(dst, acc);
-      } else {
-        for (int64_t l = 0; l < width; ++l) dst[l] = acc[l];
-      }
+      T* dst = grad_cols + j * ld + p;
+      for (int v = 0; v < nv; ++v) store_lanes(dst + v * kLanes, acc[v]);
     }
   }
 }
 
 // The chunk's sums grad_W[c_s, j] += sum_p g[s, p] cols[j, p] and grad_b[c_s] += sum_p
-// g[s, p] over the n positions: four kept channels at a time, each column row read once per
-// four channels.
+// g[s, p] over the positions (rows of n numbers, zeros past the positions): four kept
+// channels at a time, each column row read once per four channels.
 template <typename T>
 void column_weight_sums(const T* __restrict__ cols, int64_t n, int64_t dp, const int64_t* ch, int64_t n_kept,
                         const T* g, ChannelPartials<T>& partials, int64_t chunk) {
@@ -646,14 +846,6 @@ void column_weight_sums(const T* __restrict__ cols, int64_t n, int64_t dp, const
       for (int i = 0; i < m; ++i) rows[i][j] += sum[i];
     }
   }
-}
-
-// y[0, n) += a x[0, n)
-template <typename T>
-inline void axpy(T a, const T* __restrict__ x, T* __restrict__ y, int64_t n) {
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) store_lanes(y + j, load_lanes(y + j) + a * load_lanes(x + j));
-  for (; j < n; ++j) y[j] += a * x[j];
 }
 
 // A winner per position: an image's (position, mask) pairs of every channel, grouped by
@@ -706,8 +898,22 @@ void conv_forward_image(const ConvArgs<T>& a, const KeptTable<T>& tab, int64_t b
   const T* xb = a.x + b * g.cin * g.h * g.w;
   const int64_t* wn = a.winners + b * a.p_count;
   T* patches = scratch.patches.data();
+  if (a.p_count == 1 && g.sh == 1 && g.sw == 1) {
+    const PaddedShape ps(g);
+    pad_image(xb, g, ps, patches);
+    const int64_t w = wn[0];
+    const int64_t* ch = tab.chans(w);
+    const T* ms = tab.mask(w);
+    for (int64_t s = 0; s < tab.count[w]; ++s) {
+      const int64_t c = ch[s];
+      direct_channel(patches, g, ps, a.weight + c * a.ld, a.bias ? a.bias[c] : T(0), ms[s], a.relu,
+                     ob + c * l_count);
+    }
+    return;
+  }
   if (a.p_count == 1) {
-    image_columns(xb, g, patches);
+    const int64_t ldc = padded(l_count);
+    image_columns(xb, g, ldc, patches);
     const int64_t w = wn[0];
     const int64_t* ch = tab.chans(w);
     const T* ms = tab.mask(w);
@@ -718,7 +924,7 @@ void conv_forward_image(const ConvArgs<T>& a, const KeptTable<T>& tab, int64_t b
       const int64_t n = std::min<int64_t>(span, l_count - p0);
       for (int64_t s = 0; s < tab.count[w]; ++s) {
         const int64_t c = ch[s];
-        channel_row(patches + p0, l_count, n, dp, a.weight + c * a.ld, a.bias ? a.bias[c] : T(0), ms[s], a.relu,
+        channel_row(patches + p0, ldc, n, dp, a.weight + c * a.ld, a.bias ? a.bias[c] : T(0), ms[s], a.relu,
                     ob + c * l_count + p0);
       }
     }
@@ -779,8 +985,6 @@ at::Tensor weight_rows(const at::Tensor& weight, int64_t ld) {
   return at::constant_pad_nd(w2, {0, ld - dp}, 0).contiguous();
 }
 
-int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
-
 at::Tensor som_mask_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                const at::Tensor& winners, const at::Tensor& kept, const at::Tensor& values,
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -811,7 +1015,8 @@ at::Tensor som_mask_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, co
     const ConvArgs<T> a{x_c.const_data_ptr<T>(), w_c.const_data_ptr<T>(), has_bias ? b_c.const_data_ptr<T>() : nullptr,
                         winners_c.const_data_ptr<int64_t>(), b_count, c_count, winners.size(1), ld, geo, relu};
     std::vector<ConvScratch<T>> scratch(team);
-    for (auto& s : scratch) s.patches.resize(ld * l_count);
+    const int64_t patch_size = std::max(ld * padded(l_count), PaddedShape(geo).size(geo.cin));
+    for (auto& s : scratch) s.patches.resize(patch_size);
     T* o = out.mutable_data_ptr<T>();
     genkernels::cpu::parallel_chunks(b_count, team, [&](int64_t b, int slot) {
       conv_forward_image(a, tab, b, scratch[slot], o);
@@ -835,23 +1040,60 @@ void conv_backward_image(const ConvArgs<T>& a, const KeptTable<T>& tab, int64_t 
   if (gxb) std::fill(gxb, gxb + g.cin * g.h * g.w, T(0));
   T* patches = scratch.patches.data();
   T* gp = scratch.grad_patches.data();
+  if (a.p_count == 1 && g.sh == 1 && g.sw == 1) {
+    const int64_t w = wn[0], n_kept = tab.count[w];
+    if (n_kept == 0) return;
+    const int64_t* ch = tab.chans(w);
+    const T* ms = tab.mask(w);
+    const int64_t wo_p = padded(g.out_w);
+    T* gs = scratch.grads.data();  // (n_kept, Ho, wo_p), zeros past Wo
+    for (int64_t s = 0; s < n_kept; ++s) {
+      const T* gr = gb + ch[s] * l_count;
+      const T* orow = ob + ch[s] * l_count;
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        T* dst = gs + (s * g.out_h + oh) * wo_p;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t p = oh * g.out_w + ow;
+          dst[ow] = masked_grad(gr[p], ms[s], orow[p], a.relu);
+        }
+        std::fill(dst + g.out_w, dst + wo_p, T(0));
+      }
+    }
+    const PaddedShape ps(g);
+    if (sums) pad_image(xb, g, ps, patches);
+    if (gxb) std::fill(gp, gp + ps.size(g.cin), T(0));
+    direct_backward(patches, g, ps, a.weight, a.ld, ch, n_kept, gs, wo_p, gxb ? gp : nullptr,
+                    sums ? &partials : nullptr, chunk);
+    if (gxb) {
+      for (int64_t ci = 0; ci < g.cin; ++ci) {
+        for (int64_t ih = 0; ih < g.h; ++ih) {
+          const T* src = gp + (ci * ps.hp + ih + g.ph) * ps.ws + g.pw;
+          std::copy(src, src + g.w, gxb + (ci * g.h + ih) * g.w);
+        }
+      }
+    }
+    return;
+  }
   if (a.p_count == 1) {
     const int64_t w = wn[0], n_kept = tab.count[w];
     const int64_t* ch = tab.chans(w);
     const T* ms = tab.mask(w);
-    T* gs = scratch.grads.data();  // (n_kept, L)
+    const int64_t ldc = padded(l_count);
+    T* gs = scratch.grads.data();  // (n_kept, ldc), zeros past L
     for (int64_t s = 0; s < n_kept; ++s) {
       const T* gr = gb + ch[s] * l_count;
       const T* orow = ob + ch[s] * l_count;
-      for (int64_t p = 0; p < l_count; ++p) gs[s * l_count + p] = masked_grad(gr[p], ms[s], orow[p], a.relu);
+      T* gsr = gs + s * ldc;
+      for (int64_t p = 0; p < l_count; ++p) gsr[p] = masked_grad(gr[p], ms[s], orow[p], a.relu);
+      std::fill(gsr + l_count, gsr + ldc, T(0));
     }
     if (gxb && n_kept) {
-      grad_columns(a.weight, a.ld, dp, ch, n_kept, gs, l_count, gp);
-      fold_columns(gp, g, gxb);
+      grad_columns(a.weight, a.ld, dp, ch, n_kept, gs, ldc, gp);
+      fold_columns(gp, g, ldc, gxb);
     }
     if (sums && n_kept) {
-      image_columns(xb, g, patches);
-      column_weight_sums(patches, l_count, dp, ch, n_kept, gs, partials, chunk);
+      image_columns(xb, g, ldc, patches);
+      column_weight_sums(patches, ldc, dp, ch, n_kept, gs, partials, chunk);
     }
     return;
   }
@@ -931,9 +1173,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> som_mask_conv2d_backward_cpu(
     ChannelPartials<T> partials(sums ? chunks : 1, c_count, dp, gw, gbias);
     std::vector<ConvScratch<T>> scratch(team);
     for (auto& s : scratch) {
-      s.patches.resize(ld * l_count);
-      s.grad_patches.resize(want_x ? ld * l_count : 0);
-      s.grads.resize(per_position ? ld : std::max<int64_t>(tab.width, 1) * l_count);
+      const int64_t patch_size = std::max(ld * padded(l_count), PaddedShape(geo).size(geo.cin));
+      s.patches.resize(patch_size);
+      s.grad_patches.resize(want_x ? patch_size : 0);
+      s.grads.resize(per_position ? ld
+                                  : std::max<int64_t>(tab.width, 1) *
+                                        std::max(padded(l_count), geo.out_h * padded(geo.out_w)));
     }
     T* gx = want_x ? grad_x.mutable_data_ptr<T>() : nullptr;
     genkernels::cpu::parallel_chunks(chunks, team, [&](int64_t i, int slot) {
