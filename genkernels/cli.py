@@ -1,4 +1,4 @@
-"""The ``genkernels`` command line: ``demo``, ``train som``, ``train rbm`` and ``bench``."""
+"""The ``genkernels`` command line: ``demo``, ``train som``, ``train patchsom``, ``train rbm`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -52,14 +52,14 @@ def _finite(text: str) -> float:
     return value
 
 
-def _add_som_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grid", type=_count(1), nargs="+", default=[20, 20], metavar="N",
-                   help="map size: ROWS COLS, or N for a 1-D map (default 20 20)")
+def _add_map_args(p: argparse.ArgumentParser, grid: list[int]) -> None:
+    """The options of a map (SOM and PatchSOM)."""
+    p.add_argument("--grid", type=_count(1), nargs="+", default=grid, metavar="N",
+                   help=f"map size: ROWS COLS, or N for a 1-D map (default {' '.join(map(str, grid))})")
     p.add_argument("--topology", choices=["rectangular", "hexagonal"], default="rectangular")
     p.add_argument("--periodic", action="store_true", help="wrap the map into a torus")
     p.add_argument("--neighborhood", choices=["gaussian", "bubble", "mexican_hat", "triangle"],
                    default="gaussian")
-    p.add_argument("--metric", choices=["euclidean", "cosine", "manhattan", "chebyshev"], default="euclidean")
     p.add_argument("--epochs", type=_count(1), default=10)
     p.add_argument("--mode", choices=["batch", "online", "minibatch"], default="batch")
     p.add_argument("--batch-size", type=_count(1), default=None,
@@ -71,12 +71,17 @@ def _add_som_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=["constant", "linear", "exponential", "inverse", "asymptotic"],
                    default="exponential")
     p.add_argument("--init", choices=["pca", "random", "uniform"], default="pca")
-    p.add_argument("--missing", choices=["raise", "ignore"], default="raise",
-                   help="NaN handling: raise, or ignore missing features")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"], default="float32")
     p.add_argument("--backend", choices=["reference", "cpu", "triton", "cuda"], default=None)
+
+
+def _add_som_args(p: argparse.ArgumentParser) -> None:
+    _add_map_args(p, [20, 20])
+    p.add_argument("--metric", choices=["euclidean", "cosine", "manhattan", "chebyshev"], default="euclidean")
+    p.add_argument("--missing", choices=["raise", "ignore"], default="raise",
+                   help="NaN handling: raise, or ignore missing features")
+    p.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"], default="float32")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                           "trains on its contiguous shard of DATA")
     som.add_argument("--quiet", action="store_true")
     _add_som_args(som)
+    _add_patchsom_parser(models)
     _add_rbm_parser(models)
 
     bench = sub.add_parser("bench", help="run the benchmarks (needs a checkout with bench/)",
@@ -290,6 +296,34 @@ def cmd_train_som(args) -> int:
     return 0
 
 
+def _add_patchsom_parser(models) -> None:
+    p = models.add_parser(
+        "patchsom", help="train a SOM on image patches",
+        description="Train a PatchSOM on the k x k patches of the images in DATA (.npy of (N, H, W) "
+                    "or (N, C, H, W), or of rows with --image-size; IDX images such as "
+                    "t10k-images-idx3-ubyte.gz) and write the model (patchsom.pt), metrics.json "
+                    "(quantization and reconstruction errors) and figures (the first images, their "
+                    "reconstructions from the patches' winning codebook rows, the codebook; the "
+                    "training curve) to --out.")
+    p.add_argument("data", help="image file: .npy or IDX (gzipped or not)")
+    p.add_argument("--out", default="patchsom_out", help="output folder (default patchsom_out)")
+    p.add_argument("--kernel-size", type=_count(1), nargs="+", default=[3], metavar="K",
+                   help="patch size: K, or KH KW (default 3)")
+    p.add_argument("--stride", type=_count(1), nargs="+", default=[1], metavar="S",
+                   help="step between patches: S, or SH SW (default 1)")
+    p.add_argument("--image-size", type=_count(1), nargs=2, default=None, metavar=("H", "W"),
+                   help="the images' size when DATA holds one flattened image per row")
+    p.add_argument("--scale", choices=["auto", "none", "unit", "minmax"], default="auto",
+                   help="unit divides by the largest value of the data's integer type (255 for uint8 "
+                        "images), minmax maps the whole file's range to [0, 1]; auto: unit for "
+                        "unsigned integers, none otherwise")
+    p.add_argument("--max-patches", type=_count(1), default=100_000,
+                   help="patches sampled for the initialisation and the online / minibatch modes")
+    p.add_argument("--quiet", action="store_true")
+    _add_map_args(p, [10, 10])
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+
+
 def _add_rbm_parser(models) -> None:
     rbm = models.add_parser(
         "rbm", help="train a restricted Boltzmann machine",
@@ -425,6 +459,99 @@ def _rbm_figures(model, out: str) -> list[str]:
         files.append(plot_curves({name.replace("_", " "): [h[name] for h in model.history] for name in names},
                                  os.path.join(out, "training_curve.png")))
     return files
+
+
+PATCHSOM_OUTPUTS = ["patchsom.pt", "metrics.json", "reconstruction.png", "training_curve.png"]
+
+
+def _images(args) -> np.ndarray:
+    """DATA as float (N, C, H, W) images, scaled as --scale says."""
+    from .data import load_array
+
+    raw = np.asarray(load_array(args.data, keep_shape=True))
+    if args.image_size is not None:
+        h, w = args.image_size
+        if raw.ndim != 2 or raw.shape[1] % (h * w):
+            raise UsageError(f"--image-size {h} {w}: DATA must hold rows of C x {h} x {w} values; "
+                             f"got shape {raw.shape}")
+        raw = raw.reshape(raw.shape[0], raw.shape[1] // (h * w), h, w)
+    elif raw.ndim == 3:
+        raw = raw[:, None]
+    elif raw.ndim != 4:
+        raise UsageError(f"DATA must hold images (N, H, W) or (N, C, H, W), or rows with --image-size H W; "
+                         f"got shape {raw.shape}")
+    if raw.shape[0] == 0:
+        raise UsageError("DATA holds no images")
+    how = args.scale
+    if how == "auto":
+        how = "unit" if np.issubdtype(raw.dtype, np.unsignedinteger) else "none"
+    if how == "unit":
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise UsageError(f"--scale unit divides by the largest value of an integer type; DATA holds {raw.dtype}")
+        return (raw / np.iinfo(raw.dtype).max).astype(np.float32)
+    x = raw.astype(np.float64 if args.dtype == "float64" else np.float32)
+    if how == "minmax":
+        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+        x = (x - lo) / (hi - lo if hi > lo else 1.0)
+    return x
+
+
+def _pair_option(values: list[int], option: str) -> int | tuple[int, int]:
+    if len(values) > 2:
+        raise UsageError(f"{option} takes one or two numbers; got {len(values)}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def cmd_train_patchsom(args) -> int:
+    import torch
+
+    from . import PatchSOM
+    from .plot import plot_curves, plot_reconstruction
+
+    if len(args.grid) > 2:
+        raise UsageError(f"--grid takes ROWS COLS or N; got {len(args.grid)} numbers")
+    if args.batch_size is not None and args.mode != "minibatch":
+        raise UsageError(f"--batch-size applies to --mode minibatch; got --mode {args.mode}")
+    kernel_size = _pair_option(args.kernel_size, "--kernel-size")
+    stride = _pair_option(args.stride, "--stride")
+    sigma, learning_rate = _rate(args.sigma, "--sigma"), _rate(args.learning_rate, "--learning-rate")
+    device = _device(args.device)
+    images = _images(args)
+    model = PatchSOM(tuple(args.grid), kernel_size, stride, images.shape[1], topology=args.topology,
+                     periodic=args.periodic, neighborhood=args.neighborhood, sigma=sigma,
+                     learning_rate=learning_rate, schedule=args.schedule, init=args.init, seed=args.seed,
+                     backend=args.backend, dtype=getattr(torch, args.dtype), device=device)
+    x = model._images(images, "DATA")   # shape, patch size and finiteness checked before any training
+    _check_outputs(args.out, PATCHSOM_OUTPUTS, None)
+    start = time.perf_counter()
+    model.fit(x, epochs=args.epochs, mode=args.mode, batch_size=args.batch_size or 256,
+              max_patches=args.max_patches, verbose=not args.quiet)
+    seconds = time.perf_counter() - start
+    if not bool(torch.isfinite(model.codebook).all()):
+        raise ValueError("training diverged: the trained patch map's codebook holds NaN or Inf; nothing was "
+                         "written (try a smaller learning rate or scale the data)")
+    qe = model.quantization_error(x)
+    rebuilt, error = model.reconstruct(x)
+    _finite_metrics({"quantization_error": float(qe), "reconstruction_mse": float(error)}, "patch map")
+    model.save(os.path.join(args.out, "patchsom.pt"))
+    shown = min(8, x.shape[0])
+    plot_reconstruction(x[:shown, 0].cpu(), rebuilt[:shown, 0].cpu(), model.filters[:, 0].cpu(),
+                        os.path.join(args.out, "reconstruction.png"),
+                        f"PatchSOM {' x '.join(map(str, args.grid))}, {' x '.join(map(str, model.kernel_size))} "
+                        f"patches: reconstruction MSE {float(error):.4f}" + (" (channel 0)" if x.shape[1] > 1 else ""),
+                        filter_columns=args.grid[-1])
+    plot_curves({"quantization error": [h["quantization_error"] for h in model.history]},
+                os.path.join(args.out, "training_curve.png"))
+    hp, wp = model.patch_grid(*x.shape[2:])
+    metrics = {"quantization_error": float(qe), "reconstruction_mse": float(error), "train_seconds": seconds,
+               "images": int(x.shape[0]), "channels": int(x.shape[1]), "image_size": list(x.shape[2:]),
+               "patches": int(x.shape[0] * hp * wp), "kernel_size": list(model.kernel_size),
+               "stride": list(model.stride), "grid": args.grid, "epochs": args.epochs, "mode": args.mode,
+               "history": model.history}
+    _write_json(os.path.join(args.out, "metrics.json"), metrics)
+    print(f"PatchSOM: QE {float(qe):.4f}, reconstruction MSE {float(error):.5f}, trained in {seconds:.2f} s "
+          f"-> {args.out}/")
+    return 0
 
 
 def cmd_train_rbm(args) -> int:
@@ -617,7 +744,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return cmd_demo(args)
     if args.command == "train":
-        return cmd_train_rbm(args) if args.model == "rbm" else cmd_train_som(args)
+        return {"rbm": cmd_train_rbm, "patchsom": cmd_train_patchsom, "som": cmd_train_som}[args.model](args)
     return cmd_bench(args)
 
 

@@ -72,10 +72,10 @@ def load_idx(path: str) -> np.ndarray:
     return data.reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
-def load_array(path: str) -> np.ndarray:
+def load_array(path: str, keep_shape: bool = False) -> np.ndarray:
     """Load a data matrix (n_samples, n_features) from .npy, .csv (comma or whitespace
     separated, an optional header row skipped) or IDX (.idx*, *-ubyte, optionally .gz).
-    Image stacks (n, h, w) are flattened to (n, h*w)."""
+    Image stacks (n, h, w) are flattened to (n, h*w) unless ``keep_shape``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data: no such file {path!r}")
     lower = path.lower()
@@ -106,7 +106,7 @@ def load_array(path: str) -> np.ndarray:
                          "(n_samples, n_features)")
     if arr.ndim == 1:
         arr = arr[:, None]
-    elif arr.ndim > 2:
+    elif arr.ndim > 2 and not keep_shape:
         arr = arr.reshape(arr.shape[0], -1)
     return arr
 
