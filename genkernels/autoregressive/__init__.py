@@ -1,0 +1,1 @@
+"""The masked autoregressive family: masked convolutions and linear layers, PixelCNN and MADE."""
