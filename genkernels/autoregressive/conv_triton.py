@@ -304,9 +304,10 @@ def _image_tile(pixels: int, w: int) -> dict:
 def _products(dtype: torch.dtype) -> dict:
     """The reduction step and pipelining of a dtype's tl.dot. fp32 and fp64 multiply on the
     FMA units, which hold a thread's share of both operands over the whole step in registers:
-    16 channels a step and no software pipelining keep a 64 x 64 fp32 tile at 91-95 registers
-    (sm_80 / sm_90), where 32 channels, or 16 with two stages, took 159-255 and spilled on
-    sm_80. fp16 and bf16 take the tensor cores: 32 a step, two stages, 128 registers."""
+    16 channels a step and no software pipelining keep the forward's 64 x 64 fp32 tile at
+    91-95 registers (sm_80 / sm_90); 16 with two stages took 159-204, and 32 a step spilled on
+    sm_80 with or without pipelining (255 registers). fp16 and bf16 take the tensor cores: 32
+    a step, two stages, 128 registers (static report, bench/results/static/autoregressive.md)."""
     if dtype in (torch.float16, torch.bfloat16):
         return {"step": 32, "num_stages": 2}
     return {"step": 16, "num_stages": 1}
