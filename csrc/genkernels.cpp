@@ -75,6 +75,18 @@ TORCH_LIBRARY(genkernels, m) {
   m.def("som_mask_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor winners, Tensor kept, "
         "Tensor values, Tensor out, int[2] stride, int[2] padding, int[2] dilation, bool relu, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // ---- Masked autoregressive models (genkernels/autoregressive) ----
+  // The masked convolution (spec: genkernels/autoregressive/conv_reference.py): x (B, Cin,
+  // H, W), weight (Cout, Cin, kh, kw) with odd sides, bias (Cout,) or None; rules: one per
+  // tap, row-major -- 0 off, 1 full, 2 strict (output channel group g sees input groups < g),
+  // 3 inclusive (<= g) -- over channel_groups contiguous groups; "same" padding, stride 1
+  // -> out (B, Cout, H, W). Only the kept taps (and channel groups) are multiplied.
+  m.def("masked_conv2d(Tensor x, Tensor weight, Tensor? bias, int[] rules, int channel_groups, int dilation) "
+        "-> Tensor");
+  // Its VJP: grad (B, Cout, H, W) -> (grad_x, grad_weight (zero at the masked entries),
+  // grad_bias); an output whose output_mask entry is false comes back empty, (0,).
+  m.def("masked_conv2d_backward(Tensor grad, Tensor x, Tensor weight, int[] rules, int channel_groups, "
+        "int dilation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // ---- Hopfield networks (genkernels/hopfield) ----
   // Asynchronous recall: weights (N, N) float32|float64, symmetric; states (B, N) +-1 in
   // weights' dtype. Each probe runs sweeps (every unit once, in unit order or, with

@@ -1,6 +1,7 @@
 """genkernels: fast kernels and ready models for classic unsupervised and generative
 models in PyTorch. Models and layers live here; functional ops in ``genkernels.ops``."""
 from . import backends, ops, random
+from .autoregressive.layers import MaskedConv2d
 from .backends import available_backends, use_backend
 from .boltzmann.dbn import DBN
 from .boltzmann.machine import BoltzmannMachine
@@ -16,6 +17,6 @@ from .som.som import SOM
 
 __version__ = "0.1.0"
 __all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "Hopfield", "HopfieldRetrieval", "Ising2D",
-           "Model", "PatchSOM", "SOMMaskConv2d", "SOMMaskLinear", "SoftSOM", "StackedPatchSOM",
+           "MaskedConv2d", "Model", "PatchSOM", "SOMMaskConv2d", "SOMMaskLinear", "SoftSOM", "StackedPatchSOM",
            "available_backends", "backends", "ops", "random",
            "use_backend"]

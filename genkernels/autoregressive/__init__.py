@@ -1,1 +1,5 @@
-"""The masked autoregressive family: masked convolutions and linear layers, PixelCNN and MADE."""
+"""Masked autoregressive models: the masked convolution (kernels and the MaskedConv2d layer)."""
+from .layers import MaskedConv2d
+from .ops import masked_conv2d
+
+__all__ = ["MaskedConv2d", "masked_conv2d"]

@@ -1,0 +1,202 @@
+"""The masked convolution, forward + backward: genkernels.ops.masked_conv2d against the ways
+public PixelCNN code computes it, on the same inputs in one run.
+
+    python bench/bench_autoregressive_conv.py [--quick] [--rounds N] [--threads T] [--device cpu|cuda]
+                                      [--out DIR] [--allow-dirty]
+    pytest bench/bench_autoregressive_conv.py --benchmark-only [--bench-quick]
+        (test_masked_conv: each implementation alone, pytest-benchmark's timing)
+
+One call is forward + backward of a batch: the gradients of the input, the weight and the
+bias from a fixed output gradient (one channel group, "same" padding, stride 1).
+Implementations, interleaved round by round (harness.interleaved; medians):
+
+* ``ours (<backend>)``: genkernels.ops.masked_conv2d -- an implicit GEMM over the kept taps
+  (cpu: csrc/cpu/masked_conv.cpp; triton on CUDA);
+* ``dense conv2d(x, w * mask)``: torch's convolution of the masked weight, as public PixelCNN
+  code does it (oneDNN on the CPU, cuDNN on the GPU) -- the target: ours >= 1.3x faster on
+  the CPU, >= 1.5x on the GPU;
+* ``cropped kernels``: the PixelCNN++ trick in PyTorch -- the rows above the centre as one
+  convolution of the (k // 2, k) top of the kernel over the input padded above, plus the
+  centre row as a (1, k // 2 [+ 1]) convolution over the input padded on the left: only the
+  kept taps, through torch's dense convolutions;
+* each of the two under ``torch.compile`` (warm: compiling is not timed).
+
+``--threads`` (default 1): torch.set_num_threads for the run; one thread compares the work
+on a machine shared with other jobs (torch's two-thread regions stall whenever a neighbour
+holds a core). Writes ``<out>/<machine>-masked-conv[-quick][-<T>t].{json,md}`` (default
+bench/results/) with harness.write_results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCH_DIR))
+sys.path.insert(0, BENCH_DIR)
+
+import harness  # noqa: E402
+
+import genkernels  # noqa: E402
+from genkernels.autoregressive import conv_reference  # noqa: E402
+
+# (name, B, C (in = out), H = W, kernel, mask type)
+CASES = {
+    False: [("7x7 A C=64 B=16 28x28", 16, 64, 28, 7, "A"),
+            ("7x7 A C=128 B=8 28x28", 8, 128, 28, 7, "A"),
+            ("3x3 B C=64 B=16 28x28", 16, 64, 28, 3, "B"),
+            ("3x3 B C=256 B=8 16x16", 8, 256, 16, 3, "B"),
+            ("5x5 B C=128 B=8 28x28", 8, 128, 28, 5, "B")],
+    True: [("7x7 A C=16 B=4 12x12", 4, 16, 12, 7, "A"),
+           ("3x3 B C=32 B=4 12x12", 4, 32, 12, 3, "B")],
+}
+DENSE, CROPPED = "dense conv2d(x, w * mask)", "cropped kernels"
+
+
+def cropped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask_type: str) -> torch.Tensor:
+    """A type-A/B masked convolution (one channel group) from two dense convolutions of the
+    kept parts of the kernel (PixelCNN++'s down-shifted and right-shifted convolutions)."""
+    k = weight.shape[-1]
+    c = k // 2
+    h, w = x.shape[-2:]
+    above = F.conv2d(F.pad(x, (c, c, c, 0)), weight[:, :, :c, :], bias)[..., :h, :]
+    width = c + (mask_type == "B")
+    row = F.conv2d(F.pad(x, (c, 0, 0, 0)), weight[:, :, c:c + 1, :width])[..., :w]
+    return above + row
+
+
+def implementations(case: tuple, device: str, seed: int = 0) -> dict:
+    """name -> a callable running forward + backward once (module docstring)."""
+    _, b, ch, size, k, mask_type = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, ch, size, size, generator=g).to(device).requires_grad_()
+    rules = conv_reference.tap_rules((k, k), mask_type)
+    mask = conv_reference.dense_mask(rules, ch, ch, (k, k), device=device)
+    weight = (torch.randn(ch, ch, k, k, generator=g) / (ch * k * k) ** 0.5).to(device)
+    weight = (weight * mask).requires_grad_()
+    bias = torch.zeros(ch, device=device, requires_grad=True)
+    grad = torch.randn(b, ch, size, size, generator=g).to(device)
+    backend = "cpu" if device == "cpu" else "triton"
+
+    def dense(xx, w, bb):
+        return F.conv2d(xx, w * mask, bb, padding=k // 2)
+
+    def cropped(xx, w, bb):
+        return cropped_conv(xx, w, bb, mask_type)
+
+    def call(fn):
+        def run():
+            fn(x, weight, bias).backward(grad)
+        return run
+
+    def ours(xx, w, bb):
+        return genkernels.ops.masked_conv2d(xx, w, bb, mask_type, backend=backend)
+
+    return {f"ours ({backend})": call(ours), DENSE: call(dense), CROPPED: call(cropped),
+            f"{DENSE} (torch.compile)": call(torch.compile(dense)),
+            f"{CROPPED} (torch.compile)": call(torch.compile(cropped))}
+
+
+def check_agreement(case: tuple, device: str) -> float:
+    """Max abs difference of ours, the dense and the cropped forward (same inputs)."""
+    _, b, ch, size, k, mask_type = case
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, ch, size, size, generator=g).to(device)
+    weight = torch.randn(ch, ch, k, k, generator=g).to(device) / (ch * k * k) ** 0.5
+    bias = torch.randn(ch, generator=g).to(device)
+    mask = conv_reference.dense_mask(conv_reference.tap_rules((k, k), mask_type), ch, ch, (k, k), device=device)
+    with torch.no_grad():
+        want = F.conv2d(x, weight * mask, bias, padding=k // 2)
+        ours = genkernels.ops.masked_conv2d(x, weight, bias, mask_type)
+        crop = cropped_conv(x, weight * mask, bias, mask_type)
+    return max(float((ours - want).abs().max()), float((crop - want).abs().max()))
+
+
+def run(quick: bool = False, rounds: int | None = None, out: str | None = None, threads: int = 1,
+        device: str = "cpu") -> list[dict]:
+    torch.set_num_threads(threads)
+    rounds = rounds or (3 if quick else 11)
+    records = []
+    for case in CASES[quick]:
+        impls = implementations(case, device)
+        diff = check_agreement(case, device)
+        times, _ = harness.interleaved(list(impls.values()), device, rounds, warm_each=True)
+        medians = {impl: statistics.median(times[:, i]) for i, impl in enumerate(impls)}
+        ours = next(v for k, v in medians.items() if k.startswith("ours"))
+        for i, impl in enumerate(impls):
+            col = torch.tensor(times[:, i])
+            q1, q3 = (float(v) for v in col.quantile(torch.tensor([0.25, 0.75], dtype=torch.float64)))
+            _, b, ch, size, k, mask_type = case
+            records.append({"case": case[0], "batch": b, "channels": ch, "size": size, "kernel": k,
+                            "mask_type": mask_type, "kept_taps": conv_reference.kept_taps(
+                                conv_reference.tap_rules((k, k), mask_type)),
+                            "impl": impl, "median_s": medians[impl], "iqr_s": q3 - q1, "rounds": rounds,
+                            "x_ours": medians[impl] / ours, "max_abs_diff": diff})
+        print(f"{case[0]}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in medians.items()), file=sys.stderr)
+    table = _table(records, device)
+    print(table)
+    if out:
+        meta = harness.run_meta(device, quick) | {
+            "suite": "masked-conv", "threads": threads, "dtype": "float32",
+            "timing": "forward + backward, interleaved rounds, median", "loadavg_end": os.getloadavg()[0]}
+        suffix = ("-quick" if quick else "") + (f"-{threads}t" if threads != 1 else "")
+        harness.write_results(out, f"{harness.machine_name(device)}-masked-conv{suffix}", meta, records, table)
+    return records
+
+
+def _table(records: list[dict], device: str) -> str:
+    threads = torch.get_num_threads()
+    lines = [f"# Masked convolution, forward + backward, fp32, {device} ({threads} thread{'s' * (threads > 1)}), "
+             f"torch {torch.__version__}", "",
+             "x ours = the implementation's median / ours (> 1: slower than ours).", "",
+             "| case | kept taps | impl | median | IQR | x ours | max abs diff |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['case']} | {r['kept_taps']}/{r['kernel'] ** 2} | {r['impl']} | "
+                     f"{r['median_s'] * 1e3:.2f} ms | {r['iqr_s'] * 1e3:.2f} ms | {r['x_ours']:.2f} | "
+                     f"{r['max_abs_diff']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
+    harness.add_allow_dirty(p)
+    args = p.parse_args(argv)
+    harness.allow_dirty(args.allow_dirty)
+    harness.check_results_dir(args.out)
+    run(args.quick, args.rounds, args.out, args.threads, args.device)
+    return 0
+
+
+# ---------------------------------------------------------------------- pytest entry
+def pytest_generate_tests(metafunc):
+    """One case per (shape, implementation) (``pytest bench/ --benchmark-only``)."""
+    if "case" not in metafunc.fixturenames:
+        return
+    device, quick, _ = harness.bench_options(metafunc.config)
+    backend = "cpu" if device == "cpu" else "triton"
+    impls = (f"ours ({backend})", DENSE, CROPPED, f"{DENSE} (torch.compile)", f"{CROPPED} (torch.compile)")
+    cases = [(c, impl, device) for c in CASES[quick] for impl in impls]
+    metafunc.parametrize("case", cases, ids=[f"{c[0][0]}-{c[1]}".replace(" ", "_") for c in cases])
+
+
+def test_masked_conv(benchmark, case):
+    """Time one implementation's forward + backward."""
+    shape, impl, device = case
+    harness.benchmark_call(benchmark, implementations(shape, device)[impl], device)
+    benchmark.extra_info.update({"case": shape[0], "impl": impl})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+// CPU kernels of the masked convolution (schemas in csrc/genkernels.cpp, spec in
+// genkernels/autoregressive/conv_reference.py): an implicit GEMM over the taps the mask
+// keeps, forward and backward. A masked tap is never visited and a channel group a rule
+// excludes never multiplied: a 7x7 type-A mask costs 24 tap products, not 49.
+//
+// The layout. The input is copied once into a zero-padded buffer X (Cin, L): each image's
+// rows are `rows` = top + H + bottom long and `stride` = W + pad apart, where top / bottom
+// are the rows the kept taps reach above / below the centre and pad the columns they reach
+// either side. One pad of zeros between rows serves as the right border of a row and the
+// left border of the next, so a tap (dy, dx) is one constant offset o = dy stride + dx in
+// the flattened buffer, for every pixel of every image:
+//
+//     O[:, u] = bias + sum_t W_t X[:, lead + u + o_t]          (u: the flattened positions)
+//
+// with W_t the (Cout, Cin) slice of tap t: each tap is one GEMM of W_t with a contiguous
+// window of X, a (Cin, n) matrix of row stride L -- BLAS reads it in place. Positions that
+// are padding (the row ends, the rows above and below an image) compute values nobody
+// reads: (rows x stride) / (H x W) of the work, 1.23x for a 7x7 kernel on 28 x 28 images,
+// against the 49 / 24 a type-A mask saves. A rule on the channel groups (STRICT, INCLUSIVE)
+// takes one GEMM per output group g over the input channels [0, hi_g) it sees.
+//
+// Backward, from G (Cout, positions): the gradient placed in the same layout, zero at
+// the padding positions (so the padding's garbage never contributes):
+//
+//     grad W_t = sum_u G[:, u] X[:, lead + u + o_t]^T     (taps x fixed column chunks, in
+//                                                          parallel; partials added in chunk order)
+//     grad X[:, v] = sum_t W_t^T G[:, v - o_t]             (a gather: column chunks in parallel)
+//     grad bias = sum of G
+//
+// Threads: the column chunks (and the taps of grad W) are shared by a team of
+// parallel_region.h; each GEMM is a single-threaded at::mm on a thread's chunk (BLAS runs
+// serially inside the region). The chunks depend on the shapes only, so the result does not
+// depend on the number of threads. Arithmetic in the inputs' dtype (float or double; the
+// Python side converts half and bfloat16 to float). Memory: the padded input and output
+// ((Cin + Cout) x positions), plus the gradient's copy and (taps x chunks) Cout x Cin
+// partials in the backward.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "cpu/parallel_region.h"
+
+namespace genkernels::autoregressive::cpu {
+namespace {
+
+constexpr int64_t kOff = 0, kFull = 1, kStrict = 2, kInclusive = 3;
+// A thread's share of the multiply-adds below which a second thread does not pay.
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 21;
+// Bytes of a chunk's stacked windows (taps x channels x n columns, a thread's scratch): about
+// a core's L2, where the GEMM reads them right after the copy (forward, B=16 28x28 7x7 type A,
+// 128 channels, 1 thread: 256 KiB 1.65x dense conv2d, 1 MiB 1.50x, 4 MiB 1.46x).
+constexpr int64_t kChunkBytes = int64_t(256) << 10;
+constexpr int64_t kMinChunk = 64, kMaxChunk = 4096;
+// Partial sums of grad W (each over a fixed share of the chunks, added in order).
+constexpr int64_t kWeightLanes = 8;
+
+int64_t threads_for(int64_t work) { return std::max<int64_t>(1, work / kMinWorkPerThread); }
+
+struct Tap {
+  int64_t index;   // ky * kw + kx
+  int64_t dy, dx;  // offset from the centre, dilation included
+  int64_t rule;
+};
+
+struct Geometry {
+  int64_t batch, cin, cout, h, w, kh, kw, groups;
+  int64_t top = 0, bottom = 0, pad = 0;  // rows above / below, columns either side
+  int64_t stride = 0, rows = 0;          // padded row length, padded rows per image
+  int64_t lead = 0, tail = 0;            // zeros before and after the positions
+  int64_t min_offset = 0, max_offset = 0;
+  std::vector<Tap> taps;                 // the kept taps, row-major
+
+  int64_t positions() const { return batch * rows * stride; }
+  int64_t full_taps() const {
+    return std::count_if(taps.begin(), taps.end(), [](const Tap& t) { return t.rule == kFull; });
+  }
+  int64_t offset(const Tap& t) const { return t.dy * stride + t.dx; }
+  int64_t co() const { return cout / groups; }
+  int64_t ci() const { return cin / groups; }
+  // input channels [0, hi) that output group g sees through rule
+  int64_t seen(int64_t rule, int64_t g) const {
+    return rule == kFull ? cin : rule == kStrict ? g * ci() : (g + 1) * ci();
+  }
+};
+
+Geometry geometry(const char* op, const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef rules,
+                  int64_t groups, int64_t dilation) {
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be (B, Cin, H, W); got ", x.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 4, op, ": weight must be (Cout, Cin, kh, kw); got ", weight.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+                   ": x must be float32 or float64; got ", x.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
+                   "; got ", weight.scalar_type());
+  Geometry g{x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2), weight.size(3), groups};
+  TORCH_CHECK_VALUE(weight.size(1) == g.cin, op, ": weight has ", weight.size(1), " input channels but x has ",
+                    g.cin);
+  TORCH_CHECK_VALUE(g.kh % 2 == 1 && g.kw % 2 == 1, op, ": the kernel's sides must be odd (a centre tap); got ",
+                    g.kh, " x ", g.kw);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(rules.size()) == g.kh * g.kw, op, ": rules must hold one rule per tap (",
+                    g.kh * g.kw, "); got ", rules.size());
+  TORCH_CHECK_VALUE(dilation >= 1, op, ": dilation must be >= 1; got ", dilation);
+  TORCH_CHECK_VALUE(groups >= 1, op, ": channel_groups must be >= 1; got ", groups);
+  bool grouped = false;
+  for (int64_t t = 0; t < g.kh * g.kw; ++t) {
+    const int64_t rule = rules[t];
+    TORCH_CHECK_VALUE(rule >= kOff && rule <= kInclusive, op, ": rule ", rule, " of tap ", t,
+                      " is not one of 0 (off), 1 (full), 2 (strict), 3 (inclusive)");
+    if (rule == kOff) continue;
+    grouped |= rule != kFull;
+    g.taps.push_back({t, (t / g.kw - g.kh / 2) * dilation, (t % g.kw - g.kw / 2) * dilation, rule});
+  }
+  if (grouped) {
+    TORCH_CHECK_VALUE(g.cin % groups == 0 && g.cout % groups == 0, op, ": ", groups,
+                      " channel groups must divide the input and output channels; got Cin ", g.cin, ", Cout ",
+                      g.cout);
+  }
+  for (const Tap& t : g.taps) {
+    g.top = std::max(g.top, -t.dy);
+    g.bottom = std::max(g.bottom, t.dy);
+    g.pad = std::max(g.pad, std::abs(t.dx));
+  }
+  g.stride = g.w + g.pad;
+  g.rows = g.top + g.h + g.bottom;
+  for (const Tap& t : g.taps) {
+    g.min_offset = std::min(g.min_offset, g.offset(t));
+    g.max_offset = std::max(g.max_offset, g.offset(t));
+  }
+  g.lead = -g.min_offset;
+  g.tail = g.max_offset;
+  return g;
+}
+
+// Columns per chunk: the stacked windows (full taps x channels x n) in about kChunkBytes,
+// a multiple of 16.
+int64_t chunk_columns(const Geometry& g, int64_t channels, int64_t elem_bytes) {
+  const int64_t n = kChunkBytes / (elem_bytes * std::max<int64_t>(g.full_taps() * channels, 1));
+  return std::clamp<int64_t>(n / 16 * 16, kMinChunk, kMaxChunk);
+}
+
+// The T windows src[:, start_i : start_i + cols] (K rows each) stacked into the thread's
+// scratch (T K, n), copied row by row: (T K, cols).
+template <typename T>
+at::Tensor stack_windows(const at::Tensor& src, const std::vector<int64_t>& starts, int64_t cols,
+                         at::Tensor& scratch) {
+  const int64_t k = src.size(0), ld = src.stride(0), n = scratch.size(1);
+  const T* s = src.const_data_ptr<T>();
+  T* d = scratch.mutable_data_ptr<T>();
+  for (size_t i = 0; i < starts.size(); ++i) {
+    for (int64_t r = 0; r < k; ++r) std::memcpy(d + (i * k + r) * n, s + r * ld + starts[i], cols * sizeof(T));
+  }
+  return scratch.narrow(0, 0, static_cast<int64_t>(starts.size()) * k).narrow(1, 0, cols);
+}
+
+at::Tensor stacked(const at::Tensor& src, const std::vector<int64_t>& starts, int64_t cols, at::Tensor& scratch) {
+  if (starts.size() == 1) return src.narrow(1, starts[0], cols);  // one window: read in place
+  return src.scalar_type() == at::kDouble ? stack_windows<double>(src, starts, cols, scratch)
+                                          : stack_windows<float>(src, starts, cols, scratch);
+}
+
+// o (M, cols) += a (M, T K) @ the T windows stacked: one GEMM whose inner dimension runs
+// over every tap.
+void stacked_product(at::Tensor& o, const at::Tensor& a, const at::Tensor& src, const std::vector<int64_t>& starts,
+                     at::Tensor& scratch) {
+  if (starts.empty()) return;
+  o.addmm_(a, stacked(src, starts, o.size(1), scratch));
+}
+
+// Chunks of the positions that hold pixels: each image's rows [top, top + H) of the padded
+// layout (H x stride positions; the padding rows between images are never computed), cut
+// into pieces of at most n columns.
+struct Chunks {
+  int64_t per_image, n, span, image;
+  Chunks(const Geometry& g, int64_t n_) : n(n_), span(g.h * g.stride), image(g.rows * g.stride) {
+    per_image = (span + n - 1) / n;
+  }
+  int64_t count(const Geometry& g) const { return g.batch * per_image; }
+  // chunk c: its first position and its columns
+  std::pair<int64_t, int64_t> operator()(const Geometry& g, int64_t c) const {
+    const int64_t b = c / per_image, first = (c % per_image) * n;
+    return {b * image + g.top * g.stride + first, std::min(n, span - first)};
+  }
+};
+
+// The (Cout, B, rows, stride) view of positions [0, U) of a (C, ...) buffer starting at `at`,
+// narrowed to the image pixels: (C, B, H, W).
+at::Tensor pixels(const at::Tensor& buffer, const Geometry& g, int64_t at) {
+  return buffer.narrow(1, at, g.positions())
+      .view({buffer.size(0), g.batch, g.rows, g.stride})
+      .narrow(2, g.top, g.h)
+      .narrow(3, 0, g.w);
+}
+
+// x (B, Cin, H, W) into the zero-padded (Cin, lead + U + tail) layout.
+at::Tensor padded_input(const at::Tensor& x, const Geometry& g) {
+  at::Tensor buffer = at::zeros({g.cin, g.lead + g.positions() + g.tail}, x.options());
+  pixels(buffer, g, g.lead).copy_(x.permute({1, 0, 2, 3}));
+  return buffer;
+}
+
+// The FULL taps' weight slices side by side: (Cout, Tf Cin) for the forward, or transposed
+// per tap, (Cin, Tf Cout), for the gradient of x.
+at::Tensor stacked_weights(const at::Tensor& wt, const Geometry& g, bool transposed) {
+  std::vector<int64_t> index;
+  for (size_t i = 0; i < g.taps.size(); ++i) {
+    if (g.taps[i].rule == kFull) index.push_back(static_cast<int64_t>(i));
+  }
+  const at::Tensor full = wt.index_select(0, at::tensor(index, wt.options().dtype(at::kLong)));
+  return transposed ? full.permute({2, 0, 1}).reshape({g.cin, -1}) : full.permute({1, 0, 2}).reshape({g.cout, -1});
+}
+
+// The kept taps' weight slices, (T, Cout, Cin) contiguous.
+at::Tensor tap_weights(const at::Tensor& weight, const Geometry& g) {
+  std::vector<int64_t> index;
+  for (const Tap& t : g.taps) index.push_back(t.index);
+  const at::Tensor rows = at::tensor(index, weight.options().dtype(at::kLong));
+  return weight.permute({2, 3, 0, 1}).reshape({g.kh * g.kw, g.cout, g.cin}).index_select(0, rows).contiguous();
+}
+
+void check_bias(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& x, int64_t cout) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == cout, op, ": bias must be (", cout, ",); got ",
+                    bias->sizes());
+  TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
+                   "; got ", bias->scalar_type());
+}
+
+}  // namespace
+
+at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             at::IntArrayRef rules, int64_t channel_groups, int64_t dilation) {
+  constexpr const char* op = "masked_conv2d";
+  const Geometry g = geometry(op, x, weight, rules, channel_groups, dilation);
+  check_bias(op, bias, x, g.cout);
+  at::Tensor out = at::empty({g.batch, g.cout, g.h, g.w}, x.options());
+  if (out.numel() == 0) return out;
+  if (g.taps.empty() || g.cin == 0) {
+    return bias.has_value() ? out.copy_(bias->view({1, g.cout, 1, 1}).expand_as(out)) : out.zero_();
+  }
+  const at::Tensor xb = padded_input(x, g);
+  const at::Tensor wt = tap_weights(weight, g);
+  const at::Tensor wcat = stacked_weights(wt, g, false);
+  const int64_t positions = g.positions();
+  at::Tensor ob = at::empty({g.cout, positions}, x.options());
+  const Chunks chunking(g, chunk_columns(g, g.cin, x.element_size()));
+  const int64_t chunks = chunking.count(g), n = chunking.n;
+  const int64_t work = positions * g.cout * g.cin * static_cast<int64_t>(g.taps.size());
+  const int team = genkernels::cpu::team_size(std::min(chunks, threads_for(work)));
+  genkernels::cpu::SoloScope solo(team <= 1);
+  const std::optional<at::Tensor> bias_col =
+      bias.has_value() ? std::optional<at::Tensor>(bias->view({g.cout, 1})) : std::nullopt;
+  std::vector<at::Tensor> scratch(team);
+  genkernels::cpu::parallel_chunks(chunks, team, [&](int64_t c, int slot) {
+    const auto [u0, cols] = chunking(g, c);
+    if (!scratch[slot].defined()) scratch[slot] = at::empty({g.full_taps() * g.cin, n}, x.options());
+    at::Tensor o = ob.narrow(1, u0, cols);
+    if (bias_col.has_value()) {
+      o.copy_(bias_col->expand({g.cout, cols}));
+    } else {
+      o.zero_();
+    }
+    std::vector<int64_t> starts;
+    for (const Tap& t : g.taps) {
+      if (t.rule == kFull) starts.push_back(g.lead + u0 + g.offset(t));
+    }
+    stacked_product(o, wcat, xb, starts, scratch[slot]);
+    for (size_t i = 0; i < g.taps.size(); ++i) {
+      const Tap& t = g.taps[i];
+      if (t.rule == kFull) continue;
+      const at::Tensor window = xb.narrow(1, g.lead + u0 + g.offset(t), cols);
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const int64_t hi = g.seen(t.rule, grp);
+        if (hi == 0) continue;
+        o.narrow(0, grp * g.co(), g.co()).addmm_(wt[i].narrow(0, grp * g.co(), g.co()).narrow(1, 0, hi),
+                                                 window.narrow(0, 0, hi));
+      }
+    }
+  });
+  out.permute({1, 0, 2, 3}).copy_(pixels(ob, g, 0));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef rules,
+    int64_t channel_groups, int64_t dilation, std::array<bool, 3> output_mask) {
+  constexpr const char* op = "masked_conv2d_backward";
+  const Geometry g = geometry(op, x, weight, rules, channel_groups, dilation);
+  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == g.batch && grad.size(1) == g.cout && grad.size(2) == g.h &&
+                        grad.size(3) == g.w,
+                    op, ": grad must be (", g.batch, ", ", g.cout, ", ", g.h, ", ", g.w, "); got ", grad.sizes());
+  const bool want_x = output_mask[0], want_w = output_mask[1], want_b = output_mask[2];
+  at::Tensor grad_x = want_x ? at::zeros_like(x, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
+  at::Tensor grad_w = want_w ? at::zeros_like(weight, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
+  const at::Tensor g_c = grad.to(x.scalar_type());
+  at::Tensor grad_b = want_b ? g_c.sum({0, 2, 3}) : at::empty({0}, x.options());
+  if (grad.numel() == 0 || g.taps.empty() || g.cin == 0 || !(want_x || want_w)) return {grad_x, grad_w, grad_b};
+  const int64_t positions = g.positions(), taps = static_cast<int64_t>(g.taps.size());
+  // G with margins for the gather of grad X: G[u] at column max_offset + u
+  const int64_t margin = g.max_offset;
+  at::Tensor gb = at::zeros({g.cout, margin + positions - g.min_offset}, x.options());
+  pixels(gb, g, margin).copy_(g_c.permute({1, 0, 2, 3}));
+  const at::Tensor wt = tap_weights(weight, g);
+  const int64_t work = positions * g.cout * g.cin * taps;
+  if (want_w) {
+    // lanes of chunks: lane l sums chunks l, l + lanes, ... in order into its partials (the
+    // full taps' (Cout, Tf Cin) through one GEMM a chunk, the grouped taps' per group); the
+    // lanes are added in order: the same sums on any number of threads
+    const at::Tensor xb = padded_input(x, g);
+    const Chunks chunking(g, chunk_columns(g, g.cin, x.element_size()));
+    const int64_t chunks = chunking.count(g), n = chunking.n, full = g.full_taps();
+    const int64_t lanes = std::min(chunks, kWeightLanes);
+    at::Tensor full_sums = at::zeros({lanes, g.cout, full * g.cin}, x.options());
+    at::Tensor group_sums = at::zeros({lanes, taps - full, g.cout, g.cin}, x.options());
+    const int team = genkernels::cpu::team_size(std::min(lanes, threads_for(work)));
+    genkernels::cpu::SoloScope solo(team <= 1);
+    std::vector<at::Tensor> scratch(team);
+    genkernels::cpu::parallel_chunks(lanes, team, [&](int64_t lane, int slot) {
+      if (!scratch[slot].defined()) scratch[slot] = at::empty({full * g.cin, n}, x.options());
+      at::Tensor fs = full_sums[lane], gs = group_sums[lane];
+      for (int64_t c = lane; c < chunks; c += lanes) {
+        const auto [u0, cols] = chunking(g, c);
+        const at::Tensor gu = gb.narrow(1, margin + u0, cols);
+        std::vector<int64_t> starts;
+        for (const Tap& t : g.taps) {
+          if (t.rule == kFull) starts.push_back(g.lead + u0 + g.offset(t));
+        }
+        if (!starts.empty()) fs.addmm_(gu, stacked(xb, starts, cols, scratch[slot]).t());
+        int64_t j = 0;
+        for (const Tap& t : g.taps) {
+          if (t.rule == kFull) continue;
+          const at::Tensor window = xb.narrow(1, g.lead + u0 + g.offset(t), cols);
+          for (int64_t grp = 0; grp < g.groups; ++grp) {
+            const int64_t hi = g.seen(t.rule, grp);
+            if (hi == 0) continue;
+            gs[j].narrow(0, grp * g.co(), g.co()).narrow(1, 0, hi)
+                .addmm_(gu.narrow(0, grp * g.co(), g.co()), window.narrow(0, 0, hi).t());
+          }
+          ++j;
+        }
+      }
+    });
+    const at::Tensor fsum = full_sums.sum(0).view({g.cout, full, g.cin});
+    const at::Tensor gsum = group_sums.sum(0);
+    int64_t f = 0, j = 0;
+    for (const Tap& t : g.taps) {
+      at::Tensor slot_w = grad_w.select(3, t.index % g.kw).select(2, t.index / g.kw);
+      slot_w.copy_(t.rule == kFull ? fsum.select(1, f++) : gsum[j++]);
+    }
+  }
+  if (want_x) {
+    const at::Tensor wcat_t = stacked_weights(wt, g, true);
+    at::Tensor gxb = at::empty({g.cin, positions}, x.options());
+    const Chunks chunking(g, chunk_columns(g, g.cout, x.element_size()));
+    const int64_t chunks = chunking.count(g), n = chunking.n;
+    const int team = genkernels::cpu::team_size(std::min(chunks, threads_for(work)));
+    genkernels::cpu::SoloScope solo(team <= 1);
+    std::vector<at::Tensor> scratch(team);
+    genkernels::cpu::parallel_chunks(chunks, team, [&](int64_t c, int slot) {
+      const auto [v0, cols] = chunking(g, c);
+      if (!scratch[slot].defined()) scratch[slot] = at::empty({g.full_taps() * g.cout, n}, x.options());
+      at::Tensor o = gxb.narrow(1, v0, cols);
+      o.zero_();
+      std::vector<int64_t> starts;
+      for (const Tap& t : g.taps) {
+        if (t.rule == kFull) starts.push_back(margin + v0 - g.offset(t));
+      }
+      stacked_product(o, wcat_t, gb, starts, scratch[slot]);
+      for (int64_t i = 0; i < taps; ++i) {
+        const Tap& t = g.taps[i];
+        if (t.rule == kFull) continue;
+        const at::Tensor window = gb.narrow(1, margin + v0 - g.offset(t), cols);
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
+          const int64_t hi = g.seen(t.rule, grp);
+          if (hi == 0) continue;
+          o.narrow(0, 0, hi).addmm_(wt[i].narrow(0, grp * g.co(), g.co()).narrow(1, 0, hi).t(),
+                                    window.narrow(0, grp * g.co(), g.co()));
+        }
+      }
+    });
+    grad_x.permute({1, 0, 2, 3}).copy_(pixels(gxb, g, 0));
+  }
+  return {grad_x, grad_w, grad_b};
+}
+
+TORCH_LIBRARY_IMPL(genkernels, CPU, m) {
+  m.impl("masked_conv2d", &masked_conv2d_cpu);
+  m.impl("masked_conv2d_backward", &masked_conv2d_backward_cpu);
+}
+
+}  // namespace genkernels::autoregressive::cpu
