@@ -368,8 +368,18 @@ def som_mask_mnist():
     return rows
 
 
+def softsom_spirals():
+    """The SoftSOM on the two-arm spirals, five seeds (bench/softsom_spirals.py)."""
+    cases = {c["model"]: c for c in load("softsom-spirals.json")["cases"]}
+    labels = {"mlp": "2→32→32→2 MLP alone",
+              "softsom+mlp": "10×10 SoftSOM (grid coordinates out) → the same MLP, trained end to end",
+              "som-organised softsom+mlp": "the same, the map organised by the SOM rule over the first 100 steps",
+              "mlp with softsom inside": "MLP with the SoftSOM between its hidden layers"}
+    return [f"| {label} | {cases[m]['mean']:.3f} ± {cases[m]['std']:.3f} |" for m, label in labels.items()]
+
+
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
-          dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist]
+          dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist, softsom_spirals]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])
