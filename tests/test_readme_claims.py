@@ -378,8 +378,25 @@ def softsom_spirals():
     return [f"| {label} | {cases[m]['mean']:.3f} ± {cases[m]['std']:.3f} |" for m, label in labels.items()]
 
 
+def softsom_speed():
+    """The soft SOM op against its definition, eager and compiled (bench/bench_som_nn.py --section softsom)."""
+    rows = [r for r in load("amd-epyc-2c-som-nn.json")["cases"] if r["layer"] == "SoftSOM" and r["threads"] == 1]
+
+    def row(w, op, impl):
+        return next(r for r in rows if r["workload"] == w and r["op"] == op and r["impl"] == impl)
+
+    def msec(v):
+        return f"{v * 1e3:.2f} ms" if v < 1e-3 else f"{v * 1e3:.1f} ms"
+    labels = {"spiral": "spiral B=1,500 D=2 K=100", "hidden": "hidden layer B=1,024 D=64 K=400",
+              "small": "small batch B=64 D=32 K=100"}
+    return [f"| {label} | {op} | {msec(row(w, op, 'cpu')['median_s'])} | {row(w, op, 'definition')['x_ours']:.2f}× | "
+            f"{row(w, op, 'definition (torch.compile)')['x_ours']:.2f}× |"
+            for w, label in labels.items() for op in ("forward", "forward+backward")]
+
+
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
-          dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist, softsom_spirals]
+          dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist, softsom_spirals,
+          softsom_speed]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])
