@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train each model family on the embedded data set and write a report",
                           description="Train a 20x20 hexagonal SOM on scikit-learn's digits; write the "
                                       "U-matrix, hit map, labels map, component planes, the QE/TE "
-                                      "training curve, a patch SOM's reconstruction of the digits (PNG) "
+                                      "training curve, a patch SOM's reconstruction of the digits, a soft "
+                                      "SOM layer's 2-D map of them (PNG) "
                                       "and report.md to --out.")
     demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     demo.add_argument("--epochs", type=_count(1), default=20)
@@ -644,6 +645,7 @@ def cmd_demo(args) -> int:
         "",
     ]
     report += _demo_patch(x, args)
+    report += _demo_softsom(x, y, args)
     report += _demo_rbm(x, args)
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write("\n".join(report))
@@ -678,6 +680,41 @@ def _demo_patch(x, args) -> list[str]:
         f"quantization error {model.history[-1]['quantization_error']:.4f}. Rebuilt from their patches' "
         f"winning codebook rows (overlaps averaged), the digits differ from the originals by a mean squared "
         f"error of {float(error):.5f} (pixels in [0, 1]).",
+        "",
+        f"![{os.path.basename(figure)}]({os.path.basename(figure)})",
+        "",
+    ]
+
+
+def _demo_softsom(x, y, args) -> list[str]:
+    """SoftSOM part of the demo: a 10 x 10 soft SOM layer on the digits, its map organised
+    by the SOM batch rule (train_embedding="som", 100 training-mode forwards of 256 random
+    digits), then each digit's soft output -- the softmax-weighted grid coordinates -- as a
+    2-D scatter coloured by its label."""
+    import torch
+
+    from . import SoftSOM
+    from .plot import plot_scatter
+
+    data = torch.as_tensor(x)
+    steps, batch = 100, 256
+    layer = SoftSOM((10, 10), data.shape[1], beta=5.0, train_embedding="som", som_steps=steps, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(steps):
+            layer(data[torch.randint(data.shape[0], (batch,), generator=gen)])
+        layer.eval()
+        coords = layer(data)
+    fit_s = time.perf_counter() - start
+    figure = plot_scatter(coords.numpy(), y, os.path.join(args.out, "softsom_digits.png"),
+                          "SoftSOM 10 x 10 (beta 5): the digits' soft grid coordinates")
+    return [
+        "## Soft SOM layer: the digits through a 10 x 10 SoftSOM",
+        "",
+        f"The layer's map organised by the SOM batch rule over {steps} training-mode forwards of {batch} "
+        f"random digits, then every digit's output: the grid coordinates of the nodes weighted by "
+        f"softmax(-5 distance): a differentiable 2-D map position ({fit_s:.2f} s).",
         "",
         f"![{os.path.basename(figure)}]({os.path.basename(figure)})",
         "",

@@ -183,3 +183,18 @@ def plot_reconstruction(originals, rebuilt, filters, path, title="", columns=8, 
     if title:
         fig.suptitle(title, fontsize=10, y=1.02)
     return _save(fig, path)
+
+
+def plot_scatter(points, labels, path, title=""):
+    """2-D points (n, 2) coloured by integer labels (n,), with a legend of the labels."""
+    plt = _plt()
+    points, labels = np.asarray(points), np.asarray(labels)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    cmap = plt.get_cmap("tab10")
+    for i, label in enumerate(np.unique(labels)):
+        sel = labels == label
+        ax.scatter(points[sel, 0], points[sel, 1], s=6, color=cmap(i % 10), label=str(label), alpha=0.7)
+    ax.legend(markerscale=2, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal")
+    return _save(fig, path)

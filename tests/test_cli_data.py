@@ -103,10 +103,12 @@ def test_demo_writes_report_and_figures(tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), "--quiet", "--epochs", "4"]) == 0
     names = set(os.listdir(tmp_path))
     assert {"report.md", "umatrix.png", "hit_map.png", "labels_map.png", "component_planes.png",
-            "training_curve.png", "patch_som_reconstruction.png", "rbm_filters.png", "rbm_samples.png"} <= names
+            "training_curve.png", "patch_som_reconstruction.png", "softsom_digits.png", "rbm_filters.png",
+            "rbm_samples.png"} <= names
     report = (tmp_path / "report.md").read_text()
     assert "quantization error" in report and "accuracy" in report
     assert "![patch_som_reconstruction.png](patch_som_reconstruction.png)" in report
+    assert "![softsom_digits.png](softsom_digits.png)" in report
     # the RBM's AIS estimate of the test log-likelihood lies near the exact value
     import re
     m = re.search(r"Test log-likelihood of the odd-numbered digits: (-?[\d.]+) ± ([\d.]+) nats by "
