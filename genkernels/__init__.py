@@ -2,6 +2,7 @@
 models in PyTorch. Models and layers live here; functional ops in ``genkernels.ops``."""
 from . import backends, ops, random
 from .autoregressive.layers import MaskedConv2d
+from .autoregressive.pixelcnn import GatedPixelCNN
 from .backends import available_backends, use_backend
 from .boltzmann.dbn import DBN
 from .boltzmann.machine import BoltzmannMachine
@@ -16,7 +17,7 @@ from .som.soft import SoftSOM
 from .som.som import SOM
 
 __version__ = "0.1.0"
-__all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "Hopfield", "HopfieldRetrieval", "Ising2D",
+__all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "GatedPixelCNN", "Hopfield", "HopfieldRetrieval", "Ising2D",
            "MaskedConv2d", "Model", "PatchSOM", "SOMMaskConv2d", "SOMMaskLinear", "SoftSOM", "StackedPatchSOM",
            "available_backends", "backends", "ops", "random",
            "use_backend"]

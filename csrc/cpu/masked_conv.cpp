@@ -173,16 +173,28 @@ void stacked_product(at::Tensor& o, const at::Tensor& a, const at::Tensor& src, 
 }
 
 // Chunks of the positions that hold pixels: each image's rows [top, top + H) of the padded
-// layout (H x stride positions; the padding rows between images are never computed), cut
-// into pieces of at most n columns.
+// layout (H x stride positions), cut into pieces of at most n columns; images smaller than
+// a chunk go several to a chunk, which then also covers the padding rows between them
+// (computed, never read; the gradient there is zero).
 struct Chunks {
-  int64_t per_image, n, span, image;
+  int64_t n, span, image, per_image = 1, images = 1;
   Chunks(const Geometry& g, int64_t n_) : n(n_), span(g.h * g.stride), image(g.rows * g.stride) {
-    per_image = (span + n - 1) / n;
+    if (image <= n) {
+      images = std::max<int64_t>(1, n / image);
+    } else {
+      per_image = (span + n - 1) / n;
+    }
   }
-  int64_t count(const Geometry& g) const { return g.batch * per_image; }
-  // chunk c: its first position and its columns
+  int64_t count(const Geometry& g) const {
+    return images > 1 ? (g.batch + images - 1) / images : g.batch * per_image;
+  }
+  // chunk c: its first position and its columns (at most n)
   std::pair<int64_t, int64_t> operator()(const Geometry& g, int64_t c) const {
+    if (images > 1) {
+      const int64_t b0 = c * images, b1 = std::min(g.batch, b0 + images);
+      const int64_t first = b0 * image + g.top * g.stride;
+      return {first, (b1 - 1 - b0) * image + span};
+    }
     const int64_t b = c / per_image, first = (c % per_image) * n;
     return {b * image + g.top * g.stride + first, std::min(n, span - first)};
   }

@@ -73,9 +73,15 @@ def dense_mask(rules, c_out: int, c_in: int, kernel_size: tuple[int, int], chann
                dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """(Cout, Cin, kh, kw) 0/1 mask of the rules (row-major, kh * kw of them)."""
     kh, kw = kernel_size
-    mask = torch.zeros(c_out, c_in, kh, kw, dtype=torch.bool)
-    for t, rule in enumerate(rules):
-        mask[:, :, t // kw, t % kw] = group_rule_mask(rule, c_out, c_in, channel_groups)
+    rules = [int(rule) for rule in rules]
+    r = torch.tensor(rules, dtype=torch.int64).view(1, 1, kh, kw)
+    mask = (r == FULL).expand(c_out, c_in, kh, kw)
+    if any(rule >= STRICT for rule in rules):
+        g_out = torch.arange(c_out) // (c_out // channel_groups)
+        g_in = torch.arange(c_in) // (c_in // channel_groups)
+        lower = (g_in[None, :] < g_out[:, None])[:, :, None, None]
+        lower_eq = (g_in[None, :] <= g_out[:, None])[:, :, None, None]
+        mask = mask | ((r == STRICT) & lower) | ((r == INCLUSIVE) & lower_eq)
     return mask.to(dtype=dtype, device=device)
 
 
