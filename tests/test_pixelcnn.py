@@ -12,6 +12,7 @@ import genkernels
 from genkernels.autoregressive.pixelcnn import GatedPixelCNN
 from genkernels.data import load_digits
 
+
 def _model(channels=3, head="categorical", levels=4, cond=None, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
     return GatedPixelCNN(channels, 6 * channels, 3, 5, head=head, levels=levels, condition_size=cond,

@@ -388,8 +388,8 @@ class GatedPixelCNN(Model):
                     idx = order[start:start + batch_size].to(self.device)
                     loss = -self.log_prob(data[idx], None if cond is None else cond[idx]).mean() / dims
                     if not bool(torch.isfinite(loss)):
-                        raise DivergedError(f"GatedPixelCNN.fit diverged in epoch {epoch + 1}: the loss is {float(loss)} "
-                                            f"(try a smaller learning_rate than {learning_rate})")
+                        raise DivergedError(f"GatedPixelCNN.fit diverged in epoch {epoch + 1}: the loss is "
+                                            f"{float(loss)} (try a smaller learning_rate than {learning_rate})")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
