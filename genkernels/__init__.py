@@ -1,6 +1,7 @@
 """genkernels: fast kernels and ready models for classic unsupervised and generative
 models in PyTorch. Models and layers live here; functional ops in ``genkernels.ops``."""
 from . import backends, ops, random
+from .autoregressive.causality import check_autoregressive
 from .autoregressive.layers import MaskedConv2d
 from .autoregressive.pixelcnn import GatedPixelCNN
 from .backends import available_backends, use_backend
@@ -19,5 +20,5 @@ from .som.som import SOM
 __version__ = "0.1.0"
 __all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "GatedPixelCNN", "Hopfield", "HopfieldRetrieval", "Ising2D",
            "MaskedConv2d", "Model", "PatchSOM", "SOMMaskConv2d", "SOMMaskLinear", "SoftSOM", "StackedPatchSOM",
-           "available_backends", "backends", "ops", "random",
+           "available_backends", "backends", "check_autoregressive", "ops", "random",
            "use_backend"]

@@ -155,8 +155,14 @@ class GatedPixelCNN(Model):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         x = self.check_data(x)
-        cond = self._condition(cond, x.shape[0])
-        v = h = self._scaled(x)
+        return self.network_logits(self._scaled(x), cond)
+
+    def network_logits(self, inputs: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The network on any real-valued input (B, C, H, W) -- the data already mapped to
+        [-1, 1] in ``forward`` -- without the data checks (what check_autoregressive
+        differentiates)."""
+        cond = self._condition(cond, inputs.shape[0])
+        v = h = inputs
         for layer in self.layers:
             v, h = layer(v, h, cond)
         logits = self.out2(F.relu(self.out1(F.relu(h))))
