@@ -18,7 +18,8 @@ from .som.soft import SoftSOM
 from .som.som import SOM
 
 __version__ = "0.1.0"
-__all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "GatedPixelCNN", "Hopfield", "HopfieldRetrieval", "Ising2D",
+__all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "GatedPixelCNN", "Hopfield", "HopfieldRetrieval",
+           "Ising2D",
            "MaskedConv2d", "Model", "PatchSOM", "SOMMaskConv2d", "SOMMaskLinear", "SoftSOM", "StackedPatchSOM",
            "available_backends", "backends", "check_autoregressive", "ops", "random",
            "use_backend"]
