@@ -49,7 +49,7 @@ def _run(code: str, scope: dict) -> dict:
 def test_readme_has_the_blocks_this_test_knows():
     """A new ```python block needs its prelude here (and its own test below)."""
     blocks = _blocks()
-    assert len(blocks) == 7, [b.splitlines()[0] for b in blocks]
+    assert len(blocks) == 8, [b.splitlines()[0] for b in blocks]
     assert "genkernels.SOM(" in blocks[0]
     assert "som_grid_search(" in blocks[1]
     assert "genkernels.SoftSOM(" in blocks[2]
@@ -57,6 +57,7 @@ def test_readme_has_the_blocks_this_test_knows():
     assert "genkernels.SOMMaskConv2d(" in blocks[4]
     assert "genkernels.Hopfield(" in blocks[5]
     assert "genkernels.BoltzmannMachine(" in blocks[6]
+    assert "genkernels.GatedPixelCNN(" in blocks[7]
 
 
 def test_readme_tour_runs(tmp_path, monkeypatch):
@@ -152,6 +153,13 @@ def test_readme_som_mask_block_runs():
     with torch.no_grad():
         active = (conv.eval()(scope["images"]) != 0).flatten(2).any(2).sum(1)
     assert int(active.max()) <= 5
+
+
+def test_readme_autoregressive_block_runs(capsys):
+    scope = _run(_blocks()[7], {})
+    assert scope["features"].shape == (8, 96, 32, 32) and scope["nats"].shape == (4,)
+    assert torch.equal(scope["completed"][:, :, :6], scope["binary"][:4, :, :6])   # the observed half kept
+    assert "OK" in capsys.readouterr().out
 
 
 def _check_energy_scope(scope):
