@@ -87,6 +87,14 @@ TORCH_LIBRARY(genkernels, m) {
   // grad_bias); an output whose output_mask entry is false comes back empty, (0,).
   m.def("masked_conv2d_backward(Tensor grad, Tensor x, Tensor weight, int[] rules, int channel_groups, "
         "int dilation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // The masked linear layer (spec: genkernels/autoregressive/linear_reference.py): x (B,
+  // Din), weight (Dout, Din), bias (Dout,) or None, prefix (Dout,) int64 in [0, Din] -- output
+  // j sees the inputs [0, prefix_j) -> out (B, Dout); the zero blocks are skipped.
+  m.def("masked_linear(Tensor x, Tensor weight, Tensor? bias, Tensor prefix) -> Tensor");
+  // Its VJP: grad (B, Dout) -> (grad_x, grad_weight (zero at the masked entries), grad_bias);
+  // an output whose output_mask entry is false comes back empty, (0,).
+  m.def("masked_linear_backward(Tensor grad, Tensor x, Tensor weight, Tensor prefix, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
   // ---- Hopfield networks (genkernels/hopfield) ----
   // Asynchronous recall: weights (N, N) float32|float64, symmetric; states (B, N) +-1 in
   // weights' dtype. Each probe runs sweeps (every unit once, in unit order or, with

@@ -3,6 +3,7 @@ models in PyTorch. Models and layers live here; functional ops in ``genkernels.o
 from . import backends, ops, random
 from .autoregressive.causality import check_autoregressive
 from .autoregressive.layers import MaskedConv2d
+from .autoregressive.made import MADE, MaskedLinear
 from .autoregressive.pixelcnn import GatedPixelCNN
 from .backends import available_backends, use_backend
 from .boltzmann.dbn import DBN
@@ -18,8 +19,7 @@ from .som.soft import SoftSOM
 from .som.som import SOM
 
 __version__ = "0.1.0"
-__all__ = ["DBN", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "GatedPixelCNN", "Hopfield", "HopfieldRetrieval",
-           "Ising2D",
-           "MaskedConv2d", "Model", "PatchSOM", "SOMMaskConv2d", "SOMMaskLinear", "SoftSOM", "StackedPatchSOM",
-           "available_backends", "backends", "check_autoregressive", "ops", "random",
-           "use_backend"]
+__all__ = ["DBN", "MADE", "RBM", "SOM", "BoltzmannMachine", "DivergedError", "GatedPixelCNN", "Hopfield",
+           "HopfieldRetrieval", "Ising2D", "MaskedConv2d", "MaskedLinear", "Model", "PatchSOM", "SOMMaskConv2d",
+           "SOMMaskLinear", "SoftSOM", "StackedPatchSOM", "available_backends", "backends", "check_autoregressive",
+           "ops", "random", "use_backend"]

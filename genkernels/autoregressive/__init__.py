@@ -1,8 +1,10 @@
-"""Masked autoregressive models: the masked convolution (kernels and the MaskedConv2d layer),
-the Gated PixelCNN, and the causality check."""
+"""Masked autoregressive models: the masked convolution and linear layers (kernels and the
+MaskedConv2d / MaskedLinear layers), the Gated PixelCNN, MADE, and the causality check."""
 from .causality import AutoregressiveReport, check_autoregressive
 from .layers import MaskedConv2d
-from .ops import masked_conv2d
+from .made import MADE, MaskedLinear
+from .ops import masked_conv2d, masked_linear
 from .pixelcnn import GatedPixelCNN
 
-__all__ = ["AutoregressiveReport", "GatedPixelCNN", "MaskedConv2d", "check_autoregressive", "masked_conv2d"]
+__all__ = ["MADE", "AutoregressiveReport", "GatedPixelCNN", "MaskedConv2d", "MaskedLinear", "check_autoregressive",
+           "masked_conv2d", "masked_linear"]

@@ -1,0 +1,354 @@
+"""MADE (Germain et al., 2015, "MADE: Masked Autoencoder for Distribution Estimation") and its
+masked linear layer.
+
+Every unit has a degree. Input dimension i has degree r_i + 1, r_i its rank in the
+autoregressive order; a hidden unit k has a degree m_k in [1, D - 1]; a hidden unit sees the
+units of the layer below whose degree is <= its own, an output of degree d the hidden units
+of degree < d (and, with ``direct=True``, the inputs of degree < d). So output d depends on
+the inputs before it only. With each layer's units sorted by degree the masks are block
+lower-triangular, each output seeing a prefix of the layer below -- the form the
+``masked_linear`` kernels take (they skip the zero blocks).
+
+Masks: ``num_masks`` connectivity patterns, each an ordering of the inputs (the natural one,
+or random ones with ``order_agnostic=True``) and hidden degrees (evenly spread for the first
+natural-order mask, drawn from the model's stream otherwise). Training cycles through them
+(order- and connectivity-agnostic training); ``log_prob(x, mask=None)`` averages the
+likelihood over all of them (the ensemble), or uses one. A mask other than the first runs
+the layers on weights gathered into its degree order (the same parameters, permuted), so
+every mask trains the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import checkpoint as ckpt
+from .. import registry
+from .._checks import check_choice, check_int, check_positive
+from ..model import DivergedError, Model, Progress
+from .linear_ops import check_prefix, masked_linear
+from .linear_reference import degrees_to_prefix
+
+OUTPUTS = ("bernoulli", "gaussian", "mixture")
+
+
+class MaskedLinear(nn.Module):
+    """A linear layer whose output j sees only the first ``prefix[j]`` inputs.
+
+    Args:
+        in_features, out_features: sizes.
+        prefix: (out_features,) ints in [0, in_features] (a buffer; ``set_prefix`` changes it).
+        bias: learn a bias.
+        backend: None (auto), "reference" or "cpu".
+
+    ``forward(x (B, in))`` -> (B, out) = x @ (W * M)^T + b; the masked weights never act and
+    get zero gradients.
+    """
+
+    def __init__(self, in_features: int, out_features: int, prefix, bias: bool = True, *,
+                 backend: str | None = None, device=None, dtype=None):
+        super().__init__()
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.register_buffer("prefix", check_prefix(torch.as_tensor(prefix), out_features, in_features, device))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialisation, with each output's fan-in its prefix."""
+        with torch.no_grad():
+            bound = 1 / torch.sqrt(self.prefix.clamp_min(1).to(self.weight.dtype))
+            self.weight.uniform_(-1, 1).mul_(bound[:, None])
+            if self.bias is not None:
+                self.bias.uniform_(-1, 1).mul_(bound)
+
+    def set_prefix(self, prefix) -> None:
+        self.prefix = check_prefix(torch.as_tensor(prefix), self.out_features, self.in_features, self.prefix.device)
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                prefix: torch.Tensor | None = None) -> torch.Tensor:
+        weight = self.weight if weight is None else weight
+        bias = self.bias if bias is None else bias
+        if x.dtype != weight.dtype:
+            x = x.to(weight.dtype)
+        return masked_linear(x, weight, bias, self.prefix if prefix is None else prefix, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        kept = int(self.prefix.sum())
+        return (f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
+                f"kept={kept}/{self.in_features * self.out_features}")
+
+
+class MADE(Model):
+    """A masked autoencoder density model of D-dimensional vectors.
+
+    Args:
+        n_inputs: D.
+        hidden: sizes of the hidden layers (each >= 1).
+        output: "bernoulli" (binary data), "gaussian" (a mean and log-scale per dimension)
+            or "mixture" (``components`` Gaussians per dimension).
+        components: the mixture's components.
+        direct: direct (masked) connections from the inputs to the outputs.
+        num_masks: connectivity patterns cycled in training and averaged at test time.
+        order_agnostic: random input orderings (else the natural order for every mask).
+        seed: the key of the model's random stream (masks, sampling, shuffling).
+        backend: None (auto), "reference" or "cpu" for the masked linear layers.
+    """
+
+    _dtype_source = "_dtype_ref"
+    kind = "MADE"
+
+    @property
+    def _dtype_ref(self) -> torch.Tensor:
+        return self.layers[0].weight
+
+    def __init__(self, n_inputs: int, hidden=(500,), output: str = "bernoulli", components: int = 5, *,
+                 direct: bool = True, num_masks: int = 1, order_agnostic: bool = False, seed: int | None = None,
+                 backend: str | None = None):
+        super().__init__()
+        self._init_stream(seed)
+        self.n_inputs = check_int("n_inputs", n_inputs, 1)
+        self.hidden = tuple(check_int("hidden", h, 1) for h in hidden)
+        if not self.hidden:
+            raise ValueError("hidden must hold at least one layer size")
+        self.output = check_choice("output", output, OUTPUTS)
+        self.components = check_int("components", components, 1) if output == "mixture" else 1
+        self.direct = bool(direct)
+        self.num_masks = check_int("num_masks", num_masks, 1)
+        self.order_agnostic = bool(order_agnostic)
+        self.backend = backend
+        self.history: list[dict] = []
+        d = self.n_inputs
+        self.params_per_dim = {"bernoulli": 1, "gaussian": 2, "mixture": 3 * self.components}[output]
+        sizes = (d,) + self.hidden
+        masks = [self._make_mask(k) for k in range(self.num_masks)]
+        # each mask: the input order (rank per dimension), the permutation of every layer's
+        # units into degree order, and every layer's prefixes
+        for k, (perms, prefixes) in enumerate(masks):
+            for i, p in enumerate(perms):
+                self.register_buffer(f"perm_{k}_{i}", p)
+            for i, p in enumerate(prefixes):
+                self.register_buffer(f"prefix_{k}_{i}", p)
+        out_units = d * self.params_per_dim
+        self.layers = nn.ModuleList(
+            MaskedLinear(sizes[i], sizes[i + 1], self._prefix(0, i), backend=backend) for i in range(len(self.hidden)))
+        self.layers.append(MaskedLinear(sizes[-1], out_units, self._prefix(0, len(self.hidden)), backend=backend))
+        self.skip = MaskedLinear(d, out_units, self._prefix(0, len(self.hidden) + 1), bias=False,
+                                 backend=backend) if self.direct else None
+        self._next_mask = 0
+
+    # -------------------------------------------------------------------- masks
+    def _make_mask(self, k: int):
+        """Mask k: (perms, prefixes). perms[0]: the inputs in order (argsort of the ranks),
+        perms[1..L]: each hidden layer's units sorted by degree; prefixes per masked layer
+        (the hidden layers, the output layer, then the direct connections)."""
+        d = self.n_inputs
+        if self.order_agnostic and k > 0:
+            order = torch.argsort(self.stream.rand(d))          # the dimensions in the order they come
+        else:
+            order = torch.arange(d)
+        in_deg = torch.arange(1, d + 1)                          # degrees of the inputs, in order
+        perms, prefixes, prev = [order], [], in_deg
+        low = 1 if d > 1 else 0
+        for i, h in enumerate(self.hidden):
+            if k == 0 and not self.order_agnostic:
+                deg = (torch.arange(h) * max(d - 1, 1)) // h + 1 if d > 1 else torch.zeros(h, dtype=torch.int64)
+            else:
+                u = self.stream.rand(h)
+                lo = int(prev.min()) if i > 0 else low
+                deg = (lo + torch.floor(u * (max(d - 1, 1) - lo + 1))).to(torch.int64) if d > 1 else \
+                    torch.zeros(h, dtype=torch.int64)
+            deg, perm = torch.sort(deg, stable=True)
+            perms.append(perm)
+            prefixes.append(degrees_to_prefix(prev, deg, strict=False))
+            prev = deg
+        out_deg = in_deg.repeat_interleave(self.params_per_dim)     # each dimension's parameters together
+        prefixes.append(degrees_to_prefix(prev, out_deg, strict=True))
+        prefixes.append(degrees_to_prefix(in_deg, out_deg, strict=True))
+        return perms, prefixes
+
+    def _perm(self, k: int, i: int) -> torch.Tensor:
+        return getattr(self, f"perm_{k}_{i}")
+
+    def _prefix(self, k: int, i: int) -> torch.Tensor:
+        return getattr(self, f"prefix_{k}_{i}")
+
+    # ------------------------------------------------------------------ network
+    def _params(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, D, P): each dimension's output parameters under mask k, dimensions in their
+        natural index (the network sees them in mask k's order). The stored weights are in
+        mask 0's unit order; another mask gathers them into its own (the same parameters)."""
+        order = self._perm(k, 0)
+        h = x[:, order]
+        inp = h
+        n_hidden = len(self.hidden)
+        for i, layer in enumerate(self.layers[:-1]):
+            if k == 0:
+                h = layer(h)
+            else:
+                rows = self._stored(i + 1, self._perm(k, i + 1))
+                w = layer.weight.index_select(0, rows).index_select(1, self._stored(i, self._perm(k, i)))
+                h = layer(h, w, layer.bias.index_select(0, rows), self._prefix(k, i))
+            h = F.relu(h)
+        last = self.layers[-1]
+        if k == 0:
+            out = last(h)
+        else:
+            rows = (order[:, None] * self.params_per_dim + torch.arange(self.params_per_dim, device=order.device))
+            rows = rows.flatten()
+            w = last.weight.index_select(0, rows).index_select(1, self._stored(n_hidden, self._perm(k, n_hidden)))
+            out = last(h, w, last.bias.index_select(0, rows), self._prefix(k, n_hidden))
+        if self.skip is not None:
+            if k == 0:
+                out = out + self.skip(inp)
+            else:
+                w = self.skip.weight.index_select(0, rows).index_select(1, order)
+                out = out + self.skip(inp, w, None, self._prefix(k, n_hidden + 1))
+        out = out.view(x.shape[0], self.n_inputs, self.params_per_dim)
+        return out[:, torch.argsort(order)]
+
+    def _stored(self, i: int, units: torch.Tensor) -> torch.Tensor:
+        """Indices into the stored weight of units of layer i (0: the inputs, by dimension;
+        1..L: hidden layer i-1) given as mask-independent unit ids: the stored order is mask
+        0's."""
+        return units if i == 0 else torch.argsort(self._perm(0, i))[units]
+
+    def forward(self, x: torch.Tensor, mask: int = 0) -> torch.Tensor:
+        """(B, D, P) output parameters of x (B, D) under connectivity ``mask``."""
+        return self._params(self.check_data(x), check_int("mask", mask, 0, self.num_masks - 1))
+
+    def check_data(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.n_inputs:
+            raise ValueError(f"x must be (B, {self.n_inputs}); got shape {tuple(x.shape)}")
+        if self.output == "bernoulli" and x.numel() and not torch.compiler.is_compiling():
+            if not bool(((x == 0) | (x == 1)).all()):
+                raise ValueError("the Bernoulli output models binary data: x must hold 0 and 1 only; got values in "
+                                 f"[{float(x.min())}, {float(x.max())}] (binarise the data first)")
+        if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or Inf")
+        return x.to(self.dtype)
+
+    # ------------------------------------------------------------------ density
+    def _log_prob_of(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        if self.output == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(params[..., 0], x, reduction="none").sum(1)
+        if self.output == "gaussian":
+            mean, log_scale = params[..., 0], params[..., 1].clamp(-7, 7)
+            z = (x - mean) * torch.exp(-log_scale)
+            return (-0.5 * z * z - log_scale - 0.5 * math.log(2 * math.pi)).sum(1)
+        k = self.components
+        logits, mean, log_scale = params[..., :k], params[..., k:2 * k], params[..., 2 * k:].clamp(-7, 7)
+        z = (x[..., None] - mean) * torch.exp(-log_scale)
+        comp = -0.5 * z * z - log_scale - 0.5 * math.log(2 * math.pi)
+        return torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1).sum(1)
+
+    def log_prob(self, x: torch.Tensor, mask: int | None = None) -> torch.Tensor:
+        """(B,) log-likelihood in nats: under one connectivity ``mask``, or (None) the
+        ensemble's, log mean_k p_k(x) over the model's masks."""
+        x = self.check_data(x)
+        if mask is not None:
+            return self._log_prob_of(x, self._params(x, check_int("mask", mask, 0, self.num_masks - 1)))
+        each = torch.stack([self._log_prob_of(x, self._params(x, k)) for k in range(self.num_masks)])
+        return torch.logsumexp(each, 0) - math.log(self.num_masks)
+
+    # ----------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, n: int, *, mask: int = 0, seed: int | None = None) -> torch.Tensor:
+        """n samples (n, D), one dimension at a time in mask ``mask``'s order (D passes)."""
+        n = check_int("n", n, 1)
+        mask = check_int("mask", mask, 0, self.num_masks - 1)
+        x = torch.zeros(n, self.n_inputs, dtype=self.dtype, device=self.device)
+        order = self._perm(mask, 0)
+        with self._call_stream(seed) as stream:
+            u = stream.rand(n, self.n_inputs, 2, device=self.device).to(self.dtype)
+        for i in order.tolist():
+            p = self._params(x, mask)[:, i]
+            if self.output == "bernoulli":
+                x[:, i] = (u[:, i, 0] < torch.sigmoid(p[:, 0])).to(x.dtype)
+                continue
+            if self.output == "gaussian":
+                mean, log_scale = p[:, 0], p[:, 1].clamp(-7, 7)
+            else:
+                k = self.components
+                cdf = torch.softmax(p[:, :k].double(), -1).cumsum(-1)
+                c = (cdf[:, :-1] <= u[:, i, 0:1].double()).sum(-1, keepdim=True)
+                mean, log_scale = p[:, k:2 * k].gather(1, c)[:, 0], p[:, 2 * k:].gather(1, c)[:, 0].clamp(-7, 7)
+            # a normal from the second uniform by the inverse CDF
+            z = math.sqrt(2) * torch.erfinv(2 * u[:, i, 1].clamp(1e-7, 1 - 1e-7) - 1)
+            x[:, i] = mean + torch.exp(log_scale) * z
+        return x
+
+    # ----------------------------------------------------------------- training
+    def fit(self, data, epochs: int = 10, batch_size: int = 100, learning_rate: float = 1e-3, *,
+            verbose: bool = True, callback=None) -> "MADE":
+        """Maximum likelihood with Adam, each batch under the next connectivity mask in turn;
+        ``history`` gets each epoch's mean negative log-likelihood (nats); a NaN or Inf loss
+        raises DivergedError."""
+        epochs = check_int("epochs", epochs, 1)
+        batch_size = check_int("batch_size", batch_size, 1)
+        learning_rate = check_positive("learning_rate", learning_rate)
+        data = self.check_data(torch.as_tensor(data).to(self.device))
+        if data.shape[0] == 0:
+            raise ValueError("data is empty; the model needs rows to train")
+        optimizer = torch.optim.Adam(self.parameters(), lr=learning_rate)
+        self.train()
+        with Progress(epochs, 0, verbose, "MADE", "nll") as bar:
+            for epoch in range(epochs):
+                order = torch.argsort(self.stream.rand(data.shape[0])).to(self.device)
+                total = 0.0
+                for start in range(0, data.shape[0], batch_size):
+                    idx = order[start:start + batch_size]
+                    mask, self._next_mask = self._next_mask, (self._next_mask + 1) % self.num_masks
+                    loss = -self._log_prob_of(data[idx], self._params(data[idx], mask)).mean()
+                    if not bool(torch.isfinite(loss.detach())):
+                        raise DivergedError(f"MADE.fit diverged in epoch {epoch + 1}: the loss is {float(loss)} "
+                                            f"(try a smaller learning_rate than {learning_rate})")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * idx.numel()
+                self.history.append({"epoch": len(self.history) + 1, "nll": total / data.shape[0]})
+                bar.update(self.history[-1]["nll"])
+                if callback is not None:
+                    callback(self, epoch)
+        self.eval()
+        return self
+
+    # -------------------------------------------------------------- persistence
+    def _config(self) -> dict:
+        return {"n_inputs": self.n_inputs, "hidden": list(self.hidden), "output": self.output,
+                "components": self.components, "direct": self.direct, "num_masks": self.num_masks,
+                "order_agnostic": self.order_agnostic, "backend": self.backend,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def _payload(self) -> dict:
+        return {"config": self._config(), "state": self._state_payload(), "seed": self.seed, "offset": self.offset,
+                "history": self.history}
+
+    @classmethod
+    def _from_checkpoint(cls, fields: ckpt.Fields, device=None) -> "MADE":
+        cfg = fields.sub("config")
+        backend = cfg.get("backend", (type(None), str), "None or a backend name")
+        if backend is not None and backend not in registry.BACKENDS:
+            raise cfg.error("backend", f"must be None or one of {list(registry.BACKENDS)}; got {backend!r}")
+        hidden = cfg.get("hidden", list, "a list of ints")
+        try:
+            model = cls(cfg.int("n_inputs", 1), hidden, cfg.choice("output", OUTPUTS), cfg.int("components", 1),
+                        direct=cfg.get("direct", bool), num_masks=cfg.int("num_masks", 1),
+                        order_agnostic=cfg.get("order_agnostic", bool), seed=fields.seed(), backend=backend)
+        except (TypeError, ValueError) as exc:
+            raise fields.error("config", f"does not describe a model: {exc}") from None
+        model.to(dtype=cfg.dtype(), device=device)
+        model.load_state_dict(fields.state(model))
+        model.offset = fields.offset()
+        model.history = fields.records("history")
+        return model

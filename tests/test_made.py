@@ -1,0 +1,144 @@
+"""The masked linear layer (genkernels.ops.masked_linear, genkernels.MaskedLinear) against the
+linear of the masked weight, and MADE (genkernels.MADE): causal under every mask, normalised,
+order- and connectivity-agnostic training, sampling, checkpoints, bad input."""
+
+import itertools
+
+import pytest
+import torch
+from helpers import DEVICE, needs
+
+import genkernels
+from genkernels import MADE, MaskedLinear, check_autoregressive
+from genkernels.autoregressive import linear_reference as R
+from genkernels.data import load_digits
+
+BACKENDS = [pytest.param("reference"), pytest.param("cpu", marks=needs("cpu")),
+            pytest.param("triton", marks=needs("triton"))]
+SWEEP_BACKENDS = BACKENDS[:2]   # the Triton kernels' shape sweep: tests/test_masked_linear_triton.py
+
+# (B, Din, Dout, prefixes, bias)
+CASES = [(5, 17, 33, "sorted", True), (1, 100, 64, "unsorted", False), (0, 3, 3, "sorted", True),
+         (4, 64, 100, "zero", True), (3, 70, 130, "full", False), (7, 1500, 1300, "sorted", True),
+         (3, 1200, 1500, "unsorted", True)]
+
+
+def _prefix(kind, d_in, d_out, g):
+    if kind == "sorted":
+        return torch.sort(torch.randint(0, d_in + 1, (d_out,), generator=g)).values
+    if kind == "unsorted":
+        return torch.randint(0, d_in + 1, (d_out,), generator=g)
+    return torch.zeros(d_out, dtype=torch.int64) if kind == "zero" else torch.full((d_out,), d_in)
+
+
+@pytest.mark.parametrize("backend", SWEEP_BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}-{c[3]}")
+def test_masked_linear_equals_linear_of_the_masked_weight(backend, case):
+    b, d_in, d_out, kind, with_bias = case
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, d_in, generator=g, dtype=torch.float64)
+    w = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    bias = torch.randn(d_out, generator=g, dtype=torch.float64) if with_bias else None
+    prefix = _prefix(kind, d_in, d_out, g)
+    leaves = [t.clone().requires_grad_() for t in (x, w) + ((bias,) if with_bias else ())]
+    want = R.masked_linear(leaves[0], leaves[1], leaves[2] if with_bias else None, prefix)
+    grad = torch.randn_like(want)
+    got_leaves = [t.clone().requires_grad_() for t in leaves]
+    got = genkernels.ops.masked_linear(got_leaves[0], got_leaves[1], got_leaves[2] if with_bias else None, prefix,
+                                       backend=backend)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    if b:
+        for a, e in zip(torch.autograd.grad(got, got_leaves, grad), torch.autograd.grad(want, leaves, grad)):
+            torch.testing.assert_close(a, e, rtol=1e-11, atol=1e-11)
+
+
+@needs("cpu")
+def test_cpu_gradcheck_opcheck_and_float32():
+    g = torch.Generator().manual_seed(1)
+    x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((3, 9), (7, 9), (7,)))
+    prefix = torch.tensor([0, 1, 1, 4, 6, 9, 9])
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradcheck(lambda a, c, d: torch.ops.genkernels.masked_linear(a, c, d, prefix), leaves)
+    torch.library.opcheck(torch.ops.genkernels.masked_linear.default, (x, w, b, prefix))
+    torch.library.opcheck(torch.ops.genkernels.masked_linear_backward.default,
+                          (torch.randn(3, 7, dtype=torch.float64), x, w, prefix, [True, True, True]))
+    got = genkernels.ops.masked_linear(x.float(), w.float(), b.float(), prefix, backend="cpu")
+    torch.testing.assert_close(got.double(), R.masked_linear(x, w, b, prefix), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layer_compile_and_zero_gradients_at_masked_weights(backend):
+    torch._dynamo.reset()
+    layer = MaskedLinear(6, 5, torch.tensor([0, 2, 2, 5, 6]), backend=backend).to(DEVICE)
+    x = torch.randn(4, 6, device=DEVICE)
+    compiled = torch.compile(lambda t: layer(t).square().sum(), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), layer(x).square().sum())
+    layer(x).sum().backward()
+    mask = R.prefix_mask(layer.prefix.cpu(), 6).to(DEVICE)
+    assert not layer.weight.grad[mask == 0].any()
+    assert "kept=15/30" in repr(layer)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(num_masks=3, order_agnostic=True),
+                                    dict(output="gaussian", num_masks=2, order_agnostic=True),
+                                    dict(output="mixture", components=3, num_masks=2, direct=False)],
+                         ids=["bernoulli", "order-agnostic", "gaussian", "mixture"])
+def test_made_is_causal_under_every_mask(kwargs):
+    model = MADE(6, (24, 18), seed=0, **kwargs).double()
+    for k in range(model.num_masks):
+        ranks = torch.argsort(model._perm(k, 0))
+        report = check_autoregressive(lambda x, k=k: model._params(x, k), (6,), order=ranks)
+        assert report.ok, str(report)
+    # a deliberately wrong mask (an output that sees its own input) is caught
+    if model.skip is None:
+        last = model.layers[-1]
+        last.set_prefix((last.prefix + 1).clamp(max=last.in_features))
+    else:
+        model.skip.set_prefix((model.skip.prefix + 1).clamp(max=6))
+    report = check_autoregressive(lambda x: model._params(x, 0), (6,), order="natural")
+    assert not report.ok
+
+
+def test_made_densities_sum_to_one_for_every_mask_and_the_ensemble():
+    model = MADE(4, (16,), seed=0, num_masks=3, order_agnostic=True).double()
+    every = torch.tensor(list(itertools.product([0, 1], repeat=4)), dtype=torch.float64)
+    for k in range(3):
+        assert float(model.log_prob(every, mask=k).exp().sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(model.log_prob(every).exp().sum()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_made_fit_sample_and_checkpoint(tmp_path):
+    x = (torch.as_tensor(load_digits()[0][:300]) > 0.5).float()
+    model = MADE(64, (64,), seed=0, num_masks=2, order_agnostic=True)
+    before = float(-model.log_prob(x[250:]).mean().detach())
+    model.fit(x[:250], epochs=3, batch_size=50, learning_rate=3e-3, verbose=False)
+    after = float(-model.log_prob(x[250:]).mean().detach())
+    assert after < before and len(model.history) == 3
+    s = model.sample(5, seed=2)
+    assert s.shape == (5, 64) and bool(((s == 0) | (s == 1)).all())
+    assert torch.equal(s, model.sample(5, seed=2))
+    model.save(tmp_path / "made.pt")
+    loaded = MADE.load(tmp_path / "made.pt")
+    torch.testing.assert_close(loaded.log_prob(x[:8]), model.log_prob(x[:8]))
+    gaussian = MADE(3, (12,), "gaussian", seed=0)
+    assert gaussian.sample(4, seed=0).shape == (4, 3)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: MADE(4, ()), ValueError, "hidden"),
+    (lambda: MADE(4, (8,), "poisson"), ValueError, "output"),
+    (lambda: MADE(4, (8,)).log_prob(torch.full((2, 4), 0.5)), ValueError, "binary"),
+    (lambda: MADE(4, (8,)).log_prob(torch.zeros(2, 5)), ValueError, r"x must be \(B, 4\)"),
+    (lambda: MADE(4, (8,), "gaussian").log_prob(torch.full((2, 4), float("nan"))), ValueError, "NaN"),
+    (lambda: MADE(4, (8,)).log_prob(torch.zeros(2, 4), mask=1), ValueError, "mask"),
+    (lambda: genkernels.ops.masked_linear(torch.zeros(2, 3), torch.zeros(4, 3), None, torch.tensor([0, 1, 2, 4])),
+     ValueError, r"prefix must lie in \[0, 3\]"),
+    (lambda: genkernels.ops.masked_linear(torch.zeros(2, 3), torch.zeros(4, 3), None, torch.zeros(4)), TypeError,
+     "integers"),
+    (lambda: genkernels.ops.masked_linear(torch.zeros(2, 3), torch.zeros(4, 2), None, torch.zeros(4, dtype=int)),
+     ValueError, "input features"),
+    (lambda: MaskedLinear(3, 2, torch.tensor([1])), ValueError, r"prefix must be \(2,\)"),
+])
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
