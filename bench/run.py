@@ -42,7 +42,7 @@ if BENCH_DIR not in sys.path:
 
 FAMILIES = ("som", "hopfield", "ising", "energy", "bm_gibbs", "autoregressive")  # energy: bench/bench_rbm.py
 # (RBM epochs); bm_gibbs: bench/bench_bm_gibbs.py (Boltzmann Gibbs sweeps, <machine>-bm-gibbs.*);
-# autoregressive: bench/bench_autoregressive_conv.py (the masked convolution, <machine>-masked-conv.*)
+# autoregressive: bench/bench_autoregressive.py (the masked convolution and linear layer, <machine>-autoregressive.*)
 # Seconds of timed rounds per case; a case whose single round exceeds 3x this is
 # measured once.
 BUDGET_S = {False: 2.0, True: 0.2}
@@ -246,8 +246,8 @@ def _main(args) -> int:
         import bench_bm_gibbs
         return bench_bm_gibbs.run(args.device, args.quick, args.out)
     if args.family == "autoregressive":  # masked convolution forward + backward
-        import bench_autoregressive_conv
-        return bench_autoregressive_conv.main(["--device", args.device, "--out", args.out]
+        import bench_autoregressive
+        return bench_autoregressive.main(["--device", args.device, "--out", args.out]
                                               + (["--quick"] if args.quick else []))
     if args.family == "ising":  # flips per ns of the checkerboard sweeps: bench/bench_ising.py
         import bench_ising

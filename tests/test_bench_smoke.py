@@ -270,7 +270,7 @@ def test_pytest_benchmark_lists_every_family():
     assert modules == {f"bench/{name}.py" for name in ("bench_som", "bench_hopfield", "bench_hopfield_recall",
                                                         "bench_ising", "bench_rbm", "bench_bm_gibbs",
                                                         "bench_compat_rbm", "bench_som_estimator", "bench_som_nn",
-                                                        "bench_som_mask", "bench_autoregressive_conv")}, \
+                                                        "bench_som_mask", "bench_autoregressive")}, \
         proc.stdout[-4000:]
 
 

@@ -1,14 +1,15 @@
-"""The masked convolution, forward + backward: genkernels.ops.masked_conv2d against the ways
-public PixelCNN code computes it, on the same inputs in one run.
+"""The masked layers of the autoregressive family, forward + backward: genkernels.ops.masked_conv2d
+and masked_linear against the ways public PixelCNN / MADE code computes them, on the same
+inputs in one run.
 
-    python bench/bench_autoregressive_conv.py [--quick] [--rounds N] [--threads T] [--device cpu|cuda]
-                                      [--out DIR] [--allow-dirty]
-    pytest bench/bench_autoregressive_conv.py --benchmark-only [--bench-quick]
-        (test_masked_conv: each implementation alone, pytest-benchmark's timing)
+    python bench/bench_autoregressive.py [--quick] [--rounds N] [--threads T] [--device cpu|cuda]
+                                         [--out DIR] [--allow-dirty]
+    pytest bench/bench_autoregressive.py --benchmark-only [--bench-quick]
+        (test_masked_layer: each implementation alone, pytest-benchmark's timing)
 
 One call is forward + backward of a batch: the gradients of the input, the weight and the
-bias from a fixed output gradient (one channel group, "same" padding, stride 1).
-Implementations, interleaved round by round (harness.interleaved; medians):
+bias from a fixed output gradient. The convolutions (one channel group, "same" padding,
+stride 1), interleaved round by round (harness.interleaved; medians):
 
 * ``ours (<backend>)``: genkernels.ops.masked_conv2d -- an implicit GEMM over the kept taps
   (cpu: csrc/cpu/masked_conv.cpp; triton on CUDA);
@@ -21,9 +22,14 @@ Implementations, interleaved round by round (harness.interleaved; medians):
   kept taps, through torch's dense convolutions;
 * each of the two under ``torch.compile`` (warm: compiling is not timed).
 
+The masked linear layers (MADE's: a strictly lower-triangular mask, output j seeing inputs
+< j): ``ours`` (genkernels.ops.masked_linear) against ``dense linear(x, w * mask)`` (the
+masked weight through torch's linear, as public MADE code does it) and its torch.compile --
+the target: ours >= 1.6x faster.
+
 ``--threads`` (default 1): torch.set_num_threads for the run; one thread compares the work
 on a machine shared with other jobs (torch's two-thread regions stall whenever a neighbour
-holds a core). Writes ``<out>/<machine>-masked-conv[-quick][-<T>t].{json,md}`` (default
+holds a core). Writes ``<out>/<machine>-autoregressive[-quick][-<T>t].{json,md}`` (default
 bench/results/) with harness.write_results.
 """
 
@@ -44,19 +50,21 @@ sys.path.insert(0, BENCH_DIR)
 import harness  # noqa: E402
 
 import genkernels  # noqa: E402
-from genkernels.autoregressive import conv_reference  # noqa: E402
+from genkernels.autoregressive import conv_reference, linear_reference  # noqa: E402
 
-# (name, B, C (in = out), H = W, kernel, mask type)
+# conv: (name, B, C (in = out), H = W, kernel, mask type); linear: (name, B, D (in = out))
 CASES = {
     False: [("7x7 A C=64 B=16 28x28", 16, 64, 28, 7, "A"),
             ("7x7 A C=128 B=8 28x28", 8, 128, 28, 7, "A"),
             ("3x3 B C=64 B=16 28x28", 16, 64, 28, 3, "B"),
             ("3x3 B C=256 B=8 16x16", 8, 256, 16, 3, "B"),
-            ("5x5 B C=128 B=8 28x28", 8, 128, 28, 5, "B")],
+            ("5x5 B C=128 B=8 28x28", 8, 128, 28, 5, "B"),
+            ("linear D=1024 B=256", 256, 1024), ("linear D=4096 B=128", 128, 4096)],
     True: [("7x7 A C=16 B=4 12x12", 4, 16, 12, 7, "A"),
-           ("3x3 B C=32 B=4 12x12", 4, 32, 12, 3, "B")],
+           ("3x3 B C=32 B=4 12x12", 4, 32, 12, 3, "B"),
+           ("linear D=256 B=32", 32, 256)],
 }
-DENSE, CROPPED = "dense conv2d(x, w * mask)", "cropped kernels"
+DENSE, CROPPED, DENSE_LINEAR = "dense conv2d(x, w * mask)", "cropped kernels", "dense linear(x, w * mask)"
 
 
 def cropped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask_type: str) -> torch.Tensor:
@@ -71,8 +79,38 @@ def cropped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask
     return above + row
 
 
+def linear_implementations(case: tuple, device: str, seed: int = 0) -> dict:
+    """The masked linear layer's implementations (module docstring)."""
+    _, b, d = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, d, generator=g).to(device).requires_grad_()
+    prefix = torch.arange(d, device=device)                     # output j sees the inputs < j
+    mask = linear_reference.prefix_mask(prefix, d)
+    weight = (torch.randn(d, d, generator=g) / d ** 0.5).to(device)
+    weight = (weight * mask).requires_grad_()
+    bias = torch.zeros(d, device=device, requires_grad=True)
+    grad = torch.randn(b, d, generator=g).to(device)
+    backend = "cpu" if device == "cpu" else "triton"
+
+    def dense(xx, w, bb):
+        return F.linear(xx, w * mask, bb)
+
+    def ours(xx, w, bb):
+        return genkernels.ops.masked_linear(xx, w, bb, prefix, backend=backend)
+
+    def call(fn):
+        def run():
+            fn(x, weight, bias).backward(grad)
+        return run
+
+    return {f"ours ({backend})": call(ours), DENSE_LINEAR: call(dense),
+            f"{DENSE_LINEAR} (torch.compile)": call(torch.compile(dense))}
+
+
 def implementations(case: tuple, device: str, seed: int = 0) -> dict:
     """name -> a callable running forward + backward once (module docstring)."""
+    if len(case) == 3:
+        return linear_implementations(case, device, seed)
     _, b, ch, size, k, mask_type = case
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, ch, size, size, generator=g).to(device).requires_grad_()
@@ -104,7 +142,15 @@ def implementations(case: tuple, device: str, seed: int = 0) -> dict:
 
 
 def check_agreement(case: tuple, device: str) -> float:
-    """Max abs difference of ours, the dense and the cropped forward (same inputs)."""
+    """Max abs difference of ours and the baselines' forward (same inputs)."""
+    if len(case) == 3:
+        _, b, d = case
+        g = torch.Generator().manual_seed(1)
+        x, w = torch.randn(b, d, generator=g).to(device), torch.randn(d, d, generator=g).to(device) / d ** 0.5
+        prefix = torch.arange(d, device=device)
+        with torch.no_grad():
+            want = F.linear(x, w * linear_reference.prefix_mask(prefix, d))
+            return float((genkernels.ops.masked_linear(x, w, None, prefix) - want).abs().max())
     _, b, ch, size, k, mask_type = case
     g = torch.Generator().manual_seed(1)
     x = torch.randn(b, ch, size, size, generator=g).to(device)
@@ -132,33 +178,38 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
         for i, impl in enumerate(impls):
             col = torch.tensor(times[:, i])
             q1, q3 = (float(v) for v in col.quantile(torch.tensor([0.25, 0.75], dtype=torch.float64)))
-            _, b, ch, size, k, mask_type = case
-            records.append({"case": case[0], "batch": b, "channels": ch, "size": size, "kernel": k,
-                            "mask_type": mask_type, "kept_taps": conv_reference.kept_taps(
-                                conv_reference.tap_rules((k, k), mask_type)),
-                            "impl": impl, "median_s": medians[impl], "iqr_s": q3 - q1, "rounds": rounds,
-                            "x_ours": medians[impl] / ours, "max_abs_diff": diff})
+            if len(case) == 3:
+                shape = {"layer": "linear", "batch": case[1], "features": case[2],
+                         "kept": f"{case[2] * (case[2] - 1) // 2}/{case[2] ** 2}"}
+            else:
+                _, b, ch, size, k, mask_type = case
+                taps = conv_reference.kept_taps(conv_reference.tap_rules((k, k), mask_type))
+                shape = {"layer": "conv", "batch": b, "channels": ch, "size": size, "kernel": k,
+                         "mask_type": mask_type, "kept": f"{taps}/{k * k}"}
+            records.append({"case": case[0], **shape, "impl": impl, "median_s": medians[impl], "iqr_s": q3 - q1,
+                            "rounds": rounds, "x_ours": medians[impl] / ours, "max_abs_diff": diff})
         print(f"{case[0]}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in medians.items()), file=sys.stderr)
     table = _table(records, device)
     print(table)
     if out:
         meta = harness.run_meta(device, quick) | {
-            "suite": "masked-conv", "threads": threads, "dtype": "float32",
+            "suite": "autoregressive", "threads": threads, "dtype": "float32",
             "timing": "forward + backward, interleaved rounds, median", "loadavg_end": os.getloadavg()[0]}
         suffix = ("-quick" if quick else "") + (f"-{threads}t" if threads != 1 else "")
-        harness.write_results(out, f"{harness.machine_name(device)}-masked-conv{suffix}", meta, records, table)
+        harness.write_results(out, f"{harness.machine_name(device)}-autoregressive{suffix}", meta, records, table)
     return records
 
 
 def _table(records: list[dict], device: str) -> str:
     threads = torch.get_num_threads()
-    lines = [f"# Masked convolution, forward + backward, fp32, {device} ({threads} thread{'s' * (threads > 1)}), "
+    lines = [f"# Masked layers, forward + backward, fp32, {device} ({threads} thread{'s' * (threads > 1)}), "
              f"torch {torch.__version__}", "",
-             "x ours = the implementation's median / ours (> 1: slower than ours).", "",
-             "| case | kept taps | impl | median | IQR | x ours | max abs diff |",
+             "x ours = the implementation's median / ours (> 1: slower than ours). Kept: taps (conv) or weights "
+             "(linear).", "",
+             "| case | kept | impl | median | IQR | x ours | max abs diff |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for r in records:
-        lines.append(f"| {r['case']} | {r['kept_taps']}/{r['kernel'] ** 2} | {r['impl']} | "
+        lines.append(f"| {r['case']} | {r['kept']} | {r['impl']} | "
                      f"{r['median_s'] * 1e3:.2f} ms | {r['iqr_s'] * 1e3:.2f} ms | {r['x_ours']:.2f} | "
                      f"{r['max_abs_diff']:.1e} |")
     return "\n".join(lines) + "\n"
@@ -186,12 +237,13 @@ def pytest_generate_tests(metafunc):
         return
     device, quick, _ = harness.bench_options(metafunc.config)
     backend = "cpu" if device == "cpu" else "triton"
-    impls = (f"ours ({backend})", DENSE, CROPPED, f"{DENSE} (torch.compile)", f"{CROPPED} (torch.compile)")
-    cases = [(c, impl, device) for c in CASES[quick] for impl in impls]
+    conv = (f"ours ({backend})", DENSE, CROPPED, f"{DENSE} (torch.compile)", f"{CROPPED} (torch.compile)")
+    linear = (f"ours ({backend})", DENSE_LINEAR, f"{DENSE_LINEAR} (torch.compile)")
+    cases = [(c, impl, device) for c in CASES[quick] for impl in (linear if len(c) == 3 else conv)]
     metafunc.parametrize("case", cases, ids=[f"{c[0][0]}-{c[1]}".replace(" ", "_") for c in cases])
 
 
-def test_masked_conv(benchmark, case):
+def test_masked_layer(benchmark, case):
     """Time one implementation's forward + backward."""
     shape, impl, device = case
     harness.benchmark_call(benchmark, implementations(shape, device)[impl], device)
