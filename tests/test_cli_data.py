@@ -93,10 +93,15 @@ def test_train_som_online_from_idx_and_resume(tmp_path):
     assert int(SOM.load(ck).epochs_done) == 3
 
 
-def test_help_of_every_command():
+def test_help_of_every_command(capsys):
+    # `python -m genkernels` once, in a new process; every command's help through cli.main
+    res = subprocess.run([sys.executable, "-m", "genkernels", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "usage: genkernels" in res.stdout
     for args in (["--help"], ["demo", "--help"], ["train", "som", "--help"], ["bench", "--help"]):
-        res = subprocess.run([sys.executable, "-m", "genkernels", *args], capture_output=True, text=True)
-        assert res.returncode == 0 and "usage: genkernels" in res.stdout
+        with pytest.raises(SystemExit) as exc:
+            cli.main(args)
+        assert exc.value.code == 0, args
+        assert f"usage: genkernels {' '.join(args[:-1])}".rstrip() in capsys.readouterr().out, args
 
 
 def test_demo_writes_report_and_figures(tmp_path):

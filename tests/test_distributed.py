@@ -1,4 +1,7 @@
-"""Data-parallel SOM training over two gloo processes on CPU equals one process."""
+"""Data-parallel SOM training over two gloo processes on CPU equals one process.
+
+One pair of processes (mp.spawn, file:// rendezvous) runs every distributed fit and saves
+what each rank ends with; the tests compare those with single-process runs."""
 import os
 import subprocess
 import sys
@@ -11,33 +14,54 @@ import torch.multiprocessing as mp
 
 from genkernels import SOM
 
+WORLD = 2
+
 
 def _data():
     g = np.random.default_rng(0)
     return (g.normal(size=(301, 5)) + 3 * g.integers(0, 3, (301, 1))).astype(np.float32)
 
 
-def _worker(rank, world, init_file, out_dir, init, mode):
+CASES = [("pca", "batch"), ("random", "batch"), ("pca", "minibatch")]
+
+
+def _worker(rank, world, init_file, out_dir):
+    """Every distributed fit in one pair of processes (starting a pair costs seconds): the
+    three of test_two_processes_equal_one, then the sequential-sampling minibatch fit of
+    test_minibatch_step_equals_one_process_on_the_union_of_the_ranks_batches."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         x = _data()
         shard = np.array_split(x, world)[rank]
-        som = SOM((4, 5), 5, seed=7, init=init)
-        ck = os.path.join(out_dir, f"ck-{init}-{mode}.pt")
-        som.fit(shard, epochs=3, mode=mode, batch_size=32, verbose=False, distributed=True, checkpoint=ck)
-        torch.save(som.weights, os.path.join(out_dir, f"w-{init}-{mode}-{rank}.pt"))
+        for init, mode in CASES:
+            som = SOM((4, 5), 5, seed=7, init=init)
+            ck = os.path.join(out_dir, f"ck-{init}-{mode}.pt")
+            som.fit(shard, epochs=3, mode=mode, batch_size=32, verbose=False, distributed=True, checkpoint=ck)
+            torch.save(som.weights, os.path.join(out_dir, f"w-{init}-{mode}-{rank}.pt"))
+        shard = np.array_split(_seq_data(), world)[rank]
+        som = SOM((4, 5), 5, seed=7, init="pca")
+        som.fit(shard, epochs=_SEQ_EPOCHS, mode="minibatch", batch_size=_SEQ_B, sampling="sequential",
+                verbose=False, distributed=True)
+        torch.save(som.weights, os.path.join(out_dir, f"w-seq-{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("init,mode", [("pca", "batch"), ("random", "batch"), ("pca", "minibatch")])
-def test_two_processes_equal_one(tmp_path, init, mode):
-    mp.spawn(_worker, args=(2, str(tmp_path / "rdv"), str(tmp_path), init, mode), nprocs=2, join=True)
-    w0 = torch.load(tmp_path / f"w-{init}-{mode}-0.pt")
-    w1 = torch.load(tmp_path / f"w-{init}-{mode}-1.pt")
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """The folder with what both ranks saved (one mp.spawn for every case)."""
+    out = tmp_path_factory.mktemp("som_distributed")
+    mp.spawn(_worker, args=(WORLD, str(out / "rdv"), str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+@pytest.mark.parametrize("init,mode", CASES)
+def test_two_processes_equal_one(ranks, init, mode):
+    w0 = torch.load(ranks / f"w-{init}-{mode}-0.pt")
+    w1 = torch.load(ranks / f"w-{init}-{mode}-1.pt")
     assert torch.equal(w0, w1)  # every rank holds the same map
-    assert (tmp_path / f"ck-{init}-{mode}.pt").exists()
-    back = SOM.load(str(tmp_path / f"ck-{init}-{mode}.pt"))
+    assert (ranks / f"ck-{init}-{mode}.pt").exists()
+    back = SOM.load(str(ranks / f"ck-{init}-{mode}.pt"))
     assert torch.equal(back.weights, w0)
     if mode == "batch":
         single = SOM((4, 5), 5, seed=7, init=init).fit(_data(), epochs=3, verbose=False)
@@ -62,28 +86,15 @@ def _seq_data():
     return (g.normal(size=(_SEQ_N, 5)) + 3 * g.integers(0, 3, (_SEQ_N, 1))).astype(np.float32)
 
 
-def _seq_worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        shard = np.array_split(_seq_data(), world)[rank]
-        som = SOM((4, 5), 5, seed=7, init="pca")
-        som.fit(shard, epochs=_SEQ_EPOCHS, mode="minibatch", batch_size=_SEQ_B, sampling="sequential",
-                verbose=False, distributed=True)
-        torch.save(som.weights, os.path.join(out_dir, f"w-seq-{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_minibatch_step_equals_one_process_on_the_union_of_the_ranks_batches(tmp_path):
+def test_minibatch_step_equals_one_process_on_the_union_of_the_ranks_batches(ranks):
     """Two gloo processes in minibatch mode (sequential sampling, batch 32 each) equal one
     process (batch 64) on the data reordered so that its batches are the unions of the
     ranks' batches. Tolerance 1e-5: the same float32 arithmetic except that each step's
     sums over 64 rows are added as two all-reduced partial sums of 32 (float summation
     order, relative error ~ 64 * 2^-24 ~ 4e-6 per sum), as in the batch-mode test above."""
-    world = 2
-    mp.spawn(_seq_worker, args=(world, str(tmp_path / "rdv"), str(tmp_path)), nprocs=world, join=True)
-    w0 = torch.load(tmp_path / "w-seq-0.pt")
-    assert torch.equal(w0, torch.load(tmp_path / "w-seq-1.pt"))
+    world = WORLD
+    w0 = torch.load(ranks / "w-seq-0.pt")
+    assert torch.equal(w0, torch.load(ranks / "w-seq-1.pt"))
     shards = np.array_split(_seq_data(), world)
     steps = len(shards[0]) // _SEQ_B
     union = np.concatenate([shard[s * _SEQ_B:(s + 1) * _SEQ_B] for s in range(steps) for shard in shards])

@@ -138,7 +138,9 @@ def test_cpu_equals_reference_exactly(n, b, dtype, order):
 
 
 @needs_triton
-@pytest.mark.parametrize("n,b", [(1, 1), (7, 3), (37, 4)])
+# the interpreter runs each probe's program in turn: two probes of 37 units (a masked block of
+# 64 lanes; probe 1's counters start past probe 0's) cost half of four
+@pytest.mark.parametrize("n,b", [(1, 1), (7, 3), (37, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("order", reference.ORDERS)
 def test_triton_equals_reference_exactly(n, b, dtype, order):

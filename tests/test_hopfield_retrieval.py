@@ -229,7 +229,9 @@ def test_finite_values_whose_sum_overflows_are_accepted():
 
 # ------------------------------------------------------------------------ gradients
 def _grad_inputs(shared):
-    queries, stored = _inputs(3, 5, 4, shared=shared, scale=0.7, seed=5)
+    # two rows (each with its own patterns when not shared), 4 patterns of 3 features: small,
+    # as gradcheck runs the interpreted kernel twice per input element
+    queries, stored = _inputs(2, 4, 3, shared=shared, scale=0.7, seed=5)
     return (queries.requires_grad_(), stored.requires_grad_(),
             torch.tensor(1.7, dtype=torch.float64, requires_grad=True))
 
@@ -372,8 +374,10 @@ class _Memory(nn.Module):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_layer_trains_in_sequential(backend):
+    # 16 rows, 15 Adam steps: the loss falls to about a fifth (the interpreted Triton kernels
+    # run one program per row)
     torch.manual_seed(0)
-    x = torch.randn(64, 6)
+    x = torch.randn(16, 6)
     y = (x[:, 0] > 0).long()
     model = nn.Sequential(_Memory(6, 8, 4),
                           HopfieldRetrieval(beta=1.0, learnable_beta=True, max_steps=2,
@@ -382,7 +386,7 @@ def test_layer_trains_in_sequential(backend):
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     beta_before = float(model[1].beta.detach())
     losses = []
-    for _ in range(30):
+    for _ in range(15):
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
