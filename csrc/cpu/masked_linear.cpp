@@ -3,20 +3,23 @@
 // i < prefix[j]. MADE's masks are block lower-triangular once its units are sorted by degree,
 // and the kernels skip the zero blocks:
 //
-//   forward   the rows of W in tiles (tile_size); tile t multiplies only the first p_t columns
-//             (p_t: the largest prefix in the tile) of x and of the masked weight W * M
-//             (zeros inside the tile's triangle);
-//   grad_x    grad (W * M): the columns in tiles; tile [i0, i1) gathers only from the
-//             rows from the first one whose prefix exceeds i0 (with prefixes ascending, every
-//             row after it too; otherwise the masked zeros keep the sum exact);
-//   grad_W    (grad^T x) * M over the rows in tiles, each the first p_t columns;
+//   forward   the rows of W in tiles (tile_size); every row of tile t sees the columns
+//             [0, lo_t) (its smallest prefix) and none from hi_t (its largest) on: one product
+//             with W itself over [0, lo_t), one with a masked copy of the block [lo_t, hi_t)
+//             (the diagonal block of a triangle);
+//   grad_x    grad (W * M): the columns in tiles; tile [i0, i1) gathers only from the rows
+//             that see column i0 -- the rows from the last one short of i1 on see all of it
+//             (W itself), those between through a masked copy of their block;
+//   grad_W    (grad^T x) * M over the rows in tiles, each the first hi_t columns, then each
+//             row's tail zeroed;
 //   grad_b    grad summed over the batch.
 //
 // With ascending prefixes (a triangle) a product costs about half the dense one plus the
-// tiles' diagonal blocks (1/ (2 x tiles) of it); with unsorted prefixes the result is the
-// same, only the savings shrink. Every product is an at::mm on views (BLAS, its own
-// threads), the masked weight a copy of W with each row's tail zeroed. Arithmetic in the inputs' dtype (float or
-// double; the Python side converts half and bfloat16).
+// tiles' diagonal blocks (1 / (2 x tiles) of it); with any other prefixes the result is the
+// same, only the savings shrink. Every product is an at::mm on views (BLAS, its own threads);
+// W is never copied whole (a fresh D x D buffer's page faults cost as much as the product at
+// D = 4096), only the masked blocks, into one buffer. Arithmetic in the inputs' dtype (float
+// or double; the Python side converts half and bfloat16).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -31,13 +34,12 @@
 namespace genkernels::autoregressive::cpu {
 namespace {
 
-// Rows (columns) of W per tile: a sixteenth of the layer, at least kMinTile, at most
-// kMaxTile (the diagonal blocks' waste is 1 / (2 x tiles) of a triangle; a tile's product
-// must be large enough for BLAS's blocking: 64-row tiles of a 4096-wide layer ran slower
-// than the dense product).
-constexpr int64_t kMinTile = 64, kMaxTile = 512;
+// Rows (columns) of W per tile: an eighth of the layer, 128 to 256 (one run, 1 thread, fw+bw
+// at D = 1024, B = 256 against F.linear(x, w * mask): 64-row tiles 1.50x, 128 1.68x, 256
+// 1.40x; BLAS runs narrower products below its peak, wider tiles waste more of the diagonal).
+constexpr int64_t kMinTile = 128, kMaxTile = 256;
 
-int64_t tile_size(int64_t n) { return std::clamp<int64_t>((n / 16 + 63) / 64 * 64, kMinTile, kMaxTile); }
+int64_t tile_size(int64_t n) { return std::clamp<int64_t>((n / 8 + 63) / 64 * 64, kMinTile, kMaxTile); }
 
 void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& prefix) {
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be (B, Din); got ", x.sizes());
@@ -60,36 +62,43 @@ void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
   }
 }
 
-// The prefixes as a vector, and each row tile's largest.
+// The prefixes as a vector, and each row tile's smallest and largest: rows [r0, r1) of a tile
+// all see the columns [0, lo), some of [lo, hi), none from hi on.
 struct Tiles {
   int64_t size;
-  std::vector<int64_t> prefix, tile_max;
+  std::vector<int64_t> prefix, lo, hi;
   explicit Tiles(const at::Tensor& p) : size(tile_size(p.numel())) {
     const at::Tensor c = p.contiguous();
     prefix.assign(c.const_data_ptr<int64_t>(), c.const_data_ptr<int64_t>() + c.numel());
     for (size_t r0 = 0; r0 < prefix.size(); r0 += size) {
-      const size_t r1 = std::min(prefix.size(), r0 + size);
-      tile_max.push_back(*std::max_element(prefix.begin() + r0, prefix.begin() + r1));
+      const auto [mn, mx] = std::minmax_element(prefix.begin() + r0, prefix.begin() + std::min(prefix.size(), r0 + size));
+      lo.push_back(*mn);
+      hi.push_back(*mx);
     }
   }
 };
 
-// Zero row j of the (rows, cols) matrix t from column prefix[j] on, up to `upto` (one
-// memset a row: no mask tensor).
-void zero_tails(at::Tensor& t, const std::vector<int64_t>& prefix, int64_t upto) {
-  const int64_t ld = t.stride(0), width = t.element_size();
+// Zero row j of the (rows, cols) matrix t from column prefix[j] - col0 on (prefix[j]: of the
+// row's global index row0 + j; col0: the matrix's first global column), one memset a row.
+void zero_tails(at::Tensor& t, const std::vector<int64_t>& prefix, int64_t row0, int64_t col0) {
+  const int64_t ld = t.stride(0), width = t.element_size(), cols = t.size(1);
   auto* base = static_cast<char*>(t.data_ptr());
-  for (size_t j = 0; j < prefix.size(); ++j) {
-    const int64_t end = std::min(upto, t.size(1));
-    if (prefix[j] < end) std::memset(base + (j * ld + prefix[j]) * width, 0, (end - prefix[j]) * width);
+  for (int64_t j = 0; j < t.size(0); ++j) {
+    const int64_t from = std::clamp<int64_t>(prefix[row0 + j] - col0, 0, cols);
+    if (from < cols) std::memset(base + (j * ld + from) * width, 0, (cols - from) * width);
   }
 }
 
-// W * M: a copy of W with each row's tail zeroed.
-at::Tensor masked_weight(const at::Tensor& weight, const Tiles& tiles) {
-  at::Tensor wm = weight.contiguous().clone();
-  zero_tails(wm, tiles.prefix, wm.size(1));
-  return wm;
+// W[r0:r1, c0:c1] * M[r0:r1, c0:c1] copied into the front of `buffer` (the block where the
+// mask is neither all ones nor all zeros: the diagonal blocks of a triangle, small).
+at::Tensor masked_block(const at::Tensor& weight, const std::vector<int64_t>& prefix, int64_t r0, int64_t r1,
+                        int64_t c0, int64_t c1, at::Tensor& buffer) {
+  const int64_t n = (r1 - r0) * (c1 - c0);
+  if (buffer.numel() < n) buffer = at::empty({n}, weight.options());
+  at::Tensor block = buffer.narrow(0, 0, n).view({r1 - r0, c1 - c0});
+  block.copy_(weight.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0));
+  zero_tails(block, prefix, r0, c0);
+  return block;
 }
 
 }  // namespace
@@ -108,13 +117,14 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
                                     : at::zeros({b, d_out}, x.options());
   if (b == 0 || d_out == 0) return out;
   const Tiles tiles(prefix);
-  const at::Tensor wm = masked_weight(weight, tiles);
-  for (size_t t = 0; t < tiles.tile_max.size(); ++t) {
+  at::Tensor buffer = at::empty({0}, weight.options());
+  for (size_t t = 0; t < tiles.lo.size(); ++t) {
     const int64_t r0 = static_cast<int64_t>(t) * tiles.size, rows = std::min(tiles.size, d_out - r0);
-    const int64_t p = tiles.tile_max[t];
-    if (p == 0) continue;
+    const int64_t lo = tiles.lo[t], hi = tiles.hi[t];
     at::Tensor o = out.narrow(1, r0, rows);
-    o.addmm_(x.narrow(1, 0, p), wm.narrow(0, r0, rows).narrow(1, 0, p).t());
+    if (lo > 0) o.addmm_(x.narrow(1, 0, lo), weight.narrow(0, r0, rows).narrow(1, 0, lo).t());
+    if (hi > lo)
+      o.addmm_(x.narrow(1, lo, hi - lo), masked_block(weight, tiles.prefix, r0, r0 + rows, lo, hi, buffer).t());
   }
   return out;
 }
@@ -130,32 +140,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(const 
                     d_out, "); got ", grad.sizes());
   const at::Tensor g = grad.to(x.scalar_type()).contiguous();
   at::Tensor grad_x = output_mask[0] ? at::zeros({b, d_in}, x.options()) : at::empty({0}, x.options());
-  at::Tensor grad_w = output_mask[1] ? at::zeros({d_out, d_in}, x.options()) : at::empty({0}, x.options());
+  at::Tensor grad_w = output_mask[1] ? at::empty({d_out, d_in}, x.options()) : at::empty({0}, x.options());
   at::Tensor grad_b = output_mask[2] ? g.sum(0) : at::empty({0}, x.options());
-  if (b == 0 || d_out == 0 || d_in == 0) return {grad_x, grad_w, grad_b};
+  if (b == 0 || d_out == 0 || d_in == 0) {
+    if (output_mask[1]) grad_w.zero_();
+    return {grad_x, grad_w, grad_b};
+  }
   const Tiles tiles(prefix);
   if (output_mask[0]) {
-    const at::Tensor wm = masked_weight(weight, tiles);
+    at::Tensor buffer = at::empty({0}, weight.options());
     const int64_t width = tile_size(d_in);
     for (int64_t i0 = 0; i0 < d_in; i0 += width) {
-      const int64_t cols = std::min(width, d_in - i0);
-      // the first row that sees column i0; with ascending prefixes every later row does too
-      int64_t r = 0;
-      while (r < d_out && tiles.prefix[r] <= i0) ++r;
-      if (r == d_out) continue;
+      const int64_t cols = std::min(width, d_in - i0), i1 = i0 + cols;
+      // rows before `first` see none of the columns [i0, i1) (the first row that sees
+      // column i0 -- exact for any prefixes), rows from `full` on all of them
+      int64_t first = 0, full = d_out;
+      while (first < d_out && tiles.prefix[first] <= i0) ++first;
+      while (full > first && tiles.prefix[full - 1] >= i1) --full;
       at::Tensor o = grad_x.narrow(1, i0, cols);
-      o.addmm_(g.narrow(1, r, d_out - r), wm.narrow(0, r, d_out - r).narrow(1, i0, cols));
+      if (full < d_out) o.addmm_(g.narrow(1, full, d_out - full), weight.narrow(0, full, d_out - full).narrow(1, i0, cols));
+      if (full > first)
+        o.addmm_(g.narrow(1, first, full - first), masked_block(weight, tiles.prefix, first, full, i0, i1, buffer));
     }
   }
   if (output_mask[1]) {
-    for (size_t t = 0; t < tiles.tile_max.size(); ++t) {
+    for (size_t t = 0; t < tiles.lo.size(); ++t) {
       const int64_t r0 = static_cast<int64_t>(t) * tiles.size, rows = std::min(tiles.size, d_out - r0);
-      const int64_t p = tiles.tile_max[t];
+      const int64_t p = tiles.hi[t];
       if (p == 0) continue;
       at::Tensor o = grad_w.narrow(0, r0, rows).narrow(1, 0, p);
       at::mm_out(o, g.narrow(1, r0, rows).t(), x.narrow(1, 0, p));
     }
-    zero_tails(grad_w, tiles.prefix, d_in);   // the tiles' triangles beyond each row's prefix
+    // each row from its prefix on: the tiles' triangles and every column no tile wrote
+    zero_tails(grad_w, tiles.prefix, 0, 0);
   }
   return {grad_x, grad_w, grad_b};
 }
