@@ -394,9 +394,23 @@ def softsom_speed():
             for w, label in labels.items() for op in ("forward", "forward+backward")]
 
 
+def pixelcnn_mnist():
+    """The Gated PixelCNN's held-out NLL and sampling rates (bench/pixelcnn_mnist.py)."""
+    labels = {"digits": "digits 8×8", "mnist": "MNIST 28×28"}
+    rows = []
+    for c in load("pixelcnn-mnist.json")["cases"]:
+        s = c["sampling"]
+        rows.append(f"| {labels[c['set']]} | {c['train_images']:,} / {c['test_images']:,} | "
+                    f"{c['test_nll_nats']:.2f} nats | {c['test_bits_per_dim']:.4f} | {c['train_seconds']:.0f} s | "
+                    f"{g(s['cached_images_per_s'], 3)} images/s | {g(s['naive_images_per_s'], 3)} images/s |")
+        where = "faster than the naive one at 28 × 28" if c["set"] == "mnist" else "at 8 × 8"
+        rows.append(f"{g(s['speedup'], 2)}× {where}")
+    return rows
+
+
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
           dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist, softsom_spirals,
-          softsom_speed]
+          softsom_speed, pixelcnn_mnist]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])
