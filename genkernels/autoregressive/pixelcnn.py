@@ -297,31 +297,68 @@ class GatedPixelCNN(Model):
                         continue
                     self._draw(x, mask, u, c, y, col, self(x, cond)[:, c, ..., y, col])
 
+    def _step_weights(self) -> list:
+        """The one-position products of the cached sampler as matrices (the masks applied
+        once): per layer the horizontal kernel over its c + 1 kept columns (2p, (c + 1) Cin)
+        -- columns tap-major, then channel --, its bias, the link (2p, 2p), h_out (p, p) and
+        its bias; then the head's two 1 x 1 layers."""
+        c = self.kernel_size // 2
+
+        def dense(conv):
+            w = conv.weight * conv.mask().to(conv.weight.dtype)
+            bias = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
+            return w, bias
+
+        layers = []
+        for layer in self.layers:
+            wh, bh = dense(layer.h_conv)
+            wh = wh[:, :, 0, :c + 1].permute(0, 2, 1).reshape(wh.shape[0], -1)
+            wo, bo = dense(layer.h_out)
+            layers.append((wh.t().contiguous(), bh, layer.link.weight[:, :, 0, 0].t().contiguous(),
+                           wo[:, :, 0, 0].t().contiguous(), bo))
+        w1, b1 = dense(self.out1)
+        w2, b2 = dense(self.out2)
+        return layers, (w1[:, :, 0, 0].t().contiguous(), b1, w2[:, :, 0, 0].t().contiguous(), b2)
+
     def _sample_cached(self, x, mask, u, cond, record: torch.Tensor | None = None) -> None:
         """Cached generation: the vertical stack's row y at every layer once row y - 1 is
-        done (its k x k kernels read rows y - c .. y of their input); then, value by value,
-        the horizontal stack at (y, col) from the cached row of each layer's input (columns
-        col - c .. col) and the vertical stack's cached pre-activation there, and the head."""
+        done (its k x k kernels read rows y - c .. y of their input), and the link of that
+        row; then, value by value, the horizontal stack at (y, col) -- a product of the
+        cached columns col - c .. col of each layer's input with the kernel's kept columns,
+        the gate and h_out's product -- and the head."""
         b, c_count, h, w = x.shape
         c = self.kernel_size // 2
+        g = self.groups
         scaled = self._scaled(x)
+        step, (w1, b1, w2, b2) = self._step_weights()
         cond_terms = [layer.condition(cond)[:, :, None, None].chunk(2, dim=1)
                       if layer.condition is not None and cond is not None else (0, 0) for layer in self.layers]
-        # each layer's vertical output (its next layer's input) and this row's pre-activations
+        # each layer's vertical output (its next layer's input)
         v_out = [scaled.new_zeros(b, layer.v_conv.out_channels // 2, h, w) for layer in self.layers]
-        h_out = [scaled.new_zeros(b, self.channels, 1, w + c) for _ in self.layers]   # c zero columns first
-        h_in0 = scaled.new_zeros(b, c_count, 1, w + c)
+        # each layer's horizontal output in the current row, pixel-major: (B, c + W, p), c zero
+        # columns first; the image row the same way (B, c + W, C)
+        h_out = [scaled.new_zeros(b, w + c, self.channels) for _ in self.layers]
+        h_in0 = scaled.new_zeros(b, w + c, c_count)
 
         def rows(t, y):   # rows y - c .. y of t (B, C, H, W), zero rows above the image
             window = t[:, :, max(0, y - c):y + 1]
             return F.pad(window, (0, 0, c + 1 - window.shape[2], 0))
 
+        def gate_flat(t):   # (B, 2p): groups blocks of [a | b] -> (B, p)
+            t = t.view(b, g, 2, -1)
+            return (torch.tanh(t[:, :, 0]) * torch.sigmoid(t[:, :, 1])).reshape(b, -1)
+
         for y in range(h):
-            v_pre_rows = []
+            # the horizontal pre-activation's terms that do not depend on the row: the link of
+            # the vertical stack's row, the horizontal kernel's bias, the condition -- (B, W, 2p)
+            fixed = []
             for i, layer in enumerate(self.layers):
                 v_pre = layer.v_conv(rows(scaled if i == 0 else v_out[i - 1], y))[:, :, -1:]
-                v_pre_rows.append(v_pre)
-                v_out[i][:, :, y:y + 1] = gate(v_pre + cond_terms[i][0], self.groups)
+                v_out[i][:, :, y:y + 1] = gate(v_pre + cond_terms[i][0], g)
+                wh_t, bh, wl_t, _, _ = step[i]
+                term = torch.addmm(bh, v_pre[:, :, 0].transpose(1, 2).reshape(b * w, -1), wl_t).view(b, w, -1)
+                ch_term = cond_terms[i][1]
+                fixed.append(term + ch_term[:, None, :, 0, 0] if isinstance(ch_term, torch.Tensor) else term)
             for t in h_out:
                 t.zero_()
             h_in0.zero_()
@@ -332,22 +369,21 @@ class GatedPixelCNN(Model):
                 for ch in range(c_count):
                     if ch < c_count - 1 and bool(mask[:, ch, y, col].all()):
                         continue
-                    h_in0[:, :, :, c + col] = scaled[:, :, y:y + 1, col]
+                    h_in0[:, c + col] = scaled[:, :, y, col]
                     for i, layer in enumerate(self.layers):
+                        wh_t, _, _, wo_t, bo = step[i]
                         src = h_in0 if i == 0 else h_out[i - 1]
-                        h_pre = layer.h_conv(src[:, :, :, col:col + c + 1])[:, :, :, -1:] + \
-                            layer.link(v_pre_rows[i][:, :, :, col:col + 1]) + cond_terms[i][1]
-                        new = layer.h_out(gate(h_pre, self.groups))
-                        h_out[i][:, :, :, c + col:c + col + 1] = new if layer.first else \
-                            src[:, :, :, c + col:c + col + 1] + new
-                    logits = self.out2(F.relu(self.out1(F.relu(h_out[-1][:, :, :, c + col:c + col + 1]))))
+                        h_pre = torch.addmm(fixed[i][:, col], src[:, col:col + c + 1].reshape(b, -1), wh_t)
+                        new = torch.addmm(bo, gate_flat(h_pre), wo_t)
+                        h_out[i][:, c + col] = new if layer.first else src[:, c + col] + new
+                    logits = torch.addmm(b2, torch.addmm(b1, h_out[-1][:, c + col].relu(), w1).relu(), w2)
                     if self.head != "bernoulli":
-                        logits = logits.view(b, c_count, self.levels, 1, 1)
+                        logits = logits.view(b, c_count, self.levels)
                     if record is not None and ch == c_count - 1:   # teacher forced: every channel
-                        record[..., y, col] = logits[..., 0, 0]
-                    self._draw(x, mask, u, ch, y, col, logits[:, ch, ..., 0, 0])
+                        record[..., y, col] = logits
+                    self._draw(x, mask, u, ch, y, col, logits[:, ch])
                     scaled[:, ch, y, col] = self._scaled(x[:, ch, y, col])
-                h_in0[:, :, :, c + col] = scaled[:, :, y:y + 1, col]
+                h_in0[:, c + col] = scaled[:, :, y, col]
 
     @torch.no_grad()
     def cached_logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
