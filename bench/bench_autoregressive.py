@@ -22,6 +22,15 @@ stride 1), interleaved round by round (harness.interleaved; medians):
   kept taps, through torch's dense convolutions;
 * each of the two under ``torch.compile`` (warm: compiling is not timed).
 
+The gated blocks: one Gated PixelCNN layer (not the first: the vertical stack's k x k
+convolution keeping the rows up to the centre, the horizontal stack's 1 x k up to the centre,
+the 1 x 1 link, the gates, the 1 x 1 output and the residual), forward + backward of both
+stacks: ``ours`` (genkernels' layer: masked convolutions whose gate runs in the op,
+genkernels.ops.masked_conv2d_gated) against ``ours, gate unfused`` (the same masked
+convolutions, the gate from torch's tanh and sigmoid: what the fusion itself saves),
+``unfused PyTorch block`` (dense convolutions of the masked weights and torch's gate, as
+public PixelCNN code writes the layer) and its torch.compile.
+
 The masked linear layers (MADE's: a strictly lower-triangular mask, output j seeing inputs
 < j): ``ours`` (genkernels.ops.masked_linear) against ``dense linear(x, w * mask)`` (the
 masked weight through torch's linear, as public MADE code does it) and its torch.compile --
@@ -59,12 +68,16 @@ CASES = {
             ("3x3 B C=64 B=16 28x28", 16, 64, 28, 3, "B"),
             ("3x3 B C=256 B=8 16x16", 8, 256, 16, 3, "B"),
             ("5x5 B C=128 B=8 28x28", 8, 128, 28, 5, "B"),
+            ("gated block 5x5 C=64 B=16 28x28", 16, 64, 28, 5, "block"),
+            ("gated block 3x3 C=128 B=8 28x28", 8, 128, 28, 3, "block"),
             ("linear D=1024 B=256", 256, 1024), ("linear D=4096 B=128", 128, 4096)],
     True: [("7x7 A C=16 B=4 12x12", 4, 16, 12, 7, "A"),
            ("3x3 B C=32 B=4 12x12", 4, 32, 12, 3, "B"),
+           ("gated block 3x3 C=16 B=4 12x12", 4, 16, 12, 3, "block"),
            ("linear D=256 B=32", 32, 256)],
 }
 DENSE, CROPPED, DENSE_LINEAR = "dense conv2d(x, w * mask)", "cropped kernels", "dense linear(x, w * mask)"
+UNFUSED, UNFUSED_OURS = "unfused PyTorch block", "ours, gate unfused"
 
 
 def cropped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask_type: str) -> torch.Tensor:
@@ -107,10 +120,64 @@ def linear_implementations(case: tuple, device: str, seed: int = 0) -> dict:
             f"{DENSE_LINEAR} (torch.compile)": call(torch.compile(dense))}
 
 
+def _block(case: tuple, device: str, seed: int = 0):
+    """A Gated PixelCNN layer (not the first: type-B stacks, residual), its inputs and output
+    gradients, and the same layer written two other ways (module docstring)."""
+    from genkernels.autoregressive.pixelcnn import GatedLayer
+
+    _, b, ch, size, k, _ = case
+    backend = "cpu" if device == "cpu" else "triton"
+    torch.manual_seed(seed)
+    layer = GatedLayer(ch, ch, k, 1, False, None, backend).to(device)
+    g = torch.Generator().manual_seed(seed)
+    v, h = (torch.randn(b, ch, size, size, generator=g).to(device).requires_grad_() for _ in range(2))
+    grads = [torch.randn(b, ch, size, size, generator=g).to(device) for _ in range(2)]
+    masks = {name: getattr(layer, name).mask() for name in ("v_conv", "h_conv", "h_out")}
+    c = k // 2
+
+    def torch_block(v, h):
+        """The layer as public PixelCNN code writes it: dense convolutions of the masked
+        weights, the gate from torch's tanh and sigmoid."""
+        def conv(name, t, padding):
+            m = getattr(layer, name)
+            return F.conv2d(t, m.weight * masks[name], m.bias, padding=padding)
+        v_pre = conv("v_conv", v, (c, c))
+        h_pre = conv("h_conv", h, (0, c)) + F.conv2d(v_pre, layer.link.weight)
+        return conventional_gate(v_pre), h + conv("h_out", conventional_gate(h_pre), 0)
+
+    def ours_unfused(v, h):
+        """Our masked convolutions, the gate from torch's tanh and sigmoid."""
+        v_pre = layer.v_conv(v)
+        h_pre = layer.h_conv(h) + layer.link(v_pre)
+        return conventional_gate(v_pre), h + layer.h_out(conventional_gate(h_pre))
+
+    return backend, layer, torch_block, ours_unfused, (v, h), grads
+
+
+def block_implementations(case: tuple, device: str, seed: int = 0) -> dict:
+    """The gated block's implementations, each forward + backward of both stacks."""
+    backend, layer, torch_block, ours_unfused, inputs, grads = _block(case, device, seed)
+
+    def call(fn):
+        def run():
+            torch.autograd.backward(fn(*inputs), grads)
+        return run
+
+    return {f"ours ({backend})": call(layer), UNFUSED_OURS: call(ours_unfused), UNFUSED: call(torch_block),
+            f"{UNFUSED} (torch.compile)": call(torch.compile(torch_block))}
+
+
+def conventional_gate(t: torch.Tensor) -> torch.Tensor:
+    a, b = t.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
 def implementations(case: tuple, device: str, seed: int = 0) -> dict:
     """name -> a callable running forward + backward once (module docstring)."""
     if len(case) == 3:
         return linear_implementations(case, device, seed)
+    if case[5] == "block":
+        return block_implementations(case, device, seed)
     _, b, ch, size, k, mask_type = case
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, ch, size, size, generator=g).to(device).requires_grad_()
@@ -151,6 +218,10 @@ def check_agreement(case: tuple, device: str) -> float:
         with torch.no_grad():
             want = F.linear(x, w * linear_reference.prefix_mask(prefix, d))
             return float((genkernels.ops.masked_linear(x, w, None, prefix) - want).abs().max())
+    if case[5] == "block":
+        _, layer, torch_block, _, inputs, _ = _block(case, device, seed=1)
+        with torch.no_grad():
+            return max(float((a - e).abs().max()) for a, e in zip(layer(*inputs), torch_block(*inputs)))
     _, b, ch, size, k, mask_type = case
     g = torch.Generator().manual_seed(1)
     x = torch.randn(b, ch, size, size, generator=g).to(device)
@@ -181,6 +252,10 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
             if len(case) == 3:
                 shape = {"layer": "linear", "batch": case[1], "features": case[2],
                          "kept": f"{case[2] * (case[2] - 1) // 2}/{case[2] ** 2}"}
+            elif case[5] == "block":
+                _, b, ch, size, k, _ = case
+                shape = {"layer": "gated block", "batch": b, "channels": ch, "size": size, "kernel": k,
+                         "kept": f"{(k // 2 + 1) * k}/{k * k}, {k // 2 + 1}/{k}"}
             else:
                 _, b, ch, size, k, mask_type = case
                 taps = conv_reference.kept_taps(conv_reference.tap_rules((k, k), mask_type))
@@ -243,7 +318,9 @@ def pytest_generate_tests(metafunc):
     backend = "cpu" if device == "cpu" else "triton"
     conv = (f"ours ({backend})", DENSE, CROPPED, f"{DENSE} (torch.compile)", f"{CROPPED} (torch.compile)")
     linear = (f"ours ({backend})", DENSE_LINEAR, f"{DENSE_LINEAR} (torch.compile)")
-    cases = [(c, impl, device) for c in CASES[quick] for impl in (linear if len(c) == 3 else conv)]
+    block = (f"ours ({backend})", UNFUSED_OURS, UNFUSED, f"{UNFUSED} (torch.compile)")
+    cases = [(c, impl, device) for c in CASES[quick]
+             for impl in (linear if len(c) == 3 else block if c[5] == "block" else conv)]
     metafunc.parametrize("case", cases, ids=[f"{c[0][0]}-{c[1]}".replace(" ", "_") for c in cases])
 
 

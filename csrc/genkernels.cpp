@@ -87,6 +87,13 @@ TORCH_LIBRARY(genkernels, m) {
   // grad_bias); an output whose output_mask entry is false comes back empty, (0,).
   m.def("masked_conv2d_backward(Tensor grad, Tensor x, Tensor weight, int[] rules, int channel_groups, "
         "int dilation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // The gated masked convolution of a Gated PixelCNN layer: pre = masked_conv2d(x, ...) +
+  // addend (B, Cout, H, W) if given; out = tanh(a) * sigmoid(b) over pre's channel_groups
+  // blocks [a | b] (Cout divisible by 2 channel_groups) -> (out (B, Cout / 2, H, W), pre).
+  m.def("masked_conv2d_gated(Tensor x, Tensor weight, Tensor? bias, Tensor? addend, int[] rules, "
+        "int channel_groups, int dilation) -> (Tensor, Tensor)");
+  // The gate's VJP: grad (B, C / 2, H, W), pre (B, C, H, W) -> grad of pre.
+  m.def("gate_backward(Tensor grad, Tensor pre, int groups) -> Tensor");
   // The masked linear layer (spec: genkernels/autoregressive/linear_reference.py): x (B,
   // Din), weight (Dout, Din), bias (Dout,) or None, prefix (Dout,) int64 in [0, Din] -- output
   // j sees the inputs [0, prefix_j) -> out (B, Dout); the zero blocks are skipped.

@@ -245,16 +245,12 @@ void check_bias(const char* op, const std::optional<at::Tensor>& bias, const at:
 
 }  // namespace
 
-at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             at::IntArrayRef rules, int64_t channel_groups, int64_t dilation) {
-  constexpr const char* op = "masked_conv2d";
-  const Geometry g = geometry(op, x, weight, rules, channel_groups, dilation);
-  check_bias(op, bias, x, g.cout);
-  at::Tensor out = at::empty({g.batch, g.cout, g.h, g.w}, x.options());
-  if (out.numel() == 0) return out;
-  if (g.taps.empty() || g.cin == 0) {
-    return bias.has_value() ? out.copy_(bias->view({1, g.cout, 1, 1}).expand_as(out)) : out.zero_();
-  }
+namespace {
+
+// The forward's products: O (Cout, positions) in the padded layout, bias included (the
+// pixels(O, g, 0) view holds the output); g.taps non-empty, g.cin > 0.
+at::Tensor conv_padded(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       const Geometry& g) {
   const at::Tensor xb = padded_input(x, g);
   const at::Tensor wt = tap_weights(weight, g);
   const at::Tensor wcat = stacked_weights(wt, g, false);
@@ -294,7 +290,125 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
       }
     }
   });
-  out.permute({1, 0, 2, 3}).copy_(pixels(ob, g, 0));
+  return ob;
+}
+
+// The gate of one image: out (Cout / 2, H, W) = tanh(a) * sigmoid(b) of pre (Cout, H, W),
+// whose channels are `groups` blocks of [a | b]; `tmp` a (Cout / (2 groups), H, W) scratch.
+void gate_image(at::Tensor out, const at::Tensor& pre, int64_t groups, at::Tensor& tmp) {
+  const int64_t q = pre.size(0) / (2 * groups);
+  for (int64_t grp = 0; grp < groups; ++grp) {
+    at::Tensor o = out.narrow(0, grp * q, q);
+    at::tanh_out(o, pre.narrow(0, 2 * grp * q, q));
+    at::sigmoid_out(tmp, pre.narrow(0, (2 * grp + 1) * q, q));
+    o.mul_(tmp);
+  }
+}
+
+void check_gate_channels(const char* op, int64_t channels, int64_t groups) {
+  TORCH_CHECK_VALUE(groups >= 1 && channels % (2 * groups) == 0, op, ": the ", channels,
+                    " channels must split into channel_groups=", groups, " blocks of [a | b] (a multiple of ",
+                    2 * groups, ")");
+}
+
+}  // namespace
+
+at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             at::IntArrayRef rules, int64_t channel_groups, int64_t dilation) {
+  constexpr const char* op = "masked_conv2d";
+  const Geometry g = geometry(op, x, weight, rules, channel_groups, dilation);
+  check_bias(op, bias, x, g.cout);
+  at::Tensor out = at::empty({g.batch, g.cout, g.h, g.w}, x.options());
+  if (out.numel() == 0) return out;
+  if (g.taps.empty() || g.cin == 0) {
+    return bias.has_value() ? out.copy_(bias->view({1, g.cout, 1, 1}).expand_as(out)) : out.zero_();
+  }
+  out.permute({1, 0, 2, 3}).copy_(pixels(conv_padded(x, weight, bias, g), g, 0));
+  return out;
+}
+
+// The gated convolution: pre = conv(x) + bias + addend, out = tanh(a) * sigmoid(b) of pre's
+// [a | b] channel blocks. The epilogue runs image by image over the products' padded
+// buffer: pre's image (read from it, plus the addend's, in one pass) and then its gate
+// while the image is in cache -- no separate sum, tanh, sigmoid and product passes over
+// the whole batch. Returns (out (B, Cout / 2, H, W), pre (B, Cout, H, W)); pre is what the
+// backward needs.
+std::tuple<at::Tensor, at::Tensor> masked_conv2d_gated_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                           const std::optional<at::Tensor>& bias,
+                                                           const std::optional<at::Tensor>& addend,
+                                                           at::IntArrayRef rules, int64_t channel_groups,
+                                                           int64_t dilation) {
+  constexpr const char* op = "masked_conv2d_gated";
+  const Geometry g = geometry(op, x, weight, rules, channel_groups, dilation);
+  check_bias(op, bias, x, g.cout);
+  check_gate_channels(op, g.cout, g.groups);
+  if (addend.has_value()) {
+    TORCH_CHECK_VALUE(addend->dim() == 4 && addend->size(0) == g.batch && addend->size(1) == g.cout &&
+                          addend->size(2) == g.h && addend->size(3) == g.w,
+                      op, ": addend must be (", g.batch, ", ", g.cout, ", ", g.h, ", ", g.w, "); got ",
+                      addend->sizes());
+    TORCH_CHECK_TYPE(addend->scalar_type() == x.scalar_type(), op, ": addend must have x's dtype ",
+                     x.scalar_type(), "; got ", addend->scalar_type());
+  }
+  at::Tensor pre = at::empty({g.batch, g.cout, g.h, g.w}, x.options());
+  at::Tensor out = at::empty({g.batch, g.cout / 2, g.h, g.w}, x.options());
+  if (pre.numel() == 0) return {out, pre};
+  at::Tensor ob;
+  if (g.taps.empty() || g.cin == 0) {
+    if (bias.has_value()) pre.copy_(bias->view({1, g.cout, 1, 1}).expand_as(pre)); else pre.zero_();
+  } else {
+    ob = conv_padded(x, weight, bias, g);
+  }
+  const at::Tensor source = ob.defined() ? pixels(ob, g, 0) : at::Tensor();   // (Cout, B, H, W)
+  const int64_t q = g.cout / (2 * g.groups);
+  const int team = genkernels::cpu::team_size(std::min(g.batch, threads_for(pre.numel() * 16)));
+  genkernels::cpu::SoloScope solo(team <= 1);
+  std::vector<at::Tensor> scratch(team);
+  genkernels::cpu::parallel_chunks(g.batch, team, [&](int64_t b, int slot) {
+    if (!scratch[slot].defined()) scratch[slot] = at::empty({q, g.h, g.w}, x.options());
+    at::Tensor p = pre[b];
+    if (source.defined()) {
+      if (addend.has_value()) at::add_out(p, source.select(1, b), (*addend)[b]); else p.copy_(source.select(1, b));
+    } else if (addend.has_value()) {
+      p.add_((*addend)[b]);
+    }
+    gate_image(out[b], p, g.groups, scratch[slot]);
+  });
+  return {out, pre};
+}
+
+// The gate's VJP: grad (B, C / 2, H, W) of out = tanh(a) * sigmoid(b) -> grad of pre (B, C,
+// H, W): grad sigmoid(b) (1 - tanh(a)^2) on the a channels, grad tanh(a) sigmoid(b)
+// (1 - sigmoid(b)) on the b channels; image by image, tanh and sigmoid recomputed in cache.
+at::Tensor gate_backward_cpu(const at::Tensor& grad, const at::Tensor& pre, int64_t groups) {
+  constexpr const char* op = "gate_backward";
+  TORCH_CHECK_VALUE(pre.dim() == 4, op, ": pre must be (B, C, H, W); got ", pre.sizes());
+  TORCH_CHECK_TYPE(pre.scalar_type() == at::kFloat || pre.scalar_type() == at::kDouble, op,
+                   ": pre must be float32 or float64; got ", pre.scalar_type());
+  check_gate_channels(op, pre.size(1), groups);
+  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == pre.size(0) && grad.size(1) * 2 == pre.size(1) &&
+                        grad.size(2) == pre.size(2) && grad.size(3) == pre.size(3),
+                    op, ": grad must be (", pre.size(0), ", ", pre.size(1) / 2, ", ", pre.size(2), ", ", pre.size(3),
+                    "); got ", grad.sizes());
+  const at::Tensor gc = grad.to(pre.scalar_type());
+  at::Tensor out = at::empty(pre.sizes(), pre.options());
+  if (out.numel() == 0) return out;
+  const int64_t batch = pre.size(0), q = pre.size(1) / (2 * groups);
+  const int team = genkernels::cpu::team_size(std::min(batch, threads_for(pre.numel() * 16)));
+  genkernels::cpu::SoloScope solo(team <= 1);
+  genkernels::cpu::parallel_chunks(batch, team, [&](int64_t b, int) {
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      const at::Tensor a = pre[b].narrow(0, 2 * grp * q, q), s = pre[b].narrow(0, (2 * grp + 1) * q, q);
+      const at::Tensor gi = gc[b].narrow(0, grp * q, q);
+      at::Tensor ga = out[b].narrow(0, 2 * grp * q, q), gs = out[b].narrow(0, (2 * grp + 1) * q, q);
+      at::tanh_out(ga, a);                       // t
+      at::sigmoid_out(gs, s);                    // sigma
+      const at::Tensor t = ga.clone();
+      // grad_a = g sigma (1 - t^2); grad_b = g t sigma (1 - sigma)
+      ga.mul_(t).neg_().add_(1).mul_(gs).mul_(gi);
+      gs.mul_(gs.neg().add_(1)).mul_(t).mul_(gi);
+    }
+  });
   return out;
 }
 
@@ -403,6 +517,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
 TORCH_LIBRARY_IMPL(genkernels, CPU, m) {
   m.impl("masked_conv2d", &masked_conv2d_cpu);
   m.impl("masked_conv2d_backward", &masked_conv2d_backward_cpu);
+  m.impl("masked_conv2d_gated", &masked_conv2d_gated_cpu);
+  m.impl("gate_backward", &gate_backward_cpu);
 }
 
 }  // namespace genkernels::autoregressive::cpu

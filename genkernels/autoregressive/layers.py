@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_int
-from .conv_ops import check_channel_groups, check_kernel_size, check_rules, masked_conv2d
+from .conv_ops import check_channel_groups, check_kernel_size, check_rules, masked_conv2d, masked_conv2d_gated
 from .conv_reference import MASK_TYPES, dense_mask, kept_taps, tap_rules
 
 
@@ -80,7 +80,8 @@ class MaskedConv2d(nn.Module):
         return dense_mask(self.rules, self.out_channels, self.in_channels, self.kernel_size, self.channel_groups,
                           device=self.weight.device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _operands(self, x):
+        """x, weight and bias in the dtype the layer runs in (autocast's, else the weight's)."""
         weight, bias = self.weight, self.bias
         dt = _autocast_dtype(x.device) if isinstance(x, torch.Tensor) else None
         if dt is not None:
@@ -88,8 +89,23 @@ class MaskedConv2d(nn.Module):
             bias = None if bias is None else bias.to(dt)
         elif isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != weight.dtype:
             x = x.to(weight.dtype)
+        return x, weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, weight, bias = self._operands(x)
         return masked_conv2d(x, weight, bias, channel_groups=self.channel_groups, dilation=self.dilation,
                              rules=list(self.rules), backend=self.backend)
+
+    def gated(self, x: torch.Tensor, addend: torch.Tensor | None = None, return_pre: bool = False):
+        """tanh(a) * sigmoid(b) of this layer's output plus addend, in one op
+        (genkernels.ops.masked_conv2d_gated): out_channels in channel_groups blocks of
+        [a | b] -> (B, out_channels / 2, H, W) (with return_pre: (out, the gate's input))."""
+        x, weight, bias = self._operands(x)
+        if addend is not None and addend.dtype != x.dtype:
+            addend = addend.to(x.dtype)
+        return masked_conv2d_gated(x, weight, bias, addend, channel_groups=self.channel_groups,
+                                   dilation=self.dilation, rules=list(self.rules), backend=self.backend,
+                                   return_pre=return_pre)
 
     def extra_repr(self) -> str:
         kh, kw = self.kernel_size

@@ -32,7 +32,7 @@ from .. import checkpoint as ckpt
 from .. import registry
 from .._checks import check_choice, check_int, check_positive
 from ..model import DivergedError, Model, Progress
-from .conv_reference import FULL, INCLUSIVE, OFF, STRICT
+from .conv_reference import FULL, INCLUSIVE, OFF, STRICT, gate
 from .layers import MaskedConv2d
 
 HEADS = ("bernoulli", "categorical")
@@ -54,14 +54,6 @@ def horizontal_rules(kernel_size: int, first: bool) -> list[int]:
     return [FULL if kx < c else centre if kx == c else OFF for kx in range(kernel_size)]
 
 
-def gate(t: torch.Tensor, groups: int) -> torch.Tensor:
-    """tanh(a) * sigmoid(b) of (B, 2p, H, W) whose channels are ``groups`` blocks of [a | b]:
-    (B, p, H, W), the groups kept in order."""
-    b, c2, h, w = t.shape
-    t = t.view(b, groups, 2, c2 // (2 * groups), h, w)
-    return (torch.tanh(t[:, :, 0]) * torch.sigmoid(t[:, :, 1])).reshape(b, c2 // 2, h, w)
-
-
 class GatedLayer(nn.Module):
     """One layer of both stacks: (v, h) -> (v', h'). ``first``: the layer reading the image
     (type-A rules, no residual)."""
@@ -80,13 +72,16 @@ class GatedLayer(nn.Module):
         self.condition = nn.Linear(condition_size, 4 * channels, bias=False) if condition_size else None
 
     def forward(self, v: torch.Tensor, h: torch.Tensor, cond: torch.Tensor | None = None):
-        v_pre = self.v_conv(v)
-        h_pre = self.h_conv(h) + self.link(v_pre)
+        # v' = gate(v_conv(v) + cv), h_pre = h_conv(h) + link(v_conv(v)) + ch: each stack's
+        # convolution and gate in one op; the vertical op's pre-activation holds cv, which
+        # the link (a linear 1 x 1 map) carries over and ch - link(cv) takes back out
+        cv = ch = None
         if self.condition is not None and cond is not None:
             cv, ch = self.condition(cond)[:, :, None, None].chunk(2, dim=1)
-            v_pre, h_pre = v_pre + cv, h_pre + ch
-        h_new = self.h_out(gate(h_pre, self.groups))
-        return gate(v_pre, self.groups), h_new if self.first else h + h_new
+        v_new, v_pre = self.v_conv.gated(v, cv, return_pre=True)
+        link = self.link(v_pre)
+        h_new = self.h_out(self.h_conv.gated(h, link if cv is None else link + (ch - self.link(cv))))
+        return v_new, h_new if self.first else h + h_new
 
 
 class GatedPixelCNN(Model):
