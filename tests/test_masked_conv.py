@@ -25,6 +25,8 @@ CASES = [
     (1, 3, 3, 7, 7, (7, 7), "A", 3, 1, True),
     (4, 16, 8, 12, 12, (5, 5), "A", 1, 1, True),
     (2, 5, 7, 3, 11, (1, 1), "B", 1, 1, True),
+    (2, 6, 9, 4, 5, (1, 1), "A", 3, 1, True),      # 1 x 1: the pointwise path, channel groups
+    (9, 6, 6, 3, 3, (1, 1), "B", 3, 1, False),     # more images than grad W's lanes
     (1, 4, 4, 2, 2, (7, 7), "B", 1, 3, True),
     (0, 3, 3, 4, 4, (3, 3), "B", 1, 1, True),
 ]

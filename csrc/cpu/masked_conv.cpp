@@ -305,6 +305,77 @@ void gate_image(at::Tensor out, const at::Tensor& pre, int64_t groups, at::Tenso
   }
 }
 
+// 1 x 1 kernels (a Gated PixelCNN's link, its h_out and head layers): the single centre
+// tap's products straight on the NCHW tensors, image by image -- out[b] (Cout, HW) =
+// W (Cout, Cin) x[b] (Cin, HW) per channel group over the input channels it sees --, no
+// padded copies in or out. g.taps holds the one kept tap.
+bool is_pointwise(const Geometry& g) { return g.kh == 1 && g.kw == 1 && g.taps.size() == 1; }
+
+at::Tensor pointwise_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const Geometry& g, at::Tensor out) {
+  const at::Tensor w2 = weight.reshape({g.cout, g.cin}).contiguous();
+  const at::Tensor x3 = x.contiguous().view({g.batch, g.cin, g.h * g.w});
+  at::Tensor o3 = out.view({g.batch, g.cout, g.h * g.w});
+  const int64_t rule = g.taps[0].rule;
+  const int team = genkernels::cpu::team_size(std::min(g.batch, threads_for(x3.numel() * g.cout)));
+  genkernels::cpu::SoloScope solo(team <= 1);
+  genkernels::cpu::parallel_chunks(g.batch, team, [&](int64_t b, int) {
+    at::Tensor ob = o3[b];
+    if (bias.has_value()) ob.copy_(bias->view({g.cout, 1}).expand({g.cout, g.h * g.w})); else ob.zero_();
+    for (int64_t grp = 0; grp < (rule == kFull ? 1 : g.groups); ++grp) {
+      const int64_t rows = rule == kFull ? g.cout : g.co(), r0 = grp * rows, hi = g.seen(rule, grp);
+      if (hi == 0) continue;
+      ob.narrow(0, r0, rows).addmm_(w2.narrow(0, r0, rows).narrow(1, 0, hi), x3[b].narrow(0, 0, hi));
+    }
+  });
+  return out;
+}
+
+// Its backward into grad_x / grad_w (zero-initialised, contiguous): grad_x[b] = sum over the
+// groups of W^T G[b]; grad W = sum over the images of G[b] x[b]^T, in kWeightLanes lanes of
+// images (lane l: images l, l + lanes, ...) added in order -- the same sums on any threads.
+void pointwise_backward(const at::Tensor& g_c, const at::Tensor& x, const at::Tensor& weight, const Geometry& g,
+                        at::Tensor& grad_x, at::Tensor& grad_w, bool want_x, bool want_w) {
+  const int64_t hw = g.h * g.w, rule = g.taps[0].rule, parts = rule == kFull ? 1 : g.groups;
+  const at::Tensor w2 = weight.reshape({g.cout, g.cin}).contiguous();
+  const at::Tensor x3 = x.contiguous().view({g.batch, g.cin, hw});
+  const at::Tensor g3 = g_c.contiguous().view({g.batch, g.cout, hw});
+  const int64_t work = g.batch * hw * g.cout * g.cin;
+  auto part = [&](int64_t grp) {   // rows [r0, r0 + rows) see the input channels [0, hi)
+    const int64_t rows = rule == kFull ? g.cout : g.co();
+    return std::array<int64_t, 3>{grp * rows, rows, g.seen(rule, grp)};
+  };
+  if (want_x) {
+    at::Tensor gx3 = grad_x.view({g.batch, g.cin, hw});
+    const int team = genkernels::cpu::team_size(std::min(g.batch, threads_for(work)));
+    genkernels::cpu::SoloScope solo(team <= 1);
+    genkernels::cpu::parallel_chunks(g.batch, team, [&](int64_t b, int) {
+      for (int64_t grp = 0; grp < parts; ++grp) {
+        const auto [r0, rows, hi] = part(grp);
+        if (hi == 0) continue;
+        gx3[b].narrow(0, 0, hi).addmm_(w2.narrow(0, r0, rows).narrow(1, 0, hi).t(), g3[b].narrow(0, r0, rows));
+      }
+    });
+  }
+  if (want_w) {
+    const int64_t lanes = std::min(g.batch, kWeightLanes);
+    at::Tensor sums = at::zeros({lanes, g.cout, g.cin}, x.options());
+    const int team = genkernels::cpu::team_size(std::min(lanes, threads_for(work)));
+    genkernels::cpu::SoloScope solo(team <= 1);
+    genkernels::cpu::parallel_chunks(lanes, team, [&](int64_t lane, int) {
+      at::Tensor s = sums[lane];
+      for (int64_t b = lane; b < g.batch; b += lanes) {
+        for (int64_t grp = 0; grp < parts; ++grp) {
+          const auto [r0, rows, hi] = part(grp);
+          if (hi == 0) continue;
+          s.narrow(0, r0, rows).narrow(1, 0, hi).addmm_(g3[b].narrow(0, r0, rows), x3[b].narrow(0, 0, hi).t());
+        }
+      }
+    });
+    grad_w.view({g.cout, g.cin}).copy_(sums.sum(0));
+  }
+}
+
 void check_gate_channels(const char* op, int64_t channels, int64_t groups) {
   TORCH_CHECK_VALUE(groups >= 1 && channels % (2 * groups) == 0, op, ": the ", channels,
                     " channels must split into channel_groups=", groups, " blocks of [a | b] (a multiple of ",
@@ -323,6 +394,7 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   if (g.taps.empty() || g.cin == 0) {
     return bias.has_value() ? out.copy_(bias->view({1, g.cout, 1, 1}).expand_as(out)) : out.zero_();
   }
+  if (is_pointwise(g)) return pointwise_forward(x, weight, bias, g, out);
   out.permute({1, 0, 2, 3}).copy_(pixels(conv_padded(x, weight, bias, g), g, 0));
   return out;
 }
@@ -426,6 +498,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
   const at::Tensor g_c = grad.to(x.scalar_type());
   at::Tensor grad_b = want_b ? g_c.sum({0, 2, 3}) : at::empty({0}, x.options());
   if (grad.numel() == 0 || g.taps.empty() || g.cin == 0 || !(want_x || want_w)) return {grad_x, grad_w, grad_b};
+  if (is_pointwise(g)) {
+    pointwise_backward(g_c, x, weight, g, grad_x, grad_w, want_x, want_w);
+    return {grad_x, grad_w, grad_b};
+  }
   const int64_t positions = g.positions(), taps = static_cast<int64_t>(g.taps.size());
   // G with margins for the gather of grad X: G[u] at column max_offset + u
   const int64_t margin = g.max_offset;
