@@ -18,7 +18,9 @@ The oracle is conv_reference.masked_conv2d_gated: gate(masked_conv2d(x) + addend
 
 On the GPU the gate is a separate pass after the convolution kernel, not yet inside its
 epilogue (a tile would need both halves of its channel block). Arithmetic in fp32 (fp64 for
-fp64); stores in the tensors' dtypes. tanh(a) = 2 sigmoid(2 a) - 1. Offsets are int64.
+fp64); stores in the tensors' dtypes. tanh(a) = 2 sigmoid(2 a) - 1. A program owns BLOCK values of one (image, group)
+block (grid: B G x blocks of q H W): its base offset is int64, offsets inside it int32
+(one image's channels hold fewer than 2^31 values).
 """
 
 from __future__ import annotations
@@ -35,42 +37,38 @@ BLOCK = 1024
 
 
 @triton.jit
-def _gate_fwd_kernel(PRE, ADDEND, OUT, TOTAL, HW, W, Q, GROUPS, stride_ab, stride_ac, stride_ay, stride_ax,
+def _gate_fwd_kernel(PRE, ADDEND, OUT, QHW, HW, W, Q, GROUPS, stride_ab, stride_ac, stride_ay, stride_ax,
                      HAS_ADDEND: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = o < TOTAL
-    qhw = Q.to(tl.int64) * HW
-    block = o // qhw                 # image b * GROUPS + group g
-    j = o % qhw                      # channel j of the group's half, pixel
-    ia = block * 2 * qhw + j
-    ib = ia + qhw
-    a = tl.load(PRE + ia, mask=live, other=0.0).to(ACC)
-    b = tl.load(PRE + ib, mask=live, other=0.0).to(ACC)
+    block = tl.program_id(0)                               # image b * GROUPS + group g
+    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)     # channel of the group's half, pixel
+    live = j < QHW
+    base = block.to(tl.int64) * 2 * QHW
+    a = tl.load(PRE + base + j, mask=live, other=0.0).to(ACC)
+    b = tl.load(PRE + base + QHW + j, mask=live, other=0.0).to(ACC)
     if HAS_ADDEND:
-        image = block // GROUPS
         c = (block % GROUPS) * 2 * Q + j // HW
         pix = j % HW
-        at = image * stride_ab + c * stride_ac + (pix // W) * stride_ay + (pix % W) * stride_ax
+        at = (block // GROUPS).to(tl.int64) * stride_ab + c * stride_ac + (pix // W) * stride_ay + \
+            (pix % W) * stride_ax
         a += tl.load(ADDEND + at, mask=live, other=0.0).to(ACC)
         b += tl.load(ADDEND + at + Q * stride_ac, mask=live, other=0.0).to(ACC)
-        tl.store(PRE + ia, a.to(PRE.dtype.element_ty), mask=live)
-        tl.store(PRE + ib, b.to(PRE.dtype.element_ty), mask=live)
+        tl.store(PRE + base + j, a.to(PRE.dtype.element_ty), mask=live)
+        tl.store(PRE + base + QHW + j, b.to(PRE.dtype.element_ty), mask=live)
     gate = (2.0 * tl.sigmoid(2.0 * a) - 1.0) * tl.sigmoid(b)
-    tl.store(OUT + o, gate.to(OUT.dtype.element_ty), mask=live)
+    tl.store(OUT + block.to(tl.int64) * QHW + j, gate.to(OUT.dtype.element_ty), mask=live)
 
 
 @triton.jit
-def _gate_bwd_kernel(GRAD, PRE, GRAD_PRE, TOTAL, HW, Q, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = o < TOTAL
-    qhw = Q.to(tl.int64) * HW
-    ia = (o // qhw) * 2 * qhw + o % qhw
-    ib = ia + qhw
-    g = tl.load(GRAD + o, mask=live, other=0.0).to(ACC)
-    t = 2.0 * tl.sigmoid(2.0 * tl.load(PRE + ia, mask=live, other=0.0).to(ACC)) - 1.0
-    s = tl.sigmoid(tl.load(PRE + ib, mask=live, other=0.0).to(ACC))
-    tl.store(GRAD_PRE + ia, (g * s * (1.0 - t * t)).to(GRAD_PRE.dtype.element_ty), mask=live)
-    tl.store(GRAD_PRE + ib, (g * t * s * (1.0 - s)).to(GRAD_PRE.dtype.element_ty), mask=live)
+def _gate_bwd_kernel(GRAD, PRE, GRAD_PRE, QHW, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    block = tl.program_id(0)
+    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    live = j < QHW
+    base = block.to(tl.int64) * 2 * QHW
+    g = tl.load(GRAD + block.to(tl.int64) * QHW + j, mask=live, other=0.0).to(ACC)
+    t = 2.0 * tl.sigmoid(2.0 * tl.load(PRE + base + j, mask=live, other=0.0).to(ACC)) - 1.0
+    s = tl.sigmoid(tl.load(PRE + base + QHW + j, mask=live, other=0.0).to(ACC))
+    tl.store(GRAD_PRE + base + j, (g * s * (1.0 - t * t)).to(GRAD_PRE.dtype.element_ty), mask=live)
+    tl.store(GRAD_PRE + base + QHW + j, (g * t * s * (1.0 - s)).to(GRAD_PRE.dtype.element_ty), mask=live)
 
 
 def gate_fwd(pre: torch.Tensor, addend: torch.Tensor | None, channel_groups: int) -> torch.Tensor:
@@ -78,14 +76,14 @@ def gate_fwd(pre: torch.Tensor, addend: torch.Tensor | None, channel_groups: int
     2, H, W) in pre's dtype."""
     batch, c, h, w = pre.shape
     out = torch.empty((batch, c // 2, h, w), dtype=pre.dtype, device=pre.device)
-    total = out.numel()
-    if total == 0:
+    if out.numel() == 0:
         return out
     strides = addend.stride() if addend is not None else (0, 0, 0, 0)
+    q = c // (2 * channel_groups)
     with device_of(pre):
-        _gate_fwd_kernel[(triton.cdiv(total, BLOCK),)](
-            pre, addend if addend is not None else pre, out, total, h * w, w, c // (2 * channel_groups),
-            channel_groups, *strides, HAS_ADDEND=addend is not None, ACC=TL_ACC[acc_dtype(pre.dtype)], BLOCK=BLOCK)
+        _gate_fwd_kernel[(batch * channel_groups, triton.cdiv(q * h * w, BLOCK))](
+            pre, addend if addend is not None else pre, out, q * h * w, h * w, w, q, channel_groups, *strides,
+            HAS_ADDEND=addend is not None, ACC=TL_ACC[acc_dtype(pre.dtype)], BLOCK=BLOCK)
     return out
 
 
@@ -93,14 +91,13 @@ def gate_bwd(grad: torch.Tensor, pre: torch.Tensor, channel_groups: int) -> torc
     """grad (B, C / 2, H, W), pre (B, C, H, W) -> grad of pre, in pre's dtype."""
     grad = grad.contiguous()
     grad_pre = torch.empty_like(pre, memory_format=torch.contiguous_format)
-    total = grad.numel()
-    if total == 0:
+    if grad.numel() == 0:
         return grad_pre
     batch, c, h, w = pre.shape
+    q = c // (2 * channel_groups)
     with device_of(pre):
-        _gate_bwd_kernel[(triton.cdiv(total, BLOCK),)](
-            grad, pre, grad_pre, total, h * w, c // (2 * channel_groups), ACC=TL_ACC[acc_dtype(pre.dtype)],
-            BLOCK=BLOCK)
+        _gate_bwd_kernel[(batch * channel_groups, triton.cdiv(q * h * w, BLOCK))](
+            grad, pre, grad_pre, q * h * w, ACC=TL_ACC[acc_dtype(pre.dtype)], BLOCK=BLOCK)
     return grad_pre
 
 
@@ -167,13 +164,11 @@ def static_kernels() -> list:
         meta = {"ACC": TL_ACC[acc_dtype(torch_dtype)], "BLOCK": BLOCK}
         if kernel is _gate_fwd_kernel:
             sig = {"PRE": ptr(dtype), "ADDEND": ptr(dtype), "OUT": ptr(dtype)}
-            sig |= {n: "i64" if n == "TOTAL" else "i32" for n in ("TOTAL", "HW", "W", "Q", "GROUPS", "stride_ab",
-                                                                   "stride_ac", "stride_ay")}
+            sig |= {n: "i32" for n in ("QHW", "HW", "W", "Q", "GROUPS", "stride_ab", "stride_ac", "stride_ay")}
             meta |= {"stride_ax": 1, "HAS_ADDEND": addend}
             label = f"{dtype},addend={addend}"
         else:
-            sig = {"GRAD": ptr(dtype), "PRE": ptr(dtype), "GRAD_PRE": ptr(dtype), "TOTAL": "i64", "HW": "i32",
-                   "Q": "i32"}
+            sig = {"GRAD": ptr(dtype), "PRE": ptr(dtype), "GRAD_PRE": ptr(dtype), "QHW": "i32"}
             label = dtype
         return TritonKernel("autoregressive", f"{kernel.__name__}[{label}]", lambda: kernel, sig, meta, 4, 1)
 
