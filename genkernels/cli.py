@@ -1,4 +1,5 @@
-"""The ``genkernels`` command line: ``demo``, ``train som``, ``train patchsom``, ``train rbm`` and ``bench``."""
+"""The ``genkernels`` command line: ``demo``, ``train som``, ``train patchsom``, ``train rbm``,
+``train pixelcnn``, ``train made`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_som_args(som)
     _add_patchsom_parser(models)
     _add_rbm_parser(models)
+    _add_autoregressive_parsers(models)
 
     bench = sub.add_parser("bench", help="run the benchmarks (needs a checkout with bench/)",
                            description="Run bench/run.py from the source checkout: every backend and "
@@ -602,6 +604,212 @@ def cmd_train_rbm(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------- autoregressive models
+def _add_autoregressive_parsers(models) -> None:
+    def common(p, out: str, epochs: int, batch: int, rate: float) -> None:
+        p.add_argument("--out", default=out, help=f"output folder (default {out})")
+        p.add_argument("--binarize", choices=["none", "threshold", "stochastic"], default="none",
+                       help="binary models: map the data (scaled to [0, 1] as --scale says) to 0/1 once "
+                            "before the split: x > 0.5, or one Bernoulli(x) draw per value keyed by --seed")
+        p.add_argument("--scale", choices=["auto", "none", "unit"], default="auto",
+                       help="unit divides by the largest value of the data's integer type (255 for uint8 "
+                            "images); auto: unit for unsigned integers when binarising, none otherwise")
+        p.add_argument("--epochs", type=_count(1), default=epochs)
+        p.add_argument("--batch-size", type=_count(1), default=batch)
+        p.add_argument("--learning-rate", type=_finite, default=rate, help=f"Adam's (default {rate})")
+        p.add_argument("--test-fraction", type=_finite, default=0.1,
+                       help="rows held out (a permutation keyed by --seed) for the test NLL")
+        p.add_argument("--samples", type=_count(0), default=16, help="images drawn for samples.png (0: none)")
+        p.add_argument("--quiet", action="store_true")
+        p.add_argument("--seed", type=_seed, default=0)
+        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+        p.add_argument("--backend", default=None, help="the masked layers' backend (default automatic)")
+
+    p = models.add_parser(
+        "pixelcnn", help="train a Gated PixelCNN on images",
+        description="Train a Gated PixelCNN on the images in DATA (.npy of (N, H, W) or (N, C, H, W), or of "
+                    "rows with --image-size; IDX images such as t10k-images-idx3-ubyte.gz) and write the "
+                    "model (pixelcnn.pt), metrics.json (train and held-out negative log-likelihood in "
+                    "nats per image and bits per dimension) and figures (samples drawn by the cached "
+                    "sampler, the training curve) to --out. Binary images (or --binarize) get a "
+                    "Bernoulli head; --head categorical takes integer values in [0, --levels).")
+    p.add_argument("data", help="image file: .npy or IDX (gzipped or not)")
+    p.add_argument("--image-size", type=_count(1), nargs=2, default=None, metavar=("H", "W"),
+                   help="the images' size when DATA holds one flattened image per row")
+    p.add_argument("--head", choices=["bernoulli", "categorical"], default="bernoulli")
+    p.add_argument("--levels", type=_count(2), default=256, help="categorical: values per channel (default 256)")
+    p.add_argument("--channels", type=_count(1), default=32, help="hidden channels per stack (default 32)")
+    p.add_argument("--layers", type=_count(1), default=6, help="gated layers (default 6)")
+    p.add_argument("--kernel-size", type=_count(1), default=5, help="odd kernel size (default 5)")
+    common(p, "pixelcnn_out", 5, 64, 1e-3)
+
+    m = models.add_parser(
+        "made", help="train a MADE density model on binary vectors",
+        description="Train a MADE on the rows of DATA (.npy, .csv or IDX; images are flattened) and write "
+                    "the model (made.pt), metrics.json (train and held-out negative log-likelihood in nats, "
+                    "under the first mask and the ensemble of --num-masks masks) and figures (samples as "
+                    "images when the rows are square images or --image-size is given, the training "
+                    "curve) to --out. The data must be 0/1, or binarised with --binarize.")
+    m.add_argument("data", help="data file: .npy, .csv, or IDX")
+    m.add_argument("--hidden", type=_count(1), nargs="+", default=[500], metavar="H",
+                   help="hidden layer sizes (default 500)")
+    m.add_argument("--num-masks", type=_count(1), default=1,
+                   help="connectivity masks trained in turn (connectivity-agnostic training) and "
+                        "averaged at test time")
+    m.add_argument("--order-agnostic", action="store_true", help="a new input ordering with every mask")
+    m.add_argument("--image-size", type=_count(1), nargs=2, default=None, metavar=("H", "W"),
+                   help="show the samples as H x W images")
+    common(m, "made_out", 10, 100, 1e-3)
+
+
+PIXELCNN_OUTPUTS = ["pixelcnn.pt", "metrics.json", "samples.png", "training_curve.png"]
+MADE_OUTPUTS = ["made.pt", "metrics.json", "samples.png", "training_curve.png"]
+
+
+def _autoregressive_data(args, raw: np.ndarray, binary: bool) -> np.ndarray:
+    """raw scaled (--scale) and binarised (--binarize) as the options say, float32."""
+    if raw.shape[0] == 0:
+        raise UsageError("DATA holds no rows")
+    how = args.scale
+    if how == "auto":
+        how = "unit" if args.binarize != "none" and np.issubdtype(raw.dtype, np.unsignedinteger) else "none"
+    if how == "unit":
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise UsageError(f"--scale unit divides by the largest value of an integer type; DATA holds {raw.dtype}")
+        x = raw / np.iinfo(raw.dtype).max
+    else:
+        x = raw.astype(np.float64)
+    if args.binarize != "none":
+        if not binary:
+            raise UsageError(f"--binarize {args.binarize} applies to binary models (--head bernoulli)")
+        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise UsageError(f"--binarize {args.binarize} needs values in [0, 1] (use --scale unit for integer "
+                             f"images); got [{x.min()}, {x.max()}]")
+        if args.binarize == "threshold":
+            x = x > 0.5
+        else:
+            x = np.random.default_rng(args.seed).random(x.shape) < x
+    return np.asarray(x, dtype=np.float32)
+
+
+def _autoregressive_images(args) -> np.ndarray:
+    from .data import load_array
+
+    raw = np.asarray(load_array(args.data, keep_shape=True))
+    if args.image_size is not None:
+        h, w = args.image_size
+        if raw.ndim != 2 or raw.shape[1] % (h * w):
+            raise UsageError(f"--image-size {h} {w}: DATA must hold rows of C x {h} x {w} values; "
+                             f"got shape {raw.shape}")
+        raw = raw.reshape(raw.shape[0], raw.shape[1] // (h * w), h, w)
+    elif raw.ndim == 3:
+        raw = raw[:, None]
+    elif raw.ndim != 4:
+        raise UsageError(f"DATA must hold images (N, H, W) or (N, C, H, W), or rows with --image-size H W; "
+                         f"got shape {raw.shape}")
+    return _autoregressive_data(args, raw, args.head == "bernoulli")
+
+
+def _nll(model, x, batch: int) -> float:
+    """Mean negative log-likelihood in nats per row."""
+    import torch
+
+    with torch.no_grad():
+        total = sum(float(-model.log_prob(x[i:i + batch]).sum()) for i in range(0, x.shape[0], batch))
+    return total / max(1, x.shape[0])
+
+
+def cmd_train_pixelcnn(args) -> int:
+    import torch
+
+    from . import GatedPixelCNN
+    from .plot import plot_curves, plot_image_grid
+
+    device = _device(args.device)
+    images = _autoregressive_images(args)
+    train_rows, test_rows = _split(images.shape[0], args.test_fraction, args.seed)
+    model = GatedPixelCNN(images.shape[1], args.channels, args.layers, args.kernel_size, head=args.head,
+                          levels=args.levels, seed=args.seed, backend=args.backend).to(device)
+    x = model.check_data(torch.as_tensor(images, device=device))   # values checked before any training
+    train, test = x[torch.as_tensor(train_rows, device=device)], x[torch.as_tensor(test_rows, device=device)]
+    _check_outputs(args.out, PIXELCNN_OUTPUTS, None)
+    start = time.perf_counter()
+    model.fit(train, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+              verbose=not args.quiet)
+    seconds = time.perf_counter() - start
+    dims = math.log(2) * x[0].numel()
+    metrics = {"nll_train_nats": _nll(model, train, args.batch_size)}
+    if test.shape[0]:
+        metrics["nll_test_nats"] = _nll(model, test, args.batch_size)
+    metrics.update({k.replace("nll", "bits_per_dim").removesuffix("_nats"): v / dims for k, v in list(metrics.items())})
+    _finite_metrics(metrics, "Gated PixelCNN")
+    model.save(os.path.join(args.out, "pixelcnn.pt"))
+    if args.samples:
+        samples = model.sample(args.samples, tuple(x.shape[2:]), seed=args.seed).cpu()
+        shown = samples[:, 0] if samples.shape[1] == 1 else samples.permute(0, 2, 3, 1)[..., :3].mean(-1)
+        plot_image_grid((shown / (model.levels - 1)).numpy(), os.path.join(args.out, "samples.png"),
+                        f"Gated PixelCNN samples ({args.layers} layers x {args.channels} channels)")
+    plot_curves({"bits/dim (train)": [h["bits_per_dim"] for h in model.history]},
+                os.path.join(args.out, "training_curve.png"))
+    metrics.update(train_seconds=seconds, images_train=int(train.shape[0]), images_test=int(test.shape[0]),
+                   image_shape=list(x.shape[1:]), head=args.head, levels=model.levels, channels=args.channels,
+                   layers=args.layers, kernel_size=args.kernel_size, epochs=args.epochs, history=model.history)
+    _write_json(os.path.join(args.out, "metrics.json"), metrics)
+    shown = f"test NLL {metrics['nll_test_nats']:.2f} nats" if "nll_test_nats" in metrics else \
+        f"train NLL {metrics['nll_train_nats']:.2f} nats"
+    print(f"GatedPixelCNN: {shown}, trained in {seconds:.2f} s -> {args.out}/")
+    return 0
+
+
+def cmd_train_made(args) -> int:
+    import torch
+
+    from . import MADE
+    from .data import load_array
+    from .plot import plot_curves, plot_image_grid
+
+    device = _device(args.device)
+    raw = np.asarray(load_array(args.data))
+    x_np = _autoregressive_data(args, raw.reshape(raw.shape[0], -1) if raw.ndim > 2 else raw, True)
+    train_rows, test_rows = _split(x_np.shape[0], args.test_fraction, args.seed)
+    model = MADE(x_np.shape[1], args.hidden, num_masks=args.num_masks, order_agnostic=args.order_agnostic,
+                 seed=args.seed, backend=args.backend).to(device)
+    x = model.check_data(torch.as_tensor(x_np, device=device))
+    train, test = x[torch.as_tensor(train_rows, device=device)], x[torch.as_tensor(test_rows, device=device)]
+    side = math.isqrt(x.shape[1])
+    size = tuple(args.image_size) if args.image_size is not None else (side, side) if side * side == x.shape[1] \
+        else None
+    if size is not None and size[0] * size[1] != x.shape[1]:
+        raise UsageError(f"--image-size {size[0]} {size[1]} does not match the rows' {x.shape[1]} values")
+    _check_outputs(args.out, MADE_OUTPUTS, None)
+    start = time.perf_counter()
+    model.fit(train, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+              verbose=not args.quiet)
+    seconds = time.perf_counter() - start
+    model.eval()
+    metrics = {}
+    for name, part in (("train", train), ("test", test)):
+        if part.shape[0]:
+            with torch.no_grad():
+                metrics[f"nll_{name}_nats"] = float(-model.log_prob(part, mask=0).mean())
+                metrics[f"nll_{name}_nats_ensemble"] = float(-model.log_prob(part).mean())
+    _finite_metrics(metrics, "MADE")
+    model.save(os.path.join(args.out, "made.pt"))
+    if args.samples and size is not None:
+        samples = model.sample(args.samples, seed=args.seed).cpu().reshape(-1, *size)
+        plot_image_grid(samples.numpy(), os.path.join(args.out, "samples.png"), "MADE samples")
+    plot_curves({"NLL (train, nats)": [h["nll"] for h in model.history]},
+                os.path.join(args.out, "training_curve.png"))
+    metrics.update(train_seconds=seconds, samples_train=int(train.shape[0]), samples_test=int(test.shape[0]),
+                   inputs=int(x.shape[1]), hidden=args.hidden, num_masks=args.num_masks,
+                   order_agnostic=args.order_agnostic, epochs=args.epochs, history=model.history)
+    _write_json(os.path.join(args.out, "metrics.json"), metrics)
+    key = "nll_test_nats_ensemble" if "nll_test_nats_ensemble" in metrics else "nll_train_nats_ensemble"
+    print(f"MADE {x.shape[1]} -> {args.hidden}: {key.replace('_', ' ')} {metrics[key]:.2f}, trained in "
+          f"{seconds:.2f} s -> {args.out}/")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import torch
 
@@ -781,7 +989,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return cmd_demo(args)
     if args.command == "train":
-        return {"rbm": cmd_train_rbm, "patchsom": cmd_train_patchsom, "som": cmd_train_som}[args.model](args)
+        return {"rbm": cmd_train_rbm, "patchsom": cmd_train_patchsom, "som": cmd_train_som,
+                "pixelcnn": cmd_train_pixelcnn, "made": cmd_train_made}[args.model](args)
     return cmd_bench(args)
 
 
