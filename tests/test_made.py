@@ -142,3 +142,24 @@ def test_made_fit_sample_and_checkpoint(tmp_path):
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_autocast_bf16_within_the_tolerance_table():
+    """Under CPU bf16 autocast MADE's layers run in bf16 (fp32 arithmetic in the kernels): its
+    log-likelihoods at most twice as far from the exact (fp64) ones as the reference backend's
+    (torch's linear in bf16), and the gradients finite."""
+    from helpers import HAS_CPU
+    x = (torch.rand(6, 12, generator=torch.Generator().manual_seed(3)) < 0.5).float()
+    backend = "cpu" if HAS_CPU else "reference"
+    models = {}
+    for b in (backend, "reference", "exact"):
+        torch.manual_seed(0)   # the same weights in each
+        models[b] = MADE(12, (32, 32), num_masks=2, seed=0, backend="reference" if b == "exact" else b)
+    exact = models.pop("exact").double().log_prob(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = {b: m.log_prob(x) for b, m in models.items()}
+    assert not torch.equal(got[backend], models[backend].log_prob(x))   # autocast took effect
+    assert (got[backend].double() - exact).abs().max() <= 2 * (got["reference"].double() - exact).abs().max()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (-models[backend].log_prob(x).mean()).backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in models[backend].parameters() if p.grad is not None)

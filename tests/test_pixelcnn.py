@@ -170,3 +170,27 @@ def test_categorical_range_and_integer_checks():
     with pytest.raises(ValueError, match="not all integers"):
         model.log_prob(torch.full((1, 3, 2, 2), 1.5))
     assert genkernels.GatedPixelCNN is GatedPixelCNN
+
+
+def test_autocast_bf16_within_the_tolerance_table():
+    """Under CPU bf16 autocast the model's log-likelihoods are at most twice as far from the
+    exact (fp64) ones as the reference backend's -- PyTorch's own convolutions in bf16 --
+    (tests/tolerances.py), and a training step's gradients are finite."""
+    from helpers import HAS_CPU
+    x = (torch.rand(3, 3, 6, 5, generator=torch.Generator().manual_seed(2)) < 0.4).double()
+    models = {}
+    for backend in ("cpu" if HAS_CPU else "reference", "reference", "exact"):
+        torch.manual_seed(0)
+        models[backend] = GatedPixelCNN(3, 12, 2, 3, condition_size=4, seed=0,
+                                        backend="reference" if backend == "exact" else backend)
+    exact = models.pop("exact").double().log_prob(x, torch.tensor([0, 1, 3]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = {b: m.log_prob(x.float(), torch.tensor([0, 1, 3])) for b, m in models.items()}
+    ours = got["cpu" if HAS_CPU else "reference"]
+    assert ours.dtype == torch.float32
+    assert (ours.double() - exact).abs().max() <= 2 * (got["reference"].double() - exact).abs().max()
+    model = next(iter(models.values()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = -model.log_prob(x.float(), torch.tensor([0, 1, 3])).mean()
+    loss.backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)

@@ -30,6 +30,7 @@ from .. import checkpoint as ckpt
 from .. import registry
 from .._checks import check_choice, check_int, check_positive
 from ..model import DivergedError, Model, Progress
+from .layers import _autocast_dtype
 from .linear_ops import check_prefix, masked_linear
 from .linear_reference import degrees_to_prefix
 
@@ -46,7 +47,8 @@ class MaskedLinear(nn.Module):
         backend: None (auto), "reference" or "cpu".
 
     ``forward(x (B, in))`` -> (B, out) = x @ (W * M)^T + b; the masked weights never act and
-    get zero gradients.
+    get zero gradients. Under ``torch.autocast`` the layer runs in the autocast dtype
+    (arithmetic in fp32).
     """
 
     def __init__(self, in_features: int, out_features: int, prefix, bias: bool = True, *,
@@ -76,7 +78,11 @@ class MaskedLinear(nn.Module):
                 prefix: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.weight if weight is None else weight
         bias = self.bias if bias is None else bias
-        if x.dtype != weight.dtype:
+        dt = _autocast_dtype(x.device) if isinstance(x, torch.Tensor) else None
+        if dt is not None:   # autocast: the layer runs in its dtype (fp32 arithmetic in the kernels)
+            x, weight = x.to(dt), weight.to(dt)
+            bias = None if bias is None else bias.to(dt)
+        elif isinstance(x, torch.Tensor) and x.dtype != weight.dtype:
             x = x.to(weight.dtype)
         return masked_linear(x, weight, bias, self.prefix if prefix is None else prefix, backend=self.backend)
 
