@@ -31,6 +31,8 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/parallel_region.h"
+
 namespace genkernels::autoregressive::cpu {
 namespace {
 
@@ -38,6 +40,17 @@ namespace {
 // at D = 1024, B = 256 against F.linear(x, w * mask): 64-row tiles 1.50x, 128 1.68x, 256
 // 1.40x; BLAS runs narrower products below its peak, wider tiles waste more of the diagonal).
 constexpr int64_t kMinTile = 128, kMaxTile = 256;
+
+// Multiply-adds below which a product runs on the calling thread alone (BLAS and ATen glue:
+// beside a busy process a team started for a small product waits a time slice for its second
+// thread -- MADE on the digits, 50 x 64 -> 128 layers, trained 20x slower on 2 threads than
+// on 1 beside one busy process). Above it, the products get BLAS's threads unless the
+// machine's contention back-off (parallel_region.h) says one thread.
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 21;
+
+bool solo(int64_t work) {
+  return genkernels::cpu::team_size(std::max<int64_t>(1, work / kMinWorkPerThread)) <= 1;
+}
 
 int64_t tile_size(int64_t n) { return std::clamp<int64_t>((n / 8 + 63) / 64 * 64, kMinTile, kMaxTile); }
 
@@ -117,6 +130,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
                                     : at::zeros({b, d_out}, x.options());
   if (b == 0 || d_out == 0) return out;
   const Tiles tiles(prefix);
+  const genkernels::cpu::SoloScope scope(solo(b * x.size(1) * d_out));
   at::Tensor buffer = at::empty({0}, weight.options());
   for (size_t t = 0; t < tiles.lo.size(); ++t) {
     const int64_t r0 = static_cast<int64_t>(t) * tiles.size, rows = std::min(tiles.size, d_out - r0);
@@ -147,6 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(const 
     return {grad_x, grad_w, grad_b};
   }
   const Tiles tiles(prefix);
+  const genkernels::cpu::SoloScope scope(solo(b * d_in * d_out));
   if (output_mask[0]) {
     at::Tensor buffer = at::empty({0}, weight.options());
     const int64_t width = tile_size(d_in);
