@@ -632,12 +632,15 @@ def _add_autoregressive_parsers(models) -> None:
                     "model (pixelcnn.pt), metrics.json (train and held-out negative log-likelihood in "
                     "nats per image and bits per dimension) and figures (samples drawn by the cached "
                     "sampler, the training curve) to --out. Binary images (or --binarize) get a "
-                    "Bernoulli head; --head categorical takes integer values in [0, --levels).")
+                    "Bernoulli head; --head categorical (a softmax) and logistic_mixture (PixelCNN++'s "
+                    "discretised logistic mixture) take integer values in [0, --levels).")
     p.add_argument("data", help="image file: .npy or IDX (gzipped or not)")
     p.add_argument("--image-size", type=_count(1), nargs=2, default=None, metavar=("H", "W"),
                    help="the images' size when DATA holds one flattened image per row")
-    p.add_argument("--head", choices=["bernoulli", "categorical"], default="bernoulli")
-    p.add_argument("--levels", type=_count(2), default=256, help="categorical: values per channel (default 256)")
+    p.add_argument("--head", choices=["bernoulli", "categorical", "logistic_mixture"], default="bernoulli")
+    p.add_argument("--levels", type=_count(2), default=256,
+                   help="categorical and logistic_mixture: values per channel (default 256)")
+    p.add_argument("--mixtures", type=_count(1), default=5, help="logistic_mixture: components (default 5)")
     p.add_argument("--channels", type=_count(1), default=32, help="hidden channels per stack (default 32)")
     p.add_argument("--layers", type=_count(1), default=6, help="gated layers (default 6)")
     p.add_argument("--kernel-size", type=_count(1), default=5, help="odd kernel size (default 5)")
@@ -729,7 +732,7 @@ def cmd_train_pixelcnn(args) -> int:
     images = _autoregressive_images(args)
     train_rows, test_rows = _split(images.shape[0], args.test_fraction, args.seed)
     model = GatedPixelCNN(images.shape[1], args.channels, args.layers, args.kernel_size, head=args.head,
-                          levels=args.levels, seed=args.seed, backend=args.backend).to(device)
+                          levels=args.levels, seed=args.seed, backend=args.backend, mixtures=args.mixtures).to(device)
     x = model.check_data(torch.as_tensor(images, device=device))   # values checked before any training
     train, test = x[torch.as_tensor(train_rows, device=device)], x[torch.as_tensor(test_rows, device=device)]
     _check_outputs(args.out, PIXELCNN_OUTPUTS, None)
@@ -752,7 +755,8 @@ def cmd_train_pixelcnn(args) -> int:
     plot_curves({"bits/dim (train)": [h["bits_per_dim"] for h in model.history]},
                 os.path.join(args.out, "training_curve.png"))
     metrics.update(train_seconds=seconds, images_train=int(train.shape[0]), images_test=int(test.shape[0]),
-                   image_shape=list(x.shape[1:]), head=args.head, levels=model.levels, channels=args.channels,
+                   image_shape=list(x.shape[1:]), head=args.head, levels=model.levels, mixtures=model.mixtures,
+                   channels=args.channels,
                    layers=args.layers, kernel_size=args.kernel_size, epochs=args.epochs, history=model.history)
     _write_json(os.path.join(args.out, "metrics.json"), metrics)
     shown = f"test NLL {metrics['nll_test_nats']:.2f} nats" if "nll_test_nats" in metrics else \

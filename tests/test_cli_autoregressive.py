@@ -56,6 +56,12 @@ def test_train_pixelcnn_categorical_on_idx_images(tmp_path):
                      "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["levels"] == 8 and metrics["image_shape"] == [1, 6, 5] and "samples.png" not in os.listdir(out)
+    out = tmp_path / "mix"
+    assert cli.main(["train", "pixelcnn", path, "--head", "logistic_mixture", "--levels", "8", "--mixtures", "2",
+                     "--channels", "2", "--layers", "1", "--kernel-size", "3", "--epochs", "1", "--samples", "2",
+                     "--quiet", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mixtures"] == 2 and metrics["head"] == "logistic_mixture" and metrics["nll_test_nats"] > 0
 
 
 def test_train_made_on_flattened_images(digits, tmp_path):

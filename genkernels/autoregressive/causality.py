@@ -98,6 +98,8 @@ def _outputs_of(model, x: torch.Tensor) -> torch.Tensor:
         out = model.network_logits(x)
         if out.dim() == 5:  # (B, C, L, H, W) -> (B, C, H, W, L)
             out = out.permute(0, 1, 3, 4, 2)
+        elif model.mixtures is not None:   # a pixel's mixture parameters predict each of its channels
+            out = out.permute(0, 2, 3, 1)[:, None].expand(-1, x.shape[1], -1, -1, -1)
         return out.reshape(x.shape[0], x[0].numel(), -1)
     out = model(x)
     return out.reshape(x.shape[0], x[0].numel(), -1)

@@ -32,10 +32,11 @@ from .. import checkpoint as ckpt
 from .. import registry
 from .._checks import check_choice, check_int, check_positive
 from ..model import DivergedError, Model, Progress
+from . import mixture_reference
 from .conv_reference import FULL, INCLUSIVE, OFF, STRICT, gate
 from .layers import MaskedConv2d
 
-HEADS = ("bernoulli", "categorical")
+HEADS = ("bernoulli", "categorical", "logistic_mixture")
 
 
 def vertical_rules(kernel_size: int, first: bool) -> list[int]:
@@ -92,18 +93,25 @@ class GatedPixelCNN(Model):
         channels: hidden channels per stack (divisible by the channel groups).
         layers: gated layers (the first reads the image).
         kernel_size: odd k of the k x k vertical and 1 x k horizontal kernels.
-        head: "bernoulli" (binary images: one logit per channel) or "categorical"
-            (``levels``-way softmax per channel, e.g. 256 for 8-bit images).
-        levels: the categorical head's values per channel.
+        head: "bernoulli" (binary images: one logit per channel), "categorical"
+            (``levels``-way softmax per channel, e.g. 256 for 8-bit images) or
+            "logistic_mixture" (PixelCNN++'s discretised logistic mixture of ``mixtures``
+            components over ``levels`` values, the channels of a pixel coupled through the
+            mixture's coefficients: genkernels.autoregressive.mixture_reference).
+        levels: the categorical and mixture heads' values per channel.
+        mixtures: the logistic mixture's components.
         condition_size: the size of an optional conditioning vector (e.g. a one-hot class).
         seed: the key of the model's random stream (sampling draws from it), an int in
             [0, 2^64); None draws one from torch's RNG.
         backend: the masked convolutions' backend (None: automatic).
 
-    A channel group per image channel: colour c of a pixel is predicted from every earlier
-    pixel and the colours before it in the same pixel. ``forward(x, cond)`` returns the head's
-    logits: (B, C, H, W) (Bernoulli) or (B, C, levels, H, W); x holds the data (0/1, or
-    integer levels in [0, levels)) as floats.
+    With the Bernoulli and categorical heads a channel group per image channel: colour c of a
+    pixel is predicted from every earlier pixel and the colours before it in the same pixel.
+    The mixture head predicts all of a pixel's channels from the earlier pixels (one channel
+    group: the network never sees the pixel itself) and couples them in the mixture.
+    ``forward(x, cond)`` returns the head's outputs: logits (B, C, H, W) (Bernoulli) or (B,
+    C, levels, H, W) (categorical), or the mixture's parameters (B, P, H, W); x holds the data
+    (0/1, or integer levels in [0, levels)) as floats.
     """
 
     _dtype_source = "_dtype_ref"
@@ -115,19 +123,20 @@ class GatedPixelCNN(Model):
 
     def __init__(self, in_channels: int = 1, channels: int = 64, layers: int = 8, kernel_size: int = 5,
                  head: str = "bernoulli", levels: int = 256, condition_size: int | None = None,
-                 seed: int | None = None, backend: str | None = None):
+                 seed: int | None = None, backend: str | None = None, mixtures: int = 5):
         super().__init__()
         self._init_stream(seed)
         self.in_channels = check_int("in_channels", in_channels, 1)
         self.channels = check_int("channels", channels, 1)
         self.head = check_choice("head", head, HEADS)
         self.levels = 2 if head == "bernoulli" else check_int("levels", levels, 2)
+        self.mixtures = check_int("mixtures", mixtures, 1) if head == "logistic_mixture" else None
         self.condition_size = None if condition_size is None else check_int("condition_size", condition_size, 1)
         layers = check_int("layers", layers, 1)
         kernel_size = check_int("kernel_size", kernel_size, 1)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (the masks are centred on the pixel); got {kernel_size}")
-        groups = self.in_channels
+        groups = 1 if head == "logistic_mixture" else self.in_channels
         self.kernel_size = kernel_size
         self.n_layers = layers
         self.backend = backend
@@ -139,9 +148,10 @@ class GatedPixelCNN(Model):
         self.layers = nn.ModuleList(
             GatedLayer(in_channels if i == 0 else channels, channels, kernel_size, groups, i == 0, self.condition_size,
                        backend) for i in range(layers))
-        per_channel = 1 if head == "bernoulli" else self.levels
+        outputs = in_channels * (1 if head == "bernoulli" else self.levels) if self.mixtures is None else \
+            mixture_reference.param_count(in_channels, self.mixtures)
         self.out1 = MaskedConv2d(channels, channels, 1, "B", channel_groups=groups, backend=backend)
-        self.out2 = MaskedConv2d(channels, in_channels * per_channel, 1, "B", channel_groups=groups, backend=backend)
+        self.out2 = MaskedConv2d(channels, outputs, 1, "B", channel_groups=groups, backend=backend)
 
     # ------------------------------------------------------------------- network
     def _scaled(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +171,7 @@ class GatedPixelCNN(Model):
         for layer in self.layers:
             v, h = layer(v, h, cond)
         logits = self.out2(F.relu(self.out1(F.relu(h))))
-        if self.head == "bernoulli":
+        if self.head != "categorical":
             return logits
         b, _, height, width = logits.shape
         return logits.view(b, self.in_channels, self.levels, height, width)
@@ -188,7 +198,7 @@ class GatedPixelCNN(Model):
 
     def check_data(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) as the parameters' float dtype, checked to hold the head's values:
-        0 or 1 (Bernoulli) or integers in [0, levels) (categorical)."""
+        0 or 1 (Bernoulli) or integers in [0, levels) (categorical, logistic mixture)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -200,9 +210,9 @@ class GatedPixelCNN(Model):
             if self.head == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
                 raise ValueError(f"the Bernoulli head models binary images: x must hold 0 and 1 only; got values "
                                  f"in [{lo}, {hi}] (binarise the data first)")
-            if self.head == "categorical" and (lo < 0 or hi > self.levels - 1 or
+            if self.head != "bernoulli" and (lo < 0 or hi > self.levels - 1 or
                                                not bool((x == torch.round(x)).all())):
-                raise ValueError(f"the categorical head models integer levels in [0, {self.levels - 1}]; got "
+                raise ValueError(f"the {self.head} head models integer levels in [0, {self.levels - 1}]; got "
                                  f"values in [{lo}, {hi}]" + ("" if bool((x == torch.round(x)).all()) else
                                                              ", not all integers"))
         return x.to(self.dtype)
@@ -214,6 +224,8 @@ class GatedPixelCNN(Model):
         logits = self(x, cond)
         if self.head == "bernoulli":
             return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
+        if self.mixtures is not None:
+            return mixture_reference.log_prob(logits, x, self.mixtures, self.levels).sum((1, 2))
         logp = torch.log_softmax(logits, dim=2)
         return logp.gather(2, x.long().unsqueeze(2)).squeeze(2).sum((1, 2, 3))
 
@@ -277,6 +289,15 @@ class GatedPixelCNN(Model):
             self.train(was_training)
         return x
 
+    def _draw_pixel(self, x, mask, u, y, col, params) -> None:
+        """The mixture head: sample the channels of pixel (y, col) of every image in order,
+        each from its level's distribution given the earlier ones, unless observed."""
+        for c in range(x.shape[1]):
+            probs = mixture_reference.level_probabilities(params, x[:, :, y, col], c, self.mixtures, self.levels)
+            cdf = probs.cumsum(-1)
+            value = (cdf[:, :-1] <= u[:, c, y, col].double()[:, None]).sum(-1).to(x.dtype)
+            x[:, c, y, col] = torch.where(mask[:, c, y, col], x[:, c, y, col], value)
+
     def _draw(self, x, mask, u, c, y, col, logits) -> None:
         """Sample value (c, y, col) of every image from its logits, unless observed."""
         free = ~mask[:, c, y, col]
@@ -287,6 +308,10 @@ class GatedPixelCNN(Model):
         _, c_count, h, w = x.shape
         for y in range(h):
             for col in range(w):
+                if self.mixtures is not None:
+                    if not bool(mask[:, :, y, col].all()):
+                        self._draw_pixel(x, mask, u, y, col, self(x, cond)[:, :, y, col])
+                    continue
                 for c in range(c_count):
                     if bool(mask[:, c, y, col].all()):
                         continue
@@ -361,8 +386,10 @@ class GatedPixelCNN(Model):
                 # a pass per channel: the horizontal stack at (y, col) sees the pixel's earlier
                 # channels; an observed channel needs no pass of its own (the last pass, which
                 # leaves the stack's values there final, always runs)
-                for ch in range(c_count):
-                    if ch < c_count - 1 and bool(mask[:, ch, y, col].all()):
+                # (the mixture head: one pass, the network never sees the pixel itself)
+                passes = 1 if self.mixtures is not None else c_count
+                for ch in range(passes):
+                    if ch < passes - 1 and bool(mask[:, ch, y, col].all()):
                         continue
                     h_in0[:, c + col] = scaled[:, :, y, col]
                     for i, layer in enumerate(self.layers):
@@ -372,12 +399,16 @@ class GatedPixelCNN(Model):
                         new = torch.addmm(bo, gate_flat(h_pre), wo_t)
                         h_out[i][:, c + col] = new if layer.first else src[:, c + col] + new
                     logits = torch.addmm(b2, torch.addmm(b1, h_out[-1][:, c + col].relu(), w1).relu(), w2)
-                    if self.head != "bernoulli":
+                    if self.head == "categorical":
                         logits = logits.view(b, c_count, self.levels)
-                    if record is not None and ch == c_count - 1:   # teacher forced: every channel
+                    if record is not None and ch == passes - 1:   # teacher forced: every channel
                         record[..., y, col] = logits
-                    self._draw(x, mask, u, ch, y, col, logits[:, ch])
-                    scaled[:, ch, y, col] = self._scaled(x[:, ch, y, col])
+                    if self.mixtures is not None:
+                        self._draw_pixel(x, mask, u, y, col, logits)
+                        scaled[:, :, y, col] = self._scaled(x[:, :, y, col])
+                    else:
+                        self._draw(x, mask, u, ch, y, col, logits[:, ch])
+                        scaled[:, ch, y, col] = self._scaled(x[:, ch, y, col])
                 h_in0[:, c + col] = scaled[:, :, y, col]
 
     @torch.no_grad()
@@ -388,7 +419,8 @@ class GatedPixelCNN(Model):
         x = self.check_data(x).clone()
         mask = torch.ones_like(x, dtype=torch.bool)
         b, c, h, w = x.shape
-        out = x.new_empty((b, c, h, w) if self.head == "bernoulli" else (b, c, self.levels, h, w))
+        out = x.new_empty((b, c, h, w) if self.head == "bernoulli" else (b, c, self.levels, h, w)
+                          if self.head == "categorical" else (b, self.out2.out_channels, h, w))
         was_training = self.training
         self.eval()
         try:
@@ -441,7 +473,7 @@ class GatedPixelCNN(Model):
     # -------------------------------------------------------------- persistence
     def _config(self) -> dict:
         return {"in_channels": self.in_channels, "channels": self.channels, "layers": self.n_layers,
-                "kernel_size": self.kernel_size, "head": self.head, "levels": self.levels,
+                "kernel_size": self.kernel_size, "head": self.head, "levels": self.levels, "mixtures": self.mixtures,
                 "condition_size": self.condition_size, "backend": self.backend,
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
@@ -454,12 +486,13 @@ class GatedPixelCNN(Model):
         cfg = fields.sub("config")
         condition_size = cfg.get("condition_size", (type(None), int), "None or an int")
         backend = cfg.get("backend", (type(None), str), "None or a backend name")
+        mixtures = cfg.get("mixtures", (type(None), int), "None or an int") if "mixtures" in cfg else None
         if backend is not None and backend not in registry.BACKENDS:
             raise cfg.error("backend", f"must be None or one of {list(registry.BACKENDS)}; got {backend!r}")
         try:
             model = cls(cfg.int("in_channels", 1), cfg.int("channels", 1), cfg.int("layers", 1),
                         cfg.int("kernel_size", 1), cfg.choice("head", HEADS), cfg.int("levels", 2), condition_size,
-                        seed=fields.seed(), backend=backend)
+                        seed=fields.seed(), backend=backend, mixtures=mixtures or 5)
         except (TypeError, ValueError) as exc:
             raise fields.error("config", f"does not describe a model: {exc}") from None
         model.to(dtype=cfg.dtype(), device=device)
