@@ -94,6 +94,14 @@ TORCH_LIBRARY(genkernels, m) {
         "int channel_groups, int dilation) -> (Tensor, Tensor)");
   // The gate's VJP: grad (B, C / 2, H, W), pre (B, C, H, W) -> grad of pre.
   m.def("gate_backward(Tensor grad, Tensor pre, int groups) -> Tensor");
+  // The discretised logistic mixture's log-likelihood (PixelCNN++; spec:
+  // genkernels/autoregressive/mixture_reference.py): params (B, P, H, W) with P = K (1 + 2C +
+  // C (C - 1) / 2), v (B, C, H, W) integer levels in [0, levels) as params' dtype -> log p
+  // per pixel (B, H, W).
+  m.def("logistic_mixture_log_prob(Tensor params, Tensor v, int mixtures, int levels) -> Tensor");
+  // Its VJP: grad (B, H, W) -> grad of params (B, P, H, W).
+  m.def("logistic_mixture_log_prob_backward(Tensor grad, Tensor params, Tensor v, int mixtures, int levels) "
+        "-> Tensor");
   // The masked linear layer (spec: genkernels/autoregressive/linear_reference.py): x (B,
   // Din), weight (Dout, Din), bias (Dout,) or None, prefix (Dout,) int64 in [0, Din] -- output
   // j sees the inputs [0, prefix_j) -> out (B, Dout); the zero blocks are skipped.

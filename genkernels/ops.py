@@ -1,5 +1,5 @@
 """The functional API: every family's ops, flat (``genkernels.ops.som_bmu``, ...)."""
-from .autoregressive.ops import masked_conv2d, masked_conv2d_gated, masked_linear
+from .autoregressive.ops import logistic_mixture_log_prob, masked_conv2d, masked_conv2d_gated, masked_linear
 from .boltzmann.ops import bm_energy, bm_gibbs, rbm_half_step, rbm_half_step_binary
 from .hopfield.ops import hopfield_energy, hopfield_recall, hopfield_retrieval, hopfield_store
 from .ising.ops import (
@@ -16,6 +16,6 @@ from .som.soft_ops import som_soft
 
 __all__ = ["bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfield_retrieval", "hopfield_store",
            "ising_counters_per_sweep", "ising_observables", "ising_sample", "ising_sweep", "ising_thresholds",
-           "masked_conv2d", "masked_conv2d_gated", "masked_linear", "neighborhood_matmul", "rbm_half_step", "rbm_half_step_binary",
-           "som_bmu", "som_mask_conv2d", "som_mask_linear", "som_node_sums", "som_online", "som_patch_bmu",
-           "som_smooth", "som_soft"]
+           "logistic_mixture_log_prob", "masked_conv2d", "masked_conv2d_gated", "masked_linear",
+           "neighborhood_matmul", "rbm_half_step", "rbm_half_step_binary", "som_bmu", "som_mask_conv2d",
+           "som_mask_linear", "som_node_sums", "som_online", "som_patch_bmu", "som_smooth", "som_soft"]

@@ -33,7 +33,6 @@ P_kc'(v_c'), normalised -- one uniform per value, as every sampler of this famil
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 LOG_SCALE_MIN = -7.0
 
@@ -72,6 +71,11 @@ def means(m: torch.Tensor, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(mu, -1)
 
 
+def softplus(t: torch.Tensor) -> torch.Tensor:
+    """log(1 + exp(t)) exactly for every t (torch's F.softplus returns t itself above 20)."""
+    return torch.logaddexp(t, torch.zeros_like(t))
+
+
 def log_expm1(d: torch.Tensor) -> torch.Tensor:
     """log(exp(d) - 1) for d > 0 without overflow (both branches finite, so are their
     gradients)."""
@@ -87,9 +91,9 @@ def log_bin_probability(v: torch.Tensor, mu: torch.Tensor, log_s: torch.Tensor, 
     inv_s = torch.exp(-log_s)
     upper = (x - mu + half) * inv_s
     lower = (x - mu - half) * inv_s
-    inner = lower + log_expm1(upper - lower) - F.softplus(upper) - F.softplus(lower)
-    first = upper - F.softplus(upper)          # log sigma(upper)
-    last = -F.softplus(lower)                  # log (1 - sigma(lower))
+    inner = lower + log_expm1(upper - lower) - softplus(upper) - softplus(lower)
+    first = upper - softplus(upper)            # log sigma(upper)
+    last = -softplus(lower)                    # log (1 - sigma(lower))
     return torch.where(v <= 0, first, torch.where(v >= levels - 1, last, inner))
 
 

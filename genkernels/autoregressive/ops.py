@@ -1,9 +1,11 @@
 """The autoregressive family's public ops: one face over its op stacks (docs/design.md,
 "Names and places"): the masked convolution and its gated form (``conv_ops.py`` / ``conv_reference.py`` /
 ``conv_triton.py``, ``gate_triton.py``) and the masked linear layer (``linear_ops.py`` / ``linear_reference.py`` /
-``linear_triton.py``). Importing this module declares every op of the family (what
+``linear_triton.py``), and the discretised logistic mixture's log-likelihood (``mixture_ops.py`` /
+``mixture_reference.py``). Importing this module declares every op of the family (what
 ``registry.load_families`` relies on)."""
 from .conv_ops import masked_conv2d, masked_conv2d_gated
 from .linear_ops import masked_linear
+from .mixture_ops import logistic_mixture_log_prob
 
-__all__ = ["masked_conv2d", "masked_conv2d_gated", "masked_linear"]
+__all__ = ["logistic_mixture_log_prob", "masked_conv2d", "masked_conv2d_gated", "masked_linear"]

@@ -35,6 +35,7 @@ from ..model import DivergedError, Model, Progress
 from . import mixture_reference
 from .conv_reference import FULL, INCLUSIVE, OFF, STRICT, gate
 from .layers import MaskedConv2d
+from .mixture_ops import logistic_mixture_log_prob
 
 HEADS = ("bernoulli", "categorical", "logistic_mixture")
 
@@ -225,7 +226,8 @@ class GatedPixelCNN(Model):
         if self.head == "bernoulli":
             return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
         if self.mixtures is not None:
-            return mixture_reference.log_prob(logits, x, self.mixtures, self.levels).sum((1, 2))
+            return logistic_mixture_log_prob(logits, x, self.mixtures, self.levels,
+                                             backend=self.backend).sum((1, 2))
         logp = torch.log_softmax(logits, dim=2)
         return logp.gather(2, x.long().unsqueeze(2)).squeeze(2).sum((1, 2, 3))
 
