@@ -31,6 +31,12 @@ convolutions, the gate from torch's tanh and sigmoid: what the fusion itself sav
 ``unfused PyTorch block`` (dense convolutions of the masked weights and torch's gate, as
 public PixelCNN code writes the layer) and its torch.compile.
 
+The mixture losses: PixelCNN++'s discretised logistic mixture log-likelihood of every pixel
+and its gradient in the parameters: ``ours`` (genkernels.ops.logistic_mixture_log_prob, one
+fused pass forward and one backward) against ``PixelCNN++ loss in PyTorch`` (the public
+code's formula, bin masses from two sigmoids, the centre density below 1e-5) and its
+torch.compile.
+
 The masked linear layers (MADE's: a strictly lower-triangular mask, output j seeing inputs
 < j): ``ours`` (genkernels.ops.masked_linear) against ``dense linear(x, w * mask)`` (the
 masked weight through torch's linear, as public MADE code does it) and its torch.compile --
@@ -70,14 +76,18 @@ CASES = {
             ("5x5 B C=128 B=8 28x28", 8, 128, 28, 5, "B"),
             ("gated block 5x5 C=64 B=16 28x28", 16, 64, 28, 5, "block"),
             ("gated block 3x3 C=128 B=8 28x28", 8, 128, 28, 3, "block"),
+            ("mixture loss C=3 K=10 B=16 32x32", 16, 3, 32, 10, "mixture"),
+            ("mixture loss C=1 K=5 B=64 28x28", 64, 1, 28, 5, "mixture"),
             ("linear D=1024 B=256", 256, 1024), ("linear D=4096 B=128", 128, 4096)],
     True: [("7x7 A C=16 B=4 12x12", 4, 16, 12, 7, "A"),
            ("3x3 B C=32 B=4 12x12", 4, 32, 12, 3, "B"),
            ("gated block 3x3 C=16 B=4 12x12", 4, 16, 12, 3, "block"),
+           ("mixture loss C=3 K=4 B=4 8x8", 4, 3, 8, 4, "mixture"),
            ("linear D=256 B=32", 32, 256)],
 }
 DENSE, CROPPED, DENSE_LINEAR = "dense conv2d(x, w * mask)", "cropped kernels", "dense linear(x, w * mask)"
 UNFUSED, UNFUSED_OURS = "unfused PyTorch block", "ours, gate unfused"
+MIXTURE_EAGER = "PixelCNN++ loss in PyTorch"
 
 
 def cropped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask_type: str) -> torch.Tensor:
@@ -167,6 +177,54 @@ def block_implementations(case: tuple, device: str, seed: int = 0) -> dict:
             f"{UNFUSED} (torch.compile)": call(torch.compile(torch_block))}
 
 
+def pixelcnnpp_loss(params: torch.Tensor, v: torch.Tensor, mixtures: int, levels: int) -> torch.Tensor:
+    """The discretised logistic mixture log-likelihood as the public PixelCNN++ code computes
+    it (its discretized_mix_logistic_loss, in PyTorch): the bin's mass from two sigmoids, the
+    density at the bin centre where the mass is below 1e-5; (B, H, W)."""
+    from genkernels.autoregressive import mixture_reference as M
+    channels = v.shape[1]
+    p = params.permute(0, 2, 3, 1)
+    pi, m, log_s, a = M.split(p, channels, mixtures)
+    x = (v.permute(0, 2, 3, 1) * (2.0 / (levels - 1)) - 1.0)
+    mu = M.means(m, a, x)
+    x = x[..., None, :]
+    centered, inv_s = x - mu, torch.exp(-log_s)
+    plus, minus = inv_s * (centered + 1.0 / (levels - 1)), inv_s * (centered - 1.0 / (levels - 1))
+    cdf_plus, cdf_min = torch.sigmoid(plus), torch.sigmoid(minus)
+    delta = cdf_plus - cdf_min
+    mid = inv_s * centered
+    log_mid = mid - log_s - 2.0 * F.softplus(mid) - torch.log(torch.tensor((levels - 1) / 2.0))
+    inner = torch.where(delta > 1e-5, torch.log(delta.clamp(min=1e-12)), log_mid)
+    lp = torch.where(x < -0.999, plus - F.softplus(plus), torch.where(x > 0.999, -F.softplus(minus), inner))
+    return torch.logsumexp(lp.sum(-1) + torch.log_softmax(pi, -1), -1)
+
+
+def mixture_implementations(case: tuple, device: str, seed: int = 0) -> dict:
+    """The mixture loss's implementations, each the forward and the gradient of the
+    parameters (module docstring)."""
+    from genkernels.autoregressive import mixture_reference as M
+    _, b, ch, size, k, _ = case
+    g = torch.Generator().manual_seed(seed)
+    params = torch.randn(b, M.param_count(ch, k), size, size, generator=g).to(device).requires_grad_()
+    v = torch.randint(256, (b, ch, size, size), generator=g).float().to(device)
+    grad = torch.randn(b, size, size, generator=g).to(device)
+    backend = "cpu" if device == "cpu" else "triton"
+
+    def call(fn):
+        def run():
+            fn(params, v).backward(grad)
+        return run
+
+    def ours(p, vv):
+        return genkernels.ops.logistic_mixture_log_prob(p, vv, k, 256, backend=backend)
+
+    def eager(p, vv):
+        return pixelcnnpp_loss(p, vv, k, 256)
+
+    return {f"ours ({backend})": call(ours), MIXTURE_EAGER: call(eager),
+            f"{MIXTURE_EAGER} (torch.compile)": call(torch.compile(eager))}
+
+
 def conventional_gate(t: torch.Tensor) -> torch.Tensor:
     a, b = t.chunk(2, dim=1)
     return torch.tanh(a) * torch.sigmoid(b)
@@ -178,6 +236,8 @@ def implementations(case: tuple, device: str, seed: int = 0) -> dict:
         return linear_implementations(case, device, seed)
     if case[5] == "block":
         return block_implementations(case, device, seed)
+    if case[5] == "mixture":
+        return mixture_implementations(case, device, seed)
     _, b, ch, size, k, mask_type = case
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, ch, size, size, generator=g).to(device).requires_grad_()
@@ -218,6 +278,15 @@ def check_agreement(case: tuple, device: str) -> float:
         with torch.no_grad():
             want = F.linear(x, w * linear_reference.prefix_mask(prefix, d))
             return float((genkernels.ops.masked_linear(x, w, None, prefix) - want).abs().max())
+    if case[5] == "mixture":
+        from genkernels.autoregressive import mixture_reference as M
+        _, b, ch, size, k, _ = case
+        g = torch.Generator().manual_seed(1)
+        params = torch.randn(b, M.param_count(ch, k), size, size, generator=g).to(device)
+        v = torch.randint(256, (b, ch, size, size), generator=g).float().to(device)
+        with torch.no_grad():
+            return float((genkernels.ops.logistic_mixture_log_prob(params, v, k) - pixelcnnpp_loss(params, v, k, 256))
+                         .abs().max())
     if case[5] == "block":
         _, layer, torch_block, _, inputs, _ = _block(case, device, seed=1)
         with torch.no_grad():
@@ -252,6 +321,10 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
             if len(case) == 3:
                 shape = {"layer": "linear", "batch": case[1], "features": case[2],
                          "kept": f"{case[2] * (case[2] - 1) // 2}/{case[2] ** 2}"}
+            elif case[5] == "mixture":
+                _, b, ch, size, k, _ = case
+                shape = {"layer": "mixture loss", "batch": b, "channels": ch, "size": size, "mixtures": k,
+                         "kept": "-"}
             elif case[5] == "block":
                 _, b, ch, size, k, _ = case
                 shape = {"layer": "gated block", "batch": b, "channels": ch, "size": size, "kernel": k,
@@ -319,8 +392,10 @@ def pytest_generate_tests(metafunc):
     conv = (f"ours ({backend})", DENSE, CROPPED, f"{DENSE} (torch.compile)", f"{CROPPED} (torch.compile)")
     linear = (f"ours ({backend})", DENSE_LINEAR, f"{DENSE_LINEAR} (torch.compile)")
     block = (f"ours ({backend})", UNFUSED_OURS, UNFUSED, f"{UNFUSED} (torch.compile)")
+    mixture = (f"ours ({backend})", MIXTURE_EAGER, f"{MIXTURE_EAGER} (torch.compile)")
     cases = [(c, impl, device) for c in CASES[quick]
-             for impl in (linear if len(c) == 3 else block if c[5] == "block" else conv)]
+             for impl in (linear if len(c) == 3 else block if c[5] == "block" else mixture if c[5] == "mixture"
+                          else conv)]
     metafunc.parametrize("case", cases, ids=[f"{c[0][0]}-{c[1]}".replace(" ", "_") for c in cases])
 
 
