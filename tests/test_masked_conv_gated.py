@@ -1,5 +1,5 @@
 """The gated masked convolution (genkernels.ops.masked_conv2d_gated: tanh(a) * sigmoid(b) of
-masked_conv2d + addend): every backend against conv_reference.masked_conv2d_gated over odd
+masked_conv2d + addend): every backend against gate_reference.masked_conv2d_gated over odd
 and edge shapes -- channel groups, a full addend, a broadcast condition (B, C, 1, 1), none,
 dilation, no images, one pixel --, forward and the gradients of x, weight, bias and addend;
 the gate's backward op; gradcheck, opcheck and torch.compile; threads; bad input."""
@@ -11,6 +11,7 @@ from tolerances import TOL
 
 import genkernels
 from genkernels.autoregressive import conv_reference as R
+from genkernels.autoregressive import gate_reference as G
 
 BACKENDS = [pytest.param("reference"), pytest.param("cpu", marks=needs("cpu")),
             pytest.param("triton", marks=needs("triton"))]
@@ -52,9 +53,9 @@ def test_forward_and_gradients_equal_the_definition(backend, case):
     _, _, _, _, _, ks, kind, groups, dilation, _, _ = case
     tensors = _problem(case)
     rules = R.tap_rules(ks, kind, groups)
-    want_out = R.masked_conv2d_gated(*tensors, rules, groups, dilation)
+    want_out = G.masked_conv2d_gated(*tensors, rules, groups, dilation)
     grad = torch.randn_like(want_out)
-    want, want_grads = _run(lambda x, w, b, a: R.masked_conv2d_gated(x, w, b, a, rules, groups, dilation),
+    want, want_grads = _run(lambda x, w, b, a: G.masked_conv2d_gated(x, w, b, a, rules, groups, dilation),
                             tensors, grad)
     got, got_grads = _run(lambda x, w, b, a: genkernels.ops.masked_conv2d_gated(
         x, w, b, a, kind, groups, dilation, backend=backend), tensors, grad)
@@ -72,13 +73,13 @@ def test_low_precision_within_the_tolerance_table(backend, dtype):
     case = (2, 6, 12, 6, 5, (5, 5), "B", 3, 1, True, "full")
     rules = R.tap_rules((5, 5), "B", 3)
     low = [t.to(dtype) for t in _problem(case)]
-    exact = R.masked_conv2d_gated(*[t.double() for t in low], rules, 3, 1)   # the same rounded inputs
+    exact = G.masked_conv2d_gated(*[t.double() for t in low], rules, 3, 1)   # the same rounded inputs
     got = genkernels.ops.masked_conv2d_gated(*low, "B", 3, backend=backend)
     assert got.dtype == dtype
     if dtype == torch.float32:
         torch.testing.assert_close(got.double(), exact, **TOL[dtype])
     else:
-        torch_error = (R.masked_conv2d_gated(*low, rules, 3, 1).double() - exact).abs().max()
+        torch_error = (G.masked_conv2d_gated(*low, rules, 3, 1).double() - exact).abs().max()
         assert (got.double() - exact).abs().max() <= 2 * torch_error
 
 
@@ -97,7 +98,7 @@ def test_cpu_gradcheck_and_opcheck():
     pre = torch.randn(2, 6, 4, 5, dtype=torch.float64)
     torch.library.opcheck(torch.ops.genkernels.gate_backward.default, (grad, pre, 3))
     p = pre.clone().requires_grad_()
-    want = torch.autograd.grad(R.gate(p, 3), p, grad)[0]
+    want = torch.autograd.grad(G.gate(p, 3), p, grad)[0]
     torch.testing.assert_close(torch.ops.genkernels.gate_backward(grad, pre, 3), want, rtol=1e-12, atol=1e-12)
 
 

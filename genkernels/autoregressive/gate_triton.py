@@ -5,7 +5,7 @@ Three layers (STYLE.md): ``_gate_fwd_kernel`` -> ``gate_fwd()`` -> the gated op 
 conv_triton's ``masked_conv2d_fwd``), and ``_gate_bwd_kernel`` -> ``gate_bwd()`` ->
 ``torch.ops.genkernels.gate_backward_triton`` (``torch.library.custom_op``s with fake
 kernels; the gated op's autograd calls the gate's backward, then conv_triton's backward op).
-The oracle is conv_reference.masked_conv2d_gated: gate(masked_conv2d(x) + addend).
+The oracle is gate_reference.masked_conv2d_gated: gate(masked_conv2d(x) + addend).
 
 * ``_gate_fwd_kernel``: one pass over the convolution's output: a lane owns one output value
   (image b, channel group g, channel j of the group's half, pixel), loads a and b of

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_int
-from .conv_ops import check_channel_groups, check_kernel_size, check_rules, masked_conv2d, masked_conv2d_gated
+from .conv_ops import check_channel_groups, check_kernel_size, check_rules, masked_conv2d
 from .conv_reference import MASK_TYPES, dense_mask, kept_taps, tap_rules
+from .gate_ops import masked_conv2d_gated
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:

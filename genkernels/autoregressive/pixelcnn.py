@@ -33,7 +33,8 @@ from .. import registry
 from .._checks import check_choice, check_int, check_positive
 from ..model import DivergedError, Model, Progress
 from . import mixture_reference
-from .conv_reference import FULL, INCLUSIVE, OFF, STRICT, gate
+from .conv_reference import FULL, INCLUSIVE, OFF, STRICT
+from .gate_reference import gate
 from .layers import MaskedConv2d
 from .mixture_ops import logistic_mixture_log_prob
 
