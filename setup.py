@@ -83,8 +83,8 @@ setup(
     name="genkernels",
     version="0.1.0",
     description="Fast kernels and ready models for self-organizing maps, Hopfield networks "
-                "(classical and modern retrieval), Boltzmann machines, RBMs, DBNs and Ising "
-                "lattices, for PyTorch",
+                "(classical and modern retrieval), Boltzmann machines, RBMs, DBNs, Ising "
+                "lattices, PixelCNN and MADE, for PyTorch",
     long_description=open(os.path.join(ROOT, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",

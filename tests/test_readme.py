@@ -159,7 +159,10 @@ def test_readme_autoregressive_block_runs(capsys):
     scope = _run(_blocks()[7], {})
     assert scope["features"].shape == (8, 96, 32, 32) and scope["nats"].shape == (4,)
     assert torch.equal(scope["completed"][:, :, :6], scope["binary"][:4, :, :6])   # the observed half kept
-    assert "OK" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OK" in out
+    assert scope["rgb"].mixtures == 5 and 0 < float(scope["rgb"].bits_per_dim(scope["levels"])) < 20
+    assert scope["made"].num_masks == 4 and len(scope["made"].history) == 2
 
 
 def _check_energy_scope(scope):
