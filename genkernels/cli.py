@@ -467,8 +467,9 @@ def _rbm_figures(model, out: str) -> list[str]:
 PATCHSOM_OUTPUTS = ["patchsom.pt", "metrics.json", "reconstruction.png", "training_curve.png"]
 
 
-def _images(args) -> np.ndarray:
-    """DATA as float (N, C, H, W) images, scaled as --scale says."""
+def _raw_images(args) -> np.ndarray:
+    """DATA as (N, C, H, W) images in the file's dtype: (N, H, W) gains a channel axis, rows
+    are reshaped by --image-size."""
     from .data import load_array
 
     raw = np.asarray(load_array(args.data, keep_shape=True))
@@ -477,12 +478,18 @@ def _images(args) -> np.ndarray:
         if raw.ndim != 2 or raw.shape[1] % (h * w):
             raise UsageError(f"--image-size {h} {w}: DATA must hold rows of C x {h} x {w} values; "
                              f"got shape {raw.shape}")
-        raw = raw.reshape(raw.shape[0], raw.shape[1] // (h * w), h, w)
-    elif raw.ndim == 3:
-        raw = raw[:, None]
-    elif raw.ndim != 4:
+        return raw.reshape(raw.shape[0], raw.shape[1] // (h * w), h, w)
+    if raw.ndim == 3:
+        return raw[:, None]
+    if raw.ndim != 4:
         raise UsageError(f"DATA must hold images (N, H, W) or (N, C, H, W), or rows with --image-size H W; "
                          f"got shape {raw.shape}")
+    return raw
+
+
+def _images(args) -> np.ndarray:
+    """DATA as float (N, C, H, W) images, scaled as --scale says."""
+    raw = _raw_images(args)
     if raw.shape[0] == 0:
         raise UsageError("DATA holds no images")
     how = args.scale
@@ -696,21 +703,7 @@ def _autoregressive_data(args, raw: np.ndarray, binary: bool) -> np.ndarray:
 
 
 def _autoregressive_images(args) -> np.ndarray:
-    from .data import load_array
-
-    raw = np.asarray(load_array(args.data, keep_shape=True))
-    if args.image_size is not None:
-        h, w = args.image_size
-        if raw.ndim != 2 or raw.shape[1] % (h * w):
-            raise UsageError(f"--image-size {h} {w}: DATA must hold rows of C x {h} x {w} values; "
-                             f"got shape {raw.shape}")
-        raw = raw.reshape(raw.shape[0], raw.shape[1] // (h * w), h, w)
-    elif raw.ndim == 3:
-        raw = raw[:, None]
-    elif raw.ndim != 4:
-        raise UsageError(f"DATA must hold images (N, H, W) or (N, C, H, W), or rows with --image-size H W; "
-                         f"got shape {raw.shape}")
-    return _autoregressive_data(args, raw, args.head == "bernoulli")
+    return _autoregressive_data(args, _raw_images(args), args.head == "bernoulli")
 
 
 def _nll(model, x, batch: int) -> float:
