@@ -3,8 +3,9 @@ validation, declaration, dispatch, autograd.
 
 Re-exported flat in ``genkernels.ops`` (through ``autoregressive/ops.py``).
 ``logistic_mixture_log_prob`` runs on ``reference`` (mixture_reference.log_prob, differentiated
-by autograd) and ``cpu`` (csrc/cpu/logistic_mixture.cpp: one fused pass over the pixels,
-forward and backward). Spec: mixture_reference's docstring.
+by autograd), ``cpu`` (csrc/cpu/logistic_mixture.cpp: one fused pass over the pixels,
+forward and backward) and ``triton`` (mixture_triton.py: a program per block of pixels, the
+components in a loop, forward and backward). Spec: mixture_reference's docstring.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ MIXTURE = registry.declare(
     "logistic_mixture_log_prob",
     reference=_reference,
     cpu=_cpu,
+    triton=registry.lazy(__package__ + ".mixture_triton", "logistic_mixture_log_prob_triton"),
     fake=_fake,
     autograd=(_backward, _setup_context))
 registry.register_schema_kernels("logistic_mixture_log_prob_backward", fake=_backward_fake)
+registry.static_kernels("autoregressive.mixture", registry.lazy(__package__ + ".mixture_triton", "static_kernels"))
 
 
 def logistic_mixture_log_prob(params: torch.Tensor, v: torch.Tensor, mixtures: int, levels: int = 256, *,
@@ -65,7 +68,7 @@ def logistic_mixture_log_prob(params: torch.Tensor, v: torch.Tensor, mixtures: i
             logits, means, log-scales and channel coefficients (mixture_reference's layout).
         v: (B, C, H, W) integer levels in [0, levels) (any float or integer dtype).
         mixtures: K >= 1. levels: L >= 2 values per channel.
-        backend: None (auto), "reference" or "cpu".
+        backend: None (auto), "reference", "cpu" or "triton".
     Returns:
         (B, H, W) in params' dtype, differentiable in params (fp32 arithmetic for half and
         bfloat16); the cpu kernel computes it and its gradient in one pass over the pixels.
