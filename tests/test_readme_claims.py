@@ -410,9 +410,25 @@ def pixelcnn_sampling():
             f"{g(r['cached_images_per_s'], 3)} images/s | {g(r['naive_images_per_s'], 3)} images/s | "
             f"{r['speedup']:.1f}× |" for r in cases]
 
+
+def autoregressive_layers():
+    """The masked layers, gated blocks and mixture losses, forward + backward, one thread
+    (bench/bench_autoregressive.py): x = the median of the rounds' time / ours."""
+    d = load("amd-epyc-2c-autoregressive.json")
+    by_case: dict = {}
+    for r in d["cases"]:
+        by_case.setdefault(r["case"], {})[r["impl"]] = r
+    rows = []
+    for case, impls in by_case.items():
+        ours = impls["ours (cpu)"]
+        others = " | ".join(f"{g(r['x_ours'], 3)}×" for name, r in impls.items() if name != "ours (cpu)")
+        rows.append(f"| {case} | {_msec(ours['median_s'])} | {others} |")
+    return rows
+
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
           dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist, softsom_spirals,
-          softsom_speed, pixelcnn_mnist, pixelcnn_sampling]
+          softsom_speed, pixelcnn_mnist, pixelcnn_sampling,
+          autoregressive_layers]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])
