@@ -242,6 +242,14 @@ def _versions() -> dict:
     return versions
 
 
+def _build_key(entry: TritonKernel) -> tuple:
+    """What a Triton build depends on: equal keys compile to the same cubin."""
+    fn = entry.kernel()
+    return (fn.__module__, fn.__name__, tuple(entry.signature.items()),
+            tuple((name, repr(value)) for name, value in entry.constexprs.items()),
+            entry.num_warps, entry.num_stages)
+
+
 @functools.cache
 def _registry_cached() -> list[TritonKernel]:
     return registry()
@@ -265,27 +273,39 @@ def run(out_dir: str = DEFAULT_OUT, archs=ARCHS, triton_kernels: bool = True,
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter replaces @triton.jit")
     errors: list[str] = []
-    tasks = []  # (label, function, args)
+    tasks = []  # (label, function, args, row fields to set on the job's result or None)
     if triton_kernels:
+        # entries that differ only in their row name (the same kernel, signature,
+        # meta-parameters and launch options) are one build: compiled once, reported under each name
+        first: dict[tuple, int] = {}
         for index, entry in enumerate(registry()):
-            tasks += [(f"{entry.name} sm_{cc}", _triton_job, (index, cc)) for cc in archs]
+            built = first.setdefault(_build_key(entry), index)
+            names = {"family": entry.family, "kernel": entry.name}
+            tasks += [(f"{entry.name} sm_{cc}", _triton_job, (built, cc), names) for cc in archs]
     if cuda_sources:
         if find_nvcc() is None:
             errors.append("nvcc not found: CUDA sources not compiled (pass --no-cuda)")
         else:
             for path in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
                 rel = os.path.relpath(path, ROOT)
-                tasks += [(f"{rel} sm_{cc}", _cuda_job, (path, cc)) for cc in archs]
+                tasks += [(f"{rel} sm_{cc}", _cuda_job, (path, cc), None) for cc in archs]
     rows: list[dict] = []
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs or os.cpu_count() or 1, mp_context=context) as pool:
-        futures = [(label, pool.submit(fn, *args)) for label, fn, args in tasks]
-        for label, future in futures:
+        submitted: dict[tuple, concurrent.futures.Future] = {}
+        futures = []
+        for label, fn, args, names in tasks:
+            if (fn, args) not in submitted:
+                submitted[(fn, args)] = pool.submit(fn, *args)
+            futures.append((label, submitted[(fn, args)], names))
+        for label, future, names in futures:
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 -- reported, fails the run
                 errors.append(f"{label}: {type(exc).__name__}: {exc}")
                 continue
+            if names is not None:
+                result = {**result, **names}
             rows.extend(result if isinstance(result, list) else [result])
             log(f"compiled {label}")
     for r in rows:

@@ -109,8 +109,10 @@ def test_bmu_half_precision_inputs(dtype):
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_bmu_tensor_core_search_matches_the_exact_search(metric, precision):
     # random data: the gaps between neighbours dwarf the tf32/bf16 ranking error, so the
-    # re-ranked candidates give the exact indices, and distances recomputed in fp32
-    for n, k_nodes, d in [(1, 1, 1), (100, 97, 37), (70, 130, 65)]:
+    # re-ranked candidates give the exact indices, and distances recomputed in fp32;
+    # (70, 130, 65) straddles every tile of the 64 x 64 x 32 dot path (2 row blocks, 3 node
+    # tiles, 3 feature chunks, each with a partial last one)
+    for n, k_nodes, d in [(1, 1, 1), (70, 130, 65)]:
         x, w = _data(n, k_nodes, d, torch.float32)
         for k in sorted({1, min(2, k_nodes), min(5, k_nodes)}):
             idx, dist = torch.ops.genkernels.som_bmu_triton(x, w, k, metric, False, precision)
@@ -275,7 +277,9 @@ def test_online_step_for_step(neighborhood, rule, periodic):
 @pytest.mark.parametrize("metric", ["cosine", "manhattan", "chebyshev"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_online_metrics_and_dtypes(metric, dtype):
-    (w, x, order, lr, sigma, coords), (p0, p1) = _online_case(3, 70, 33, 25, dtype, rows=7)
+    # 70 nodes and 33 features: two node tiles and two feature chunks, each with a
+    # partial last one; two maps (programs) of 10 steps each
+    (w, x, order, lr, sigma, coords), (p0, p1) = _online_case(2, 70, 33, 10, dtype, rows=7)
     for rule in ("som", "wtm"):
         out = torch.ops.genkernels.som_online_triton(w, x, order, lr, sigma, coords, p0, 0.0,
                                                      "gaussian", rule, metric)
