@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import COMPILED, needs, needs_cpu  # noqa: E402
 from tolerances import TOL
 
 import genkernels
@@ -13,15 +14,15 @@ from genkernels import random as gk_random
 from genkernels.boltzmann import rbm_ops
 from genkernels.boltzmann import rbm_reference as reference
 
-from helpers import COMPILED, needs, needs_cpu  # noqa: E402
-
 # CPU tensors through the Triton interpreter (a GPU machine runs the cuda-device tests)
 needs_interpreted_triton = needs("triton", "cpu")
 DTYPES = (torch.float32, torch.float64)
 # (B, n_visible, n_hidden): single units, widths around the AVX-512 vector (16), the
-# 256-column register block of the cpu gathers (255, 257, 300) and the Triton block (128)
-SHAPES = [(1, 1, 1), (3, 1, 17), (5, 17, 1), (7, 31, 33), (40, 129, 65)]
-CPU_SHAPES = SHAPES + [(70, 257, 255), (33, 300, 513), (100, 784, 256)]
+# 256-column register block of the cpu gathers (255, 257, 300) and the Triton block (128);
+# the interpreted Triton kernel runs one program per row and 128-unit slice, so its 129-wide
+# shape has 9 rows (the cpu one also runs it with 40)
+SHAPES = [(1, 1, 1), (3, 1, 17), (5, 17, 1), (7, 31, 33), (9, 129, 65)]
+CPU_SHAPES = SHAPES + [(40, 129, 65), (70, 257, 255), (33, 300, 513), (100, 784, 256)]
 SAMPLE_MARGIN = 1e-6
 
 
