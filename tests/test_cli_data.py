@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from tests_paths import MNIST_DIR
 
 from genkernels import SOM, cli
 from genkernels.data import load_array, load_idx, load_mnist
-from tests_paths import MNIST_DIR
 
 
 def _write_idx(path, arr, compress=False):

@@ -5,12 +5,11 @@ import itertools
 
 import pytest
 import torch
+from helpers import DEVICE, needs_cpu, needs_triton  # noqa: E402
 
 import genkernels
 from genkernels import Hopfield, backends, ops
 from genkernels.hopfield import recall_reference as reference
-
-from helpers import DEVICE, needs_cpu, needs_triton  # noqa: E402
 
 
 def _pm1(*shape, dtype=torch.float32, generator=None):

@@ -9,15 +9,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import CPU_BACKENDS as _AVAILABLE  # noqa: E402
+from helpers import HAS_CPU, needs_cpu  # noqa: E402
 from tolerances import TOL
 from torch import nn
 
 import genkernels
 from genkernels import HopfieldRetrieval, backends, ops
 from genkernels.hopfield import retrieval_reference as reference
-
-from helpers import CPU_BACKENDS as _AVAILABLE  # noqa: E402
-from helpers import HAS_CPU, needs_cpu  # noqa: E402
 
 # the cpu backend twice: a shared pattern set runs in tiles of rows through at::mm
 # (GENKERNELS_CPU_GEMM=1, the default from 8 rows on) or row by row (=0)
