@@ -318,7 +318,7 @@ def som_targets(run: Run) -> None:
 
     # --- exact BMU search, 1M x 256 against 4,096 nodes
     w = run.size(Workload("bmu_gpu", "random", 1_000_000, 256, 64, 64, 0, scale=True),
-                 Workload("bmu_gpu", "random", 256, 16, 8, 8, 0, scale=True))
+                 Workload("bmu_gpu", "random", 128, 16, 8, 8, 0, scale=True))
 
     def x_of():
         return bench_som.load_data(w, run.device)

@@ -10,7 +10,6 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
     config.addinivalue_line("markers", "slow: long-running; run with -m slow, not in CI")
@@ -24,6 +23,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: run with -m slow"))
+
+
+def pytest_collection_finish(session):
+    """Start the background jobs of the modules collected (tests/background_jobs.py)."""
+    if session.config.option.collectonly:
+        return
+    started = set()
+    for item in session.items:
+        module = getattr(item, "module", None)
+        start = getattr(module, "start_in_background", None)
+        if callable(start) and module.__name__ not in started:
+            started.add(module.__name__)
+            start()
+
+
+def pytest_sessionfinish(session):
+    import background_jobs
+    background_jobs.stop_all()
 
 
 @pytest.fixture(autouse=True)

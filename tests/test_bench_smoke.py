@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import background_jobs
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -255,14 +256,24 @@ def test_hopfield_family_runs_retrieval_then_recall(tmp_path, monkeypatch):
     assert all(r["updates_per_s"] > 0 for r in rows)
 
 
+def start_in_background():
+    """The collection of bench/ by pytest (a new process importing every benchmark module),
+    started when this session's collection ends (tests/background_jobs.py)."""
+    if not os.path.isdir(BENCH):
+        return None
+    return background_jobs.start(
+        "pytest_bench_collect", lambda _: [sys.executable, "-m", "pytest", BENCH, "--benchmark-only", "--bench-quick",
+                                           "--collect-only", "-q", "-p", "no:cacheprovider"],
+        "genkernels-bench-collect-", cwd=REPO)
+
+
 def test_pytest_benchmark_lists_every_family():
     """``pytest bench/ --benchmark-only`` collects the pytest-benchmark entry of every
     family's benchmark module (bench/conftest.py collects bench_*.py)."""
-    if not os.path.isdir(BENCH):
+    job = start_in_background()
+    if job is None:
         pytest.skip("bench/ is not in this checkout")
-    proc = subprocess.run([sys.executable, "-m", "pytest", BENCH, "--benchmark-only", "--bench-quick",
-                           "--collect-only", "-q", "-p", "no:cacheprovider"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = job.result(timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     modules = {line.split("::")[0] for line in proc.stdout.splitlines() if "::test_" in line}
     assert modules == {f"bench/{name}.py" for name in ("bench_som", "bench_hopfield", "bench_hopfield_recall",

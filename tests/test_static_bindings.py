@@ -14,7 +14,8 @@ registration checks at load time (the C++ signature against the schema of
 csrc/genkernels.cpp) does not.
 
 Skipped, with the reason, where g++, the CUDA headers or torch's c10/cuda headers are
-absent. The torch headers are parsed once into a precompiled header, then the files
+absent. The torch headers are parsed once into a precompiled header (built in the
+background from the end of collection on, tests/background_jobs.py), then the files
 compile in parallel (one g++ per core, at most one per file).
 """
 
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import time
 
+import background_jobs
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,16 +117,30 @@ def _leading_system_includes(path: str) -> set[str]:
     return found
 
 
-def _build_pch(folder: str) -> str | None:
-    if os.environ.get("GENKERNELS_STATIC_PCH", "1") == "0":
-        return None
+def _pch_command(folder: str) -> list[str]:
+    """Writes the PCH's header into ``folder``; the g++ command that precompiles it."""
     header = os.path.join(folder, "bindings_pch.h")
     with open(header, "w") as f:
         f.writelines(f"#include <{h}>\n" for h in PCH_HEADERS)
     cmd = [a for a in compile_command(header)[:-1] if a != "-fsyntax-only"]
-    cmd += ["-x", "c++-header", header, "-o", header + ".gch"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    return header if proc.returncode == 0 else None
+    return cmd + ["-x", "c++-header", header, "-o", header + ".gch"]
+
+
+def start_in_background():
+    """The PCH build (tens of seconds on one core), started when collection ends
+    (tests/background_jobs.py: it runs at low priority beside the tests before this module);
+    None where there is no PCH to build."""
+    if SKIP is not None or os.environ.get("GENKERNELS_STATIC_PCH", "1") == "0":
+        return None
+    return background_jobs.start("static_bindings_pch", _pch_command, "genkernels-pch-")
+
+
+def _build_pch() -> str | None:
+    """The precompiled header (its .h; the .gch beside it), or None: off, or g++ failed."""
+    job = start_in_background()
+    if job is None or job.result(timeout=600).returncode != 0:
+        return None
+    return os.path.join(job.folder, "bindings_pch.h")
 
 
 def _compile(path: str, pch: str | None) -> tuple[int, str, float]:
@@ -143,9 +159,9 @@ pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> dict[str, tuple[int, str, float]]:
+def compiled() -> dict[str, tuple[int, str, float]]:
     """{file name: (g++ status, output, seconds)} for every binding file, compiled in parallel."""
-    pch = _build_pch(str(tmp_path_factory.mktemp("pch")))
+    pch = _build_pch()
     jobs = max(1, min(len(BINDINGS), os.cpu_count() or 1, int(os.environ.get("GENKERNELS_STATIC_JOBS", "8"))))
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         results = dict(zip(BINDINGS, pool.map(lambda p: _compile(p, pch), BINDINGS)))

@@ -1,7 +1,8 @@
 """GPU code compiles for sm_80 and sm_90 without a GPU (docs/design.md, "Testing").
 
 Runs ``python -m genkernels._static`` in a subprocess without TRITON_INTERPRET (the
-interpreter replaces @triton.jit): every Triton kernel of the registry and every
+interpreter replaces @triton.jit; started in the background when collection ends,
+tests/background_jobs.py): every Triton kernel of the registry and every
 csrc/cuda/*.cu must compile, stay within the shared-memory ceilings, and land in the
 report. Writes to a temporary folder; the committed reports in bench/results/static/
 come from running the same command by hand.
@@ -9,10 +10,11 @@ come from running the same command by hand.
 
 import json
 import os
+import pathlib
 import shutil
-import subprocess
 import sys
 
+import background_jobs
 import pytest
 
 pytest.importorskip("triton")
@@ -25,17 +27,22 @@ def _nvcc_available() -> bool:
     return shutil.which("nvcc") is not None or os.access(os.path.join(cuda_home, "bin", "nvcc"), os.X_OK)
 
 
-@pytest.fixture(scope="module")
-def static_report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("static")
+def start_in_background():
+    """The report's compile, started when collection ends (tests/background_jobs.py: it
+    runs at low priority beside the tests before this module)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    cmd = [sys.executable, "-m", "genkernels._static", "--out", str(out)]
-    if not _nvcc_available():
-        cmd.append("--no-cuda")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    return proc, out
+
+    def command(out):
+        return [sys.executable, "-m", "genkernels._static", "--out", out] + ([] if _nvcc_available() else ["--no-cuda"])
+    return background_jobs.start("static_gpu_report", command, "genkernels-static-", cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def static_report():
+    job = start_in_background()
+    return job.result(timeout=1500), pathlib.Path(job.folder)
 
 
 def test_every_kernel_compiles_within_the_shared_memory_ceiling(static_report):
