@@ -58,6 +58,39 @@ def test_extreme_parameters_give_finite_values_and_gradients(backend):
 
 
 @needs("cpu")
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}C{}K{}-{}x{}-L{}-s{}".format(*c))
+def test_cpu_float32_lanes_equal_the_definition(case, layout):
+    """float runs 8 pixels per vector (the last block's spare lanes repeat a pixel, the
+    transcendentals are the kernel's own polynomials): forward and gradient against the fp64
+    definition of the same fp32 inputs, over every odd shape, contiguous and as a strided view
+    (channels-last storage, every other column) -- no further from it than twice the fp32
+    reference is (the loss's own conditioning: steep logistics at scale 5 cost both ~1e-2)."""
+    params, v = _problem(case, torch.float32, seed=1)
+    k, levels = case[2], case[5]
+    if layout == "strided":
+        wide = torch.cat([params, params.flip(3)], dim=3).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        params = wide[..., ::2]
+        v = torch.cat([v, v], dim=3)[..., ::2]
+        assert not params.is_contiguous() or params.numel() == 0 or params.shape[3] == 1
+    if params.numel() == 0:
+        return
+    leaf = params.clone().double().requires_grad_()
+    want = M.log_prob(leaf, v, k, levels)
+    grad = torch.randn_like(want)
+    (exact,) = torch.autograd.grad(want, leaf, grad)
+    errors = {}
+    for name in ("cpu", "reference"):
+        x = params.detach().clone().requires_grad_()
+        got = genkernels.ops.logistic_mixture_log_prob(x, v, k, levels, backend=name)
+        (g,) = torch.autograd.grad(got, x, grad.float())
+        assert got.dtype == g.dtype == torch.float32
+        errors[name] = (float((got.double() - want.detach()).abs().max()), float((g.double() - exact).abs().max()))
+    for ours, fp32_reference in zip(errors["cpu"], errors["reference"]):
+        assert ours <= 2 * fp32_reference + 1e-6, errors
+
+
+@needs("cpu")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_low_precision_within_the_tolerance_table(dtype):
     params, v = _problem((2, 3, 4, 5, 6, 256, 1.0))
