@@ -1,7 +1,18 @@
 """The functional API: every family's ops, flat (``genkernels.ops.som_bmu``, ...)."""
-from .autoregressive.ops import logistic_mixture_log_prob, masked_conv2d, masked_conv2d_gated, masked_linear
+from .autoregressive.ops import (
+    logistic_mixture_log_prob,
+    masked_conv2d,
+    masked_conv2d_gated,
+    masked_linear,
+)
 from .boltzmann.ops import bm_energy, bm_gibbs, rbm_half_step, rbm_half_step_binary
-from .hopfield.ops import hopfield_energy, hopfield_recall, hopfield_retrieval, hopfield_store
+from .flows.ops import affine_coupling
+from .hopfield.ops import (
+    hopfield_energy,
+    hopfield_recall,
+    hopfield_retrieval,
+    hopfield_store,
+)
 from .ising.ops import (
     ising_counters_per_sweep,
     ising_observables,
@@ -14,8 +25,8 @@ from .som.ops import neighborhood_matmul, som_bmu, som_node_sums, som_online, so
 from .som.patch_ops import som_patch_bmu
 from .som.soft_ops import som_soft
 
-__all__ = ["bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfield_retrieval", "hopfield_store",
-           "ising_counters_per_sweep", "ising_observables", "ising_sample", "ising_sweep", "ising_thresholds",
-           "logistic_mixture_log_prob", "masked_conv2d", "masked_conv2d_gated", "masked_linear",
+__all__ = ["affine_coupling", "bm_energy", "bm_gibbs", "hopfield_energy", "hopfield_recall", "hopfield_retrieval",
+           "hopfield_store", "ising_counters_per_sweep", "ising_observables", "ising_sample", "ising_sweep",
+           "ising_thresholds", "logistic_mixture_log_prob", "masked_conv2d", "masked_conv2d_gated", "masked_linear",
            "neighborhood_matmul", "rbm_half_step", "rbm_half_step_binary", "som_bmu", "som_mask_conv2d",
            "som_mask_linear", "som_node_sums", "som_online", "som_patch_bmu", "som_smooth", "som_soft"]

@@ -26,6 +26,27 @@ GENKERNELS_VEC_INLINE f8 vmax(f8 a, f8 b) { return a > b ? a : b; }
 GENKERNELS_VEC_INLINE f8 vmin(f8 a, f8 b) { return a < b ? a : b; }
 GENKERNELS_VEC_INLINE f8 vabs(f8 a) { return a < 0.0f ? -a : a; }
 
+// 8 floats from p (any alignment); n < 8 of them with the rest `fill`
+GENKERNELS_VEC_INLINE f8 load(const float* p) {
+  f8 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+GENKERNELS_VEC_INLINE f8 load(const float* p, int n, float fill) {
+  f8 v = splat(fill);
+  for (int j = 0; j < n; ++j) v[j] = p[j];
+  return v;
+}
+GENKERNELS_VEC_INLINE void store(float* p, f8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+GENKERNELS_VEC_INLINE void store(float* p, f8 v, int n) {
+  for (int j = 0; j < n; ++j) p[j] = v[j];
+}
+GENKERNELS_VEC_INLINE float sum(f8 v) {  // pairwise: (0+4, 1+5, 2+6, 3+7), then halves
+  float a[4];
+  for (int j = 0; j < 4; ++j) a[j] = v[j] + v[j + 4];
+  return (a[0] + a[2]) + (a[1] + a[3]);
+}
+
 GENKERNELS_VEC_INLINE f8 vfloor(f8 x) {
   const f8 t = __builtin_convertvector(__builtin_convertvector(x, i8), f8);  // toward zero
   return t > x ? t - 1.0f : t;

@@ -1,0 +1,267 @@
+"""Coupling layers (NICE's additive, RealNVP's and Glow's affine), their masks, and the
+conditioner networks they ship with.
+
+A coupling layer keeps the features where its binary mask is 1 and transforms the others
+with a scale and shift computed from the kept ones, so its inverse and log-determinant are
+exact and cheap. ``AffineCoupling`` runs the elementwise part (mask, bounded scale,
+scale-and-shift, per-sample log-determinant) as the fused op ``genkernels.ops.affine_coupling``.
+
+Shapes: vectors (B, D) with a (D,) mask, or images (B, C, H, W) with a (C, H, W) mask (or one
+that broadcasts: a channel mask is (C, 1, 1)). A conditioner maps the masked input (B, *F) --
+and the context (B, K) when the layer is conditional -- to (B, 2 F1, ...) for the affine
+layer (raw log-scales, then shifts, along dimension 1) or (B, F1, ...) for the additive one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._checks import check_int
+from .coupling_ops import affine_coupling, check_bound, check_mask
+
+
+# ------------------------------------------------------------------------------- masks
+def checkerboard_mask(shape, parity: int = 0) -> torch.Tensor:
+    """RealNVP's checkerboard: 1 where (row + column + parity) is even. ``shape``: (H, W) or
+    (C, H, W) (every channel the same) -> float tensor of that shape."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"shape must be (H, W) or (C, H, W) of positive sizes; got {shape}")
+    h, w = shape[-2:]
+    board = ((torch.arange(h)[:, None] + torch.arange(w)[None, :] + _parity(parity)) % 2 == 0).float()
+    return board.expand(shape).contiguous()
+
+
+def channel_mask(channels: int, parity: int = 0) -> torch.Tensor:
+    """RealNVP's channel-wise mask: the first half of the channels kept (parity 0) or the
+    second (parity 1) -> (C, 1, 1) float (broadcasts over H and W); C >= 2."""
+    check_int("channels", channels, 2)
+    return half_mask(channels, parity).reshape(channels, 1, 1)
+
+
+def half_mask(features: int, parity: int = 0) -> torch.Tensor:
+    """The first ceil(D / 2) features kept (parity 0), or the other features (parity 1)
+    -> (D,) float; D >= 2."""
+    check_int("features", features, 2)
+    keep = (torch.arange(features) < (features + 1) // 2).float()
+    return keep if _parity(parity) == 0 else 1.0 - keep
+
+
+def alternating_mask(features: int, parity: int = 0) -> torch.Tensor:
+    """Every other feature kept, starting with the first (parity 0) or the second (parity 1)
+    -> (D,) float; D >= 2."""
+    check_int("features", features, 2)
+    return ((torch.arange(features) + _parity(parity)) % 2 == 0).float()
+
+
+def _parity(parity) -> int:
+    if isinstance(parity, bool) or parity not in (0, 1):
+        raise ValueError(f"parity must be 0 or 1; got {parity!r}")
+    return int(parity)
+
+
+# ------------------------------------------------------------------------ conditioners
+class MLP(nn.Module):
+    """in_features (+ context_features) -> hidden ... -> out_features, ReLU between; the last
+    layer starts at zero, so a coupling layer starts as the identity (Glow's initialisation)."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 128, layers: int = 2,
+                 context_features: int | None = None):
+        super().__init__()
+        check_int("in_features", in_features, 1)
+        check_int("out_features", out_features, 1)
+        check_int("hidden", hidden, 1)
+        check_int("layers", layers, 1)
+        self.context_features = 0 if context_features is None else check_int("context_features", context_features, 1)
+        sizes = [in_features + self.context_features] + [hidden] * layers
+        body = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            body += [nn.Linear(a, b), nn.ReLU()]
+        self.body = nn.Sequential(*body)
+        self.out = nn.Linear(sizes[-1], out_features)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        h = _with_context(x, context, self.context_features)
+        return self.out(self.body(h))
+
+
+class ResNet(nn.Module):
+    """RealNVP's conditioner for images: a 3x3 convolution to ``hidden`` channels, ``blocks``
+    residual blocks (3x3 convolution, ReLU, 3x3 convolution, added), ReLU, a 3x3 convolution
+    to ``out_channels`` that starts at zero. A context vector (B, K) is broadcast over the
+    pixels and concatenated to the input channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 2,
+                 context_features: int | None = None):
+        super().__init__()
+        check_int("in_channels", in_channels, 1)
+        check_int("out_channels", out_channels, 1)
+        check_int("hidden", hidden, 1)
+        check_int("blocks", blocks, 0)
+        self.context_features = 0 if context_features is None else check_int("context_features", context_features, 1)
+        self.inp = nn.Conv2d(in_channels + self.context_features, hidden, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(hidden, hidden, 3, padding=1)) for _ in range(blocks))
+        self.out = nn.Conv2d(hidden, out_channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if self.context_features:
+            if context is None:
+                raise ValueError(f"this conditioner takes a context (B, {self.context_features}); got None")
+            if context.dim() != 2 or context.shape != (x.shape[0], self.context_features):
+                raise ValueError(f"context must be ({x.shape[0]}, {self.context_features}); got shape "
+                                 f"{tuple(context.shape)}")
+            x = torch.cat([x, context.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+        elif context is not None:
+            raise ValueError("this conditioner takes no context (context_features=None); got one")
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(torch.relu(h))
+
+
+def _with_context(x: torch.Tensor, context: torch.Tensor | None, features: int) -> torch.Tensor:
+    if features:
+        if context is None:
+            raise ValueError(f"this conditioner takes a context (B, {features}); got None")
+        if context.dim() != 2 or context.shape != (x.shape[0], features):
+            raise ValueError(f"context must be ({x.shape[0]}, {features}); got shape {tuple(context.shape)}")
+        return torch.cat([x, context.to(x.dtype)], dim=1)
+    if context is not None:
+        raise ValueError("this conditioner takes no context (context_features=None); got one")
+    return x
+
+
+# ---------------------------------------------------------------------------- layers
+class _Coupling(nn.Module):
+    """What the two coupling layers share: the mask (checked once), the conditioner (a user
+    module, or the MLP / ResNet made for the mask's shape), the call with the context."""
+
+    def __init__(self, mask: torch.Tensor, conditioner: nn.Module | None, out_factor: int, hidden: int | None,
+                 context_features: int | None):
+        super().__init__()
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor of zeros and ones; got {type(mask).__name__}")
+        if mask.dim() not in (1, 3):
+            raise ValueError(f"mask must be (D,) for vectors or (C, H, W) / (C, 1, 1) for images; got shape "
+                             f"{tuple(mask.shape)}")
+        kept = check_mask(mask, tuple(mask.shape))
+        self.register_buffer("mask", kept.to(torch.get_default_dtype()))
+        self.image = mask.dim() == 3
+        features = mask.shape[0]
+        if conditioner is None:
+            if self.image:
+                conditioner = ResNet(features, out_factor * features, hidden or 64, 2, context_features)
+            else:
+                conditioner = MLP(features, out_factor * features, hidden or 128, 2, context_features)
+        elif not isinstance(conditioner, nn.Module):
+            raise TypeError(f"conditioner must be a torch.nn.Module (or None for the default); got "
+                            f"{type(conditioner).__name__}")
+        self.conditioner = conditioner
+        self.out_factor = out_factor
+
+    def _check_input(self, x: torch.Tensor, name: str) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+        want = self.mask.dim() + 1
+        if x.dim() != want:
+            kind = "(B, C, H, W)" if self.image else "(B, D)"
+            raise ValueError(f"{name} must be {kind}; got shape {tuple(x.shape)}")
+        try:
+            torch.broadcast_shapes(self.mask.shape, x.shape[1:])
+        except RuntimeError:
+            raise ValueError(f"{name}'s features {tuple(x.shape[1:])} do not match the mask {tuple(self.mask.shape)}"
+                             ) from None
+        if self.image and self.mask.shape[0] != x.shape[1]:
+            raise ValueError(f"{name} has {x.shape[1]} channels; the mask has {self.mask.shape[0]}")
+
+    def _params(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        kept = x * self.mask.to(x.dtype)
+        out = self.conditioner(kept) if context is None else self.conditioner(kept, context)
+        want = (x.shape[0], self.out_factor * x.shape[1], *x.shape[2:])
+        if tuple(out.shape) != want:
+            raise ValueError(f"the conditioner must return {want} for input {tuple(x.shape)}; got "
+                             f"{tuple(out.shape)}")
+        return out
+
+
+class AffineCoupling(_Coupling):
+    """y = x on the kept features, x exp(sigma) + t on the others, sigma = bound tanh(s /
+    bound), with (s, t) = conditioner(x * mask[, context]) split along dimension 1.
+
+    Args:
+        mask: (D,) for vectors, (C, H, W) or (C, 1, 1) for images: 1 = kept, 0 = transformed
+            (``checkerboard_mask``, ``channel_mask``, ``half_mask``, ``alternating_mask``, or
+            any binary tensor that transforms something).
+        conditioner: a module mapping (B, *F) [and the context (B, K)] to (B, 2 F1, ...);
+            None: an MLP (vectors) or ResNet (images) with ``hidden`` units, its last layer
+            at zero (the layer starts as the identity).
+        scale_bound: the log-scales' bound (> 0; math.inf: not bounded). The default, 2,
+            keeps every scale in (e^-2, e^2): an unbounded exp(s) is where affine flows
+            diverge.
+        context_features: K for a conditional layer with the default conditioner.
+        backend: the fused op's backend (None: automatic).
+
+    ``forward(x, context=None)`` -> (y, logdet (B,)); ``inverse(y, context=None)`` -> (x,
+    logdet of the inverse map) = minus the forward's.
+    """
+
+    def __init__(self, mask: torch.Tensor, conditioner: nn.Module | None = None, *, scale_bound: float = 2.0,
+                 hidden: int | None = None, context_features: int | None = None, backend: str | None = None):
+        super().__init__(mask, conditioner, 2, hidden, context_features)
+        self.scale_bound = check_bound(scale_bound)
+        self.backend = backend
+
+    def _couple(self, x, context, inverse: bool, name: str):
+        self._check_input(x, name)
+        params = self._params(x, context)
+        s, t = params.chunk(2, dim=1)
+        return affine_coupling(x, s, t, self.mask, bound=self.scale_bound, inverse=inverse, backend=self.backend)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._couple(x, context, False, "x")
+
+    def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._couple(y, context, True, "y")
+
+    def extra_repr(self) -> str:
+        return f"mask={tuple(self.mask.shape)}, scale_bound={self.scale_bound}"
+
+
+class AdditiveCoupling(_Coupling):
+    """NICE's volume-preserving coupling: y = x + t on the transformed features, t =
+    conditioner(x * mask[, context]) of the input's shape; log-determinant 0. Arguments as
+    AffineCoupling's (the default conditioner returns F channels, not 2 F)."""
+
+    def __init__(self, mask: torch.Tensor, conditioner: nn.Module | None = None, *, hidden: int | None = None,
+                 context_features: int | None = None):
+        super().__init__(mask, conditioner, 1, hidden, context_features)
+
+    def _couple(self, x, context, sign: float, name: str):
+        self._check_input(x, name)
+        t = self._params(x, context)
+        y = x + sign * t * (1.0 - self.mask.to(t.dtype))
+        return y.to(x.dtype), torch.zeros(x.shape[0], dtype=_logdet_dtype(x.dtype), device=x.device)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._couple(x, context, 1.0, "x")
+
+    def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._couple(y, context, -1.0, "y")
+
+    def extra_repr(self) -> str:
+        return f"mask={tuple(self.mask.shape)}"
+
+
+def _logdet_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+__all__ = ["MLP", "AdditiveCoupling", "AffineCoupling", "ResNet", "alternating_mask", "channel_mask",
+           "checkerboard_mask", "half_mask"]

@@ -1,0 +1,281 @@
+"""The affine coupling (genkernels.ops.affine_coupling and the AffineCoupling /
+AdditiveCoupling layers): every backend against coupling_reference over odd and edge shapes
+(no rows, one feature, a vector tail, a chunk boundary, strided s and t, every mask kind),
+forward and inverse, output, log-determinant and gradients; inverse(forward(x)) = x; the
+log-determinant against the brute-force log |det J| of the whole layer; gradcheck, opcheck,
+torch.compile; threads; autocast; bad input."""
+
+import math
+
+import pytest
+import torch
+from helpers import HAS_TRITON, needs, num_threads
+from tolerances import TOL
+
+import genkernels
+from genkernels.flows import (
+    MLP,
+    AdditiveCoupling,
+    AffineCoupling,
+    ResNet,
+    alternating_mask,
+    channel_mask,
+    checkerboard_mask,
+    half_mask,
+)
+from genkernels.flows import coupling_reference as R
+
+BACKENDS = ["cpu"] + (["triton"] if HAS_TRITON else [])
+
+# (batch, feature shape, mask kind)
+CASES = [(3, (7,), "alternating"), (2, (1,), "zero"), (0, (5,), "half"), (1, (8,), "half"), (4, (17,), "random"),
+         (2, (3, 5, 7), "checkerboard"), (2, (4, 3, 3), "channel"), (2, (4097,), "random")]
+
+
+def _mask(kind: str, shape: tuple) -> torch.Tensor:
+    if kind == "alternating":
+        return alternating_mask(shape[0], 1)
+    if kind == "half":
+        return half_mask(shape[0])
+    if kind == "zero":
+        return torch.zeros(shape)
+    if kind == "checkerboard":
+        return checkerboard_mask(shape, 1)
+    if kind == "channel":
+        return channel_mask(shape[0])
+    g = torch.Generator().manual_seed(5)
+    m = (torch.rand(shape, generator=g) < 0.4).float()
+    m.view(-1)[0] = 0.0
+    return m
+
+
+def _problem(batch, shape, dtype, seed=0, scale=1.5):
+    """x, and s and t as the two halves of one (B, 2 F0, ...) conditioner output (strided)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *shape, generator=g, dtype=torch.float64)
+    st = torch.randn(batch, 2 * shape[0], *shape[1:], generator=g, dtype=torch.float64) * scale
+    st = st.to(dtype)
+    return x.to(dtype), *st.chunk(2, dim=1)
+
+
+# the interpreted Triton kernel's blocks are 1024 wide: the 17-wide case has its tail, and the
+# 4097-wide one (the cpu kernel's chunk boundary) is left to the cpu backend
+PAIRS = [(backend, case) for backend in BACKENDS for case in CASES if backend == "cpu" or case[1] != (4097,)]
+
+
+@pytest.mark.parametrize("bound", [2.0, math.inf], ids=["bounded", "free"])
+@pytest.mark.parametrize("backend, case", PAIRS,
+                         ids=[f"{b}-B{c[0]}-{'x'.join(map(str, c[1]))}-{c[2]}" for b, c in PAIRS])
+def test_backends_equal_the_reference(backend, bound, case):
+    batch, shape, kind = case
+    mask = _mask(kind, shape)
+    for dtype in (torch.float64, torch.float32):
+        x, s, t = _problem(batch, shape, dtype)
+        for inverse in (False, True):
+            results = {}
+            for name in ("reference", backend):
+                leaves = [v.detach().clone().requires_grad_() for v in (x, s, t)]
+                y, logdet = genkernels.ops.affine_coupling(*leaves, mask, bound=bound, inverse=inverse, backend=name)
+                assert y.shape == x.shape and y.dtype == dtype and logdet.shape == (batch,)
+                gy = torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)
+                gl = torch.linspace(0.5, -2, batch, dtype=logdet.dtype)
+                grads = torch.autograd.grad((y * gy).sum() + (logdet * gl).sum(), leaves, allow_unused=True) \
+                    if batch else (None,) * 3
+                results[name] = (y, logdet, *grads)
+            for got, want in zip(results[backend], results["reference"]):
+                if want is not None:
+                    torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+def test_inverse_undoes_forward_and_logdets_cancel(backend):
+    x, s, t = _problem(16, (3, 8, 8), torch.float32, scale=1.0)   # unit scale: the issue's 1e-5
+    mask = checkerboard_mask((3, 8, 8))
+    for bound in (2.0, math.inf):
+        y, ld = genkernels.ops.affine_coupling(x, s, t, mask, bound=bound, backend=backend)
+        back, ld_inv = genkernels.ops.affine_coupling(y, s, t, mask, bound=bound, inverse=True, backend=backend)
+        assert float((back - x).abs().max()) <= 1e-5
+        torch.testing.assert_close(ld + ld_inv, torch.zeros_like(ld), atol=1e-5, rtol=0)
+
+
+def _jacobian_logdet(layer, x, context=None):
+    """log |det J| of the layer at each sample, by autograd's full Jacobian."""
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1]
+        ci = None if context is None else context[i:i + 1]
+        jac = torch.autograd.functional.jacobian(lambda v: layer(v, ci)[0].reshape(-1), xi).reshape(xi.numel(), -1)
+        out.append(torch.linalg.slogdet(jac)[1])
+    return torch.stack(out)
+
+
+def _randomise(module):
+    """Non-zero conditioner weights (the default output layer starts at zero)."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+    return module
+
+
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+def test_layer_logdet_is_the_jacobians(backend):
+    torch.manual_seed(0)
+    vec = _randomise(AffineCoupling(alternating_mask(5), hidden=8, backend=backend).double())
+    x = torch.randn(3, 5, dtype=torch.float64) * 2
+    torch.testing.assert_close(vec(x)[1], _jacobian_logdet(vec, x))
+    torch.testing.assert_close(vec.inverse(x)[1], _jacobian_logdet(lambda v, c: vec.inverse(v), x))
+    img = _randomise(AffineCoupling(checkerboard_mask((2, 3, 3)), hidden=4, scale_bound=math.inf,
+                                    backend=backend).double())
+    xi = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(img(xi)[1], _jacobian_logdet(img, xi))
+    cond = _randomise(AffineCoupling(channel_mask(2).expand(2, 3, 3), hidden=4, context_features=3,
+                                     backend=backend).double())
+    ctx = torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(cond(xi, ctx)[1], _jacobian_logdet(cond, xi, ctx))
+    y, _ = cond(xi, ctx)
+    torch.testing.assert_close(cond.inverse(y, ctx)[0], xi)
+
+
+def test_additive_coupling_is_volume_preserving_and_invertible():
+    torch.manual_seed(0)
+    layer = _randomise(AdditiveCoupling(half_mask(6), hidden=8).double())
+    x = torch.randn(4, 6, dtype=torch.float64)
+    y, ld = layer(x)
+    assert torch.equal(ld, torch.zeros(4, dtype=torch.float64))
+    torch.testing.assert_close(_jacobian_logdet(layer, x), ld)
+    torch.testing.assert_close(layer.inverse(y)[0], x)
+    assert torch.equal(y[:, :3], x[:, :3])
+
+
+def test_layers_start_as_the_identity_and_train():
+    torch.manual_seed(0)
+    layer = AffineCoupling(checkerboard_mask((1, 4, 4)), conditioner=ResNet(1, 2, hidden=8, blocks=1))
+    x = torch.randn(8, 1, 4, 4)
+    y, ld = layer(x)
+    assert torch.equal(y, x) and torch.equal(ld, torch.zeros(8))
+    vec = AffineCoupling(half_mask(4), hidden=16)
+    opt = torch.optim.Adam(vec.parameters(), lr=2e-2)
+    g = torch.Generator().manual_seed(1)
+    data = torch.randn(128, 4, generator=g)
+    data[:, 2:] = data[:, :2] * 0.9 + 0.1 * data[:, 2:]      # the second half follows the first
+    losses = []
+    for _ in range(40):
+        z, ld = vec(data)
+        nll = (0.5 * z.pow(2).sum(1) - ld).mean()
+        losses.append(nll.item())
+        opt.zero_grad()
+        nll.backward()
+        opt.step()
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
+@needs("cpu")
+def test_cpu_gradcheck_opcheck_compile_and_threads():
+    op = torch.ops.genkernels.affine_coupling
+    x, s, t = _problem(3, (6,), torch.float64)
+    mask = alternating_mask(6).double()
+    for bound, inverse in ((2.0, False), (math.inf, True)):
+        assert torch.autograd.gradcheck(lambda a, b, c: op(a, b, c, mask, bound, inverse),
+                                        [v.detach().clone().requires_grad_() for v in (x, s, t)])
+        torch.library.opcheck(op.default, (x, s, t, mask, bound, inverse))
+    torch.library.opcheck(torch.ops.genkernels.affine_coupling_backward.default,
+                          (torch.randn(3, 6, dtype=torch.float64), torch.randn(3, dtype=torch.float64), x, s, t,
+                           mask, 2.0, False))
+    torch._dynamo.reset()
+    layer = AffineCoupling(half_mask(6), hidden=8).double()
+
+    def step(v):
+        y, ld = layer(v)
+        return y.sum() + ld.sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), step(x))
+    big, bs, bt = _problem(5, (3 * 4096 + 11,), torch.float32)
+    bmask = _mask("random", (3 * 4096 + 11,)).float()
+    results = []
+    for threads in (1, 2):
+        with num_threads(threads):
+            y, ld = op(big.contiguous(), bs, bt, bmask, 2.0, False)
+            grads = torch.ops.genkernels.affine_coupling_backward(torch.ones_like(y), torch.ones(5), big, bs, bt,
+                                                                  bmask, 2.0, False)
+            results.append((y, ld, *grads))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@needs("cpu")
+def test_autocast_bf16_and_half_inputs():
+    torch.manual_seed(0)
+    layer = _randomise(AffineCoupling(checkerboard_mask((2, 4, 4)), hidden=8))
+    x = torch.randn(3, 2, 4, 4)
+    want_y, want_ld = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, ld = layer(x)
+    assert y.dtype == torch.float32 and ld.dtype == torch.float32
+    # the conditioner ran in bf16 (8 bits of mantissa): within bf16's resolution of the scale
+    torch.testing.assert_close(y, want_y, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(ld, want_ld, rtol=0.05, atol=0.2)
+    xb, sb, tb = (v.to(torch.bfloat16) for v in _problem(2, (9,), torch.float32))
+    yb, ldb = genkernels.ops.affine_coupling(xb, sb, tb, half_mask(9), bound=2.0)
+    exact_y, exact_ld = R.affine_coupling(xb.double(), sb.double(), tb.double(), half_mask(9).double(), 2.0, False)
+    assert yb.dtype == torch.bfloat16 and ldb.dtype == torch.float32
+    ref_y, _ = R.affine_coupling(xb, sb, tb, half_mask(9), 2.0, False)
+    assert (yb.double() - exact_y).abs().max() <= 2 * (ref_y.double() - exact_y).abs().max() + 1e-12
+    torch.testing.assert_close(ldb.double(), exact_ld, **TOL[torch.float32])
+
+
+def test_masks():
+    assert torch.equal(checkerboard_mask((2, 3)), torch.tensor([[1.0, 0, 1], [0, 1, 0]]))
+    assert torch.equal(checkerboard_mask((2, 2, 2), 1)[1], torch.tensor([[0.0, 1], [1, 0]]))
+    assert channel_mask(4, 1).flatten().tolist() == [0, 0, 1, 1]
+    assert half_mask(5).tolist() == [1, 1, 1, 0, 0] and half_mask(5, 1).tolist() == [0, 0, 0, 1, 1]
+    assert alternating_mask(4).tolist() == [1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: AffineCoupling(torch.tensor([1.0, 0.5, 0.0])), ValueError, "mask must be binary"),
+    (lambda: AffineCoupling(torch.ones(4)), ValueError, "nothing to transform"),
+    (lambda: AffineCoupling(torch.zeros(2, 2)), ValueError, r"mask must be \(D,\)"),
+    (lambda: AffineCoupling([1, 0]), TypeError, "mask must be a torch.Tensor"),
+    (lambda: AffineCoupling(half_mask(4), scale_bound=0.0), ValueError, "bound must be > 0"),
+    (lambda: AffineCoupling(half_mask(4), conditioner=lambda v: v), TypeError, "conditioner must be"),
+    (lambda: AffineCoupling(half_mask(4))(torch.randn(2, 5)), ValueError, "do not match the mask"),
+    (lambda: AffineCoupling(half_mask(4))(torch.randn(2, 4, 1)), ValueError, r"x must be \(B, D\)"),
+    (lambda: AffineCoupling(half_mask(4), conditioner=MLP(4, 4))(torch.randn(2, 4)), ValueError,
+     r"conditioner must return \(2, 8\)"),
+    (lambda: AffineCoupling(half_mask(4), context_features=2)(torch.randn(2, 4)), ValueError, "takes a context"),
+    (lambda: AffineCoupling(half_mask(4))(torch.randn(2, 4), torch.randn(2, 2)), ValueError, "takes no context"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 4), half_mask(3)),
+     ValueError, r"t must have x's shape"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3),
+                                            torch.tensor([2.0, 0, 0])), ValueError, "binary"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), half_mask(3),
+                                            bound=-1.0), ValueError, "bound must be > 0"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(3), torch.randn(3), torch.randn(3), half_mask(3)),
+     ValueError, r"x must be \(B, \*features\)"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), half_mask(4)),
+     ValueError, "mask must have the features' shape"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3).int(), torch.randn(2, 3), torch.randn(2, 3),
+                                            half_mask(3)), TypeError, "x must be a floating-point tensor"),
+    (lambda: checkerboard_mask((3,)), ValueError, "shape must be"),
+    (lambda: channel_mask(1), ValueError, "channels"),
+    (lambda: half_mask(4, 2), ValueError, "parity must be 0 or 1"),
+])
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@needs("cpu")
+def test_cpu_kernel_rejects_bad_arguments_without_crashing():
+    op = torch.ops.genkernels.affine_coupling
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="mask must be"):
+        op(x, x, x, torch.zeros(3), 2.0, False)
+    with pytest.raises(ValueError, match="bound must be > 0"):
+        op(x, x, x, torch.zeros(4), 0.0, False)
+    with pytest.raises(TypeError, match="must have x's dtype"):
+        op(x, x.double(), x, torch.zeros(4), 2.0, False)
+    with pytest.raises(ValueError, match="contiguous"):
+        op(torch.randn(4, 2).t(), x, x, torch.zeros(4), 2.0, False)
