@@ -98,7 +98,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "minisom", "import-linter"],
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "minisom", "import-linter"],
         "bench": ["pytest-benchmark", "minisom", "torchsom", "xpysom"],
     },
     entry_points={"console_scripts": ["genkernels=genkernels.cli:main"]},

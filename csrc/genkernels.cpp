@@ -111,13 +111,16 @@ TORCH_LIBRARY(genkernels, m) {
   m.def("masked_linear_backward(Tensor grad, Tensor x, Tensor weight, Tensor prefix, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
   // ---- Normalizing flows (genkernels/flows) ----
-  // The affine coupling's elementwise part (spec: genkernels/flows/coupling_reference.py): x,
-  // s, t (B, N) (features contiguous, rows any stride), mask (N,) 1 = kept, bound > 0 (inf: no
-  // bound) -> (y (B, N), logdet (B,)); inverse applies the inverse map.
-  m.def("affine_coupling(Tensor x, Tensor s, Tensor t, Tensor mask, float bound, bool inverse) -> (Tensor, Tensor)");
-  // Its VJP: grad_y (B, N), grad_logdet (B,) -> (grad_x, grad_s, grad_t), each (B, N).
-  m.def("affine_coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor s, Tensor t, Tensor mask, "
-        "float bound, bool inverse) -> (Tensor, Tensor, Tensor)");
+  // The affine coupling's elementwise part (spec: genkernels/flows/coupling_reference.py): x
+  // (B, N), params (B, 2N) (raw log-scales, then shifts; features contiguous, rows any
+  // stride), mask (N,) 1 = kept, bound > 0 (inf: no bound) -> (y (B, N), logdet (B,), sigma:
+  // the bounded log-scales (B, N), zero where kept, for the backward; (0,) when unbounded);
+  // inverse applies the inverse map.
+  m.def("affine_coupling(Tensor x, Tensor params, Tensor mask, float bound, bool inverse) "
+        "-> (Tensor, Tensor, Tensor)");
+  // Its VJP: grad_y (B, N), grad_logdet (B,) -> (grad_x (B, N), grad_params (B, 2N)).
+  m.def("affine_coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor params, Tensor sigma, "
+        "Tensor mask, float bound, bool inverse) -> (Tensor, Tensor)");
   // ---- Hopfield networks (genkernels/hopfield) ----
   // Asynchronous recall: weights (N, N) float32|float64, symmetric; states (B, N) +-1 in
   // weights' dtype. Each probe runs sweeps (every unit once, in unit order or, with

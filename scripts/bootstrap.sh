@@ -27,4 +27,6 @@ MAX_JOBS=${MAX_JOBS:-2} python -m pip install -q --disable-pip-version-check --n
 if [ "$mode" = demo ]; then
   exec genkernels demo --out demo_out "$@"
 fi
-exec python -m pytest -q -ra --durations=25 tests "$@"
+# two test processes (TEST_WORKERS), a test file's tests in one: the suite is mostly
+# single-threaded Python (the Triton interpreter), so two cores finish it in about half the time
+exec python -m pytest -q -ra --durations=25 -n "${TEST_WORKERS:-2}" --dist loadfile tests "$@"

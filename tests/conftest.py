@@ -26,8 +26,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """Start the background jobs of the modules collected (tests/background_jobs.py)."""
-    if session.config.option.collectonly:
+    """Start the background jobs of the modules collected (tests/background_jobs.py). Not
+    in a pytest-xdist worker: every worker collects every module, and the other workers keep
+    the cores busy anyway; a module's fixture starts its job when the module runs."""
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):
         return
     started = set()
     for item in session.items:

@@ -263,8 +263,10 @@ def start_in_background():
         return None
     return background_jobs.start(
         "pytest_bench_collect", lambda _: [sys.executable, "-m", "pytest", BENCH, "--benchmark-only", "--bench-quick",
-                                           "--collect-only", "-q", "-p", "no:cacheprovider"],
-        "genkernels-bench-collect-", cwd=REPO)
+                                           "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"],
+        # a pytest-xdist worker's variables would tell pytest-benchmark it runs under xdist
+        "genkernels-bench-collect-", cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")})
 
 
 def test_pytest_benchmark_lists_every_family():
@@ -279,7 +281,7 @@ def test_pytest_benchmark_lists_every_family():
     assert modules == {f"bench/{name}.py" for name in ("bench_som", "bench_hopfield", "bench_hopfield_recall",
                                                         "bench_ising", "bench_rbm", "bench_bm_gibbs",
                                                         "bench_compat_rbm", "bench_som_estimator", "bench_som_nn",
-                                                        "bench_som_mask", "bench_autoregressive")}, \
+                                                        "bench_som_mask", "bench_autoregressive", "bench_flows")}, \
         proc.stdout[-4000:]
 
 

@@ -50,12 +50,12 @@ def _mask(kind: str, shape: tuple) -> torch.Tensor:
 
 
 def _problem(batch, shape, dtype, seed=0, scale=1.5):
-    """x, and s and t as the two halves of one (B, 2 F0, ...) conditioner output (strided)."""
+    """x (B, *F), and params (B, 2 F0, ...) -- a conditioner's output -- as a view with a
+    batch stride of its own (every other row of a wider tensor)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *shape, generator=g, dtype=torch.float64)
-    st = torch.randn(batch, 2 * shape[0], *shape[1:], generator=g, dtype=torch.float64) * scale
-    st = st.to(dtype)
-    return x.to(dtype), *st.chunk(2, dim=1)
+    params = torch.randn(2 * batch, 2 * shape[0], *shape[1:], generator=g, dtype=torch.float64) * scale
+    return x.to(dtype), params.to(dtype)[::2]
 
 
 # the interpreted Triton kernel's blocks are 1024 wide: the 17-wide case has its tail, and the
@@ -70,17 +70,16 @@ def test_backends_equal_the_reference(backend, bound, case):
     batch, shape, kind = case
     mask = _mask(kind, shape)
     for dtype in (torch.float64, torch.float32):
-        x, s, t = _problem(batch, shape, dtype)
+        x, params = _problem(batch, shape, dtype)
         for inverse in (False, True):
             results = {}
             for name in ("reference", backend):
-                leaves = [v.detach().clone().requires_grad_() for v in (x, s, t)]
+                leaves = [x.detach().clone().requires_grad_(), params.detach().requires_grad_()]
                 y, logdet = genkernels.ops.affine_coupling(*leaves, mask, bound=bound, inverse=inverse, backend=name)
                 assert y.shape == x.shape and y.dtype == dtype and logdet.shape == (batch,)
                 gy = torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)
                 gl = torch.linspace(0.5, -2, batch, dtype=logdet.dtype)
-                grads = torch.autograd.grad((y * gy).sum() + (logdet * gl).sum(), leaves, allow_unused=True) \
-                    if batch else (None,) * 3
+                grads = torch.autograd.grad((y * gy).sum() + (logdet * gl).sum(), leaves) if batch else (None,) * 2
                 results[name] = (y, logdet, *grads)
             for got, want in zip(results[backend], results["reference"]):
                 if want is not None:
@@ -89,11 +88,11 @@ def test_backends_equal_the_reference(backend, bound, case):
 
 @pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
 def test_inverse_undoes_forward_and_logdets_cancel(backend):
-    x, s, t = _problem(16, (3, 8, 8), torch.float32, scale=1.0)   # unit scale: the issue's 1e-5
+    x, params = _problem(16, (3, 8, 8), torch.float32, scale=1.0)   # unit scale: the issue's 1e-5
     mask = checkerboard_mask((3, 8, 8))
     for bound in (2.0, math.inf):
-        y, ld = genkernels.ops.affine_coupling(x, s, t, mask, bound=bound, backend=backend)
-        back, ld_inv = genkernels.ops.affine_coupling(y, s, t, mask, bound=bound, inverse=True, backend=backend)
+        y, ld = genkernels.ops.affine_coupling(x, params, mask, bound=bound, backend=backend)
+        back, ld_inv = genkernels.ops.affine_coupling(y, params, mask, bound=bound, inverse=True, backend=backend)
         assert float((back - x).abs().max()) <= 1e-5
         torch.testing.assert_close(ld + ld_inv, torch.zeros_like(ld), atol=1e-5, rtol=0)
 
@@ -173,15 +172,25 @@ def test_layers_start_as_the_identity_and_train():
 @needs("cpu")
 def test_cpu_gradcheck_opcheck_compile_and_threads():
     op = torch.ops.genkernels.affine_coupling
-    x, s, t = _problem(3, (6,), torch.float64)
+    x, params = _problem(3, (6,), torch.float64)
     mask = alternating_mask(6).double()
-    for bound, inverse in ((2.0, False), (math.inf, True)):
-        assert torch.autograd.gradcheck(lambda a, b, c: op(a, b, c, mask, bound, inverse),
-                                        [v.detach().clone().requires_grad_() for v in (x, s, t)])
-        torch.library.opcheck(op.default, (x, s, t, mask, bound, inverse))
+    for bound, inverse in ((2.0, False), (2.0, True), (math.inf, True), (math.inf, False)):
+        assert torch.autograd.gradcheck(lambda a, b: op(a, b, mask, bound, inverse)[:2],
+                                        [x.clone().requires_grad_(), params.clone().requires_grad_()])
+        torch.library.opcheck(op.default, (x, params, mask, bound, inverse))
+    _, _, sigma = op(x, params, mask, 2.0, False)
     torch.library.opcheck(torch.ops.genkernels.affine_coupling_backward.default,
-                          (torch.randn(3, 6, dtype=torch.float64), torch.randn(3, dtype=torch.float64), x, s, t,
-                           mask, 2.0, False))
+                          (torch.randn(3, 6, dtype=torch.float64), torch.randn(3, dtype=torch.float64), x, params,
+                           sigma, mask, 2.0, False))
+    # only the output, or only the log-determinant, used (the other's gradient never formed)
+    for pick in (0, 1):
+        grads = []
+        for backend in ("cpu", "reference"):
+            leaves = [x.clone().requires_grad_(), params.clone().requires_grad_()]
+            out = genkernels.ops.affine_coupling(*leaves, mask, bound=2.0, backend=backend)[pick]
+            grads.append(torch.autograd.grad(out.sum(), leaves, allow_unused=True, materialize_grads=True))
+        for got, want in zip(*grads):
+            torch.testing.assert_close(got, want, **TOL[torch.float64])
     torch._dynamo.reset()
     layer = AffineCoupling(half_mask(6), hidden=8).double()
 
@@ -191,15 +200,16 @@ def test_cpu_gradcheck_opcheck_compile_and_threads():
 
     compiled = torch.compile(step, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), step(x))
-    big, bs, bt = _problem(5, (3 * 4096 + 11,), torch.float32)
-    bmask = _mask("random", (3 * 4096 + 11,)).float()
+    n = 3 * 4096 + 11
+    big, bp = _problem(5, (n,), torch.float32)
+    bmask = _mask("random", (n,)).float()
     results = []
     for threads in (1, 2):
         with num_threads(threads):
-            y, ld = op(big.contiguous(), bs, bt, bmask, 2.0, False)
-            grads = torch.ops.genkernels.affine_coupling_backward(torch.ones_like(y), torch.ones(5), big, bs, bt,
+            y, ld, sig = op(big, bp, bmask, 2.0, False)
+            grads = torch.ops.genkernels.affine_coupling_backward(torch.ones_like(y), torch.ones(5), big, bp, sig,
                                                                   bmask, 2.0, False)
-            results.append((y, ld, *grads))
+            results.append((y, ld, sig, *grads))
     for a, b in zip(*results):
         assert torch.equal(a, b)
 
@@ -216,11 +226,11 @@ def test_autocast_bf16_and_half_inputs():
     # the conditioner ran in bf16 (8 bits of mantissa): within bf16's resolution of the scale
     torch.testing.assert_close(y, want_y, rtol=0.05, atol=0.05)
     torch.testing.assert_close(ld, want_ld, rtol=0.05, atol=0.2)
-    xb, sb, tb = (v.to(torch.bfloat16) for v in _problem(2, (9,), torch.float32))
-    yb, ldb = genkernels.ops.affine_coupling(xb, sb, tb, half_mask(9), bound=2.0)
-    exact_y, exact_ld = R.affine_coupling(xb.double(), sb.double(), tb.double(), half_mask(9).double(), 2.0, False)
+    xb, pb = (v.to(torch.bfloat16) for v in _problem(2, (9,), torch.float32))
+    yb, ldb = genkernels.ops.affine_coupling(xb, pb, half_mask(9), bound=2.0)
+    exact_y, exact_ld, _ = R.affine_coupling(xb.double(), pb.double(), half_mask(9).double(), 2.0, False)
     assert yb.dtype == torch.bfloat16 and ldb.dtype == torch.float32
-    ref_y, _ = R.affine_coupling(xb, sb, tb, half_mask(9), 2.0, False)
+    ref_y, _, _ = R.affine_coupling(xb, pb, half_mask(9), 2.0, False)
     assert (yb.double() - exact_y).abs().max() <= 2 * (ref_y.double() - exact_y).abs().max() + 1e-12
     torch.testing.assert_close(ldb.double(), exact_ld, **TOL[torch.float32])
 
@@ -246,18 +256,22 @@ def test_masks():
      r"conditioner must return \(2, 8\)"),
     (lambda: AffineCoupling(half_mask(4), context_features=2)(torch.randn(2, 4)), ValueError, "takes a context"),
     (lambda: AffineCoupling(half_mask(4))(torch.randn(2, 4), torch.randn(2, 2)), ValueError, "takes no context"),
-    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 4), half_mask(3)),
-     ValueError, r"t must have x's shape"),
-    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3),
-                                            torch.tensor([2.0, 0, 0])), ValueError, "binary"),
-    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), half_mask(3),
-                                            bound=-1.0), ValueError, "bound must be > 0"),
-    (lambda: genkernels.ops.affine_coupling(torch.randn(3), torch.randn(3), torch.randn(3), half_mask(3)),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 3), half_mask(3)),
+     ValueError, r"params must be \(2, 6\)"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 6), torch.tensor([2.0, 0, 0])),
+     ValueError, "binary"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 6), half_mask(3), bound=-1.0),
+     ValueError, "bound must be > 0"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 6), half_mask(3), bound="2"),
+     TypeError, "bound must be a positive number"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(3), torch.randn(6), half_mask(3)),
      ValueError, r"x must be \(B, \*features\)"),
-    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), half_mask(4)),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 6), half_mask(4)),
      ValueError, "mask must have the features' shape"),
-    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3).int(), torch.randn(2, 3), torch.randn(2, 3),
-                                            half_mask(3)), TypeError, "x must be a floating-point tensor"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 6), torch.ones(3)),
+     ValueError, "nothing to transform"),
+    (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3).int(), torch.randn(2, 6), half_mask(3)),
+     TypeError, "x must be a floating-point tensor"),
     (lambda: checkerboard_mask((3,)), ValueError, "shape must be"),
     (lambda: channel_mask(1), ValueError, "channels"),
     (lambda: half_mask(4, 2), ValueError, "parity must be 0 or 1"),
@@ -270,12 +284,17 @@ def test_bad_input(call, error, match):
 @needs("cpu")
 def test_cpu_kernel_rejects_bad_arguments_without_crashing():
     op = torch.ops.genkernels.affine_coupling
-    x = torch.randn(2, 4)
+    x, p = torch.randn(2, 4), torch.randn(2, 8)
     with pytest.raises(ValueError, match="mask must be"):
-        op(x, x, x, torch.zeros(3), 2.0, False)
+        op(x, p, torch.zeros(3), 2.0, False)
+    with pytest.raises(ValueError, match="params must be"):
+        op(x, x, torch.zeros(4), 2.0, False)
     with pytest.raises(ValueError, match="bound must be > 0"):
-        op(x, x, x, torch.zeros(4), 0.0, False)
+        op(x, p, torch.zeros(4), 0.0, False)
     with pytest.raises(TypeError, match="must have x's dtype"):
-        op(x, x.double(), x, torch.zeros(4), 2.0, False)
+        op(x, p.double(), torch.zeros(4), 2.0, False)
     with pytest.raises(ValueError, match="contiguous"):
-        op(torch.randn(4, 2).t(), x, x, torch.zeros(4), 2.0, False)
+        op(torch.randn(4, 2).t(), p, torch.zeros(4), 2.0, False)
+    with pytest.raises(ValueError, match="sigma"):
+        torch.ops.genkernels.affine_coupling_backward(x, torch.ones(2), x, p, torch.zeros(0), torch.zeros(4), 2.0,
+                                                      False)

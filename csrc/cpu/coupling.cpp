@@ -1,21 +1,27 @@
 // CPU kernels of the affine coupling's elementwise part (schemas in csrc/genkernels.cpp, spec
-// in genkernels/flows/coupling_reference.py): one pass over x, s, t and the mask per
-// direction, the bounded scale, the scale-and-shift and the per-sample log-determinant
-// together, forward and backward -- where eager PyTorch runs a chain of memory-bound kernels
-// (tanh, exp, mul, add, where, sum: each a pass over the batch, most writing a temporary).
+// in genkernels/flows/coupling_reference.py): one pass over x, the conditioner's output and
+// the mask per direction -- the bounded scale, the scale-and-shift and the per-sample
+// log-determinant together, forward and backward -- where eager PyTorch runs a chain of
+// memory-bound kernels (tanh, exp, mul, add, where, sum: each a pass over the batch, most
+// writing a temporary).
 //
-// With kept = mask != 0, sigma = b tanh(s / b) (b finite) or s (b = inf), sigma' = d sigma / ds
-// = (1 - sigma / b)(1 + sigma / b), in the direction's sign e = exp(+-sigma):
+// params (B, 2N) holds each row's raw log-scales s (columns [0, N)) then shifts t ([N, 2N)):
+// a conditioner's (B, 2C, H, W) or (B, 2D) output flattened, read in place, and its gradient
+// written in one (B, 2N) tensor (no concatenation of two halves' gradients afterwards).
+// With kept = mask != 0, sigma = b tanh(s / b) (b finite) or s (b = inf), sigma' =
+// d sigma / ds = (1 - sigma / b)(1 + sigma / b), e = exp(+-sigma) in the direction's sign:
 //   forward  y = x e + t,          logdet = sum sigma        (over the transformed features)
 //   inverse  y = (x - t) e,        logdet = -sum sigma
-// and the kept features pass through. The VJP, with gy, gl the incoming gradients:
+// and the kept features pass through. The forward pass also returns sigma (bounded only;
+// zero on the kept features), which the backward reads instead of recomputing tanh. The VJP,
+// with gy, gl the incoming gradients:
 //   forward  gx = gy e, gt = gy,       gs = (gy x e + gl) sigma'
 //   inverse  gx = gy e, gt = -gy e,    gs = (-gy (x - t) e - gl) sigma'
 // (gx = gy, gs = gt = 0 on the kept features). float runs 8 features per vector (vec_math.h;
-// a row's tail padded as kept features, which add nothing); double one at a time with the C
-// library's tanh and exp. Rows may have any stride, features must be contiguous. logdet sums
-// each row chunk in a fixed order and the chunks in row order: the result does not depend on
-// the number of threads.
+// tanh as 1 - 2 / (1 + e^2a), within 1.8e-7 absolutely; a row's tail padded as kept
+// features, which add nothing); double one at a time with the C library's tanh and exp.
+// Rows may have any stride, features must be contiguous. logdet sums each row chunk in a
+// fixed order and the chunks in row order: the result does not depend on the thread count.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -36,7 +42,7 @@ namespace V = genkernels::cpu::vec;
 using V::f8;
 
 // Features per chunk (a thread's unit of work) and the elements below which one thread
-// does it all (a pass over 2^16 floats is ~20 us).
+// does it all (a pass over 2^16 floats takes tens of microseconds).
 constexpr int64_t kChunk = 4096;
 constexpr int64_t kMinWorkPerThread = int64_t(1) << 16;
 
@@ -44,109 +50,83 @@ struct Rows {
   int64_t batch, features;
 };
 
-Rows check(const char* op, const at::Tensor& x, const at::Tensor& s, const at::Tensor& t, const at::Tensor& mask,
-           double bound) {
-  TORCH_CHECK_VALUE(x.dim() == 2 && s.dim() == 2 && t.dim() == 2, op, ": x, s and t must be (B, N); got ",
-                    x.sizes(), ", ", s.sizes(), " and ", t.sizes());
+bool features_contiguous(const at::Tensor& v) { return v.size(-1) <= 1 || v.stride(-1) == 1; }
+
+Rows check(const char* op, const at::Tensor& x, const at::Tensor& params, const at::Tensor& mask, double bound) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && params.dim() == 2, op, ": x must be (B, N) and params (B, 2N); got ", x.sizes(),
+                    " and ", params.sizes());
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
                    ": x must be float32 or float64; got ", x.scalar_type());
-  for (const at::Tensor* other : {&s, &t, &mask})
-    TORCH_CHECK_TYPE(other->scalar_type() == x.scalar_type(), op, ": s, t and mask must have x's dtype ",
+  for (const at::Tensor* other : {&params, &mask})
+    TORCH_CHECK_TYPE(other->scalar_type() == x.scalar_type(), op, ": params and mask must have x's dtype ",
                      x.scalar_type(), "; got ", other->scalar_type());
-  TORCH_CHECK_VALUE(s.sizes() == x.sizes() && t.sizes() == x.sizes(), op, ": s and t must be x's shape ", x.sizes(),
-                    "; got ", s.sizes(), " and ", t.sizes());
+  TORCH_CHECK_VALUE(params.size(0) == x.size(0) && params.size(1) == 2 * x.size(1), op, ": params must be (",
+                    x.size(0), ", ", 2 * x.size(1), ") for x ", x.sizes(), "; got ", params.sizes());
   TORCH_CHECK_VALUE(mask.dim() == 1 && mask.size(0) == x.size(1), op, ": mask must be (", x.size(1), ",); got ",
                     mask.sizes());
-  for (const at::Tensor* v : {&x, &s, &t, &mask})
-    TORCH_CHECK_VALUE(v->size(-1) <= 1 || v->stride(-1) == 1, op, ": the features of x, s, t and mask must be ",
-                      "contiguous; got strides ", v->strides());
+  for (const at::Tensor* v : {&x, &params, &mask})
+    TORCH_CHECK_VALUE(features_contiguous(*v), op, ": the features of x, params and mask must be contiguous; got ",
+                      "strides ", v->strides());
   TORCH_CHECK_VALUE(bound > 0, op, ": bound must be > 0 (inf: no bound); got ", bound);
   return {x.size(0), x.size(1)};
 }
 
-// The per-element formulas, once for 8 float lanes and once for a double.
-struct Lanes {
-  f8 kept, x, s, t;  // kept: nonzero where the feature passes through
-};
-
-// -> sigma, with sigma' in *dsigma (when non-null)
-inline f8 scale_f(f8 s, float bound, f8* dsigma) {
-  if (std::isinf(bound)) {
-    if (dsigma) *dsigma = V::splat(1.0f);
-    return s;
-  }
-  const f8 r = V::vtanh(s * (1.0f / bound));
-  if (dsigma) *dsigma = (1.0f - r) * (1.0f + r);
-  return r * bound;
-}
-
-inline double scale_d(double s, double bound, double* dsigma) {
-  if (std::isinf(bound)) {
-    if (dsigma) *dsigma = 1.0;
-    return s;
-  }
-  const double r = std::tanh(s / bound);
-  if (dsigma) *dsigma = (1.0 - r) * (1.0 + r);
-  return r * bound;
-}
-
 template <typename T>
 struct Args {
-  const T *x, *s, *t, *mask, *gy, *gl;
-  int64_t sx, ss, st, sgy;
-  T *y, *gx, *gs, *gt;  // outputs, contiguous (B, N)
+  const T *x, *params, *mask, *sigma_in, *gy, *gl;
+  int64_t sx, sp, ssig, sgy;
+  T *y, *sigma_out, *gx, *gp;  // outputs, contiguous: y, sigma, gx (B, N), gp (B, 2N)
   T bound;
-  bool inverse;
+  bool inverse, bounded;
 };
 
-// Row b, features [f0, f1): forward (y, returns the chunk's logdet sum) or, with gy non-null,
-// backward (gx, gs, gt).
+// Row b, features [f0, f1): forward (y and sigma; returns the chunk's sum of sigma) or, with
+// gy non-null, backward (gx and the row's gradient of params).
 double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t n) {
   const float* x = a.x + b * a.sx;
-  const float* s = a.s + b * a.ss;
-  const float* t = a.t + b * a.st;
+  const float* s = a.params + b * a.sp;
+  const float* t = s + n;
   const float sign = a.inverse ? -1.0f : 1.0f;
-  f8 acc{};
   const bool backward = a.gy != nullptr;
   const float gl = backward ? a.gl[b] : 0.0f;
   const float* gy = backward ? a.gy + b * a.sgy : nullptr;
+  // sigma: computed (forward; backward when unbounded: s itself) or read (bounded backward)
+  const float* sig_in = backward && a.bounded ? a.sigma_in + b * a.ssig : s;
+  f8 acc{};
   for (int64_t f = f0; f < f1; f += 8) {
     const int lanes = int(std::min<int64_t>(8, f1 - f));
     const bool full = lanes == 8;
-    const f8 kept = full ? V::load(a.mask + f) : V::load(a.mask + f, lanes, 1.0f);
-    const f8 xv = full ? V::load(x + f) : V::load(x + f, lanes, 0.0f);
-    const f8 sv = full ? V::load(s + f) : V::load(s + f, lanes, 0.0f);
-    const f8 tv = full ? V::load(t + f) : V::load(t + f, lanes, 0.0f);
-    f8 dsigma;
-    const f8 sigma = scale_f(sv, a.bound, backward ? &dsigma : nullptr);
+    const auto get = [&](const float* p, float fill) { return full ? V::load(p + f) : V::load(p + f, lanes, fill); };
+    const auto put = [&](float* p, f8 v) {
+      if (full) {
+        V::store(p + f, v);
+      } else {
+        V::store(p + f, v, lanes);
+      }
+    };
+    const auto keep = get(a.mask, 1.0f) != 0.0f;
+    const f8 xv = get(x, 0.0f);
+    f8 sigma = get(sig_in, 0.0f);
+    if (a.bounded && !backward) sigma = a.bound * V::vtanh_abs(sigma * (1.0f / a.bound));
+    sigma = keep ? f8{} : sigma;
     const f8 e = V::vexp(sign * sigma);
-    const auto keep = kept != 0.0f;
     if (!backward) {
-      const f8 y = keep ? xv : (a.inverse ? (xv - tv) * e : xv * e + tv);
-      acc += keep ? f8{} : sigma;
-      if (full) {
-        V::store(a.y + b * n + f, y);
-      } else {
-        V::store(a.y + b * n + f, y, lanes);
-      }
+      const f8 tv = get(t, 0.0f);
+      put(a.y + b * n, keep ? xv : (a.inverse ? (xv - tv) * e : xv * e + tv));
+      if (a.bounded) put(a.sigma_out + b * n, sigma);
+      acc += sigma;
     } else {
-      const f8 g = full ? V::load(gy + f) : V::load(gy + f, lanes, 0.0f);
-      const f8 moved = a.inverse ? (xv - tv) * e : xv * e;
-      const f8 gx = keep ? g : g * e;
-      const f8 gt = keep ? f8{} : (a.inverse ? -g * e : g);
-      const f8 gs = keep ? f8{} : (sign * (g * moved + gl)) * dsigma;
-      float* ox = a.gx + b * n + f;
-      float* os = a.gs + b * n + f;
-      float* ot = a.gt + b * n + f;
-      if (full) {
-        V::store(ox, gx);
-        V::store(os, gs);
-        V::store(ot, gt);
-      } else {
-        V::store(ox, gx, lanes);
-        V::store(os, gs, lanes);
-        V::store(ot, gt, lanes);
+      const f8 g = get(gy, 0.0f);
+      const f8 moved = a.inverse ? (xv - get(t, 0.0f)) * e : xv * e;
+      f8 dsigma = V::splat(1.0f);
+      if (a.bounded) {
+        const f8 r = sigma * (1.0f / a.bound);
+        dsigma = (1.0f - r) * (1.0f + r);
       }
+      float* gp = a.gp + b * 2 * n;
+      put(a.gx + b * n, keep ? g : g * e);
+      put(gp, keep ? f8{} : (sign * (g * moved + gl)) * dsigma);
+      put(gp + n, keep ? f8{} : (a.inverse ? -g * e : g));
     }
   }
   return V::sum(acc);
@@ -154,26 +134,31 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
 
 double chunk_d(const Args<double>& a, int64_t b, int64_t f0, int64_t f1, int64_t n) {
   const double* x = a.x + b * a.sx;
-  const double* s = a.s + b * a.ss;
-  const double* t = a.t + b * a.st;
+  const double* s = a.params + b * a.sp;
+  const double* t = s + n;
   const double sign = a.inverse ? -1.0 : 1.0;
-  double acc = 0;
   const bool backward = a.gy != nullptr;
   const double gl = backward ? a.gl[b] : 0.0;
+  const double* sig_in = backward && a.bounded ? a.sigma_in + b * a.ssig : s;
+  double acc = 0;
   for (int64_t f = f0; f < f1; ++f) {
     const bool keep = a.mask[f] != 0.0;
-    double dsigma = 0;
-    const double sigma = keep ? 0.0 : scale_d(s[f], a.bound, backward ? &dsigma : nullptr);
-    const double e = keep ? 1.0 : std::exp(sign * sigma);
+    double sigma = sig_in[f];
+    if (a.bounded && !backward) sigma = a.bound * std::tanh(sigma / a.bound);
+    if (keep) sigma = 0.0;
+    const double e = std::exp(sign * sigma);
     if (!backward) {
       a.y[b * n + f] = keep ? x[f] : (a.inverse ? (x[f] - t[f]) * e : x[f] * e + t[f]);
+      if (a.bounded) a.sigma_out[b * n + f] = sigma;
       acc += sigma;
     } else {
       const double g = a.gy[b * a.sgy + f];
       const double moved = a.inverse ? (x[f] - t[f]) * e : x[f] * e;
-      a.gx[b * n + f] = g * e;
-      a.gt[b * n + f] = keep ? 0.0 : (a.inverse ? -g * e : g);
-      a.gs[b * n + f] = keep ? 0.0 : sign * (g * moved + gl) * dsigma;
+      const double r = a.bounded ? sigma / a.bound : 0.0;
+      double* gp = a.gp + b * 2 * n;
+      a.gx[b * n + f] = keep ? g : g * e;
+      gp[f] = keep ? 0.0 : sign * (g * moved + gl) * (1.0 - r) * (1.0 + r);
+      gp[n + f] = keep ? 0.0 : (a.inverse ? -g * e : g);
     }
   }
   return acc;
@@ -186,16 +171,22 @@ void run(const Args<T>& a, const Rows& r, T* logdet) {
   const int64_t chunks = r.batch * per_row;
   const int team = genkernels::cpu::team_size(
       std::min<int64_t>(chunks, std::max<int64_t>(1, r.batch * r.features / kMinWorkPerThread)));
-  genkernels::cpu::SoloScope solo(team <= 1);
   std::vector<double> sums(chunks, 0.0);
-  genkernels::cpu::parallel_chunks(chunks, team, [&](int64_t c, int) {
+  const auto body = [&](int64_t c, int) {
     const int64_t b = c / per_row, f0 = (c % per_row) * kChunk, f1 = std::min(r.features, f0 + kChunk);
     if constexpr (std::is_same_v<T, float>) {
       sums[c] = chunk_f(a, b, f0, f1, r.features);
     } else {
       sums[c] = chunk_d(a, b, f0, f1, r.features);
     }
-  });
+  };
+  if (team <= 1) {
+    // one thread: the loop itself (the body calls no BLAS, starts no team and cannot throw,
+    // so parallel_chunks' BLAS and thread settings -- microseconds a call -- buy nothing)
+    for (int64_t c = 0; c < chunks; ++c) body(c, 0);
+  } else {
+    genkernels::cpu::parallel_chunks(chunks, team, body);
+  }
   if (logdet != nullptr) {
     const double sign = a.inverse ? -1.0 : 1.0;
     for (int64_t b = 0; b < r.batch; ++b) {
@@ -208,45 +199,56 @@ void run(const Args<T>& a, const Rows& r, T* logdet) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> affine_coupling_cpu(const at::Tensor& x, const at::Tensor& s, const at::Tensor& t,
-                                                       const at::Tensor& mask, double bound, bool inverse) {
-  const Rows r = check("affine_coupling", x, s, t, mask, bound);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_coupling_cpu(const at::Tensor& x, const at::Tensor& params,
+                                                                   const at::Tensor& mask, double bound, bool inverse) {
+  const Rows r = check("affine_coupling", x, params, mask, bound);
+  const bool bounded = !std::isinf(bound);
   at::Tensor y = at::empty({r.batch, r.features}, x.options());
   at::Tensor logdet = at::zeros({r.batch}, x.options());
-  if (y.numel() == 0) return {y, logdet};
+  at::Tensor sigma = bounded ? at::empty({r.batch, r.features}, x.options()) : at::empty({0}, x.options());
+  if (y.numel() == 0) return {y, logdet, sigma};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_coupling", [&] {
-    Args<scalar_t> a{x.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-                     mask.const_data_ptr<scalar_t>(), nullptr, nullptr, x.stride(0), s.stride(0), t.stride(0), 0,
-                     y.mutable_data_ptr<scalar_t>(), nullptr, nullptr, nullptr, scalar_t(bound), inverse};
+    Args<scalar_t> a{x.const_data_ptr<scalar_t>(), params.const_data_ptr<scalar_t>(),
+                     mask.const_data_ptr<scalar_t>(), nullptr, nullptr, nullptr, x.stride(0), params.stride(0), 0, 0,
+                     y.mutable_data_ptr<scalar_t>(), bounded ? sigma.mutable_data_ptr<scalar_t>() : nullptr, nullptr,
+                     nullptr, scalar_t(bound), inverse, bounded};
     run<scalar_t>(a, r, logdet.mutable_data_ptr<scalar_t>());
   });
-  return {y, logdet};
+  return {y, logdet, sigma};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_coupling_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& s,
-    const at::Tensor& t, const at::Tensor& mask, double bound, bool inverse) {
+std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(const at::Tensor& grad_y,
+                                                                const at::Tensor& grad_logdet, const at::Tensor& x,
+                                                                const at::Tensor& params, const at::Tensor& sigma,
+                                                                const at::Tensor& mask, double bound, bool inverse) {
   constexpr const char* op = "affine_coupling_backward";
-  const Rows r = check(op, x, s, t, mask, bound);
+  const Rows r = check(op, x, params, mask, bound);
+  const bool bounded = !std::isinf(bound);
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), op, ": grad_y must be x's shape ", x.sizes(), "; got ",
                     grad_y.sizes());
   TORCH_CHECK_VALUE(grad_logdet.dim() == 1 && grad_logdet.size(0) == r.batch, op, ": grad_logdet must be (",
                     r.batch, ",); got ", grad_logdet.sizes());
+  if (bounded) {
+    TORCH_CHECK_VALUE(sigma.sizes() == x.sizes() && features_contiguous(sigma), op,
+                      ": sigma (the forward's third output) must be x's shape ", x.sizes(),
+                      " with contiguous features; got ", sigma.sizes());
+    TORCH_CHECK_TYPE(sigma.scalar_type() == x.scalar_type(), op, ": sigma must have x's dtype");
+  }
   const at::Tensor gy = grad_y.to(x.scalar_type());
-  const at::Tensor g = gy.size(-1) <= 1 || gy.stride(-1) == 1 ? gy : gy.contiguous();
+  const at::Tensor g = features_contiguous(gy) ? gy : gy.contiguous();
   const at::Tensor gl = grad_logdet.to(x.scalar_type()).contiguous();
   at::Tensor gx = at::empty({r.batch, r.features}, x.options());
-  at::Tensor gs = at::empty_like(gx), gt = at::empty_like(gx);
-  if (gx.numel() == 0) return {gx, gs, gt};
+  at::Tensor gp = at::empty({r.batch, 2 * r.features}, x.options());
+  if (gx.numel() == 0) return {gx, gp};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_coupling_backward", [&] {
-    Args<scalar_t> a{x.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-                     mask.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), gl.const_data_ptr<scalar_t>(),
-                     x.stride(0), s.stride(0), t.stride(0), g.stride(0), nullptr,
-                     gx.mutable_data_ptr<scalar_t>(), gs.mutable_data_ptr<scalar_t>(),
-                     gt.mutable_data_ptr<scalar_t>(), scalar_t(bound), inverse};
+    Args<scalar_t> a{x.const_data_ptr<scalar_t>(), params.const_data_ptr<scalar_t>(),
+                     mask.const_data_ptr<scalar_t>(), bounded ? sigma.const_data_ptr<scalar_t>() : nullptr,
+                     g.const_data_ptr<scalar_t>(), gl.const_data_ptr<scalar_t>(), x.stride(0), params.stride(0),
+                     bounded ? sigma.stride(0) : 0, g.stride(0), nullptr, nullptr, gx.mutable_data_ptr<scalar_t>(),
+                     gp.mutable_data_ptr<scalar_t>(), scalar_t(bound), inverse, bounded};
     run<scalar_t>(a, r, nullptr);
   });
-  return {gx, gs, gt};
+  return {gx, gp};
 }
 
 TORCH_LIBRARY_IMPL(genkernels, CPU, m) {

@@ -147,4 +147,8 @@ GENKERNELS_VEC_INLINE f8 vtanh(f8 a) {
   return a < 0.0f ? -t : t;
 }
 
+// tanh(a) = 1 - 2 / (1 + e^2a): one exponential, within 1.8e-7 of tanh absolutely (not
+// relatively: near 0 use vtanh)
+GENKERNELS_VEC_INLINE f8 vtanh_abs(f8 a) { return 1.0f - 2.0f / (1.0f + vexp(2.0f * a)); }
+
 }  // namespace genkernels::cpu::vec

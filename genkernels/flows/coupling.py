@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .._checks import check_int
-from .coupling_ops import affine_coupling, check_bound, check_mask
+from . import coupling_ops
+from .coupling_ops import check_bound, check_mask
 
 
 # ------------------------------------------------------------------------------- masks
@@ -193,7 +194,8 @@ class _Coupling(nn.Module):
 
 class AffineCoupling(_Coupling):
     """y = x on the kept features, x exp(sigma) + t on the others, sigma = bound tanh(s /
-    bound), with (s, t) = conditioner(x * mask[, context]) split along dimension 1.
+    bound), with (s, t) = conditioner(x * mask[, context]) split along dimension 1 (the
+    fused op reads the conditioner's output in place and writes its gradient whole).
 
     Args:
         mask: (D,) for vectors, (C, H, W) or (C, 1, 1) for images: 1 = kept, 0 = transformed
@@ -221,8 +223,7 @@ class AffineCoupling(_Coupling):
     def _couple(self, x, context, inverse: bool, name: str):
         self._check_input(x, name)
         params = self._params(x, context)
-        s, t = params.chunk(2, dim=1)
-        return affine_coupling(x, s, t, self.mask, bound=self.scale_bound, inverse=inverse, backend=self.backend)
+        return coupling_ops.apply(x, params, self.mask, self.scale_bound, inverse, self.backend)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._couple(x, context, False, "x")

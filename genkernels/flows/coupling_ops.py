@@ -19,36 +19,43 @@ from .._checks import acc_dtype, check_float_tensor, check_same_device
 from . import coupling_reference
 
 
-def _reference(x, s, t, mask, bound, inverse):
-    return coupling_reference.affine_coupling(x, s, t, mask, bound, inverse)
+def _reference(x, params, mask, bound, inverse):
+    return coupling_reference.affine_coupling(x, params, mask, bound, inverse)
 
 
-def _cpu(x, s, t, mask, bound, inverse):
+def _cpu(x, params, mask, bound, inverse):
     dt = acc_dtype(x.dtype)
-    return torch.ops.genkernels.affine_coupling(x.to(dt), s.to(dt), t.to(dt), mask.to(dt), bound, inverse)
+    return torch.ops.genkernels.affine_coupling(x.to(dt), params.to(dt), mask.to(dt), bound, inverse)
 
 
-def _fake(x, s, t, mask, bound, inverse):
-    return x.new_empty(x.shape), x.new_empty((x.shape[0],))
+def _fake(x, params, mask, bound, inverse):
+    dt = acc_dtype(x.dtype)
+    sigma = x.new_empty(x.shape, dtype=dt) if not math.isinf(bound) else x.new_empty((0,), dtype=dt)
+    return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=dt), sigma
 
 
-def _backward_fake(grad_y, grad_logdet, x, s, t, mask, bound, inverse):
-    return x.new_empty(x.shape), x.new_empty(x.shape), x.new_empty(x.shape)
+def _backward_fake(grad_y, grad_logdet, x, params, sigma, mask, bound, inverse):
+    return x.new_empty(x.shape), x.new_empty(params.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    x, s, t, mask, bound, inverse = inputs
-    ctx.save_for_backward(x, s, t, mask)
+    x, params, mask, bound, inverse = inputs
+    ctx.save_for_backward(x, params, output[2], mask)
     ctx.args = (bound, inverse)
+    ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_y, grad_logdet):
-    x, s, t, mask = ctx.saved_tensors
-    gx, gs, gt = torch.ops.genkernels.affine_coupling_backward(grad_y, grad_logdet, x, s, t, mask, *ctx.args)
-    return gx, gs, gt, None, None, None
+def _backward(ctx, grad_y, grad_logdet, grad_sigma):
+    x, params, sigma, mask = ctx.saved_tensors
+    if grad_y is None and grad_logdet is None:
+        return None, None, None, None, None
+    grad_y = torch.zeros_like(x) if grad_y is None else grad_y
+    grad_logdet = x.new_zeros(x.shape[0]) if grad_logdet is None else grad_logdet
+    gx, gp = torch.ops.genkernels.affine_coupling_backward(grad_y, grad_logdet, x, params, sigma, mask, *ctx.args)
+    return gx, gp, None, None, None
 
 
-# affine_coupling(x (B, N), s (B, N), t (B, N), mask (N,), bound, inverse) -> (y (B, N), logdet (B,))
+# affine_coupling(x (B, N), params (B, 2N), mask (N,), bound, inverse) -> (y (B, N), logdet (B,), sigma)
 COUPLING = registry.declare(
     "affine_coupling",
     reference=_reference,
@@ -91,35 +98,39 @@ def check_mask(mask, features: tuple[int, ...], device: torch.device | None = No
     return full if device is None else full.to(device)
 
 
-def affine_coupling(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, *,
-                    bound: float = math.inf, inverse: bool = False,
-                    backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_coupling(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, *, bound: float = math.inf,
+                    inverse: bool = False, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine coupling's mask, bounded scale, scale-and-shift and log-determinant, fused.
 
     Args:
-        x: (B, *F) float input. s, t: (B, *F) raw log-scales and shifts (a conditioner's
-            output for every feature; only the transformed features' values are used), any
-            strides. mask: (*F) (or broadcastable to it) zeros and ones, 1 = kept; bool or
-            float. Its values are checked on the CPU; on a GPU check it once where it is made
+        x: (B, F0, *F) float input.
+        params: (B, 2 F0, *F): a conditioner's output, the raw log-scales s (the first F0
+            along dimension 1), then the shifts t -- as ``params.chunk(2, dim=1)`` splits it;
+            read in place (any batch stride), its gradient written as one tensor. Only the
+            transformed features' s and t are used.
+        mask: (F0, *F) (or broadcastable to it) zeros and ones, 1 = kept; bool or float. Its
+            values are checked on the CPU; on a GPU check it once where it is made
             (``check_mask``; AffineCoupling does).
-        bound: log-scales are bounded as bound tanh(s / bound) (> 0; math.inf: not bounded).
-        inverse: apply the inverse map (x from y, with the same s and t).
+        bound: log-scales are bounded as sigma = bound tanh(s / bound) (> 0; math.inf: not
+            bounded, sigma = s).
+        inverse: apply the inverse map (x from y, with the same params).
         backend: None (auto), "reference", "cpu" or "triton".
     Returns:
-        (y, logdet): y (B, *F) in x's dtype, logdet (B,) the log |det| of the map's Jacobian
-        (fp32 for half and bfloat16 inputs); differentiable in x, s and t.
+        (y, logdet): y (B, F0, *F) in x's dtype; logdet (B,) the log |det| of the map's
+        Jacobian (sum of sigma over the transformed features; minus that for the inverse),
+        fp32 for half and bfloat16 inputs. Differentiable in x and params.
     """
     check_float_tensor("x", x)
-    check_float_tensor("s", s)
-    check_float_tensor("t", t)
+    check_float_tensor("params", params)
     if x.dim() < 2:
         raise ValueError(f"x must be (B, *features) with at least one feature dimension; got shape {tuple(x.shape)}")
-    for name, other in (("s", s), ("t", t)):
-        if other.shape != x.shape:
-            raise ValueError(f"{name} must have x's shape {tuple(x.shape)}; got {tuple(other.shape)}")
+    want = (x.shape[0], 2 * x.shape[1], *x.shape[2:])
+    if tuple(params.shape) != want:
+        raise ValueError(f"params must be {want} (log-scales, then shifts, along dimension 1) for x of shape "
+                         f"{tuple(x.shape)}; got {tuple(params.shape)}")
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor of zeros and ones; got {type(mask).__name__}")
-    check_same_device(x=x, s=s, t=t, mask=mask)
+    check_same_device(x=x, params=params, mask=mask)
     bound = check_bound(bound)
     features = tuple(x.shape[1:])
     if mask.device.type == "cpu" and not torch.compiler.is_compiling():
@@ -130,11 +141,19 @@ def affine_coupling(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, mask: tor
         except RuntimeError:
             raise ValueError(f"mask must have the features' shape {features} (or broadcast to it); got "
                              f"shape {tuple(mask.shape)}") from None
+    return apply(x, params, flat, bound, bool(inverse), backend)
+
+
+def apply(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, bound: float, inverse: bool,
+          backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """affine_coupling after its checks (the coupling layers check their mask once, when
+    made): mask broadcasts to x's features."""
+    features = tuple(x.shape[1:])
     batch, n = x.shape[0], math.prod(features)
     acc = acc_dtype(x.dtype)
     name = COUPLING.resolve(x.device, backend)
-    y, logdet = COUPLING.kernels[name](_rows(x, batch, n), _rows(s, batch, n), _rows(t, batch, n),
-                                       flat.reshape(-1).to(acc), bound, bool(inverse))
+    y, logdet, _ = COUPLING.kernels[name](_rows(x, batch, n), _rows(params, batch, 2 * n),
+                                          mask.expand(features).reshape(-1).to(acc), bound, inverse)
     return y.reshape(x.shape).to(x.dtype), logdet.to(acc)
 
 

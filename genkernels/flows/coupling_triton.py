@@ -7,16 +7,17 @@ with fake kernels; the forward op's autograd calls the backward op). The oracle 
 coupling_reference.affine_coupling differentiated by autograd; its docstring is the spec.
 
 The grid is (feature blocks, rows): a program owns BLOCK features of one row (4 warps), reads
-x, s, t through the row's stride (a conditioner's (B, 2C, H, W) output chunked into s and t is
-read in place) and the mask once per block, and writes y. The forward program's log-determinant
-part (the sum of its block's sigma over the transformed features) goes to a (B, blocks) buffer
-that torch sums per row: no atomics, the same result on every run. The backward program is
-purely elementwise (the log-determinant's gradient is one value per row).
+x and the row's s and t halves of params through the rows' strides (a conditioner's
+(B, 2C, H, W) output is read in place) and the mask once per block, and writes y and, when the
+scale is bounded, sigma (which the backward reads instead of recomputing tanh). The forward
+program's log-determinant part (the sum of its block's sigma over the transformed features)
+goes to a (B, blocks) buffer that torch sums per row: no atomics, the same result on every
+run. The backward program is purely elementwise (the log-determinant's gradient is one value
+per row) and writes the gradient of params as one (B, 2N) tensor.
 
-sigma = bound tanh(s / bound) is written with sigmoid alone (the interpreter has no
-libdevice): tanh(a) = 2 sigmoid(2 a) - 1 and sigma' = 1 - tanh(a)^2 = 4 sigmoid(2 a)
-sigmoid(-2 a), without cancellation. Arithmetic in fp32 (fp64 for fp64 inputs), loads and
-stores in the tensors' dtypes.
+tanh is written with sigmoid (the interpreter has no libdevice): tanh(a) = 2 sigmoid(2 a) - 1,
+and sigma' = (1 - sigma / bound)(1 + sigma / bound). Arithmetic in fp32 (fp64 for fp64
+inputs), loads and stores in the tensors' dtypes.
 """
 
 from __future__ import annotations
@@ -35,18 +36,7 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _sigma(s, bound, BOUNDED: tl.constexpr):
-    """(sigma, sigma') of the raw log-scales s."""
-    if BOUNDED:
-        a2 = 2.0 * s / bound
-        up = tl.sigmoid(a2)
-        return bound * (2.0 * up - 1.0), 4.0 * up * tl.sigmoid(-a2)
-    else:
-        return s, tl.full(s.shape, 1.0, s.dtype)
-
-
-@triton.jit
-def _coupling_fwd_kernel(X, S, T, MASK, Y, PART, N, stride_x, stride_s, stride_t, n_blocks, bound,
+def _coupling_fwd_kernel(X, P, MASK, Y, SIGMA, PART, N, stride_x, stride_p, n_blocks, bound,
                          BOUNDED: tl.constexpr, INVERSE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     blk = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
@@ -54,22 +44,26 @@ def _coupling_fwd_kernel(X, S, T, MASK, Y, PART, N, stride_x, stride_s, stride_t
     valid = cols < N
     kept = tl.load(MASK + cols, mask=valid, other=1.0) != 0
     x = tl.load(X + row * stride_x + cols, mask=valid, other=0.0).to(ACC)
-    s = tl.load(S + row * stride_s + cols, mask=valid, other=0.0).to(ACC)
-    t = tl.load(T + row * stride_t + cols, mask=valid, other=0.0).to(ACC)
-    sigma, _ = _sigma(s, bound, BOUNDED)
-    sigma = tl.where(kept, 0.0, sigma)
+    s = tl.load(P + row * stride_p + cols, mask=valid, other=0.0).to(ACC)
+    t = tl.load(P + row * stride_p + N + cols, mask=valid, other=0.0).to(ACC)
+    if BOUNDED:
+        s = bound * (2.0 * tl.sigmoid(2.0 * s / bound) - 1.0)      # bound tanh(s / bound)
+    sigma = tl.where(kept, 0.0, s)
     if INVERSE:
         moved = (x - t) * tl.exp(-sigma)
     else:
         moved = x * tl.exp(sigma) + t
     y = tl.where(kept, x, moved)
-    tl.store(Y + row * N + cols, y.to(Y.dtype.element_ty), mask=valid)
+    out = row * N + cols
+    tl.store(Y + out, y.to(Y.dtype.element_ty), mask=valid)
+    if BOUNDED:
+        tl.store(SIGMA + out, sigma.to(SIGMA.dtype.element_ty), mask=valid)
     part = tl.sum(sigma, axis=0)
     tl.store(PART + row * n_blocks + blk, -part if INVERSE else part)
 
 
 @triton.jit
-def _coupling_bwd_kernel(GY, GL, X, S, T, MASK, GX, GS, GT, N, stride_gy, stride_x, stride_s, stride_t, bound,
+def _coupling_bwd_kernel(GY, GL, X, P, SIGMA, MASK, GX, GP, N, stride_gy, stride_x, stride_p, stride_sigma, bound,
                          BOUNDED: tl.constexpr, INVERSE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     blk = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
@@ -79,105 +73,118 @@ def _coupling_bwd_kernel(GY, GL, X, S, T, MASK, GX, GS, GT, N, stride_gy, stride
     g = tl.load(GY + row * stride_gy + cols, mask=valid, other=0.0).to(ACC)
     gl = tl.load(GL + row).to(ACC)
     x = tl.load(X + row * stride_x + cols, mask=valid, other=0.0).to(ACC)
-    s = tl.load(S + row * stride_s + cols, mask=valid, other=0.0).to(ACC)
-    t = tl.load(T + row * stride_t + cols, mask=valid, other=0.0).to(ACC)
-    sigma, dsigma = _sigma(s, bound, BOUNDED)
+    if BOUNDED:
+        sigma = tl.load(SIGMA + row * stride_sigma + cols, mask=valid, other=0.0).to(ACC)
+        r = sigma / bound
+        dsigma = (1.0 - r) * (1.0 + r)
+    else:
+        sigma = tl.load(P + row * stride_p + cols, mask=valid, other=0.0).to(ACC)
+        dsigma = 1.0
     sigma = tl.where(kept, 0.0, sigma)
     if INVERSE:
+        t = tl.load(P + row * stride_p + N + cols, mask=valid, other=0.0).to(ACC)
         e = tl.exp(-sigma)
-        moved = (x - t) * e
         gt = -g * e
-        gs = (-(g * moved) - gl) * dsigma
+        gs = (-(g * (x - t) * e) - gl) * dsigma
     else:
         e = tl.exp(sigma)
-        moved = x * e
         gt = g
-        gs = (g * moved + gl) * dsigma
-    gx = g * e
-    out = row * N + cols
-    tl.store(GX + out, gx.to(GX.dtype.element_ty), mask=valid)
-    tl.store(GS + out, tl.where(kept, 0.0, gs).to(GS.dtype.element_ty), mask=valid)
-    tl.store(GT + out, tl.where(kept, 0.0, gt).to(GT.dtype.element_ty), mask=valid)
+        gs = (g * x * e + gl) * dsigma
+    gp = row * 2 * N + cols
+    tl.store(GX + row * N + cols, (g * e).to(GX.dtype.element_ty), mask=valid)
+    tl.store(GP + gp, tl.where(kept, 0.0, gs).to(GP.dtype.element_ty), mask=valid)
+    tl.store(GP + gp + N, tl.where(kept, 0.0, gt).to(GP.dtype.element_ty), mask=valid)
 
 
-def _check(x: torch.Tensor, *others: torch.Tensor) -> None:
-    for v in (x, *others):
-        if v.dim() == 2 and v.shape[1] > 1 and v.stride(1) != 1:
-            raise ValueError(f"affine_coupling_triton: features must be contiguous; got strides {v.stride()}")
+def _features_contiguous(v: torch.Tensor) -> bool:
+    return v.dim() < 2 or v.shape[1] <= 1 or v.stride(1) == 1
 
 
-def coupling_fwd(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, bound: float,
-                 inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """x, s, t (B, N) (features contiguous), mask (N,) -> y (B, N) contiguous in x's dtype,
-    logdet (B,) in the accumulation dtype."""
-    _check(x, s, t)
+def coupling_fwd(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, bound: float,
+                 inverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (B, N), params (B, 2N) (features contiguous), mask (N,) -> y (B, N) contiguous in
+    x's dtype, logdet (B,) and sigma (B, N) ((0,) unbounded) in the accumulation dtype."""
+    if not (_features_contiguous(x) and _features_contiguous(params)):
+        raise ValueError("affine_coupling_triton: the features of x and params must be contiguous")
     batch, n = x.shape
     acc = acc_dtype(x.dtype)
+    bounded = not math.isinf(bound)
     y = torch.empty((batch, n), dtype=x.dtype, device=x.device)
+    sigma = torch.empty((batch, n) if bounded else (0,), dtype=acc, device=x.device)
     blocks = triton.cdiv(n, BLOCK)
     part = torch.zeros((batch, max(blocks, 1)), dtype=acc, device=x.device)
     if batch and n:
         with device_of(x):
             _coupling_fwd_kernel[(blocks, batch)](
-                x, s, t, mask, y, part, n, x.stride(0), s.stride(0), t.stride(0), blocks, bound,
-                BOUNDED=not math.isinf(bound), INVERSE=inverse, ACC=TL_ACC[acc], BLOCK=BLOCK, num_warps=NUM_WARPS)
-    return y, part.sum(1)
+                x, params, mask, y, sigma, part, n, x.stride(0), params.stride(0), blocks, bound,
+                BOUNDED=bounded, INVERSE=inverse, ACC=TL_ACC[acc], BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return y, part.sum(1), sigma
 
 
-def coupling_bwd(grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor,
-                 mask: torch.Tensor, bound: float, inverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The VJP: grad_y (B, N), grad_logdet (B,) -> (grad_x, grad_s, grad_t), (B, N) each,
+def coupling_bwd(grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor,
+                 sigma: torch.Tensor, mask: torch.Tensor, bound: float,
+                 inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VJP: grad_y (B, N), grad_logdet (B,) -> (grad_x (B, N), grad_params (B, 2N)),
     contiguous, in x's dtype."""
-    if grad_y.dim() == 2 and grad_y.shape[1] > 1 and grad_y.stride(1) != 1:
+    if not _features_contiguous(grad_y):
         grad_y = grad_y.contiguous()
-    _check(x, s, t)
     batch, n = x.shape
     acc = acc_dtype(x.dtype)
-    gx, gs, gt = (torch.empty((batch, n), dtype=x.dtype, device=x.device) for _ in range(3))
+    bounded = not math.isinf(bound)
+    gx = torch.empty((batch, n), dtype=x.dtype, device=x.device)
+    gp = torch.empty((batch, 2 * n), dtype=x.dtype, device=x.device)
     if batch and n:
         gl = grad_logdet.to(acc).contiguous()
         with device_of(x):
             _coupling_bwd_kernel[(triton.cdiv(n, BLOCK), batch)](
-                grad_y, gl, x, s, t, mask, gx, gs, gt, n, grad_y.stride(0), x.stride(0), s.stride(0), t.stride(0),
-                bound, BOUNDED=not math.isinf(bound), INVERSE=inverse, ACC=TL_ACC[acc], BLOCK=BLOCK,
-                num_warps=NUM_WARPS)
-    return gx, gs, gt
+                grad_y, gl, x, params, sigma, mask, gx, gp, n, grad_y.stride(0), x.stride(0), params.stride(0),
+                sigma.stride(0) if bounded else 0, bound, BOUNDED=bounded, INVERSE=inverse, ACC=TL_ACC[acc],
+                BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return gx, gp
 
 
 # ------------------------------------------------------------------------------- ops
 @torch.library.custom_op("genkernels::affine_coupling_triton", mutates_args=())
-def affine_coupling_triton(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, bound: float,
-                           inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return coupling_fwd(x, s, t, mask, bound, inverse)
+def affine_coupling_triton(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, bound: float,
+                           inverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return coupling_fwd(x, params, mask, bound, inverse)
 
 
 @affine_coupling_triton.register_fake
-def _affine_coupling_triton_fake(x, s, t, mask, bound, inverse):
-    return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
+def _affine_coupling_triton_fake(x, params, mask, bound, inverse):
+    dt = acc_dtype(x.dtype)
+    sigma = x.new_empty(x.shape, dtype=dt) if not math.isinf(bound) else x.new_empty((0,), dtype=dt)
+    return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=dt), sigma
 
 
 @torch.library.custom_op("genkernels::affine_coupling_backward_triton", mutates_args=())
 def affine_coupling_backward_triton(grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor,
-                                    s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, bound: float,
-                                    inverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return coupling_bwd(grad_y, grad_logdet, x, s, t, mask, bound, inverse)
+                                    params: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor, bound: float,
+                                    inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return coupling_bwd(grad_y, grad_logdet, x, params, sigma, mask, bound, inverse)
 
 
 @affine_coupling_backward_triton.register_fake
-def _affine_coupling_backward_triton_fake(grad_y, grad_logdet, x, s, t, mask, bound, inverse):
-    return x.new_empty(x.shape), x.new_empty(x.shape), x.new_empty(x.shape)
+def _affine_coupling_backward_triton_fake(grad_y, grad_logdet, x, params, sigma, mask, bound, inverse):
+    return x.new_empty(x.shape), x.new_empty(params.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    x, s, t, mask, bound, inverse = inputs
-    ctx.save_for_backward(x, s, t, mask)
+    x, params, mask, bound, inverse = inputs
+    ctx.save_for_backward(x, params, output[2], mask)
     ctx.args = (bound, inverse)
+    ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_y, grad_logdet):
-    x, s, t, mask = ctx.saved_tensors
-    gx, gs, gt = torch.ops.genkernels.affine_coupling_backward_triton(grad_y, grad_logdet, x, s, t, mask, *ctx.args)
-    return gx, gs, gt, None, None, None
+def _backward(ctx, grad_y, grad_logdet, grad_sigma):
+    x, params, sigma, mask = ctx.saved_tensors
+    if grad_y is None and grad_logdet is None:
+        return None, None, None, None, None
+    grad_y = torch.zeros_like(x) if grad_y is None else grad_y
+    grad_logdet = x.new_zeros(x.shape[0]) if grad_logdet is None else grad_logdet
+    gx, gp = torch.ops.genkernels.affine_coupling_backward_triton(grad_y, grad_logdet, x, params, sigma, mask,
+                                                                  *ctx.args)
+    return gx, gp, None, None, None
 
 
 affine_coupling_triton.register_autograd(_backward, setup_context=_setup_context)
@@ -190,18 +197,15 @@ def static_kernels() -> list:
     from .._static import TritonKernel, ptr
 
     def entry(kernel, dtype: str, bounded: bool, inverse: bool) -> TritonKernel:
-        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-        acc = acc_dtype(torch_dtype)
-        acc_name = "fp64" if acc == torch.float64 else "fp32"
-        meta = {"BOUNDED": bounded, "INVERSE": inverse, "ACC": TL_ACC[acc], "BLOCK": BLOCK}
-        tensors = {"X": ptr(dtype), "S": ptr(dtype), "T": ptr(dtype), "MASK": ptr(acc_name)}
+        meta = {"BOUNDED": bounded, "INVERSE": inverse, "ACC": TL_ACC[torch.float32], "BLOCK": BLOCK}
         if kernel is _coupling_fwd_kernel:
-            sig = tensors | {"Y": ptr(dtype), "PART": ptr(acc_name), "N": "i32", "stride_x": "i32",
-                             "stride_s": "i32", "stride_t": "i32", "n_blocks": "i32", "bound": "fp32"}
+            sig = {"X": ptr(dtype), "P": ptr(dtype), "MASK": ptr("fp32"), "Y": ptr(dtype), "SIGMA": ptr("fp32"),
+                   "PART": ptr("fp32"), "N": "i32", "stride_x": "i32", "stride_p": "i32", "n_blocks": "i32",
+                   "bound": "fp32"}
         else:
-            sig = {"GY": ptr(dtype), "GL": ptr(acc_name)} | tensors | {
-                "GX": ptr(dtype), "GS": ptr(dtype), "GT": ptr(dtype), "N": "i32", "stride_gy": "i32",
-                "stride_x": "i32", "stride_s": "i32", "stride_t": "i32", "bound": "fp32"}
+            sig = {"GY": ptr(dtype), "GL": ptr("fp32"), "X": ptr(dtype), "P": ptr(dtype), "SIGMA": ptr("fp32"),
+                   "MASK": ptr("fp32"), "GX": ptr(dtype), "GP": ptr(dtype), "N": "i32", "stride_gy": "i32",
+                   "stride_x": "i32", "stride_p": "i32", "stride_sigma": "i32", "bound": "fp32"}
         name = f"{kernel.__name__}[{dtype},{'bounded' if bounded else 'free'},{'inverse' if inverse else 'forward'}]"
         return TritonKernel("flows", name, lambda: kernel, sig, meta, NUM_WARPS, 3)
 

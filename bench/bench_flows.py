@@ -1,0 +1,188 @@
+"""Normalizing flows benchmark: the affine coupling's elementwise part, forward + backward.
+
+The part of a coupling layer after its conditioner network -- the mask, the bounded scale
+sigma = b tanh(s / b), y = x e^sigma + t on the transformed features and the per-sample
+log-determinant -- with the gradient of a loss of y and the log-determinant in x, s and t
+(the conditioner excluded: it is the same network whichever implementation follows it).
+
+``ours`` is genkernels.ops.affine_coupling (one fused pass each way; cpu kernel on the CPU,
+Triton on a GPU); ``eager`` is the same formula as RealNVP-style PyTorch code writes it
+(tanh, exp, mask products, a sum: a chain of elementwise kernels with their temporaries),
+and ``eager (torch.compile)`` is that function compiled by Inductor. Every implementation
+runs on the same inputs in interleaved rounds; the forward results are compared first.
+
+    python bench/bench_flows.py [--quick] [--threads N] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCH_DIR))
+sys.path.insert(0, BENCH_DIR)
+
+import harness  # noqa: E402
+
+import genkernels  # noqa: E402
+from genkernels.flows import channel_mask, checkerboard_mask, half_mask  # noqa: E402
+
+BOUND = 2.0
+EAGER = "eager"
+# (name, batch, feature shape, mask kind)
+CASES = {False: [("vectors B=4096 D=64 half", 4096, (64,), "half"),
+                 ("image B=64 3x32x32 checkerboard", 64, (3, 32, 32), "checkerboard"),
+                 ("image B=64 12x16x16 channel", 64, (12, 16, 16), "channel"),
+                 ("image B=16 3x64x64 checkerboard", 16, (3, 64, 64), "checkerboard")],
+         True: [("vectors B=64 D=16 half", 64, (16,), "half"),
+                ("image B=4 3x8x8 checkerboard", 4, (3, 8, 8), "checkerboard")]}
+
+
+def make_mask(kind: str, shape: tuple) -> torch.Tensor:
+    if kind == "half":
+        return half_mask(shape[0])
+    if kind == "channel":
+        return channel_mask(shape[0])
+    return checkerboard_mask(shape)
+
+
+def eager_coupling(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor):
+    """The elementwise part as PyTorch code writes it: the conditioner's output split, masks
+    multiplied in, a sum per sample."""
+    s, t = params.chunk(2, dim=1)
+    inv = 1.0 - mask
+    sigma = BOUND * torch.tanh(s / BOUND) * inv
+    y = mask * x + inv * (x * torch.exp(sigma) + t)
+    return y, sigma.flatten(1).sum(1)
+
+
+def implementations(case: tuple, device: str, seed: int = 0) -> dict:
+    """name -> a callable running forward + backward once on fixed inputs."""
+    _, batch, shape, kind = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *shape, generator=g).to(device).requires_grad_()
+    params = torch.randn(batch, 2 * shape[0], *shape[1:], generator=g).to(device).requires_grad_()
+    mask = make_mask(kind, shape).to(device)
+    gy = torch.randn(batch, *shape, generator=g).to(device)
+    gl = torch.randn(batch, generator=g).to(device)
+    backend = "cpu" if device == "cpu" else "triton"
+
+    def ours(xx, p):
+        return genkernels.ops.affine_coupling(xx, p, mask, bound=BOUND, backend=backend)
+
+    def eager(xx, p):
+        return eager_coupling(xx, p, mask)
+
+    def call(fn):
+        def run():
+            y, logdet = fn(x, params)
+            torch.autograd.backward([y, logdet], [gy, gl])
+        return run
+
+    return {f"ours ({backend})": call(ours), EAGER: call(eager),
+            f"{EAGER} (torch.compile)": call(torch.compile(eager))}
+
+
+def check_agreement(case: tuple, device: str) -> float:
+    """Max abs difference of ours and eager (output and log-determinant), same inputs."""
+    _, batch, shape, kind = case
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, *shape, generator=g).to(device)
+    params = torch.randn(batch, 2 * shape[0], *shape[1:], generator=g).to(device)
+    mask = make_mask(kind, shape).to(device)
+    with torch.no_grad():
+        got = genkernels.ops.affine_coupling(x, params, mask, bound=BOUND)
+        want = eager_coupling(x, params, mask)
+    return max(float((a - e).abs().max()) for a, e in zip(got, want))
+
+
+def run(quick: bool = False, rounds: int | None = None, out: str | None = None, threads: int = 1,
+        device: str = "cpu") -> list[dict]:
+    torch.set_num_threads(threads)
+    rounds = rounds or (3 if quick else 15)
+    records = []
+    for case in CASES[quick]:
+        impls = implementations(case, device)
+        diff = check_agreement(case, device)
+        times, _ = harness.interleaved(list(impls.values()), device, rounds, warm_each=True)
+        medians = {impl: statistics.median(times[:, i]) for i, impl in enumerate(impls)}
+        _, batch, shape, kind = case
+        elements = batch * int(torch.tensor(shape).prod())
+        for i, impl in enumerate(impls):
+            col = torch.tensor(times[:, i])
+            q1, q3 = (float(v) for v in col.quantile(torch.tensor([0.25, 0.75], dtype=torch.float64)))
+            records.append({"case": case[0], "batch": batch, "features": list(shape), "mask": kind,
+                            "elements": elements, "impl": impl, "median_s": medians[impl], "iqr_s": q3 - q1,
+                            "rounds": rounds, "x_ours": statistics.median(times[:, i] / times[:, 0]),
+                            "x_ours_of_medians": medians[impl] / medians[list(impls)[0]],
+                            # bytes of one forward + backward pass at the minimum, fp32: read x, s,
+                            # t, write y (fw); read gy, x, s (or sigma), write gx, gs, gt (bw)
+                            "min_bytes": 4 * elements * 10, "max_abs_diff": diff})
+        print(f"{case[0]}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in medians.items()), file=sys.stderr)
+    table = _table(records, device)
+    print(table)
+    if out:
+        meta = harness.run_meta(device, quick) | {
+            "suite": "flows", "threads": threads, "dtype": "float32", "bound": BOUND,
+            "timing": "forward + backward, interleaved rounds, median", "loadavg_end": os.getloadavg()[0]}
+        suffix = ("-quick" if quick else "") + (f"-{threads}t" if threads != 1 else "")
+        harness.write_results(out, f"{harness.machine_name(device)}-flows{suffix}", meta, records, table)
+    return records
+
+
+def _table(records: list[dict], device: str) -> str:
+    threads = torch.get_num_threads()
+    lines = [f"# Affine coupling (elementwise part + log-determinant), forward + backward, fp32, {device} "
+             f"({threads} thread{'s' * (threads > 1)}), torch {torch.__version__}", "",
+             "x ours = the median over the interleaved rounds of the implementation's time / ours in the same "
+             "round (> 1: slower than ours). GB/s: the pass's minimum traffic (10 fp32 values per element: "
+             "x, s, t, y forward; gy, x, s, gx, gs, gt backward) over the median time.", "",
+             "| case | impl | median | IQR | x ours | GB/s | max abs diff |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['case']} | {r['impl']} | {r['median_s'] * 1e3:.3f} ms | {r['iqr_s'] * 1e3:.3f} ms | "
+                     f"{r['x_ours']:.2f} | {r['min_bytes'] / r['median_s'] / 1e9:.1f} | {r['max_abs_diff']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
+    harness.add_allow_dirty(p)
+    args = p.parse_args(argv)
+    harness.allow_dirty(args.allow_dirty)
+    harness.check_results_dir(args.out)
+    run(args.quick, args.rounds, args.out, args.threads, args.device)
+    return 0
+
+
+# ---------------------------------------------------------------------- pytest entry
+def pytest_generate_tests(metafunc):
+    """One case per (shape, implementation) (``pytest bench/ --benchmark-only``)."""
+    if "case" not in metafunc.fixturenames:
+        return
+    device, quick, _ = harness.bench_options(metafunc.config)
+    backend = "cpu" if device == "cpu" else "triton"
+    impls = (f"ours ({backend})", EAGER, f"{EAGER} (torch.compile)")
+    cases = [(c, impl, device) for c in CASES[quick] for impl in impls]
+    metafunc.parametrize("case", cases, ids=[f"{c[0][0]}-{c[1]}".replace(" ", "_") for c in cases])
+
+
+def test_coupling(benchmark, case):
+    """Time one implementation's forward + backward."""
+    shape, impl, device = case
+    harness.benchmark_call(benchmark, implementations(shape, device)[impl], device)
+    benchmark.extra_info.update({"case": shape[0], "impl": impl})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
