@@ -109,7 +109,8 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
     f8 sigma = get(sig_in, 0.0f);
     if (a.bounded && !backward) sigma = a.bound * V::vtanh_abs(sigma * (1.0f / a.bound));
     sigma = keep ? f8{} : sigma;
-    const f8 e = V::vexp(sign * sigma);
+    // a bounded sigma (|sigma| < bound <= 80) needs no overflow handling in its exponential
+    const f8 e = a.bounded && a.bound <= 80.0f ? V::vexp_bounded(sign * sigma) : V::vexp(sign * sigma);
     if (!backward) {
       const f8 tv = get(t, 0.0f);
       put(a.y + b * n, keep ? xv : (a.inverse ? (xv - tv) * e : xv * e + tv));

@@ -13,6 +13,9 @@
 
 #include <cstdint>
 #include <limits>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #define GENKERNELS_VEC_INLINE inline __attribute__((always_inline))
 
@@ -32,15 +35,28 @@ GENKERNELS_VEC_INLINE f8 load(const float* p) {
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
+// (AVX2: masked loads and stores; elsewhere a loop GCC must not turn into a memcpy call, which
+// costs more than the vector's arithmetic on a short row)
+#ifdef __AVX2__
+GENKERNELS_VEC_INLINE __m256i first_lanes(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
 GENKERNELS_VEC_INLINE f8 load(const float* p, int n, float fill) {
+  const __m256i m = first_lanes(n);
+  return (f8)_mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+}
+GENKERNELS_VEC_INLINE void store(float* p, f8 v, int n) { _mm256_maskstore_ps(p, first_lanes(n), (__m256)v); }
+#else
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) inline f8 load(const float* p, int n, float fill) {
   f8 v = splat(fill);
   for (int j = 0; j < n; ++j) v[j] = p[j];
   return v;
 }
-GENKERNELS_VEC_INLINE void store(float* p, f8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
-GENKERNELS_VEC_INLINE void store(float* p, f8 v, int n) {
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void store(float* p, f8 v, int n) {
   for (int j = 0; j < n; ++j) p[j] = v[j];
 }
+#endif
+GENKERNELS_VEC_INLINE void store(float* p, f8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 GENKERNELS_VEC_INLINE float sum(f8 v) {  // pairwise: (0+4, 1+5, 2+6, 3+7), then halves
   float a[4];
   for (int j = 0; j < 4; ++j) a[j] = v[j] + v[j + 4];
@@ -76,6 +92,23 @@ GENKERNELS_VEC_INLINE f8 vexp(f8 x) {
   const f8 y = p * pow2(n1) * pow2(ni - n1);
   const f8 inf = splat(std::numeric_limits<float>::infinity());
   return x < kLow ? f8{} : (x > kHigh ? inf : (x == x ? y : x));
+}
+
+// e^x for |x| <= 87 (inputs outside are clamped to +-87.3: no inf, no 0), NaN in -> NaN out:
+// vexp without its range selects and second scale, for arguments known to be bounded
+GENKERNELS_VEC_INLINE f8 vexp_bounded(f8 x) {
+  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  const f8 xc = vmin(vmax(x, splat(-87.3f)), splat(87.3f));
+  const f8 n = vfloor(xc * kLog2e + 0.5f);
+  const f8 r = xc - n * kLn2Hi - n * kLn2Lo;
+  f8 p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return (x == x ? p * pow2(__builtin_convertvector(n, i8)) : x);
 }
 
 GENKERNELS_VEC_INLINE f8 vlog(f8 x) {
@@ -149,6 +182,6 @@ GENKERNELS_VEC_INLINE f8 vtanh(f8 a) {
 
 // tanh(a) = 1 - 2 / (1 + e^2a): one exponential, within 1.8e-7 of tanh absolutely (not
 // relatively: near 0 use vtanh)
-GENKERNELS_VEC_INLINE f8 vtanh_abs(f8 a) { return 1.0f - 2.0f / (1.0f + vexp(2.0f * a)); }
+GENKERNELS_VEC_INLINE f8 vtanh_abs(f8 a) { return 1.0f - 2.0f / (1.0f + vexp_bounded(2.0f * a)); }
 
 }  // namespace genkernels::cpu::vec

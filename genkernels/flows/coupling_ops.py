@@ -11,6 +11,7 @@ coupling_reference's docstring.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -132,28 +133,50 @@ def affine_coupling(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, *
         raise TypeError(f"mask must be a torch.Tensor of zeros and ones; got {type(mask).__name__}")
     check_same_device(x=x, params=params, mask=mask)
     bound = check_bound(bound)
-    features = tuple(x.shape[1:])
-    if mask.device.type == "cpu" and not torch.compiler.is_compiling():
-        flat = check_mask(mask, features)
-    else:
+    return apply(x, params, mask, bound, bool(inverse), backend, checked=False)
+
+
+# id(mask) -> (a weak reference to it, its version, features, dtype, the flat (N,) mask in that
+# dtype): a mask used again unchanged (a layer's, every step) is checked and flattened once.
+# Keyed by id (a tensor's == is elementwise); an entry leaves when its mask is collected.
+_FLAT_MASKS: dict[int, tuple] = {}
+
+
+def _flat_mask(mask: torch.Tensor, features: tuple, dtype: torch.dtype, checked: bool) -> torch.Tensor:
+    if torch.compiler.is_compiling():
         try:
-            flat = mask.expand(features)
+            return mask.expand(features).reshape(-1).to(dtype)
         except RuntimeError:
             raise ValueError(f"mask must have the features' shape {features} (or broadcast to it); got "
                              f"shape {tuple(mask.shape)}") from None
-    return apply(x, params, flat, bound, bool(inverse), backend)
+    hit = _FLAT_MASKS.get(id(mask))
+    if hit is not None and hit[0]() is mask and hit[1:4] == (mask._version, features, dtype):
+        return hit[4]
+    if checked or mask.device.type != "cpu":   # a GPU mask's values are not read here (no sync)
+        try:
+            full = mask.expand(features)
+        except RuntimeError:
+            raise ValueError(f"mask must have the features' shape {features} (or broadcast to it); got "
+                             f"shape {tuple(mask.shape)}") from None
+    else:
+        full = check_mask(mask, features)
+    flat = full.reshape(-1).to(dtype, copy=True)   # never a view: it would keep the mask alive
+    key = id(mask)
+    _FLAT_MASKS[key] = (weakref.ref(mask, lambda _: _FLAT_MASKS.pop(key, None)), mask._version, features, dtype, flat)
+    return flat
 
 
 def apply(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, bound: float, inverse: bool,
-          backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """affine_coupling after its checks (the coupling layers check their mask once, when
-    made): mask broadcasts to x's features."""
+          backend: str | None, checked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """affine_coupling after its argument checks: mask broadcasts to x's features, and its
+    values are checked (on the CPU, the first time this mask is seen unchanged) unless
+    ``checked`` (the coupling layers check theirs once, when made)."""
     features = tuple(x.shape[1:])
     batch, n = x.shape[0], math.prod(features)
     acc = acc_dtype(x.dtype)
     name = COUPLING.resolve(x.device, backend)
     y, logdet, _ = COUPLING.kernels[name](_rows(x, batch, n), _rows(params, batch, 2 * n),
-                                          mask.expand(features).reshape(-1).to(acc), bound, inverse)
+                                          _flat_mask(mask, features, acc, checked), bound, inverse)
     return y.reshape(x.shape).to(x.dtype), logdet.to(acc)
 
 
