@@ -200,18 +200,23 @@ def test_cpu_gradcheck_opcheck_compile_and_threads():
 
     compiled = torch.compile(step, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), step(x))
-    n = 3 * 4096 + 11
-    big, bp = _problem(5, (n,), torch.float32)
-    bmask = _mask("random", (n,)).float()
-    results = []
-    for threads in (1, 2):
-        with num_threads(threads):
-            y, ld, sig = op(big, bp, bmask, 2.0, False)
-            grads = torch.ops.genkernels.affine_coupling_backward(torch.ones_like(y), torch.ones(5), big, bp, sig,
-                                                                  bmask, 2.0, False)
-            results.append((y, ld, sig, *grads))
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+    # long rows in several chunks each, and short rows (3 features: 8 elements of the flattened
+    # problem per vector) in groups: the same results on one thread and on two
+    for batch, n in ((5, 3 * 4096 + 11), (50000, 3)):
+        big, bp = _problem(batch, (n,), torch.float32)
+        bmask = _mask("random", (n,)).float()
+        results = []
+        for threads in (1, 2):
+            with num_threads(threads):
+                y, ld, sig = op(big, bp, bmask, 2.0, False)
+                grads = torch.ops.genkernels.affine_coupling_backward(torch.ones_like(y), torch.ones(batch), big, bp,
+                                                                      sig, bmask, 2.0, False)
+                results.append((y, ld, sig, *grads))
+        for a, b in zip(*results):
+            assert torch.equal(a, b)
+        y_ref, ld_ref, _ = R.affine_coupling(big, bp, bmask, 2.0, False)
+        torch.testing.assert_close(results[0][0], y_ref, **TOL[torch.float32])
+        torch.testing.assert_close(results[0][1], ld_ref, **TOL[torch.float32])
 
 
 @needs("cpu")
