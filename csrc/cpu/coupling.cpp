@@ -22,7 +22,8 @@
 // of the flattened problem per vector, longer ones a vector per 8 features, a tail padded as kept
 // features, which add nothing); double one at a time with the C library's tanh and exp.
 // Rows may have any stride, features must be contiguous. logdet sums each row chunk in a
-// fixed order and the chunks in row order: the result does not depend on the thread count.
+// fixed order (in double) and the chunks in row order: the result does not depend on the
+// thread count.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -98,7 +99,7 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
   const float* gy = backward ? a.gy + b * a.sgy : nullptr;
   // sigma: computed (forward; backward when unbounded: s itself) or read (bounded backward)
   const float* sig_in = backward && a.bounded ? a.sigma_in + b * a.ssig : s;
-  f8 acc{};
+  V::DoubleSum acc;
   for (int64_t f = f0; f < f1; f += 8) {
     const int lanes = int(std::min<int64_t>(8, f1 - f));
     const bool full = lanes == 8;
@@ -121,7 +122,7 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
       const f8 tv = get(t, 0.0f);
       put(a.y + b * n, keep ? xv : (a.inverse ? (xv - tv) * e : xv * e + tv));
       if (a.bounded) put(a.sigma_out + b * n, sigma);
-      acc += sigma;
+      acc.add(sigma);
     } else {
       const f8 g = get(gy, 0.0f);
       const f8 moved = a.inverse ? (xv - get(t, 0.0f)) * e : xv * e;
@@ -136,7 +137,7 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
       put(gp + n, keep ? f8{} : (a.inverse ? -g * e : g));
     }
   }
-  return V::sum(acc);
+  return acc.total();
 }
 
 // Rows [b0, b1) of fewer than kShortRow features each, 8 consecutive elements of the
