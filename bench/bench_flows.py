@@ -35,7 +35,8 @@ from genkernels.flows import channel_mask, checkerboard_mask, half_mask  # noqa:
 BOUND = 2.0
 EAGER = "eager"
 # (name, batch, feature shape, mask kind)
-CASES = {False: [("vectors B=4096 D=64 half", 4096, (64,), "half"),
+CASES = {False: [("vectors B=1024 D=2 half", 1024, (2,), "half"),
+                 ("vectors B=4096 D=64 half", 4096, (64,), "half"),
                  ("image B=64 3x32x32 checkerboard", 64, (3, 32, 32), "checkerboard"),
                  ("image B=64 12x16x16 channel", 64, (12, 16, 16), "channel"),
                  ("image B=16 3x64x64 checkerboard", 16, (3, 64, 64), "checkerboard")],

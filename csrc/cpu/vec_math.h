@@ -72,11 +72,6 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void store(
 }
 #endif
 GENKERNELS_VEC_INLINE void store(float* p, f8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
-GENKERNELS_VEC_INLINE float sum(f8 v) {  // pairwise: (0+4, 1+5, 2+6, 3+7), then halves
-  float a[4];
-  for (int j = 0; j < 4; ++j) a[j] = v[j] + v[j + 4];
-  return (a[0] + a[2]) + (a[1] + a[3]);
-}
 
 GENKERNELS_VEC_INLINE f8 vfloor(f8 x) {
   const f8 t = __builtin_convertvector(__builtin_convertvector(x, i8), f8);  // toward zero
