@@ -49,7 +49,7 @@ def _run(code: str, scope: dict) -> dict:
 def test_readme_has_the_blocks_this_test_knows():
     """A new ```python block needs its prelude here (and its own test below)."""
     blocks = _blocks()
-    assert len(blocks) == 8, [b.splitlines()[0] for b in blocks]
+    assert len(blocks) == 9, [b.splitlines()[0] for b in blocks]
     assert "genkernels.SOM(" in blocks[0]
     assert "som_grid_search(" in blocks[1]
     assert "genkernels.SoftSOM(" in blocks[2]
@@ -58,6 +58,7 @@ def test_readme_has_the_blocks_this_test_knows():
     assert "genkernels.Hopfield(" in blocks[5]
     assert "genkernels.BoltzmannMachine(" in blocks[6]
     assert "genkernels.GatedPixelCNN(" in blocks[7]
+    assert "genkernels.AffineCoupling(" in blocks[8]
 
 
 def test_readme_tour_runs(tmp_path, monkeypatch):
@@ -163,6 +164,14 @@ def test_readme_autoregressive_block_runs(capsys):
     assert "OK" in out
     assert scope["rgb"].mixtures == 5 and 0 < float(scope["rgb"].bits_per_dim(scope["levels"])) < 20
     assert scope["made"].num_masks == 4 and len(scope["made"].history) == 2
+
+
+def test_readme_flows_block_runs():
+    scope = _run(_blocks()[8], {})
+    assert scope["y"].shape == (8, 3, 32, 32) and scope["logdet"].shape == (8,)
+    torch.testing.assert_close(scope["back"], scope["x"])
+    assert scope["z"].shape == (32, 16) and scope["ld"].shape == (32,)
+    assert scope["nice"].mask.shape == (4, 1, 1)
 
 
 def _check_energy_scope(scope):

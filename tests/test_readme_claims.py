@@ -425,10 +425,24 @@ def autoregressive_layers():
         rows.append(f"| {case} | {_msec(ours['median_s'])} | {others} |")
     return rows
 
+def flows_coupling():
+    """The affine coupling's elementwise part, forward + backward, one thread
+    (bench/bench_flows.py): x = the median of the rounds' time / ours."""
+    by_case: dict = {}
+    for r in load("amd-epyc-2c-flows.json")["cases"]:
+        by_case.setdefault(r["case"], {})[r["impl"]] = r
+    rows = []
+    for case, impls in by_case.items():
+        ours = impls["ours (cpu)"]
+        others = " | ".join(f"{g(r['x_ours'], 3)}×" for name, r in impls.items() if name != "ours (cpu)")
+        rows.append(f"| {case} | {_msec(ours['median_s'])} | {others} |")
+    return rows
+
+
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
           dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist, softsom_spirals,
           softsom_speed, pixelcnn_mnist, pixelcnn_sampling,
-          autoregressive_layers]
+          autoregressive_layers, flows_coupling]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])
