@@ -1,5 +1,6 @@
 """Normalizing flows: invertible transforms with tractable log-determinants -- the fused
-affine coupling op, the coupling layers built on it, their masks and conditioners."""
+affine coupling op, the coupling layers built on it, their masks and conditioners, and
+Glow's and RealNVP's other invertible layers (squeeze, ActNorm, invertible 1x1 convolution)."""
 from .coupling import (
     MLP,
     AdditiveCoupling,
@@ -10,7 +11,8 @@ from .coupling import (
     checkerboard_mask,
     half_mask,
 )
+from .layers import ActNorm, InvConv1x1, Squeeze
 from .ops import affine_coupling
 
-__all__ = ["MLP", "AdditiveCoupling", "AffineCoupling", "ResNet", "affine_coupling", "alternating_mask",
-           "channel_mask", "checkerboard_mask", "half_mask"]
+__all__ = ["MLP", "ActNorm", "AdditiveCoupling", "AffineCoupling", "InvConv1x1", "ResNet", "Squeeze",
+           "affine_coupling", "alternating_mask", "channel_mask", "checkerboard_mask", "half_mask"]
