@@ -170,7 +170,7 @@ class InvConv1x1(nn.Module):
                 raise ValueError("InvConv1x1: the matrix is singular or not finite (log_s holds -inf, inf or NaN)")
             return self.log_s.sum()
         sign, logabs = torch.linalg.slogdet(self.weight.double())
-        if float(sign) == 0.0 or not math.isfinite(float(logabs)):
+        if float(sign.detach()) == 0.0 or not math.isfinite(float(logabs.detach())):
             raise ValueError("InvConv1x1: the weight matrix is singular (det 0) or not finite; it has no inverse")
         return logabs.to(self.weight.dtype)
 
