@@ -13,6 +13,7 @@ from .coupling import (
 )
 from .layers import ActNorm, InvConv1x1, Squeeze
 from .ops import affine_coupling
+from .realnvp import RealNVP
 
-__all__ = ["MLP", "ActNorm", "AdditiveCoupling", "AffineCoupling", "InvConv1x1", "ResNet", "Squeeze",
+__all__ = ["MLP", "ActNorm", "AdditiveCoupling", "AffineCoupling", "InvConv1x1", "RealNVP", "ResNet", "Squeeze",
            "affine_coupling", "alternating_mask", "channel_mask", "checkerboard_mask", "half_mask"]
