@@ -12,8 +12,8 @@ from .coupling import (
     half_mask,
 )
 from .layers import ActNorm, InvConv1x1, Squeeze
+from .models import Glow, RealNVP
 from .ops import affine_coupling
-from .realnvp import RealNVP
 
-__all__ = ["MLP", "ActNorm", "AdditiveCoupling", "AffineCoupling", "InvConv1x1", "RealNVP", "ResNet", "Squeeze",
+__all__ = ["ActNorm", "AdditiveCoupling", "AffineCoupling", "Glow", "InvConv1x1", "MLP", "RealNVP", "ResNet", "Squeeze",
            "affine_coupling", "alternating_mask", "channel_mask", "checkerboard_mask", "half_mask"]

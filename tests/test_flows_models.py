@@ -1,4 +1,5 @@
-"""RealNVP (genkernels.RealNVP): the multi-scale image flow and the vector flow --
+"""The flow models (genkernels.RealNVP: the multi-scale image flow and the vector flow;
+genkernels.Glow) --
 inverse(forward(x)) = x, the log-determinant against the brute-force log |det J|, a 2-D
 density that integrates to 1, reproducible and reduced-temperature sampling, conditioning,
 a short training run, bad input."""
@@ -34,11 +35,12 @@ def _jacobian_logdet(fn, x):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("shape, kwargs", [((1, 4, 4), dict(scales=2, hidden=4)), ((2, 2, 2), dict(scales=1, hidden=4)),
-                                           ((3,), dict(layers=3, hidden=8))])
-def test_inverse_and_logdet_are_exact(shape, kwargs):
+@pytest.mark.parametrize("model, shape, kwargs", [
+    ("RealNVP", (1, 4, 4), dict(scales=2, hidden=4)), ("RealNVP", (2, 2, 2), dict(scales=1, hidden=4)),
+    ("RealNVP", (3,), dict(layers=3, hidden=8)), ("Glow", (1, 4, 4), dict(levels=2, steps=2, hidden=4, seed=0))])
+def test_inverse_and_logdet_are_exact(model, shape, kwargs):
     torch.manual_seed(0)
-    flow = _randomise(genkernels.RealNVP(shape, **kwargs).double())
+    flow = _randomise(getattr(genkernels, model)(shape, **kwargs).double())
     x = torch.randn(2 if len(shape) == 1 else 1, *shape, dtype=torch.float64)
     z, logdet = flow(x)
     assert z.shape == (x.shape[0], math.prod(shape))
@@ -74,6 +76,23 @@ def test_sampling_is_reproducible_and_tempered():
     assert float(z.detach().std()) < 0.75           # the latent came from N(0, 0.25 I)
 
 
+def test_glow_samples_and_trains():
+    torch.manual_seed(0)
+    flow = genkernels.Glow((1, 4, 4), levels=2, steps=2, hidden=8, seed=0)
+    assert flow.sample(3, seed=2).shape == (3, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(64, 1, 4, 4, generator=g) * 0.1 + torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(25):
+        loss = flow.bits_per_dim(data)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0] - 0.5, losses[::5]
+
+
 def test_conditional_flow_and_training():
     torch.manual_seed(0)
     flow = genkernels.RealNVP((2,), layers=4, hidden=32, context_features=1)
@@ -103,6 +122,8 @@ def test_conditional_flow_and_training():
     (lambda: genkernels.RealNVP((2,)).inverse(torch.randn(3, 2, 1)), ValueError, r"z must be \(B, 2\)"),
     (lambda: genkernels.RealNVP((2,)).sample(2, temperature=-1.0), ValueError, "temperature"),
     (lambda: genkernels.RealNVP((2,)).sample(0), ValueError, "n"),
+    (lambda: genkernels.Glow((1, 6, 6), levels=2), ValueError, "divisible by 4"),
+    (lambda: genkernels.Glow((4,)), ValueError, r"shape must be \(C, H, W\)"),
 ])
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
