@@ -240,6 +240,51 @@ def test_autocast_bf16_and_half_inputs():
     torch.testing.assert_close(ldb.double(), exact_ld, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_bounds_nan_at_kept_features_and_double_backward(backend):
+    # a large bound (bound tanh(s / bound) ~ s) keeps the scale's relative precision
+    x, params = _problem(3, (9,), torch.float32)
+    mask = half_mask(9)
+    for bound in (1000.0, 1e31):
+        got = genkernels.ops.affine_coupling(x, params, mask, bound=bound, backend=backend)
+        want = genkernels.ops.affine_coupling(x.double(), params.double(), mask, bound=bound, backend="reference")
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a.double(), e, **TOL[torch.float32])
+    # whatever the kept features' s and t hold, they pass x through and get no gradient
+    p = params.clone()
+    p[:, :5] = torch.nan
+    p[:, 9:14] = torch.inf
+    leaf = p.requires_grad_()
+    y, ld = genkernels.ops.affine_coupling(x, leaf, mask, bound=2.0, backend=backend)
+    assert torch.equal(y[:, :5], x[:, :5]) and bool(torch.isfinite(ld).all())
+    (grad,) = torch.autograd.grad(y.sum() + ld.sum(), leaf)
+    assert bool(torch.isfinite(grad).all()) and float(grad[:, :5].abs().max()) == 0.0
+    # second derivatives (the VJP with create_graph runs through the reference)
+    xd, pd = (v.double().requires_grad_() for v in _problem(2, (5,), torch.float32))
+    assert torch.autograd.gradgradcheck(
+        lambda a, b: genkernels.ops.affine_coupling(a, b, alternating_mask(5), bound=2.0, backend=backend), [xd, pd])
+
+
+def test_mask_cache_follows_changes_and_inference_mode():
+    torch.manual_seed(0)
+    layer = _randomise(AffineCoupling(half_mask(4), hidden=8))
+    x = torch.randn(3, 4)
+    with torch.inference_mode():
+        first, _ = layer(x)
+    y, ld = layer(x)                       # trains after an inference-mode call
+    (ld.sum() + y.sum()).backward()
+    torch.testing.assert_close(y.detach(), first)
+    layer.mask.data = half_mask(4, 1)      # a swapped .data: the new mask is used
+    y2, _ = layer(x)
+    assert torch.equal(y2[:, 2:], x[:, 2:]) and not torch.equal(y2[:, :2], x[:, :2])
+    layer.mask.copy_(half_mask(4))         # an in-place edit
+    y3, _ = layer(x)
+    assert torch.equal(y3[:, :2], x[:, :2])
+    with torch.inference_mode():
+        made_here = AffineCoupling(half_mask(4), hidden=8)
+        assert made_here(x)[0].shape == (3, 4)
+
+
 def test_masks():
     assert torch.equal(checkerboard_mask((2, 3)), torch.tensor([[1.0, 0, 1], [0, 1, 0]]))
     assert torch.equal(checkerboard_mask((2, 2, 2), 1)[1], torch.tensor([[0.0, 1], [1, 0]]))
@@ -253,7 +298,7 @@ def test_masks():
     (lambda: AffineCoupling(torch.ones(4)), ValueError, "nothing to transform"),
     (lambda: AffineCoupling(torch.zeros(2, 2)), ValueError, r"mask must be \(D,\)"),
     (lambda: AffineCoupling([1, 0]), TypeError, "mask must be a torch.Tensor"),
-    (lambda: AffineCoupling(half_mask(4), scale_bound=0.0), ValueError, "bound must be > 0"),
+    (lambda: AffineCoupling(half_mask(4), scale_bound=0.0), ValueError, "bound must be >= 1e-6"),
     (lambda: AffineCoupling(half_mask(4), conditioner=lambda v: v), TypeError, "conditioner must be"),
     (lambda: AffineCoupling(half_mask(4))(torch.randn(2, 5)), ValueError, "do not match the mask"),
     (lambda: AffineCoupling(half_mask(4))(torch.randn(2, 4, 1)), ValueError, r"x must be \(B, D\)"),
@@ -266,7 +311,8 @@ def test_masks():
     (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 6), torch.tensor([2.0, 0, 0])),
      ValueError, "binary"),
     (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 6), half_mask(3), bound=-1.0),
-     ValueError, "bound must be > 0"),
+     ValueError, "bound must be >= 1e-6"),
+    (lambda: AffineCoupling(half_mask(4))(torch.randn(2, 1)), ValueError, "do not match the mask"),
     (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3), torch.randn(2, 6), half_mask(3), bound="2"),
      TypeError, "bound must be a positive number"),
     (lambda: genkernels.ops.affine_coupling(torch.randn(3), torch.randn(6), half_mask(3)),

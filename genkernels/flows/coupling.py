@@ -175,10 +175,11 @@ class _Coupling(nn.Module):
             kind = "(B, C, H, W)" if self.image else "(B, D)"
             raise ValueError(f"{name} must be {kind}; got shape {tuple(x.shape)}")
         try:
-            torch.broadcast_shapes(self.mask.shape, x.shape[1:])
+            fits = torch.broadcast_shapes(self.mask.shape, x.shape[1:]) == x.shape[1:]
         except RuntimeError:
-            raise ValueError(f"{name}'s features {tuple(x.shape[1:])} do not match the mask {tuple(self.mask.shape)}"
-                             ) from None
+            fits = False
+        if not fits:
+            raise ValueError(f"{name}'s features {tuple(x.shape[1:])} do not match the mask {tuple(self.mask.shape)}")
         if self.image and self.mask.shape[0] != x.shape[1]:
             raise ValueError(f"{name} has {x.shape[1]} channels; the mask has {self.mask.shape[0]}")
 
@@ -247,7 +248,7 @@ class AdditiveCoupling(_Coupling):
     def _couple(self, x, context, sign: float, name: str):
         self._check_input(x, name)
         t = self._params(x, context)
-        y = x + sign * t * (1.0 - self.mask.to(t.dtype))
+        y = torch.where(self.mask.to(torch.bool), x, x + sign * t)   # a kept feature's t never enters
         return y.to(x.dtype), torch.zeros(x.shape[0], dtype=_logdet_dtype(x.dtype), device=x.device)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,23 +39,6 @@ def _backward_fake(grad_y, grad_logdet, x, params, sigma, mask, bound, inverse):
     return x.new_empty(x.shape), x.new_empty(params.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    x, params, mask, bound, inverse = inputs
-    ctx.save_for_backward(x, params, output[2], mask)
-    ctx.args = (bound, inverse)
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, grad_y, grad_logdet, grad_sigma):
-    x, params, sigma, mask = ctx.saved_tensors
-    if grad_y is None and grad_logdet is None:
-        return None, None, None, None, None
-    grad_y = torch.zeros_like(x) if grad_y is None else grad_y
-    grad_logdet = x.new_zeros(x.shape[0]) if grad_logdet is None else grad_logdet
-    gx, gp = torch.ops.genkernels.affine_coupling_backward(grad_y, grad_logdet, x, params, sigma, mask, *ctx.args)
-    return gx, gp, None, None, None
-
-
 # affine_coupling(x (B, N), params (B, 2N), mask (N,), bound, inverse) -> (y (B, N), logdet (B,), sigma)
 COUPLING = registry.declare(
     "affine_coupling",
@@ -63,19 +46,19 @@ COUPLING = registry.declare(
     cpu=_cpu,
     triton=registry.lazy(__package__ + ".coupling_triton", "affine_coupling_triton"),
     fake=_fake,
-    autograd=(_backward, _setup_context))
+    autograd=coupling_reference.autograd_for(lambda *args: torch.ops.genkernels.affine_coupling_backward(*args)))
 registry.register_schema_kernels("affine_coupling_backward", fake=_backward_fake)
 registry.static_kernels("flows.coupling", registry.lazy(__package__ + ".coupling_triton", "static_kernels"))
 
 
 def check_bound(bound) -> float:
-    """bound as a float > 0 (inf allowed: no bound)."""
+    """bound as a float >= 1e-6 (math.inf, or anything past 1e30, for no bound)."""
     if isinstance(bound, bool) or not isinstance(bound, (int, float)):
         raise TypeError(f"bound must be a positive number or math.inf; got {type(bound).__name__}")
     bound = float(bound)
-    if not bound > 0:
-        raise ValueError(f"bound must be > 0 (math.inf: no bound); got {bound}")
-    return bound
+    if not bound >= 1e-6:
+        raise ValueError(f"bound must be >= 1e-6 (math.inf: no bound); got {bound}")
+    return math.inf if bound > 1e30 else bound
 
 
 def check_mask(mask, features: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
@@ -136,22 +119,30 @@ def affine_coupling(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, *
     return apply(x, params, mask, bound, bool(inverse), backend, checked=False)
 
 
-# id(mask) -> (a weak reference to it, its version, features, dtype, the flat (N,) mask in that
-# dtype): a mask used again unchanged (a layer's, every step) is checked and flattened once.
-# Keyed by id (a tensor's == is elementwise); an entry leaves when its mask is collected.
+# id(mask) -> (a weak reference to it, its state -- version, storage, layout -- with the
+# features and dtype, the flat (N,) mask in that dtype): a mask used again unchanged (a
+# layer's, every step) is checked and flattened once. Keyed by id (a tensor's == is
+# elementwise); an entry leaves when its mask is collected. Writes that bypass the version
+# counter (through .data or a numpy view) are not seen: change a mask by assigning a new one.
 _FLAT_MASKS: dict[int, tuple] = {}
 
 
 def _flat_mask(mask: torch.Tensor, features: tuple, dtype: torch.dtype, checked: bool) -> torch.Tensor:
     if torch.compiler.is_compiling():
         try:
-            return mask.expand(features).reshape(-1).to(dtype)
+            return mask.expand(features).reshape(-1).to(dtype).contiguous()
         except RuntimeError:
             raise ValueError(f"mask must have the features' shape {features} (or broadcast to it); got "
                              f"shape {tuple(mask.shape)}") from None
-    hit = _FLAT_MASKS.get(id(mask))
-    if hit is not None and hit[0]() is mask and hit[1:4] == (mask._version, features, dtype):
-        return hit[4]
+    # inference tensors have no version counter, and one cached from inference mode could
+    # not be saved for a later backward: neither is cached
+    cache = not (mask.is_inference() or torch.is_inference_mode_enabled())
+    if cache:
+        # the version catches in-place edits, the storage and layout a swapped .data
+        state = (mask._version, mask.data_ptr(), mask.storage_offset(), mask.stride(), features, dtype)
+        hit = _FLAT_MASKS.get(id(mask))
+        if hit is not None and hit[0]() is mask and hit[1] == state:
+            return hit[2]
     if checked or mask.device.type != "cpu":   # a GPU mask's values are not read here (no sync)
         try:
             full = mask.expand(features)
@@ -160,9 +151,11 @@ def _flat_mask(mask: torch.Tensor, features: tuple, dtype: torch.dtype, checked:
                              f"shape {tuple(mask.shape)}") from None
     else:
         full = check_mask(mask, features)
-    flat = full.reshape(-1).to(dtype, copy=True)   # never a view: it would keep the mask alive
-    key = id(mask)
-    _FLAT_MASKS[key] = (weakref.ref(mask, lambda _: _FLAT_MASKS.pop(key, None)), mask._version, features, dtype, flat)
+    # a copy, detached: never a view or a graph node that would keep the mask alive
+    flat = full.detach().reshape(-1).to(dtype, copy=True)
+    if cache:
+        key = id(mask)
+        _FLAT_MASKS[key] = (weakref.ref(mask, lambda _: _FLAT_MASKS.pop(key, None)), state, flat)
     return flat
 
 

@@ -44,7 +44,9 @@ def affine_coupling(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, b
     xa, pa = x.to(acc), params.to(acc)
     s, t = pa[:, :n], pa[:, n:]
     kept = mask.to(torch.bool)
-    sigma = torch.where(kept, torch.zeros((), dtype=acc, device=x.device), bounded_scale(s, bound))
+    zero = torch.zeros((), dtype=acc, device=x.device)
+    # the kept features' s never enters tanh: whatever it holds, its gradient is 0
+    sigma = torch.where(kept, zero, bounded_scale(torch.where(kept, zero, s), bound))
     if inverse:
         moved = (xa - t) * torch.exp(-sigma)
     else:
@@ -53,3 +55,44 @@ def affine_coupling(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, b
     logdet = sigma.sum(1)
     saved = sigma if not math.isinf(bound) else sigma.new_empty((0,))
     return out, -logdet if inverse else logdet, saved
+
+
+def vjp(grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor,
+        bound: float, inverse: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_x, grad_params) of affine_coupling by autograd through this reference, with
+    create_graph: the fused ops' backward when a double backward is asked for (None for an
+    input that does not require grad)."""
+    with torch.enable_grad():
+        inputs = [v for v in (x, params) if v.requires_grad]
+        y, logdet, _ = affine_coupling(x, params, mask, bound, inverse)
+        grads = iter(torch.autograd.grad((y, logdet), inputs, (grad_y.to(y.dtype), grad_logdet.to(logdet.dtype)),
+                                         create_graph=True, allow_unused=True)) if inputs else iter(())
+    return tuple(next(grads) if v.requires_grad else None for v in (x, params))
+
+
+def autograd_for(backward_op):
+    """(backward, setup_context) of a fused affine_coupling op whose VJP is ``backward_op``
+    (grad_y, grad_logdet, x, params, sigma, mask, bound, inverse) -> (grad_x, grad_params):
+    sigma (the third output) is not differentiable; an unused output's gradient is never
+    formed; with create_graph the VJP runs through this reference (``vjp``), so second
+    derivatives are exact."""
+
+    def setup_context(ctx, inputs, output):
+        x, params, mask, bound, inverse = inputs
+        ctx.save_for_backward(x, params, output[2], mask)
+        ctx.args = (bound, inverse)
+        ctx.mark_non_differentiable(output[2])
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_y, grad_logdet, grad_sigma):
+        x, params, sigma, mask = ctx.saved_tensors
+        if grad_y is None and grad_logdet is None:
+            return None, None, None, None, None
+        grad_y = torch.zeros_like(x) if grad_y is None else grad_y
+        grad_logdet = x.new_zeros(x.shape[0]) if grad_logdet is None else grad_logdet
+        if torch.is_grad_enabled():
+            return (*vjp(grad_y, grad_logdet, x, params, mask, *ctx.args), None, None, None)
+        gx, gp = backward_op(grad_y, grad_logdet, x, params, sigma, mask, *ctx.args)
+        return gx, gp, None, None, None
+
+    return backward, setup_context
