@@ -19,8 +19,8 @@ per row) and writes the gradient of params as one (B, 2N) tensor.
 tanh is written without libdevice (the interpreter has none): its odd series below |a| = 1/4,
 2 sigmoid(2 a) - 1 above -- accurate relatively, so a large bound (bound tanh(s / bound) ~ s)
 loses nothing -- and sigma' = (1 - sigma / bound)(1 + sigma / bound). The bound travels as
-two fp32 scalars (hi + lo: Triton passes Python floats as fp32), exact for fp64 inputs. Arithmetic in fp32 (fp64 for fp64
-inputs), loads and stores in the tensors' dtypes.
+two fp32 scalars (hi + lo: Triton passes Python floats as fp32), exact for fp64 inputs.
+Arithmetic in fp32 (fp64 for fp64 inputs), loads and stores in the tensors' dtypes.
 """
 
 from __future__ import annotations
