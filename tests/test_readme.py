@@ -172,6 +172,8 @@ def test_readme_flows_block_runs():
     torch.testing.assert_close(scope["back"], scope["x"])
     assert scope["z"].shape == (32, 16) and scope["ld"].shape == (32,)
     assert scope["nice"].mask.shape == (4, 1, 1)
+    assert scope["samples"].shape == (4, 1, 28, 28) and scope["latent"].shape == (16, 784)
+    assert scope["glow"].sample(2, seed=0).shape == (2, 3, 16, 16)
 
 
 def _check_energy_scope(scope):
