@@ -55,3 +55,15 @@ def num_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def jacobian_logdet(fn, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    """log |det J| at each sample of x (B, ...) of the map fn(x[, context]) -> (y, ...), by
+    autograd's full Jacobian (the brute-force check of a flow's log-determinant)."""
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1]
+        args = () if context is None else (context[i:i + 1],)
+        jac = torch.autograd.functional.jacobian(lambda v: fn(v, *args)[0].reshape(-1), xi).reshape(xi.numel(), -1)
+        out.append(torch.linalg.slogdet(jac)[1])
+    return torch.stack(out)

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from helpers import HAS_TRITON, needs, num_threads
+from helpers import HAS_TRITON, jacobian_logdet, needs, num_threads
 from tolerances import TOL
 
 import genkernels
@@ -97,17 +97,6 @@ def test_inverse_undoes_forward_and_logdets_cancel(backend):
         torch.testing.assert_close(ld + ld_inv, torch.zeros_like(ld), atol=1e-5, rtol=0)
 
 
-def _jacobian_logdet(layer, x, context=None):
-    """log |det J| of the layer at each sample, by autograd's full Jacobian."""
-    out = []
-    for i in range(x.shape[0]):
-        xi = x[i:i + 1]
-        ci = None if context is None else context[i:i + 1]
-        jac = torch.autograd.functional.jacobian(lambda v: layer(v, ci)[0].reshape(-1), xi).reshape(xi.numel(), -1)
-        out.append(torch.linalg.slogdet(jac)[1])
-    return torch.stack(out)
-
-
 def _randomise(module):
     """Non-zero conditioner weights (the default output layer starts at zero)."""
     g = torch.Generator().manual_seed(3)
@@ -122,16 +111,16 @@ def test_layer_logdet_is_the_jacobians(backend):
     torch.manual_seed(0)
     vec = _randomise(AffineCoupling(alternating_mask(5), hidden=8, backend=backend).double())
     x = torch.randn(3, 5, dtype=torch.float64) * 2
-    torch.testing.assert_close(vec(x)[1], _jacobian_logdet(vec, x))
-    torch.testing.assert_close(vec.inverse(x)[1], _jacobian_logdet(lambda v, c: vec.inverse(v), x))
+    torch.testing.assert_close(vec(x)[1], jacobian_logdet(vec, x))
+    torch.testing.assert_close(vec.inverse(x)[1], jacobian_logdet(vec.inverse, x))
     img = _randomise(AffineCoupling(checkerboard_mask((2, 3, 3)), hidden=4, scale_bound=math.inf,
                                     backend=backend).double())
     xi = torch.randn(2, 2, 3, 3, dtype=torch.float64)
-    torch.testing.assert_close(img(xi)[1], _jacobian_logdet(img, xi))
+    torch.testing.assert_close(img(xi)[1], jacobian_logdet(img, xi))
     cond = _randomise(AffineCoupling(channel_mask(2).expand(2, 3, 3), hidden=4, context_features=3,
                                      backend=backend).double())
     ctx = torch.randn(2, 3, dtype=torch.float64)
-    torch.testing.assert_close(cond(xi, ctx)[1], _jacobian_logdet(cond, xi, ctx))
+    torch.testing.assert_close(cond(xi, ctx)[1], jacobian_logdet(cond, xi, ctx))
     y, _ = cond(xi, ctx)
     torch.testing.assert_close(cond.inverse(y, ctx)[0], xi)
 
@@ -142,7 +131,7 @@ def test_additive_coupling_is_volume_preserving_and_invertible():
     x = torch.randn(4, 6, dtype=torch.float64)
     y, ld = layer(x)
     assert torch.equal(ld, torch.zeros(4, dtype=torch.float64))
-    torch.testing.assert_close(_jacobian_logdet(layer, x), ld)
+    torch.testing.assert_close(jacobian_logdet(layer, x), ld)
     torch.testing.assert_close(layer.inverse(y)[0], x)
     assert torch.equal(y[:, :3], x[:, :3])
 

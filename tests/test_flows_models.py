@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import jacobian_logdet
 
 import genkernels
 from genkernels.flows import ActNorm
@@ -26,15 +27,6 @@ def _randomise(flow, seed=3, scale=0.2):
     return flow
 
 
-def _jacobian_logdet(fn, x):
-    out = []
-    for i in range(x.shape[0]):
-        xi = x[i:i + 1]
-        jac = torch.autograd.functional.jacobian(lambda v: fn(v)[0].reshape(-1), xi).reshape(xi.numel(), -1)
-        out.append(torch.linalg.slogdet(jac)[1])
-    return torch.stack(out)
-
-
 @pytest.mark.parametrize("model, shape, kwargs", [
     ("RealNVP", (1, 4, 4), dict(scales=2, hidden=4)), ("RealNVP", (2, 2, 2), dict(scales=1, hidden=4)),
     ("RealNVP", (3,), dict(layers=3, hidden=8)), ("Glow", (1, 4, 4), dict(levels=2, steps=2, hidden=4, seed=0))])
@@ -47,7 +39,7 @@ def test_inverse_and_logdet_are_exact(model, shape, kwargs):
     back, logdet_inv = flow.inverse(z)
     torch.testing.assert_close(back, x)
     torch.testing.assert_close(logdet_inv, -logdet)
-    torch.testing.assert_close(logdet, _jacobian_logdet(flow, x))
+    torch.testing.assert_close(logdet, jacobian_logdet(flow, x))
 
 
 def test_a_2d_density_integrates_to_its_mass_on_the_grid():

@@ -411,32 +411,30 @@ def pixelcnn_sampling():
             f"{r['speedup']:.1f}× |" for r in cases]
 
 
-def autoregressive_layers():
-    """The masked layers, gated blocks and mixture losses, forward + backward, one thread
-    (bench/bench_autoregressive.py): x = the median of the rounds' time / ours."""
-    d = load("amd-epyc-2c-autoregressive.json")
+def _ours_against_others(name: str) -> list[str]:
+    """One README row per case of results file ``name``: ours (cpu)'s median, then every
+    other implementation's x ours (the median of the rounds' time / ours), in file order."""
     by_case: dict = {}
-    for r in d["cases"]:
+    for r in load(name)["cases"]:
         by_case.setdefault(r["case"], {})[r["impl"]] = r
     rows = []
     for case, impls in by_case.items():
         ours = impls["ours (cpu)"]
-        others = " | ".join(f"{g(r['x_ours'], 3)}×" for name, r in impls.items() if name != "ours (cpu)")
+        others = " | ".join(f"{g(r['x_ours'], 3)}×" for impl, r in impls.items() if impl != "ours (cpu)")
         rows.append(f"| {case} | {_msec(ours['median_s'])} | {others} |")
     return rows
 
+
+def autoregressive_layers():
+    """The masked layers, gated blocks and mixture losses, forward + backward, one thread
+    (bench/bench_autoregressive.py)."""
+    return _ours_against_others("amd-epyc-2c-autoregressive.json")
+
+
 def flows_coupling():
     """The affine coupling's elementwise part, forward + backward, one thread
-    (bench/bench_flows.py): x = the median of the rounds' time / ours."""
-    by_case: dict = {}
-    for r in load("amd-epyc-2c-flows.json")["cases"]:
-        by_case.setdefault(r["case"], {})[r["impl"]] = r
-    rows = []
-    for case, impls in by_case.items():
-        ours = impls["ours (cpu)"]
-        others = " | ".join(f"{g(r['x_ours'], 3)}×" for name, r in impls.items() if name != "ours (cpu)")
-        rows.append(f"| {case} | {_msec(ours['median_s'])} | {others} |")
-    return rows
+    (bench/bench_flows.py)."""
+    return _ours_against_others("amd-epyc-2c-flows.json")
 
 
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,

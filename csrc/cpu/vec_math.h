@@ -82,10 +82,10 @@ GENKERNELS_VEC_INLINE f8 pow2(i8 n) {  // 2^n for n in [-126, 127]
   return (f8)((n + 127) << 23);
 }
 
-GENKERNELS_VEC_INLINE f8 vexp(f8 x) {
+// e^xc = 2^n e^r for an argument already clamped: n = round(xc / ln 2), r = xc - n ln 2 (ln 2
+// in two parts), e^r by Cephes' single-precision polynomial -> (e^r, n)
+GENKERNELS_VEC_INLINE f8 exp_reduced(f8 xc, f8* n_out) {
   constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  constexpr float kLow = -103.972084f, kHigh = 88.7228394f;  // e^x rounds to 0 / overflows past these
-  const f8 xc = vmin(vmax(x, splat(kLow)), splat(kHigh));
   const f8 n = vfloor(xc * kLog2e + 0.5f);
   const f8 r = xc - n * kLn2Hi - n * kLn2Lo;
   f8 p = splat(1.9875691500e-4f);
@@ -94,7 +94,14 @@ GENKERNELS_VEC_INLINE f8 vexp(f8 x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  *n_out = n;
+  return p * r * r + r + 1.0f;
+}
+
+GENKERNELS_VEC_INLINE f8 vexp(f8 x) {
+  constexpr float kLow = -103.972084f, kHigh = 88.7228394f;  // e^x rounds to 0 / overflows past these
+  f8 n;
+  const f8 p = exp_reduced(vmin(vmax(x, splat(kLow)), splat(kHigh)), &n);
   // 2^n (n in [-150, 128]) as two normal powers of two, 2^(n/2) 2^(n - n/2), so that
   // subnormal results and e^x just below the overflow threshold both come out right
   const i8 ni = __builtin_convertvector(n, i8);
@@ -107,17 +114,8 @@ GENKERNELS_VEC_INLINE f8 vexp(f8 x) {
 // e^x for |x| <= 87 (inputs outside are clamped to +-87.3: no inf, no 0), NaN in -> NaN out:
 // vexp without its range selects and second scale, for arguments known to be bounded
 GENKERNELS_VEC_INLINE f8 vexp_bounded(f8 x) {
-  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  const f8 xc = vmin(vmax(x, splat(-87.3f)), splat(87.3f));
-  const f8 n = vfloor(xc * kLog2e + 0.5f);
-  const f8 r = xc - n * kLn2Hi - n * kLn2Lo;
-  f8 p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  f8 n;
+  const f8 p = exp_reduced(vmin(vmax(x, splat(-87.3f)), splat(87.3f)), &n);
   return (x == x ? p * pow2(__builtin_convertvector(n, i8)) : x);
 }
 
