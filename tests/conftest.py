@@ -15,7 +15,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running; run with -m slow, not in CI")
 
 
+# Files whose single long fixture or test (a compile, the demo, a README block) would end a
+# pytest-xdist run alone if scheduled last: under xdist they go first, beside the rest.
+LONG_FILES = ("test_static_gpu.py", "test_cli_data.py", "test_readme.py", "test_static_bindings.py",
+              "test_bench_smoke.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput"):   # every worker sorts alike (xdist checks the order)
+        items.sort(key=lambda item: LONG_FILES.index(item.path.name) if item.path.name in LONG_FILES
+                   else len(LONG_FILES))
     has_gpu = torch.cuda.is_available()
     run_slow = "slow" in (config.getoption("-m") or "")
     for item in items:
