@@ -16,7 +16,6 @@ runs on the same inputs in interleaved rounds; the forward results are compared 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -152,18 +151,7 @@ def _table(records: list[dict], device: str) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
-    harness.add_allow_dirty(p)
-    args = p.parse_args(argv)
-    harness.allow_dirty(args.allow_dirty)
-    harness.check_results_dir(args.out)
-    run(args.quick, args.rounds, args.out, args.threads, args.device)
-    return 0
+    return harness.layer_bench_main(__doc__, run, argv)
 
 
 # ---------------------------------------------------------------------- pytest entry

@@ -8,6 +8,7 @@ them; bench/run.py is the runner built on them."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
 import json
@@ -98,6 +99,25 @@ def allow_dirty(flag: bool = True) -> None:
     name) and every runner it calls sees it."""
     if flag:
         os.environ[ALLOW_DIRTY_ENV] = "1"
+
+
+def layer_bench_main(doc: str, run, argv=None) -> int:
+    """The command line of a layer benchmark whose ``run(quick, rounds, out, threads, device)``
+    times forward + backward (bench_autoregressive.py, bench_flows.py): --quick, --rounds,
+    --threads (1), --device, --out, --allow-dirty; the results folder checked before any
+    measuring."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", default=RESULTS_DIR)
+    add_allow_dirty(p)
+    args = p.parse_args(argv)
+    allow_dirty(args.allow_dirty)
+    check_results_dir(args.out)
+    run(args.quick, args.rounds, args.out, args.threads, args.device)
+    return 0
 
 
 def writes_into_repo_results(out_dir: str) -> bool:
