@@ -106,6 +106,28 @@ def test_conditional_flow_and_training():
     assert float(left.mean()) < -1.0 < 1.0 < float(right.mean())
 
 
+def test_check_finite_names_the_layer_that_made_a_nan():
+    torch.manual_seed(0)
+    flow = genkernels.RealNVP((4,), layers=3, hidden=8)
+    x = torch.randn(5, 4)
+    flow(x)                                         # ActNorms initialised on clean data
+    coupling = flow.steps[3]                        # the second coupling (ActNorm, coupling, ...)
+    with torch.no_grad():
+        coupling.conditioner.out.bias[0] = math.nan
+    z, _ = flow(x)
+    assert not bool(torch.isfinite(z).all())        # unchecked: the NaN surfaces at the end
+    flow.check_finite = True
+    with pytest.raises(FloatingPointError, match=r"AffineCoupling \(step 3 of its block, forward\)"):
+        flow(x)
+    glow = genkernels.Glow((1, 4, 4), levels=1, steps=1, hidden=4, seed=0)
+    glow(torch.randn(2, 1, 4, 4))
+    glow.check_finite = True
+    with torch.no_grad():
+        glow.blocks[0].layers[1].log_s[0] = 200.0   # the 1x1 convolution's scale overflows
+    with pytest.raises(FloatingPointError, match="InvConv1x1"):
+        glow(torch.randn(2, 1, 4, 4))
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda: genkernels.RealNVP((1, 6, 6), scales=3), ValueError, "divisible by 4"),
     (lambda: genkernels.RealNVP((1, 6)), ValueError, r"shape must be \(C, H, W\) or \(D,\)"),

@@ -59,33 +59,41 @@ class _Scale(nn.Module):
                                                          context_features=context, backend=backend)]
             self.post = nn.ModuleList(steps)
 
+    check_finite = False
+
     @staticmethod
-    def _run(steps, x, context, inverse: bool):
+    def _run(steps, x, context, inverse: bool, check: bool = False):
         total = None
-        for step in (reversed(steps) if inverse else steps):
+        order = list(enumerate(steps))
+        for i, step in (reversed(order) if inverse else order):
             if isinstance(step, AffineCoupling):
                 x, ld = step.inverse(x, context) if inverse else step(x, context)
             else:
                 x, ld = step.inverse(x) if inverse else step(x)
+            if check and not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(ld).all())):
+                raise FloatingPointError(
+                    f"{type(step).__name__} (step {i} of its block, {'inverse' if inverse else 'forward'}) produced "
+                    "NaN or Inf: its input was finite. Lower the learning rate or the coupling's scale_bound, or "
+                    "check the data's scale")
             total = ld if total is None else total + ld
         return x, total
 
     def forward(self, x, context):
-        x, logdet = self._run(self.pre, x, context, False)
+        x, logdet = self._run(self.pre, x, context, False, self.check_finite)
         if self.last:
             return x, None, logdet
         x, _ = self.squeeze(x)
-        x, ld = self._run(self.post, x, context, False)
+        x, ld = self._run(self.post, x, context, False, self.check_finite)
         half = x.shape[1] // 2
         return x[:, :half], x[:, half:], logdet + ld
 
     def inverse(self, h, z, context):
         if not self.last:
-            x, logdet = self._run(self.post, torch.cat([h, z], dim=1), context, True)
+            x, logdet = self._run(self.post, torch.cat([h, z], dim=1), context, True, self.check_finite)
             h, _ = self.squeeze.inverse(x)
         else:
             logdet = None
-        x, ld = self._run(self.pre, h, context, True)
+        x, ld = self._run(self.pre, h, context, True, self.check_finite)
         return x, ld if logdet is None else logdet + ld
 
 
@@ -96,6 +104,20 @@ class _Flow(nn.Module):
 
     shape: tuple
     features: int
+
+    @property
+    def check_finite(self) -> bool:
+        """When True, every layer's output and log-determinant are checked finite as they
+        are made (a device sync per layer): a NaN or Inf raises FloatingPointError naming
+        the layer that produced it, instead of surfacing as a NaN loss later."""
+        return bool(getattr(self, "_check_finite", False))
+
+    @check_finite.setter
+    def check_finite(self, flag: bool) -> None:
+        object.__setattr__(self, "_check_finite", bool(flag))
+        for block in self.modules():
+            if isinstance(block, (_Scale, _Level)):
+                block.check_finite = bool(flag)
 
     def _check(self, x, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -111,7 +133,7 @@ class _Flow(nn.Module):
         """Data (B, *shape) -> latent (B, D) and log |det| of the map (B,)."""
         self._check(x, "x")
         if len(self.shape) == 1:
-            return _Scale._run(self.steps, x, context, False)
+            return _Scale._run(self.steps, x, context, False, self.check_finite)
         parts, logdet = [], None
         h = x
         for block in self.blocks:
@@ -126,7 +148,7 @@ class _Flow(nn.Module):
         """Latent (B, D) -> data (B, *shape) and log |det| of the inverse map (B,)."""
         self._check(z, "z")
         if len(self.shape) == 1:
-            return _Scale._run(self.steps, z, context, True)
+            return _Scale._run(self.steps, z, context, True, self.check_finite)
         shapes = [b.z_shape for b in self.blocks if b.z_shape is not None] + [self.blocks[-1].out_shape]
         sizes = [math.prod(s) for s in shapes]
         chunks = list(torch.split(z, sizes, dim=1))
@@ -213,6 +235,8 @@ class _Level(nn.Module):
     """One Glow level: a squeeze of (c, h, w), ``steps`` flow steps on (4c, h/2, w/2), and
     unless last, a factor-out of 2c channels."""
 
+    check_finite = False
+
     def __init__(self, shape: tuple[int, int, int], steps: int, last: bool, hidden: int, bound: float,
                  context: int | None, backend: str | None, seed: int | None):
         super().__init__()
@@ -231,7 +255,7 @@ class _Level(nn.Module):
 
     def forward(self, x, context):
         x, _ = self.squeeze(x)
-        x, logdet = _Scale._run(self.layers, x, context, False)
+        x, logdet = _Scale._run(self.layers, x, context, False, self.check_finite)
         if self.last:
             return x, None, logdet
         half = x.shape[1] // 2
@@ -239,7 +263,7 @@ class _Level(nn.Module):
 
     def inverse(self, h, z, context):
         x = h if z is None else torch.cat([h, z], dim=1)
-        x, logdet = _Scale._run(self.layers, x, context, True)
+        x, logdet = _Scale._run(self.layers, x, context, True, self.check_finite)
         return self.squeeze.inverse(x)[0], logdet
 
 
