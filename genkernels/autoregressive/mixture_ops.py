@@ -34,19 +34,6 @@ def _backward_fake(grad, params, v, mixtures, levels):
     return torch.empty_like(params, memory_format=torch.contiguous_format)
 
 
-def _setup_context(ctx, inputs, output):
-    params, v, mixtures, levels = inputs
-    ctx.save_for_backward(params, v)
-    ctx.args = (mixtures, levels)
-
-
-def _backward(ctx, grad):
-    params, v = ctx.saved_tensors
-    grad_params = torch.ops.genkernels.logistic_mixture_log_prob_backward(grad, params, v, *ctx.args) \
-        if ctx.needs_input_grad[0] else None
-    return grad_params, None, None, None
-
-
 # logistic_mixture_log_prob(params (B, P, H, W), v (B, C, H, W) levels, mixtures, levels) -> (B, H, W)
 MIXTURE = registry.declare(
     "logistic_mixture_log_prob",
@@ -54,7 +41,8 @@ MIXTURE = registry.declare(
     cpu=_cpu,
     triton=registry.lazy(__package__ + ".mixture_triton", "logistic_mixture_log_prob_triton"),
     fake=_fake,
-    autograd=(_backward, _setup_context))
+    autograd=mixture_reference.autograd_for(
+        lambda *args: torch.ops.genkernels.logistic_mixture_log_prob_backward(*args)))
 registry.register_schema_kernels("logistic_mixture_log_prob_backward", fake=_backward_fake)
 registry.static_kernels("autoregressive.mixture", registry.lazy(__package__ + ".mixture_triton", "static_kernels"))
 

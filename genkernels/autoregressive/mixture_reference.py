@@ -131,3 +131,21 @@ def level_probabilities(params: torch.Tensor, earlier: torch.Tensor, channel: in
     grid = torch.arange(levels, dtype=torch.float64, device=params.device)
     per = log_bin_probability(grid, mu[..., channel, None], log_s[..., channel, None], levels).exp()   # (n, K, L)
     return (weights[..., None] * per).sum(1)
+
+
+def autograd_for(backward_op):
+    """(backward, setup_context) of a fused log_prob op whose VJP is ``backward_op`` (grad,
+    params, v, mixtures, levels) -> grad_params (v gets no gradient): the cpu and triton
+    ops register the same formula."""
+
+    def setup_context(ctx, inputs, output):
+        params, v, mixtures, levels = inputs
+        ctx.save_for_backward(params, v)
+        ctx.args = (mixtures, levels)
+
+    def backward(ctx, grad):
+        params, v = ctx.saved_tensors
+        grad_params = backward_op(grad, params, v, *ctx.args) if ctx.needs_input_grad[0] else None
+        return grad_params, None, None, None
+
+    return backward, setup_context

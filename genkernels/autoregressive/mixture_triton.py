@@ -52,6 +52,7 @@ import triton.language as tl
 
 from .._checks import acc_dtype
 from ..triton_common import TL_ACC, device_of
+from . import mixture_reference
 from .mixture_reference import LOG_SCALE_MIN
 
 BLOCK = 128
@@ -342,19 +343,8 @@ def _logistic_mixture_log_prob_backward_triton_fake(grad, params, v, mixtures, l
     return params.new_empty(params.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    params, v, mixtures, levels = inputs
-    ctx.save_for_backward(params, v)
-    ctx.args = (mixtures, levels)
-
-
-def _backward(ctx, grad):
-    params, v = ctx.saved_tensors
-    grad_params = torch.ops.genkernels.logistic_mixture_log_prob_backward_triton(grad, params, v, *ctx.args) \
-        if ctx.needs_input_grad[0] else None
-    return grad_params, None, None, None
-
-
+_backward, _setup_context = mixture_reference.autograd_for(
+    lambda *args: torch.ops.genkernels.logistic_mixture_log_prob_backward_triton(*args))
 logistic_mixture_log_prob_triton.register_autograd(_backward, setup_context=_setup_context)
 
 
