@@ -20,7 +20,7 @@ SWEEP_BACKENDS = BACKENDS[:2]   # the Triton kernels' shape sweep: tests/test_ma
 # (B, Din, Dout, prefixes, bias)
 CASES = [(5, 17, 33, "sorted", True), (1, 100, 64, "unsorted", False), (0, 3, 3, "sorted", True),
          (4, 64, 100, "zero", True), (3, 70, 130, "full", False), (7, 1500, 1300, "sorted", True),
-         (3, 1200, 1500, "unsorted", True)]
+         (3, 1200, 1500, "unsorted", True), (1, 40, 24, "sorted", True)]
 
 
 def _prefix(kind, d_in, d_out, g):
@@ -47,6 +47,8 @@ def test_masked_linear_equals_linear_of_the_masked_weight(backend, case):
     got = genkernels.ops.masked_linear(got_leaves[0], got_leaves[1], got_leaves[2] if with_bias else None, prefix,
                                        backend=backend)
     torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    for kept, given in zip(leaves, got_leaves):   # the inputs (the bias of a one-row batch too) untouched
+        assert torch.equal(kept, given)
     if b:
         for a, e in zip(torch.autograd.grad(got, got_leaves, grad), torch.autograd.grad(want, leaves, grad)):
             torch.testing.assert_close(a, e, rtol=1e-11, atol=1e-11)
@@ -60,6 +62,7 @@ def test_cpu_gradcheck_opcheck_and_float32():
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
     assert torch.autograd.gradcheck(lambda a, c, d: torch.ops.genkernels.masked_linear(a, c, d, prefix), leaves)
     torch.library.opcheck(torch.ops.genkernels.masked_linear.default, (x, w, b, prefix))
+    torch.library.opcheck(torch.ops.genkernels.masked_linear.default, (x[:1], w, b, prefix))   # one row
     torch.library.opcheck(torch.ops.genkernels.masked_linear_backward.default,
                           (torch.randn(3, 7, dtype=torch.float64), x, w, prefix, [True, True, True]))
     got = genkernels.ops.masked_linear(x.float(), w.float(), b.float(), prefix, backend="cpu")
@@ -163,3 +166,39 @@ def test_autocast_bf16_within_the_tolerance_table():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         (-models[backend].log_prob(x).mean()).backward()
     assert all(bool(torch.isfinite(p.grad).all()) for p in models[backend].parameters() if p.grad is not None)
+
+
+def test_conditional_made_is_causal_normalised_per_context_and_trains(tmp_path):
+    """A context (B, K) enters the first hidden layer: under every mask the outputs stay causal in
+    x, each context's distribution sums to one, the context changes it, and fit/save/load carry it."""
+    model = MADE(4, (16, 12), seed=0, num_masks=2, order_agnostic=True, context_features=3).double()
+    ctx = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    every = torch.tensor(list(itertools.product([0, 1], repeat=4)), dtype=torch.float64)
+    for k in range(2):
+        ranks = torch.argsort(model._perm(k, 0))
+        report = check_autoregressive(lambda x, k=k: model._params(x, k, ctx[:1].expand(x.shape[0], 3)), (4,),
+                                      order=ranks)
+        assert report.ok, str(report)
+        for c in ctx:
+            p = model.log_prob(every, mask=k, context=c.expand(16, 3)).exp()
+            assert float(p.sum()) == pytest.approx(1.0, abs=1e-12)
+    p0, p1 = (model.log_prob(every, context=c.expand(16, 3)) for c in ctx)
+    assert not torch.allclose(p0, p1)
+    # fit: two contexts, each with its own data; the model learns which goes with which
+    x = torch.cat([torch.zeros(64, 4), torch.ones(64, 4)]).double()
+    c = torch.cat([torch.zeros(64, 3), torch.ones(64, 3)]).double()
+    model.fit(x, epochs=80, batch_size=32, learning_rate=1e-2, verbose=False, context=c)
+    assert float(model.log_prob(x[:1], context=c[:1])) > float(model.log_prob(x[:1], context=c[-1:])) + 0.5
+    s = model.sample(8, seed=0, context=torch.ones(8, 3, dtype=torch.float64))
+    assert float(s.mean()) > 0.8
+    model.save(tmp_path / "cmade.pt")
+    loaded = MADE.load(tmp_path / "cmade.pt")
+    torch.testing.assert_close(loaded.log_prob(x[:8], context=c[:8]), model.log_prob(x[:8], context=c[:8]))
+    with pytest.raises(TypeError, match="context must be"):
+        model.log_prob(x[:2])
+    with pytest.raises(ValueError, match=r"context must be \(2, 3\)"):
+        model.log_prob(x[:2], context=torch.zeros(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="NaN"):
+        model.log_prob(x[:2], context=torch.full((2, 3), float("nan"), dtype=torch.float64))
+    with pytest.raises(ValueError, match="unconditional"):
+        MADE(4, (8,)).log_prob(torch.zeros(2, 4), context=torch.zeros(2, 3))

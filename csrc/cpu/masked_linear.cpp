@@ -126,7 +126,9 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
                       bias->sizes());
     TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": bias must have x's dtype");
   }
-  at::Tensor out = bias.has_value() ? bias->unsqueeze(0).expand({b, d_out}).contiguous()
+  // a fresh buffer even for one row: expand(...).contiguous() of a (1, d_out) view is the
+  // bias itself, and the products below accumulate into `out` in place
+  at::Tensor out = bias.has_value() ? bias->unsqueeze(0).expand({b, d_out}).clone(at::MemoryFormat::Contiguous)
                                     : at::zeros({b, d_out}, x.options());
   if (b == 0 || d_out == 0) return out;
   const Tiles tiles(prefix);

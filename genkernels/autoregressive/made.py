@@ -106,6 +106,11 @@ class MADE(Model):
         order_agnostic: random input orderings (else the natural order for every mask).
         seed: the key of the model's random stream (masks, sampling, shuffling).
         backend: None (auto), "reference" or "cpu" for the masked linear layers.
+        context_features: K for a conditional model p(x | c): the context (B, K) enters the
+            first hidden layer and the outputs through unmasked linear maps (every unit may
+            see all of it: the context is not part of the autoregressive order; the map into
+            the outputs lets the first dimension, which sees no hidden unit, depend on it);
+            None: unconditional.
     """
 
     _dtype_source = "_dtype_ref"
@@ -117,9 +122,11 @@ class MADE(Model):
 
     def __init__(self, n_inputs: int, hidden=(500,), output: str = "bernoulli", components: int = 5, *,
                  direct: bool = True, num_masks: int = 1, order_agnostic: bool = False, seed: int | None = None,
-                 backend: str | None = None):
+                 backend: str | None = None, context_features: int | None = None):
         super().__init__()
         self._init_stream(seed)
+        self.context_features = None if context_features is None else check_int("context_features",
+                                                                                 context_features, 1)
         self.n_inputs = check_int("n_inputs", n_inputs, 1)
         self.hidden = tuple(check_int("hidden", h, 1) for h in hidden)
         if not self.hidden:
@@ -148,6 +155,12 @@ class MADE(Model):
         self.layers.append(MaskedLinear(sizes[-1], out_units, self._prefix(0, len(self.hidden)), backend=backend))
         self.skip = MaskedLinear(d, out_units, self._prefix(0, len(self.hidden) + 1), bias=False,
                                  backend=backend) if self.direct else None
+        # the context's maps into the first hidden layer and the outputs, their rows in mask 0's
+        # unit order like the layers they add to
+        self.context = self.context_out = None
+        if self.context_features is not None:
+            self.context = nn.Linear(self.context_features, self.hidden[0])
+            self.context_out = nn.Linear(self.context_features, out_units, bias=False)
         self._next_mask = 0
 
     # -------------------------------------------------------------------- masks
@@ -187,7 +200,7 @@ class MADE(Model):
         return getattr(self, f"prefix_{k}_{i}")
 
     # ------------------------------------------------------------------ network
-    def _params(self, x: torch.Tensor, k: int) -> torch.Tensor:
+    def _params(self, x: torch.Tensor, k: int, context: torch.Tensor | None = None) -> torch.Tensor:
         """(B, D, P): each dimension's output parameters under mask k, dimensions in their
         natural index (the network sees them in mask k's order). The stored weights are in
         mask 0's unit order; another mask gathers them into its own (the same parameters)."""
@@ -202,6 +215,11 @@ class MADE(Model):
                 rows = self._stored(i + 1, self._perm(k, i + 1))
                 w = layer.weight.index_select(0, rows).index_select(1, self._stored(i, self._perm(k, i)))
                 h = layer(h, w, layer.bias.index_select(0, rows), self._prefix(k, i))
+            if i == 0 and self.context is not None:
+                cw, cb = self.context.weight, self.context.bias
+                if k != 0:
+                    cw, cb = cw.index_select(0, rows), cb.index_select(0, rows)
+                h = h + F.linear(context.to(h.dtype), cw.to(h.dtype), cb.to(h.dtype))
             h = F.relu(h)
         last = self.layers[-1]
         if k == 0:
@@ -211,6 +229,9 @@ class MADE(Model):
             rows = rows.flatten()
             w = last.weight.index_select(0, rows).index_select(1, self._stored(n_hidden, self._perm(k, n_hidden)))
             out = last(h, w, last.bias.index_select(0, rows), self._prefix(k, n_hidden))
+        if self.context_out is not None:
+            cw = self.context_out.weight if k == 0 else self.context_out.weight.index_select(0, rows)
+            out = out + F.linear(context.to(out.dtype), cw.to(out.dtype))
         if self.skip is not None:
             if k == 0:
                 out = out + self.skip(inp)
@@ -226,9 +247,28 @@ class MADE(Model):
         0's."""
         return units if i == 0 else torch.argsort(self._perm(0, i))[units]
 
-    def forward(self, x: torch.Tensor, mask: int = 0) -> torch.Tensor:
-        """(B, D, P) output parameters of x (B, D) under connectivity ``mask``."""
-        return self._params(self.check_data(x), check_int("mask", mask, 0, self.num_masks - 1))
+    def forward(self, x: torch.Tensor, mask: int = 0, context: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D, P) output parameters of x (B, D) under connectivity ``mask`` (given the
+        context (B, K) in a conditional model)."""
+        x = self.check_data(x)
+        return self._params(x, check_int("mask", mask, 0, self.num_masks - 1), self.check_context(context, x.shape[0]))
+
+    def check_context(self, context, batch: int) -> torch.Tensor | None:
+        """The context (batch, K) of a conditional model (None for an unconditional one)."""
+        if self.context_features is None:
+            if context is not None:
+                raise ValueError("this MADE is unconditional (context_features=None); got a context")
+            return None
+        if not isinstance(context, torch.Tensor):
+            raise TypeError(f"context must be a ({batch}, {self.context_features}) tensor (the model is conditional); "
+                            f"got {type(context).__name__}")
+        if not context.dtype.is_floating_point:
+            raise TypeError(f"context must be a floating-point tensor; got dtype {context.dtype}")
+        if tuple(context.shape) != (batch, self.context_features):
+            raise ValueError(f"context must be ({batch}, {self.context_features}); got shape {tuple(context.shape)}")
+        if context.numel() and not torch.compiler.is_compiling() and not bool(torch.isfinite(context).all()):
+            raise ValueError("context contains NaN or Inf")
+        return context
 
     def check_data(self, x) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -257,27 +297,32 @@ class MADE(Model):
         comp = -0.5 * z * z - log_scale - 0.5 * math.log(2 * math.pi)
         return torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1).sum(1)
 
-    def log_prob(self, x: torch.Tensor, mask: int | None = None) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, mask: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) log-likelihood in nats: under one connectivity ``mask``, or (None) the
-        ensemble's, log mean_k p_k(x) over the model's masks."""
+        ensemble's, log mean_k p_k(x) over the model's masks (given the context (B, K) in a
+        conditional model)."""
         x = self.check_data(x)
+        context = self.check_context(context, x.shape[0])
         if mask is not None:
-            return self._log_prob_of(x, self._params(x, check_int("mask", mask, 0, self.num_masks - 1)))
-        each = torch.stack([self._log_prob_of(x, self._params(x, k)) for k in range(self.num_masks)])
+            return self._log_prob_of(x, self._params(x, check_int("mask", mask, 0, self.num_masks - 1), context))
+        each = torch.stack([self._log_prob_of(x, self._params(x, k, context)) for k in range(self.num_masks)])
         return torch.logsumexp(each, 0) - math.log(self.num_masks)
 
     # ----------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample(self, n: int, *, mask: int = 0, seed: int | None = None) -> torch.Tensor:
-        """n samples (n, D), one dimension at a time in mask ``mask``'s order (D passes)."""
+    def sample(self, n: int, *, mask: int = 0, seed: int | None = None,
+               context: torch.Tensor | None = None) -> torch.Tensor:
+        """n samples (n, D), one dimension at a time in mask ``mask``'s order (D passes);
+        a conditional model samples p(x | context[i]) for row i (context (n, K))."""
         n = check_int("n", n, 1)
         mask = check_int("mask", mask, 0, self.num_masks - 1)
+        context = self.check_context(context, n)
         x = torch.zeros(n, self.n_inputs, dtype=self.dtype, device=self.device)
         order = self._perm(mask, 0)
         with self._call_stream(seed) as stream:
             u = stream.rand(n, self.n_inputs, 2, device=self.device).to(self.dtype)
         for i in order.tolist():
-            p = self._params(x, mask)[:, i]
+            p = self._params(x, mask, context)[:, i]
             if self.output == "bernoulli":
                 x[:, i] = (u[:, i, 0] < torch.sigmoid(p[:, 0])).to(x.dtype)
                 continue
@@ -295,16 +340,20 @@ class MADE(Model):
 
     # ----------------------------------------------------------------- training
     def fit(self, data, epochs: int = 10, batch_size: int = 100, learning_rate: float = 1e-3, *,
-            verbose: bool = True, callback=None) -> "MADE":
+            verbose: bool = True, callback=None, context=None) -> "MADE":
         """Maximum likelihood with Adam, each batch under the next connectivity mask in turn;
         ``history`` gets each epoch's mean negative log-likelihood (nats); a NaN or Inf loss
-        raises DivergedError."""
+        raises DivergedError. A conditional model takes ``context`` (N, K), a row per
+        data row."""
         epochs = check_int("epochs", epochs, 1)
         batch_size = check_int("batch_size", batch_size, 1)
         learning_rate = check_positive("learning_rate", learning_rate)
         data = self.check_data(torch.as_tensor(data).to(self.device))
         if data.shape[0] == 0:
             raise ValueError("data is empty; the model needs rows to train")
+        if context is not None:
+            context = torch.as_tensor(context).to(self.device)
+        context = self.check_context(context, data.shape[0])
         optimizer = torch.optim.Adam(self.parameters(), lr=learning_rate)
         self.train()
         with Progress(epochs, 0, verbose, "MADE", "nll") as bar:
@@ -314,7 +363,8 @@ class MADE(Model):
                 for start in range(0, data.shape[0], batch_size):
                     idx = order[start:start + batch_size]
                     mask, self._next_mask = self._next_mask, (self._next_mask + 1) % self.num_masks
-                    loss = -self._log_prob_of(data[idx], self._params(data[idx], mask)).mean()
+                    ctx = None if context is None else context[idx]
+                    loss = -self._log_prob_of(data[idx], self._params(data[idx], mask, ctx)).mean()
                     if not bool(torch.isfinite(loss.detach())):
                         raise DivergedError(f"MADE.fit diverged in epoch {epoch + 1}: the loss is {float(loss)} "
                                             f"(try a smaller learning_rate than {learning_rate})")
@@ -334,6 +384,7 @@ class MADE(Model):
         return {"n_inputs": self.n_inputs, "hidden": list(self.hidden), "output": self.output,
                 "components": self.components, "direct": self.direct, "num_masks": self.num_masks,
                 "order_agnostic": self.order_agnostic, "backend": self.backend,
+                "context_features": self.context_features,
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
     def _payload(self) -> dict:
@@ -347,10 +398,13 @@ class MADE(Model):
         if backend is not None and backend not in registry.BACKENDS:
             raise cfg.error("backend", f"must be None or one of {list(registry.BACKENDS)}; got {backend!r}")
         hidden = cfg.get("hidden", list, "a list of ints")
+        context = cfg.get("context_features", (type(None), int), "None or an int") if "context_features" in cfg \
+            else None
         try:
             model = cls(cfg.int("n_inputs", 1), hidden, cfg.choice("output", OUTPUTS), cfg.int("components", 1),
                         direct=cfg.get("direct", bool), num_masks=cfg.int("num_masks", 1),
-                        order_agnostic=cfg.get("order_agnostic", bool), seed=fields.seed(), backend=backend)
+                        order_agnostic=cfg.get("order_agnostic", bool), seed=fields.seed(), backend=backend,
+                        context_features=context)
         except (TypeError, ValueError) as exc:
             raise fields.error("config", f"does not describe a model: {exc}") from None
         model.to(dtype=cfg.dtype(), device=device)
