@@ -144,6 +144,8 @@ class _Coupling(nn.Module):
     """What the two coupling layers share: the mask (checked once), the conditioner (a user
     module, or the MLP / ResNet made for the mask's shape), the call with the context."""
 
+    takes_context = True
+
     def __init__(self, mask: torch.Tensor, conditioner: nn.Module | None, out_factor: int, hidden: int | None,
                  context_features: int | None):
         super().__init__()

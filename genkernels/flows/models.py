@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import random as gk_random
 from .._checks import check_int
+from .autoregressive import MaskedAffineAutoregressive, _hidden
 from .coupling import AffineCoupling, channel_mask, checkerboard_mask, half_mask
 from .layers import ActNorm, InvConv1x1, Squeeze
 
@@ -66,7 +67,7 @@ class _Scale(nn.Module):
         total = None
         order = list(enumerate(steps))
         for i, step in (reversed(order) if inverse else order):
-            if isinstance(step, AffineCoupling):
+            if getattr(step, "takes_context", False):
                 x, ld = step.inverse(x, context) if inverse else step(x, context)
             else:
                 x, ld = step.inverse(x) if inverse else step(x)
@@ -301,4 +302,54 @@ class Glow(_Flow):
         self.blocks = nn.ModuleList(blocks)
 
 
-__all__ = ["Glow", "RealNVP"]
+class MAF(_Flow):
+    """A masked autoregressive flow of vectors (``shape`` = (D,) or D): ``layers`` MADE-
+    conditioned affine autoregressive transforms, each after an ActNorm, their orders
+    alternating natural and reversed. Density evaluation (``log_prob``, training) is one
+    MADE pass a layer; sampling solves each layer one dimension at a time (D passes).
+
+    Args:
+        shape: (D,) or D (>= 1).
+        layers: transforms (>= 1). hidden: each MADE's hidden sizes (an int: two of that size).
+        scale_bound, context_features, backend: as RealNVP's; made_backend: the MADEs'
+            masked linear layers' backend.
+        actnorm: an ActNorm before each transform.
+    """
+
+    _inverse_autoregressive = False
+
+    def __init__(self, shape, *, layers: int = 5, hidden=64, scale_bound: float = 2.0,
+                 context_features: int | None = None, actnorm: bool = True, backend: str | None = None,
+                 made_backend: str | None = None):
+        super().__init__()
+        if isinstance(shape, int) and not isinstance(shape, bool):
+            shape = (shape,)
+        shape = tuple(int(n) for n in shape) if isinstance(shape, (tuple, list, torch.Size)) else None
+        if shape is None or len(shape) != 1 or shape[0] < 1:
+            raise ValueError(f"shape must be (D,) or D with D >= 1; got {shape}")
+        self.shape, self.features = shape, shape[0]
+        self.context_features = context_features
+        check_int("layers", layers, 1)
+        hidden = _hidden(hidden)
+        steps = []
+        for i in range(layers):
+            if actnorm:
+                steps.append(ActNorm(self.features))
+            steps.append(MaskedAffineAutoregressive(
+                self.features, hidden, order="natural" if i % 2 == 0 else "reversed", scale_bound=scale_bound,
+                context_features=context_features, inverse_autoregressive=self._inverse_autoregressive,
+                backend=backend, made_backend=made_backend))
+        self.steps = nn.ModuleList(steps)
+
+
+class IAF(MAF):
+    """An inverse autoregressive flow of vectors: MAF's architecture with every transform
+    inverted (its MADE reads the noise side). Sampling (``sample``, ``inverse``) and
+    ``rsample``-style reparameterised draws are one MADE pass a layer; ``log_prob`` of an
+    arbitrary x solves each layer one dimension at a time (D passes). The flow of choice for
+    variational posteriors. Arguments as MAF's."""
+
+    _inverse_autoregressive = True
+
+
+__all__ = ["IAF", "MAF", "Glow", "RealNVP"]

@@ -1,0 +1,147 @@
+"""Masked autoregressive flows: MAF (Papamakarios et al., 2017, "Masked Autoregressive Flow for
+Density Estimation") and IAF (Kingma et al., 2016, "Improved Variational Inference with
+Inverse Autoregressive Flow"), their transforms conditioned by the masked-models family's
+MADE (imported through that family's public face).
+
+``MaskedAffineAutoregressive`` maps x (B, D) to z, one dimension at a time in its ``order``:
+
+    z_i = x_i exp(sigma_i) + t_i,   sigma_i = b tanh(s_i / b),   (s_i, t_i) = MADE(x_<i)
+
+with x_<i the dimensions before i in the order. Every (s_i, t_i) sees only earlier
+dimensions, so the Jacobian is triangular and log |det| = sum_i sigma_i; the elementwise part
+is the fused ``affine_coupling`` op with nothing kept. The data-to-noise direction is one
+MADE pass (MAF: density evaluation and training in one pass); the noise-to-data direction
+solves for x one dimension at a time (D passes; sampling). ``inverse_autoregressive=True``
+swaps the directions (IAF): MADE conditions on z, sampling is one pass and density
+evaluation takes D.
+
+The MADE's output layer starts at zero: a layer starts as the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._checks import check_int
+from ..autoregressive import MADE
+from . import coupling_ops
+from .coupling_ops import check_bound
+
+
+def _hidden(hidden) -> tuple[int, ...]:
+    if isinstance(hidden, bool):
+        raise TypeError(f"hidden must be an int or a sequence of ints; got {hidden!r}")
+    if isinstance(hidden, int):
+        return (check_int("hidden", hidden, 1),) * 2
+    if not isinstance(hidden, (tuple, list)) or not hidden:
+        raise TypeError(f"hidden must be an int or a non-empty sequence of ints; got {hidden!r}")
+    return tuple(check_int("hidden", h, 1) for h in hidden)
+
+
+def _order(order, features: int) -> torch.Tensor:
+    """The dimensions in the order they come (a permutation of 0..D-1)."""
+    if isinstance(order, str):
+        if order == "natural":
+            return torch.arange(features)
+        if order == "reversed":
+            return torch.arange(features - 1, -1, -1)
+        raise ValueError(f"order must be 'natural', 'reversed' or a permutation of 0..{features - 1}; got {order!r}")
+    perm = torch.as_tensor(order)
+    if perm.dim() != 1 or perm.numel() != features or perm.dtype.is_floating_point or perm.dtype == torch.bool \
+            or not torch.equal(torch.sort(perm).values, torch.arange(features)):
+        raise ValueError(f"order must be 'natural', 'reversed' or a permutation of 0..{features - 1}; got {order!r}")
+    return perm.to(torch.int64)
+
+
+class MaskedAffineAutoregressive(nn.Module):
+    """MAF's (or, with ``inverse_autoregressive=True``, IAF's) affine autoregressive transform
+    of vectors (B, D).
+
+    Args:
+        features: D >= 1.
+        hidden: the MADE's hidden layer sizes (an int: two layers of that size).
+        order: "natural", "reversed", or a permutation of 0..D-1 (the dimensions in the
+            order they come); stacks alternate orders so every dimension gets conditioned.
+        scale_bound: the log-scales' bound (see AffineCoupling; math.inf: unbounded).
+        context_features: K for a conditional transform (the MADE gets the context).
+        inverse_autoregressive: IAF -- the conditioner reads the noise side.
+        backend: the affine op's backend; made_backend: the MADE's masked linear layers'.
+
+    ``forward(x, context=None) -> (z, logdet)`` (data to noise), ``inverse(z, context=None)
+    -> (x, logdet of the inverse map)``; ``params(v, context)`` -> (B, 2, D): the raw
+    log-scales and shifts the MADE gives for v (the input of the autoregressive side).
+    """
+
+    takes_context = True
+
+    def __init__(self, features: int, hidden=64, *, order="natural", scale_bound: float = 2.0,
+                 context_features: int | None = None, inverse_autoregressive: bool = False,
+                 backend: str | None = None, made_backend: str | None = None, seed: int | None = None):
+        super().__init__()
+        self.features = check_int("features", features, 1)
+        self.hidden = _hidden(hidden)
+        perm = _order(order, self.features)
+        self.register_buffer("order", perm)
+        self.register_buffer("_unorder", torch.argsort(perm))
+        self.scale_bound = check_bound(scale_bound)
+        self.inverse_autoregressive = bool(inverse_autoregressive)
+        self.backend = backend
+        self.made = MADE(self.features, self.hidden, "gaussian", direct=True, seed=seed, backend=made_backend,
+                         context_features=context_features)
+        self.context_features = self.made.context_features
+        with torch.no_grad():      # the identity at the start
+            for p in (self.made.layers[-1].weight, self.made.layers[-1].bias, self.made.skip.weight):
+                p.zero_()
+            if self.made.context_out is not None:
+                self.made.context_out.weight.zero_()
+        self.register_buffer("_nothing_kept", torch.zeros(self.features))
+
+    def _check(self, v, name: str) -> torch.Tensor:
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(v).__name__}")
+        if v.dim() != 2 or v.shape[1] != self.features:
+            raise ValueError(f"{name} must be (B, {self.features}); got shape {tuple(v.shape)}")
+        if not v.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor; got dtype {v.dtype}")
+        return v
+
+    def params(self, v: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2, D): log-scales then shifts for each dimension, each from the dimensions of v
+        before it in the order."""
+        p = self.made(v[:, self.order], 0, context)           # (B, D, 2) [shift, log-scale], in order
+        p = p[:, self._unorder]
+        return torch.stack([p[..., 1], p[..., 0]], 1).to(v.dtype)
+
+    def _affine(self, v, params, inverse: bool):
+        return coupling_ops.apply(v, params.reshape(v.shape[0], -1), self._nothing_kept, self.scale_bound, inverse,
+                                  self.backend)
+
+    def _solve(self, w, context):
+        """The sequential direction: v = map^-1(w; params(v)) -- x from z for MAF, z from x
+        for IAF -- by D passes from v = 0: after pass r the first r dimensions in the order
+        are exact (and so is autograd through the passes). -> (v, log |det| of w -> v)."""
+        v = torch.zeros_like(w)
+        logdet = None
+        for _ in range(self.features):
+            v, logdet = self._affine(w, self.params(v, context), True)
+        return v, logdet
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x, "x")
+        if self.inverse_autoregressive:   # x = z e^sigma(z) + t(z): z by the sequential solve
+            return self._solve(x, context)
+        return self._affine(x, self.params(x, context), False)
+
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(z, "z")
+        if self.inverse_autoregressive:
+            return self._affine(z, self.params(z, context), False)
+        return self._solve(z, context)
+
+    def extra_repr(self) -> str:
+        kind = "IAF" if self.inverse_autoregressive else "MAF"
+        return f"{kind}, features={self.features}, hidden={self.hidden}, scale_bound={self.scale_bound}"
+
+
+__all__ = ["MaskedAffineAutoregressive"]
