@@ -99,7 +99,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "pytest-xdist", "minisom", "import-linter"],
-        "bench": ["pytest-benchmark", "minisom", "torchsom", "xpysom"],
+        "bench": ["pytest-benchmark", "minisom", "torchsom", "xpysom", "nflows", "zuko"],
     },
     entry_points={"console_scripts": ["genkernels=genkernels.cli:main"]},
     ext_modules=ext_modules,

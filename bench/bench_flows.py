@@ -1,4 +1,5 @@
-"""Normalizing flows benchmark: the affine coupling's elementwise part, forward + backward.
+"""Normalizing flows benchmark: the affine coupling's elementwise part and the
+rational-quadratic spline, forward + backward.
 
 The part of a coupling layer after its conditioner network -- the mask, the bounded scale
 sigma = b tanh(s / b), y = x e^sigma + t on the transformed features and the per-sample
@@ -10,6 +11,13 @@ Triton on a GPU); ``eager`` is the same formula as RealNVP-style PyTorch code wr
 (tanh, exp, mask products, a sum: a chain of elementwise kernels with their temporaries),
 and ``eager (torch.compile)`` is that function compiled by Inductor. Every implementation
 runs on the same inputs in interleaved rounds; the forward results are compared first.
+
+The spline rows: ``ours`` is genkernels.ops.rq_spline (bin search, spline, log-determinant
+in one pass; one fused backward), against nflows 0.14's
+``unconstrained_rational_quadratic_spline`` (linear tails: the public neural-spline-flow
+code, eager and under torch.compile) and our own PyTorch reference (the spec), on the same
+raw parameters (K = 8 bins, tail bound 3). Without nflows installed those rows hold ours
+and the reference only.
 
     python bench/bench_flows.py [--quick] [--threads N] [--device cpu|cuda]
 """
@@ -41,6 +49,62 @@ CASES = {False: [("vectors B=1024 D=2 half", 1024, (2,), "half"),
                  ("image B=16 3x64x64 checkerboard", 16, (3, 64, 64), "checkerboard")],
          True: [("vectors B=64 D=16 half", 64, (16,), "half"),
                 ("image B=4 3x8x8 checkerboard", 4, (3, 8, 8), "checkerboard")]}
+
+
+# (name, batch, features, bins, inverse)
+SPLINE_CASES = {False: [("spline B=1024 D=2 K=8", 1024, 2, 8, False),
+                        ("spline B=4096 D=64 K=8", 4096, 64, 8, False),
+                        ("spline B=4096 D=64 K=8 inverse", 4096, 64, 8, True),
+                        ("spline B=64 D=3072 K=8", 64, 3072, 8, False)],
+                True: [("spline B=64 D=16 K=8", 64, 16, 8, False)]}
+TAIL = 3.0
+
+
+def spline_implementations(case: tuple, device: str, seed: int = 0) -> dict:
+    """name -> a callable running the spline's forward + backward once on fixed inputs."""
+    _, batch, n, k, inverse = case
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(batch, n, generator=g) * 1.5).to(device).requires_grad_()
+    params = torch.randn(batch, n, 3 * k - 1, generator=g).to(device).requires_grad_()
+    gy = torch.randn(batch, n, generator=g).to(device)
+    gl = torch.randn(batch, generator=g).to(device)
+    backend = "cpu" if device == "cpu" else "triton"
+    fns = {f"ours ({backend})": lambda: genkernels.ops.rq_spline(x, params, bound=TAIL, inverse=inverse,
+                                                                 backend=backend),
+           "reference (PyTorch)": lambda: genkernels.ops.rq_spline(x, params, bound=TAIL, inverse=inverse,
+                                                                   backend="reference")}
+    try:
+        from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline
+    except ImportError:
+        unconstrained_rational_quadratic_spline = None
+    if unconstrained_rational_quadratic_spline is not None:
+        def nflows_spline(xx, p):
+            y, ld = unconstrained_rational_quadratic_spline(xx, p[..., :k], p[..., k:2 * k], p[..., 2 * k:],
+                                                            inverse=inverse, tails="linear", tail_bound=TAIL)
+            return y, ld.sum(1)
+        compiled = torch.compile(nflows_spline)
+        fns["nflows"] = lambda: nflows_spline(x, params)
+        fns["nflows (torch.compile)"] = lambda: compiled(x, params)
+
+    def call(fn):
+        def run():
+            y, logdet = fn()
+            torch.autograd.backward([y, logdet], [gy, gl])
+        return run
+
+    return {name: call(fn) for name, fn in fns.items()}
+
+
+def spline_agreement(case: tuple, device: str) -> float:
+    _, batch, n, k, inverse = case
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(batch, n, generator=g) * 1.5).to(device)
+    params = torch.randn(batch, n, 3 * k - 1, generator=g).to(device)
+    with torch.no_grad():
+        got = genkernels.ops.rq_spline(x, params, bound=TAIL, inverse=inverse)
+        want = genkernels.ops.rq_spline(x.double(), params.double(), bound=TAIL, inverse=inverse,
+                                        backend="reference")
+    return max(float((a.double() - e).abs().max()) for a, e in zip(got, want))
 
 
 def make_mask(kind: str, shape: tuple) -> torch.Tensor:
@@ -106,23 +170,30 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
     torch.set_num_threads(threads)
     rounds = rounds or (3 if quick else 15)
     records = []
-    for case in CASES[quick]:
-        impls = implementations(case, device)
-        diff = check_agreement(case, device)
+    for case in CASES[quick] + SPLINE_CASES[quick]:
+        spline = case in SPLINE_CASES[quick]
+        impls = spline_implementations(case, device) if spline else implementations(case, device)
+        diff = spline_agreement(case, device) if spline else check_agreement(case, device)
         times, _ = harness.interleaved(list(impls.values()), device, rounds, warm_each=True)
         medians = {impl: statistics.median(times[:, i]) for i, impl in enumerate(impls)}
-        _, batch, shape, kind = case
-        elements = batch * int(torch.tensor(shape).prod())
+        if spline:
+            _, batch, n, bins, inverse = case
+            shape, kind, elements = (n,), f"K={bins}" + (" inverse" if inverse else ""), batch * n
+        else:
+            _, batch, shape, kind = case
+            elements = batch * int(torch.tensor(shape).prod())
         for i, impl in enumerate(impls):
             col = torch.tensor(times[:, i])
             q1, q3 = (float(v) for v in col.quantile(torch.tensor([0.25, 0.75], dtype=torch.float64)))
-            records.append({"case": case[0], "batch": batch, "features": list(shape), "mask": kind,
+            records.append({"op": "rq_spline" if spline else "affine_coupling", "case": case[0], "batch": batch,
+                            "features": list(shape), "mask": kind,
                             "elements": elements, "impl": impl, "median_s": medians[impl], "iqr_s": q3 - q1,
                             "rounds": rounds, "x_ours": statistics.median(times[:, i] / times[:, 0]),
                             "x_ours_of_medians": medians[impl] / medians[list(impls)[0]],
                             # bytes of one forward + backward pass at the minimum, fp32: read x, s,
-                            # t, write y (fw); read gy, x, s (or sigma), write gx, gs, gt (bw)
-                            "min_bytes": 4 * elements * 10, "max_abs_diff": diff})
+                            # t, write y (fw); read gy, x, s (or sigma), write gx, gs, gt (bw); the
+                            # spline: x, 3K - 1 parameters, y (fw); gy, x, parameters, gx, their grads (bw)
+                            "min_bytes": 4 * elements * (6 * bins + 2 if spline else 10), "max_abs_diff": diff})
         print(f"{case[0]}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in medians.items()), file=sys.stderr)
     table = _table(records, device)
     print(table)
@@ -137,17 +208,24 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
 
 def _table(records: list[dict], device: str) -> str:
     threads = torch.get_num_threads()
-    lines = [f"# Affine coupling (elementwise part + log-determinant), forward + backward, fp32, {device} "
-             f"({threads} thread{'s' * (threads > 1)}), torch {torch.__version__}", "",
-             "x ours = the median over the interleaved rounds of the implementation's time / ours in the same "
-             "round (> 1: slower than ours). GB/s: the pass's minimum traffic (10 fp32 values per element: "
-             "x, s, t, y forward; gy, x, s, gx, gs, gt backward) over the median time.", "",
-             "| case | impl | median | IQR | x ours | GB/s | max abs diff |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for r in records:
-        lines.append(f"| {r['case']} | {r['impl']} | {r['median_s'] * 1e3:.3f} ms | {r['iqr_s'] * 1e3:.3f} ms | "
-                     f"{r['x_ours']:.2f} | {r['min_bytes'] / r['median_s'] / 1e9:.1f} | {r['max_abs_diff']:.1e} |")
-    return "\n".join(lines) + "\n"
+    lines = [f"# Affine coupling (elementwise part + log-determinant) and rational-quadratic spline, "
+             f"forward + backward, fp32, {device} ({threads} thread{'s' * (threads > 1)}), torch {torch.__version__}",
+             "", "x ours = the median over the interleaved rounds of the implementation's time / ours in the same "
+             "round (> 1: slower than ours). GB/s: the pass's minimum traffic (the coupling: 10 fp32 values per "
+             "element, x, s, t, y forward, gy, x, s, gx, gs, gt backward; the spline: 6K + 2) over the median "
+             "time. max abs diff: ours against the fp64 reference (the coupling: against eager).", ""]
+    for op, title in (("affine_coupling", "Affine coupling"), ("rq_spline", "Rational-quadratic spline (K bins)")):
+        rows = [r for r in records if r.get("op", "affine_coupling") == op]
+        if not rows:
+            continue
+        lines += [f"## {title}", "", "| case | impl | median | IQR | x ours | GB/s | max abs diff |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['case']} | {r['impl']} | {r['median_s'] * 1e3:.3f} ms | {r['iqr_s'] * 1e3:.3f} ms | "
+                         f"{r['x_ours']:.2f} | {r['min_bytes'] / r['median_s'] / 1e9:.1f} | "
+                         f"{r['max_abs_diff']:.1e} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv=None):

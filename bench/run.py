@@ -1,7 +1,7 @@
 """Benchmark runner: every backend and every anchor on the same inputs, in one run.
 
-    python bench/run.py [som|hopfield|ising|energy|bm_gibbs|autoregressive|flows] [--device cpu|cuda] [--quick]
-                        [--out DIR] [--data DIR]
+    python bench/run.py [som|hopfield|ising|energy|bm_gibbs|autoregressive|flows|flows_training]
+                        [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
                         [--small] [--contended N] [--allow-dirty]
 
 ``--small``: the family's small-shape rows (bench/bench_small.py); ``--contended N``: N busy
@@ -41,10 +41,13 @@ REPO = os.path.dirname(BENCH_DIR)
 if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
-FAMILIES = ("som", "hopfield", "ising", "energy", "bm_gibbs", "autoregressive", "flows")  # energy: bench/bench_rbm.py
-# (RBM epochs); bm_gibbs: bench/bench_bm_gibbs.py (Boltzmann Gibbs sweeps, <machine>-bm-gibbs.*);
+FAMILIES = ("som", "hopfield", "ising", "energy", "bm_gibbs", "autoregressive", "flows",
+            "flows_training")  # energy: bench/bench_rbm.py (RBM epochs)
+# bm_gibbs: bench/bench_bm_gibbs.py (Boltzmann Gibbs sweeps, <machine>-bm-gibbs.*);
 # autoregressive: bench/bench_autoregressive.py (the masked convolution and linear layer, <machine>-autoregressive.*)
 # flows: bench/bench_flows.py (the affine coupling's elementwise part, <machine>-flows.*)
+# flows_training: bench/bench_flows_training.py (a training step of RealNVP, MAF and NSF against nflows
+# and zuko, <machine>-flows-training.*)
 # Seconds of timed rounds per case; a case whose single round exceeds 3x this is
 # measured once.
 BUDGET_S = {False: 2.0, True: 0.2}
@@ -254,6 +257,10 @@ def _main(args) -> int:
     if args.family == "flows":  # the affine coupling's elementwise part, forward + backward
         import bench_flows
         return bench_flows.main(["--device", args.device, "--out", args.out] + (["--quick"] if args.quick else []))
+    if args.family == "flows_training":  # a whole training step of vector flows, against nflows and zuko
+        import bench_flows_training
+        return bench_flows_training.main(["--device", args.device, "--out", args.out]
+                                         + (["--quick"] if args.quick else []))
     if args.family == "ising":  # flips per ns of the checkerboard sweeps: bench/bench_ising.py
         import bench_ising
         return bench_ising.main(["--device", args.device, "--out", args.out]

@@ -121,6 +121,16 @@ TORCH_LIBRARY(genkernels, m) {
   // Its VJP: grad_y (B, N), grad_logdet (B,) -> (grad_x (B, N), grad_params (B, 2N)).
   m.def("affine_coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor params, Tensor sigma, "
         "Tensor mask, float bound, bool inverse) -> (Tensor, Tensor)");
+  // The rational-quadratic spline (spec: genkernels/flows/spline_reference.py): x (B, N),
+  // params (B, N, 3K - 1) (per feature K widths, K heights, K - 1 interior derivatives, all
+  // unconstrained; read in place where each row's (N, 3K - 1) block is contiguous, rows any
+  // stride), mask (N,) 1 = kept, bound > 0 finite (the identity outside [-bound, bound]) ->
+  // (y (B, N), logdet (B,)); inverse applies the inverse map.
+  m.def("rq_spline(Tensor x, Tensor params, Tensor mask, float bound, bool inverse) -> (Tensor, Tensor)");
+  // Its VJP: grad_y (B, N), grad_logdet (B,) -> (grad_x (B, N), grad_params (B, N, 3K - 1)),
+  // everything recomputed from the inputs.
+  m.def("rq_spline_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor params, Tensor mask, float bound, "
+        "bool inverse) -> (Tensor, Tensor)");
   // ---- Hopfield networks (genkernels/hopfield) ----
   // Asynchronous recall: weights (N, N) float32|float64, symmetric; states (B, N) +-1 in
   // weights' dtype. Each probe runs sweeps (every unit once, in unit order or, with

@@ -9,8 +9,8 @@ from .backends import available_backends, use_backend
 from .boltzmann.dbn import DBN
 from .boltzmann.machine import BoltzmannMachine
 from .boltzmann.rbm import RBM
-from .flows.coupling import AdditiveCoupling, AffineCoupling
-from .flows.models import IAF, MAF, Glow, RealNVP
+from .flows.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
+from .flows.models import IAF, MAF, NSF, Glow, RealNVP
 from .hopfield.hopfield import Hopfield
 from .hopfield.retrieval import HopfieldRetrieval
 from .ising.ising import Ising2D
@@ -23,5 +23,6 @@ from .som.som import SOM
 __version__ = "0.1.0"
 __all__ = ["AdditiveCoupling", "AffineCoupling", "BoltzmannMachine", "DBN", "DivergedError", "GatedPixelCNN", "Glow",
            "Hopfield", "HopfieldRetrieval", "IAF", "Ising2D", "MADE", "MAF", "MaskedConv2d", "MaskedLinear", "Model",
-           "PatchSOM", "RBM", "RealNVP", "SOM", "SOMMaskConv2d", "SOMMaskLinear", "SoftSOM", "StackedPatchSOM",
-           "available_backends", "backends", "check_autoregressive", "ops", "random", "use_backend"]
+           "NSF", "PatchSOM", "RBM", "RealNVP", "SOM", "SOMMaskConv2d", "SOMMaskLinear", "SoftSOM", "SplineCoupling",
+           "StackedPatchSOM", "available_backends", "backends", "check_autoregressive", "ops", "random",
+           "use_backend"]

@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_patchsom_parser(models)
     _add_rbm_parser(models)
     _add_autoregressive_parsers(models)
+    _add_flow_parsers(models)
 
     bench = sub.add_parser("bench", help="run the benchmarks (needs a checkout with bench/)",
                            description="Run bench/run.py from the source checkout: every backend and "
@@ -612,26 +613,30 @@ def cmd_train_rbm(args) -> int:
 
 
 # ----------------------------------------------------------- autoregressive models
-def _add_autoregressive_parsers(models) -> None:
-    def common(p, out: str, epochs: int, batch: int, rate: float) -> None:
-        p.add_argument("--out", default=out, help=f"output folder (default {out})")
+def _common_train_args(p, out: str, epochs: int, batch: int, rate: float, binary: bool = True) -> None:
+    """The options the autoregressive and flow training commands share (--binarize and
+    --scale for the binary models only)."""
+    p.add_argument("--out", default=out, help=f"output folder (default {out})")
+    if binary:
         p.add_argument("--binarize", choices=["none", "threshold", "stochastic"], default="none",
                        help="binary models: map the data (scaled to [0, 1] as --scale says) to 0/1 once "
                             "before the split: x > 0.5, or one Bernoulli(x) draw per value keyed by --seed")
         p.add_argument("--scale", choices=["auto", "none", "unit"], default="auto",
                        help="unit divides by the largest value of the data's integer type (255 for uint8 "
                             "images); auto: unit for unsigned integers when binarising, none otherwise")
-        p.add_argument("--epochs", type=_count(1), default=epochs)
-        p.add_argument("--batch-size", type=_count(1), default=batch)
-        p.add_argument("--learning-rate", type=_finite, default=rate, help=f"Adam's (default {rate})")
-        p.add_argument("--test-fraction", type=_finite, default=0.1,
-                       help="rows held out (a permutation keyed by --seed) for the test NLL")
-        p.add_argument("--samples", type=_count(0), default=16, help="images drawn for samples.png (0: none)")
-        p.add_argument("--quiet", action="store_true")
-        p.add_argument("--seed", type=_seed, default=0)
-        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-        p.add_argument("--backend", default=None, help="the masked layers' backend (default automatic)")
+    p.add_argument("--epochs", type=_count(1), default=epochs)
+    p.add_argument("--batch-size", type=_count(1), default=batch)
+    p.add_argument("--learning-rate", type=_finite, default=rate, help=f"Adam's (default {rate})")
+    p.add_argument("--test-fraction", type=_finite, default=0.1,
+                   help="rows held out (a permutation keyed by --seed) for the test NLL")
+    p.add_argument("--samples", type=_count(0), default=16, help="images drawn for samples.png (0: none)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--backend", default=None, help="the kernels' backend (default automatic)")
 
+
+def _add_autoregressive_parsers(models) -> None:
     p = models.add_parser(
         "pixelcnn", help="train a Gated PixelCNN on images",
         description="Train a Gated PixelCNN on the images in DATA (.npy of (N, H, W) or (N, C, H, W), or of "
@@ -651,7 +656,7 @@ def _add_autoregressive_parsers(models) -> None:
     p.add_argument("--channels", type=_count(1), default=32, help="hidden channels per stack (default 32)")
     p.add_argument("--layers", type=_count(1), default=6, help="gated layers (default 6)")
     p.add_argument("--kernel-size", type=_count(1), default=5, help="odd kernel size (default 5)")
-    common(p, "pixelcnn_out", 5, 64, 1e-3)
+    _common_train_args(p, "pixelcnn_out", 5, 64, 1e-3)
 
     m = models.add_parser(
         "made", help="train a MADE density model on binary vectors",
@@ -669,7 +674,7 @@ def _add_autoregressive_parsers(models) -> None:
     m.add_argument("--order-agnostic", action="store_true", help="a new input ordering with every mask")
     m.add_argument("--image-size", type=_count(1), nargs=2, default=None, metavar=("H", "W"),
                    help="show the samples as H x W images")
-    common(m, "made_out", 10, 100, 1e-3)
+    _common_train_args(m, "made_out", 10, 100, 1e-3)
 
 
 PIXELCNN_OUTPUTS = ["pixelcnn.pt", "metrics.json", "samples.png", "training_curve.png"]
@@ -807,6 +812,124 @@ def cmd_train_made(args) -> int:
     return 0
 
 
+FLOWS = {"realnvp": "RealNVP", "glow": "Glow", "maf": "MAF", "nsf": "NSF"}
+
+
+def _add_flow_parsers(models) -> None:
+    for name, cls in FLOWS.items():
+        p = models.add_parser(
+            name, help=f"train a {cls} normalizing flow",
+            description=f"Train a {cls} on DATA (.npy, .csv or IDX): images (N, H, W) or (N, C, H, W) "
+                        "(or rows with --image-size)" + (", or vectors (N, D)" if name != "glow" else "") +
+                        f" -- and write the model ({name}.pt), metrics.json (train and held-out bits per "
+                        "dimension), samples.png (images) or samples.png (2-D data) and the training curve "
+                        "to --out. Integer images are scaled to [0, 1] and dequantised afresh every batch "
+                        "(bits/dim of the discrete data); image flows model them through the logit "
+                        "preprocessing." + (" MAF and NSF flatten images to vectors." if name in ("maf", "nsf")
+                                            else ""))
+        p.add_argument("data", help="data file: .npy, .csv, or IDX")
+        p.add_argument("--image-size", type=_count(1), nargs=2, default=None, metavar=("H", "W"),
+                       help="rows are flattened H x W images")
+        p.add_argument("--hidden", type=_count(1), default=64, help="conditioner width (default 64)")
+        if name == "realnvp":
+            p.add_argument("--scales", type=_count(1), default=2, help="image scales (default 2)")
+        if name == "glow":
+            p.add_argument("--levels", type=_count(1), default=2, help="squeeze-and-split levels (default 2)")
+            p.add_argument("--steps", type=_count(1), default=4, help="flow steps per level (default 4)")
+        if name in ("realnvp", "maf", "nsf"):
+            p.add_argument("--layers", type=_count(1), default=5, help="vector flows: transforms (default 5)")
+        if name == "nsf":
+            p.add_argument("--bins", type=_count(1), default=8, help="spline bins (default 8)")
+            p.add_argument("--coupling", action="store_true", help="spline couplings (else autoregressive)")
+        p.add_argument("--checkpoint-invertible", action="store_true",
+                       help="memory-saving backward: recompute activations with the inverses")
+        _common_train_args(p, f"{name}_out", 10, 128, 1e-3, binary=False)
+
+
+def _flow_data(args, raw: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """(data, dequantisation levels): images as (N, C, H, W) in [0, 1] (integers scaled by
+    their type's maximum and dequantised from its levels), vectors as (N, D)."""
+    if args.image_size is not None:
+        h, w = args.image_size
+        if raw.ndim != 2 or raw.shape[1] % (h * w):
+            raise UsageError(f"--image-size {h} {w} does not divide the rows' {raw.shape[-1]} values")
+        raw = raw.reshape(raw.shape[0], -1, h, w)
+    elif raw.ndim == 3:
+        raw = raw[:, None]
+    levels = None
+    if np.issubdtype(raw.dtype, np.integer):
+        top = int(np.iinfo(raw.dtype).max) if raw.dtype.itemsize == 1 else int(raw.max())
+        if raw.min() < 0 or top < 1:
+            raise UsageError("integer data must be non-negative levels (e.g. uint8 pixels)")
+        raw, levels = raw.astype(np.float32) / top, top + 1
+    x = raw.astype(np.float32)
+    if x.ndim not in (2, 4):
+        raise UsageError(f"DATA must hold vectors (N, D) or images; got shape {x.shape}")
+    if args.model in ("maf", "nsf") and x.ndim == 4:
+        x = x.reshape(x.shape[0], -1)
+    if args.model == "glow" and x.ndim != 4:
+        raise UsageError("glow models images: DATA must be (N, H, W), (N, C, H, W) or rows with --image-size")
+    return x, levels
+
+
+def cmd_train_flow(args) -> int:
+    import torch
+
+    from . import flows
+    from .data import load_array
+    from .plot import plot_curves, plot_image_grid, plot_scatter
+
+    device = _device(args.device)
+    x_np, levels = _flow_data(args, np.asarray(load_array(args.data, keep_shape=True)))
+    image = x_np.ndim == 4
+    shape = x_np.shape[1:]
+    kw = dict(hidden=args.hidden, seed=args.seed, backend=args.backend)
+    if args.model == "realnvp":
+        model = flows.RealNVP(shape, scales=args.scales, layers=args.layers, logit_alpha=0.05 if image else None,
+                              **kw)
+    elif args.model == "glow":
+        model = flows.Glow(shape, levels=args.levels, steps=args.steps, logit_alpha=0.05, **kw)
+    elif args.model == "maf":
+        model = flows.MAF(shape, layers=args.layers, **kw)
+    else:
+        model = flows.NSF(shape, layers=args.layers, bins=args.bins, coupling=args.coupling, **kw)
+    model = model.to(device)
+    if args.checkpoint_invertible:
+        model.checkpoint = "invertible"
+    x = torch.as_tensor(x_np, device=device)
+    train_rows, test_rows = _split(x.shape[0], args.test_fraction, args.seed)
+    train, test = x[torch.as_tensor(train_rows, device=device)], x[torch.as_tensor(test_rows, device=device)]
+    _check_outputs(args.out, [f"{args.model}.pt", "metrics.json", "samples.png", "training_curve.png"], None)
+    start = time.perf_counter()
+    model.fit(train, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+              validation=test if test.shape[0] else None, dequantize_levels=levels, verbose=not args.quiet)
+    seconds = time.perf_counter() - start
+    metrics = {"bits_per_dim_train": model.evaluate(train, levels=levels)}
+    if test.shape[0]:
+        metrics["bits_per_dim_test"] = model.evaluate(test, levels=levels)
+    _finite_metrics(metrics, FLOWS[args.model])
+    model.save(os.path.join(args.out, f"{args.model}.pt"))
+    if args.samples:
+        samples = model.sample(args.samples, seed=args.seed).cpu()
+        if image:
+            plot_image_grid(samples[:, 0].numpy(), os.path.join(args.out, "samples.png"),
+                            f"{FLOWS[args.model]} samples")
+        elif samples.shape[1] == 2:
+            shown = train[:len(samples) * 4].cpu().numpy()
+            plot_scatter(np.concatenate([shown, samples.numpy()]),
+                         np.array(["data"] * len(shown) + ["samples"] * len(samples)),
+                         os.path.join(args.out, "samples.png"), f"{FLOWS[args.model]}: data and samples")
+    plot_curves({"bits/dim (train)": [h["bits_per_dim"] for h in model.history]},
+                os.path.join(args.out, "training_curve.png"))
+    metrics.update(train_seconds=seconds, samples_train=int(train.shape[0]), samples_test=int(test.shape[0]),
+                   shape=list(shape), dequantize_levels=levels, epochs=args.epochs, history=model.history)
+    _write_json(os.path.join(args.out, "metrics.json"), metrics)
+    key = "bits_per_dim_test" if "bits_per_dim_test" in metrics else "bits_per_dim_train"
+    print(f"{FLOWS[args.model]} {tuple(shape)}: {key.replace('_', ' ')} {metrics[key]:.3f}, trained in "
+          f"{seconds:.2f} s -> {args.out}/")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import torch
 
@@ -853,6 +976,7 @@ def cmd_demo(args) -> int:
     report += _demo_softsom(x, y, args)
     report += _demo_rbm(x, args)
     report += _demo_autoregressive(x, args)
+    report += _demo_flows(x, args)
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write("\n".join(report))
     print(f"demo: QE {qe:.4f}, TE {te:.4f}, batch fit {batch_s:.2f} s; wrote {args.out}/report.md")
@@ -969,6 +1093,77 @@ def _demo_autoregressive(x, args) -> list[str]:
     ]
 
 
+def _demo_flows(x, args) -> list[str]:
+    """Flows part of the demo: a neural spline flow (autoregressive, 8 bins) and a MAF on two
+    moons and on the checkerboard density (held-out bits/dim; densities on a grid beside the
+    data's histogram), and a RealNVP on the digits (logit preprocessing, dequantised from
+    their 17 levels: held-out bits/dim of the discrete digits, samples)."""
+    import torch
+    from sklearn.datasets import make_moons
+
+    from . import MAF, NSF, RealNVP
+    from .data import checkerboard
+    from .plot import plot_densities, plot_image_grid
+
+    sets = {"two moons": make_moons(3000, noise=0.05, random_state=0)[0].astype(np.float32),
+            "checkerboard": checkerboard(3000, seed=0)}
+    rows, panels = [], []
+    side = np.linspace(-4.5, 4.5, 121, dtype=np.float32)
+    grid = torch.as_tensor(np.stack(np.meshgrid(side, side, indexing="xy"), -1).reshape(-1, 2))
+    for name, data in sets.items():
+        data = (data - data.mean(0)) / data.std(0)     # standardised: both on the same grid
+        train, test = torch.as_tensor(data[:2500]), torch.as_tensor(data[2500:])
+        hist = np.histogram2d(data[:, 1], data[:, 0], bins=60, range=[[-4.5, 4.5]] * 2)[0]
+        panels.append((f"{name}: data", hist, (-4.5, 4.5, -4.5, 4.5)))
+        for label, model in (("NSF", NSF(2, layers=4, bins=8, hidden=32, seed=0)),
+                             ("MAF", MAF(2, layers=4, hidden=32, seed=0))):
+            start = time.perf_counter()
+            model.fit(train, epochs=20, batch_size=250, learning_rate=5e-3, verbose=not args.quiet)
+            seconds = time.perf_counter() - start
+            bpd = model.evaluate(test)
+            _finite_metrics({"bits_per_dim": bpd}, label)
+            with torch.no_grad():
+                density = model.log_prob(grid).exp().reshape(len(side), len(side)).numpy()
+            panels.append((f"{label}", density, (-4.5, 4.5, -4.5, 4.5)))
+            rows.append(f"| {label}, 4 layers, hidden 32, 20 epochs | {name} | {seconds:.2f} | {bpd:.3f} |")
+    densities = plot_densities(panels, os.path.join(args.out, "flow_densities.png"),
+                               "2-D densities learned by the flows (standardised data)")
+    digits = torch.as_tensor(np.round(np.asarray(x) * 16) / 16).reshape(-1, 1, 8, 8)
+    train, test = digits[:1500], digits[1500:]
+    flow = RealNVP((1, 8, 8), scales=2, hidden=16, seed=0, logit_alpha=0.05)
+    start = time.perf_counter()
+    # 8 x 8 images in batches of 100: convolutions too small for a second thread, which
+    # beside a busy process waits a time slice per call (6x slower measured on 2 cores)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        flow.fit(train, epochs=10, batch_size=100, learning_rate=1e-3, dequantize_levels=17,
+                 max_grad_norm=100.0, verbose=not args.quiet)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - start
+    bpd = flow.evaluate(test, levels=17)
+    _finite_metrics({"bits_per_dim": bpd}, "RealNVP")
+    samples = plot_image_grid(flow.sample(16, seed=0, temperature=0.8)[:, 0].numpy(),
+                              os.path.join(args.out, "realnvp_digits.png"), "RealNVP samples (temperature 0.8)")
+    return [
+        "## Normalizing flows: 2-D densities (2,500 train / 500 test) and digits (1,500 / 297)",
+        "",
+        "| flow | data | seconds | test bits/dim |",
+        "|---|---|---|---|",
+        *rows,
+        f"| RealNVP, 2 scales, hidden 16, logit preprocessing, 10 epochs | digits, 17 levels dequantised | {seconds:.2f} | "
+        f"{bpd:.3f} |",
+        "",
+        "Bits per dimension of the held-out points (2-D: of the standardised continuous data; "
+        "digits: of the discrete 17-level pixels, log2 17 = 4.09 bits for a uniform model).",
+        "",
+        f"![{os.path.basename(densities)}]({os.path.basename(densities)})",
+        f"![{os.path.basename(samples)}]({os.path.basename(samples)})",
+        "",
+    ]
+
+
 def _demo_rbm(x, args) -> list[str]:
     """RBM part of the demo: 64 visible x 16 hidden units on the digits (even rows to
     train, binarised stochastically once), filters and samples as figures, and the test
@@ -1030,7 +1225,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_demo(args)
     if args.command == "train":
         return {"rbm": cmd_train_rbm, "patchsom": cmd_train_patchsom, "som": cmd_train_som,
-                "pixelcnn": cmd_train_pixelcnn, "made": cmd_train_made}[args.model](args)
+                "pixelcnn": cmd_train_pixelcnn, "made": cmd_train_made, **dict.fromkeys(FLOWS, cmd_train_flow)
+                }[args.model](args)
     return cmd_bench(args)
 
 

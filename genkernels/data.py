@@ -191,3 +191,15 @@ def spirals(n: int = 2000, arms: int = 2, noise: float = 0.2, turns: float = 2.0
     points += rng.normal(0.0, noise, points.shape) if noise else 0.0
     order = rng.permutation(n)
     return points[order].astype(np.float32), labels[order].astype(np.int64)
+
+
+def checkerboard(n: int = 2000, seed: int = 0) -> np.ndarray:
+    """The 2-D checkerboard density of the flow literature (FFJORD, neural spline flows),
+    generated: ``n`` points, float32 (n, 2), uniform over the 8 dark squares of a 4 x 4
+    board of side-2 squares on [-4, 4]^2 (square (i, j) dark when i + j is even)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1; got {n!r}")
+    rng = np.random.default_rng(seed)
+    x1 = rng.uniform(-2, 2, n)
+    x2 = rng.uniform(0, 1, n) - 2 * rng.integers(0, 2, n) + np.floor(x1) % 2
+    return (np.stack([x1, x2], axis=1) * 2).astype(np.float32)

@@ -198,3 +198,18 @@ def plot_scatter(points, labels, path, title=""):
     ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
     return _save(fig, path)
+
+
+def plot_densities(panels, path, title=""):
+    """A row of 2-D densities: ``panels`` a list of (title, values (H, W) over the grid,
+    extent (x0, x1, y0, y1)), each drawn as an image (row 0 at the bottom)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.8), squeeze=False)
+    for ax, (name, values, extent) in zip(axes[0], panels):
+        ax.imshow(np.asarray(values), origin="lower", extent=extent, cmap="magma", aspect="equal")
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.02)
+    return _save(fig, path)

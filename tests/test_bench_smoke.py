@@ -256,6 +256,29 @@ def test_hopfield_family_runs_retrieval_then_recall(tmp_path, monkeypatch):
     assert all(r["updates_per_s"] > 0 for r in rows)
 
 
+def test_flows_training_bench_times_every_flow_against_both_anchors(tmp_path):
+    """``bench/run.py flows_training --quick``: a training step of each flow (RealNVP, MAF, NSF)
+    by ours, nflows and zuko on the same batch, every loss finite and lower after training,
+    ours starting at the identity (its first loss is the standard normal's on standardised data)."""
+    pytest.importorskip("nflows")
+    pytest.importorskip("zuko")
+    assert _bench_module("run").main(["flows_training", "--quick", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("*-flows-training-quick.json")
+    assert "| nflows / ours | zuko / ours |" in json_path.with_suffix(".md").read_text()
+    cases = json.loads(json_path.read_text())["cases"]
+    assert {(c["flow"], c["impl"]) for c in cases} == \
+        {(f, i) for f in ("RealNVP", "MAF", "NSF") for i in ("ours", "nflows", "zuko")}
+    for case in cases:
+        assert case["median_s"] > 0 and case["iqr_s"] >= 0 and case["rounds"] >= 1, case
+        assert math.isfinite(case["first_loss"]) and case["last_loss"] < case["first_loss"], case
+        if case["impl"] == "ours":
+            d = case["features"]
+            assert case["first_loss"] == pytest.approx(0.5 * d * math.log(2 * math.pi * math.e), rel=1e-4)
+            assert 0 < case["flow_op_share"] <= case["genkernels_ops_share"] <= 1, case
+        else:
+            assert case["x_ours"] > 0
+
+
 def start_in_background():
     """The collection of bench/ by pytest (a new process importing every benchmark module),
     started when this session's collection ends (tests/background_jobs.py)."""
@@ -281,7 +304,8 @@ def test_pytest_benchmark_lists_every_family():
     assert modules == {f"bench/{name}.py" for name in ("bench_som", "bench_hopfield", "bench_hopfield_recall",
                                                         "bench_ising", "bench_rbm", "bench_bm_gibbs",
                                                         "bench_compat_rbm", "bench_som_estimator", "bench_som_nn",
-                                                        "bench_som_mask", "bench_autoregressive", "bench_flows")}, \
+                                                        "bench_som_mask", "bench_autoregressive", "bench_flows",
+                                                        "bench_flows_training")}, \
         proc.stdout[-4000:]
 
 
@@ -310,7 +334,8 @@ def test_results_dir_refuses_a_dirty_tree(monkeypatch, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [["bm_gibbs", "--quick"], ["ising", "--quick"], ["hopfield", "--quick"],
-                                  ["energy", "--quick"], ["som", "--quick", "--small"]])
+                                  ["energy", "--quick"], ["som", "--quick", "--small"],
+                                  ["flows_training", "--quick"]])
 def test_runner_refuses_before_measuring(monkeypatch, argv):
     """Every family's runner stops before measuring anything when it would write into
     bench/results from a dirty tree, and writes nothing."""

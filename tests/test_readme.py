@@ -174,6 +174,8 @@ def test_readme_flows_block_runs():
     assert scope["nice"].mask.shape == (4, 1, 1)
     assert scope["samples"].shape == (4, 1, 28, 28) and scope["latent"].shape == (16, 784)
     assert scope["glow"].sample(2, seed=0).shape == (2, 3, 16, 16)
+    assert scope["draws"].shape == (32, 8) and scope["nsf"].history and scope["v"].shape == (8, 4)
+    assert scope["spline_logdet"].shape == (8,) and scope["flow"].checkpoint == "invertible"
 
 
 def _check_energy_scope(scope):

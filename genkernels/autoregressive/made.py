@@ -34,7 +34,7 @@ from .layers import _autocast_dtype
 from .linear_ops import check_prefix, masked_linear
 from .linear_reference import degrees_to_prefix
 
-OUTPUTS = ("bernoulli", "gaussian", "mixture")
+OUTPUTS = ("bernoulli", "gaussian", "mixture", "params")
 
 
 class MaskedLinear(nn.Module):
@@ -99,8 +99,10 @@ class MADE(Model):
         n_inputs: D.
         hidden: sizes of the hidden layers (each >= 1).
         output: "bernoulli" (binary data), "gaussian" (a mean and log-scale per dimension)
-            or "mixture" (``components`` Gaussians per dimension).
-        components: the mixture's components.
+            or "mixture" (``components`` Gaussians per dimension); "params": ``components``
+            raw outputs per dimension and no likelihood of its own -- MADE as the
+            autoregressive conditioner of another model (a flow's transform parameters).
+        components: the mixture's components (the outputs per dimension for "params").
         direct: direct (masked) connections from the inputs to the outputs.
         num_masks: connectivity patterns cycled in training and averaged at test time.
         order_agnostic: random input orderings (else the natural order for every mask).
@@ -132,14 +134,15 @@ class MADE(Model):
         if not self.hidden:
             raise ValueError("hidden must hold at least one layer size")
         self.output = check_choice("output", output, OUTPUTS)
-        self.components = check_int("components", components, 1) if output == "mixture" else 1
+        self.components = check_int("components", components, 1) if output in ("mixture", "params") else 1
         self.direct = bool(direct)
         self.num_masks = check_int("num_masks", num_masks, 1)
         self.order_agnostic = bool(order_agnostic)
         self.backend = backend
         self.history: list[dict] = []
         d = self.n_inputs
-        self.params_per_dim = {"bernoulli": 1, "gaussian": 2, "mixture": 3 * self.components}[output]
+        self.params_per_dim = {"bernoulli": 1, "gaussian": 2, "mixture": 3 * self.components,
+                               "params": self.components}[output]
         sizes = (d,) + self.hidden
         masks = [self._make_mask(k) for k in range(self.num_masks)]
         # each mask: the input order (rank per dimension), the permutation of every layer's
@@ -205,7 +208,10 @@ class MADE(Model):
         natural index (the network sees them in mask k's order). The stored weights are in
         mask 0's unit order; another mask gathers them into its own (the same parameters)."""
         order = self._perm(k, 0)
-        h = x[:, order]
+        # mask 0 of a model that is not order-agnostic keeps the natural order: no gathers
+        # (an index and its backward's index_put_ cost as much as a small layer's product)
+        natural = k == 0 and not self.order_agnostic
+        h = x if natural else x.index_select(1, order)
         inp = h
         n_hidden = len(self.hidden)
         for i, layer in enumerate(self.layers[:-1]):
@@ -239,7 +245,7 @@ class MADE(Model):
                 w = self.skip.weight.index_select(0, rows).index_select(1, order)
                 out = out + self.skip(inp, w, None, self._prefix(k, n_hidden + 1))
         out = out.view(x.shape[0], self.n_inputs, self.params_per_dim)
-        return out[:, torch.argsort(order)]
+        return out if natural else out.index_select(1, torch.argsort(order))
 
     def _stored(self, i: int, units: torch.Tensor) -> torch.Tensor:
         """Indices into the stored weight of units of layer i (0: the inputs, by dimension;
@@ -286,6 +292,7 @@ class MADE(Model):
 
     # ------------------------------------------------------------------ density
     def _log_prob_of(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        self._has_likelihood()
         if self.output == "bernoulli":
             return -F.binary_cross_entropy_with_logits(params[..., 0], x, reduction="none").sum(1)
         if self.output == "gaussian":
@@ -297,6 +304,11 @@ class MADE(Model):
         z = (x[..., None] - mean) * torch.exp(-log_scale)
         comp = -0.5 * z * z - log_scale - 0.5 * math.log(2 * math.pi)
         return torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1).sum(1)
+
+    def _has_likelihood(self) -> None:
+        if self.output == "params":
+            raise ValueError("this MADE has output='params' (raw outputs for another model): it has no likelihood "
+                             "to evaluate, sample or fit; call it for its outputs")
 
     def log_prob(self, x: torch.Tensor, mask: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) log-likelihood in nats: under one connectivity ``mask``, or (None) the
@@ -316,6 +328,7 @@ class MADE(Model):
         """n samples (n, D), one dimension at a time in mask ``mask``'s order (D passes);
         a conditional model samples p(x | context[i]) for row i (context (n, K))."""
         n = check_int("n", n, 1)
+        self._has_likelihood()
         mask = check_int("mask", mask, 0, self.num_masks - 1)
         context = self.check_context(context, n)
         x = torch.zeros(n, self.n_inputs, dtype=self.dtype, device=self.device)
@@ -346,6 +359,7 @@ class MADE(Model):
         ``history`` gets each epoch's mean negative log-likelihood (nats); a NaN or Inf loss
         raises DivergedError. A conditional model takes ``context`` (N, K), a row per
         data row."""
+        self._has_likelihood()
         epochs = check_int("epochs", epochs, 1)
         batch_size = check_int("batch_size", batch_size, 1)
         learning_rate = check_positive("learning_rate", learning_rate)

@@ -1,22 +1,27 @@
 """Normalizing flows: invertible transforms with tractable log-determinants -- the fused
 affine coupling op, the coupling layers built on it, their masks and conditioners, and
 Glow's and RealNVP's other invertible layers (squeeze, ActNorm, invertible 1x1 convolution),
-and the masked autoregressive flows (MAF, IAF) on the masked-models family's MADE."""
-from .autoregressive import MaskedAffineAutoregressive
+the masked autoregressive flows (MAF, IAF) on the masked-models family's MADE, and the
+neural spline flows (the fused rational-quadratic spline op, spline couplings and
+autoregressive spline transforms, NSF)."""
+from .autoregressive import MaskedAffineAutoregressive, MaskedSplineAutoregressive
+from .base import FlowDistribution, InvertibilityWarning
 from .coupling import (
     MLP,
     AdditiveCoupling,
     AffineCoupling,
     ResNet,
+    SplineCoupling,
     alternating_mask,
     channel_mask,
     checkerboard_mask,
     half_mask,
 )
-from .layers import ActNorm, InvConv1x1, Squeeze
-from .models import IAF, MAF, Glow, RealNVP
-from .ops import affine_coupling
+from .layers import ActNorm, InvConv1x1, LogitTransform, Squeeze, dequantize
+from .models import IAF, MAF, NSF, Glow, RealNVP
+from .ops import affine_coupling, rq_spline
 
-__all__ = ["IAF", "MAF", "ActNorm", "AdditiveCoupling", "AffineCoupling", "Glow", "InvConv1x1", "MLP",
-           "MaskedAffineAutoregressive", "RealNVP", "ResNet", "Squeeze",
-           "affine_coupling", "alternating_mask", "channel_mask", "checkerboard_mask", "half_mask"]
+__all__ = ["ActNorm", "AdditiveCoupling", "AffineCoupling", "FlowDistribution", "Glow", "IAF", "InvConv1x1",
+           "InvertibilityWarning", "LogitTransform", "MAF", "MLP", "MaskedAffineAutoregressive",
+           "MaskedSplineAutoregressive", "NSF", "RealNVP", "ResNet", "SplineCoupling", "Squeeze", "affine_coupling",
+           "alternating_mask", "channel_mask", "checkerboard_mask", "dequantize", "half_mask", "rq_spline"]

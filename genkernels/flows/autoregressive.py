@@ -15,7 +15,12 @@ solves for x one dimension at a time (D passes; sampling). ``inverse_autoregress
 swaps the directions (IAF): MADE conditions on z, sampling is one pass and density
 evaluation takes D.
 
-The MADE's output layer starts at zero: a layer starts as the identity.
+``MaskedSplineAutoregressive`` is the same with a monotone rational-quadratic spline per
+dimension in place of the affine map (neural spline flows; the fused ``rq_spline`` op).
+
+The MADE's output layer starts at zero: an affine layer starts as the identity, a spline
+layer as the spline of equal bins and unit knot derivatives (its derivative outputs' bias at
+``spline_reference.IDENTITY_DERIVATIVE``) -- the identity too.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from torch import nn
 
 from .._checks import check_int
 from ..autoregressive import MADE
-from . import coupling_ops
+from . import coupling_ops, spline_ops, spline_reference
 from .coupling_ops import check_bound
+from .spline_ops import check_tail_bound
 
 
 def _hidden(hidden) -> tuple[int, ...]:
@@ -54,9 +60,80 @@ def _order(order, features: int) -> torch.Tensor:
     return perm.to(torch.int64)
 
 
-class MaskedAffineAutoregressive(nn.Module):
+class _MaskedAutoregressive(nn.Module):
+    """What the autoregressive transforms share: the MADE (``params_per_dim`` raw outputs per
+    dimension) in an order, the identity start, the one-pass and the sequential directions.
+    A subclass sets ``_transform(v, params (B, D, P), inverse) -> (w, logdet)``."""
+
+    takes_context = True
+
+    def __init__(self, features: int, hidden, params_per_dim: int, *, order, context_features: int | None,
+                 inverse_autoregressive: bool, made_backend: str | None, seed: int | None):
+        super().__init__()
+        self.features = check_int("features", features, 1)
+        self.hidden = _hidden(hidden)
+        perm = _order(order, self.features)
+        # how the MADE's natural order maps onto the features: as they are, reversed (a flip),
+        # or a gather (advanced indexing and its backward cost as much as a small layer)
+        self._layout = "natural" if torch.equal(perm, torch.arange(self.features)) else \
+            "reversed" if torch.equal(perm, torch.arange(self.features - 1, -1, -1)) else "permuted"
+        self.register_buffer("order", perm)
+        self.register_buffer("_unorder", torch.argsort(perm))
+        self.inverse_autoregressive = bool(inverse_autoregressive)
+        self.made = MADE(self.features, self.hidden, "params", params_per_dim, direct=True, seed=seed,
+                         backend=made_backend, context_features=context_features)
+        self.context_features = self.made.context_features
+        with torch.no_grad():      # the identity at the start
+            for p in (self.made.layers[-1].weight, self.made.layers[-1].bias, self.made.skip.weight):
+                p.zero_()
+            if self.made.context_out is not None:
+                self.made.context_out.weight.zero_()
+
+    def _check(self, v, name: str) -> torch.Tensor:
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(v).__name__}")
+        if v.dim() != 2 or v.shape[1] != self.features:
+            raise ValueError(f"{name} must be (B, {self.features}); got shape {tuple(v.shape)}")
+        if not v.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor; got dtype {v.dtype}")
+        return v
+
+    def raw_params(self, v: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D, P): each dimension's raw parameters, from the dimensions of v before it in
+        the order."""
+        if self._layout == "natural":
+            return self.made(v, 0, context).to(v.dtype)
+        if self._layout == "reversed":
+            return self.made(v.flip(1), 0, context).flip(1).to(v.dtype)
+        p = self.made(v.index_select(1, self.order), 0, context)   # (B, D, P), dimensions in order
+        return p.index_select(1, self._unorder).to(v.dtype)
+
+    def _solve(self, w, context):
+        """The sequential direction: v = map^-1(w; params(v)) -- x from z for MAF, z from x
+        for IAF -- by D passes from v = 0: after pass r the first r dimensions in the order
+        are exact (and so is autograd through the passes). -> (v, log |det| of w -> v)."""
+        v = torch.zeros_like(w)
+        logdet = None
+        for _ in range(self.features):
+            v, logdet = self._transform(w, self.raw_params(v, context), True)
+        return v, logdet
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x, "x")
+        if self.inverse_autoregressive:   # x = map(z; params(z)): z by the sequential solve
+            return self._solve(x, context)
+        return self._transform(x, self.raw_params(x, context), False)
+
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(z, "z")
+        if self.inverse_autoregressive:
+            return self._transform(z, self.raw_params(z, context), False)
+        return self._solve(z, context)
+
+
+class MaskedAffineAutoregressive(_MaskedAutoregressive):
     """MAF's (or, with ``inverse_autoregressive=True``, IAF's) affine autoregressive transform
-    of vectors (B, D).
+    of vectors (B, D): z_i = x_i exp(sigma_i) + t_i, sigma_i = b tanh(s_i / b).
 
     Args:
         features: D >= 1.
@@ -73,75 +150,61 @@ class MaskedAffineAutoregressive(nn.Module):
     log-scales and shifts the MADE gives for v (the input of the autoregressive side).
     """
 
-    takes_context = True
-
     def __init__(self, features: int, hidden=64, *, order="natural", scale_bound: float = 2.0,
                  context_features: int | None = None, inverse_autoregressive: bool = False,
                  backend: str | None = None, made_backend: str | None = None, seed: int | None = None):
-        super().__init__()
-        self.features = check_int("features", features, 1)
-        self.hidden = _hidden(hidden)
-        perm = _order(order, self.features)
-        self.register_buffer("order", perm)
-        self.register_buffer("_unorder", torch.argsort(perm))
+        super().__init__(features, hidden, 2, order=order, context_features=context_features,
+                         inverse_autoregressive=inverse_autoregressive, made_backend=made_backend, seed=seed)
         self.scale_bound = check_bound(scale_bound)
-        self.inverse_autoregressive = bool(inverse_autoregressive)
         self.backend = backend
-        self.made = MADE(self.features, self.hidden, "gaussian", direct=True, seed=seed, backend=made_backend,
-                         context_features=context_features)
-        self.context_features = self.made.context_features
-        with torch.no_grad():      # the identity at the start
-            for p in (self.made.layers[-1].weight, self.made.layers[-1].bias, self.made.skip.weight):
-                p.zero_()
-            if self.made.context_out is not None:
-                self.made.context_out.weight.zero_()
         self.register_buffer("_nothing_kept", torch.zeros(self.features))
-
-    def _check(self, v, name: str) -> torch.Tensor:
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor; got {type(v).__name__}")
-        if v.dim() != 2 or v.shape[1] != self.features:
-            raise ValueError(f"{name} must be (B, {self.features}); got shape {tuple(v.shape)}")
-        if not v.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor; got dtype {v.dtype}")
-        return v
 
     def params(self, v: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 2, D): log-scales then shifts for each dimension, each from the dimensions of v
         before it in the order."""
-        p = self.made(v[:, self.order], 0, context)           # (B, D, 2) [shift, log-scale], in order
-        p = p[:, self._unorder]
-        return torch.stack([p[..., 1], p[..., 0]], 1).to(v.dtype)
+        return self.raw_params(v, context).transpose(1, 2)
 
-    def _affine(self, v, params, inverse: bool):
-        return coupling_ops.apply(v, params.reshape(v.shape[0], -1), self._nothing_kept, self.scale_bound, inverse,
-                                  self.backend)
-
-    def _solve(self, w, context):
-        """The sequential direction: v = map^-1(w; params(v)) -- x from z for MAF, z from x
-        for IAF -- by D passes from v = 0: after pass r the first r dimensions in the order
-        are exact (and so is autograd through the passes). -> (v, log |det| of w -> v)."""
-        v = torch.zeros_like(w)
-        logdet = None
-        for _ in range(self.features):
-            v, logdet = self._affine(w, self.params(v, context), True)
-        return v, logdet
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check(x, "x")
-        if self.inverse_autoregressive:   # x = z e^sigma(z) + t(z): z by the sequential solve
-            return self._solve(x, context)
-        return self._affine(x, self.params(x, context), False)
-
-    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check(z, "z")
-        if self.inverse_autoregressive:
-            return self._affine(z, self.params(z, context), False)
-        return self._solve(z, context)
+    def _transform(self, v, params, inverse: bool):
+        # the affine op's params: (B, 2D), every log-scale then every shift
+        return coupling_ops.apply(v, params.transpose(1, 2).reshape(v.shape[0], -1), self._nothing_kept,
+                                  self.scale_bound, inverse, self.backend)
 
     def extra_repr(self) -> str:
         kind = "IAF" if self.inverse_autoregressive else "MAF"
         return f"{kind}, features={self.features}, hidden={self.hidden}, scale_bound={self.scale_bound}"
 
 
-__all__ = ["MaskedAffineAutoregressive"]
+class MaskedSplineAutoregressive(_MaskedAutoregressive):
+    """The autoregressive neural spline transform (Durkan et al., 2019, RQ-NSF (AR)): each
+    dimension through its own monotone rational-quadratic spline on [-bound, bound] (the
+    identity outside), its 3K - 1 raw parameters from the MADE given the dimensions before
+    it; the fused ``rq_spline`` op applies them.
+
+    Args:
+        features, hidden, order, context_features, inverse_autoregressive, made_backend,
+            seed: as MaskedAffineAutoregressive's.
+        bins: K >= 1. bound: the spline's interval half-width (> 0).
+        backend: the spline op's backend.
+    """
+
+    def __init__(self, features: int, hidden=64, *, bins: int = 8, bound: float = 3.0, order="natural",
+                 context_features: int | None = None, inverse_autoregressive: bool = False,
+                 backend: str | None = None, made_backend: str | None = None, seed: int | None = None):
+        self_bins = check_int("bins", bins, 1)
+        super().__init__(features, hidden, 3 * self_bins - 1, order=order, context_features=context_features,
+                         inverse_autoregressive=inverse_autoregressive, made_backend=made_backend, seed=seed)
+        self.bins = self_bins
+        self.bound = check_tail_bound(bound)
+        # the MADE's outputs (dimension by dimension in its natural order) start at the identity spline
+        spline_reference.identity_bias(self.made.layers[-1].bias, self.features, self_bins)
+        self.backend = backend
+
+    def _transform(self, v, params, inverse: bool):
+        return spline_ops.apply(v, params, None, self.bound, inverse, self.backend)
+
+    def extra_repr(self) -> str:
+        kind = "inverse autoregressive" if self.inverse_autoregressive else "autoregressive"
+        return f"{kind} spline, features={self.features}, hidden={self.hidden}, bins={self.bins}, bound={self.bound}"
+
+
+__all__ = ["MaskedAffineAutoregressive", "MaskedSplineAutoregressive"]

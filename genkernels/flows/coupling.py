@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._checks import check_int
-from . import coupling_ops
+from . import coupling_ops, spline_ops, spline_reference
 from .coupling_ops import check_bound, check_mask
 
 
@@ -238,6 +238,57 @@ class AffineCoupling(_Coupling):
         return f"mask={tuple(self.mask.shape)}, scale_bound={self.scale_bound}"
 
 
+class SplineCoupling(_Coupling):
+    """The rational-quadratic spline coupling (Durkan et al., 2019, RQ-NSF (C)): y = x on the
+    kept features; each transformed feature through its own monotone spline of ``bins`` bins
+    on [-bound, bound] (the identity outside), its 3K - 1 raw parameters (K widths, K
+    heights, K - 1 interior derivatives) from conditioner(x * mask[, context]); the fused op
+    ``genkernels.ops.rq_spline`` does the bin search, the spline (or its inverse) and the
+    log-determinant in one pass.
+
+    Args:
+        mask: as AffineCoupling's.
+        conditioner: a module mapping (B, *F) [and the context] to (B, (3K - 1) D) for
+            vectors (read as (B, D, 3K - 1)) or (B, (3K - 1) C, H, W) for images (read as
+            (B, C, 3K - 1, H, W)); None: the MLP / ResNet with ``hidden`` units, its last
+            layer's weights at zero and its bias at the identity spline's parameters (equal
+            bins, unit derivatives: the layer starts as the identity); a conditioner of your
+            own can do the same with ``spline_reference.identity_bias``.
+        bins: K >= 1. bound: the interval's half-width (> 0).
+        context_features, backend: as AffineCoupling's.
+    """
+
+    def __init__(self, mask: torch.Tensor, conditioner: nn.Module | None = None, *, bins: int = 8,
+                 bound: float = 3.0, hidden: int | None = None, context_features: int | None = None,
+                 backend: str | None = None):
+        self_bins = check_int("bins", bins, 1)
+        super().__init__(mask, conditioner, 3 * self_bins - 1, hidden, context_features)
+        self.bins = self_bins
+        if conditioner is None:   # the default conditioner starts at the identity spline
+            spline_reference.identity_bias(self.conditioner.out.bias, self.mask.shape[0], self_bins)
+        self.bound = spline_ops.check_tail_bound(bound)
+        self.backend = backend
+
+    def _couple(self, x, context, inverse: bool, name: str):
+        self._check_input(x, name)
+        p = self._params(x, context)
+        per = 3 * self.bins - 1
+        if self.image:   # (B, P C, H, W) -> (B, C, H, W, P)
+            p = p.reshape(x.shape[0], x.shape[1], per, *x.shape[2:]).movedim(2, -1)
+        else:
+            p = p.reshape(x.shape[0], x.shape[1], per)
+        return spline_ops.apply(x, p, self.mask, self.bound, inverse, self.backend)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._couple(x, context, False, "x")
+
+    def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._couple(y, context, True, "y")
+
+    def extra_repr(self) -> str:
+        return f"mask={tuple(self.mask.shape)}, bins={self.bins}, bound={self.bound}"
+
+
 class AdditiveCoupling(_Coupling):
     """NICE's volume-preserving coupling: y = x + t on the transformed features, t =
     conditioner(x * mask[, context]) of the input's shape; log-determinant 0. Arguments as
@@ -267,5 +318,5 @@ def _logdet_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-__all__ = ["MLP", "AdditiveCoupling", "AffineCoupling", "ResNet", "alternating_mask", "channel_mask",
+__all__ = ["MLP", "AdditiveCoupling", "AffineCoupling", "ResNet", "SplineCoupling", "alternating_mask", "channel_mask",
            "checkerboard_mask", "half_mask"]

@@ -1,6 +1,7 @@
 """Glow's and RealNVP's invertible layers besides the couplings: ``Squeeze`` (space to depth),
-``ActNorm`` (per-channel affine with data-dependent initialisation) and ``InvConv1x1`` (an
-invertible 1x1 convolution, LU-parametrised).
+``ActNorm`` (per-channel affine with data-dependent initialisation), ``InvConv1x1`` (an
+invertible 1x1 convolution, LU-parametrised) and ``LogitTransform`` (RealNVP's preprocessing
+of data in [0, 1]), and ``dequantize`` (uniform dequantisation of discrete data).
 
 Every layer maps (B, C, H, W) (``ActNorm``: also (B, D)) and has ``forward(x) -> (y, logdet)``
 and ``inverse(y) -> (x, logdet of the inverse map)``, logdet (B,) in the accumulation dtype
@@ -195,3 +196,56 @@ class InvConv1x1(nn.Module):
 
 
 __all__ = ["ActNorm", "InvConv1x1", "Squeeze"]
+
+
+class LogitTransform(nn.Module):
+    """RealNVP's preprocessing of data in [0, 1]: y = logit(alpha + (1 - 2 alpha) x), so a
+    flow models the unbounded logits while its density stays one of x (the log-determinant
+    sum(log(1 - 2 alpha) - log s - log(1 - s)), s = alpha + (1 - 2 alpha) x, is part of it).
+    alpha in (0, 1/2) keeps the ends 0 and 1 finite. x outside [0, 1] is an error."""
+
+    def __init__(self, alpha: float = 0.05):
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 0.5:
+            raise ValueError(f"alpha must be a number in (0, 0.5); got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def _logdet(self, s: torch.Tensor) -> torch.Tensor:
+        per = math.log1p(-2 * self.alpha) - torch.log(s) - torch.log1p(-s)
+        return per.flatten(1).sum(1).to(_logdet_dtype(s.dtype))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not torch.compiler.is_compiling() and x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+            raise ValueError(f"the logit preprocessing takes data in [0, 1]; got values in [{float(x.min())}, "
+                             f"{float(x.max())}] (scale the data, e.g. pixels / 255, and dequantise it)")
+        s = self.alpha + (1 - 2 * self.alpha) * x
+        return torch.log(s) - torch.log1p(-s), self._logdet(s)
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.sigmoid(y)
+        return (s - self.alpha) / (1 - 2 * self.alpha), -self._logdet(s)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+def dequantize(x: torch.Tensor, levels: int = 256, *, seed: int | None = None, offset: int = 0) -> torch.Tensor:
+    """Uniform dequantisation: x in [0, 1] holding k / (levels - 1) (e.g. pixels / 255) ->
+    (k + u) / levels with u ~ U[0, 1) from genkernels' Philox stream (``seed``: that stream
+    from counter ``offset``; None: a seed drawn from torch's generator). A continuous density
+    p on [0, 1]^D of the result bounds the discrete likelihood: log P(k) >= E log p - D log
+    levels (``bits_per_dim(..., levels=levels)`` adds that term)."""
+    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+        raise TypeError(f"x must be a floating-point tensor in [0, 1]; got {getattr(x, 'dtype', type(x).__name__)}")
+    levels = check_int("levels", levels, 2)
+    k = torch.round(x * (levels - 1))
+    if x.numel() and not bool(((k >= 0) & (k <= levels - 1)).all()):
+        raise ValueError(f"x must lie in [0, 1] (k / (levels - 1)); got values in [{float(x.min())}, "
+                         f"{float(x.max())}]")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    from .. import random as gk_random
+
+    counters = torch.arange(x.numel(), dtype=torch.int64, device=x.device) + int(offset)
+    u = gk_random.rand(seed, counters).reshape(x.shape).to(x.dtype)
+    return (k + u) / levels

@@ -28,10 +28,10 @@ import math
 import torch
 from torch import nn
 
-from .. import random as gk_random
 from .._checks import check_int
-from .autoregressive import MaskedAffineAutoregressive, _hidden
-from .coupling import AffineCoupling, channel_mask, checkerboard_mask, half_mask
+from .autoregressive import MaskedAffineAutoregressive, MaskedSplineAutoregressive, _hidden
+from .base import _Flow, run_steps
+from .coupling import MLP, AffineCoupling, SplineCoupling, channel_mask, checkerboard_mask, half_mask
 from .layers import ActNorm, InvConv1x1, Squeeze
 
 
@@ -61,130 +61,25 @@ class _Scale(nn.Module):
             self.post = nn.ModuleList(steps)
 
     check_finite = False
-
-    @staticmethod
-    def _run(steps, x, context, inverse: bool, check: bool = False):
-        total = None
-        order = list(enumerate(steps))
-        for i, step in (reversed(order) if inverse else order):
-            if getattr(step, "takes_context", False):
-                x, ld = step.inverse(x, context) if inverse else step(x, context)
-            else:
-                x, ld = step.inverse(x) if inverse else step(x)
-            if check and not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(ld).all())):
-                raise FloatingPointError(
-                    f"{type(step).__name__} (step {i} of its block, {'inverse' if inverse else 'forward'}) produced "
-                    "NaN or Inf: its input was finite. Lower the learning rate or the coupling's scale_bound, or "
-                    "check the data's scale")
-            total = ld if total is None else total + ld
-        return x, total
+    invertible_checkpoint = False
 
     def forward(self, x, context):
-        x, logdet = self._run(self.pre, x, context, False, self.check_finite)
+        x, logdet = run_steps(self.pre, x, context, False, self.check_finite, self.invertible_checkpoint)
         if self.last:
             return x, None, logdet
         x, _ = self.squeeze(x)
-        x, ld = self._run(self.post, x, context, False, self.check_finite)
+        x, ld = run_steps(self.post, x, context, False, self.check_finite, self.invertible_checkpoint)
         half = x.shape[1] // 2
         return x[:, :half], x[:, half:], logdet + ld
 
     def inverse(self, h, z, context):
         if not self.last:
-            x, logdet = self._run(self.post, torch.cat([h, z], dim=1), context, True, self.check_finite)
+            x, logdet = run_steps(self.post, torch.cat([h, z], dim=1), context, True, self.check_finite)
             h, _ = self.squeeze.inverse(x)
         else:
             logdet = None
-        x, ld = self._run(self.pre, h, context, True, self.check_finite)
+        x, ld = run_steps(self.pre, h, context, True, self.check_finite)
         return x, ld if logdet is None else logdet + ld
-
-
-class _Flow(nn.Module):
-    """What the flow models share: argument checks, the flat latent's bookkeeping over a
-    list of multi-scale blocks (``self.blocks``, each with ``out_shape`` and ``z_shape``) or
-    a flat list of steps (``self.steps``), log_prob, bits_per_dim and sampling."""
-
-    shape: tuple
-    features: int
-
-    @property
-    def check_finite(self) -> bool:
-        """When True, every layer's output and log-determinant are checked finite as they
-        are made (a device sync per layer): a NaN or Inf raises FloatingPointError naming
-        the layer that produced it, instead of surfacing as a NaN loss later."""
-        return bool(getattr(self, "_check_finite", False))
-
-    @check_finite.setter
-    def check_finite(self, flag: bool) -> None:
-        object.__setattr__(self, "_check_finite", bool(flag))
-        for block in self.modules():
-            if isinstance(block, (_Scale, _Level)):
-                block.check_finite = bool(flag)
-
-    def _check(self, x, name: str) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-        want = self.shape if name == "x" else (self.features,)
-        if x.dim() != len(want) + 1 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"{name} must be (B, {', '.join(map(str, want))}); got shape {tuple(x.shape)}")
-        if not x.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
-        return x
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data (B, *shape) -> latent (B, D) and log |det| of the map (B,)."""
-        self._check(x, "x")
-        if len(self.shape) == 1:
-            return _Scale._run(self.steps, x, context, False, self.check_finite)
-        parts, logdet = [], None
-        h = x
-        for block in self.blocks:
-            h, z, ld = block(h, context)
-            logdet = ld if logdet is None else logdet + ld
-            if z is not None:
-                parts.append(z.flatten(1))
-        parts.append(h.flatten(1))
-        return torch.cat(parts, dim=1), logdet
-
-    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent (B, D) -> data (B, *shape) and log |det| of the inverse map (B,)."""
-        self._check(z, "z")
-        if len(self.shape) == 1:
-            return _Scale._run(self.steps, z, context, True, self.check_finite)
-        shapes = [b.z_shape for b in self.blocks if b.z_shape is not None] + [self.blocks[-1].out_shape]
-        sizes = [math.prod(s) for s in shapes]
-        chunks = list(torch.split(z, sizes, dim=1))
-        h = chunks[-1].reshape(z.shape[0], *shapes[-1])
-        logdet = None
-        for i in reversed(range(len(self.blocks))):
-            zi = None if self.blocks[i].z_shape is None else chunks[i].reshape(z.shape[0], *shapes[i])
-            h, ld = self.blocks[i].inverse(h, zi, context)
-            logdet = ld if logdet is None else logdet + ld
-        return h, logdet
-
-    def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(x) in nats (B,): the standard normal's log-density of z plus log |det|."""
-        z, logdet = self(x, context)
-        base = -0.5 * z.to(logdet.dtype).pow(2).sum(1) - 0.5 * self.features * math.log(2 * math.pi)
-        return base + logdet
-
-    def bits_per_dim(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """-log2 p(x) / D, averaged over the batch (of continuous x: dequantise first)."""
-        return -self.log_prob(x, context).mean() / (self.features * math.log(2))
-
-    @torch.no_grad()
-    def sample(self, n: int, seed: int | None = None, temperature: float = 1.0,
-               context: torch.Tensor | None = None) -> torch.Tensor:
-        """n samples (n, *shape): z ~ N(0, temperature^2 I) from the Philox stream (keyed by
-        ``seed``; None draws a seed from torch's generator), mapped through the inverse."""
-        check_int("n", n, 1)
-        if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature >= 0):
-            raise ValueError(f"temperature must be a number >= 0; got {temperature!r}")
-        if seed is None:
-            seed = int(torch.randint(0, 2**63 - 1, (1,)).item())
-        param = next(self.parameters())
-        offsets = torch.arange(n * self.features, dtype=torch.int64, device=param.device)
-        z = gk_random.randn(seed, offsets, dtype=param.dtype).reshape(n, self.features) * temperature
-        return self.inverse(z, context)[0]
 
 
 class RealNVP(_Flow):
@@ -198,11 +93,17 @@ class RealNVP(_Flow):
         scale_bound: the couplings' log-scale bound (see AffineCoupling).
         context_features: K for a conditional flow (every conditioner gets the context).
         backend: the coupling op's backend (None: automatic).
+        seed: the model's Philox stream (sampling, fit's shuffles and dequantisation).
+        logit_alpha: model data in [0, 1] through RealNVP's logit preprocessing
+            (``LogitTransform(alpha)``, part of the density) -- None: data as it comes.
     """
 
     def __init__(self, shape, *, scales: int = 2, layers: int = 6, hidden: int = 64, scale_bound: float = 2.0,
-                 context_features: int | None = None, backend: str | None = None):
+                 context_features: int | None = None, backend: str | None = None, seed: int | None = None,
+                 logit_alpha: float | None = None):
+        config = dict(locals())
         super().__init__()
+        self._init_flow(config, seed, logit_alpha)
         shape = tuple(int(n) for n in shape) if isinstance(shape, (tuple, list, torch.Size)) else None
         if shape is None or len(shape) not in (1, 3) or min(shape) < 1:
             raise ValueError(f"shape must be (C, H, W) or (D,) of positive sizes; got {shape}")
@@ -237,6 +138,7 @@ class _Level(nn.Module):
     unless last, a factor-out of 2c channels."""
 
     check_finite = False
+    invertible_checkpoint = False
 
     def __init__(self, shape: tuple[int, int, int], steps: int, last: bool, hidden: int, bound: float,
                  context: int | None, backend: str | None, seed: int | None):
@@ -256,7 +158,8 @@ class _Level(nn.Module):
 
     def forward(self, x, context):
         x, _ = self.squeeze(x)
-        x, logdet = _Scale._run(self.layers, x, context, False, self.check_finite)
+        x, logdet = run_steps(self.layers, x, context, False, self.check_finite,
+                                      self.invertible_checkpoint)
         if self.last:
             return x, None, logdet
         half = x.shape[1] // 2
@@ -264,7 +167,7 @@ class _Level(nn.Module):
 
     def inverse(self, h, z, context):
         x = h if z is None else torch.cat([h, z], dim=1)
-        x, logdet = _Scale._run(self.layers, x, context, True, self.check_finite)
+        x, logdet = run_steps(self.layers, x, context, True, self.check_finite)
         return self.squeeze.inverse(x)[0], logdet
 
 
@@ -275,12 +178,16 @@ class Glow(_Flow):
         shape: one image's shape. levels: squeeze-and-split levels (>= 1). steps: flow steps
             per level (>= 1): ActNorm, invertible 1x1 convolution (LU), affine coupling.
         hidden: the couplings' ResNet width. scale_bound, context_features, backend: as
-            RealNVP's. seed: the 1x1 convolutions' starting rotations (None: torch's generator).
+            RealNVP's. seed: the model's Philox stream and the 1x1 convolutions' starting
+            rotations (None: torch's generator). logit_alpha: as RealNVP's.
     """
 
     def __init__(self, shape, *, levels: int = 2, steps: int = 4, hidden: int = 64, scale_bound: float = 2.0,
-                 context_features: int | None = None, backend: str | None = None, seed: int | None = None):
+                 context_features: int | None = None, backend: str | None = None, seed: int | None = None,
+                 logit_alpha: float | None = None):
+        config = dict(locals())
         super().__init__()
+        self._init_flow(config, seed, logit_alpha)
         shape = tuple(int(n) for n in shape) if isinstance(shape, (tuple, list, torch.Size)) else None
         if shape is None or len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"shape must be (C, H, W) of positive sizes; got {shape}")
@@ -314,20 +221,18 @@ class MAF(_Flow):
         scale_bound, context_features, backend: as RealNVP's; made_backend: the MADEs'
             masked linear layers' backend.
         actnorm: an ActNorm before each transform.
+        seed: the model's Philox stream (sampling, fit's shuffles).
     """
 
     _inverse_autoregressive = False
 
     def __init__(self, shape, *, layers: int = 5, hidden=64, scale_bound: float = 2.0,
                  context_features: int | None = None, actnorm: bool = True, backend: str | None = None,
-                 made_backend: str | None = None):
+                 made_backend: str | None = None, seed: int | None = None):
+        config = dict(locals())
         super().__init__()
-        if isinstance(shape, int) and not isinstance(shape, bool):
-            shape = (shape,)
-        shape = tuple(int(n) for n in shape) if isinstance(shape, (tuple, list, torch.Size)) else None
-        if shape is None or len(shape) != 1 or shape[0] < 1:
-            raise ValueError(f"shape must be (D,) or D with D >= 1; got {shape}")
-        self.shape, self.features = shape, shape[0]
+        self._init_flow(config, seed)
+        self.shape, self.features = _vector_shape(shape, 1)
         self.context_features = context_features
         check_int("layers", layers, 1)
         hidden = _hidden(hidden)
@@ -342,6 +247,57 @@ class MAF(_Flow):
         self.steps = nn.ModuleList(steps)
 
 
+class NSF(_Flow):
+    """A neural spline flow of vectors (Durkan et al., 2019): ``layers`` rational-quadratic
+    spline transforms, each after an ActNorm -- autoregressive (RQ-NSF (AR): a MADE per
+    layer, orders alternating; density in one pass, sampling in D) or, with
+    ``coupling=True``, couplings on alternating halves (RQ-NSF (C): both directions in one
+    pass; D >= 2).
+
+    Args:
+        shape: (D,) or D. layers: transforms (>= 1). bins: K per spline (>= 1). bound: the
+            splines' interval half-width (identity outside).
+        hidden: the conditioners' hidden sizes (an int: two layers of that size).
+        coupling: couplings instead of autoregressive transforms.
+        context_features, actnorm, backend (the spline op's), made_backend, seed: as MAF's.
+    """
+
+    def __init__(self, shape, *, layers: int = 5, bins: int = 8, bound: float = 3.0, hidden=64,
+                 coupling: bool = False, context_features: int | None = None, actnorm: bool = True,
+                 backend: str | None = None, made_backend: str | None = None, seed: int | None = None):
+        config = dict(locals())
+        super().__init__()
+        self._init_flow(config, seed)
+        self.shape, self.features = _vector_shape(shape, 2 if coupling else 1)
+        self.context_features = context_features
+        check_int("layers", layers, 1)
+        check_int("bins", bins, 1)
+        hidden = _hidden(hidden)
+        d = self.features
+        steps = []
+        for i in range(layers):
+            if actnorm:
+                steps.append(ActNorm(d))
+            if coupling:
+                mask = half_mask(d, i % 2)
+                net = MLP(d, (3 * bins - 1) * d, hidden[0], len(hidden), context_features)
+                steps.append(SplineCoupling(mask, net, bins=bins, bound=bound, backend=backend))
+            else:
+                steps.append(MaskedSplineAutoregressive(
+                    d, hidden, bins=bins, bound=bound, order="natural" if i % 2 == 0 else "reversed",
+                    context_features=context_features, backend=backend, made_backend=made_backend))
+        self.steps = nn.ModuleList(steps)
+
+
+def _vector_shape(shape, low: int) -> tuple[tuple[int], int]:
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    shape = tuple(int(n) for n in shape) if isinstance(shape, (tuple, list, torch.Size)) else None
+    if shape is None or len(shape) != 1 or shape[0] < low:
+        raise ValueError(f"shape must be (D,) or D with D >= {low}; got {shape}")
+    return shape, shape[0]
+
+
 class IAF(MAF):
     """An inverse autoregressive flow of vectors: MAF's architecture with every transform
     inverted (its MADE reads the noise side). Sampling (``sample``, ``inverse``) and
@@ -352,4 +308,4 @@ class IAF(MAF):
     _inverse_autoregressive = True
 
 
-__all__ = ["IAF", "MAF", "Glow", "RealNVP"]
+__all__ = ["IAF", "MAF", "NSF", "Glow", "RealNVP"]
