@@ -11,9 +11,18 @@ import struct
 import numpy as np
 import pytest
 import torch
+from helpers import num_threads
 
 import genkernels
 from genkernels import cli
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small layers and batches: one thread (beside the other test worker a second thread
+    waits a time slice per small call); the tests that compare thread counts set their own."""
+    with num_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

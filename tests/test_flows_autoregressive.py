@@ -8,11 +8,20 @@ import math
 
 import pytest
 import torch
-from helpers import jacobian_logdet, needs
+from helpers import jacobian_logdet, needs, num_threads
 
 import genkernels
 from genkernels import IAF, MAF, check_autoregressive
 from genkernels.flows import ActNorm, MaskedAffineAutoregressive
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small layers and batches: one thread (beside the other test worker a second thread
+    waits a time slice per small call); the tests that compare thread counts set their own."""
+    with num_threads(1):
+        yield
+
 
 BACKENDS = [pytest.param("reference"), pytest.param("cpu", marks=needs("cpu")),
             pytest.param("triton", marks=needs("triton"))]

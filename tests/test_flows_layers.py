@@ -7,9 +7,17 @@ import math
 
 import pytest
 import torch
-from helpers import jacobian_logdet
+from helpers import jacobian_logdet, num_threads
 
 from genkernels.flows import ActNorm, InvConv1x1, Squeeze
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small layers and batches: one thread (beside the other test worker a second thread
+    waits a time slice per small call); the tests that compare thread counts set their own."""
+    with num_threads(1):
+        yield
 
 
 def test_squeeze_moves_each_block_into_channels_and_back():

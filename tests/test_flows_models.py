@@ -8,10 +8,18 @@ import math
 
 import pytest
 import torch
-from helpers import jacobian_logdet
+from helpers import jacobian_logdet, num_threads
 
 import genkernels
 from genkernels.flows import ActNorm
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small layers and batches: one thread (beside the other test worker a second thread
+    waits a time slice per small call); the tests that compare thread counts set their own."""
+    with num_threads(1):
+        yield
 
 
 def _randomise(flow, seed=3, scale=0.2):

@@ -17,6 +17,15 @@ import genkernels
 from genkernels.flows import alternating_mask, checkerboard_mask, half_mask
 from genkernels.flows import spline_reference as R
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small layers and batches: one thread (beside the other test worker a second thread
+    waits a time slice per small call); the tests that compare thread counts set their own."""
+    with num_threads(1):
+        yield
+
+
 BACKENDS = ["cpu"] + (["triton"] if HAS_TRITON else [])
 
 # (batch, feature shape, bins, mask kind)

@@ -8,10 +8,19 @@ import warnings
 
 import pytest
 import torch
+from helpers import num_threads
 
 import genkernels
 from genkernels import IAF, MAF, NSF, DivergedError, Glow, RealNVP
 from genkernels.flows import FlowDistribution, InvertibilityWarning, LogitTransform, dequantize
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small layers and batches: one thread (beside the other test worker a second thread
+    waits a time slice per small call); the tests that compare thread counts set their own."""
+    with num_threads(1):
+        yield
 
 
 def _moons(n=256):

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from helpers import DEVICE, needs
+from helpers import DEVICE, needs, num_threads
 
 import genkernels
 from genkernels import MADE, MaskedLinear, check_autoregressive
@@ -187,7 +187,8 @@ def test_conditional_made_is_causal_normalised_per_context_and_trains(tmp_path):
     # fit: two contexts, each with its own data; the model learns which goes with which
     x = torch.cat([torch.zeros(64, 4), torch.ones(64, 4)]).double()
     c = torch.cat([torch.zeros(64, 3), torch.ones(64, 3)]).double()
-    model.fit(x, epochs=80, batch_size=32, learning_rate=1e-2, verbose=False, context=c)
+    with num_threads(1):      # 4 x 4 batches: a second thread would only wait beside the other worker
+        model.fit(x, epochs=80, batch_size=32, learning_rate=1e-2, verbose=False, context=c)
     assert float(model.log_prob(x[:1], context=c[:1])) > float(model.log_prob(x[:1], context=c[-1:])) + 0.5
     s = model.sample(8, seed=0, context=torch.ones(8, 3, dtype=torch.float64))
     assert float(s.mean()) > 0.8
