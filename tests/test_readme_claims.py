@@ -411,12 +411,14 @@ def pixelcnn_sampling():
             f"{r['speedup']:.1f}× |" for r in cases]
 
 
-def _ours_against_others(name: str) -> list[str]:
-    """One README row per case of results file ``name``: ours (cpu)'s median, then every
-    other implementation's x ours (the median of the rounds' time / ours), in file order."""
+def _ours_against_others(name: str, op: str | None = None) -> list[str]:
+    """One README row per case of results file ``name`` (of op ``op`` only, when given):
+    ours (cpu)'s median, then every other implementation's x ours (the median of the rounds'
+    time / ours), in file order."""
     by_case: dict = {}
     for r in load(name)["cases"]:
-        by_case.setdefault(r["case"], {})[r["impl"]] = r
+        if op is None or r.get("op", "affine_coupling") == op:
+            by_case.setdefault(r["case"], {})[r["impl"]] = r
     rows = []
     for case, impls in by_case.items():
         ours = impls["ours (cpu)"]
@@ -434,13 +436,32 @@ def autoregressive_layers():
 def flows_coupling():
     """The affine coupling's elementwise part, forward + backward, one thread
     (bench/bench_flows.py)."""
-    return _ours_against_others("amd-epyc-2c-flows.json")
+    return _ours_against_others("amd-epyc-2c-flows.json", "affine_coupling")
+
+
+def flows_spline():
+    """The rational-quadratic spline, forward + backward, one thread (bench/bench_flows.py)."""
+    return _ours_against_others("amd-epyc-2c-flows.json", "rq_spline")
+
+
+def flows_training():
+    """A training step of RealNVP, MAF and NSF against nflows and zuko
+    (bench/bench_flows_training.py)."""
+    rows = []
+    for r in load("amd-epyc-2c-flows-training.json")["cases"]:
+        if r["impl"] == "ours":
+            others = {o["impl"]: o for o in load("amd-epyc-2c-flows-training.json")["cases"]
+                      if o["case"] == r["case"] and o["flow"] == r["flow"]}
+            rows.append(f"| {r['case']} | {r['flow']} | {_msec(r['median_s'])} | "
+                        f"{g(others['nflows']['x_ours'], 3)}× | {g(others['zuko']['x_ours'], 3)}× | "
+                        f"{r['flow_op_share'] * 100:.0f}% |")
+    return rows
 
 
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
           dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist, softsom_spirals,
           softsom_speed, pixelcnn_mnist, pixelcnn_sampling,
-          autoregressive_layers, flows_coupling]
+          autoregressive_layers, flows_coupling, flows_spline, flows_training]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])
