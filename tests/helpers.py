@@ -67,3 +67,31 @@ def jacobian_logdet(fn, x: torch.Tensor, context: torch.Tensor | None = None) ->
         jac = torch.autograd.functional.jacobian(lambda v: fn(v, *args)[0].reshape(-1), xi).reshape(xi.numel(), -1)
         out.append(torch.linalg.slogdet(jac)[1])
     return torch.stack(out)
+
+
+def randomise_flow(flow, seed: int = 3, scale: float = 0.2):
+    """Every parameter of a flow (or layer) drawn from N(0, scale^2) -- its conditioners'
+    output layers start at zero -- and its ActNorms marked initialised: a made-up but valid
+    state. Returns the flow."""
+    from genkernels.flows import ActNorm
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+    for m in flow.modules():
+        if isinstance(m, ActNorm):
+            m.initialized.fill_(True)
+    return flow
+
+
+def grid_mass_and_inside(flow, half: float, points: int, samples: int, seed: int = 11) -> tuple[float, float]:
+    """(the grid integral of exp(log_prob) over [-half, half]^2 with ``points`` per side, the
+    fraction of ``samples`` of the flow's own draws inside that box): equal for a normalised
+    2-D density (a random flow may put mass outside any fixed box)."""
+    side = torch.linspace(-half, half, points, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        mass = float(flow.log_prob(grid).exp().sum() * (side[1] - side[0]) ** 2)
+        draws = flow.sample(samples, seed=seed)
+    return mass, float((draws.abs() <= half).all(1).double().mean())

@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
-from helpers import jacobian_logdet, needs, num_threads
+from helpers import grid_mass_and_inside, jacobian_logdet, needs, num_threads, randomise_flow
 
 import genkernels
 from genkernels import IAF, MAF, check_autoregressive
-from genkernels.flows import ActNorm, MaskedAffineAutoregressive
+from genkernels.flows import MaskedAffineAutoregressive
 
 
 @pytest.fixture(autouse=True)
@@ -27,25 +27,14 @@ BACKENDS = [pytest.param("reference"), pytest.param("cpu", marks=needs("cpu")),
             pytest.param("triton", marks=needs("triton"))]
 
 
-def _randomise(flow, seed=3, scale=0.3):
-    """Non-zero MADE weights (their output layers start at zero) and initialised ActNorms."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    for m in flow.modules():
-        if isinstance(m, ActNorm):
-            m.initialized.fill_(True)
-    return flow
-
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("iaf", [False, True], ids=["MAF", "IAF"])
 @pytest.mark.parametrize("order", ["natural", "reversed", [2, 0, 4, 1, 3]], ids=["natural", "reversed", "custom"])
 def test_transform_inverse_logdet_and_causality(backend, iaf, order):
     torch.manual_seed(0)
-    layer = _randomise(MaskedAffineAutoregressive(5, (12, 10), order=order, inverse_autoregressive=iaf,
-                                                  backend=backend, made_backend="reference")).double()
+    layer = randomise_flow(MaskedAffineAutoregressive(5, (12, 10), order=order, inverse_autoregressive=iaf,
+                                                  backend=backend, made_backend="reference"), scale=0.3).double()
     x = torch.randn(4, 5, dtype=torch.float64)
     z, logdet = layer(x)
     back, logdet_inv = layer.inverse(z)
@@ -60,7 +49,7 @@ def test_transform_inverse_logdet_and_causality(backend, iaf, order):
 
 def test_a_wrong_mask_is_caught_and_breaks_the_inverse():
     torch.manual_seed(0)
-    layer = _randomise(MaskedAffineAutoregressive(4, 8)).double()
+    layer = randomise_flow(MaskedAffineAutoregressive(4, 8), scale=0.3).double()
     skip = layer.made.skip
     skip.set_prefix((skip.prefix + 1).clamp(max=4))        # each output now sees its own input
     report = check_autoregressive(lambda v: layer.params(v).transpose(1, 2), (4,), order="natural")
@@ -72,7 +61,7 @@ def test_a_wrong_mask_is_caught_and_breaks_the_inverse():
 @pytest.mark.parametrize("cls", [MAF, IAF])
 def test_flow_inverse_logdet_gradcheck_and_compile(cls):
     torch.manual_seed(0)
-    flow = _randomise(cls(3, layers=2, hidden=8)).double()
+    flow = randomise_flow(cls(3, layers=2, hidden=8), scale=0.3).double()
     x = torch.randn(2, 3, dtype=torch.float64)
     z, logdet = flow(x)
     back, logdet_inv = flow.inverse(z)
@@ -90,13 +79,8 @@ def test_flow_inverse_logdet_gradcheck_and_compile(cls):
 @pytest.mark.parametrize("cls", [MAF, IAF])
 def test_a_2d_density_integrates_to_its_mass_on_the_grid(cls):
     torch.manual_seed(0)
-    flow = _randomise(cls(2, layers=3, hidden=16), scale=0.4).double()
-    side = torch.linspace(-9, 9, 301, dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), -1).reshape(-1, 2)
-    with torch.no_grad():
-        mass = float(flow.log_prob(grid).exp().sum() * (side[1] - side[0]) ** 2)
-        samples = flow.sample(20000, seed=11)
-    inside = float((samples.abs() <= 9).all(1).double().mean())
+    flow = randomise_flow(cls(2, layers=3, hidden=16), scale=0.4).double()
+    mass, inside = grid_mass_and_inside(flow, 9, 301, 20000)
     assert inside > 0.3 and abs(mass - inside) < 0.015, (mass, inside)
 
 
@@ -105,7 +89,7 @@ def test_iaf_samples_in_one_pass_with_gradients_and_scores_them():
     (reparameterised draws, as a variational posterior needs); log_prob of its own samples
     equals the base density of z minus the sampling map's log-determinant."""
     torch.manual_seed(0)
-    flow = _randomise(IAF(4, layers=2, hidden=16)).double()
+    flow = randomise_flow(IAF(4, layers=2, hidden=16), scale=0.3).double()
     z = torch.randn(6, 4, dtype=torch.float64)
     calls = []
     handles = [m.made.register_forward_hook(lambda *_: calls.append(1)) for m in flow.modules()

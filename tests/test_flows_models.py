@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
-from helpers import jacobian_logdet, num_threads
+from helpers import grid_mass_and_inside, jacobian_logdet, num_threads, randomise_flow
 
 import genkernels
-from genkernels.flows import ActNorm
 
 
 @pytest.fixture(autouse=True)
@@ -22,25 +21,13 @@ def _one_thread():
         yield
 
 
-def _randomise(flow, seed=3, scale=0.2):
-    """Non-zero conditioner weights (their output layers start at zero) and initialised
-    ActNorms (a made-up but valid state)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    for m in flow.modules():
-        if isinstance(m, ActNorm):
-            m.initialized.fill_(True)
-    return flow
-
 
 @pytest.mark.parametrize("model, shape, kwargs", [
     ("RealNVP", (1, 4, 4), dict(scales=2, hidden=4)), ("RealNVP", (2, 2, 2), dict(scales=1, hidden=4)),
     ("RealNVP", (3,), dict(layers=3, hidden=8)), ("Glow", (1, 4, 4), dict(levels=2, steps=2, hidden=4, seed=0))])
 def test_inverse_and_logdet_are_exact(model, shape, kwargs):
     torch.manual_seed(0)
-    flow = _randomise(getattr(genkernels, model)(shape, **kwargs).double())
+    flow = randomise_flow(getattr(genkernels, model)(shape, **kwargs).double(), scale=0.2)
     x = torch.randn(2 if len(shape) == 1 else 1, *shape, dtype=torch.float64)
     z, logdet = flow(x)
     assert z.shape == (x.shape[0], math.prod(shape))
@@ -54,19 +41,14 @@ def test_a_2d_density_integrates_to_its_mass_on_the_grid():
     """The grid integral of exp(log_prob) over [-9, 9]^2 equals the fraction of the flow's
     own samples that land there (a random flow may put mass outside any fixed box)."""
     torch.manual_seed(0)
-    flow = _randomise(genkernels.RealNVP((2,), layers=4, hidden=16), scale=0.3).double()
-    side = torch.linspace(-9, 9, 451, dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), -1).reshape(-1, 2)
-    with torch.no_grad():
-        mass = float(flow.log_prob(grid).exp().sum() * (side[1] - side[0]) ** 2)
-        samples = flow.sample(40000, seed=11)
-    inside = float((samples.abs() <= 9).all(1).double().mean())
+    flow = randomise_flow(genkernels.RealNVP((2,), layers=4, hidden=16), scale=0.3).double()
+    mass, inside = grid_mass_and_inside(flow, 9, 451, 40000)
     assert inside > 0.3 and abs(mass - inside) < 0.01, (mass, inside)
 
 
 def test_sampling_is_reproducible_and_tempered():
     torch.manual_seed(0)
-    flow = _randomise(genkernels.RealNVP((1, 4, 4), scales=2, hidden=4))
+    flow = randomise_flow(genkernels.RealNVP((1, 4, 4), scales=2, hidden=4), scale=0.2)
     a, b = flow.sample(5, seed=7), flow.sample(5, seed=7)
     assert a.shape == (5, 1, 4, 4) and torch.equal(a, b)
     assert not torch.equal(a, flow.sample(5, seed=8))

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from helpers import HAS_TRITON, needs, num_threads
+from helpers import HAS_TRITON, grid_mass_and_inside, needs, num_threads, randomise_flow
 from tolerances import TOL
 
 import genkernels
@@ -244,20 +244,6 @@ def test_bad_input(call, error, match):
 
 
 # ----------------------------------------------------------------------------- layers
-def _randomise(flow, seed=3, scale=0.3):
-    """Non-zero conditioner weights and initialised ActNorms (a made-up but valid state)."""
-    from genkernels.flows import ActNorm
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    for m in flow.modules():
-        if isinstance(m, ActNorm):
-            m.initialized.fill_(True)
-    return flow
-
-
 def _layers(backend):
     from genkernels.flows import MaskedSplineAutoregressive, SplineCoupling, channel_mask
 
@@ -284,7 +270,7 @@ def test_spline_layers_start_as_identity_invert_and_their_logdet_is_the_jacobian
         y, ld = layer(x)                                    # the identity at the start
         torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ld, torch.zeros(3), rtol=0, atol=1e-5)
-        layer = _randomise(layer).double()
+        layer = randomise_flow(layer, scale=0.3).double()
         x = x.double()
         y, ld = layer(x)
         back, ld_inv = layer.inverse(y)
@@ -302,13 +288,8 @@ def test_nsf_density_integrates_and_trains_on_two_moons(coupling):
     from sklearn.datasets import make_moons
 
     torch.manual_seed(0)
-    flow = _randomise(genkernels.NSF(2, layers=2, bins=6, hidden=16, coupling=coupling), scale=0.4).double()
-    side = torch.linspace(-6, 6, 241, dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), -1).reshape(-1, 2)
-    with torch.no_grad():
-        mass = float(flow.log_prob(grid).exp().sum() * (side[1] - side[0]) ** 2)
-        samples = flow.sample(20000, seed=5)
-    inside = float((samples.abs() <= 6).all(1).double().mean())
+    flow = randomise_flow(genkernels.NSF(2, layers=2, bins=6, hidden=16, coupling=coupling), scale=0.4).double()
+    mass, inside = grid_mass_and_inside(flow, 6, 241, 20000, seed=5)
     assert inside > 0.3 and abs(mass - inside) < 0.015, (mass, inside)
     data = torch.as_tensor(make_moons(512, noise=0.05, random_state=0)[0], dtype=torch.float32)
     flow = genkernels.NSF(2, layers=3, bins=8, hidden=32, coupling=coupling)
