@@ -279,6 +279,16 @@ def test_flows_training_bench_times_every_flow_against_both_anchors(tmp_path):
             assert case["x_ours"] > 0
 
 
+def test_flows_mnist_quick_trains_both_flows_on_the_digits(tmp_path):
+    """``bench/flows_mnist.py --quick``: RealNVP and Glow on the digits, one epoch each, finite
+    held-out bits/dim below the uniform model's (log2 17), a sample grid each."""
+    assert _bench_module("flows_mnist").main(["--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    cases = json.loads((tmp_path / "flows-mnist-quick.json").read_text())["cases"]
+    assert [c["model"] for c in cases] == ["RealNVP", "Glow"]
+    for c in cases:
+        assert 0 < c["test_bits_per_dim"] < math.log2(17) and (tmp_path / c["samples_png"]).is_file(), c
+
+
 def start_in_background():
     """The collection of bench/ by pytest (a new process importing every benchmark module),
     started when this session's collection ends (tests/background_jobs.py)."""

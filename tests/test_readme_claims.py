@@ -458,10 +458,18 @@ def flows_training():
     return rows
 
 
+def flows_mnist():
+    """RealNVP's and Glow's held-out bits/dim on MNIST and the digits (bench/flows_mnist.py)."""
+    return [f"| {r['set']} {r['image_size'][0]}×{r['image_size'][1]}, {r['levels']} levels | "
+            f"{r['train_images']:,} / {r['test_images']:,} | {r['model']} | {r['epochs']} | "
+            f"{r['test_bits_per_dim']:.3f} | {r['train_seconds']:.0f} s |"
+            for r in load("flows-mnist.json")["cases"]]
+
+
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
           dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist, softsom_spirals,
           softsom_speed, pixelcnn_mnist, pixelcnn_sampling,
-          autoregressive_layers, flows_coupling, flows_spline, flows_training]
+          autoregressive_layers, flows_coupling, flows_spline, flows_training, flows_mnist]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])
