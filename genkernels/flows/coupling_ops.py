@@ -127,7 +127,9 @@ def affine_coupling(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, *
 _FLAT_MASKS: dict[int, tuple] = {}
 
 
-def _flat_mask(mask: torch.Tensor, features: tuple, dtype: torch.dtype, checked: bool) -> torch.Tensor:
+def flat_mask(mask: torch.Tensor, features: tuple, dtype: torch.dtype, checked: bool) -> torch.Tensor:
+    """The (N,) mask in ``dtype`` of features ``features``, checked (on the CPU, unless
+    ``checked``) and cached while the mask is unchanged: the affine and spline ops' mask."""
     if torch.compiler.is_compiling():
         try:
             return mask.expand(features).reshape(-1).to(dtype).contiguous()
@@ -169,7 +171,7 @@ def apply(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, bound: floa
     acc = acc_dtype(x.dtype)
     name = COUPLING.resolve(x.device, backend)
     y, logdet, _ = COUPLING.kernels[name](_rows(x, batch, n), _rows(params, batch, 2 * n),
-                                          _flat_mask(mask, features, acc, checked), bound, inverse)
+                                          flat_mask(mask, features, acc, checked), bound, inverse)
     return y.reshape(x.shape).to(x.dtype), logdet.to(acc)
 
 

@@ -57,17 +57,23 @@ def affine_coupling(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, b
     return out, -logdet if inverse else logdet, saved
 
 
-def vjp(grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor,
-        bound: float, inverse: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(grad_x, grad_params) of affine_coupling by autograd through this reference, with
-    create_graph: the fused ops' backward when a double backward is asked for (None for an
-    input that does not require grad)."""
+def reference_vjp(fn, grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor,
+                  *args) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_x, grad_params) of a flow op's reference ``fn(x, params, *args) -> (y, logdet,
+    ...)`` by autograd, with create_graph: the fused ops' backward when a double backward is
+    asked for (None for an input that does not require grad)."""
     with torch.enable_grad():
         inputs = [v for v in (x, params) if v.requires_grad]
-        y, logdet, _ = affine_coupling(x, params, mask, bound, inverse)
+        y, logdet = fn(x, params, *args)[:2]
         grads = iter(torch.autograd.grad((y, logdet), inputs, (grad_y.to(y.dtype), grad_logdet.to(logdet.dtype)),
                                          create_graph=True, allow_unused=True)) if inputs else iter(())
     return tuple(next(grads) if v.requires_grad else None for v in (x, params))
+
+
+def vjp(grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor,
+        bound: float, inverse: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_x, grad_params) of affine_coupling through this reference (``reference_vjp``)."""
+    return reference_vjp(affine_coupling, grad_y, grad_logdet, x, params, mask, bound, inverse)
 
 
 def autograd_for(backward_op):

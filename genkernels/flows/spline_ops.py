@@ -17,7 +17,7 @@ import torch
 from .. import registry
 from .._checks import acc_dtype, check_float_tensor, check_same_device
 from . import spline_reference
-from .coupling_ops import check_mask
+from .coupling_ops import flat_mask
 
 
 def _reference(x, params, mask, bound, inverse):
@@ -103,16 +103,7 @@ def apply(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor | None, boun
     features = tuple(x.shape[1:])
     batch, n = x.shape[0], math.prod(features)
     acc = acc_dtype(x.dtype)
-    if mask is None:
-        flat = torch.zeros(n, dtype=acc, device=x.device)
-    else:
-        if not checked and mask.device.type == "cpu":
-            check_mask(mask, features)
-        try:
-            flat = mask.expand(features).reshape(-1).to(acc)
-        except RuntimeError:
-            raise ValueError(f"mask must have the features' shape {features} (or broadcast to it); got shape "
-                             f"{tuple(mask.shape)}") from None
+    flat = torch.zeros(n, dtype=acc, device=x.device) if mask is None else flat_mask(mask, features, acc, checked)
     name = SPLINE.resolve(x.device, backend)
     y, logdet = SPLINE.kernels[name](x.reshape(batch, n), params.reshape(batch, n, params.shape[-1]), flat, bound,
                                      inverse)

@@ -39,6 +39,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .coupling_reference import reference_vjp
+
 MIN_BIN = 1e-3
 MIN_DERIVATIVE = 1e-3
 # the raw derivative that gives a knot derivative of 1: zero widths and heights (equal bins)
@@ -137,15 +139,9 @@ def rq_spline(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor, bound: 
 
 def vjp(grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor,
         bound: float, inverse: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(grad_x, grad_params) of rq_spline by autograd through this reference, with
-    create_graph: the fused ops' backward when a double backward is asked for (None for an
-    input that does not require grad)."""
-    with torch.enable_grad():
-        inputs = [v for v in (x, params) if v.requires_grad]
-        y, logdet = rq_spline(x, params, mask, bound, inverse)
-        grads = iter(torch.autograd.grad((y, logdet), inputs, (grad_y.to(y.dtype), grad_logdet.to(logdet.dtype)),
-                                         create_graph=True, allow_unused=True)) if inputs else iter(())
-    return tuple(next(grads) if v.requires_grad else None for v in (x, params))
+    """(grad_x, grad_params) of rq_spline through this reference, with create_graph
+    (coupling_reference.reference_vjp): the fused ops' backward under a double backward."""
+    return reference_vjp(rq_spline, grad_y, grad_logdet, x, params, mask, bound, inverse)
 
 
 def autograd_for(backward_op):
