@@ -1,6 +1,7 @@
 """Benchmark runner: every backend and every anchor on the same inputs, in one run.
 
-    python bench/run.py [som|hopfield|ising|energy|bm_gibbs|autoregressive|flows|flows_training]
+    python bench/run.py [som|hopfield|ising|energy|bm_gibbs|autoregressive|flows|flows_training|
+                         flows_images]
                         [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
                         [--small] [--contended N] [--allow-dirty]
 
@@ -42,12 +43,14 @@ if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
 FAMILIES = ("som", "hopfield", "ising", "energy", "bm_gibbs", "autoregressive", "flows",
-            "flows_training")  # energy: bench/bench_rbm.py (RBM epochs)
+            "flows_training", "flows_images")  # energy: bench/bench_rbm.py (RBM epochs)
 # bm_gibbs: bench/bench_bm_gibbs.py (Boltzmann Gibbs sweeps, <machine>-bm-gibbs.*);
 # autoregressive: bench/bench_autoregressive.py (the masked convolution and linear layer, <machine>-autoregressive.*)
 # flows: bench/bench_flows.py (the affine coupling's elementwise part, <machine>-flows.*)
 # flows_training: bench/bench_flows_training.py (a training step of RealNVP, MAF and NSF against nflows
 # and zuko, <machine>-flows-training.*)
+# flows_images: bench/bench_flows_images.py (a training step of Glow and RealNVP on images against nflows' multi-scale
+# flow, the eager reference and torch.compile, <machine>-flows-images.*)
 # Seconds of timed rounds per case; a case whose single round exceeds 3x this is
 # measured once.
 BUDGET_S = {False: 2.0, True: 0.2}
@@ -261,6 +264,10 @@ def _main(args) -> int:
         import bench_flows_training
         return bench_flows_training.main(["--device", args.device, "--out", args.out]
                                          + (["--quick"] if args.quick else []))
+    if args.family == "flows_images":  # a whole training step of multi-scale image flows
+        import bench_flows_images
+        return bench_flows_images.main(["--device", args.device, "--out", args.out]
+                                       + (["--quick"] if args.quick else []))
     if args.family == "ising":  # flips per ns of the checkerboard sweeps: bench/bench_ising.py
         import bench_ising
         return bench_ising.main(["--device", args.device, "--out", args.out]

@@ -256,6 +256,27 @@ def test_hopfield_family_runs_retrieval_then_recall(tmp_path, monkeypatch):
     assert all(r["updates_per_s"] > 0 for r in rows)
 
 
+def test_flows_images_bench_times_glow_and_realnvp_against_nflows_and_the_reference(tmp_path):
+    """``bench/run.py flows_images --quick``: a training step of Glow (ours, the reference
+    backend, nflows' multi-scale flow) and RealNVP (ours, the reference) on the same images;
+    ours and the reference are the same model (the same losses), every loss finite and lower
+    after training."""
+    pytest.importorskip("nflows")
+    assert _bench_module("run").main(["flows_images", "--quick", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("*-flows-images-quick.json")
+    cases = json.loads(json_path.read_text())["cases"]
+    assert {(c["flow"], c["impl"]) for c in cases} == \
+        {("Glow", "ours"), ("Glow", "reference"), ("Glow", "nflows"), ("RealNVP", "ours"), ("RealNVP", "reference")}
+    by = {(c["flow"], c["impl"]): c for c in cases}
+    for case in cases:
+        assert case["median_s"] > 0 and case["iqr_s"] >= 0 and case["rounds"] >= 1, case
+        assert math.isfinite(case["first_loss"]) and case["last_loss"] < case["first_loss"], case
+    for flow in ("Glow", "RealNVP"):
+        assert by[(flow, "ours")]["params"] == by[(flow, "reference")]["params"]
+        assert by[(flow, "ours")]["first_loss"] == pytest.approx(by[(flow, "reference")]["first_loss"], rel=1e-4)
+    assert by[("Glow", "ours")]["x_ours"] == 1.0
+
+
 def test_flows_training_bench_times_every_flow_against_both_anchors(tmp_path):
     """``bench/run.py flows_training --quick``: a training step of each flow (RealNVP, MAF, NSF)
     by ours, nflows and zuko on the same batch, every loss finite and lower after training,
@@ -315,7 +336,7 @@ def test_pytest_benchmark_lists_every_family():
                                                         "bench_ising", "bench_rbm", "bench_bm_gibbs",
                                                         "bench_compat_rbm", "bench_som_estimator", "bench_som_nn",
                                                         "bench_som_mask", "bench_autoregressive", "bench_flows",
-                                                        "bench_flows_training")}, \
+                                                        "bench_flows_training", "bench_flows_images")}, \
         proc.stdout[-4000:]
 
 
@@ -345,7 +366,7 @@ def test_results_dir_refuses_a_dirty_tree(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [["bm_gibbs", "--quick"], ["ising", "--quick"], ["hopfield", "--quick"],
                                   ["energy", "--quick"], ["som", "--quick", "--small"],
-                                  ["flows_training", "--quick"]])
+                                  ["flows_training", "--quick"], ["flows_images", "--quick"]])
 def test_runner_refuses_before_measuring(monkeypatch, argv):
     """Every family's runner stops before measuring anything when it would write into
     bench/results from a dirty tree, and writes nothing."""

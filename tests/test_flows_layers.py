@@ -57,12 +57,30 @@ def test_actnorm_constant_channel_stays_finite_and_state_is_saved():
     assert float(y[:, 1].detach().abs().max()) == 0.0
     fresh = ActNorm(2)
     fresh.load_state_dict(layer.state_dict())
-    assert bool(fresh.initialized)
+    assert bool(fresh.initialized) and fresh._ready
     torch.testing.assert_close(fresh(x)[0], y)      # no second initialisation
     with pytest.raises(ValueError, match="NaN or Inf"):
         ActNorm(2)(torch.full((4, 2), math.nan))
     with pytest.raises(ValueError, match="at least two values"):
         ActNorm(2)(torch.randn(1, 2))
+
+
+def test_initialised_actnorm_compiles_to_one_graph_in_training_mode():
+    """Once initialised, ActNorm's training-mode forward reads no buffer value in Python:
+    a whole Glow's and RealNVP's loss compiles with fullgraph=True (it was a graph break per ActNorm)."""
+    from genkernels import Glow, RealNVP
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 8, 8)
+    for flow in (Glow((1, 8, 8), levels=2, steps=2, hidden=4), RealNVP((1, 8, 8), scales=2, hidden=4)):
+        with torch.no_grad():
+            flow.log_prob(x)                        # the data-dependent initialisation, eager
+        assert flow.training
+        compiled = torch.compile(lambda v, flow=flow: -flow.log_prob(v).mean(), fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(x), -flow.log_prob(x).mean())
+    layer = ActNorm(3)
+    layer.initialized.fill_(True)                   # set directly (as an old state would): read once
+    y, _ = layer(torch.randn(4, 3))
+    assert layer._ready and float(layer.bias.abs().sum()) == 0.0
 
 
 @pytest.mark.parametrize("lu", [True, False])

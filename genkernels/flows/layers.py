@@ -66,6 +66,10 @@ class Squeeze(nn.Module):
         return f"factor={self.factor}"
 
 
+def _sync_ready(module, incompatible_keys) -> None:
+    module._ready = bool(module.initialized)
+
+
 class ActNorm(nn.Module):
     """Glow's activation normalisation: y = (x + bias) exp(log_scale) per channel (dimension
     1 of (B, C, H, W) or (B, D)), logdet = H W sum(log_scale).
@@ -85,6 +89,11 @@ class ActNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("initialized", torch.tensor(False))
+        # a Python mirror of the buffer, so that a compiled forward reads a constant (guarded)
+        # rather than the buffer's value (a graph break at every ActNorm); loading a state
+        # syncs it
+        self._ready = False
+        self.register_load_state_dict_post_hook(_sync_ready)
 
     def _shape(self, x: torch.Tensor, name: str) -> tuple[int, ...]:
         if not isinstance(x, torch.Tensor):
@@ -108,11 +117,15 @@ class ActNorm(nn.Module):
         self.bias.copy_((-mean).to(self.bias.dtype))
         self.log_scale.copy_((-torch.log(std + self.eps)).to(self.log_scale.dtype))
         self.initialized.fill_(True)
+        self._ready = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = self._shape(x, "x")
-        if self.training and not bool(self.initialized):
-            self.initialize(x)
+        if self.training and not self._ready:
+            if bool(self.initialized):   # set by a loaded state
+                self._ready = True
+            else:
+                self.initialize(x)
         y = (x + self.bias.view(shape)) * torch.exp(self.log_scale.view(shape))
         pixels = x[0, 0].numel() if x.dim() == 4 else 1
         logdet = (self.log_scale.to(_logdet_dtype(x.dtype)).sum() * pixels).expand(x.shape[0])
@@ -166,12 +179,15 @@ class InvConv1x1(nn.Module):
         return self.perm @ lower @ upper
 
     def _log_abs_det(self) -> torch.Tensor:
+        # the checks read values in Python: skipped inside a compiled graph, where a singular
+        # matrix shows as a non-finite log-density (fit stops on it with DivergedError)
+        checking = not torch.compiler.is_compiling()
         if self.lu:
-            if not bool(torch.isfinite(self.log_s).all()):
+            if checking and not bool(torch.isfinite(self.log_s).all()):
                 raise ValueError("InvConv1x1: the matrix is singular or not finite (log_s holds -inf, inf or NaN)")
             return self.log_s.sum()
         sign, logabs = torch.linalg.slogdet(self.weight.double())
-        if float(sign.detach()) == 0.0 or not math.isfinite(float(logabs.detach())):
+        if checking and float(sign.detach()) == 0.0 or not math.isfinite(float(logabs.detach())):
             raise ValueError("InvConv1x1: the weight matrix is singular (det 0) or not finite; it has no inverse")
         return logabs.to(self.weight.dtype)
 
