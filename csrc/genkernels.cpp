@@ -110,6 +110,16 @@ TORCH_LIBRARY(genkernels, m) {
   // an output whose output_mask entry is false comes back empty, (0,).
   m.def("masked_linear_backward(Tensor grad, Tensor x, Tensor weight, Tensor prefix, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
+  // MADE's whole network, fused (spec: genkernels/autoregressive/mlp_reference.py): x (B,
+  // D0), weights[l] (D_l+1, D_l), biases[l] (D_l+1,), prefixes[l] (D_l+1,) int64 in [0, D_l],
+  // ReLU between the layers, optional masked skip (D_L, D0) from x to the output -> (out (B,
+  // D_L), the L - 1 hidden activations after their ReLU, for the backward).
+  m.def("masked_mlp(Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] prefixes, Tensor? skip_weight, "
+        "Tensor? skip_prefix) -> (Tensor, Tensor[])");
+  // Its VJP: grad (B, D_L) -> (grad_x ((0,) unless need_x), grad_weights (zero at the masked
+  // entries), grad_biases, grad_skip_weight ((0,) without a skip)).
+  m.def("masked_mlp_backward(Tensor grad, Tensor x, Tensor[] hidden, Tensor[] weights, Tensor[] prefixes, "
+        "Tensor? skip_weight, Tensor? skip_prefix, bool need_x) -> (Tensor, Tensor[], Tensor[], Tensor)");
   // ---- Normalizing flows (genkernels/flows) ----
   // The affine coupling's elementwise part (spec: genkernels/flows/coupling_reference.py): x
   // (B, N), params (B, 2N) (raw log-scales, then shifts; features contiguous, rows any

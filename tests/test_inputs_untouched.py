@@ -159,6 +159,18 @@ def test_masked_linear(dtype):
 
 
 @needs("cpu")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_masked_mlp(dtype):
+    x, w0, w1 = _randn(1, 3, dtype=dtype), _randn(4, 3, dtype=dtype, seed=1), _randn(2, 4, dtype=dtype, seed=2)
+    b0, b1, skip = _randn(4, dtype=dtype, seed=3), _randn(2, dtype=dtype, seed=4), _randn(2, 3, dtype=dtype, seed=5)
+    prefixes, skip_prefix = [torch.tensor([3, 3, 3, 3]), torch.tensor([4, 4])], torch.tensor([3, 3])
+    out, hidden = _check("masked_mlp", x, [w0, w1], [b0, b1], prefixes, skip, skip_prefix)
+    _check("masked_mlp", x, [w0], [b0], prefixes[:1], None, None)   # one layer, full prefixes: W itself
+    _check("masked_mlp_backward", _randn(1, 2, dtype=dtype, seed=6), x, hidden, [w0, w1], prefixes, skip,
+           skip_prefix, True)
+
+
+@needs("cpu")
 @pytest.mark.parametrize("kernel,mask_type", [((3, 3), "A"), ((1, 1), "B")], ids=["3x3", "pointwise"])
 def test_masked_conv2d(kernel, mask_type):
     rules = list(CR.tap_rules(kernel, mask_type, 1))

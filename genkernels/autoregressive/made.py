@@ -33,6 +33,7 @@ from ..model import DivergedError, Model, Progress
 from .layers import _autocast_dtype
 from .linear_ops import check_prefix, masked_linear
 from .linear_reference import degrees_to_prefix
+from .mlp_ops import MLP, masked_mlp
 
 OUTPUTS = ("bernoulli", "gaussian", "mixture", "params")
 
@@ -107,7 +108,9 @@ class MADE(Model):
         num_masks: connectivity patterns cycled in training and averaged at test time.
         order_agnostic: random input orderings (else the natural order for every mask).
         seed: the key of the model's random stream (masks, sampling, shuffling).
-        backend: None (auto), "reference" or "cpu" for the masked linear layers.
+        backend: None (auto), "reference" or "cpu" for the masked linear layers; on the CPU
+            (auto or "cpu") the network runs as one fused op, ``masked_mlp``, when it has no
+            context (a conditional MADE and autocast run layer by layer).
         context_features: K for a conditional model p(x | c): the context (B, K) enters the
             first hidden layer and the outputs through unmasked linear maps (every unit may
             see all of it: the context is not part of the autoregressive order; the map into
@@ -212,6 +215,14 @@ class MADE(Model):
         # (an index and its backward's index_put_ cost as much as a small layer's product)
         natural = k == 0 and not self.order_agnostic
         h = x if natural else x.index_select(1, order)
+        if k == 0 and context is None and self._fused(h):
+            # the whole network in one op (its chunks of rows stay in cache across the layers)
+            skip = self.skip
+            out = masked_mlp(h, [layer.weight for layer in self.layers], [layer.bias for layer in self.layers],
+                             [layer.prefix for layer in self.layers], None if skip is None else skip.weight,
+                             None if skip is None else skip.prefix, backend="cpu", checked=True)
+            out = out.view(x.shape[0], self.n_inputs, self.params_per_dim)
+            return out if natural else out.index_select(1, torch.argsort(order))
         inp = h
         n_hidden = len(self.hidden)
         for i, layer in enumerate(self.layers[:-1]):
@@ -246,6 +257,16 @@ class MADE(Model):
                 out = out + self.skip(inp, w, None, self._prefix(k, n_hidden + 1))
         out = out.view(x.shape[0], self.n_inputs, self.params_per_dim)
         return out if natural else out.index_select(1, torch.argsort(order))
+
+    def _fused(self, h: torch.Tensor) -> bool:
+        """Whether mask 0's network runs as the fused masked_mlp op: on the CPU with its
+        compiled backend (the layers' backend None or "cpu", nothing forcing another), in the
+        weights' dtype, outside autocast (the layers handle that)."""
+        if h.device.type != "cpu" or self.backend not in (None, "cpu") or _autocast_dtype(h.device) is not None:
+            return False
+        if h.dtype != self.layers[0].weight.dtype or any(layer.bias is None for layer in self.layers):
+            return False
+        return MLP.resolve(h.device) == "cpu"
 
     def _stored(self, i: int, units: torch.Tensor) -> torch.Tensor:
         """Indices into the stored weight of units of layer i (0: the inputs, by dimension;

@@ -1,0 +1,569 @@
+// CPU kernels of the fused masked MLP (schemas in csrc/genkernels.cpp, spec in
+// genkernels/autoregressive/mlp_reference.py): MADE's whole network in one call,
+//
+//   h_0 = x,  h_l = relu(h_{l-1} (W_l * M_l)^T + b_l)  (l < L),
+//   out = h_{L-1} (W_L * M_L)^T + b_L  [+ x (S * M_S)^T],   M[j, i] = 1 for i < prefix[j],
+//
+// and its backward. A chain of per-layer ops over a small network (MADE's 2 -> 64 -> 64 -> 4
+// layers in a flow) pays per layer and per direction a dispatch, an allocation, a pass over
+// memory for the bias, another for the ReLU and one for its backward -- more than the
+// products themselves. Here the batch goes through every layer in chunks of rows that stay
+// in cache: the bias is written and the ReLU applied on the chunk the product has just
+// made, and the backward runs the chunk back through the layers with the ReLU's gate applied
+// to the chunk's gradient in place. Only the hidden activations (needed by the backward) are
+// written whole. Products are BLAS calls on the chunk (the Fortran sgemm_/dgemm_ torch's
+// BLAS exports: no dispatch, no tensors; where this torch exports none, at::mm_out on views); the masked weights are copied once per call (W * M, small by
+// design: the layer op masked_linear is the one for wide layers, where skipping the mask's
+// zero blocks pays). Arithmetic in the inputs' dtype (float or double).
+//
+// Threads: the chunks are shared among the team (parallel_region.h) when the work pays for
+// a second thread. The backward's weight and bias gradients are summed per group of
+// consecutive chunks, the groups fixed by the work alone (never by the thread count, the
+// busy-machine back-off or which thread ran what), then added in group order: a result
+// reproduces bit for bit at any torch.set_num_threads.
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/parallel_region.h"
+
+namespace genkernels::autoregressive::cpu {
+namespace {
+
+// Column-major BLAS: C (m x n, ldc) = alpha op(A) op(B) + beta C. Weak: where the torch
+// library exports no Fortran BLAS, gemm() below takes the ATen path.
+extern "C" void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                       const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+extern "C" void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+                       const int*, const double*, const int*, const double*, double*, const int*)
+    __attribute__((weak));
+
+// C = op(A) op(B) + beta C, column-major, op = transpose where t_x; beta 0 or 1.
+template <typename T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+          T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (beta == T(0))
+      for (int64_t j = 0; j < n; ++j) std::fill(c + j * ldc, c + j * ldc + m, T(0));
+    return;
+  }
+  const char cta = ta ? 'T' : 'N', ctb = tb ? 'T' : 'N';
+  const int im = int(m), in = int(n), ik = int(k), ilda = int(lda), ildb = int(ldb), ildc = int(ldc);
+  const T one(1);
+  if constexpr (std::is_same_v<T, float>) {
+    if (&sgemm_ != nullptr) return sgemm_(&cta, &ctb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &beta, c, &ildc);
+  } else {
+    if (&dgemm_ != nullptr) return dgemm_(&cta, &ctb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &beta, c, &ildc);
+  }
+  // the ATen path: a column-major matrix is the row-major view of its transpose, and
+  // C^T (n x m) = op(B)^T op(A)^T
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor ra = at::from_blob(const_cast<T*>(a), {ta ? m : k, ta ? k : m}, {lda, 1}, opts);
+  const at::Tensor rb = at::from_blob(const_cast<T*>(b), {tb ? k : n, tb ? n : k}, {ldb, 1}, opts);
+  at::Tensor rc = at::from_blob(c, {n, m}, {ldc, 1}, opts);
+  const at::Tensor lhs = tb ? rb.t() : rb, rhs = ta ? ra.t() : ra;
+  if (beta == T(0)) {
+    at::mm_out(rc, lhs, rhs);
+  } else {
+    rc.addmm_(lhs, rhs);
+  }
+}
+
+// Rows per chunk: about 64 KiB of the widest layer's activations (the chunk's input and
+// output of a layer then sit in L2 together), 16 to 256 rows.
+constexpr int64_t kChunkBytes = int64_t(256) << 10;
+// Multiply-adds a thread must get before a second one is started (as masked_linear.cpp).
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 21;
+// The backward's groups of chunks (each with its own gradient sums) at most.
+constexpr int64_t kMaxGroups = 8;
+
+struct Net {
+  int64_t layers;                  // L
+  std::vector<int64_t> width;      // D_0 .. D_L
+  std::vector<at::Tensor> masked;  // W_l * M_l, contiguous (D_l, D_{l-1})
+  std::vector<at::Tensor> masked_t;  // its transpose, contiguous (D_{l-1}, D_l)
+  at::Tensor skip, skip_t;         // S * M_S (D_L, D_0) and its transpose, or undefined
+};
+
+void check_prefix(const char* op, const char* what, const at::Tensor& prefix, int64_t out, int64_t in) {
+  TORCH_CHECK_TYPE(prefix.scalar_type() == at::kLong, op, ": ", what, " must be int64; got ", prefix.scalar_type());
+  TORCH_CHECK_VALUE(prefix.dim() == 1 && prefix.size(0) == out, op, ": ", what, " must be (", out, ",); got ",
+                    prefix.sizes());
+  TORCH_CHECK_VALUE(prefix.device().is_cpu(), op, ": ", what, " must be on the CPU");
+}
+
+// W * M as a fresh contiguous copy: row j keeps its first prefix[j] columns (the prefixes are
+// checked against [0, D_in] here, on the values the kernel uses).
+at::Tensor masked_copy(const char* op, const at::Tensor& weight, const at::Tensor& prefix) {
+  at::Tensor w = weight.contiguous().clone();
+  const at::Tensor p = prefix.contiguous();
+  const int64_t rows = w.size(0), cols = w.size(1), width = w.element_size();
+  const int64_t* pp = p.const_data_ptr<int64_t>();
+  auto* base = static_cast<char*>(w.data_ptr());
+  for (int64_t j = 0; j < rows; ++j) {
+    TORCH_CHECK_VALUE(pp[j] >= 0 && pp[j] <= cols, op, ": prefixes must lie in [0, ", cols, "]; got ", pp[j]);
+    std::memset(base + (j * cols + pp[j]) * width, 0, (cols - pp[j]) * width);
+  }
+  return w;
+}
+
+Net build(const char* op, const at::Tensor& x, at::TensorList weights, at::TensorList prefixes,
+          const std::optional<at::Tensor>& skip_weight, const std::optional<at::Tensor>& skip_prefix) {
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be (B, D0); got ", x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+                   ": x must be float32 or float64; got ", x.scalar_type());
+  TORCH_CHECK_VALUE(!weights.empty(), op, ": weights must hold at least one layer");
+  TORCH_CHECK_VALUE(prefixes.size() == weights.size(), op, ": one prefix per layer: got ", prefixes.size(),
+                    " prefixes for ", weights.size(), " weights");
+  Net net;
+  net.layers = static_cast<int64_t>(weights.size());
+  net.width.push_back(x.size(1));
+  for (int64_t l = 0; l < net.layers; ++l) {
+    const at::Tensor& w = weights[l];
+    TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == net.width.back(), op, ": weights[", l, "] must be (D", l + 1,
+                      ", ", net.width.back(), "); got ", w.sizes());
+    TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type(), op, ": weights[", l, "] must have x's dtype ",
+                     x.scalar_type(), "; got ", w.scalar_type());
+    check_prefix(op, "prefixes", prefixes[l], w.size(0), w.size(1));
+    net.masked.push_back(masked_copy(op, w, prefixes[l]));
+    net.masked_t.push_back(net.masked.back().t().contiguous());
+    net.width.push_back(w.size(0));
+  }
+  TORCH_CHECK_VALUE(skip_weight.has_value() == skip_prefix.has_value(), op,
+                    ": skip_weight and skip_prefix come together");
+  if (skip_weight.has_value()) {
+    TORCH_CHECK_VALUE(skip_weight->dim() == 2 && skip_weight->size(0) == net.width.back() &&
+                          skip_weight->size(1) == x.size(1),
+                      op, ": skip_weight must be (", net.width.back(), ", ", x.size(1), "); got ", skip_weight->sizes());
+    TORCH_CHECK_TYPE(skip_weight->scalar_type() == x.scalar_type(), op, ": skip_weight must have x's dtype");
+    check_prefix(op, "skip_prefix", *skip_prefix, skip_weight->size(0), skip_weight->size(1));
+    net.skip = masked_copy(op, *skip_weight, *skip_prefix);
+    net.skip_t = net.skip.t().contiguous();
+  }
+  return net;
+}
+
+int64_t chunk_rows(const Net& net, int64_t element_size) {
+  const int64_t widest = *std::max_element(net.width.begin(), net.width.end());
+  return std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(1, widest * element_size), 16, 1024);
+}
+
+int64_t work(const Net& net, int64_t batch) {
+  int64_t macs = 0;
+  for (int64_t l = 0; l < net.layers; ++l) macs += net.width[l] * net.width[l + 1];
+  return batch * macs;
+}
+
+// Products below this width in any dimension run as plain loops: BLAS's small-matrix paths
+// take 25 us for a 256 x 64 x 2 product (a MADE's first or last layer on 2-D data), the
+// loops about 1 us.
+constexpr int64_t kBlasMin = 16;
+
+// sum a[i] b[i] over i < k in 16 interleaved partial sums (a single running sum is a chain
+// of dependent adds the compiler must not reorder: 4x slower at k = 64)
+template <typename T>
+T dot(const T* __restrict a, const T* __restrict b, int64_t k) {
+  constexpr int64_t kLanes = 16;
+  T part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= k; i += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += a[i + l] * b[i + l];
+  T acc(0);
+  for (; i < k; ++i) acc += a[i] * b[i];
+  for (int64_t l = 0; l < kLanes; ++l) acc += part[l];
+  return acc;
+}
+
+// D (rows x n, ldd) += A (rows x k, lda) B^T, with B (n x k) and Bt = B^T (k x n) both
+// contiguous (the loops run along the longer of n and k).
+template <typename T>
+void product_abt(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, const T* bt, T* d,
+                 int64_t ldd) {
+  if (rows == 0 || n == 0 || k == 0) return;
+  if (n >= kBlasMin && k >= kBlasMin) {   // column-major: D^T = B A^T
+    gemm<T>(true, false, n, rows, k, b, k, a, lda, T(1), d, ldd);
+  } else if (n >= k) {
+    for (int64_t r = 0; r < rows; ++r) {
+      T* __restrict dr = d + r * ldd;
+      for (int64_t i = 0; i < k; ++i) {
+        const T v = a[r * lda + i];
+        const T* __restrict w = bt + i * n;
+        for (int64_t j = 0; j < n; ++j) dr[j] += v * w[j];
+      }
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* __restrict ar = a + r * lda;
+      for (int64_t j = 0; j < n; ++j) d[r * ldd + j] += dot(ar, b + j * k, k);
+    }
+  }
+}
+
+// Whether product_atb accumulates an (n x k) product transposed.
+bool transposed_acc(int64_t n, int64_t k) { return !(n >= kBlasMin && k >= kBlasMin) && k < n; }
+
+// C (n x k) += A^T B, A (rows x n, lda), B (rows x k, ldb); Ct (k x n) is where the loops
+// accumulate instead when k < n (the transposed layout keeps them along the longer side):
+// the caller adds Ct^T into C at the end.
+template <typename T>
+void product_atb(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, T* ct) {
+  if (rows == 0 || n == 0 || k == 0) return;
+  if (n >= kBlasMin && k >= kBlasMin) {   // column-major: C^T = B^T A
+    gemm<T>(false, true, k, n, rows, b, ldb, a, lda, T(1), c, k);
+  } else if (!transposed_acc(n, k)) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* __restrict br = b + r * ldb;
+      for (int64_t j = 0; j < n; ++j) {
+        const T v = a[r * lda + j];
+        T* __restrict cj = c + j * k;
+        for (int64_t i = 0; i < k; ++i) cj[i] += v * br[i];
+      }
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* __restrict ar = a + r * lda;
+      for (int64_t i = 0; i < k; ++i) {
+        const T v = b[r * ldb + i];
+        T* __restrict ci = ct + i * n;
+        for (int64_t j = 0; j < n; ++j) ci[j] += v * ar[j];
+      }
+    }
+  }
+}
+
+template <typename T>
+void forward_rows(const Net& net, const T* x, const std::vector<at::Tensor>& biases, std::vector<at::Tensor>& hidden,
+                  T* out, int64_t r0, int64_t r1) {
+  const int64_t rows = r1 - r0, d0 = net.width[0];
+  const T* in = x + r0 * d0;
+  int64_t ld_in = d0;
+  for (int64_t l = 0; l < net.layers; ++l) {
+    const int64_t n = net.width[l + 1], k = net.width[l];
+    const bool last = l == net.layers - 1;
+    T* dst = last ? out + r0 * n : hidden[l].data_ptr<T>() + r0 * n;
+    const T* b = biases[l].const_data_ptr<T>();
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * n, b, n * sizeof(T));
+    product_abt<T>(rows, n, k, in, ld_in, net.masked[l].const_data_ptr<T>(), net.masked_t[l].const_data_ptr<T>(), dst,
+                   n);
+    if (!last)
+      for (int64_t i = 0; i < rows * n; ++i) dst[i] = dst[i] > T(0) ? dst[i] : T(0);
+    in = dst;
+    ld_in = n;
+  }
+  if (net.skip.defined()) {
+    const int64_t n = net.width.back();
+    product_abt<T>(rows, n, d0, x + r0 * d0, d0, net.skip.const_data_ptr<T>(), net.skip_t.const_data_ptr<T>(),
+                   out + r0 * n, n);
+  }
+}
+
+// Per group of chunks: the weight, bias and skip gradients of its chunks, and two scratch
+// gradients of a chunk (the current layer's and the one below).
+template <typename T>
+struct Slot {
+  std::vector<at::Tensor> gw, gw_t, gb;   // gw_t: product_atb's transposed accumulators
+  at::Tensor gs, gs_t;
+  std::vector<T> g_cur, g_next;
+};
+
+template <typename T>
+void backward_rows(const Net& net, const T* grad, const T* x, const std::vector<at::Tensor>& hidden, T* grad_x,
+                   Slot<T>& s, int64_t r0, int64_t r1) {
+  const int64_t rows = r1 - r0, d0 = net.width[0], dl = net.width.back();
+  const T* g = grad + r0 * dl;   // the current layer's output gradient (rows x D_l)
+  int64_t ld_g = dl;
+  for (int64_t l = net.layers - 1; l >= 0; --l) {
+    const int64_t n = net.width[l + 1], k = net.width[l];
+    const T* in = l == 0 ? x + r0 * d0 : hidden[l - 1].const_data_ptr<T>() + r0 * k;
+    product_atb<T>(rows, n, k, g, ld_g, in, k, s.gw[l].template data_ptr<T>(), s.gw_t[l].template data_ptr<T>());
+    T* __restrict gb = s.gb[l].template data_ptr<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* __restrict gr = g + r * ld_g;
+      for (int64_t j = 0; j < n; ++j) gb[j] += gr[j];
+    }
+    if (l > 0) {   // the gradient of h_{l-1}: g (W_l * M_l), gated by h_{l-1} > 0
+      T* below = (g == s.g_cur.data()) ? s.g_next.data() : s.g_cur.data();
+      std::fill(below, below + rows * k, T(0));   // g (W * M) = g ((W * M)^T)^T
+      product_abt<T>(rows, k, n, g, ld_g, net.masked_t[l].const_data_ptr<T>(), net.masked[l].const_data_ptr<T>(), below,
+                     k);
+      for (int64_t i = 0; i < rows * k; ++i)
+        if (!(in[i] > T(0))) below[i] = T(0);
+      g = below;
+      ld_g = k;
+    } else if (grad_x != nullptr) {
+      T* gx = grad_x + r0 * d0;
+      std::fill(gx, gx + rows * d0, T(0));
+      product_abt<T>(rows, k, n, g, ld_g, net.masked_t[0].const_data_ptr<T>(), net.masked[0].const_data_ptr<T>(), gx,
+                     d0);
+    }
+  }
+  if (net.skip.defined()) {
+    const T* go = grad + r0 * dl;
+    product_atb<T>(rows, dl, d0, go, dl, x + r0 * d0, d0, s.gs.template data_ptr<T>(), s.gs_t.template data_ptr<T>());
+    if (grad_x != nullptr)   // grad_x += go (S * M_S)
+      product_abt<T>(rows, d0, dl, go, dl, net.skip_t.const_data_ptr<T>(), net.skip.const_data_ptr<T>(),
+                     grad_x + r0 * d0, d0);
+  }
+}
+
+// Zero row j of the (rows, cols) contiguous matrix t from column prefix[j] on.
+void zero_tails(at::Tensor& t, const at::Tensor& prefix) {
+  const at::Tensor p = prefix.contiguous();
+  const int64_t* pp = p.const_data_ptr<int64_t>();
+  const int64_t cols = t.size(1), width = t.element_size();
+  auto* base = static_cast<char*>(t.data_ptr());
+  for (int64_t j = 0; j < t.size(0); ++j)
+    std::memset(base + (j * cols + pp[j]) * width, 0, (cols - pp[j]) * width);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> masked_mlp_cpu(const at::Tensor& x, at::TensorList weights,
+                                                               at::TensorList biases, at::TensorList prefixes,
+                                                               const std::optional<at::Tensor>& skip_weight,
+                                                               const std::optional<at::Tensor>& skip_prefix) {
+  constexpr const char* op = "masked_mlp";
+  const Net net = build(op, x, weights, prefixes, skip_weight, skip_prefix);
+  TORCH_CHECK_VALUE(biases.size() == weights.size(), op, ": one bias per layer: got ", biases.size(), " biases for ",
+                    weights.size(), " weights");
+  std::vector<at::Tensor> b;
+  for (int64_t l = 0; l < net.layers; ++l) {
+    TORCH_CHECK_VALUE(biases[l].dim() == 1 && biases[l].size(0) == net.width[l + 1], op, ": biases[", l,
+                      "] must be (", net.width[l + 1], ",); got ", biases[l].sizes());
+    TORCH_CHECK_TYPE(biases[l].scalar_type() == x.scalar_type(), op, ": biases[", l, "] must have x's dtype");
+    b.push_back(biases[l].contiguous());
+  }
+  const int64_t batch = x.size(0);
+  const at::Tensor xc = x.contiguous();
+  std::vector<at::Tensor> hidden;
+  for (int64_t l = 0; l + 1 < net.layers; ++l) hidden.push_back(at::empty({batch, net.width[l + 1]}, x.options()));
+  at::Tensor out = at::empty({batch, net.width.back()}, x.options());
+  const int64_t rows = chunk_rows(net, x.element_size()), chunks = (batch + rows - 1) / rows;
+  const int team = genkernels::cpu::team_size(std::min<int64_t>(chunks, work(net, batch) / kMinWorkPerThread));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), op, [&] {
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    scalar_t* op_ = out.data_ptr<scalar_t>();
+    genkernels::cpu::parallel_chunks(chunks, team, [&](int64_t c, int) {
+      forward_rows<scalar_t>(net, xp, b, hidden, op_, c * rows, std::min(batch, (c + 1) * rows));
+    });
+  });
+  return {out, hidden};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> masked_mlp_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, at::TensorList hidden, at::TensorList weights,
+    at::TensorList prefixes, const std::optional<at::Tensor>& skip_weight, const std::optional<at::Tensor>& skip_prefix,
+    bool need_x) {
+  constexpr const char* op = "masked_mlp_backward";
+  const Net net = build(op, x, weights, prefixes, skip_weight, skip_prefix);
+  const int64_t batch = x.size(0);
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == batch && grad.size(1) == net.width.back(), op,
+                    ": grad must be (", batch, ", ", net.width.back(), "); got ", grad.sizes());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(hidden.size()) == net.layers - 1, op, ": hidden must hold ",
+                    net.layers - 1, " activations; got ", hidden.size());
+  std::vector<at::Tensor> h;
+  for (int64_t l = 0; l + 1 < net.layers; ++l) {
+    TORCH_CHECK_VALUE(hidden[l].dim() == 2 && hidden[l].size(0) == batch && hidden[l].size(1) == net.width[l + 1],
+                      op, ": hidden[", l, "] must be (", batch, ", ", net.width[l + 1], "); got ", hidden[l].sizes());
+    TORCH_CHECK_TYPE(hidden[l].scalar_type() == x.scalar_type(), op, ": hidden[", l, "] must have x's dtype");
+    h.push_back(hidden[l].contiguous());
+  }
+  const at::Tensor g = grad.to(x.scalar_type()).contiguous(), xc = x.contiguous();
+  const int64_t rows = chunk_rows(net, x.element_size()), chunks = (batch + rows - 1) / rows;
+  // groups: twice the forward's products (the weight and the input gradients), at most
+  // kMaxGroups -- fixed by the work alone, so the sums reproduce at any thread count
+  const int64_t groups = std::clamp<int64_t>(2 * work(net, batch) / kMinWorkPerThread, 1,
+                                             std::clamp<int64_t>(chunks, 1, kMaxGroups));
+  const int team = genkernels::cpu::team_size(groups);
+  const int64_t widest = *std::max_element(net.width.begin(), net.width.end());
+  at::Tensor grad_x = need_x ? at::empty({batch, net.width[0]}, x.options()) : at::empty({0}, x.options());
+  std::vector<at::Tensor> grad_w, grad_b;
+  at::Tensor grad_s;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), op, [&] {
+    std::vector<Slot<scalar_t>> slots(groups);
+    for (auto& s : slots) {
+      for (int64_t l = 0; l < net.layers; ++l) {
+        s.gw.push_back(at::zeros({net.width[l + 1], net.width[l]}, x.options()));
+        s.gw_t.push_back(transposed_acc(net.width[l + 1], net.width[l]) ? at::zeros({net.width[l], net.width[l + 1]}, x.options())
+                                                                         : at::empty({0}, x.options()));
+        s.gb.push_back(at::zeros({net.width[l + 1]}, x.options()));
+      }
+      if (net.skip.defined()) {
+        s.gs = at::zeros({net.width.back(), net.width[0]}, x.options());
+        s.gs_t = transposed_acc(net.width.back(), net.width[0]) ? at::zeros({net.width[0], net.width.back()}, x.options())
+                                                                : at::empty({0}, x.options());
+      }
+      s.g_cur.resize(rows * widest);
+      s.g_next.resize(rows * widest);
+    }
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    scalar_t* gxp = need_x ? grad_x.data_ptr<scalar_t>() : nullptr;
+    genkernels::cpu::parallel_chunks(groups, team, [&](int64_t group, int) {
+      // group `group`: the chunks [c0, c1), in order, into its own sums
+      const int64_t c0 = group * chunks / groups, c1 = (group + 1) * chunks / groups;
+      for (int64_t c = c0; c < c1; ++c)
+        backward_rows<scalar_t>(net, gp, xp, h, gxp, slots[group], c * rows, std::min(batch, (c + 1) * rows));
+    });
+    for (auto& s : slots) {   // the transposed accumulators into the others
+      for (int64_t l = 0; l < net.layers; ++l)
+        if (s.gw_t[l].numel() > 0) s.gw[l].add_(s.gw_t[l].t());
+      if (net.skip.defined() && s.gs_t.numel() > 0) s.gs.add_(s.gs_t.t());
+    }
+    for (int64_t l = 0; l < net.layers; ++l) {   // the groups' sums, in group order
+      for (int64_t t = 1; t < groups; ++t) {
+        slots[0].gw[l].add_(slots[t].gw[l]);
+        slots[0].gb[l].add_(slots[t].gb[l]);
+      }
+      zero_tails(slots[0].gw[l], prefixes[l]);
+      grad_w.push_back(slots[0].gw[l]);
+      grad_b.push_back(slots[0].gb[l]);
+    }
+    if (net.skip.defined()) {
+      for (int64_t t = 1; t < groups; ++t) slots[0].gs.add_(slots[t].gs);
+      zero_tails(slots[0].gs, *skip_prefix);
+      grad_s = slots[0].gs;
+    } else {
+      grad_s = at::empty({0}, x.options());
+    }
+  });
+  return {grad_x, grad_w, grad_b, grad_s};
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using MlpSignature = std::tuple<at::Tensor, std::vector<at::Tensor>>(const at::Tensor&, at::TensorList, at::TensorList,
+                                                                     at::TensorList, const std::optional<at::Tensor>&,
+                                                                     const std::optional<at::Tensor>&);
+using MlpBackwardSignature = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, at::TensorList, at::TensorList, at::TensorList,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool);
+
+// The network by differentiable ATen ops (mlp_reference.py's definition): the backward's
+// path when a double backward is asked for (create_graph), so second derivatives are exact.
+at::Tensor reference_forward(const at::Tensor& x, const variable_list& weights, const variable_list& biases,
+                             const variable_list& prefixes, const at::Tensor& skip_weight, const at::Tensor& skip_prefix) {
+  auto mask = [](const at::Tensor& prefix, int64_t cols, const at::Tensor& like) {
+    return at::arange(cols, prefix.options()).unsqueeze(0).lt(prefix.unsqueeze(1)).to(like.scalar_type());
+  };
+  at::Tensor h = x;
+  for (size_t l = 0; l < weights.size(); ++l) {
+    h = at::linear(h, weights[l] * mask(prefixes[l], weights[l].size(1), weights[l]), biases[l]);
+    if (l + 1 < weights.size()) h = at::relu(h);
+  }
+  if (skip_weight.defined()) h = h + at::linear(x, skip_weight * mask(skip_prefix, skip_weight.size(1), skip_weight));
+  return h;
+}
+
+// Autograd of masked_mlp on the CPU, in C++: a small network's call and its backward cost
+// microseconds here against tens through a Python autograd function. The saved variables:
+// x, the hidden activations, the weights, the biases, the prefixes, [skip_weight, skip_prefix].
+class MlpFunction : public torch::autograd::Function<MlpFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights,
+                               at::TensorList biases, at::TensorList prefixes,
+                               const std::optional<at::Tensor>& skip_weight,
+                               const std::optional<at::Tensor>& skip_prefix) {
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("genkernels::masked_mlp", "").typed<MlpSignature>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, hidden] = op.call(x, weights, biases, prefixes, skip_weight, skip_prefix);
+    const bool skip = skip_weight.has_value() && skip_weight->defined();
+    variable_list saved{x};
+    saved.insert(saved.end(), hidden.begin(), hidden.end());
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    saved.insert(saved.end(), biases.begin(), biases.end());
+    saved.insert(saved.end(), prefixes.begin(), prefixes.end());
+    if (skip) {
+      saved.push_back(*skip_weight);
+      saved.push_back(*skip_prefix);
+    }
+    ctx->save_for_backward(saved);
+    ctx->saved_data["layers"] = static_cast<int64_t>(weights.size());
+    ctx->saved_data["skip"] = skip;
+    variable_list outputs{out};
+    outputs.insert(outputs.end(), hidden.begin(), hidden.end());
+    ctx->mark_non_differentiable(variable_list(hidden.begin(), hidden.end()));   // saved, not results
+    return outputs;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("genkernels::masked_mlp_backward", "")
+                               .typed<MlpBackwardSignature>();
+    const int64_t n = ctx->saved_data["layers"].toInt();
+    const bool skip = ctx->saved_data["skip"].toBool();
+    const size_t inputs = 1 + 3 * n + 2;   // skip_weight and skip_prefix count even when absent
+    if (!grads[0].defined()) return variable_list(inputs);
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const variable_list hidden(saved.begin() + 1, saved.begin() + n);
+    const variable_list weights(saved.begin() + n, saved.begin() + 2 * n);
+    const variable_list biases(saved.begin() + 2 * n, saved.begin() + 3 * n);
+    const variable_list prefixes(saved.begin() + 3 * n, saved.begin() + 4 * n);
+    const at::Tensor skip_weight = skip ? saved[4 * n] : at::Tensor();
+    const at::Tensor skip_prefix = skip ? saved[4 * n + 1] : at::Tensor();
+    variable_list result(inputs);
+    if (at::GradMode::is_enabled()) {   // create_graph: the reference's VJP, itself differentiable
+      variable_list leaves{x}, want;
+      leaves.insert(leaves.end(), weights.begin(), weights.end());
+      leaves.insert(leaves.end(), biases.begin(), biases.end());
+      if (skip) leaves.push_back(skip_weight);
+      std::vector<size_t> slot;
+      for (size_t i = 0; i < leaves.size(); ++i) {
+        const size_t at_input = i < 1 + 2 * size_t(n) ? i : (skip && i == leaves.size() - 1 ? 1 + 3 * n : i);
+        if (ctx->needs_input_grad(at_input)) {
+          want.push_back(leaves[i]);
+          slot.push_back(at_input);
+        }
+      }
+      if (want.empty()) return result;
+      const at::Tensor out = reference_forward(x, weights, biases, prefixes, skip_weight, skip_prefix);
+      const variable_list g = torch::autograd::grad({out}, want, {grads[0].to(out.scalar_type())}, true, true, true);
+      for (size_t i = 0; i < want.size(); ++i) result[slot[i]] = g[i];
+      return result;
+    }
+    const bool need_x = ctx->needs_input_grad(0);
+    auto [gx, gw, gb, gs] = op.call(grads[0].contiguous(), x, hidden, weights, prefixes,
+                                    skip ? std::optional<at::Tensor>(skip_weight) : std::nullopt,
+                                    skip ? std::optional<at::Tensor>(skip_prefix) : std::nullopt, need_x);
+    if (need_x) result[0] = gx;
+    for (int64_t l = 0; l < n; ++l) {
+      if (ctx->needs_input_grad(1 + l)) result[1 + l] = gw[l];
+      if (ctx->needs_input_grad(1 + n + l)) result[1 + n + l] = gb[l];
+    }
+    if (skip && ctx->needs_input_grad(1 + 3 * n)) result[1 + 3 * n] = gs;
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> masked_mlp_autograd(const at::Tensor& x, at::TensorList weights,
+                                                                    at::TensorList biases, at::TensorList prefixes,
+                                                                    const std::optional<at::Tensor>& skip_weight,
+                                                                    const std::optional<at::Tensor>& skip_prefix) {
+  variable_list outputs = MlpFunction::apply(x, weights, biases, prefixes, skip_weight, skip_prefix);
+  return {outputs[0], std::vector<at::Tensor>(outputs.begin() + 1, outputs.end())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genkernels, Autograd, m) { m.impl("masked_mlp", &masked_mlp_autograd); }
+
+TORCH_LIBRARY_IMPL(genkernels, CPU, m) {
+  m.impl("masked_mlp", &masked_mlp_cpu);
+  m.impl("masked_mlp_backward", &masked_mlp_backward_cpu);
+}
+
+}  // namespace genkernels::autoregressive::cpu

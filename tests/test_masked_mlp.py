@@ -1,0 +1,187 @@
+"""The fused masked MLP (genkernels.ops.masked_mlp: MADE's whole network in one op) against its
+definition (genkernels/autoregressive/mlp_reference.py) over odd and edge shapes, forward and
+every gradient; gradcheck, gradgradcheck (the double backward), opcheck, torch.compile; one and
+two threads; inputs untouched; MADE's fused path against its layer-by-layer path; bad input."""
+
+import pytest
+import torch
+from helpers import needs, num_threads
+
+import genkernels
+from genkernels import MADE
+from genkernels.autoregressive import mlp_reference as R
+from genkernels.ops import masked_mlp
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small networks: one thread (beside the other test worker a second thread waits a time
+    slice per small call); the thread-count test sets its own."""
+    with num_threads(1):
+        yield
+
+
+def _net(batch, sizes, skip=True, prefixes="random", dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, sizes[0], generator=g, dtype=torch.float64).to(dtype)
+    ws = [torch.randn(b, a, generator=g, dtype=torch.float64).to(dtype) for a, b in zip(sizes[:-1], sizes[1:])]
+    bs = [torch.randn(b, generator=g, dtype=torch.float64).to(dtype) for b in sizes[1:]]
+
+    def prefix(a, b):
+        if prefixes == "full":
+            return torch.full((b,), a)
+        if prefixes == "zero":
+            return torch.zeros(b, dtype=torch.int64)
+        p = torch.randint(0, a + 1, (b,), generator=g)
+        return torch.sort(p).values if prefixes == "sorted" else p
+    ps = [prefix(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    sw = torch.randn(sizes[-1], sizes[0], generator=g, dtype=torch.float64).to(dtype) if skip else None
+    sp = prefix(sizes[0], sizes[-1]) if skip else None
+    return x, ws, bs, ps, sw, sp
+
+
+# (batch, sizes, skip, prefixes): MADE on 2-D data, wide and odd layers, one layer, a layer of
+# one unit, no rows, one row, rows past a chunk, all-masked and unmasked layers
+CASES = [(1024, [2, 64, 64, 4], True, "sorted"), (300, [3, 17, 9, 6], True, "random"), (7, [5, 3], False, "random"),
+         (0, [4, 8, 4], True, "sorted"), (1, [1, 1], True, "full"), (1, [6, 20, 12], True, "sorted"),
+         (513, [64, 128, 128, 128], True, "sorted"), (70, [33, 1, 17], False, "random"),
+         (40, [16, 32, 16], True, "zero"), (2100, [20, 48, 40], True, "full")]
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs("cpu"))])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{'-'.join(map(str, c[1]))}-{c[3]}{'-skip' * c[2]}")
+def test_masked_mlp_equals_its_definition(backend, case):
+    batch, sizes, skip, kind = case
+    x, ws, bs, ps, sw, sp = _net(batch, sizes, skip, kind)
+    leaves = [t.clone().requires_grad_() for t in [x, *ws, *bs] + ([sw] if skip else [])]
+    n = len(ws)
+
+    def split(v):
+        return v[0], v[1:1 + n], v[1 + n:1 + 2 * n], (v[1 + 2 * n] if skip else None)
+    x0, w0, b0, s0 = split(leaves)
+    want, hidden = R.masked_mlp(x0, w0, b0, ps, s0, sp)
+    assert len(hidden) == n - 1
+    got_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    x1, w1, b1, s1 = split(got_leaves)
+    got = masked_mlp(x1, w1, b1, ps, s1, sp, backend=backend)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    for kept, given in zip(leaves, got_leaves):
+        assert torch.equal(kept.detach(), given.detach())
+    grad = torch.linspace(-1, 2, want.numel(), dtype=want.dtype).view_as(want)
+    for a, e in zip(torch.autograd.grad(got, got_leaves, grad), torch.autograd.grad(want, leaves, grad)):
+        torch.testing.assert_close(a, e, rtol=1e-11, atol=1e-11)
+    for w, p, gw in zip(w1, ps, torch.autograd.grad(masked_mlp(x1, w1, b1, ps, s1, sp, backend=backend).sum(), w1)):
+        masked_out = torch.arange(w.shape[1])[None, :] >= p[:, None]
+        assert not bool(gw[masked_out].any())   # the masked weights never act: zero gradients
+
+
+@needs("cpu")
+def test_float32_strided_input_and_only_some_gradients():
+    x, ws, bs, ps, sw, sp = _net(257, [9, 40, 30, 18], True, "sorted", dtype=torch.float32)
+    wide = torch.randn(257, 20)
+    wide[:, ::2] = x.repeat(1, 2)[:, :10]
+    strided = wide[:, ::2][:, :9]
+    assert not strided.is_contiguous()
+    want, _ = R.masked_mlp(strided.double(), [w.double() for w in ws], [b.double() for b in bs], ps, sw.double(), sp)
+    got = masked_mlp(strided, ws, bs, ps, sw, sp, backend="cpu")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    w_leaf = ws[1].clone().requires_grad_()   # only one weight wants a gradient
+    out = masked_mlp(x, [ws[0], w_leaf, ws[2]], bs, ps, sw, sp, backend="cpu")
+    (gw,) = torch.autograd.grad(out.square().sum(), [w_leaf])
+    w_ref = ws[1].double().clone().requires_grad_()
+    ref, _ = R.masked_mlp(x.double(), [ws[0].double(), w_ref, ws[2].double()], [b.double() for b in bs], ps,
+                          sw.double(), sp)
+    torch.testing.assert_close(gw.double(), torch.autograd.grad(ref.square().sum(), [w_ref])[0], rtol=1e-4, atol=1e-3)
+
+
+@needs("cpu")
+def test_gradcheck_gradgradcheck_opcheck_and_compile():
+    x, ws, bs, ps, sw, sp = _net(6, [4, 7, 5, 8], True, "sorted", seed=3)
+    leaves = [t.clone().requires_grad_() for t in [x, *ws, *bs, sw]]
+
+    def f(*v):
+        return masked_mlp(v[0], v[1:4], v[4:7], ps, v[7], sp, backend="cpu")
+    assert torch.autograd.gradcheck(f, leaves)
+    assert torch.autograd.gradgradcheck(f, leaves)   # the double backward runs through the definition
+    op = torch.ops.genkernels.masked_mlp.default
+    torch.library.opcheck(op, (x, ws, bs, ps, sw, sp))
+    torch.library.opcheck(op, (x[:1], ws, bs, ps, None, None))
+    out, hidden = op(x, ws, bs, ps, sw, sp)
+    torch.library.opcheck(torch.ops.genkernels.masked_mlp_backward.default,
+                          (torch.ones_like(out), x, hidden, ws, ps, sw, sp, True))
+    compiled = torch.compile(lambda *v: f(*v).square().sum(), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(*leaves), f(*leaves).square().sum())
+    before = [t.clone() for t in (x, *ws, *bs, sw)]
+    op(x, ws, bs, ps, sw, sp)
+    for t, kept in zip((x, *ws, *bs, sw), before):
+        assert torch.equal(t, kept)
+
+
+@needs("cpu")
+def test_one_and_two_threads_agree_bit_for_bit():
+    x, ws, bs, ps, sw, sp = _net(3000, [10, 96, 96, 20], True, "sorted", dtype=torch.float32)
+    leaves = [t.clone().requires_grad_() for t in [x, *ws, *bs, sw]]
+    results = []
+    for threads in (1, 2):
+        with num_threads(threads):
+            out = masked_mlp(leaves[0], leaves[1:4], leaves[4:7], ps, leaves[7], sp, backend="cpu")
+            results.append([out.detach(), *torch.autograd.grad(out.square().sum(), leaves)])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@needs("cpu")
+@pytest.mark.parametrize("kwargs", [dict(), dict(order_agnostic=True, num_masks=2), dict(output="gaussian"),
+                                    dict(direct=False, hidden=(30,))])
+def test_made_fused_path_equals_its_layers(kwargs):
+    """MADE on the CPU runs mask 0's network as the fused op; the layer-by-layer path (the
+    reference backend) gives the same log-likelihood and gradients."""
+    args = dict(hidden=(24, 24), seed=5) | kwargs
+    fused, layers = MADE(6, **args).double(), MADE(6, backend="reference", **args).double()
+    layers.load_state_dict(fused.state_dict())
+    assert fused._fused(torch.zeros(1, 6, dtype=torch.float64)) and not layers._fused(torch.zeros(1, 6))
+    x = torch.randint(0, 2, (50, 6)).double() if fused.output == "bernoulli" else torch.randn(50, 6).double()
+    a, b = fused.log_prob(x, mask=0), layers.log_prob(x, mask=0)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for ga, gb in zip(torch.autograd.grad(a.sum(), list(fused.parameters()), allow_unused=True),
+                      torch.autograd.grad(b.sum(), list(layers.parameters()), allow_unused=True)):
+        if ga is None or gb is None:
+            assert ga is None and gb is None
+        else:
+            torch.testing.assert_close(ga, gb, rtol=1e-10, atol=1e-10)
+    report = genkernels.check_autoregressive(lambda v: fused._params(v, 0), (6,),
+                                             order=torch.argsort(fused._perm(0, 0)))
+    assert report.ok, str(report)
+
+
+@needs("cpu")
+@pytest.mark.parametrize("call, error, match", [
+    (lambda x, ws, bs, ps: masked_mlp(x, [], [], []), ValueError, "at least one layer"),
+    (lambda x, ws, bs, ps: masked_mlp(x, ws, bs[:1], ps), ValueError, "one bias and one prefix per layer"),
+    (lambda x, ws, bs, ps: masked_mlp(x, ws[1:], bs[1:], ps[1:]), ValueError, "input features"),
+    (lambda x, ws, bs, ps: masked_mlp(x, ws, [bs[1], bs[0]], ps), ValueError, r"biases\[0\] must be"),
+    (lambda x, ws, bs, ps: masked_mlp(x, ws, bs, [ps[0] + 9, ps[1]]), ValueError, "prefix must lie in"),
+    (lambda x, ws, bs, ps: masked_mlp(x, ws, bs, [ps[0].float(), ps[1]]), TypeError, "prefix must hold integers"),
+    (lambda x, ws, bs, ps: masked_mlp(x, ws, bs, ps, torch.zeros(3, 4)), ValueError, "come together"),
+    (lambda x, ws, bs, ps: masked_mlp(x, ws, bs, ps, torch.zeros(2, 4), torch.zeros(3, dtype=torch.long)),
+     ValueError, "skip_weight must be"),
+    (lambda x, ws, bs, ps: masked_mlp(x.float(), ws, bs, ps), TypeError, "dtype"),
+    (lambda x, ws, bs, ps: masked_mlp(x[0], ws, bs, ps), ValueError, "x must be"),
+    (lambda x, ws, bs, ps: masked_mlp(x, ws, bs, ps, backend="triton"), Exception, "triton"),
+])
+def test_bad_input(call, error, match):
+    x, ws, bs, ps, _, _ = _net(5, [4, 6, 3], False, "sorted")
+    with pytest.raises(error, match=match):
+        call(x, ws, bs, ps)
+
+
+@needs("cpu")
+def test_a_crafted_prefix_reaching_the_kernel_is_refused():
+    """The kernel checks the prefixes' range itself (``checked=True`` skips the Python
+    check): a RuntimeError-free ValueError, never a write past the weight."""
+    x, ws, bs, ps, _, _ = _net(5, [4, 6, 3], False, "sorted")
+    with pytest.raises(ValueError, match=r"prefixes must lie in \[0, 4\]"):
+        masked_mlp(x, ws, bs, [torch.full((6,), 5), ps[1]], checked=True, backend="cpu")
+    with pytest.raises(ValueError, match=r"prefixes must lie in \[0, 4\]"):
+        masked_mlp(x, ws, bs, [torch.full((6,), -1), ps[1]], checked=True, backend="cpu")
