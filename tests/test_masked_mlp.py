@@ -45,7 +45,7 @@ def _net(batch, sizes, skip=True, prefixes="random", dtype=torch.float64, seed=0
 CASES = [(1024, [2, 64, 64, 4], True, "sorted"), (300, [3, 17, 9, 6], True, "random"), (7, [5, 3], False, "random"),
          (0, [4, 8, 4], True, "sorted"), (1, [1, 1], True, "full"), (1, [6, 20, 12], True, "sorted"),
          (513, [64, 128, 128, 128], True, "sorted"), (70, [33, 1, 17], False, "random"),
-         (40, [16, 32, 16], True, "zero"), (2100, [20, 48, 40], True, "full")]
+         (40, [16, 32, 16], True, "zero"), (2100, [20, 48, 40], True, "full"), (90, [40, 64, 48], True, "random")]
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs("cpu"))])
@@ -185,3 +185,24 @@ def test_a_crafted_prefix_reaching_the_kernel_is_refused():
         masked_mlp(x, ws, bs, [torch.full((6,), 5), ps[1]], checked=True, backend="cpu")
     with pytest.raises(ValueError, match=r"prefixes must lie in \[0, 4\]"):
         masked_mlp(x, ws, bs, [torch.full((6,), -1), ps[1]], checked=True, backend="cpu")
+
+
+@needs("cpu")
+def test_coupling_mlp_runs_fused_and_equals_its_layers():
+    """The vector couplings' MLP (genkernels.flows.MLP) runs as masked_mlp with full prefixes
+    on the CPU: the same outputs and gradients as its linear layers and ReLUs."""
+    from genkernels.flows import MLP
+    torch.manual_seed(0)
+    net = MLP(5, 8, hidden=20, layers=3, context_features=2).double()
+    for p in net.parameters():   # the last layer starts at zero: give it values
+        torch.nn.init.normal_(p)
+    x, ctx = torch.randn(33, 5, dtype=torch.float64), torch.randn(33, 2, dtype=torch.float64)
+    assert net._fused(torch.cat([x, ctx], 1))
+    fused = net(x, ctx)
+    layers = net.out(net.body(torch.cat([x, ctx], 1)))
+    torch.testing.assert_close(fused, layers, rtol=1e-12, atol=1e-12)
+    params = list(net.parameters())
+    for a, b in zip(torch.autograd.grad(fused.square().sum(), params),
+                    torch.autograd.grad(layers.square().sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+    assert set(net.state_dict()) == {n for n, _ in net.named_parameters()}   # the prefixes are not state

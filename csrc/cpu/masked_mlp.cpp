@@ -11,10 +11,13 @@
 // in cache: the bias is written and the ReLU applied on the chunk the product has just
 // made, and the backward runs the chunk back through the layers with the ReLU's gate applied
 // to the chunk's gradient in place. Only the hidden activations (needed by the backward) are
-// written whole. Products are BLAS calls on the chunk (the Fortran sgemm_/dgemm_ torch's
-// BLAS exports: no dispatch, no tensors; where this torch exports none, at::mm_out on views); the masked weights are copied once per call (W * M, small by
-// design: the layer op masked_linear is the one for wide layers, where skipping the mask's
-// zero blocks pays). Arithmetic in the inputs' dtype (float or double).
+// written whole. Products are BLAS calls on the chunk (the Fortran sgemm_/dgemm_ torch's BLAS
+// exports: no dispatch, no tensors; where this torch exports none, at::mm_out on views) by
+// runs of output units, each skipping the inputs no unit of the run sees (with MADE's units
+// sorted by degree, the upper blocks of a block-triangular mask: about half); products with
+// a dimension under 16 are plain loops. The masked weights are copied once per call (W * M:
+// MADE-sized layers; the layer op masked_linear, which never copies W, is the one for wide
+// layers). Arithmetic in the inputs' dtype (float or double).
 //
 // Threads: the chunks are shared among the team (parallel_region.h) when the work pays for
 // a second thread. The backward's weight and bias gradients are summed per group of
@@ -86,8 +89,17 @@ constexpr int64_t kMinWorkPerThread = int64_t(1) << 21;
 // The backward's groups of chunks (each with its own gradient sums) at most.
 constexpr int64_t kMaxGroups = 8;
 
+// A run of a layer's output units [j0, j1) that sees only its first kk inputs (the largest
+// prefix among them): the BLAS products of that run skip the columns from kk on -- with
+// MADE's units sorted by degree the mask is block triangular and this skips about half.
+struct Tile {
+  int64_t j0, j1, kk;
+};
+
 struct Net {
   int64_t layers;                  // L
+  std::vector<std::vector<Tile>> tiles;   // per layer
+  std::vector<Tile> skip_tiles;
   std::vector<int64_t> width;      // D_0 .. D_L
   std::vector<at::Tensor> masked;  // W_l * M_l, contiguous (D_l, D_{l-1})
   std::vector<at::Tensor> masked_t;  // its transpose, contiguous (D_{l-1}, D_l)
@@ -116,6 +128,31 @@ at::Tensor masked_copy(const char* op, const at::Tensor& weight, const at::Tenso
   return w;
 }
 
+// Products below this width in any dimension run as plain loops: BLAS's small-matrix paths
+// take 25 us for a 256 x 64 x 2 product (a MADE's first or last layer on 2-D data), the
+// loops about 1 us.
+constexpr int64_t kBlasMin = 16;
+
+// The runs of a layer's (n, k) outputs for its BLAS products: a quarter of the outputs each
+// (16 to 128), neighbours with the same reach merged (full prefixes: one run, one product).
+std::vector<Tile> make_tiles(const at::Tensor& prefix, int64_t n, int64_t k) {
+  if (!(n >= kBlasMin && k >= kBlasMin)) return {{0, n, k}};
+  const at::Tensor p = prefix.contiguous();
+  const int64_t* pp = p.const_data_ptr<int64_t>();
+  const int64_t width = std::clamp<int64_t>(n / 4, kBlasMin, 128);
+  std::vector<Tile> tiles;
+  for (int64_t j0 = 0; j0 < n; j0 += width) {
+    const int64_t j1 = std::min(n, j0 + width);
+    const int64_t kk = std::clamp<int64_t>(*std::max_element(pp + j0, pp + j1), 0, k);
+    if (!tiles.empty() && tiles.back().kk == kk) {
+      tiles.back().j1 = j1;
+    } else {
+      tiles.push_back({j0, j1, kk});
+    }
+  }
+  return tiles;
+}
+
 Net build(const char* op, const at::Tensor& x, at::TensorList weights, at::TensorList prefixes,
           const std::optional<at::Tensor>& skip_weight, const std::optional<at::Tensor>& skip_prefix) {
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be (B, D0); got ", x.sizes());
@@ -136,6 +173,7 @@ Net build(const char* op, const at::Tensor& x, at::TensorList weights, at::Tenso
     check_prefix(op, "prefixes", prefixes[l], w.size(0), w.size(1));
     net.masked.push_back(masked_copy(op, w, prefixes[l]));
     net.masked_t.push_back(net.masked.back().t().contiguous());
+    net.tiles.push_back(make_tiles(prefixes[l], w.size(0), w.size(1)));
     net.width.push_back(w.size(0));
   }
   TORCH_CHECK_VALUE(skip_weight.has_value() == skip_prefix.has_value(), op,
@@ -148,6 +186,7 @@ Net build(const char* op, const at::Tensor& x, at::TensorList weights, at::Tenso
     check_prefix(op, "skip_prefix", *skip_prefix, skip_weight->size(0), skip_weight->size(1));
     net.skip = masked_copy(op, *skip_weight, *skip_prefix);
     net.skip_t = net.skip.t().contiguous();
+    net.skip_tiles = make_tiles(*skip_prefix, skip_weight->size(0), skip_weight->size(1));
   }
   return net;
 }
@@ -162,11 +201,6 @@ int64_t work(const Net& net, int64_t batch) {
   for (int64_t l = 0; l < net.layers; ++l) macs += net.width[l] * net.width[l + 1];
   return batch * macs;
 }
-
-// Products below this width in any dimension run as plain loops: BLAS's small-matrix paths
-// take 25 us for a 256 x 64 x 2 product (a MADE's first or last layer on 2-D data), the
-// loops about 1 us.
-constexpr int64_t kBlasMin = 16;
 
 // sum a[i] b[i] over i < k in 16 interleaved partial sums (a single running sum is a chain
 // of dependent adds the compiler must not reorder: 4x slower at k = 64)
@@ -187,10 +221,12 @@ T dot(const T* __restrict a, const T* __restrict b, int64_t k) {
 // contiguous (the loops run along the longer of n and k).
 template <typename T>
 void product_abt(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, const T* bt, T* d,
-                 int64_t ldd) {
+                 int64_t ldd, const std::vector<Tile>* tiles = nullptr) {
   if (rows == 0 || n == 0 || k == 0) return;
-  if (n >= kBlasMin && k >= kBlasMin) {   // column-major: D^T = B A^T
-    gemm<T>(true, false, n, rows, k, b, k, a, lda, T(1), d, ldd);
+  if (n >= kBlasMin && k >= kBlasMin) {   // column-major: D^T = B A^T, B's rows by tile
+    if (tiles == nullptr) return gemm<T>(true, false, n, rows, k, b, k, a, lda, T(1), d, ldd);
+    for (const Tile& t : *tiles)
+      gemm<T>(true, false, t.j1 - t.j0, rows, t.kk, b + t.j0 * k, k, a, lda, T(1), d + t.j0, ldd);
   } else if (n >= k) {
     for (int64_t r = 0; r < rows; ++r) {
       T* __restrict dr = d + r * ldd;
@@ -208,6 +244,20 @@ void product_abt(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, co
   }
 }
 
+// D (rows x k, ldd) += G (rows x n, ldg) (W * M), W * M (n x k) and its transpose both
+// contiguous: the BLAS path by W's row tiles (each reaching only its first kk columns).
+template <typename T>
+void product_ab(int64_t rows, int64_t n, int64_t k, const T* g, int64_t ldg, const T* w, const T* wt, T* d,
+                int64_t ldd, const std::vector<Tile>& tiles) {
+  if (rows == 0 || n == 0 || k == 0) return;
+  if (n >= kBlasMin && k >= kBlasMin) {   // column-major: D^T[:kk] += W[j0:j1, :kk]^T G[:, j0:j1]^T
+    for (const Tile& t : tiles)
+      gemm<T>(false, false, t.kk, rows, t.j1 - t.j0, w + t.j0 * k, k, g + t.j0, ldg, T(1), d, ldd);
+  } else {
+    product_abt<T>(rows, k, n, g, ldg, wt, w, d, ldd);
+  }
+}
+
 // Whether product_atb accumulates an (n x k) product transposed.
 bool transposed_acc(int64_t n, int64_t k) { return !(n >= kBlasMin && k >= kBlasMin) && k < n; }
 
@@ -215,10 +265,12 @@ bool transposed_acc(int64_t n, int64_t k) { return !(n >= kBlasMin && k >= kBlas
 // accumulate instead when k < n (the transposed layout keeps them along the longer side):
 // the caller adds Ct^T into C at the end.
 template <typename T>
-void product_atb(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, T* ct) {
+void product_atb(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, T* ct,
+                 const std::vector<Tile>& tiles) {
   if (rows == 0 || n == 0 || k == 0) return;
-  if (n >= kBlasMin && k >= kBlasMin) {   // column-major: C^T = B^T A
-    gemm<T>(false, true, k, n, rows, b, ldb, a, lda, T(1), c, k);
+  if (n >= kBlasMin && k >= kBlasMin) {   // column-major: C^T = B^T A, C's rows by tile
+    for (const Tile& t : tiles)
+      gemm<T>(false, true, t.kk, t.j1 - t.j0, rows, b, ldb, a + t.j0, lda, T(1), c + t.j0 * k, k);
   } else if (!transposed_acc(n, k)) {
     for (int64_t r = 0; r < rows; ++r) {
       const T* __restrict br = b + r * ldb;
@@ -253,7 +305,7 @@ void forward_rows(const Net& net, const T* x, const std::vector<at::Tensor>& bia
     const T* b = biases[l].const_data_ptr<T>();
     for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * n, b, n * sizeof(T));
     product_abt<T>(rows, n, k, in, ld_in, net.masked[l].const_data_ptr<T>(), net.masked_t[l].const_data_ptr<T>(), dst,
-                   n);
+                   n, &net.tiles[l]);
     if (!last)
       for (int64_t i = 0; i < rows * n; ++i) dst[i] = dst[i] > T(0) ? dst[i] : T(0);
     in = dst;
@@ -262,7 +314,7 @@ void forward_rows(const Net& net, const T* x, const std::vector<at::Tensor>& bia
   if (net.skip.defined()) {
     const int64_t n = net.width.back();
     product_abt<T>(rows, n, d0, x + r0 * d0, d0, net.skip.const_data_ptr<T>(), net.skip_t.const_data_ptr<T>(),
-                   out + r0 * n, n);
+                   out + r0 * n, n, &net.skip_tiles);
   }
 }
 
@@ -284,7 +336,8 @@ void backward_rows(const Net& net, const T* grad, const T* x, const std::vector<
   for (int64_t l = net.layers - 1; l >= 0; --l) {
     const int64_t n = net.width[l + 1], k = net.width[l];
     const T* in = l == 0 ? x + r0 * d0 : hidden[l - 1].const_data_ptr<T>() + r0 * k;
-    product_atb<T>(rows, n, k, g, ld_g, in, k, s.gw[l].template data_ptr<T>(), s.gw_t[l].template data_ptr<T>());
+    product_atb<T>(rows, n, k, g, ld_g, in, k, s.gw[l].template data_ptr<T>(), s.gw_t[l].template data_ptr<T>(),
+                   net.tiles[l]);
     T* __restrict gb = s.gb[l].template data_ptr<T>();
     for (int64_t r = 0; r < rows; ++r) {
       const T* __restrict gr = g + r * ld_g;
@@ -292,9 +345,9 @@ void backward_rows(const Net& net, const T* grad, const T* x, const std::vector<
     }
     if (l > 0) {   // the gradient of h_{l-1}: g (W_l * M_l), gated by h_{l-1} > 0
       T* below = (g == s.g_cur.data()) ? s.g_next.data() : s.g_cur.data();
-      std::fill(below, below + rows * k, T(0));   // g (W * M) = g ((W * M)^T)^T
-      product_abt<T>(rows, k, n, g, ld_g, net.masked_t[l].const_data_ptr<T>(), net.masked[l].const_data_ptr<T>(), below,
-                     k);
+      std::fill(below, below + rows * k, T(0));
+      product_ab<T>(rows, n, k, g, ld_g, net.masked[l].const_data_ptr<T>(), net.masked_t[l].const_data_ptr<T>(), below,
+                    k, net.tiles[l]);
       for (int64_t i = 0; i < rows * k; ++i)
         if (!(in[i] > T(0))) below[i] = T(0);
       g = below;
@@ -302,16 +355,17 @@ void backward_rows(const Net& net, const T* grad, const T* x, const std::vector<
     } else if (grad_x != nullptr) {
       T* gx = grad_x + r0 * d0;
       std::fill(gx, gx + rows * d0, T(0));
-      product_abt<T>(rows, k, n, g, ld_g, net.masked_t[0].const_data_ptr<T>(), net.masked[0].const_data_ptr<T>(), gx,
-                     d0);
+      product_ab<T>(rows, n, k, g, ld_g, net.masked[0].const_data_ptr<T>(), net.masked_t[0].const_data_ptr<T>(), gx, d0,
+                    net.tiles[0]);
     }
   }
   if (net.skip.defined()) {
     const T* go = grad + r0 * dl;
-    product_atb<T>(rows, dl, d0, go, dl, x + r0 * d0, d0, s.gs.template data_ptr<T>(), s.gs_t.template data_ptr<T>());
+    product_atb<T>(rows, dl, d0, go, dl, x + r0 * d0, d0, s.gs.template data_ptr<T>(), s.gs_t.template data_ptr<T>(),
+                   net.skip_tiles);
     if (grad_x != nullptr)   // grad_x += go (S * M_S)
-      product_abt<T>(rows, d0, dl, go, dl, net.skip_t.const_data_ptr<T>(), net.skip.const_data_ptr<T>(),
-                     grad_x + r0 * d0, d0);
+      product_ab<T>(rows, dl, d0, go, dl, net.skip.const_data_ptr<T>(), net.skip_t.const_data_ptr<T>(),
+                    grad_x + r0 * d0, d0, net.skip_tiles);
   }
 }
 
@@ -496,6 +550,8 @@ class MlpFunction : public torch::autograd::Function<MlpFunction> {
     variable_list outputs{out};
     outputs.insert(outputs.end(), hidden.begin(), hidden.end());
     ctx->mark_non_differentiable(variable_list(hidden.begin(), hidden.end()));   // saved, not results
+    // no zero gradients formed for the hidden outputs (a (B, D_l) fill each, every backward)
+    ctx->set_materialize_grads(false);
     return outputs;
   }
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import backends
 from .._checks import check_int
+from ..autoregressive import masked_mlp
 from . import coupling_ops, spline_ops, spline_reference
 from .coupling_ops import check_bound, check_mask
 
@@ -65,7 +67,10 @@ def _parity(parity) -> int:
 # ------------------------------------------------------------------------ conditioners
 class MLP(nn.Module):
     """in_features (+ context_features) -> hidden ... -> out_features, ReLU between; the last
-    layer starts at zero, so a coupling layer starts as the identity (Glow's initialisation)."""
+    layer starts at zero, so a coupling layer starts as the identity (Glow's initialisation).
+    On the CPU (float32/float64, outside autocast) the whole network runs as the fused
+    ``masked_mlp`` op with every prefix full (dense layers): one call each way rather than a
+    chain of linear layers and ReLUs."""
 
     def __init__(self, in_features: int, out_features: int, hidden: int = 128, layers: int = 2,
                  context_features: int | None = None):
@@ -83,9 +88,22 @@ class MLP(nn.Module):
         self.out = nn.Linear(sizes[-1], out_features)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self._linears = [m for m in self.body if isinstance(m, nn.Linear)] + [self.out]
+        for i, layer in enumerate(self._linears):   # full prefixes: every output sees every input
+            self.register_buffer(f"_prefix{i}", torch.full((layer.out_features,), layer.in_features),
+                                 persistent=False)
+
+    def _fused(self, h: torch.Tensor) -> bool:
+        return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
+                and h.dtype == self.out.weight.dtype and not torch.is_autocast_enabled("cpu")
+                and backends.resolve("masked_mlp", h.device) == "cpu")
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         h = _with_context(x, context, self.context_features)
+        if self._fused(h):
+            return masked_mlp(h, [m.weight for m in self._linears], [m.bias for m in self._linears],
+                              [getattr(self, f"_prefix{i}") for i in range(len(self._linears))], backend="cpu",
+                              checked=True)
         return self.out(self.body(h))
 
 
