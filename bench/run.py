@@ -1,7 +1,7 @@
 """Benchmark runner: every backend and every anchor on the same inputs, in one run.
 
     python bench/run.py [som|hopfield|ising|energy|bm_gibbs|autoregressive|flows|flows_training|
-                         flows_images]
+                         flows_images|made]
                         [--device cpu|cuda] [--quick] [--out DIR] [--data DIR]
                         [--small] [--contended N] [--allow-dirty]
 
@@ -43,12 +43,13 @@ if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
 FAMILIES = ("som", "hopfield", "ising", "energy", "bm_gibbs", "autoregressive", "flows",
-            "flows_training", "flows_images")  # energy: bench/bench_rbm.py (RBM epochs)
+            "flows_training", "flows_images", "made")  # energy: bench/bench_rbm.py (RBM epochs)
 # bm_gibbs: bench/bench_bm_gibbs.py (Boltzmann Gibbs sweeps, <machine>-bm-gibbs.*);
 # autoregressive: bench/bench_autoregressive.py (the masked convolution and linear layer, <machine>-autoregressive.*)
 # flows: bench/bench_flows.py (the affine coupling's elementwise part, <machine>-flows.*)
 # flows_training: bench/bench_flows_training.py (a training step of RealNVP, MAF and NSF against nflows
 # and zuko, <machine>-flows-training.*)
+# made: bench/bench_made.py (MADE's whole network, the fused masked_mlp, <machine>-made.*)
 # flows_images: bench/bench_flows_images.py (a training step of Glow and RealNVP on images against nflows' multi-scale
 # flow, the eager reference and torch.compile, <machine>-flows-images.*)
 # Seconds of timed rounds per case; a case whose single round exceeds 3x this is
@@ -264,6 +265,9 @@ def _main(args) -> int:
         import bench_flows_training
         return bench_flows_training.main(["--device", args.device, "--out", args.out]
                                          + (["--quick"] if args.quick else []))
+    if args.family == "made":  # MADE's whole network forward + backward
+        import bench_made
+        return bench_made.main(["--device", args.device, "--out", args.out] + (["--quick"] if args.quick else []))
     if args.family == "flows_images":  # a whole training step of multi-scale image flows
         import bench_flows_images
         return bench_flows_images.main(["--device", args.device, "--out", args.out]

@@ -256,6 +256,20 @@ def test_hopfield_family_runs_retrieval_then_recall(tmp_path, monkeypatch):
     assert all(r["updates_per_s"] > 0 for r in rows)
 
 
+def test_made_bench_times_the_fused_network_against_layers_and_dense(tmp_path):
+    """``bench/run.py made --quick``: MADE's network forward + backward by the fused op, the
+    layer-by-layer path and the dense masked-weight network (eager and compiled), ours equal
+    to the dense network's output."""
+    assert _bench_module("run").main(["made", "--quick", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("*-made-quick.json")
+    cases = json.loads(json_path.read_text())["cases"]
+    assert [c["impl"] for c in cases] == ["ours (cpu)", "ours, layer by layer", "dense linears of w * mask",
+                                          "dense linears of w * mask (torch.compile)"]
+    for case in cases:
+        assert case["median_s"] > 0 and case["max_abs_diff"] < 1e-5, case
+    assert cases[0]["x_ours"] == 1.0
+
+
 def test_flows_images_bench_times_glow_and_realnvp_against_nflows_and_the_reference(tmp_path):
     """``bench/run.py flows_images --quick``: a training step of Glow (ours, the reference
     backend, nflows' multi-scale flow) and RealNVP (ours, the reference) on the same images;
@@ -336,7 +350,8 @@ def test_pytest_benchmark_lists_every_family():
                                                         "bench_ising", "bench_rbm", "bench_bm_gibbs",
                                                         "bench_compat_rbm", "bench_som_estimator", "bench_som_nn",
                                                         "bench_som_mask", "bench_autoregressive", "bench_flows",
-                                                        "bench_flows_training", "bench_flows_images")}, \
+                                                        "bench_flows_training", "bench_flows_images",
+                                                        "bench_made")}, \
         proc.stdout[-4000:]
 
 
@@ -366,7 +381,8 @@ def test_results_dir_refuses_a_dirty_tree(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [["bm_gibbs", "--quick"], ["ising", "--quick"], ["hopfield", "--quick"],
                                   ["energy", "--quick"], ["som", "--quick", "--small"],
-                                  ["flows_training", "--quick"], ["flows_images", "--quick"]])
+                                  ["flows_training", "--quick"], ["flows_images", "--quick"],
+                                  ["made", "--quick"]])
 def test_runner_refuses_before_measuring(monkeypatch, argv):
     """Every family's runner stops before measuring anything when it would write into
     bench/results from a dirty tree, and writes nothing."""
