@@ -206,3 +206,14 @@ def test_coupling_mlp_runs_fused_and_equals_its_layers():
                     torch.autograd.grad(layers.square().sum(), params)):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
     assert set(net.state_dict()) == {n for n, _ in net.named_parameters()}   # the prefixes are not state
+
+
+@needs("cpu")
+def test_made_fuses_only_networks_where_it_pays():
+    """Wide networks (an input or hidden layer past 256 units: MNIST's 784 -> 512 -> 512) run
+    layer by layer, where masked_linear is faster; a flow's MADE with many outputs per
+    dimension stays fused."""
+    assert not MADE(784, (512, 512))._fused(torch.zeros(1, 784))
+    assert not MADE(64, (300, 300))._fused(torch.zeros(1, 64))
+    assert MADE(64, (128, 128), "params", 23)._fused(torch.zeros(1, 64))
+    assert not MADE(8, (16,), context_features=3)._params(torch.zeros(2, 8), 0, torch.zeros(2, 3)).isnan().any()

@@ -33,7 +33,7 @@ from ..model import DivergedError, Model, Progress
 from .layers import _autocast_dtype
 from .linear_ops import check_prefix, masked_linear
 from .linear_reference import degrees_to_prefix
-from .mlp_ops import MLP, masked_mlp
+from .mlp_ops import MLP, fusion_pays, masked_mlp
 
 OUTPUTS = ("bernoulli", "gaussian", "mixture", "params")
 
@@ -110,7 +110,8 @@ class MADE(Model):
         seed: the key of the model's random stream (masks, sampling, shuffling).
         backend: None (auto), "reference" or "cpu" for the masked linear layers; on the CPU
             (auto or "cpu") the network runs as one fused op, ``masked_mlp``, when it has no
-            context (a conditional MADE and autocast run layer by layer).
+            context and its input and hidden layers are at most 256 units (a conditional MADE,
+            autocast and wider layers run layer by layer).
         context_features: K for a conditional model p(x | c): the context (B, K) enters the
             first hidden layer and the outputs through unmasked linear maps (every unit may
             see all of it: the context is not part of the autoregressive order; the map into
@@ -261,10 +262,13 @@ class MADE(Model):
     def _fused(self, h: torch.Tensor) -> bool:
         """Whether mask 0's network runs as the fused masked_mlp op: on the CPU with its
         compiled backend (the layers' backend None or "cpu", nothing forcing another), in the
-        weights' dtype, outside autocast (the layers handle that)."""
+        weights' dtype, outside autocast (the layers handle that), its layers small enough
+        for the fusion to pay (mlp_ops.fusion_pays)."""
         if h.device.type != "cpu" or self.backend not in (None, "cpu") or _autocast_dtype(h.device) is not None:
             return False
         if h.dtype != self.layers[0].weight.dtype or any(layer.bias is None for layer in self.layers):
+            return False
+        if not fusion_pays([layer.weight for layer in self.layers]):   # wide layers: masked_linear's
             return False
         return MLP.resolve(h.device) == "cpu"
 

@@ -56,6 +56,20 @@ MLP = registry.declare(
 registry.register_schema_kernels("masked_mlp_backward", fake=_backward_fake)
 
 
+# The widest input or hidden layer for which the fused op beats the layer-by-layer path
+# (bench/bench_made.py, 1 thread: 1.6-1.8x faster for MADE's 2 -> 64 -> 64 and 64 -> 128 ->
+# 128 networks, 0.55x for 784 -> 512 -> 512, where masked_linear's finer block skipping and
+# its copy-free weights win). The output layer's width does not count: a flow's MADE has
+# many outputs per dimension (NSF: 3K - 1) and stays fused.
+FUSE_MAX_WIDTH = 256
+
+
+def fusion_pays(weights) -> bool:
+    """Whether a network of these weights runs faster as one masked_mlp call than layer by
+    layer: its input and hidden layers at most FUSE_MAX_WIDTH units."""
+    return max(w.shape[1] for w in weights) <= FUSE_MAX_WIDTH
+
+
 def masked_mlp(x: torch.Tensor, weights, biases, prefixes, skip_weight: torch.Tensor | None = None,
                skip_prefix: torch.Tensor | None = None, *, backend: str | None = None,
                checked: bool = False) -> torch.Tensor:
@@ -111,4 +125,4 @@ def masked_mlp(x: torch.Tensor, weights, biases, prefixes, skip_weight: torch.Te
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-__all__ = ["masked_mlp"]
+__all__ = ["fusion_pays", "masked_mlp"]

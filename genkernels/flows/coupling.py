@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import backends
 from .._checks import check_int
-from ..autoregressive import masked_mlp
+from ..autoregressive import masked_mlp, masked_mlp_pays
 from . import coupling_ops, spline_ops, spline_reference
 from .coupling_ops import check_bound, check_mask
 
@@ -68,9 +68,9 @@ def _parity(parity) -> int:
 class MLP(nn.Module):
     """in_features (+ context_features) -> hidden ... -> out_features, ReLU between; the last
     layer starts at zero, so a coupling layer starts as the identity (Glow's initialisation).
-    On the CPU (float32/float64, outside autocast) the whole network runs as the fused
-    ``masked_mlp`` op with every prefix full (dense layers): one call each way rather than a
-    chain of linear layers and ReLUs."""
+    On the CPU (float32/float64, outside autocast, input and hidden layers up to 256 units) the whole
+    network runs as the fused ``masked_mlp`` op with every prefix full (dense layers): one
+    call each way rather than a chain of linear layers and ReLUs."""
 
     def __init__(self, in_features: int, out_features: int, hidden: int = 128, layers: int = 2,
                  context_features: int | None = None):
@@ -96,6 +96,7 @@ class MLP(nn.Module):
     def _fused(self, h: torch.Tensor) -> bool:
         return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
                 and h.dtype == self.out.weight.dtype and not torch.is_autocast_enabled("cpu")
+                and masked_mlp_pays([m.weight for m in self._linears])
                 and backends.resolve("masked_mlp", h.device) == "cpu")
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
