@@ -458,6 +458,26 @@ def flows_training():
     return rows
 
 
+def made_network():
+    """MADE's whole network, forward + backward, one thread (bench/bench_made.py)."""
+    return _ours_against_others("amd-epyc-2c-made.json")
+
+
+def flows_images():
+    """A training step of Glow and RealNVP on images against the reference, torch.compile and
+    nflows (bench/bench_flows_images.py)."""
+    cases = load("amd-epyc-2c-flows-images.json")["cases"]
+    rows = []
+    for r in cases:
+        if r["impl"] == "ours":
+            by = {o["impl"]: o for o in cases if o["case"] == r["case"] and o["flow"] == r["flow"]}
+            rows.append(f"| {r['case']} | {r['flow']} | {_msec(r['median_s'])} | "
+                        + " | ".join(f"{g(by[k]['x_ours'], 3)}×" for k in ("reference", "reference compiled",
+                                                                            "ours compiled"))
+                        + f" | {g(by['nflows']['x_ours'], 3) + '×' if 'nflows' in by else '–'} |")
+    return rows
+
+
 def flows_mnist():
     """RealNVP's and Glow's held-out bits/dim on MNIST and the digits (bench/flows_mnist.py)."""
     return [f"| {r['set']} {r['image_size'][0]}×{r['image_size'][1]}, {r['levels']} levels | "
@@ -469,7 +489,7 @@ def flows_mnist():
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
           dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist, softsom_spirals,
           softsom_speed, pixelcnn_mnist, pixelcnn_sampling,
-          autoregressive_layers, flows_coupling, flows_spline, flows_training, flows_mnist]
+          autoregressive_layers, flows_coupling, flows_spline, flows_training, flows_mnist, made_network, flows_images]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])

@@ -58,7 +58,7 @@ registry.register_schema_kernels("masked_mlp_backward", fake=_backward_fake)
 
 # The widest input or hidden layer for which the fused op beats the layer-by-layer path
 # (bench/bench_made.py, 1 thread: 1.6-1.8x faster for MADE's 2 -> 64 -> 64 and 64 -> 128 ->
-# 128 networks, 0.55x for 784 -> 512 -> 512, where masked_linear's finer block skipping and
+# 128 networks, 0.58x for 784 -> 512 -> 512, where masked_linear's finer block skipping and
 # its copy-free weights win). The output layer's width does not count: a flow's MADE has
 # many outputs per dimension (NSF: 3K - 1) and stays fused.
 FUSE_MAX_WIDTH = 256
