@@ -342,11 +342,8 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
     table = _table(records, device)
     print(table)
     if out:
-        meta = harness.run_meta(device, quick) | {
-            "suite": "autoregressive", "threads": threads, "dtype": "float32",
-            "timing": "forward + backward, interleaved rounds, median", "loadavg_end": os.getloadavg()[0]}
-        suffix = ("-quick" if quick else "") + (f"-{threads}t" if threads != 1 else "")
-        harness.write_results(out, f"{harness.machine_name(device)}-autoregressive{suffix}", meta, records, table)
+        harness.write_layer_results(out, device, quick, threads, "autoregressive", "autoregressive", records, table,
+                                    timing="forward + backward, interleaved rounds, median")
     return records
 
 

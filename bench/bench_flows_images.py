@@ -206,28 +206,18 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
     table = _table(records, device, threads)
     print(table)
     if out:
-        meta = harness.run_meta(device, quick) | {
-            "suite": "flows_images", "loadavg_start": loadavg_start, "threads": threads, "dtype": "float32",
-            "lr": LR, "logit_alpha": ALPHA, "anchors": {"nflows": _version("nflows")},
-            "timing": "one training step (zero_grad, -mean log_prob, backward, Adam), interleaved rounds, median",
-            "loadavg_end": os.getloadavg()[0]}
-        suffix = ("-quick" if quick else "") + (f"-{threads}t" if threads != 1 else "")
-        harness.write_results(out, f"{harness.machine_name(device)}-flows-images{suffix}", meta, records, table)
+        harness.write_layer_results(
+            out, device, quick, threads, "flows_images", "flows-images", records, table, loadavg_start=loadavg_start,
+            lr=LR, logit_alpha=ALPHA, anchors={"nflows": harness.package_version("nflows")},
+            timing="one training step (zero_grad, -mean log_prob, backward, Adam), interleaved rounds, median")
     return records
-
-
-def _version(package: str) -> str | None:
-    import importlib.metadata
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _table(records: list[dict], device: str, threads: int) -> str:
     lines = [f"# Image flows, one training step (-mean log_prob, backward, Adam lr {LR}), fp32, {device} "
              f"({threads} thread{'s' * (threads > 1)}), torch {torch.__version__}"
-             + (f", nflows {_version('nflows')}" if any(r["impl"] == "nflows" for r in records) else ""), "",
+             + (f", nflows {harness.package_version('nflows')}" if any(r["impl"] == "nflows" for r in records)
+                else ""), "",
              "Same batch, interleaved rounds, median step time; x ours = the median over the rounds of the row's "
              "step time / ours' in the same round (> 1: slower than ours). Every coupling's conditioner is "
              "genkernels.flows.ResNet; ours feeds it the masked full input (C channels in, 2C out), nflows the "

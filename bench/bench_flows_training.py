@@ -250,29 +250,19 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
     table = _table(records, device, threads)
     print(table)
     if out:
-        meta = harness.run_meta(device, quick) | {
-            "suite": "flows_training", "loadavg_start": loadavg_start, "threads": threads, "dtype": "float32",
-            "lr": LR, "bins": BINS, "bound": BOUND, "anchors": {a: _version(a) for a in impls[1:]},
-            "timing": "one training step (zero_grad, -mean log_prob, backward, Adam), interleaved rounds, median",
-            "loadavg_end": os.getloadavg()[0]}
-        suffix = ("-quick" if quick else "") + (f"-{threads}t" if threads != 1 else "")
-        harness.write_results(out, f"{harness.machine_name(device)}-flows-training{suffix}", meta, records, table)
+        harness.write_layer_results(
+            out, device, quick, threads, "flows_training", "flows-training", records, table,
+            loadavg_start=loadavg_start, lr=LR, bins=BINS, bound=BOUND,
+            anchors={a: harness.package_version(a) for a in impls[1:]},
+            timing="one training step (zero_grad, -mean log_prob, backward, Adam), interleaved rounds, median")
     return records
-
-
-def _version(package: str) -> str | None:
-    import importlib.metadata
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _table(records: list[dict], device: str, threads: int) -> str:
     anchors = [a for a in ANCHORS if any(r["impl"] == a for r in records)]
     lines = [f"# Vector flows, one training step (-mean log_prob, backward, Adam lr {LR}), fp32, {device} "
              f"({threads} thread{'s' * (threads > 1)}), torch {torch.__version__}, "
-             + ", ".join(f"{a} {_version(a)}" for a in anchors), "",
+             + ", ".join(f"{a} {harness.package_version(a)}" for a in anchors), "",
              "Same batch, interleaved rounds, median step time. " + " ".join(f"{a} / ours" for a in anchors)
              + " (on ours' row) = the median over the rounds of the anchor's step time / ours in the same round "
              "(> 1: the anchor is slower). Loss: the first step's and the last step's (after the warm-up and "

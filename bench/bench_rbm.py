@@ -284,12 +284,12 @@ def main(args) -> int:
     """Run every case (``args`` from bench/run.py's parser), print the table, write
     ``<out>/<machine>-energy[-quick].{json,md}``."""
     import torch
-    from harness import check_results_dir, git_commit, machine_name, versions, write_results
+    from harness import check_results_dir, git_commit, machine_name, package_version, versions, write_results
     check_results_dir(args.out)
     meta = {"machine": machine_name(args.device), "device": args.device, "quick": args.quick,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "load_avg_start": round(os.getloadavg()[0], 2),
-            "versions": {**versions(), "scikit-learn": _version("scikit-learn")}, "commit": git_commit()}
+            "versions": {**versions(), "scikit-learn": package_version("scikit-learn")}, "commit": git_commit()}
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
     data = workloads(args.quick, args.data)
@@ -344,14 +344,6 @@ def _measure_interleaved(cases: list[dict], args, x: np.ndarray, meta: dict) -> 
             "x_eager": float(np.median(eager / times[:, i])) if eager is not None else None,
             "versions": meta["versions"], "commit": meta["commit"]})
     return records
-
-
-def _version(package: str) -> str | None:
-    import importlib.metadata
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 @contextlib.contextmanager

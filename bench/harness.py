@@ -338,6 +338,26 @@ def add_backend_ratios(records: list[dict], group_of) -> None:
             rec["ours"] = best["impl"]
 
 
+def package_version(package: str) -> str | None:
+    """An installed package's version (None when it is not installed)."""
+    import importlib.metadata
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def write_layer_results(out: str, device: str, quick: bool, threads: int, suite: str, stem: str, records: list[dict],
+                        table: str, **meta) -> str:
+    """A layer or training-step benchmark's results: :func:`run_meta` with the suite, the
+    thread count, fp32, ``meta`` and the 1-minute load average at the end, written as
+    ``<machine>-<stem>[-quick][-<T>t]`` by :func:`write_results`."""
+    meta = run_meta(device, quick) | {"suite": suite, "threads": threads, "dtype": "float32"} | meta | {
+        "loadavg_end": os.getloadavg()[0]}
+    suffix = ("-quick" if quick else "") + (f"-{threads}t" if threads != 1 else "")
+    return write_results(out, f"{machine_name(device)}-{stem}{suffix}", meta, records, table)
+
+
 def contention_meta() -> dict:
     return {"busy_processes": len(_BUSY)}
 
