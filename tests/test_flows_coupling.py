@@ -166,6 +166,9 @@ def test_cpu_gradcheck_opcheck_compile_and_threads():
     for bound, inverse in ((2.0, False), (2.0, True), (math.inf, True), (math.inf, False)):
         assert torch.autograd.gradcheck(lambda a, b: op(a, b, mask, bound, inverse)[:2],
                                         [x.clone().requires_grad_(), params.clone().requires_grad_()])
+        # the C++ autograd's double backward (through the spec's ATen ops), every direction and bound
+        assert torch.autograd.gradgradcheck(lambda a, b: op(a, b, mask, bound, inverse)[:2],
+                                            [x.clone().requires_grad_(), params.clone().requires_grad_()])
         torch.library.opcheck(op.default, (x, params, mask, bound, inverse))
     _, _, sigma = op(x, params, mask, 2.0, False)
     torch.library.opcheck(torch.ops.genkernels.affine_coupling_backward.default,

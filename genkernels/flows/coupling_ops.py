@@ -3,8 +3,9 @@ autograd.
 
 Re-exported flat in ``genkernels.ops`` (through ``flows/ops.py``). ``affine_coupling`` runs on
 ``reference`` (coupling_reference.affine_coupling, differentiated by autograd), ``cpu``
-(csrc/cpu/coupling.cpp: one pass forward, one backward, vectorised for float) and
-``triton`` (coupling_triton.py: a program per row block, forward and backward). Spec:
+(csrc/cpu/coupling.cpp: one pass forward, one backward, vectorised for float; its autograd
+registered in C++, a double backward through the spec's ATen ops) and ``triton``
+(coupling_triton.py: a program per row block, forward and backward). Spec:
 coupling_reference's docstring.
 """
 
@@ -45,8 +46,7 @@ COUPLING = registry.declare(
     reference=_reference,
     cpu=_cpu,
     triton=registry.lazy(__package__ + ".coupling_triton", "affine_coupling_triton"),
-    fake=_fake,
-    autograd=coupling_reference.autograd_for(lambda *args: torch.ops.genkernels.affine_coupling_backward(*args)))
+    fake=_fake)   # the cpu op's autograd is C++ (csrc/cpu/coupling.cpp: CouplingFunction, double backward too)
 registry.register_schema_kernels("affine_coupling_backward", fake=_backward_fake)
 registry.static_kernels("flows.coupling", registry.lazy(__package__ + ".coupling_triton", "static_kernels"))
 
