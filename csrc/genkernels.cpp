@@ -141,6 +141,10 @@ TORCH_LIBRARY(genkernels, m) {
   // everything recomputed from the inputs.
   m.def("rq_spline_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor params, Tensor mask, float bound, "
         "bool inverse) -> (Tensor, Tensor)");
+  // The same VJP through the spec, differentiable (a CompositeImplicitAutograd kernel in
+  // Python, genkernels/flows/spline_ops.py): the C++ autograd's path under a double backward.
+  m.def("rq_spline_vjp(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor params, Tensor mask, float bound, "
+        "bool inverse) -> (Tensor, Tensor)");
   // ---- Hopfield networks (genkernels/hopfield) ----
   // Asynchronous recall: weights (N, N) float32|float64, symmetric; states (B, N) +-1 in
   // weights' dtype. Each probe runs sweeps (every unit once, in unit order or, with

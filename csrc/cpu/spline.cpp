@@ -38,6 +38,7 @@
 // each row's log-derivatives summed in double in element order and a long row's pieces in
 // order: the result does not depend on the thread count.
 #include <ATen/ATen.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -572,6 +573,66 @@ std::tuple<at::Tensor, at::Tensor> rq_spline_backward_cpu(const at::Tensor& grad
   });
   return {gx, gp};
 }
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using SplineSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                           double, bool);
+using SplineVjpSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                              const at::Tensor&, const at::Tensor&, double, bool);
+
+// Autograd of rq_spline on the CPU, in C++: a Python autograd function cost about 0.2 ms a
+// call. Only the inputs are saved (the backward recomputes the bins); an unused output's
+// gradient is never formed; under a double backward the VJP runs through the spec
+// (rq_spline_vjp, a differentiable Python kernel), so second derivatives are exact.
+class SplineFunction : public torch::autograd::Function<SplineFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& params,
+                               const at::Tensor& mask, double bound, bool inverse) {
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("genkernels::rq_spline", "").typed<SplineSignature>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, logdet] = op.call(x, params, mask, bound, inverse);
+    ctx->save_for_backward({x, params, mask});
+    ctx->saved_data["bound"] = bound;
+    ctx->saved_data["inverse"] = inverse;
+    ctx->set_materialize_grads(false);
+    return {y, logdet};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list result(5);
+    if (!grads[0].defined() && !grads[1].defined()) return result;
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &params = saved[1], &mask = saved[2];
+    const double bound = ctx->saved_data["bound"].toDouble();
+    const bool inverse = ctx->saved_data["inverse"].toBool();
+    const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    const at::Tensor gl = grads[1].defined() ? grads[1] : at::zeros({x.size(0)}, x.options());
+    static const auto fused = c10::Dispatcher::singleton()
+                                  .findSchemaOrThrow("genkernels::rq_spline_backward", "")
+                                  .typed<SplineVjpSignature>();
+    static const auto spec =
+        c10::Dispatcher::singleton().findSchemaOrThrow("genkernels::rq_spline_vjp", "").typed<SplineVjpSignature>();
+    auto [gx, gp] = (at::GradMode::is_enabled() ? spec : fused).call(gy, gl, x, params, mask, bound, inverse);
+    if (ctx->needs_input_grad(0)) result[0] = gx;
+    if (ctx->needs_input_grad(1)) result[1] = gp;
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> rq_spline_autograd(const at::Tensor& x, const at::Tensor& params,
+                                                      const at::Tensor& mask, double bound, bool inverse) {
+  const variable_list out = SplineFunction::apply(x, params, mask, bound, inverse);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genkernels, Autograd, m) { m.impl("rq_spline", &rq_spline_autograd); }
 
 TORCH_LIBRARY_IMPL(genkernels, CPU, m) {
   m.impl("rq_spline", &rq_spline_cpu);

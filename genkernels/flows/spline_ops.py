@@ -44,9 +44,19 @@ SPLINE = registry.declare(
     reference=_reference,
     cpu=_cpu,
     triton=registry.lazy(__package__ + ".spline_triton", "rq_spline_triton"),
-    fake=_fake,
-    autograd=spline_reference.autograd_for(lambda *args: torch.ops.genkernels.rq_spline_backward(*args)))
+    fake=_fake)   # the cpu op's autograd is C++ (csrc/cpu/spline.cpp: SplineFunction)
 registry.register_schema_kernels("rq_spline_backward", fake=_backward_fake)
+
+
+def _spec_vjp(grad_y, grad_logdet, x, params, mask, bound, inverse):
+    """rq_spline_vjp: the VJP through the spec, differentiable -- the C++ autograd's backward
+    under a double backward (zeros for an input that does not require grad: not asked for)."""
+    gx, gp = spline_reference.vjp(grad_y, grad_logdet, x, params, mask, bound, inverse)
+    return (torch.zeros_like(x) if gx is None else gx), (torch.zeros_like(params) if gp is None else gp)
+
+
+if registry.register_schema_kernels("rq_spline_vjp"):
+    torch.library.impl("genkernels::rq_spline_vjp", "CompositeImplicitAutograd")(_spec_vjp)
 registry.static_kernels("flows.spline", registry.lazy(__package__ + ".spline_triton", "static_kernels"))
 
 
