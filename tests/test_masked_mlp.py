@@ -3,6 +3,8 @@ definition (genkernels/autoregressive/mlp_reference.py) over odd and edge shapes
 every gradient; gradcheck, gradgradcheck (the double backward), opcheck, torch.compile; one and
 two threads; inputs untouched; MADE's fused path against its layer-by-layer path; bad input."""
 
+import os
+
 import pytest
 import torch
 from helpers import needs, num_threads
@@ -185,6 +187,45 @@ def test_a_crafted_prefix_reaching_the_kernel_is_refused():
         masked_mlp(x, ws, bs, [torch.full((6,), 5), ps[1]], checked=True, backend="cpu")
     with pytest.raises(ValueError, match=r"prefixes must lie in \[0, 4\]"):
         masked_mlp(x, ws, bs, [torch.full((6,), -1), ps[1]], checked=True, backend="cpu")
+    # checked=True skips the Python checks: the kernel's own refuse wrong shapes and dtypes
+    with pytest.raises(ValueError, match=r"weights\[0\] must be"):
+        masked_mlp(x, ws[1:], bs[1:], ps[1:], checked=True, backend="cpu")
+    with pytest.raises(ValueError, match=r"biases\[0\] must be"):
+        masked_mlp(x, ws, [bs[1], bs[0]], ps, checked=True, backend="cpu")
+    with pytest.raises(TypeError, match="dtype"):
+        masked_mlp(x, [ws[0].float(), ws[1]], bs, ps, checked=True, backend="cpu")
+
+
+@needs("cpu")
+def test_the_aten_product_path_equals_the_definition():
+    """Where torch exports no Fortran BLAS the kernel's products go through ATen
+    (GENKERNELS_NO_FORTRAN_BLAS forces that path): the same results, forward and backward,
+    over the loops, whole BLAS products and runs of a triangle, in float and double."""
+    import subprocess
+    import sys
+    code = """
+import torch
+from genkernels.ops import masked_mlp
+from genkernels.autoregressive import mlp_reference as R
+from test_masked_mlp import _net
+for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+    for batch, sizes, kind in ((300, [40, 64, 48], "sorted"), (70, [3, 32, 20], "random"), (9, [20, 17], "full")):
+        x, ws, bs, ps, sw, sp = _net(batch, sizes, True, kind, dtype=dtype)
+        leaves = [t.clone().requires_grad_() for t in [x, *ws, *bs, sw]]
+        n = len(ws)
+        got = masked_mlp(leaves[0], leaves[1:1 + n], leaves[1 + n:1 + 2 * n], ps, leaves[-1], sp, backend="cpu")
+        want, _ = R.masked_mlp(leaves[0], leaves[1:1 + n], leaves[1 + n:1 + 2 * n], ps, leaves[-1], sp)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        for a, e in zip(torch.autograd.grad(got.square().sum(), leaves),
+                        torch.autograd.grad(want.square().sum(), leaves)):
+            torch.testing.assert_close(a, e, rtol=tol, atol=tol * 100)
+print("ok")
+"""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, GENKERNELS_NO_FORTRAN_BLAS="1",
+               PYTHONPATH=tests + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 @needs("cpu")
@@ -216,4 +257,9 @@ def test_made_fuses_only_networks_where_it_pays():
     assert not MADE(784, (512, 512))._fused(torch.zeros(1, 784))
     assert not MADE(64, (300, 300))._fused(torch.zeros(1, 64))
     assert MADE(64, (128, 128), "params", 23)._fused(torch.zeros(1, 64))
-    assert not MADE(8, (16,), context_features=3)._params(torch.zeros(2, 8), 0, torch.zeros(2, 3)).isnan().any()
+    # a conditional MADE runs layer by layer (the context enters the first hidden layer): the
+    # same parameters as the reference backend's
+    auto, ref = MADE(8, (16,), context_features=3, seed=1), MADE(8, (16,), context_features=3, backend="reference")
+    ref.load_state_dict(auto.state_dict())
+    x, ctx = torch.randn(5, 8), torch.randn(5, 3)
+    torch.testing.assert_close(auto._params(x, 0, ctx), ref._params(x, 0, ctx), rtol=1e-6, atol=1e-6)

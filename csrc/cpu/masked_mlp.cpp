@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <tuple>
@@ -49,6 +50,13 @@ extern "C" void dgemm_(const char*, const char*, const int*, const int*, const i
                        const int*, const double*, const int*, const double*, double*, const int*)
     __attribute__((weak));
 
+// GENKERNELS_NO_FORTRAN_BLAS set in the environment: the ATen path even where the Fortran
+// symbols exist (how the tests reach the path a torch without them takes).
+bool fortran_blas_disabled() {
+  static const bool disabled = std::getenv("GENKERNELS_NO_FORTRAN_BLAS") != nullptr;
+  return disabled;
+}
+
 // C = op(A) op(B) + beta C, column-major, op = transpose where t_x; beta 0 or 1.
 template <typename T>
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
@@ -63,9 +71,11 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
   const int im = int(m), in = int(n), ik = int(k), ilda = int(lda), ildb = int(ldb), ildc = int(ldc);
   const T one(1);
   if constexpr (std::is_same_v<T, float>) {
-    if (&sgemm_ != nullptr) return sgemm_(&cta, &ctb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &beta, c, &ildc);
+    if (&sgemm_ != nullptr && !fortran_blas_disabled())
+      return sgemm_(&cta, &ctb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &beta, c, &ildc);
   } else {
-    if (&dgemm_ != nullptr) return dgemm_(&cta, &ctb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &beta, c, &ildc);
+    if (&dgemm_ != nullptr && !fortran_blas_disabled())
+      return dgemm_(&cta, &ctb, &im, &in, &ik, &one, a, &ilda, b, &ildb, &beta, c, &ildc);
   }
   // the ATen path: a column-major matrix is the row-major view of its transpose, and
   // C^T (n x m) = op(B)^T op(A)^T
@@ -113,18 +123,26 @@ void check_prefix(const char* op, const char* what, const at::Tensor& prefix, in
   TORCH_CHECK_VALUE(prefix.device().is_cpu(), op, ": ", what, " must be on the CPU");
 }
 
+// Zero row j of the (rows, cols) contiguous matrix t from column prefix[j] on.
+void zero_tails(at::Tensor& t, const at::Tensor& prefix) {
+  const at::Tensor p = prefix.contiguous();
+  const int64_t* pp = p.const_data_ptr<int64_t>();
+  const int64_t cols = t.size(1), width = t.element_size();
+  auto* base = static_cast<char*>(t.data_ptr());
+  for (int64_t j = 0; j < t.size(0); ++j)
+    std::memset(base + (j * cols + pp[j]) * width, 0, (cols - pp[j]) * width);
+}
+
 // W * M as a fresh contiguous copy: row j keeps its first prefix[j] columns (the prefixes are
 // checked against [0, D_in] here, on the values the kernel uses).
 at::Tensor masked_copy(const char* op, const at::Tensor& weight, const at::Tensor& prefix) {
-  at::Tensor w = weight.contiguous().clone();
   const at::Tensor p = prefix.contiguous();
-  const int64_t rows = w.size(0), cols = w.size(1), width = w.element_size();
+  const int64_t cols = weight.size(1);
   const int64_t* pp = p.const_data_ptr<int64_t>();
-  auto* base = static_cast<char*>(w.data_ptr());
-  for (int64_t j = 0; j < rows; ++j) {
+  for (int64_t j = 0; j < p.numel(); ++j)
     TORCH_CHECK_VALUE(pp[j] >= 0 && pp[j] <= cols, op, ": prefixes must lie in [0, ", cols, "]; got ", pp[j]);
-    std::memset(base + (j * cols + pp[j]) * width, 0, (cols - pp[j]) * width);
-  }
+  at::Tensor w = weight.contiguous().clone();
+  zero_tails(w, p);
   return w;
 }
 
@@ -369,15 +387,6 @@ void backward_rows(const Net& net, const T* grad, const T* x, const std::vector<
   }
 }
 
-// Zero row j of the (rows, cols) contiguous matrix t from column prefix[j] on.
-void zero_tails(at::Tensor& t, const at::Tensor& prefix) {
-  const at::Tensor p = prefix.contiguous();
-  const int64_t* pp = p.const_data_ptr<int64_t>();
-  const int64_t cols = t.size(1), width = t.element_size();
-  auto* base = static_cast<char*>(t.data_ptr());
-  for (int64_t j = 0; j < t.size(0); ++j)
-    std::memset(base + (j * cols + pp[j]) * width, 0, (cols - pp[j]) * width);
-}
 
 }  // namespace
 

@@ -70,27 +70,9 @@ def fusion_pays(weights) -> bool:
     return max(w.shape[1] for w in weights) <= FUSE_MAX_WIDTH
 
 
-def masked_mlp(x: torch.Tensor, weights, biases, prefixes, skip_weight: torch.Tensor | None = None,
-               skip_prefix: torch.Tensor | None = None, *, backend: str | None = None,
-               checked: bool = False) -> torch.Tensor:
-    """MADE's network fused: masked linear layers with ReLU between, and an optional masked
-    skip connection from the input to the output.
-
-    Args:
-        x: (B, D0) float.
-        weights: L >= 1 tensors (D_l, D_{l-1}); biases: L tensors (D_l,); prefixes: L int
-            tensors (D_l,) in [0, D_{l-1}] (``masked_linear``'s: output j of layer l sees its
-            first prefix[j] inputs; a full prefix is a dense layer). Same dtype and device.
-        skip_weight: (D_L, D0) or None, with skip_prefix (D_L,): added x (S * M_S)^T.
-        backend: None (auto), "reference" or "cpu".
-        checked: the prefixes were checked by the caller (MADE checks its own once, when it
-            sets them); the cpu kernel checks their range either way.
-    Returns:
-        (B, D_L) in x's dtype, differentiable in x, the weights, the biases and skip_weight
-        (fp32 arithmetic for half and bfloat16 inputs).
-    """
+def _checked_arguments(x, weights, biases, prefixes, skip_weight, skip_prefix):
+    """masked_mlp's argument checks -> the prefixes (and the skip's) as int64 on x's device."""
     check_float_tensor("x", x, 2)
-    weights, biases, prefixes = list(weights), list(biases), list(prefixes)
     if not weights:
         raise ValueError("weights must hold at least one layer; got none")
     if not len(biases) == len(prefixes) == len(weights):
@@ -116,10 +98,36 @@ def masked_mlp(x: torch.Tensor, weights, biases, prefixes, skip_weight: torch.Te
         tensors["skip_weight"] = skip_weight
     check_same_device(**tensors)
     check_same_dtype(**tensors)
+    prefixes = [check_prefix(p, w.shape[0], w.shape[1], x.device) for p, w in zip(prefixes, weights)]
+    if skip_weight is not None:
+        skip_prefix = check_prefix(skip_prefix, width, x.shape[1], x.device)
+    return prefixes, skip_prefix
+
+
+def masked_mlp(x: torch.Tensor, weights, biases, prefixes, skip_weight: torch.Tensor | None = None,
+               skip_prefix: torch.Tensor | None = None, *, backend: str | None = None,
+               checked: bool = False) -> torch.Tensor:
+    """MADE's network fused: masked linear layers with ReLU between, and an optional masked
+    skip connection from the input to the output.
+
+    Args:
+        x: (B, D0) float.
+        weights: L >= 1 tensors (D_l, D_{l-1}); biases: L tensors (D_l,); prefixes: L int
+            tensors (D_l,) in [0, D_{l-1}] (``masked_linear``'s: output j of layer l sees its
+            first prefix[j] inputs; a full prefix is a dense layer). Same dtype and device.
+        skip_weight: (D_L, D0) or None, with skip_prefix (D_L,): added x (S * M_S)^T.
+        backend: None (auto), "reference" or "cpu".
+        checked: the arguments are the caller's own, already valid (MADE's and the coupling
+            MLP's layers, their prefixes checked when set): no Python checks per call. The
+            cpu kernel checks shapes, dtypes and the prefixes' range either way (ValueError /
+            TypeError).
+    Returns:
+        (B, D_L) in x's dtype, differentiable in x, the weights, the biases and skip_weight
+        (fp32 arithmetic for half and bfloat16 inputs).
+    """
+    weights, biases, prefixes = list(weights), list(biases), list(prefixes)
     if not checked:
-        prefixes = [check_prefix(p, w.shape[0], w.shape[1], x.device) for p, w in zip(prefixes, weights)]
-        if skip_weight is not None:
-            skip_prefix = check_prefix(skip_prefix, width, x.shape[1], x.device)
+        prefixes, skip_prefix = _checked_arguments(x, weights, biases, prefixes, skip_weight, skip_prefix)
     name = MLP.resolve(x.device, backend)
     out, _ = MLP.kernels[name](x, weights, biases, prefixes, skip_weight, skip_prefix)
     return out if out.dtype == x.dtype else out.to(x.dtype)
