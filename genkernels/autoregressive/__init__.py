@@ -3,9 +3,9 @@ MaskedConv2d / MaskedLinear layers), the Gated PixelCNN, MADE, and the causality
 from .causality import AutoregressiveReport, check_autoregressive
 from .layers import MaskedConv2d
 from .made import MADE, MaskedLinear
-from .mlp_ops import fusion_pays as masked_mlp_pays
+from .mlp_ops import runs_fused as masked_mlp_runs_fused
 from .ops import masked_conv2d, masked_linear, masked_mlp
 from .pixelcnn import GatedPixelCNN
 
 __all__ = ["MADE", "AutoregressiveReport", "GatedPixelCNN", "MaskedConv2d", "MaskedLinear", "check_autoregressive",
-           "masked_conv2d", "masked_linear", "masked_mlp", "masked_mlp_pays"]
+           "masked_conv2d", "masked_linear", "masked_mlp", "masked_mlp_runs_fused"]

@@ -33,7 +33,7 @@ from ..model import DivergedError, Model, Progress
 from .layers import _autocast_dtype
 from .linear_ops import check_prefix, masked_linear
 from .linear_reference import degrees_to_prefix
-from .mlp_ops import MLP, fusion_pays, masked_mlp
+from .mlp_ops import masked_mlp, runs_fused
 
 OUTPUTS = ("bernoulli", "gaussian", "mixture", "params")
 
@@ -260,17 +260,10 @@ class MADE(Model):
         return out if natural else out.index_select(1, torch.argsort(order))
 
     def _fused(self, h: torch.Tensor) -> bool:
-        """Whether mask 0's network runs as the fused masked_mlp op: on the CPU with its
-        compiled backend (the layers' backend None or "cpu", nothing forcing another), in the
-        weights' dtype, outside autocast (the layers handle that), its layers small enough
-        for the fusion to pay (mlp_ops.fusion_pays)."""
-        if h.device.type != "cpu" or self.backend not in (None, "cpu") or _autocast_dtype(h.device) is not None:
-            return False
-        if h.dtype != self.layers[0].weight.dtype or any(layer.bias is None for layer in self.layers):
-            return False
-        if not fusion_pays([layer.weight for layer in self.layers]):   # wide layers: masked_linear's
-            return False
-        return MLP.resolve(h.device) == "cpu"
+        """Whether mask 0's network runs as the fused masked_mlp op: the layers' backend None
+        or "cpu", every layer biased, and mlp_ops.runs_fused (CPU, dtype, autocast, width)."""
+        return (self.backend in (None, "cpu") and all(layer.bias is not None for layer in self.layers)
+                and runs_fused(h, [layer.weight for layer in self.layers]))
 
     def _stored(self, i: int, units: torch.Tensor) -> torch.Tensor:
         """Indices into the stored weight of units of layer i (0: the inputs, by dimension;

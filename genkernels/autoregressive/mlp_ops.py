@@ -64,10 +64,14 @@ registry.register_schema_kernels("masked_mlp_backward", fake=_backward_fake)
 FUSE_MAX_WIDTH = 256
 
 
-def fusion_pays(weights) -> bool:
-    """Whether a network of these weights runs faster as one masked_mlp call than layer by
-    layer: its input and hidden layers at most FUSE_MAX_WIDTH units."""
-    return max(w.shape[1] for w in weights) <= FUSE_MAX_WIDTH
+def runs_fused(h: torch.Tensor, weights) -> bool:
+    """Whether a model's network of these weights on input h runs as the fused op: on the CPU
+    with the compiled backend (nothing forcing another), h in the weights' float32/float64
+    dtype, outside autocast (the layers handle that), and the fusion paying (input and hidden
+    layers at most FUSE_MAX_WIDTH units)."""
+    return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
+            and all(w.dtype == h.dtype for w in weights) and not torch.is_autocast_enabled(h.device.type)
+            and max(w.shape[1] for w in weights) <= FUSE_MAX_WIDTH and MLP.resolve(h.device) == "cpu")
 
 
 def _checked_arguments(x, weights, biases, prefixes, skip_weight, skip_prefix):
@@ -133,4 +137,4 @@ def masked_mlp(x: torch.Tensor, weights, biases, prefixes, skip_weight: torch.Te
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-__all__ = ["fusion_pays", "masked_mlp"]
+__all__ = ["masked_mlp", "runs_fused"]

@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import backends
 from .._checks import check_int
-from ..autoregressive import masked_mlp, masked_mlp_pays
+from ..autoregressive import masked_mlp, masked_mlp_runs_fused
 from . import coupling_ops, spline_ops, spline_reference
 from .coupling_ops import check_bound, check_mask
 
@@ -94,10 +93,7 @@ class MLP(nn.Module):
                                  persistent=False)
 
     def _fused(self, h: torch.Tensor) -> bool:
-        return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
-                and h.dtype == self.out.weight.dtype and not torch.is_autocast_enabled("cpu")
-                and masked_mlp_pays([m.weight for m in self._linears])
-                and backends.resolve("masked_mlp", h.device) == "cpu")
+        return masked_mlp_runs_fused(h, [m.weight for m in self._linears])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         h = _with_context(x, context, self.context_features)
@@ -196,7 +192,7 @@ class _Coupling(nn.Module):
             kind = "(B, C, H, W)" if self.image else "(B, D)"
             raise ValueError(f"{name} must be {kind}; got shape {tuple(x.shape)}")
         # the mask broadcasts to the features (same rank, checked above): each size equal or 1
-        # (torch.broadcast_shapes costs 40 us a call, a tenth of a small coupling's step)
+        # (torch.broadcast_shapes cost 40 us a call)
         if not all(m == f or m == 1 for m, f in zip(self.mask.shape, x.shape[1:])):
             raise ValueError(f"{name}'s features {tuple(x.shape[1:])} do not match the mask {tuple(self.mask.shape)}")
         if self.image and self.mask.shape[0] != x.shape[1]:
