@@ -78,6 +78,25 @@ def test_masked_mlp_equals_its_definition(backend, case):
 
 
 @needs("cpu")
+@pytest.mark.parametrize("sizes", [[37, 5, 3, 21], [2, 64, 64, 4], [3, 13, 70, 7], [1, 9, 1]],
+                         ids=lambda s: "-".join(map(str, s)))
+def test_float32_narrow_products(sizes):
+    """float32 (8 lanes a register) through the narrow products' loops: short inputs (k < 16),
+    short outputs (n < 16, n not a multiple of 4), odd tails along both, every gradient."""
+    x, ws, bs, ps, sw, sp = _net(133, sizes, True, "random", dtype=torch.float32, seed=3)
+    leaves = [t.clone().requires_grad_() for t in [x, *ws, *bs, sw]]
+    got = masked_mlp(leaves[0], leaves[1:1 + len(ws)], leaves[1 + len(ws):1 + 2 * len(ws)], ps, leaves[-1], sp,
+                     backend="cpu")
+    ref_leaves = [t.double().clone().requires_grad_() for t in [x, *ws, *bs, sw]]
+    want, _ = R.masked_mlp(ref_leaves[0], ref_leaves[1:1 + len(ws)], ref_leaves[1 + len(ws):1 + 2 * len(ws)], ps,
+                           ref_leaves[-1], sp)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+    grad = torch.linspace(-1, 2, want.numel(), dtype=torch.float64).view_as(want)
+    for a, e in zip(torch.autograd.grad(got, leaves, grad.float()), torch.autograd.grad(want, ref_leaves, grad)):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-3)
+
+
+@needs("cpu")
 def test_float32_strided_input_and_only_some_gradients():
     x, ws, bs, ps, sw, sp = _net(257, [9, 40, 30, 18], True, "sorted", dtype=torch.float32)
     wide = torch.randn(257, 20)

@@ -220,19 +220,137 @@ int64_t work(const Net& net, int64_t batch) {
   return batch * macs;
 }
 
-// sum a[i] b[i] over i < k in 16 interleaved partial sums (a single running sum is a chain
-// of dependent adds the compiler must not reorder: 4x slower at k = 64)
+// One AVX2 register of T (8 floats or 4 doubles): the loops below keep their sums in these,
+// as GCC vectors (any alignment through memcpy), so each output is loaded and stored once
+// per product rather than once per multiply-add.
 template <typename T>
-T dot(const T* __restrict a, const T* __restrict b, int64_t k) {
-  constexpr int64_t kLanes = 16;
-  T part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= k; i += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) part[l] += a[i + l] * b[i + l];
-  T acc(0);
-  for (; i < k; ++i) acc += a[i] * b[i];
-  for (int64_t l = 0; l < kLanes; ++l) acc += part[l];
-  return acc;
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int64_t lanes = 32 / sizeof(T);
+};
+template <typename T>
+using vec_t = typename Vec<T>::type;
+
+template <typename T>
+inline vec_t<T> vload(const T* p) {
+  vec_t<T> v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void vstore(T* p, vec_t<T> v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+
+template <typename T>
+inline T vsum(vec_t<T> v) {
+  T s(0);
+  for (int64_t l = 0; l < Vec<T>::lanes; ++l) s += v[l];
+  return s;
+}
+
+// D (rows x n, ldd) += A (rows x k, lda) Bt, Bt (k x n) contiguous, for a short k (a first
+// layer on few inputs): per row, the outputs in registers two vectors at a time, each
+// input's row of Bt added into them.
+template <typename T>
+void product_short_k(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* bt, T* d, int64_t ldd) {
+  constexpr int64_t L = Vec<T>::lanes;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* __restrict ar = a + r * lda;
+    T* __restrict dr = d + r * ldd;
+    int64_t j = 0;
+    for (; j + 2 * L <= n; j += 2 * L) {
+      vec_t<T> s0 = vload(dr + j), s1 = vload(dr + j + L);
+      for (int64_t i = 0; i < k; ++i) {
+        s0 += ar[i] * vload(bt + i * n + j);
+        s1 += ar[i] * vload(bt + i * n + j + L);
+      }
+      vstore(dr + j, s0);
+      vstore(dr + j + L, s1);
+    }
+    for (; j + L <= n; j += L) {
+      vec_t<T> s0 = vload(dr + j);
+      for (int64_t i = 0; i < k; ++i) s0 += ar[i] * vload(bt + i * n + j);
+      vstore(dr + j, s0);
+    }
+    for (; j < n; ++j) {
+      T s = dr[j];
+      for (int64_t i = 0; i < k; ++i) s += ar[i] * bt[i * n + j];
+      dr[j] = s;
+    }
+  }
+}
+
+// D (rows x n, ldd) += A (rows x k, lda) B^T, B (n x k) contiguous, for a short n (a last
+// layer to few outputs): per row, four outputs' dot products at a time in vector partial
+// sums along k (a fifth-to-last output past n repeats a valid row of B and is not written).
+template <typename T>
+void product_short_n(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, T* d, int64_t ldd) {
+  constexpr int64_t L = Vec<T>::lanes;
+  for (int64_t j0 = 0; j0 < n; j0 += 4) {
+    const int64_t m = std::min<int64_t>(4, n - j0);
+    const T* __restrict b0 = b + j0 * k;
+    const T* __restrict b1 = b + (j0 + std::min<int64_t>(1, m - 1)) * k;
+    const T* __restrict b2 = b + (j0 + std::min<int64_t>(2, m - 1)) * k;
+    const T* __restrict b3 = b + (j0 + std::min<int64_t>(3, m - 1)) * k;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* __restrict ar = a + r * lda;
+      vec_t<T> s0{}, s1{}, s2{}, s3{};
+      int64_t i = 0;
+      for (; i + L <= k; i += L) {
+        const vec_t<T> v = vload(ar + i);
+        s0 += v * vload(b0 + i);
+        s1 += v * vload(b1 + i);
+        s2 += v * vload(b2 + i);
+        s3 += v * vload(b3 + i);
+      }
+      T t[4] = {vsum<T>(s0), vsum<T>(s1), vsum<T>(s2), vsum<T>(s3)};
+      for (; i < k; ++i) {
+        t[0] += ar[i] * b0[i];
+        t[1] += ar[i] * b1[i];
+        t[2] += ar[i] * b2[i];
+        t[3] += ar[i] * b3[i];
+      }
+      for (int64_t q = 0; q < m; ++q) d[r * ldd + j0 + q] += t[q];
+    }
+  }
+}
+
+// C (n x k, contiguous) += A^T B, A (rows x n, lda), B (rows x k, ldb), vectorised along k:
+// per output row j, blocks of four vectors of C held in registers over all the rows.
+template <typename T>
+void product_tn(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c) {
+  constexpr int64_t L = Vec<T>::lanes;
+  for (int64_t j = 0; j < n; ++j) {
+    T* __restrict cj = c + j * k;
+    int64_t i = 0;
+    for (; i + 4 * L <= k; i += 4 * L) {
+      vec_t<T> s0 = vload(cj + i), s1 = vload(cj + i + L), s2 = vload(cj + i + 2 * L), s3 = vload(cj + i + 3 * L);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T v = a[r * lda + j];
+        const T* __restrict br = b + r * ldb + i;
+        s0 += v * vload(br);
+        s1 += v * vload(br + L);
+        s2 += v * vload(br + 2 * L);
+        s3 += v * vload(br + 3 * L);
+      }
+      vstore(cj + i, s0);
+      vstore(cj + i + L, s1);
+      vstore(cj + i + 2 * L, s2);
+      vstore(cj + i + 3 * L, s3);
+    }
+    for (; i + L <= k; i += L) {
+      vec_t<T> s0 = vload(cj + i);
+      for (int64_t r = 0; r < rows; ++r) s0 += a[r * lda + j] * vload(b + r * ldb + i);
+      vstore(cj + i, s0);
+    }
+    for (; i < k; ++i) {
+      T s = cj[i];
+      for (int64_t r = 0; r < rows; ++r) s += a[r * lda + j] * b[r * ldb + i];
+      cj[i] = s;
+    }
+  }
 }
 
 // D (rows x n, ldd) += A (rows x k, lda) B^T, with B (n x k) and Bt = B^T (k x n) both
@@ -246,19 +364,9 @@ void product_abt(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, co
     for (const Tile& t : *tiles)
       gemm<T>(true, false, t.j1 - t.j0, rows, t.kk, b + t.j0 * k, k, a, lda, T(1), d + t.j0, ldd);
   } else if (n >= k) {
-    for (int64_t r = 0; r < rows; ++r) {
-      T* __restrict dr = d + r * ldd;
-      for (int64_t i = 0; i < k; ++i) {
-        const T v = a[r * lda + i];
-        const T* __restrict w = bt + i * n;
-        for (int64_t j = 0; j < n; ++j) dr[j] += v * w[j];
-      }
-    }
+    product_short_k<T>(rows, n, k, a, lda, bt, d, ldd);
   } else {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* __restrict ar = a + r * lda;
-      for (int64_t j = 0; j < n; ++j) d[r * ldd + j] += dot(ar, b + j * k, k);
-    }
+    product_short_n<T>(rows, n, k, a, lda, b, d, ldd);
   }
 }
 
@@ -290,23 +398,9 @@ void product_atb(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, co
     for (const Tile& t : tiles)
       gemm<T>(false, true, t.kk, t.j1 - t.j0, rows, b, ldb, a + t.j0, lda, T(1), c + t.j0 * k, k);
   } else if (!transposed_acc(n, k)) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* __restrict br = b + r * ldb;
-      for (int64_t j = 0; j < n; ++j) {
-        const T v = a[r * lda + j];
-        T* __restrict cj = c + j * k;
-        for (int64_t i = 0; i < k; ++i) cj[i] += v * br[i];
-      }
-    }
+    product_tn<T>(rows, n, k, a, lda, b, ldb, c);
   } else {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* __restrict ar = a + r * lda;
-      for (int64_t i = 0; i < k; ++i) {
-        const T v = b[r * ldb + i];
-        T* __restrict ci = ct + i * n;
-        for (int64_t j = 0; j < n; ++j) ci[j] += v * ar[j];
-      }
-    }
+    product_tn<T>(rows, k, n, b, ldb, a, lda, ct);
   }
 }
 
@@ -366,8 +460,7 @@ void backward_rows(const Net& net, const T* grad, const T* x, const std::vector<
       std::fill(below, below + rows * k, T(0));
       product_ab<T>(rows, n, k, g, ld_g, net.masked[l].const_data_ptr<T>(), net.masked_t[l].const_data_ptr<T>(), below,
                     k, net.tiles[l]);
-      for (int64_t i = 0; i < rows * k; ++i)
-        if (!(in[i] > T(0))) below[i] = T(0);
+      for (int64_t i = 0; i < rows * k; ++i) below[i] = in[i] > T(0) ? below[i] : T(0);   // a blend, no branch
       g = below;
       ld_g = k;
     } else if (grad_x != nullptr) {
