@@ -1,13 +1,15 @@
 """The fused masked MLP (genkernels.ops.masked_mlp: MADE's whole network in one op) against its
 definition (genkernels/autoregressive/mlp_reference.py) over odd and edge shapes, forward and
-every gradient; gradcheck, gradgradcheck (the double backward), opcheck, torch.compile; one and
-two threads; inputs untouched; MADE's fused path against its layer-by-layer path; bad input."""
+every gradient, on every backend (triton through the interpreter on CPU tensors); gradcheck,
+gradgradcheck (the double backward), opcheck, torch.compile; one and two threads; inputs
+untouched; weights the mask removes never read; bf16; MADE's fused path against its
+layer-by-layer path; bad input."""
 
 import os
 
 import pytest
 import torch
-from helpers import needs, num_threads
+from helpers import DEVICE, needs, num_threads
 
 import genkernels
 from genkernels import MADE
@@ -50,8 +52,15 @@ CASES = [(1024, [2, 64, 64, 4], True, "sorted"), (300, [3, 17, 9, 6], True, "ran
          (40, [16, 32, 16], True, "zero"), (2100, [20, 48, 40], True, "full"), (90, [40, 64, 48], True, "random")]
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs("cpu"))])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{'-'.join(map(str, c[1]))}-{c[3]}{'-skip' * c[2]}")
+# the triton kernels (through the interpreter here) on the cases up to 300 rows: the larger
+# ones are the cpu kernel's chunking cases
+BACKEND_CASES = [pytest.param(backend, case, marks=mark, id=f"{case[0]}x{'-'.join(map(str, case[1]))}-{case[3]}"
+                              f"{'-skip' * case[2]}-{backend}")
+                 for backend, mark in (("reference", ()), ("cpu", needs("cpu")), ("triton", needs("triton")))
+                 for case in CASES if backend != "triton" or case[0] <= 300]
+
+
+@pytest.mark.parametrize("backend, case", BACKEND_CASES)
 def test_masked_mlp_equals_its_definition(backend, case):
     batch, sizes, skip, kind = case
     x, ws, bs, ps, sw, sp = _net(batch, sizes, skip, kind)
@@ -189,7 +198,7 @@ def test_made_fused_path_equals_its_layers(kwargs):
      ValueError, "skip_weight must be"),
     (lambda x, ws, bs, ps: masked_mlp(x.float(), ws, bs, ps), TypeError, "dtype"),
     (lambda x, ws, bs, ps: masked_mlp(x[0], ws, bs, ps), ValueError, "x must be"),
-    (lambda x, ws, bs, ps: masked_mlp(x, ws, bs, ps, backend="triton"), Exception, "triton"),
+    (lambda x, ws, bs, ps: masked_mlp(x, ws, bs, ps, backend="cuda"), Exception, "cuda"),
 ])
 def test_bad_input(call, error, match):
     x, ws, bs, ps, _, _ = _net(5, [4, 6, 3], False, "sorted")
@@ -282,3 +291,87 @@ def test_made_fuses_only_networks_where_it_pays():
     ref.load_state_dict(auto.state_dict())
     x, ctx = torch.randn(5, 8), torch.randn(5, 3)
     torch.testing.assert_close(auto._params(x, 0, ctx), ref._params(x, 0, ctx), rtol=1e-6, atol=1e-6)
+
+
+def _on(device, *tensors):
+    return [t.to(device) if isinstance(t, torch.Tensor) else [u.to(device) for u in t] if isinstance(t, list) else t
+            for t in tensors]
+
+
+@needs("triton")
+def test_triton_gradcheck_opcheck_compile_and_determinism():
+    x, ws, bs, ps, sw, sp = _on(DEVICE, *_net(3, [3, 5, 4, 3], True, "sorted", seed=3))
+    leaves = [t.clone().requires_grad_() for t in [x, *ws, *bs, sw]]
+
+    def f(*v):
+        return masked_mlp(v[0], v[1:4], v[4:7], ps, v[7], sp, backend="triton")
+    assert torch.autograd.gradcheck(f, leaves)
+    op = torch.ops.genkernels.masked_mlp_triton.default
+    torch.library.opcheck(op, (x, ws, bs, ps, sw, sp))
+    torch.library.opcheck(op, (*[leaves[0]], leaves[1:4], leaves[4:7], ps, leaves[7], sp))
+    torch.library.opcheck(op, (x[:1], ws, bs, ps, None, None))
+    out, hidden = op(x, ws, bs, ps, sw, sp)
+    backward = torch.ops.genkernels.masked_mlp_backward_triton.default
+    for need_x in (True, False):
+        torch.library.opcheck(backward, (torch.ones_like(out), x, hidden, ws, ps, sw, sp, need_x))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *v: f(*v).square().sum(), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*leaves), f(*leaves).square().sum())
+    first = torch.autograd.grad(f(*leaves).square().sum(), leaves)
+    again = torch.autograd.grad(f(*leaves).square().sum(), leaves)
+    for a, b in zip(first, again):   # fixed sums: the same bits run to run
+        assert torch.equal(a, b)
+
+
+@needs("triton")
+def test_triton_bf16_accumulates_in_fp32():
+    """bf16 tiles (upcast under the interpreter, tensor cores on a GPU) with fp32 sums and the
+    hidden layers stored in bf16, as a chain of bf16 layers: within bf16 roundings of the
+    definition run in fp64 on the same inputs."""
+    x, ws, bs, ps, sw, sp = _net(40, [12, 40, 24, 10], True, "sorted", seed=2)
+    ws = [w / w.shape[1] ** 0.5 for w in ws]
+    x, ws, bs, sw = x.to(torch.bfloat16), [w.to(torch.bfloat16) for w in ws], [b.to(torch.bfloat16) for b in bs], \
+        sw.to(torch.bfloat16)
+    x, ws, bs, ps, sw, sp = _on(DEVICE, x, ws, bs, ps, sw, sp)
+    leaves = [t.clone().requires_grad_() for t in [x, *ws, *bs, sw]]
+    got = masked_mlp(leaves[0], leaves[1:4], leaves[4:7], ps, leaves[7], sp, backend="triton")
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    want, _ = R.masked_mlp(ref_leaves[0], ref_leaves[1:4], ref_leaves[4:7], ps, ref_leaves[7], sp)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), want, rtol=2 ** -6, atol=2e-2)
+    grad = torch.linspace(-1, 1, want.numel(), dtype=torch.float64, device=DEVICE).view_as(want)
+    got_grads = torch.autograd.grad(got, leaves, grad.to(torch.bfloat16))
+    for a, e in zip(got_grads, torch.autograd.grad(want, ref_leaves, grad)):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.double(), e, rtol=2 ** -5, atol=5e-2)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs("cpu")),
+                                     pytest.param("triton", marks=needs("triton"))])
+def test_weights_the_mask_removes_are_never_read(backend):
+    """NaN in every masked-out weight (and skip weight) changes no output and no gradient."""
+    device = "cpu" if backend == "cpu" else DEVICE
+    x, ws, bs, ps, sw, sp = _on(device, *_net(19, [5, 20, 12, 10], True, "sorted", seed=4))
+    poisoned = []
+    for w, p in zip(ws + [sw], ps + [sp]):
+        removed = torch.arange(w.shape[1], device=device)[None, :] >= p[:, None]
+        poisoned.append(w.masked_fill(removed, float("nan")))
+    clean = [t.clone().requires_grad_() for t in [x, *ws, *bs, sw]]
+    dirty = [t.clone().requires_grad_() for t in [x, *poisoned[:3], *bs, poisoned[3]]]
+    outs = [masked_mlp(v[0], v[1:4], v[4:7], ps, v[7], sp, backend=backend) for v in (clean, dirty)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+    for v, p in zip(torch.autograd.grad(outs[1].sum(), dirty), torch.autograd.grad(outs[0].sum(), clean)):
+        assert not bool(v.isnan().any())
+        torch.testing.assert_close(v, p, rtol=0, atol=0)
+
+
+@needs("triton")
+def test_triton_takes_at_most_its_layers():
+    x = torch.randn(3, 4, dtype=torch.float64, device=DEVICE)
+    deep = [torch.randn(4, 4, dtype=torch.float64, device=DEVICE) for _ in range(7)]
+    biases = [torch.zeros(4, dtype=torch.float64, device=DEVICE) for _ in range(7)]
+    prefixes = [torch.full((4,), 4, device=DEVICE) for _ in range(7)]
+    with pytest.raises(ValueError, match="1 to 6 layers; got 7"):
+        masked_mlp(x, deep, biases, prefixes, backend="triton")
+    want, _ = R.masked_mlp(x, deep[:6], biases[:6], prefixes[:6], None, None)
+    torch.testing.assert_close(masked_mlp(x, deep[:6], biases[:6], prefixes[:6], backend="triton"), want)

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "cpu/parallel_region.h"
+#include "cpu/simd.h"
 
 namespace genkernels::autoregressive::cpu {
 namespace {
@@ -221,32 +222,27 @@ int64_t work(const Net& net, int64_t batch) {
 }
 
 // One AVX2 register of T (8 floats or 4 doubles): the loops below keep their sums in these,
-// as GCC vectors (any alignment through memcpy), so each output is loaded and stored once
-// per product rather than once per multiply-add.
+// as GCC vectors, so each output is loaded and stored once per product rather than once per
+// multiply-add.
 template <typename T>
-struct Vec {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int64_t lanes = 32 / sizeof(T);
-};
+constexpr int64_t kVecLanes = 32 / sizeof(T);
 template <typename T>
-using vec_t = typename Vec<T>::type;
+using vec_t = genkernels::cpu::simd_t<T, kVecLanes<T>>;
 
 template <typename T>
 inline vec_t<T> vload(const T* p) {
-  vec_t<T> v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
+  return genkernels::cpu::simd_load<vec_t<T>>(p);
 }
 
 template <typename T>
 inline void vstore(T* p, vec_t<T> v) {
-  __builtin_memcpy(p, &v, sizeof(v));
+  genkernels::cpu::simd_store(p, v);
 }
 
 template <typename T>
 inline T vsum(vec_t<T> v) {
   T s(0);
-  for (int64_t l = 0; l < Vec<T>::lanes; ++l) s += v[l];
+  for (int64_t l = 0; l < kVecLanes<T>; ++l) s += v[l];
   return s;
 }
 
@@ -255,7 +251,7 @@ inline T vsum(vec_t<T> v) {
 // input's row of Bt added into them.
 template <typename T>
 void product_short_k(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* bt, T* d, int64_t ldd) {
-  constexpr int64_t L = Vec<T>::lanes;
+  constexpr int64_t L = kVecLanes<T>;
   for (int64_t r = 0; r < rows; ++r) {
     const T* __restrict ar = a + r * lda;
     T* __restrict dr = d + r * ldd;
@@ -287,7 +283,7 @@ void product_short_k(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda
 // sums along k (a fifth-to-last output past n repeats a valid row of B and is not written).
 template <typename T>
 void product_short_n(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, T* d, int64_t ldd) {
-  constexpr int64_t L = Vec<T>::lanes;
+  constexpr int64_t L = kVecLanes<T>;
   for (int64_t j0 = 0; j0 < n; j0 += 4) {
     const int64_t m = std::min<int64_t>(4, n - j0);
     const T* __restrict b0 = b + j0 * k;
@@ -321,7 +317,7 @@ void product_short_n(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda
 // per output row j, blocks of four vectors of C held in registers over all the rows.
 template <typename T>
 void product_tn(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c) {
-  constexpr int64_t L = Vec<T>::lanes;
+  constexpr int64_t L = kVecLanes<T>;
   for (int64_t j = 0; j < n; ++j) {
     T* __restrict cj = c + j * k;
     int64_t i = 0;

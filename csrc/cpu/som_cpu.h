@@ -30,6 +30,8 @@
 // in every translation unit, so every caller sees the same convention.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+#include "cpu/simd.h"
+
 namespace genkernels::som::cpu {
 
 // 64-byte aligned scratch array (packed weight panels are read with aligned vector loads).
@@ -53,22 +55,16 @@ struct AlignedBuffer {
 constexpr int kLanes = 8;
 
 template <typename T>
-struct Lanes {
-  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
-};
-template <typename T>
-using lanes_t = typename Lanes<T>::type;
+using lanes_t = genkernels::cpu::simd_t<T, kLanes>;
 
 template <typename T>
 inline lanes_t<T> load_lanes(const T* p) {
-  lanes_t<T> v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
+  return genkernels::cpu::simd_load<lanes_t<T>>(p);
 }
 
 template <typename T>
 inline void store_lanes(T* p, lanes_t<T> v) {
-  __builtin_memcpy(p, &v, sizeof(v));
+  genkernels::cpu::simd_store(p, v);
 }
 
 // The first n (< kLanes) features, the rest zero. With AVX2 (the x86 build's baseline) by

@@ -3,12 +3,14 @@ dispatch, autograd.
 
 Re-exported flat in ``genkernels.ops`` (through ``autoregressive/ops.py``). ``masked_mlp``
 runs on ``reference`` (genkernels/autoregressive/mlp_reference.py: masked_linear layers and
-ReLUs, differentiated by autograd) and ``cpu`` (csrc/cpu/masked_mlp.cpp: the batch through
+ReLUs, differentiated by autograd), ``cpu`` (csrc/cpu/masked_mlp.cpp: the batch through
 every layer in cache-sized chunks, forward and backward; its autograd is registered in C++,
-with a double backward through the definition's ATen ops). It is a CPU fusion of small
-networks, where per-layer dispatch and memory passes cost more than the products: on a GPU
-MADE runs its layers through ``masked_linear``'s Triton kernels (no GPU backend is declared
-here, so a CUDA tensor runs the reference).
+with a double backward through the definition's ATen ops) and ``triton``
+(genkernels/autoregressive/mlp_triton.py: every layer in one launch each way, up to
+mlp_triton.MAX_LAYERS layers; the automatic backend runs deeper networks on the reference;
+no double backward). Models take the fused op where ``runs_fused`` says: on the CPU, where
+it was measured against the layer-by-layer path; on a GPU MADE runs its layers through
+``masked_linear``'s Triton kernels until a GPU run compares the two.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ MLP = registry.declare(
     "masked_mlp",
     reference=_reference,
     cpu=_cpu,
+    triton=registry.lazy(__package__ + ".mlp_triton", "masked_mlp_triton"),
     fake=_fake)   # its autograd is C++ (csrc/cpu/masked_mlp.cpp: MlpFunction, double backward included)
 registry.register_schema_kernels("masked_mlp_backward", fake=_backward_fake)
+registry.static_kernels("autoregressive.mlp", registry.lazy(__package__ + ".mlp_triton", "static_kernels"))
 
 
 # The widest input or hidden layer for which the fused op beats the layer-by-layer path
@@ -120,7 +124,7 @@ def masked_mlp(x: torch.Tensor, weights, biases, prefixes, skip_weight: torch.Te
             tensors (D_l,) in [0, D_{l-1}] (``masked_linear``'s: output j of layer l sees its
             first prefix[j] inputs; a full prefix is a dense layer). Same dtype and device.
         skip_weight: (D_L, D0) or None, with skip_prefix (D_L,): added x (S * M_S)^T.
-        backend: None (auto), "reference" or "cpu".
+        backend: None (auto), "reference", "cpu" or "triton".
         checked: the arguments are the caller's own, already valid (MADE's and the coupling
             MLP's layers, their prefixes checked when set): no Python checks per call. The
             cpu kernel checks shapes, dtypes and the prefixes' range either way (ValueError /
@@ -133,6 +137,9 @@ def masked_mlp(x: torch.Tensor, weights, biases, prefixes, skip_weight: torch.Te
     if not checked:
         prefixes, skip_prefix = _checked_arguments(x, weights, biases, prefixes, skip_weight, skip_prefix)
     name = MLP.resolve(x.device, backend)
+    if name == "triton" and backend is None:   # deeper than one launch takes: the reference
+        from .mlp_triton import MAX_LAYERS
+        name = name if len(weights) <= MAX_LAYERS else "reference"
     out, _ = MLP.kernels[name](x, weights, biases, prefixes, skip_weight, skip_prefix)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
