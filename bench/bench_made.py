@@ -14,9 +14,11 @@ round (harness.interleaved; medians):
 
 * ``ours (cpu)``: genkernels.ops.masked_mlp -- the batch through every layer in cache-sized
   chunks, BLAS products skipping the mask's upper blocks, C++ autograd
-  (csrc/cpu/masked_mlp.cpp); on a GPU ``ours (triton)`` is the masked_linear layers;
-* ``ours, layer by layer`` (CPU): genkernels.ops.masked_linear per layer and torch's ReLU --
-  what the fusion saves;
+  (csrc/cpu/masked_mlp.cpp); on a GPU ``ours (triton)``, its Triton kernels (every layer in
+  one launch each way, genkernels/autoregressive/mlp_triton.py);
+* ``ours, layer by layer``: genkernels.ops.masked_linear per layer (the same backend) and
+  torch's ReLU -- what the fusion saves, and on a GPU the path MADE takes until this
+  comparison has run there;
 * ``dense linears of w * mask``: torch's linear of each masked weight and ReLU, as public
   MADE code and nflows' MADE compute it, and its ``torch.compile`` (warm: compiling is not
   timed).
@@ -100,27 +102,24 @@ def implementations(case: tuple, device: str, seed: int = 0) -> dict:
         return h + F.linear(xx, skip * skip_mask)
 
     def fused(xx):
-        return genkernels.ops.masked_mlp(xx, ws, bs, ps, skip, skip_prefix, backend="cpu", checked=True)
+        return genkernels.ops.masked_mlp(xx, ws, bs, ps, skip, skip_prefix, backend=backend, checked=True)
 
     def call(fn):
         def run():
             fn(x).backward(grad)
         return run
 
-    impls = {f"ours ({backend})": call(fused if device == "cpu" else layers)}
-    if device == "cpu":
-        impls[LAYERS] = call(layers)
-    return impls | {DENSE: call(dense), f"{DENSE} (torch.compile)": call(torch.compile(dense))}
+    return {f"ours ({backend})": call(fused), LAYERS: call(layers), DENSE: call(dense),
+            f"{DENSE} (torch.compile)": call(torch.compile(dense))}
 
 
 def max_abs_diff(case: tuple, device: str) -> float:
     """ours' forward against the dense network's (the same inputs)."""
     x, ws, bs, ps, skip, skip_prefix, _ = network(case, device, seed=1)
+    backend = "cpu" if device == "cpu" else "triton"
     with torch.no_grad():
         want = dense_network(x, ws, bs, ps, skip, skip_prefix)
-        if device != "cpu":   # the GPU's ours: the masked_linear layers (bench_autoregressive checks them)
-            return float("nan")
-        return float((genkernels.ops.masked_mlp(x, ws, bs, ps, skip, skip_prefix) - want).abs().max())
+        return float((genkernels.ops.masked_mlp(x, ws, bs, ps, skip, skip_prefix, backend=backend) - want).abs().max())
 
 
 def run(quick: bool = False, rounds: int | None = None, out: str | None = None, threads: int = 1,
@@ -178,8 +177,7 @@ def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
     device, quick, _ = harness.bench_options(metafunc.config)
-    impls = [f"ours ({'cpu' if device == 'cpu' else 'triton'})"] + ([LAYERS] if device == "cpu" else []) + \
-        [DENSE, f"{DENSE} (torch.compile)"]
+    impls = [f"ours ({'cpu' if device == 'cpu' else 'triton'})", LAYERS, DENSE, f"{DENSE} (torch.compile)"]
     cases = [(c, impl, device) for c in CASES[quick] for impl in impls]
     metafunc.parametrize("case", cases, ids=[f"{c[0][0]}-{c[1]}".replace(" ", "_") for c in cases])
 
