@@ -113,81 +113,18 @@ def _edges(inner, idx, bound, K: tl.constexpr, KP: tl.constexpr):
 
 
 @triton.jit
-def _spline_fwd_kernel(X, P, MASK, Y, PART, N, stride_x, stride_pb, stride_pn, n_blocks, bound_hi, bound_mid,
-                       bound_lo, INVERSE: tl.constexpr, ACC: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-                       BLOCK: tl.constexpr):
-    # X (B, N) input (features contiguous, row stride stride_x); P (B, N, 3K - 1) raw
-    # parameters (row stride stride_pb, feature stride stride_pn, each feature's 3K - 1
-    # contiguous); MASK (N,) 1 = kept; Y (B, N) output, contiguous; PART (B, n_blocks) the
-    # blocks' log-determinant parts; the program owns features [blk BLOCK, (blk + 1) BLOCK) of
-    # row `row`.
-    row = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
-    feats = blk * BLOCK + tl.arange(0, BLOCK)
-    valid = feats < N
+def _bin_state(X, P, MASK, row, feats, valid, stride_x, stride_pb, stride_pn, bound_hi, bound_mid, bound_lo,
+               INVERSE: tl.constexpr, ACC: tl.constexpr, K: tl.constexpr, KP: tl.constexpr):
+    """What both kernels compute first, per feature of the block: whether it is transformed
+    (inside), its bin and the bin's knots, derivatives and raw derivative parameters, and
+    theta (the position inside the bin; for the inverse the root of the bin's quadratic).
+    Returns (bound, x, inside, wsoft, hsoft, idx, x0, y0, width, height, slope, d0, d1, r0, r1,
+    e, theta)."""
     bound = (tl.cast(bound_hi, ACC) + tl.cast(bound_mid, ACC)) + tl.cast(bound_lo, ACC)   # exact in fp64
     kept = tl.load(MASK + feats, mask=valid, other=1.0) != 0
     x = tl.load(X + row * stride_x + feats, mask=valid, other=0.0).to(ACC)
     inside = valid & ~kept & (x >= -bound) & (x <= bound)
     v = tl.where(inside, x, 0.0)
-    base = P + row * stride_pb + feats.to(tl.int64) * stride_pn
-    _, wsum = _fractions(base[:, None], inside, K, KP, ACC)
-    xin = wsum * (2.0 * bound) - bound
-    _, hsum = _fractions(base[:, None] + K, inside, K, KP, ACC)
-    yin = hsum * (2.0 * bound) - bound
-    if INVERSE:
-        idx = _bin_of(yin, v, K, KP)
-    else:
-        idx = _bin_of(xin, v, K, KP)
-    x0, x1 = _edges(xin, idx, bound, K, KP)
-    y0, y1 = _edges(yin, idx, bound, K, KP)
-    r0 = tl.load(base + 2 * K + idx - 1, mask=inside & (idx > 0), other=0.0).to(ACC)
-    r1 = tl.load(base + 2 * K + idx, mask=inside & (idx < K - 1), other=0.0).to(ACC)
-    d0 = tl.where(idx == 0, 1.0, MIN_DERIVATIVE + _softplus(r0))
-    d1 = tl.where(idx == K - 1, 1.0, MIN_DERIVATIVE + _softplus(r1))
-    width = x1 - x0
-    height = y1 - y0
-    slope = height / width
-    e = d0 + d1 - 2.0 * slope
-    if INVERSE:
-        dy = v - y0
-        a = height * (slope - d0) + dy * e
-        b = height * d0 - dy * e
-        c = -slope * dy
-        theta = (2.0 * c) / (-b - tl.sqrt(tl.maximum(b * b - 4.0 * a * c, 0.0)))
-        out = x0 + theta * width
-        t1 = theta * (1.0 - theta)
-        denom = slope + e * t1
-    else:
-        theta = (v - x0) / width
-        t1 = theta * (1.0 - theta)
-        denom = slope + e * t1
-        out = y0 + height * (slope * theta * theta + d0 * t1) / denom
-    dnum = slope * slope * (d1 * theta * theta + 2.0 * slope * t1 + d0 * (1.0 - theta) * (1.0 - theta))
-    log_deriv = tl.log(dnum) - 2.0 * tl.log(denom)
-    tl.store(Y + row * N + feats, tl.where(inside, out, x).to(Y.dtype.element_ty), mask=valid)
-    part = tl.sum(tl.where(inside, log_deriv, 0.0), axis=0)
-    tl.store(PART + row * n_blocks + blk, -part if INVERSE else part)
-
-
-@triton.jit
-def _spline_bwd_kernel(GY, GL, X, P, MASK, GX, GP, N, stride_gy, stride_x, stride_pb, stride_pn, bound_hi,
-                       bound_mid, bound_lo, INVERSE: tl.constexpr, ACC: tl.constexpr, K: tl.constexpr,
-                       KP: tl.constexpr, BLOCK: tl.constexpr):
-    # GY (B, N) and GL (B,) the output gradients; X, P, MASK as the forward's; GX (B, N) and
-    # GP (B, N, 3K - 1) the input gradients, contiguous; the program owns the forward's block.
-    row = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
-    feats = blk * BLOCK + tl.arange(0, BLOCK)
-    valid = feats < N
-    bound = (tl.cast(bound_hi, ACC) + tl.cast(bound_mid, ACC)) + tl.cast(bound_lo, ACC)
-    kept = tl.load(MASK + feats, mask=valid, other=1.0) != 0
-    x = tl.load(X + row * stride_x + feats, mask=valid, other=0.0).to(ACC)
-    gy = tl.load(GY + row * stride_gy + feats, mask=valid, other=0.0).to(ACC)
-    g_logdet = tl.load(GL + row).to(ACC)
-    inside = valid & ~kept & (x >= -bound) & (x <= bound)
-    v = tl.where(inside, x, 0.0)
-    # the forward, recomputed
     base = P + row * stride_pb + feats.to(tl.int64) * stride_pn
     wsoft, wsum = _fractions(base[:, None], inside, K, KP, ACC)
     xin = wsum * (2.0 * bound) - bound
@@ -215,6 +152,54 @@ def _spline_bwd_kernel(GY, GL, X, P, MASK, GX, GP, N, stride_gy, stride_x, strid
         theta = (2.0 * c) / (-b - tl.sqrt(tl.maximum(b * b - 4.0 * a * c, 0.0)))
     else:
         theta = (v - x0) / width
+    return bound, x, inside, wsoft, hsoft, idx, x0, y0, width, height, slope, d0, d1, r0, r1, e, theta
+
+
+@triton.jit
+def _spline_fwd_kernel(X, P, MASK, Y, PART, N, stride_x, stride_pb, stride_pn, n_blocks, bound_hi, bound_mid,
+                       bound_lo, INVERSE: tl.constexpr, ACC: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    # X (B, N) input (features contiguous, row stride stride_x); P (B, N, 3K - 1) raw
+    # parameters (row stride stride_pb, feature stride stride_pn, each feature's 3K - 1
+    # contiguous); MASK (N,) 1 = kept; Y (B, N) output, contiguous; PART (B, n_blocks) the
+    # blocks' log-determinant parts; the program owns features [blk BLOCK, (blk + 1) BLOCK) of
+    # row `row`.
+    row = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    feats = blk * BLOCK + tl.arange(0, BLOCK)
+    valid = feats < N
+    _, x, inside, _, _, _, x0, y0, width, height, slope, d0, d1, _, _, e, theta = _bin_state(
+        X, P, MASK, row, feats, valid, stride_x, stride_pb, stride_pn, bound_hi, bound_mid, bound_lo, INVERSE, ACC, K,
+        KP)
+    t1 = theta * (1.0 - theta)
+    denom = slope + e * t1
+    if INVERSE:
+        out = x0 + theta * width
+    else:
+        out = y0 + height * (slope * theta * theta + d0 * t1) / denom
+    dnum = slope * slope * (d1 * theta * theta + 2.0 * slope * t1 + d0 * (1.0 - theta) * (1.0 - theta))
+    log_deriv = tl.log(dnum) - 2.0 * tl.log(denom)
+    tl.store(Y + row * N + feats, tl.where(inside, out, x).to(Y.dtype.element_ty), mask=valid)
+    part = tl.sum(tl.where(inside, log_deriv, 0.0), axis=0)
+    tl.store(PART + row * n_blocks + blk, -part if INVERSE else part)
+
+
+@triton.jit
+def _spline_bwd_kernel(GY, GL, X, P, MASK, GX, GP, N, stride_gy, stride_x, stride_pb, stride_pn, bound_hi,
+                       bound_mid, bound_lo, INVERSE: tl.constexpr, ACC: tl.constexpr, K: tl.constexpr,
+                       KP: tl.constexpr, BLOCK: tl.constexpr):
+    # GY (B, N) and GL (B,) the output gradients; X, P, MASK as the forward's; GX (B, N) and
+    # GP (B, N, 3K - 1) the input gradients, contiguous; the program owns the forward's block.
+    row = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    feats = blk * BLOCK + tl.arange(0, BLOCK)
+    valid = feats < N
+    gy = tl.load(GY + row * stride_gy + feats, mask=valid, other=0.0).to(ACC)
+    g_logdet = tl.load(GL + row).to(ACC)
+    # the forward, recomputed
+    bound, _, inside, wsoft, hsoft, idx, x0, y0, width, height, slope, d0, d1, r0, r1, e, theta = _bin_state(
+        X, P, MASK, row, feats, valid, stride_x, stride_pb, stride_pn, bound_hi, bound_mid, bound_lo, INVERSE, ACC, K,
+        KP)
     t1 = theta * (1.0 - theta)
     inv_denom = 1.0 / (slope + e * t1)
     ratio = (slope * theta * theta + d0 * t1) * inv_denom          # y = y0 + height ratio
