@@ -113,8 +113,9 @@ struct Net {
   std::vector<Tile> skip_tiles;
   std::vector<int64_t> width;      // D_0 .. D_L
   std::vector<at::Tensor> masked;  // W_l * M_l, contiguous (D_l, D_{l-1})
-  std::vector<at::Tensor> masked_t;  // its transpose, contiguous (D_{l-1}, D_l)
-  at::Tensor skip, skip_t;         // S * M_S (D_L, D_0) and its transpose, or undefined
+  std::vector<at::Tensor> masked_t;  // its transpose, contiguous (D_{l-1}, D_l), for the loops: undefined
+                                     // where both dimensions take BLAS
+  at::Tensor skip, skip_t;         // S * M_S (D_L, D_0) and its transpose (as masked_t), or undefined
 };
 
 void check_prefix(const char* op, const char* what, const at::Tensor& prefix, int64_t out, int64_t in) {
@@ -134,14 +135,19 @@ void zero_tails(at::Tensor& t, const at::Tensor& prefix) {
     std::memset(base + (j * cols + pp[j]) * width, 0, (cols - pp[j]) * width);
 }
 
-// W * M as a fresh contiguous copy: row j keeps its first prefix[j] columns (the prefixes are
-// checked against [0, D_in] here, on the values the kernel uses).
+// W * M contiguous: W itself where every prefix is full (a dense layer: no copy when W is
+// contiguous), else a fresh copy with each row's tail zeroed (the prefixes are checked
+// against [0, D_in] here, on the values the kernel uses).
 at::Tensor masked_copy(const char* op, const at::Tensor& weight, const at::Tensor& prefix) {
   const at::Tensor p = prefix.contiguous();
   const int64_t cols = weight.size(1);
   const int64_t* pp = p.const_data_ptr<int64_t>();
-  for (int64_t j = 0; j < p.numel(); ++j)
+  bool full = true;
+  for (int64_t j = 0; j < p.numel(); ++j) {
     TORCH_CHECK_VALUE(pp[j] >= 0 && pp[j] <= cols, op, ": prefixes must lie in [0, ", cols, "]; got ", pp[j]);
+    full = full && pp[j] == cols;
+  }
+  if (full) return weight.contiguous();
   at::Tensor w = weight.contiguous().clone();
   zero_tails(w, p);
   return w;
@@ -172,6 +178,18 @@ std::vector<Tile> make_tiles(const at::Tensor& prefix, int64_t n, int64_t k) {
   return tiles;
 }
 
+// w^T contiguous where a product of w runs as loops (a dimension under kBlasMin), else
+// undefined (the BLAS products read w alone).
+at::Tensor transpose_for_loops(const at::Tensor& w) {
+  return (w.size(0) >= kBlasMin && w.size(1) >= kBlasMin) ? at::Tensor() : w.t().contiguous();
+}
+
+// t's data, or nullptr for an undefined t
+template <typename T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
 Net build(const char* op, const at::Tensor& x, at::TensorList weights, at::TensorList prefixes,
           const std::optional<at::Tensor>& skip_weight, const std::optional<at::Tensor>& skip_prefix) {
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be (B, D0); got ", x.sizes());
@@ -191,7 +209,7 @@ Net build(const char* op, const at::Tensor& x, at::TensorList weights, at::Tenso
                      x.scalar_type(), "; got ", w.scalar_type());
     check_prefix(op, "prefixes", prefixes[l], w.size(0), w.size(1));
     net.masked.push_back(masked_copy(op, w, prefixes[l]));
-    net.masked_t.push_back(net.masked.back().t().contiguous());
+    net.masked_t.push_back(transpose_for_loops(net.masked.back()));
     net.tiles.push_back(make_tiles(prefixes[l], w.size(0), w.size(1)));
     net.width.push_back(w.size(0));
   }
@@ -204,7 +222,7 @@ Net build(const char* op, const at::Tensor& x, at::TensorList weights, at::Tenso
     TORCH_CHECK_TYPE(skip_weight->scalar_type() == x.scalar_type(), op, ": skip_weight must have x's dtype");
     check_prefix(op, "skip_prefix", *skip_prefix, skip_weight->size(0), skip_weight->size(1));
     net.skip = masked_copy(op, *skip_weight, *skip_prefix);
-    net.skip_t = net.skip.t().contiguous();
+    net.skip_t = transpose_for_loops(net.skip);
     net.skip_tiles = make_tiles(*skip_prefix, skip_weight->size(0), skip_weight->size(1));
   }
   return net;
@@ -412,7 +430,7 @@ void forward_rows(const Net& net, const T* x, const std::vector<at::Tensor>& bia
     T* dst = last ? out + r0 * n : hidden[l].data_ptr<T>() + r0 * n;
     const T* b = biases[l].const_data_ptr<T>();
     for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * n, b, n * sizeof(T));
-    product_abt<T>(rows, n, k, in, ld_in, net.masked[l].const_data_ptr<T>(), net.masked_t[l].const_data_ptr<T>(), dst,
+    product_abt<T>(rows, n, k, in, ld_in, net.masked[l].const_data_ptr<T>(), data_or_null<T>(net.masked_t[l]), dst,
                    n, &net.tiles[l]);
     if (!last)
       for (int64_t i = 0; i < rows * n; ++i) dst[i] = dst[i] > T(0) ? dst[i] : T(0);
@@ -421,7 +439,7 @@ void forward_rows(const Net& net, const T* x, const std::vector<at::Tensor>& bia
   }
   if (net.skip.defined()) {
     const int64_t n = net.width.back();
-    product_abt<T>(rows, n, d0, x + r0 * d0, d0, net.skip.const_data_ptr<T>(), net.skip_t.const_data_ptr<T>(),
+    product_abt<T>(rows, n, d0, x + r0 * d0, d0, net.skip.const_data_ptr<T>(), data_or_null<T>(net.skip_t),
                    out + r0 * n, n, &net.skip_tiles);
   }
 }
@@ -454,7 +472,7 @@ void backward_rows(const Net& net, const T* grad, const T* x, const std::vector<
     if (l > 0) {   // the gradient of h_{l-1}: g (W_l * M_l), gated by h_{l-1} > 0
       T* below = (g == s.g_cur.data()) ? s.g_next.data() : s.g_cur.data();
       std::fill(below, below + rows * k, T(0));
-      product_ab<T>(rows, n, k, g, ld_g, net.masked[l].const_data_ptr<T>(), net.masked_t[l].const_data_ptr<T>(), below,
+      product_ab<T>(rows, n, k, g, ld_g, net.masked[l].const_data_ptr<T>(), data_or_null<T>(net.masked_t[l]), below,
                     k, net.tiles[l]);
       for (int64_t i = 0; i < rows * k; ++i) below[i] = in[i] > T(0) ? below[i] : T(0);   // a blend, no branch
       g = below;
@@ -462,7 +480,7 @@ void backward_rows(const Net& net, const T* grad, const T* x, const std::vector<
     } else if (grad_x != nullptr) {
       T* gx = grad_x + r0 * d0;
       std::fill(gx, gx + rows * d0, T(0));
-      product_ab<T>(rows, n, k, g, ld_g, net.masked[0].const_data_ptr<T>(), net.masked_t[0].const_data_ptr<T>(), gx, d0,
+      product_ab<T>(rows, n, k, g, ld_g, net.masked[0].const_data_ptr<T>(), data_or_null<T>(net.masked_t[0]), gx, d0,
                     net.tiles[0]);
     }
   }
@@ -471,7 +489,7 @@ void backward_rows(const Net& net, const T* grad, const T* x, const std::vector<
     product_atb<T>(rows, dl, d0, go, dl, x + r0 * d0, d0, s.gs.template data_ptr<T>(), s.gs_t.template data_ptr<T>(),
                    net.skip_tiles);
     if (grad_x != nullptr)   // grad_x += go (S * M_S)
-      product_ab<T>(rows, dl, d0, go, dl, net.skip.const_data_ptr<T>(), net.skip_t.const_data_ptr<T>(),
+      product_ab<T>(rows, dl, d0, go, dl, net.skip.const_data_ptr<T>(), data_or_null<T>(net.skip_t),
                     grad_x + r0 * d0, d0, net.skip_tiles);
   }
 }
