@@ -1,7 +1,8 @@
 """Every family's GPU targets in one short run, timed with CUDA events (``scripts/gpu_check.sh``
 runs it per family, after the family's ``gpu`` tests).
 
-    python bench/gpu_targets.py [som] [ising] [energy] [--out DIR] [--rounds N] [--dry-run]
+    python bench/gpu_targets.py [som] [ising] [energy] [autoregressive] [flows] [--out DIR] [--rounds N]
+                                [--dry-run]
 
 No family named: all of them. Each case is a warm-up call, then ``--rounds`` timed calls
 (CUDA events, ``gpu_quick.cuda_time``; one round for the cases that take a second or more);
@@ -28,6 +29,23 @@ its record holds the median, the rounds, a rate, and a correctness check of its 
   cuda and triton, unit updates per second; checked: Hopfield cuda == triton exactly,
   bm_gibbs the share of chains equal across the backends (fused samplers may part where
   |u - p| <= 1e-6) at least 90%.
+* ``autoregressive`` -- forward + backward (bench_autoregressive's and bench_made's inputs)
+  of ``masked_conv2d`` (7x7 A C=64, 3x3 B C=256, 5x5 B C=128) against cuDNN's
+  ``conv2d(x, w * mask)`` and the cropped kernels, ``masked_linear`` at D=1024 and 4096
+  against ``linear(x, w * mask)``, ``masked_mlp`` (MADE's network in one launch each way)
+  against the masked_linear layers one by one and the dense network; rate: the anchor's
+  median / this one's ("x <anchor>", the anchor timed first); checked: ours' max abs
+  difference from the anchor's output. Gated PixelCNN sampling, 28x28, cached against
+  naive: cached images/s; checked (bench_pixelcnn_sampling.run_case: the naive sampler over 2
+  rows, extrapolated; the speedup in the summary): the first rows equal. No torch.compile anchors here (their
+  compile time would eat the run; the full benches have them).
+* ``flows`` -- a device-to-device copy of 1 GiB (the bandwidth the targets are read
+  against), then forward + backward of ``affine_coupling`` (bench_flows' cases) against the
+  eager formula: rate "x eager"; the check's summary adds the bandwidth ours reaches on the
+  op's minimal traffic (x, s, t read and y written forward; y's gradient, x, s read and the
+  three gradients written backward: 10 values a feature) as a share of the copy's; and
+  ``rq_spline`` (bench_flows' spline cases) against the PyTorch reference (and nflows when
+  installed).
 
 Results: ``<out>/<machine>-targets.json`` and ``.md`` (default bench/results/, ``<machine>``
 as bench/run.py names it, written through its ``write_results`` after every case, so a run
@@ -60,7 +78,7 @@ for _path in (BENCH_DIR, REPO):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-FAMILIES = ("som", "ising", "energy")
+FAMILIES = ("som", "ising", "energy", "autoregressive", "flows")
 # a case whose warm-up call takes this long is timed on one round
 SLOW_CALL_S = 1.0
 # paths a run writes into the tree: not a reason to call it dirty
@@ -560,7 +578,119 @@ def _hopfield_targets(run: Run) -> None:
                                           f"{int(converged.sum())} probes converged early"})
 
 
-TARGETS = {"som": som_targets, "ising": ising_targets, "energy": energy_targets}
+# ---------------------------------------------------------- autoregressive, flows
+def _against(run: Run, suite: str, target: str, shapes: dict, impls: dict, anchor: str, check=None,
+             note: str = "") -> dict:
+    """Time ``impls[anchor]`` (a callable) first, then every other one with rate = the
+    anchor's median / its own ("x <anchor>"); ``check(name) -> dict | None`` for each.
+    Returns the records by name."""
+    recs = {}
+    order = [anchor] + [name for name in impls if name != anchor]
+    for name in order:
+        base = recs[anchor]["median_s"] if anchor in recs else None
+        if name == anchor:   # 1 by definition: every row reads against the same unit
+            rate = lambda median: (1.0, f"x {anchor}")   # noqa: E731
+        else:
+            rate = None if not base else (lambda median, base=base: (base / median, f"x {anchor}"))
+        backend = "triton" if name.startswith("ours (triton)") else "cpu" if name.startswith("ours (cpu)") else None
+        recs[name], _ = run.case(suite, target, name, shapes, "float32", lambda fn=impls[name]: fn, backend=backend,
+                                 rate=rate, check=None if check is None else (lambda _out, name=name: check(name)),
+                                 note=note)
+    return recs
+
+
+def _diff_check(diff: float, tol: float):
+    """A check for ours against the anchor's output: max abs difference within tol."""
+    def check(name):
+        if not name.startswith("ours ("):
+            return None
+        return {"ok": bool(diff <= tol), "max_abs_diff": diff, "summary": f"max |ours - anchor| = {diff:.1e}"}
+    return check
+
+
+def autoregressive_targets(run: Run) -> None:
+    import bench_autoregressive as ar
+    import bench_made
+    import bench_pixelcnn_sampling as sampling
+    full = {c[0]: c for c in ar.CASES[False]}
+    cases = run.size([full[n] for n in ("7x7 A C=64 B=16 28x28", "3x3 B C=256 B=8 16x16", "5x5 B C=128 B=8 28x28",
+                                        "linear D=1024 B=256", "linear D=4096 B=128")],
+                     [c for c in ar.CASES[True] if len(c) == 3 or c[5] in ("A", "B")])
+    for case in cases:
+        impls = {k: v for k, v in ar.implementations(case, run.device).items() if "torch.compile" not in k}
+        anchor = ar.DENSE_LINEAR if len(case) == 3 else ar.DENSE
+        shapes = ({"B": case[1], "D": case[2]} if len(case) == 3 else
+                  {"B": case[1], "C": case[2], "HW": case[3], "kernel": case[4], "mask": case[5]})
+        _against(run, "autoregressive", ("masked_linear " if len(case) == 3 else "masked_conv2d ") + case[0], shapes,
+                 impls, anchor, _diff_check(ar.check_agreement(case, run.device), 1e-3), note="forward + backward")
+    for case in run.size(bench_made.CASES[False], bench_made.CASES[True]):
+        impls = {k: v for k, v in bench_made.implementations(case, run.device).items() if "torch.compile" not in k}
+        name, b, d, h, p = case
+        _against(run, "autoregressive", "masked_mlp " + name, {"B": b, "D": d, "H": h, "P": p}, impls,
+                 bench_made.LAYERS, _diff_check(bench_made.max_abs_diff(case, run.device), 1e-3),
+                 note="MADE's network, forward + backward")
+    import genkernels
+    case = run.size((32, 6, 28, 16), sampling.CASES[True][0])   # (channels, layers, side, batch)
+    channels, layers, side, batch = case
+    rows = run.size(2, 1)
+
+    def make():
+        model = genkernels.GatedPixelCNN(1, channels, layers, 5, seed=0).to(run.device)
+        return lambda: model.sample(batch, (side, side), seed=1, method="cached")
+
+    def sampled(_images):   # both methods once more, on the same model and seed (bench_pixelcnn_sampling)
+        out = sampling.run_case(case, run.device, rows)
+        return {"ok": out["same_values"], "speedup": out["speedup"],
+                "summary": f"naive {out['naive_images_per_s']:.3g} images/s (over {out['naive_rows']} rows, "
+                f"extrapolated): cached {out['speedup']:.3g}x; first rows {'=' if out['same_values'] else '!='}"}
+    run.case("autoregressive", "GatedPixelCNN.sample 28x28" if side == 28 else f"GatedPixelCNN.sample {side}x{side}",
+             "cached", {"channels": channels, "layers": layers, "side": side, "batch": batch}, "float32", make,
+             rounds=1, rate=lambda median: (batch / median, "images/s"), check=sampled,
+             note="the cached sampler (one call, whole images); the check times the naive one")
+
+
+def flows_targets(run: Run) -> None:
+    import torch
+
+    import bench_flows
+    n = run.size(1 << 28, 1 << 12)   # floats: 1 GiB
+    buffers = [torch.empty(n, device=run.device), torch.empty(n, device=run.device)]
+    copy, _ = run.case("flows", "device copy (bandwidth reference)", "torch copy_", {"floats": n}, "float32",
+                       lambda: lambda: buffers[1].copy_(buffers[0]),
+                       rate=lambda median: (2 * 4 * n / median / 1e9, "GB/s"))
+    buffers.clear()
+    if run.device == "cuda":
+        torch.cuda.empty_cache()
+    copy_bw = copy["rate"] * 1e9 if copy["rate"] else None
+    for case in run.size(bench_flows.CASES[False], bench_flows.CASES[True]):
+        name, batch, shape = case[0], case[1], case[2]
+        impls = {k: v for k, v in bench_flows.implementations(case, run.device).items() if "torch.compile" not in k}
+        diff = bench_flows.check_agreement(case, run.device)
+        features = batch * math.prod(shape)
+        recs = {}
+
+        def check(impl, diff=diff):
+            if not impl.startswith("ours ("):
+                return None
+            return {"ok": bool(diff <= 1e-4), "max_abs_diff": diff, "summary": f"max |ours - eager| = {diff:.1e}"}
+        recs.update(_against(run, "flows", "affine_coupling " + name, {"B": batch, "features": list(shape)}, impls,
+                             bench_flows.EAGER, check, note="forward + backward"))
+        ours = next((r for k, r in recs.items() if k.startswith("ours")), None)
+        if ours and ours["median_s"] and copy_bw and ours["check"]:
+            share = 10 * 4 * features / ours["median_s"] / copy_bw
+            run.update(ours, check={**ours["check"], "bandwidth_share": share,
+                                    "summary": ours["check"]["summary"] + f"; {share:.0%} of the copy's bandwidth"})
+    for case in run.size(bench_flows.SPLINE_CASES[False], bench_flows.SPLINE_CASES[True]):
+        impls = {k: v for k, v in bench_flows.spline_implementations(case, run.device).items()
+                 if "torch.compile" not in k}
+        name, batch, feats, bins, inverse = case
+        _against(run, "flows", "rq_spline " + name, {"B": batch, "D": feats, "K": bins, "inverse": inverse}, impls,
+                 "reference (PyTorch)", _diff_check(bench_flows.spline_agreement(case, run.device), 1e-3),
+                 note="forward + backward")
+
+
+TARGETS = {"som": som_targets, "ising": ising_targets, "energy": energy_targets,
+           "autoregressive": autoregressive_targets, "flows": flows_targets}
 
 
 # --------------------------------------------------------------------------- main

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# The first thing to run on a lent GPU (sized for 5 minutes on an H100, the build included):
+# The first thing to run on a lent GPU (sized for 7 minutes on an H100, the build included):
 # build the CUDA extension for sm_90a unless it is there, then per family section
-#   1. every `gpu`-marked test of the family (pytest -m gpu on its test files), then
+#   1. the family's GPU tests (som, ising, energy: pytest -m gpu on its test files;
+#      autoregressive, flows: the Triton tests, -k triton, which run on the GPU when it is there), then
 #   2. every GPU target of the family timed with CUDA events (bench/gpu_targets.py), into
 #      bench/results/<gpu>-targets.json and .md (<gpu> as bench/run.py names machines).
 #
-#   bash scripts/gpu_check.sh [som] [ising] [energy]     (none: all three, in this order)
+#   bash scripts/gpu_check.sh [autoregressive] [flows] [som] [ising] [energy]
+#        (none: all five, in this order: the families never measured on a GPU first)
 #   bash scripts/gpu_check.sh --dry-run [SECTION...]     (no GPU: no build, the gpu tests
 #        skip, the targets run at tiny sizes on CPU; checks the script itself)
 #
-# Sections: som    tests/test_som_*.py; BMU search 1M x 256 vs 4,096 nodes (fp32/tf32/bf16,
+# Sections: autoregressive  tests/test_masked_*.py test_pixelcnn.py; masked_conv2d, masked_linear
+#                  and masked_mlp fw+bw against their dense anchors, PixelCNN cached sampling
+#           flows  tests/test_flows_{coupling,spline,layers,autoregressive}.py; a 1 GiB copy (the
+#                  bandwidth reference), affine_coupling and rq_spline fw+bw against eager PyTorch
+#           som    tests/test_som_*.py; BMU search 1M x 256 vs 4,096 nodes (fp32/tf32/bf16,
 #                  torch.mm, addmm+argmin), online epochs (64 maps auto/triton, one map
 #                  40x40x784 cuda/triton)
 #           ising  tests/test_ising.py; Ising2D sweeps L=1024 x 16 and L=16,384, cuda/triton
@@ -18,7 +24,8 @@
 #                  bm_gibbs and async Hopfield recall (cuda/triton)
 #
 # Time limits in seconds (environment): BUILD_S (150), <SECTION>_TESTS_S and
-# <SECTION>_TARGETS_S (SOM 30/60, ISING 15/20, ENERGY 35/40), and TOTAL_S (295) for the whole
+# <SECTION>_TARGETS_S (AUTOREGRESSIVE 60/90, FLOWS 40/40, SOM 30/60, ISING 15/20, ENERGY 35/40), and
+# TOTAL_S (420) for the whole
 # script: every step's limit is cut to what is left of TOTAL_S, and a step with less than
 # MIN_STEP_S (10) left is not started. A failed or timed-out step does not stop the next;
 # a summary of every step ends the output (exit status 1 when a step failed).
@@ -29,7 +36,8 @@
 # checkout that was sent).
 #
 # Output in $OUT (default ./gpu_out; at most 8 files, as the device tool returns them):
-# summary.txt (environment and summary), build.log, <section>.log (tests and targets), and
+# summary.txt (environment and summary), build.log, <section>.log (tests and targets; the
+# autoregressive and flows sections share models.log), and
 # results/<gpu>-targets.{json,md}, copied after every targets step. Anchor wheels in ./.whl
 # are installed into /tmp/site first when present (nothing is downloaded); MNIST is read from
 # ./.gpudata when present. scripts/gpu_final.sh is the longer energy-family benchmark run.
@@ -41,23 +49,23 @@ DRY=0
 sections=()
 for arg in "$@"; do
   case "$arg" in
-    som | ising | energy)
+    autoregressive | flows | som | ising | energy)
       [[ " ${sections[*]} " == *" $arg "* ]] || sections+=("$arg") ;;
-    all) sections=(som ising energy) ;;
+    all) sections=(autoregressive flows som ising energy) ;;
     --dry-run) DRY=1 ;;
     -h | --help)
       sed -n '2,/^set -u/{/^set -u/d;s/^# \{0,1\}//;p;}' "$0"
       exit 0 ;;
     *)
-      echo "gpu_check.sh: unknown section '$arg' (choose from: som ising energy, or --dry-run)" >&2
+      echo "gpu_check.sh: unknown section '$arg' (choose from: autoregressive flows som ising energy, or --dry-run)" >&2
       exit 2 ;;
   esac
 done
-[ ${#sections[@]} -eq 0 ] && sections=(som ising energy)
+[ ${#sections[@]} -eq 0 ] && sections=(autoregressive flows som ising energy)
 
 T0=$(date +%s)
 STAMP=$(mktemp)  # results newer than this are this run's
-TOTAL_S=${TOTAL_S:-295}
+TOTAL_S=${TOTAL_S:-420}
 DEADLINE=$((T0 + TOTAL_S))
 # the tree as it was sent, before this run writes anything (bench/gpu_targets.py records it)
 if [ -z "${GENKERNELS_TREE_STATE:-}" ]; then
@@ -130,12 +138,23 @@ fi
 triton.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'); \
 print('backends on cuda:', genkernels.available_backends('cuda'))" 2>&1 | tee -a "$OUT/summary.txt"
 
-test_opts=(-q -ra -p no:cacheprovider -m gpu)
+test_opts=(-q -ra -p no:cacheprovider)
 "$PY" -c "import xdist" 2>/dev/null && test_opts+=(-n "${TEST_WORKERS:-4}")
 "$PY" -c "import pytest_timeout" 2>/dev/null && test_opts+=(--timeout 60)
 
 for section in "${sections[@]}"; do
+  select=(-m gpu) log=$section.log
   case $section in
+    autoregressive)
+      files=(tests/test_masked_conv_triton.py tests/test_masked_linear_triton.py tests/test_masked_mlp.py
+        tests/test_masked_conv_gated.py tests/test_pixelcnn.py)
+      select=(-k triton) log=models.log
+      tests_s=${AUTOREGRESSIVE_TESTS_S:-60} targets_s=${AUTOREGRESSIVE_TARGETS_S:-90} ;;
+    flows)
+      files=(tests/test_flows_coupling.py tests/test_flows_spline.py tests/test_flows_layers.py
+        tests/test_flows_autoregressive.py)
+      select=(-k triton) log=models.log
+      tests_s=${FLOWS_TESTS_S:-40} targets_s=${FLOWS_TARGETS_S:-40} ;;
     som)
       files=(tests/test_som_*.py)
       tests_s=${SOM_TESTS_S:-30} targets_s=${SOM_TARGETS_S:-60} ;;
@@ -146,8 +165,8 @@ for section in "${sections[@]}"; do
       files=(tests/test_rbm*.py tests/test_boltzmann.py tests/test_dbn.py tests/test_hopfield*.py tests/test_random.py)
       tests_s=${ENERGY_TESTS_S:-35} targets_s=${ENERGY_TARGETS_S:-40} ;;
   esac
-  step "$section tests" "$tests_s" "$section.log" "$PY" -m pytest "${test_opts[@]}" "${files[@]}"
-  step "$section targets" "$targets_s" "$section.log" "$PY" bench/gpu_targets.py "$section" \
+  step "$section tests" "$tests_s" "$log" "$PY" -m pytest "${test_opts[@]}" "${select[@]}" "${files[@]}"
+  step "$section targets" "$targets_s" "$log" "$PY" bench/gpu_targets.py "$section" \
     --out "$RESULTS" "${targets_opts[@]}"
   if [ "$RESULTS" != "$OUT/results" ]; then
     find "$RESULTS" -maxdepth 1 -type f -name '*-targets.*' -newer "$STAMP" -exec cp {} "$OUT/results/" \;

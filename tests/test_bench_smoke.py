@@ -469,7 +469,7 @@ def gpu_targets(tmp_path_factory):
 def test_gpu_targets_dry_run_records_every_target(gpu_targets):
     _, _, results, md = gpu_targets
     assert results["dry_run"] is True and results["device"] == "cpu"
-    assert results["families_run"] == ["som", "ising", "energy"]
+    assert results["families_run"] == ["som", "ising", "energy", "autoregressive", "flows"]
     assert results["versions"]["torch"] and "commit" in results and "tree_clean" in results
     cases = results["cases"]
     for case in cases:
@@ -481,7 +481,8 @@ def test_gpu_targets_dry_run_records_every_target(gpu_targets):
             continue
         assert case["median_s"] > 0 and case["rounds"] == 1 and case["rate"] > 0, case
         assert case["check"] is None or case["check"]["ok"] is True, case
-    got = {(c["suite"], c["target"], c["impl"], c["params"].get("precision")) for c in cases}
+    got = {(c["suite"], c["target"], c["impl"], c["params"].get("precision")) for c in cases
+           if c["suite"] in ("som", "ising", "energy")}
     assert got == {
         *{("som", "som_bmu", "genkernels.ops.som_bmu", p) for p in ("fp32", "tf32", "bf16")},
         ("som", "som_bmu", "torch.mm", None), ("som", "som_bmu", "torch addmm+argmin", None),
@@ -492,6 +493,14 @@ def test_gpu_targets_dry_run_records_every_target(gpu_targets):
         ("energy", "bm_gibbs", "cuda", None), ("energy", "bm_gibbs", "triton", None),
         ("energy", "hopfield_recall async", "cuda", None), ("energy", "hopfield_recall async", "triton", None)}
     assert len([c for c in cases if c["suite"] == "ising"]) == 4  # two sizes, two backends
+    # the masked layers, MADE's network and the sampler; the flows' ops against the copy's bandwidth
+    assert {c["target"].split(" ")[0] for c in cases if c["suite"] == "autoregressive"} == {
+        "masked_conv2d", "masked_linear", "masked_mlp", "GatedPixelCNN.sample"}
+    assert {c["target"].split(" ")[0] for c in cases if c["suite"] == "flows"} == {
+        "device", "affine_coupling", "rq_spline"}
+    ours = [c for c in cases if c["suite"] in ("autoregressive", "flows") and c["impl"].startswith("ours (")]
+    assert ours and all(c["check"]["ok"] and c["rate_unit"].startswith("x ") for c in ours)
+    assert all("bandwidth_share" in c["check"] for c in ours if c["target"].startswith("affine_coupling"))
     by = {(c["target"], c["impl"], c["params"].get("precision")): c for c in cases}
     # on CPU the cpu backend stands in for cuda; CUDA graphs are skipped with the reason
     assert by[("Ising2D.sweep", "cuda", None)]["backend"] == "cpu"
@@ -500,7 +509,7 @@ def test_gpu_targets_dry_run_records_every_target(gpu_targets):
         assert by[("som_bmu", "genkernels.ops.som_bmu", "bf16")]["check"]["indices_equal_fp32"] == 1.0
         assert by[("RBM PCD-1 epoch", "RBM.fit", None)]["x_eager"] > 0
     assert by[("som_bmu", "torch.mm", None)]["rate_unit"] == "TFLOP/s"
-    for heading in ("## som", "## ising", "## energy", "| target | impl |"):
+    for heading in ("## som", "## ising", "## energy", "## autoregressive", "## flows", "| target | impl |"):
         assert heading in md
 
 
@@ -522,7 +531,7 @@ def test_gpu_targets_arguments(gpu_targets, capsys):
     assert exc.value.code == 2 and "unknown family 'bogus'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         module.main(["--rounds", "0", "--dry-run"])
-    assert module.parse_args([]).families == ["som", "ising", "energy"]
+    assert module.parse_args([]).families == ["som", "ising", "energy", "autoregressive", "flows"]
     assert module.parse_args(["energy", "som", "energy"]).families == ["energy", "som"]
     import torch
     if not torch.cuda.is_available():  # a real run needs the GPU
