@@ -251,11 +251,7 @@ template <typename T>
 inline vec_t<T> vload(const T* p) {
   return genkernels::cpu::simd_load<vec_t<T>>(p);
 }
-
-template <typename T>
-inline void vstore(T* p, vec_t<T> v) {
-  genkernels::cpu::simd_store(p, v);
-}
+using genkernels::cpu::simd_store;
 
 template <typename T>
 inline T vsum(vec_t<T> v) {
@@ -280,13 +276,13 @@ void product_short_k(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda
         s0 += ar[i] * vload(bt + i * n + j);
         s1 += ar[i] * vload(bt + i * n + j + L);
       }
-      vstore(dr + j, s0);
-      vstore(dr + j + L, s1);
+      simd_store(dr + j, s0);
+      simd_store(dr + j + L, s1);
     }
     for (; j + L <= n; j += L) {
       vec_t<T> s0 = vload(dr + j);
       for (int64_t i = 0; i < k; ++i) s0 += ar[i] * vload(bt + i * n + j);
-      vstore(dr + j, s0);
+      simd_store(dr + j, s0);
     }
     for (; j < n; ++j) {
       T s = dr[j];
@@ -349,15 +345,15 @@ void product_tn(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, con
         s2 += v * vload(br + 2 * L);
         s3 += v * vload(br + 3 * L);
       }
-      vstore(cj + i, s0);
-      vstore(cj + i + L, s1);
-      vstore(cj + i + 2 * L, s2);
-      vstore(cj + i + 3 * L, s3);
+      simd_store(cj + i, s0);
+      simd_store(cj + i + L, s1);
+      simd_store(cj + i + 2 * L, s2);
+      simd_store(cj + i + 3 * L, s3);
     }
     for (; i + L <= k; i += L) {
       vec_t<T> s0 = vload(cj + i);
       for (int64_t r = 0; r < rows; ++r) s0 += a[r * lda + j] * vload(b + r * ldb + i);
-      vstore(cj + i, s0);
+      simd_store(cj + i, s0);
     }
     for (; i < k; ++i) {
       T s = cj[i];
