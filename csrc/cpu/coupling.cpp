@@ -119,6 +119,18 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
     };
     const auto keep = get(a.mask, 1.0f) != 0.0f;
     const f8 xv = get(x, 0.0f);
+    if (V::all_lanes(keep)) {   // eight kept features (a half or channel mask's): no scale to compute
+      if (!backward) {
+        put(a.y + b * n, xv);
+        if (a.bounded) put(a.sigma_out + b * n, f8{});
+      } else {
+        float* gp = a.gp + b * 2 * n;
+        put(a.gx + b * n, get(gy, 0.0f));
+        put(gp, f8{});
+        put(gp + n, f8{});
+      }
+      continue;
+    }
     f8 sigma = get(sig_in, 0.0f);
     if (a.bounded && !backward) sigma = a.bound * tanh_f(sigma / a.bound, a.bound);
     sigma = keep ? f8{} : sigma;

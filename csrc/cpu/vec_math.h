@@ -73,6 +73,17 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void store(
 #endif
 GENKERNELS_VEC_INLINE void store(float* p, f8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
+// whether every lane of a comparison's result is true
+GENKERNELS_VEC_INLINE bool all_lanes(i8 m) {
+#ifdef __AVX2__
+  return _mm256_movemask_ps((__m256)m) == 0xff;
+#else
+  for (int j = 0; j < 8; ++j)
+    if (!m[j]) return false;
+  return true;
+#endif
+}
+
 GENKERNELS_VEC_INLINE f8 vfloor(f8 x) {
   const f8 t = __builtin_convertvector(__builtin_convertvector(x, i8), f8);  // toward zero
   return t > x ? t - 1.0f : t;
