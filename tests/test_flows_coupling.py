@@ -31,7 +31,9 @@ BACKENDS = ["cpu"] + (["triton"] if HAS_TRITON else [])
 CASES = [(3, (7,), "alternating"), (2, (1,), "zero"), (0, (5,), "half"), (1, (8,), "half"), (4, (17,), "random"),
          (2, (3, 5, 7), "checkerboard"), (2, (4, 3, 3), "channel"), (2, (4097,), "random"),
          # runs of 8 kept features (a vector the cpu kernel passes through) beside mixed ones and tails
-         (3, (43,), "half"), (2, (6, 4, 3), "channel")]
+         (3, (43,), "half"), (2, (6, 4, 3), "channel"),
+         # alternating lanes (computed two vectors at a time): rows of 16, rows of 8 in opposite phases
+         (2, (2, 6, 16), "checkerboard"), (3, (1, 4, 8), "checkerboard")]
 
 
 def _mask(kind: str, shape: tuple) -> torch.Tensor:

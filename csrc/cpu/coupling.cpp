@@ -17,7 +17,11 @@
 // with gy, gl the incoming gradients:
 //   forward  gx = gy e, gt = gy,       gs = (gy x e + gl) sigma'
 //   inverse  gx = gy e, gt = -gy e,    gs = (-gy (x - t) e - gl) sigma'
-// (gx = gy, gs = gt = 0 on the kept features). float runs 8 features per vector (vec_math.h;
+// (gx = gy, gs = gt = 0 on the kept features). The scale is computed only where it is used:
+// a vector of 8 kept features (a half or channel mask's runs) passes through, and two vectors
+// whose lanes alternate kept and transformed (a checkerboard's rows) have their 8 transformed
+// features gathered into one vector, computed once and put back -- a compiled formula
+// computes tanh and exp for every feature and selects after. float runs 8 features per vector (vec_math.h;
 // tanh as 1 - 2 / (1 + e^2a) for bounds up to 8 (tanh_f); rows under 8 features 8 elements
 // of the flattened problem per vector, longer ones a vector per 8 features, a tail padded as kept
 // features, which add nothing); double one at a time with the C library's tanh and exp.
@@ -93,6 +97,25 @@ struct Args {
 // the bound would show (bound 1000: 1.5e-4 off)
 inline f8 tanh_f(f8 a, float bound) { return bound <= 8.0f ? V::vtanh_abs(a) : V::vtanh(a); }
 
+// Two vectors whose lanes alternate kept and transformed (a checkerboard's row, W even): their
+// eight transformed features gathered into one vector (compact), computed once, and put back
+// (expand) -- half the tanh and exp of computing both vectors whole. Odd: the vector's
+// transformed lanes are the odd ones (its kept ones the even).
+template <bool Odd0, bool Odd1>
+inline f8 compact(f8 v0, f8 v1) {
+  if constexpr (Odd0 && Odd1) return __builtin_shufflevector(v0, v1, 1, 3, 5, 7, 9, 11, 13, 15);
+  else if constexpr (Odd0) return __builtin_shufflevector(v0, v1, 1, 3, 5, 7, 8, 10, 12, 14);
+  else if constexpr (Odd1) return __builtin_shufflevector(v0, v1, 0, 2, 4, 6, 9, 11, 13, 15);
+  else return __builtin_shufflevector(v0, v1, 0, 2, 4, 6, 8, 10, 12, 14);
+}
+
+// v with its transformed lanes replaced by c's lanes [Base, Base + 4), in order
+template <bool Odd, int Base>
+inline f8 expand(f8 v, f8 c) {
+  if constexpr (Odd) return __builtin_shufflevector(v, c, 0, 8 + Base, 2, 9 + Base, 4, 10 + Base, 6, 11 + Base);
+  else return __builtin_shufflevector(v, c, 8 + Base, 1, 9 + Base, 3, 10 + Base, 5, 11 + Base, 7);
+}
+
 // Row b, features [f0, f1): forward (y and sigma; returns the chunk's sum of sigma) or, with
 // gy non-null, backward (gx and the row's gradient of params).
 double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t n) {
@@ -106,7 +129,55 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
   // sigma: computed (forward; backward when unbounded: s itself) or read (bounded backward)
   const float* sig_in = backward && a.bounded ? a.sigma_in + b * a.ssig : s;
   V::DoubleSum acc;
+  const bool bounded_exp = a.bounded && a.bound <= 80.0f;
+  // features [f, f + 16) of alternating lanes, Odd0 / Odd1 as compact's
+  const auto pair = [&](int64_t f, auto odd0, auto odd1) {
+    constexpr bool O0 = decltype(odd0)::value, O1 = decltype(odd1)::value;
+    const auto both = [&](const float* p) { return compact<O0, O1>(V::load(p + f), V::load(p + f + 8)); };
+    const auto put2 = [&](float* p, f8 keep0, f8 keep1, f8 c) {
+      V::store(p + f, expand<O0, 0>(keep0, c));
+      V::store(p + f + 8, expand<O1, 4>(keep1, c));
+    };
+    const f8 x0 = V::load(x + f), x1 = V::load(x + f + 8);
+    const f8 xs = compact<O0, O1>(x0, x1);
+    f8 sigma = both(sig_in);
+    if (a.bounded && !backward) sigma = a.bound * tanh_f(sigma / a.bound, a.bound);
+    const f8 e = bounded_exp ? V::vexp_bounded(sign * sigma) : V::vexp(sign * sigma);
+    if (!backward) {
+      const f8 tv = both(t);
+      put2(a.y + b * n, x0, x1, a.inverse ? (xs - tv) * e : xs * e + tv);
+      if (a.bounded) put2(a.sigma_out + b * n, f8{}, f8{}, sigma);
+      acc.add(sigma);
+    } else {
+      const f8 g0 = V::load(gy + f), g1 = V::load(gy + f + 8);
+      const f8 g = compact<O0, O1>(g0, g1);
+      const f8 moved = a.inverse ? (xs - both(t)) * e : xs * e;
+      f8 dsigma = V::splat(1.0f);
+      if (a.bounded) {
+        const f8 r = sigma * (1.0f / a.bound);
+        dsigma = (1.0f - r) * (1.0f + r);
+      }
+      float* gp = a.gp + b * 2 * n;
+      put2(a.gx + b * n, g0, g1, g * e);
+      put2(gp, f8{}, f8{}, (sign * (g * moved + gl)) * dsigma);
+      put2(gp + n, f8{}, f8{}, a.inverse ? -g * e : g);
+    }
+  };
+  using Even = std::false_type;
+  using Odd = std::true_type;
   for (int64_t f = f0; f < f1; f += 8) {
+    if (f + 16 <= f1) {
+      const int m0 = V::lane_bits(V::load(a.mask + f) != 0.0f), m1 = V::lane_bits(V::load(a.mask + f + 8) != 0.0f);
+      if ((m0 == 0x55 || m0 == 0xaa) && (m1 == 0x55 || m1 == 0xaa)) {   // kept lanes even (0x55) or odd
+        if (m0 == 0x55) {
+          m1 == 0x55 ? pair(f, Odd{}, Odd{}) : pair(f, Odd{}, Even{});
+        } else {
+          m1 == 0x55 ? pair(f, Even{}, Odd{}) : pair(f, Even{}, Even{});
+        }
+        f += 8;   // and 8 more at the loop's step
+        continue;
+      }
+    }
     const int lanes = int(std::min<int64_t>(8, f1 - f));
     const bool full = lanes == 8;
     const auto get = [&](const float* p, float fill) { return full ? V::load(p + f) : V::load(p + f, lanes, fill); };
@@ -135,7 +206,7 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
     if (a.bounded && !backward) sigma = a.bound * tanh_f(sigma / a.bound, a.bound);
     sigma = keep ? f8{} : sigma;
     // a bounded sigma (|sigma| < bound <= 80) needs no overflow handling in its exponential
-    const f8 e = a.bounded && a.bound <= 80.0f ? V::vexp_bounded(sign * sigma) : V::vexp(sign * sigma);
+    const f8 e = bounded_exp ? V::vexp_bounded(sign * sigma) : V::vexp(sign * sigma);
     if (!backward) {
       const f8 tv = get(t, 0.0f);
       put(a.y + b * n, keep ? xv : (a.inverse ? (xv - tv) * e : xv * e + tv));

@@ -73,16 +73,18 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void store(
 #endif
 GENKERNELS_VEC_INLINE void store(float* p, f8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
-// whether every lane of a comparison's result is true
-GENKERNELS_VEC_INLINE bool all_lanes(i8 m) {
+// a comparison's result as 8 bits (bit j: lane j true)
+GENKERNELS_VEC_INLINE int lane_bits(i8 m) {
 #ifdef __AVX2__
-  return _mm256_movemask_ps((__m256)m) == 0xff;
+  return _mm256_movemask_ps((__m256)m);
 #else
-  for (int j = 0; j < 8; ++j)
-    if (!m[j]) return false;
-  return true;
+  int bits = 0;
+  for (int j = 0; j < 8; ++j) bits |= (m[j] != 0) << j;
+  return bits;
 #endif
 }
+// whether every lane of a comparison's result is true
+GENKERNELS_VEC_INLINE bool all_lanes(i8 m) { return lane_bits(m) == 0xff; }
 
 GENKERNELS_VEC_INLINE f8 vfloor(f8 x) {
   const f8 t = __builtin_convertvector(__builtin_convertvector(x, i8), f8);  // toward zero
