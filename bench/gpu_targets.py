@@ -665,16 +665,10 @@ def flows_targets(run: Run) -> None:
     for case in run.size(bench_flows.CASES[False], bench_flows.CASES[True]):
         name, batch, shape = case[0], case[1], case[2]
         impls = {k: v for k, v in bench_flows.implementations(case, run.device).items() if "torch.compile" not in k}
-        diff = bench_flows.check_agreement(case, run.device)
         features = batch * math.prod(shape)
-        recs = {}
-
-        def check(impl, diff=diff):
-            if not impl.startswith("ours ("):
-                return None
-            return {"ok": bool(diff <= 1e-4), "max_abs_diff": diff, "summary": f"max |ours - eager| = {diff:.1e}"}
-        recs.update(_against(run, "flows", "affine_coupling " + name, {"B": batch, "features": list(shape)}, impls,
-                             bench_flows.EAGER, check, note="forward + backward"))
+        recs = _against(run, "flows", "affine_coupling " + name, {"B": batch, "features": list(shape)}, impls,
+                        bench_flows.EAGER, _diff_check(bench_flows.check_agreement(case, run.device), 1e-4),
+                        note="forward + backward")
         ours = next((r for k, r in recs.items() if k.startswith("ours")), None)
         if ours and ours["median_s"] and copy_bw and ours["check"]:
             share = 10 * 4 * features / ours["median_s"] / copy_bw

@@ -97,6 +97,35 @@ struct Args {
 // the bound would show (bound 1000: 1.5e-4 off)
 inline f8 tanh_f(f8 a, float bound) { return bound <= 8.0f ? V::vtanh_abs(a) : V::vtanh(a); }
 
+// The arithmetic of the transformed features, shared by every float path (a vector, a pair of
+// alternating vectors gathered into one, short rows): the kept features' selects stay with
+// the callers.
+// sigma from what the pass reads (the raw s; the bounded backward reads the forward's sigma)
+inline f8 sigma_f(const Args<float>& a, f8 read, bool backward) {
+  return a.bounded && !backward ? a.bound * tanh_f(read / a.bound, a.bound) : read;
+}
+// e = exp(+-sigma); a bounded sigma (|sigma| < bound <= 80) needs no overflow handling
+inline f8 exp_f(const Args<float>& a, f8 sigma) {
+  const f8 v = a.inverse ? -sigma : sigma;
+  return a.bounded && a.bound <= 80.0f ? V::vexp_bounded(v) : V::vexp(v);
+}
+// y = x e + t (inverse: (x - t) e)
+inline f8 moved_f(const Args<float>& a, f8 x, f8 t, f8 e) { return a.inverse ? (x - t) * e : x * e + t; }
+// the VJP: gx = g e, and the gradients of s and t (t is read by the inverse only)
+struct GradsF {
+  f8 gx, gs, gt;
+};
+inline GradsF grads_f(const Args<float>& a, f8 x, f8 t, f8 sigma, f8 e, f8 g, f8 gl) {
+  f8 dsigma = V::splat(1.0f);
+  if (a.bounded) {
+    const f8 r = sigma * (1.0f / a.bound);
+    dsigma = (1.0f - r) * (1.0f + r);
+  }
+  const f8 moved = a.inverse ? (x - t) * e : x * e;
+  const float sign = a.inverse ? -1.0f : 1.0f;
+  return {g * e, (sign * (g * moved + gl)) * dsigma, a.inverse ? -g * e : g};
+}
+
 // Two vectors whose lanes alternate kept and transformed (a checkerboard's row, W even): their
 // eight transformed features gathered into one vector (compact), computed once, and put back
 // (expand) -- half the tanh and exp of computing both vectors whole. Odd: the vector's
@@ -122,14 +151,12 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
   const float* x = a.x + b * a.sx;
   const float* s = a.params + b * a.sp;
   const float* t = s + n;
-  const float sign = a.inverse ? -1.0f : 1.0f;
   const bool backward = a.gy != nullptr;
   const float gl = backward ? a.gl[b] : 0.0f;
   const float* gy = backward ? a.gy + b * a.sgy : nullptr;
   // sigma: computed (forward; backward when unbounded: s itself) or read (bounded backward)
   const float* sig_in = backward && a.bounded ? a.sigma_in + b * a.ssig : s;
   V::DoubleSum acc;
-  const bool bounded_exp = a.bounded && a.bound <= 80.0f;
   // features [f, f + 16) of alternating lanes, Odd0 / Odd1 as compact's
   const auto pair = [&](int64_t f, auto odd0, auto odd1) {
     constexpr bool O0 = decltype(odd0)::value, O1 = decltype(odd1)::value;
@@ -140,27 +167,19 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
     };
     const f8 x0 = V::load(x + f), x1 = V::load(x + f + 8);
     const f8 xs = compact<O0, O1>(x0, x1);
-    f8 sigma = both(sig_in);
-    if (a.bounded && !backward) sigma = a.bound * tanh_f(sigma / a.bound, a.bound);
-    const f8 e = bounded_exp ? V::vexp_bounded(sign * sigma) : V::vexp(sign * sigma);
+    const f8 sigma = sigma_f(a, both(sig_in), backward);
+    const f8 e = exp_f(a, sigma);
     if (!backward) {
-      const f8 tv = both(t);
-      put2(a.y + b * n, x0, x1, a.inverse ? (xs - tv) * e : xs * e + tv);
+      put2(a.y + b * n, x0, x1, moved_f(a, xs, both(t), e));
       if (a.bounded) put2(a.sigma_out + b * n, f8{}, f8{}, sigma);
       acc.add(sigma);
     } else {
       const f8 g0 = V::load(gy + f), g1 = V::load(gy + f + 8);
-      const f8 g = compact<O0, O1>(g0, g1);
-      const f8 moved = a.inverse ? (xs - both(t)) * e : xs * e;
-      f8 dsigma = V::splat(1.0f);
-      if (a.bounded) {
-        const f8 r = sigma * (1.0f / a.bound);
-        dsigma = (1.0f - r) * (1.0f + r);
-      }
+      const GradsF gr = grads_f(a, xs, a.inverse ? both(t) : f8{}, sigma, e, compact<O0, O1>(g0, g1), V::splat(gl));
       float* gp = a.gp + b * 2 * n;
-      put2(a.gx + b * n, g0, g1, g * e);
-      put2(gp, f8{}, f8{}, (sign * (g * moved + gl)) * dsigma);
-      put2(gp + n, f8{}, f8{}, a.inverse ? -g * e : g);
+      put2(a.gx + b * n, g0, g1, gr.gx);
+      put2(gp, f8{}, f8{}, gr.gs);
+      put2(gp + n, f8{}, f8{}, gr.gt);
     }
   };
   using Even = std::false_type;
@@ -202,28 +221,19 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
       }
       continue;
     }
-    f8 sigma = get(sig_in, 0.0f);
-    if (a.bounded && !backward) sigma = a.bound * tanh_f(sigma / a.bound, a.bound);
-    sigma = keep ? f8{} : sigma;
-    // a bounded sigma (|sigma| < bound <= 80) needs no overflow handling in its exponential
-    const f8 e = bounded_exp ? V::vexp_bounded(sign * sigma) : V::vexp(sign * sigma);
+    const f8 sigma = keep ? f8{} : sigma_f(a, get(sig_in, 0.0f), backward);
+    const f8 e = exp_f(a, sigma);
     if (!backward) {
-      const f8 tv = get(t, 0.0f);
-      put(a.y + b * n, keep ? xv : (a.inverse ? (xv - tv) * e : xv * e + tv));
+      put(a.y + b * n, keep ? xv : moved_f(a, xv, get(t, 0.0f), e));
       if (a.bounded) put(a.sigma_out + b * n, sigma);
       acc.add(sigma);
     } else {
       const f8 g = get(gy, 0.0f);
-      const f8 moved = a.inverse ? (xv - get(t, 0.0f)) * e : xv * e;
-      f8 dsigma = V::splat(1.0f);
-      if (a.bounded) {
-        const f8 r = sigma * (1.0f / a.bound);
-        dsigma = (1.0f - r) * (1.0f + r);
-      }
+      const GradsF gr = grads_f(a, xv, a.inverse ? get(t, 0.0f) : f8{}, sigma, e, g, V::splat(gl));
       float* gp = a.gp + b * 2 * n;
-      put(a.gx + b * n, keep ? g : g * e);
-      put(gp, keep ? f8{} : (sign * (g * moved + gl)) * dsigma);
-      put(gp + n, keep ? f8{} : (a.inverse ? -g * e : g));
+      put(a.gx + b * n, keep ? g : gr.gx);
+      put(gp, keep ? f8{} : gr.gs);
+      put(gp + n, keep ? f8{} : gr.gt);
     }
   }
   return acc.total();
@@ -235,9 +245,7 @@ double chunk_f(const Args<float>& a, int64_t b, int64_t f0, int64_t f1, int64_t 
 // are contiguous (B, N)), grad_params scattered. Each row's sum of sigma goes to sums[b]
 // (the lanes added in feature order).
 void rows_f(const Args<float>& a, int64_t b0, int64_t b1, int64_t n, double* sums) {
-  const float sign = a.inverse ? -1.0f : 1.0f;
   const bool backward = a.gy != nullptr;
-  const bool bounded_exp = a.bounded && a.bound <= 80.0f;
   const int64_t end = (b1 - b0) * n;
   int64_t row = b0, col = 0;
   for (int64_t b = b0; b < b1; ++b) sums[b] = 0.0;
@@ -270,25 +278,18 @@ void rows_f(const Args<float>& a, int64_t b0, int64_t b1, int64_t n, double* sum
     const f8 keepf = V::load(km), xv = V::load(xs), sv = V::load(ss), tv = V::load(ts);
     const f8 g = V::load(gs8), gl = V::load(gls);
     const auto keep = keepf != 0.0f;
-    f8 sigma = sv;
-    if (a.bounded && !backward) sigma = a.bound * tanh_f(sigma / a.bound, a.bound);
-    sigma = keep ? f8{} : sigma;
-    const f8 e8 = bounded_exp ? V::vexp_bounded(sign * sigma) : V::vexp(sign * sigma);
+    const f8 sigma = keep ? f8{} : sigma_f(a, sv, backward);
+    const f8 e8 = exp_f(a, sigma);
     const int64_t out = b0 * n + e;
     if (!backward) {
-      V::store(a.y + out, keep ? xv : (a.inverse ? (xv - tv) * e8 : xv * e8 + tv), lanes);
+      V::store(a.y + out, keep ? xv : moved_f(a, xv, tv, e8), lanes);
       if (a.bounded) V::store(a.sigma_out + out, sigma, lanes);
       for (int j = 0; j < lanes; ++j) sums[rows[j]] += sigma[j];
     } else {
-      const f8 moved = a.inverse ? (xv - tv) * e8 : xv * e8;
-      f8 dsigma = V::splat(1.0f);
-      if (a.bounded) {
-        const f8 r = sigma * (1.0f / a.bound);
-        dsigma = (1.0f - r) * (1.0f + r);
-      }
-      V::store(a.gx + out, keep ? g : g * e8, lanes);
-      const f8 gs = keep ? f8{} : (sign * (g * moved + gl)) * dsigma;
-      const f8 gt = keep ? f8{} : (a.inverse ? -g * e8 : g);
+      const GradsF gr = grads_f(a, xv, tv, sigma, e8, g, gl);
+      V::store(a.gx + out, keep ? g : gr.gx, lanes);
+      const f8 gs = keep ? f8{} : gr.gs;
+      const f8 gt = keep ? f8{} : gr.gt;
       for (int j = 0; j < lanes; ++j) {
         float* gp = a.gp + rows[j] * 2 * n + cols[j];
         gp[0] = gs[j];
