@@ -6,8 +6,8 @@ once, after one untimed step of its own), 1 thread unless --threads. Three flows
 transforms each with conditioners of two hidden layers of H units (ReLU):
 
 - RealNVP: affine couplings on alternating halves. ``ours`` = genkernels.RealNVP((D,)), an
-  ActNorm before each coupling, the scale bounded by 2 tanh(s / 2), the conditioner MLP fed
-  the masked full vector; ``nflows`` = [ActNorm, AffineCouplingTransform (halves, an
+  ActNorm before each coupling, the scale bounded by 2 tanh(s / 2), the conditioner
+  (genkernels.flows.KeptMLP) fed the kept half; ``nflows`` = [ActNorm, AffineCouplingTransform (halves, an
   nflows.nn.nets.MLP fed the kept half; scale sigmoid(s + 2) + 1e-3)] x L; ``zuko`` =
   zuko.flows.RealNVP (no ActNorm; alternating odd/even features rather than halves;
   zuko's monotonic affine scale).
@@ -21,8 +21,7 @@ transforms each with conditioners of two hidden layers of H units (ReLU):
   fixed 5.
 
 Ours' MADEs (MAF, NSF) also have genkernels' direct masked input-to-output connections, which
-nflows' and zuko's lack, and ours' RealNVP conditioner maps D inputs to 2D outputs where the
-others map D/2 to D: ours has more parameters (the params column). The parametrisations
+nflows' and zuko's lack: ours' MAF and NSF have more parameters (the params column). The parametrisations
 differ (scale functions, spline parameter maps, initialisations), so the losses differ too:
 each row records the loss of its model's first step and of its last. Before timing, every
 model's log_prob of the batch is checked finite. For ours, five profiled steps (two with
@@ -268,8 +267,8 @@ def _table(records: list[dict], device: str, threads: int) -> str:
              "(> 1: the anchor is slower). Loss: the first step's and the last step's (after the warm-up and "
              "timed steps); the parametrisations differ, so do the losses. Architectures: every conditioner has "
              "two hidden layers of H; zuko's RealNVP has no ActNorm and splits odd/even features, ours and "
-             "nflows' halves; ours' RealNVP conditioner reads the masked full vector, nflows' and zuko's the "
-             "kept half; ours' MADEs (MAF, NSF) add direct input-to-output connections; MAF and NSF have no ActNorm; "
+             "nflows' halves; every RealNVP conditioner reads the kept half and "
+             "computes the transformed half's parameters; ours' MADEs (MAF, NSF) add direct input-to-output connections; MAF and NSF have no ActNorm; "
              "zuko's NSF with bound 3 (its default is 5).", "",
              "| case | flow | implementation | params | median step | IQR | "
              + " | ".join(f"{a} / ours" for a in anchors) + " | first loss | last loss |",

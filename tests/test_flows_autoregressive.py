@@ -79,7 +79,8 @@ def test_flow_inverse_logdet_gradcheck_and_compile(cls):
 @pytest.mark.parametrize("cls", [MAF, IAF])
 def test_a_2d_density_integrates_to_its_mass_on_the_grid(cls):
     torch.manual_seed(0)
-    flow = randomise_flow(cls(2, layers=3, hidden=16), scale=0.4).double()
+    # a made-up state (seed 4) that keeps most of its mass in the box, so the comparison means something
+    flow = randomise_flow(cls(2, layers=3, hidden=16), seed=4, scale=0.4).double()
     mass, inside = grid_mass_and_inside(flow, 9, 301, 20000)
     assert inside > 0.3 and abs(mass - inside) < 0.015, (mass, inside)
 

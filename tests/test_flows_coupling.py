@@ -17,7 +17,9 @@ from genkernels.flows import (
     MLP,
     AdditiveCoupling,
     AffineCoupling,
+    KeptMLP,
     ResNet,
+    SplineCoupling,
     alternating_mask,
     channel_mask,
     checkerboard_mask,
@@ -263,7 +265,8 @@ def test_large_bounds_nan_at_kept_features_and_double_backward(backend):
 
 def test_mask_cache_follows_changes_and_inference_mode():
     torch.manual_seed(0)
-    layer = _randomise(AffineCoupling(half_mask(4), hidden=8))
+    # a conditioner that reads x * mask (the default one of a vector layer reads its own mask's kept features)
+    layer = _randomise(AffineCoupling(half_mask(4), MLP(4, 8, 8)))
     x = torch.randn(3, 4)
     with torch.inference_mode():
         first, _ = layer(x)
@@ -279,6 +282,101 @@ def test_mask_cache_follows_changes_and_inference_mode():
     with torch.inference_mode():
         made_here = AffineCoupling(half_mask(4), hidden=8)
         assert made_here(x)[0].shape == (3, 4)
+    # the default conditioner (KeptMLP) follows its layer's mask or says it cannot
+    layer = AffineCoupling(half_mask(4), hidden=8)
+    layer(x)
+    layer.mask.data = half_mask(4, 1)
+    with pytest.raises(ValueError, match="differs from the one its conditioner"):
+        layer(x)
+    layer.mask.data = half_mask(4)         # the same values in a new tensor: accepted again
+    assert torch.equal(layer(x)[0][:, :2], x[:, :2])
+    layer.mask[0] = 0.0                     # an in-place edit is seen too
+    with pytest.raises(ValueError, match="differs from the one its conditioner"):
+        layer.inverse(x)
+
+
+@pytest.mark.parametrize("mask", [half_mask(7), half_mask(7, 1), alternating_mask(6, 1),
+                                  torch.tensor([1.0, 0, 0, 1, 0, 1, 1])],
+                         ids=["first-half", "second-half", "alternating", "irregular"])
+@pytest.mark.parametrize("per, feature_major", [(2, False), (1, False), (5, True)],
+                         ids=["affine", "additive", "spline"])
+@pytest.mark.parametrize("context", [None, 3], ids=["plain", "context"])
+def test_kept_mlp_is_the_dense_conditioner_without_its_dead_work(mask, per, feature_major, context):
+    """KeptMLP (a vector layer's default conditioner) equals an MLP(D, P D) fed x * mask whose
+    first layer has KeptMLP's weights at the kept columns (zeros elsewhere) and whose last
+    layer has its rows at the transformed features' parameters (zeros elsewhere) -- values and
+    gradients -- with zeros at the kept features' parameters."""
+    torch.manual_seed(0)
+    d = mask.numel()
+    kept_mlp = _randomise(KeptMLP(mask, per, feature_major, hidden=6, context_features=context)).double()
+    dense = MLP(d, per * d, 6, 2, context).double()
+    kept, moved = mask.bool().nonzero().flatten(), (~mask.bool()).nonzero().flatten()
+    # row of the dense output for (transformed feature k, parameter q), in KeptMLP's row order
+    if feature_major:
+        rows = (moved[:, None] * per + torch.arange(per)[None, :]).flatten()
+    else:
+        rows = (torch.arange(per)[:, None] * d + moved[None, :]).flatten()
+    with torch.no_grad():
+        for a, b in zip(dense.parameters(), kept_mlp.parameters()):
+            a.zero_()
+        first, last = dense._linears[0], dense.out
+        first.weight[:, kept] = kept_mlp._linears[0].weight[:, :kept.numel()]
+        if context:
+            first.weight[:, d:] = kept_mlp._linears[0].weight[:, kept.numel():]
+        first.bias.copy_(kept_mlp._linears[0].bias)
+        dense._linears[1].weight.copy_(kept_mlp._linears[1].weight)
+        dense._linears[1].bias.copy_(kept_mlp._linears[1].bias)
+        last.weight[rows] = kept_mlp.out.weight
+        last.bias[rows] = kept_mlp.out.bias
+    x = torch.randn(5, d, dtype=torch.float64, requires_grad=True)
+    c = None if context is None else torch.randn(5, context, dtype=torch.float64)
+    got = kept_mlp(x, c)
+    want = dense(x * mask.double(), c)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    unused = torch.ones(per * d, dtype=torch.bool)
+    unused[rows] = False
+    assert float(got.detach()[:, unused].abs().max()) == 0.0
+    g = torch.randn_like(got)
+    (gx,) = torch.autograd.grad(got, x, g)
+    x2 = x.detach().requires_grad_()
+    (gx2,) = torch.autograd.grad(dense(x2 * mask.double(), c), x2, g)
+    torch.testing.assert_close(gx, gx2, rtol=1e-12, atol=1e-12)
+    c2 = None if c is None else c[:2]
+    assert torch.autograd.gradcheck(lambda v: kept_mlp(v, c2), [x.detach()[:2].clone().requires_grad_()])
+
+
+def test_vector_layers_default_to_kept_mlp_with_the_dense_parameter_counts_cut():
+    """Vector layers read the kept half only and write the transformed half's parameters:
+    at D = 64, H = 128 the default affine conditioner has 28,992 weights and biases (the
+    x * mask one had 41,344); a mask keeping nothing keeps the dense MLP (its input is all
+    zeros), an image mask its ResNet; the spline layer starts at the identity."""
+    layer = AffineCoupling(half_mask(64), hidden=128)
+    assert isinstance(layer.conditioner, KeptMLP)
+    assert sum(p.numel() for p in layer.conditioner.parameters()) == 28_992
+    nothing_kept = AffineCoupling(torch.zeros(3), hidden=4)
+    assert type(nothing_kept.conditioner) is MLP
+    x = torch.randn(4, 3)
+    y, _ = nothing_kept(x)
+    torch.testing.assert_close(y, x)
+    assert isinstance(AffineCoupling(checkerboard_mask((1, 4, 4))).conditioner, ResNet)
+    spline = SplineCoupling(alternating_mask(5), bins=4, hidden=8)
+    assert isinstance(spline.conditioner, KeptMLP)
+    x = torch.randn(6, 5)
+    y, ld = spline(x)
+    torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ld, torch.zeros(6), rtol=0, atol=1e-5)
+    additive = AdditiveCoupling(half_mask(4, 1), hidden=4)
+    assert isinstance(additive.conditioner, KeptMLP) and additive.conditioner.out.out_features == 2
+
+
+def test_a_vector_realnvp_loss_compiles_to_one_graph():
+    torch.manual_seed(0)
+    flow = genkernels.RealNVP((6,), layers=3, hidden=8)
+    x = torch.randn(10, 6)
+    with torch.no_grad():
+        flow.log_prob(x)                            # ActNorm's initialisation, eager
+    compiled = torch.compile(lambda v: -flow.log_prob(v).mean(), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), -flow.log_prob(x).mean())
 
 
 def test_masks():
@@ -319,6 +417,11 @@ def test_masks():
      ValueError, "nothing to transform"),
     (lambda: genkernels.ops.affine_coupling(torch.randn(2, 3).int(), torch.randn(2, 6), half_mask(3)),
      TypeError, "x must be a floating-point tensor"),
+    (lambda: KeptMLP(torch.ones(3), 2), ValueError, "nothing to transform"),
+    (lambda: KeptMLP(torch.zeros(3), 2), ValueError, "keeps no feature"),
+    (lambda: KeptMLP(torch.zeros(2, 2), 2), ValueError, r"mask must be a \(D,\) tensor"),
+    (lambda: KeptMLP(half_mask(4), 0), ValueError, "per"),
+    (lambda: KeptMLP(half_mask(4), 2)(torch.randn(2, 5)), ValueError, r"x must be \(B, 4\)"),
     (lambda: checkerboard_mask((3,)), ValueError, "shape must be"),
     (lambda: channel_mask(1), ValueError, "channels"),
     (lambda: half_mask(4, 2), ValueError, "parity must be 0 or 1"),

@@ -3,6 +3,7 @@ linear of the masked weight, and MADE (genkernels.MADE): causal under every mask
 order- and connectivity-agnostic training, sampling, checkpoints, bad input."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -100,6 +101,54 @@ def test_made_is_causal_under_every_mask(kwargs):
         model.skip.set_prefix((model.skip.prefix + 1).clamp(max=6))
     report = check_autoregressive(lambda x: model._params(x, 0), (6,), order="natural")
     assert not report.ok
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(num_masks=2, order_agnostic=True), dict(context_features=2)],
+                         ids=["natural", "order-agnostic", "conditional"])
+def test_param_major_made_is_the_same_function_with_its_outputs_regrouped(kwargs, tmp_path):
+    """param_major orders the output units parameter by parameter: with the dimension-major
+    model's output rows (and the direct and context maps' rows) regrouped, the (B, D, P)
+    parameters are the same under every mask, the output is a view of a contiguous (B, P, D)
+    tensor on the natural mask, it stays causal, and the flag survives a checkpoint."""
+    d, p = 5, 3
+    ref = MADE(d, (16, 12), "params", p, seed=0, **kwargs).double()
+    pm = MADE(d, (16, 12), "params", p, seed=0, param_major=True, **kwargs).double()
+    rows = (torch.arange(d)[None, :] * p + torch.arange(p)[:, None]).flatten()   # param-major row -> ref row
+    with torch.no_grad():
+        for a, b in zip(ref.parameters(), pm.parameters()):
+            a.normal_()
+        for name, a in ref.named_parameters():
+            b = pm.get_parameter(name)
+            regroup = name.startswith(("layers.2.", "skip.", "context_out."))
+            b.copy_(a[rows] if regroup else a)
+    x = torch.randn(7, d, dtype=torch.float64)
+    ctx = torch.randn(7, 2, dtype=torch.float64) if "context_features" in kwargs else None
+    for k in range(ref.num_masks):
+        want, got = ref(x, k, ctx), pm(x, k, ctx)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        ranks = torch.argsort(pm._perm(k, 0))
+        c1 = None if ctx is None else ctx[:1]
+        report = check_autoregressive(
+            lambda v, k=k: pm._params(v, k, None if c1 is None else c1.expand(v.shape[0], 2)), (d,), order=ranks)
+        assert report.ok, str(report)
+    out = pm(x, 0, ctx)
+    assert out.shape == (7, d, p) and out.transpose(1, 2).is_contiguous()
+    pm.save(tmp_path / "pm.pt")
+    loaded = MADE.load(tmp_path / "pm.pt")
+    assert loaded.param_major
+    torch.testing.assert_close(loaded(x, 0, ctx), out)
+
+
+def test_made_forward_without_the_data_check():
+    """check=False reads no value of x (a flow's transform: no sync, a NaN flows into the
+    output) but still rejects a wrong shape."""
+    model = MADE(3, (8,), "params", 2, seed=0)
+    x = torch.tensor([[0.0, math.nan, 1.0]])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model(x)
+    assert model(x, check=False).shape == (1, 3, 2)
+    with pytest.raises(ValueError, match=r"x must be \(B, 3\)"):
+        model(torch.zeros(2, 4), check=False)
 
 
 def test_made_densities_sum_to_one_for_every_mask_and_the_ensemble():

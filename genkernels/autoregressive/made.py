@@ -112,6 +112,11 @@ class MADE(Model):
             (auto or "cpu") the network runs as one fused op, ``masked_mlp``, when it has no
             context and its input and hidden layers are at most 256 units (a conditional MADE,
             autocast and wider layers run layer by layer).
+        param_major: the output units parameter by parameter (every dimension's first
+            parameter, then every dimension's second, ...) rather than dimension by dimension:
+            ``forward`` still returns (B, D, P), then a view of a contiguous (B, P, D) tensor --
+            for a consumer reading the parameters as (B, P, D) (MAF's affine transform: the
+            log-scales, then the shifts), which then needs no copy. Same function, same masks.
         context_features: K for a conditional model p(x | c): the context (B, K) enters the
             first hidden layer and the outputs through unmasked linear maps (every unit may
             see all of it: the context is not part of the autoregressive order; the map into
@@ -128,7 +133,7 @@ class MADE(Model):
 
     def __init__(self, n_inputs: int, hidden=(500,), output: str = "bernoulli", components: int = 5, *,
                  direct: bool = True, num_masks: int = 1, order_agnostic: bool = False, seed: int | None = None,
-                 backend: str | None = None, context_features: int | None = None):
+                 backend: str | None = None, context_features: int | None = None, param_major: bool = False):
         super().__init__()
         self._init_stream(seed)
         self.context_features = None if context_features is None else check_int("context_features",
@@ -142,6 +147,7 @@ class MADE(Model):
         self.direct = bool(direct)
         self.num_masks = check_int("num_masks", num_masks, 1)
         self.order_agnostic = bool(order_agnostic)
+        self.param_major = bool(param_major)
         self.backend = backend
         self.history: list[dict] = []
         d = self.n_inputs
@@ -195,7 +201,9 @@ class MADE(Model):
             perms.append(perm)
             prefixes.append(degrees_to_prefix(prev, deg, strict=False))
             prev = deg
-        out_deg = in_deg.repeat_interleave(self.params_per_dim)     # each dimension's parameters together
+        # each dimension's parameters together, or each parameter's dimensions (param_major)
+        per = self.params_per_dim
+        out_deg = in_deg.repeat(per) if self.param_major else in_deg.repeat_interleave(per)
         prefixes.append(degrees_to_prefix(prev, out_deg, strict=True))
         prefixes.append(degrees_to_prefix(in_deg, out_deg, strict=True))
         return perms, prefixes
@@ -222,8 +230,7 @@ class MADE(Model):
             out = masked_mlp(h, [layer.weight for layer in self.layers], [layer.bias for layer in self.layers],
                              [layer.prefix for layer in self.layers], None if skip is None else skip.weight,
                              None if skip is None else skip.prefix, backend="cpu", checked=True)
-            out = out.view(x.shape[0], self.n_inputs, self.params_per_dim)
-            return out if natural else out.index_select(1, torch.argsort(order))
+            return self._per_dimension(out, None if natural else torch.argsort(order))
         inp = h
         n_hidden = len(self.hidden)
         for i, layer in enumerate(self.layers[:-1]):
@@ -243,7 +250,9 @@ class MADE(Model):
         if k == 0:
             out = last(h)
         else:
-            rows = (order[:, None] * self.params_per_dim + torch.arange(self.params_per_dim, device=order.device))
+            p = torch.arange(self.params_per_dim, device=order.device)
+            rows = (p[:, None] * self.n_inputs + order[None, :]) if self.param_major else \
+                (order[:, None] * self.params_per_dim + p)
             rows = rows.flatten()
             w = last.weight.index_select(0, rows).index_select(1, self._stored(n_hidden, self._perm(k, n_hidden)))
             out = last(h, w, last.bias.index_select(0, rows), self._prefix(k, n_hidden))
@@ -256,8 +265,18 @@ class MADE(Model):
             else:
                 w = self.skip.weight.index_select(0, rows).index_select(1, order)
                 out = out + self.skip(inp, w, None, self._prefix(k, n_hidden + 1))
-        out = out.view(x.shape[0], self.n_inputs, self.params_per_dim)
-        return out if natural else out.index_select(1, torch.argsort(order))
+        return self._per_dimension(out, None if natural else torch.argsort(order))
+
+    def _per_dimension(self, out: torch.Tensor, unorder: torch.Tensor | None) -> torch.Tensor:
+        """The output units (B, D P), in a mask's order, as (B, D, P) in the natural one (the
+        gather ``unorder``; None: already natural): a (B, P, D) tensor's transposed view for
+        param_major, a view of the units for the dimension-major layout."""
+        b = out.shape[0]
+        if self.param_major:
+            pd = out.view(b, self.params_per_dim, self.n_inputs)
+            return (pd if unorder is None else pd.index_select(2, unorder)).transpose(1, 2)
+        out = out.view(b, self.n_inputs, self.params_per_dim)
+        return out if unorder is None else out.index_select(1, unorder)
 
     def _fused(self, h: torch.Tensor) -> bool:
         """Whether mask 0's network runs as the fused masked_mlp op: the layers' backend None
@@ -271,10 +290,18 @@ class MADE(Model):
         0's."""
         return units if i == 0 else torch.argsort(self._perm(0, i))[units]
 
-    def forward(self, x: torch.Tensor, mask: int = 0, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: int = 0, context: torch.Tensor | None = None, *,
+                check: bool = True) -> torch.Tensor:
         """(B, D, P) output parameters of x (B, D) under connectivity ``mask`` (given the
-        context (B, K) in a conditional model)."""
-        x = self.check_data(x)
+        context (B, K) in a conditional model). ``check=False``: x's values are not read (no
+        finiteness or binary check, no device sync; its shape still is) -- for a caller that
+        owns its input, such as a flow's transform, where a NaN shows in the loss."""
+        if not check:
+            if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.n_inputs:
+                self.check_data(x)   # the shape's error
+            x = x.to(self.dtype)
+        else:
+            x = self.check_data(x)
         return self._params(x, check_int("mask", mask, 0, self.num_masks - 1), self.check_context(context, x.shape[0]))
 
     def check_context(self, context, batch: int) -> torch.Tensor | None:
@@ -417,7 +444,7 @@ class MADE(Model):
         return {"n_inputs": self.n_inputs, "hidden": list(self.hidden), "output": self.output,
                 "components": self.components, "direct": self.direct, "num_masks": self.num_masks,
                 "order_agnostic": self.order_agnostic, "backend": self.backend,
-                "context_features": self.context_features,
+                "context_features": self.context_features, "param_major": self.param_major,
                 "dtype": str(self.dtype).removeprefix("torch.")}
 
     def _payload(self) -> dict:
@@ -433,11 +460,12 @@ class MADE(Model):
         hidden = cfg.get("hidden", list, "a list of ints")
         context = cfg.get("context_features", (type(None), int), "None or an int") if "context_features" in cfg \
             else None
+        param_major = cfg.get("param_major", bool) if "param_major" in cfg else False
         try:
             model = cls(cfg.int("n_inputs", 1), hidden, cfg.choice("output", OUTPUTS), cfg.int("components", 1),
                         direct=cfg.get("direct", bool), num_masks=cfg.int("num_masks", 1),
                         order_agnostic=cfg.get("order_agnostic", bool), seed=fields.seed(), backend=backend,
-                        context_features=context)
+                        context_features=context, param_major=param_major)
         except (TypeError, ValueError) as exc:
             raise fields.error("config", f"does not describe a model: {exc}") from None
         model.to(dtype=cfg.dtype(), device=device)

@@ -10,6 +10,7 @@ from .coupling import (
     MLP,
     AdditiveCoupling,
     AffineCoupling,
+    KeptMLP,
     ResNet,
     SplineCoupling,
     alternating_mask,
@@ -22,6 +23,6 @@ from .models import IAF, MAF, NSF, Glow, RealNVP
 from .ops import affine_coupling, rq_spline
 
 __all__ = ["ActNorm", "AdditiveCoupling", "AffineCoupling", "FlowDistribution", "Glow", "IAF", "InvConv1x1",
-           "InvertibilityWarning", "LogitTransform", "MAF", "MLP", "MaskedAffineAutoregressive",
+           "InvertibilityWarning", "KeptMLP", "LogitTransform", "MAF", "MLP", "MaskedAffineAutoregressive",
            "MaskedSplineAutoregressive", "NSF", "RealNVP", "ResNet", "SplineCoupling", "Squeeze", "affine_coupling",
            "alternating_mask", "channel_mask", "checkerboard_mask", "dequantize", "half_mask", "rq_spline"]

@@ -318,7 +318,7 @@ class _Flow(Model):
                     loss = self.bits_per_dim(xb, None if context is None else context[idx], levels=levels)
                     if not bool(torch.isfinite(loss.detach())):
                         raise DivergedError(f"{type(self).__name__}.fit diverged in epoch {len(self.history) + 1}: "
-                                            f"the loss is {float(loss)} ({hint})")
+                                            f"the loss is {float(loss.detach())} ({hint})")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if max_grad_norm is not None:

@@ -10,6 +10,9 @@ Shapes: vectors (B, D) with a (D,) mask, or images (B, C, H, W) with a (C, H, W)
 that broadcasts: a channel mask is (C, 1, 1)). A conditioner maps the masked input (B, *F) --
 and the context (B, K) when the layer is conditional -- to (B, 2 F1, ...) for the affine
 layer (raw log-scales, then shifts, along dimension 1) or (B, F1, ...) for the additive one.
+A vector layer's default conditioner, ``KeptMLP``, reads the unmasked input and only its kept
+features, and computes only the transformed features' parameters (the same function without
+the dense network's multiplications by the mask's zeros).
 """
 
 from __future__ import annotations
@@ -104,6 +107,72 @@ class MLP(nn.Module):
         return self.out(self.body(h))
 
 
+class KeptMLP(MLP):
+    """A vector coupling's default conditioner: the MLP from the kept features alone to the
+    transformed features' parameters, returned in the layout the coupling's op reads -- (B, P
+    D) as (B, P, D) for ``feature_major=False`` (affine: s then t; additive), (B, D P) as (B, D,
+    P) for ``feature_major=True`` (spline) -- with zeros at the kept features (never read).
+
+    The same function as an ``MLP(D, P D)`` fed x * mask, without what that one spends on the
+    mask: its first layer multiplies the transformed features' zeros and its last layer
+    computes parameters nobody reads -- with half masks about 30 % of the work and of the
+    weights (at D = 64, H = 128: 28,992 parameters where the dense one has 41,344). A
+    contiguous run of kept (transformed) features is read (written) as one slice, any other
+    set through an index.
+
+    Args:
+        mask: (D,) zeros and ones, 1 = kept, at least one of each.
+        per: P, the parameters of each transformed feature (2 affine, 1 additive, 3K - 1 spline).
+        feature_major: the output layout, as above.
+        hidden, layers, context_features: as MLP's.
+    """
+
+    def __init__(self, mask: torch.Tensor, per: int, feature_major: bool = False, hidden: int = 128,
+                 layers: int = 2, context_features: int | None = None):
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 1:
+            raise ValueError(f"mask must be a (D,) tensor of zeros and ones; got "
+                             f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        kept = check_mask(mask, tuple(mask.shape)).cpu()
+        if not bool(kept.any()):
+            raise ValueError("mask keeps no feature (all zeros): KeptMLP needs one to read; use MLP")
+        per = check_int("per", per, 1)
+        kept_idx, moved_idx = kept.nonzero().flatten(), (~kept).nonzero().flatten()
+        super().__init__(kept_idx.numel(), per * moved_idx.numel(), hidden, layers, context_features)
+        self.features, self.per, self.feature_major = kept.numel(), per, bool(feature_major)
+        self._kept_run, self._moved_run = _run(kept_idx), _run(moved_idx)
+        self.register_buffer("kept", kept, persistent=False)   # the mask it reads (bool)
+        self.register_buffer("_kept_idx", kept_idx, persistent=False)
+        self.register_buffer("_moved_idx", moved_idx, persistent=False)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.features:
+            raise ValueError(f"x must be (B, {self.features}); got shape {tuple(x.shape)}")
+        a = self._kept_run
+        h = x.narrow(1, a[0], a[1]) if a is not None else x.index_select(1, self._kept_idx)
+        out = super().forward(h, context)
+        b, n, dim = x.shape[0], self._moved_idx.numel(), 1 if self.feature_major else 2
+        out = out.view(b, n, self.per) if self.feature_major else out.view(b, self.per, n)
+        full = list(out.shape)
+        full[dim] = self.features
+        r = self._moved_run
+        if r is not None:   # zeros, the run, zeros: one cat (its backward, one narrow)
+            pieces = [out.new_zeros(*full[:dim], r[0], *full[dim + 1:]), out,
+                      out.new_zeros(*full[:dim], self.features - r[0] - r[1], *full[dim + 1:])]
+            p = torch.cat([t for t in pieces if t.shape[dim]], dim)
+        else:
+            p = out.new_zeros(full).index_copy(dim, self._moved_idx, out)
+        return p.reshape(b, self.features * self.per)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, per={self.per}, feature_major={self.feature_major}"
+
+
+def _run(idx: torch.Tensor) -> tuple[int, int] | None:
+    """(first, count) when the sorted indices are one contiguous run, else None."""
+    n = idx.numel()
+    return (int(idx[0]), n) if n and int(idx[-1]) - int(idx[0]) == n - 1 else None
+
+
 class ResNet(nn.Module):
     """RealNVP's conditioner for images: a 3x3 convolution to ``hidden`` channels, ``blocks``
     residual blocks (3x3 convolution, ReLU, 3x3 convolution, added), ReLU, a 3x3 convolution
@@ -160,6 +229,7 @@ class _Coupling(nn.Module):
     module, or the MLP / ResNet made for the mask's shape), the call with the context."""
 
     takes_context = True
+    feature_major = False   # the default conditioner's output layout (KeptMLP)
 
     def __init__(self, mask: torch.Tensor, conditioner: nn.Module | None, out_factor: int, hidden: int | None,
                  context_features: int | None):
@@ -176,6 +246,8 @@ class _Coupling(nn.Module):
         if conditioner is None:
             if self.image:
                 conditioner = ResNet(features, out_factor * features, hidden or 64, 2, context_features)
+            elif bool(kept.any()):   # read the kept features only, write the transformed ones' parameters
+                conditioner = KeptMLP(kept, out_factor, self.feature_major, hidden or 128, 2, context_features)
             else:
                 conditioner = MLP(features, out_factor * features, hidden or 128, 2, context_features)
         elif not isinstance(conditioner, nn.Module):
@@ -198,8 +270,30 @@ class _Coupling(nn.Module):
         if self.image and self.mask.shape[0] != x.shape[1]:
             raise ValueError(f"{name} has {x.shape[1]} channels; the mask has {self.mask.shape[0]}")
 
+    def _check_kept_mask(self) -> None:
+        """A KeptMLP conditioner reads the features its own mask keeps: the layer's mask must
+        still be that one. Compared when the mask's storage or version changed (once on a
+        GPU: a sync; at every call for an inference-mode mask), not inside torch.compile."""
+        if torch.compiler.is_compiling():
+            return
+        # an inference tensor has no version counter: compared at every call
+        key = None if self.mask.is_inference() else \
+            (self.mask.data_ptr(), self.mask._version, self.mask.storage_offset(), self.mask.device)
+        if key is not None and getattr(self, "_kept_key", None) == key:
+            return
+        if self.mask.shape != self.conditioner.kept.shape or \
+                not torch.equal(self.mask.to(torch.bool), self.conditioner.kept.to(self.mask.device)):
+            raise ValueError("the layer's mask differs from the one its conditioner (KeptMLP) reads -- the "
+                             "default conditioner of a vector layer is made for the mask the layer was made "
+                             "with: make a new layer for another mask, or pass a conditioner of your own")
+        object.__setattr__(self, "_kept_key", key)
+
     def _params(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        kept = x * self.mask.to(x.dtype)
+        if isinstance(self.conditioner, KeptMLP):
+            self._check_kept_mask()
+            kept = x
+        else:
+            kept = x * self.mask.to(x.dtype)
         out = self.conditioner(kept) if context is None else self.conditioner(kept, context)
         want = (x.shape[0], self.out_factor * x.shape[1], *x.shape[2:])
         if tuple(out.shape) != want:
@@ -217,9 +311,11 @@ class AffineCoupling(_Coupling):
         mask: (D,) for vectors, (C, H, W) or (C, 1, 1) for images: 1 = kept, 0 = transformed
             (``checkerboard_mask``, ``channel_mask``, ``half_mask``, ``alternating_mask``, or
             any binary tensor that transforms something).
-        conditioner: a module mapping (B, *F) [and the context (B, K)] to (B, 2 F1, ...);
-            None: an MLP (vectors) or ResNet (images) with ``hidden`` units, its last layer
-            at zero (the layer starts as the identity).
+        conditioner: a module mapping x * mask (B, *F) [and the context (B, K)] to (B, 2 F1,
+            ...); None: a KeptMLP (vectors: the kept features in, the transformed ones' s and
+            t out; it reads x itself, and the layer's mask must stay the one it was made with)
+            or a ResNet (images) with ``hidden`` units, its last layer at zero (the layer starts
+            as the identity).
         scale_bound: the log-scales' bound (> 0; math.inf: not bounded). The default, 2,
             keeps every scale in (e^-2, e^2): an unbounded exp(s) is where affine flows
             diverge.
@@ -263,13 +359,15 @@ class SplineCoupling(_Coupling):
         mask: as AffineCoupling's.
         conditioner: a module mapping (B, *F) [and the context] to (B, (3K - 1) D) for
             vectors (read as (B, D, 3K - 1)) or (B, (3K - 1) C, H, W) for images (read as
-            (B, C, 3K - 1, H, W)); None: the MLP / ResNet with ``hidden`` units, its last
+            (B, C, 3K - 1, H, W)); None: the KeptMLP / ResNet with ``hidden`` units, its last
             layer's weights at zero and its bias at the identity spline's parameters (equal
             bins, unit derivatives: the layer starts as the identity); a conditioner of your
             own can do the same with ``spline_reference.identity_bias``.
         bins: K >= 1. bound: the interval's half-width (> 0).
         context_features, backend: as AffineCoupling's.
     """
+
+    feature_major = True   # its parameters are read as (B, D, 3K - 1)
 
     def __init__(self, mask: torch.Tensor, conditioner: nn.Module | None = None, *, bins: int = 8,
                  bound: float = 3.0, hidden: int | None = None, context_features: int | None = None,
@@ -278,7 +376,8 @@ class SplineCoupling(_Coupling):
         super().__init__(mask, conditioner, 3 * self_bins - 1, hidden, context_features)
         self.bins = self_bins
         if conditioner is None:   # the default conditioner starts at the identity spline
-            spline_reference.identity_bias(self.conditioner.out.bias, self.mask.shape[0], self_bins)
+            bias = self.conditioner.out.bias   # (D P), or KeptMLP's (D1 P): the transformed features'
+            spline_reference.identity_bias(bias, bias.numel() // (3 * self_bins - 1), self_bins)
         self.bound = spline_ops.check_tail_bound(bound)
         self.backend = backend
 
@@ -331,5 +430,5 @@ def _logdet_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-__all__ = ["MLP", "AdditiveCoupling", "AffineCoupling", "ResNet", "SplineCoupling", "alternating_mask", "channel_mask",
-           "checkerboard_mask", "half_mask"]
+__all__ = ["MLP", "AdditiveCoupling", "AffineCoupling", "KeptMLP", "ResNet", "SplineCoupling", "alternating_mask",
+           "channel_mask", "checkerboard_mask", "half_mask"]

@@ -29,9 +29,21 @@ import torch
 from torch import nn
 
 from .._checks import check_int
-from .autoregressive import MaskedAffineAutoregressive, MaskedSplineAutoregressive, _hidden
+from . import spline_reference
+from .autoregressive import (
+    MaskedAffineAutoregressive,
+    MaskedSplineAutoregressive,
+    _hidden,
+)
 from .base import _Flow, run_steps
-from .coupling import MLP, AffineCoupling, SplineCoupling, channel_mask, checkerboard_mask, half_mask
+from .coupling import (
+    AffineCoupling,
+    KeptMLP,
+    SplineCoupling,
+    channel_mask,
+    checkerboard_mask,
+    half_mask,
+)
 from .layers import ActNorm, InvConv1x1, Squeeze
 
 
@@ -280,7 +292,9 @@ class NSF(_Flow):
                 steps.append(ActNorm(d))
             if coupling:
                 mask = half_mask(d, i % 2)
-                net = MLP(d, (3 * bins - 1) * d, hidden[0], len(hidden), context_features)
+                # the kept half in, the transformed half's spline parameters out, starting at the identity
+                net = KeptMLP(mask, 3 * bins - 1, True, hidden[0], len(hidden), context_features)
+                spline_reference.identity_bias(net.out.bias, net.out.out_features // (3 * bins - 1), bins)
                 steps.append(SplineCoupling(mask, net, bins=bins, bound=bound, backend=backend))
             else:
                 steps.append(MaskedSplineAutoregressive(
