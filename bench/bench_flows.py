@@ -19,6 +19,13 @@ code, eager and under torch.compile) and our own PyTorch reference (the spec), o
 raw parameters (K = 8 bins, tail bound 3). Without nflows installed those rows hold ours
 and the reference only.
 
+The ActNorm rows: ``ours`` is genkernels.ops.actnorm (y = (x + b) e^s per channel and the
+log-determinant in one pass; one backward pass for the input's gradient and the two
+per-channel sums the parameters' gradients need), against ``eager`` (Glow's formula as
+PyTorch code writes it, broadcast add, exp, multiply, the log-determinant's sum), its
+torch.compile, and nflows 0.14's ``ActNorm`` transform (already initialised), with the
+gradients of x, the bias and the log-scale.
+
     python bench/bench_flows.py [--quick] [--threads N] [--device cpu|cuda]
 """
 
@@ -58,6 +65,65 @@ SPLINE_CASES = {False: [("spline B=1024 D=2 K=8", 1024, 2, 8, False),
                         ("spline B=64 D=3072 K=8", 64, 3072, 8, False)],
                 True: [("spline B=64 D=16 K=8", 64, 16, 8, False)]}
 TAIL = 3.0
+
+# (name, batch, feature shape)
+ACTNORM_CASES = {False: [("actnorm B=512 D=64", 512, (64,)), ("actnorm B=4096 D=64", 4096, (64,)),
+                         ("actnorm B=64 48x16x16", 64, (48, 16, 16)), ("actnorm B=256 3x32x32", 256, (3, 32, 32))],
+                 True: [("actnorm B=64 D=16", 64, (16,)), ("actnorm B=4 3x8x8", 4, (3, 8, 8))]}
+
+
+def eager_actnorm(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor):
+    """Glow's ActNorm as PyTorch code writes it: broadcast add, exp, multiply; the
+    log-determinant H W sum(log_scale) per sample."""
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    y = (x + bias.view(view)) * torch.exp(log_scale.view(view))
+    return y, (log_scale.sum() * x[0, 0].numel()).expand(x.shape[0])
+
+
+def actnorm_implementations(case: tuple, device: str, seed: int = 0) -> dict:
+    """name -> a callable running ActNorm's forward + backward once on fixed inputs."""
+    _, batch, shape = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *shape, generator=g).to(device).requires_grad_()
+    bias = (torch.randn(shape[0], generator=g) * 0.1).to(device).requires_grad_()
+    log_scale = (torch.randn(shape[0], generator=g) * 0.1).to(device).requires_grad_()
+    gy = torch.randn(batch, *shape, generator=g).to(device)
+    gl = torch.randn(batch, generator=g).to(device)
+    backend = "cpu" if device == "cpu" else "triton"
+    fns = {f"ours ({backend})": lambda: genkernels.ops.actnorm(x, bias, log_scale, backend=backend),
+           EAGER: lambda: eager_actnorm(x, bias, log_scale)}
+    compiled = torch.compile(eager_actnorm)
+    fns[f"{EAGER} (torch.compile)"] = lambda: compiled(x, bias, log_scale)
+    try:
+        from nflows.transforms import ActNorm as NflowsActNorm
+    except ImportError:
+        NflowsActNorm = None
+    if NflowsActNorm is not None:
+        layer = NflowsActNorm(shape[0]).to(device)
+        layer.initialized.fill_(True)       # as after its first batch (its data-dependent start)
+        with torch.no_grad():
+            layer.shift.copy_(bias)
+            layer.log_scale.copy_(log_scale)
+        fns["nflows"] = lambda: layer(x)
+
+    def call(fn):
+        def run():
+            y, logdet = fn()
+            torch.autograd.backward([y, logdet], [gy, gl])
+        return run
+
+    return {name: call(fn) for name, fn in fns.items()}
+
+
+def actnorm_agreement(case: tuple, device: str) -> float:
+    _, batch, shape = case
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, *shape, generator=g).to(device)
+    bias, log_scale = torch.randn(shape[0], generator=g).to(device), torch.randn(shape[0], generator=g).to(device)
+    with torch.no_grad():
+        got = genkernels.ops.actnorm(x, bias, log_scale)
+        want = eager_actnorm(x.double(), bias.double(), log_scale.double())
+    return max(float((a.double() - e).abs().max()) for a, e in zip(got, want))
 
 
 def spline_implementations(case: tuple, device: str, seed: int = 0) -> dict:
@@ -170,30 +236,38 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
     torch.set_num_threads(threads)
     rounds = rounds or (3 if quick else 15)
     records = []
-    for case in CASES[quick] + SPLINE_CASES[quick]:
-        spline = case in SPLINE_CASES[quick]
-        impls = spline_implementations(case, device) if spline else implementations(case, device)
-        diff = spline_agreement(case, device) if spline else check_agreement(case, device)
+    for case in CASES[quick] + SPLINE_CASES[quick] + ACTNORM_CASES[quick]:
+        spline, actnorm = case in SPLINE_CASES[quick], case in ACTNORM_CASES[quick]
+        impls = (spline_implementations(case, device) if spline else actnorm_implementations(case, device)
+                 if actnorm else implementations(case, device))
+        diff = (spline_agreement(case, device) if spline else actnorm_agreement(case, device) if actnorm
+                else check_agreement(case, device))
         times, _ = harness.interleaved(list(impls.values()), device, rounds, warm_each=True)
         medians = {impl: statistics.median(times[:, i]) for i, impl in enumerate(impls)}
         if spline:
             _, batch, n, bins, inverse = case
             shape, kind, elements = (n,), f"K={bins}" + (" inverse" if inverse else ""), batch * n
+        elif actnorm:
+            _, batch, shape = case
+            kind, elements = "-", batch * int(torch.tensor(shape).prod())
         else:
             _, batch, shape, kind = case
             elements = batch * int(torch.tensor(shape).prod())
         for i, impl in enumerate(impls):
             col = torch.tensor(times[:, i])
             q1, q3 = (float(v) for v in col.quantile(torch.tensor([0.25, 0.75], dtype=torch.float64)))
-            records.append({"op": "rq_spline" if spline else "affine_coupling", "case": case[0], "batch": batch,
+            op = "rq_spline" if spline else "actnorm" if actnorm else "affine_coupling"
+            records.append({"op": op, "case": case[0], "batch": batch,
                             "features": list(shape), "mask": kind,
                             "elements": elements, "impl": impl, "median_s": medians[impl], "iqr_s": q3 - q1,
                             "rounds": rounds, "x_ours": statistics.median(times[:, i] / times[:, 0]),
                             "x_ours_of_medians": medians[impl] / medians[list(impls)[0]],
                             # bytes of one forward + backward pass at the minimum, fp32: read x, s,
                             # t, write y (fw); read gy, x, s (or sigma), write gx, gs, gt (bw); the
-                            # spline: x, 3K - 1 parameters, y (fw); gy, x, parameters, gx, their grads (bw)
-                            "min_bytes": 4 * elements * (6 * bins + 2 if spline else 10), "max_abs_diff": diff})
+                            # spline: x, 3K - 1 parameters, y (fw); gy, x, parameters, gx, their grads (bw);
+                            # ActNorm: x, y (fw); gy, x, gx (bw)
+                            "min_bytes": 4 * elements * (6 * bins + 2 if spline else 5 if actnorm else 10),
+                            "max_abs_diff": diff})
         print(f"{case[0]}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in medians.items()), file=sys.stderr)
     table = _table(records, device)
     print(table)
@@ -205,13 +279,15 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
 
 def _table(records: list[dict], device: str) -> str:
     threads = torch.get_num_threads()
-    lines = [f"# Affine coupling (elementwise part + log-determinant) and rational-quadratic spline, "
+    lines = [f"# Affine coupling (elementwise part + log-determinant), rational-quadratic spline and ActNorm, "
              f"forward + backward, fp32, {device} ({threads} thread{'s' * (threads > 1)}), torch {torch.__version__}",
              "", "x ours = the median over the interleaved rounds of the implementation's time / ours in the same "
              "round (> 1: slower than ours). GB/s: the pass's minimum traffic (the coupling: 10 fp32 values per "
-             "element, x, s, t, y forward, gy, x, s, gx, gs, gt backward; the spline: 6K + 2) over the median "
-             "time. max abs diff: ours against the fp64 reference (the coupling: against eager).", ""]
-    for op, title in (("affine_coupling", "Affine coupling"), ("rq_spline", "Rational-quadratic spline (K bins)")):
+             "element, x, s, t, y forward, gy, x, s, gx, gs, gt backward; the spline: 6K + 2; ActNorm: 5, x, y, gy, "
+             "x, gx) over the median time. max abs diff: ours against the fp64 reference (the coupling: against "
+             "eager).", ""]
+    for op, title in (("affine_coupling", "Affine coupling"), ("rq_spline", "Rational-quadratic spline (K bins)"),
+                      ("actnorm", "ActNorm (per-channel scale and shift, its parameters' gradients too)")):
         rows = [r for r in records if r.get("op", "affine_coupling") == op]
         if not rows:
             continue

@@ -131,6 +131,13 @@ TORCH_LIBRARY(genkernels, m) {
   // Its VJP: grad_y (B, N), grad_logdet (B,) -> (grad_x (B, N), grad_params (B, 2N)).
   m.def("affine_coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor params, Tensor sigma, "
         "Tensor mask, float bound, bool inverse) -> (Tensor, Tensor)");
+  // ActNorm's map (spec: genkernels/flows/actnorm_reference.py): x (B, C, P) (each row's
+  // (C, P) block contiguous, rows any stride), bias and log_scale (C,) -> (y = (x + bias)
+  // exp(log_scale) (B, C, P), logdet (B,) = P sum(log_scale)); inverse applies the inverse map.
+  m.def("actnorm(Tensor x, Tensor bias, Tensor log_scale, bool inverse) -> (Tensor, Tensor)");
+  // Its VJP: grad_y (B, C, P), grad_logdet (B,) -> (grad_x, grad_bias (C,), grad_log_scale (C,)).
+  m.def("actnorm_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor bias, Tensor log_scale, "
+        "bool inverse) -> (Tensor, Tensor, Tensor)");
   // The rational-quadratic spline (spec: genkernels/flows/spline_reference.py): x (B, N),
   // params (B, N, 3K - 1) (per feature K widths, K heights, K - 1 interior derivatives, all
   // unconstrained; read in place where each row's (N, 3K - 1) block is contiguous, rows any

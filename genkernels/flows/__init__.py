@@ -20,9 +20,9 @@ from .coupling import (
 )
 from .layers import ActNorm, InvConv1x1, LogitTransform, Squeeze, dequantize
 from .models import IAF, MAF, NSF, Glow, RealNVP
-from .ops import affine_coupling, rq_spline
+from .ops import actnorm, affine_coupling, rq_spline
 
-__all__ = ["ActNorm", "AdditiveCoupling", "AffineCoupling", "FlowDistribution", "Glow", "IAF", "InvConv1x1",
+__all__ = ["ActNorm", "actnorm", "AdditiveCoupling", "AffineCoupling", "FlowDistribution", "Glow", "IAF", "InvConv1x1",
            "InvertibilityWarning", "KeptMLP", "LogitTransform", "MAF", "MLP", "MaskedAffineAutoregressive",
            "MaskedSplineAutoregressive", "NSF", "RealNVP", "ResNet", "SplineCoupling", "Squeeze", "affine_coupling",
            "alternating_mask", "channel_mask", "checkerboard_mask", "dequantize", "half_mask", "rq_spline"]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._checks import check_int
+from . import actnorm_ops
 
 
 def _logdet_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -78,14 +79,16 @@ class ActNorm(nn.Module):
     that its batch has zero mean and unit variance per channel -- the scale is 1 / (std +
     eps), so a constant channel gets a finite scale (1 / eps), never a division by zero;
     ``initialized`` (a buffer, saved with the state) records it. An uninitialised layer's
-    inverse is the identity map it starts as."""
+    inverse is the identity map it starts as. The map runs as the fused op
+    ``genkernels.ops.actnorm`` (``backend``: its backend, None for the automatic one)."""
 
-    def __init__(self, num_features: int, eps: float = 1e-6):
+    def __init__(self, num_features: int, eps: float = 1e-6, *, backend: str | None = None):
         super().__init__()
         self.num_features = check_int("num_features", num_features, 1)
         if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0):
             raise ValueError(f"eps must be a number > 0; got {eps!r}")
         self.eps = float(eps)
+        self.backend = backend
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("initialized", torch.tensor(False))
@@ -120,23 +123,17 @@ class ActNorm(nn.Module):
         self._ready = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = self._shape(x, "x")
+        self._shape(x, "x")
         if self.training and not self._ready:
             if bool(self.initialized):   # set by a loaded state
                 self._ready = True
             else:
                 self.initialize(x)
-        y = (x + self.bias.view(shape)) * torch.exp(self.log_scale.view(shape))
-        pixels = x[0, 0].numel() if x.dim() == 4 else 1
-        logdet = (self.log_scale.to(_logdet_dtype(x.dtype)).sum() * pixels).expand(x.shape[0])
-        return y.to(x.dtype), logdet
+        return actnorm_ops.apply(x, self.bias, self.log_scale, False, self.backend)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = self._shape(y, "y")
-        x = y * torch.exp(-self.log_scale.view(shape)) - self.bias.view(shape)
-        pixels = y[0, 0].numel() if y.dim() == 4 else 1
-        logdet = (-self.log_scale.to(_logdet_dtype(y.dtype)).sum() * pixels).expand(y.shape[0])
-        return x.to(y.dtype), logdet
+        self._shape(y, "y")
+        return actnorm_ops.apply(y, self.bias, self.log_scale, True, self.backend)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"

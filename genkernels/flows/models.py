@@ -61,15 +61,17 @@ class _Scale(nn.Module):
         self.z_shape = None if last else (2 * c, h // 2, w // 2)
         steps = []
         for i in range(4 if last else 3):
-            steps += [ActNorm(c), AffineCoupling(checkerboard_mask((c, h, w), i % 2), hidden=hidden,
-                                                 scale_bound=bound, context_features=context, backend=backend)]
+            steps += [ActNorm(c, backend=backend),
+                      AffineCoupling(checkerboard_mask((c, h, w), i % 2), hidden=hidden, scale_bound=bound,
+                                     context_features=context, backend=backend)]
         self.pre = nn.ModuleList(steps)
         if not last:
             self.squeeze = Squeeze(2)
             steps = []
             for i in range(3):
-                steps += [ActNorm(4 * c), AffineCoupling(channel_mask(4 * c, i % 2), hidden=hidden, scale_bound=bound,
-                                                         context_features=context, backend=backend)]
+                steps += [ActNorm(4 * c, backend=backend),
+                          AffineCoupling(channel_mask(4 * c, i % 2), hidden=hidden, scale_bound=bound,
+                                         context_features=context, backend=backend)]
             self.post = nn.ModuleList(steps)
 
     check_finite = False
@@ -104,7 +106,7 @@ class RealNVP(_Flow):
         hidden: the conditioners' width (ResNet channels for images, MLP units for vectors).
         scale_bound: the couplings' log-scale bound (see AffineCoupling).
         context_features: K for a conditional flow (every conditioner gets the context).
-        backend: the coupling op's backend (None: automatic).
+        backend: the fused ops' backend, the couplings' and the ActNorms' (None: automatic).
         seed: the model's Philox stream (sampling, fit's shuffles and dequantisation).
         logit_alpha: model data in [0, 1] through RealNVP's logit preprocessing
             (``LogitTransform(alpha)``, part of the density) -- None: data as it comes.
@@ -140,8 +142,9 @@ class RealNVP(_Flow):
             check_int("layers", layers, 1)
             steps = []
             for i in range(layers):
-                steps += [ActNorm(d), AffineCoupling(half_mask(d, i % 2), hidden=hidden, scale_bound=scale_bound,
-                                                     context_features=context_features, backend=backend)]
+                steps += [ActNorm(d, backend=backend),
+                          AffineCoupling(half_mask(d, i % 2), hidden=hidden, scale_bound=scale_bound,
+                                         context_features=context_features, backend=backend)]
             self.steps = nn.ModuleList(steps)
 
 
@@ -163,7 +166,7 @@ class _Level(nn.Module):
         self.z_shape = None if last else (2 * c, h // 2, w // 2)
         layers = []
         for i in range(steps):
-            layers += [ActNorm(c4), InvConv1x1(c4, seed=None if seed is None else seed + i),
+            layers += [ActNorm(c4, backend=backend), InvConv1x1(c4, seed=None if seed is None else seed + i),
                        AffineCoupling(channel_mask(c4, i % 2), hidden=hidden, scale_bound=bound,
                                       context_features=context, backend=backend)]
         self.layers = nn.ModuleList(layers)
@@ -251,7 +254,7 @@ class MAF(_Flow):
         steps = []
         for i in range(layers):
             if actnorm:
-                steps.append(ActNorm(self.features))
+                steps.append(ActNorm(self.features, backend=backend))
             steps.append(MaskedAffineAutoregressive(
                 self.features, hidden, order="natural" if i % 2 == 0 else "reversed", scale_bound=scale_bound,
                 context_features=context_features, inverse_autoregressive=self._inverse_autoregressive,
@@ -271,7 +274,8 @@ class NSF(_Flow):
             splines' interval half-width (identity outside).
         hidden: the conditioners' hidden sizes (an int: two layers of that size).
         coupling: couplings instead of autoregressive transforms.
-        context_features, actnorm, backend (the spline op's), made_backend, seed: as MAF's.
+        context_features, actnorm, backend (the spline op's and the ActNorms'), made_backend, seed: as
+            MAF's.
     """
 
     def __init__(self, shape, *, layers: int = 5, bins: int = 8, bound: float = 3.0, hidden=64,
@@ -289,7 +293,7 @@ class NSF(_Flow):
         steps = []
         for i in range(layers):
             if actnorm:
-                steps.append(ActNorm(d))
+                steps.append(ActNorm(d, backend=backend))
             if coupling:
                 mask = half_mask(d, i % 2)
                 # the kept half in, the transformed half's spline parameters out, starting at the identity
