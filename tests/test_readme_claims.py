@@ -444,6 +444,11 @@ def flows_spline():
     return _ours_against_others("amd-epyc-2c-flows.json", "rq_spline")
 
 
+def flows_actnorm():
+    """ActNorm's map, forward + backward, one thread (bench/bench_flows.py)."""
+    return _ours_against_others("amd-epyc-2c-flows.json", "actnorm")
+
+
 def flows_training():
     """A training step of RealNVP, MAF and NSF against nflows and zuko
     (bench/bench_flows_training.py)."""
@@ -489,7 +494,7 @@ def flows_mnist():
 CLAIMS = [som_cpu, som_gpu, energy, rbm_mnist, compat, compat_recon, som_grid_search, ais_digits, hopfield_recall,
           dbn_digits, bmu_certification, small_amd, patch_som, som_mask, som_mask_mnist, softsom_spirals,
           softsom_speed, pixelcnn_mnist, pixelcnn_sampling,
-          autoregressive_layers, flows_coupling, flows_spline, flows_training, flows_mnist, made_network, flows_images]
+          autoregressive_layers, flows_coupling, flows_spline, flows_actnorm, flows_training, flows_mnist, made_network, flows_images]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.__name__ for c in CLAIMS])
