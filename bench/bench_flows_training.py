@@ -54,11 +54,16 @@ sys.path.insert(0, BENCH_DIR)
 import harness  # noqa: E402
 
 import genkernels  # noqa: E402
+from genkernels.model import adam  # noqa: E402
 
 LR = 1e-3
 BINS, BOUND = 8, 3.0
 FLOWS = ("RealNVP", "MAF", "NSF")
 OURS, ANCHORS = "ours", ("nflows", "zuko")
+# ours again, stepped by the optimiser genkernels' fit uses (torch's fused Adam,
+# genkernels.model.adam): what a user of fit gets; the anchors' rows and ours run the
+# default Adam, as a hand-written loop does
+OURS_FIT = "ours, fit's fused Adam"
 # (name, data, batch, hidden, transforms)
 CASES = {False: [("moons D=2 B=1024 H=64", "moons", 1024, 64, 5),
                  ("digits D=64 B=512 H=128", "digits", 512, 128, 5)],
@@ -146,7 +151,7 @@ def zuko_model(flow: str, d: int, hidden: int, layers: int) -> torch.nn.Module:
     return zuko.flows.MAF(d, univariate=spline, shapes=[(BINS,), (BINS,), (BINS - 1,)], **kw)
 
 
-BUILDERS = {OURS: ours, "nflows": nflows_model, "zuko": zuko_model}
+BUILDERS = {OURS: ours, OURS_FIT: ours, "nflows": nflows_model, "zuko": zuko_model}
 
 
 def log_prob(impl: str, model, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +162,7 @@ def log_prob(impl: str, model, x: torch.Tensor) -> torch.Tensor:
 def training_step(impl: str, model, x: torch.Tensor, losses: list):
     """A callable running one step (zero_grad, -mean log_prob, backward, Adam), each step's
     loss appended to ``losses`` (a detached tensor: no synchronisation inside the step)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = adam(model.parameters(), LR) if impl == OURS_FIT else torch.optim.Adam(model.parameters(), lr=LR)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -208,7 +213,7 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
     torch.set_num_threads(threads)
     loadavg_start = os.getloadavg()[0]
     rounds = rounds or (3 if quick else 20)
-    impls = (OURS,) + installed_anchors()
+    impls = (OURS,) + installed_anchors() + (OURS_FIT,)
     missing = [a for a in ANCHORS if a not in impls]
     if missing:
         print(f"[bench] not installed, left out: {', '.join(missing)} (pip install genkernels[bench])",
@@ -241,6 +246,9 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
                        "median_s": float(np.median(col)), "iqr_s": float(q3 - q1), "rounds": rounds,
                        "x_ours": float(np.median(col / times[:, 0])), "first_loss": seen[0],
                        "last_loss": seen[-1], "steps": len(seen)}
+                if impl == OURS_FIT:   # each anchor against this row, round by round
+                    rec["anchor_x"] = {a: float(np.median(times[:, impls.index(a)] / col)) for a in impls
+                                       if a in ANCHORS}
                 if impl == OURS:
                     rec.update(share)
                 records.append(rec)
@@ -252,7 +260,7 @@ def run(quick: bool = False, rounds: int | None = None, out: str | None = None, 
         harness.write_layer_results(
             out, device, quick, threads, "flows_training", "flows-training", records, table,
             loadavg_start=loadavg_start, lr=LR, bins=BINS, bound=BOUND,
-            anchors={a: harness.package_version(a) for a in impls[1:]},
+            anchors={a: harness.package_version(a) for a in impls if a in ANCHORS},
             timing="one training step (zero_grad, -mean log_prob, backward, Adam), interleaved rounds, median")
     return records
 
@@ -264,11 +272,13 @@ def _table(records: list[dict], device: str, threads: int) -> str:
              + ", ".join(f"{a} {harness.package_version(a)}" for a in anchors), "",
              "Same batch, interleaved rounds, median step time. " + " ".join(f"{a} / ours" for a in anchors)
              + " (on ours' row) = the median over the rounds of the anchor's step time / ours in the same round "
-             "(> 1: the anchor is slower). Loss: the first step's and the last step's (after the warm-up and "
-             "timed steps); the parametrisations differ, so do the losses. Architectures: every conditioner has "
-             "two hidden layers of H; zuko's RealNVP has no ActNorm and splits odd/even features, ours and "
-             "nflows' halves; every RealNVP conditioner reads the kept half and "
-             "computes the transformed half's parameters; ours' MADEs (MAF, NSF) add direct input-to-output connections; MAF and NSF have no ActNorm; "
+             "(> 1: the anchor is slower); on the row of ours stepped by fit's optimiser (torch's fused Adam), "
+             "the same against that row (every other row runs the default Adam). Loss: the first step's and the "
+             "last step's (after the warm-up and timed steps); the parametrisations differ, so do the losses. "
+             "Architectures: every conditioner has two hidden layers of H; zuko's RealNVP has no ActNorm and "
+             "splits odd/even features, ours and nflows' halves; every RealNVP conditioner reads the kept half "
+             "and computes the transformed half's parameters; ours' MADEs (MAF, NSF) add direct input-to-output "
+             "connections; MAF and NSF have no ActNorm; "
              "zuko's NSF with bound 3 (its default is 5).", "",
              "| case | flow | implementation | params | median step | IQR | "
              + " | ".join(f"{a} / ours" for a in anchors) + " | first loss | last loss |",
@@ -278,7 +288,9 @@ def _table(records: list[dict], device: str, threads: int) -> str:
         by_group.setdefault((r["case"], r["flow"]), {})[r["impl"]] = r
     for group in by_group.values():
         for impl, r in group.items():
-            ratios = [f"{group[a]['x_ours']:.2f}" if impl == OURS and a in group else "" for a in anchors]
+            ratios = [f"{group[a]['x_ours']:.2f}" if impl == OURS and a in group else
+                      f"{r['anchor_x'][a]:.2f}" if impl == OURS_FIT and a in r.get("anchor_x", {}) else ""
+                      for a in anchors]
             lines.append(f"| {r['case']} | {r['flow']} | {impl} | {r['params']:,} | {r['median_s'] * 1e3:.2f} ms | "
                          f"{r['iqr_s'] * 1e3:.2f} ms | " + "".join(f"{v} | " for v in ratios)
                          + f"{r['first_loss']:.3f} | {r['last_loss']:.3f} |")
@@ -305,7 +317,8 @@ def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
     device, quick, _ = harness.bench_options(metafunc.config)
-    cases = [(c, flow, impl, device) for c in CASES[quick] for flow in FLOWS for impl in (OURS,) + installed_anchors()]
+    cases = [(c, flow, impl, device) for c in CASES[quick] for flow in FLOWS
+             for impl in (OURS,) + installed_anchors() + (OURS_FIT,)]
     metafunc.parametrize("case", cases, ids=[f"{c[0][0]}-{c[1]}-{c[2]}".replace(" ", "_") for c in cases])
 
 

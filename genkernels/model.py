@@ -36,7 +36,7 @@ from . import checkpoint as ckpt
 from ._checks import check_int, compiling
 from .random import SEED_RANGE, PhiloxStream
 
-__all__ = ["DivergedError", "Model", "Progress", "check_finite_model", "model_seed"]
+__all__ = ["DivergedError", "Model", "Progress", "adam", "check_finite_model", "model_seed"]
 
 
 class DivergedError(ValueError):
@@ -65,6 +65,22 @@ def check_finite_model(model: str, tensors: dict[str, torch.Tensor], epoch: int,
                 f"{model}.fit diverged in epoch {epoch} (epoch {call_epoch} of the {call_epochs} of this "
                 f"call): {name} holds NaN or Inf, and the model after this epoch was not saved to the "
                 f"checkpoint. {hint}")
+
+
+def adam(params, learning_rate: float) -> torch.optim.Adam:
+    """The models' ``fit`` optimiser: torch's Adam, fused (one kernel per parameter tensor
+    rather than a chain of elementwise ops each) where every parameter is a floating-point
+    tensor on the CPU or a CUDA device, else the default implementation. The same update
+    rule; on a vector flow's training step (40 parameter tensors) the step's Adam took 1.2 ms
+    unfused and 0.2 ms fused on one CPU thread."""
+    params = list(params)
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    if fused:
+        try:
+            return torch.optim.Adam(params, lr=learning_rate, fused=True)
+        except (RuntimeError, ValueError):   # a torch or a dtype without the fused kernel
+            pass
+    return torch.optim.Adam(params, lr=learning_rate)
 
 
 class Progress:

@@ -250,3 +250,22 @@ def test_invertible_checkpoint_saves_depth_independent_memory_with_equal_gradien
     assert saved[deep, None] > saved[small, None]                    # stored activations grow with depth
     assert saved[deep, "invertible"] == saved[small, "invertible"]   # the checkpointed ones do not
     assert saved[deep, "invertible"] < saved[deep, None]
+
+
+def test_fit_optimiser_is_fused_adam_with_the_same_update():
+    """The models' fit optimiser (genkernels.model.adam) is torch's fused Adam for CPU float
+    parameters, and its steps equal the default implementation's within float rounding."""
+    from genkernels.model import adam
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3, dtype=torch.float64, requires_grad=True), torch.randn(7, requires_grad=True)]
+    twins = [w.detach().clone().requires_grad_() for w in weights]
+    fused, plain = adam(weights, 1e-2), torch.optim.Adam(twins, lr=1e-2)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for step in range(5):
+        for group in (weights, twins):
+            for w in group:
+                w.grad = torch.sin(w.detach() * (step + 1))
+        fused.step()
+        plain.step()
+    for a, b in zip(weights, twins):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -29,7 +29,7 @@ from torch import nn
 from .. import checkpoint as ckpt
 from .. import registry
 from .._checks import check_choice, check_int, check_positive
-from ..model import DivergedError, Model, Progress
+from ..model import DivergedError, Model, Progress, adam
 from .layers import _autocast_dtype
 from .linear_ops import check_prefix, masked_linear
 from .linear_reference import degrees_to_prefix
@@ -414,7 +414,7 @@ class MADE(Model):
         if context is not None:
             context = torch.as_tensor(context).to(self.device)
         context = self.check_context(context, data.shape[0])
-        optimizer = torch.optim.Adam(self.parameters(), lr=learning_rate)
+        optimizer = adam(self.parameters(), learning_rate)
         self.train()
         with Progress(epochs, 0, verbose, "MADE", "nll") as bar:
             for epoch in range(epochs):

@@ -31,7 +31,7 @@ from torch import nn
 from .. import checkpoint as ckpt
 from .. import registry
 from .._checks import check_choice, check_int, check_positive
-from ..model import DivergedError, Model, Progress
+from ..model import DivergedError, Model, Progress, adam
 from . import mixture_reference
 from .conv_reference import FULL, INCLUSIVE, OFF, STRICT
 from .gate_reference import gate
@@ -449,7 +449,7 @@ class GatedPixelCNN(Model):
             cond = torch.as_tensor(cond).to(self.device)
             if cond.shape[0] != data.shape[0]:
                 raise ValueError(f"cond must have one row per image ({data.shape[0]}); got {cond.shape[0]}")
-        optimizer = torch.optim.Adam(self.parameters(), lr=learning_rate)
+        optimizer = adam(self.parameters(), learning_rate)
         dims = math.log(2) * data[0].numel()
         self.train()
         with Progress(epochs, 0, verbose, "GatedPixelCNN", "bits/dim") as bar:

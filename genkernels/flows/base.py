@@ -19,7 +19,7 @@ from torch import distributions, nn
 
 from .. import checkpoint as ckpt
 from .._checks import check_int, check_positive
-from ..model import DivergedError, Model, Progress, check_finite_model
+from ..model import DivergedError, Model, Progress, adam, check_finite_model
 from .layers import LogitTransform, dequantize
 
 
@@ -301,7 +301,7 @@ class _Flow(Model):
             validation = self._check(torch.as_tensor(validation).to(device=self.device, dtype=self.dtype), "x")
         validation_context = self._fit_context(validation_context, 0 if validation is None else validation.shape[0],
                                                "validation_context")
-        optimizer = torch.optim.Adam(self.parameters(), lr=learning_rate)
+        optimizer = adam(self.parameters(), learning_rate)
         hint = f"try a smaller learning_rate than {learning_rate}, max_grad_norm, or a smaller scale bound"
         self.train()
         with Progress(epochs, 0, verbose, type(self).__name__, "bits/dim") as bar:
