@@ -293,7 +293,7 @@ def test_flows_images_bench_times_glow_and_realnvp_against_nflows_and_the_refere
 
 def test_flows_training_bench_times_every_flow_against_both_anchors(tmp_path):
     """``bench/run.py flows_training --quick``: a training step of each flow (RealNVP, MAF, NSF)
-    by ours, nflows and zuko on the same batch, every loss finite and lower after training,
+    by ours, nflows, zuko and ours with fit's fused Adam on the same batch, every loss finite and lower after training,
     ours starting at the identity (its first loss is the standard normal's on standardised data)."""
     pytest.importorskip("nflows")
     pytest.importorskip("zuko")
@@ -302,7 +302,7 @@ def test_flows_training_bench_times_every_flow_against_both_anchors(tmp_path):
     assert "| nflows / ours | zuko / ours |" in json_path.with_suffix(".md").read_text()
     cases = json.loads(json_path.read_text())["cases"]
     assert {(c["flow"], c["impl"]) for c in cases} == \
-        {(f, i) for f in ("RealNVP", "MAF", "NSF") for i in ("ours", "nflows", "zuko")}
+        {(f, i) for f in ("RealNVP", "MAF", "NSF") for i in ("ours", "nflows", "zuko", "ours, fit's fused Adam")}
     for case in cases:
         assert case["median_s"] > 0 and case["iqr_s"] >= 0 and case["rounds"] >= 1, case
         assert math.isfinite(case["first_loss"]) and case["last_loss"] < case["first_loss"], case
@@ -312,6 +312,10 @@ def test_flows_training_bench_times_every_flow_against_both_anchors(tmp_path):
             assert 0 < case["flow_op_share"] <= case["genkernels_ops_share"] <= 1, case
         else:
             assert case["x_ours"] > 0
+        if case["impl"] == "ours, fit's fused Adam":   # the same model and losses, each anchor against it
+            ours = next(c for c in cases if c["impl"] == "ours" and c["flow"] == case["flow"])
+            assert case["first_loss"] == pytest.approx(ours["first_loss"], rel=1e-6)
+            assert set(case["anchor_x"]) == {"nflows", "zuko"} and min(case["anchor_x"].values()) > 0
 
 
 def test_flows_mnist_quick_trains_both_flows_on_the_digits(tmp_path):
