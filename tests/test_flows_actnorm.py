@@ -114,7 +114,8 @@ def test_cpu_gradcheck_opcheck_compile_threads_and_unused_outputs():
     v = torch.randn(5, 4, dtype=torch.float64)
     torch.testing.assert_close(compiled(v), step(v))
     # many chunks (rows in groups; a row's channels in groups): the same bits on 1 and 2 threads
-    for shape in ((20000, 7), (3, 9, 3000)):
+    # (the last: rows over the chunk size, at most 256 row chunks, channels in groups)
+    for shape in ((20000, 7), (3, 9, 3000), (260, 16500)):
         x, bias, log_scale = _problem(shape, torch.float32)
         gy = torch.randn(shape)
         results = []
@@ -174,6 +175,8 @@ def test_low_precision_and_autocast(backend):
      "bias must be a floating-point tensor"),
     (lambda: genkernels.ops.actnorm(torch.randn(2, 3), torch.zeros(3), torch.zeros(3), backend="nope"), ValueError,
      "backend"),
+    (lambda: genkernels.ops.actnorm(torch.randn(2, 3), torch.zeros(3), torch.zeros(3), inverse="no"), TypeError,
+     "inverse must be a bool"),
 ])
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
@@ -194,3 +197,16 @@ def test_cpu_kernel_rejects_bad_arguments_without_crashing():
     with pytest.raises(ValueError, match="grad_logdet must be"):
         torch.ops.genkernels.actnorm_backward(torch.randn(2, 3, 1), torch.zeros(3), torch.randn(2, 3, 1),
                                               torch.zeros(3), torch.zeros(3), False)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")   # torch.func's own
+def test_torch_func_transforms_run_on_the_reference():
+    """Under torch.func (jacrev, jvp) the automatic backend is the reference (the cpu op's C++
+    autograd is refused there): the Jacobian is diagonal, exp(log_scale) per channel."""
+    layer = ActNorm(3).double()
+    layer(torch.randn(8, 3, dtype=torch.float64))
+    v = torch.randn(3, dtype=torch.float64)
+    jac = torch.func.jacrev(lambda u: layer(u[None])[0][0])(v)
+    torch.testing.assert_close(jac, torch.diag(layer.log_scale.detach().exp()))
+    _, tangent = torch.func.jvp(lambda u: layer(u[None])[0][0], (v,), (torch.ones(3, dtype=torch.float64),))
+    torch.testing.assert_close(tangent, layer.log_scale.detach().exp())

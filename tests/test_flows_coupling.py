@@ -293,6 +293,11 @@ def test_mask_cache_follows_changes_and_inference_mode():
     layer.mask[0] = 0.0                     # an in-place edit is seen too
     with pytest.raises(ValueError, match="differs from the one its conditioner"):
         layer.inverse(x)
+    spline = SplineCoupling(half_mask(4), hidden=8)
+    spline(x)
+    spline.conditioner = KeptMLP(half_mask(4, 1), 3 * 8 - 1, True, hidden=8)   # made for another mask
+    with pytest.raises(ValueError, match="differs from the one its conditioner"):
+        spline(x)
 
 
 @pytest.mark.parametrize("mask", [half_mask(7), half_mask(7, 1), alternating_mask(6, 1),
@@ -422,6 +427,8 @@ def test_masks():
     (lambda: KeptMLP(torch.zeros(2, 2), 2), ValueError, r"mask must be a \(D,\) tensor"),
     (lambda: KeptMLP(half_mask(4), 0), ValueError, "per"),
     (lambda: KeptMLP(half_mask(4), 2)(torch.randn(2, 5)), ValueError, r"x must be \(B, 4\)"),
+    (lambda: KeptMLP([1, 0, 1, 0], 2), TypeError, "mask must be a"),
+    (lambda: KeptMLP(half_mask(4), 2)([[0.0] * 4]), TypeError, "x must be a torch.Tensor"),
     (lambda: checkerboard_mask((3,)), ValueError, "shape must be"),
     (lambda: channel_mask(1), ValueError, "channels"),
     (lambda: half_mask(4, 2), ValueError, "parity must be 0 or 1"),

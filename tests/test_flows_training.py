@@ -111,6 +111,37 @@ def test_a_crafted_checkpoint_config_is_refused(tmp_path):
             MAF.load(path)
 
 
+@pytest.mark.parametrize("make, refused", [
+    (lambda: MAF(3, layers=1, hidden=8, seed=0), True),
+    (lambda: IAF(3, layers=1, hidden=8, seed=0), True),
+    (lambda: RealNVP((4,), layers=2, hidden=8, seed=0), True),
+    (lambda: NSF(4, layers=1, bins=3, hidden=8, coupling=True, seed=0), True),
+    (lambda: NSF(3, layers=1, bins=3, hidden=8, seed=0), False),
+    (lambda: Glow((1, 4, 4), levels=1, steps=1, hidden=4, seed=0), False),
+], ids=["maf", "iaf", "realnvp-vector", "nsf-coupling", "nsf", "glow"])
+def test_a_checkpoint_of_an_earlier_layout_is_refused_where_its_parameters_mean_otherwise(make, refused, tmp_path):
+    """A checkpoint without the layout field (written before MAF's MADE emitted its outputs
+    parameter by parameter and before vector couplings read only their kept features) loads
+    where nothing changed and is refused, naming the layers, where the same keys would now
+    mean something else; a layout from the future is refused too."""
+    flow = make()
+    path = tmp_path / "flow.pt"
+    flow.save(path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["layout"] == 2
+    del payload["layout"]
+    torch.save(payload, path)
+    if refused:
+        with pytest.raises(ValueError, match="earlier genkernels"):
+            type(flow).load(path)
+    else:
+        type(flow).load(path)
+    payload["layout"] = 3
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="newer genkernels"):
+        type(flow).load(path)
+
+
 def test_distribution_interface():
     torch.manual_seed(0)
     flow = NSF(2, layers=2, bins=4, hidden=8, seed=3)

@@ -41,6 +41,9 @@ using genkernels::cpu::simd_t;
 // it all (a pass over 2^16 floats takes tens of microseconds).
 constexpr int64_t kChunk = int64_t(1) << 14;
 constexpr int64_t kMinWorkPerThread = int64_t(1) << 16;
+// Row chunks at most: the backward keeps 2 C doubles of sums per row chunk (wide vectors, one
+// row a chunk, would otherwise need four times x's memory).
+constexpr int64_t kMaxRowChunks = 256;
 
 struct Shape {
   int64_t batch, channels, positions, row_stride;
@@ -51,7 +54,8 @@ struct Chunks {
   int64_t rows, chans, n_rows, n_chans;
   explicit Chunks(const Shape& s) {
     const int64_t row = std::max<int64_t>(1, s.channels * s.positions);
-    rows = std::max<int64_t>(1, kChunk / row);
+    // at most kMaxRowChunks row chunks (their per-channel sums are kept apart: 2 C doubles each)
+    rows = std::max({int64_t(1), kChunk / row, (s.batch + kMaxRowChunks - 1) / kMaxRowChunks});
     chans = row > kChunk ? std::max<int64_t>(1, kChunk / std::max<int64_t>(1, s.positions)) : s.channels;
     chans = std::max<int64_t>(1, std::min(chans, s.channels));
     n_rows = (s.batch + rows - 1) / rows;

@@ -64,6 +64,8 @@ def actnorm(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, *, inv
         sums in double on the CPU, in a fixed order).
     """
     check_float_tensor("x", x)
+    if not isinstance(inverse, bool):
+        raise TypeError(f"inverse must be a bool; got {type(inverse).__name__}")
     check_float_tensor("bias", bias, 1)
     check_float_tensor("log_scale", log_scale, 1)
     if x.dim() < 2:
@@ -73,7 +75,7 @@ def actnorm(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, *, inv
         if v.shape != (c,):
             raise ValueError(f"{name} must be ({c},) (one per channel of x); got shape {tuple(v.shape)}")
     check_same_device(x=x, bias=bias, log_scale=log_scale)
-    return apply(x, bias, log_scale, bool(inverse), backend)
+    return apply(x, bias, log_scale, inverse, backend)
 
 
 def apply(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, inverse: bool,
@@ -81,7 +83,10 @@ def apply(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, inverse:
     """actnorm after its argument checks (ActNorm's forward and inverse)."""
     batch, c = x.shape[0], x.shape[1]
     positions = math.prod(x.shape[2:])
-    name = ACTNORM.resolve(x.device, backend)
+    # under a torch.func transform (jacrev, vmap, ...) the automatic choice is the reference:
+    # the cpu op's autograd is a C++ function, which functorch refuses
+    functorch = backend is None and torch._C._functorch.peek_interpreter_stack() is not None
+    name = "reference" if functorch else ACTNORM.resolve(x.device, backend)
     y, logdet = ACTNORM.kernels[name](x.reshape(batch, c, positions), bias, log_scale, inverse)
     return y.reshape(x.shape), logdet.to(acc_dtype(x.dtype))
 

@@ -20,7 +20,14 @@ from torch import distributions, nn
 from .. import checkpoint as ckpt
 from .._checks import check_int, check_positive
 from ..model import DivergedError, Model, Progress, adam, check_finite_model
+from .autoregressive import MaskedAffineAutoregressive
+from .coupling import KeptMLP
 from .layers import LogitTransform, dequantize
+
+# How a flow checkpoint's parameters are arranged: 2 since MAF's and IAF's MADE emits its
+# outputs parameter by parameter (MADE(param_major=True)) and a vector coupling's default
+# conditioner is KeptMLP; a checkpoint without the field is 1 (refused where it matters).
+LAYOUT = 2
 
 
 class InvertibilityWarning(UserWarning):
@@ -375,7 +382,15 @@ class _Flow(Model):
     # --------------------------------------------------------------- checkpoints
     def _payload(self) -> dict:
         return {"config": dict(self._config), "state": self._state_payload(), "seed": self.seed,
-                "offset": self.offset, "history": self.history, "dtype": str(self.dtype).removeprefix("torch.")}
+                "offset": self.offset, "history": self.history, "dtype": str(self.dtype).removeprefix("torch."),
+                "layout": LAYOUT}
+
+    def _layout_dependent(self) -> list[str]:
+        """The layers whose stored state means something else under an earlier LAYOUT: MAF's
+        and IAF's affine transforms (their MADE's output units were dimension by dimension)
+        and vector couplings with the default conditioner (it read the masked full vector)."""
+        return [name for name, m in self.named_modules()
+                if isinstance(m, MaskedAffineAutoregressive) or isinstance(getattr(m, "conditioner", None), KeptMLP)]
 
     @classmethod
     def _from_checkpoint(cls, fields: ckpt.Fields, device=None) -> "_Flow":
@@ -392,6 +407,16 @@ class _Flow(Model):
             model = cls(**config)
         except (TypeError, ValueError) as exc:
             raise fields.error("config", f"does not describe a {cls.__name__}: {exc}") from None
+        layout = fields.int("layout", 1) if "layout" in fields else 1
+        if layout > LAYOUT:
+            raise fields.error("layout", f"is {layout}: written by a newer genkernels (this one reads up to {LAYOUT})")
+        dependent = model._layout_dependent() if layout < LAYOUT else []
+        if dependent:   # same keys and shapes (MAF), or a misleading shape error (couplings): refused
+            raise fields.error("layout", f"is {layout}: this checkpoint was written by an earlier genkernels, whose "
+                                         f"{', '.join(dependent[:3])}{' ...' if len(dependent) > 3 else ''} stored "
+                                         "their parameters in another arrangement (MAF/IAF: the MADE's outputs "
+                                         "dimension by dimension; vector couplings: a conditioner of the masked "
+                                         "full vector); load it with that version, or train the flow again")
         model.to(dtype=fields.dtype(), device=device)
         model.load_state_dict(fields.state(model))
         model.seed = fields.seed()

@@ -129,9 +129,10 @@ class KeptMLP(MLP):
 
     def __init__(self, mask: torch.Tensor, per: int, feature_major: bool = False, hidden: int = 128,
                  layers: int = 2, context_features: int | None = None):
-        if not isinstance(mask, torch.Tensor) or mask.dim() != 1:
-            raise ValueError(f"mask must be a (D,) tensor of zeros and ones; got "
-                             f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a (D,) torch.Tensor of zeros and ones; got {type(mask).__name__}")
+        if mask.dim() != 1:
+            raise ValueError(f"mask must be a (D,) tensor of zeros and ones; got shape {tuple(mask.shape)}")
         kept = check_mask(mask, tuple(mask.shape)).cpu()
         if not bool(kept.any()):
             raise ValueError("mask keeps no feature (all zeros): KeptMLP needs one to read; use MLP")
@@ -145,6 +146,8 @@ class KeptMLP(MLP):
         self.register_buffer("_moved_idx", moved_idx, persistent=False)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.features:
             raise ValueError(f"x must be (B, {self.features}); got shape {tuple(x.shape)}")
         a = self._kept_run
@@ -225,8 +228,9 @@ def _with_context(x: torch.Tensor, context: torch.Tensor | None, features: int) 
 
 # ---------------------------------------------------------------------------- layers
 class _Coupling(nn.Module):
-    """What the two coupling layers share: the mask (checked once), the conditioner (a user
-    module, or the MLP / ResNet made for the mask's shape), the call with the context."""
+    """What the coupling layers share: the mask (checked once), the conditioner (a user
+    module, or the KeptMLP (vectors) / ResNet (images) made for the mask), the call with the
+    context."""
 
     takes_context = True
     feature_major = False   # the default conditioner's output layout (KeptMLP)
@@ -272,13 +276,16 @@ class _Coupling(nn.Module):
 
     def _check_kept_mask(self) -> None:
         """A KeptMLP conditioner reads the features its own mask keeps: the layer's mask must
-        still be that one. Compared when the mask's storage or version changed (once on a
-        GPU: a sync; at every call for an inference-mode mask), not inside torch.compile."""
+        still be that one. Compared when the mask's storage or version, or the conditioner,
+        changed (once on a GPU: a sync; at every call for an inference-mode mask), not inside
+        torch.compile."""
         if torch.compiler.is_compiling():
             return
         # an inference tensor has no version counter: compared at every call
-        key = None if self.mask.is_inference() else \
-            (self.mask.data_ptr(), self.mask._version, self.mask.storage_offset(), self.mask.device)
+        kept = self.conditioner.kept
+        key = None if self.mask.is_inference() or kept.is_inference() else \
+            (self.mask.data_ptr(), self.mask._version, self.mask.storage_offset(), self.mask.device,
+             id(self.conditioner), kept.data_ptr(), kept._version)
         if key is not None and getattr(self, "_kept_key", None) == key:
             return
         if self.mask.shape != self.conditioner.kept.shape or \
