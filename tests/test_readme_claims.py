@@ -457,9 +457,10 @@ def flows_training():
         if r["impl"] == "ours":
             others = {o["impl"]: o for o in load("amd-epyc-2c-flows-training.json")["cases"]
                       if o["case"] == r["case"] and o["flow"] == r["flow"]}
+            fit = others["ours, fit's fused Adam"]["anchor_x"]
             rows.append(f"| {r['case']} | {r['flow']} | {_msec(r['median_s'])} | "
                         f"{g(others['nflows']['x_ours'], 3)}× | {g(others['zuko']['x_ours'], 3)}× | "
-                        f"{r['flow_op_share'] * 100:.0f}% |")
+                        f"{r['flow_op_share'] * 100:.0f}% | {g(fit['nflows'], 3)}×, {g(fit['zuko'], 3)}× |")
     return rows
 
 
