@@ -106,13 +106,7 @@ def actnorm_implementations(case: tuple, device: str, seed: int = 0) -> dict:
             layer.log_scale.copy_(log_scale)
         fns["nflows"] = lambda: layer(x)
 
-    def call(fn):
-        def run():
-            y, logdet = fn()
-            torch.autograd.backward([y, logdet], [gy, gl])
-        return run
-
-    return {name: call(fn) for name, fn in fns.items()}
+    return {name: fw_bw(fn, gy, gl) for name, fn in fns.items()}
 
 
 def actnorm_agreement(case: tuple, device: str) -> float:
@@ -124,6 +118,14 @@ def actnorm_agreement(case: tuple, device: str) -> float:
         got = genkernels.ops.actnorm(x, bias, log_scale)
         want = eager_actnorm(x.double(), bias.double(), log_scale.double())
     return max(float((a.double() - e).abs().max()) for a, e in zip(got, want))
+
+
+def fw_bw(fn, gy: torch.Tensor, gl: torch.Tensor):
+    """A callable running fn() -> (y, logdet) and its backward with the gradients (gy, gl)."""
+    def run():
+        y, logdet = fn()
+        torch.autograd.backward([y, logdet], [gy, gl])
+    return run
 
 
 def spline_implementations(case: tuple, device: str, seed: int = 0) -> dict:
@@ -152,13 +154,7 @@ def spline_implementations(case: tuple, device: str, seed: int = 0) -> dict:
         fns["nflows"] = lambda: nflows_spline(x, params)
         fns["nflows (torch.compile)"] = lambda: compiled(x, params)
 
-    def call(fn):
-        def run():
-            y, logdet = fn()
-            torch.autograd.backward([y, logdet], [gy, gl])
-        return run
-
-    return {name: call(fn) for name, fn in fns.items()}
+    return {name: fw_bw(fn, gy, gl) for name, fn in fns.items()}
 
 
 def spline_agreement(case: tuple, device: str) -> float:

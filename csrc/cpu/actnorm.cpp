@@ -30,6 +30,7 @@
 
 #include "cpu/parallel_region.h"
 #include "cpu/simd.h"
+#include "cpu/spec_vjp.h"
 
 namespace genkernels::flows::cpu {
 namespace {
@@ -362,22 +363,9 @@ class ActNormFunction : public torch::autograd::Function<ActNormFunction> {
     const bool inverse = ctx->saved_data["inverse"].toBool();
     const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(x);
     const at::Tensor gl = grads[1].defined() ? grads[1] : at::zeros({x.size(0)}, x.options());
-    if (at::GradMode::is_enabled()) {   // create_graph: the spec's VJP, itself differentiable
-      variable_list want;
-      std::vector<size_t> slot;
-      for (size_t i = 0; i < 3; ++i)
-        if (ctx->needs_input_grad(i)) {
-          want.push_back(saved[i]);
-          slot.push_back(i);
-        }
-      if (want.empty()) return result;
-      auto [y, logdet] = reference(x, bias, log_scale, inverse);
-      const variable_list g = torch::autograd::grad({y, logdet}, want,
-                                                    {gy.to(y.scalar_type()), gl.to(logdet.scalar_type())}, true,
-                                                    true, true);
-      for (size_t i = 0; i < want.size(); ++i) result[slot[i]] = g[i];
-      return result;
-    }
+    if (at::GradMode::is_enabled())   // create_graph: the spec's VJP, itself differentiable
+      return genkernels::cpu::spec_vjp(ctx, saved, 3, 4, gy, gl,
+                                       [&] { return reference(x, bias, log_scale, inverse); });
     auto [gx, gb, gs] = op.call(gy, gl, x, bias, log_scale, inverse);
     if (ctx->needs_input_grad(0)) result[0] = gx;
     if (ctx->needs_input_grad(1)) result[1] = gb;
