@@ -97,6 +97,44 @@ def test_custom_rules_and_float32(backend):
 
 
 @needs("cpu")
+@pytest.mark.parametrize("k, first, dilation, batch", [(3, False, 1, 2), (5, True, 1, 3), (5, False, 2, 9),
+                                                       (7, False, 1, 1), (3, True, 2, 4)])
+def test_vertical_stack_grids_on_the_cropped_route(k, first, dilation, batch):
+    """The cpu backend's cropped-kernel route takes a Gated PixelCNN's vertical grids too (the
+    rows above the centre, or up to and including it, every column): values and the three
+    gradients equal conv2d of the masked weight, the masked weights' gradient exactly zero,
+    and the same bits on 1 and 2 threads (9 images: more than the weight gradient's groups)."""
+    from genkernels.autoregressive.pixelcnn import vertical_rules
+    rules = vertical_rules(k, first)
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(batch, 4, 7, 6, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, 4, k, k, generator=g, dtype=torch.float64)
+    bias = torch.randn(6, generator=g, dtype=torch.float64)
+    mask = R.dense_mask(rules, 6, 4, (k, k), 1, torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    pad = dilation * (k // 2)
+    want = F.conv2d(leaves[0], leaves[1] * mask, leaves[2], padding=(pad, pad), dilation=dilation)
+    grad = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, leaves, grad)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            got_leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+            out = genkernels.ops.masked_conv2d(*got_leaves, rules=rules, dilation=dilation, backend="cpu")
+            results.append((out.detach(), *torch.autograd.grad(out, got_leaves, grad)))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(results[0][0], want.detach(), rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(("x", "weight", "bias"), results[0][1:], want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11, msg=name)
+    assert not results[0][2][mask == 0].any()
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@needs("cpu")
 def test_cpu_gradcheck_and_opcheck():
     x, weight, bias = (t.cpu() for t in _problem((2, 3, 3, 4, 5, (3, 3), "A", 3, 1, True)))
     rules = list(R.tap_rules((3, 3), "A", 3))

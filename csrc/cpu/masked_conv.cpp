@@ -400,21 +400,39 @@ void check_gate_channels(const char* op, int64_t channels, int64_t groups) {
 // weight's gradient (a sum over the batch, which oneDNN orders by its thread count) is taken
 // per fixed group of images, each group's by one thread, and the groups' added in order: the
 // same bits on any number of threads.
+// The masks this route takes: the first `full` rows whole (at most up to the centre row: a
+// Gated PixelCNN's vertical stack keeps the rows above the centre, or up to and including
+// it), then -- when full stops at the centre row -- that row's taps left of the centre and the
+// centre by its rule (`part`: type A / B, the horizontal stack), nothing after.
 struct Raster {
   bool ok = false;
-  int64_t centre = kOff;  // the centre tap's rule
+  int64_t full = 0;       // leading rows kept whole
+  bool part = false;      // the centre row's left taps and centre (raster order) after them
+  int64_t centre = kOff;  // the centre tap's rule (with part)
 };
 
 Raster raster(const Geometry& g, at::IntArrayRef rules) {
   Raster r;
   const int64_t cy = g.kh / 2, cx = g.kw / 2;
-  for (int64_t t = 0; t < g.kh * g.kw; ++t) {
-    const int64_t y = t / g.kw, x = t % g.kw;
-    const int64_t want = y < cy || (y == cy && x < cx) ? kFull : (y == cy && x == cx ? rules[t] : kOff);
-    if (rules[t] != want) return r;
+  const auto row_is = [&](int64_t y, int64_t rule) {
+    for (int64_t x = 0; x < g.kw; ++x)
+      if (rules[y * g.kw + x] != rule) return false;
+    return true;
+  };
+  while (r.full < g.kh && r.full <= cy && row_is(r.full, kFull)) ++r.full;
+  int64_t next = r.full;
+  if (r.full == cy && !row_is(cy, kOff)) {   // the centre row in raster order
+    for (int64_t x = 0; x < g.kw; ++x) {
+      const int64_t rule = rules[cy * g.kw + x];
+      if ((x < cx && rule != kFull) || (x > cx && rule != kOff)) return r;
+    }
+    r.part = true;
+    r.centre = rules[cy * g.kw + cx];
+    next = cy + 1;
   }
-  r.ok = g.kh > 1 || g.kw > 1;
-  r.centre = rules[cy * g.kw + cx];
+  for (int64_t y = next; y < g.kh; ++y)
+    if (!row_is(y, kOff)) return r;
+  r.ok = (r.full > 0 || r.part) && (g.kh > 1 || g.kw > 1);
   return r;
 }
 
@@ -438,15 +456,15 @@ at::Tensor cropped_forward(const at::Tensor& x, const at::Tensor& weight, const 
   const int64_t cy = g.kh / 2, cx = g.kw / 2;
   const std::vector<int64_t> one{1, 1}, zero{0, 0}, dil{d, d};
   at::Tensor out;
-  if (cy > 0) {   // the rows above: output rows [0, H) of a convolution of x padded above
+  if (r.full > 0) {   // the whole rows: output rows [0, H) of a convolution of x padded above
     const at::Tensor xp = at::constant_pad_nd(x, {cx * d, cx * d, cy * d, 0});
-    out = at::conv2d(xp, weight.narrow(2, 0, cy), bias, one, zero, dil).narrow(2, 0, g.h);
+    out = at::conv2d(xp, weight.narrow(2, 0, r.full), bias, one, zero, dil).narrow(2, 0, g.h);
   }
-  const at::Tensor wr = centre_row(weight, g, r);
-  if (wr.size(3) > 0) {   // the centre row: output columns [0, W) of x padded on the left
+  if (r.part) {   // the centre row: output columns [0, W) of x padded on the left
     const at::Tensor xr = at::constant_pad_nd(x, {cx * d, 0, 0, 0});
-    const at::Tensor row =
-        at::conv2d(xr, wr, cy > 0 ? std::optional<at::Tensor>() : bias, one, zero, dil).narrow(3, 0, g.w);
+    const at::Tensor row = at::conv2d(xr, centre_row(weight, g, r), r.full > 0 ? std::optional<at::Tensor>() : bias,
+                                      one, zero, dil)
+                               .narrow(3, 0, g.w);
     out = out.defined() ? out + row : row;
   }
   return out.contiguous();
@@ -457,17 +475,18 @@ at::Tensor cropped_forward(const at::Tensor& x, const at::Tensor& weight, const 
 void cropped_grad_x(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const Geometry& g,
                     const Raster& r, int64_t d, at::Tensor& grad_x) {
   const int64_t cy = g.kh / 2, cx = g.kw / 2;
-  if (cy > 0) {
+  if (r.full > 0) {
     const at::Tensor xp = at::constant_pad_nd(x, {cx * d, cx * d, cy * d, 0});
-    const at::Tensor go = at::constant_pad_nd(grad, {0, 0, 0, d});   // its output rows H .. H + d - 1: unused
-    const at::Tensor gxp = std::get<0>(at::convolution_backward(go, xp, weight.narrow(2, 0, cy).contiguous(),
+    // its output rows from H on (cy + 1 - full of them, times d): unused
+    const at::Tensor go = at::constant_pad_nd(grad, {0, 0, 0, (cy + 1 - r.full) * d});
+    const at::Tensor gxp = std::get<0>(at::convolution_backward(go, xp, weight.narrow(2, 0, r.full).contiguous(),
                                                                 std::nullopt, {1, 1}, {0, 0}, {d, d}, false, {0, 0},
                                                                 1, {true, false, false}));
     grad_x.add_(gxp.narrow(2, cy * d, g.h).narrow(3, cx * d, g.w));
   }
-  const at::Tensor wr = centre_row(weight, g, r);
-  const int64_t width = wr.size(3);
-  if (width > 0) {
+  if (r.part) {
+    const at::Tensor wr = centre_row(weight, g, r);
+    const int64_t width = wr.size(3);
     const at::Tensor xr = at::constant_pad_nd(x, {cx * d, 0, 0, 0});
     const at::Tensor go = at::constant_pad_nd(grad, {0, (cx - width + 1) * d, 0, 0});
     const at::Tensor gxr = std::get<0>(at::convolution_backward(go, xr, wr, std::nullopt, {1, 1}, {0, 0}, {d, d},
@@ -480,12 +499,12 @@ void cropped_grad_x(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
 // channel groups zero), per fixed group of images (see above).
 void cropped_grad_w(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const Geometry& g,
                     const Raster& r, int64_t d, at::Tensor& grad_w) {
-  const int64_t cy = g.kh / 2, cx = g.kw / 2, width = cx + (r.centre != kOff);
+  const int64_t cy = g.kh / 2, cx = g.kw / 2, width = r.part ? cx + (r.centre != kOff) : 0;
   const int64_t lanes = std::min<int64_t>(g.batch, kWeightLanes);
   const std::vector<int64_t> one{1, 1}, zero{0, 0}, dil{d, d};
-  at::Tensor above = cy > 0 ? at::empty({lanes, g.cout, g.cin, cy, g.kw}, x.options()) : at::Tensor();
+  at::Tensor above = r.full > 0 ? at::empty({lanes, g.cout, g.cin, r.full, g.kw}, x.options()) : at::Tensor();
   at::Tensor row = width > 0 ? at::empty({lanes, g.cout, g.cin, 1, width}, x.options()) : at::Tensor();
-  const at::Tensor wa = cy > 0 ? weight.narrow(2, 0, cy).contiguous() : at::Tensor();
+  const at::Tensor wa = r.full > 0 ? weight.narrow(2, 0, r.full).contiguous() : at::Tensor();
   const at::Tensor wr = width > 0 ? centre_row(weight, g, r) : at::Tensor();
   const int64_t work = g.batch * g.h * g.w * g.cout * g.cin * static_cast<int64_t>(g.taps.size());
   const int team = genkernels::cpu::team_size(std::min(lanes, threads_for(work)));
@@ -493,9 +512,9 @@ void cropped_grad_w(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
     const genkernels::cpu::SoloThreads one_thread;   // oneDNN on this thread alone: a fixed order
     const int64_t b0 = lane * g.batch / lanes, nb = (lane + 1) * g.batch / lanes - b0;
     const at::Tensor xs = x.narrow(0, b0, nb), gs = grad.narrow(0, b0, nb);
-    if (cy > 0) {
+    if (r.full > 0) {
       const at::Tensor xp = at::constant_pad_nd(xs, {cx * d, cx * d, cy * d, 0});
-      const at::Tensor go = at::constant_pad_nd(gs, {0, 0, 0, d});
+      const at::Tensor go = at::constant_pad_nd(gs, {0, 0, 0, (cy + 1 - r.full) * d});
       above[lane].copy_(std::get<1>(at::convolution_backward(go, xp, wa, std::nullopt, one, zero, dil, false, zero,
                                                              1, {false, true, false})));
     }
@@ -506,7 +525,7 @@ void cropped_grad_w(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
                                                            {false, true, false})));
     }
   });
-  if (cy > 0) grad_w.narrow(2, 0, cy).copy_(above.sum(0));
+  if (r.full > 0) grad_w.narrow(2, 0, r.full).copy_(above.sum(0));
   if (width > 0) {
     at::Tensor w = grad_w.narrow(2, cy, 1).narrow(3, 0, width);
     w.copy_(row.sum(0));
@@ -564,13 +583,17 @@ std::tuple<at::Tensor, at::Tensor> masked_conv2d_gated_cpu(const at::Tensor& x, 
   at::Tensor pre = at::empty({g.batch, g.cout, g.h, g.w}, x.options());
   at::Tensor out = at::empty({g.batch, g.cout / 2, g.h, g.w}, x.options());
   if (pre.numel() == 0) return {out, pre};
-  at::Tensor ob;
+  at::Tensor ob, cropped;
   if (g.taps.empty() || g.cin == 0) {
     if (bias.has_value()) pre.copy_(bias->view({1, g.cout, 1, 1}).expand_as(pre)); else pre.zero_();
+  } else if (const Raster r = raster(g, rules); r.ok) {   // the cropped kernels' convolutions
+    cropped = cropped_forward(x.contiguous(), weight, bias, g, r, dilation);
   } else {
     ob = conv_padded(x, weight, bias, g);
   }
-  const at::Tensor source = ob.defined() ? pixels(ob, g, 0) : at::Tensor();   // (Cout, B, H, W)
+  // the products as (Cout, B, H, W)
+  const at::Tensor source = ob.defined() ? pixels(ob, g, 0) : cropped.defined() ? cropped.permute({1, 0, 2, 3})
+                                                                                : at::Tensor();
   const int64_t q = g.cout / (2 * g.groups);
   const int team = genkernels::cpu::team_size(std::min(g.batch, threads_for(pre.numel() * 16)));
   genkernels::cpu::SoloScope solo(team <= 1);
