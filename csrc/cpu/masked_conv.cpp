@@ -451,19 +451,10 @@ at::Tensor centre_row(const at::Tensor& weight, const Geometry& g, const Raster&
   return w;
 }
 
-// The multiply-adds of the kept taps, and whether they pay for a second thread (team_size:
-// also one thread while the machine is contended) -- the cropped convolutions run under the
-// same cost model as the tap products: oneDNN's own team only where it pays.
-int64_t kept_work(const Geometry& g) {
-  return g.batch * g.h * g.w * g.cout * g.cin * static_cast<int64_t>(g.taps.size());
-}
-bool solo_for(const Geometry& g) { return genkernels::cpu::team_size(threads_for(kept_work(g))) <= 1; }
-
 at::Tensor cropped_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const Geometry& g, const Raster& r, int64_t d) {
   const int64_t cy = g.kh / 2, cx = g.kw / 2;
   const std::vector<int64_t> one{1, 1}, zero{0, 0}, dil{d, d};
-  const genkernels::cpu::SoloScope solo(solo_for(g));
   at::Tensor out;
   if (r.full > 0) {   // the whole rows: output rows [0, H) of a convolution of x padded above
     const at::Tensor xp = at::constant_pad_nd(x, {cx * d, cx * d, cy * d, 0});
@@ -484,7 +475,6 @@ at::Tensor cropped_forward(const at::Tensor& x, const at::Tensor& weight, const 
 void cropped_grad_x(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const Geometry& g,
                     const Raster& r, int64_t d, at::Tensor& grad_x) {
   const int64_t cy = g.kh / 2, cx = g.kw / 2;
-  const genkernels::cpu::SoloScope solo(solo_for(g));
   if (r.full > 0) {
     const at::Tensor xp = at::constant_pad_nd(x, {cx * d, cx * d, cy * d, 0});
     // its output rows from H on (cy + 1 - full of them, times d): unused
@@ -516,7 +506,8 @@ void cropped_grad_w(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   at::Tensor row = width > 0 ? at::empty({lanes, g.cout, g.cin, 1, width}, x.options()) : at::Tensor();
   const at::Tensor wa = r.full > 0 ? weight.narrow(2, 0, r.full).contiguous() : at::Tensor();
   const at::Tensor wr = width > 0 ? centre_row(weight, g, r) : at::Tensor();
-  const int team = genkernels::cpu::team_size(std::min(lanes, threads_for(kept_work(g))));
+  const int64_t work = g.batch * g.h * g.w * g.cout * g.cin * static_cast<int64_t>(g.taps.size());
+  const int team = genkernels::cpu::team_size(std::min(lanes, threads_for(work)));
   genkernels::cpu::parallel_chunks(lanes, team, [&](int64_t lane, int) {
     const genkernels::cpu::SoloThreads one_thread;   // oneDNN on this thread alone: a fixed order
     const int64_t b0 = lane * g.batch / lanes, nb = (lane + 1) * g.batch / lanes - b0;
